@@ -1,0 +1,82 @@
+"""The `mmrl` command line: parse arguments, load the config, call one function.
+
+Each subcommand lives in `mmrl/commands/<name>.py` and exposes `register(subparsers)`; this file only wires them up
+and turns a `UserError` into one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from mmrl.errors import UserError
+
+# Subcommand name -> module in mmrl.commands. Order is the order shown in `mmrl --help`.
+COMMANDS: dict[str, str] = {
+    "train": "train",
+    "sft": "sft",
+    "eval": "evaluate",
+    "pipeline": "pipeline",
+    "data": "data",
+    "build-data": "build_data",
+    "reward": "reward",
+    "config": "config",
+    "model": "model",
+    "export": "export",
+    "demo": "demo",
+    "plot": "plot",
+}
+
+EPILOG = """examples:
+  mmrl config show configs/quickstart.yaml trainer.max_steps=10
+  mmrl model build-tiny /tmp/tiny --preset tiny
+  mmrl train configs/tests/grpo_tiny.yaml trainer.max_steps=4
+  mmrl pipeline configs/quickstart.yaml
+
+Run `mmrl COMMAND --help` for the options of one command.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmrl",
+        description="mmrl: cold-start data, SFT, GRPO, rewards, evaluation and demos for vision-language models.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for user errors too")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"mmrl.commands.{module_name}")
+        module.register(sub, name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `--debug` is accepted anywhere on the line, not only before the subcommand.
+    debug_flag = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    debug = debug_flag or args.debug or os.environ.get("MMRL_DEBUG") == "1"
+    try:
+        result = args.func(args)
+    except UserError as err:
+        if debug:
+            raise
+        print(f"mmrl {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"mmrl {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""`mmrl model build-tiny OUT_DIR [--preset NAME]`: build the embedded offline VLM in Hugging Face format."""
+
+from __future__ import annotations
+
+import argparse
+
+from mmrl.commands import add_command
+
+
+def register(subparsers, name: str) -> None:
+    from mmrl.models.tiny import PRESETS
+
+    parser = add_command(
+        subparsers,
+        name,
+        help="build the embedded tiny model",
+        description="Models: build the embedded offline Qwen2.5-VL-architecture model (random weights).",
+        examples="  mmrl model build-tiny /tmp/tiny\n  mmrl model build-tiny /tmp/small --preset small --seed 1\n",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    build = add_command(
+        actions,
+        "build-tiny",
+        help="build a preset into OUT_DIR (loadable with from_pretrained, offline)",
+        description="Build the tiny VLM deterministically: same preset and seed -> identical weights and tokenizer.\n"
+        + "\n".join(f"  {k}: {v.description}" for k, v in PRESETS.items()),
+        examples="  mmrl model build-tiny /tmp/tiny --preset tiny\n",
+    )
+    build.add_argument("out_dir", help="directory to write the model to")
+    build.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="size preset (default: tiny)")
+    build.add_argument("--seed", type=int, default=0, help="seed for weights and tokenizer (default: 0)")
+    build.set_defaults(func=run_build)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from mmrl.models.tiny import MARKER, build_tiny_model
+
+    out = build_tiny_model(args.out_dir, preset=args.preset, seed=args.seed)
+    info = json.loads((Path(out) / MARKER).read_text())
+    print(f"built preset '{args.preset}' ({info['parameters']:,} parameters) into {out}")
+    return 0

@@ -1,0 +1,11 @@
+"""Shared base for config sections: unknown keys are errors, every field carries a description."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Section(BaseModel):
+    """A config section. `extra="forbid"` turns a typo into an error that suggests the nearest valid key."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=False)

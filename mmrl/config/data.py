@@ -1,0 +1,48 @@
+"""`data:` — where samples come from and how their images are prepared."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from mmrl.config.base import Section
+
+
+class DatasetSpec(Section):
+    path: str = Field(..., description="Local JSONL/JSON/parquet file, imagefolder directory, or a datasets spec/hub id.")
+    format: str = Field("auto", description="Peer format of the records ('auto' detects it); see `mmrl data show --help`.")
+    split: str | None = Field(None, description="Split for datasets.load_dataset specs (e.g. 'train').")
+    weight: float = Field(1.0, gt=0, description="Sampling weight when several datasets are mixed.")
+    limit: int | None = Field(None, ge=1, description="Use at most this many records.")
+    task: str | None = Field(None, description="Force the task of every record (else inferred from the format).")
+    box_frame: Literal["pixel", "input_pixel", "norm1000", "norm1"] = Field(
+        "pixel", description="Frame of the gold boxes in this dataset."
+    )
+    box_format: Literal["xyxy", "xywh"] = Field("xyxy", description="Format of the gold boxes in this dataset.")
+    image_root: str | None = Field(None, description="Directory image paths are relative to (default: the file's).")
+
+
+def _as_specs(value: Any) -> Any:
+    if value is None:
+        return []
+    if isinstance(value, (str, dict)):
+        value = [value]
+    return [{"path": v} if isinstance(v, str) else v for v in value]
+
+
+class DataConfig(Section):
+    train: list[DatasetSpec] = Field(default_factory=list, description="Training dataset(s): a path, a spec, or a list.")
+    eval: list[DatasetSpec] = Field(default_factory=list, description="Held-out dataset(s) for evaluation.")
+    min_pixels: int = Field(28 * 28, ge=28 * 28, description="Resize images to at least this many pixels (qwen-vl-utils).")
+    max_pixels: int = Field(448 * 448, ge=28 * 28, description="Resize images to at most this many pixels (qwen-vl-utils).")
+    on_bad_image: Literal["error", "skip"] = Field(
+        "error", description="'error': stop before training naming the sample; 'skip': report and skip it."
+    )
+    max_bad_fraction: float = Field(0.01, ge=0, le=1, description="With 'skip': abort when more than this are bad.")
+    max_prompt_length: int = Field(2048, ge=16, description="Reject (by id) prompts longer than this many tokens.")
+    system_prompt: str | None = Field(None, description="System message prepended to every prompt.")
+    prompt_suffix: str | None = Field(None, description="Text appended to every user prompt (e.g. format instructions).")
+    shuffle: bool = Field(True, description="Shuffle the training order each epoch (seeded by trainer.seed).")
+
+    _as_list = field_validator("train", "eval", mode="before")(classmethod(lambda cls, v: _as_specs(v)))

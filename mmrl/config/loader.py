@@ -1,0 +1,230 @@
+"""Load a config: defaults -> YAML (with `extends:`) -> dotted overrides -> validation, with one-line errors.
+
+Every error names where the offending value came from (the YAML file that set it, or `command line`) and what to do.
+
+>>> cfg = load_config(None, ["trainer.max_steps=3", "rollout.group_size=4"])
+>>> cfg.trainer.max_steps, cfg.rollout.group_size
+(3, 4)
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from mmrl.config.schema import MMRLConfig
+from mmrl.errors import ConfigError
+
+COMMAND_LINE = "command line"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (check the path; configs live in configs/)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: YAML syntax error: {problem}; fix the YAML at that line") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (got {type(data).__name__})")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _record_sources(data: Any, source: str, sources: dict[str, str], prefix: str = "") -> None:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            sources[dotted] = source
+            _record_sources(value, source, sources, dotted)
+
+
+def load_yaml_chain(path: str | os.PathLike, sources: dict[str, str], _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read `path`, resolving `extends:` (relative to the file) recursively; the child's values win."""
+    resolved = Path(path).resolve()
+    if resolved in _chain:
+        names = " -> ".join(p.name for p in (*_chain, resolved))
+        raise ConfigError(f"{path}: circular 'extends:' chain {names}; remove one of the extends")
+    data = _read_yaml(Path(path))
+    parent = data.pop("extends", None)
+    if parent is None:
+        _record_sources(data, str(path), sources)
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: 'extends' must be a relative path to a base YAML (got {parent!r})")
+    parent_path = Path(path).parent / parent
+    base = load_yaml_chain(parent_path, sources, (*_chain, resolved))
+    _record_sources(data, str(path), sources)
+    return _deep_merge(base, data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (['a', 'b'], value parsed as a YAML scalar or list)."""
+    if "=" not in text:
+        raise ConfigError(f"{COMMAND_LINE}: override '{text}' must look like key.path=value (e.g. trainer.max_steps=10)")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"{COMMAND_LINE}: override '{text}' has an empty key; use key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _set_dotted(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = node[_list_index(node, part, parts[: i + 1])]
+            continue
+        if not isinstance(node.get(part), (dict, list)):
+            node[part] = {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, parts)] = value
+    else:
+        node[last] = value
+
+
+def _list_index(node: list[Any], part: str, path: list[str]) -> int:
+    dotted = ".".join(path)
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"{COMMAND_LINE}: '{dotted}': index must be 0..{len(node) - 1} for this list")
+    return int(part)
+
+
+def valid_keys(model: type[BaseModel] = MMRLConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of the config tree (sections included)."""
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}.{name}" if prefix else name
+        keys.append(dotted)
+        annotation = field.annotation
+        for candidate in getattr(annotation, "__args__", ()) or (annotation,):
+            inner = getattr(candidate, "__args__", None)
+            for item in inner or (candidate,):
+                if isinstance(item, type) and issubclass(item, BaseModel):
+                    keys.extend(valid_keys(item, dotted))
+    return keys
+
+
+def _source_for(loc: tuple[Any, ...], sources: dict[str, str], default: str) -> str:
+    parts = [str(p) for p in loc]
+    while parts:
+        dotted = ".".join(parts)
+        if dotted in sources:
+            return sources[dotted]
+        parts.pop()
+    return default
+
+
+def _format_error(err: dict[str, Any], sources: dict[str, str], default_source: str) -> str:
+    loc = tuple(err.get("loc", ()))
+    dotted = ".".join(str(p) for p in loc)
+    where = _source_for(loc, sources, default_source)
+    kind = err.get("type", "")
+    got = err.get("input")
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        schema_path = ".".join(str(p) for p in loc if not str(p).isdigit())
+        candidates = [k for k in valid_keys() if k.count(".") == schema_path.count(".")]
+        near = difflib.get_close_matches(schema_path, candidates, n=1, cutoff=0.6)
+        hint = f" (did you mean '{near[0]}'?)" if near else " (see `mmrl config show` for the valid keys)"
+        return f"{where}: unknown key '{dotted}'{hint}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
+        bound = next(iter(ctx.values()), "?")
+        return f"{where}: {dotted} must be {op} {bound} (got {got!r})"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"{where}: {dotted} must be an integer (got {got!r})"
+    if kind in ("float_parsing", "float_type"):
+        return f"{where}: {dotted} must be a number (got {got!r})"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"{where}: {dotted} must be true or false (got {got!r})"
+    if kind == "literal_error":
+        return f"{where}: {dotted} must be one of {ctx.get('expected', '?')} (got {got!r})"
+    if kind == "missing":
+        return f"{where}: {dotted} is required; add it"
+    if kind == "value_error":
+        message = str(ctx.get("error", err.get("msg", "")))
+        return f"{where}: {message}" if not dotted else f"{where}: {dotted}: {message}"
+    return f"{where}: {dotted or 'config'}: {err.get('msg', 'invalid value')} (got {got!r})"
+
+
+def build_config(data: dict[str, Any], sources: dict[str, str] | None = None, default_source: str = "config") -> MMRLConfig:
+    """Validate a raw mapping into `MMRLConfig`, raising a one-line `ConfigError` on the first problem."""
+    try:
+        return MMRLConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        raise ConfigError(_format_error(first, sources or {}, default_source)) from None
+
+
+def load_raw(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, dict]:
+    """The merged mapping (YAML chain + overrides) and the source of each dotted key, before validation."""
+    sources: dict[str, str] = {}
+    data = MMRLConfig().model_dump(mode="json")
+    if path is not None:
+        data = _deep_merge(data, load_yaml_chain(path, sources))
+    for text in overrides:
+        parts, value = parse_override(text)
+        _set_dotted(data, parts, value)
+        sources[".".join(parts)] = COMMAND_LINE
+        _record_sources(value, COMMAND_LINE, sources, ".".join(parts))
+    if path is not None and not data.get("name"):
+        data["name"] = Path(path).stem
+    return data, sources
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> MMRLConfig:
+    """Defaults -> YAML at `path` (None: defaults only) -> `key.path=value` overrides -> validated config."""
+    data, sources = load_raw(path, overrides)
+    return build_config(data, sources, default_source=str(path) if path else COMMAND_LINE)
+
+
+def apply_overrides(config: MMRLConfig, overrides: dict[str, Any] | list[str], source: str = COMMAND_LINE) -> MMRLConfig:
+    """A new validated config with dotted overrides applied (a dict of key -> value, or `key=value` strings)."""
+    data = config.model_dump(mode="json")
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(t) for t in overrides)
+    sources: dict[str, str] = {}
+    for key, value in items:
+        parts = key.split(".") if isinstance(key, str) else key
+        _set_dotted(data, parts, value)
+        sources[".".join(parts)] = source
+    return build_config(data, sources, default_source=source)
+
+
+def to_yaml(config: MMRLConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def save_resolved(config: MMRLConfig, run_dir: str | os.PathLike) -> Path:
+    """Write the resolved config as `<run_dir>/config.yaml` (reloadable with `load_config`)."""
+    out = Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "config.yaml"
+    path.write_text(to_yaml(config), encoding="utf-8")
+    return path

@@ -1,0 +1,39 @@
+"""`model:` — which policy to load and how."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from mmrl.config.base import Section
+
+
+class LoraConfig(Section):
+    enabled: bool = Field(False, description="Train LoRA adapters instead of the full model (peft).")
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or 'all-linear' for every linear layer of the language model."
+    )
+    include_vision: bool = Field(False, description="Also adapt the vision tower (excluded by default).")
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field(
+        "tiny",
+        description="Local path or hub id of an image-text-to-text model; 'tiny' or 'small' builds the embedded "
+        "offline model once into the cache (~/.cache/mmrl or $MMRL_CACHE) and reuses it.",
+    )
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="Weights dtype: 'auto' = bf16 on CUDA with bf16 support, else fp32."
+    )
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="'auto' = flash_attention_2 when flash-attn is importable and the device is CUDA, else sdpa."
+    )
+    trust_remote_code: bool = Field(False, description="Allow custom model code from the checkpoint (off by default).")
+    freeze_vision_tower: bool = Field(False, description="Keep the vision encoder (and merger) frozen.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA options.")
+    seed: int = Field(0, ge=0, description="Seed of the embedded tiny model's weights and tokenizer (tiny/small only).")

@@ -1,0 +1,54 @@
+"""`optimizer:` and `trainer:` — how parameters are updated and how the run is driven."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from mmrl.config.base import Section
+
+
+class OptimizerConfig(Section):
+    name: Literal["adamw"] = Field("adamw", description="Optimizer (AdamW).")
+    lr: float = Field(1e-6, gt=0, description="Peak learning rate.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps (overrides warmup_ratio when > 0).")
+    warmup_ratio: float = Field(0.0, ge=0, le=1, description="Warm-up as a fraction of trainer.max_steps.")
+    schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="Learning-rate schedule after warm-up.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Floor of the decaying schedules, as a fraction of lr.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this (null: no clip).")
+
+
+class TrainerConfig(Section):
+    output_dir: str = Field("runs/default", description="Run directory: config.yaml, metrics.jsonl, tb/, checkpoints/...")
+    max_steps: int = Field(100, ge=1, description="Optimizer steps to run (the sum of all stages when stages are set).")
+    prompts_per_step: int = Field(
+        8, ge=1, description="Prompts per optimizer step across all processes (each is rolled out group_size times)."
+    )
+    batch_size: int = Field(8, ge=1, description="SFT: samples per optimizer step across all processes.")
+    num_epochs: float | None = Field(
+        None, gt=0, description="SFT: epochs over the data; when set, max_steps is derived from it."
+    )
+    grad_accumulation: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    bf16: bool = Field(False, description="Autocast to bf16 (GPUs that support it).")
+    seed: int = Field(0, ge=0, description="Seed for data order, sampling and initialisation.")
+    log_steps: int = Field(1, ge=1, description="Write metrics every N steps.")
+    save_steps: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: only at the end).")
+    save_final: bool = Field(True, description="Save a checkpoint after the last step.")
+    keep_last: int = Field(2, ge=1, description="Keep only the last k complete checkpoints.")
+    eval_steps: int = Field(0, ge=0, description="Evaluate on data.eval every N steps (0: never during training).")
+    sample_steps: int = Field(10, ge=0, description="Save a sample of completions with rewards every N steps (0: never).")
+    resume: str | None = Field(
+        None, description="null: start fresh; 'auto': latest complete checkpoint in output_dir; or a checkpoint path."
+    )
+    max_nonfinite_steps: int = Field(
+        5, ge=1, description="Abort after this many optimizer steps in a row skipped for a non-finite loss or grad norm."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' = the device accelerate picks.")
+    report_to: list[Literal["jsonl", "tensorboard"]] = Field(
+        ["jsonl", "tensorboard"], description="Metric sinks (metrics.jsonl is always written)."
+    )
+    progress: bool = Field(True, description="Show a progress bar with ETA.")

@@ -1,0 +1,59 @@
+"""`rollout:`, `algorithm:` and `rewards:` — how completions are sampled, scored and learned from."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from mmrl.config.base import Section
+
+
+class RolloutConfig(Section):
+    backend: Literal["hf"] = Field("hf", description="Rollout backend ('hf' = transformers generate).")
+    group_size: int = Field(8, ge=2, description="Completions per prompt (G); advantages compare within a group.")
+    max_completion_length: int = Field(256, ge=1, description="Maximum new tokens per completion.")
+    min_new_tokens: int = Field(0, ge=0, description="Forbid EOS before this many new tokens (benchmarks force lengths).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    top_k: int = Field(0, ge=0, description="Top-k sampling (0: off).")
+    share_prompt: bool = Field(
+        True, description="Encode each prompt (image and text) once per group and share its KV cache across G samples."
+    )
+
+
+class OnlineFilterConfig(Section):
+    enabled: bool = Field(False, description="Drop groups whose mean accuracy is outside [low, high] and refill.")
+    metric: str = Field("accuracy", description="Reward component whose group mean is filtered on.")
+    low: float = Field(0.0, description="Keep groups with mean > low (exclusive: 0 drops all-wrong groups).")
+    high: float = Field(1.0, description="Keep groups with mean < high (exclusive: 1 drops all-right groups).")
+    max_tries: int = Field(3, ge=1, description="Rollout rounds per step to refill dropped groups.")
+
+
+class AlgorithmConfig(Section):
+    advantage: str = Field("grpo", description="Advantage estimator: grpo | dr_grpo | rloo | reinforce_pp.")
+    scale_rewards: bool = Field(True, description="Divide group-centred rewards by the group std (off in Dr. GRPO).")
+    std_eps: float = Field(1e-4, gt=0, description="Added to the std before dividing.")
+    loss_aggregation: str = Field(
+        "grpo",
+        description="grpo (token mean per sequence, then mean) | bnpo (token mean over the local batch) | "
+        "dr_grpo (token sum / (B * max_completion_length)) | dapo (token mean over all active tokens of the global batch).",
+    )
+    eps_low: float = Field(0.2, ge=0, description="PPO clip: ratio >= 1 - eps_low.")
+    eps_high: float = Field(0.2, ge=0, description="PPO clip: ratio <= 1 + eps_high (clip-higher: e.g. 0.28).")
+    dual_clip_c: float | None = Field(None, gt=1, description="Dual clip constant c for negative advantages (e.g. 3).")
+    beta: float = Field(0.0, ge=0, description="KL penalty coefficient (0: no reference model is computed).")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator (Schulman's k1/k2/k3).")
+    kl_clamp: float | None = Field(10.0, gt=0, description="Clamp the per-token KL estimate to [-c, c].")
+    ratio_clamp: float | None = Field(None, gt=0, description="Clamp the log importance ratio to [-c, c] before exp.")
+    num_iterations: int = Field(1, ge=1, description="Optimisation passes (mu) over each batch of rollouts.")
+    mini_batches: int = Field(1, ge=1, description="Optimizer steps per pass (the batch is split into this many).")
+    mask_truncated: bool = Field(False, description="Exclude completions that hit max_completion_length from the loss.")
+    online_filter: OnlineFilterConfig = Field(default_factory=OnlineFilterConfig, description="Online group filter.")
+
+
+class RewardSpec(Section):
+    name: str = Field(..., description="Registered reward name, or 'path/to/file.py:function'.")
+    weight: float = Field(1.0, description="Weight in the total reward.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments passed to the reward.")
+    timeout_s: float = Field(5.0, gt=0, description="Wall-clock limit per completion; over it the score is None.")

@@ -1,0 +1,55 @@
+"""The root config tree. Load order: defaults -> YAML (may `extends:` a base) -> dotted CLI overrides -> validation,
+where `derive()` computes every dependent value in one place."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from mmrl.config.base import Section
+from mmrl.config.data import DataConfig
+from mmrl.config.model import ModelConfig
+from mmrl.config.optim import OptimizerConfig, TrainerConfig
+from mmrl.config.rl import AlgorithmConfig, RewardSpec, RolloutConfig
+from mmrl.config.workflow import EvalConfig, PipelineStep, StageConfig
+
+
+def _default_rewards() -> list[RewardSpec]:
+    return [RewardSpec(name="accuracy", weight=1.0), RewardSpec(name="format", weight=0.5)]
+
+
+class MMRLConfig(Section):
+    """Everything one mmrl run needs. Every field is documented; `mmrl config show` prints the resolved tree."""
+
+    name: str | None = Field(None, description="Run name (default: the config file's stem).")
+    output_dir: str | None = Field(
+        None, description="Pipelines: root directory of all steps' outputs (default runs/<name>)."
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Datasets and image preparation.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Sampling of completions.")
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="Advantages, loss, KL, filtering.")
+    rewards: list[RewardSpec] = Field(default_factory=_default_rewards, description="Weighted reward components.")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="Optimizer and schedule.")
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Run length, logging, checkpoints.")
+    stages: list[StageConfig] = Field(default_factory=list, description="Curriculum / PTST stages (empty: one stage).")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
+    pipeline: list[PipelineStep] = Field(default_factory=list, description="Steps of `mmrl pipeline` (in order).")
+
+    @model_validator(mode="after")
+    def derive(self) -> MMRLConfig:
+        """Derive dependent values and check cross-field rules (the only place values are derived)."""
+        active = [s for s in self.stages if s.enabled]
+        if self.stages and not active:
+            raise ValueError("stages: every stage is disabled; enable at least one")
+        if active:
+            self.trainer.max_steps = sum(s.steps for s in active)
+        if self.optimizer.warmup_steps == 0 and self.optimizer.warmup_ratio > 0:
+            self.optimizer.warmup_steps = int(round(self.optimizer.warmup_ratio * self.trainer.max_steps))
+        if self.eval.greedy and self.eval.k > 1:
+            raise ValueError("eval.k > 1 needs sampling: set eval.greedy=false")
+        f = self.algorithm.online_filter
+        if f.enabled and not f.low < f.high:
+            raise ValueError(f"algorithm.online_filter.low must be < high (got {f.low} and {f.high})")
+        if self.rollout.min_new_tokens > self.rollout.max_completion_length:
+            raise ValueError("rollout.min_new_tokens must be <= rollout.max_completion_length")
+        return self

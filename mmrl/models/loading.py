@@ -1,0 +1,146 @@
+"""Load a policy and its processor from a local path, a hub id, or the embedded tiny presets.
+
+The same code path serves the tiny CPU model and a 7B checkpoint on GPUs: `tiny`/`small` only resolve to a directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmrl.config.model import ModelConfig
+from mmrl.errors import UserError
+from mmrl.models.processor import load_processor
+from mmrl.models.tiny import PRESETS, ensure_tiny_model
+
+VISION_PREFIXES = ("visual", "model.visual", "vision_tower", "model.vision_tower", "vision_model")
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    processor: Any
+    path: str
+
+
+def resolve_model_path(name_or_path: str, seed: int = 0) -> str:
+    """`tiny`/`small` (or any preset) -> its cached build; a local directory -> itself; else a hub id as given."""
+    if name_or_path in PRESETS:
+        return str(ensure_tiny_model(name_or_path, seed=seed))
+    local = Path(name_or_path).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise UserError(f"model.name_or_path: '{name_or_path}' has no config.json; point it at a model directory")
+        return str(local)
+    looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_like_path:
+        raise UserError(f"model.name_or_path: '{name_or_path}' does not exist; give a model directory, a hub id, "
+                        f"or one of the presets {', '.join(PRESETS)}")
+    return name_or_path
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "fp32":
+        return torch.float32
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "fp16":
+        return torch.float16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def pick_attn_implementation(name: str, device: torch.device) -> str:
+    """'auto' -> flash_attention_2 when flash-attn is importable and the device is CUDA, else PyTorch SDPA."""
+    if name != "auto":
+        if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise UserError("model.attn_implementation: flash_attention_2 needs flash-attn (pip install 'mmrl[gpu]'); "
+                            "or use auto/sdpa")
+        return name
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def vision_parameter_names(model: torch.nn.Module) -> list[str]:
+    return [n for n, _ in model.named_parameters() if any(n.startswith(p) or f".{p}." in f".{n}" for p in VISION_PREFIXES)]
+
+
+def freeze_vision(model: torch.nn.Module) -> int:
+    """Freeze the vision tower (and its merger); return how many tensors were frozen."""
+    names = set(vision_parameter_names(model))
+    for name, param in model.named_parameters():
+        if name in names:
+            param.requires_grad_(False)
+    return len(names)
+
+
+def apply_lora(model: torch.nn.Module, cfg: ModelConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = cfg.lora
+    if lora.target_modules == "all-linear":
+        vision = set(vision_parameter_names(model))
+        targets = sorted(
+            {
+                name.split(".")[-1]
+                for name, module in model.named_modules()
+                if isinstance(module, torch.nn.Linear)
+                and "lm_head" not in name
+                and (lora.include_vision or f"{name}.weight" not in vision)
+            }
+        )
+        # Restrict by full-name regex so the vision tower stays excluded even where layer names coincide.
+        pattern = r"^(?!.*(visual|vision_tower|vision_model)).*\.(" + "|".join(targets) + r")$"
+        target_modules: Any = pattern if not lora.include_vision else targets
+    else:
+        target_modules = lora.target_modules
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target_modules,
+                        bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def load_policy(cfg: ModelConfig, device: torch.device | str | None = None, for_training: bool = True) -> LoadedModel:
+    """Load model + processor as `cfg` says (dtype, attention, freezing, LoRA, gradient checkpointing)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    path = resolve_model_path(cfg.name_or_path, seed=cfg.seed)
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    except OSError as err:
+        hint = " (HF_HUB_OFFLINE=1 is set: only local paths and cached ids work)" if offline else ""
+        raise UserError(f"model.name_or_path: cannot load '{cfg.name_or_path}'{hint}: {str(err).splitlines()[0]}") from None
+    except ValueError as err:
+        raise UserError(f"model.name_or_path: '{cfg.name_or_path}' has an unknown architecture "
+                        f"({str(err).splitlines()[0]}); set model.trust_remote_code=true if it ships its own code") from None
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            path,
+            dtype=pick_dtype(cfg.dtype, device),
+            attn_implementation=pick_attn_implementation(cfg.attn_implementation, device),
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    except ValueError as err:
+        raise UserError(f"model.name_or_path: '{cfg.name_or_path}' ({config.model_type}) is not an image-text-to-text "
+                        f"model transformers knows: {str(err).splitlines()[0]}") from None
+    processor = load_processor(path, trust_remote_code=cfg.trust_remote_code)
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    processor.tokenizer.padding_side = "left"
+    if cfg.freeze_vision_tower:
+        freeze_vision(model)
+    if for_training and cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg)
+    model.to(device)
+    return LoadedModel(model=model, processor=processor, path=path)

@@ -1,0 +1,81 @@
+"""Load and save VLM processors, also where torchvision is missing.
+
+transformers 5 gives every Qwen2-VL-family processor a video processor, and video processors need torchvision; there
+is no CPU build of torchvision on some machines (ours among them). Images never need it, so when `AutoProcessor`
+fails for that reason we assemble the same processor class from its tokenizer and image processor, with no video
+processor. Where torchvision is installed, plain `AutoProcessor.from_pretrained` is used unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+VIDEO_CONFIG = "video_preprocessor_config.json"
+
+
+@contextlib.contextmanager
+def _allow_missing_video_processor():
+    from transformers import processing_utils
+
+    original = processing_utils.ProcessorMixin.check_argument_for_proper_class
+
+    def check(self, argument_name, argument):
+        if argument_name == "video_processor" and argument is None:
+            return None
+        return original(self, argument_name, argument)
+
+    processing_utils.ProcessorMixin.check_argument_for_proper_class = check
+    try:
+        yield
+    finally:
+        processing_utils.ProcessorMixin.check_argument_for_proper_class = original
+
+
+def _processor_class_name(path: str, **kwargs: Any) -> str | None:
+    local = Path(path)
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        file = local / name
+        if file.is_file():
+            value = json.loads(file.read_text()).get("processor_class")
+            if value:
+                return value
+    return None
+
+
+def load_processor(path: str, trust_remote_code: bool = False, **kwargs: Any):
+    """`AutoProcessor.from_pretrained(path)`, falling back to an image-only processor when torchvision is missing."""
+    import transformers
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    try:
+        return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    except (ImportError, AttributeError) as err:
+        if "torchvision" not in str(err).lower() and "_extra_content" not in str(err):
+            raise
+    class_name = _processor_class_name(path) or "Qwen2_5_VLProcessor"
+    processor_class = getattr(transformers, class_name)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    with _allow_missing_video_processor():
+        return processor_class(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                               chat_template=tokenizer.chat_template)
+
+
+def save_processor(processor, out_dir: str | os.PathLike, video_config: dict | None = None) -> None:
+    """Save tokenizer, image processor, chat template and processor class so `AutoProcessor` can load them."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    processor.tokenizer.save_pretrained(out)
+    processor.image_processor.save_pretrained(out)
+    if getattr(processor, "video_processor", None) is not None:
+        processor.video_processor.save_pretrained(out)
+    elif video_config is not None:
+        # Lets `AutoProcessor` build the video processor on machines that have torchvision.
+        (out / VIDEO_CONFIG).write_text(json.dumps(video_config, indent=2))
+    (out / "processor_config.json").write_text(json.dumps({"processor_class": type(processor).__name__}, indent=2))
+    if processor.chat_template:
+        (out / "chat_template.jinja").write_text(processor.chat_template)

@@ -1,0 +1,324 @@
+"""The embedded tiny VLM: a Qwen2.5-VL-architecture model with random weights, built offline and deterministically.
+
+Tests and the quickstart cannot download a model, so mmrl builds its own: a byte-level BPE tokenizer trained here on a
+generated corpus (with Qwen's chat and vision special tokens, and single tokens for the reasoning tags), the real
+Qwen2.5-VL processor classes with small `min_pixels`/`max_pixels`, and the real `Qwen2_5_VLForConditionalGeneration`
+from a small config. It is saved in Hugging Face format, so `from_pretrained` loads it like any checkpoint: the tiny
+model is a configuration, not a fork.
+
+>>> from mmrl.models.tiny import build_tiny_model
+>>> path = build_tiny_model("/tmp/mmrl-tiny-doctest", preset="tiny")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mmrl.errors import UserError
+from mmrl.models.processor import _allow_missing_video_processor, save_processor
+
+# Qwen's own special tokens (the processor and chat template look for these names).
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+# Reasoning tags are *added but not special* tokens: `decode(skip_special_tokens=True)` must keep them, or every
+# format and answer reward silently reads 0 (see shared/design/learning-on-cpu.md).
+REASONING_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
+
+# Qwen2-VL-style chat template without the default system prompt (fewer tokens for a tiny model). The
+# `{% generation %}` block lets `apply_chat_template(..., return_assistant_tokens_mask=True)` mark assistant tokens.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['role'] == 'assistant' %}{% generation %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>{% endgeneration %}\n"
+    "{% else %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' or 'image' in part %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinyPreset:
+    """Dimensions of one preset. `vocab_size` applies to presets with their own tokenizer."""
+
+    text_hidden: int
+    text_layers: int
+    text_heads: int
+    text_kv_heads: int
+    text_intermediate: int
+    vision_hidden: int
+    vision_depth: int
+    vision_heads: int
+    vision_intermediate: int
+    mrope_section: tuple[int, int, int]
+    vocab_size: int = 1024
+    min_pixels: int = 28 * 28
+    max_pixels: int = 448 * 448
+    fullatt_block_indexes: tuple[int, ...] = field(default=())
+    description: str = ""
+
+
+PRESETS: dict[str, TinyPreset] = {
+    "tiny": TinyPreset(
+        text_hidden=64, text_layers=2, text_heads=4, text_kv_heads=2, text_intermediate=256,
+        vision_hidden=64, vision_depth=2, vision_heads=2, vision_intermediate=128,
+        mrope_section=(2, 3, 3), fullatt_block_indexes=(1,),
+        description="~0.5M parameters, for tests",
+    ),
+    "small": TinyPreset(
+        text_hidden=384, text_layers=8, text_heads=6, text_kv_heads=2, text_intermediate=1536,
+        vision_hidden=192, vision_depth=4, vision_heads=3, vision_intermediate=768,
+        mrope_section=(8, 12, 12), fullatt_block_indexes=(1, 3),
+        description="~20M parameters, for the quickstart",
+    ),
+    # Published dimensions of Qwen2.5-VL-3B / -7B (random weights, Qwen's vocabulary size): GPU throughput benchmarks.
+    "qwen2.5-vl-3b": TinyPreset(
+        text_hidden=2048, text_layers=36, text_heads=16, text_kv_heads=2, text_intermediate=11008,
+        vision_hidden=1280, vision_depth=32, vision_heads=16, vision_intermediate=3420,
+        mrope_section=(16, 24, 24), fullatt_block_indexes=(7, 15, 23, 31), vocab_size=151936,
+        min_pixels=4 * 28 * 28, max_pixels=1280 * 28 * 28,
+        description="Qwen2.5-VL-3B dimensions, random weights (benchmarks only)",
+    ),
+    "qwen2.5-vl-7b": TinyPreset(
+        text_hidden=3584, text_layers=28, text_heads=28, text_kv_heads=4, text_intermediate=18944,
+        vision_hidden=1280, vision_depth=32, vision_heads=16, vision_intermediate=3420,
+        mrope_section=(16, 24, 24), fullatt_block_indexes=(7, 15, 23, 31), vocab_size=152064,
+        min_pixels=4 * 28 * 28, max_pixels=1280 * 28 * 28,
+        description="Qwen2.5-VL-7B dimensions, random weights (benchmarks only)",
+    ),
+}
+
+BUILD_VERSION = "1"  # bump when the build recipe changes so cached builds are rebuilt
+MARKER = "mmrl_tiny.json"
+
+
+def _corpus(seed: int) -> list[str]:
+    """A deterministic text corpus covering what the synthetic tasks, prompts and answers say."""
+    rng = random.Random(seed)
+    colors = "red green blue yellow purple orange black white gray pink brown cyan".split()
+    shapes = "circle square triangle star rectangle ellipse shape shapes object objects".split()
+    words = (
+        "what color is the how many are there in image picture count answer question yes no true false correct "
+        "incorrect left right above below top bottom of and or a an this that which one select option choose from "
+        "following choices please think step by step then give final box bounding coordinates find locate number "
+        "sum add digits read written value equals total first second third is it statement judge whether open app "
+        "click scroll up down navigate back input text type look see I the shape at position x y width height "
+        "zero one two three four five six seven eight nine ten reason so therefore because"
+    ).split()
+    lines: list[str] = []
+    for _ in range(3000):
+        kind = rng.random()
+        if kind < 0.3:
+            lines.append(" ".join(rng.choice(words + colors + shapes) for _ in range(rng.randint(4, 14))))
+        elif kind < 0.5:
+            c, s = rng.choice(colors), rng.choice(shapes)
+            lines.append(f"<think> I see a {c} {s}. </think><answer> {c} </answer>")
+        elif kind < 0.65:
+            n = rng.randint(0, 1000)
+            lines.append(f"<think> count {n} </think><answer> {n} </answer> [{n}, {rng.randint(0, 999)}]")
+        elif kind < 0.75:
+            a, b = rng.randint(0, 99), rng.randint(0, 99)
+            lines.append(f"{a} + {b} = {a + b}; \\frac{{{a}}}{{{b}}} \\boxed{{{a * b}}} $x^2$ 3.14")
+        elif kind < 0.85:
+            lines.append(f"({rng.choice('ABCDE')}) {rng.choice(colors)} A. B. C. D. E. Answer: {rng.choice('ABCD')}")
+        else:
+            lines.append(json.dumps({"action": rng.choice(["click", "scroll", "open_app", "input_text"]),
+                                     "coordinate": [rng.randint(0, 999), rng.randint(0, 999)]}))
+    return lines
+
+
+def build_tokenizer(vocab_size: int, seed: int = 0):
+    """Train a byte-level BPE tokenizer on the generated corpus and wrap it as Qwen's tokenizer class."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    backend = Tokenizer(models.BPE(unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(SPECIAL_TOKENS) - len(REASONING_TOKENS),
+        min_frequency=2,
+        special_tokens=[],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_corpus(seed), trainer=trainer)
+    tokenizer = Qwen2Tokenizer(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        bos_token=None,
+        chat_template=CHAT_TEMPLATE,
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS})
+    tokenizer.add_tokens(REASONING_TOKENS, special_tokens=False)
+    tokenizer.model_max_length = 32768
+    return tokenizer
+
+
+def build_processor(tokenizer, preset: TinyPreset):
+    from transformers import Qwen2_5_VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=preset.min_pixels,
+        max_pixels=preset.max_pixels,
+        size={"shortest_edge": preset.min_pixels, "longest_edge": preset.max_pixels},
+    )
+    with _allow_missing_video_processor():
+        return Qwen2_5_VLProcessor(
+            image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=CHAT_TEMPLATE
+        )
+
+
+def _video_config(preset: TinyPreset) -> dict:
+    return {
+        "video_processor_type": "Qwen2VLVideoProcessor",
+        "min_pixels": preset.min_pixels,
+        "max_pixels": preset.max_pixels,
+        "size": {"shortest_edge": preset.min_pixels, "longest_edge": preset.max_pixels},
+        "patch_size": 14,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+    }
+
+
+def build_config(preset: TinyPreset, tokenizer=None):
+    from transformers import Qwen2_5_VLConfig
+
+    vocab = len(tokenizer) if tokenizer is not None else preset.vocab_size
+    ids = (lambda t: tokenizer.convert_tokens_to_ids(t)) if tokenizer is not None else None
+    head_dim = preset.text_hidden // preset.text_heads
+    if sum(preset.mrope_section) * 2 != head_dim:
+        raise ValueError(f"mrope_section {preset.mrope_section} must sum to head_dim/2 = {head_dim // 2}")
+    text_config = {
+        "vocab_size": vocab,
+        "hidden_size": preset.text_hidden,
+        "intermediate_size": preset.text_intermediate,
+        "num_hidden_layers": preset.text_layers,
+        "num_attention_heads": preset.text_heads,
+        "num_key_value_heads": preset.text_kv_heads,
+        "max_position_embeddings": 32768,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": list(preset.mrope_section)},
+        "tie_word_embeddings": False,
+    }
+    vision_config = {
+        "depth": preset.vision_depth,
+        "hidden_size": preset.vision_hidden,
+        "intermediate_size": preset.vision_intermediate,
+        "num_heads": preset.vision_heads,
+        "out_hidden_size": preset.text_hidden,
+        "fullatt_block_indexes": list(preset.fullatt_block_indexes),
+        "window_size": 112,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+    kwargs = {}
+    if ids is not None:
+        kwargs = {
+            "image_token_id": ids("<|image_pad|>"),
+            "video_token_id": ids("<|video_pad|>"),
+            "vision_start_token_id": ids("<|vision_start|>"),
+            "vision_end_token_id": ids("<|vision_end|>"),
+            "bos_token_id": None,
+            "eos_token_id": ids("<|im_end|>"),
+            "pad_token_id": ids("<|endoftext|>"),
+        }
+    config = Qwen2_5_VLConfig(text_config=text_config, vision_config=vision_config, **kwargs)
+    config.tie_word_embeddings = False
+    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    return config
+
+
+def build_model(config, seed: int = 0):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    # Initialise on CPU under a fixed seed: same seed -> bit-identical weights.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    return model.to(torch.float32).eval()
+
+
+def build_tiny_model(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0) -> Path:
+    """Build preset `preset` into `out_dir` (HF format: weights, config, tokenizer, processor); return the path."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown tiny-model preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+    spec = PRESETS[preset]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(min(spec.vocab_size, 1024), seed=seed)
+    processor = build_processor(tokenizer, spec)
+    config = build_config(spec, tokenizer if spec.vocab_size <= 1024 else None)
+    if spec.vocab_size > 1024:
+        # Big-architecture presets keep Qwen's published vocabulary size; our small tokenizer ids all fit inside it.
+        config = build_config(spec, None)
+        for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+            token = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
+                     "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}[name]
+            setattr(config, name, tokenizer.convert_tokens_to_ids(token))
+        config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        config.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    model = build_model(config, seed=seed)
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    model.generation_config.bos_token_id = None
+    model.generation_config.do_sample = False
+    model.save_pretrained(out)
+    save_processor(processor, out, video_config=_video_config(spec))
+    n_params = sum(p.numel() for p in model.parameters())
+    (out / MARKER).write_text(json.dumps({"preset": preset, "seed": seed, "version": BUILD_VERSION,
+                                          "parameters": n_params}, indent=2))
+    return out
+
+
+def tiny_cache_dir() -> Path:
+    root = os.environ.get("MMRL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mmrl")
+    return Path(root) / "models"
+
+
+def ensure_tiny_model(preset: str, seed: int = 0, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Return the cached build of `preset`, building it once (atomically) if it is missing or stale."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown tiny-model preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+    root = Path(cache_dir) if cache_dir else tiny_cache_dir()
+    key = hashlib.sha1(f"{preset}-{seed}-{BUILD_VERSION}".encode()).hexdigest()[:10]
+    path = root / f"{preset}-seed{seed}-{key}"
+    if (path / MARKER).exists():
+        return path
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f".{path.name}.tmp-{os.getpid()}"
+    build_tiny_model(staging, preset=preset, seed=seed)
+    try:
+        os.replace(staging, path)
+    except OSError:
+        # Another process finished the same build first; keep theirs.
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
