@@ -8,7 +8,7 @@ from mmrl.commands import add_command
 
 
 def register(subparsers, name: str) -> None:
-    from mmrl.models.tiny import PRESETS
+    from mmrl.models.presets import PRESETS
 
     parser = add_command(
         subparsers,

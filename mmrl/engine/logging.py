@@ -1,0 +1,112 @@
+"""Run logging: one JSON object per step in `metrics.jsonl`, TensorBoard scalars, samples, a progress bar, phase timers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+class PhaseTimer:
+    """Named wall-clock timers for the phases of one step (`with timer("rollout"): ...`)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time/{name}": round(value, 6) for name, value in self.seconds.items()}
+
+
+def _clean(value: Any) -> Any:
+    if hasattr(value, "item") and getattr(value, "numel", lambda: 1)() == 1:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class RunLogger:
+    """Writes metrics of the main process; other ranks get a logger that does nothing."""
+
+    def __init__(self, run_dir: str | os.PathLike, report_to: list[str], enabled: bool = True,
+                 total_steps: int | None = None, progress: bool = True, start_step: int = 0) -> None:
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self._tb = None
+        self._bar = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._metrics = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        if "tensorboard" in report_to:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+        if progress and total_steps:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", file=sys.stderr,
+                             dynamic_ncols=True, disable=None)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(key, value, step)
+        if self._bar is not None:
+            shown = {k: record[k] for k in ("loss", "reward/total", "accuracy") if record.get(k) is not None}
+            self._bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
+            self._bar.update(step - self._bar.n)
+
+    def write_samples(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """Completions with their rewards, for a person to read: `samples/step-N.jsonl`."""
+        if not self.enabled or not rows:
+            return
+        out = self.run_dir / "samples"
+        out.mkdir(exist_ok=True)
+        with open(out / f"step-{step}.jsonl", "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps({k: _clean(v) for k, v in row.items()}, default=str) + "\n")
+
+    def event(self, message: str) -> None:
+        """A one-line notice (stage switch, skipped step) that should not break the progress bar."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._metrics.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._bar is not None:
+            self._bar.close()
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

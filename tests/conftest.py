@@ -1,0 +1,27 @@
+"""Test-wide settings: offline, quiet, a private model cache shared by the whole session (and its subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+if "MMRL_CACHE" not in os.environ:
+    os.environ["MMRL_CACHE"] = tempfile.mkdtemp(prefix="mmrl-test-cache-")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir():
+    """The `tiny` preset built once per test session."""
+    from mmrl.models.tiny import ensure_tiny_model
+
+    return ensure_tiny_model("tiny")
