@@ -1,7 +1,103 @@
-"""`mmrl build-data`: build synthetic, curriculum or cold-start datasets — provided by the data issue; until then it says so."""
+"""`mmrl build-data BUILDER ...`: offline dataset builders (synthetic, curriculum; others register themselves).
 
-from mmrl.commands import register_unavailable
+Another module adds a builder with `register_builder(name, help, add_arguments, run)`; `BUILDER_MODULES` lists
+modules imported (if present) before the parser is built, so a later builder needs one line here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mmrl.commands import add_command
+from mmrl.errors import UserError
+
+EXAMPLES = """  mmrl build-data synthetic --tasks color,count --n 1000 --seed 0 --out data/synthetic
+  mmrl build-data curriculum data/synthetic/data.jsonl data/curriculum
+"""
+
+
+@dataclass
+class Builder:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+
+
+BUILDERS: dict[str, Builder] = {}
+# Modules that register more builders (e.g. cold-start / rejection sampling); missing ones are skipped.
+BUILDER_MODULES: list[str] = ["data_pipelines.cold_start.cli", "data_pipelines.rejection.cli"]
+
+
+def register_builder(name: str, help: str, add_arguments, run) -> None:
+    if name in BUILDERS:
+        raise ValueError(f"builder '{name}' is already registered")
+    BUILDERS[name] = Builder(help, add_arguments, run)
+
+
+def _synthetic_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tasks", default="color", help="comma-separated: color,count,position,grounding,read,add")
+    p.add_argument("--n", type=int, default=1000, help="number of samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory (data.jsonl + images/)")
+    p.add_argument("--forms", default="open,mc,yes_no", help="comma-separated: open,mc,yes_no")
+    p.add_argument("--difficulty", default="1", help="1, 2, 3 or a comma-separated mix")
+    p.add_argument("--image-size", type=int, default=112, help="square image side in pixels")
+    p.add_argument("--no-cot", action="store_true", help="omit the <think>/<answer> SFT target")
+
+
+def _synthetic(args: argparse.Namespace) -> int:
+    from data_pipelines.synthetic import build_synthetic
+
+    try:
+        levels = [int(v) for v in args.difficulty.split(",")]
+    except ValueError:
+        raise UserError(f"--difficulty must be 1, 2, 3 or a comma-separated mix (got {args.difficulty})") from None
+    path = build_synthetic([t.strip() for t in args.tasks.split(",") if t.strip()], args.n, args.seed, args.out,
+                           forms=[f.strip() for f in args.forms.split(",") if f.strip()], difficulty=levels,
+                           image_size=args.image_size, with_cot=not args.no_cot)
+    print(f"wrote {args.n} samples to {path}")
+    return 0
+
+
+def _curriculum_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="dataset with verifiable open answers (any supported format)")
+    p.add_argument("out_dir", help="output directory for stage1_yes_no / stage2_mc / stage3_open .jsonl")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _curriculum(args: argparse.Namespace) -> int:
+    from data_pipelines.curriculum import build_curriculum
+
+    paths = build_curriculum(args.input, args.out_dir, seed=args.seed)
+    for name, path in paths.items():
+        count = sum(1 for line in path.read_text().splitlines() if line.strip())
+        print(f"{name}: {count} samples -> {path}")
+    return 0
+
+
+register_builder("synthetic", "procedurally drawn visual tasks with verifiable answers", _synthetic_args, _synthetic)
+register_builder("curriculum", "yes/no, multiple-choice and open stages (Curr-ReFT)", _curriculum_args, _curriculum)
 
 
 def register(subparsers, name: str) -> None:
-    register_unavailable(subparsers, name, "build synthetic, curriculum or cold-start datasets", "the data issue")
+    for module in BUILDER_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name is None or not module.startswith(err.name):
+                raise
+    parser = add_command(subparsers, name, "build synthetic, curriculum or cold-start datasets",
+                         "Offline dataset builders; each writes JSONL that `mmrl data show` reads.", EXAMPLES)
+    sub = parser.add_subparsers(dest="builder", metavar="{" + ",".join(BUILDERS) + "}")
+    for builder_name, builder in BUILDERS.items():
+        p = sub.add_parser(builder_name, help=builder.help, description=builder.help)
+        builder.add_arguments(p)
+        p.set_defaults(func=builder.run)
+
+    def missing(args: argparse.Namespace) -> int:
+        raise UserError(f"name a builder: {', '.join(BUILDERS)}")
+
+    parser.set_defaults(func=missing)

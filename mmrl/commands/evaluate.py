@@ -1,7 +1,124 @@
-"""`mmrl evaluate`: evaluate a model on a dataset — provided by the evaluation issue; until then it says so."""
+"""`mmrl eval`: evaluate a model on a dataset (accuracy, pass@k / mean@k, per-task and per-category breakdown)."""
 
-from mmrl.commands import register_unavailable
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from mmrl.commands import add_command
+from mmrl.errors import UserError
+
+EXAMPLES = """\
+  mmrl eval --model tiny --data data/synthetic/eval.jsonl --limit 20
+  mmrl eval --model runs/quickstart/checkpoints/step-200 --data eval.jsonl --k 8 eval.temperature=0.7
+  mmrl eval configs/quickstart.yaml model.name_or_path=runs/quickstart/checkpoints/step-200
+"""
 
 
 def register(subparsers, name: str) -> None:
-    register_unavailable(subparsers, name, "evaluate a model on a dataset", "the evaluation issue")
+    parser = add_command(
+        subparsers,
+        name,
+        help="evaluate a model on a dataset",
+        description="Generate answers (greedy, or k samples per item), score them with the same extraction and "
+        "verification as the rewards, and write report.json, report.md and generations.jsonl. Either give --model "
+        "and --data, or a CONFIG whose model.name_or_path, data.eval and eval.* are used (flags override it).",
+        examples=EXAMPLES,
+    )
+    parser.add_argument("config", nargs="?", default=None, help="optional YAML config (model, data.eval, eval.*)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides key.path=value (e.g. eval.max_new_tokens=64)")
+    parser.add_argument("--model", default=None, help="checkpoint directory (HF format), hub id, or preset tiny/small")
+    parser.add_argument("--data", action="append", default=None, help="evaluation dataset (repeat for several)")
+    parser.add_argument("--k", type=int, default=None, help="samples per item; k > 1 samples (reports pass@k, mean@k)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate at most N items")
+    parser.add_argument("--out", default=None, help="output directory (default: eval.output_dir, <run>/eval, or "
+                        "runs/eval/<model>-<data>)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=run)
+
+
+def _split_config(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """A first positional that looks like `key=value` is an override, not a config path."""
+    overrides = list(args.overrides)
+    config = args.config
+    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
+        overrides.insert(0, config)
+        config = None
+    return config, overrides
+
+
+def _stem(text: str) -> str:
+    path = Path(text.rstrip("/"))
+    name = path.stem if path.suffix else path.name
+    if name.startswith("step-") and path.parent.name == "checkpoints":  # runs/x/checkpoints/step-N -> x-step-N
+        name = f"{path.parent.parent.name}-{name}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "eval"
+
+
+def build_eval_config(args: argparse.Namespace):
+    from mmrl.config import load_config
+
+    config, overrides = _split_config(args)
+    if config is None and args.model is None:
+        raise UserError("give --model PATH_OR_PRESET (and --data DATASET), or a CONFIG; see `mmrl eval --help`")
+    if args.k is not None and args.k < 1:
+        raise UserError(f"--k must be >= 1 (got {args.k})")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1 (got {args.limit})")
+    flags: list[str] = []
+    if args.model is not None:
+        flags.append(f"model.name_or_path={args.model}")
+    if args.k is not None:
+        flags.append(f"eval.k={args.k}")
+        # --k > 1 means sampling unless the user insisted on greedy (which then fails validation, as it should).
+        if args.k > 1 and not any(o.startswith("eval.greedy=") for o in overrides):
+            flags.append("eval.greedy=false")
+    if args.limit is not None:
+        flags.append(f"eval.limit={args.limit}")
+    cfg = load_config(config, [*flags, *overrides])
+    if args.data:
+        cfg.data.eval = [{"path": d} for d in args.data]
+    if not cfg.data.eval:
+        where = f"{config}: data.eval is empty" if config else "no evaluation data"
+        raise UserError(f"{where}; pass --data DATASET (a JSONL/JSON/parquet file or directory)")
+    return cfg, config
+
+
+def default_out_dir(cfg, config: str | None, args: argparse.Namespace) -> Path:
+    if args.out:
+        return Path(args.out)
+    if cfg.eval.output_dir:
+        return Path(cfg.eval.output_dir)
+    if config is not None and args.model is None:
+        return Path(cfg.trainer.output_dir) / "eval"
+    data = "+".join(_stem(spec.path) for spec in cfg.data.eval)
+    return Path("runs") / "eval" / f"{_stem(cfg.model.name_or_path)}-{data}"
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from mmrl.data.dataset import load_datasets
+    from mmrl.data.vision import check_images
+    from mmrl.eval.evaluate import evaluate
+    from mmrl.models.loading import load_policy
+
+    cfg, config = build_eval_config(args)
+    out_dir = default_out_dir(cfg, config, args)
+    samples = load_datasets(cfg.data.eval, cfg.data)
+    if cfg.eval.limit:
+        samples = samples[: cfg.eval.limit]
+    samples = check_images(samples, cfg.data, out_dir)
+    device = cfg.trainer.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    loaded = load_policy(cfg.model, device=device, for_training=False)
+    info = {"model": cfg.model.name_or_path, "data": [spec.path for spec in cfg.data.eval]}
+    report = evaluate(loaded.model, loaded.processor, samples, cfg.eval, cfg.data, out_dir,
+                      progress=not args.no_progress, info=info)
+    print((out_dir / "report.md").read_text(encoding="utf-8"), end="")
+    print(f"report: {out_dir / 'report.json'}")
+    if cfg.eval.save_generations:
+        print(f"generations: {out_dir / 'generations.jsonl'}")
+    return 0 if report["n"] else 1

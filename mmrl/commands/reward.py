@@ -1,7 +1,127 @@
-"""`mmrl reward`: score completions with a reward — provided by the rewards issue; until then it says so."""
+"""`mmrl reward`: score saved completions with a reward or a composite, or list the registered rewards."""
 
-from mmrl.commands import register_unavailable
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from mmrl.commands import add_command
+from mmrl.errors import UserError
+
+EXAMPLES = """  mmrl reward list
+  mmrl reward score --reward accuracy --input completions.jsonl
+  mmrl reward score --reward accuracy --reward format=0.5 --input completions.jsonl
+  mmrl reward score --reward '[{name: accuracy, weight: 1.0}, {name: format, weight: 0.5}]' --input c.jsonl
+  mmrl reward score --reward my_rewards.py:length_bonus --kwargs '{"target": 200}' --input c.jsonl
+  Each input line is {"completion": "...", "answer": ..., "task": ..., <other columns>}.
+"""
 
 
 def register(subparsers, name: str) -> None:
-    register_unavailable(subparsers, name, "score completions with a reward", "the rewards issue")
+    parser = add_command(subparsers, name, "score completions with a reward",
+                         "Score saved completions with registered or user rewards (debug a reward offline).", EXAMPLES)  # fmt: skip
+    sub = parser.add_subparsers(dest="reward_command", metavar="ACTION")
+    listing = sub.add_parser("list", help="list registered rewards")
+    listing.set_defaults(func=run_list)
+    score = sub.add_parser("score", help="score a JSONL file of completions", epilog="examples:\n" + EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    score.add_argument("--reward", action="append", required=True,
+                       help="NAME, NAME=WEIGHT, path/to/file.py:function, a YAML/JSON list of {name, weight, kwargs}, "
+                            "or a YAML config file with a `rewards:` list; repeatable")  # fmt: skip
+    score.add_argument("--input", required=True, type=Path, help="JSONL file, one {completion, <columns>} per line")
+    score.add_argument("--kwargs", default=None, help="JSON kwargs for a single --reward")
+    score.add_argument("--timeout", type=float, default=None, help="seconds per completion (default: the spec's, 5)")
+    score.add_argument("--workers", type=int, default=None, help="reward worker processes (0: in-process)")
+    score.set_defaults(func=run_score)
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from mmrl.rewards import get_reward, list_rewards
+
+    for name in list_rewards():
+        doc = (get_reward(name).__doc__ or "").strip().splitlines()
+        print(f"{name:22s} {doc[0] if doc else ''}")
+    return 0
+
+
+def _specs(values: list[str], kwargs_text: str | None) -> list[dict]:
+    specs: list[dict] = []
+    for value in values:
+        path = Path(value)
+        if value.endswith((".yaml", ".yml")) and path.is_file():
+            loaded = yaml.safe_load(path.read_text()) or {}
+            items = loaded.get("rewards") if isinstance(loaded, dict) else loaded
+            if not isinstance(items, list):
+                raise UserError(f"{value}: expected a `rewards:` list of {{name, weight, kwargs}}")
+            specs.extend(items)
+        elif value.lstrip().startswith("["):
+            try:
+                items = yaml.safe_load(value)
+            except yaml.YAMLError as err:
+                raise UserError(f"--reward: cannot parse the list {value!r}: {err}") from err
+            specs.extend(items)
+        else:
+            name, sep, weight = value.rpartition("=") if "=" in value else (value, "", "")
+            try:
+                specs.append({"name": name, "weight": float(weight)} if sep else {"name": value})
+            except ValueError as err:
+                raise UserError(f"--reward {value}: the weight after '=' must be a number") from err
+    if kwargs_text:
+        if len(specs) != 1:
+            raise UserError("--kwargs applies to a single --reward; put kwargs in the list form for several")
+        try:
+            specs[0]["kwargs"] = json.loads(kwargs_text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"--kwargs is not valid JSON: {err}") from err
+    for spec in specs:
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise UserError(f"--reward: each entry needs a name, got {spec!r}")
+    return specs
+
+
+def _read(path: Path) -> tuple[list[str], dict[str, list]]:
+    if not path.is_file():
+        raise UserError(f"--input {path}: file not found")
+    records = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
+        if not isinstance(record, dict) or not isinstance(record.get("completion"), str):
+            raise UserError(f"{path}:{lineno}: each line needs a string field 'completion'")
+        records.append(record)
+    keys = sorted({k for r in records for k in r if k != "completion"})
+    columns = {k: [_tuple_sizes(k, r.get(k)) for r in records] for k in keys}
+    return [r["completion"] for r in records], columns
+
+
+def _tuple_sizes(key: str, value):
+    return tuple(value) if key in ("image_size", "input_size") and isinstance(value, list) else value
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from mmrl.config.rl import RewardSpec
+    from mmrl.rewards.composite import RewardComposite
+
+    try:
+        specs = [RewardSpec(**s) for s in _specs(args.reward, args.kwargs)]
+    except (TypeError, ValueError) as err:
+        raise UserError(f"--reward: {err}".splitlines()[0]) from err
+    completions, columns = _read(args.input)
+    with RewardComposite(specs, timeout_s=args.timeout, workers=args.workers) as composite:
+        result = composite.score(completions, columns)
+    for i in range(len(completions)):
+        print(json.dumps({"total": result.total[i], **{k: v[i] for k, v in result.components.items()}}))
+    if result.counters:
+        print("counters: " + json.dumps(result.counters), file=sys.stderr)
+        for name, example in result.examples.items():
+            print(f"example {name}: line {example['index'] + 1} {example['kind']}: {example['message']}", file=sys.stderr)
+    return 0

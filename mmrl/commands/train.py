@@ -1,7 +1,33 @@
-"""`mmrl train`: train with GRPO and its variants — provided by the GRPO trainer issue; until then it says so."""
+"""`mmrl train CONFIG [key=value ...]`: GRPO and its variants (also under `accelerate launch -m mmrl train ...`)."""
 
-from mmrl.commands import register_unavailable
+from __future__ import annotations
+
+import argparse
+
+from mmrl.commands import add_command
 
 
 def register(subparsers, name: str) -> None:
-    register_unavailable(subparsers, name, "train with GRPO and its variants", "the GRPO trainer issue")
+    parser = add_command(
+        subparsers,
+        name,
+        help="train with GRPO and its variants",
+        description="Train a VLM with GRPO (Dr. GRPO, DAPO token loss, clip-higher, KL estimators, online filtering),\n"
+        "rule-based rewards, and curriculum / PTST stages. Writes runs/<name>/ (config.yaml, metrics.jsonl, tb/,\n"
+        "samples/, checkpoints/step-N/).",
+        examples="  mmrl train configs/tests/grpo_tiny.yaml trainer.max_steps=4\n"
+        "  mmrl train configs/mm_eureka.yaml trainer.resume=auto\n"
+        "  accelerate launch --num_processes 2 -m mmrl train configs/tests/grpo_tiny.yaml\n",
+    )
+    parser.add_argument("config", help="path to a YAML config")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides key.path=value")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmrl.config import load_config
+    from mmrl.rl.trainer import train
+
+    run_dir = train(load_config(args.config, args.overrides))
+    print(f"run directory: {run_dir}")
+    return 0

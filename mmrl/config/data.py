@@ -16,10 +16,12 @@ class DatasetSpec(Section):
     weight: float = Field(1.0, gt=0, description="Sampling weight when several datasets are mixed.")
     limit: int | None = Field(None, ge=1, description="Use at most this many records.")
     task: str | None = Field(None, description="Force the task of every record (else inferred from the format).")
-    box_frame: Literal["pixel", "input_pixel", "norm1000", "norm1"] = Field(
-        "pixel", description="Frame of the gold boxes in this dataset."
+    box_frame: Literal["pixel", "input_pixel", "norm1000", "norm1"] | None = Field(
+        None, description="Frame of the gold boxes in this dataset (default: the format's convention, else 'pixel')."
     )
-    box_format: Literal["xyxy", "xywh"] = Field("xyxy", description="Format of the gold boxes in this dataset.")
+    box_format: Literal["xyxy", "xywh"] | None = Field(
+        None, description="Format of the gold boxes in this dataset (default: the format's convention, else 'xyxy')."
+    )
     image_root: str | None = Field(None, description="Directory image paths are relative to (default: the file's).")
 
 
@@ -40,6 +42,10 @@ class DataConfig(Section):
         "error", description="'error': stop before training naming the sample; 'skip': report and skip it."
     )
     max_bad_fraction: float = Field(0.01, ge=0, le=1, description="With 'skip': abort when more than this are bad.")
+    max_image_pixels: int = Field(
+        100_000_000, ge=1, description="Reject images whose header claims more pixels than this (decompression bombs)."
+    )
+    min_image_side: int = Field(2, ge=1, description="Reject images with a side shorter than this (e.g. 1x1 placeholders).")
     max_prompt_length: int = Field(2048, ge=16, description="Reject (by id) prompts longer than this many tokens.")
     system_prompt: str | None = Field(None, description="System message prepended to every prompt.")
     prompt_suffix: str | None = Field(None, description="Text appended to every user prompt (e.g. format instructions).")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mmrl.config.base import Section
 from mmrl.config.data import DatasetSpec
@@ -14,14 +14,27 @@ from mmrl.config.rl import RewardSpec
 class StageConfig(Section):
     name: str = Field(..., description="Stage name (shown in logs and plots).")
     steps: int = Field(..., ge=1, description="Optimizer steps in this stage.")
-    until_metric: str | None = Field(None, description="End the stage early when this eval metric reaches until_value.")
+    until_metric: str | None = Field(
+        None,
+        description="End the stage early (before `steps`) when this eval metric (e.g. 'accuracy') reaches until_value; "
+        "checked each time the trainer evaluates.",
+    )
     until_value: float | None = Field(None, description="Threshold for until_metric.")
+    until_mode: Literal["max", "min"] = Field(
+        "max", description="'max': switch when the metric is >= until_value; 'min': when it is <= until_value."
+    )
     data: list[DatasetSpec] | None = Field(None, description="Training data of this stage (default: data.train).")
     group_size: int | None = Field(None, ge=2, description="Override rollout.group_size.")
     max_completion_length: int | None = Field(None, ge=1, description="Override rollout.max_completion_length.")
     rewards: list[RewardSpec] | None = Field(None, description="Override rewards.")
     prompt_suffix: str | None = Field(None, description="Override data.prompt_suffix.")
     enabled: bool = Field(True, description="Set false to skip an optional stage (e.g. PTST stage 3).")
+
+    @model_validator(mode="after")
+    def _until_pair(self) -> StageConfig:
+        if (self.until_metric is None) != (self.until_value is None):
+            raise ValueError(f"stage '{self.name}': set both until_metric and until_value, or neither")
+        return self
 
 
 class EvalConfig(Section):
@@ -32,6 +45,28 @@ class EvalConfig(Section):
     batch_size: int = Field(16, ge=1, description="Items generated at once.")
     limit: int | None = Field(None, ge=1, description="Evaluate at most this many items.")
     metric: Literal["accuracy"] = Field("accuracy", description="Headline metric.")
+    seed: int = Field(0, ge=0, description="Seed of sampled generation (greedy ignores it).")
+    output_dir: str | None = Field(None, description="Where report.json/report.md/generations.jsonl go "
+                                   "(default: <run dir>/eval, or runs/eval/<model>-<data> for `mmrl eval --model`).")
+    answer_tags: tuple[str, str] = Field(("<answer>", "</answer>"), description="Tags the answer is extracted from.")
+    allow_boxed: bool = Field(
+        True, description="Also accept a \\boxed{...} answer when the tags are missing (as the accuracy reward does)."
+    )
+    reward_for_task: dict[str, str] = Field(
+        default_factory=dict,
+        description="Tasks scored by a reward function (registered name or 'file.py:function'), e.g. "
+        "{mytask: my_rewards.py:score}. Otherwise gui uses the gui_action reward's action+target parts and every "
+        "other task (grounding included: IoU > 0.5) extract_answer + verify_answer, exactly as the accuracy reward.",
+    )
+    category_keys: list[str] = Field(
+        default_factory=lambda: ["category", "subject", "question_type", "skill", "synthetic_task"],
+        description="Sample meta keys naming an item's category for the per-category breakdown (first present wins).",
+    )
+    correct_threshold: float = Field(
+        0.5, ge=0, le=1, description="A generation counts as correct when its score is >= this (IoU >= 0.5 for "
+        "grounding; binary scores are unaffected). Used by accuracy, pass@k and mean@k.",
+    )
+    save_generations: bool = Field(True, description="Write generations.jsonl (prompt, answer, generations, scores).")
 
 
 class PipelineStep(Section):

@@ -63,5 +63,13 @@ class Sample:
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
-        record["images"] = [str(getattr(im, "filename", None) or im) for im in self.images]
+        record["images"] = [_image_ref(im) for im in self.images]
         return record
+
+
+def _image_ref(image: Any) -> str:
+    """A path for an image reference; in-memory images (parquet bytes, datasets) are described by their size."""
+    if isinstance(image, (str, bytes, bytearray)) or not hasattr(image, "size"):
+        return str(image) if not isinstance(image, (bytes, bytearray)) else f"<embedded image, {len(image)} bytes>"
+    filename = getattr(image, "filename", None)
+    return str(filename) if filename else f"<embedded image {image.size[0]}x{image.size[1]}>"

@@ -60,7 +60,7 @@ CHAT_TEMPLATE = (
 )
 
 
-BUILD_VERSION = "1"  # bump when the build recipe changes so cached builds are rebuilt
+BUILD_VERSION = "2"  # bump when the build recipe changes so cached builds are rebuilt
 MARKER = "mmrl_tiny.json"
 
 
@@ -175,6 +175,8 @@ def build_config(preset: TinyPreset, tokenizer=None):
         "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": list(preset.mrope_section)},
         "tie_word_embeddings": False,
     }
+    if ids is not None:
+        text_config.update(bos_token_id=None, eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
     vision_config = {
         "depth": preset.vision_depth,
         "hidden_size": preset.vision_hidden,

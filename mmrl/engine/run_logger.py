@@ -52,7 +52,11 @@ class RunLogger:
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._metrics = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        # Rows past the starting step belong to an attempt that did not reach a checkpoint: a resume redoes them.
+        kept = [row for row in read_metrics(self.run_dir) if row.get("step", 0) <= start_step]
+        self._metrics = open(self.run_dir / "metrics.jsonl", "w", encoding="utf-8")
+        for row in kept:
+            self._metrics.write(json.dumps(row) + "\n")
         if "tensorboard" in report_to:
             from torch.utils.tensorboard import SummaryWriter
 

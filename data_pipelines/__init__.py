@@ -1,0 +1,1 @@
+"""Offline dataset builders (`mmrl build-data ...`): synthetic visual tasks, curriculum variants, and more."""

@@ -1,0 +1,121 @@
+"""Turn Samples into model inputs: chat template + processor, left padding for generation, SFT labels.
+
+Images are prepared by `mmrl.data.vision.prepare_sample_images` (the same resize everywhere) and handed to the
+processor with `do_resize=False`, so the model input size is exactly `sample.input_size`. A prompt longer than
+`data.max_prompt_length` is rejected by id, never truncated: truncation through image tokens is what produces the
+classic "image features and image tokens do not match".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mmrl.data.sample import Sample
+from mmrl.data.templates import build_messages
+from mmrl.data.vision import prepare_sample_images
+from mmrl.errors import DataError
+
+IGNORE_INDEX = -100
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+
+
+def _tokenizer(processor):
+    return getattr(processor, "tokenizer", processor)
+
+
+def _chat_text(processor, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    return processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+
+def _process(processor, text: str, images: list) -> dict[str, torch.Tensor]:
+    kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
+    if images:
+        kwargs["images"] = images
+        kwargs["do_resize"] = False  # already resized by resize_for_model: one resize rule everywhere
+    encoded = dict(processor(**kwargs))
+    if "mm_token_type_ids" not in encoded:
+        encoded["mm_token_type_ids"] = torch.zeros_like(encoded["input_ids"])
+    return encoded
+
+
+def encode_one(processor, sample: Sample, data_cfg: Any, with_response: bool = False) -> dict[str, torch.Tensor]:
+    """Encode one sample (batch dim 1): input_ids, attention_mask, mm_token_type_ids (+ pixel_values,
+    image_grid_thw when it has images). With `with_response`, also `labels` (-100 except the response and its
+    closing end-of-turn token). Raises `DataError` naming the sample when the prompt is too long.
+    """
+    system = getattr(data_cfg, "system_prompt", None)
+    suffix = getattr(data_cfg, "prompt_suffix", None)
+    images = prepare_sample_images(sample, data_cfg)
+    prompt_messages = build_messages(sample, system, suffix, with_response=False)
+    prompt_text = _chat_text(processor, prompt_messages, add_generation_prompt=True)
+    encoded = _process(processor, prompt_text, images)
+    prompt_len = encoded["input_ids"].shape[1]
+    max_prompt = getattr(data_cfg, "max_prompt_length", None)
+    if max_prompt is not None and prompt_len > max_prompt:
+        raise DataError(f"sample {sample.id}: prompt is {prompt_len} tokens (images included), above "
+                        f"data.max_prompt_length={max_prompt}; raise it, lower data.max_pixels, or drop the sample")
+    if not with_response:
+        return encoded
+    full_messages = build_messages(sample, system, suffix, with_response=True)
+    full_text = _chat_text(processor, full_messages, add_generation_prompt=False)
+    if not full_text.startswith(prompt_text):
+        raise DataError(f"sample {sample.id}: the chat template renders the prompt differently with a response; "
+                        "cannot locate the assistant tokens")
+    tokenizer = _tokenizer(processor)
+    tail_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False, return_tensors="pt")["input_ids"]
+    # Learn the response up to and including its end-of-turn token; whatever the template adds after it is context.
+    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    tail = tail_ids[0].tolist()
+    stop = max((i for i, t in enumerate(tail) if t == end_id), default=len(tail) - 1) + 1
+    labels = torch.full((1, prompt_len + len(tail)), IGNORE_INDEX, dtype=torch.long)
+    labels[0, prompt_len: prompt_len + stop] = tail_ids[0, :stop]
+    encoded["input_ids"] = torch.cat([encoded["input_ids"], tail_ids], dim=1)
+    encoded["attention_mask"] = torch.cat([encoded["attention_mask"], torch.ones_like(tail_ids)], dim=1)
+    encoded["mm_token_type_ids"] = torch.cat(
+        [encoded["mm_token_type_ids"], torch.zeros_like(tail_ids)], dim=1)
+    encoded["labels"] = labels
+    return encoded
+
+
+def _pad_id(processor) -> int:
+    tokenizer = _tokenizer(processor)
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def pad_batch(items: list[dict[str, torch.Tensor]], pad_id: int, side: str = "left") -> dict[str, torch.Tensor]:
+    """Stack per-sample encodings: pad sequences on `side`, concatenate pixel_values and image_grid_thw."""
+    length = max(item["input_ids"].shape[1] for item in items)
+    fills = {"input_ids": pad_id, "attention_mask": 0, "mm_token_type_ids": 0, "labels": IGNORE_INDEX}
+    batch: dict[str, torch.Tensor] = {}
+    for key, fill in fills.items():
+        if key not in items[0]:
+            continue
+        rows = []
+        for item in items:
+            row = item[key][0]
+            pad = torch.full((length - row.shape[0],), fill, dtype=row.dtype)
+            rows.append(torch.cat([pad, row]) if side == "left" else torch.cat([row, pad]))
+        batch[key] = torch.stack(rows)
+    with_images = [item for item in items if "pixel_values" in item]
+    if with_images:
+        batch["pixel_values"] = torch.cat([item["pixel_values"] for item in with_images], dim=0)
+        batch["image_grid_thw"] = torch.cat([item["image_grid_thw"] for item in with_images], dim=0)
+    return batch
+
+
+def encode_prompts(processor, samples: list[Sample], data_cfg: Any) -> dict[str, torch.Tensor]:
+    """Left-padded generation batch: input_ids, attention_mask, mm_token_type_ids, pixel_values, image_grid_thw."""
+    return pad_batch([encode_one(processor, s, data_cfg) for s in samples], _pad_id(processor), side="left")
+
+
+def encode_sft(processor, samples: list[Sample], data_cfg: Any, max_length: int | None = None) -> dict:
+    """Right-padded SFT batch with `labels` (-100 outside assistant responses). Over-long samples are rejected."""
+    items = [encode_one(processor, s, data_cfg, with_response=True) for s in samples]
+    if max_length is not None:
+        for sample, item in zip(samples, items):
+            if item["input_ids"].shape[1] > max_length:
+                raise DataError(f"sample {sample.id}: {item['input_ids'].shape[1]} tokens with its response, above "
+                                f"max_length={max_length}; raise it or shorten the response")
+    return pad_batch(items, _pad_id(processor), side="right")

@@ -1,0 +1,73 @@
+"""Optimizer and learning-rate schedule from `optimizer:`; one guarded optimizer step shared by GRPO and SFT."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mmrl.config.optim import OptimizerConfig
+from mmrl.engine.distributed import all_reduce_gradients
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def build_optimizer(params: list[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    # Parameters that never receive a gradient (a frozen-in-practice vision tower) simply keep no AdamW state;
+    # resume works because the state dict is saved and loaded whole (EasyR1 #275 failed on exactly that).
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+
+
+def lr_factor(step: int, cfg: OptimizerConfig, max_steps: int) -> float:
+    """Multiplier of cfg.lr at `step` (0-based): linear warm-up, then constant / cosine / linear decay to min_lr_ratio.
+
+    >>> from mmrl.config.optim import OptimizerConfig
+    >>> c = OptimizerConfig(lr=1.0, warmup_steps=2, schedule="linear")
+    >>> [round(lr_factor(s, c, 6), 3) for s in range(6)]
+    [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
+    """
+    warm = cfg.warmup_steps
+    if warm and step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "constant":
+        return 1.0
+    span = max(1, max_steps - warm)
+    progress = min(1.0, (step - warm) / span)
+    floor = cfg.min_lr_ratio
+    if cfg.schedule == "cosine":
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return floor + (1 - floor) * (1 - progress)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, max_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, max_steps))
+
+
+def guarded_step(
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    loss_value: float,
+    max_grad_norm: float | None,
+    world_size: int,
+) -> tuple[float, bool]:
+    """Average grads across ranks, clip, and step unless the loss or grad norm is non-finite.
+
+    Returns (grad_norm, stepped). A skipped step leaves the parameters and optimizer state untouched.
+    """
+    all_reduce_gradients(params, world_size)
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
+        grad_norm = float(norm)
+    else:
+        grad_norm = 0.0
+    stepped = math.isfinite(loss_value) and math.isfinite(grad_norm)
+    if stepped:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, stepped

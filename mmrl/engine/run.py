@@ -1,0 +1,133 @@
+"""What every training run shares (GRPO and SFT): processes, seeds, model, optimizer, schedule, logger, checkpoints.
+
+A trainer builds a `TrainingRun`, asks it for the state to resume from, and calls `save(step, extra)` — the engine
+owns where and how things are written, the trainer owns what its own state is.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmrl.config import MMRLConfig, save_resolved
+from mmrl.engine import checkpoint as ckpt
+from mmrl.engine.distributed import DistInfo, barrier, broadcast_parameters, init_distributed
+from mmrl.engine.optim import build_optimizer, build_scheduler, guarded_step, trainable_parameters
+from mmrl.engine.run_logger import RunLogger
+from mmrl.errors import UserError
+from mmrl.models.loading import LoadedModel, load_policy
+
+
+class TrainingDiverged(UserError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient norm."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainingRun:
+    cfg: MMRLConfig
+    dist: DistInfo
+    run_dir: Path
+    loaded: LoadedModel
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    logger: RunLogger
+    resume_from: Path | None
+    start_step: int = 0
+    nonfinite_in_a_row: int = 0
+    skipped_steps: int = 0
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.loaded.model
+
+    @property
+    def processor(self) -> Any:
+        return self.loaded.processor
+
+    def optimizer_step(self, loss_value: float) -> tuple[float, bool]:
+        """Guarded step: skips (and counts) non-finite steps, aborts after `trainer.max_nonfinite_steps` in a row."""
+        grad_norm, stepped = guarded_step(self.optimizer, self.params, loss_value,
+                                          self.cfg.optimizer.max_grad_norm, self.dist.world_size)
+        if stepped:
+            self.nonfinite_in_a_row = 0
+            return grad_norm, True
+        self.skipped_steps += 1
+        self.nonfinite_in_a_row += 1
+        self.logger.event(f"skipped an optimizer step: non-finite loss ({loss_value}) or grad norm ({grad_norm})")
+        if self.nonfinite_in_a_row >= self.cfg.trainer.max_nonfinite_steps:
+            raise TrainingDiverged(
+                f"training diverged: {self.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or "
+                f"gradient norm; lower optimizer.lr or check the data (last loss {loss_value})"
+            )
+        return grad_norm, False
+
+    def save(self, step: int, extra: dict[str, Any]) -> Path | None:
+        """Checkpoint `step` (main process writes; all wait) with optimizer, schedule, RNG and the trainer's state."""
+        path = None
+        if self.dist.is_main:
+            state = {
+                "step": step,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": ckpt.rng_state(),
+                "nonfinite_in_a_row": self.nonfinite_in_a_row,
+                "skipped_steps": self.skipped_steps,
+                **extra,
+            }
+            path = ckpt.save_checkpoint(self.run_dir, step, self.model, state, self.processor,
+                                        keep_last=self.cfg.trainer.keep_last)
+        barrier(self.dist.world_size)
+        return path
+
+    def load_resume_state(self) -> dict[str, Any] | None:
+        """Restore model, optimizer, schedule and RNG from `resume_from`; return the full state for the trainer."""
+        if self.resume_from is None:
+            return None
+        ckpt.load_model_weights(self.model, self.resume_from)
+        state = ckpt.load_trainer_state(self.resume_from)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)
+        self.skipped_steps = state.get("skipped_steps", 0)
+        self.start_step = int(state["step"])
+        return state
+
+    def close(self) -> None:
+        self.logger.close()
+
+
+def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
+    """Processes, seed, run dir (with the resolved config), model, optimizer, schedule, logger, resume point."""
+    dist = init_distributed(cfg.trainer.device)
+    seed_everything(cfg.trainer.seed)
+    run_dir = Path(cfg.trainer.output_dir)
+    resume_from = ckpt.resolve_resume(cfg.trainer.resume, run_dir)
+    if dist.is_main:
+        save_resolved(cfg, run_dir)
+    loaded = load_policy(cfg.model, device=dist.device, for_training=True)
+    broadcast_parameters(loaded.model, dist.world_size)
+    loaded.model.train()
+    params = trainable_parameters(loaded.model)
+    if not params:
+        raise UserError("model: no trainable parameters (everything is frozen); check model.freeze_vision_tower/lora")
+    optimizer = build_optimizer(params, cfg.optimizer)
+    steps = total_steps or cfg.trainer.max_steps
+    scheduler = build_scheduler(optimizer, cfg.optimizer, steps)
+    start_step = int(resume_from.name.split("-")[1]) if resume_from else 0
+    logger = RunLogger(run_dir, cfg.trainer.report_to, enabled=dist.is_main, total_steps=steps,
+                       progress=cfg.trainer.progress, start_step=start_step)
+    return TrainingRun(cfg=cfg, dist=dist, run_dir=run_dir, loaded=loaded, params=params, optimizer=optimizer,
+                       scheduler=scheduler, logger=logger, resume_from=resume_from)

@@ -1,0 +1,136 @@
+"""The evaluation harness: generate k answers per item, score them like the rewards do, write the report.
+
+Outputs in `out_dir`: `report.json` (accuracy, pass@k/mean@k when k > 1, unscorable count, per-task and per-category
+breakdown), `report.md` (the same as a markdown table) and `generations.jsonl` (prompt, gold, generations, scores).
+
+>>> from mmrl.config import load_config
+>>> from mmrl.models.loading import load_policy
+>>> cfg = load_config(None, ["eval.max_new_tokens=16"])
+>>> loaded = load_policy(cfg.model, for_training=False)  # doctest: +SKIP
+>>> report = evaluate(loaded.model, loaded.processor, samples, cfg.eval, cfg.data, "runs/eval")  # doctest: +SKIP
+>>> report["accuracy"], report["by_task"]["count"]["n"]  # doctest: +SKIP
+(0.25, 4)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mmrl.config.workflow import EvalConfig
+from mmrl.data.sample import Sample
+from mmrl.errors import DataError
+from mmrl.eval.generate import Completion, generate_completions
+from mmrl.eval.report import build_report, report_markdown
+from mmrl.eval.scoring import ItemScore, score_generations
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _generation_record(sample: Sample, completions: list[Completion], item: ItemScore) -> dict[str, Any]:
+    return {
+        "id": sample.id,
+        "task": sample.task,
+        "category": item.category,
+        "prompt": sample.prompt,
+        "images": [str(getattr(im, "filename", None) or im) for im in sample.images],
+        "answer": sample.answer,
+        "generations": [c.text for c in completions],
+        "predictions": item.predictions,
+        "scores": item.scores,
+        "n_tokens": [c.n_tokens for c in completions],
+        "truncated": [c.truncated for c in completions],
+        **({"unscorable": item.reason} if item.unscorable else {}),
+    }
+
+
+def write_outputs(
+    out_dir: str | os.PathLike, report: dict[str, Any], records: Sequence[dict[str, Any]] | None
+) -> dict[str, Path]:
+    """Write report.json, report.md and (when `records` is given) generations.jsonl; return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"report": out / "report.json", "markdown": out / "report.md"}
+    _write_atomic(paths["report"], json.dumps(report, indent=2, default=str) + "\n")
+    _write_atomic(paths["markdown"], report_markdown(report))
+    if records is not None:
+        paths["generations"] = out / "generations.jsonl"
+        lines = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
+        _write_atomic(paths["generations"], lines)
+    return paths
+
+
+def evaluate(
+    model: Any,
+    processor: Any,
+    samples: Sequence[Sample],
+    eval_cfg: EvalConfig,
+    data_cfg: Any,
+    out_dir: str | os.PathLike | None,
+    progress: bool = True,
+    info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate `model` on `samples` (at most `eval_cfg.limit`) and return the report (also written to `out_dir`
+    unless it is None). Greedy decoding is deterministic; sampling is seeded by `eval_cfg.seed`."""
+    items = list(samples)[: eval_cfg.limit] if eval_cfg.limit else list(samples)
+    if not items:
+        raise DataError("eval: the evaluation dataset is empty; check data.eval (or --data) and --limit")
+    if eval_cfg.greedy and eval_cfg.k > 1:
+        raise DataError("eval.k > 1 needs sampling: set eval.greedy=false")
+    bar = _progress_bar(len(items), progress)
+    start = time.perf_counter()
+    try:
+        completions = generate_completions(
+            model, processor, items, data_cfg,
+            max_new_tokens=eval_cfg.max_new_tokens, greedy=eval_cfg.greedy, temperature=eval_cfg.temperature,
+            k=eval_cfg.k, seed=eval_cfg.seed, batch_size=eval_cfg.batch_size, on_batch=bar.update,
+        )
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    texts = [[c.text for c in item] for item in completions]
+    scores = score_generations(items, texts, eval_cfg.reward_for_task, tuple(eval_cfg.answer_tags),
+                               eval_cfg.allow_boxed, eval_cfg.category_keys)
+    flat = [c for item in completions for c in item]
+    details = {
+        "greedy": eval_cfg.greedy,
+        "temperature": None if eval_cfg.greedy else eval_cfg.temperature,
+        "max_new_tokens": eval_cfg.max_new_tokens,
+        "completion_length": sum(c.n_tokens for c in flat) / len(flat),
+        "truncated_fraction": sum(c.truncated for c in flat) / len(flat),
+        "seconds": round(seconds, 3),
+        **(info or {}),
+    }
+    report = build_report(scores, eval_cfg.k, eval_cfg.correct_threshold, details)
+    if out_dir is not None:
+        records = (
+            [_generation_record(s, c, it) for s, c, it in zip(items, completions, scores)]
+            if eval_cfg.save_generations
+            else None
+        )
+        write_outputs(out_dir, report, records)
+    return report
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="eval", unit="item", dynamic_ncols=True)

@@ -1,0 +1,188 @@
+"""A weighted sum of rewards from config, with per-component scores, counters and one example per failure kind.
+
+    rewards: [{name: accuracy, weight: 1.0}, {name: format, weight: 0.5}]
+
+`total` is the weighted sum; it is None when any component with a non-zero weight is None for that item — a partial
+sum would silently change the reward's scale for that item (accuracy None + format 1 would look like a half-right
+answer), so the trainer skips the item instead. Zero-weight components are reported but never block the total.
+
+Execution: rewards marked `heavy` (math-verify, `cosine_length`, user `file.py:function` rewards) are scored item by
+item in killable worker processes (`safe.WorkerPool`); cheap ones (format, boxes, GUI, length) run in-process on the
+whole batch under a thread/timer limit — a pipe round-trip would cost more than they do. `workers=0` runs everything
+in-process (heavy items one by one under `call_with_timeout`; a call stuck in C code then cannot be killed).
+
+>>> with RewardComposite([{"name": "accuracy"}, {"name": "format", "weight": 0.5}], workers=0) as rc:
+...     r = rc.score(["<think>x</think><answer>3</answer>"], {"answer": ["3"], "task": ["count"]})
+>>> r.total, r.components["format"]
+([1.5], [1.0])
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmrl.config.rl import RewardSpec
+from mmrl.errors import UserError
+from mmrl.rewards.registry import get_reward, is_file_spec
+from mmrl.rewards.safe import Outcome, WorkerPool, call_with_timeout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RewardResult:
+    """Scores for one batch: `total[i]`, `components[name][i]`, `counters["<name>/<kind>"]`, `examples[name]`."""
+
+    total: list[float | None]
+    components: dict[str, list[float | None]]
+    counters: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _clean(value: Any) -> float | None:
+    """A reward value as float; None, NaN and non-numbers become None (unscorable), never 0."""
+    if value is None or isinstance(value, str):
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+class RewardComposite:
+    """Score completions with several weighted rewards (see the module docstring)."""
+
+    def __init__(self, specs: list[RewardSpec] | list[dict], timeout_s: float | None = None, workers: int | None = None):
+        self.specs = [s if isinstance(s, RewardSpec) else RewardSpec(**s) for s in specs]
+        if not self.specs:
+            raise UserError("rewards: give at least one reward, e.g. [{name: accuracy, weight: 1.0}]")
+        names = [s.name for s in self.specs]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise UserError(f"rewards: '{duplicates[0]}' is listed twice; combine its weights into one entry")
+        self.fns = [get_reward(s.name) for s in self.specs]  # unknown names fail here, before training starts
+        self.timeouts = [timeout_s or s.timeout_s for s in self.specs]
+        self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        self.targets = [self._target(s.name, fn) for s, fn in zip(self.specs, self.fns, strict=True)]
+        self._pool: WorkerPool | None = None
+        self.counters: dict[str, int] = {}  # cumulative over the composite's life
+        self._logged: set[str] = set()
+
+    @staticmethod
+    def _target(name: str, fn) -> tuple[str, str] | None:
+        """How a worker process finds this reward, or None when only this process can run it (scored in-process)."""
+        heavy = getattr(fn, "mmrl_heavy", not hasattr(fn, "mmrl_reward_name"))
+        if not heavy or getattr(fn, "mmrl_batched", False):
+            return None
+        if is_file_spec(name):
+            return ("file", name)
+        module = getattr(fn, "__module__", "__main__")
+        if module.startswith("mmrl.rewards"):
+            return ("name", name)
+        return None if module == "__main__" else ("module", f"{module}:{name}")
+
+    def _get_pool(self) -> WorkerPool:
+        if self._pool is None:
+            self._pool = WorkerPool(self.workers)
+        return self._pool
+
+    def score(self, completions: list[str], columns: dict[str, list]) -> RewardResult:
+        """Score a batch; `columns` maps a column name to one value per completion."""
+        n = len(completions)
+        for key, values in columns.items():
+            if not isinstance(values, (list, tuple)) or len(values) != n:
+                raise ValueError(f"reward column '{key}' must be a list of {n} values (one per completion)")
+        rows = [{k: v[i] for k, v in columns.items()} for i in range(n)]
+        outcomes: dict[str, list[Outcome]] = {}
+        pooled = [(s, t, timeout) for s, t, timeout in zip(self.specs, self.targets, self.timeouts, strict=True)
+                  if t is not None and self.workers > 0]  # fmt: skip
+        if pooled and n:
+            jobs = [(s.name, t, s.kwargs, timeout, [(i, completions[i], rows[i]) for i in range(n)])
+                    for s, t, timeout in pooled]  # fmt: skip
+            chunk = max(1, min(64, -(-n * len(pooled) // (self.workers * 4))))
+            found = self._get_pool().run(jobs, chunk_size=chunk)
+            for s, _, _ in pooled:
+                outcomes[s.name] = [found[(s.name, i)] for i in range(n)]
+        for spec, fn, target, timeout in zip(self.specs, self.fns, self.targets, self.timeouts, strict=True):
+            if spec.name in outcomes:
+                continue
+            if target is not None or (getattr(fn, "mmrl_heavy", True) and not getattr(fn, "mmrl_batched", False)):
+                outcomes[spec.name] = [call_with_timeout(self._one, timeout, fn, completions[i], rows[i], spec.kwargs)
+                                       for i in range(n)]  # fmt: skip
+            else:
+                outcomes[spec.name] = self._batch(fn, completions, columns, spec.kwargs, timeout)
+        return self._assemble(completions, rows, outcomes)
+
+    @staticmethod
+    def _one(fn, completion: str, row: dict, kwargs: dict):
+        values = fn([completion], **{k: [v] for k, v in row.items()}, **kwargs)
+        if not isinstance(values, (list, tuple)) or len(values) != 1:
+            raise ValueError(f"reward returned {values!r:.80} for one completion; expected a list of one value")
+        return values[0]
+
+    def _batch(self, fn, completions, columns, kwargs, timeout) -> list[Outcome]:
+        """Cheap rewards: one call for the whole batch; on an exception, isolate the failing items one by one."""
+        n = len(completions)
+        out = call_with_timeout(fn, timeout, list(completions), **columns, **kwargs)
+        if out.status == "ok" and (not isinstance(out.value, (list, tuple)) or len(out.value) != n):
+            out = Outcome("error", message=f"reward returned {type(out.value).__name__} of the wrong length (need {n})")
+        if out.status == "ok":
+            return [Outcome("ok", v) for v in out.value]
+        if out.status == "error" and not getattr(fn, "mmrl_batched", False):
+            rows = [{k: v[i] for k, v in columns.items()} for i in range(n)]
+            return [call_with_timeout(self._one, timeout, fn, completions[i], rows[i], kwargs) for i in range(n)]
+        return [Outcome(out.status, None, out.message)] * n
+
+    def _assemble(self, completions, rows, outcomes: dict[str, list[Outcome]]) -> RewardResult:
+        components: dict[str, list[float | None]] = {}
+        counters: dict[str, int] = {}
+        examples: dict[str, dict[str, Any]] = {}
+        for spec in self.specs:
+            values: list[float | None] = []
+            for i, outcome in enumerate(outcomes[spec.name]):
+                value = _clean(outcome.value) if outcome.status == "ok" else None
+                values.append(value)
+                if value is None:
+                    kind = {"ok": "unscorable", "timeout": "timeouts"}.get(outcome.status, "errors")
+                    counters[f"{spec.name}/{kind}"] = counters.get(f"{spec.name}/{kind}", 0) + 1
+                    if spec.name not in examples:
+                        examples[spec.name] = {
+                            "index": i, "kind": kind, "message": outcome.message or f"reward returned {outcome.value!r}",
+                            "id": rows[i].get("id"), "answer": repr(rows[i].get("answer"))[:200],
+                            "completion": completions[i][:300],
+                        }  # fmt: skip
+            components[spec.name] = values
+        for key, count in counters.items():
+            self.counters[key] = self.counters.get(key, 0) + count
+        for name, example in examples.items():
+            if name not in self._logged:  # one logged example per component, not one per step
+                self._logged.add(name)
+                log.warning("reward '%s': item %s %s (%s)", name, example["id"] or example["index"], example["kind"],
+                            example["message"])  # fmt: skip
+        total: list[float | None] = []
+        for i in range(len(completions)):
+            parts = [(s.weight, components[s.name][i]) for s in self.specs if s.weight != 0]
+            total.append(None if any(v is None for _, v in parts) else sum(w * v for w, v in parts))  # type: ignore[misc]
+        return RewardResult(total, components, counters, examples)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __enter__(self) -> RewardComposite:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

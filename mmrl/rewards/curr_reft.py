@@ -1,0 +1,85 @@
+"""Curr-ReFT's three stage rewards, without its substring-containment fallback (which let an empty answer score 1).
+
+- `curr_reft_judge` (stage 1): a yes/no (true/false) judgement of a statement; hedges score 0.
+- `curr_reft_choice` (stage 2): the set of option letters A-E must equal the gold set.
+- `curr_reft_open` (stage 3): by task — `math` via math-verify, `detection`/`grounding` IoU > 0.5,
+  `classification` set-IoU |pred ∩ gold| / |pred ∪ gold| of the normalized labels.
+
+>>> curr_reft_choice_reward(["<answer>A, C</answer>", "<answer>A</answer>", "<answer></answer>"], answer=["AC"] * 3)
+[1.0, 0.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from mmrl.rewards._columns import col, row_meta
+from mmrl.rewards.accuracy import verify_math, verify_yes_no
+from mmrl.rewards.extraction import extract_answer
+from mmrl.rewards.grounding import grounding_correct
+from mmrl.rewards.parsing import normalize_text, parse_letters
+from mmrl.rewards.registry import register_reward
+
+_CHOICES = ["A", "B", "C", "D", "E"]  # only the letters matter; parse_letters limits to A-E
+
+
+@register_reward("curr_reft_judge")
+def curr_reft_judge_reward(completions, answer=None, **_) -> list:
+    """Stage 1: 1.0 when the yes/no judgement equals the gold one.
+
+    >>> curr_reft_judge_reward(["<answer>True</answer>", "<answer>yes or no</answer>"], answer=["yes", "yes"])
+    [1.0, 0.0]
+    """
+    out: list[float | None] = []
+    for completion, gold in zip(completions, col(answer, len(completions)), strict=True):
+        pred = extract_answer(completion)
+        out.append(verify_yes_no(pred, gold) if pred else (None if verify_yes_no("yes", gold) is None else 0.0))
+    return out
+
+
+@register_reward("curr_reft_choice")
+def curr_reft_choice_reward(completions, answer=None, **_) -> list:
+    """Stage 2: 1.0 when the chosen letter set (A-E) equals the gold set; example in the module docstring."""
+    out: list[float | None] = []
+    for completion, gold in zip(completions, col(answer, len(completions)), strict=True):
+        gold_set = parse_letters(gold, _CHOICES)
+        if not gold_set:
+            out.append(None)
+            continue
+        pred = extract_answer(completion)
+        out.append(1.0 if pred and parse_letters(pred, _CHOICES) == gold_set else 0.0)
+    return out
+
+
+def _labels(value: Any) -> set[str]:
+    items = value if isinstance(value, (list, tuple)) else re.split(r",|;|\band\b|\n", str(value))
+    return {normalize_text(v) for v in items if normalize_text(v)}
+
+
+@register_reward("curr_reft_open", heavy=True)
+def curr_reft_open_reward(completions, answer=None, task=None, **columns) -> list:
+    """Stage 3 (open-ended), dispatched on task: math | detection (or grounding) | classification.
+
+    >>> curr_reft_open_reward(["<answer>cat, dog</answer>", "<answer>\\\\frac{1}{2}</answer>"],
+    ...                       answer=["cat, bird", "0.5"], task=["classification", "math"])
+    [0.3333333333333333, 1.0]
+    """
+    n = len(completions)
+    answers, tasks = col(answer, n), col(task, n, "math")
+    out: list[float | None] = []
+    for i, completion in enumerate(completions):
+        pred, gold, kind = extract_answer(completion), answers[i], tasks[i]
+        if gold is None or (isinstance(gold, str) and not gold.strip()):
+            out.append(None)
+        elif kind == "math":
+            out.append(verify_math(pred, str(gold)) if pred else (None if verify_math("0", str(gold)) is None else 0.0))
+        elif kind in ("detection", "grounding"):
+            out.append(grounding_correct(pred, gold, **row_meta(columns, i, n)))
+        elif kind == "classification":
+            gold_set = _labels(gold)
+            pred_set = _labels(pred) if pred else set()
+            out.append(len(pred_set & gold_set) / len(pred_set | gold_set) if gold_set else None)
+        else:
+            raise ValueError(f"curr_reft_open: unknown task '{kind}' (math, detection, grounding, classification)")
+    return out

@@ -1,0 +1,82 @@
+"""Pull the final answer out of a completion, the same way for rewards and for evaluation.
+
+Rules (the peers' bugs they avoid are named in the rewards issue):
+- the answer is the content of the LAST `<answer>…</answer>` outside the reasoning (tags configurable);
+- without answer tags, `\\boxed{…}` is used only when `allow_boxed=True` (last one outside the reasoning);
+- the reasoning is everything up to the last `</think>` (a missing `<think>` still counts as reasoning), so an
+  answer that appears only inside `<think>` does not count;
+- an empty or whitespace-only answer is no answer: `None`, never `""` (an empty string is a substring of everything).
+
+>>> extract_answer("<think>2+2</think><answer> 4 </answer>")
+'4'
+>>> extract_answer("<think>it is <answer>4</answer></think>") is None
+True
+>>> extract_answer("<think>...</think> so \\\\boxed{\\\\frac{1}{2}}.", allow_boxed=True)
+'\\\\frac{1}{2}'
+>>> extract_answer("<answer>  </answer>") is None
+True
+"""
+
+from __future__ import annotations
+
+import re
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def strip_reasoning(completion: str, think_close: str = THINK_CLOSE) -> str:
+    """The part of a completion after the reasoning: text after the last `</think>` (all of it if there is none)."""
+    cut = completion.rfind(think_close)
+    if cut >= 0:
+        return completion[cut + len(think_close) :]
+    # An unclosed <think> means everything after it is reasoning: no answer can be outside it.
+    opened = completion.find(THINK_OPEN)
+    return completion[:opened] if opened >= 0 else completion
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{…}` (or `\\fbox{…}`) with balanced braces, or None."""
+    best = None
+    for match in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
+        depth, start = 1, match.end()
+        for i in range(start, len(text)):
+            ch = text[i]
+            if ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if depth == 0:
+                    best = text[start:i]
+                    break
+    return best
+
+
+def extract_answer(
+    completion: str,
+    tags: tuple[str, str] | list[str] | None = ("<answer>", "</answer>"),
+    allow_boxed: bool = False,
+) -> str | None:
+    """The final answer of `completion`, or None when absent, empty, or only inside the reasoning.
+
+    `tags=None` takes the whole text after the reasoning as the answer (for models prompted without answer tags).
+    """
+    if not isinstance(completion, str):
+        return None
+    visible = strip_reasoning(completion)
+    answer: str | None = None
+    if tags is not None:
+        open_tag, close_tag = tags
+        found = re.findall(re.escape(open_tag) + r"(.*?)" + re.escape(close_tag), visible, flags=re.DOTALL)
+        if found:
+            answer = found[-1]
+    else:
+        answer = visible
+    if answer is None and allow_boxed:
+        answer = last_boxed(visible)
+    if answer is None:
+        return None
+    answer = answer.strip()
+    return answer or None
+
+
+__all__ = ["extract_answer", "last_boxed", "strip_reasoning"]

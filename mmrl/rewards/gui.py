@@ -1,0 +1,156 @@
+"""GUI rewards: `gui_action` (UI-R1) and `point_in_box` (ScreenSpot-style grounding).
+
+Gold actions are dicts: `{"action_type": "click", "bbox": [x1, y1, x2, y2]}` (or `"action"`), `open_app` +
+`app_name`, `scroll` + `direction`, `input_text` + `text`, `navigate_back`. The model answers one action such as
+`[{'action': 'click', 'coordinate': [x, y]}]` inside `<answer>`. Predicted points are read in the model-input frame
+when `input_size` differs from `image_size` (override with `pred_frame`), then mapped to the gold box's frame.
+
+>>> gold = {"action_type": "click", "bbox": [100, 100, 200, 200]}
+>>> gui_action_reward(["<think>t</think><answer>[{'action': 'click', 'coordinate': [75, 75]}]</answer>"],
+...                   answer=[gold], image_size=[(400, 400)], input_size=[(200, 200)])
+[3.0]
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+from typing import Any
+
+from mmrl.data.boxes import convert_point
+from mmrl.errors import UserError
+from mmrl.rewards._columns import col
+from mmrl.rewards.extraction import extract_answer
+from mmrl.rewards.format import is_strict_format
+from mmrl.rewards.grounding import gold_box, parse_boxes, pred_frame_for
+from mmrl.rewards.parsing import normalize_text
+from mmrl.rewards.registry import register_reward
+
+GUI_ACTIONS = ("click", "open_app", "scroll", "navigate_back", "input_text")
+_ARG_KEYS = {"open_app": ("app_name", "app"), "scroll": ("direction",), "input_text": ("text", "input_text", "content")}
+
+
+def parse_action(text: str | None) -> dict[str, Any] | None:
+    """The one action dict in an answer (a dict or a one-element list), or None."""
+    if not text:
+        return None
+    value: Any = None
+    for loader in (json.loads, ast.literal_eval):
+        try:
+            value = loader(text)
+            break
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if not isinstance(value, dict):
+        return None
+    kind = value.get("action") or value.get("action_type")
+    return {**value, "action": str(kind).strip().lower()} if kind else None
+
+
+def _arg(action: dict[str, Any], kind: str) -> str | None:
+    for key in _ARG_KEYS.get(kind, ()):
+        if action.get(key) not in (None, ""):
+            return normalize_text(action[key])
+    return None
+
+
+def point_in_gold(point: Any, gold_bbox: Any, meta: dict[str, Any], pred_frame: str | None) -> float:
+    """1.0 when a predicted (x, y) in the model frame falls inside the gold box (bounds inclusive)."""
+    if not isinstance(point, (list, tuple)) or len(point) != 2:
+        return 0.0
+    try:
+        x, y = (float(v) for v in point)
+    except (TypeError, ValueError):
+        return 0.0
+    if not (math.isfinite(x) and math.isfinite(y)):
+        return 0.0
+    box = gold_box(gold_bbox, meta)
+    if box is None:
+        raise UserError(f"sample {meta.get('id', '?')}: gold click has no valid bbox [x1, y1, x2, y2]")
+    src, dst = pred_frame_for(meta, pred_frame), meta.get("box_frame") or "pixel"
+    px, py = (x, y) if src == dst else convert_point(
+        [x, y], src, dst, image_size=meta.get("image_size"), input_size=meta.get("input_size"))  # fmt: skip
+    return 1.0 if box[0] <= px <= box[2] and box[1] <= py <= box[3] else 0.0
+
+
+def score_action(completion: str, gold: Any, meta: dict[str, Any], pred_frame: str | None = None) -> dict[str, float]:
+    """R_action, R_coord and R_format (each 0 or 1) for one completion."""
+    if not isinstance(gold, dict) or not (gold.get("action_type") or gold.get("action")):
+        raise UserError(f"sample {meta.get('id', '?')}: gui gold answer must be an action dict, got {gold!r:.80}")
+    gold_kind = str(gold.get("action_type") or gold.get("action")).lower()
+    pred = parse_action(extract_answer(completion))
+    r_format = float(is_strict_format(completion) and pred is not None)
+    r_action = float(pred is not None and pred["action"] == gold_kind)
+    r_coord = 0.0
+    if r_action:
+        if gold_kind == "click":
+            point = pred.get("coordinate") or pred.get("point") or pred.get("xy")  # type: ignore[union-attr]
+            r_coord = point_in_gold(point, gold.get("bbox") or gold.get("box"), meta, pred_frame)
+        else:
+            wanted = _arg(gold, gold_kind)
+            r_coord = float(wanted is None or _arg(pred, gold_kind) == wanted)  # type: ignore[arg-type]
+    return {"action": r_action, "coord": r_coord, "format": r_format}
+
+
+def dast_scores(correct: list[bool], lengths: list[float], groups: list[Any], max_length: float | None = None) -> list:
+    """DAST length shaping per group (UI-R1-E): budget = p * mean correct length + (1 - p) * L_max with p the group's
+    accuracy; lam = (L - budget) / budget; correct -> max(0.5 - 0.5 lam, 0.1), wrong -> min(0.9 lam - 0.1, -0.1)."""
+    out = [0.0] * len(correct)
+    for g in dict.fromkeys(groups):
+        idx = [i for i, gi in enumerate(groups) if gi == g]
+        l_max = max_length or max(lengths[i] for i in idx)
+        right = [lengths[i] for i in idx if correct[i]]
+        p = len(right) / len(idx)
+        budget = p * (sum(right) / len(right) if right else 0.0) + (1 - p) * l_max
+        for i in idx:
+            lam = (lengths[i] - budget) / budget if budget > 0 else 0.0
+            out[i] = max(0.5 - 0.5 * lam, 0.1) if correct[i] else min(0.9 * lam - 0.1, -0.1)
+    return out
+
+
+def _metas(columns: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    keys = ("id", "image_size", "input_size", "box_frame", "box_format")
+    cols = {k: col(columns.get(k), n) for k in keys}
+    return [{k: cols[k][i] for k in keys} for i in range(n)]
+
+
+@register_reward("gui_action", batched=True)
+def gui_action_reward(completions, answer=None, pred_frame=None, dast=False, max_length=None, **columns) -> list:
+    """UI-R1: R = R_action + R_coord + R_format (0..3). `dast=True` adds the DAST length score per group (needs the
+    `completion_length` and `group_id` columns). Example in the module docstring."""
+    n = len(completions)
+    answers, metas = col(answer, n), _metas(columns, n)
+    parts = [score_action(c, a, m, pred_frame) for c, a, m in zip(completions, answers, metas, strict=True)]
+    totals = [p["action"] + p["coord"] + p["format"] for p in parts]
+    if dast:
+        lengths = columns.get("completion_length")
+        if lengths is None:
+            raise UserError("gui_action with dast=True needs the 'completion_length' column (tokens per completion)")
+        groups = col(columns.get("group_id"), n, 0)
+        correct = [p["action"] == 1.0 and p["coord"] == 1.0 for p in parts]
+        totals = [t + d for t, d in zip(totals, dast_scores(correct, col(lengths, n), groups, max_length), strict=True)]
+    return totals
+
+
+@register_reward("point_in_box")
+def point_in_box_reward(completions, answer=None, pred_frame=None, tags=("<answer>", "</answer>"), **columns) -> list:
+    """ScreenSpot-style grounding: 1.0 when the predicted point `[x, y]` / `(x, y)` lies inside the gold box.
+
+    >>> point_in_box_reward(["<answer>(50, 60)</answer>", "<answer>[0, 0]</answer>"], answer=[[40, 50, 60, 60]] * 2,
+    ...                     image_size=[(100, 100)] * 2)
+    [1.0, 0.0]
+    """
+    n = len(completions)
+    answers, metas = col(answer, n), _metas(columns, n)
+    out: list[float | None] = []
+    for completion, gold, meta in zip(completions, answers, metas, strict=True):
+        if gold_box(gold, meta) is None:
+            out.append(None)
+            continue
+        text = extract_answer(completion, tags=tags) or ""
+        points = [b for b in parse_boxes(text.replace("(", "[").replace(")", "]")) if len(b) == 2]
+        out.append(point_in_gold(points[0], gold, meta, pred_frame) if len(points) == 1 else 0.0)
+    return out

@@ -1,0 +1,263 @@
+"""Run reward code under a wall-clock limit, anywhere: main thread, worker threads, or killable worker processes.
+
+math-verify's own timeout uses SIGALRM, which only works in the main thread (its issues #50/#55), so mmrl passes
+`None` to it and enforces its own limits here:
+
+- `call_with_timeout(fn, timeout_s)` — in-process. In the main thread an interval timer raises `RewardTimeout`
+  (a BaseException, so library `except Exception` blocks cannot swallow it); elsewhere the call runs in a daemon thread
+  that is abandoned (not killed) at the deadline. Use it for cheap rewards; it cannot stop a call stuck in C code.
+- `WorkerPool` — N worker processes fed chunks of items over pipes. Each worker applies the timer per item; the parent
+  also watches the clock and kills a worker that overruns (e.g. stuck in C), marks that item as timed out, respawns
+  the worker and re-queues the rest of its chunk. Results stream back per item, so one hung item costs only itself.
+  The pool works from any thread of the parent (it uses no signals there) and never leaks processes (`close()`,
+  context manager, daemon workers).
+
+Start method: `forkserver` with `mmrl.rewards` (and math-verify/sympy) preloaded: workers and respawns are forks of a
+small clean server process, so start-up is cheap and a parent that has torch/CUDA threads loaded is never forked.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from typing import Any
+
+
+class RewardTimeout(BaseException):
+    """Raised inside a reward call that ran past its limit (BaseException so `except Exception` cannot eat it)."""
+
+
+@dataclass
+class Outcome:
+    """The result of one guarded call: status is ok | timeout | error."""
+
+    status: str
+    value: Any = None
+    message: str = ""
+
+
+def _raise_timeout(signum, frame):
+    raise RewardTimeout()
+
+
+def call_with_timeout(fn, timeout_s: float | None, *args, **kwargs) -> Outcome:
+    """Call `fn(*args, **kwargs)` with a wall-clock limit; never raises (see the module docstring)."""
+    if not timeout_s:
+        return _guarded(fn, args, kwargs)
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+        previous = signal.signal(signal.SIGALRM, _raise_timeout)
+        signal.setitimer(signal.ITIMER_REAL, timeout_s)
+        try:
+            return _guarded(fn, args, kwargs)
+        except RewardTimeout:  # raised between the call's end and disarming
+            return Outcome("timeout", message=f"over {timeout_s}s")
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    box: list[Outcome] = []
+    thread = threading.Thread(target=lambda: box.append(_guarded(fn, args, kwargs)), daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return box[0] if box else Outcome("timeout", message=f"over {timeout_s}s (call abandoned in a daemon thread)")
+
+
+def _guarded(fn, args, kwargs) -> Outcome:
+    try:
+        return Outcome("ok", fn(*args, **kwargs))
+    except RewardTimeout:
+        return Outcome("timeout", message="over the time limit")
+    except Exception as err:
+        return Outcome("error", message=f"{type(err).__name__}: {err}")
+
+
+# ---------------------------------------------------------------- worker processes
+def _resolve(target: tuple[str, str]):
+    """A reward from a picklable target: ("name", registered name) | ("file", spec) | ("module", "mod:name")."""
+    from mmrl.rewards.registry import get_reward, load_file_reward
+
+    kind, value = target
+    if kind == "module":
+        import importlib
+
+        module_name, _, name = value.partition(":")
+        importlib.import_module(module_name)
+        return get_reward(name)
+    return load_file_reward(value) if kind == "file" else get_reward(value)
+
+
+def _score_one(fn, completion, row, kwargs):
+    values = fn([completion], **{k: [v] for k, v in row.items()}, **kwargs)
+    if not isinstance(values, (list, tuple)) or len(values) != 1:
+        raise ValueError(f"reward returned {values!r:.80} for one completion; expected a list of one value")
+    return values[0]
+
+
+def _worker_main(conn) -> None:
+    """Worker loop: receive (job, target, kwargs, timeout, items); send (job, idx, status, value, message) per item."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    cache: dict = {}
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        job, target, kwargs, timeout_s, items = message
+        for idx, completion, row in items:
+            try:
+                fn = cache.get(target) or cache.setdefault(target, _resolve(target))
+                out = call_with_timeout(_score_one, timeout_s, fn, completion, row, kwargs)
+            except Exception as err:  # resolving the reward failed
+                out = Outcome("error", message=f"{type(err).__name__}: {err}")
+            try:
+                conn.send((job, idx, out.status, out.value, out.message))
+            except Exception:  # unpicklable value
+                conn.send((job, idx, "error", None, "reward returned a value that cannot be sent: " + traceback.format_exc(limit=1)))  # fmt: skip
+
+
+_PRELOAD = ["mmrl.rewards", "math_verify", "sympy"]
+
+
+def _context(start_method: str | None):
+    method = start_method or os.environ.get("MMRL_REWARD_START_METHOD", "forkserver")
+    if method not in mp.get_all_start_methods():
+        method = "spawn"
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(_PRELOAD)
+    return ctx
+
+
+@dataclass
+class _Worker:
+    process: Any
+    conn: Any
+    job: Any = None
+    queue: deque = field(default_factory=deque)  # items of the current chunk not yet answered
+    deadline: float = 0.0
+
+
+class WorkerPool:
+    """Killable reward worker processes (see the module docstring). Thread-safe: one `run` at a time."""
+
+    def __init__(self, workers: int, start_method: str | None = None, grace_s: float = 1.0):
+        self.size = max(1, workers)
+        self.grace_s = grace_s
+        self._ctx = _context(start_method)
+        self._lock = threading.Lock()
+        self._workers: list[_Worker] = []
+        self.respawns = 0
+
+    def _spawn(self) -> _Worker:
+        parent, child = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(target=_worker_main, args=(child,), daemon=True, name="mmrl-reward-worker")
+        process.start()
+        child.close()
+        return _Worker(process, parent)
+
+    def _kill(self, worker: _Worker) -> None:
+        worker.process.kill()
+        worker.process.join(5)
+        worker.conn.close()
+
+    def run(self, jobs: list[tuple[Any, tuple[str, str], dict, float, list]], chunk_size: int = 16) -> dict:
+        """Score `jobs` = [(job_key, target, kwargs, timeout_s, [(idx, completion, row), ...])].
+
+        Returns {(job_key, idx): Outcome}. Every item gets an outcome, whatever the reward does.
+        """
+        with self._lock:
+            while len(self._workers) < self.size:
+                self._workers.append(self._spawn())
+            chunks: deque = deque()
+            for key, target, kwargs, timeout_s, items in jobs:
+                for start in range(0, len(items), chunk_size):
+                    chunks.append((key, target, kwargs, timeout_s, items[start : start + chunk_size]))
+            results: dict = {}
+            while chunks or any(w.job for w in self._workers):
+                for i, worker in enumerate(self._workers):
+                    if worker.job is None and chunks:
+                        if not worker.process.is_alive():
+                            self._workers[i] = worker = self._respawn(worker)
+                        self._assign(worker, chunks.popleft())
+                busy = [w for w in self._workers if w.job is not None]
+                now = time.monotonic()
+                ready = wait([w.conn for w in busy], timeout=max(0.0, min(w.deadline for w in busy) - now))
+                for worker in busy:
+                    if worker.conn in ready:
+                        self._receive(worker, results, chunks)
+                for i, worker in enumerate(self._workers):
+                    if worker.job is not None and time.monotonic() > worker.deadline:
+                        self._fail_current(worker, results, chunks, "timeout", "worker killed after the time limit")
+                        self._workers[i] = self._respawn(worker)
+            return results
+
+    def _assign(self, worker: _Worker, chunk) -> None:
+        key, target, kwargs, timeout_s, items = chunk
+        worker.job = (key, target, kwargs, timeout_s)
+        worker.queue = deque(items)
+        worker.deadline = time.monotonic() + timeout_s + self.grace_s
+        worker.conn.send((key, target, kwargs, timeout_s, items))
+
+    def _receive(self, worker: _Worker, results: dict, chunks: deque) -> None:
+        try:
+            key, idx, status, value, message = worker.conn.recv()
+        except (EOFError, OSError):
+            self._fail_current(worker, results, chunks, "error", "reward worker process died")
+            self._workers[self._workers.index(worker)] = self._respawn(worker)
+            return
+        results[(key, idx)] = Outcome(status, value, message)
+        if worker.queue and worker.queue[0][0] == idx:
+            worker.queue.popleft()
+        worker.deadline = time.monotonic() + worker.job[3] + self.grace_s
+        if not worker.queue:
+            worker.job = None
+
+    def _fail_current(self, worker: _Worker, results: dict, chunks: deque, status: str, message: str) -> None:
+        key, target, kwargs, timeout_s = worker.job
+        if worker.queue:
+            idx = worker.queue.popleft()[0]
+            results[(key, idx)] = Outcome(status, None, message)
+        if worker.queue:
+            chunks.appendleft((key, target, kwargs, timeout_s, list(worker.queue)))
+        worker.job, worker.queue = None, deque()
+
+    def _respawn(self, worker: _Worker) -> _Worker:
+        self._kill(worker)
+        self.respawns += 1
+        return self._spawn()
+
+    def close(self) -> None:
+        """Stop all workers (idempotent)."""
+        with self._lock:
+            for worker in self._workers:
+                try:
+                    worker.conn.send(None)
+                except (OSError, ValueError):
+                    pass
+            for worker in self._workers:
+                worker.process.join(1)
+                if worker.process.is_alive():
+                    worker.process.kill()
+                    worker.process.join(5)
+                worker.conn.close()
+            self._workers = []
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,149 @@
+"""Group-relative advantage estimators: pure functions from rewards and group ids to per-completion advantages.
+
+Every estimator has the signature
+    fn(rewards: Tensor[N] float, group_ids: Tensor[N] long, *, scale: bool, eps: float) -> Tensor[N] float
+where completions with the same `group_ids` value were sampled from the same prompt (ids need not be contiguous).
+
+Conventions shared by all estimators:
+- **Unscorable rewards arrive as NaN.** They get advantage 0 (so they contribute no policy gradient) and are left out
+  of every statistic: group means, stds and RLOO baselines use only the scorable members of the group.
+- **Group std is the unbiased (n-1) sample std**, as `torch.std` computes it and as TRL's GRPOTrainer uses. A group
+  with a single scorable member has std 0 (not NaN) and advantage 0.
+- Statistics are computed in float64 and returned in the rewards' dtype.
+
+>>> import torch
+>>> grpo_advantages(torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.tensor([0, 0, 1, 1]), scale=False, eps=1e-4)
+tensor([ 0.5000, -0.5000,  0.0000,  0.0000])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from mmrl.rl.registry import Registry
+
+AdvantageFn = Callable[..., torch.Tensor]
+ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator", "algorithm.advantage")
+
+
+@dataclass
+class _Groups:
+    """Per-group sums over the scorable members, indexed back to each completion."""
+
+    index: torch.Tensor  # [N] dense group index
+    valid: torch.Tensor  # [N] bool, reward is not NaN
+    values: torch.Tensor  # [N] float64, NaN replaced by 0
+    count: torch.Tensor  # [N] float64, scorable members in my group
+    mean: torch.Tensor  # [N] float64, mean of the scorable members of my group (0 if none)
+    std: torch.Tensor  # [N] float64, unbiased std of my group (0 if fewer than 2 members)
+    num_groups: int
+
+
+def _groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> _Groups:
+    if rewards.ndim != 1 or group_ids.shape != rewards.shape:
+        raise ValueError(f"rewards and group_ids must both be [N]; got {tuple(rewards.shape)}, {tuple(group_ids.shape)}")
+    _, index = torch.unique(group_ids, return_inverse=True)
+    num_groups = int(index.max()) + 1 if index.numel() else 0
+    valid = ~torch.isnan(rewards)
+    values = torch.where(valid, rewards, 0).double()
+    weight = valid.double()
+    count = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, index, weight)
+    total = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, index, values)
+    mean = total / count.clamp(min=1)
+    centred = (values - mean[index]) * weight
+    sq = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, index, centred.square())
+    std = torch.where(count > 1, (sq / (count - 1).clamp(min=1)).sqrt(), torch.zeros_like(sq))
+    return _Groups(index, valid, values, count[index], mean[index], std[index], num_groups)
+
+
+def _scaled(adv: torch.Tensor, std: torch.Tensor, eps: float) -> torch.Tensor:
+    """adv / (std + eps); 0 where the denominator is 0 (a zero-std group with eps=0 has adv 0 anyway, not 0/0)."""
+    denom = std + eps
+    return torch.where(denom > 0, adv / denom.clamp(min=1e-300), torch.zeros_like(adv))
+
+
+def _finish(adv: torch.Tensor, groups: _Groups, like: torch.Tensor) -> torch.Tensor:
+    return torch.where(groups.valid, adv, torch.zeros_like(adv)).to(like.dtype)
+
+
+@ADVANTAGES.register("grpo")
+def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO: (r - group mean) / (group std + eps) when `scale`, else r - group mean. [N] -> [N]."""
+    g = _groups(rewards, group_ids)
+    adv = g.values - g.mean
+    if scale:
+        adv = _scaled(adv, g.std, eps)
+    return _finish(adv, g, rewards)
+
+
+@ADVANTAGES.register("dr_grpo")
+def dr_grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: bool = False, eps: float = 1e-4) -> torch.Tensor:
+    """Dr. GRPO: r - group mean, never divided by the std (`scale` is ignored by design). [N] -> [N]."""
+    g = _groups(rewards, group_ids)
+    return _finish(g.values - g.mean, g, rewards)
+
+
+@ADVANTAGES.register("rloo")
+def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: bool = False, eps: float = 1e-4) -> torch.Tensor:
+    """RLOO: r_i - mean of the *other* scorable members of its group; divided by (group std + eps) when `scale`.
+
+    Equals n/(n-1) * (r_i - group mean); a group with one scorable member gets 0. [N] -> [N].
+    """
+    g = _groups(rewards, group_ids)
+    others = (g.count - 1).clamp(min=1)
+    baseline = (g.mean * g.count - g.values) / others
+    adv = torch.where(g.count > 1, g.values - baseline, torch.zeros_like(baseline))
+    if scale:
+        adv = _scaled(adv, g.std, eps)
+    return _finish(adv, g, rewards)
+
+
+@ADVANTAGES.register("reinforce_pp")
+def reinforce_pp_advantages(
+    rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: bool = True, eps: float = 1e-4
+) -> torch.Tensor:
+    """REINFORCE++-baseline: subtract the group mean, then whiten across the whole batch.
+
+    a_i = r_i - group mean; A_i = (a_i - mean(a)) / (std(a) + eps), with mean/std (unbiased) over all scorable
+    completions of the batch (one value per completion; the batch-level normalisation replaces the per-group std,
+    so `scale` is ignored). [N] -> [N].
+    """
+    g = _groups(rewards, group_ids)
+    centred = g.values - g.mean
+    picked = centred[g.valid]
+    if picked.numel() < 2:
+        return _finish(torch.zeros_like(centred), g, rewards)
+    adv = _scaled(centred - picked.mean(), picked.std().expand_as(centred), eps)
+    return _finish(adv, g, rewards)
+
+
+def compute_advantages(
+    name: str, rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: bool, eps: float
+) -> torch.Tensor:
+    """Look up `name` in ADVANTAGES and apply it."""
+    return ADVANTAGES.get(name)(rewards, group_ids, scale=scale, eps=eps)
+
+
+def group_stats(rewards: torch.Tensor, group_ids: torch.Tensor) -> dict[str, float]:
+    """Metrics on the reward groups: how many carry no learning signal, how many rewards were unscorable.
+
+    Returns `num_groups`, `frac_zero_std_groups` (groups whose scorable rewards are all equal, or with < 2 of them:
+    their advantages are all 0), `frac_unscorable` (NaN rewards), `reward_mean` (over scorable rewards; NaN if none),
+    and `group_std_mean` (mean within-group std).
+    """
+    g = _groups(rewards, group_ids)
+    if g.num_groups == 0:
+        return {"num_groups": 0, "frac_zero_std_groups": 0.0, "frac_unscorable": 0.0,
+                "reward_mean": float("nan"), "group_std_mean": 0.0}
+    per_group_std = torch.zeros(g.num_groups, dtype=torch.float64).index_copy_(0, g.index, g.std)
+    valid = g.valid
+    return {
+        "num_groups": g.num_groups,
+        "frac_zero_std_groups": float((per_group_std <= 1e-12).double().mean()),
+        "frac_unscorable": float((~valid).double().mean()),
+        "reward_mean": float(g.values[valid].mean()) if valid.any() else float("nan"),
+        "group_std_mean": float(per_group_std.mean()),
+    }

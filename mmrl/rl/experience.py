@@ -1,0 +1,115 @@
+"""One step's experience: encode prompts once, roll out G completions each, score them, compute advantages.
+
+A `Group` is one prompt with its G completions; everything downstream (log-probs, loss) works group by group, so the
+prompt (and its image) is encoded and computed once per group.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mmrl.config import MMRLConfig
+from mmrl.data.collate import encode_one
+from mmrl.data.sample import Sample
+from mmrl.engine.distributed import all_reduce_sum
+from mmrl.rl.advantages import compute_advantages
+from mmrl.rl.sampler import PromptSampler, shard
+from mmrl.rl.stages import ResolvedStage
+
+
+@dataclass
+class Group:
+    sample: Sample
+    prompt: dict[str, torch.Tensor]
+    completion_ids: torch.Tensor  # [G, T]
+    completion_mask: torch.Tensor  # [G, T]
+    truncated: torch.Tensor  # [G] bool
+    texts: list[str]
+    rewards: torch.Tensor  # [G], NaN = unscorable
+    components: dict[str, list[float | None]]
+    advantages: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    old_logp: torch.Tensor | None = None
+    ref_logp: torch.Tensor | None = None
+
+
+def _columns(samples: list[Sample], group_size: int, lengths: list[int]) -> dict[str, list[Any]]:
+    rows = [dict(s.reward_columns(), group_id=i) for i, s in enumerate(samples) for _ in range(group_size)]
+    keys = {k for row in rows for k in row}
+    columns = {k: [row.get(k) for row in rows] for k in keys}
+    columns["completion_length"] = lengths
+    return columns
+
+
+def _to_tensor(values: list[float | None]) -> torch.Tensor:
+    return torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
+
+
+def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample], processor: Any, backend: Any,
+                   composite: Any, generator: torch.Generator, data_cfg: Any) -> tuple[list[Group], dict[str, Any]]:
+    """Roll out and score `samples` (this process's share); advantages are filled in later per kept batch."""
+    if not samples:
+        return [], {}
+    prompts = [encode_one(processor, s, data_cfg) for s in samples]
+    rc = cfg.rollout
+    batch = backend.generate(prompts, stage.group_size, max_new_tokens=stage.max_completion_length,
+                             min_new_tokens=min(rc.min_new_tokens, stage.max_completion_length),
+                             temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k, generator=generator)
+    lengths = batch.completion_mask.sum(dim=1).tolist()
+    result = composite.score(batch.texts, _columns(samples, stage.group_size, lengths))
+    total = _to_tensor(result.total)
+    groups = []
+    g = stage.group_size
+    for i, (sample, prompt) in enumerate(zip(samples, prompts)):
+        rows = slice(i * g, (i + 1) * g)
+        groups.append(Group(
+            sample=sample, prompt=prompt, completion_ids=batch.completion_ids[rows],
+            completion_mask=batch.completion_mask[rows], truncated=batch.truncated[rows],
+            texts=batch.texts[rows], rewards=total[rows],
+            components={name: values[rows] for name, values in result.components.items()},
+        ))
+    info = {"counters": dict(getattr(batch, "counters", {}) or {}), "reward_counters": dict(result.counters),
+            "examples": getattr(result, "examples", {})}
+    return groups, info
+
+
+def _group_passes(group: Group, metric: str, low: float, high: float) -> bool:
+    values = [v for v in group.components.get(metric, []) if v is not None]
+    if not values:
+        return False
+    mean = sum(values) / len(values)
+    return low < mean < high
+
+
+def collect_step(cfg: MMRLConfig, stage: ResolvedStage, dataset: list[Sample], sampler: PromptSampler, rank: int,
+                 world_size: int, **rollout_kwargs: Any) -> tuple[list[Group], dict[str, Any]]:
+    """Draw the step's prompts, roll out, optionally filter groups online (refilling), and set advantages."""
+    f = cfg.algorithm.online_filter
+    wanted = len(shard(list(range(cfg.trainer.prompts_per_step)), rank, world_size))
+    kept: list[Group] = []
+    filtered = 0
+    info: dict[str, Any] = {}
+    for attempt in range(f.max_tries if f.enabled else 1):
+        indices = shard(sampler.next(cfg.trainer.prompts_per_step), rank, world_size)
+        groups, info = rollout_groups(cfg, stage, [dataset[i] for i in indices], **rollout_kwargs)
+        if f.enabled:
+            passing = [gr for gr in groups if _group_passes(gr, f.metric, f.low, f.high)]
+            filtered += len(groups) - len(passing)
+            groups = passing
+        kept.extend(groups[: max(0, wanted - len(kept))])
+        # Every process draws in lockstep so the shared prompt order stays identical across ranks.
+        missing = all_reduce_sum(max(0, wanted - len(kept)), world_size)
+        if missing == 0 or not f.enabled or attempt == f.max_tries - 1:
+            break
+    if kept:
+        rewards = torch.cat([gr.rewards for gr in kept])
+        group_ids = torch.arange(len(kept)).repeat_interleave(torch.tensor([len(gr.rewards) for gr in kept]))
+        adv = compute_advantages(cfg.algorithm.advantage, rewards, group_ids, scale=cfg.algorithm.scale_rewards,
+                                 eps=cfg.algorithm.std_eps)
+        for i, gr in enumerate(kept):
+            gr.advantages = adv[group_ids == i]
+    info["filtered_groups"] = filtered
+    return kept, info

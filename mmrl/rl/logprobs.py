@@ -1,0 +1,167 @@
+"""Per-token log-probabilities of completions, computing the prompt (and its image) once per group.
+
+`completion_logprobs` is the training forward: the prompt runs once with a KV cache, the cache is repeated G times
+(the repeat is part of the autograd graph, so the prompt and the vision tower receive the gradient of all G
+branches), and the G completions run against it. The LM head only sees completion positions, in chunks.
+`naive_completion_logprobs` is the TRL-style forward (G full sequences, image repeated G times); tests compare the two,
+and it serves models other than Qwen2-VL/Qwen2.5-VL.
+
+>>> lp = completion_logprobs(model, prompt, completion_ids, completion_mask)  # doctest: +SKIP
+>>> lp.shape  # doctest: +SKIP
+torch.Size([8, 64])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from mmrl.rl.prefix import (
+    SEQUENCE_KEYS,
+    cache_compatible,
+    continue_from,
+    run_prefix,
+    strip_padding,
+    supports_prefix_sharing,
+    unwrap,
+)
+
+DEFAULT_CHUNK = 1024  # rows of hidden states per LM-head call: bounds the [rows, vocab] logits buffer
+
+
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """log_softmax(logits)[..., index] without materialising the full log-softmax: [..., V], [...] -> [...].
+
+    Rows are processed `chunk_size` at a time; the normaliser is computed in float32 (bf16 logsumexp loses digits).
+
+    >>> logits = torch.tensor([[0.0, 1.0, 2.0]]); float(selective_log_softmax(logits, torch.tensor([2])))
+    -0.40760600566864014
+    """
+    flat = logits.reshape(-1, logits.shape[-1])
+    idx = index.reshape(-1)
+    parts = []
+    for start in range(0, flat.shape[0], chunk_size):
+        rows = flat[start : start + chunk_size].float()
+        picked = rows.gather(-1, idx[start : start + chunk_size, None]).squeeze(-1)
+        parts.append(picked - torch.logsumexp(rows, dim=-1))
+    out = torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.float32)
+    return out.view(index.shape)
+
+
+def _head_logprobs(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    return selective_log_softmax(lm_head(hidden) / temperature, targets, chunk_size=hidden.shape[0] or 1)
+
+
+def head_logprobs(
+    lm_head: torch.nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> torch.Tensor:
+    """log p(targets) from hidden states [N, H] through `lm_head`, chunked: [N, H], [N] -> [N] float32.
+
+    With gradients on and more than one chunk, each chunk is checkpointed so its [chunk, vocab] logits are freed
+    after the forward and recomputed in backward; peak memory is then one chunk's logits, not N x vocab.
+    """
+    if hidden.shape[0] <= chunk_size:
+        return _head_logprobs(lm_head, hidden, targets, temperature)
+    recompute = torch.is_grad_enabled() and hidden.requires_grad
+    parts = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+        if recompute:
+            parts.append(checkpoint(_head_logprobs, lm_head, h, t, temperature, use_reentrant=False))
+        else:
+            parts.append(_head_logprobs(lm_head, h, t, temperature))
+    return torch.cat(parts)
+
+
+def _scatter_active(values: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    out = values.new_zeros(active.shape)
+    return out.masked_scatter(active, values)
+
+
+def completion_logprobs(
+    model: Any,
+    prompt: dict[str, Any],
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> torch.Tensor:
+    """Log-probs [G, T] (float32, 0 where `completion_mask` is 0) of G completions of ONE prompt, prefix computed once.
+
+    prompt: processor output for one prompt (batch dim 1: input_ids, attention_mask, mm_token_type_ids, pixel_values,
+    image_grid_thw). completion_ids / completion_mask: [G, T], right padded. Logits are divided by `temperature`
+    (the sampling temperature, as TRL does). Falls back to `naive_completion_logprobs` for models it cannot branch.
+    """
+    if not supports_prefix_sharing(model):
+        return naive_completion_logprobs(model, prompt, completion_ids, completion_mask,
+                                         temperature=temperature, chunk_size=chunk_size)
+    num, length = completion_ids.shape
+    inner = unwrap(model)
+    with cache_compatible(model):
+        prefix = run_prefix(model, prompt)
+        # Scores of completion token t come from position t-1: the prompt's last token for t = 0.
+        hidden = prefix.last_hidden.unsqueeze(1).expand(num, 1, -1)
+        if length > 1:
+            prefix.cache.batch_repeat_interleave(num)
+            rest = continue_from(model, prefix.cache, completion_ids[:, :-1], prefix.length, prefix.rope_delta)
+            hidden = torch.cat([hidden, rest], dim=1)
+    active = completion_mask.bool()
+    scores = head_logprobs(inner.lm_head, hidden[active], completion_ids[active],
+                           temperature=temperature, chunk_size=chunk_size)
+    return _scatter_active(scores, active)
+
+
+def repeat_prompt(prompt: dict[str, Any], num: int) -> dict[str, Any]:
+    """The prompt repeated `num` times along the batch (images included: each copy is encoded again)."""
+    out = {}
+    for key, value in prompt.items():
+        if isinstance(value, torch.Tensor):
+            out[key] = value.repeat(num, *([1] * (value.ndim - 1)))
+        else:
+            out[key] = value
+    return out
+
+
+def naive_completion_logprobs(
+    model: Any,
+    prompt: dict[str, Any],
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> torch.Tensor:
+    """Same result as `completion_logprobs` the way TRL computes it: G full [prompt, completion] sequences, the image
+    encoded G times. Works for any HF image-text-to-text model. Returns [G, T] float32, 0 where the mask is 0."""
+    num, length = completion_ids.shape
+    prompt = strip_padding(prompt)
+    batch = repeat_prompt(prompt, num)
+    fill = {"input_ids": completion_ids, "attention_mask": completion_mask}
+    for key in SEQUENCE_KEYS:
+        if batch.get(key) is not None:
+            tail = fill.get(key, torch.zeros_like(completion_ids))
+            batch[key] = torch.cat([batch[key], tail.to(batch[key].dtype)], dim=1)
+    inner = unwrap(model)
+    core = getattr(inner, "model", None)
+    if hasattr(core, "rope_deltas"):
+        core.rope_deltas = None
+    out = inner.model(**batch) if core is not None and hasattr(inner, "lm_head") else None
+    if out is not None:
+        hidden = out.last_hidden_state[:, -length - 1 : -1]
+        active = completion_mask.bool()
+        scores = head_logprobs(inner.lm_head, hidden[active], completion_ids[active],
+                               temperature=temperature, chunk_size=chunk_size)
+        if hasattr(core, "rope_deltas"):
+            core.rope_deltas = None
+        return _scatter_active(scores, active)
+    logits = model(**batch, logits_to_keep=length + 1).logits[:, :-1]
+    scores = selective_log_softmax(logits / temperature, completion_ids, chunk_size=chunk_size)
+    return torch.where(completion_mask.bool(), scores, torch.zeros_like(scores))

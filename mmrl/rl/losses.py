@@ -1,0 +1,200 @@
+"""The clipped policy-gradient loss per token, and the registry of ways to aggregate it into one scalar.
+
+`policy_loss` returns a per-token loss [B, T] (already 0 on inactive positions); an aggregation from `AGGREGATIONS`
+turns it into the scalar to backpropagate. The trainer picks both by name; nothing here branches on the algorithm.
+
+Gradient accumulation and several processes — the normaliser contract
+---------------------------------------------------------------------
+One optimizer step consumes a *global batch*: every micro-batch of every process. The trainer calls `backward()`
+on each micro-batch's aggregated loss and the gradients add up (accumulation), then DDP *averages* them over the
+`world_size` processes. For the result to equal the loss of the whole global batch computed at once:
+- pass the **global** normalisers to every micro-batch: `global_active_tokens` = active (mask=1) tokens summed over all
+  micro-batches and all processes of the step (an all-reduce of the local counts), `global_num_sequences` = number of
+  completions in the step, likewise summed;
+- do **not** divide by the number of accumulation steps (the global normaliser already did);
+- multiply each micro-batch loss by `world_size` before `backward()` to undo DDP's averaging (DeepSpeed/FSDP averaging
+  likewise). With one process, world_size = 1 and nothing changes.
+Under this contract `dapo` is the exact token mean over the global batch, `grpo` the exact mean over all sequences of
+their token means, and `dr_grpo` the exact sum / (global sequences * max_completion_length). `bnpo` is by definition
+local (token mean of the micro-batch), as in TRL; it ignores the global normalisers.
+When the normalisers are None the functions fall back to the local micro-batch values (single micro-batch training).
+
+>>> import torch
+>>> loss = torch.tensor([[1.0, 3.0], [2.0, 0.0]]); mask = torch.tensor([[1, 1], [1, 0]])
+>>> float(aggregate("grpo", loss, mask, max_completion_length=2))  # ((1+3)/2 + 2/1) / 2
+2.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from mmrl.rl.kl import kl_estimate
+from mmrl.rl.registry import Registry
+
+AggregationFn = Callable[..., torch.Tensor]
+AGGREGATIONS: Registry[AggregationFn] = Registry("loss aggregation", "algorithm.loss_aggregation")
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    dual_clip_c: float | None = None,
+    ratio_clamp: float | None = None,
+    ref_logp: torch.Tensor | None = None,
+    beta: float = 0.0,
+    kl_estimator: str = "k3",
+    kl_clamp: float | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO clipped surrogate per token, with clip-higher, dual clip and an optional KL penalty.
+
+    Shapes: logp, old_logp, ref_logp, mask [B, T]; advantages [B] (one per completion) or [B, T].
+    ratio = exp(clamp(logp - old_logp, -ratio_clamp, ratio_clamp));
+    loss = -min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A);
+    for A < 0 with `dual_clip_c`: loss = min(loss, -c * A) (bounds the loss when the ratio explodes);
+    plus beta * KL(policy || ref) per token when beta > 0.
+    `old_logp=None` means fully on-policy (mu = 1, one mini-batch): logp.detach() is used, so the ratio is 1 and the
+    gradient is that of A * logp. Returns (per_token_loss [B, T] with 0 on inactive tokens, metrics): clip_frac_low,
+    clip_frac_high, dual_clip_frac, ratio_mean, and kl_mean when beta > 0 (all means over active tokens).
+    """
+    mask = mask.to(logp.dtype)
+    if old_logp is None:
+        old_logp = logp.detach()
+    adv = advantages.to(logp.dtype)
+    if adv.ndim == 1:
+        adv = adv.unsqueeze(1)
+    log_ratio = logp - old_logp
+    if ratio_clamp is not None:
+        log_ratio = log_ratio.clamp(-ratio_clamp, ratio_clamp)
+    ratio = torch.exp(log_ratio)
+    clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+    loss = torch.maximum(-ratio * adv, -clipped * adv)
+    with torch.no_grad():
+        metrics = {
+            "clip_frac_low": float(_masked_mean(((ratio < 1.0 - eps_low) & (adv < 0)).to(mask.dtype), mask)),
+            "clip_frac_high": float(_masked_mean(((ratio > 1.0 + eps_high) & (adv > 0)).to(mask.dtype), mask)),
+            "ratio_mean": float(_masked_mean(ratio, mask)),
+            "dual_clip_frac": 0.0,
+        }
+    if dual_clip_c is not None:
+        bound = -dual_clip_c * adv
+        negative = (adv < 0).expand_as(loss)
+        dual_active = negative & (loss > bound)
+        loss = torch.where(negative, torch.minimum(loss, bound), loss)
+        metrics["dual_clip_frac"] = float(_masked_mean(dual_active.to(mask.dtype), mask))
+    if beta > 0:
+        if ref_logp is None:
+            raise ValueError("policy_loss: beta > 0 needs ref_logp")
+        kl = kl_estimate(logp, ref_logp, kl_estimator, kl_clamp)
+        loss = loss + beta * kl
+        metrics["kl_mean"] = float(_masked_mean(kl.detach(), mask))
+    # torch.where, not a product: padded positions may hold inf/NaN log-probs and NaN * 0 is NaN.
+    loss = torch.where(mask > 0, loss, torch.zeros_like(loss))
+    return loss, metrics
+
+
+@AGGREGATIONS.register("grpo")
+def aggregate_grpo(
+    per_token_loss: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    max_completion_length: int,
+    global_active_tokens: float | None = None,
+    global_num_sequences: int | None = None,
+) -> torch.Tensor:
+    """Token mean within each sequence, then the mean over sequences: sum_i(mean_t loss_it) / num_sequences.
+
+    Sequences with no active token (e.g. masked truncated completions) contribute 0 but still count, as in TRL.
+    num_sequences = `global_num_sequences` when given, else the local B. [B, T] -> scalar.
+    """
+    mask = mask.to(per_token_loss.dtype)
+    per_seq = (per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    denom = global_num_sequences if global_num_sequences is not None else per_token_loss.shape[0]
+    return per_seq.sum() / max(denom, 1)
+
+
+@AGGREGATIONS.register("bnpo")
+def aggregate_bnpo(
+    per_token_loss: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    max_completion_length: int,
+    global_active_tokens: float | None = None,
+    global_num_sequences: int | None = None,
+) -> torch.Tensor:
+    """Sum over active tokens / number of active tokens of this (local) batch. [B, T] -> scalar."""
+    mask = mask.to(per_token_loss.dtype)
+    return (per_token_loss * mask).sum() / mask.sum().clamp(min=1)
+
+
+@AGGREGATIONS.register("dr_grpo")
+def aggregate_dr_grpo(
+    per_token_loss: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    max_completion_length: int,
+    global_active_tokens: float | None = None,
+    global_num_sequences: int | None = None,
+) -> torch.Tensor:
+    """Sum over active tokens / (num_sequences * max_completion_length) — no length bias (Dr. GRPO).
+
+    num_sequences = `global_num_sequences` when given, else the local B. [B, T] -> scalar.
+    """
+    mask = mask.to(per_token_loss.dtype)
+    denom = global_num_sequences if global_num_sequences is not None else per_token_loss.shape[0]
+    return (per_token_loss * mask).sum() / (max(denom, 1) * max_completion_length)
+
+
+@AGGREGATIONS.register("dapo")
+def aggregate_dapo(
+    per_token_loss: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    max_completion_length: int,
+    global_active_tokens: float | None = None,
+    global_num_sequences: int | None = None,
+) -> torch.Tensor:
+    """Sum over active tokens / `global_active_tokens` (active tokens of the whole global batch; see module doc).
+
+    Falls back to the local active-token count when `global_active_tokens` is None. [B, T] -> scalar.
+    """
+    mask = mask.to(per_token_loss.dtype)
+    denom = global_active_tokens if global_active_tokens is not None else float(mask.sum())
+    return (per_token_loss * mask).sum() / max(float(denom), 1.0)
+
+
+def aggregate(
+    name: str,
+    per_token_loss: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    max_completion_length: int,
+    global_active_tokens: float | None = None,
+    global_num_sequences: int | None = None,
+) -> torch.Tensor:
+    """Look up `name` in AGGREGATIONS and apply it."""
+    return AGGREGATIONS.get(name)(
+        per_token_loss,
+        mask,
+        max_completion_length=max_completion_length,
+        global_active_tokens=global_active_tokens,
+        global_num_sequences=global_num_sequences,
+    )
+
+
+def loss_mask(completion_mask: torch.Tensor, truncated: torch.Tensor | None, mask_truncated: bool) -> torch.Tensor:
+    """The mask the loss uses: `completion_mask` [B, T], with truncated completions ([B] bool) zeroed when asked."""
+    if not mask_truncated or truncated is None:
+        return completion_mask
+    return completion_mask * (~truncated.bool()).to(completion_mask.dtype).unsqueeze(1)

@@ -1,0 +1,142 @@
+"""Run a prompt once and branch G continuations off its KV cache (Qwen2-VL / Qwen2.5-VL).
+
+Shared by the log-prob forward (with gradients) and the rollout decode loop (without). The recipe, and why each
+step is there, is in shared/design/prefix-sharing.md; in short:
+- M-RoPE positions of the prompt come from `get_rope_index` (needs `mm_token_type_ids`; without it the model silently
+  uses 1-D positions). We compute them ourselves and pass them explicitly, so no stale `rope_deltas` stored on the
+  model from a previous call can leak in; we also reset `rope_deltas` so later plain `generate`/forward calls start clean.
+- Text tokens after the prompt have position `cache_length + rope_delta` on all 3 M-RoPE axes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# Processor outputs that are laid out per prompt token ([1, P]); everything else (pixel_values, image_grid_thw) is
+# per image.
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+PREFIX_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+
+
+def unwrap(model: Any) -> Any:
+    """The transformers *ForConditionalGeneration under a peft wrapper (LoRA layers stay injected in it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def supports_prefix_sharing(model: Any) -> bool:
+    """True for Qwen2-VL / Qwen2.5-VL, whose forward this module knows how to branch."""
+    inner = unwrap(model)
+    core = getattr(inner, "model", None)
+    return (
+        getattr(inner.config, "model_type", None) in PREFIX_MODEL_TYPES
+        and hasattr(core, "get_rope_index")
+        and hasattr(inner, "lm_head")
+    )
+
+
+def strip_padding(prompt: dict[str, Any]) -> dict[str, Any]:
+    """Drop padded columns of a single prompt (batch dim 1), so the prefix is exactly its real tokens."""
+    mask = prompt.get("attention_mask")
+    if prompt["input_ids"].shape[0] != 1:
+        raise ValueError(f"a prompt dict holds one prompt (batch dim 1); got input_ids {tuple(prompt['input_ids'].shape)}")
+    if mask is None or bool(mask.all()):
+        return prompt
+    keep = mask[0].bool()
+    return {k: (v[:, keep] if k in SEQUENCE_KEYS and v is not None else v) for k, v in prompt.items()}
+
+
+@contextlib.contextmanager
+def cache_compatible(model: Any) -> Iterator[None]:
+    """Keep the KV cache working while the block runs, under training-mode gradient checkpointing.
+
+    transformers' checkpointed decoder layers silently drop `past_key_values` in training mode, which would make the
+    completions ignore the prompt. Here the text decoder layers run un-checkpointed (the vision tower keeps its
+    checkpointing); the prompt is computed once, so this costs less activation memory than the naive G-fold forward
+    saves, but completions' activations are kept. A non-mutating prefix cache would lift this (TODO).
+    """
+    text = unwrap(model).model.language_model  # its own flag turns use_cache off; each layer's drops the cache
+    layers = [m for m in [text, *text.layers] if getattr(m, "gradient_checkpointing", False) and m.training]
+    if layers:
+        warnings.warn("prefix sharing: gradient checkpointing is not applied to the text decoder in this forward "
+                      "(it would drop the shared KV cache)", stacklevel=3)
+    for layer in layers:
+        layer.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.gradient_checkpointing = True
+
+
+@dataclass
+class Prefix:
+    """A prompt run once: the hidden state of its last token, its KV cache and where text positions continue."""
+
+    last_hidden: torch.Tensor  # [1, H]: scores the first completion token
+    cache: Any  # transformers Cache holding the prompt's keys/values (batch 1 until `branch` is called)
+    length: int  # P, prompt tokens in the cache
+    rope_delta: torch.Tensor  # [1, 1] long: M-RoPE offset of text positions after the prompt
+
+
+def prompt_positions(core: Any, prompt: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """3-D M-RoPE positions [3, 1, P] of the prompt and its rope delta [1, 1]."""
+    ids = prompt["input_ids"]
+    types = prompt.get("mm_token_type_ids")
+    has_vision = prompt.get("image_grid_thw") is not None or prompt.get("video_grid_thw") is not None
+    if has_vision and types is None:
+        raise ValueError("prompt has images but no mm_token_type_ids: Qwen2-VL would silently fall back to 1-D RoPE; "
+                         "pass the processor's full output")
+    if types is None:
+        positions = torch.arange(ids.shape[1], device=ids.device).view(1, 1, -1).expand(3, 1, -1)
+        return positions, torch.zeros(1, 1, dtype=torch.long, device=ids.device)
+    positions, delta = core.get_rope_index(
+        ids,
+        mm_token_type_ids=types,
+        image_grid_thw=prompt.get("image_grid_thw"),
+        video_grid_thw=prompt.get("video_grid_thw"),
+        attention_mask=prompt.get("attention_mask"),
+    )
+    return positions, delta.view(1, 1).to(ids.device)
+
+
+def run_prefix(model: Any, prompt: dict[str, Any]) -> Prefix:
+    """Forward the prompt once (image encoded once) with a cache; gradients flow if grad mode is on."""
+    inner = unwrap(model)
+    core = inner.model
+    prompt = strip_padding(prompt)
+    core.rope_deltas = None  # transformers caches this across calls; never let a previous prompt's value be reused
+    positions, delta = prompt_positions(core, prompt)
+    vision = {k: prompt[k] for k in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
+              if prompt.get(k) is not None}
+    out = core(
+        input_ids=prompt["input_ids"],
+        attention_mask=prompt.get("attention_mask"),
+        position_ids=positions,
+        mm_token_type_ids=prompt.get("mm_token_type_ids"),
+        use_cache=True,
+        **vision,
+    )
+    core.rope_deltas = None
+    return Prefix(out.last_hidden_state[:, -1], out.past_key_values, prompt["input_ids"].shape[1], delta)
+
+
+def text_positions(start: int, length: int, batch: int, rope_delta: torch.Tensor) -> torch.Tensor:
+    """Positions [3, batch, length] of text tokens at cache positions start .. start+length-1."""
+    pos = torch.arange(start, start + length, device=rope_delta.device) + rope_delta.view(-1)[0]
+    return pos.view(1, 1, -1).expand(3, batch, -1)
+
+
+def continue_from(model: Any, cache: Any, input_ids: torch.Tensor, start: int, rope_delta: torch.Tensor,
+                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Run `input_ids` [B, L] after a cache of `start` tokens (already repeated to batch B); hidden states [B, L, H]."""
+    core = unwrap(model).model
+    positions = text_positions(start, input_ids.shape[1], input_ids.shape[0], rope_delta)
+    out = core(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, past_key_values=cache,
+               use_cache=True)
+    return out.last_hidden_state

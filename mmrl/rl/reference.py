@@ -1,0 +1,68 @@
+"""The reference policy for the KL penalty: the adapter switched off for LoRA, a frozen copy otherwise, none at beta=0.
+
+>>> make_reference(model, beta=0.0) is None  # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from mmrl.rl.logprobs import DEFAULT_CHUNK, completion_logprobs
+
+LogprobFn = Callable[..., torch.Tensor]
+
+
+def is_peft_model(model: Any) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
+
+
+@torch.no_grad()
+def reference_logprobs(
+    model: Any,
+    prompt: dict[str, Any],
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK,
+    logprob_fn: LogprobFn = completion_logprobs,
+) -> torch.Tensor:
+    """Log-probs [G, T] under the reference: for a peft model, `model` with its adapter disabled (no second copy of
+    the weights); for any other model, `model` itself (pass the frozen copy). No gradient."""
+    kwargs = dict(temperature=temperature, chunk_size=chunk_size)
+    if is_peft_model(model):
+        with model.disable_adapter():
+            return logprob_fn(model, prompt, completion_ids, completion_mask, **kwargs)
+    return logprob_fn(model, prompt, completion_ids, completion_mask, **kwargs)
+
+
+class ReferencePolicy:
+    """Callable `(prompt, completion_ids, completion_mask, temperature=1.0) -> Tensor[G, T]` of reference log-probs.
+
+    Holds either the policy itself (peft: adapter disabled at call time) or a frozen deep copy taken at construction.
+    """
+
+    def __init__(self, model: Any) -> None:
+        if is_peft_model(model):
+            self.model, self.shares_weights = model, True
+        else:
+            self.model = copy.deepcopy(model).eval()
+            self.model.requires_grad_(False)
+            self.shares_weights = False
+
+    def __call__(self, prompt: dict[str, Any], completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                 temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
+        return reference_logprobs(self.model, prompt, completion_ids, completion_mask,
+                                  temperature=temperature, chunk_size=chunk_size)
+
+
+def make_reference(model: Any, beta: float) -> ReferencePolicy | None:
+    """None when beta == 0 (the reference forward is skipped entirely), else a ReferencePolicy for `model`."""
+    if beta == 0:
+        return None
+    return ReferencePolicy(model)

@@ -1,0 +1,279 @@
+"""Rollout backends: sample G completions for each prompt. One method, so vLLM (or anything else) can slot in.
+
+`HFSharedPrefixBackend` (Qwen2-VL / Qwen2.5-VL) prefills each prompt once — its image is vision-encoded once and its
+tokens go through the LM once — repeats the KV cache G times and decodes the G branches in one batch, dropping
+branches from the cache as they hit EOS. `HFNaiveBackend` repeats the prompt G times and calls `model.generate`
+(what TRL does); it is the comparison baseline and the fallback for other architectures.
+
+>>> backend = make_backend(model, processor)  # doctest: +SKIP
+>>> batch = backend.generate([prompt], group_size=4, max_new_tokens=32)  # doctest: +SKIP
+>>> batch.completion_ids.shape, batch.texts[0]  # doctest: +SKIP
+(torch.Size([4, 32]), '<think> ... </think><answer> red </answer>')
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from mmrl.errors import UserError
+from mmrl.rl.logprobs import repeat_prompt
+from mmrl.rl.prefix import continue_from, run_prefix, strip_padding, supports_prefix_sharing, unwrap
+from mmrl.rl.sampling import sample_next
+
+# Tokens removed from decoded texts (reasoning tags like <think> must survive: rewards read them).
+STRIP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+
+@dataclass
+class RolloutBatch:
+    """P prompts x G samples in prompt-major order (row i belongs to prompt i // G).
+
+    completion_ids [P*G, T] right padded with the pad id; completion_mask [P*G, T] is 1 up to and including EOS;
+    truncated [P*G] bool: no EOS within max_new_tokens; texts: decoded completions (special tags kept, EOS/pad
+    stripped); logprobs [P*G, T] float32: log-probs of the sampled tokens under the sampling policy (logits /
+    temperature, before top-k/top-p filtering), or None when the backend does not provide them.
+    """
+
+    prompt_index: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    truncated: torch.Tensor
+    texts: list[str]
+    group_size: int
+    logprobs: torch.Tensor | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def group_ids(self) -> torch.Tensor:
+        return self.prompt_index
+
+
+class RolloutBackend(Protocol):
+    def generate(
+        self,
+        prompts: list[dict[str, Any]],
+        group_size: int,
+        *,
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> RolloutBatch:
+        """Sample `group_size` completions per prompt (temperature 0 = greedy)."""
+        ...
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """EOS ids from the generation config and the tokenizer, restricted to the vocabulary."""
+    inner = unwrap(model)
+    ids: set[int] = set()
+    gen = getattr(inner, "generation_config", None)
+    value = getattr(gen, "eos_token_id", None) if gen is not None else None
+    ids.update([value] if isinstance(value, int) else list(value or []))
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    vocab = inner.get_output_embeddings().weight.shape[0]
+    return sorted(i for i in ids if 0 <= i < vocab)
+
+
+def vision_module(model: Any) -> torch.nn.Module | None:
+    inner = unwrap(model)
+    for path in ("model.visual", "visual", "model.vision_tower", "vision_tower"):
+        obj = inner
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, torch.nn.Module):
+            return obj
+    return None
+
+
+@contextlib.contextmanager
+def count_vision(module: torch.nn.Module | None, counters: dict[str, int]) -> Iterator[None]:
+    """Count, while the block runs, calls of the vision encoder and the images it encoded (rows of `grid_thw`)."""
+    counters.setdefault("vision_encoder_calls", 0)
+    counters.setdefault("images_encoded", 0)
+    if module is None:
+        yield
+        return
+
+    def hook(_module: Any, args: tuple, kwargs: dict, _out: Any) -> None:
+        counters["vision_encoder_calls"] += 1
+        grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+        counters["images_encoded"] += int(grid.shape[0]) if isinstance(grid, torch.Tensor) else 1
+
+    handle = module.register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Sample in eval mode (no dropout; checkpointed layers keep the KV cache), then restore the previous mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+class _HFBackend:
+    def __init__(self, model: Any, processor: Any) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.eos_ids = eos_token_ids(model, self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        strip = {self.pad_id, *self.eos_ids}
+        strip.update(i for t in STRIP_TOKENS if (i := self.tokenizer.convert_tokens_to_ids(t)) is not None and i >= 0)
+        self.strip_ids = strip
+
+    def _finish(self, rows: list[torch.Tensor], logprobs: list[torch.Tensor] | None, group_size: int,
+                counters: dict[str, int]) -> RolloutBatch:
+        """Pad rows to one length, cut at the first EOS, and decode."""
+        eos = torch.tensor(self.eos_ids, dtype=torch.long)
+        ends, cut = [], []
+        for row in rows:
+            hits = torch.isin(row, eos).nonzero()
+            ends.append(int(hits[0]) + 1 if len(hits) else len(row))
+            cut.append(len(hits) == 0)
+        width = max(ends, default=0)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        lps = torch.zeros(len(rows), width) if logprobs is not None else None
+        texts = []
+        for i, (row, end) in enumerate(zip(rows, ends, strict=True)):
+            ids[i, :end] = row[:end]
+            mask[i, :end] = 1
+            if lps is not None:
+                lps[i, :end] = logprobs[i][:end]
+            keep = [t for t in row[:end].tolist() if t not in self.strip_ids]
+            texts.append(self.tokenizer.decode(keep, skip_special_tokens=False))
+        truncated = torch.tensor(cut, dtype=torch.bool)
+        counters["generated_tokens"] = int(mask.sum())
+        prompt_index = torch.arange(len(rows)) // group_size
+        return RolloutBatch(prompt_index, ids, mask, truncated, texts, group_size, lps, counters)
+
+
+class HFSharedPrefixBackend(_HFBackend):
+    """Prefill each prompt once, share its KV cache across the G samples, decode them as one batch."""
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[dict[str, Any]],
+        group_size: int,
+        *,
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> RolloutBatch:
+        counters = {"prefill_tokens": 0, "decode_steps": 0}
+        rows: list[torch.Tensor] = []
+        logprobs: list[torch.Tensor] = []
+        lm_head = unwrap(self.model).lm_head
+        eos = torch.tensor(self.eos_ids, dtype=torch.long)
+        with eval_mode(self.model), count_vision(vision_module(self.model), counters):
+            for prompt in prompts:
+                prompt = strip_padding(prompt)
+                device = prompt["input_ids"].device
+                prefix = run_prefix(self.model, prompt)
+                counters["prefill_tokens"] += prefix.length
+                logits = lm_head(prefix.last_hidden).float().expand(group_size, -1)
+                prefix.cache.batch_repeat_interleave(group_size)
+                tokens = torch.full((group_size, max_new_tokens), self.pad_id, dtype=torch.long, device=device)
+                scores = torch.zeros(group_size, max_new_tokens, device=device)
+                alive = torch.arange(group_size, device=device)  # branches still decoding; the cache holds only them
+                for step in range(max_new_tokens):
+                    chosen, logp = sample_next(
+                        logits, temperature=temperature, top_p=top_p, top_k=top_k,
+                        forbid=eos if step < min_new_tokens else None, generator=generator,
+                    )
+                    tokens[alive, step] = chosen
+                    scores[alive, step] = logp
+                    still = ~torch.isin(chosen, eos.to(device))
+                    if step + 1 == max_new_tokens or not bool(still.any()):
+                        break
+                    if not bool(still.all()):
+                        prefix.cache.batch_select_indices(still.nonzero().view(-1))
+                        alive, chosen = alive[still], chosen[still]
+                    hidden = continue_from(self.model, prefix.cache, chosen[:, None], prefix.length + step,
+                                           prefix.rope_delta)
+                    logits = lm_head(hidden[:, -1]).float()
+                    counters["decode_steps"] += 1
+                rows.extend(tokens.cpu())
+                logprobs.extend(scores.cpu())
+        return self._finish(rows, logprobs, group_size, counters)
+
+
+class HFNaiveBackend(_HFBackend):
+    """`model.generate` on the prompt repeated G times (image encoded G times): baseline and generic fallback."""
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[dict[str, Any]],
+        group_size: int,
+        *,
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> RolloutBatch:
+        counters = {"prefill_tokens": 0}
+        rows: list[torch.Tensor] = []
+        inner = unwrap(self.model)
+        sampling: dict[str, Any] = (
+            {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k}
+            if temperature > 0
+            else {"do_sample": False}
+        )
+        with eval_mode(self.model), count_vision(vision_module(self.model), counters):
+            for prompt in prompts:
+                batch = repeat_prompt(strip_padding(prompt), group_size)
+                length = batch["input_ids"].shape[1]
+                counters["prefill_tokens"] += length * group_size
+                core = getattr(inner, "model", None)
+                if hasattr(core, "rope_deltas"):
+                    core.rope_deltas = None
+                rng = contextlib.nullcontext()
+                if generator is not None:  # generate() has no generator argument: seed a forked global RNG from it
+                    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+                    rng = torch.random.fork_rng(devices=[])
+                with rng:
+                    if generator is not None:
+                        torch.manual_seed(seed)
+                    out = self.model.generate(
+                        **batch, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                        eos_token_id=self.eos_ids, pad_token_id=self.pad_id, **sampling,
+                    )
+                if hasattr(core, "rope_deltas"):
+                    core.rope_deltas = None
+                rows.extend(out[:, length:].cpu())
+        return self._finish(rows, None, group_size, counters)
+
+
+BACKENDS = ("hf",)
+
+
+def make_backend(model: Any, processor: Any, name: str = "hf", share_prompt: bool = True) -> RolloutBackend:
+    """`hf`: the shared-prefix backend for Qwen2-VL/Qwen2.5-VL (unless `share_prompt` is False), naive otherwise."""
+    if name not in BACKENDS:
+        raise UserError(f"rollout.backend: unknown backend '{name}'; valid: {', '.join(BACKENDS)}")
+    if share_prompt and supports_prefix_sharing(model):
+        return HFSharedPrefixBackend(model, processor)
+    return HFNaiveBackend(model, processor)

@@ -1,0 +1,234 @@
+"""GRPO and its variants: `mmrl train CONFIG`. The loop reads top to bottom, one named timer per phase.
+
+    stage   = schedule.stage_at(step)                 # curriculum / PTST stage: data, G, max length, rewards
+    groups  = collect_step(...)                       # rollout (prompt shared per group) + rewards + advantages
+    metrics = policy_update(...)                      # mu passes x mini-batches, guarded optimizer steps
+    log · maybe samples · maybe eval · maybe checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmrl.config import MMRLConfig
+from mmrl.data.dataset import load_datasets
+from mmrl.data.vision import check_images
+from mmrl.engine.distributed import all_gather_objects
+from mmrl.engine.run import TrainingRun, start_run
+from mmrl.engine.run_logger import PhaseTimer
+from mmrl.errors import UserError
+from mmrl.rewards.composite import RewardComposite
+from mmrl.rl.experience import Group, collect_step
+from mmrl.rl.reference import make_reference
+from mmrl.rl.rollout import make_backend
+from mmrl.rl.sampler import PromptSampler
+from mmrl.rl.stages import ResolvedStage, StageSchedule
+from mmrl.rl.update import policy_update
+
+
+def _key(items: tuple) -> str:
+    """A stable cache key for a tuple of config models (pydantic models are not hashable)."""
+    return json.dumps([item.model_dump(mode="json") for item in items], sort_keys=True)
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+class GRPOTrainer:
+    """Holds the run's parts; `train()` runs to `trainer.max_steps` (resuming if asked) and returns the run dir."""
+
+    def __init__(self, cfg: MMRLConfig) -> None:
+        if not cfg.data.train and not any(s.data for s in cfg.stages):
+            raise UserError("data.train: no training data configured; set data.train=path/to/data.jsonl")
+        self.cfg = cfg
+        self.schedule = StageSchedule(cfg.stages, cfg)
+        self.run: TrainingRun = start_run(cfg, total_steps=self.schedule.total_steps)
+        self.backend = make_backend(self.run.model, self.run.processor, cfg.rollout.backend,
+                                    share_prompt=cfg.rollout.share_prompt)
+        self.reference = make_reference(self.run.model, cfg.algorithm.beta)
+        self.generator = torch.Generator().manual_seed(cfg.trainer.seed * 1000 + self.run.dist.rank)
+        self._datasets: dict[str, list] = {}
+        self._samplers: dict[str, PromptSampler] = {}
+        self._composites: dict[str, RewardComposite] = {}
+        self.eval_samples = self._load(tuple(cfg.data.eval)) if cfg.data.eval and cfg.trainer.eval_steps else []
+
+    # -- per-stage parts, built once and cached by their spec --------------------------------------------------
+    def _load(self, specs: tuple) -> list:
+        key = _key(specs)
+        if key not in self._datasets:
+            samples = load_datasets(list(specs), self.cfg.data)
+            if not samples:
+                raise UserError(f"data: the dataset(s) {[s.path for s in specs]} contain no samples")
+            self._datasets[key] = check_images(samples, self.cfg.data, run_dir=self.run.run_dir)
+        return self._datasets[key]
+
+    def _sampler(self, specs: tuple) -> PromptSampler:
+        key = _key(specs)
+        if key not in self._samplers:
+            self._samplers[key] = PromptSampler(len(self._load(specs)), self.cfg.trainer.seed, self.cfg.data.shuffle)
+        return self._samplers[key]
+
+    def _composite(self, rewards: tuple) -> RewardComposite:
+        key = _key(rewards)
+        if key not in self._composites:
+            self._composites[key] = RewardComposite(list(rewards))
+        return self._composites[key]
+
+    def _data_cfg(self, stage: ResolvedStage):
+        if stage.prompt_suffix is None:
+            return self.cfg.data
+        return self.cfg.data.model_copy(update={"prompt_suffix": stage.prompt_suffix})
+
+    # -- state -------------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"schedule": self.schedule.state_dict(), "generator": self.generator.get_state(),
+                "samplers": {k: s.state_dict() for k, s in self._samplers.items()}}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.schedule.load_state_dict(state["schedule"])
+        self.generator.set_state(state["generator"])
+        self._saved_samplers = state.get("samplers", {})
+
+    def _sampler_for(self, specs: tuple) -> PromptSampler:
+        sampler = self._sampler(specs)
+        saved = getattr(self, "_saved_samplers", {}).pop(_key(specs), None)
+        if saved is not None:
+            sampler.load_state_dict(saved)
+        return sampler
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+    def train(self) -> Path:
+        run, cfg = self.run, self.cfg
+        state = run.load_resume_state()
+        if state is not None:
+            self._restore(state)
+            run.logger.event(f"resumed from {run.resume_from} at step {run.start_step}")
+        step = run.start_step
+        total = self.schedule.total_steps
+        stage = None
+        try:
+            while step < total:
+                timer = PhaseTimer()
+                started = time.perf_counter()
+                new_stage = self.schedule.stage_at(step)
+                if stage is None or new_stage.index != stage.index:
+                    run.logger.event(f"step {step}: stage {new_stage.index} '{new_stage.name}' "
+                                     f"(G={new_stage.group_size}, max_len={new_stage.max_completion_length})")
+                stage = new_stage
+                specs = stage.data or tuple(cfg.data.train)
+                with timer("rollout"):
+                    run.model.eval()
+                    groups, info = collect_step(
+                        cfg, stage, self._load(specs), self._sampler_for(specs), run.dist.rank, run.dist.world_size,
+                        processor=run.processor, backend=self.backend, composite=self._composite(stage.rewards),
+                        generator=self.generator, data_cfg=self._data_cfg(stage))
+                    run.model.train()
+                with timer("update"):
+                    update = policy_update(run, groups, stage, self.reference)
+                run.scheduler.step()
+                step += 1
+                eval_metrics = self._maybe_eval(step, timer)
+                self.schedule.advance(step, eval_metrics)
+                metrics = self._metrics(groups, info, update, stage, timer, time.perf_counter() - started)
+                metrics.update(eval_metrics or {})
+                run.logger.log(step, metrics)
+                self._maybe_samples(step, groups)
+                if cfg.trainer.save_steps and step % cfg.trainer.save_steps == 0 and step < total:
+                    run.save(step, self.state())
+            if cfg.trainer.save_final and (run.start_step < total):
+                run.save(step, self.state())
+        finally:
+            run.close()
+            for composite in self._composites.values():
+                composite.close()
+        return run.run_dir
+
+    def _maybe_eval(self, step: int, timer: PhaseTimer) -> dict[str, float] | None:
+        every = self.cfg.trainer.eval_steps
+        if not every or step % every or not self.eval_samples:
+            return None
+        from mmrl.eval.evaluate import evaluate
+
+        with timer("eval"):
+            self.run.model.eval()
+            out_dir = self.run.run_dir / "eval" / f"step-{step}"
+            report = evaluate(self.run.model, self.run.processor, self.eval_samples, self.cfg.eval, self.cfg.data,
+                              out_dir, progress=False) if self.run.dist.is_main else {}
+            self.run.model.train()
+        report = all_gather_objects(report, self.run.dist.world_size)[0]
+        return {"eval/accuracy": report.get("accuracy", float("nan"))}
+
+    def _maybe_samples(self, step: int, groups: list[Group]) -> None:
+        every = self.cfg.trainer.sample_steps
+        if not every or step % every:
+            return
+        rows = []
+        for group in groups[:4]:
+            for i, text in enumerate(group.texts):
+                rows.append({"id": group.sample.id, "answer": group.sample.answer, "completion": text,
+                             "reward": float(group.rewards[i]), "advantage": float(group.advantages[i]),
+                             **{f"reward/{k}": v[i] for k, v in group.components.items()}})
+        self.run.logger.write_samples(step, rows)
+
+    def _metrics(self, groups: list[Group], info: dict, update: dict, stage: ResolvedStage, timer: PhaseTimer,
+                 seconds: float) -> dict[str, Any]:
+        gathered = all_gather_objects(_local_stats(groups), self.run.dist.world_size)
+        merged: dict[str, list] = {}
+        for part in gathered:
+            for key, values in part.items():
+                merged.setdefault(key, []).extend(values)
+        lengths = merged.get("length", [])
+        n_completions = len(lengths)
+        metrics: dict[str, Any] = {
+            **update,
+            "reward/total": _mean(merged.get("reward", [])),
+            "completion_length/mean": _mean(lengths),
+            "completion_length/min": min(lengths) if lengths else float("nan"),
+            "completion_length/max": max(lengths) if lengths else float("nan"),
+            "completion_length/clipped_ratio": _mean(merged.get("truncated", [])),
+            "frac_zero_std_groups": _mean(merged.get("zero_std", [])),
+            "unscorable": sum(1 for r in merged.get("reward", []) if r is None or math.isnan(r)),
+            "filtered_groups": info.get("filtered_groups", 0),
+            "lr": self.run.scheduler.get_last_lr()[0],
+            "samples_per_s": n_completions / seconds if seconds else 0.0,
+            "tokens_per_s": sum(lengths) / seconds if seconds else 0.0,
+            **stage.metrics(),
+            **timer.metrics(),
+        }
+        for key, values in merged.items():
+            if key.startswith("reward/"):
+                metrics[key] = _mean([v for v in values if v is not None])
+        if "reward/accuracy" in metrics:
+            metrics["accuracy"] = metrics["reward/accuracy"]
+        if "reward/format" in metrics:
+            metrics["format_rate"] = metrics["reward/format"]
+        if "loss/kl_mean" in update:
+            metrics["kl"] = update["loss/kl_mean"]
+        for key, value in (info.get("counters") or {}).items():
+            metrics[f"rollout/{key}"] = value
+        return metrics
+
+
+def _local_stats(groups: list[Group]) -> dict[str, list]:
+    stats: dict[str, list] = {"reward": [], "length": [], "truncated": [], "zero_std": []}
+    for group in groups:
+        stats["reward"].extend(group.rewards.tolist())
+        stats["length"].extend(group.completion_mask.sum(dim=1).tolist())
+        stats["truncated"].extend(group.truncated.float().tolist())
+        stats["zero_std"].append(float(bool((group.advantages == 0).all())))
+        for name, values in group.components.items():
+            stats.setdefault(f"reward/{name}", []).extend(values)
+    return stats
+
+
+def train(cfg: MMRLConfig) -> Path:
+    """Run GRPO as `cfg` says; returns the run directory."""
+    return GRPOTrainer(cfg).train()

@@ -1,0 +1,169 @@
+"""GRPO trainer on the tiny model and synthetic data: learning signal, exact resume, crash-safe checkpoints, NaN guard,
+two real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText
+
+from mmrl.config import load_config
+from mmrl.engine.checkpoint import find_latest, list_checkpoints
+from mmrl.engine.run import TrainingDiverged
+from mmrl.engine.run_logger import read_metrics
+from mmrl.rl.trainer import GRPOTrainer
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "trainer"
+CONFIG = ROOT / "configs" / "tests" / "grpo_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory) -> Path:
+    from data_pipelines.synthetic import build_synthetic
+
+    return build_synthetic(["color"], 12, 0, tmp_path_factory.mktemp("synthetic"), image_size=56)
+
+
+def overrides(data: Path, out: Path, **extra) -> list[str]:
+    base = {
+        "data.train": str(data),
+        "trainer.output_dir": str(out),
+        "trainer.report_to": "[jsonl]",
+        "trainer.progress": "false",
+        "trainer.save_steps": 0,
+        "trainer.sample_steps": 0,
+        "rollout.max_completion_length": 6,
+        "rewards": f"[{{name: '{FIXTURES / 'varied_reward.py'}:reward'}}]",
+        "optimizer.lr": 1e-3,
+    }
+    base.update({k: v for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def test_one_step_changes_the_parameters_and_logs_metrics(synthetic_data, tmp_path):
+    trainer = GRPOTrainer(load_config(CONFIG, overrides(synthetic_data, tmp_path, **{"trainer.max_steps": 1})))
+    before = params(trainer.run.model)
+    trainer.train()
+    after = params(trainer.run.model)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed, "no parameter changed"
+    assert any("visual" in k for k in changed), "the vision tower received no gradient"
+    assert any("language_model" in k for k in changed)
+    (row,) = read_metrics(tmp_path)
+    assert row["step"] == 1 and row["loss"] is not None and row["grad_norm"] > 0
+    for key in ("reward/total", "completion_length/mean", "time/rollout", "time/update", "lr", "samples_per_s"):
+        assert key in row, key
+    # The prompt and its image were encoded once per group, not G times.
+    assert row["rollout/vision_encoder_calls"] == 2
+    # The final checkpoint is a plain HF model.
+    latest = find_latest(tmp_path)
+    reloaded = AutoModelForImageTextToText.from_pretrained(latest)
+    assert torch.equal(dict(reloaded.named_parameters())["lm_head.weight"], after["lm_head.weight"])
+    assert (tmp_path / "config.yaml").is_file()
+
+
+def test_resume_reproduces_the_straight_run(synthetic_data, tmp_path):
+    straight = tmp_path / "straight"
+    trainer = GRPOTrainer(load_config(CONFIG, overrides(synthetic_data, straight, **{"trainer.max_steps": 6})))
+    trainer.train()
+    straight_params = params(trainer.run.model)
+
+    split = tmp_path / "split"
+    GRPOTrainer(load_config(CONFIG, overrides(synthetic_data, split, **{"trainer.max_steps": 3}))).train()
+    resumed = GRPOTrainer(load_config(CONFIG, overrides(synthetic_data, split, **{"trainer.max_steps": 6,
+                                                                                   "trainer.resume": "auto"})))
+    resumed.train()
+    resumed_params = params(resumed.run.model)
+
+    losses_a = [r["loss"] for r in read_metrics(straight)]
+    losses_b = [r["loss"] for r in read_metrics(split)]
+    assert [r["step"] for r in read_metrics(split)] == [1, 2, 3, 4, 5, 6]
+    assert losses_a == losses_b
+    assert all(torch.equal(straight_params[k], resumed_params[k]) for k in straight_params)
+
+
+def test_killed_during_save_leaves_the_previous_checkpoint_usable(synthetic_data, tmp_path):
+    args = overrides(synthetic_data, tmp_path, **{"trainer.max_steps": 3, "trainer.save_steps": 1,
+                                                  "trainer.keep_last": 3})
+    result = subprocess.run([sys.executable, str(FIXTURES / "crash_in_save.py"), str(CONFIG), *args],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == -9, result.stderr[-2000:]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-1"]
+    assert any(p.name.startswith(".step-2.staging") for p in (tmp_path / "checkpoints").iterdir())
+    AutoModelForImageTextToText.from_pretrained(find_latest(tmp_path))  # the previous one still loads
+    trainer = GRPOTrainer(load_config(CONFIG, args[:-3] + [f"trainer.output_dir={tmp_path}", "trainer.max_steps=3",
+                                                           "trainer.resume=auto"]))
+    assert trainer.run.resume_from.name == "step-1"
+    trainer.train()
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+
+
+def test_a_non_finite_loss_skips_the_step(synthetic_data, tmp_path):
+    cfg = load_config(CONFIG, overrides(synthetic_data, tmp_path, **{"trainer.max_steps": 1}))
+    trainer = GRPOTrainer(cfg)
+    model = trainer.run.model
+    before = params(model)
+
+    def poison(_module, _inputs, output):
+        return output * float("nan") if torch.is_grad_enabled() else output
+
+    handle = model.lm_head.register_forward_hook(poison)
+    trainer.train()
+    handle.remove()
+    after = params(model)
+    assert all(torch.equal(before[k], after[k]) for k in before), "a NaN step must not touch the weights"
+    (row,) = read_metrics(tmp_path)
+    assert row["skipped_step"] == 1.0
+
+    shutil.rmtree(tmp_path / "again", ignore_errors=True)
+    cfg = load_config(CONFIG, overrides(synthetic_data, tmp_path / "again",
+                                        **{"trainer.max_steps": 3, "trainer.max_nonfinite_steps": 2}))
+    trainer = GRPOTrainer(cfg)
+    trainer.run.model.lm_head.register_forward_hook(poison)
+    with pytest.raises(TrainingDiverged, match="2 optimizer steps in a row"):
+        trainer.train()
+
+
+def test_lora_with_kl_uses_the_adapter_free_reference(synthetic_data, tmp_path):
+    cfg = load_config(CONFIG, overrides(synthetic_data, tmp_path, **{
+        "trainer.max_steps": 2, "model.lora.enabled": "true", "model.lora.r": 4, "algorithm.beta": 0.1,
+        "optimizer.lr": 1e-2}))
+    trainer = GRPOTrainer(cfg)
+    trainer.train()
+    rows = read_metrics(tmp_path)
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before the first update
+    assert rows[1]["kl"] > 0  # the adapter moved the policy away from the reference
+    assert (find_latest(tmp_path) / "adapter_model.safetensors").is_file()
+
+
+def test_two_processes_keep_identical_parameters(synthetic_data, tmp_path):
+    out = tmp_path / "ranks"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = overrides(synthetic_data, tmp_path / "run", **{"trainer.max_steps": 2, "trainer.prompts_per_step": 2})
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "configs" / "accelerate" / "ddp_cpu_2proc.yaml"), str(FIXTURES / "ddp_params.py"),
+           str(CONFIG), str(out), *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = sorted((out / f"rank-{r}.txt").read_text().split() for r in (0, 1))
+    assert lines[0][1] == lines[1][1] == "2"
+    assert lines[0][0] == lines[1][0]
+    rows = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1, 2]
+    # Metrics gather both ranks: 2 prompts x G completions per step.
+    group_size = load_config(CONFIG).rollout.group_size
+    assert rows[0]["samples_per_s"] > 0 and json.dumps(rows[0])
+    assert rows[0]["rollout/vision_encoder_calls"] >= 1 and group_size == 4
