@@ -1,7 +1,31 @@
-"""`mmrl sft`: cold-start supervised fine-tuning — provided by the SFT issue; until then it says so."""
+"""`mmrl sft CONFIG [key=value ...]`: cold-start supervised fine-tuning on chain-of-thought targets."""
 
-from mmrl.commands import register_unavailable
+from __future__ import annotations
+
+import argparse
+
+from mmrl.commands import add_command
 
 
 def register(subparsers, name: str) -> None:
-    register_unavailable(subparsers, name, "cold-start supervised fine-tuning", "the SFT issue")
+    parser = add_command(
+        subparsers,
+        name,
+        help="cold-start SFT (loss on assistant tokens only)",
+        description="Supervised fine-tuning on samples with a target `response` (e.g. <think>...</think>"
+        "<answer>...</answer>).\nSame run directory, checkpoints, resume and multi-process support as `mmrl train`.",
+        examples="  mmrl sft configs/vision_r1/cold_start_sft.yaml data.train=data/cot.jsonl\n"
+        "  mmrl sft configs/vision_r1/cold_start_sft.yaml model.name_or_path=tiny trainer.max_steps=10\n",
+    )
+    parser.add_argument("config", help="path to a YAML config")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides key.path=value")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmrl.config import load_config
+    from mmrl.sft.trainer import train_sft
+
+    run_dir = train_sft(load_config(args.config, args.overrides))
+    print(f"run directory: {run_dir}")
+    return 0

@@ -43,8 +43,6 @@ class MMRLConfig(Section):
             raise ValueError("stages: every stage is disabled; enable at least one")
         if active:
             self.trainer.max_steps = sum(s.steps for s in active)
-        if self.optimizer.warmup_steps == 0 and self.optimizer.warmup_ratio > 0:
-            self.optimizer.warmup_steps = int(round(self.optimizer.warmup_ratio * self.trainer.max_steps))
         if self.eval.greedy and self.eval.k > 1:
             raise ValueError("eval.k > 1 needs sampling: set eval.greedy=false")
         f = self.algorithm.online_filter

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mmrl.config.base import Section
 from mmrl.config.data import DatasetSpec
 from mmrl.config.rl import RewardSpec
+
+_STEP_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class StageConfig(Section):
@@ -70,7 +73,32 @@ class EvalConfig(Section):
 
 
 class PipelineStep(Section):
-    name: str = Field(..., description="Step name; its outputs go to <output_dir>/<name>.")
+    """One step of `mmrl pipeline`; its outputs go to `<output_dir>/<name>/` and feed the later steps.
+
+    Wiring (explicit `overrides` win): a build-data step sets `data.train` / `data.eval` (synthetic) or
+    `stages.0-2.data` (curriculum) of the later steps; an sft/train step sets their `model.name_or_path` to its
+    final checkpoint. Every step's `trainer.output_dir` is its own directory.
+    """
+
+    name: str = Field(..., description="Step name (letters, digits, '_', '-', '.'); its outputs go to <output_dir>/<name>.")
     kind: Literal["build-data", "sft", "train", "eval"] = Field(..., description="What the step runs.")
-    overrides: dict[str, Any] = Field(default_factory=dict, description="Config overrides for this step (dotted keys).")
-    args: dict[str, Any] = Field(default_factory=dict, description="Step-specific arguments (e.g. data builder options).")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Config overrides for this step only (dotted keys, e.g. {trainer.max_steps: 2}); they win over "
+        "the values wired from earlier steps.",
+    )
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Step-specific arguments. build-data: {builder: synthetic, tasks: [color], n: 600, eval_n: 200, "
+        "seed: 0, eval_seed: seed+1, forms: [open], difficulty: 1, image_size: 56, with_cot: true} or {builder: "
+        "curriculum, input: <path> (default: the data.train of an earlier step), seed: 0}; `wire: {config.key: "
+        "output}` replaces the default wiring. eval: {model: base | <earlier sft/train step name> (default: the "
+        "latest trained model), label: <key in summary.json> (default: the step name)}. sft/train: none.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _directory_name(cls, value: str) -> str:
+        if not _STEP_NAME.fullmatch(value) or value in (".", ".."):
+            raise ValueError(f"step name {value!r} must be a plain directory name (letters, digits, '_', '-', '.')")
+        return value

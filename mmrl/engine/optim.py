@@ -23,6 +23,11 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: OptimizerConfig) -> t
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
 
 
+def warmup_steps(cfg: OptimizerConfig, max_steps: int) -> int:
+    """`warmup_steps` when set, else `warmup_ratio` of the run's real length (known only once SFT counts its epochs)."""
+    return cfg.warmup_steps or int(round(cfg.warmup_ratio * max_steps))
+
+
 def lr_factor(step: int, cfg: OptimizerConfig, max_steps: int) -> float:
     """Multiplier of cfg.lr at `step` (0-based): linear warm-up, then constant / cosine / linear decay to min_lr_ratio.
 
@@ -31,7 +36,7 @@ def lr_factor(step: int, cfg: OptimizerConfig, max_steps: int) -> float:
     >>> [round(lr_factor(s, c, 6), 3) for s in range(6)]
     [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
     """
-    warm = cfg.warmup_steps
+    warm = warmup_steps(cfg, max_steps)
     if warm and step < warm:
         return (step + 1) / warm
     if cfg.schedule == "constant":

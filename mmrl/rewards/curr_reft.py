@@ -57,6 +57,12 @@ def _labels(value: Any) -> set[str]:
     return {normalize_text(v) for v in items if normalize_text(v)}
 
 
+# mmrl's own task names mapped onto Curr-ReFT's three open-ended families (synthetic curricula keep mmrl's names).
+OPEN_FAMILY = {"math": "math", "count": "math", "number": "math", "detection": "detection", "grounding": "detection",
+               "classification": "classification", "text": "classification", "yes_no": "classification",
+               "mc": "classification"}
+
+
 @register_reward("curr_reft_open", heavy=True)
 def curr_reft_open_reward(completions, answer=None, task=None, **columns) -> list:
     """Stage 3 (open-ended), dispatched on task: math | detection (or grounding) | classification.
@@ -69,17 +75,17 @@ def curr_reft_open_reward(completions, answer=None, task=None, **columns) -> lis
     answers, tasks = col(answer, n), col(task, n, "math")
     out: list[float | None] = []
     for i, completion in enumerate(completions):
-        pred, gold, kind = extract_answer(completion), answers[i], tasks[i]
+        pred, gold, kind = extract_answer(completion), answers[i], OPEN_FAMILY.get(tasks[i], tasks[i])
         if gold is None or (isinstance(gold, str) and not gold.strip()):
             out.append(None)
         elif kind == "math":
             out.append(verify_math(pred, str(gold)) if pred else (None if verify_math("0", str(gold)) is None else 0.0))
-        elif kind in ("detection", "grounding"):
+        elif kind == "detection":
             out.append(grounding_correct(pred, gold, **row_meta(columns, i, n)))
         elif kind == "classification":
             gold_set = _labels(gold)
             pred_set = _labels(pred) if pred else set()
             out.append(len(pred_set & gold_set) / len(pred_set | gold_set) if gold_set else None)
         else:
-            raise ValueError(f"curr_reft_open: unknown task '{kind}' (math, detection, grounding, classification)")
+            raise ValueError(f"curr_reft_open: unknown task '{kind}' ({', '.join(sorted(OPEN_FAMILY))})")
     return out

@@ -18,9 +18,11 @@ small clean server process, so start-up is cheap and a parent that has torch/CUD
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -136,6 +138,27 @@ def _context(start_method: str | None):
     return ctx
 
 
+@contextlib.contextmanager
+def _user_main_hidden():
+    """Start workers without re-importing the user's `__main__`.
+
+    spawn/forkserver children re-run the parent's main script unless it is guarded by `if __name__ == "__main__"`;
+    a training script without that guard would start training again inside every reward worker. Workers only need
+    mmrl's own modules (user rewards are loaded by file path), so the main module is hidden while a worker starts.
+    """
+    main = sys.modules.get("__main__")
+    saved = {name: getattr(main, name) for name in ("__spec__", "__file__") if hasattr(main, name)}
+    try:
+        if main is not None:
+            main.__spec__ = None
+            if hasattr(main, "__file__"):
+                del main.__file__
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(main, name, value)
+
+
 @dataclass
 class _Worker:
     process: Any
@@ -159,7 +182,8 @@ class WorkerPool:
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(target=_worker_main, args=(child,), daemon=True, name="mmrl-reward-worker")
-        process.start()
+        with _user_main_hidden():
+            process.start()
         child.close()
         return _Worker(process, parent)
 

@@ -60,7 +60,9 @@ def test_derive_sets_dependent_values_in_one_place():
     cfg = load_config(None, ["stages=[{name: a, steps: 3}, {name: b, steps: 5}, {name: c, steps: 9, enabled: false}]",
                              "optimizer.warmup_ratio=0.25"])
     assert cfg.trainer.max_steps == 8
-    assert cfg.optimizer.warmup_steps == 2
+    from mmrl.engine.optim import warmup_steps
+
+    assert warmup_steps(cfg.optimizer, cfg.trainer.max_steps) == 2
 
 
 def test_resolved_config_is_saved_and_reloads(tmp_path):

@@ -1,0 +1,162 @@
+"""A pipeline's plan: the raw config, its checked steps, and each step's own config (wiring + step overrides).
+
+A step's config is built from the *raw* merged mapping (YAML chain + command-line overrides), not from the validated
+pipeline config, so values derived at validation time (warm-up steps from trainer.max_steps, ...) are derived again
+from the step's own values.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmrl.config import MMRLConfig
+from mmrl.config.loader import _set_dotted, build_config, load_raw
+from mmrl.config.workflow import PipelineStep
+from mmrl.errors import UserError
+
+# args each step kind accepts (build-data: per builder; a builder not listed here takes argv/outputs).
+BUILD_ARGS = {
+    "synthetic": {"builder", "tasks", "n", "eval_n", "seed", "eval_seed", "forms", "difficulty", "image_size",
+                  "with_cot", "wire"},
+    "curriculum": {"builder", "input", "seed", "wire"},
+}
+GENERIC_BUILD_ARGS = {"builder", "argv", "outputs", "wire"}
+EVAL_ARGS = {"model", "label"}
+TRAINED_KINDS = ("sft", "train")
+
+
+@dataclass
+class Plan:
+    """What `mmrl pipeline` runs: the validated pipeline config, its raw mapping (for step configs) and its root."""
+
+    path: str
+    config: MMRLConfig
+    raw: dict[str, Any]
+    sources: dict[str, str]
+    root: Path
+
+    @property
+    def steps(self) -> list[PipelineStep]:
+        return self.config.pipeline
+
+    @property
+    def base_model(self) -> str:
+        """The pipeline's initial model (after command-line overrides): what `{model: base}` evaluates."""
+        return self.config.model.name_or_path
+
+    def step_dir(self, step: PipelineStep) -> Path:
+        return self.root / step.name
+
+
+def load_plan(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Plan:
+    """Load and check a pipeline config: steps present, names unique, args known, eval models defined earlier."""
+    raw, sources = load_raw(path, overrides)
+    config = build_config(copy.deepcopy(raw), sources, default_source=str(path))
+    if not config.pipeline:
+        raise UserError(f"{path}: no `pipeline:` steps; add a list of steps (build-data, sft, train, eval) or run "
+                        f"`mmrl train {path}` for a single GRPO run")
+    _check_steps(str(path), config.pipeline)
+    root = Path(config.output_dir or Path("runs") / (config.name or Path(path).stem))
+    return Plan(str(path), config, raw, sources, root)
+
+
+def _check_steps(path: str, steps: list[PipelineStep]) -> None:
+    seen: dict[str, PipelineStep] = {}
+    labels: dict[str, str] = {}
+    for i, step in enumerate(steps):
+        where = f"{path}: pipeline.{i} ('{step.name}')"
+        if step.name in seen:
+            raise UserError(f"{where}: duplicate step name; each step needs its own name (it names its directory)")
+        allowed = _allowed_args(where, step)
+        unknown = sorted(set(step.args) - allowed)
+        if unknown:
+            raise UserError(f"{where}: unknown args {unknown} for a {step.kind} step; valid: {sorted(allowed) or 'none'}")
+        wire = step.args.get("wire")
+        if wire is not None and (not isinstance(wire, dict) or not all(isinstance(v, str) for v in wire.values())):
+            raise UserError(f"{where}: args.wire must map config keys to output names, e.g. {{data.train: train}}")
+        model = step.args.get("model") if step.kind == "eval" else None
+        if model is not None and model != "base":
+            ref = seen.get(model)
+            if ref is None or ref.kind not in TRAINED_KINDS:
+                names = [s.name for s in seen.values() if s.kind in TRAINED_KINDS]
+                raise UserError(f"{where}: args.model '{model}' is not an earlier sft/train step; use 'base' or one "
+                                f"of {names}")
+        if step.kind == "eval":
+            label = step.args.get("label", step.name)
+            if label in labels:
+                raise UserError(f"{where}: eval label '{label}' is used by step '{labels[label]}' too; labels key "
+                                "summary.json, so give each eval step its own args.label")
+            labels[label] = step.name
+        seen[step.name] = step
+
+
+def _allowed_args(where: str, step: PipelineStep) -> set[str]:
+    if step.kind == "eval":
+        return EVAL_ARGS
+    if step.kind != "build-data":
+        return set()
+    builder = step.args.get("builder")
+    if builder is None:
+        raise UserError(f"{where}: a build-data step needs args.builder (e.g. synthetic or curriculum)")
+    from mmrl.pipeline.builders import known_builders
+
+    names = known_builders()
+    if builder not in names:
+        raise UserError(f"{where}: unknown builder '{builder}'; known builders: {', '.join(names)}")
+    return BUILD_ARGS.get(builder, GENERIC_BUILD_ARGS)
+
+
+def step_config(plan: Plan, step: PipelineStep, wiring: dict[str, Any]) -> MMRLConfig:
+    """The config one step runs with: pipeline config <- wiring from earlier steps <- the step's own overrides."""
+    data = copy.deepcopy(plan.raw)
+    data["pipeline"] = []  # a step is one run, not a pipeline
+    sources = dict(plan.sources)
+    automatic: dict[str, Any] = {**wiring, "trainer.output_dir": str(plan.step_dir(step))}
+    if step.kind in TRAINED_KINDS:
+        automatic["trainer.resume"] = "auto"  # an interrupted step continues from its latest complete checkpoint
+    where = f"{plan.path}: pipeline step '{step.name}'"
+    for key, value in automatic.items():
+        _check_list_index(data, key, f"{where} (wired from an earlier step)")
+        _set_dotted(data, key.split("."), copy.deepcopy(value))
+    for key, value in step.overrides.items():
+        _check_list_index(data, key, f"{where} overrides")
+        _set_dotted(data, str(key).split("."), copy.deepcopy(value))
+        sources[str(key)] = f"{where} overrides"
+    return build_config(data, sources, default_source=where)
+
+
+def _check_list_index(data: dict[str, Any], key: str, where: str) -> None:
+    """A clearer message than the loader's for `stages.2.data` when the config has fewer stages."""
+    parts = str(key).split(".")
+    node: Any = data
+    for i, part in enumerate(parts):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                listed = ".".join(parts[:i])
+                raise UserError(f"{where}: '{key}' needs item {part} of '{listed}', which has {len(node)} item(s); "
+                                "add it to the config or change the wiring (args.wire)")
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            node = node.get(part)
+        else:
+            return
+
+
+def config_digest(config: MMRLConfig, step: PipelineStep) -> str:
+    """A short fingerprint of what a step would run (only the sections it reads), to tell the user when a finished
+    step's config changed since it ran."""
+    full = config.model_dump(mode="json")
+    if step.kind == "build-data":
+        used: dict[str, Any] = {}
+    elif step.kind == "eval":
+        used = {key: full[key] for key in ("model", "data", "eval")}
+    else:
+        used = {key: value for key, value in full.items() if key not in ("eval", "pipeline")}
+    text = json.dumps([used, step.model_dump(mode="json")], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

@@ -1,0 +1,142 @@
+"""Run a pipeline: each step in order, skipping finished ones (their `DONE.json`), resuming an interrupted one.
+
+A step is finished when `<output_dir>/<step>/DONE.json` exists (written last, atomically, with the step's outputs,
+metrics and what it wires into later steps) and its outputs are still on disk. A step without it is run — sft/train
+with `trainer.resume=auto`, so an interrupted one continues from its latest complete checkpoint — and once a step has
+run, every later step runs again too, since its inputs may have changed. Delete a step's DONE.json to re-run it (and
+what follows); delete its directory to start it from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mmrl.config.workflow import PipelineStep
+from mmrl.pipeline.builders import run_build_data
+from mmrl.pipeline.plan import TRAINED_KINDS, Plan, config_digest, load_plan, step_config
+from mmrl.pipeline.steps import StepResult, run_eval, run_trained
+from mmrl.pipeline.summary import accuracy_table, build_summary, plot_accuracy, write_summary
+
+DONE = "DONE.json"
+
+
+def read_done(step_dir: Path) -> dict[str, Any] | None:
+    path = step_dir / DONE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None  # a damaged marker means "not finished": the step runs again
+
+
+def _write_done(step_dir: Path, record: dict[str, Any]) -> None:
+    step_dir.mkdir(parents=True, exist_ok=True)
+    tmp = step_dir / (DONE + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, step_dir / DONE)
+
+
+def _missing_outputs(record: dict[str, Any]) -> list[str]:
+    paths = [v for v in record.get("outputs", {}).values() if isinstance(v, str) and os.path.isabs(v)]
+    return [p for p in paths if not os.path.exists(p)]
+
+
+def _model_wiring(plan: Plan, step: PipelineStep, wiring: dict[str, Any], trained: dict[str, str]) -> dict[str, Any]:
+    """An eval step's model: `base`, an earlier sft/train step's final checkpoint, or (default) the latest one."""
+    choice = step.args.get("model") if step.kind == "eval" else None
+    if choice is None:
+        return wiring
+    model = plan.base_model if choice == "base" else trained[choice]
+    return {**wiring, "model.name_or_path": model}
+
+
+def _execute(plan: Plan, step: PipelineStep, cfg, wiring: dict[str, Any], where: str) -> StepResult:
+    out = plan.step_dir(step)
+    out.mkdir(parents=True, exist_ok=True)
+    if step.kind == "build-data":
+        outputs, wired = run_build_data(step, out, wiring, where)
+        return StepResult(outputs=outputs, wiring=wired)
+    if step.kind in TRAINED_KINDS:
+        return run_trained(step, cfg, where)
+    return run_eval(step, cfg, out, step.args.get("label", step.name), where)
+
+
+def _brief(metrics: dict[str, Any]) -> str:
+    keys = [k for k in ("accuracy", "n", "loss", "reward/total", "reward") if k in metrics]
+    shown = ", ".join(f"{k}={metrics[k]:.3g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}" for k in keys)
+    return f" ({shown})" if shown else ""
+
+
+def run_pipeline(
+    path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (), echo: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Run the pipeline config at `path` (with dotted `overrides`); return the summary written to summary.json.
+
+    >>> summary = run_pipeline("configs/quickstart.yaml", ["model.name_or_path=tiny"])  # doctest: +SKIP
+    >>> sorted(summary["accuracy"])  # doctest: +SKIP
+    ['base', 'grpo', 'sft']
+    """
+    say = echo or (lambda line: print(line, flush=True))
+    started = time.perf_counter()
+    plan = load_plan(path, overrides)
+    wiring: dict[str, Any] = {}
+    trained: dict[str, str] = {}
+    records: list[dict[str, Any]] = []
+    statuses: dict[str, str] = {}
+    upstream_ran = False
+    total = len(plan.steps)
+    say(f"pipeline {plan.config.name}: {total} steps in {plan.root}")
+    for index, step in enumerate(plan.steps, 1):
+        head = f"step {index}/{total} {step.name}" + ("" if step.name == step.kind else f" [{step.kind}]")
+        where = f"{plan.path}: pipeline step '{step.name}'"
+        step_wiring = _model_wiring(plan, step, wiring, trained)
+        cfg = step_config(plan, step, step_wiring)
+        digest = config_digest(cfg, step)
+        done = read_done(plan.step_dir(step))
+        record = None
+        if done is not None and not upstream_ran:
+            missing = _missing_outputs(done)
+            if not missing:
+                changed = done.get("config_digest") != digest
+                say(f"{head}: skipped (done)" + (f"; its config changed since it ran: delete "
+                                                 f"{plan.step_dir(step) / DONE} to re-run it" if changed else ""))
+                record, statuses[step.name] = done, "skipped"
+            else:
+                say(f"{head}: running again (its output {missing[0]} is missing)")
+        elif done is not None:
+            say(f"{head}: running again (an earlier step ran)")
+        else:
+            say(f"{head}: running")
+        if record is None:
+            began = time.perf_counter()
+            result = _execute(plan, step, cfg, wiring, where)
+            seconds = time.perf_counter() - began
+            record = {"name": step.name, "kind": step.kind, "outputs": result.outputs, "metrics": result.metrics,
+                      "wiring": result.wiring, "seconds": round(seconds, 3), "config_digest": digest,
+                      "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            _write_done(plan.step_dir(step), record)  # last: the marker means every output above is complete
+            statuses[step.name], upstream_ran = "ran", True
+            say(f"{head}: done in {seconds:.1f}s{_brief(result.metrics)}")
+            for note in result.notes:
+                say(f"  {note}")
+        wiring.update(record.get("wiring", {}))
+        if step.kind in TRAINED_KINDS:
+            trained[step.name] = record["outputs"]["checkpoint"]
+        records.append(record)
+    summary = build_summary(records, statuses, time.perf_counter() - started)
+    path_written = write_summary(plan.root, summary)
+    if summary["accuracy"]:
+        for line in accuracy_table(summary).splitlines():
+            say(line)
+        plot = plot_accuracy(summary, plan.root / "accuracy.png")
+        if plot is not None:
+            say(f"accuracy plot: {plot}")
+    say(f"summary: {path_written}")
+    return summary

@@ -1,0 +1,174 @@
+"""`mmrl pipeline` on the tiny model: build data -> SFT -> GRPO -> eval end to end, skip on re-run, re-run one step,
+resume an interrupted train step from its checkpoint, and the config errors a user meets first."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmrl.errors import UserError
+from mmrl.pipeline import run_pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+
+FAST = {
+    "trainer.report_to": ["jsonl"],
+    "trainer.progress": False,
+    "trainer.sample_steps": 0,
+    "eval.limit": 4,
+    "eval.max_new_tokens": 4,
+    "eval.batch_size": 4,
+}
+
+
+def pipeline_config(root: Path) -> dict:
+    return {
+        "name": "pipe_tiny",
+        "output_dir": str(root),
+        "model": {"name_or_path": "tiny"},
+        "data": {"min_pixels": 3136, "max_pixels": 3136},
+        "rollout": {"group_size": 2, "max_completion_length": 4},
+        "optimizer": {"lr": 1.0e-4},
+        "trainer": {"prompts_per_step": 2, "batch_size": 2},
+        "pipeline": [
+            {"name": "data", "kind": "build-data",
+             "args": {"builder": "synthetic", "tasks": ["color"], "n": 16, "eval_n": 8, "seed": 0,
+                      "image_size": 56, "forms": ["open"]}},
+            {"name": "eval_base", "kind": "eval", "args": {"model": "base", "label": "base"}},
+            {"name": "sft", "kind": "sft", "overrides": {"trainer.max_steps": 2}},
+            {"name": "eval_sft", "kind": "eval", "args": {"model": "sft", "label": "sft"}},
+            {"name": "grpo", "kind": "train", "overrides": {"trainer.max_steps": 2, "trainer.save_steps": 1}},
+            {"name": "eval_grpo", "kind": "eval", "args": {"label": "grpo"}},
+        ],
+    }
+
+
+def write(tmp: Path, config: dict) -> Path:
+    path = tmp / "pipe.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def overrides(**extra) -> list[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in {**FAST, **extra}.items()]
+
+
+def run(path: Path) -> tuple[dict, list[str]]:
+    lines: list[str] = []
+    summary = run_pipeline(path, overrides(), echo=lines.append)
+    return summary, lines
+
+
+def status(lines: list[str], name: str) -> str:
+    return next(line for line in lines if line.startswith("step ") and f" {name}" in line.split(":")[0]
+                and "done in" not in line).split(": ", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The pipeline run once to completion (shared: the tests below re-run it)."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    root = tmp / "runs"
+    path = write(tmp, pipeline_config(root))
+    summary, lines = run(path)
+    return path, root, summary, lines
+
+
+def test_pipeline_runs_end_to_end_and_writes_the_summary(finished):
+    path, root, summary, lines = finished
+    assert [status(lines, n) for n in ("data", "eval_base", "sft", "eval_sft", "grpo", "eval_grpo")] == ["running"] * 6
+    on_disk = json.loads((root / "summary.json").read_text())
+    assert on_disk["accuracy"] == summary["accuracy"]
+    assert set(summary["accuracy"]) == {"base", "sft", "grpo"}
+    assert all(0.0 <= acc <= 1.0 for acc in summary["accuracy"].values())
+    assert summary["n_eval"] == 4
+    # the eval set is held out: drawn with another seed than the training set
+    train = (root / "data" / "train" / "data.jsonl").read_text().splitlines()
+    held = (root / "data" / "eval" / "data.jsonl").read_text().splitlines()
+    assert len(train) == 16 and len(held) == 8
+    assert {json.loads(r)["answer"] for r in held} and train[0] != held[0]
+    # wiring: sft trained from the base, grpo from sft's final checkpoint, eval_grpo evaluated grpo's
+    sft_done = json.loads((root / "sft" / "DONE.json").read_text())
+    grpo_done = json.loads((root / "grpo" / "DONE.json").read_text())
+    assert yaml.safe_load((root / "grpo" / "config.yaml").read_text())["model"]["name_or_path"] == \
+        sft_done["outputs"]["checkpoint"]
+    assert summary["models"] == {"base": "tiny", "sft": sft_done["outputs"]["checkpoint"],
+                                 "grpo": grpo_done["outputs"]["checkpoint"]}
+    assert grpo_done["outputs"]["checkpoint"].endswith("step-2")
+    assert (root / "eval_grpo" / "report.json").is_file() and (root / "accuracy.png").is_file()
+    assert (root / "grpo" / "plots").is_dir() and any((root / "grpo" / "plots").glob("*.png"))
+    assert any(line.startswith("| base | tiny |") for line in lines)
+
+
+def test_rerun_skips_every_finished_step(finished):
+    path, root, _, _ = finished
+    stamps = {d.name: (d / "DONE.json").stat().st_mtime_ns for d in root.iterdir() if (d / "DONE.json").exists()}
+    summary, lines = run(path)
+    assert [status(lines, n) for n in stamps] == ["skipped (done)"] * len(stamps)
+    assert {d: (root / d / "DONE.json").stat().st_mtime_ns for d in stamps} == stamps
+    assert set(summary["accuracy"]) == {"base", "sft", "grpo"}
+    assert all(s["status"] == "skipped" for s in summary["steps"].values())
+
+
+def test_deleting_a_later_steps_marker_reruns_only_that_step(finished):
+    path, root, _, _ = finished
+    (root / "eval_grpo" / "DONE.json").unlink()
+    _, lines = run(path)
+    assert [status(lines, n) for n in ("data", "eval_base", "sft", "eval_sft", "grpo")] == ["skipped (done)"] * 5
+    assert status(lines, "eval_grpo") == "running"
+    assert (root / "eval_grpo" / "DONE.json").is_file()
+
+
+def test_an_interrupted_train_step_resumes_from_its_checkpoint(finished, capsys):
+    path, root, _, _ = finished
+    grpo = root / "grpo"
+    # simulate a crash after step 1 of 2: the step-1 checkpoint is complete, step 2 and DONE never got written
+    shutil.rmtree(grpo / "checkpoints" / "step-2")
+    (grpo / "DONE.json").unlink()
+    assert (grpo / "checkpoints" / "step-1" / "COMPLETE").is_file()
+    _, lines = run(path)
+    assert status(lines, "sft") == "skipped (done)"
+    assert status(lines, "grpo") == "running"
+    assert status(lines, "eval_grpo") == "running again (an earlier step ran)"
+    assert "resumed from" in capsys.readouterr().err
+    assert (grpo / "checkpoints" / "step-2" / "COMPLETE").is_file()
+    rows = [json.loads(r) for r in (grpo / "metrics.jsonl").read_text().splitlines() if r.strip()]
+    assert [r["step"] for r in rows if "step" in r][-1] == 2
+
+
+def test_a_config_without_steps_names_the_file(tmp_path):
+    path = write(tmp_path, {"name": "x", "model": {"name_or_path": "tiny"}})
+    with pytest.raises(UserError, match=r"pipe\.yaml: no `pipeline:` steps"):
+        run_pipeline(path)
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        ([{"name": "a", "kind": "deploy"}], r"pipeline\.0\.kind must be one of"),
+        ([{"name": "a", "kind": "eval"}, {"name": "a", "kind": "eval", "args": {"label": "b"}}], "duplicate step name"),
+        ([{"name": "e", "kind": "eval", "args": {"model": "sft"}}], "args.model 'sft' is not an earlier sft/train"),
+        ([{"name": "d", "kind": "build-data", "args": {"builder": "synthetic", "n_train": 3}}], r"unknown args \['n_train'\]"),
+        ([{"name": "d", "kind": "build-data", "args": {"builder": "nope"}}], "unknown builder 'nope'"),
+        ([{"name": "../x", "kind": "eval"}], "plain directory name"),
+    ],
+)
+def test_bad_steps_fail_before_anything_runs(tmp_path, steps, message):
+    path = write(tmp_path, {"name": "x", "output_dir": str(tmp_path / "runs"), "pipeline": steps})
+    with pytest.raises(UserError, match=message):
+        run_pipeline(path)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_reports_a_missing_pipeline_in_one_line(tmp_path):
+    path = write(tmp_path, {"name": "x"})
+    proc = subprocess.run([sys.executable, "-m", "mmrl", "pipeline", str(path)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "no `pipeline:` steps" in proc.stderr
