@@ -1,7 +1,42 @@
-"""`mmrl export`: export a checkpoint (merge LoRA) — provided by the GRPO trainer issue; until then it says so."""
+"""`mmrl export CHECKPOINT OUT_DIR`: a plain Hugging Face model directory from a checkpoint (LoRA merged in)."""
 
-from mmrl.commands import register_unavailable
+from __future__ import annotations
+
+import argparse
+
+from mmrl.commands import add_command
 
 
 def register(subparsers, name: str) -> None:
-    register_unavailable(subparsers, name, "export a checkpoint (merge LoRA)", "the GRPO trainer issue")
+    parser = add_command(
+        subparsers,
+        name,
+        help="export a checkpoint as a plain HF model (merging LoRA)",
+        description="Write a standalone model directory loadable by from_pretrained: a LoRA checkpoint is merged\n"
+        "into its base model; a full checkpoint is copied without the trainer state.",
+        examples="  mmrl export runs/grpo_tiny/checkpoints/step-4 exported/grpo_tiny\n",
+    )
+    parser.add_argument("checkpoint", help="a checkpoints/step-N directory")
+    parser.add_argument("out_dir", help="where to write the exported model")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mmrl.config.model import ModelConfig
+    from mmrl.errors import UserError
+    from mmrl.models.loading import load_policy
+    from mmrl.models.processor import save_processor
+
+    if not Path(args.checkpoint).is_dir():
+        raise UserError(f"checkpoint '{args.checkpoint}' is not a directory; give a checkpoints/step-N path")
+    loaded = load_policy(ModelConfig(name_or_path=args.checkpoint), for_training=False)
+    model = loaded.model
+    merged = hasattr(model, "merge_and_unload")
+    if merged:
+        model = model.merge_and_unload()
+    model.save_pretrained(args.out_dir, safe_serialization=True)
+    save_processor(loaded.processor, args.out_dir)
+    print(f"exported {'merged LoRA ' if merged else ''}model to {args.out_dir}")
+    return 0

@@ -34,6 +34,8 @@ def resolve_model_path(name_or_path: str, seed: int = 0) -> str:
         return str(ensure_tiny_model(name_or_path, seed=seed))
     local = Path(name_or_path).expanduser()
     if local.exists():
+        if (local / "adapter_config.json").is_file():
+            return str(local)  # a LoRA checkpoint: load_policy puts it on its base model
         if not (local / "config.json").is_file():
             raise UserError(f"model.name_or_path: '{name_or_path}' has no config.json; point it at a model directory")
         return str(local)
@@ -112,6 +114,9 @@ def load_policy(cfg: ModelConfig, device: torch.device | str | None = None, for_
 
     device = torch.device(device) if device is not None else torch.device("cpu")
     path = resolve_model_path(cfg.name_or_path, seed=cfg.seed)
+    adapter = adapter_base(path)
+    if adapter is not None:
+        return _load_adapter_checkpoint(cfg, path, adapter, device, for_training)
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
@@ -144,3 +149,31 @@ def load_policy(cfg: ModelConfig, device: torch.device | str | None = None, for_
         model = apply_lora(model, cfg)
     model.to(device)
     return LoadedModel(model=model, processor=processor, path=path)
+
+
+def adapter_base(path: str) -> str | None:
+    """The base model of a LoRA checkpoint directory (None when `path` is a full model)."""
+    config = Path(path) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    import json
+
+    base = json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"{config}: no base_model_name_or_path; cannot tell which model this LoRA adapter belongs to")
+    return base
+
+
+def _load_adapter_checkpoint(cfg: ModelConfig, path: str, base: str, device: torch.device,
+                             for_training: bool) -> LoadedModel:
+    """Base model + the saved adapter (trainable when `model.lora.enabled`, so LoRA training continues)."""
+    from peft import PeftModel
+
+    base_cfg = cfg.model_copy(update={"name_or_path": base, "lora": cfg.lora.model_copy(update={"enabled": False})})
+    loaded = load_policy(base_cfg, device=device, for_training=for_training)
+    model = PeftModel.from_pretrained(loaded.model, path, is_trainable=cfg.lora.enabled and for_training)
+    processor = load_processor(path) if (Path(path) / "tokenizer_config.json").is_file() else loaded.processor
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    processor.tokenizer.padding_side = "left"
+    return LoadedModel(model=model.to(device), processor=processor, path=path)

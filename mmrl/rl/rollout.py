@@ -197,6 +197,10 @@ class HFSharedPrefixBackend(_HFBackend):
                 scores = torch.zeros(group_size, max_new_tokens, device=device)
                 alive = torch.arange(group_size, device=device)  # branches still decoding; the cache holds only them
                 for step in range(max_new_tokens):
+                    # Entropy of the sampling distribution, for the metrics (one extra softmax per decode step).
+                    tempered = torch.log_softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
+                    counters["entropy_sum"] = counters.get("entropy_sum", 0.0) - float((tempered.exp() * tempered).sum())
+                    counters["entropy_tokens"] = counters.get("entropy_tokens", 0) + tempered.shape[0]
                     chosen, logp = sample_next(
                         logits, temperature=temperature, top_p=top_p, top_k=top_k,
                         forbid=eos if step < min_new_tokens else None, generator=generator,

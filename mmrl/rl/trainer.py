@@ -112,10 +112,10 @@ class GRPOTrainer:
             self._restore(state)
             run.logger.event(f"resumed from {run.resume_from} at step {run.start_step}")
         step = run.start_step
-        total = self.schedule.total_steps
         stage = None
         try:
-            while step < total:
+            # Stages may end early (until_metric), so the schedule, not a fixed count, says when training is done.
+            while not self.schedule.finished(step):
                 timer = PhaseTimer()
                 started = time.perf_counter()
                 new_stage = self.schedule.stage_at(step)
@@ -141,9 +141,9 @@ class GRPOTrainer:
                 metrics.update(eval_metrics or {})
                 run.logger.log(step, metrics)
                 self._maybe_samples(step, groups)
-                if cfg.trainer.save_steps and step % cfg.trainer.save_steps == 0 and step < total:
+                if cfg.trainer.save_steps and step % cfg.trainer.save_steps == 0 and not self.schedule.finished(step):
                     run.save(step, self.state())
-            if cfg.trainer.save_final and (run.start_step < total):
+            if cfg.trainer.save_final and run.start_step < step:
                 run.save(step, self.state())
         finally:
             run.close()
@@ -156,6 +156,7 @@ class GRPOTrainer:
         if not every or step % every or not self.eval_samples:
             return None
         from mmrl.eval.evaluate import evaluate
+        from mmrl.eval.report import flat_metrics
 
         with timer("eval"):
             self.run.model.eval()
@@ -164,7 +165,7 @@ class GRPOTrainer:
                               out_dir, progress=False) if self.run.dist.is_main else {}
             self.run.model.train()
         report = all_gather_objects(report, self.run.dist.world_size)[0]
-        return {"eval/accuracy": report.get("accuracy", float("nan"))}
+        return flat_metrics(report)
 
     def _maybe_samples(self, step: int, groups: list[Group]) -> None:
         every = self.cfg.trainer.sample_steps
@@ -212,7 +213,11 @@ class GRPOTrainer:
             metrics["format_rate"] = metrics["reward/format"]
         if "loss/kl_mean" in update:
             metrics["kl"] = update["loss/kl_mean"]
-        for key, value in (info.get("counters") or {}).items():
+        counters = dict(info.get("counters") or {})
+        entropy_sum, entropy_tokens = counters.pop("entropy_sum", None), counters.pop("entropy_tokens", 0)
+        if entropy_sum is not None and entropy_tokens:
+            metrics["entropy"] = entropy_sum / entropy_tokens
+        for key, value in counters.items():
             metrics[f"rollout/{key}"] = value
         return metrics
 

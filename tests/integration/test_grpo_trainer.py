@@ -74,16 +74,30 @@ def test_one_step_changes_the_parameters_and_logs_metrics(synthetic_data, tmp_pa
     assert (tmp_path / "config.yaml").is_file()
 
 
-def test_resume_reproduces_the_straight_run(synthetic_data, tmp_path):
+TWO_STAGES = ("[{name: wide, steps: 2, group_size: 4, max_completion_length: 6},"
+              " {name: narrow, steps: 4, group_size: 2, max_completion_length: 4}]")
+
+
+def test_two_stage_run_switches_and_a_resume_inside_stage_2_reproduces_it(synthetic_data, tmp_path):
     straight = tmp_path / "straight"
-    trainer = GRPOTrainer(load_config(CONFIG, overrides(synthetic_data, straight, **{"trainer.max_steps": 6})))
+    trainer = GRPOTrainer(load_config(CONFIG, overrides(synthetic_data, straight, stages=TWO_STAGES)))
     trainer.train()
     straight_params = params(trainer.run.model)
+    rows = read_metrics(straight)
+    assert [r["stage_name"] for r in rows] == ["wide"] * 2 + ["narrow"] * 4
+    # Stage overrides took effect: 2 prompts x G=4 completions, then 2 x G=2, each at most its max length.
+    assert [r["completion_length/max"] <= (6 if r["stage"] == 0 else 4) for r in rows] == [True] * 6
+    assert rows[0]["rollout/generated_tokens"] > rows[-1]["rollout/generated_tokens"]
 
     split = tmp_path / "split"
-    GRPOTrainer(load_config(CONFIG, overrides(synthetic_data, split, **{"trainer.max_steps": 3}))).train()
-    resumed = GRPOTrainer(load_config(CONFIG, overrides(synthetic_data, split, **{"trainer.max_steps": 6,
-                                                                                   "trainer.resume": "auto"})))
+    first = GRPOTrainer(load_config(CONFIG, overrides(synthetic_data, split, stages=TWO_STAGES,
+                                                      **{"trainer.save_steps": 3})))
+    # Stop after step 3 (inside stage 2) as an interrupted run would, keeping its checkpoint.
+    first.schedule.stages[1] = first.schedule.stages[1].model_copy(update={"steps": 1})
+    first.train()
+    assert [p.name for p in list_checkpoints(split)][-1] == "step-3"
+    resumed = GRPOTrainer(load_config(CONFIG, overrides(synthetic_data, split, stages=TWO_STAGES,
+                                                        **{"trainer.resume": str(split / "checkpoints" / "step-3")})))
     resumed.train()
     resumed_params = params(resumed.run.model)
 
@@ -146,6 +160,22 @@ def test_lora_with_kl_uses_the_adapter_free_reference(synthetic_data, tmp_path):
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before the first update
     assert rows[1]["kl"] > 0  # the adapter moved the policy away from the reference
     assert (find_latest(tmp_path) / "adapter_model.safetensors").is_file()
+
+    # `mmrl export` merges the adapter into a plain HF model that computes what the adapted policy computes.
+    from mmrl.cli import main
+
+    assert main(["export", str(find_latest(tmp_path)), str(tmp_path / "merged")]) == 0
+    merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged").eval()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    trainer.run.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, trainer.run.model(input_ids=ids).logits, atol=1e-4)
+    # A LoRA checkpoint also loads as model.name_or_path (on its base model), e.g. for the next pipeline step.
+    from mmrl.models.loading import load_policy
+
+    again = load_policy(load_config(None, [f"model.name_or_path={find_latest(tmp_path)}"]).model, for_training=False)
+    with torch.no_grad():
+        assert torch.allclose(again.model(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-4)
 
 
 def test_two_processes_keep_identical_parameters(synthetic_data, tmp_path):
