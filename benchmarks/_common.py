@@ -22,15 +22,10 @@ def _unwrap(model: Any) -> Any:
 
 
 def vision_tower(model: Any) -> torch.nn.Module | None:
-    """The vision encoder of a Qwen2-VL-style model (`model.model.visual` in transformers 5), or None."""
-    inner = _unwrap(model)
-    for path in ("model.visual", "visual", "model.vision_tower", "vision_tower"):
-        obj = inner
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-        if isinstance(obj, torch.nn.Module):
-            return obj
-    return None
+    """The vision encoder of a Qwen2-VL-style model, or None (the rollout's own lookup)."""
+    from mmrl.rl.rollout import vision_module
+
+    return vision_module(model)
 
 
 def language_model(model: Any) -> torch.nn.Module | None:

@@ -15,6 +15,7 @@ from typing import Any
 from PIL import Image
 
 from data_pipelines.synthetic.scenes import SHAPES, colors_for, number_scene, shape_scene
+from mmrl.data.boxes import box_iou
 
 
 @dataclass
@@ -98,14 +99,6 @@ def position_task(rng: random.Random, size: int, difficulty: int) -> Fact:
     return Fact(image, question, relation, "text", wrong,
                 lambda r: f"Is {first} {RELATIONS[r]} {second}?", f"{first.capitalize()} is {RELATIONS[relation]} "
                 f"{second}.", {"objects": [o.to_json() for o in objects]})
-
-
-def box_iou(a: list[float], b: list[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def shifted_boxes(rng: random.Random, box: list[int], size: int, k: int = 3, max_iou: float = 0.5) -> list[list[int]]:

@@ -93,3 +93,16 @@ def convert_point(
     sw, sh = _scale(src_frame, image_size, input_size)
     dw, dh = _scale(dst_frame, image_size, input_size)
     return [x / sw * dw, y / sh * dh]
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two `xyxy` boxes in the same frame (0 when the union is empty).
+
+    >>> box_iou([0, 0, 2, 2], [1, 1, 3, 3])
+    0.14285714285714285
+    """
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0

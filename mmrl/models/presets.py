@@ -28,10 +28,10 @@ class TinyPreset:
 
 PRESETS: dict[str, TinyPreset] = {
     "tiny": TinyPreset(
-        text_hidden=64, text_layers=2, text_heads=4, text_kv_heads=2, text_intermediate=256,
+        text_hidden=128, text_layers=3, text_heads=4, text_kv_heads=2, text_intermediate=512,
         vision_hidden=64, vision_depth=2, vision_heads=2, vision_intermediate=128,
-        mrope_section=(2, 3, 3), fullatt_block_indexes=(1,),
-        description="~0.5M parameters, for tests",
+        mrope_section=(4, 6, 6), fullatt_block_indexes=(1,),
+        description="~1.2M parameters, for tests",
     ),
     "small": TinyPreset(
         text_hidden=384, text_layers=8, text_heads=6, text_kv_heads=2, text_intermediate=1536,

@@ -60,7 +60,7 @@ CHAT_TEMPLATE = (
 )
 
 
-BUILD_VERSION = "2"  # bump when the build recipe changes so cached builds are rebuilt
+BUILD_VERSION = "3"  # bump when the build recipe changes so cached builds are rebuilt
 MARKER = "mmrl_tiny.json"
 
 

@@ -17,7 +17,7 @@ import math
 import re
 from typing import Any
 
-from mmrl.data.boxes import convert_box
+from mmrl.data.boxes import box_iou, convert_box
 from mmrl.rewards._columns import col
 from mmrl.rewards.extraction import extract_answer
 from mmrl.rewards.registry import register_reward
@@ -54,14 +54,6 @@ def valid_box(box: list[float] | None) -> bool:
         and box[2] >= box[0]
         and box[3] >= box[1]
     )
-
-
-def box_iou(a: list[float], b: list[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def box_giou(a: list[float], b: list[float]) -> float:
