@@ -197,3 +197,28 @@ def test_two_processes_keep_identical_parameters(synthetic_data, tmp_path):
     group_size = load_config(CONFIG).rollout.group_size
     assert rows[0]["samples_per_s"] > 0 and json.dumps(rows[0])
     assert rows[0]["rollout/vision_encoder_calls"] >= 1 and group_size == 4
+
+
+def test_online_filter_drops_flat_groups_and_refills(synthetic_data, tmp_path):
+    # The untrained model never answers right: every group's accuracy mean is 0, outside (0, 1), so each round is
+    # dropped and refilled until max_tries; with nothing left, the step changes nothing.
+    cfg = load_config(CONFIG, overrides(synthetic_data, tmp_path, **{
+        "trainer.max_steps": 1, "rewards": "[{name: accuracy}, {name: format, weight: 0.5}]",
+        "algorithm.online_filter": "{enabled: true, metric: accuracy, low: 0.0, high: 1.0, max_tries: 3}"}))
+    trainer = GRPOTrainer(cfg)
+    before = params(trainer.run.model)
+    trainer.train()
+    (row,) = read_metrics(tmp_path)
+    assert row["filtered_groups"] == 2 * 3  # 2 prompts per round, 3 rounds
+    assert all(torch.equal(before[k], v) for k, v in params(trainer.run.model).items())
+
+
+def test_eval_during_training_uses_the_same_verifiers(synthetic_data, tmp_path):
+    cfg = load_config(CONFIG, overrides(synthetic_data, tmp_path, **{
+        "trainer.max_steps": 2, "trainer.eval_steps": 2, "data.eval": str(synthetic_data), "eval.limit": 3,
+        "eval.max_new_tokens": 4}))
+    GRPOTrainer(cfg).train()
+    rows = read_metrics(tmp_path)
+    assert "eval/accuracy" not in rows[0] and rows[1]["eval/accuracy"] == 0.0
+    report = json.loads((tmp_path / "eval" / "step-2" / "report.json").read_text())
+    assert report["n"] == 3
