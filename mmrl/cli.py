@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     # `--debug` is accepted anywhere on the line, not only before the subcommand.
     debug_flag = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    # Library chatter (hub retries, deprecation notes) would bury mmrl's own one-line errors.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

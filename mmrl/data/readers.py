@@ -141,5 +141,6 @@ def read_records(path: str, split: str | None = None) -> Iterator[RawRecord]:
         return
     if local.suffix.lower() in LOCAL_SUFFIXES or path.startswith((".", "/", "~")) or local.parent.is_dir() and \
             local.parent != Path("."):
-        raise DataError(f"{path}: dataset file not found")
+        raise DataError(f"{path}: dataset file not found; check data.train / data.eval (build synthetic data with "
+                        "`mmrl build-data synthetic --out DIR`)")
     yield from _read_hf(path, split)

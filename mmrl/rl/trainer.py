@@ -50,12 +50,16 @@ class GRPOTrainer:
             raise UserError("data.train: no training data configured; set data.train=path/to/data.jsonl")
         self.cfg = cfg
         self.schedule = StageSchedule(cfg.stages, cfg)
+        self._datasets: dict[str, list] = {}
+        self.run_dir = Path(cfg.trainer.output_dir)
+        # Data problems surface before the model loads: every stage's dataset is read and checked first.
+        for start, _name in self.schedule.boundaries():
+            self._load(self.schedule.stage_at(start).data or tuple(cfg.data.train))
         self.run: TrainingRun = start_run(cfg, total_steps=self.schedule.total_steps)
         self.backend = make_backend(self.run.model, self.run.processor, cfg.rollout.backend,
                                     share_prompt=cfg.rollout.share_prompt)
         self.reference = make_reference(self.run.model, cfg.algorithm.beta)
         self.generator = torch.Generator().manual_seed(cfg.trainer.seed * 1000 + self.run.dist.rank)
-        self._datasets: dict[str, list] = {}
         self._samplers: dict[str, PromptSampler] = {}
         self._composites: dict[str, RewardComposite] = {}
         self.eval_samples = self._load(tuple(cfg.data.eval)) if cfg.data.eval and cfg.trainer.eval_steps else []
@@ -67,7 +71,7 @@ class GRPOTrainer:
             samples = load_datasets(list(specs), self.cfg.data)
             if not samples:
                 raise UserError(f"data: the dataset(s) {[s.path for s in specs]} contain no samples")
-            self._datasets[key] = check_images(samples, self.cfg.data, run_dir=self.run.run_dir)
+            self._datasets[key] = check_images(samples, self.cfg.data, run_dir=self.run_dir)
         return self._datasets[key]
 
     def _sampler(self, specs: tuple) -> PromptSampler:
