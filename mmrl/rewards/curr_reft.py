@@ -40,7 +40,12 @@ def curr_reft_judge_reward(completions, answer=None, **_) -> list:
 
 @register_reward("curr_reft_choice")
 def curr_reft_choice_reward(completions, answer=None, **_) -> list:
-    """Stage 2: 1.0 when the chosen letter set (A-E) equals the gold set; example in the module docstring."""
+    """Stage 2: 1.0 when the chosen letter set (A-E) equals the gold set (no partial credit for a subset).
+
+    >>> curr_reft_choice_reward(["<answer>B</answer>", "<answer>A, C</answer>", "<answer>A</answer>"],
+    ...                         answer=["B", "A,C", "A,C"])
+    [1.0, 1.0, 0.0]
+    """
     out: list[float | None] = []
     for completion, gold in zip(completions, col(answer, len(completions)), strict=True):
         gold_set = parse_letters(gold, _CHOICES)

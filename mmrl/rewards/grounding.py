@@ -133,7 +133,12 @@ def grounding_correct(pred: str | None, answer: Any, threshold: float = 0.5, pre
 
 @register_reward("iou")
 def iou_reward(completions, answer=None, tags=("<answer>", "</answer>"), pred_frame=None, **columns) -> list:
-    """IoU of the one predicted box with the gold box (0 for an invalid prediction); example in the module docstring."""
+    """IoU of the one predicted box with the gold box (0 for an invalid prediction, e.g. x2 < x1).
+
+    >>> iou_reward(["<answer>[0, 0, 10, 10]</answer>", "<answer>[5, 0, 15, 10]</answer>",
+    ...             "<answer>[10, 10, 0, 0]</answer>"], answer=[[0, 0, 10, 10]] * 3, image_size=[(100, 100)] * 3)
+    [1.0, 0.3333333333333333, 0.0]
+    """
     return _box_scores(completions, answer, columns, lambda p, g: box_iou(p, g) if p else 0.0, tags, pred_frame)
 
 

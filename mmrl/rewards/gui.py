@@ -120,7 +120,15 @@ def _metas(columns: dict[str, Any], n: int) -> list[dict[str, Any]]:
 @register_reward("gui_action", batched=True)
 def gui_action_reward(completions, answer=None, pred_frame=None, dast=False, max_length=None, **columns) -> list:
     """UI-R1: R = R_action + R_coord + R_format (0..3). `dast=True` adds the DAST length score per group (needs the
-    `completion_length` and `group_id` columns). Example in the module docstring."""
+    `completion_length` and `group_id` columns). The click point is read in the model-input frame (200x200 here) and
+    mapped to the original image (400x400) before the in-box test: (75, 75) -> (150, 150), inside the gold box.
+
+    >>> gui_action_reward(["<think>t</think><answer>[{'action': 'click', 'coordinate': [75, 75]}]</answer>",
+    ...                    "<think>t</think><answer>[{'action': 'click', 'coordinate': [20, 20]}]</answer>"],
+    ...                   answer=[{"action_type": "click", "bbox": [100, 100, 200, 200]}] * 2,
+    ...                   image_size=[(400, 400)] * 2, input_size=[(200, 200)] * 2)
+    [3.0, 2.0]
+    """
     n = len(completions)
     answers, metas = col(answer, n), _metas(columns, n)
     parts = [score_action(c, a, m, pred_frame) for c, a, m in zip(completions, answers, metas, strict=True)]

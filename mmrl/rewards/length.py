@@ -25,7 +25,11 @@ def _lengths(completion_length, n: int) -> list:
 
 @register_reward("overlong")
 def overlong_reward(completions, completion_length=None, max_length=4096, buffer=512, factor=1.0, **_) -> list:
-    """DAPO: 0 up to `max_length - buffer` tokens, then linear down to -1 at `max_length`, -1 beyond; times `factor`."""
+    """DAPO: 0 up to `max_length - buffer` tokens, then linear down to -1 at `max_length`, -1 beyond; times `factor`.
+
+    >>> overlong_reward(["a"] * 5, completion_length=[5, 6, 8, 10, 12], max_length=10, buffer=4)
+    [0.0, 0.0, -0.5, -1.0, -1.0]
+    """
     if not 0 < buffer <= max_length:
         raise UserError(f"overlong: need 0 < buffer <= max_length (got buffer={buffer}, max_length={max_length})")
     out: list[float | None] = []
