@@ -222,3 +222,23 @@ def test_eval_during_training_uses_the_same_verifiers(synthetic_data, tmp_path):
     assert "eval/accuracy" not in rows[0] and rows[1]["eval/accuracy"] == 0.0
     report = json.loads((tmp_path / "eval" / "step-2" / "report.json").read_text())
     assert report["n"] == 3
+
+
+def test_resume_when_the_vision_tower_never_received_gradients(tmp_path):
+    """EasyR1 #275: text-only data never runs the (trainable) vision tower, so AdamW holds no state for it; saving and
+    resuming must still work and continue exactly."""
+    data = tmp_path / "text.jsonl"
+    data.write_text("".join(json.dumps({"id": f"t{i}", "prompt": f"What is {i} + 1?", "answer": str(i + 1),
+                                        "task": "count", "images": []}) + "\n" for i in range(6)))
+    straight = GRPOTrainer(load_config(CONFIG, overrides(data, tmp_path / "a", **{"trainer.max_steps": 4})))
+    vision_before = {k: v for k, v in params(straight.run.model).items() if "visual" in k}
+    straight.train()
+    assert all(torch.equal(v, dict(straight.run.model.named_parameters())[k]) for k, v in vision_before.items())
+
+    GRPOTrainer(load_config(CONFIG, overrides(data, tmp_path / "b", **{"trainer.max_steps": 2}))).train()
+    resumed = GRPOTrainer(load_config(CONFIG, overrides(data, tmp_path / "b", **{"trainer.max_steps": 4,
+                                                                                 "trainer.resume": "auto"})))
+    resumed.train()
+    assert [r["loss"] for r in read_metrics(tmp_path / "a")] == [r["loss"] for r in read_metrics(tmp_path / "b")]
+    a, b = params(straight.run.model), params(resumed.run.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
