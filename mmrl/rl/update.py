@@ -57,8 +57,9 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, r
             global_seqs = int(all_reduce_sum(sum(m.shape[0] for m in masks), world))
             local_loss = 0.0
             for group, mask in zip(mini, masks):
-                # A group whose advantages are all 0 contributes exactly 0 without a KL term: skip its forward.
-                if algo.beta == 0 and group.old_logp is None and bool((group.advantages == 0).all()):
+                # A group whose advantages are all 0 contributes exactly 0 without a KL term (whatever the ratio, the
+                # clipped surrogate of A = 0 is 0): skip its forward. Its tokens still count in the normalisers.
+                if algo.beta == 0 and bool((group.advantages == 0).all()):
                     continue
                 logp = _logprobs(run.model, group, cfg.rollout.temperature)
                 per_token, metrics = policy_loss(
