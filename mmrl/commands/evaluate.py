@@ -97,26 +97,11 @@ def default_out_dir(cfg, config: str | None, args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from mmrl.data.dataset import load_datasets
-    from mmrl.data.vision import check_images
-    from mmrl.eval.evaluate import evaluate
-    from mmrl.models.loading import load_policy
+    from mmrl.eval.evaluate import evaluate_config
 
     cfg, config = build_eval_config(args)
     out_dir = default_out_dir(cfg, config, args)
-    samples = load_datasets(cfg.data.eval, cfg.data)
-    if cfg.eval.limit:
-        samples = samples[: cfg.eval.limit]
-    samples = check_images(samples, cfg.data, out_dir)
-    device = cfg.trainer.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    loaded = load_policy(cfg.model, device=device, for_training=False)
-    info = {"model": cfg.model.name_or_path, "data": [spec.path for spec in cfg.data.eval]}
-    report = evaluate(loaded.model, loaded.processor, samples, cfg.eval, cfg.data, out_dir,
-                      progress=not args.no_progress, info=info)
+    report = evaluate_config(cfg, out_dir, progress=not args.no_progress)
     print((out_dir / "report.md").read_text(encoding="utf-8"), end="")
     print(f"report: {out_dir / 'report.json'}")
     if cfg.eval.save_generations:

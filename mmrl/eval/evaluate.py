@@ -134,3 +134,28 @@ def _progress_bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="eval", unit="item", dynamic_ncols=True)
+
+
+def evaluate_config(cfg: Any, out_dir: Path, progress: bool = True, info: dict[str, Any] | None = None) -> dict:
+    """Evaluate `cfg.model` on `cfg.data.eval` (at most `cfg.eval.limit` items) into `out_dir`; the CLI and the
+    pipeline's eval steps both go through here."""
+    import torch
+
+    from mmrl.data.dataset import load_datasets
+    from mmrl.data.vision import check_images
+    from mmrl.models.loading import load_policy
+
+    samples = load_datasets(cfg.data.eval, cfg.data)
+    if cfg.eval.limit:
+        samples = samples[: cfg.eval.limit]
+    samples = check_images(samples, cfg.data, out_dir)
+    device = cfg.trainer.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    loaded = load_policy(cfg.model, device=device, for_training=False)
+    info = {"model": cfg.model.name_or_path, "data": [spec.path for spec in cfg.data.eval], **(info or {})}
+    try:
+        return evaluate(loaded.model, loaded.processor, samples, cfg.eval, cfg.data, out_dir, progress=progress,
+                        info=info)
+    finally:
+        del loaded

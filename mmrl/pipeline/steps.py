@@ -81,29 +81,13 @@ def run_trained(step: PipelineStep, cfg: MMRLConfig, where: str) -> StepResult:
 
 def run_eval(step: PipelineStep, cfg: MMRLConfig, out: Path, label: str, where: str) -> StepResult:
     """eval: evaluate `cfg.model` on `cfg.data.eval`; writes report.json / report.md / generations.jsonl to `out`."""
-    import torch
-
-    from mmrl.data.dataset import load_datasets
-    from mmrl.data.vision import check_images
-    from mmrl.eval.evaluate import evaluate
-    from mmrl.models.loading import load_policy
+    from mmrl.eval.evaluate import evaluate_config
 
     if not cfg.data.eval:
         raise UserError(f"{where}: data.eval is empty; give a build-data step args.eval_n, or set data.eval")
-    samples = load_datasets(cfg.data.eval, cfg.data)
-    if cfg.eval.limit:
-        samples = samples[: cfg.eval.limit]
-    samples = check_images(samples, cfg.data, out)
-    device = cfg.trainer.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    loaded = load_policy(cfg.model, device=device, for_training=False)
-    info = {"model": cfg.model.name_or_path, "data": [spec.path for spec in cfg.data.eval], "label": label}
     try:
-        report = evaluate(loaded.model, loaded.processor, samples, cfg.eval, cfg.data, out,
-                          progress=cfg.trainer.progress, info=info)
+        report = evaluate_config(cfg, out, progress=cfg.trainer.progress, info={"label": label})
     finally:
-        del loaded
         _release_memory()
     metrics = {"accuracy": report.get("accuracy"), "n": report.get("n")}
     return StepResult(outputs={"report": str((out / "report.json").resolve()), "model": cfg.model.name_or_path,

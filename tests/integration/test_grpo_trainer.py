@@ -193,10 +193,9 @@ def test_two_processes_keep_identical_parameters(synthetic_data, tmp_path):
     assert lines[0][0] == lines[1][0]
     rows = read_metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [1, 2]
-    # Metrics gather both ranks: 2 prompts x G completions per step.
-    group_size = load_config(CONFIG).rollout.group_size
-    assert rows[0]["samples_per_s"] > 0 and json.dumps(rows[0])
-    assert rows[0]["rollout/vision_encoder_calls"] >= 1 and group_size == 4
+    # Each rank rolled out its own prompt (1 of the 2 per step) and encoded its image once.
+    assert rows[0]["samples_per_s"] > 0
+    assert rows[0]["rollout/vision_encoder_calls"] == 1
 
 
 def test_online_filter_drops_flat_groups_and_refills(synthetic_data, tmp_path):
