@@ -13,7 +13,10 @@ class LoraConfig(Section):
     enabled: bool = Field(False, description="Train LoRA adapters instead of the full model (peft).")
     r: int = Field(16, ge=1, description="LoRA rank.")
     alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r).")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    dropout: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Dropout on the LoRA path (SFT only: GRPO switches every dropout off, since it would make the "
+        "importance ratio of unchanged weights differ from 1).")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt, or 'all-linear' for every linear layer of the language model."
     )

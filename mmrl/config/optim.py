@@ -10,7 +10,8 @@ from mmrl.config.base import Section
 
 
 class OptimizerConfig(Section):
-    name: Literal["adamw"] = Field("adamw", description="Optimizer (AdamW).")
+    name: Literal["adamw", "sgd"] = Field(
+        "adamw", description="adamw, or sgd (plain, no momentum; betas/eps unused): exactness checks across world sizes.")
     lr: float = Field(1e-6, gt=0, description="Peak learning rate.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
@@ -24,7 +25,12 @@ class OptimizerConfig(Section):
 
 class TrainerConfig(Section):
     output_dir: str = Field("runs/default", description="Run directory: config.yaml, metrics.jsonl, tb/, checkpoints/...")
-    max_steps: int = Field(100, ge=1, description="Optimizer steps to run (the sum of all stages when stages are set).")
+    max_steps: int = Field(
+        100, ge=1,
+        description="Training steps to run (the sum of all stages when stages are set). GRPO: one step = one "
+        "rollout of prompts_per_step prompts, then num_iterations x mini_batches optimizer steps on it; the LR schedule "
+        "advances once per step and follows the steps actually run when until_metric ends a stage early. "
+        "SFT: one step = one optimizer step.")
     prompts_per_step: int = Field(
         8, ge=1, description="Prompts per optimizer step across all processes (each is rolled out group_size times)."
     )

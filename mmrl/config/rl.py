@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mmrl.config.base import Section
 
@@ -32,24 +32,63 @@ class OnlineFilterConfig(Section):
 
 class AlgorithmConfig(Section):
     advantage: str = Field("grpo", description="Advantage estimator: grpo | dr_grpo | rloo | reinforce_pp.")
-    scale_rewards: bool = Field(True, description="Divide group-centred rewards by the group std (off in Dr. GRPO).")
+    scale_rewards: bool | None = Field(
+        None,
+        description="Divide group-centred rewards by the group std. null: the estimator's own convention (grpo: yes; "
+        "rloo and dr_grpo: no; reinforce_pp whitens over the global batch instead and ignores it).",
+    )
     std_eps: float = Field(1e-4, gt=0, description="Added to the std before dividing.")
+    policy_loss: str = Field(
+        "ppo",
+        description="ppo (token-level importance ratio, clipped per token) | gspo (GSPO: sequence-level ratio "
+        "exp(mean token log-ratio), clipped per sequence; the paper uses eps_low=3e-4, eps_high=4e-4).",
+    )
     loss_aggregation: str = Field(
         "grpo",
-        description="grpo (token mean per sequence, then mean) | bnpo (token mean over the local batch) | "
-        "dr_grpo (token sum / (B * max_completion_length)) | dapo (token mean over all active tokens of the global batch).",
+        description="grpo (token mean per sequence, then mean) | bnpo (token mean of each micro-batch, then the mean "
+        "over all micro-batches of the step, as TRL) | dr_grpo (token sum / (B * max_completion_length)) | "
+        "dapo (token mean over all active tokens of the global batch).",
     )
     eps_low: float = Field(0.2, ge=0, description="PPO clip: ratio >= 1 - eps_low.")
     eps_high: float = Field(0.2, ge=0, description="PPO clip: ratio <= 1 + eps_high (clip-higher: e.g. 0.28).")
     dual_clip_c: float | None = Field(None, gt=1, description="Dual clip constant c for negative advantages (e.g. 3).")
-    beta: float = Field(0.0, ge=0, description="KL penalty coefficient (0: no reference model is computed).")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator (Schulman's k1/k2/k3).")
+    beta: float = Field(0.0, ge=0, description="KL coefficient (0: no reference model is computed).")
+    kl_penalty: Literal["loss", "reward"] = Field(
+        "loss",
+        description="Where the KL to the reference goes: 'loss' (beta * estimator per token, added to the policy "
+        "loss, as GRPO) or 'reward' (beta * sum over the completion's tokens subtracted from its reward before "
+        "the advantages, as PPO and verl's use_kl_in_reward).",
+    )
+    kl_estimator: Literal["k1", "k2", "k3", "low_var_kl"] | None = Field(
+        None,
+        description="Per-token KL estimator (Schulman's k1/k2/k3; verl's low_var_kl = k3 clamped to [-10, 10]). "
+        "null: k3 in the loss, k1 in the reward. k1 in the loss is rejected: its expected gradient is 0.",
+    )
     kl_clamp: float | None = Field(10.0, gt=0, description="Clamp the per-token KL estimate to [-c, c].")
     ratio_clamp: float | None = Field(None, gt=0, description="Clamp the log importance ratio to [-c, c] before exp.")
     num_iterations: int = Field(1, ge=1, description="Optimisation passes (mu) over each batch of rollouts.")
-    mini_batches: int = Field(1, ge=1, description="Optimizer steps per pass (the batch is split into this many).")
+    mini_batches: int = Field(
+        1, ge=1, description="Optimizer steps per pass: the step's groups are split into this many mini-batches "
+        "(trainer.prompts_per_step must be a multiple of processes x mini_batches).")
     mask_truncated: bool = Field(False, description="Exclude completions that hit max_completion_length from the loss.")
     online_filter: OnlineFilterConfig = Field(default_factory=OnlineFilterConfig, description="Online group filter.")
+
+    @property
+    def resolved_kl_estimator(self) -> str:
+        """The estimator in use: `kl_estimator`, or k3 in the loss / k1 in the reward when it is null.
+
+        Resolved on read, not written back: the loader dumps the defaults, so a derived value would stick."""
+        if self.kl_estimator is not None:
+            return self.kl_estimator
+        return "k3" if self.kl_penalty == "loss" else "k1"
+
+    @model_validator(mode="after")
+    def _no_k1_in_loss(self) -> AlgorithmConfig:
+        if self.kl_penalty == "loss" and self.kl_estimator == "k1":
+            raise ValueError(
+                "algorithm.kl_estimator: k1 as a loss term has zero expected gradient (E[grad log pi] = 0), so beta "
+                "would only add noise; use kl_estimator=k2, k3 or low_var_kl, or algorithm.kl_penalty=reward for k1")
+        return self
 
 
 class RewardSpec(Section):

@@ -3,6 +3,8 @@ where `derive()` computes every dependent value in one place."""
 
 from __future__ import annotations
 
+import os
+
 from pydantic import Field, model_validator
 
 from mmrl.config.base import Section
@@ -15,6 +17,20 @@ from mmrl.config.workflow import EvalConfig, PipelineStep, StageConfig
 
 def _default_rewards() -> list[RewardSpec]:
     return [RewardSpec(name="accuracy", weight=1.0), RewardSpec(name="format", weight=0.5)]
+
+
+def _check_mini_batches(cfg: MMRLConfig) -> None:
+    """With several mini-batches each process splits its share of the step's prompts into `mini_batches` parts; the
+    parts make the same global mini-batches on any number of processes only when the prompts divide evenly.
+    The process count is the launcher's WORLD_SIZE (1 without a launcher)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    parts, prompts = cfg.algorithm.mini_batches, cfg.trainer.prompts_per_step
+    if parts > 1 and prompts % (world * parts):
+        fit = -(-prompts // (world * parts)) * world * parts
+        raise ValueError(
+            f"trainer.prompts_per_step ({prompts}) must be a multiple of processes x algorithm.mini_batches "
+            f"({world} x {parts} = {world * parts}) so every optimizer step sees the same prompts on any number of "
+            f"processes; set trainer.prompts_per_step={fit} or change algorithm.mini_batches")
 
 
 class MMRLConfig(Section):
@@ -48,6 +64,7 @@ class MMRLConfig(Section):
         f = self.algorithm.online_filter
         if f.enabled and not f.low < f.high:
             raise ValueError(f"algorithm.online_filter.low must be < high (got {f.low} and {f.high})")
+        _check_mini_batches(self)
         if self.rollout.min_new_tokens > self.rollout.max_completion_length:
             raise ValueError("rollout.min_new_tokens must be <= rollout.max_completion_length")
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -20,7 +21,11 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: OptimizerConfig) -> t
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    groups = [g for g in groups if g["params"]]
+    if cfg.name == "sgd":
+        # Plain SGD: the update is linear in the gradient, so exactness tests see reduction-order noise unamplified.
+        return torch.optim.SGD(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
 
 
 def warmup_steps(cfg: OptimizerConfig, max_steps: int) -> int:
@@ -49,8 +54,11 @@ def lr_factor(step: int, cfg: OptimizerConfig, max_steps: int) -> float:
     return floor + (1 - floor) * (1 - progress)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, max_steps: int):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, max_steps))
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, max_steps: int | Callable[[], int]):
+    """LambdaLR over `max_steps`; pass a callable to have the schedule follow a run length that may still shrink
+    (a stage ended early by `until_metric`): it is read at every scheduler step."""
+    length = max_steps if callable(max_steps) else (lambda: max_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, length()))
 
 
 def guarded_step(
@@ -62,8 +70,14 @@ def guarded_step(
 ) -> tuple[float, bool]:
     """Average grads across ranks, clip, and step unless the loss or grad norm is non-finite.
 
+    A parameter without a gradient (its forward was skipped, e.g. zero-advantage groups) gets a zero gradient, on one
+    process as on several (where the all-reduce needs one anyway): the optimizer then treats it the same on every
+    world size (AdamW still applies momentum and weight decay), as TRL and verl do.
     Returns (grad_norm, stepped). A skipped step leaves the parameters and optimizer state untouched.
     """
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
     all_reduce_gradients(params, world_size)
     grads = [p.grad for p in params if p.grad is not None]
     if grads:

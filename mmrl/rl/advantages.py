@@ -1,8 +1,12 @@
 """Group-relative advantage estimators: pure functions from rewards and group ids to per-completion advantages.
 
 Every estimator has the signature
-    fn(rewards: Tensor[N] float, group_ids: Tensor[N] long, *, scale: bool, eps: float) -> Tensor[N] float
+    fn(rewards: Tensor[N] float, group_ids: Tensor[N] long, *, scale: bool | None, eps: float,
+       token_counts: Tensor[N] | None = None, all_reduce: SumFn | None = None) -> Tensor[N] float
 where completions with the same `group_ids` value were sampled from the same prompt (ids need not be contiguous).
+`scale=None` means the estimator's own convention (grpo divides by the group std; rloo and dr_grpo do not).
+`token_counts` (active tokens per completion) and `all_reduce` (sums a float64 tensor over all processes) are
+used only by estimators with batch-level statistics (reinforce_pp); the others are local to each group.
 
 Conventions shared by all estimators:
 - **Unscorable rewards arrive as NaN.** They get advantage 0 (so they contribute no policy gradient) and are left out
@@ -20,12 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from mmrl.rl.registry import Registry
 
 AdvantageFn = Callable[..., torch.Tensor]
+SumFn = Callable[[torch.Tensor], torch.Tensor]
 ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator", "algorithm.advantage")
 
 
@@ -70,25 +76,29 @@ def _finish(adv: torch.Tensor, groups: _Groups, like: torch.Tensor) -> torch.Ten
 
 
 @ADVANTAGES.register("grpo")
-def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
-    """GRPO: (r - group mean) / (group std + eps) when `scale`, else r - group mean. [N] -> [N]."""
+def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: bool | None = True, eps: float = 1e-4,
+                    **_: Any) -> torch.Tensor:
+    """GRPO: (r - group mean) / (group std + eps) when `scale` (default), else r - group mean. [N] -> [N]."""
     g = _groups(rewards, group_ids)
     adv = g.values - g.mean
-    if scale:
+    if scale is None or scale:
         adv = _scaled(adv, g.std, eps)
     return _finish(adv, g, rewards)
 
 
 @ADVANTAGES.register("dr_grpo")
-def dr_grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: bool = False, eps: float = 1e-4) -> torch.Tensor:
+def dr_grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: bool | None = False, eps: float = 1e-4,
+                       **_: Any) -> torch.Tensor:
     """Dr. GRPO: r - group mean, never divided by the std (`scale` is ignored by design). [N] -> [N]."""
     g = _groups(rewards, group_ids)
     return _finish(g.values - g.mean, g, rewards)
 
 
 @ADVANTAGES.register("rloo")
-def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: bool = False, eps: float = 1e-4) -> torch.Tensor:
-    """RLOO: r_i - mean of the *other* scorable members of its group; divided by (group std + eps) when `scale`.
+def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: bool | None = False, eps: float = 1e-4,
+                    **_: Any) -> torch.Tensor:
+    """RLOO: r_i - mean of the *other* scorable members of its group; divided by (group std + eps) only when `scale`
+    is True (RLOO itself never divides by the std; None and False leave it unscaled).
 
     Equals n/(n-1) * (r_i - group mean); a group with one scorable member gets 0. [N] -> [N].
     """
@@ -103,28 +113,50 @@ def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: bo
 
 @ADVANTAGES.register("reinforce_pp")
 def reinforce_pp_advantages(
-    rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: bool = True, eps: float = 1e-4
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    *,
+    scale: bool | None = None,
+    eps: float = 1e-4,
+    token_counts: torch.Tensor | None = None,
+    all_reduce: SumFn | None = None,
+    **_: Any,
 ) -> torch.Tensor:
-    """REINFORCE++-baseline: subtract the group mean, then whiten across the whole batch.
+    """REINFORCE++-baseline: subtract the group mean, then whiten over the whole global batch, token-level.
 
-    a_i = r_i - group mean; A_i = (a_i - mean(a)) / (std(a) + eps), with mean/std (unbiased) over all scorable
-    completions of the batch (one value per completion; the batch-level normalisation replaces the per-group std,
-    so `scale` is ignored). [N] -> [N].
+    a_i = r_i - group mean; A_i = (a_i - m) / (s + eps), where m and s (unbiased) are the mean and std of a over every
+    active token of the global batch — completion i counts `token_counts[i]` times, as verl and OpenRLHF whiten the
+    token-level advantages — summed over all processes through `all_reduce` (None: this batch only). Without
+    `token_counts` every completion counts once. `scale` is ignored (the whitening replaces the group std). [N] -> [N].
     """
     g = _groups(rewards, group_ids)
     centred = g.values - g.mean
-    picked = centred[g.valid]
-    if picked.numel() < 2:
+    weight = g.valid.double() if token_counts is None else token_counts.double() * g.valid.double()
+    moments = torch.stack([weight.sum(), (weight * centred).sum(), (weight * centred.square()).sum()])
+    if all_reduce is not None:
+        moments = all_reduce(moments)
+    count, total, squares = (float(x) for x in moments)
+    if count < 2:
         return _finish(torch.zeros_like(centred), g, rewards)
-    adv = _scaled(centred - picked.mean(), picked.std().expand_as(centred), eps)
+    mean = total / count
+    var = max(squares - count * mean * mean, 0.0) / (count - 1)
+    adv = _scaled(centred - mean, torch.full_like(centred, var ** 0.5), eps)
     return _finish(adv, g, rewards)
 
 
 def compute_advantages(
-    name: str, rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: bool, eps: float
+    name: str,
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    *,
+    scale: bool | None,
+    eps: float,
+    token_counts: torch.Tensor | None = None,
+    all_reduce: SumFn | None = None,
 ) -> torch.Tensor:
     """Look up `name` in ADVANTAGES and apply it."""
-    return ADVANTAGES.get(name)(rewards, group_ids, scale=scale, eps=eps)
+    return ADVANTAGES.get(name)(rewards, group_ids, scale=scale, eps=eps, token_counts=token_counts,
+                                all_reduce=all_reduce)
 
 
 def group_stats(rewards: torch.Tensor, group_ids: torch.Tensor) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""One step's experience: encode prompts once, roll out G completions each, score them, compute advantages.
+"""One step's experience: encode prompts once, roll out G completions each, score them.
 
 A `Group` is one prompt with its G completions; everything downstream (log-probs, loss) works group by group, so the
 prompt (and its image) is encoded and computed once per group.
@@ -16,7 +16,6 @@ from mmrl.config import MMRLConfig
 from mmrl.data.collate import encode_one
 from mmrl.data.sample import Sample
 from mmrl.engine.distributed import all_reduce_sum
-from mmrl.rl.advantages import compute_advantages
 from mmrl.rl.sampler import PromptSampler, shard
 from mmrl.rl.stages import ResolvedStage
 
@@ -31,7 +30,7 @@ class Group:
     texts: list[str]
     rewards: torch.Tensor  # [G], NaN = unscorable
     components: dict[str, list[float | None]]
-    advantages: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    advantages: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [G], set by the update
     old_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
 
@@ -86,7 +85,10 @@ def _group_passes(group: Group, metric: str, low: float, high: float) -> bool:
 
 def collect_step(cfg: MMRLConfig, stage: ResolvedStage, dataset: list[Sample], sampler: PromptSampler, rank: int,
                  world_size: int, **rollout_kwargs: Any) -> tuple[list[Group], dict[str, Any]]:
-    """Draw the step's prompts, roll out, optionally filter groups online (refilling), and set advantages."""
+    """Draw the step's prompts, roll out and score, optionally filter groups online (refilling).
+
+    Advantages are set by the update (`mmrl.rl.update.assign_advantages`), which also knows the KL-in-reward term
+    and the global batch."""
     f = cfg.algorithm.online_filter
     wanted = len(shard(list(range(cfg.trainer.prompts_per_step)), rank, world_size))
     kept: list[Group] = []
@@ -104,12 +106,5 @@ def collect_step(cfg: MMRLConfig, stage: ResolvedStage, dataset: list[Sample], s
         missing = all_reduce_sum(max(0, wanted - len(kept)), world_size)
         if missing == 0 or not f.enabled or attempt == f.max_tries - 1:
             break
-    if kept:
-        rewards = torch.cat([gr.rewards for gr in kept])
-        group_ids = torch.arange(len(kept)).repeat_interleave(torch.tensor([len(gr.rewards) for gr in kept]))
-        adv = compute_advantages(cfg.algorithm.advantage, rewards, group_ids, scale=cfg.algorithm.scale_rewards,
-                                 eps=cfg.algorithm.std_eps)
-        for i, gr in enumerate(kept):
-            gr.advantages = adv[group_ids == i]
     info["filtered_groups"] = filtered
     return kept, info

@@ -1,9 +1,17 @@
-"""Per-token KL(policy || reference) estimators (Schulman, "Approximating KL divergence", 2020).
+"""Per-token estimators of the KL between the policy pi and the reference (Schulman, "Approximating KL divergence",
+2020), for tokens y sampled from pi.
 
-With `d = ref_logp - logp` (log of ref/policy for the sampled token):
-k1 = -d = logp - ref_logp (unbiased, high variance, can be negative);
-k2 = 0.5 * d**2 (biased, low variance, gradient = gradient of the true KL for small d);
-k3 = exp(d) - d - 1 (unbiased, always >= 0; the GRPO paper's choice).
+With `d = ref_logp - logp` (log of ref/pi at the sampled token):
+- k1 = -d = logp - ref_logp: unbiased for KL(pi||ref), high variance, can be negative. As a *loss* term its gradient
+  is grad log pi, whose expectation under pi is 0: it only adds noise, so mmrl accepts k1 only in the reward
+  (`algorithm.kl_penalty=reward`), where it is a value, not something differentiated.
+- k2 = d**2 / 2: biased, >= 0. Gradient (logp - ref_logp) * grad log pi; under pi its expectation is exactly
+  grad KL(pi||ref) = E_pi[(log pi - log ref) grad log pi].
+- k3 = exp(d) - d - 1: unbiased for KL(pi||ref), >= 0 (the GRPO paper's choice). Gradient (1 - ref/pi) grad log pi;
+  under pi its expectation is -E_ref[grad log pi] = grad KL(ref||pi) — the gradient of the *reverse* KL, not of
+  KL(pi||ref). Near pi = ref both gradients agree to first order.
+- low_var_kl: verl's name for k3 with d clamped to [-20, 20] and the value clamped to [-10, 10] (whatever kl_clamp).
+The expectations above hold on-policy; with mu > 1 the tokens come from the rollout policy, not the current one.
 
 >>> import torch
 >>> kl_estimate(torch.tensor([[0.0]]), torch.tensor([[-1.0]]), "k1")
@@ -21,6 +29,7 @@ from mmrl.errors import UserError
 # exp() of a log-ratio above this overflows float16/bfloat16 ranges; clamping it keeps gradients finite
 # (a clamp *after* an overflowed exp gives 0 * inf = NaN in backward). Values this far out are never "exact" anyway.
 MAX_LOG_RATIO = 20.0
+LOW_VAR_KL_BOUND = 10.0
 
 
 def _k1(d: torch.Tensor) -> torch.Tensor:
@@ -36,7 +45,15 @@ def _k3(d: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1.0
 
 
-KL_ESTIMATORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"k1": _k1, "k2": _k2, "k3": _k3}
+def _low_var_kl(d: torch.Tensor) -> torch.Tensor:
+    return _k3(d).clamp(-LOW_VAR_KL_BOUND, LOW_VAR_KL_BOUND)
+
+
+KL_ESTIMATORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "k1": _k1, "k2": _k2, "k3": _k3, "low_var_kl": _low_var_kl,
+}
+# Estimators whose gradient, as a loss term, is a KL gradient (k1's is 0 in expectation).
+LOSS_ESTIMATORS = ("k2", "k3", "low_var_kl")
 
 
 def kl_estimate(
@@ -52,3 +69,14 @@ def kl_estimate(
     if clamp is not None:
         kl = kl.clamp(-clamp, clamp)
     return kl
+
+
+def sequence_kl(
+    logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, estimator: str = "k1", clamp: float | None = None
+) -> torch.Tensor:
+    """Sum of the per-token estimate over each completion's active tokens, [B, T] -> [B] (no gradient): the KL
+    penalty that `kl_penalty=reward` subtracts (times beta) from each completion's reward, as verl sums its
+    token-level penalised rewards into the outcome reward."""
+    with torch.no_grad():
+        kl = kl_estimate(logp.detach(), ref_logp, estimator, clamp)
+        return torch.where(mask > 0, kl, torch.zeros_like(kl)).sum(-1)

@@ -16,7 +16,8 @@ on each micro-batch's aggregated loss and the gradients add up (accumulation), t
   likewise). With one process, world_size = 1 and nothing changes.
 Under this contract `dapo` is the exact token mean over the global batch, `grpo` the exact mean over all sequences of
 their token means, and `dr_grpo` the exact sum / (global sequences * max_completion_length). `bnpo` is by definition
-local (token mean of the micro-batch), as in TRL; it ignores the global normalisers.
+the token mean of each micro-batch; `global_micro_batches` (all micro-batches of the step on all processes) makes
+the step's loss their mean, so 8 identical groups give the loss of 1, as for the other aggregations.
 When the normalisers are None the functions fall back to the local micro-batch values (single micro-batch training).
 
 >>> import torch
@@ -36,12 +37,78 @@ from mmrl.rl.registry import Registry
 
 AggregationFn = Callable[..., torch.Tensor]
 AGGREGATIONS: Registry[AggregationFn] = Registry("loss aggregation", "algorithm.loss_aggregation")
+PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
+POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss", "algorithm.policy_loss")
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
+def _surrogate(
+    log_ratio: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    eps_low: float,
+    eps_high: float,
+    dual_clip_c: float | None,
+    ratio_clamp: float | None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped surrogate for log-ratios [B, T] (per token) or [B, 1] (per sequence); returns [B, T] and metrics."""
+    if ratio_clamp is not None:
+        log_ratio = log_ratio.clamp(-ratio_clamp, ratio_clamp)
+    ratio = torch.exp(log_ratio)
+    clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+    loss = torch.maximum(-ratio * adv, -clipped * adv).expand_as(mask)
+    with torch.no_grad():
+        r, a = ratio.expand_as(mask), adv.expand_as(mask)
+        metrics = {
+            "clip_frac_low": float(_masked_mean(((r < 1.0 - eps_low) & (a < 0)).to(mask.dtype), mask)),
+            "clip_frac_high": float(_masked_mean(((r > 1.0 + eps_high) & (a > 0)).to(mask.dtype), mask)),
+            "ratio_mean": float(_masked_mean(r, mask)),
+            "dual_clip_frac": 0.0,
+        }
+    if dual_clip_c is not None:
+        bound = (-dual_clip_c * adv).expand_as(mask)
+        negative = (adv < 0).expand_as(mask)
+        dual_active = negative & (loss > bound)
+        loss = torch.where(negative, torch.minimum(loss, bound), loss)
+        metrics["dual_clip_frac"] = float(_masked_mean(dual_active.to(mask.dtype), mask))
+    return loss, metrics
+
+
+def _with_kl(
+    loss: torch.Tensor,
+    metrics: dict[str, float],
+    logp: torch.Tensor,
+    mask: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    beta: float,
+    kl_estimator: str,
+    kl_clamp: float | None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    if beta > 0:
+        if ref_logp is None:
+            raise ValueError("policy loss: beta > 0 needs ref_logp")
+        kl = kl_estimate(logp, ref_logp, kl_estimator, kl_clamp)
+        loss = loss + beta * kl
+        metrics["kl_mean"] = float(_masked_mean(kl.detach(), mask))
+    # torch.where, not a product: padded positions may hold inf/NaN log-probs and NaN * 0 is NaN.
+    return torch.where(mask > 0, loss, torch.zeros_like(loss)), metrics
+
+
+def _token_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    if old_logp is None:
+        old_logp = logp.detach()
+    return torch.where(mask > 0, logp - old_logp, torch.zeros_like(logp))
+
+
+def _advantages(advantages: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    adv = advantages.to(device=like.device, dtype=like.dtype)
+    return adv.unsqueeze(1) if adv.ndim == 1 else adv
+
+
+@POLICY_LOSSES.register("ppo")
 def policy_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor | None,
@@ -63,45 +130,46 @@ def policy_loss(
     ratio = exp(clamp(logp - old_logp, -ratio_clamp, ratio_clamp));
     loss = -min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A);
     for A < 0 with `dual_clip_c`: loss = min(loss, -c * A) (bounds the loss when the ratio explodes);
-    plus beta * KL(policy || ref) per token when beta > 0.
+    plus beta * KL estimate per token when beta > 0 (see `mmrl.rl.kl` for what each estimator's gradient is).
     `old_logp=None` means fully on-policy (mu = 1, one mini-batch): logp.detach() is used, so the ratio is 1 and the
     gradient is that of A * logp. Returns (per_token_loss [B, T] with 0 on inactive tokens, metrics): clip_frac_low,
     clip_frac_high, dual_clip_frac, ratio_mean, and kl_mean when beta > 0 (all means over active tokens).
     """
     mask = mask.to(logp.dtype)
-    if old_logp is None:
-        old_logp = logp.detach()
-    adv = advantages.to(logp.dtype)
-    if adv.ndim == 1:
-        adv = adv.unsqueeze(1)
-    log_ratio = logp - old_logp
-    if ratio_clamp is not None:
-        log_ratio = log_ratio.clamp(-ratio_clamp, ratio_clamp)
-    ratio = torch.exp(log_ratio)
-    clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
-    loss = torch.maximum(-ratio * adv, -clipped * adv)
-    with torch.no_grad():
-        metrics = {
-            "clip_frac_low": float(_masked_mean(((ratio < 1.0 - eps_low) & (adv < 0)).to(mask.dtype), mask)),
-            "clip_frac_high": float(_masked_mean(((ratio > 1.0 + eps_high) & (adv > 0)).to(mask.dtype), mask)),
-            "ratio_mean": float(_masked_mean(ratio, mask)),
-            "dual_clip_frac": 0.0,
-        }
-    if dual_clip_c is not None:
-        bound = -dual_clip_c * adv
-        negative = (adv < 0).expand_as(loss)
-        dual_active = negative & (loss > bound)
-        loss = torch.where(negative, torch.minimum(loss, bound), loss)
-        metrics["dual_clip_frac"] = float(_masked_mean(dual_active.to(mask.dtype), mask))
-    if beta > 0:
-        if ref_logp is None:
-            raise ValueError("policy_loss: beta > 0 needs ref_logp")
-        kl = kl_estimate(logp, ref_logp, kl_estimator, kl_clamp)
-        loss = loss + beta * kl
-        metrics["kl_mean"] = float(_masked_mean(kl.detach(), mask))
-    # torch.where, not a product: padded positions may hold inf/NaN log-probs and NaN * 0 is NaN.
-    loss = torch.where(mask > 0, loss, torch.zeros_like(loss))
-    return loss, metrics
+    loss, metrics = _surrogate(_token_log_ratio(logp, old_logp, mask), _advantages(advantages, logp), mask,
+                               eps_low, eps_high, dual_clip_c, ratio_clamp)
+    return _with_kl(loss, metrics, logp, mask, ref_logp, beta, kl_estimator, kl_clamp)
+
+
+@POLICY_LOSSES.register("gspo")
+def gspo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    eps_low: float = 3e-4,
+    eps_high: float = 4e-4,
+    dual_clip_c: float | None = None,
+    ratio_clamp: float | None = None,
+    ref_logp: torch.Tensor | None = None,
+    beta: float = 0.0,
+    kl_estimator: str = "k3",
+    kl_clamp: float | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """GSPO (Zheng et al., 2025): one importance ratio per sequence, s_i = exp(mean over its active tokens of
+    logp - old_logp), clipped per sequence: loss_i = -min(s_i * A_i, clip(s_i, 1 - eps_low, 1 + eps_high) * A_i),
+    written on every active token of sequence i (so the `grpo` aggregation gives the paper's mean over sequences).
+    The gradient flows through s_i (TRL's importance_sampling_level="sequence"). Shapes and the rest as `policy_loss`;
+    advantages must be one per completion, [B]. Clip fractions count a clipped sequence's tokens.
+    """
+    if advantages.ndim != 1:
+        raise ValueError("gspo: advantages must be one per completion ([B]); got shape " f"{tuple(advantages.shape)}")
+    mask = mask.to(logp.dtype)
+    per_token = _token_log_ratio(logp, old_logp, mask)
+    seq = (per_token * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+    loss, metrics = _surrogate(seq, _advantages(advantages, logp), mask, eps_low, eps_high, dual_clip_c, ratio_clamp)
+    return _with_kl(loss, metrics, logp, mask, ref_logp, beta, kl_estimator, kl_clamp)
 
 
 @AGGREGATIONS.register("grpo")
@@ -112,6 +180,7 @@ def aggregate_grpo(
     max_completion_length: int,
     global_active_tokens: float | None = None,
     global_num_sequences: int | None = None,
+    global_micro_batches: int | None = None,
 ) -> torch.Tensor:
     """Token mean within each sequence, then the mean over sequences: sum_i(mean_t loss_it) / num_sequences.
 
@@ -132,10 +201,14 @@ def aggregate_bnpo(
     max_completion_length: int,
     global_active_tokens: float | None = None,
     global_num_sequences: int | None = None,
+    global_micro_batches: int | None = None,
 ) -> torch.Tensor:
-    """Sum over active tokens / number of active tokens of this (local) batch. [B, T] -> scalar."""
+    """Token mean of this micro-batch, divided by `global_micro_batches` (micro-batches of the step summed over all
+    processes; 1 when None): the step's loss is the mean over its micro-batches of their token means, as TRL's bnpo
+    under gradient accumulation and DDP. [B, T] -> scalar."""
     mask = mask.to(per_token_loss.dtype)
-    return (per_token_loss * mask).sum() / mask.sum().clamp(min=1)
+    local = (per_token_loss * mask).sum() / mask.sum().clamp(min=1)
+    return local / max(global_micro_batches or 1, 1)
 
 
 @AGGREGATIONS.register("dr_grpo")
@@ -146,6 +219,7 @@ def aggregate_dr_grpo(
     max_completion_length: int,
     global_active_tokens: float | None = None,
     global_num_sequences: int | None = None,
+    global_micro_batches: int | None = None,
 ) -> torch.Tensor:
     """Sum over active tokens / (num_sequences * max_completion_length) — no length bias (Dr. GRPO).
 
@@ -164,6 +238,7 @@ def aggregate_dapo(
     max_completion_length: int,
     global_active_tokens: float | None = None,
     global_num_sequences: int | None = None,
+    global_micro_batches: int | None = None,
 ) -> torch.Tensor:
     """Sum over active tokens / `global_active_tokens` (active tokens of the whole global batch; see module doc).
 
@@ -182,6 +257,7 @@ def aggregate(
     max_completion_length: int,
     global_active_tokens: float | None = None,
     global_num_sequences: int | None = None,
+    global_micro_batches: int | None = None,
 ) -> torch.Tensor:
     """Look up `name` in AGGREGATIONS and apply it."""
     return AGGREGATIONS.get(name)(
@@ -190,6 +266,7 @@ def aggregate(
         max_completion_length=max_completion_length,
         global_active_tokens=global_active_tokens,
         global_num_sequences=global_num_sequences,
+        global_micro_batches=global_micro_batches,
     )
 
 

@@ -126,6 +126,21 @@ def eval_mode(model: Any) -> Iterator[None]:
         model.train(was_training)
 
 
+@contextlib.contextmanager
+def neutral_generation_config(model: Any) -> Iterator[None]:
+    """Let `generate` see transformers' defaults, not the checkpoint's generation_config: a repetition penalty, bad
+    words or a default top_k there would change the sampling distribution that the log-probs assume. The sampling
+    parameters passed explicitly are then exactly the configured ones."""
+    from transformers import GenerationConfig
+
+    saved = getattr(model, "generation_config", None)
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
 class _HFBackend:
     def __init__(self, model: Any, processor: Any) -> None:
         self.model = model
@@ -258,7 +273,7 @@ class HFNaiveBackend(_HFBackend):
                 if generator is not None:  # generate() has no generator argument: seed a forked global RNG from it
                     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
                     rng = torch.random.fork_rng(devices=[])
-                with rng:
+                with rng, neutral_generation_config(inner):
                     if generator is not None:
                         torch.manual_seed(seed)
                     out = self.model.generate(

@@ -1,8 +1,8 @@
 """GRPO and its variants: `mmrl train CONFIG`. The loop reads top to bottom, one named timer per phase.
 
     stage   = schedule.stage_at(step)                 # curriculum / PTST stage: data, G, max length, rewards
-    groups  = collect_step(...)                       # rollout (prompt shared per group) + rewards + advantages
-    metrics = policy_update(...)                      # mu passes x mini-batches, guarded optimizer steps
+    groups  = collect_step(...)                       # rollout (prompt shared per group) + rewards
+    metrics = policy_update(...)                      # advantages, mu passes x mini-batches, guarded optimizer steps
     log · maybe samples · maybe eval · maybe checkpoint
 """
 
@@ -20,6 +20,7 @@ from mmrl.config import MMRLConfig
 from mmrl.data.dataset import load_datasets
 from mmrl.data.vision import check_images
 from mmrl.engine.distributed import all_gather_objects
+from mmrl.engine.optim import build_scheduler
 from mmrl.engine.run import TrainingRun, start_run
 from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
@@ -56,6 +57,8 @@ class GRPOTrainer:
         for start, _name in self.schedule.boundaries():
             self._load(self.schedule.stage_at(start).data or tuple(cfg.data.train))
         self.run: TrainingRun = start_run(cfg, total_steps=self.schedule.total_steps)
+        # The LR schedule reads the run length at every step: an until_metric that ends a stage early shortens it.
+        self.run.scheduler = build_scheduler(self.run.optimizer, cfg.optimizer, lambda: self.schedule.total_steps)
         self.backend = make_backend(self.run.model, self.run.processor, cfg.rollout.backend,
                                     share_prompt=cfg.rollout.share_prompt)
         self.reference = make_reference(self.run.model, cfg.algorithm.beta)
@@ -93,8 +96,11 @@ class GRPOTrainer:
 
     # -- state -------------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"schedule": self.schedule.state_dict(), "generator": self.generator.get_state(),
-                "samplers": {k: s.state_dict() for k, s in self._samplers.items()}}
+        # Samplers restored from a checkpoint but not used since (their stage comes later) are saved again as they
+        # were, or a second resume would restart them at position 0.
+        samplers = dict(getattr(self, "_saved_samplers", {}))
+        samplers.update({k: s.state_dict() for k, s in self._samplers.items()})
+        return {"schedule": self.schedule.state_dict(), "generator": self.generator.get_state(), "samplers": samplers}
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.schedule.load_state_dict(state["schedule"])
@@ -137,10 +143,10 @@ class GRPOTrainer:
                     run.model.train()
                 with timer("update"):
                     update = policy_update(run, groups, stage, self.reference)
-                run.scheduler.step()
                 step += 1
                 eval_metrics = self._maybe_eval(step, timer)
                 self.schedule.advance(step, eval_metrics)
+                run.scheduler.step()  # after advance: the next step's LR sees a stage that just ended early
                 metrics = self._metrics(groups, info, update, stage, timer, time.perf_counter() - started)
                 metrics.update(eval_metrics or {})
                 run.logger.log(step, metrics)

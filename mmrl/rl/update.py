@@ -1,8 +1,18 @@
-"""The policy update for one step's groups: mu passes over mini-batches, one backward per group (micro-batch).
+"""The policy update for one step's groups: advantages, then mu passes over mini-batches, one backward per group.
 
-Loss normalisation follows the contract in `mmrl/rl/losses.py`: every micro-batch uses the global active-token and
-sequence counts of its mini-batch (summed over processes) and is scaled by world_size, so accumulated and averaged
-gradients equal those of the whole global mini-batch computed at once.
+Loss normalisation follows the contract in `mmrl/rl/losses.py`: every micro-batch uses the global active-token,
+sequence and micro-batch counts of its mini-batch (summed over processes) and is scaled by world_size, so
+accumulated and averaged gradients equal those of the whole global mini-batch computed at once.
+
+What a step does, whatever the number of processes:
+- every process makes exactly `num_iterations * mini_batches` optimizer steps: its groups are split into exactly
+  `mini_batches` parts (a part may be empty when the online filter kept few groups), so no rank waits on a collective
+  the others never reach;
+- a group whose advantages are all 0 and that has no KL term in the loss contributes exactly 0: its forward is
+  skipped as a speed-up only — the optimizer still steps, with zero gradient from it (TRL's and verl's semantics;
+  `guarded_step` turns missing gradients into zeros on one process as on several);
+- every policy forward (old log-probs and the training forward) runs without dropout, so the first ratio of a
+  mu > 1 update is exactly 1.
 """
 
 from __future__ import annotations
@@ -14,25 +24,52 @@ import torch
 
 from mmrl.engine.distributed import all_reduce_sum
 from mmrl.engine.run import TrainingRun
+from mmrl.rl.advantages import compute_advantages
 from mmrl.rl.experience import Group
+from mmrl.rl.kl import sequence_kl
 from mmrl.rl.logprobs import completion_logprobs
-from mmrl.rl.losses import aggregate, loss_mask, policy_loss
+from mmrl.rl.losses import POLICY_LOSSES, aggregate, loss_mask
 from mmrl.rl.stages import ResolvedStage
 
 
-def _split(groups: list[Group], parts: int) -> list[list[Group]]:
-    size = max(1, -(-len(groups) // parts))
-    return [groups[i: i + size] for i in range(0, len(groups), size)] or [[]]
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Zero every dropout of `model` (dropout modules, LoRA's included, and attention-dropout rates read at forward
+    time). The RL update needs the policy's forward deterministic: with dropout the old and new log-probs of the
+    same weights differ, so the importance ratio is not 1 where it must be. Idempotent."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
+def split_groups(groups: list[Group], parts: int) -> list[list[Group]]:
+    """Exactly `parts` consecutive chunks whose sizes differ by at most one (trailing ones may be empty).
+
+    Consecutive chunks of this process's strided share make each global mini-batch the same set of prompts as on
+    one process when trainer.prompts_per_step is a multiple of processes x parts (the config checks it)."""
+    base, extra = divmod(len(groups), parts)
+    out, start = [], 0
+    for i in range(parts):
+        size = base + (1 if i < extra else 0)
+        out.append(groups[start: start + size])
+        start += size
+    return out
 
 
 def _logprobs(model: Any, group: Group, temperature: float) -> torch.Tensor:
     return completion_logprobs(model, group.prompt, group.completion_ids, group.completion_mask, temperature=temperature)
 
 
+def _kl_in_reward(algo: Any) -> bool:
+    return algo.beta > 0 and algo.kl_penalty == "reward"
+
+
 def prepare_old_and_ref(run: TrainingRun, groups: list[Group], reference: Any) -> None:
-    """Old log-probs only when the policy moves between passes (mu > 1 or several mini-batches); ref only if beta > 0."""
+    """Old log-probs when the policy moves between passes (mu > 1 or several mini-batches) or when the KL goes into
+    the reward (k1 of the rollout policy); reference log-probs when beta > 0."""
     algo, temperature = run.cfg.algorithm, run.cfg.rollout.temperature
-    need_old = algo.num_iterations > 1 or algo.mini_batches > 1
+    need_old = algo.num_iterations > 1 or algo.mini_batches > 1 or _kl_in_reward(algo)
     with torch.no_grad():
         for group in groups:
             if need_old:
@@ -42,32 +79,75 @@ def prepare_old_and_ref(run: TrainingRun, groups: list[Group], reference: Any) -
                                            temperature=temperature)
 
 
+def assign_advantages(run: TrainingRun, groups: list[Group]) -> dict[str, float]:
+    """Set every group's advantages [G] from its rewards (minus beta * sequence KL when the KL is in the reward).
+
+    Batch-level statistics (reinforce_pp's whitening, the KL metric) are summed over all processes, so every
+    process takes part even with no groups. Returns {"loss/kl_mean": mean KL per active token} for KL-in-reward."""
+    algo, world = run.cfg.algorithm, run.dist.world_size
+    rewards, counts, kl_sum, kl_tokens = [], [], 0.0, 0.0
+    for group in groups:
+        mask = loss_mask(group.completion_mask, group.truncated, algo.mask_truncated)
+        reward = group.rewards.double()
+        if _kl_in_reward(algo):
+            kl = sequence_kl(group.old_logp, group.ref_logp, group.completion_mask, algo.resolved_kl_estimator,
+                             algo.kl_clamp).double()
+            kl = kl.to(reward.device)
+            reward = reward - algo.beta * kl
+            kl_sum += float(kl.sum())
+            kl_tokens += float(group.completion_mask.sum())
+        rewards.append(reward.cpu())
+        counts.append(mask.sum(-1).double().cpu())
+    sizes = torch.tensor([len(r) for r in rewards], dtype=torch.long)
+    all_rewards = torch.cat(rewards) if rewards else torch.zeros(0, dtype=torch.float64)
+    group_ids = torch.arange(len(rewards)).repeat_interleave(sizes)
+
+    def reduce(t: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([all_reduce_sum(float(x), world) for x in t], dtype=t.dtype)
+
+    adv = compute_advantages(algo.advantage, all_rewards, group_ids, scale=algo.scale_rewards, eps=algo.std_eps,
+                             token_counts=torch.cat(counts) if counts else None, all_reduce=reduce)
+    for i, group in enumerate(groups):
+        group.advantages = adv[group_ids == i].to(group.rewards.dtype)
+    if not _kl_in_reward(algo):
+        return {}
+    tokens = all_reduce_sum(kl_tokens, world)
+    return {"loss/kl_mean": all_reduce_sum(kl_sum, world) / max(tokens, 1.0)}
+
+
 def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, reference: Any) -> dict[str, float]:
     """Run the update; returns loss, grad norm and the loss-side metrics (means over micro-batches)."""
     cfg, world = run.cfg, run.dist.world_size
     algo = cfg.algorithm
+    disable_dropout(run.model)
     prepare_old_and_ref(run, groups, reference)
+    reward_metrics = assign_advantages(run, groups)
+    loss_fn = POLICY_LOSSES.get(algo.policy_loss)
+    kl_in_loss = algo.beta > 0 and algo.kl_penalty == "loss"
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     losses, norms, stepped_all = [], [], True
     for _ in range(algo.num_iterations):
-        for mini in _split(groups, algo.mini_batches):
+        for mini in split_groups(groups, algo.mini_batches):
             masks = [loss_mask(g.completion_mask, g.truncated, algo.mask_truncated) for g in mini]
             global_tokens = all_reduce_sum(sum(float(m.sum()) for m in masks), world)
             global_seqs = int(all_reduce_sum(sum(m.shape[0] for m in masks), world))
+            global_micro = int(all_reduce_sum(len(mini), world))
             local_loss = 0.0
             for group, mask in zip(mini, masks):
-                # A group whose advantages are all 0 contributes exactly 0 without a KL term (whatever the ratio, the
-                # clipped surrogate of A = 0 is 0): skip its forward. Its tokens still count in the normalisers.
-                if algo.beta == 0 and bool((group.advantages == 0).all()):
+                # All-zero advantages and no KL term: the loss is exactly 0 whatever the ratio, so skip the forward
+                # (a speed-up only: its tokens still count in the normalisers and the optimizer still steps).
+                if not kl_in_loss and bool((group.advantages == 0).all()):
                     continue
                 logp = _logprobs(run.model, group, cfg.rollout.temperature)
-                per_token, metrics = policy_loss(
+                per_token, metrics = loss_fn(
                     logp, group.old_logp, group.advantages, mask, eps_low=algo.eps_low, eps_high=algo.eps_high,
                     dual_clip_c=algo.dual_clip_c, ratio_clamp=algo.ratio_clamp, ref_logp=group.ref_logp,
-                    beta=algo.beta, kl_estimator=algo.kl_estimator, kl_clamp=algo.kl_clamp)
+                    beta=algo.beta if kl_in_loss else 0.0, kl_estimator=algo.resolved_kl_estimator,
+                    kl_clamp=algo.kl_clamp)
                 loss = aggregate(algo.loss_aggregation, per_token, mask, max_completion_length=stage.max_completion_length,
-                                 global_active_tokens=global_tokens, global_num_sequences=global_seqs)
+                                 global_active_tokens=global_tokens, global_num_sequences=global_seqs,
+                                 global_micro_batches=global_micro)
                 (loss * world).backward()
                 local_loss += float(loss.detach())
                 for key, value in metrics.items():
@@ -79,6 +159,7 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, r
             norms.append(grad_norm)
             stepped_all = stepped_all and stepped
     out = {f"loss/{k}": sums[k] / counts[k] for k in sums}
+    out.update(reward_metrics)
     out.update({"loss": sum(losses) / len(losses), "grad_norm": sum(norms) / len(norms),
-                "skipped_step": 0.0 if stepped_all else 1.0})
+                "skipped_step": 0.0 if stepped_all else 1.0, "optimizer_steps": float(len(losses))})
     return out
