@@ -83,3 +83,49 @@ def test_registry_errors():
     with pytest.raises(ValueError, match="already registered"):
         reg.register("a")(len)
     assert reg.names() == ["a"] and "a" in reg
+
+
+def test_rloo_is_not_divided_by_the_std_unless_asked():
+    from mmrl.config import load_config
+
+    algo = load_config(None, ["algorithm.advantage=rloo"]).algorithm
+    adv = compute_advantages(algo.advantage, REWARDS, GROUPS, scale=algo.scale_rewards, eps=algo.std_eps)
+    close(adv, [2 / 3, -2 / 3, -2 / 3, 2 / 3, -2.0, 0.0, 2.0, 0.0])  # plain leave-one-out
+    algo = load_config(None, ["algorithm.advantage=rloo", "algorithm.scale_rewards=true"]).algorithm
+    scaled = compute_advantages(algo.advantage, REWARDS, GROUPS, scale=algo.scale_rewards, eps=0.0)
+    close(scaled[:2], [(2 / 3) / 0.577350, -(2 / 3) / 0.577350])
+    # grpo keeps its own convention (scaled) under the same default.
+    algo = load_config(None, []).algorithm
+    grpo = compute_advantages(algo.advantage, REWARDS, GROUPS, scale=algo.scale_rewards, eps=0.0)
+    close(grpo[:2], [0.5 / 0.577350, -0.5 / 0.577350])
+
+
+def test_reinforce_pp_whitens_token_level():
+    # rewards [1, 0 | 1, 1], tokens [3, 1 | 2, 2]: centred a = [.5, -.5, 0, 0];
+    # token-weighted mean = (3 * .5 - .5) / 8 = .125; var = (3 * .25 + .25 - 8 * .125**2) / 7 = .125
+    rewards, groups, tokens = torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.tensor([0, 0, 1, 1]), torch.tensor([3, 1, 2, 2])
+    adv = compute_advantages("reinforce_pp", rewards, groups, scale=None, eps=0.0, token_counts=tokens)
+    s = math.sqrt(0.125)
+    close(adv, [0.375 / s, -0.625 / s, -0.125 / s, -0.125 / s])
+
+
+def test_reinforce_pp_over_two_processes_equals_the_whole_batch():
+    """Each 'process' holds one group; the all-reduce hook sums the moments of both, as torch.distributed would."""
+    rewards, groups, tokens = torch.tensor([1.0, 0.0, 1.0, 0.3]), torch.tensor([0, 0, 1, 1]), torch.tensor([3, 1, 2, 5])
+    whole = compute_advantages("reinforce_pp", rewards, groups, scale=None, eps=1e-4, token_counts=tokens)
+    seen: list[torch.Tensor] = []
+
+    def capture(moments):
+        seen.append(moments.clone())
+        return moments
+
+    halves = [slice(0, 2), slice(2, 4)]
+    for part in halves:  # first pass: each half's own moments
+        compute_advantages("reinforce_pp", rewards[part], groups[part], scale=None, eps=1e-4,
+                           token_counts=tokens[part], all_reduce=capture)
+    total = seen[0] + seen[1]
+    split = torch.cat([compute_advantages("reinforce_pp", rewards[p], groups[p], scale=None, eps=1e-4,
+                                          token_counts=tokens[p], all_reduce=lambda _m: total) for p in halves])
+    close(split, whole.tolist())
+    alone = compute_advantages("reinforce_pp", rewards[:2], groups[:2], scale=None, eps=1e-4, token_counts=tokens[:2])
+    assert not torch.allclose(alone, whole[:2], atol=1e-3)  # per-process whitening would differ

@@ -163,3 +163,94 @@ def test_loss_mask_truncated():
     out = loss_mask(mask, torch.tensor([False, True, False]), True)
     assert out.tolist() == [[1, 1], [0, 0], [1, 1]]
     assert loss_mask(mask, torch.tensor([False, True, False]), False) is mask
+
+
+# -- GSPO (sequence-level ratio), hand-computed --------------------------------------------------------------------
+
+
+def test_gspo_sequence_ratio_by_hand():
+    from mmrl.rl.losses import POLICY_LOSSES
+
+    logp = LOGP.clone().requires_grad_(True)
+    loss, m = POLICY_LOSSES.get("gspo")(logp, OLD, ADV, MASK, **KW)
+    # Row 0: mean log-ratio over 3 tokens (.5 - .5 + 0) / 3 = 0 -> s = 1, A = +1: -1 on each active token.
+    # Row 1: mean over its 2 active tokens (1.5 - .5) / 2 = .5 -> s = e^.5 = 1.648721, A = -2:
+    #   max(2 s, 2 clip(s)) = 2 s = 3.297443 on each active token (the padded token is 0).
+    s1 = math.exp(0.5)
+    close(loss, [[-1.0, -1.0, -1.0], [2 * s1, 2 * s1, 0.0]])
+    assert m["ratio_mean"] == pytest.approx((3 * 1.0 + 2 * s1) / 5, rel=1e-6)
+    assert m["clip_frac_high"] == 0.0 and m["clip_frac_low"] == 0.0
+    # grpo aggregation = the paper's mean over sequences; the gradient flows through s_i = exp(mean log-ratio):
+    # d/d logp_t of (1/B) * (-A_i s_i) = -A_i s_i / (B |y_i|): row 0: -1/6; row 1: 2 s1 / 4.
+    aggregate("grpo", loss, MASK, max_completion_length=3).backward()
+    close(logp.grad, [[-1 / 6, -1 / 6, -1 / 6], [s1 / 2, s1 / 2, 0.0]])
+
+
+def test_gspo_clips_whole_sequences():
+    from mmrl.rl.losses import POLICY_LOSSES
+
+    old = LOGP - torch.tensor([[0.1, 0.1, 0.1], [0.0, 0.0, 0.0]])  # row 0: s = e^.1 = 1.105171 > 1 + 4e-4
+    logp = LOGP.clone().requires_grad_(True)
+    loss, m = POLICY_LOSSES.get("gspo")(logp, old, ADV, MASK, eps_low=3e-4, eps_high=4e-4)
+    close(loss, [[-1.0004, -1.0004, -1.0004], [2.0, 2.0, 0.0]])  # row 0 clipped at 1 + eps_high; row 1 s = 1
+    assert m["clip_frac_high"] == pytest.approx(3 / 5)  # all 3 tokens of the clipped sequence
+    loss.sum().backward()
+    close(logp.grad[0], [0.0, 0.0, 0.0])  # a clipped sequence gives no gradient
+    with pytest.raises(ValueError, match="one per completion"):
+        POLICY_LOSSES.get("gspo")(LOGP, OLD, ADV.unsqueeze(1).expand(2, 3), MASK)
+
+
+def test_policy_loss_names():
+    from mmrl.rl.losses import POLICY_LOSSES
+
+    assert POLICY_LOSSES.names() == ["gspo", "ppo"]
+    with pytest.raises(UserError, match="algorithm.policy_loss"):
+        POLICY_LOSSES.get("grpo_token")
+
+
+# -- what each KL estimator's gradient is (exact expectation over a small vocabulary) -----------------------------
+
+
+def _expected_gradient(estimator: str, logits: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """E_{y ~ pi}[grad k(y)] computed exactly: the sum over the vocabulary weighted by pi(y) (no sampling noise)."""
+    theta = logits.clone().requires_grad_(True)
+    logp = torch.log_softmax(theta, -1)
+    kl = kl_estimate(logp.unsqueeze(0), ref_logp.unsqueeze(0), estimator).squeeze(0)
+    (logp.exp().detach() * kl).sum().backward()
+    return theta.grad
+
+
+def _grad(fn, logits: torch.Tensor) -> torch.Tensor:
+    theta = logits.clone().requires_grad_(True)
+    fn(torch.log_softmax(theta, -1)).backward()
+    return theta.grad
+
+
+def test_kl_estimator_gradients_are_the_documented_kls():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, generator=g, dtype=torch.float64)
+    ref = torch.log_softmax(torch.randn(7, generator=g, dtype=torch.float64), -1)
+    forward_kl = _grad(lambda lp: (lp.exp() * (lp - ref)).sum(), logits)  # grad KL(pi || ref)
+    reverse_kl = _grad(lambda lp: (ref.exp() * (ref - lp)).sum(), logits)  # grad KL(ref || pi)
+    assert torch.allclose(_expected_gradient("k1", logits, ref), torch.zeros(7, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(_expected_gradient("k2", logits, ref), forward_kl, atol=1e-12)
+    assert torch.allclose(_expected_gradient("k3", logits, ref), reverse_kl, atol=1e-12)
+    assert torch.allclose(_expected_gradient("low_var_kl", logits, ref), reverse_kl, atol=1e-12)
+    assert not torch.allclose(forward_kl, reverse_kl, atol=1e-3)  # the two really differ here
+
+
+def test_low_var_kl_is_k3_bounded_by_ten():
+    logp = torch.tensor([[-1.0, -30.0]])
+    ref = torch.tensor([[-0.9, -1.0]])  # d = [.1, 29]: k3 = e^20 - 21 after the +-20 clamp
+    close(kl_estimate(logp, ref, "low_var_kl"), [[math.exp(0.1) - 1.1, 10.0]])
+    assert kl_estimate(logp, ref, "k3")[0, 1] > 1e8
+
+
+def test_k1_as_a_loss_term_is_a_config_error():
+    from mmrl.config import load_config
+
+    with pytest.raises(UserError, match="k1 as a loss term has zero expected gradient.*kl_penalty=reward"):
+        load_config(None, ["algorithm.beta=0.1", "algorithm.kl_estimator=k1"])
+    cfg = load_config(None, ["algorithm.beta=0.1", "algorithm.kl_penalty=reward"])
+    assert cfg.algorithm.resolved_kl_estimator == "k1"
+    assert load_config(None, ["algorithm.beta=0.1"]).algorithm.resolved_kl_estimator == "k3"
