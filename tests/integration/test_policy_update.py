@@ -171,7 +171,13 @@ def test_a_step_of_zero_advantage_groups_still_steps_the_optimizer(synthetic_dat
 def test_no_dropout_in_the_update_forwards_the_first_ratio_is_one(synthetic_data, tmp_path):
     trainer = make_trainer(synthetic_data, tmp_path, "model.lora.enabled=true", "model.lora.r=4",
                            "model.lora.dropout=0.5", "algorithm.num_iterations=2", "optimizer.lr=1e-30")
-    trainer.run.model.train()
+    model = trainer.run.model
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # LoRA B starts at 0, which hides the dropout before it: give the adapter some weight
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=g) * 0.5)
     metrics = update(trainer, [fixed_group(trainer, 0, i) for i in range(2)])
     # lr 1e-30 leaves the weights as they were: every ratio of both passes is exactly 1 without dropout.
     assert metrics["loss/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
