@@ -102,8 +102,9 @@ def test_two_processes_match_one_process_of_the_same_global_batch(synthetic_data
                           str(synthetic_data), str(tmp_path / "two"), variants],
                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert two.returncode == 0, two.stderr[-3000:]
-    from mmrl.models.tiny import ensure_tiny_model
     from transformers import AutoModelForImageTextToText
+
+    from mmrl.models.tiny import ensure_tiny_model
 
     initial = weights(AutoModelForImageTextToText.from_pretrained(ensure_tiny_model("tiny")))
     for name in VARIANTS:
