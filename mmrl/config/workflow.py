@@ -16,7 +16,7 @@ _STEP_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 class StageConfig(Section):
     name: str = Field(..., description="Stage name (shown in logs and plots).")
-    steps: int = Field(..., ge=1, description="Optimizer steps in this stage.")
+    steps: int = Field(..., ge=1, description="Training steps in this stage (one rollout batch each; see trainer.max_steps).")
     until_metric: str | None = Field(
         None,
         description="End the stage early (before `steps`) when this eval metric (e.g. 'accuracy') reaches until_value; "
