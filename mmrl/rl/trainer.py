@@ -20,7 +20,7 @@ from mmrl.config import MMRLConfig
 from mmrl.data.dataset import load_datasets
 from mmrl.data.vision import check_images
 from mmrl.engine.distributed import all_gather_objects
-from mmrl.engine.run import TrainingRun, start_run
+from mmrl.engine.run import TrainingRun, prepare_run, start_run
 from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
 from mmrl.rewards.composite import RewardComposite
@@ -49,6 +49,7 @@ class GRPOTrainer:
         if not cfg.data.train and not any(s.data for s in cfg.stages):
             raise UserError("data.train: no training data configured; set data.train=path/to/data.jsonl")
         self.cfg = cfg
+        prepare_run(cfg)  # the run directory is checked and locked before anything reads data or writes there
         self.schedule = StageSchedule(cfg.stages, cfg)
         self._datasets: dict[str, list] = {}
         self.run_dir = Path(cfg.trainer.output_dir)
