@@ -120,6 +120,8 @@ def prepare_run(cfg: MMRLConfig) -> Path:
 
     The config's names were checked when it loaded; after this call the directory is this process's to write.
     """
+    if cfg.trainer.resume not in (None, "", "none", "null", "auto"):
+        ckpt.resolve_resume(cfg.trainer.resume, cfg.trainer.output_dir)  # a named checkpoint must be whole: check now
     return claim_run_dir(cfg.trainer.output_dir, cfg.trainer.resume, cfg.trainer.overwrite)
 
 

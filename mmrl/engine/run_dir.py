@@ -51,8 +51,10 @@ class RunDirLock:
         self.run_dir = run_dir
         self.path = run_dir / LOCK_FILE
         self._fd: int | None = None
+        self._created = False
 
     def acquire(self) -> None:
+        self._created = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -89,6 +91,11 @@ class RunDirLock:
             pass
         os.close(self._fd)  # closing drops the flock
         self._fd = None
+        if self._created:  # a run that failed before writing anything leaves no empty directory behind
+            try:
+                self.run_dir.rmdir()
+            except OSError:
+                pass
 
 
 def _read_pid(fd: int) -> int | None:
