@@ -106,7 +106,8 @@ class TrainingRun:
         self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)
         self.skipped_steps = state.get("skipped_steps", 0)
         self.start_step = int(state["step"])
-        fault_point("resumed")  # crash tests: die right after a resume
+        self.logger.event(f"resumed from {self.resume_from} at step {self.start_step}")
+        fault_point("resumed")  # crash tests: die right after the resume is announced
         return state
 
     def close(self) -> None:

@@ -115,7 +115,6 @@ class GRPOTrainer:
         state = run.load_resume_state()
         if state is not None:
             self._restore(state)
-            run.logger.event(f"resumed from {run.resume_from} at step {run.start_step}")
         step = run.start_step
         stage = None
         try:
