@@ -7,10 +7,11 @@ here. The registries live in higher rooms (rl, rewards, commands); they are impo
 so importing `mmrl.config` stays light.
 
 >>> from mmrl.config import load_config
->>> load_config(None, ["algorithm.loss_aggregation=mean"])
-Traceback (most recent call last):
-...
-mmrl.errors.ConfigError: command line: algorithm.loss_aggregation: unknown loss aggregation 'mean'; valid: bnpo, dapo, dr_grpo, grpo
+>>> try:
+...     load_config(None, ["algorithm.loss_aggregation=mean"])
+... except ConfigError as err:
+...     print(str(err).split(";")[0])
+command line: algorithm.loss_aggregation: unknown loss aggregation 'mean'
 """
 
 from __future__ import annotations
