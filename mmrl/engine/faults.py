@@ -1,8 +1,8 @@
 """Seeded fault injection for the crash tests: inert unless `MMRL_FAULT` is set.
 
 `MMRL_FAULT="POINT@N[:ACTION]"` (comma-separated for several) fires the N-th time (default 1) this process reaches
-the named point: ACTION `kill` (default) sends SIGKILL to the process itself, `enospc` raises "No space left on
-device". Points: `log.partial` (half of a metrics row written), `save.staged` (model written into the staging
+the named point: ACTION `kill` (default) sends SIGKILL to the process itself, `interrupt` sends it SIGINT (Ctrl-C),
+`enospc` raises "No space left on device". Points: `log.partial` (half of a metrics row written), `save.staged` (model written into the staging
 directory, no completion marker yet), `update` (inside an optimizer step, before the parameters change),
 `resumed` (right after the resume is announced). The tests use it to kill a run at reproducible moments; a user
 never sets it.
@@ -34,5 +34,7 @@ def fault_point(name: str) -> None:
             continue
         if action in ("", "kill"):
             os.kill(os.getpid(), signal.SIGKILL)
+        elif action == "interrupt":
+            os.kill(os.getpid(), signal.SIGINT)
         elif action == "enospc":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

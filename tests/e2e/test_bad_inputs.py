@@ -154,6 +154,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("pipeline-builder", ["pipeline", "{W}/pipe_builder.yaml"], "unknown builder 'nosuch'"),
     ("pipeline-step-override", ["pipeline", "{W}/pipe_override.yaml"],
      "pipeline step 'grpo' overrides: algorithm.loss_aggregation: unknown loss aggregation 'mean'"),
+    ("pipeline-output-dir-is-file", ["pipeline", str(ROOT / "configs" / "quickstart.yaml"), "output_dir={W}/afile"],
+     "output_dir: '{W}/afile' is a file"),
     ("config-show-names", ["config", "show", T, "algorithm.advantage=nosuch"], "unknown advantage estimator 'nosuch'"),
 ]
 # A sample runs as real subprocesses (the console entry point, SIGTERM handler and all); the rest in-process.

@@ -129,6 +129,16 @@ def test_a_locked_run_dir_refuses_a_second_run_and_sigterm_says_where_to_resume(
     assert steps == list(range(1, len(steps) + 1))
 
 
+def test_ctrl_c_says_which_checkpoint_to_resume_from(data, tmp_path):
+    out = tmp_path / "run"
+    result = train(data, out, fault="update@3:interrupt")  # a real SIGINT, in the 3rd step
+    assert result.returncode == 130, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    last = [x for x in result.stderr.splitlines() if x.strip()][-1]
+    assert last == f"mmrl train: interrupted; continue from {out / 'checkpoints' / 'step-2'} with trainer.resume=auto"
+    assert not (out / LOCK_FILE).exists()
+
+
 def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_line(tmp_path, capsys):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
