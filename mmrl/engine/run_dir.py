@@ -8,6 +8,7 @@ is anything written there.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
@@ -67,6 +68,14 @@ class RunDirLock:
                     f"trainer.output_dir: {self.run_dir} is in use by another mmrl run (pid {holder or 'unknown'}); "
                     "wait for it to finish or give this run another trainer.output_dir"
                 ) from None
+            except OSError as err:
+                if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                # Some network file systems have no locks: run unlocked rather than not at all, and say so.
+                os.close(fd)
+                print(f"{self.run_dir}: this file system cannot lock files ({err.strerror}); make sure no other run "
+                      "uses this directory", file=sys.stderr)
+                return
             # The holder may have removed the file between our open and our lock: lock the file now at the path.
             try:
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
