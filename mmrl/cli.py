@@ -7,8 +7,10 @@ and turns a `UserError` into one line on stderr with exit code 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
+import signal
 import sys
 
 from mmrl.errors import UserError
@@ -54,6 +56,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# File-system errors that are the user's to fix (a full disk, a read-only or foreign directory): one line, exit 2.
+USER_FS_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
+                  errno.EEXIST, errno.ENOENT}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler ending the job, `kill PID`): handled exactly like Ctrl-C."""
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    raise Terminated()
+
+
+def _resume_hint() -> str:
+    """Which checkpoint an interrupted run continues from (empty when no run directory was claimed)."""
+    from mmrl.engine.run_dir import last_claimed
+
+    run_dir = last_claimed()
+    if run_dir is None:
+        return ""
+    from mmrl.engine.checkpoint import find_latest
+
+    latest = find_latest(run_dir)
+    if latest is None:
+        return f"; no checkpoint was saved in {run_dir} yet (re-running with trainer.resume=auto starts fresh)"
+    return f"; continue from {latest} with trainer.resume=auto"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # `--debug` is accepted anywhere on the line, not only before the subcommand.
@@ -69,15 +99,33 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     debug = debug_flag or args.debug or os.environ.get("MMRL_DEBUG") == "1"
     try:
+        previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (an embedding application): leave its signals alone
+        previous_handler = None
+    try:
         result = args.func(args)
     except UserError as err:
         if debug:
             raise
         print(f"mmrl {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print(f"mmrl {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        print(f"mmrl {args.command}: {how}{_resume_hint()}", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
+    except OSError as err:
+        if debug or err.errno not in USER_FS_ERRNOS:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"mmrl {args.command}: error: {where}{err.strerror or err}; check the path, its permissions and the "
+              "free space", file=sys.stderr)
+        return 2
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+        from mmrl.engine.run_dir import release_all
+
+        release_all()
     return int(result or 0)
 
 

@@ -82,6 +82,23 @@ register_builder("synthetic", "procedurally drawn visual tasks with verifiable a
 register_builder("curriculum", "yes/no, multiple-choice and open stages (Curr-ReFT)", _curriculum_args, _curriculum)
 
 
+# Argument names builders give their output directory; checked writable before the builder starts.
+OUTPUT_ARGS = ("out", "out_dir", "output", "output_dir")
+
+
+def _checked_outputs(run: Callable[[argparse.Namespace], int | None]) -> Callable[[argparse.Namespace], int | None]:
+    def checked(args: argparse.Namespace) -> int | None:
+        from mmrl.engine.run_dir import check_output_dir
+
+        for name in OUTPUT_ARGS:
+            value = getattr(args, name, None)
+            if isinstance(value, str) and value:
+                check_output_dir(value, "--" + name.replace("_", "-") if name == "out" else name.upper())
+        return run(args)
+
+    return checked
+
+
 def register(subparsers, name: str) -> None:
     for module in BUILDER_MODULES:
         try:
@@ -95,7 +112,7 @@ def register(subparsers, name: str) -> None:
     for builder_name, builder in BUILDERS.items():
         p = sub.add_parser(builder_name, help=builder.help, description=builder.help)
         builder.add_arguments(p)
-        p.set_defaults(func=builder.run)
+        p.set_defaults(func=_checked_outputs(builder.run))
 
     def missing(args: argparse.Namespace) -> int:
         raise UserError(f"name a builder: {', '.join(BUILDERS)}")

@@ -97,10 +97,13 @@ def default_out_dir(cfg, config: str | None, args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mmrl.engine.run_dir import check_output_dir
     from mmrl.eval.evaluate import evaluate_config
 
     cfg, config = build_eval_config(args)
     out_dir = default_out_dir(cfg, config, args)
+    # Before any generation: finding out afterwards that the report cannot be written wastes the whole evaluation.
+    check_output_dir(out_dir, "--out" if args.out else "eval.output_dir" if cfg.eval.output_dir else "output directory")
     report = evaluate_config(cfg, out_dir, progress=not args.no_progress)
     print((out_dir / "report.md").read_text(encoding="utf-8"), end="")
     print(f"report: {out_dir / 'report.json'}")

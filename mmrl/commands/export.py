@@ -25,12 +25,20 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mmrl.config.model import ModelConfig
+    from mmrl.engine.checkpoint import MARKER, checkpoint_problem
+    from mmrl.engine.run_dir import check_output_dir
     from mmrl.errors import UserError
     from mmrl.models.loading import load_policy
     from mmrl.models.processor import save_processor
 
-    if not Path(args.checkpoint).is_dir():
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_dir():
         raise UserError(f"checkpoint '{args.checkpoint}' is not a directory; give a checkpoints/step-N path")
+    if (checkpoint / MARKER).is_file():  # an mmrl checkpoint: check it is whole before loading it
+        problem = checkpoint_problem(checkpoint)
+        if problem is not None:
+            raise UserError(f"checkpoint: {problem}; export another checkpoint")
+    check_output_dir(args.out_dir, "OUT_DIR")
     loaded = load_policy(ModelConfig(name_or_path=args.checkpoint), for_training=False)
     model = loaded.model
     merged = hasattr(model, "merge_and_unload")

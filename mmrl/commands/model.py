@@ -36,8 +36,10 @@ def run_build(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from mmrl.engine.run_dir import check_output_dir
     from mmrl.models.tiny import MARKER, build_tiny_model
 
+    check_output_dir(args.out_dir, "OUT_DIR")
     out = build_tiny_model(args.out_dir, preset=args.preset, seed=args.seed)
     info = json.loads((Path(out) / MARKER).read_text())
     print(f"built preset '{args.preset}' ({info['parameters']:,} parameters) into {out}")

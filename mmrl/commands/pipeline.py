@@ -36,8 +36,10 @@ def register(subparsers, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.plan:
         return _print_plan(args)
-    from mmrl.pipeline import run_pipeline
+    from mmrl.engine.run_dir import check_output_dir
+    from mmrl.pipeline import load_plan, run_pipeline
 
+    check_output_dir(load_plan(args.config, args.overrides).root, "output_dir")  # before the first step runs
     run_pipeline(args.config, args.overrides)
     return 0
 

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from mmrl.config.names import check_names
 from mmrl.config.schema import MMRLConfig
 from mmrl.errors import ConfigError
 
@@ -175,12 +176,19 @@ def _format_error(err: dict[str, Any], sources: dict[str, str], default_source: 
 
 
 def build_config(data: dict[str, Any], sources: dict[str, str] | None = None, default_source: str = "config") -> MMRLConfig:
-    """Validate a raw mapping into `MMRLConfig`, raising a one-line `ConfigError` on the first problem."""
+    """Validate a raw mapping into `MMRLConfig`, raising a one-line `ConfigError` on the first problem.
+
+    Types and ranges first (pydantic), then every registry name (`names.check_names`): a config that builds here
+    names only rewards, estimators, losses, backends and builders that exist.
+    """
     try:
-        return MMRLConfig.model_validate(data)
+        config = MMRLConfig.model_validate(data)
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         raise ConfigError(_format_error(first, sources or {}, default_source)) from None
+    known = sources or {}
+    check_names(config, lambda field: _source_for(tuple(field.split(".")), known, default_source))
+    return config
 
 
 def load_raw(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, dict]:

@@ -50,6 +50,10 @@ class TrainerConfig(Section):
     resume: str | None = Field(
         None, description="null: start fresh; 'auto': latest complete checkpoint in output_dir; or a checkpoint path."
     )
+    overwrite: bool = Field(
+        False, description="Start a fresh run in an output_dir that holds an earlier run, deleting its checkpoints and "
+        "metrics (without it, such a run is refused: use resume='auto' to continue it)."
+    )
     max_nonfinite_steps: int = Field(
         5, ge=1, description="Abort after this many optimizer steps in a row skipped for a non-finite loss or grad norm."
     )

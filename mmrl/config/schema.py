@@ -67,4 +67,7 @@ class MMRLConfig(Section):
         _check_mini_batches(self)
         if self.rollout.min_new_tokens > self.rollout.max_completion_length:
             raise ValueError("rollout.min_new_tokens must be <= rollout.max_completion_length")
+        if self.trainer.overwrite and self.trainer.resume not in (None, "", "none", "null"):
+            raise ValueError(f"trainer.overwrite=true deletes the run that trainer.resume={self.trainer.resume!r} "
+                             "would continue; set one of them")
         return self

@@ -8,16 +8,21 @@ place: a process killed mid-save leaves only a staging directory, which `find_la
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
 import shutil
+import sys
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from mmrl.engine.faults import fault_point
 from mmrl.errors import UserError
 
 MARKER = "COMPLETE"
@@ -74,19 +79,86 @@ def find_latest(run_dir: str | os.PathLike) -> Path | None:
     return complete[-1] if complete else None
 
 
-def resolve_resume(resume: str | None, run_dir: str | os.PathLike) -> Path | None:
-    """`trainer.resume`: None -> fresh; 'auto' -> latest complete checkpoint (or fresh); a path -> that checkpoint."""
+def tell(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """What makes checkpoint `path` unusable (naming the file), or None when it looks loadable.
+
+    Cheap checks only: the trainer state must be a complete torch archive (its directory sits at the end of the file,
+    so a truncated file fails), every weights file a safetensors file whose header matches its size.
+    """
+    state = path / STATE_FILE
+    if not state.is_file():
+        return f"{state} is missing"
+    if not zipfile.is_zipfile(state):
+        return f"{state} is damaged (not a complete torch archive)"
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        return f"{path} has no *.safetensors weights"
+    from safetensors import safe_open
+
+    for file in weights:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as err:  # safetensors raises its own error types for every kind of damage
+            return f"{file} is damaged ({str(err).splitlines()[0][:120]})"
+    return None
+
+
+def resolve_resume(resume: str | None, run_dir: str | os.PathLike,
+                   say: Callable[[str], None] | None = tell) -> Path | None:
+    """`trainer.resume`: None -> fresh; 'auto' -> latest usable complete checkpoint (or fresh); a path -> that one.
+
+    With 'auto' a damaged checkpoint is skipped for the previous complete one, and `say` tells the user so (and that
+    the run starts fresh when there is none); an explicitly named damaged checkpoint is an error naming the file.
+    """
+    say = say or (lambda _message: None)
     if resume in (None, "", "none", "null"):
         return None
     if resume == "auto":
-        return find_latest(run_dir)
+        complete = list_checkpoints(run_dir)
+        for path in reversed(complete):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                if path != complete[-1]:
+                    say(f"trainer.resume=auto: falling back to the previous complete checkpoint {path}")
+                return path
+            say(f"trainer.resume=auto: skipping damaged checkpoint {path}: {problem}")
+        where = checkpoints_dir(run_dir)
+        say(f"trainer.resume=auto: no usable checkpoint in {where}; starting fresh" if complete else
+            f"trainer.resume=auto: no checkpoint in {where} yet; starting fresh")
+        return None
     path = Path(resume)
     if not path.is_dir():
         raise UserError(f"trainer.resume: '{resume}' is not a directory; give a checkpoints/step-N path or 'auto'")
-    if not (path / MARKER).is_file() or not (path / STATE_FILE).is_file():
+    if not (path / MARKER).is_file():
         raise UserError(f"trainer.resume: '{resume}' is not a complete mmrl checkpoint (no {MARKER} marker); "
                         "pick another checkpoint or use 'auto'")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise UserError(f"trainer.resume: {problem}; pick another checkpoint or use 'auto' (it skips damaged ones)")
     return path
+
+
+def _clear_dead_staging(root: Path) -> None:
+    """Staging directories of processes killed mid-save: never renamed into place, safe to delete."""
+    for path in root.glob(".step-*.staging-*"):
+        pid = path.name.rpartition("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def save_checkpoint(
@@ -102,17 +174,27 @@ def save_checkpoint(
 
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
+    _clear_dead_staging(root)
     final = root / f"step-{step}"
     staging = root / f".step-{step}.staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    model.save_pretrained(staging, safe_serialization=True)
-    if processor is not None:
-        save_processor(processor, staging)
-    torch.save(state, staging / STATE_FILE)
-    _fsync_tree(staging)
-    (staging / MARKER).write_text(f"step {step}\n")
-    _fsync_tree(staging)
+    try:
+        staging.mkdir()
+        model.save_pretrained(staging, safe_serialization=True)
+        if processor is not None:
+            save_processor(processor, staging)
+        fault_point("save.staged")  # crash tests: die (or run out of space) before the checkpoint is complete
+        torch.save(state, staging / STATE_FILE)
+        _fsync_tree(staging)
+        (staging / MARKER).write_text(f"step {step}\n")
+        _fsync_tree(staging)
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)  # free what the failed save took; the previous one is untouched
+        previous = find_latest(run_dir)
+        kept = f"the previous checkpoint {previous} is intact" if previous else "there is no earlier checkpoint"
+        reason = "the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else err.strerror or str(err)
+        raise UserError(f"could not save checkpoint step-{step} in {root}: {reason}; {kept}. Free space (or fix "
+                        "the directory) and continue with trainer.resume=auto") from None
     if final.exists():
         shutil.rmtree(final)
     os.replace(staging, final)
@@ -127,7 +209,11 @@ def save_checkpoint(
 
 
 def load_trainer_state(path: Path) -> dict[str, Any]:
-    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as err:  # missing, truncated or not a torch archive
+        raise UserError(f"{path / STATE_FILE}: cannot read the trainer state ({str(err).splitlines()[0][:120]}); "
+                        "resume from another checkpoint or use trainer.resume=auto") from None
 
 
 def load_model_weights(model: torch.nn.Module, path: Path) -> None:
@@ -142,6 +228,7 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
     # Let transformers map its on-disk key names onto the live model's (they differ for Qwen2.5-VL).
     try:
         loaded = type(model).from_pretrained(path, dtype=next(model.parameters()).dtype)
-    except OSError as err:
-        raise UserError(f"{path}: cannot read the model weights of this checkpoint ({str(err).splitlines()[0]})") from None
+    except Exception as err:  # OSError, safetensors' own errors: all mean a damaged or foreign checkpoint
+        raise UserError(f"{path}: cannot read the model weights of this checkpoint "
+                        f"({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
     model.load_state_dict(loaded.state_dict(), strict=True)

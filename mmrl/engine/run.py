@@ -17,7 +17,9 @@ import torch
 from mmrl.config import MMRLConfig, save_resolved
 from mmrl.engine import checkpoint as ckpt
 from mmrl.engine.distributed import DistInfo, barrier, broadcast_parameters, init_distributed
+from mmrl.engine.faults import fault_point
 from mmrl.engine.optim import build_optimizer, build_scheduler, guarded_step, trainable_parameters
+from mmrl.engine.run_dir import claim_run_dir, release_run_dir
 from mmrl.engine.run_logger import RunLogger
 from mmrl.errors import UserError
 from mmrl.models.loading import LoadedModel, load_policy
@@ -58,6 +60,7 @@ class TrainingRun:
 
     def optimizer_step(self, loss_value: float) -> tuple[float, bool]:
         """Guarded step: skips (and counts) non-finite steps, aborts after `trainer.max_nonfinite_steps` in a row."""
+        fault_point("update")  # crash tests: die in the middle of a step
         grad_norm, stepped = guarded_step(self.optimizer, self.params, loss_value,
                                           self.cfg.optimizer.max_grad_norm, self.dist.world_size)
         if stepped:
@@ -103,18 +106,32 @@ class TrainingRun:
         self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)
         self.skipped_steps = state.get("skipped_steps", 0)
         self.start_step = int(state["step"])
+        self.logger.event(f"resumed from {self.resume_from} at step {self.start_step}")
+        fault_point("resumed")  # crash tests: die right after the resume is announced
         return state
 
     def close(self) -> None:
         self.logger.close()
+        release_run_dir(self.run_dir)
+
+
+def prepare_run(cfg: MMRLConfig) -> Path:
+    """Claim `trainer.output_dir` before a trainer reads data or loads a model: writable, locked, and not an earlier
+    run's directory unless `trainer.resume` or `trainer.overwrite` says what to do with it (see `run_dir.py`).
+
+    The config's names were checked when it loaded; after this call the directory is this process's to write.
+    """
+    if cfg.trainer.resume not in (None, "", "none", "null", "auto"):
+        ckpt.resolve_resume(cfg.trainer.resume, cfg.trainer.output_dir)  # a named checkpoint must be whole: check now
+    return claim_run_dir(cfg.trainer.output_dir, cfg.trainer.resume, cfg.trainer.overwrite)
 
 
 def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
     """Processes, seed, run dir (with the resolved config), model, optimizer, schedule, logger, resume point."""
+    run_dir = prepare_run(cfg)
     dist = init_distributed(cfg.trainer.device)
     seed_everything(cfg.trainer.seed)
-    run_dir = Path(cfg.trainer.output_dir)
-    resume_from = ckpt.resolve_resume(cfg.trainer.resume, run_dir)
+    resume_from = ckpt.resolve_resume(cfg.trainer.resume, run_dir, say=ckpt.tell if dist.is_main else None)
     if dist.is_main:
         save_resolved(cfg, run_dir)
     loaded = load_policy(cfg.model, device=dist.device, for_training=True)

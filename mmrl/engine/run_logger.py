@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mmrl.engine.faults import fault_point
+
 
 class PhaseTimer:
     """Named wall-clock timers for the phases of one step (`with timer("rollout"): ...`)."""
@@ -52,11 +54,8 @@ class RunLogger:
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        # Rows past the starting step belong to an attempt that did not reach a checkpoint: a resume redoes them.
-        kept = [row for row in read_metrics(self.run_dir) if row.get("step", 0) <= start_step]
-        self._metrics = open(self.run_dir / "metrics.jsonl", "w", encoding="utf-8")
-        for row in kept:
-            self._metrics.write(json.dumps(row) + "\n")
+        keep_rows_up_to(self.run_dir / "metrics.jsonl", start_step)
+        self._metrics = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
         if "tensorboard" in report_to:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -71,7 +70,12 @@ class RunLogger:
         if not self.enabled:
             return
         record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
-        self._metrics.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        half = len(line) // 2
+        self._metrics.write(line[:half])
+        self._metrics.flush()
+        fault_point("log.partial")  # crash tests: die with half a row on disk
+        self._metrics.write(line[half:])
         self._metrics.flush()
         if self._tb is not None:
             for key, value in record.items():
@@ -111,6 +115,40 @@ class RunLogger:
             self._bar.close()
 
 
+def _parse_rows(text: str) -> list[dict[str, Any]]:
+    """Rows of a metrics file; a last line cut short by a killed process is dropped (it is redone on resume)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise
+    return rows
+
+
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return _parse_rows(path.read_text(encoding="utf-8")) if path.exists() else []
+
+
+def keep_rows_up_to(path: Path, last_step: int) -> None:
+    """Drop the rows after `last_step` (an attempt that never reached a checkpoint: a resume redoes them).
+
+    The kept rows go to a temporary file that replaces the old one in a single rename, so a process killed at any
+    moment leaves either the old file or the new one, never a half-written one.
+    """
+    if not path.exists():
+        return
+    text = path.read_text(encoding="utf-8")
+    kept = [row for row in _parse_rows(text) if row.get("step", 0) <= last_step]
+    new_text = "".join(json.dumps(row) + "\n" for row in kept)
+    if new_text == text:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(new_text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

@@ -63,7 +63,10 @@ def load_plan(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = 
                         f"`mmrl train {path}` for a single GRPO run")
     _check_steps(str(path), config.pipeline)
     root = Path(config.output_dir or Path("runs") / (config.name or Path(path).stem))
-    return Plan(str(path), config, raw, sources, root)
+    plan = Plan(str(path), config, raw, sources, root)
+    for step in plan.steps:  # a step's own overrides are checked now, not after the steps before it ran
+        step_config(plan, step, {})
+    return plan
 
 
 def _check_steps(path: str, steps: list[PipelineStep]) -> None:

@@ -21,7 +21,7 @@ from mmrl.data.dataset import load_datasets
 from mmrl.data.vision import check_images
 from mmrl.engine.distributed import all_gather_objects
 from mmrl.engine.optim import build_scheduler
-from mmrl.engine.run import TrainingRun, start_run
+from mmrl.engine.run import TrainingRun, prepare_run, start_run
 from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
 from mmrl.rewards.composite import RewardComposite
@@ -50,6 +50,7 @@ class GRPOTrainer:
         if not cfg.data.train and not any(s.data for s in cfg.stages):
             raise UserError("data.train: no training data configured; set data.train=path/to/data.jsonl")
         self.cfg = cfg
+        prepare_run(cfg)  # the run directory is checked and locked before anything reads data or writes there
         self.schedule = StageSchedule(cfg.stages, cfg)
         self._datasets: dict[str, list] = {}
         self.run_dir = Path(cfg.trainer.output_dir)
@@ -120,7 +121,6 @@ class GRPOTrainer:
         state = run.load_resume_state()
         if state is not None:
             self._restore(state)
-            run.logger.event(f"resumed from {run.resume_from} at step {run.start_step}")
         step = run.start_step
         stage = None
         try:

@@ -20,7 +20,7 @@ from mmrl.data.collate import encode_sft
 from mmrl.data.dataset import load_datasets
 from mmrl.data.vision import check_images
 from mmrl.engine.distributed import all_reduce_sum
-from mmrl.engine.run import TrainingRun, start_run
+from mmrl.engine.run import TrainingRun, prepare_run, start_run
 from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
 from mmrl.rl.logprobs import head_logprobs
@@ -64,6 +64,7 @@ def load_sft_samples(cfg: MMRLConfig, run_dir: Path) -> list:
 
 def train_sft(cfg: MMRLConfig) -> Path:
     """Run cold-start SFT as `cfg` says; returns the run directory (final checkpoint in checkpoints/step-N)."""
+    prepare_run(cfg)  # the run directory is checked and locked before anything reads data or writes there
     # Data errors surface before the model loads.
     samples = load_sft_samples(cfg, Path(cfg.trainer.output_dir))
     total = sft_steps(cfg, len(samples))

@@ -1,0 +1,150 @@
+"""Every name in a config checked against the names its registry knows, when the config loads.
+
+A misspelt reward, advantage, loss aggregation, KL estimator, rollout backend or builder is caught here, before any
+model, data or run directory is touched, instead of minutes (or hours) into a run. Each registry is asked for its
+names through one function in `NAME_SOURCES`, so a registry that moves or merges with another needs one line changed
+here. The registries live in higher rooms (rl, rewards, commands); they are imported only when a config is checked,
+so importing `mmrl.config` stays light.
+
+>>> from mmrl.config import load_config
+>>> try:
+...     load_config(None, ["algorithm.loss_aggregation=mean"])
+... except ConfigError as err:
+...     print(str(err).split(";")[0])
+command line: algorithm.loss_aggregation: unknown loss aggregation 'mean'
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from mmrl.errors import ConfigError, UserError
+
+
+def _advantage_names() -> list[str]:
+    from mmrl.rl.advantages import ADVANTAGES
+
+    return ADVANTAGES.names()
+
+
+def _aggregation_names() -> list[str]:
+    from mmrl.rl.losses import AGGREGATIONS
+
+    return AGGREGATIONS.names()
+
+
+def _policy_loss_names() -> list[str]:
+    from mmrl.rl.losses import POLICY_LOSSES
+
+    return POLICY_LOSSES.names()
+
+
+def _kl_names() -> list[str]:
+    from mmrl.rl import kl
+
+    estimators = kl.KL_ESTIMATORS
+    return estimators.names() if hasattr(estimators, "names") else sorted(estimators)
+
+
+def _backend_names() -> list[str]:
+    from mmrl.rl import rollout
+
+    return list(rollout.BACKENDS)
+
+
+def _reward_names() -> list[str]:
+    from mmrl.rewards.registry import list_rewards
+
+    return list_rewards()
+
+
+def _builder_names() -> list[str]:
+    from mmrl.pipeline.builders import known_builders
+
+    return known_builders()
+
+
+# kind -> the function that lists the registered names of that kind.
+NAME_SOURCES: dict[str, Callable[[], list[str]]] = {
+    "advantage estimator": _advantage_names,
+    "loss aggregation": _aggregation_names,
+    "policy loss": _policy_loss_names,
+    "KL estimator": _kl_names,
+    "rollout backend": _backend_names,
+    "reward": _reward_names,
+    "builder": _builder_names,
+}
+
+
+def _named_fields(cfg: Any) -> Iterator[tuple[str, str, str]]:
+    """(dotted field, kind, value) of every registry name in the config."""
+    yield "algorithm.advantage", "advantage estimator", cfg.algorithm.advantage
+    yield "algorithm.loss_aggregation", "loss aggregation", cfg.algorithm.loss_aggregation
+    yield "algorithm.policy_loss", "policy loss", cfg.algorithm.policy_loss
+    if cfg.algorithm.kl_estimator is not None:  # None: the KL placement's own default estimator
+        yield "algorithm.kl_estimator", "KL estimator", cfg.algorithm.kl_estimator
+    yield "rollout.backend", "rollout backend", cfg.rollout.backend
+    for i, spec in enumerate(cfg.rewards):
+        yield f"rewards.{i}.name", "reward", spec.name
+    for s, stage in enumerate(cfg.stages):
+        for i, spec in enumerate(stage.rewards or []):
+            yield f"stages.{s}.rewards.{i}.name", "reward", spec.name
+    for task, name in cfg.eval.reward_for_task.items():
+        yield f"eval.reward_for_task.{task}", "reward", name
+    for i, step in enumerate(cfg.pipeline):
+        if step.kind == "build-data" and isinstance(step.args.get("builder"), str):
+            yield f"pipeline.{i}.args.builder", "builder", step.args["builder"]
+
+
+def _unknown(kind: str, value: str, names: list[str]) -> str:
+    near = difflib.get_close_matches(str(value), names, n=1)
+    hint = f" (did you mean '{near[0]}'?)" if near else ""
+    extra = "; or a user reward as path/to/file.py:function" if kind == "reward" else ""
+    return f"unknown {kind} '{value}'{hint}; valid: {', '.join(names)}{extra}"
+
+
+def _check_reward(value: str, names: list[str]) -> str | None:
+    from mmrl.rewards.registry import is_file_spec, load_file_reward
+
+    if value in names:
+        return None
+    if not is_file_spec(value):
+        return _unknown("reward", value, names)
+    try:
+        load_file_reward(value)  # the file exists, imports, and defines the function
+    except UserError as err:
+        return str(err)
+    return None
+
+
+def check_names(cfg: Any, where: Callable[[str], str]) -> None:
+    """Raise a one-line `ConfigError` for the first name no registry knows; `where(field)` names its source."""
+    cache: dict[str, list[str]] = {}
+    for field, kind, value in _named_fields(cfg):
+        names = cache.setdefault(kind, NAME_SOURCES[kind]())
+        problem = _check_reward(value, names) if kind == "reward" else (
+            None if value in names else _unknown(kind, value, names))
+        if problem is not None:
+            raise ConfigError(f"{where(field)}: {field}: {problem}")
+    _check_reward_lists(cfg, where)
+
+
+def _check_reward_lists(cfg: Any, where: Callable[[str], str]) -> None:
+    """Every reward list non-empty without duplicates; the online filter's metric is one of its rewards."""
+    lists = [("rewards", cfg.rewards)]
+    lists += [(f"stages.{s}.rewards", st.rewards) for s, st in enumerate(cfg.stages) if st.rewards is not None]
+    filt = cfg.algorithm.online_filter
+    for field, specs in lists:
+        if not specs and not cfg.pipeline:
+            raise ConfigError(f"{where(field)}: {field} is empty; give at least one reward, e.g. [{{name: accuracy}}]")
+        names = [s.name for s in specs]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"{where(field)}: {field}: '{duplicates[0]}' is listed twice; combine its weights "
+                              "into one entry")
+        if filt.enabled and specs and filt.metric not in names:
+            raise ConfigError(f"{where('algorithm.online_filter.metric')}: algorithm.online_filter.metric "
+                              f"'{filt.metric}' is not one of the rewards of {field} ({', '.join(names)}); filter on "
+                              "one of them")
