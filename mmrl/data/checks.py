@@ -13,7 +13,8 @@
 `check_for_training` is what the trainers call: errors stop the run before the model loads (naming file:line and sample
 id), bad images follow `data.on_bad_image`, warnings are logged.
 
->>> from mmrl.data.sample import Sample
+>>> from mmrl.data.boxes import FRAMES
+from mmrl.data.sample import Sample
 >>> report = check_samples([Sample(id="a", prompt="<image> and <image>", answer="2", task="count", images=[])],
 ...                        open_images=False, rewards=[])
 >>> [str(f) for f in report.errors]
@@ -29,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmrl.data.boxes import FRAMES
 from mmrl.data.sample import Sample
 from mmrl.data.templates import build_messages
 from mmrl.data.vision import load_image
@@ -133,6 +135,9 @@ def _box_findings(sample: Sample, add) -> None:
     if candidates is None:
         return
     frame = sample.box_frame or "pixel"
+    if frame not in FRAMES:
+        add("error", "box", f"unknown box_frame '{frame}'; use one of {', '.join(FRAMES)}")
+        return
     for box in candidates:
         if not isinstance(box, (list, tuple)) or not all(_is_number(v) for v in box):
             add("error", "box", f"gold {json.dumps(box, default=str)[:80]} is not a box; a box is 4 numbers "
