@@ -120,3 +120,16 @@ def test_corrupt_data_url_image_is_a_check_error(tmp_path, capsys):
     (tmp_path / "d.jsonl").write_text(json.dumps(_trl([{"type": "image_url", "image_url": {"url": url}}, TEXT])) + "\n")
     assert main(["data", "check", str(tmp_path / "d.jsonl")]) == 2
     assert "d.jsonl:1: sample d:1: image 0: " in capsys.readouterr().err
+
+
+def test_hf_image_dict_part_prefers_its_bytes(tmp_path):
+    buf = io.BytesIO()
+    Image.new("RGB", (21, 13)).save(buf, format="PNG")
+    part = {"type": "image", "image": {"bytes": buf.getvalue(), "path": "not/here.png"}}
+    record = {"prompt": [{"role": "user", "content": [part, TEXT]}], "solution": "3"}
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([record]), tmp_path / "d.parquet")
+    (sample,) = load_samples(str(tmp_path / "d.parquet"))
+    assert _sizes(sample) == [(21, 13)]

@@ -33,8 +33,8 @@ def _part_image_ref(part: dict[str, Any]) -> Any:
     """The image a structured part names (path, URI, data URL, bytes), or None for an empty TRL slot."""
     for key in ("image", "image_url", "url", "path"):
         ref = part.get(key)
-        if isinstance(ref, dict):
-            ref = ref.get("url") or ref.get("path") or ref.get("bytes")
+        if isinstance(ref, dict) and "url" in ref:
+            ref = ref["url"]  # OpenAI style {"url": ...}; an HF image dict {"bytes", "path"} goes to ctx.image whole
         if ref not in (None, ""):
             return ref
     return None
