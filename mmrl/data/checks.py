@@ -199,8 +199,9 @@ def _point_findings(sample: Sample, add) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------ golds
-def gold_as_completion(answer: Any) -> str:
-    """The gold written as a model would answer it, so a reward can be asked to score its own gold."""
+def gold_as_completion(answer: Any, tags: Sequence[str] | None = ("<answer>", "</answer>")) -> str:
+    """The gold written as a model would answer it (inside the reward's answer `tags`), so a reward can be asked to
+    score its own gold."""
     if isinstance(answer, str):
         text = answer
     elif isinstance(answer, (list, tuple)) and answer and all(_is_number(v) for v in answer):
@@ -209,7 +210,9 @@ def gold_as_completion(answer: Any) -> str:
         text = answer[0]  # several acceptable answers: any one of them must score
     else:
         text = json.dumps(answer, default=str)
-    return f"<think>checking the gold answer</think><answer>{text}</answer>"
+    if not tags or len(tags) != 2:
+        return text  # a reward reading the whole completion gets the bare answer
+    return f"<think>checking the gold answer</think>{tags[0]}{text}{tags[1]}"
 
 
 def rewards_for_task(task: str) -> list[dict[str, Any]]:
@@ -239,12 +242,12 @@ def _gold_findings(sample: Sample, rewards: Sequence[Any] | None, add) -> None:
         add("warning", "gold", f"no built-in reward scores task '{sample.task}'; check the gold against your run's "
             "rewards with --config RUN.yaml")
         return
-    completion = gold_as_completion(sample.answer)
     columns = {k: [v] for k, v in sample.reward_columns().items()}
     for spec in specs:
         name, kwargs, weight, timeout_s = _spec_fields(spec)
         if weight == 0:
             continue  # zero-weight components are reported by the trainer but never block an item
+        completion = gold_as_completion(sample.answer, kwargs.get("tags", ("<answer>", "</answer>")))
         outcome = call_with_timeout(get_reward(name), timeout_s, [completion], **columns, **kwargs)
         if outcome.status == "timeout":
             add("warning", "gold", f"reward '{name}' took over {timeout_s:g}s on the gold itself; every item of "
