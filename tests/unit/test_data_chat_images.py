@@ -133,3 +133,8 @@ def test_hf_image_dict_part_prefers_its_bytes(tmp_path):
     pq.write_table(pa.Table.from_pylist([record]), tmp_path / "d.parquet")
     (sample,) = load_samples(str(tmp_path / "d.parquet"))
     assert _sizes(sample) == [(21, 13)]
+
+
+def test_load_image_names_a_remote_url_as_remote():
+    with pytest.raises(DataError, match="remote images are not fetched; download them first"):
+        load_image("https://example.com/cat.png")
