@@ -1,8 +1,9 @@
 """Curriculum variants (Curr-ReFT): from samples with verifiable answers, derive yes/no and multiple-choice stages.
 
 - stage 1 (`stage1_yes_no.jsonl`): "Proposed answer: X. Is this correct?" — balanced true/false statements.
-- stage 2 (`stage2_mc.jsonl`): the gold answer among 3 distractors of the right kind: nearby numbers, other colours,
-  other answers of the same task, boxes shifted to IoU < 0.5.
+- stage 2 (`stage2_mc.jsonl`): the gold answer among 3 distractors of the right kind: nearby numbers on both sides
+  (the gold's rank among the options is uniform, see `data_pipelines.distractors`), other colours, other answers of
+  the same task, boxes shifted to IoU < 0.5; options in random order.
 - stage 3 (`stage3_open.jsonl`): the open question, with a prompt that states the expected answer form.
 
 >>> import tempfile
@@ -20,6 +21,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from data_pipelines.distractors import numeric_distractors
 from data_pipelines.synthetic.scenes import COLORS
 from data_pipelines.synthetic.tasks import shifted_boxes
 from mmrl.data.answers import is_number
@@ -45,16 +47,6 @@ def _fmt(answer: Any) -> str:
     return str(answer)
 
 
-def _nearby_numbers(value: str, rng: random.Random) -> list[str]:
-    number = float(value.replace(",", ""))
-    if number.is_integer():
-        steps = [1, -1, 2, -2, 3, 5, 10]
-        return [str(int(number) + s) for s in steps if int(number) + s >= 0 or number < 0][:3]
-    factors = [1.1, 0.9, 1.25, 0.75, 1.5]
-    decimals = len(value.split(".")[-1])
-    return [f"{number * f:.{decimals}f}" for f in factors if f"{number * f:.{decimals}f}" != value][:3]
-
-
 def distractors(sample: Sample, pool: list[str], rng: random.Random) -> list[Any]:
     """Three wrong answers of the same kind as the gold answer (empty when none can be made)."""
     answer = sample.answer
@@ -70,7 +62,9 @@ def distractors(sample: Sample, pool: list[str], rng: random.Random) -> list[Any
     if not isinstance(answer, str):
         return []
     if is_number(answer):
-        return _nearby_numbers(answer, rng)
+        # Counts and measurements are not negative: a negative option would be an easy give-away.
+        minimum = 0 if not answer.strip().startswith("-") else None
+        return numeric_distractors(answer, rng, k=3, minimum=minimum)
     if answer.lower() in COLORS:
         return rng.sample([c for c in COLORS if c != answer.lower()], 3)
     others = sorted({a for a in pool if a.lower() != answer.lower()})

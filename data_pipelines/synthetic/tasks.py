@@ -14,6 +14,7 @@ from typing import Any
 
 from PIL import Image
 
+from data_pipelines.distractors import numeric_distractors
 from data_pipelines.synthetic.scenes import SHAPES, colors_for, number_scene, shape_scene
 from mmrl.data.boxes import box_iou
 
@@ -70,7 +71,7 @@ def count_task(rng: random.Random, size: int, difficulty: int) -> Fact:
         kind = rng.choice(SHAPES)
         image, objects = shape_scene(rng, size, n, colors, shapes=(kind,), min_frac=0.4, max_frac=0.8)
         noun = "shapes"
-    wrong = [str(v) for v in (n + 1, n - 1, n + 2, n - 2, n + 3, n + 4) if v >= 0][:4]
+    wrong = numeric_distractors(n, rng, minimum=0)
     return Fact(image, f"How many {noun} are there?", str(n), "count", wrong,
                 lambda v: f"Are there {v} {noun}?", f"I count {n} {noun}.",
                 {"objects": [o.to_json() for o in objects], "kind": None if noun == "shapes" else kind})
@@ -136,16 +137,13 @@ def grounding_task(rng: random.Random, size: int, difficulty: int) -> Fact:
                 f"{target.box[3]}.", {"objects": [o.to_json() for o in objects], "target": 0})
 
 
-def _nearby(rng: random.Random, value: int, k: int = 4) -> list[str]:
-    steps = [1, -1, 2, -2, 10, -10, 3, 5]
-    return [str(value + s) for s in steps if value + s >= 0][:k]
-
-
 def read_task(rng: random.Random, size: int, difficulty: int) -> Fact:
     digits = {1: 1, 2: 2}.get(difficulty, 3)
     value = rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
     image = number_scene(rng, size, [value])
-    return Fact(image, "What number is shown?", str(value), "number", _nearby(rng, value),
+    low = 0 if digits == 1 else 10 ** (digits - 1)  # options keep the gold's digit count: no give-away by length
+    wrong = numeric_distractors(value, rng, minimum=low, maximum=10**digits - 1)
+    return Fact(image, "What number is shown?", str(value), "number", wrong,
                 lambda v: f"Is the number {v}?", f"I read {value}.", {"numbers": [value]})
 
 
@@ -154,7 +152,8 @@ def add_task(rng: random.Random, size: int, difficulty: int) -> Fact:
     numbers = [rng.randint(1, top) for _ in range(count)]
     total = sum(numbers)
     image = number_scene(rng, size, numbers)
-    return Fact(image, "What is the sum of the numbers?", str(total), "number", _nearby(rng, total),
+    wrong = numeric_distractors(total, rng, minimum=count, maximum=count * top)
+    return Fact(image, "What is the sum of the numbers?", str(total), "number", wrong,
                 lambda v: f"Is the sum of the numbers {v}?",
                 f"I read {', '.join(map(str, numbers))}; the sum is {total}.", {"numbers": numbers})
 

@@ -1,4 +1,4 @@
-"""`mmrl data show|check DATASET`: print a dataset's samples as mmrl reads them, or open every image."""
+"""`mmrl data show|check DATASET`: print a dataset's samples as mmrl reads them, or check them before training."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from mmrl.errors import UserError
 EXAMPLES = """  mmrl data show data/train.jsonl --limit 3
   mmrl data show data/ai2d.parquet --format easyr1 --json
   mmrl data check data/train.jsonl
+  mmrl data check --config configs/quickstart.yaml
 """
 
 
@@ -46,19 +47,48 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(args: argparse.Namespace) -> int:
+def _check_sets(args: argparse.Namespace):
+    """(data config, [(dataset spec, rewards or None)]) for `data check`: the named dataset, or every set of --config."""
     from mmrl.config.data import DataConfig
-    from mmrl.data.dataset import load_samples
-    from mmrl.data.vision import find_bad_images
 
-    cfg = DataConfig(max_image_pixels=args.max_image_pixels) if args.max_image_pixels else DataConfig()
-    samples = load_samples(_spec(args))
-    problems = find_bad_images(samples, cfg)
-    images = sum(len(s.images) for s in samples)
-    for problem in problems:
-        print(f"{problem['id']}: {problem['reason']}", file=sys.stderr)
-    print(f"{len(samples)} samples, {images} images, {len(problems)} bad")
-    return 1 if problems else 0
+    if args.config is None:
+        if args.dataset is None:
+            raise UserError("say what to check: `mmrl data check DATASET` or `mmrl data check --config RUN.yaml`")
+        cfg = DataConfig(max_image_pixels=args.max_image_pixels) if args.max_image_pixels else DataConfig()
+        return cfg, [(_spec(args), None)]
+    from mmrl.config.loader import load_config
+
+    run = load_config(args.config)
+    data_cfg = run.data.model_copy(update={"max_image_pixels": args.max_image_pixels}) if args.max_image_pixels \
+        else run.data
+    if args.dataset is not None:
+        return data_cfg, [(_spec(args), list(run.rewards))]
+    sets = [(spec, list(run.rewards)) for spec in run.data.train]
+    for stage in run.stages:
+        if stage.enabled and (stage.data or stage.rewards):
+            sets += [(spec, list(stage.rewards or run.rewards)) for spec in (stage.data or run.data.train)]
+    sets += [(spec, None) for spec in run.data.eval]  # evaluation scores by task, as the accuracy reward does
+    unique = {(spec.model_dump_json(), repr(rewards)): (spec, rewards) for spec, rewards in sets}
+    sets = list(unique.values())
+    if not sets:
+        raise UserError(f"{args.config}: no datasets to check (data.train, data.eval and stages[].data are empty)")
+    return data_cfg, sets
+
+
+def _check(args: argparse.Namespace) -> int:
+    from mmrl.data.checks import check_samples
+    from mmrl.data.dataset import load_samples
+
+    data_cfg, sets = _check_sets(args)
+    errors = 0
+    for spec, rewards in sets:
+        samples = load_samples(spec)
+        report = check_samples(samples, data_cfg, rewards, open_images=not args.no_images)
+        for finding in report.findings:
+            print(f"{finding.level}: {finding}", file=sys.stderr)
+        print(f"{spec.path}: {report.summary()}")
+        errors += len(report.errors)
+    return 2 if errors else 0
 
 
 def register(subparsers, name: str) -> None:
@@ -66,9 +96,12 @@ def register(subparsers, name: str) -> None:
                          "Read a dataset in any supported format (auto-detected) and show or check its samples.",
                          EXAMPLES)
     sub = parser.add_subparsers(dest="data_command", metavar="{show,check}")
-    for verb, help_text in (("show", "print samples"), ("check", "open every image and report problems")):
+    check_help = ("find what would crash or mislead training: bad images, image slots vs images, boxes outside "
+                  "their image or frame, golds the rewards cannot score; exit 2 on errors")
+    for verb, help_text in (("show", "print samples"), ("check", check_help)):
         p = sub.add_parser(verb, help=help_text, description=help_text)
-        p.add_argument("dataset", help="JSONL/JSON/parquet file, imagefolder directory or datasets spec")
+        p.add_argument("dataset", nargs=None if verb == "show" else "?",
+                       help="JSONL/JSON/parquet file, imagefolder directory or datasets spec")
         p.add_argument("--format", default="auto", help="data format (default: auto-detect)")
         p.add_argument("--split", default=None, help="split for datasets specs")
         p.add_argument("--image-root", default=None, help="directory image paths are relative to")
@@ -78,6 +111,10 @@ def register(subparsers, name: str) -> None:
             p.set_defaults(func=_show)
         else:
             p.add_argument("--max-image-pixels", type=int, default=None, help="reject larger images")
+            p.add_argument("--config", default=None, metavar="RUN.yaml",
+                           help="check golds against this run's rewards (and, without DATASET, all of its data)")
+            p.add_argument("--no-images", action="store_true", help="do not open images (faster; boxes in pixels "
+                           "are then checked only against a declared image_size)")
             p.set_defaults(func=_check)
 
     def missing(args: argparse.Namespace) -> int:

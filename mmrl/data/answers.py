@@ -40,7 +40,9 @@ def clean_answer(value: Any) -> Any:
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() else repr(value)
     if isinstance(value, (list, tuple)):
-        if len(value) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        if value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            # Numbers stay numbers: a box keeps its 4 coordinates, and a 5-number "box" stays visibly wrong for
+            # `mmrl data check` instead of becoming five acceptable text answers.
             return [float(v) if isinstance(v, float) else v for v in value]
         return [clean_answer(v) for v in value]
     if not isinstance(value, str):

@@ -22,6 +22,7 @@ from mmrl.errors import DataError
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 METADATA_FILES = ("metadata.jsonl", "metadata.json")
+BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -32,9 +33,21 @@ class RawRecord:
     base_dir: Path | None  # relative image paths resolve against this
 
 
+def _not_utf8(path: Path, lineno: int, byte: int, column: int) -> DataError:
+    return DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{byte:02x} at column {column}); re-save the file as "
+                     "UTF-8")
+
+
 def _read_jsonl(path: Path) -> Iterator[RawRecord]:
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
+    # Bytes in, so a non-UTF-8 line is reported with its number instead of a traceback from the text decoder.
+    with path.open("rb") as handle:
+        for lineno, raw_line in enumerate(handle, start=1):
+            if lineno == 1 and raw_line.startswith(BOM):
+                raw_line = raw_line[len(BOM):]  # editors on Windows write one; it is not part of the record
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise _not_utf8(path, lineno, err.object[err.start], err.start + 1) from None
             if not line.strip():
                 continue
             try:
@@ -48,8 +61,17 @@ def _read_jsonl(path: Path) -> Iterator[RawRecord]:
 
 
 def _read_json(path: Path) -> Iterator[RawRecord]:
+    data_bytes = path.read_bytes()
+    if data_bytes.startswith(BOM):
+        data_bytes = data_bytes[len(BOM):]
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = data_bytes.decode("utf-8")
+    except UnicodeDecodeError as err:
+        lineno = data_bytes.count(b"\n", 0, err.start) + 1
+        column = err.start - (data_bytes.rfind(b"\n", 0, err.start) + 1)
+        raise _not_utf8(path, lineno, data_bytes[err.start], column + 1) from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: malformed JSON ({err.msg}, column {err.colno})") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):

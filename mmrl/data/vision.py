@@ -121,6 +121,8 @@ def load_image(src: Any, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                 raise DataError(f"{where}: empty image bytes")
             handle: Any = io.BytesIO(src)
         else:
+            if isinstance(src, str) and src.lower().startswith(("http://", "https://")):
+                raise DataError(f"{where}: remote images are not fetched; download them first and give the local path")
             path = image_source_path(src)
             if path is None:
                 raise DataError(f"{where}: not an image reference (expected a path, URI, bytes or PIL image)")

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from mmrl.config import MMRLConfig
+from mmrl.data.checks import check_for_training
 from mmrl.data.dataset import load_datasets
-from mmrl.data.vision import check_images
 from mmrl.engine.distributed import all_gather_objects
 from mmrl.engine.optim import build_scheduler
 from mmrl.engine.run import TrainingRun, prepare_run, start_run
@@ -56,7 +56,8 @@ class GRPOTrainer:
         self.run_dir = Path(cfg.trainer.output_dir)
         # Data problems surface before the model loads: every stage's dataset is read and checked first.
         for start, _name in self.schedule.boundaries():
-            self._load(self.schedule.stage_at(start).data or tuple(cfg.data.train))
+            stage = self.schedule.stage_at(start)
+            self._load(stage.data or tuple(cfg.data.train), stage.rewards)
         self.run: TrainingRun = start_run(cfg, total_steps=self.schedule.total_steps)
         # The LR schedule reads the run length at every step: an until_metric that ends a stage early shortens it.
         self.run.scheduler = build_scheduler(self.run.optimizer, cfg.optimizer, lambda: self.schedule.total_steps)
@@ -69,13 +70,13 @@ class GRPOTrainer:
         self.eval_samples = self._load(tuple(cfg.data.eval)) if cfg.data.eval and cfg.trainer.eval_steps else []
 
     # -- per-stage parts, built once and cached by their spec --------------------------------------------------
-    def _load(self, specs: tuple) -> list:
+    def _load(self, specs: tuple, rewards: tuple | None = None) -> list:
         key = _key(specs)
         if key not in self._datasets:
             samples = load_datasets(list(specs), self.cfg.data)
             if not samples:
                 raise UserError(f"data: the dataset(s) {[s.path for s in specs]} contain no samples")
-            self._datasets[key] = check_images(samples, self.cfg.data, run_dir=self.run_dir)
+            self._datasets[key] = check_for_training(samples, self.cfg.data, rewards)  # writes nothing
         return self._datasets[key]
 
     def _sampler(self, specs: tuple) -> PromptSampler:

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from mmrl.config import MMRLConfig
+from mmrl.data.checks import check_for_training
 from mmrl.data.collate import encode_sft
 from mmrl.data.dataset import load_datasets
-from mmrl.data.vision import check_images
 from mmrl.engine.distributed import all_reduce_sum
 from mmrl.engine.run import TrainingRun, prepare_run, start_run
 from mmrl.engine.run_logger import PhaseTimer
@@ -59,7 +59,7 @@ def load_sft_samples(cfg: MMRLConfig, run_dir: Path) -> list:
     if missing:
         raise UserError(f"data.train: sample {missing[0]} has no target response ({len(missing)} of {len(samples)} "
                         "lack one); SFT needs a `response` (e.g. <think>...</think><answer>...</answer>) per record")
-    return check_images(samples, cfg.data, run_dir=run_dir)
+    return check_for_training(samples, cfg.data, rewards=[])  # SFT learns responses: golds are not scored
 
 
 def train_sft(cfg: MMRLConfig) -> Path:

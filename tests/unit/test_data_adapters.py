@@ -23,7 +23,7 @@ EXPECTED = {
     "curr_reft.jsonl": ("curr_reft", "curr_reft:1", "yes", "yes_no", ["c.png"], "cat"),
     "sharegpt.jsonl": ("sharegpt", "sharegpt:1", "red", "text", ["a.png"], "color"),
     "r1v_counting.jsonl": ("r1v_counting", "r1v_counting:1", "4", "count", ["a.png"], "different items"),
-    "ui_r1.json": ("ui_r1", "ui_r1:0", {"action_type": "click", "x": 1027, "y": 209}, "gui", ["wide.png"], "more"),
+    "ui_r1.json": ("ui_r1", "ui_r1:0", {"action_type": "click", "x": 1027, "y": 209}, "gui", ["screen.png"], "more"),
     "mathverse.json": ("mathverse", "1", "D", "mc", [], "angle CED"),
 }
 

@@ -29,10 +29,10 @@ def test_check_reports_bad_images_with_ids(tmp_path, capsys):
     (tmp_path / "zero.png").write_bytes(b"")
     (tmp_path / "d.jsonl").write_text('{"id": "ok", "prompt": "q", "answer": "1", "images": []}\n'
                                       '{"id": "bad", "prompt": "q", "answer": "1", "images": ["zero.png"]}\n')
-    assert main(["data", "check", str(tmp_path / "d.jsonl")]) == 1
+    assert main(["data", "check", str(tmp_path / "d.jsonl")]) == 2
     captured = capsys.readouterr()
     assert "bad: " in captured.err and "empty file (0 bytes)" in captured.err
-    assert "2 samples, 1 images, 1 bad" in captured.out
+    assert "2 samples, 1 images: 1 errors in 1 samples" in captured.out
 
 
 def test_user_errors_are_one_line(tmp_path, capsys):

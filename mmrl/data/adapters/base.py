@@ -6,6 +6,8 @@ spec skips detection. Unknown formats fail with the list of known ones.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +40,8 @@ class ConvertContext:
         return DataError(f"{self.location}: {message}")
 
     def image(self, value: Any) -> Any:
-        """Resolve one image reference: relative path -> absolute path; `file://` URI -> path; bytes -> PIL."""
+        """Resolve one image reference: relative path -> absolute path; `file://` URI -> path; bytes or a base64
+        `data:` URL -> PIL; an http(s) URL is an error (mmrl never downloads during training)."""
         if isinstance(value, dict) and ("bytes" in value or "path" in value):
             if value.get("bytes"):
                 return _open_bytes(value["bytes"])
@@ -49,12 +52,28 @@ class ConvertContext:
             value = str(value)
         if not isinstance(value, str):
             return value  # a PIL image (datasets Image feature) or something load_image will reject by name
+        if value.startswith("data:"):
+            return self._data_url(value)
+        if value.lower().startswith(("http://", "https://")):
+            raise self.fail(f"image {value[:120]}: remote images are not fetched; download them first and give "
+                            "the local path")
         text = value[len("file://"):] if value.startswith("file://") else value
         path = Path(text).expanduser()
         root = self.image_root or self.base_dir
         if not path.is_absolute() and root is not None:
             path = root / path
         return str(path.absolute())
+
+    def _data_url(self, url: str) -> Any:
+        """`data:image/png;base64,...` -> a PIL image decoded in memory (no temporary file)."""
+        header, sep, payload = url.partition(",")
+        if not sep or ";base64" not in header:
+            raise self.fail(f"image data URL '{url[:40]}...' is not base64 (expected data:image/...;base64,...)")
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise self.fail(f"image data URL '{url[:40]}...' has invalid base64 data") from None
+        return _open_bytes(data)
 
     def images(self, value: Any) -> list[Any]:
         """Resolve an image field that may be missing, one reference, or a list (order kept)."""

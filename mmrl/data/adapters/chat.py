@@ -24,8 +24,29 @@ def _text_of(content: Any) -> str:
     return "".join(p.get("text", "") for p in content or [] if isinstance(p, dict) and p.get("type") == "text")
 
 
+IMAGE_PARTS = ("image", "image_url", "input_image")
+VIDEO_PARTS = ("video", "video_url", "input_video")
+TEXT_PARTS = ("text", "input_text")
+
+
+def _part_image_ref(part: dict[str, Any]) -> Any:
+    """The image a structured part names (path, URI, data URL, bytes), or None for an empty TRL slot."""
+    for key in ("image", "image_url", "url", "path"):
+        ref = part.get(key)
+        if isinstance(ref, dict) and "url" in ref:
+            ref = ref["url"]  # OpenAI style {"url": ...}; an HF image dict {"bytes", "path"} goes to ctx.image whole
+        if ref not in (None, ""):
+            return ref
+    return None
+
+
 def normalize_messages(messages: list[dict[str, Any]], ctx: ConvertContext) -> tuple[list[dict[str, Any]], list]:
-    """Roles -> user/assistant/system; structured image parts -> `{"type": "image"}` slots (their paths collected)."""
+    """Roles -> user/assistant/system; structured image parts -> `{"type": "image"}` slots.
+
+    Returns the messages and, per image slot in order, its resolved image or None when the slot names none (TRL
+    fills those from the record's `images`, see `merge_images`). A part mmrl cannot read (video, audio, ...) rejects
+    the record: dropping it would silently change what the model is asked.
+    """
     out, images = [], []
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
@@ -37,19 +58,47 @@ def normalize_messages(messages: list[dict[str, Any]], ctx: ConvertContext) -> t
         if isinstance(content, list):
             parts = []
             for part in content:
-                kind = part.get("type") if isinstance(part, dict) else None
-                if kind == "image" or (isinstance(part, dict) and "image" in part and kind != "text"):
-                    ref = part.get("image") or part.get("image_url") or part.get("path")
-                    if isinstance(ref, dict):
-                        ref = ref.get("url")
-                    if ref is not None:
-                        images.append(ctx.image(ref))
+                if isinstance(part, str):
+                    parts.append({"type": "text", "text": part})
+                    continue
+                if not isinstance(part, dict):
+                    raise ctx.fail(f"message {index}: content part {part!r:.60} is not an object")
+                kind = part.get("type") or ("image" if "image" in part or "image_url" in part else None)
+                if kind in VIDEO_PARTS or (kind is None and "video" in part):
+                    raise ctx.fail(f"message {index}: video inputs are not supported; extract frames as images "
+                                   "or remove the record")
+                if kind in IMAGE_PARTS:
+                    ref = _part_image_ref(part)
+                    images.append(ctx.image(ref) if ref is not None else None)
                     parts.append({"type": "image"})
-                elif kind == "text":
+                elif kind in TEXT_PARTS or (kind is None and "text" in part):
                     parts.append({"type": "text", "text": part.get("text", "")})
+                else:
+                    raise ctx.fail(f"message {index}: content part of type {kind!r} is not supported (text and "
+                                   "image parts are)")
             content = parts
         out.append({"role": role, "content": content if content is not None else ""})
     return out, images
+
+
+def merge_images(slots: list, listed: list, ctx: ConvertContext) -> list:
+    """One image per slot: a slot naming its image keeps it; empty slots take the record's listed images in order.
+
+    A record whose two sources disagree is rejected, never resolved by silently dropping one of them.
+    """
+    if not slots:
+        return listed
+    empty = sum(1 for ref in slots if ref is None)
+    if empty == 0:
+        if listed and [str(r) for r in listed] != [str(r) for r in slots]:
+            raise ctx.fail(f"the prompt's image parts name {len(slots)} image(s) and the record's image field "
+                           f"lists {len(listed)} other(s); keep one of the two lists")
+        return slots
+    if len(listed) != empty:
+        raise ctx.fail(f"the prompt has {empty} image slot(s) without a path but the record's image field lists "
+                       f"{len(listed)} image(s); make them match")
+    queue = iter(listed)
+    return [ref if ref is not None else next(queue) for ref in slots]
 
 
 def _split_turns(messages: list[dict[str, Any]], ctx: ConvertContext) -> tuple[Any, str | None]:
@@ -90,7 +139,7 @@ def _convert_trl(record: dict[str, Any], ctx: ConvertContext) -> Sample:
         answer = clean_answer(_text_of(completion[-1]["content"]))
     else:
         answer = ctx.answer(record, "solution", "answer")
-    images = inline or ctx.images(record.get("images", record.get("image")))
+    images = merge_images(inline, ctx.images(record.get("images", record.get("image"))), ctx)
     return _sample(ctx, record, prompt, answer, images)
 
 
@@ -104,7 +153,8 @@ def _convert_mm_eureka(record: dict[str, Any], ctx: ConvertContext) -> Sample:
         raw = json.loads(record["message"])
     except json.JSONDecodeError as err:
         raise ctx.fail(f"field 'message' is not valid JSON ({err.msg})") from None
-    messages, images = normalize_messages(raw, ctx)
+    messages, inline = normalize_messages(raw, ctx)
+    images = merge_images(inline, ctx.images(record.get("images", record.get("image"))), ctx)
     prompt, _ = _split_turns(messages, ctx)
     answer = ctx.answer(record, "answer", "solution")
     return _sample(ctx, record, prompt, answer, images)
@@ -123,7 +173,8 @@ def _convert_conversation(record: dict[str, Any], ctx: ConvertContext, images: l
     answer = clean_answer(strip_answer_tags(response))
     meta = {k: record[k] for k in ("accu_reward_method", "system") if k in record}
     task = "grounding" if record.get("accu_reward_method") == "iou" else None
-    return _sample(ctx, record, prompt, answer, inline or images, response=response, task=task, meta=meta)
+    return _sample(ctx, record, prompt, answer, merge_images(inline, images, ctx), response=response, task=task,
+                   meta=meta)
 
 
 def _convert_vlm_r1(record: dict[str, Any], ctx: ConvertContext) -> Sample:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from mmrl.data.adapters.base import Adapter, ConvertContext, register_adapter
-from mmrl.data.adapters.chat import _prompt_text, _split_turns, normalize_messages
+from mmrl.data.adapters.chat import _prompt_text, _split_turns, merge_images, normalize_messages
 from mmrl.data.answers import infer_task, is_number, options_in_text
 from mmrl.data.sample import Sample
 
@@ -33,16 +33,18 @@ def _convert_verl(record: dict[str, Any], ctx: ConvertContext) -> Sample:
     if truth in (None, ""):
         raise ctx.fail("record has no gold answer (field 'reward_model.ground_truth')")
     prompt: Any = record["prompt"]
+    images = ctx.images(record.get("images"))
     if isinstance(prompt, list):
-        messages, _ = normalize_messages(prompt, ctx)
+        messages, inline = normalize_messages(prompt, ctx)
         prompt, _ = _split_turns(messages, ctx)
+        images = merge_images(inline, images, ctx)
     answer = ctx.answer({"a": truth}, "a")
     ability = str(record.get("ability") or "")
     task = "math" if ability == "math" and infer_task(answer) in ("number", "math", "text") else None
     meta = {k: record[k] for k in ("data_source", "ability") if k in record}
     return Sample(id=ctx.default_id(record), prompt=prompt, answer=answer,
                   task=task or infer_task(answer, None, _prompt_text(prompt)),
-                  images=ctx.images(record.get("images")), meta=meta)
+                  images=images, meta=meta)
 
 
 def _detect_easyr1(record: dict[str, Any]) -> bool:
