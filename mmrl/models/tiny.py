@@ -36,7 +36,7 @@ SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 # Reasoning tags are *added but not special* tokens: `decode(skip_special_tokens=True)` must keep them, or every
-# format and answer reward silently reads 0 (see shared/design/learning-on-cpu.md).
+# format and answer reward silently reads 0.
 REASONING_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
 
 # Qwen2-VL-style chat template without the default system prompt (fewer tokens for a tiny model). The
