@@ -23,6 +23,7 @@ from mmrl.rl.prefix import (
     SEQUENCE_KEYS,
     cache_compatible,
     continue_from,
+    note_naive_fallback,
     run_prefix,
     strip_padding,
     supports_prefix_sharing,
@@ -102,6 +103,7 @@ def completion_logprobs(
     (the sampling temperature, as TRL does). Falls back to `naive_completion_logprobs` for models it cannot branch.
     """
     if not supports_prefix_sharing(model):
+        note_naive_fallback(model)
         return naive_completion_logprobs(model, prompt, completion_ids, completion_mask,
                                          temperature=temperature, chunk_size=chunk_size)
     prompt, completion_ids, completion_mask = to_model_device((prompt, completion_ids, completion_mask), model)

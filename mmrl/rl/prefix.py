@@ -44,6 +44,18 @@ def supports_prefix_sharing(model: Any) -> bool:
     )
 
 
+_FALLBACK_NOTED: set[str] = set()
+
+
+def note_naive_fallback(model: Any) -> None:
+    """Say once per architecture that it runs the naive forward (prompt and image recomputed per completion)."""
+    kind = str(getattr(unwrap(model).config, "model_type", type(unwrap(model)).__name__))
+    if kind not in _FALLBACK_NOTED:
+        _FALLBACK_NOTED.add(kind)
+        warnings.warn(f"{kind}: no shared-prefix forward for this architecture; using the naive forward (the prompt "
+                      f"and its image are recomputed for each of the G completions)", stacklevel=3)
+
+
 def strip_padding(prompt: dict[str, Any]) -> dict[str, Any]:
     """Drop padded columns of a single prompt (batch dim 1), so the prefix is exactly its real tokens."""
     mask = prompt.get("attention_mask")

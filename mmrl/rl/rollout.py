@@ -24,7 +24,14 @@ from mmrl.errors import UserError
 from mmrl.models.placement import compute_autocast, model_device, to_model_device
 from mmrl.models.tokens import placeholder_token_ids
 from mmrl.rl.logprobs import repeat_prompt
-from mmrl.rl.prefix import continue_from, run_prefix, strip_padding, supports_prefix_sharing, unwrap
+from mmrl.rl.prefix import (
+    continue_from,
+    note_naive_fallback,
+    run_prefix,
+    strip_padding,
+    supports_prefix_sharing,
+    unwrap,
+)
 from mmrl.rl.sampling import sample_next
 
 # Tokens removed from decoded texts (reasoning tags like <think> must survive: rewards read them).
@@ -295,9 +302,11 @@ BACKENDS = ("hf",)
 
 
 def make_backend(model: Any, processor: Any, name: str = "hf", share_prompt: bool = True) -> RolloutBackend:
-    """`hf`: the shared-prefix backend for Qwen2-VL/Qwen2.5-VL (unless `share_prompt` is False), naive otherwise."""
+    """`hf`: the shared-prefix backend for Qwen2-VL/2.5-VL/3-VL (unless `share_prompt` is False), naive otherwise."""
     if name not in BACKENDS:
         raise UserError(f"rollout.backend: unknown backend '{name}'; valid: {', '.join(BACKENDS)}")
     if share_prompt and supports_prefix_sharing(model):
         return HFSharedPrefixBackend(model, processor)
+    if share_prompt:
+        note_naive_fallback(model)
     return HFNaiveBackend(model, processor)
