@@ -225,6 +225,10 @@ def build_model(config, seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config)
+        if config.model_type == "gemma3":
+            from mmrl.models.tiny_archs import finish_gemma3_init
+
+            finish_gemma3_init(model)
     return model.to(torch.float32).eval()
 
 

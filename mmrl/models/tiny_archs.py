@@ -126,3 +126,13 @@ def gemma3_tokenizer_kwargs() -> dict[str, Any]:
         "extra_special_tokens": {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
                                  "image_token": "<image_soft_token>"},
     }
+
+
+def finish_gemma3_init(model: Any) -> None:
+    """Gemma3 initialises its image projection to zeros (a checkpoint overwrites it); random tiny weights would then
+    pass no image information and no gradient to the vision tower, so draw it like the other projections."""
+    import torch
+
+    weight = model.model.multi_modal_projector.mm_input_projection_weight
+    with torch.no_grad():
+        weight.normal_(0.0, 0.02)
