@@ -23,8 +23,9 @@ class LoraConfig(Section):
 class ModelConfig(Section):
     name_or_path: str = Field(
         "tiny",
-        description="Local path or hub id of an image-text-to-text model; 'tiny' or 'small' builds the embedded "
-        "offline model once into the cache (~/.cache/mmrl or $MMRL_CACHE) and reuses it.",
+        description="Local path or hub id of an image-text-to-text model; a preset name ('tiny', 'small', "
+        "'tiny-qwen3-vl', 'tiny-gemma3', ...; `mmrl model build-tiny --help` lists them) builds the embedded offline "
+        "model once into the cache (~/.cache/mmrl or $MMRL_CACHE) and reuses it.",
     )
     dtype: Literal["auto", "bf16", "fp32"] = Field(
         "auto",

@@ -232,7 +232,7 @@ def build_model(config, seed: int = 0):
     return model.to(torch.float32).eval()
 
 
-def _build_parts(spec: TinyPreset, seed: int):
+def build_parts(spec: TinyPreset, seed: int):
     """(tokenizer, processor, config, eos token, pad token) of a preset, by architecture."""
     from mmrl.models.tiny_archs import build_gemma3, build_qwen3_vl
 
@@ -260,7 +260,7 @@ def build_tiny_model(out_dir: str | os.PathLike, preset: str = "tiny", seed: int
     spec = PRESETS[preset]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer, processor, config, eos, pad = _build_parts(spec, seed)
+    tokenizer, processor, config, eos, pad = build_parts(spec, seed)
     model = build_model(config, seed=seed)
     model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(eos)
     model.generation_config.pad_token_id = tokenizer.convert_tokens_to_ids(pad)

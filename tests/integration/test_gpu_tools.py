@@ -1,0 +1,36 @@
+"""The GPU check script and the throughput program work on a CPU-only machine too (one says so, one smoke-runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible: the script would run the full check")
+def test_gpu_check_exits_cleanly_without_a_gpu():
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
+                            timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines() == [
+        "gpu_check: no CUDA device visible (torch.cuda.is_available() is False); nothing to check"]
+
+
+def test_throughput_program_runs_the_training_code_on_cpu(tmp_path):
+    out = tmp_path / "figures.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_throughput.py"), "--preset", "tiny", "--device", "cpu",
+           "--dtype", "fp32", "--steps", "1", "--prompts", "1", "--group-size", "2", "--max-new-tokens", "4",
+           "--image-side", "56", "--json", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["rollout_tokens_per_s"] > 0 and figures["train_tokens_per_s"] > 0
+    assert result.stdout.strip().splitlines()[-1].startswith("train_tokens_per_s=")
