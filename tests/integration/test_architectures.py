@@ -154,3 +154,16 @@ def test_eval_cli(preset_name, tmp_path, capsys):
     assert code == 0, capsys.readouterr()
     report = json.loads((out / "report.json").read_text())
     assert report["model"] == preset_name and report["n"] == 2
+
+
+def test_sampler_log_probs_match_the_training_forward(policy):
+    """What the rollout says it sampled with is what the training forward recomputes (shared-prefix presets)."""
+    preset, model, processor = policy
+    if not SHARES_PREFIX[preset]:
+        pytest.skip("the naive backend returns no sampler log-probs")
+    prompt = make_prompt(processor, 96, 64, seed=3)
+    batch = make_backend(model, processor).generate([prompt], 3, max_new_tokens=6, temperature=0.8,
+                                                    generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        recomputed = completion_logprobs(model, prompt, batch.completion_ids, batch.completion_mask, temperature=0.8)
+    assert (recomputed - batch.logprobs).abs().max() < 1e-5

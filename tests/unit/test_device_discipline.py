@@ -77,3 +77,12 @@ def test_every_tensor_factory_names_its_device():
 )
 def test_the_checker_flags_what_it_should(source, flagged):
     assert len(undeviced_factories(source)) == flagged
+
+
+@pytest.mark.parametrize("name", ["mmrl.models.placement", "mmrl.models.tokens"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
