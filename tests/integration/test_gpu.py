@@ -38,7 +38,8 @@ def synthetic_data(tmp_path_factory) -> Path:
 def grpo_overrides(data: Path, out: Path, **extra) -> list[str]:
     base = {"data.train": str(data), "trainer.output_dir": str(out), "trainer.report_to": "[jsonl]",
             "trainer.progress": "false", "trainer.save_steps": 0, "trainer.sample_steps": 0, "trainer.max_steps": 2,
-            "trainer.device": "cuda", "model.dtype": "bf16", "rollout.max_completion_length": 8,
+            "trainer.device": "cuda", "model.dtype": "bf16", "model.attn_implementation": "sdpa",
+            "rollout.max_completion_length": 8,
             "rewards": f"[{{name: '{REWARD}:reward'}}]", "optimizer.lr": 1e-3}
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
