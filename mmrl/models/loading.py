@@ -58,9 +58,10 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def weights_dtype(compute: torch.dtype, for_training: bool) -> torch.dtype:
-    """Training keeps float32 weights (bf16 compute runs under autocast); inference holds weights in `compute`."""
-    return torch.float32 if for_training else compute
+def weights_dtype(compute: torch.dtype, trains_weights: bool) -> torch.dtype:
+    """Weights the optimizer steps stay float32 (bf16 compute runs under autocast); weights it never steps (inference,
+    or the frozen base under LoRA, whose adapters peft keeps in float32) are held in `compute`."""
+    return torch.float32 if trains_weights else compute
 
 
 def enable_activation_checkpointing(model: Any) -> None:
@@ -122,7 +123,8 @@ def apply_lora(model: torch.nn.Module, cfg: ModelConfig):
     return get_peft_model(model, config)
 
 
-def load_policy(cfg: ModelConfig, device: torch.device | str | None = None, for_training: bool = True) -> LoadedModel:
+def load_policy(cfg: ModelConfig, device: torch.device | str | None = None, for_training: bool = True,
+                _frozen_base: bool = False) -> LoadedModel:
     """Load model + processor as `cfg` says (dtype, attention, freezing, LoRA, gradient checkpointing)."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
@@ -144,7 +146,7 @@ def load_policy(cfg: ModelConfig, device: torch.device | str | None = None, for_
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             path,
-            dtype=weights_dtype(compute, for_training),
+            dtype=weights_dtype(compute, for_training and not cfg.lora.enabled and not _frozen_base),
             attn_implementation=pick_attn_implementation(cfg.attn_implementation, device, compute),
             trust_remote_code=cfg.trust_remote_code,
         )
@@ -186,7 +188,8 @@ def _load_adapter_checkpoint(cfg: ModelConfig, path: str, base: str, device: tor
     from peft import PeftModel
 
     base_cfg = cfg.model_copy(update={"name_or_path": base, "lora": cfg.lora.model_copy(update={"enabled": False})})
-    loaded = load_policy(base_cfg, device=device, for_training=for_training)
+    loaded = load_policy(base_cfg, device=device, for_training=for_training,
+                         _frozen_base=cfg.lora.enabled and for_training)
     model = PeftModel.from_pretrained(loaded.model, path, is_trainable=cfg.lora.enabled and for_training)
     processor = load_processor(path) if (Path(path) / "tokenizer_config.json").is_file() else loaded.processor
     if processor.tokenizer.pad_token is None:

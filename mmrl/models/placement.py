@@ -5,8 +5,8 @@ encodes them, and everything derived from a rollout is created on the device the
 assumes the CPU (NCCL, CUDA sampling generators and CUDA kernels all reject CPU tensors).
 
 Precision (`model.dtype`): for training, weights and optimizer state stay float32 and the forward runs under bf16
-autocast (mixed precision: AdamW steps of ~1e-6 relative size would round away in bf16 weights); for inference-only
-loads the weights themselves are bf16. `compute_autocast(model)` is entered by every forward entry point (rollout,
+autocast (mixed precision: AdamW steps of ~1e-6 relative size would round away in bf16 weights); weights never stepped
+(inference-only loads, a LoRA run's frozen base) are themselves bf16. `compute_autocast(model)` is entered by every forward entry point (rollout,
 log-probs, SFT, eval). Log-probs, advantages and losses are float32 whatever the compute dtype.
 
 >>> import torch

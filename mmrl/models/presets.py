@@ -11,7 +11,8 @@ class TinyPreset:
 
     `arch` picks the architecture (qwen2_5_vl, qwen3_vl, gemma3); `patch_size`, `vision_positions` (Qwen3-VL's
     learned position grid, a square) and `deepstack_indexes` (Qwen3-VL), `image_size` and `mm_tokens_per_image`
-    (Gemma3's fixed input side and soft tokens per image, a square) apply to the architectures that have them.
+    (Gemma3's fixed input side and soft tokens per image, a square) apply to the architectures that have them;
+    `tie_embeddings` shares the input embedding with the LM head (Qwen2.5-VL-3B does, 7B does not).
     """
 
     text_hidden: int
@@ -35,6 +36,7 @@ class TinyPreset:
     deepstack_indexes: tuple[int, ...] = field(default=())
     image_size: int = 64
     mm_tokens_per_image: int = 4
+    tie_embeddings: bool = False
 
 
 PRESETS: dict[str, TinyPreset] = {
@@ -68,7 +70,7 @@ PRESETS: dict[str, TinyPreset] = {
         text_hidden=2048, text_layers=36, text_heads=16, text_kv_heads=2, text_intermediate=11008,
         vision_hidden=1280, vision_depth=32, vision_heads=16, vision_intermediate=3420,
         mrope_section=(16, 24, 24), fullatt_block_indexes=(7, 15, 23, 31), vocab_size=151936,
-        min_pixels=4 * 28 * 28, max_pixels=1280 * 28 * 28,
+        min_pixels=4 * 28 * 28, max_pixels=1280 * 28 * 28, tie_embeddings=True,
         description="Qwen2.5-VL-3B dimensions, random weights (benchmarks only)",
     ),
     "qwen2.5-vl-7b": TinyPreset(

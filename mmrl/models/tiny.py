@@ -185,7 +185,7 @@ def build_config(preset: TinyPreset, tokenizer=None):
         "num_key_value_heads": preset.text_kv_heads,
         "max_position_embeddings": 32768,
         "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": list(preset.mrope_section)},
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": preset.tie_embeddings,
     }
     if ids is not None:
         text_config.update(bos_token_id=None, eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
@@ -213,7 +213,7 @@ def build_config(preset: TinyPreset, tokenizer=None):
             "pad_token_id": ids("<|endoftext|>"),
         }
     config = Qwen2_5_VLConfig(text_config=text_config, vision_config=vision_config, **kwargs)
-    config.tie_word_embeddings = False
+    config.tie_word_embeddings = preset.tie_embeddings
     config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
     return config
 

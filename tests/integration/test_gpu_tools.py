@@ -34,3 +34,16 @@ def test_throughput_program_runs_the_training_code_on_cpu(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["rollout_tokens_per_s"] > 0 and figures["train_tokens_per_s"] > 0
     assert result.stdout.strip().splitlines()[-1].startswith("train_tokens_per_s=")
+
+
+def test_benchmark_preset_has_the_published_size():
+    """qwen2.5-vl-3b (the GPU check's throughput model) has Qwen2.5-VL-3B's 3.75B parameters (tied embeddings)."""
+    from transformers import AutoModelForImageTextToText
+
+    from mmrl.models.tiny import PRESETS, build_parts
+
+    _tok, _proc, config, _eos, _pad = build_parts(PRESETS["qwen2.5-vl-3b"], 0)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    assert 3.70e9 < sum(p.numel() for p in model.parameters()) < 3.80e9
+    assert model.lm_head.weight is model.get_input_embeddings().weight

@@ -100,3 +100,17 @@ def test_grpo_step_in_bf16_on_cpu(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
     (row,) = read_metrics(tmp_path / "run")
     assert np.isfinite(row["loss"]) and row["grad_norm"] > 0
+
+
+def test_lora_in_bf16_holds_the_frozen_base_in_bf16_and_trains_fp32_adapters():
+    loaded = load_policy(load_config(None, ["model.dtype=bf16", "model.lora.enabled=true"]).model)
+    trainable = {p.dtype for p in loaded.model.parameters() if p.requires_grad}
+    frozen = {p.dtype for p in loaded.model.parameters() if not p.requires_grad}
+    assert trainable == {torch.float32} and frozen == {torch.bfloat16}
+    ids = torch.randint(0, 500, (2, 4), generator=torch.Generator().manual_seed(0))
+    logp = completion_logprobs(loaded.model, _prompt(loaded.processor), ids, torch.ones_like(ids))
+    assert logp.dtype == torch.float32
+    logp.sum().backward()
+    grads = [p.grad for p in loaded.model.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 for g in grads)
+    assert any(bool(g.abs().max() > 0) for g in grads)
