@@ -52,7 +52,7 @@ def build(preset: str, device: torch.device, dtype: str, attn: str, seed: int):
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForImageTextToText.from_config(
-            config, dtype=weights_dtype(compute, for_training=True),
+            config, dtype=weights_dtype(compute, trains_weights=True),
             attn_implementation=pick_attn_implementation(attn, device, compute))
     set_compute_dtype(model, compute)
     processor.tokenizer.padding_side = "left"
