@@ -1,9 +1,10 @@
 """Turn Samples into model inputs: chat template + processor, left padding for generation, SFT labels.
 
 Images are prepared by `mmrl.data.vision.prepare_sample_images` (the same resize everywhere) and handed to the
-processor with `do_resize=False`, so the model input size is exactly `sample.input_size`. A prompt longer than
-`data.max_prompt_length` is rejected by id, never truncated: truncation through image tokens is what produces the
-classic "image features and image tokens do not match".
+processor with `do_resize=False`, so the model input size is exactly `sample.input_size` (processors on another
+patch grid or with a fixed input size resize once more, and `sample.input_size` is updated to what they produced).
+A prompt longer than `data.max_prompt_length` is rejected by id, never truncated: truncation through image tokens is
+what produces the classic "image features and image tokens do not match".
 """
 
 from __future__ import annotations
@@ -43,6 +44,16 @@ def _process(processor, text: str, images: list) -> dict[str, torch.Tensor]:
     return encoded
 
 
+def _record_input_size(sample: Sample, processor, encoded: dict[str, torch.Tensor]) -> None:
+    """After a processor's own resize, `sample.input_size` is what its vision tower saw (box rewards use that frame)."""
+    grid = encoded.get("image_grid_thw")
+    patch = getattr(getattr(processor, "image_processor", None), "patch_size", None)
+    if grid is not None and isinstance(patch, int):
+        sample.input_size = (int(grid[0, 2]) * patch, int(grid[0, 1]) * patch)
+    elif encoded.get("pixel_values") is not None and encoded["pixel_values"].ndim == 4:  # fixed-size input (Gemma3)
+        sample.input_size = (int(encoded["pixel_values"].shape[3]), int(encoded["pixel_values"].shape[2]))
+
+
 def _takes_28_grid(processor) -> bool:
     image_processor = getattr(processor, "image_processor", None)
     patch, merge = getattr(image_processor, "patch_size", None), getattr(image_processor, "merge_size", None)
@@ -60,6 +71,8 @@ def encode_one(processor, sample: Sample, data_cfg: Any, with_response: bool = F
     prompt_messages = build_messages(sample, system, suffix, with_response=False)
     prompt_text = _chat_text(processor, prompt_messages, add_generation_prompt=True)
     encoded = _process(processor, prompt_text, images)
+    if images and not _takes_28_grid(processor):
+        _record_input_size(sample, processor, encoded)
     prompt_len = encoded["input_ids"].shape[1]
     max_prompt = getattr(data_cfg, "max_prompt_length", None)
     if max_prompt is not None and prompt_len > max_prompt:

@@ -167,3 +167,23 @@ def test_sampler_log_probs_match_the_training_forward(policy):
     with torch.no_grad():
         recomputed = completion_logprobs(model, prompt, batch.completion_ids, batch.completion_mask, temperature=0.8)
     assert (recomputed - batch.logprobs).abs().max() < 1e-5
+
+
+def test_encoded_images_fit_the_vision_tower_and_input_size_says_so(policy, tmp_path):
+    """mmrl resizes to a 28-pixel grid; Qwen3-VL needs 32 and Gemma3 a fixed side: the processor resizes once more
+    and `input_size` (the frame of box rewards) records what the model saw."""
+    from mmrl.data.collate import encode_one
+
+    preset, model, processor = policy
+    Image.new("RGB", (150, 90), "green").save(tmp_path / "wide.png")
+    sample = Sample(id="w", images=[str(tmp_path / "wide.png")], prompt="<image>Where?", answer="x", task="text")
+    encoded = encode_one(processor, sample, load_config(None).data)
+    width, height = sample.input_size
+    if preset == "tiny-gemma3":
+        assert (width, height) == (64, 64) and tuple(encoded["pixel_values"].shape[2:]) == (64, 64)
+    else:
+        assert width % 32 == 0 and height % 32 == 0
+        grid = encoded["image_grid_thw"][0]
+        assert (int(grid[2]) * 16, int(grid[1]) * 16) == (width, height)
+    with torch.no_grad():
+        model(**encoded)  # the vision tower takes it: placeholders and features match
