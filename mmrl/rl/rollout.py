@@ -1,6 +1,6 @@
 """Rollout backends: sample G completions for each prompt. One method, so vLLM (or anything else) can slot in.
 
-`HFSharedPrefixBackend` (Qwen2-VL / Qwen2.5-VL) prefills each prompt once — its image is vision-encoded once and its
+`HFSharedPrefixBackend` (Qwen2-VL / Qwen2.5-VL / Qwen3-VL) prefills each prompt once — its image is vision-encoded once and its
 tokens go through the LM once — repeats the KV cache G times and decodes the G branches in one batch, dropping
 branches from the cache as they hit EOS. `HFNaiveBackend` repeats the prompt G times and calls `model.generate`
 (what TRL does); it is the comparison baseline and the fallback for other architectures.
@@ -45,7 +45,8 @@ class RolloutBatch:
     completion_ids [P*G, T] right padded with the pad id; completion_mask [P*G, T] is 1 up to and including EOS;
     truncated [P*G] bool: no EOS within max_new_tokens; texts: decoded completions (special tags kept, EOS/pad
     stripped); logprobs [P*G, T] float32: log-probs of the sampled tokens under the sampling policy (logits /
-    temperature, before top-k/top-p filtering), or None when the backend does not provide them.
+    temperature, before top-k/top-p filtering), or None when the backend does not provide them. Tensors live on the
+    model's device (the generator passed to `generate` must too). Image/video placeholder tokens are never sampled.
     """
 
     prompt_index: torch.Tensor
