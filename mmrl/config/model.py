@@ -32,8 +32,8 @@ class ModelConfig(Section):
         description="The one precision setting. 'bf16' = mixed precision: for training the weights and optimizer state "
         "stay fp32 (AdamW updates of lr~1e-6 would round away in bf16 weights) and every forward runs under bf16 "
         "autocast; weights never stepped (evaluation-only loads, the frozen base under LoRA) are held in bf16. "
-        "'fp32' = fp32 throughout. 'auto' = bf16 on a CUDA device with bf16 support, else fp32. Log-probs, advantages and losses are fp32 in every mode. (fp16 is not offered: "
-        "it needs loss scaling.)",
+        "'fp32' = fp32 throughout. 'auto' = bf16 on a CUDA device with bf16 support, else fp32. Log-probs, "
+        "advantages and losses are fp32 in every mode. (fp16 is not offered: it needs loss scaling.)",
     )
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto", description="'auto' = flash_attention_2 when flash-attn is importable, the device is CUDA and dtype is "

@@ -1,13 +1,15 @@
 """Where a model's inputs live and in which precision it computes: the one place both are decided.
 
-Device: a batch meets its model at one boundary, `to_model_device(batch, model)`: prompts right after the processor
-encodes them, and everything derived from a rollout is created on the device the rollout ran on. Nothing downstream
+Device: a batch meets its model at one boundary (`to_model_device(batch, model)`, or `to_device` with the rollout
+backend's device): prompts right after the processor encodes them; everything derived from a rollout (completions,
+rewards, advantages) is created on the device the rollout ran on. Nothing downstream
 assumes the CPU (NCCL, CUDA sampling generators and CUDA kernels all reject CPU tensors).
 
 Precision (`model.dtype`): for training, weights and optimizer state stay float32 and the forward runs under bf16
 autocast (mixed precision: AdamW steps of ~1e-6 relative size would round away in bf16 weights); weights never stepped
-(inference-only loads, a LoRA run's frozen base) are themselves bf16. `compute_autocast(model)` is entered by every forward entry point (rollout,
-log-probs, SFT, eval). Log-probs, advantages and losses are float32 whatever the compute dtype.
+(inference-only loads, a LoRA run's frozen base) are themselves bf16. `compute_autocast(model)` is entered by every
+forward entry point (rollout, log-probs, SFT, eval). Log-probs, advantages and losses are float32 whatever the
+compute dtype.
 
 >>> import torch
 >>> batch = to_model_device({"input_ids": torch.ones(1, 3, dtype=torch.long), "n": 2}, torch.nn.Linear(2, 2))

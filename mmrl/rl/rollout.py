@@ -1,8 +1,8 @@
 """Rollout backends: sample G completions for each prompt. One method, so vLLM (or anything else) can slot in.
 
-`HFSharedPrefixBackend` (Qwen2-VL / Qwen2.5-VL / Qwen3-VL) prefills each prompt once — its image is vision-encoded once and its
-tokens go through the LM once — repeats the KV cache G times and decodes the G branches in one batch, dropping
-branches from the cache as they hit EOS. `HFNaiveBackend` repeats the prompt G times and calls `model.generate`
+`HFSharedPrefixBackend` (Qwen2-VL / Qwen2.5-VL / Qwen3-VL) prefills each prompt once — its image is vision-encoded
+once and its tokens go through the LM once — repeats the KV cache G times and decodes the G branches in one batch,
+dropping branches from the cache as they hit EOS. `HFNaiveBackend` repeats the prompt G times and calls `model.generate`
 (what TRL does); it is the comparison baseline and the fallback for other architectures.
 
 >>> backend = make_backend(model, processor)  # doctest: +SKIP
