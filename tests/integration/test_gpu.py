@@ -17,10 +17,7 @@ import torch
 from mmrl.config import load_config
 from mmrl.engine.run_logger import read_metrics
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
+pytestmark = pytest.mark.gpu  # tests/conftest.py skips gpu-marked tests where no CUDA device is visible
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "tests" / "grpo_tiny.yaml"
