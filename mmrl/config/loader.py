@@ -144,7 +144,7 @@ def _source_for(loc: tuple[Any, ...], sources: dict[str, str], default: str) -> 
 # Keys that once existed, with what replaces them (an old config gets the fix, not a "did you mean").
 REMOVED_KEYS = {
     "trainer.bf16": "precision is set once by model.dtype (bf16 = fp32 weights with bf16 autocast); delete "
-    "trainer.bf16 and set model.dtype: bf16",
+    "trainer.bf16 and set model.dtype to bf16",
 }
 
 
