@@ -114,3 +114,18 @@ def test_lora_in_bf16_holds_the_frozen_base_in_bf16_and_trains_fp32_adapters():
     grads = [p.grad for p in loaded.model.parameters() if p.requires_grad]
     assert all(g is not None and g.dtype == torch.float32 for g in grads)
     assert any(bool(g.abs().max() > 0) for g in grads)
+
+
+def test_the_frozen_reference_copy_is_held_in_the_compute_dtype():
+    from mmrl.rl.reference import make_reference
+
+    mixed = load_policy(load_config(None, ["model.dtype=bf16"]).model)
+    reference = make_reference(mixed.model, beta=0.04)
+    assert {p.dtype for p in reference.model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in mixed.model.parameters()} == {torch.float32}  # the policy itself is untouched
+    prompt = _prompt(mixed.processor)
+    ids = torch.randint(0, 500, (2, 5), generator=torch.Generator().manual_seed(2))
+    ref = reference(prompt, ids, torch.ones_like(ids))
+    with torch.no_grad():
+        policy = completion_logprobs(mixed.model, prompt, ids, torch.ones_like(ids))
+    assert ref.dtype == torch.float32 and (ref - policy).abs().max() < 0.1
