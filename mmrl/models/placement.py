@@ -42,7 +42,10 @@ def model_device(model: Any) -> torch.device:
 def to_device(obj: Any, device: torch.device) -> Any:
     """Tensors in `obj` (a tensor, or a dict/list/tuple of them) moved to `device`; other values unchanged."""
     if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True) if obj.device != device else obj
+        if obj.device == device:
+            return obj
+        # Host -> device copies may overlap; a copy to the host must finish before anything reads it.
+        return obj.to(device, non_blocking=device.type != "cpu")
     if isinstance(obj, dict):
         return {k: to_device(v, device) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
