@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,8 +53,9 @@ def note_naive_fallback(model: Any) -> None:
     kind = str(getattr(unwrap(model).config, "model_type", type(unwrap(model)).__name__))
     if kind not in _FALLBACK_NOTED:
         _FALLBACK_NOTED.add(kind)
-        warnings.warn(f"{kind}: no shared-prefix forward for this architecture; using the naive forward (the prompt "
-                      f"and its image are recomputed for each of the G completions)", stacklevel=3)
+        logging.getLogger(__name__).warning(
+            "%s: no shared-prefix forward for this architecture; using the naive forward (the prompt and its image "
+            "are recomputed for each of the G completions)", kind)
 
 
 def strip_padding(prompt: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,6 @@ Gemma3 falls back to the naive forward and says so once.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +59,7 @@ def make_prompt(processor, height, width, seed):
     return dict(processor(text=[text], images=[Image.fromarray(pixels)], return_tensors="pt"))
 
 
-def test_log_probs_match_the_naive_forward_or_fall_back_with_one_line(policy, monkeypatch):
+def test_log_probs_match_the_naive_forward_or_fall_back_with_one_line(policy, monkeypatch, caplog):
     import mmrl.rl.prefix
 
     monkeypatch.setattr(mmrl.rl.prefix, "_FALLBACK_NOTED", set())  # whatever ran before, this run says it afresh
@@ -72,11 +71,10 @@ def test_log_probs_match_the_naive_forward_or_fall_back_with_one_line(policy, mo
     mask[1, 3:] = 0
     ids[mask == 0] = processor.tokenizer.pad_token_id
     model.zero_grad(set_to_none=True)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with caplog.at_level("WARNING", logger="mmrl.rl.prefix"):
         shared = completion_logprobs(model, prompt, ids, mask)
         make_backend(model, processor)  # the rollout backend falls back too, without saying it twice
-    fallback_lines = [w for w in caught if "naive forward" in str(w.message)]
+    fallback_lines = [r for r in caplog.records if "naive forward" in r.getMessage()]
     assert len(fallback_lines) == (0 if SHARES_PREFIX[preset] else 1)
     shared.sum().backward()
     vision_grads = [p.grad for n, p in model.named_parameters() if "vision" in n or "visual" in n]
@@ -107,11 +105,12 @@ def test_placeholders_are_never_sampled_in_rollouts_or_greedy_eval(policy, tmp_p
     handle = _push_placeholders(model, banned)
     try:
         prompt = make_prompt(processor, 64, 64, seed=2)
-        for temperature in (1.0, 0.0):
-            batch = backend.generate([prompt], 2, max_new_tokens=4, temperature=temperature,
-                                     generator=torch.Generator().manual_seed(0))
-            assert batch.completion_mask.sum() > 0
-            assert not torch.isin(batch.completion_ids, torch.tensor(banned)).any(), (temperature, batch.texts)
+        for backend_used in (backend, HFNaiveBackend(model, processor)):
+            for temperature in (1.0, 0.0):
+                batch = backend_used.generate([prompt], 2, max_new_tokens=4, temperature=temperature,
+                                              generator=torch.Generator().manual_seed(0))
+                assert batch.completion_mask.sum() > 0
+                assert not torch.isin(batch.completion_ids, torch.tensor(banned)).any(), (temperature, batch.texts)
         (completion,) = generate_completions(model, processor, [sample], load_config(None).data, max_new_tokens=4)[0]
     finally:
         handle.remove()
