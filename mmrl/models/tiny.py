@@ -157,8 +157,8 @@ def build_processor(tokenizer, preset: TinyPreset):
 
 
 def _video_config(preset: TinyPreset) -> dict:
-    return {
-        "video_processor_type": "Qwen3VLVideoProcessor" if preset.arch == "qwen3_vl" else "Qwen2VLVideoProcessor",
+    config = {
+        "video_processor_type": "Qwen2VLVideoProcessor",
         "min_pixels": preset.min_pixels,
         "max_pixels": preset.max_pixels,
         "size": {"shortest_edge": preset.min_pixels, "longest_edge": preset.max_pixels},
@@ -166,6 +166,10 @@ def _video_config(preset: TinyPreset) -> dict:
         "temporal_patch_size": 2,
         "merge_size": 2,
     }
+    if preset.arch == "qwen3_vl":  # its video processor bounds pixels through `size` only
+        config["video_processor_type"] = "Qwen3VLVideoProcessor"
+        del config["min_pixels"], config["max_pixels"]
+    return config
 
 
 def build_config(preset: TinyPreset, tokenizer=None):
