@@ -25,3 +25,13 @@ def tiny_model_dir():
     from mmrl.models.tiny import ensure_tiny_model
 
     return ensure_tiny_model("tiny")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu`-marked tests run only where a CUDA device is visible (`scripts/gpu_check.sh` runs them)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (gpu marker)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

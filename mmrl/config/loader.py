@@ -142,6 +142,13 @@ def _source_for(loc: tuple[Any, ...], sources: dict[str, str], default: str) -> 
     return default
 
 
+# Keys that once existed, with what replaces them (an old config gets the fix, not a "did you mean").
+REMOVED_KEYS = {
+    "trainer.bf16": "precision is set once by model.dtype (bf16 = fp32 weights with bf16 autocast); delete "
+    "trainer.bf16 and set model.dtype to bf16",
+}
+
+
 def _format_error(err: dict[str, Any], sources: dict[str, str], default_source: str) -> str:
     loc = tuple(err.get("loc", ()))
     dotted = ".".join(str(p) for p in loc)
@@ -149,6 +156,8 @@ def _format_error(err: dict[str, Any], sources: dict[str, str], default_source: 
     kind = err.get("type", "")
     got = err.get("input")
     ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden" and dotted in REMOVED_KEYS:
+        return f"{where}: '{dotted}' was removed; {REMOVED_KEYS[dotted]}"
     if kind == "extra_forbidden":
         schema_path = ".".join(str(p) for p in loc if not str(p).isdigit())
         candidates = [k for k in valid_keys() if k.count(".") == schema_path.count(".")]

@@ -26,14 +26,21 @@ class LoraConfig(Section):
 class ModelConfig(Section):
     name_or_path: str = Field(
         "tiny",
-        description="Local path or hub id of an image-text-to-text model; 'tiny' or 'small' builds the embedded "
-        "offline model once into the cache (~/.cache/mmrl or $MMRL_CACHE) and reuses it.",
+        description="Local path or hub id of an image-text-to-text model; a preset name ('tiny', 'small', "
+        "'tiny-qwen3-vl', 'tiny-gemma3', ...; `mmrl model build-tiny --help` lists them) builds the embedded offline "
+        "model once into the cache (~/.cache/mmrl or $MMRL_CACHE) and reuses it.",
     )
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        "auto", description="Weights dtype: 'auto' = bf16 on CUDA with bf16 support, else fp32."
+    dtype: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="The one precision setting. 'bf16' = mixed precision: for training the weights and optimizer state "
+        "stay fp32 (AdamW updates of lr~1e-6 would round away in bf16 weights) and every forward runs under bf16 "
+        "autocast; weights never stepped (evaluation-only loads, the frozen base under LoRA) are held in bf16. "
+        "'fp32' = fp32 throughout. 'auto' = bf16 on a CUDA device with bf16 support, else fp32. Log-probs, "
+        "advantages and losses are fp32 in every mode. (fp16 is not offered: it needs loss scaling.)",
     )
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
-        "auto", description="'auto' = flash_attention_2 when flash-attn is importable and the device is CUDA, else sdpa."
+        "auto", description="'auto' = flash_attention_2 when flash-attn is importable, the device is CUDA and dtype is "
+        "bf16, else sdpa."
     )
     trust_remote_code: bool = Field(False, description="Allow custom model code from the checkpoint (off by default).")
     freeze_vision_tower: bool = Field(False, description="Keep the vision encoder (and merger) frozen.")

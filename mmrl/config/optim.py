@@ -39,7 +39,6 @@ class TrainerConfig(Section):
         None, gt=0, description="SFT: epochs over the data; when set, max_steps is derived from it."
     )
     grad_accumulation: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
-    bf16: bool = Field(False, description="Autocast to bf16 (GPUs that support it).")
     seed: int = Field(0, ge=0, description="Seed for data order, sampling and initialisation.")
     log_steps: int = Field(1, ge=1, description="Write metrics every N steps.")
     save_steps: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: only at the end).")

@@ -1,9 +1,10 @@
 """Turn Samples into model inputs: chat template + processor, left padding for generation, SFT labels.
 
 Images are prepared by `mmrl.data.vision.prepare_sample_images` (the same resize everywhere) and handed to the
-processor with `do_resize=False`, so the model input size is exactly `sample.input_size`. A prompt longer than
-`data.max_prompt_length` is rejected by id, never truncated: truncation through image tokens is what produces the
-classic "image features and image tokens do not match".
+processor with `do_resize=False`, so the model input size is exactly `sample.input_size` (processors on another
+patch grid or with a fixed input size resize once more, and `sample.input_size` is updated to what they produced).
+A prompt longer than `data.max_prompt_length` is rejected by id, never truncated: truncation through image tokens is
+what produces the classic "image features and image tokens do not match".
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from mmrl.data.vision import prepare_sample_images
 from mmrl.errors import DataError
 
 IGNORE_INDEX = -100
-SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+TYPE_KEYS = ("mm_token_type_ids", "token_type_ids")  # which of them a processor returns depends on the architecture
 
 
 def _tokenizer(processor):
@@ -33,11 +35,29 @@ def _process(processor, text: str, images: list) -> dict[str, torch.Tensor]:
     kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
     if images:
         kwargs["images"] = images
-        kwargs["do_resize"] = False  # already resized by resize_for_model: one resize rule everywhere
+        # Already resized by resize_for_model (28-pixel grid): one resize rule everywhere. Processors on another grid
+        # (Qwen3-VL: 32) or with a fixed input size (Gemma3) resize once more to what their vision tower takes.
+        kwargs["do_resize"] = not _takes_28_grid(processor)
     encoded = dict(processor(**kwargs))
-    if "mm_token_type_ids" not in encoded:
+    if not any(key in encoded for key in TYPE_KEYS):
         encoded["mm_token_type_ids"] = torch.zeros_like(encoded["input_ids"])
     return encoded
+
+
+def _record_input_size(sample: Sample, processor, encoded: dict[str, torch.Tensor]) -> None:
+    """After a processor's own resize, `sample.input_size` is what its vision tower saw (box rewards use that frame)."""
+    grid = encoded.get("image_grid_thw")
+    patch = getattr(getattr(processor, "image_processor", None), "patch_size", None)
+    if grid is not None and isinstance(patch, int):
+        sample.input_size = (int(grid[0, 2]) * patch, int(grid[0, 1]) * patch)
+    elif encoded.get("pixel_values") is not None and encoded["pixel_values"].ndim == 4:  # fixed-size input (Gemma3)
+        sample.input_size = (int(encoded["pixel_values"].shape[3]), int(encoded["pixel_values"].shape[2]))
+
+
+def _takes_28_grid(processor) -> bool:
+    image_processor = getattr(processor, "image_processor", None)
+    patch, merge = getattr(image_processor, "patch_size", None), getattr(image_processor, "merge_size", None)
+    return isinstance(patch, int) and isinstance(merge, int) and patch * merge == 28
 
 
 def encode_one(processor, sample: Sample, data_cfg: Any, with_response: bool = False) -> dict[str, torch.Tensor]:
@@ -51,6 +71,8 @@ def encode_one(processor, sample: Sample, data_cfg: Any, with_response: bool = F
     prompt_messages = build_messages(sample, system, suffix, with_response=False)
     prompt_text = _chat_text(processor, prompt_messages, add_generation_prompt=True)
     encoded = _process(processor, prompt_text, images)
+    if images and not _takes_28_grid(processor):
+        _record_input_size(sample, processor, encoded)
     prompt_len = encoded["input_ids"].shape[1]
     max_prompt = getattr(data_cfg, "max_prompt_length", None)
     if max_prompt is not None and prompt_len > max_prompt:
@@ -67,14 +89,17 @@ def encode_one(processor, sample: Sample, data_cfg: Any, with_response: bool = F
     tail_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False, return_tensors="pt")["input_ids"]
     # Learn the response up to and including its end-of-turn token; whatever the template adds after it is context.
     end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if end_id is None or end_id == tokenizer.unk_token_id:  # not a ChatML tokenizer (e.g. Gemma: <end_of_turn>)
+        end_id = tokenizer.eos_token_id
     tail = tail_ids[0].tolist()
     stop = max((i for i, t in enumerate(tail) if t == end_id), default=len(tail) - 1) + 1
     labels = torch.full((1, prompt_len + len(tail)), IGNORE_INDEX, dtype=torch.long)
     labels[0, prompt_len: prompt_len + stop] = tail_ids[0, :stop]
     encoded["input_ids"] = torch.cat([encoded["input_ids"], tail_ids], dim=1)
     encoded["attention_mask"] = torch.cat([encoded["attention_mask"], torch.ones_like(tail_ids)], dim=1)
-    encoded["mm_token_type_ids"] = torch.cat(
-        [encoded["mm_token_type_ids"], torch.zeros_like(tail_ids)], dim=1)
+    for key in TYPE_KEYS:
+        if key in encoded:
+            encoded[key] = torch.cat([encoded[key], torch.zeros_like(tail_ids)], dim=1)
     encoded["labels"] = labels
     return encoded
 
@@ -87,7 +112,8 @@ def _pad_id(processor) -> int:
 def pad_batch(items: list[dict[str, torch.Tensor]], pad_id: int, side: str = "left") -> dict[str, torch.Tensor]:
     """Stack per-sample encodings: pad sequences on `side`, concatenate pixel_values and image_grid_thw."""
     length = max(item["input_ids"].shape[1] for item in items)
-    fills = {"input_ids": pad_id, "attention_mask": 0, "mm_token_type_ids": 0, "labels": IGNORE_INDEX}
+    fills = {"input_ids": pad_id, "attention_mask": 0, "mm_token_type_ids": 0, "token_type_ids": 0,
+             "labels": IGNORE_INDEX}
     batch: dict[str, torch.Tensor] = {}
     for key, fill in fills.items():
         if key not in items[0]:
@@ -99,9 +125,9 @@ def pad_batch(items: list[dict[str, torch.Tensor]], pad_id: int, side: str = "le
             rows.append(torch.cat([pad, row]) if side == "left" else torch.cat([row, pad]))
         batch[key] = torch.stack(rows)
     with_images = [item for item in items if "pixel_values" in item]
-    if with_images:
-        batch["pixel_values"] = torch.cat([item["pixel_values"] for item in with_images], dim=0)
-        batch["image_grid_thw"] = torch.cat([item["image_grid_thw"] for item in with_images], dim=0)
+    for key in ("pixel_values", "image_grid_thw"):  # per-image tensors (Gemma3 has no grid: fixed-size images)
+        if with_images and key in with_images[0]:
+            batch[key] = torch.cat([item[key] for item in with_images], dim=0)
     return batch
 
 

@@ -60,8 +60,17 @@ def all_reduce_gradients(parameters: list[torch.nn.Parameter], world_size: int) 
         offset += n
 
 
+def collective_device() -> torch.device:
+    """The device collectives must use in this process: its CUDA device under NCCL (which rejects CPU tensors),
+    else the CPU (gloo, or no process group)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_sum(value: float | torch.Tensor, world_size: int) -> float:
-    tensor = torch.as_tensor(value, dtype=torch.float64)
+    """Sum of a number over all processes (float64, on the process group's device)."""
+    tensor = torch.as_tensor(value, dtype=torch.float64, device=collective_device())
     if world_size > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return float(tensor)

@@ -1,7 +1,7 @@
 """Batched inference for evaluation and demos: left-padded prompts, `model.generate`, k samples per item.
 
 Texts are decoded with `skip_special_tokens=False` and only end-of-turn/padding tokens are removed, so tags such as
-`<answer>` survive whatever the tokenizer marks as special (see shared design notes: skipping special tokens silently
+`<answer>` survive whatever the tokenizer marks as special (skipping special tokens silently
 zeroes every format reward when the tags are registered as special).
 
 >>> from mmrl.config import load_config
@@ -20,6 +20,8 @@ from typing import Any
 import torch
 
 from mmrl.data.sample import Sample
+from mmrl.models.placement import compute_autocast, model_device, to_model_device
+from mmrl.models.tokens import placeholder_token_ids
 
 # Strings removed from decoded completions (end of turn and padding of Qwen-style tokenizers).
 STRIP_STRINGS = ("<|im_end|>", "<|endoftext|>")
@@ -59,13 +61,6 @@ def decode_completion(ids: Sequence[int], tokenizer: Any, stop_ids: set[int], pa
     return Completion(text=text, n_tokens=n_tokens, truncated=cut is None)
 
 
-def _device_of(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 @torch.no_grad()
 def generate_completions(
     model: Any,
@@ -94,22 +89,26 @@ def generate_completions(
     tokenizer = processor.tokenizer
     stop_ids = _stop_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id
-    device = _device_of(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "num_return_sequences": k, "pad_token_id": pad_id,
                                "eos_token_id": sorted(stop_ids), "do_sample": not greedy}
+    banned = placeholder_token_ids(model, tokenizer)
+    if banned:  # image/video placeholders are never an answer, and break the model if fed back
+        options["suppress_tokens"] = banned
     if not greedy:
         options.update(temperature=temperature, top_p=top_p, top_k=top_k)
     results: list[list[Completion]] = []
-    devices = [device] if device.type == "cuda" else []
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), compute_autocast(model):
             torch.manual_seed(seed)
             for start in range(0, len(samples), batch_size):
                 batch = list(samples[start : start + batch_size])
                 encoded = encode_prompts(processor, batch, data_cfg)
-                inputs = {key: v.to(device) if isinstance(v, torch.Tensor) else v for key, v in encoded.items()}
+                inputs = to_model_device(encoded, model)
                 output = model.generate(**inputs, **options)
                 new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
                 for i in range(len(batch)):

@@ -15,6 +15,7 @@ import torch
 
 from mmrl.config.model import ModelConfig
 from mmrl.errors import UserError
+from mmrl.models.placement import set_compute_dtype
 from mmrl.models.processor import load_processor
 from mmrl.models.tiny import PRESETS, ensure_tiny_model
 
@@ -47,25 +48,39 @@ def resolve_model_path(name_or_path: str, seed: int = 0) -> str:
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The compute dtype `model.dtype` names ('auto': bf16 on a CUDA device that supports it, else fp32)."""
     if name == "fp32":
         return torch.float32
     if name == "bf16":
         return torch.bfloat16
-    if name == "fp16":
-        return torch.float16
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
 
 
-def pick_attn_implementation(name: str, device: torch.device) -> str:
-    """'auto' -> flash_attention_2 when flash-attn is importable and the device is CUDA, else PyTorch SDPA."""
+def weights_dtype(compute: torch.dtype, trains_weights: bool) -> torch.dtype:
+    """Weights the optimizer steps stay float32 (bf16 compute runs under autocast); weights it never steps (inference,
+    or the frozen base under LoRA, whose adapters peft keeps in float32) are held in `compute`."""
+    return torch.float32 if trains_weights else compute
+
+
+def enable_activation_checkpointing(model: Any) -> None:
+    """Non-reentrant activation checkpointing, through whichever name this transformers version supports."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # transformers < 5.2x: the older name
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def pick_attn_implementation(name: str, device: torch.device, compute: torch.dtype = torch.bfloat16) -> str:
+    """'auto' -> flash_attention_2 when flash-attn is importable, the device is CUDA and compute is bf16, else SDPA."""
     if name != "auto":
         if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
             raise UserError("model.attn_implementation: flash_attention_2 needs flash-attn (pip install 'mmrl[gpu]'); "
                             "or use auto/sdpa")
         return name
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+    if device.type == "cuda" and compute != torch.float32 and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
 
@@ -108,7 +123,8 @@ def apply_lora(model: torch.nn.Module, cfg: ModelConfig):
     return get_peft_model(model, config)
 
 
-def load_policy(cfg: ModelConfig, device: torch.device | str | None = None, for_training: bool = True) -> LoadedModel:
+def load_policy(cfg: ModelConfig, device: torch.device | str | None = None, for_training: bool = True,
+                _frozen_base: bool = False) -> LoadedModel:
     """Load model + processor as `cfg` says (dtype, attention, freezing, LoRA, gradient checkpointing)."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
@@ -126,11 +142,12 @@ def load_policy(cfg: ModelConfig, device: torch.device | str | None = None, for_
     except ValueError as err:
         raise UserError(f"model.name_or_path: '{cfg.name_or_path}' has an unknown architecture "
                         f"({str(err).splitlines()[0]}); set model.trust_remote_code=true if it ships its own code") from None
+    compute = pick_dtype(cfg.dtype, device)
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             path,
-            dtype=pick_dtype(cfg.dtype, device),
-            attn_implementation=pick_attn_implementation(cfg.attn_implementation, device),
+            dtype=weights_dtype(compute, for_training and not cfg.lora.enabled and not _frozen_base),
+            attn_implementation=pick_attn_implementation(cfg.attn_implementation, device, compute),
             trust_remote_code=cfg.trust_remote_code,
         )
     except ValueError as err:
@@ -143,11 +160,12 @@ def load_policy(cfg: ModelConfig, device: torch.device | str | None = None, for_
     if cfg.freeze_vision_tower:
         freeze_vision(model)
     if for_training and cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
         model.config.use_cache = False
     if cfg.lora.enabled:
         model = apply_lora(model, cfg)
     model.to(device)
+    set_compute_dtype(model, compute)
     return LoadedModel(model=model, processor=processor, path=path)
 
 
@@ -170,7 +188,8 @@ def _load_adapter_checkpoint(cfg: ModelConfig, path: str, base: str, device: tor
     from peft import PeftModel
 
     base_cfg = cfg.model_copy(update={"name_or_path": base, "lora": cfg.lora.model_copy(update={"enabled": False})})
-    loaded = load_policy(base_cfg, device=device, for_training=for_training)
+    loaded = load_policy(base_cfg, device=device, for_training=for_training,
+                         _frozen_base=cfg.lora.enabled and for_training)
     model = PeftModel.from_pretrained(loaded.model, path, is_trainable=cfg.lora.enabled and for_training)
     processor = load_processor(path) if (Path(path) / "tokenizer_config.json").is_file() else loaded.processor
     if processor.tokenizer.pad_token is None:

@@ -76,6 +76,11 @@ def save_processor(processor, out_dir: str | os.PathLike, video_config: dict | N
     elif video_config is not None:
         # Lets `AutoProcessor` build the video processor on machines that have torchvision.
         (out / VIDEO_CONFIG).write_text(json.dumps(video_config, indent=2))
-    (out / "processor_config.json").write_text(json.dumps({"processor_class": type(processor).__name__}, indent=2))
+    # Processor-level settings (e.g. Gemma3's image_seq_length) travel with it; sub-processors have their own files.
+    settings = {k: v for k, v in processor.to_dict().items()
+                if k not in ("image_processor", "video_processor", "tokenizer", "chat_template", "audio_processor")
+                and isinstance(v, (int, float, str, bool))}
+    settings["processor_class"] = type(processor).__name__
+    (out / "processor_config.json").write_text(json.dumps(settings, indent=2))
     if processor.chat_template:
         (out / "chat_template.jinja").write_text(processor.chat_template)

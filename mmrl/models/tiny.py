@@ -36,7 +36,7 @@ SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 # Reasoning tags are *added but not special* tokens: `decode(skip_special_tokens=True)` must keep them, or every
-# format and answer reward silently reads 0 (see shared/design/learning-on-cpu.md).
+# format and answer reward silently reads 0.
 REASONING_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
 
 # Qwen2-VL-style chat template without the default system prompt (fewer tokens for a tiny model). The
@@ -99,22 +99,34 @@ def _corpus(seed: int) -> list[str]:
     return lines
 
 
-def build_tokenizer(vocab_size: int, seed: int = 0):
-    """Train a byte-level BPE tokenizer on the generated corpus and wrap it as Qwen's tokenizer class."""
+def build_tokenizer(vocab_size: int, seed: int = 0, arch: str = "qwen2_5_vl"):
+    """Train a byte-level BPE tokenizer on the generated corpus and wrap it as the architecture's tokenizer: Qwen's
+    class and special tokens for the Qwen family, a fast tokenizer with Gemma's turn and image tokens for Gemma3."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
+    from transformers import PreTrainedTokenizerFast, Qwen2Tokenizer
+
+    from mmrl.models.tiny_archs import GEMMA3_CHAT_TEMPLATE, GEMMA3_SPECIAL_TOKENS, gemma3_tokenizer_kwargs
+
+    specials = GEMMA3_SPECIAL_TOKENS if arch == "gemma3" else SPECIAL_TOKENS
 
     backend = Tokenizer(models.BPE(unk_token=None))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(SPECIAL_TOKENS) - len(REASONING_TOKENS),
+        vocab_size=vocab_size - len(specials) - len(REASONING_TOKENS),
         min_frequency=2,
         special_tokens=[],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     backend.train_from_iterator(_corpus(seed), trainer=trainer)
+    if arch == "gemma3":
+        backend.add_special_tokens(specials)
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=GEMMA3_CHAT_TEMPLATE,
+                                            **gemma3_tokenizer_kwargs())
+        tokenizer.add_tokens(REASONING_TOKENS, special_tokens=False)
+        tokenizer.model_max_length = 32768
+        return tokenizer
     tokenizer = Qwen2Tokenizer(
         tokenizer_object=backend,
         eos_token="<|im_end|>",
@@ -145,15 +157,19 @@ def build_processor(tokenizer, preset: TinyPreset):
 
 
 def _video_config(preset: TinyPreset) -> dict:
-    return {
+    config = {
         "video_processor_type": "Qwen2VLVideoProcessor",
         "min_pixels": preset.min_pixels,
         "max_pixels": preset.max_pixels,
         "size": {"shortest_edge": preset.min_pixels, "longest_edge": preset.max_pixels},
-        "patch_size": 14,
+        "patch_size": preset.patch_size,
         "temporal_patch_size": 2,
         "merge_size": 2,
     }
+    if preset.arch == "qwen3_vl":  # its video processor bounds pixels through `size` only
+        config["video_processor_type"] = "Qwen3VLVideoProcessor"
+        del config["min_pixels"], config["max_pixels"]
+    return config
 
 
 def build_config(preset: TinyPreset, tokenizer=None):
@@ -173,7 +189,7 @@ def build_config(preset: TinyPreset, tokenizer=None):
         "num_key_value_heads": preset.text_kv_heads,
         "max_position_embeddings": 32768,
         "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": list(preset.mrope_section)},
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": preset.tie_embeddings,
     }
     if ids is not None:
         text_config.update(bos_token_id=None, eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
@@ -201,19 +217,44 @@ def build_config(preset: TinyPreset, tokenizer=None):
             "pad_token_id": ids("<|endoftext|>"),
         }
     config = Qwen2_5_VLConfig(text_config=text_config, vision_config=vision_config, **kwargs)
-    config.tie_word_embeddings = False
+    config.tie_word_embeddings = preset.tie_embeddings
     config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
     return config
 
 
 def build_model(config, seed: int = 0):
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoModelForImageTextToText
 
     # Initialise on CPU under a fixed seed: same seed -> bit-identical weights.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
+        model = AutoModelForImageTextToText.from_config(config)
+        if config.model_type == "gemma3":
+            from mmrl.models.tiny_archs import finish_gemma3_init
+
+            finish_gemma3_init(model)
     return model.to(torch.float32).eval()
+
+
+def build_parts(spec: TinyPreset, seed: int):
+    """(tokenizer, processor, config, eos token, pad token) of a preset, by architecture."""
+    from mmrl.models.tiny_archs import build_gemma3, build_qwen3_vl
+
+    tokenizer = build_tokenizer(min(spec.vocab_size, 1024), seed=seed, arch=spec.arch)
+    if spec.arch == "qwen3_vl":
+        return (tokenizer, *build_qwen3_vl(spec, tokenizer), "<|im_end|>", "<|endoftext|>")
+    if spec.arch == "gemma3":
+        return (tokenizer, *build_gemma3(spec, tokenizer), "<end_of_turn>", "<pad>")
+    processor = build_processor(tokenizer, spec)
+    config = build_config(spec, tokenizer if spec.vocab_size <= 1024 else None)
+    if spec.vocab_size > 1024:
+        # Big-architecture presets keep Qwen's published vocabulary size; our small tokenizer ids all fit inside it.
+        for name, token in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+                            ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")):
+            setattr(config, name, tokenizer.convert_tokens_to_ids(token))
+        config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        config.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    return tokenizer, processor, config, "<|im_end|>", "<|endoftext|>"
 
 
 def build_tiny_model(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0) -> Path:
@@ -223,25 +264,14 @@ def build_tiny_model(out_dir: str | os.PathLike, preset: str = "tiny", seed: int
     spec = PRESETS[preset]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(min(spec.vocab_size, 1024), seed=seed)
-    processor = build_processor(tokenizer, spec)
-    config = build_config(spec, tokenizer if spec.vocab_size <= 1024 else None)
-    if spec.vocab_size > 1024:
-        # Big-architecture presets keep Qwen's published vocabulary size; our small tokenizer ids all fit inside it.
-        config = build_config(spec, None)
-        for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
-            token = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
-                     "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}[name]
-            setattr(config, name, tokenizer.convert_tokens_to_ids(token))
-        config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        config.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    tokenizer, processor, config, eos, pad = build_parts(spec, seed)
     model = build_model(config, seed=seed)
-    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    model.generation_config.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(eos)
+    model.generation_config.pad_token_id = tokenizer.convert_tokens_to_ids(pad)
     model.generation_config.bos_token_id = None
     model.generation_config.do_sample = False
     model.save_pretrained(out)
-    save_processor(processor, out, video_config=_video_config(spec))
+    save_processor(processor, out, video_config=_video_config(spec) if spec.arch != "gemma3" else None)
     n_params = sum(p.numel() for p in model.parameters())
     (out / MARKER).write_text(json.dumps({"preset": preset, "seed": seed, "version": BUILD_VERSION,
                                           "parameters": n_params}, indent=2))

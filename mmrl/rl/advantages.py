@@ -56,11 +56,11 @@ def _groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> _Groups:
     valid = ~torch.isnan(rewards)
     values = torch.where(valid, rewards, 0).double()
     weight = valid.double()
-    count = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, index, weight)
-    total = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, index, values)
+    count = torch.zeros(num_groups, dtype=torch.float64, device=rewards.device).index_add_(0, index, weight)
+    total = torch.zeros(num_groups, dtype=torch.float64, device=rewards.device).index_add_(0, index, values)
     mean = total / count.clamp(min=1)
     centred = (values - mean[index]) * weight
-    sq = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, index, centred.square())
+    sq = torch.zeros(num_groups, dtype=torch.float64, device=rewards.device).index_add_(0, index, centred.square())
     std = torch.where(count > 1, (sq / (count - 1).clamp(min=1)).sqrt(), torch.zeros_like(sq))
     return _Groups(index, valid, values, count[index], mean[index], std[index], num_groups)
 
@@ -170,7 +170,7 @@ def group_stats(rewards: torch.Tensor, group_ids: torch.Tensor) -> dict[str, flo
     if g.num_groups == 0:
         return {"num_groups": 0, "frac_zero_std_groups": 0.0, "frac_unscorable": 0.0,
                 "reward_mean": float("nan"), "group_std_mean": 0.0}
-    per_group_std = torch.zeros(g.num_groups, dtype=torch.float64).index_copy_(0, g.index, g.std)
+    per_group_std = torch.zeros(g.num_groups, dtype=torch.float64, device=g.std.device).index_copy_(0, g.index, g.std)
     valid = g.valid
     return {
         "num_groups": g.num_groups,

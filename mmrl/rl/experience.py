@@ -16,6 +16,8 @@ from mmrl.config import MMRLConfig
 from mmrl.data.collate import encode_one
 from mmrl.data.sample import Sample
 from mmrl.engine.distributed import all_reduce_sum
+from mmrl.models.placement import to_device
+from mmrl.rl.rollout import backend_device
 from mmrl.rl.sampler import PromptSampler, shard
 from mmrl.rl.stages import ResolvedStage
 
@@ -30,7 +32,7 @@ class Group:
     texts: list[str]
     rewards: torch.Tensor  # [G], NaN = unscorable
     components: dict[str, list[float | None]]
-    advantages: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [G], set by the update
+    advantages: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # cpu-ok: [G], set by the update
     old_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
 
@@ -43,8 +45,8 @@ def _columns(samples: list[Sample], group_size: int, lengths: list[int]) -> dict
     return columns
 
 
-def _to_tensor(values: list[float | None]) -> torch.Tensor:
-    return torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
+def _to_tensor(values: list[float | None], device: torch.device) -> torch.Tensor:
+    return torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32, device=device)
 
 
 def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample], processor: Any, backend: Any,
@@ -52,14 +54,16 @@ def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample],
     """Roll out and score `samples` (this process's share); advantages are filled in later per kept batch."""
     if not samples:
         return [], {}
-    prompts = [encode_one(processor, s, data_cfg) for s in samples]
+    # The one place prompts meet the model's device; completions, rewards and advantages are created there too.
+    device = backend_device(backend)
+    prompts = [to_device(encode_one(processor, s, data_cfg), device) for s in samples]
     rc = cfg.rollout
     batch = backend.generate(prompts, stage.group_size, max_new_tokens=stage.max_completion_length,
                              min_new_tokens=min(rc.min_new_tokens, stage.max_completion_length),
                              temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k, generator=generator)
     lengths = batch.completion_mask.sum(dim=1).tolist()
     result = composite.score(batch.texts, _columns(samples, stage.group_size, lengths))
-    total = _to_tensor(result.total)
+    total = _to_tensor(result.total, device)
     groups = []
     g = stage.group_size
     for i, (sample, prompt) in enumerate(zip(samples, prompts)):

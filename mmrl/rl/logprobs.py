@@ -18,10 +18,12 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from mmrl.models.placement import compute_autocast, to_model_device
 from mmrl.rl.prefix import (
     SEQUENCE_KEYS,
     cache_compatible,
     continue_from,
+    note_naive_fallback,
     run_prefix,
     strip_padding,
     supports_prefix_sharing,
@@ -51,7 +53,7 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk_size:
 
 
 def _head_logprobs(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    return selective_log_softmax(lm_head(hidden) / temperature, targets, chunk_size=hidden.shape[0] or 1)
+    return selective_log_softmax(lm_head(hidden).float() / temperature, targets, chunk_size=hidden.shape[0] or 1)
 
 
 def head_logprobs(
@@ -101,11 +103,13 @@ def completion_logprobs(
     (the sampling temperature, as TRL does). Falls back to `naive_completion_logprobs` for models it cannot branch.
     """
     if not supports_prefix_sharing(model):
+        note_naive_fallback(model)
         return naive_completion_logprobs(model, prompt, completion_ids, completion_mask,
                                          temperature=temperature, chunk_size=chunk_size)
+    prompt, completion_ids, completion_mask = to_model_device((prompt, completion_ids, completion_mask), model)
     num, length = completion_ids.shape
     inner = unwrap(model)
-    with cache_compatible(model):
+    with cache_compatible(model), compute_autocast(model):
         prefix = run_prefix(model, prompt)
         # Scores of completion token t come from position t-1: the prompt's last token for t = 0.
         hidden = prefix.last_hidden.unsqueeze(1).expand(num, 1, -1)
@@ -141,6 +145,13 @@ def naive_completion_logprobs(
 ) -> torch.Tensor:
     """Same result as `completion_logprobs` the way TRL computes it: G full [prompt, completion] sequences, the image
     encoded G times. Works for any HF image-text-to-text model. Returns [G, T] float32, 0 where the mask is 0."""
+    prompt, completion_ids, completion_mask = to_model_device((prompt, completion_ids, completion_mask), model)
+    with compute_autocast(model):
+        return _naive_logprobs(model, prompt, completion_ids, completion_mask, temperature, chunk_size)
+
+
+def _naive_logprobs(model: Any, prompt: dict[str, Any], completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                    temperature: float, chunk_size: int) -> torch.Tensor:
     num, length = completion_ids.shape
     prompt = strip_padding(prompt)
     batch = repeat_prompt(prompt, num)

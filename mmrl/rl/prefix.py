@@ -1,7 +1,7 @@
-"""Run a prompt once and branch G continuations off its KV cache (Qwen2-VL / Qwen2.5-VL).
+"""Run a prompt once and branch G continuations off its KV cache (Qwen2-VL / Qwen2.5-VL / Qwen3-VL).
 
 Shared by the log-prob forward (with gradients) and the rollout decode loop (without). The recipe, and why each
-step is there, is in shared/design/prefix-sharing.md; in short:
+step is there:
 - M-RoPE positions of the prompt come from `get_rope_index` (needs `mm_token_type_ids`; without it the model silently
   uses 1-D positions). We compute them ourselves and pass them explicitly, so no stale `rope_deltas` stored on the
   model from a previous call can leak in; we also reset `rope_deltas` so later plain `generate`/forward calls start clean.
@@ -11,6 +11,8 @@ step is there, is in shared/design/prefix-sharing.md; in short:
 from __future__ import annotations
 
 import contextlib
+import inspect
+import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +23,10 @@ import torch
 # Processor outputs that are laid out per prompt token ([1, P]); everything else (pixel_values, image_grid_thw) is
 # per image.
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
-PREFIX_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+# Architectures whose forward takes explicit M-RoPE positions and a cache (Qwen3-VL's interleaved M-RoPE and patch
+# size 16 change nothing here: positions of text tokens are the same on every axis, the image grid comes from the
+# processor). Other models fall back to the naive forward.
+PREFIX_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
 def unwrap(model: Any) -> Any:
@@ -30,7 +35,7 @@ def unwrap(model: Any) -> Any:
 
 
 def supports_prefix_sharing(model: Any) -> bool:
-    """True for Qwen2-VL / Qwen2.5-VL, whose forward this module knows how to branch."""
+    """True for Qwen2-VL / Qwen2.5-VL / Qwen3-VL, whose forward this module knows how to branch."""
     inner = unwrap(model)
     core = getattr(inner, "model", None)
     return (
@@ -38,6 +43,19 @@ def supports_prefix_sharing(model: Any) -> bool:
         and hasattr(core, "get_rope_index")
         and hasattr(inner, "lm_head")
     )
+
+
+_FALLBACK_NOTED: set[str] = set()
+
+
+def note_naive_fallback(model: Any) -> None:
+    """Say once per architecture that it runs the naive forward (prompt and image recomputed per completion)."""
+    kind = str(getattr(unwrap(model).config, "model_type", type(unwrap(model)).__name__))
+    if kind not in _FALLBACK_NOTED:
+        _FALLBACK_NOTED.add(kind)
+        logging.getLogger(__name__).warning(
+            "%s: no shared-prefix forward for this architecture; using the naive forward (the prompt and its image "
+            "are recomputed for each of the G completions)", kind)
 
 
 def strip_padding(prompt: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +141,7 @@ def run_prefix(model: Any, prompt: dict[str, Any]) -> Prefix:
         **vision,
     )
     core.rope_deltas = None
-    return Prefix(out.last_hidden_state[:, -1], out.past_key_values, prompt["input_ids"].shape[1], delta)
+    return Prefix(out.last_hidden_state[:, -1], _output_cache(out), prompt["input_ids"].shape[1], delta)
 
 
 def text_positions(start: int, length: int, batch: int, rope_delta: torch.Tensor) -> torch.Tensor:
@@ -137,6 +155,24 @@ def continue_from(model: Any, cache: Any, input_ids: torch.Tensor, start: int, r
     """Run `input_ids` [B, L] after a cache of `start` tokens (already repeated to batch B); hidden states [B, L, H]."""
     core = unwrap(model).model
     positions = text_positions(start, input_ids.shape[1], input_ids.shape[0], rope_delta)
-    out = core(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, past_key_values=cache,
-               use_cache=True)
+    out = core(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+               **{cache_kwarg(core): cache})
     return out.last_hidden_state
+
+
+def cache_kwarg(module: Any) -> str:
+    """The forward's name for the KV cache: `cache` (transformers >= 5.2x; `past_key_values` is deprecated there and
+    removed in 5.40) or `past_key_values` (older 5.x)."""
+    forward = type(module).forward
+    key = (type(module), "cache")
+    if key not in _CACHE_KWARG:
+        _CACHE_KWARG[key] = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+    return _CACHE_KWARG[key]
+
+
+_CACHE_KWARG: dict[tuple[type, str], str] = {}
+
+
+def _output_cache(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values

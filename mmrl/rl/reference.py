@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from mmrl.models.placement import compute_dtype
 from mmrl.rl.logprobs import DEFAULT_CHUNK, completion_logprobs
 
 LogprobFn = Callable[..., torch.Tensor]
@@ -53,6 +54,8 @@ class ReferencePolicy:
         else:
             self.model = copy.deepcopy(model).eval()
             self.model.requires_grad_(False)
+            # Never stepped, so held in the compute dtype (bf16 under model.dtype=bf16: half the memory of the copy).
+            self.model.to(compute_dtype(model))
             self.shares_weights = False
 
     def __call__(self, prompt: dict[str, Any], completion_ids: torch.Tensor, completion_mask: torch.Tensor,

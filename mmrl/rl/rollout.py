@@ -1,8 +1,8 @@
 """Rollout backends: sample G completions for each prompt. One method, so vLLM (or anything else) can slot in.
 
-`HFSharedPrefixBackend` (Qwen2-VL / Qwen2.5-VL) prefills each prompt once — its image is vision-encoded once and its
-tokens go through the LM once — repeats the KV cache G times and decodes the G branches in one batch, dropping
-branches from the cache as they hit EOS. `HFNaiveBackend` repeats the prompt G times and calls `model.generate`
+`HFSharedPrefixBackend` (Qwen2-VL / Qwen2.5-VL / Qwen3-VL) prefills each prompt once — its image is vision-encoded
+once and its tokens go through the LM once — repeats the KV cache G times and decodes the G branches in one batch,
+dropping branches from the cache as they hit EOS. `HFNaiveBackend` repeats the prompt G times and calls `model.generate`
 (what TRL does); it is the comparison baseline and the fallback for other architectures.
 
 >>> backend = make_backend(model, processor)  # doctest: +SKIP
@@ -21,8 +21,17 @@ from typing import Any, Protocol
 import torch
 
 from mmrl.errors import UserError
+from mmrl.models.placement import compute_autocast, model_device, to_model_device
+from mmrl.models.tokens import placeholder_token_ids
 from mmrl.rl.logprobs import repeat_prompt
-from mmrl.rl.prefix import continue_from, run_prefix, strip_padding, supports_prefix_sharing, unwrap
+from mmrl.rl.prefix import (
+    continue_from,
+    note_naive_fallback,
+    run_prefix,
+    strip_padding,
+    supports_prefix_sharing,
+    unwrap,
+)
 from mmrl.rl.sampling import sample_next
 
 # Tokens removed from decoded texts (reasoning tags like <think> must survive: rewards read them).
@@ -36,7 +45,8 @@ class RolloutBatch:
     completion_ids [P*G, T] right padded with the pad id; completion_mask [P*G, T] is 1 up to and including EOS;
     truncated [P*G] bool: no EOS within max_new_tokens; texts: decoded completions (special tags kept, EOS/pad
     stripped); logprobs [P*G, T] float32: log-probs of the sampled tokens under the sampling policy (logits /
-    temperature, before top-k/top-p filtering), or None when the backend does not provide them.
+    temperature, before top-k/top-p filtering), or None when the backend does not provide them. Tensors live on the
+    model's device (the generator passed to `generate` must too). Image/video placeholder tokens are never sampled.
     """
 
     prompt_index: torch.Tensor
@@ -151,20 +161,24 @@ class _HFBackend:
         strip = {self.pad_id, *self.eos_ids}
         strip.update(i for t in STRIP_TOKENS if (i := self.tokenizer.convert_tokens_to_ids(t)) is not None and i >= 0)
         self.strip_ids = strip
+        # Never sampled: image/video placeholders (a completion holding one breaks the training forward).
+        self.banned_ids = placeholder_token_ids(model, self.tokenizer)
 
     def _finish(self, rows: list[torch.Tensor], logprobs: list[torch.Tensor] | None, group_size: int,
-                counters: dict[str, int]) -> RolloutBatch:
-        """Pad rows to one length, cut at the first EOS, and decode."""
-        eos = torch.tensor(self.eos_ids, dtype=torch.long)
+                counters: dict[str, int], device: torch.device | None = None) -> RolloutBatch:
+        """Pad rows to one length, cut at the first EOS, and decode. Tensors come back on the model's device."""
+        device = device if device is not None else model_device(self.model)
+        eos = torch.tensor(self.eos_ids, dtype=torch.long, device=device)
+        rows = [row.to(device) for row in rows]
         ends, cut = [], []
         for row in rows:
             hits = torch.isin(row, eos).nonzero()
             ends.append(int(hits[0]) + 1 if len(hits) else len(row))
             cut.append(len(hits) == 0)
         width = max(ends, default=0)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        lps = torch.zeros(len(rows), width) if logprobs is not None else None
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        lps = torch.zeros(len(rows), width, dtype=torch.float32, device=device) if logprobs is not None else None
         texts = []
         for i, (row, end) in enumerate(zip(rows, ends, strict=True)):
             ids[i, :end] = row[:end]
@@ -173,9 +187,9 @@ class _HFBackend:
                 lps[i, :end] = logprobs[i][:end]
             keep = [t for t in row[:end].tolist() if t not in self.strip_ids]
             texts.append(self.tokenizer.decode(keep, skip_special_tokens=False))
-        truncated = torch.tensor(cut, dtype=torch.bool)
+        truncated = torch.tensor(cut, dtype=torch.bool, device=device)
         counters["generated_tokens"] = int(mask.sum())
-        prompt_index = torch.arange(len(rows)) // group_size
+        prompt_index = torch.arange(len(rows), device=device) // group_size
         return RolloutBatch(prompt_index, ids, mask, truncated, texts, group_size, lps, counters)
 
 
@@ -199,11 +213,13 @@ class HFSharedPrefixBackend(_HFBackend):
         rows: list[torch.Tensor] = []
         logprobs: list[torch.Tensor] = []
         lm_head = unwrap(self.model).lm_head
-        eos = torch.tensor(self.eos_ids, dtype=torch.long)
-        with eval_mode(self.model), count_vision(vision_module(self.model), counters):
+        device = model_device(self.model)
+        eos = torch.tensor(self.eos_ids, dtype=torch.long, device=device)
+        banned = torch.tensor(self.banned_ids, dtype=torch.long, device=device)
+        banned_and_eos = torch.cat([banned, eos])
+        with eval_mode(self.model), count_vision(vision_module(self.model), counters), compute_autocast(self.model):
             for prompt in prompts:
-                prompt = strip_padding(prompt)
-                device = prompt["input_ids"].device
+                prompt = to_model_device(strip_padding(prompt), self.model)
                 prefix = run_prefix(self.model, prompt)
                 counters["prefill_tokens"] += prefix.length
                 logits = lm_head(prefix.last_hidden).float().expand(group_size, -1)
@@ -218,11 +234,11 @@ class HFSharedPrefixBackend(_HFBackend):
                     counters["entropy_tokens"] = counters.get("entropy_tokens", 0) + tempered.shape[0]
                     chosen, logp = sample_next(
                         logits, temperature=temperature, top_p=top_p, top_k=top_k,
-                        forbid=eos if step < min_new_tokens else None, generator=generator,
+                        forbid=banned_and_eos if step < min_new_tokens else banned, generator=generator,
                     )
                     tokens[alive, step] = chosen
                     scores[alive, step] = logp
-                    still = ~torch.isin(chosen, eos.to(device))
+                    still = ~torch.isin(chosen, eos)
                     if step + 1 == max_new_tokens or not bool(still.any()):
                         break
                     if not bool(still.all()):
@@ -232,9 +248,9 @@ class HFSharedPrefixBackend(_HFBackend):
                                            prefix.rope_delta)
                     logits = lm_head(hidden[:, -1]).float()
                     counters["decode_steps"] += 1
-                rows.extend(tokens.cpu())
-                logprobs.extend(scores.cpu())
-        return self._finish(rows, logprobs, group_size, counters)
+                rows.extend(tokens)
+                logprobs.extend(scores)
+        return self._finish(rows, logprobs, group_size, counters, device)
 
 
 class HFNaiveBackend(_HFBackend):
@@ -256,14 +272,20 @@ class HFNaiveBackend(_HFBackend):
         counters = {"prefill_tokens": 0}
         rows: list[torch.Tensor] = []
         inner = unwrap(self.model)
+        device = model_device(self.model)
         sampling: dict[str, Any] = (
             {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k}
             if temperature > 0
             else {"do_sample": False}
         )
-        with eval_mode(self.model), count_vision(vision_module(self.model), counters):
+        if self.banned_ids:
+            sampling["suppress_tokens"] = self.banned_ids
+        # generate() has no generator argument: a forked global RNG (CPU and the model's CUDA device) is seeded from it.
+        rng_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else []
+        with eval_mode(self.model), count_vision(vision_module(self.model), counters), compute_autocast(self.model):
             for prompt in prompts:
-                batch = repeat_prompt(strip_padding(prompt), group_size)
+                batch = repeat_prompt(to_model_device(strip_padding(prompt), self.model), group_size)
                 length = batch["input_ids"].shape[1]
                 counters["prefill_tokens"] += length * group_size
                 core = getattr(inner, "model", None)
@@ -271,8 +293,8 @@ class HFNaiveBackend(_HFBackend):
                     core.rope_deltas = None
                 rng = contextlib.nullcontext()
                 if generator is not None:  # generate() has no generator argument: seed a forked global RNG from it
-                    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-                    rng = torch.random.fork_rng(devices=[])
+                    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+                    rng = torch.random.fork_rng(devices=rng_devices)
                 with rng, neutral_generation_config(inner):
                     if generator is not None:
                         torch.manual_seed(seed)
@@ -282,17 +304,25 @@ class HFNaiveBackend(_HFBackend):
                     )
                 if hasattr(core, "rope_deltas"):
                     core.rope_deltas = None
-                rows.extend(out[:, length:].cpu())
-        return self._finish(rows, None, group_size, counters)
+                rows.extend(out[:, length:])
+        return self._finish(rows, None, group_size, counters, device)
+
+
+def backend_device(backend: Any) -> torch.device:
+    """Where a backend's outputs live: its model's device (CPU for backends without a local model)."""
+    model = getattr(backend, "model", None)
+    return model_device(model) if model is not None else torch.device("cpu")
 
 
 BACKENDS = ("hf",)
 
 
 def make_backend(model: Any, processor: Any, name: str = "hf", share_prompt: bool = True) -> RolloutBackend:
-    """`hf`: the shared-prefix backend for Qwen2-VL/Qwen2.5-VL (unless `share_prompt` is False), naive otherwise."""
+    """`hf`: the shared-prefix backend for Qwen2-VL/2.5-VL/3-VL (unless `share_prompt` is False), naive otherwise."""
     if name not in BACKENDS:
         raise UserError(f"rollout.backend: unknown backend '{name}'; valid: {', '.join(BACKENDS)}")
     if share_prompt and supports_prefix_sharing(model):
         return HFSharedPrefixBackend(model, processor)
+    if share_prompt:
+        note_naive_fallback(model)
     return HFNaiveBackend(model, processor)

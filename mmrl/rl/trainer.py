@@ -64,7 +64,9 @@ class GRPOTrainer:
         self.backend = make_backend(self.run.model, self.run.processor, cfg.rollout.backend,
                                     share_prompt=cfg.rollout.share_prompt)
         self.reference = make_reference(self.run.model, cfg.algorithm.beta)
-        self.generator = torch.Generator().manual_seed(cfg.trainer.seed * 1000 + self.run.dist.rank)
+        # Sampling draws on the model's device, so the generator lives there (CUDA rejects a CPU generator).
+        self.generator = torch.Generator(device=self.run.dist.device)
+        self.generator.manual_seed(cfg.trainer.seed * 1000 + self.run.dist.rank)
         self._samplers: dict[str, PromptSampler] = {}
         self._composites: dict[str, RewardComposite] = {}
         self.eval_samples = self._load(tuple(cfg.data.eval)) if cfg.data.eval and cfg.trainer.eval_steps else []

@@ -23,6 +23,7 @@ from mmrl.engine.distributed import all_reduce_sum
 from mmrl.engine.run import TrainingRun, prepare_run, start_run
 from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
+from mmrl.models.placement import compute_autocast, to_model_device
 from mmrl.rl.logprobs import head_logprobs
 from mmrl.rl.prefix import unwrap
 from mmrl.rl.sampler import PromptSampler, shard
@@ -43,11 +44,12 @@ def label_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     core = inner.model
     if hasattr(core, "rope_deltas"):
         core.rope_deltas = None  # positions of a previous batch must not leak in
-    hidden = core(**inputs).last_hidden_state
-    # Token t is predicted from position t - 1.
-    targets = labels[:, 1:]
-    active = targets != -100
-    scores = head_logprobs(inner.lm_head, hidden[:, :-1][active], targets[active])
+    with compute_autocast(model):
+        hidden = core(**inputs).last_hidden_state
+        # Token t is predicted from position t - 1.
+        targets = labels[:, 1:]
+        active = targets != -100
+        scores = head_logprobs(inner.lm_head, hidden[:, :-1][active], targets[active])
     return scores, active.sum()
 
 
@@ -104,7 +106,7 @@ def _sft_step(run: TrainingRun, batch_samples: list) -> tuple[float, float]:
     parts = max(1, min(cfg.trainer.grad_accumulation, len(batch_samples)))
     size = -(-len(batch_samples) // parts) if batch_samples else 0
     micro = [batch_samples[i: i + size] for i in range(0, len(batch_samples), size)] if size else []
-    encoded = [{k: v.to(run.dist.device) for k, v in encode_sft(run.processor, mb, cfg.data).items()} for mb in micro]
+    encoded = [to_model_device(encode_sft(run.processor, mb, cfg.data), run.model) for mb in micro]
     global_tokens = all_reduce_sum(sum(float((b["labels"][:, 1:] != -100).sum()) for b in encoded), world)
     local = 0.0
     for batch in encoded:

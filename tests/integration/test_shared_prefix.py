@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from mmrl.config import load_config
-from mmrl.models.loading import load_policy
+from mmrl.models.loading import enable_activation_checkpointing, load_policy
 from mmrl.rl.logprobs import completion_logprobs, naive_completion_logprobs, selective_log_softmax
 from mmrl.rl.reference import make_reference, reference_logprobs
 from mmrl.rl.rollout import count_vision, vision_module
@@ -141,7 +141,7 @@ def test_gradient_checkpointing_keeps_the_prefix(policy):
     prompt = make_prompt(processor, 56, "what color?", seed=5)
     ids, mask = completions(processor.tokenizer.pad_token_id)
     expected = forward_backward(naive_completion_logprobs, model, prompt, ids, mask)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_activation_checkpointing(model)
     model.train()
     with pytest.warns(UserWarning, match="gradient checkpointing"):
         shared = forward_backward(completion_logprobs, model, prompt, ids, mask)

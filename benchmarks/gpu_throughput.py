@@ -1,0 +1,169 @@
+"""GPU throughput of mmrl's own rollout and training forward on a big-architecture preset (random weights).
+
+    python3 benchmarks/gpu_throughput.py                          # qwen2.5-vl-3b, bf16, on the first CUDA device
+    python3 benchmarks/gpu_throughput.py --preset qwen2.5-vl-7b --group-size 8 --max-new-tokens 256
+    python3 benchmarks/gpu_throughput.py --preset tiny --device cpu --steps 1   # smoke test of the program itself
+
+The model is built in memory from the preset (no download, no checkpoint written) and run through the code a
+training step runs: `make_backend(...).generate` (shared-prefix rollout) and `completion_logprobs` + backward (the
+training forward), with `model.dtype` semantics (fp32 weights + bf16 autocast by default). Printed per phase:
+tokens/s, peak GPU memory and MFU = achieved FLOPs / peak bf16 FLOPs of the device, with FLOPs estimated as
+2·N per token for the rollout and 6·N per token for forward+backward (N = parameters; attention FLOPs left out, so
+MFU is a slight underestimate). The last line is `train_tokens_per_s=<float>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Dense bf16 peak (no sparsity) of common training GPUs, in FLOP/s.
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
+             "L40": 181e12, "A10": 125e12, "L4": 121e12, "4090": 165e12, "B200": 2250e12}
+
+
+def peak_flops(device: torch.device, override: float | None) -> float | None:
+    if override:
+        return override * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((value for key, value in PEAK_BF16.items() if key in name), None)
+
+
+def build(preset: str, device: torch.device, dtype: str, attn: str, seed: int):
+    """Tokenizer, processor and a randomly initialised model of `preset`, created directly on `device`."""
+    from transformers import AutoModelForImageTextToText
+
+    from mmrl.models.loading import pick_attn_implementation, pick_dtype, weights_dtype
+    from mmrl.models.placement import set_compute_dtype
+    from mmrl.models.tiny import PRESETS, build_parts
+
+    _tokenizer, processor, config, _eos, _pad = build_parts(PRESETS[preset], seed)
+    compute = pick_dtype(dtype, device)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(
+            config, dtype=weights_dtype(compute, trains_weights=True),
+            attn_implementation=pick_attn_implementation(attn, device, compute))
+    set_compute_dtype(model, compute)
+    processor.tokenizer.padding_side = "left"
+    return model, processor, compute
+
+
+def make_prompts(processor, count: int, side: int, seed: int) -> list[dict]:
+    rng = np.random.RandomState(seed)
+    prompts = []
+    for _ in range(count):
+        image = (rng.rand(side, side, 3) * 255).astype("uint8")
+        from PIL import Image
+
+        messages = [{"role": "user", "content": [{"type": "image"},
+                                                 {"type": "text", "text": "How many shapes are there? Think first."}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompts.append(dict(processor(text=[text], images=[Image.fromarray(image)], return_tensors="pt")))
+    return prompts
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="qwen2.5-vl-3b")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32", "auto"])
+    parser.add_argument("--attn", default="auto", choices=["auto", "sdpa", "eager", "flash_attention_2"])
+    parser.add_argument("--prompts", type=int, default=4, help="prompts per step (one image each)")
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--image-side", type=int, default=448)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps (after one warm-up step)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s if the device is unknown")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("gpu_throughput: no CUDA device visible; nothing to measure")
+        return 0
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    from mmrl.models.placement import to_device
+    from mmrl.rl.logprobs import completion_logprobs
+    from mmrl.rl.rollout import make_backend
+
+    model, processor, compute = build(args.preset, device, args.dtype, args.attn, args.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    prompts = [to_device(p, device) for p in make_prompts(processor, args.prompts, args.image_side, args.seed)]
+    prompt_tokens = sum(int(p["input_ids"].shape[1]) for p in prompts)
+    backend = make_backend(model, processor)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    g, length = args.group_size, args.max_new_tokens
+    peak = peak_flops(device, args.peak_tflops)
+    attn_impl = getattr(model.config, "_attn_implementation", "?")
+    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'} | preset {args.preset} | "
+          f"{n_params / 1e9:.2f}B parameters | attention {attn_impl} | weights "
+          f"{next(model.parameters()).dtype} compute {compute} | {args.prompts} prompts x G={g} x {length} tokens, "
+          f"{args.image_side}x{args.image_side} images ({prompt_tokens // max(1, args.prompts)} prompt tokens each)")
+
+    def rollout():
+        return backend.generate(prompts, g, max_new_tokens=length, min_new_tokens=length, temperature=1.0,
+                                generator=generator)
+
+    def train(batch):
+        model.train()
+        for i, prompt in enumerate(prompts):
+            rows = slice(i * g, (i + 1) * g)
+            logp = completion_logprobs(model, prompt, batch.completion_ids[rows], batch.completion_mask[rows])
+            (-(logp.sum() / batch.completion_mask[rows].sum())).backward()
+        model.zero_grad(set_to_none=True)
+
+    figures: dict[str, float] = {"parameters": float(n_params)}
+    for phase in ("rollout", "train"):
+        batch = rollout()  # warm-up (and the completions the training forward scores)
+        if phase == "train":
+            train(batch)
+        sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        tokens, seconds = 0, 0.0
+        for _ in range(args.steps):
+            if phase == "rollout":
+                start = time.perf_counter()
+                batch = rollout()
+                sync(device)
+                seconds += time.perf_counter() - start
+                tokens += int(batch.completion_mask.sum())
+            else:
+                start = time.perf_counter()
+                train(batch)
+                sync(device)
+                seconds += time.perf_counter() - start
+                tokens += int(batch.completion_mask.sum())
+        per_token = (2 if phase == "rollout" else 6) * n_params
+        processed = tokens + prompt_tokens * args.steps  # the prompt runs once per group in both phases
+        rate = tokens / seconds
+        mfu = per_token * processed / seconds / peak if peak else float("nan")
+        memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+        figures.update({f"{phase}_tokens_per_s": rate, f"{phase}_mfu": mfu, f"{phase}_peak_memory_gib": memory})
+        print(f"{phase:8s} {rate:10.1f} completion tokens/s | MFU {mfu * 100:5.1f}% | peak memory {memory:.1f} GiB")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    print(f"train_tokens_per_s={figures['train_tokens_per_s']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# GPU check: does mmrl train on this machine's CUDA device(s), and how fast?
+#   1. installs the `gpu` extra (flash-attn) if it can (a failed build is reported, not fatal: SDPA is used instead),
+#   2. runs the gpu-marked tests (GRPO and SFT in bf16 on the tiny presets, flash-attention 2 when installed,
+#      2-GPU data parallel when two devices are visible),
+#   3. runs benchmarks/gpu_throughput.py on the qwen2.5-vl-3b architecture (random weights, bf16): tokens/s, peak
+#      memory and MFU of the rollout and of the training forward+backward.
+# Usage: scripts/gpu_check.sh [extra arguments for benchmarks/gpu_throughput.py]
+# Exits 0 with a one-line message where no CUDA device is visible; else non-zero if the tests or the benchmark fail.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "gpu_check: no CUDA device visible (torch.cuda.is_available() is False); nothing to check"
+  exit 0
+fi
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader
+"$PY" -c "import torch, transformers; print(f'torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {transformers.__version__}, {torch.cuda.device_count()} device(s)')"
+
+echo "== 1/3 gpu extra (flash-attn)"
+if "$PY" -c "import flash_attn" 2>/dev/null; then
+  echo "flash-attn already installed"
+else
+  # The extra's requirements, read from pyproject.toml (flash-attn builds against the installed torch: no isolation).
+  GPU_REQS=$("$PY" - <<'PYEOF'
+import re
+text = open("pyproject.toml").read()
+block = re.search(r"^gpu\s*=\s*\[(.*?)\]", text, re.S | re.M)
+print(" ".join(re.findall(r'"([^"]+)"', block.group(1))) if block else "flash-attn")
+PYEOF
+)
+  echo "installing: $GPU_REQS"
+  if ! timeout "${FLASH_ATTN_INSTALL_TIMEOUT:-1200}" "$PY" -m pip install --no-build-isolation $GPU_REQS; then
+    echo "gpu_check: could not install the gpu extra ($GPU_REQS); continuing with PyTorch SDPA attention"
+  fi
+fi
+
+echo "== 2/3 gpu-marked tests"
+"$PY" -m pytest -q -m gpu -p no:cacheprovider tests/
+tests_rc=$?
+
+echo "== 3/3 throughput: qwen2.5-vl-3b architecture, random weights, bf16"
+"$PY" benchmarks/gpu_throughput.py --preset qwen2.5-vl-3b --dtype bf16 "$@"
+bench_rc=$?
+
+echo "gpu_check: tests exit code $tests_rc, benchmark exit code $bench_rc"
+[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]

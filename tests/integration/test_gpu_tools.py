@@ -1,0 +1,49 @@
+"""The GPU check script and the throughput program work on a CPU-only machine too (one says so, one smoke-runs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible: the script would run the full check")
+def test_gpu_check_exits_cleanly_without_a_gpu():
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
+                            timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines() == [
+        "gpu_check: no CUDA device visible (torch.cuda.is_available() is False); nothing to check"]
+
+
+def test_throughput_program_runs_the_training_code_on_cpu(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("gpu_throughput", ROOT / "benchmarks" / "gpu_throughput.py")
+    program = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(program)
+    out = tmp_path / "figures.json"
+    code = program.main(["--preset", "tiny", "--device", "cpu", "--dtype", "fp32", "--steps", "1", "--prompts", "1",
+                         "--group-size", "2", "--max-new-tokens", "4", "--image-side", "56", "--json", str(out)])
+    assert code == 0
+    figures = json.loads(out.read_text())
+    assert figures["rollout_tokens_per_s"] > 0 and figures["train_tokens_per_s"] > 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("train_tokens_per_s=")
+
+
+def test_benchmark_preset_has_the_published_size():
+    """qwen2.5-vl-3b (the GPU check's throughput model) has Qwen2.5-VL-3B's 3.75B parameters (tied embeddings)."""
+    from transformers import AutoModelForImageTextToText
+
+    from mmrl.models.tiny import PRESETS, build_parts
+
+    _tok, _proc, config, _eos, _pad = build_parts(PRESETS["qwen2.5-vl-3b"], 0)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    assert 3.70e9 < sum(p.numel() for p in model.parameters()) < 3.80e9
+    assert model.lm_head.weight is model.get_input_embeddings().weight
