@@ -76,6 +76,15 @@ def all_reduce_sum(value: float | torch.Tensor, world_size: int) -> float:
     return float(tensor)
 
 
+def all_reduce_sum_tensor(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Element-wise sum of a tensor over all processes in one collective; returned on the tensor's own device."""
+    if world_size <= 1:
+        return tensor
+    buf = tensor.to(device=collective_device(), dtype=torch.float64).clone()
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.to(device=tensor.device, dtype=tensor.dtype)
+
+
 def all_gather_objects(obj: Any, world_size: int) -> list[Any]:
     if world_size <= 1:
         return [obj]

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from mmrl.engine.distributed import all_reduce_sum
+from mmrl.engine.distributed import all_reduce_sum, all_reduce_sum_tensor
 from mmrl.engine.run import TrainingRun
 from mmrl.rl.advantages import compute_advantages
 from mmrl.rl.experience import Group
@@ -96,14 +96,15 @@ def assign_advantages(run: TrainingRun, groups: list[Group]) -> dict[str, float]
             reward = reward - algo.beta * kl
             kl_sum += float(kl.sum())
             kl_tokens += float(group.completion_mask.sum())
-        rewards.append(reward.cpu())
-        counts.append(mask.sum(-1).double().cpu())
-    sizes = torch.tensor([len(r) for r in rewards], dtype=torch.long)
-    all_rewards = torch.cat(rewards) if rewards else torch.zeros(0, dtype=torch.float64)
-    group_ids = torch.arange(len(rewards)).repeat_interleave(sizes)
+        rewards.append(reward)
+        counts.append(mask.sum(-1).double().to(reward.device))
+    device = rewards[0].device if rewards else torch.device("cpu")
+    sizes = torch.tensor([len(r) for r in rewards], dtype=torch.long, device=device)
+    all_rewards = torch.cat(rewards) if rewards else torch.zeros(0, dtype=torch.float64, device=device)
+    group_ids = torch.arange(len(rewards), device=device).repeat_interleave(sizes)
 
     def reduce(t: torch.Tensor) -> torch.Tensor:
-        return torch.tensor([all_reduce_sum(float(x), world) for x in t], dtype=t.dtype)
+        return all_reduce_sum_tensor(t, world)
 
     adv = compute_advantages(algo.advantage, all_rewards, group_ids, scale=algo.scale_rewards, eps=algo.std_eps,
                              token_counts=torch.cat(counts) if counts else None, all_reduce=reduce)
