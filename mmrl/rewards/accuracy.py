@@ -29,6 +29,7 @@ from mmrl.errors import UserError
 from mmrl.rewards._columns import col, row_meta
 from mmrl.rewards.extraction import extract_answer, last_boxed
 from mmrl.rewards.format import is_strict_format
+from mmrl.rewards.limits import MAX_ANSWER_CHARS, absurd_math
 from mmrl.rewards.parsing import normalize_text, parse_letters, parse_number, parse_yes_no
 from mmrl.rewards.registry import register_reward
 
@@ -51,41 +52,64 @@ def _math_configs():
     return [LatexExtractionConfig(), ExprExtractionConfig()]
 
 
-_EQUATION = re.compile(r"^(?P<lhs>[^=<>]+)=(?P<rhs>[^=<>]+)$")
+# Text math-verify should read as it is: delimited LaTeX ($...$, \(...\), \[...\], \boxed{...}) or prose around it.
+_DELIMITED = re.compile(r"\$|\\\(|\\\[|\\boxed|\\fbox")
+# A plain number ("1,000.99", "-5", "1000,99", "12%"): math-verify's number path reads thousands separators right.
+_PLAIN_NUMBER = re.compile(r"[-+]?\d[\d,\s]*(?:\.\d+)?(?:[eE][-+]?\d+)?\s*%?")
+# A word of 3+ letters that is not a LaTeX command: the text is prose ("the answer is 5 apples"), not bare LaTeX.
+_PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
 
 
 def _parse_math(text: str) -> list:
-    # Our own timeout (safe.py) replaces math-verify's SIGALRM one, which fails off the main thread.
-    from math_verify import parse
+    """Parse an answer, LaTeX first: bare LaTeX (`2\\sqrt{3}`, `[0,1]`, `x<3`, `y=2x+1`) is read whole as LaTeX.
 
-    # math-verify issue #60: a bare equation such as `3*x-1*y+13=0` parses to its right-hand side `0`, so every
-    # equation "= 0" matches every other. Parse a genuine equation (left side not a lone variable) as LaTeX instead.
-    eq = _EQUATION.match(text.strip()) if "$" not in text and "\\boxed" not in text else None
-    if eq and not re.fullmatch(r"\s*[A-Za-z]\w*\s*", eq.group("lhs")):
-        parsed = parse("$" + text.strip() + "$", _math_configs(), parsing_timeout=None)
+    math-verify's default extraction of undelimited text reads the first number it meets (`2\\sqrt{3}` -> 2) and the
+    equation `3*x-1*y+13=0` as its right side 0 (its issue #60). Delimited text and plain numbers keep math-verify's
+    own extraction; undelimited prose falls back to it, then to the whole text boxed (its issue #70).
+    """
+    # Our own timeout (safe.py) replaces math-verify's SIGALRM one, which fails off the main thread.
+    from math_verify import LatexExtractionConfig, parse
+
+    text = text.strip()
+    if _DELIMITED.search(text) or _PLAIN_NUMBER.fullmatch(text):
+        return parse(text, _math_configs(), parsing_timeout=None)
+    if not _PROSE.search(text):
+        parsed = parse("$" + text + "$", [LatexExtractionConfig()], parsing_timeout=None)
         if parsed:
             return parsed
-    return parse(text, _math_configs(), parsing_timeout=None)
+    parsed = parse(text, _math_configs(), parsing_timeout=None)
+    if not parsed and "\\" in text:
+        parsed = parse("\\boxed{" + text + "}", _math_configs(), parsing_timeout=None)
+    return parsed
+
+
+def _answer_text(text: str) -> str | None:
+    """The part of a math answer to parse, or None when it is absurd (too long, gigantic numbers: see limits.py)."""
+    text = text.strip()
+    if len(text) > MAX_ANSWER_CHARS:
+        boxed = last_boxed(text)  # a long text with a final box (tags=None completions): the box is the answer
+        text = boxed.strip() if boxed is not None else text
+    return None if absurd_math(text) else text
 
 
 @lru_cache(maxsize=4096)
 def parse_math_gold(gold: str) -> tuple:
-    """Parsed gold, or () when it does not parse. Bare LaTeX (`\\frac{9}{7}`, math-verify issue #70) is retried boxed."""
-    parsed = _parse_math(gold)
-    if not parsed and "\\" in gold:
-        parsed = _parse_math("\\boxed{" + gold + "}")
-    return tuple(parsed)
+    """Parsed gold, or () when it does not parse or is absurd. Cached: a gold is parsed once per process."""
+    text = _answer_text(gold)
+    return tuple(_parse_math(text)) if text else ()
 
 
 def verify_math(pred: str, gold: str) -> float | None:
+    """1.0 / 0.0 for `pred` against `gold` (math-verify, `verify(gold, pred)`); None only when the gold is unusable.
+
+    An absurd prediction (`10^{10^{10}}`, a megabyte of text) is wrong without being parsed."""
     from math_verify import verify
 
     gold_parsed = parse_math_gold(str(gold).strip())
     if not gold_parsed:
         return None
-    pred_parsed = _parse_math(pred)
-    if not pred_parsed and "\\" in pred and "$" not in pred:
-        pred_parsed = _parse_math("\\boxed{" + pred + "}")
+    text = _answer_text(pred) if pred else None
+    pred_parsed = _parse_math(text) if text else []
     if not pred_parsed:
         return 0.0
     return 1.0 if verify(list(gold_parsed), pred_parsed, timeout_seconds=None) else 0.0
