@@ -29,7 +29,7 @@ from mmrl.errors import UserError
 from mmrl.rewards._columns import col, row_meta
 from mmrl.rewards.extraction import extract_answer, last_boxed
 from mmrl.rewards.format import is_strict_format
-from mmrl.rewards.limits import MAX_ANSWER_CHARS, absurd_math
+from mmrl.rewards.limits import MAX_TEXT_CHARS, absurd_math
 from mmrl.rewards.parsing import normalize_text, parse_letters, parse_number, parse_yes_no
 from mmrl.rewards.registry import register_reward
 
@@ -84,12 +84,12 @@ def _parse_math(text: str) -> list:
 
 
 def _answer_text(text: str) -> str | None:
-    """The part of a math answer to parse, or None when it is absurd (too long, gigantic numbers: see limits.py)."""
-    text = text.strip()
-    if len(text) > MAX_ANSWER_CHARS:
-        boxed = last_boxed(text)  # a long text with a final box (tags=None completions): the box is the answer
-        text = boxed.strip() if boxed is not None else text
-    return None if absurd_math(text) else text
+    """The part of a math answer to parse, or None when it is absurd (gigantic numbers, see limits.py).
+
+    A text longer than an answer (a whole solution: tags=None, or a gold that is a worked solution) is cut to its
+    last `MAX_TEXT_CHARS`, where math-verify looks for the final answer anyway: parsing a megabyte takes minutes."""
+    text = text.strip()[-MAX_TEXT_CHARS:]
+    return None if absurd_math(text, max_chars=MAX_TEXT_CHARS) else text
 
 
 @lru_cache(maxsize=4096)

@@ -3,7 +3,8 @@
 sympy evaluates numbers eagerly: `10^{10^{10}}` or `(10^{100})!` would be computed digit by digit in C, where no timer
 can interrupt it. These checks look only at the text, in linear time, and flag an answer as absurd when:
 
-- it is longer than `MAX_ANSWER_CHARS` (no final answer is; a long "answer" is a dump of the reasoning);
+- it is longer than `max_chars` (callers cut whole solutions to their last `MAX_TEXT_CHARS` first);
+- it nests brackets `( [ {` more than `MAX_DEPTH` deep;
 - it writes an integer with more than `MAX_DIGITS` digits;
 - a power with a numeric base has more than `MAX_RESULT_DIGITS` digits (estimated as exponent * log10(base)), or a
   numeric exponent that is itself a tower beyond 10^6;
@@ -20,12 +21,15 @@ from __future__ import annotations
 import math
 import re
 
-MAX_ANSWER_CHARS = 1000
+MAX_ANSWER_CHARS = 1000  # longest bracket group the operand scanners walk
+MAX_TEXT_CHARS = 6000  # longest text handed to a verifier
+MAX_DEPTH = 6  # deepest bracket nesting: math-verify's LaTeX parser slows down steeply with depth ((((((((1)))))))) ~1s)
 MAX_DIGITS = 1000
 MAX_RESULT_DIGITS = 100_000
 MAX_FACTORIAL = 10_000
 
 _DIGIT_RUN = re.compile(r"\d{%d,}" % (MAX_DIGITS + 1))
+_BRACKET = re.compile(r"[()\[\]{}]")
 _TOKEN = re.compile(r"\d+(?:\.\d+)?|\\(?:cdot|times)|[-+*/^!(){}\[\]]|\S")
 
 
@@ -140,10 +144,16 @@ def _value(text: str) -> float | None:
     return _numeric_value(_TOKEN.findall(text.replace("\\left", "").replace("\\right", ""))) if text else None
 
 
-def absurd_math(text: str) -> str | None:
+def absurd_math(text: str, max_chars: int = MAX_TEXT_CHARS) -> str | None:
     """Why `text` is too large to evaluate safely, or None when it looks fine (see the module docstring)."""
-    if len(text) > MAX_ANSWER_CHARS:
-        return f"answer of {len(text)} characters (limit {MAX_ANSWER_CHARS})"
+    if len(text) > max_chars:
+        return f"answer of {len(text)} characters (limit {max_chars})"
+    depth = deepest = 0
+    for bracket in _BRACKET.finditer(text):
+        depth = depth + 1 if bracket.group(0) in "([{" else max(0, depth - 1)
+        deepest = max(deepest, depth)
+    if deepest > MAX_DEPTH:
+        return f"brackets nested {deepest} deep (limit {MAX_DEPTH})"
     if _DIGIT_RUN.search(text):
         return f"number with more than {MAX_DIGITS} digits"
     for m in re.finditer(r"\^|!", text):
@@ -166,4 +176,4 @@ def absurd_math(text: str) -> str | None:
     return None
 
 
-__all__ = ["MAX_ANSWER_CHARS", "absurd_math"]
+__all__ = ["MAX_TEXT_CHARS", "absurd_math"]
