@@ -30,7 +30,7 @@ from mmrl.rewards._columns import col, row_meta
 from mmrl.rewards.extraction import extract_answer, last_boxed
 from mmrl.rewards.format import is_strict_format
 from mmrl.rewards.limits import MAX_TEXT_CHARS, absurd_math
-from mmrl.rewards.parsing import normalize_text, parse_letters, parse_number, parse_yes_no
+from mmrl.rewards.parsing import normalize_text, number_unit, parse_letters, parse_number, parse_yes_no
 from mmrl.rewards.registry import register_reward
 
 # math-verify warns on every call that its own timeout is off; ours (safe.py) is on.
@@ -157,18 +157,32 @@ def verify_number(
     abs_tol: float = 0.0,
 ) -> float | None:
     """MathVista-style: with `precision` compare both rounded to that many decimals; integer golds compare exactly;
-    other golds within `max(abs_tol, rel_tol * |gold|)`. A trailing `unit` on the prediction is ignored."""
+    other golds within `max(abs_tol, rel_tol * |gold|)`. `\\frac{1}{2}` reads as 0.5.
+
+    Units are never converted: when the gold states a unit (`5 cm`, or the `unit` column), a prediction that states a
+    DIFFERENT unit (`5 m`, `5 mm`) is wrong; a prediction without a unit is compared by its number alone."""
     gold = parse_number(answer, unit=unit)
     if gold is None:
         return None
-    value = parse_number(_unbox(pred), unit=unit)
+    text = _unbox(pred)
+    value = parse_number(text, unit=unit)
     if value is None:
+        return 0.0
+    gold_unit = _unit_of(answer, unit)
+    pred_unit = number_unit(text)
+    if gold_unit and pred_unit and pred_unit != gold_unit:
         return 0.0
     if precision is not None and int(precision) >= 0:
         return 1.0 if _round(value, int(precision)) == _round(gold, int(precision)) else 0.0
     if gold.denominator == 1 and "." not in str(answer):
         return 1.0 if value == gold else 0.0
     return 1.0 if abs(value - gold) <= max(Fraction(abs_tol), Fraction(rel_tol) * abs(gold)) else 0.0
+
+
+def _unit_of(answer: Any, unit: str | None) -> str | None:
+    """The gold's unit: the one written after its number, else the sample's `unit` column."""
+    written = number_unit(answer) if isinstance(answer, str) else None
+    return written or (number_unit("1 " + unit.strip()) if unit and unit.strip() else None)
 
 
 def verify_text(pred: str, answer: Any) -> float | None:

@@ -18,7 +18,7 @@ from mmrl.rewards.safe import call_with_timeout
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "rewards"
 USER = f"{FIX / 'user_reward.py'}:length_bonus"
-HANG = "<think>r</think><answer>\\boxed{9^{9^{9^{9}}}}</answer>"  # sympy evaluates a gigantic power in C: hangs
+STALLS = f"{FIX / 'user_reward.py'}:stalls"
 
 
 def _in_thread(fn):
@@ -56,18 +56,18 @@ def test_call_with_timeout_off_main_thread_and_in_main_thread():
 
 @pytest.mark.parametrize("from_thread", [False, True])
 def test_hung_verifier_times_out_in_bounded_time_and_pool_recovers(from_thread):
-    completions = [HANG, "<answer>2</answer>", "<answer>3</answer>"]
-    columns = {"answer": ["1", "2", "2"], "task": ["math"] * 3}
-    with RewardComposite([{"name": "accuracy", "timeout_s": 1.0}], workers=1) as rc:
+    completions = ["C-STALL", "2", "3"]  # the first hangs in one C call: its worker must be killed
+    columns = {"answer": ["1", "2", "2"]}
+    with RewardComposite([{"name": STALLS, "timeout_s": 1.0}], workers=1) as rc:
         start = time.monotonic()
         result = _in_thread(lambda: rc.score(completions, columns)) if from_thread else rc.score(completions, columns)
         elapsed = time.monotonic() - start
-        assert result.components["accuracy"] == [None, 1.0, 0.0]
-        assert result.counters == {"accuracy/timeouts": 1}
-        assert result.examples["accuracy"]["index"] == 0 and result.examples["accuracy"]["kind"] == "timeouts"
-        assert elapsed < 10
+        assert result.components[STALLS] == [0.0, 1.0, 0.0]  # the gold is fine, so the timeout is the completion's
+        assert result.counters == {f"{STALLS}/timeouts": 1}
+        assert result.examples[STALLS]["index"] == 0 and result.examples[STALLS]["kind"] == "timeouts"
+        assert elapsed < 20
         processes = [w.process for w in rc._pool._workers]
-        assert rc.score(["<answer>2</answer>"], {"answer": ["2"], "task": ["math"]}).total == [1.0]
+        assert rc.score(["2"], {"answer": ["2"]}).total == [1.0]
     assert all(not p.is_alive() for p in processes)  # closed: no leaked workers
 
 
