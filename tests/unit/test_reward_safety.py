@@ -142,13 +142,16 @@ def test_cli_reward_score(tmp_path, capsys):
                  "--workers", "0"]) == 0  # fmt: skip
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert out == [
-        {"total": 1.5, "accuracy": 1.0, "format": 1.0},
-        {"total": 1.5, "accuracy": 1.0, "format": 1.0},
-        {"total": None, "accuracy": None, "format": 0.0},
-    ]
+        {"line": 1, "total": 1.5, "accuracy": 1.0, "format": 1.0},
+        {"line": 2, "total": 1.5, "accuracy": 1.0, "format": 1.0},
+        {"line": 3, "total": None, "accuracy": None, "format": 0.0},
+        {"summary": {"items": 3, "total": {"mean": 1.5, "none": 1, "timeouts": 0},
+                     "accuracy": {"mean": 1.0, "none": 1, "timeouts": 0},
+                     "format": {"mean": 2 / 3, "none": 0, "timeouts": 0}}},
+    ]  # fmt: skip
     assert main(["reward", "score", "--reward", USER, "--kwargs", '{"target": 18}', "--input", str(data)]) == 0
-    first = json.loads(capsys.readouterr().out.splitlines()[2])
-    assert first == {"total": 1.0, USER: 1.0}
+    third = json.loads(capsys.readouterr().out.splitlines()[2])
+    assert third == {"line": 3, "total": 1.0, USER: 1.0}
     assert main(["reward", "score", "--reward", "nope", "--input", str(data)]) == 2
     assert "unknown reward 'nope'" in capsys.readouterr().err
 
