@@ -28,7 +28,7 @@ MAX_DIGITS = 1000
 MAX_RESULT_DIGITS = 100_000
 MAX_FACTORIAL = 10_000
 
-_DIGIT_RUN = re.compile(r"\d{%d,}" % (MAX_DIGITS + 1))
+_DIGIT_RUN = re.compile(rf"\d{{{MAX_DIGITS + 1},}}")
 _BRACKET = re.compile(r"[()\[\]{}]")
 _TOKEN = re.compile(r"\d+(?:\.\d+)?|\\(?:cdot|times)|[-+*/^!(){}\[\]]|\S")
 

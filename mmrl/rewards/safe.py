@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
-
 KILLED = "worker killed after the time limit (stuck where no timer reaches)"
 
 

@@ -158,7 +158,8 @@ def test_cli_reward_score(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "module",
-    ["extraction", "parsing", "format", "accuracy", "grounding", "gui", "length", "curr_reft", "registry", "composite"],
+    ["extraction", "parsing", "format", "accuracy", "grounding", "gui", "length", "curr_reft", "registry", "composite",
+     "limits"],
 )
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(f"mmrl.rewards.{module}"))
