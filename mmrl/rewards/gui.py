@@ -114,15 +114,19 @@ def point_near_gold(point: Any, gold_xy: tuple[float, float], meta: dict[str, An
 
 
 def score_action(completion: str, gold: Any, meta: dict[str, Any], pred_frame: str | None = None,
-                 click_radius: float = 0.14) -> dict[str, float] | None:  # fmt: skip
-    """R_action, R_coord and R_format (each 0 or 1) for one completion; None when the gold cannot be scored."""
+                 click_radius: float = 0.14) -> dict[str, float]:  # fmt: skip
+    """R_action, R_coord and R_format (each 0 or 1) for one completion.
+
+    Raises UserError when the gold cannot be scored (not an action, a click with neither a valid box nor a point, a
+    point gold without the image size); the `gui_action` reward turns that into None for the item alone."""
+    where = f"sample {meta.get('id', '?')}"
     if not isinstance(gold, dict) or not (gold.get("action_type") or gold.get("action")):
-        return None
+        raise UserError(f"{where}: gui gold answer must be an action dict, got {gold!r:.80}")
     gold_kind = str(gold.get("action_type") or gold.get("action")).lower()
     target = gold.get("bbox") or gold.get("box")
     point = gold_point(gold) if gold_kind == "click" and target is None else None
     if gold_kind == "click" and point is None and gold_box(target, meta) is None:
-        return None  # a click gold with neither a valid box nor a point
+        raise UserError(f"{where}: gold click has neither a valid bbox [x1, y1, x2, y2] nor a point x, y")
     pred = parse_action(extract_answer(completion))
     r_format = float(is_strict_format(completion) and pred is not None)
     r_action = float(pred is not None and pred["action"] == gold_kind)
@@ -137,10 +141,10 @@ def score_action(completion: str, gold: Any, meta: dict[str, Any], pred_frame: s
         else:
             wanted = _arg(gold, gold_kind)
             r_coord = float(wanted is None or _arg(pred, gold_kind) == wanted)  # type: ignore[arg-type]
-    elif gold_kind == "click" and point is not None and point_near_gold((0, 0), point, meta, pred_frame, 1.0) is None:
-        return None  # the gold point cannot be placed on the screen (no image size), whatever the answer
+    elif gold_kind == "click" and point is not None:
+        r_coord = point_near_gold((0, 0), point, meta, pred_frame, 1.0) and 0.0  # None when it cannot be measured
     if r_coord is None:
-        return None
+        raise UserError(f"{where}: a point gold needs the image size (image_size) to measure the click distance")
     return {"action": r_action, "coord": r_coord, "format": r_format}
 
 
@@ -158,6 +162,15 @@ def dast_scores(correct: list[bool], lengths: list[float], groups: list[Any], ma
             lam = (lengths[i] - budget) / budget if budget > 0 else 0.0
             out[i] = max(0.5 - 0.5 * lam, 0.1) if correct[i] else min(0.9 * lam - 0.1, -0.1)
     return out
+
+
+def _score_or_none(completion: str, gold: Any, meta: dict[str, Any], pred_frame: str | None,
+                   click_radius: float) -> dict[str, float] | None:  # fmt: skip
+    """One item's parts, or None when its gold cannot be scored: a bad gold costs only its own item."""
+    try:
+        return score_action(completion, gold, meta, pred_frame, click_radius)
+    except UserError:
+        return None
 
 
 def _metas(columns: dict[str, Any], n: int) -> list[dict[str, Any]]:
@@ -189,7 +202,7 @@ def gui_action_reward(completions, answer=None, pred_frame=None, dast=False, max
         raise UserError(f"gui_action: click_radius is a fraction of the screen, 0 < click_radius <= 2 (got {click_radius})")
     n = len(completions)
     answers, metas = col(answer, n), _metas(columns, n)
-    parts = [score_action(c, a, m, pred_frame, click_radius) for c, a, m in zip(completions, answers, metas, strict=True)]
+    parts = [_score_or_none(c, a, m, pred_frame, click_radius) for c, a, m in zip(completions, answers, metas, strict=True)]
     totals: list[float | None] = [None if p is None else p["action"] + p["coord"] + p["format"] for p in parts]
     if dast:
         lengths = columns.get("completion_length")
