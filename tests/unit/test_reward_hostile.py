@@ -268,3 +268,19 @@ def test_cli_prints_ids_scores_and_a_summary(tmp_path, capsys):
     assert out[3] == {"summary": {"items": 3, "total": {"mean": 0.5, "none": 1, "timeouts": 1},
                                   STALLS: {"mean": 0.5, "none": 1, "timeouts": 1}}}  # fmt: skip
     assert "timeouts 1" in captured.err and "None 1" in captured.err
+
+
+def test_math_verify_issue_cases():
+    """Pitfalls from math-verify's issue tracker (copied into tests/fixtures): the ones with a definite answer hold.
+
+    Issue #64's sqrt(1/n) vs 1/sqrt(n) is left out: they are equal only for n > 0, which math-verify cannot assume."""
+    cases = json.loads((FIX / "math_verify_issue_cases.json").read_text())["cases"]
+    checked = 0
+    for case in cases:
+        gold, pred, expected = case.get("gold"), case.get("pred") or case.get("pred_tail"), case.get("expected")
+        if gold and pred and isinstance(expected, bool) and "sqrt{1/n}" not in gold:
+            assert verify_math(pred, gold) == float(expected), case["issue"]
+            checked += 1
+    assert checked == 3  # issues 37 (\text{13} = 13), 60 (two different equations), 76 (**73** in markdown)
+    assert verify_math("\\dfrac{9}{7}", "\\dfrac{9}{7}") == 1.0  # issue 70: a bare LaTeX gold parses
+    assert verify_math(cases[6]["pred"], "840") == 1.0  # issue 44: the same box twice is 840, not 840840
