@@ -35,13 +35,15 @@ from mmrl.rewards.grounding import gold_box, parse_boxes, pred_frame_for
 from mmrl.rewards.parsing import normalize_text
 from mmrl.rewards.registry import register_reward
 
+_MAX_ACTION_CHARS = 2000
 GUI_ACTIONS = ("click", "open_app", "scroll", "navigate_back", "input_text")
 _ARG_KEYS = {"open_app": ("app_name", "app"), "scroll": ("direction",), "input_text": ("text", "input_text", "content")}
 
 
 def parse_action(text: str | None) -> dict[str, Any] | None:
-    """The one action dict in an answer (a dict or a one-element list), or None."""
-    if not text:
+    """The one action dict in an answer (a dict or a one-element list), or None (also for an answer longer than any
+    action: parsing a megabyte of brackets as a Python literal would take seconds)."""
+    if not text or len(text) > _MAX_ACTION_CHARS:
         return None
     value: Any = None
     for loader in (json.loads, ast.literal_eval):
