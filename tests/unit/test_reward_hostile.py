@@ -144,7 +144,7 @@ def test_gui_action_batch_with_point_box_and_bad_golds():
     assert result.components["gui_action"] == [3.0, 3.0, None, None]
     assert result.counters == {"gui_action/unscorable": 2}
     megabyte = f"{T}<answer>{'[' * 1_000_000}</answer>"  # not an action: parsed as nothing, not for seconds
-    assert get_reward("gui_action")([megabyte, good], answer=golds[:1] * 2, image_size=[(1000, 1000)] * 2) == [1.0, 3.0]
+    assert get_reward("gui_action")([megabyte, good], answer=golds[:1] * 2, image_size=[(1000, 1000)] * 2) == [0.0, 3.0]
 
 
 # ---------------------------------------------------------------- 4. GIoU of absurd boxes
