@@ -34,7 +34,15 @@ from typing import Any
 from mmrl.config.rl import RewardSpec
 from mmrl.errors import UserError
 from mmrl.rewards.registry import get_reward, is_batched, is_file_spec
-from mmrl.rewards.safe import KILLED, Outcome, WorkerPool, call_with_timeout, score_item, timeout_outcome
+from mmrl.rewards.safe import (
+    KILLED,
+    Outcome,
+    WorkerPool,
+    call_with_timeout,
+    probe_outcome,
+    score_item,
+    timeout_outcome,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +113,8 @@ class RewardComposite:
                 raise ValueError(f"reward column '{key}' must be a list of {n} values (one per completion)")
         rows = [{k: v[i] for k, v in columns.items()} for i in range(n)]
         outcomes: dict[str, list[Outcome]] = {}
-        pooled = [(s, t, timeout) for s, t, timeout in zip(self.specs, self.targets, self.timeouts, strict=True)
-                  if t is not None and self.workers > 0 and not is_batched(self.fns[self.specs.index(s)], s.kwargs)]  # fmt: skip
+        pooled = [(s, t, timeout) for s, fn, t, timeout in zip(self.specs, self.fns, self.targets, self.timeouts, strict=True)
+                  if t is not None and self.workers > 0 and not is_batched(fn, s.kwargs)]  # fmt: skip
         if pooled and n:
             outcomes.update(self._pooled(pooled, completions, rows))
         for spec, fn, target, timeout in zip(self.specs, self.fns, self.targets, self.timeouts, strict=True):
@@ -135,13 +143,13 @@ class RewardComposite:
             probes = self._get_pool().run(killed, chunk_size=1, mode="probe")
             for name, *_, items in killed:
                 for i, _, _ in items:
-                    found[(name, i)] = timeout_outcome(probes[(name, i)], KILLED)
+                    probe = probes[(name, i)]
+                    found[(name, i)] = probe_outcome(probe) or timeout_outcome(probe, KILLED)
         return {s.name: [found[(s.name, i)] for i in range(n)] for s, _, _ in pooled}
 
     @staticmethod
     def _guarded_item(fn, completion: str, row: dict, kwargs: dict, timeout) -> Outcome:
-        out = call_with_timeout(score_item, None, fn, completion, row, kwargs, timeout)
-        return out.value if out.status == "ok" else out
+        return score_item(fn, completion, row, kwargs, timeout)
 
     def _batch(self, fn, completions, columns, kwargs, timeout) -> list[Outcome]:
         """Cheap rewards: one call for the whole batch under the per-completion limit (every item then took less);

@@ -104,12 +104,12 @@ def test_hostile_items_mixed_with_normal_ones_in_the_worker_pool():
 
 # ---------------------------------------------------------------- 2/3. timeouts: the completion's fault scores 0
 def test_timeouts_in_the_pool_score_zero_only_when_the_item_is_scorable():
-    completions = ["C-STALL", "2", "anything", "C-STALL", "PY-STALL", "3"]
-    answers = ["2", "2", "SLOW-GOLD", None, "2", "2"]
+    completions = ["C-STALL", "2", "anything", "C-STALL", "PY-STALL", "3", "2"]
+    answers = ["2", "2", "SLOW-GOLD", None, "2", "2", "C-SLOW-GOLD"]
     with RewardComposite([{"name": STALLS, "timeout_s": 0.5}], workers=1) as rc:
         result = rc.score(completions, {"answer": answers})
-    assert result.components[STALLS] == [0.0, 1.0, None, None, 0.0, 0.0]
-    assert result.counters == {f"{STALLS}/timeouts": 2, f"{STALLS}/unscorable": 2}
+    assert result.components[STALLS] == [0.0, 1.0, None, None, 0.0, 0.0, None]
+    assert result.counters == {f"{STALLS}/timeouts": 2, f"{STALLS}/unscorable": 3}
 
 
 def test_timeouts_in_process_score_zero_only_when_the_item_is_scorable():
