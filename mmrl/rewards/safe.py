@@ -12,13 +12,15 @@ math-verify's own timeout uses SIGALRM, which only works in the main thread (its
   The pool works from any thread of the parent (it uses no signals there) and never leaks processes (`close()`,
   context manager, daemon workers).
 
-Timeouts (`score_item`): before a completion is scored, the reward scores an EMPTY completion for the same item, under
-its own limit. That probe is cheap (the gold's parse is cached per process) and tells whose fault a timeout is:
+Timeouts (`score_item`): to tell whose fault a timeout is, the reward also scores an EMPTY completion for the same item
+under its own limit (the "probe"). Built-in rewards run the probe first, before the completion (it is cheap: the gold's
+parse is cached per process), so a slow gold never eats the completion's time; user rewards, whose cost mmrl cannot
+know, run it only after a timeout, so they are not called twice per item. Then:
 - the probe gives a number -> the item is scorable, so a timeout on the completion is the completion's: 0.0, counted
   as `<name>/timeouts` (a policy must not learn that a verifier-breaking answer escapes the penalty);
 - the probe gives None -> the item is unscorable whatever the completion (a bad gold): None, counted as unscorable;
-- the probe itself runs out of time -> the gold is too slow to parse: None, counted as unscorable;
-- the probe raises -> nothing is known: the completion is scored anyway, and a timeout then stays None.
+- the probe itself runs out of time -> the gold is too slow to read: None, counted as unscorable;
+- the probe raises -> nothing is known: a timeout then stays None (counted as a timeout).
 
 Start method: `forkserver` with `mmrl.rewards` (and math-verify/sympy) preloaded: workers and respawns are forks of a
 small clean server process, so start-up is cheap and a parent that has torch/CUDA threads loaded is never forked.
@@ -137,13 +139,21 @@ def timeout_outcome(probe: Outcome, message: str) -> Outcome:
 
 
 def score_item(fn, completion: str, row: dict, kwargs: dict, timeout_s: float | None) -> Outcome:
-    """Score one completion with the probe-first rule of the module docstring; never raises."""
-    probe = call_with_timeout(_score_one, timeout_s, fn, "", row, kwargs)
-    settled = probe_outcome(probe)
+    """Score one completion with the probe rule of the module docstring; never raises."""
+    eager = getattr(fn, "mmrl_reward_name", None) is not None  # a built-in (registered) reward: probe first
+    probe = call_with_timeout(_score_one, timeout_s, fn, "", row, kwargs) if eager else None
+    settled = probe_outcome(probe) if probe is not None else None
     if settled is not None:
         return settled
     out = call_with_timeout(_score_one, timeout_s, fn, completion, row, kwargs)
-    return timeout_outcome(probe, out.message or "over the time limit") if out.status == "timeout" else out
+    if out.status != "timeout":
+        return out
+    if probe is None:
+        probe = call_with_timeout(_score_one, timeout_s, fn, "", row, kwargs)
+        settled = probe_outcome(probe)
+        if settled is not None:
+            return settled
+    return timeout_outcome(probe, out.message or "over the time limit")
 
 
 def _worker_main(conn) -> None:
