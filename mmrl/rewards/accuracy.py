@@ -4,9 +4,10 @@
 - `None` means the GOLD cannot be used (empty, unparsable): the item is unscorable, never a free 0 or 1.
 - A missing or unparsable PREDICTION is simply wrong: 0.0.
 
-Tasks: `math` (math-verify, `verify(gold, pred)` in that order), `mc` (letter sets), `yes_no`, `count` (integers,
-number words), `number` (tolerance / MathVista `precision` and `unit`), `text` (normalized exact match),
-`grounding` (IoU > 0.5, see grounding.py).
+Tasks: `math` (math-verify, `verify(gold, pred)` in that order; bare LaTeX golds and answers are read whole as LaTeX,
+absurd answers such as `10^{10^{10}}` are rejected before parsing, see limits.py), `mc` (letter sets), `yes_no`,
+`count` (integers, number words such as "one hundred"), `number` (tolerance / MathVista `precision` and `unit`; a
+different unit is wrong, units are not converted), `text` (normalized exact match), `grounding` (IoU > 0.5).
 
 >>> verify_answer("(B) a dog", "B", "mc", choices=["a cat", "a dog"])
 1.0
@@ -14,6 +15,8 @@ number words), `number` (tolerance / MathVista `precision` and `unit`), `text` (
 (0.0, 0.0)
 >>> verify_answer("three", 3, "count"), verify_answer("3", "", "count")
 (1.0, None)
+>>> verify_answer("2", "2\\sqrt{3}", "math"), verify_answer("5 m", "5 cm", "number")
+(0.0, 0.0)
 """
 
 from __future__ import annotations
