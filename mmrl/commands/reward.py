@@ -18,6 +18,10 @@ EXAMPLES = """  mmrl reward list
   mmrl reward score --reward '[{name: accuracy, weight: 1.0}, {name: format, weight: 0.5}]' --input c.jsonl
   mmrl reward score --reward my_rewards.py:length_bonus --kwargs '{"target": 200}' --input c.jsonl
   Each input line is {"completion": "...", "answer": ..., "task": ..., <other columns>}.
+  Output: one JSON line per item ({"line": N, "id": ..., "total": ..., <reward>: ...}), then a summary line
+  {"summary": {"items": N, "total": {"mean": ..., "none": ..., "timeouts": ...}, <reward>: {...}}}.
+  None = unscorable (a gold the reward cannot use); a completion that ran out of time on a usable gold scores 0
+  and is counted under "timeouts".
 """
 
 
@@ -84,11 +88,15 @@ def _specs(values: list[str], kwargs_text: str | None) -> list[dict]:
     return specs
 
 
-def _read(path: Path) -> tuple[list[str], dict[str, list]]:
+def _read(path: Path) -> tuple[list[str], dict[str, list], list[int]]:
     if not path.is_file():
         raise UserError(f"--input {path}: file not found")
-    records = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(f"--input {path}: not UTF-8 text (byte {err.start}); re-save it as UTF-8") from err
+    records, line_numbers = [], []
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -98,9 +106,10 @@ def _read(path: Path) -> tuple[list[str], dict[str, list]]:
         if not isinstance(record, dict) or not isinstance(record.get("completion"), str):
             raise UserError(f"{path}:{lineno}: each line needs a string field 'completion'")
         records.append(record)
+        line_numbers.append(lineno)
     keys = sorted({k for r in records for k in r if k != "completion"})
     columns = {k: [_tuple_sizes(k, r.get(k)) for r in records] for k in keys}
-    return [r["completion"] for r in records], columns
+    return [r["completion"] for r in records], columns, line_numbers
 
 
 def _tuple_sizes(key: str, value):
@@ -115,13 +124,34 @@ def run_score(args: argparse.Namespace) -> int:
         specs = [RewardSpec(**s) for s in _specs(args.reward, args.kwargs)]
     except (TypeError, ValueError) as err:
         raise UserError(f"--reward: {err}".splitlines()[0]) from err
-    completions, columns = _read(args.input)
+    completions, columns, line_numbers = _read(args.input)
     with RewardComposite(specs, timeout_s=args.timeout, workers=args.workers) as composite:
         result = composite.score(completions, columns)
+    ids = columns.get("id")
     for i in range(len(completions)):
-        print(json.dumps({"total": result.total[i], **{k: v[i] for k, v in result.components.items()}}))
-    if result.counters:
-        print("counters: " + json.dumps(result.counters), file=sys.stderr)
-        for name, example in result.examples.items():
-            print(f"example {name}: line {example['index'] + 1} {example['kind']}: {example['message']}", file=sys.stderr)
+        where = {"line": line_numbers[i], **({"id": ids[i]} if ids is not None and ids[i] is not None else {})}
+        print(json.dumps({**where, "total": result.total[i], **{k: v[i] for k, v in result.components.items()}}))
+    summary = _summary(result)
+    print(json.dumps({"summary": summary}))
+    total = summary["total"]
+    mean = "n/a" if total["mean"] is None else f"{total['mean']:.4f}"
+    print(f"{summary['items']} items: mean total {mean} over {summary['items'] - total['none']} scored; "
+          f"None {total['none']}; timeouts {total['timeouts']} (scored 0)", file=sys.stderr)
+    for name, example in result.examples.items():
+        print(f"example {name}: line {line_numbers[example['index']]} {example['kind']}: {example['message']}",
+              file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _summary(result) -> dict:
+    """Mean over the scored items, the number of None items and of timeouts, for the total and each reward."""
+
+    def stats(values: list, timeouts: int) -> dict:
+        scored = [v for v in values if v is not None]
+        return {"mean": sum(scored) / len(scored) if scored else None, "none": len(values) - len(scored),
+                "timeouts": timeouts}  # fmt: skip
+
+    per_reward = {name: stats(values, result.counters.get(f"{name}/timeouts", 0))
+                  for name, values in result.components.items()}  # fmt: skip
+    return {"items": len(result.total),
+            "total": stats(result.total, sum(r["timeouts"] for r in per_reward.values())), **per_reward}  # fmt: skip

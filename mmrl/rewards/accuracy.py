@@ -4,9 +4,10 @@
 - `None` means the GOLD cannot be used (empty, unparsable): the item is unscorable, never a free 0 or 1.
 - A missing or unparsable PREDICTION is simply wrong: 0.0.
 
-Tasks: `math` (math-verify, `verify(gold, pred)` in that order), `mc` (letter sets), `yes_no`, `count` (integers,
-number words), `number` (tolerance / MathVista `precision` and `unit`), `text` (normalized exact match),
-`grounding` (IoU > 0.5, see grounding.py).
+Tasks: `math` (math-verify, `verify(gold, pred)` in that order; bare LaTeX golds and answers are read whole as LaTeX,
+absurd answers such as `10^{10^{10}}` are rejected before parsing, see limits.py), `mc` (letter sets), `yes_no`,
+`count` (integers, number words such as "one hundred"), `number` (tolerance / MathVista `precision` and `unit`; a
+different unit is wrong, units are not converted), `text` (normalized exact match), `grounding` (IoU > 0.5).
 
 >>> verify_answer("(B) a dog", "B", "mc", choices=["a cat", "a dog"])
 1.0
@@ -14,6 +15,8 @@ number words), `number` (tolerance / MathVista `precision` and `unit`), `text` (
 (0.0, 0.0)
 >>> verify_answer("three", 3, "count"), verify_answer("3", "", "count")
 (1.0, None)
+>>> verify_answer("2", "2\\sqrt{3}", "math"), verify_answer("5 m", "5 cm", "number")
+(0.0, 0.0)
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from mmrl.errors import UserError
 from mmrl.rewards._columns import col, row_meta
 from mmrl.rewards.extraction import extract_answer, last_boxed
 from mmrl.rewards.format import is_strict_format
-from mmrl.rewards.parsing import normalize_text, parse_letters, parse_number, parse_yes_no
+from mmrl.rewards.limits import MAX_TEXT_CHARS, absurd_math
+from mmrl.rewards.parsing import normalize_text, number_unit, parse_letters, parse_number, parse_yes_no
 from mmrl.rewards.registry import register_reward
 
 # math-verify warns on every call that its own timeout is off; ours (safe.py) is on.
@@ -51,41 +55,64 @@ def _math_configs():
     return [LatexExtractionConfig(), ExprExtractionConfig()]
 
 
-_EQUATION = re.compile(r"^(?P<lhs>[^=<>]+)=(?P<rhs>[^=<>]+)$")
+# Text math-verify should read as it is: delimited LaTeX ($...$, \(...\), \[...\], \boxed{...}) or prose around it.
+_DELIMITED = re.compile(r"\$|\\\(|\\\[|\\boxed|\\fbox")
+# A plain number ("1,000.99", "-5", "1000,99", "12%"): math-verify's number path reads thousands separators right.
+_PLAIN_NUMBER = re.compile(r"[-+]?\d[\d,\s]*(?:\.\d+)?(?:[eE][-+]?\d+)?\s*%?")
+# A word of 3+ letters that is not a LaTeX command: the text is prose ("the answer is 5 apples"), not bare LaTeX.
+_PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
 
 
 def _parse_math(text: str) -> list:
-    # Our own timeout (safe.py) replaces math-verify's SIGALRM one, which fails off the main thread.
-    from math_verify import parse
+    """Parse an answer, LaTeX first: bare LaTeX (`2\\sqrt{3}`, `[0,1]`, `x<3`, `y=2x+1`) is read whole as LaTeX.
 
-    # math-verify issue #60: a bare equation such as `3*x-1*y+13=0` parses to its right-hand side `0`, so every
-    # equation "= 0" matches every other. Parse a genuine equation (left side not a lone variable) as LaTeX instead.
-    eq = _EQUATION.match(text.strip()) if "$" not in text and "\\boxed" not in text else None
-    if eq and not re.fullmatch(r"\s*[A-Za-z]\w*\s*", eq.group("lhs")):
-        parsed = parse("$" + text.strip() + "$", _math_configs(), parsing_timeout=None)
+    math-verify's default extraction of undelimited text reads the first number it meets (`2\\sqrt{3}` -> 2) and the
+    equation `3*x-1*y+13=0` as its right side 0 (its issue #60). Delimited text and plain numbers keep math-verify's
+    own extraction; undelimited prose falls back to it, then to the whole text boxed (its issue #70).
+    """
+    # Our own timeout (safe.py) replaces math-verify's SIGALRM one, which fails off the main thread.
+    from math_verify import LatexExtractionConfig, parse
+
+    text = text.strip()
+    if _DELIMITED.search(text) or _PLAIN_NUMBER.fullmatch(text):
+        return parse(text, _math_configs(), parsing_timeout=None)
+    if not _PROSE.search(text):
+        parsed = parse("$" + text + "$", [LatexExtractionConfig()], parsing_timeout=None)
         if parsed:
             return parsed
-    return parse(text, _math_configs(), parsing_timeout=None)
+    parsed = parse(text, _math_configs(), parsing_timeout=None)
+    if not parsed and "\\" in text:
+        parsed = parse("\\boxed{" + text + "}", _math_configs(), parsing_timeout=None)
+    return parsed
+
+
+def _answer_text(text: str) -> str | None:
+    """The part of a math answer to parse, or None when it is absurd (gigantic numbers, see limits.py).
+
+    A text longer than an answer (a whole solution: tags=None, or a gold that is a worked solution) is cut to its
+    last `MAX_TEXT_CHARS`, where math-verify looks for the final answer anyway: parsing a megabyte takes minutes."""
+    text = text.strip()[-MAX_TEXT_CHARS:]
+    return None if absurd_math(text, max_chars=MAX_TEXT_CHARS) else text
 
 
 @lru_cache(maxsize=4096)
 def parse_math_gold(gold: str) -> tuple:
-    """Parsed gold, or () when it does not parse. Bare LaTeX (`\\frac{9}{7}`, math-verify issue #70) is retried boxed."""
-    parsed = _parse_math(gold)
-    if not parsed and "\\" in gold:
-        parsed = _parse_math("\\boxed{" + gold + "}")
-    return tuple(parsed)
+    """Parsed gold, or () when it does not parse or is absurd. Cached: a gold is parsed once per process."""
+    text = _answer_text(gold)
+    return tuple(_parse_math(text)) if text else ()
 
 
 def verify_math(pred: str, gold: str) -> float | None:
+    """1.0 / 0.0 for `pred` against `gold` (math-verify, `verify(gold, pred)`); None only when the gold is unusable.
+
+    An absurd prediction (`10^{10^{10}}`, a megabyte of text) is wrong without being parsed."""
     from math_verify import verify
 
     gold_parsed = parse_math_gold(str(gold).strip())
     if not gold_parsed:
         return None
-    pred_parsed = _parse_math(pred)
-    if not pred_parsed and "\\" in pred and "$" not in pred:
-        pred_parsed = _parse_math("\\boxed{" + pred + "}")
+    text = _answer_text(pred) if pred else None
+    pred_parsed = _parse_math(text) if text else []
     if not pred_parsed:
         return 0.0
     return 1.0 if verify(list(gold_parsed), pred_parsed, timeout_seconds=None) else 0.0
@@ -133,18 +160,32 @@ def verify_number(
     abs_tol: float = 0.0,
 ) -> float | None:
     """MathVista-style: with `precision` compare both rounded to that many decimals; integer golds compare exactly;
-    other golds within `max(abs_tol, rel_tol * |gold|)`. A trailing `unit` on the prediction is ignored."""
+    other golds within `max(abs_tol, rel_tol * |gold|)`. `\\frac{1}{2}` reads as 0.5.
+
+    Units are never converted: when the gold states a unit (`5 cm`, or the `unit` column), a prediction that states a
+    DIFFERENT unit (`5 m`, `5 mm`) is wrong; a prediction without a unit is compared by its number alone."""
     gold = parse_number(answer, unit=unit)
     if gold is None:
         return None
-    value = parse_number(_unbox(pred), unit=unit)
+    text = _unbox(pred)
+    value = parse_number(text, unit=unit)
     if value is None:
+        return 0.0
+    gold_unit = _unit_of(answer, unit)
+    pred_unit = number_unit(text)
+    if gold_unit and pred_unit and pred_unit != gold_unit:
         return 0.0
     if precision is not None and int(precision) >= 0:
         return 1.0 if _round(value, int(precision)) == _round(gold, int(precision)) else 0.0
     if gold.denominator == 1 and "." not in str(answer):
         return 1.0 if value == gold else 0.0
     return 1.0 if abs(value - gold) <= max(Fraction(abs_tol), Fraction(rel_tol) * abs(gold)) else 0.0
+
+
+def _unit_of(answer: Any, unit: str | None) -> str | None:
+    """The gold's unit: the one written after its number, else the sample's `unit` column."""
+    written = number_unit(answer) if isinstance(answer, str) else None
+    return written or (number_unit("1 " + unit.strip()) if unit and unit.strip() else None)
 
 
 def verify_text(pred: str, answer: Any) -> float | None:

@@ -8,8 +8,14 @@ answer), so the trainer skips the item instead. Zero-weight components are repor
 
 Execution: rewards marked `heavy` (math-verify, `cosine_length`, user `file.py:function` rewards) are scored item by
 item in killable worker processes (`safe.WorkerPool`); cheap ones (format, boxes, GUI, length) run in-process on the
-whole batch under a thread/timer limit — a pipe round-trip would cost more than they do. `workers=0` runs everything
-in-process (heavy items one by one under `call_with_timeout`; a call stuck in C code then cannot be killed).
+whole batch — a pipe round-trip would cost more than they do. `workers=0` runs everything in-process (heavy items one
+by one under `call_with_timeout`; a call stuck in C code then cannot be killed).
+
+Time limits are per completion (`timeout_s`, default the spec's 5 s). A cheap reward's batch call runs under that one
+limit; if it fails or runs out of time, the batch is scored again item by item, each under its own limit, so one slow
+or crashing item costs only itself (except `batched` rewards, which need the whole batch). A completion that runs out
+of time on an item the reward can score scores 0.0 and is counted as `<name>/timeouts`; only an item that cannot be
+scored whatever the completion (a bad gold) is None (see `safe.score_item`).
 
 >>> with RewardComposite([{"name": "accuracy"}, {"name": "format", "weight": 0.5}], workers=0) as rc:
 ...     r = rc.score(["<think>x</think><answer>3</answer>"], {"answer": ["3"], "task": ["count"]})
@@ -27,8 +33,16 @@ from typing import Any
 
 from mmrl.config.rl import RewardSpec
 from mmrl.errors import UserError
-from mmrl.rewards.registry import get_reward, is_file_spec
-from mmrl.rewards.safe import Outcome, WorkerPool, call_with_timeout
+from mmrl.rewards.registry import get_reward, is_batched, is_file_spec
+from mmrl.rewards.safe import (
+    KILLED,
+    Outcome,
+    WorkerPool,
+    call_with_timeout,
+    probe_outcome,
+    score_item,
+    timeout_outcome,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +91,7 @@ class RewardComposite:
     def _target(name: str, fn) -> tuple[str, str] | None:
         """How a worker process finds this reward, or None when only this process can run it (scored in-process)."""
         heavy = getattr(fn, "mmrl_heavy", not hasattr(fn, "mmrl_reward_name"))
-        if not heavy or getattr(fn, "mmrl_batched", False):
+        if not heavy or getattr(fn, "mmrl_batched", False) is True:
             return None
         if is_file_spec(name):
             return ("file", name)
@@ -99,43 +113,56 @@ class RewardComposite:
                 raise ValueError(f"reward column '{key}' must be a list of {n} values (one per completion)")
         rows = [{k: v[i] for k, v in columns.items()} for i in range(n)]
         outcomes: dict[str, list[Outcome]] = {}
-        pooled = [(s, t, timeout) for s, t, timeout in zip(self.specs, self.targets, self.timeouts, strict=True)
-                  if t is not None and self.workers > 0]  # fmt: skip
+        pooled = [(s, t, timeout) for s, fn, t, timeout in zip(self.specs, self.fns, self.targets, self.timeouts, strict=True)
+                  if t is not None and self.workers > 0 and not is_batched(fn, s.kwargs)]  # fmt: skip
         if pooled and n:
-            jobs = [(s.name, t, s.kwargs, timeout, [(i, completions[i], rows[i]) for i in range(n)])
-                    for s, t, timeout in pooled]  # fmt: skip
-            chunk = max(1, min(64, -(-n * len(pooled) // (self.workers * 4))))
-            found = self._get_pool().run(jobs, chunk_size=chunk)
-            for s, _, _ in pooled:
-                outcomes[s.name] = [found[(s.name, i)] for i in range(n)]
+            outcomes.update(self._pooled(pooled, completions, rows))
         for spec, fn, target, timeout in zip(self.specs, self.fns, self.targets, self.timeouts, strict=True):
             if spec.name in outcomes:
                 continue
-            if target is not None or (getattr(fn, "mmrl_heavy", True) and not getattr(fn, "mmrl_batched", False)):
-                outcomes[spec.name] = [call_with_timeout(self._one, timeout, fn, completions[i], rows[i], spec.kwargs)
+            heavy = getattr(fn, "mmrl_heavy", True)
+            if not is_batched(fn, spec.kwargs) and (target is not None or heavy):
+                outcomes[spec.name] = [self._guarded_item(fn, completions[i], rows[i], spec.kwargs, timeout)
                                        for i in range(n)]  # fmt: skip
             else:
                 outcomes[spec.name] = self._batch(fn, completions, columns, spec.kwargs, timeout)
         return self._assemble(completions, rows, outcomes)
 
+    def _pooled(self, pooled, completions, rows) -> dict[str, list[Outcome]]:
+        """Heavy rewards in the worker pool; items whose worker was killed get a second, probe-only pass."""
+        n = len(completions)
+        jobs = [(s.name, t, s.kwargs, timeout, [(i, completions[i], rows[i]) for i in range(n)])
+                for s, t, timeout in pooled]  # fmt: skip
+        chunk = max(1, min(64, -(-n * len(pooled) // (self.workers * 4))))
+        found = self._get_pool().run(jobs, chunk_size=chunk)
+        killed = [(s.name, t, s.kwargs, timeout, [(i, "", rows[i]) for i in range(n)
+                   if found[(s.name, i)].status == "timeout" and found[(s.name, i)].message == KILLED])
+                  for s, t, timeout in pooled]  # fmt: skip
+        killed = [job for job in killed if job[4]]
+        if killed:
+            probes = self._get_pool().run(killed, chunk_size=1, mode="probe")
+            for name, *_, items in killed:
+                for i, _, _ in items:
+                    probe = probes[(name, i)]
+                    found[(name, i)] = probe_outcome(probe) or timeout_outcome(probe, KILLED)
+        return {s.name: [found[(s.name, i)] for i in range(n)] for s, _, _ in pooled}
+
     @staticmethod
-    def _one(fn, completion: str, row: dict, kwargs: dict):
-        values = fn([completion], **{k: [v] for k, v in row.items()}, **kwargs)
-        if not isinstance(values, (list, tuple)) or len(values) != 1:
-            raise ValueError(f"reward returned {values!r:.80} for one completion; expected a list of one value")
-        return values[0]
+    def _guarded_item(fn, completion: str, row: dict, kwargs: dict, timeout) -> Outcome:
+        return score_item(fn, completion, row, kwargs, timeout)
 
     def _batch(self, fn, completions, columns, kwargs, timeout) -> list[Outcome]:
-        """Cheap rewards: one call for the whole batch; on an exception, isolate the failing items one by one."""
+        """Cheap rewards: one call for the whole batch under the per-completion limit (every item then took less);
+        on an exception or a timeout, score item by item, each under its own limit (see the module docstring)."""
         n = len(completions)
         out = call_with_timeout(fn, timeout, list(completions), **columns, **kwargs)
         if out.status == "ok" and (not isinstance(out.value, (list, tuple)) or len(out.value) != n):
             out = Outcome("error", message=f"reward returned {type(out.value).__name__} of the wrong length (need {n})")
         if out.status == "ok":
             return [Outcome("ok", v) for v in out.value]
-        if out.status == "error" and not getattr(fn, "mmrl_batched", False):
+        if not is_batched(fn, kwargs):
             rows = [{k: v[i] for k, v in columns.items()} for i in range(n)]
-            return [call_with_timeout(self._one, timeout, fn, completions[i], rows[i], kwargs) for i in range(n)]
+            return [self._guarded_item(fn, completions[i], rows[i], kwargs, timeout) for i in range(n)]
         return [Outcome(out.status, None, out.message)] * n
 
     def _assemble(self, completions, rows, outcomes: dict[str, list[Outcome]]) -> RewardResult:
@@ -145,10 +172,11 @@ class RewardComposite:
         for spec in self.specs:
             values: list[float | None] = []
             for i, outcome in enumerate(outcomes[spec.name]):
-                value = _clean(outcome.value) if outcome.status == "ok" else None
+                value = _clean(outcome.value) if outcome.status in ("ok", "timeout") else None
                 values.append(value)
-                if value is None:
-                    kind = {"ok": "unscorable", "timeout": "timeouts"}.get(outcome.status, "errors")
+                if value is None or outcome.status == "timeout":
+                    kind = {"ok": "unscorable", "gold_timeout": "unscorable", "timeout": "timeouts"}.get(
+                        outcome.status, "errors")
                     counters[f"{spec.name}/{kind}"] = counters.get(f"{spec.name}/{kind}", 0) + 1
                     if spec.name not in examples:
                         examples[spec.name] = {

@@ -34,20 +34,29 @@ def strip_reasoning(completion: str, think_close: str = THINK_CLOSE) -> str:
     return completion[:opened] if opened >= 0 else completion
 
 
+_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE = re.compile(r"[{}]")
+
+
 def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{…}` (or `\\fbox{…}`) with balanced braces, or None."""
-    best = None
-    for match in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
-        depth, start = 1, match.end()
-        for i in range(start, len(text)):
-            ch = text[i]
-            if ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    best = text[start:i]
-                    break
+    """Content of the last `\\boxed{…}` (or `\\fbox{…}`) with balanced braces, or None.
+
+    One pass over the text with a stack of open braces, so a megabyte of unclosed `\\boxed{` costs linear time (the
+    "last" box is the one that opens last among those that close; a box nested in another wins over its parent).
+    """
+    box_starts = {m.end() for m in _BOX_OPEN.finditer(text)}
+    if not box_starts:
+        return None
+    stack: list[int] = []  # content start of each open brace
+    best_start, best = -1, None
+    for brace in _BRACE.finditer(text):
+        i = brace.start()
+        if text[i] == "{":
+            stack.append(i + 1)
+        elif stack:
+            start = stack.pop()
+            if start in box_starts and start > best_start:
+                best_start, best = start, text[start:i]
     return best
 
 
@@ -65,10 +74,13 @@ def extract_answer(
     visible = strip_reasoning(completion)
     answer: str | None = None
     if tags is not None:
+        # The last closing tag and the last opening tag before it: two reverse scans, linear time even for a
+        # megabyte of unclosed `<answer>` (a non-greedy regex over all opening tags is quadratic there).
         open_tag, close_tag = tags
-        found = re.findall(re.escape(open_tag) + r"(.*?)" + re.escape(close_tag), visible, flags=re.DOTALL)
-        if found:
-            answer = found[-1]
+        end = visible.rfind(close_tag)
+        start = visible.rfind(open_tag, 0, end) if end >= 0 else -1
+        if start >= 0:
+            answer = visible[start + len(open_tag) : end]
     else:
         answer = visible
     if answer is None and allow_boxed:

@@ -3,7 +3,8 @@
 Frames: the gold box is in the sample's `box_frame`/`box_format`. The PREDICTED box is read as `[x1, y1, x2, y2]` in the
 model-input frame (`input_pixel`, Qwen2.5-VL) when `input_size` is given and differs from `image_size`, else in the
 gold's frame; the `pred_frame` kwarg overrides that (e.g. `norm1000` for Qwen2-VL). The prediction is mapped into the
-gold frame before comparing. A prediction with the wrong number of values, x2 < x1 or y2 < y1, NaN, or no box: 0.
+gold frame before comparing. A prediction with the wrong number of values, x2 < x1 or y2 < y1, NaN, no box, or
+coordinates so large that the overlap is not a finite number: the invalid-prediction score (0; -1 for raw GIoU).
 
 >>> iou_reward(["<answer>[0, 0, 50, 50]</answer>"], answer=[[0, 0, 100, 100]], image_size=[(200, 200)],
 ...            input_size=[(100, 100)])
@@ -118,7 +119,10 @@ def _box_scores(completions, answer, columns, metric, tags, pred_frame) -> list[
             out.append(None)
             continue
         pred = _single_pred(extract_answer(completion, tags=tags), meta, pred_frame)
-        out.append(metric(pred, gold))
+        value = metric(pred, gold)
+        # Absurd coordinates (1e308) overflow the areas to inf and the ratio to NaN: such a box is an invalid
+        # prediction and gets the invalid-prediction score, never None (which would exempt it from the advantage).
+        out.append(value if math.isfinite(value) else metric(None, gold))
     return out
 
 
@@ -128,7 +132,7 @@ def grounding_correct(pred: str | None, answer: Any, threshold: float = 0.5, pre
     if gold is None:
         return None
     box = _single_pred(pred, meta, pred_frame)
-    return 1.0 if box is not None and box_iou(box, gold) > threshold else 0.0
+    return 1.0 if box is not None and box_iou(box, gold) > threshold else 0.0  # a NaN IoU is not > threshold
 
 
 @register_reward("iou")

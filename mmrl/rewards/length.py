@@ -24,24 +24,39 @@ def _lengths(completion_length, n: int) -> list:
 
 
 @register_reward("overlong")
-def overlong_reward(completions, completion_length=None, max_length=4096, buffer=512, factor=1.0, **_) -> list:
+def overlong_reward(completions, completion_length=None, max_length=None, buffer=None, factor=1.0,
+                    max_completion_length=None, **_) -> list:  # fmt: skip
     """DAPO: 0 up to `max_length - buffer` tokens, then linear down to -1 at `max_length`, -1 beyond; times `factor`.
+
+    `max_length` defaults to the `max_completion_length` column, which the trainer fills with the stage's generation
+    limit (a fixed default would never fire when rollouts stop at 256 tokens). `buffer` defaults to 20% of it (DAPO:
+    4096 of 20480). A negative `factor` would reward overlong answers and is rejected.
 
     >>> overlong_reward(["a"] * 5, completion_length=[5, 6, 8, 10, 12], max_length=10, buffer=4)
     [0.0, 0.0, -0.5, -1.0, -1.0]
+    >>> overlong_reward(["a"] * 3, completion_length=[200, 225, 260], max_completion_length=[250] * 3)
+    [0.0, -0.5, -1.0]
     """
-    if not 0 < buffer <= max_length:
-        raise UserError(f"overlong: need 0 < buffer <= max_length (got buffer={buffer}, max_length={max_length})")
+    if factor < 0:
+        raise UserError(f"overlong: factor must be >= 0 (got {factor}); a negative factor would reward overlong answers")
+    n = len(completions)
+    limits = [max_length] * n if max_length is not None else col(max_completion_length, n)
     out: list[float | None] = []
-    for length in _lengths(completion_length, len(completions)):
+    for length, limit in zip(_lengths(completion_length, n), limits, strict=True):
+        if limit is None:
+            raise UserError("overlong needs max_length (kwargs) or the 'max_completion_length' column (the trainer "
+                            "fills it from the stage; for `mmrl reward score` add it to each line or pass --kwargs)")
+        pad = buffer if buffer is not None else max(1, round(0.2 * limit))
+        if not 0 < pad <= limit:
+            raise UserError(f"overlong: need 0 < buffer <= max_length (got buffer={pad}, max_length={limit})")
         if length is None:
             out.append(None)
-        elif length <= max_length - buffer:
+        elif length <= limit - pad:
             out.append(0.0)
-        elif length <= max_length:
-            out.append(factor * ((max_length - buffer) - length) / buffer)
+        elif length <= limit:
+            out.append(factor * ((limit - pad) - length) / pad + 0.0)
         else:
-            out.append(-factor)
+            out.append(-factor + 0.0)
     return out
 
 

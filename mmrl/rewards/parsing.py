@@ -24,70 +24,178 @@ _UNITS = {
     "seventeen": 17, "eighteen": 18, "nineteen": 19,
 }  # fmt: skip
 _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
-_WORD_NUMBER = re.compile(
-    r"\b(?:(" + "|".join(_TENS) + r")(?:[\s-](" + "|".join(k for k in _UNITS if _UNITS[k] < 10 and k != "zero") + r"))?"
-    r"|(" + "|".join(_UNITS) + r")|(hundred))\b",
+_SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9}
+_WORD = "|".join([*_UNITS, *_TENS, *_SCALES])
+# One run of number words: "one hundred and five", "twenty-one", "two thousand three hundred", "a hundred".
+_WORD_RUN = re.compile(
+    rf"\b(?:(?:a|an)\s+(?=hundred|thousand|million|billion))?(?:{_WORD})(?:(?:\s+and\s+|[\s-]+)(?:{_WORD}))*\b",
     re.IGNORECASE,
 )
-_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])")
-_MAX_DIGITS = 4000  # a number longer than this is not an answer; Fraction on it would be slow
+# A number may be glued to its unit ("5mm", "90°") but not to other digits or to a word before it ("x2").
+_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\d_])")
+_MAX_DIGITS = 4000  # a number longer than this (digits, or a power of ten in its exponent) is not an answer
+
+
+class AbsurdNumber(ValueError):
+    """A number too large to be an answer (`1e999999999`): rejected before it is built, which could take minutes."""
+
+
+def _words_value(run: str) -> int | None:
+    """The value of one run of number words, or None when it is not one number ("one two" is two numbers)."""
+    total, current, last = 0, 0, None  # last: the kind of the previous word, to reject "five three" or "ten one"
+    for word in re.findall(r"[a-z]+", run.lower()):
+        if word in ("a", "an", "and"):
+            current = current or (1 if word != "and" else 0)
+            continue
+        if word in _UNITS or word in _TENS:
+            value = _UNITS.get(word, _TENS.get(word))
+            if last in ("unit", "teen") or (last == "tens" and (word in _TENS or value >= 10)):
+                return None
+            current += value
+            last = "tens" if word in _TENS else ("teen" if value >= 10 else "unit")
+        else:
+            scale = _SCALES[word]
+            if scale == 100:
+                current = (current or 1) * 100
+            else:
+                total += (current or 1) * scale
+                current = 0
+            last = "scale"
+    return total + current
 
 
 def _word_values(text: str) -> list[Fraction]:
     values = []
-    for m in _WORD_NUMBER.finditer(text):
-        if m.group(1):
-            values.append(Fraction(_TENS[m.group(1).lower()] + (_UNITS[m.group(2).lower()] if m.group(2) else 0)))
-        elif m.group(3):
-            values.append(Fraction(_UNITS[m.group(3).lower()]))
+    for m in _WORD_RUN.finditer(text):
+        value = _words_value(m.group(0))
+        if value is None:  # "five three": several numbers in a row, each counts on its own
+            values.extend(Fraction(_words_value(w) or 0) for w in re.findall(r"[a-z]+", m.group(0).lower())
+                          if w not in ("a", "an", "and"))  # fmt: skip
         else:
-            values.append(Fraction(100))
+            values.append(Fraction(value))
     return values
 
 
+def _to_fraction(token: str) -> Fraction | None:
+    """A numeric token as an exact Fraction; raises AbsurdNumber before building a gigantic one."""
+    token = token.replace(",", "")
+    mantissa, _, exponent = token.lower().partition("e")
+    digits = sum(ch.isdigit() for ch in mantissa)
+    if digits > _MAX_DIGITS or (exponent and abs(int(exponent)) + digits > _MAX_DIGITS):
+        raise AbsurdNumber(token[:40])
+    try:
+        return Fraction(token)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
 def find_numbers(text: str, words: bool = True) -> list[Fraction]:
-    """All numbers in `text` (digits with optional thousands commas, decimals, exponents; number words)."""
+    """All numbers in `text` (digits with optional thousands commas, decimals, exponents; number words).
+
+    Raises `AbsurdNumber` for a number with more than 4000 digits (written out or as a power of ten)."""
     values: list[Fraction] = []
     for m in _NUMBER.finditer(text):
         token = m.group(0)
-        if not any(ch.isdigit() for ch in token) or len(token) > _MAX_DIGITS:
+        if not any(ch.isdigit() for ch in token):
             continue
-        try:
-            values.append(Fraction(token.replace(",", "")))
-        except (ValueError, ZeroDivisionError):
-            continue
+        value = _to_fraction(token)
+        if value is not None:
+            values.append(value)
     if words:
         values.extend(_word_values(text))
     return values
 
 
+_LATEX_FRAC = re.compile(r"^([-+]?)\\[dt]?frac\s*\{\s*([-+]?\d+)\s*\}\s*\{\s*(\d+)\s*\}$|^([-+]?)\\[dt]?frac(\d)(\d)$")
+_TEXT_WRAPPER = re.compile(r"\\(?:text|mathrm|textrm|mbox|operatorname)\s*\{([^{}]*)\}")
+
+
+def _strip_latex(text: str) -> str:
+    """`$5\\text{ cm}$` -> `5 cm`, `\\left(`/`\\right)` -> `(`/`)`: LaTeX dressing around a plain number."""
+    text = _TEXT_WRAPPER.sub(r" \1", text.replace("$", "").replace("\\%", "%").replace("\\!", "").replace("\\,", ""))
+    return text.replace("\\left", "").replace("\\right", "").replace("^\\circ", "°").replace("^{\\circ}", "°").strip()
+
+
 def parse_number(text, unit: str | None = None, words: bool = True) -> Fraction | None:
-    """The single number a short answer states, or None (none, or several different ones)."""
+    """The single number a short answer states, or None (none, several different ones, or absurdly large)."""
     if isinstance(text, bool):
         return None
     if isinstance(text, (int, Fraction)):
-        return Fraction(text)
+        return Fraction(text) if abs(text) < 10**_MAX_DIGITS else None
     if isinstance(text, float):
         return Fraction(text) if text == text and abs(text) != float("inf") else None
     if not isinstance(text, str):
         return None
-    cleaned = text.strip().replace("$", "").replace("\\%", "%").rstrip(".")
+    cleaned = _UNIT_POWER.sub("", _strip_latex(text.strip())).rstrip(".").strip()
     if unit:
         cleaned = re.sub(re.escape(unit.strip()) + r"\s*$", "", cleaned, flags=re.IGNORECASE).strip()
     cleaned = cleaned.rstrip("%").strip()
     frac = re.fullmatch(r"([-+]?\d+)\s*/\s*(\d+)", cleaned)
-    if frac and int(frac.group(2)) != 0:
+    if frac and int(frac.group(2)) != 0 and len(cleaned) < _MAX_DIGITS:
         return Fraction(int(frac.group(1)), int(frac.group(2)))
-    values = set(find_numbers(cleaned, words=words))
+    latex_frac = _LATEX_FRAC.match(cleaned)
+    if latex_frac:
+        sign, num, den = (latex_frac.group(1), latex_frac.group(2), latex_frac.group(3)) if latex_frac.group(2) \
+            else (latex_frac.group(4), latex_frac.group(5), latex_frac.group(6))  # fmt: skip
+        if int(den) != 0 and len(cleaned) < _MAX_DIGITS:
+            return Fraction(int(num), int(den)) * (-1 if sign == "-" else 1)
+    try:
+        values = set(find_numbers(cleaned, words=words))
+    except AbsurdNumber:
+        return None
     return values.pop() if len(values) == 1 else None
 
 
+# Units a number answer may carry, by alias. Numbers in DIFFERENT units never match: no conversion is attempted
+# (a "5 m" answer to a "5 cm" question is wrong even though 5 m = 500 cm would make a different number right).
+_UNIT_ALIASES = {
+    "mm": ("mm", "millimeter", "millimeters", "millimetre", "millimetres"),
+    "cm": ("cm", "centimeter", "centimeters", "centimetre", "centimetres"),
+    "m": ("m", "meter", "meters", "metre", "metres"),
+    "km": ("km", "kilometer", "kilometers", "kilometre", "kilometres"),
+    "in": ("in", "inch", "inches"), "ft": ("ft", "foot", "feet"), "yd": ("yd", "yard", "yards"),
+    "mi": ("mi", "mile", "miles"),
+    "mg": ("mg", "milligram", "milligrams"), "g": ("g", "gram", "grams"),
+    "kg": ("kg", "kilogram", "kilograms"), "lb": ("lb", "lbs", "pound", "pounds"),
+    "ml": ("ml", "milliliter", "milliliters", "millilitre", "millilitres"),
+    "l": ("l", "liter", "liters", "litre", "litres"),
+    "s": ("s", "sec", "second", "seconds"), "min": ("min", "mins", "minute", "minutes"),
+    "h": ("h", "hr", "hrs", "hour", "hours"), "day": ("day", "days"), "year": ("year", "years", "yr", "yrs"),
+    "deg": ("°", "deg", "degree", "degrees"), "rad": ("rad", "radian", "radians"),
+    "%": ("%", "percent", "percentage"),
+    "$": ("dollar", "dollars", "usd"),
+}  # fmt: skip
+_UNIT_OF = {alias: unit for unit, aliases in _UNIT_ALIASES.items() for alias in aliases}
+_UNIT_TAIL = re.compile(r"(°|%|[A-Za-z]+)\s*(?:\^\s*\{?\s*([23])\s*\}?|([²³]))?\s*\.?\s*$")
+_UNIT_POWER = re.compile(r"(?<=[A-Za-z])\s*(?:\^\s*\{?\s*[23]\s*\}?|[²³])")
+
+
+def number_unit(text) -> str | None:
+    """The unit written right after the number that ends a short answer (`5 cm`, `5\\text{ cm}^2`, `90°`), or None.
+
+    Returned in canonical form with its power (`cm^2`); an unknown word is returned lower-cased as written, so two
+    different unknown units still differ."""
+    if not isinstance(text, str) or len(text) > 200:
+        return None
+    cleaned = _strip_latex(text.strip())
+    tail = _UNIT_TAIL.search(cleaned)
+    if not tail or not re.search(r"\d\s*$", cleaned[: tail.start()]):
+        return None
+    word = tail.group(1)
+    unit = _UNIT_OF.get(word, _UNIT_OF.get(word.lower(), word.lower()))
+    power = (tail.group(2) or tail.group(3) or "").replace("²", "2").replace("³", "3")
+    return f"{unit}^{power}" if power else unit
+
+
 def normalize_text(text: str) -> str:
-    """Lowercase, drop punctuation and articles, collapse whitespace (SQuAD-style normalization)."""
-    text = str(text).lower()
-    text = "".join(ch for ch in text if ch not in string.punctuation)
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
+    """Lowercase, drop punctuation and articles, collapse whitespace (SQuAD-style normalization).
+
+    Articles are dropped only when other words remain: a gold "A" (an option letter, a grade) must not become "",
+    which would make it unscorable or, worse, equal to every other article-only answer."""
+    text = "".join(ch for ch in str(text).lower() if ch not in string.punctuation)
+    words = text.split()
+    kept = [w for w in words if w not in ("a", "an", "the")]
+    return " ".join(kept or words)
 
 
 def _light(text: str) -> str:

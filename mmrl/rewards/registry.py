@@ -25,11 +25,13 @@ RewardFn = Callable[..., list]
 _REGISTRY: dict[str, RewardFn] = {}
 
 
-def register_reward(name: str, *, heavy: bool = False, batched: bool = False) -> Callable[[RewardFn], RewardFn]:
+def register_reward(name: str, *, heavy: bool = False, batched: bool | str = False) -> Callable[[RewardFn], RewardFn]:
     """Register a reward under `name` (a duplicate name is an error).
 
     `heavy=True` marks rewards that may be slow or hang (math-verify, user code): the composite scores them item by item
-    in killable worker processes. `batched=True` marks rewards that need the whole batch at once (group-aware shaping).
+    in killable worker processes. `batched=True` marks rewards that need the whole batch at once (group-aware shaping);
+    `batched="dast"` means: only when the spec's kwarg `dast` is true. Other rewards are scored item by item whenever
+    their batch call fails or runs out of time, so one bad item costs only itself.
     """
 
     def decorate(fn: RewardFn) -> RewardFn:
@@ -42,6 +44,12 @@ def register_reward(name: str, *, heavy: bool = False, batched: bool = False) ->
         return fn
 
     return decorate
+
+
+def is_batched(fn: RewardFn, kwargs: dict | None = None) -> bool:
+    """Whether `fn`, called with the spec's `kwargs`, needs its whole batch at once (see `register_reward`)."""
+    batched = getattr(fn, "mmrl_batched", False)
+    return bool((kwargs or {}).get(batched)) if isinstance(batched, str) else bool(batched)
 
 
 def list_rewards() -> list[str]:
@@ -99,4 +107,4 @@ def get_reward(name_or_spec: str) -> RewardFn:
     )
 
 
-__all__ = ["get_reward", "is_file_spec", "list_rewards", "load_file_reward", "register_reward"]
+__all__ = ["get_reward", "is_batched", "is_file_spec", "list_rewards", "load_file_reward", "register_reward"]

@@ -12,6 +12,16 @@ math-verify's own timeout uses SIGALRM, which only works in the main thread (its
   The pool works from any thread of the parent (it uses no signals there) and never leaks processes (`close()`,
   context manager, daemon workers).
 
+Timeouts (`score_item`): to tell whose fault a timeout is, the reward also scores an EMPTY completion for the same item
+under its own limit (the "probe"). Built-in rewards run the probe first, before the completion (it is cheap: the gold's
+parse is cached per process), so a slow gold never eats the completion's time; user rewards, whose cost mmrl cannot
+know, run it only after a timeout, so they are not called twice per item. Then:
+- the probe gives a number -> the item is scorable, so a timeout on the completion is the completion's: 0.0, counted
+  as `<name>/timeouts` (a policy must not learn that a verifier-breaking answer escapes the penalty);
+- the probe gives None -> the item is unscorable whatever the completion (a bad gold): None, counted as unscorable;
+- the probe itself runs out of time -> the gold is too slow to read: None, counted as unscorable;
+- the probe raises -> nothing is known: a timeout then stays None (counted as a timeout).
+
 Start method: `forkserver` with `mmrl.rewards` (and math-verify/sympy) preloaded: workers and respawns are forks of a
 small clean server process, so start-up is cheap and a parent that has torch/CUDA threads loaded is never forked.
 """
@@ -19,6 +29,7 @@ small clean server process, so start-up is cheap and a parent that has torch/CUD
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -30,6 +41,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
+
+KILLED = "worker killed after the time limit (stuck where no timer reaches)"
 
 
 class RewardTimeout(BaseException):
@@ -101,8 +114,53 @@ def _score_one(fn, completion, row, kwargs):
     return values[0]
 
 
+def _number(value: Any) -> bool:
+    try:
+        return value is not None and not isinstance(value, str) and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def probe_outcome(probe: Outcome) -> Outcome | None:
+    """What the empty-completion probe says about an item: an Outcome to report as is (unscorable), or None when the
+    completion should be scored."""
+    if probe.status == "timeout":
+        return Outcome("gold_timeout", None, "the item (its gold) took longer than the limit to read on its own")
+    if probe.status == "ok" and not _number(probe.value):
+        return Outcome("ok", None, "the reward cannot score this item whatever the completion (e.g. a bad gold)")
+    return None
+
+
+def timeout_outcome(probe: Outcome, message: str) -> Outcome:
+    """A completion ran out of time: 0.0 when the probe showed the item is scorable, else None."""
+    if probe.status == "ok" and _number(probe.value):
+        return Outcome("timeout", 0.0, f"{message}; the item is scorable, so the completion scores 0")
+    return Outcome("timeout", None, f"{message}; the reward could not show the item is scorable, so None")
+
+
+def score_item(fn, completion: str, row: dict, kwargs: dict, timeout_s: float | None) -> Outcome:
+    """Score one completion with the probe rule of the module docstring; never raises."""
+    eager = getattr(fn, "mmrl_reward_name", None) is not None  # a built-in (registered) reward: probe first
+    probe = call_with_timeout(_score_one, timeout_s, fn, "", row, kwargs) if eager else None
+    settled = probe_outcome(probe) if probe is not None else None
+    if settled is not None:
+        return settled
+    out = call_with_timeout(_score_one, timeout_s, fn, completion, row, kwargs)
+    if out.status != "timeout":
+        return out
+    if probe is None:
+        probe = call_with_timeout(_score_one, timeout_s, fn, "", row, kwargs)
+        settled = probe_outcome(probe)
+        if settled is not None:
+            return settled
+    return timeout_outcome(probe, out.message or "over the time limit")
+
+
 def _worker_main(conn) -> None:
-    """Worker loop: receive (job, target, kwargs, timeout, items); send (job, idx, status, value, message) per item."""
+    """Worker loop: receive (job, target, kwargs, timeout, items, mode); send (job, idx, status, value, message) per item.
+
+    mode "score" scores each item with `score_item`; mode "probe" only runs the empty-completion probe (used by the
+    parent for items whose worker had to be killed, to learn whether the item was scorable)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     cache: dict = {}
     while True:
@@ -112,11 +170,14 @@ def _worker_main(conn) -> None:
             return
         if message is None:
             return
-        job, target, kwargs, timeout_s, items = message
+        job, target, kwargs, timeout_s, items, mode = message
         for idx, completion, row in items:
             try:
                 fn = cache.get(target) or cache.setdefault(target, _resolve(target))
-                out = call_with_timeout(_score_one, timeout_s, fn, completion, row, kwargs)
+                if mode == "probe":
+                    out = call_with_timeout(_score_one, timeout_s, fn, "", row, kwargs)
+                else:
+                    out = score_item(fn, completion, row, kwargs, timeout_s)
             except Exception as err:  # resolving the reward failed
                 out = Outcome("error", message=f"{type(err).__name__}: {err}")
             try:
@@ -177,6 +238,7 @@ class WorkerPool:
         self._ctx = _context(start_method)
         self._lock = threading.Lock()
         self._workers: list[_Worker] = []
+        self._mode = "score"
         self.respawns = 0
 
     def _spawn(self) -> _Worker:
@@ -192,11 +254,15 @@ class WorkerPool:
         worker.process.join(5)
         worker.conn.close()
 
-    def run(self, jobs: list[tuple[Any, tuple[str, str], dict, float, list]], chunk_size: int = 16) -> dict:
-        """Score `jobs` = [(job_key, target, kwargs, timeout_s, [(idx, completion, row), ...])].
+    def run(self, jobs: list[tuple[Any, tuple[str, str], dict, float, list]], chunk_size: int = 16,
+            mode: str = "score") -> dict:  # fmt: skip
+        """Score `jobs` = [(job_key, target, kwargs, timeout_s, [(idx, completion, row), ...])] (`mode="probe"`: run
+        only the empty-completion probe of each item).
 
-        Returns {(job_key, idx): Outcome}. Every item gets an outcome, whatever the reward does.
+        Returns {(job_key, idx): Outcome}. Every item gets an outcome, whatever the reward does; an item whose worker
+        had to be killed gets status "timeout" and the message `KILLED`.
         """
+        self._mode = mode
         with self._lock:
             while len(self._workers) < self.size:
                 self._workers.append(self._spawn())
@@ -219,16 +285,20 @@ class WorkerPool:
                         self._receive(worker, results, chunks)
                 for i, worker in enumerate(self._workers):
                     if worker.job is not None and time.monotonic() > worker.deadline:
-                        self._fail_current(worker, results, chunks, "timeout", "worker killed after the time limit")
+                        self._fail_current(worker, results, chunks, "timeout", KILLED)
                         self._workers[i] = self._respawn(worker)
             return results
+
+    def _item_limit(self, timeout_s: float) -> float:
+        """Seconds one item may take in a worker: the probe and the scoring each have the limit (score mode)."""
+        return timeout_s * (1 if self._mode == "probe" else 2) + self.grace_s
 
     def _assign(self, worker: _Worker, chunk) -> None:
         key, target, kwargs, timeout_s, items = chunk
         worker.job = (key, target, kwargs, timeout_s)
         worker.queue = deque(items)
-        worker.deadline = time.monotonic() + timeout_s + self.grace_s
-        worker.conn.send((key, target, kwargs, timeout_s, items))
+        worker.deadline = time.monotonic() + self._item_limit(timeout_s)
+        worker.conn.send((key, target, kwargs, timeout_s, items, self._mode))
 
     def _receive(self, worker: _Worker, results: dict, chunks: deque) -> None:
         try:
@@ -240,7 +310,7 @@ class WorkerPool:
         results[(key, idx)] = Outcome(status, value, message)
         if worker.queue and worker.queue[0][0] == idx:
             worker.queue.popleft()
-        worker.deadline = time.monotonic() + worker.job[3] + self.grace_s
+        worker.deadline = time.monotonic() + self._item_limit(worker.job[3])
         if not worker.queue:
             worker.job = None
 

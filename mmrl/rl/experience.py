@@ -37,11 +37,12 @@ class Group:
     ref_logp: torch.Tensor | None = None
 
 
-def _columns(samples: list[Sample], group_size: int, lengths: list[int]) -> dict[str, list[Any]]:
+def _columns(samples: list[Sample], group_size: int, lengths: list[int], max_len: int) -> dict[str, list[Any]]:
     rows = [dict(s.reward_columns(), group_id=i) for i, s in enumerate(samples) for _ in range(group_size)]
     keys = {k for row in rows for k in row}
     columns = {k: [row.get(k) for row in rows] for k in keys}
     columns["completion_length"] = lengths
+    columns["max_completion_length"] = [max_len] * len(lengths)  # the stage's limit: `overlong`'s default max_length
     return columns
 
 
@@ -62,7 +63,7 @@ def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample],
                              min_new_tokens=min(rc.min_new_tokens, stage.max_completion_length),
                              temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k, generator=generator)
     lengths = batch.completion_mask.sum(dim=1).tolist()
-    result = composite.score(batch.texts, _columns(samples, stage.group_size, lengths))
+    result = composite.score(batch.texts, _columns(samples, stage.group_size, lengths, stage.max_completion_length))
     total = _to_tensor(result.total, device)
     groups = []
     g = stage.group_size

@@ -232,6 +232,8 @@ class GRPOTrainer:
             metrics["entropy"] = entropy_sum / entropy_tokens
         for key, value in counters.items():
             metrics[f"rollout/{key}"] = value
+        for key, value in (info.get("reward_counters") or {}).items():  # "<name>/timeouts|unscorable|errors"
+            metrics[f"reward/{key}"] = value
         return metrics
 
 

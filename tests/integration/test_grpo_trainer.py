@@ -53,7 +53,12 @@ def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_one_step_changes_the_parameters_and_logs_metrics(synthetic_data, tmp_path):
-    trainer = GRPOTrainer(load_config(CONFIG, overrides(synthetic_data, tmp_path, **{"trainer.max_steps": 1})))
+    # Two zero-weight rewards ride along: overlong takes its max length from the stage (6 tokens), and iou cannot
+    # score these text golds, which the metrics count as reward/iou/unscorable.
+    rewards = (f"[{{name: '{FIXTURES / 'varied_reward.py'}:reward'}}, {{name: overlong, weight: 0}},"
+               " {name: iou, weight: 0}]")
+    trainer = GRPOTrainer(load_config(CONFIG, overrides(synthetic_data, tmp_path, **{"trainer.max_steps": 1,
+                                                                                    "rewards": rewards})))
     before = params(trainer.run.model)
     trainer.train()
     after = params(trainer.run.model)
@@ -65,6 +70,8 @@ def test_one_step_changes_the_parameters_and_logs_metrics(synthetic_data, tmp_pa
     assert row["step"] == 1 and row["loss"] is not None and row["grad_norm"] > 0
     for key in ("reward/total", "completion_length/mean", "time/rollout", "time/update", "lr", "samples_per_s"):
         assert key in row, key
+    assert -1.0 <= row["reward/overlong"] <= 0.0 and "reward/overlong/errors" not in row
+    assert row["reward/iou/unscorable"] > 0 and row["unscorable"] == 0  # zero weight: never blocks the total
     # The prompt and its image were encoded once per group, not G times.
     assert row["rollout/vision_encoder_calls"] == 2
     # The final checkpoint is a plain HF model.

@@ -18,7 +18,7 @@ from mmrl.rewards.safe import call_with_timeout
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "rewards"
 USER = f"{FIX / 'user_reward.py'}:length_bonus"
-HANG = "<think>r</think><answer>\\boxed{9^{9^{9^{9}}}}</answer>"  # sympy evaluates a gigantic power in C: hangs
+STALLS = f"{FIX / 'user_reward.py'}:stalls"
 
 
 def _in_thread(fn):
@@ -56,18 +56,18 @@ def test_call_with_timeout_off_main_thread_and_in_main_thread():
 
 @pytest.mark.parametrize("from_thread", [False, True])
 def test_hung_verifier_times_out_in_bounded_time_and_pool_recovers(from_thread):
-    completions = [HANG, "<answer>2</answer>", "<answer>3</answer>"]
-    columns = {"answer": ["1", "2", "2"], "task": ["math"] * 3}
-    with RewardComposite([{"name": "accuracy", "timeout_s": 1.0}], workers=1) as rc:
+    completions = ["C-STALL", "2", "3"]  # the first hangs in one C call: its worker must be killed
+    columns = {"answer": ["1", "2", "2"]}
+    with RewardComposite([{"name": STALLS, "timeout_s": 1.0}], workers=1) as rc:
         start = time.monotonic()
         result = _in_thread(lambda: rc.score(completions, columns)) if from_thread else rc.score(completions, columns)
         elapsed = time.monotonic() - start
-        assert result.components["accuracy"] == [None, 1.0, 0.0]
-        assert result.counters == {"accuracy/timeouts": 1}
-        assert result.examples["accuracy"]["index"] == 0 and result.examples["accuracy"]["kind"] == "timeouts"
-        assert elapsed < 10
+        assert result.components[STALLS] == [0.0, 1.0, 0.0]  # the gold is fine, so the timeout is the completion's
+        assert result.counters == {f"{STALLS}/timeouts": 1}
+        assert result.examples[STALLS]["index"] == 0 and result.examples[STALLS]["kind"] == "timeouts"
+        assert elapsed < 20
         processes = [w.process for w in rc._pool._workers]
-        assert rc.score(["<answer>2</answer>"], {"answer": ["2"], "task": ["math"]}).total == [1.0]
+        assert rc.score(["2"], {"answer": ["2"]}).total == [1.0]
     assert all(not p.is_alive() for p in processes)  # closed: no leaked workers
 
 
@@ -142,20 +142,24 @@ def test_cli_reward_score(tmp_path, capsys):
                  "--workers", "0"]) == 0  # fmt: skip
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert out == [
-        {"total": 1.5, "accuracy": 1.0, "format": 1.0},
-        {"total": 1.5, "accuracy": 1.0, "format": 1.0},
-        {"total": None, "accuracy": None, "format": 0.0},
-    ]
+        {"line": 1, "total": 1.5, "accuracy": 1.0, "format": 1.0},
+        {"line": 2, "total": 1.5, "accuracy": 1.0, "format": 1.0},
+        {"line": 3, "total": None, "accuracy": None, "format": 0.0},
+        {"summary": {"items": 3, "total": {"mean": 1.5, "none": 1, "timeouts": 0},
+                     "accuracy": {"mean": 1.0, "none": 1, "timeouts": 0},
+                     "format": {"mean": 2 / 3, "none": 0, "timeouts": 0}}},
+    ]  # fmt: skip
     assert main(["reward", "score", "--reward", USER, "--kwargs", '{"target": 18}', "--input", str(data)]) == 0
-    first = json.loads(capsys.readouterr().out.splitlines()[2])
-    assert first == {"total": 1.0, USER: 1.0}
+    third = json.loads(capsys.readouterr().out.splitlines()[2])
+    assert third == {"line": 3, "total": 1.0, USER: 1.0}
     assert main(["reward", "score", "--reward", "nope", "--input", str(data)]) == 2
     assert "unknown reward 'nope'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     "module",
-    ["extraction", "parsing", "format", "accuracy", "grounding", "gui", "length", "curr_reft", "registry", "composite"],
+    ["extraction", "parsing", "format", "accuracy", "grounding", "gui", "length", "curr_reft", "registry", "composite",
+     "limits"],
 )
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(f"mmrl.rewards.{module}"))
