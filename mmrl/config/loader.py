@@ -174,10 +174,15 @@ def _format_error(err: dict[str, Any], sources: dict[str, str], default_source: 
     return f"{where}: {dotted or 'config'}: {err.get('msg', 'invalid value')} (got {got!r})"
 
 
-def build_config(data: dict[str, Any], sources: dict[str, str] | None = None, default_source: str = "config") -> MMRLConfig:
-    """Validate a raw mapping into `MMRLConfig`, raising a one-line `ConfigError` on the first problem."""
+def build_config(data: dict[str, Any], sources: dict[str, str] | None = None, default_source: str = "config",
+                 explicit: set[str] | None = None) -> MMRLConfig:
+    """Validate a raw mapping into `MMRLConfig`, raising a one-line `ConfigError` on the first problem.
+
+    `explicit`: keys set explicitly (default: those from the command line); they win over derived values."""
+    if explicit is None:
+        explicit = {key for key, source in (sources or {}).items() if source == COMMAND_LINE}
     try:
-        return MMRLConfig.model_validate(data)
+        return MMRLConfig.model_validate(data, context={"explicit": explicit})
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         raise ConfigError(_format_error(first, sources or {}, default_source)) from None
@@ -214,7 +219,7 @@ def apply_overrides(config: MMRLConfig, overrides: dict[str, Any] | list[str], s
         parts = key.split(".") if isinstance(key, str) else key
         _set_dotted(data, parts, value)
         sources[".".join(parts)] = source
-    return build_config(data, sources, default_source=source)
+    return build_config(data, sources, default_source=source, explicit=set(sources))
 
 
 def to_yaml(config: MMRLConfig) -> str:

@@ -3,7 +3,7 @@ where `derive()` computes every dependent value in one place."""
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from mmrl.config.base import Section
 from mmrl.config.data import DataConfig
@@ -36,12 +36,20 @@ class MMRLConfig(Section):
     pipeline: list[PipelineStep] = Field(default_factory=list, description="Steps of `mmrl pipeline` (in order).")
 
     @model_validator(mode="after")
-    def derive(self) -> MMRLConfig:
-        """Derive dependent values and check cross-field rules (the only place values are derived)."""
+    def derive(self, info: ValidationInfo) -> MMRLConfig:
+        """Derive dependent values and check cross-field rules (the only place values are derived).
+
+        Keys set explicitly (on the command line, or as overrides: the loader passes them as
+        `context={"explicit": {...}}`) win over values derived from others, as in HF Trainer: an explicit
+        `trainer.max_steps` ends the stage list early and replaces a YAML's `trainer.num_epochs`.
+        """
+        explicit = set((info.context or {}).get("explicit", ()))
         active = [s for s in self.stages if s.enabled]
         if self.stages and not active:
             raise ValueError("stages: every stage is disabled; enable at least one")
-        if active:
+        if "trainer.max_steps" in explicit:
+            self._explicit_max_steps(active, explicit)
+        elif active:
             self.trainer.max_steps = sum(s.steps for s in active)
         if self.eval.greedy and self.eval.k > 1:
             raise ValueError("eval.k > 1 needs sampling: set eval.greedy=false")
@@ -51,3 +59,25 @@ class MMRLConfig(Section):
         if self.rollout.min_new_tokens > self.rollout.max_completion_length:
             raise ValueError("rollout.min_new_tokens must be <= rollout.max_completion_length")
         return self
+
+    def _explicit_max_steps(self, active: list[StageConfig], explicit: set[str]) -> None:
+        """An explicit `trainer.max_steps` cuts the stages at that step and replaces a configured num_epochs."""
+        steps = self.trainer.max_steps
+        if self.trainer.num_epochs is not None:
+            if "trainer.num_epochs" in explicit:
+                raise ValueError(f"trainer.max_steps={steps} and trainer.num_epochs={self.trainer.num_epochs} "
+                                 "were both given explicitly; give one of them")
+            self.trainer.num_epochs = None  # explicit max_steps wins over the recipe's epochs
+        total = sum(s.steps for s in active)
+        if not active or steps == total:
+            return
+        if steps > total:
+            raise ValueError(f"trainer.max_steps={steps} (given explicitly) is more than the stages' {total} steps; lengthen a stage "
+                             f"(e.g. stages.{self.stages.index(active[-1])}.steps=...) instead")
+        remaining = steps
+        for stage in active:  # keep the stages that fit, shorten the one that crosses max_steps, disable the rest
+            if remaining <= 0:
+                stage.enabled = False
+            elif stage.steps > remaining:
+                stage.steps = remaining
+            remaining -= stage.steps if stage.enabled else 0
