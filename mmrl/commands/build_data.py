@@ -16,7 +16,7 @@ from mmrl.errors import UserError
 
 EXAMPLES = """  mmrl build-data synthetic --tasks color,count --n 1000 --eval-n 200 --seed 0 --out data/synthetic
   mmrl build-data curriculum data/synthetic/train.jsonl data/curriculum
-  mmrl build-data recipes --out data/offline      # the data of every recipe's offline line
+  mmrl build-data recipes                          # data/: the data of every recipe's offline line
 """
 SYNTHETIC_EXAMPLES = """examples:
   mmrl build-data synthetic --tasks color --n 64 --out data/synth                 # data/synth/train.jsonl
@@ -105,21 +105,22 @@ def _curriculum(args: argparse.Namespace) -> int:
 
 
 def _recipes_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="data/offline", help="output directory (default: data/offline)")
+    p.add_argument("--out", default="data", help="output directory (default: data): synth/, gui/, boxes/, curriculum/")
+    p.add_argument("--n", type=int, default=64, help="training items per dataset (eval splits get n / 4)")
     p.add_argument("--seed", type=int, default=0)
 
 
 def _recipes(args: argparse.Namespace) -> int:
     from data_pipelines.recipes import build_recipe_data
 
-    for name, path in build_recipe_data(args.out, seed=args.seed).items():
+    for name, path in build_recipe_data(args.out, seed=args.seed, n=args.n).items():
         print(f"{name}: {path}")
     return 0
 
 
 RECIPES_EXAMPLES = """examples:
-  mmrl build-data recipes                       # data/offline/: what every recipe's offline line reads
-  mmrl build-data recipes --out /tmp/offline
+  mmrl build-data recipes                       # data/: what every recipe's offline line reads
+  mmrl build-data recipes --out /tmp/data --n 128
 """
 
 register_builder("synthetic", "procedurally drawn visual tasks with verifiable answers", _synthetic_args, _synthetic,
