@@ -31,6 +31,7 @@ from mmrl.rewards.registry import get_reward, is_file_spec
 from mmrl.rewards.safe import Outcome, WorkerPool, call_with_timeout
 
 log = logging.getLogger(__name__)
+NOT_BATCHED = "expected a list of one value"  # the message of a reward that returned a scalar for one completion
 
 
 @dataclass
@@ -116,7 +117,17 @@ class RewardComposite:
                                        for i in range(n)]  # fmt: skip
             else:
                 outcomes[spec.name] = self._batch(fn, completions, columns, spec.kwargs, timeout)
+        self._check_batched(outcomes)
         return self._assemble(completions, rows, outcomes)
+
+    @staticmethod
+    def _check_batched(outcomes: dict[str, list[Outcome]]) -> None:
+        """A reward written per item (one float per call) fails on every item: say so instead of scoring all None."""
+        for name, found in outcomes.items():
+            if found and all(o.status == "error" and NOT_BATCHED in o.message for o in found):
+                raise UserError(f"reward '{name}' returns a single value per call ({found[0].message}); rewards are "
+                                "batched: fn(completions: list[str], **columns) -> list[float | None], one score "
+                                "per completion")
 
     @staticmethod
     def _one(fn, completion: str, row: dict, kwargs: dict):
