@@ -77,6 +77,8 @@ def test_readme_usage_runs_as_pasted(tmp_path):
             line = f"{shlex.quote(sys.executable)} -m {line}"
         done = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"README command failed: {line}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        if command.startswith("accelerate launch"):  # two processes, one summary
+            assert done.stdout.count("run directory:") == 1, done.stdout
 
     # The split, the resumed run and the eval of the run's checkpoint landed where the README says.
     assert len((tmp_path / "data/synth/eval.jsonl").read_text().splitlines()) == 6
