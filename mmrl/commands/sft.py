@@ -25,9 +25,8 @@ def register(subparsers, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mmrl.config import load_config
-    from mmrl.sft.trainer import train_sft
-
     from mmrl.console import print_summary
+    from mmrl.sft.trainer import train_sft
 
     started = time.perf_counter()
     cfg = load_config(args.config, args.overrides)

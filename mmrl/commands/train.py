@@ -27,9 +27,8 @@ def register(subparsers, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mmrl.config import load_config
-    from mmrl.rl.trainer import train
-
     from mmrl.console import print_summary
+    from mmrl.rl.trainer import train
 
     started = time.perf_counter()
     cfg = load_config(args.config, args.overrides)
