@@ -66,8 +66,15 @@ def register(subparsers, name: str) -> None:
                          "Read a dataset in any supported format (auto-detected) and show or check its samples.",
                          EXAMPLES)
     sub = parser.add_subparsers(dest="data_command", metavar="{show,check}")
+    leaf_examples = {
+        "show": "  mmrl data show data/synth/train.jsonl --limit 3\n"
+                "  mmrl data show /data/geo3k.parquet --format easyr1 --json --limit 1   # as mmrl reads it\n",
+        "check": "  mmrl data check data/synth/train.jsonl            # exit 1 and one line per bad sample id\n"
+                 "  mmrl data check /data/ui_r1.json --max-image-pixels 20000000\n",
+    }
     for verb, help_text in (("show", "print samples"), ("check", "open every image and report problems")):
-        p = sub.add_parser(verb, help=help_text, description=help_text)
+        p = sub.add_parser(verb, help=help_text, description=help_text, epilog="examples:\n" + leaf_examples[verb],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("dataset", help="JSONL/JSON/parquet file, imagefolder directory or datasets spec")
         p.add_argument("--format", default="auto", help="data format (default: auto-detect)")
         p.add_argument("--split", default=None, help="split for datasets specs")

@@ -152,6 +152,9 @@ def _format_error(err: dict[str, Any], sources: dict[str, str], default_source: 
         schema_path = ".".join(str(p) for p in loc if not str(p).isdigit())
         candidates = [k for k in valid_keys() if k.count(".") == schema_path.count(".")]
         near = difflib.get_close_matches(schema_path, candidates, n=1, cutoff=0.6)
+        if near:  # put the list indices back: stages.1.grop_size -> stages.1.group_size
+            names = iter(near[0].split("."))
+            near = [".".join(str(p) if str(p).isdigit() else next(names, str(p)) for p in loc)]
         hint = f" (did you mean '{near[0]}'?)" if near else " (see `mmrl config show` for the valid keys)"
         return f"{where}: unknown key '{dotted}'{hint}"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
