@@ -124,7 +124,7 @@ def _config_from(args: Any) -> MMRLConfig:
     if isinstance(args, Mapping):
         if any("." in str(k) for k in args):
             return apply_overrides(MMRLConfig(), dict(args), source="args")
-        return build_config(dict(args), default_source="args", explicit=set(dict(_flatten(args))))
+        return build_config(dict(args), default_source="args", explicit=list(dict(_flatten(args))))
     raise UserError(f"args must be a GRPOConfig/MMRLConfig, a YAML path or a dict (got {type(args).__name__})")
 
 

@@ -178,12 +178,12 @@ def _format_error(err: dict[str, Any], sources: dict[str, str], default_source: 
 
 
 def build_config(data: dict[str, Any], sources: dict[str, str] | None = None, default_source: str = "config",
-                 explicit: set[str] | None = None) -> MMRLConfig:
+                 explicit: list[str] | None = None) -> MMRLConfig:
     """Validate a raw mapping into `MMRLConfig`, raising a one-line `ConfigError` on the first problem.
 
-    `explicit`: keys set explicitly (default: those from the command line); they win over derived values."""
+    `explicit`: keys set explicitly, in order (default: those from the command line); they win over derived values."""
     if explicit is None:
-        explicit = {key for key, source in (sources or {}).items() if source == COMMAND_LINE}
+        explicit = [key for key, source in (sources or {}).items() if source == COMMAND_LINE]
     try:
         return MMRLConfig.model_validate(data, context={"explicit": explicit})
     except ValidationError as err:
@@ -200,6 +200,7 @@ def load_raw(path: str | os.PathLike | None, overrides: list[str] | tuple[str, .
     for text in overrides:
         parts, value = parse_override(text)
         _set_dotted(data, parts, value)
+        sources.pop(".".join(parts), None)  # re-insert: the order of `sources` is the order the keys were given
         sources[".".join(parts)] = COMMAND_LINE
         _record_sources(value, COMMAND_LINE, sources, ".".join(parts))
     if path is not None and not data.get("name"):
@@ -222,7 +223,7 @@ def apply_overrides(config: MMRLConfig, overrides: dict[str, Any] | list[str], s
         parts = key.split(".") if isinstance(key, str) else key
         _set_dotted(data, parts, value)
         sources[".".join(parts)] = source
-    return build_config(data, sources, default_source=source, explicit=set(sources))
+    return build_config(data, sources, default_source=source, explicit=list(sources))
 
 
 def to_yaml(config: MMRLConfig) -> str:

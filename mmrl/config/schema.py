@@ -39,16 +39,20 @@ class MMRLConfig(Section):
     def derive(self, info: ValidationInfo) -> MMRLConfig:
         """Derive dependent values and check cross-field rules (the only place values are derived).
 
-        Keys set explicitly (on the command line, or as overrides: the loader passes them as
-        `context={"explicit": {...}}`) win over values derived from others, as in HF Trainer: an explicit
-        `trainer.max_steps` ends the stage list early and replaces a YAML's `trainer.num_epochs`.
+        Keys set explicitly (on the command line, or as overrides: the loader passes them, in the order given, as
+        `context={"explicit": [...]}`) win over values derived from others, as in HF Trainer: an explicit
+        `trainer.max_steps` ends the stage list early and replaces `trainer.num_epochs` (unless num_epochs is
+        given after it).
         """
-        explicit = set((info.context or {}).get("explicit", ()))
+        explicit = list((info.context or {}).get("explicit", ()))  # in the order given: a later key wins
         active = [s for s in self.stages if s.enabled]
         if self.stages and not active:
             raise ValueError("stages: every stage is disabled; enable at least one")
-        if "trainer.max_steps" in explicit:
-            self._explicit_max_steps(active, explicit)
+        if "trainer.max_steps" in explicit and (
+            "trainer.num_epochs" not in explicit
+            or explicit.index("trainer.max_steps") > explicit.index("trainer.num_epochs")
+        ):
+            self._explicit_max_steps(active)
         elif active:
             self.trainer.max_steps = sum(s.steps for s in active)
         if self.eval.greedy and self.eval.k > 1:
@@ -60,14 +64,11 @@ class MMRLConfig(Section):
             raise ValueError("rollout.min_new_tokens must be <= rollout.max_completion_length")
         return self
 
-    def _explicit_max_steps(self, active: list[StageConfig], explicit: set[str]) -> None:
-        """An explicit `trainer.max_steps` cuts the stages at that step and replaces a configured num_epochs."""
+    def _explicit_max_steps(self, active: list[StageConfig]) -> None:
+        """An explicit `trainer.max_steps` cuts the stages at that step and replaces num_epochs (given earlier, or
+        by the YAML), as `max_steps` overrides `num_train_epochs` in HF Trainer."""
         steps = self.trainer.max_steps
-        if self.trainer.num_epochs is not None:
-            if "trainer.num_epochs" in explicit:
-                raise ValueError(f"trainer.max_steps={steps} and trainer.num_epochs={self.trainer.num_epochs} "
-                                 "were both given explicitly; give one of them")
-            self.trainer.num_epochs = None  # explicit max_steps wins over the recipe's epochs
+        self.trainer.num_epochs = None
         total = sum(s.steps for s in active)
         if not active or steps == total:
             return

@@ -43,5 +43,8 @@ def test_max_steps_replaces_the_recipes_epochs():
     assert recipe.trainer.num_epochs == 2 and sft_steps(recipe, 64) == 4
     cfg = load_config(CONFIGS / "vision_r1/cold_start_sft.yaml", ["trainer.max_steps=2"])
     assert cfg.trainer.num_epochs is None and sft_steps(cfg, 64) == 2
-    with pytest.raises(ConfigError, match="both given explicitly"):
-        load_config(CONFIGS / "vision_r1/cold_start_sft.yaml", ["trainer.max_steps=2", "trainer.num_epochs=1"])
+    # Both on the command line: the one given last wins.
+    cfg = load_config(CONFIGS / "vision_r1/cold_start_sft.yaml", ["trainer.max_steps=2", "trainer.num_epochs=1"])
+    assert cfg.trainer.num_epochs == 1 and sft_steps(cfg, 64) == 2  # ceil(1 * 64 / 32)
+    cfg = load_config(CONFIGS / "vision_r1/cold_start_sft.yaml", ["trainer.num_epochs=1", "trainer.max_steps=3"])
+    assert cfg.trainer.num_epochs is None and sft_steps(cfg, 64) == 3
