@@ -23,12 +23,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import io
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,30 +130,43 @@ def _config_from(args: Any) -> MMRLConfig:
 
 
 # ---- rewards ---------------------------------------------------------------------------------------------------
-def _register_callable(fn: Callable[..., Any]) -> str:
-    """Register a user callable under its own name (suffixed when taken) and return that name."""
-    from mmrl.rewards.registry import _REGISTRY, list_rewards, register_reward
+def _callable_name(fn: Callable[..., Any], taken: set[str]) -> str:
+    """The name a user callable is known by: its own, suffixed when a registered reward or another callable has it."""
+    from mmrl.rewards.registry import list_rewards
 
-    list_rewards()  # the built-ins first, so a user's `accuracy` cannot shadow ours
-    for existing, registered in _REGISTRY.items():
-        if getattr(registered, "mmrl_user_fn", None) is fn:
-            return existing
+    taken = taken | set(list_rewards())  # the built-ins first, so a user's `accuracy` cannot shadow ours
     base = getattr(fn, "__name__", "reward").strip("<>") or "reward"
     name, i = base, 1
-    while name in _REGISTRY:
+    while name in taken:
         i += 1
         name = f"{base}_{i}"
-
-    def reward(completions: list[str], **columns: Any) -> Any:
-        return fn(completions, **columns)  # a per-item reward is reported by the composite as such
-
-    reward.__doc__ = fn.__doc__
-    reward.mmrl_user_fn = fn  # type: ignore[attr-defined]
-    register_reward(name)(reward)
     return name
 
 
-def _reward_specs(reward_funcs: Any, weights: Sequence[float] | None) -> list[dict[str, Any]]:
+@contextlib.contextmanager
+def registered(callables: Mapping[str, Callable[..., Any]]) -> Iterator[None]:
+    """Register user callables by name for the duration of a run (so `mmrl reward list` and later runs never see
+    them); the composite then scores them like any registered reward."""
+    from mmrl.rewards.registry import _REGISTRY, register_reward
+
+    added = []
+    try:
+        for name, fn in callables.items():
+            def reward(completions: list[str], _fn=fn, **columns: Any) -> Any:
+                return _fn(completions, **columns)  # a per-item reward is reported by the composite as such
+
+            reward.__doc__ = fn.__doc__
+            register_reward(name)(reward)
+            added.append(name)
+        yield
+    finally:
+        for name in added:
+            _REGISTRY.pop(name, None)
+
+
+def _reward_specs(reward_funcs: Any, weights: Sequence[float] | None,
+                  callables: dict[str, Callable[..., Any]]) -> list[dict[str, Any]]:
+    """Reward specs for the config; callables are added to `callables` under the names the specs use."""
     funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
     if weights is not None and len(weights) != len(funcs):
         raise UserError(f"reward_weights has {len(weights)} values for {len(funcs)} reward_funcs")
@@ -164,7 +178,8 @@ def _reward_specs(reward_funcs: Any, weights: Sequence[float] | None) -> list[di
             get_reward(fn)  # unknown names fail here, with the nearest name
             name = fn
         elif callable(fn):
-            name = _register_callable(fn)
+            name = _callable_name(fn, set(callables))
+            callables[name] = fn
         else:
             raise UserError(f"reward_funcs[{i}] must be a reward name or a callable (got {type(fn).__name__})")
         specs.append({"name": name, "weight": float(weights[i]) if weights is not None else 1.0})
@@ -257,8 +272,9 @@ class GRPOTrainer:
         elif model is not None:
             updates["model.name_or_path"] = str(self._save_loaded(model, processing_class, cfg))
             self._user_model = model
+        self.reward_callables: dict[str, Callable[..., Any]] = {}
         if reward_funcs is not None:
-            updates["rewards"] = _reward_specs(reward_funcs, reward_weights)
+            updates["rewards"] = _reward_specs(reward_funcs, reward_weights, self.reward_callables)
         if train_dataset is not None:
             updates["data.train"] = [_dataset_spec(train_dataset)]
         if eval_dataset is not None:
@@ -284,8 +300,9 @@ class GRPOTrainer:
         """Run GRPO as the config says (the same loop as `mmrl train`); returns the run directory."""
         from mmrl.rl.trainer import GRPOTrainer as Loop
 
-        loop = Loop(self.args)
-        self.run_dir = loop.train()
+        with registered(self.reward_callables):
+            loop = Loop(self.args)
+            self.run_dir = loop.train()
         trained = loop.run.model
         if self._user_model is not None:
             self._user_model.load_state_dict(trained.state_dict())

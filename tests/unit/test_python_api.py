@@ -10,9 +10,11 @@ import torch
 from PIL import Image
 
 from mmrl import GRPOConfig, GRPOTrainer
+from mmrl.api import registered
 from mmrl.cli import main
 from mmrl.data.dataset import load_samples
 from mmrl.errors import UserError
+from mmrl.rewards import list_rewards
 from mmrl.rewards.composite import RewardComposite
 
 SMALL = {"max_steps": 1, "num_generations": 2, "max_completion_length": 8, "prompts_per_step": 2,
@@ -60,9 +62,11 @@ def test_unknown_reward_name_and_per_item_reward_are_clear_errors():
         return 1.0
 
     trainer = GRPOTrainer(model="tiny", reward_funcs=[per_item])
-    with RewardComposite([s.model_dump() for s in trainer.args.rewards], workers=0) as composite:
-        with pytest.raises(UserError, match="returns a single value per call.*batched"):
-            composite.score(["a", "b"], {"answer": ["1", "2"]})
+    with registered(trainer.reward_callables):
+        with RewardComposite([s.model_dump() for s in trainer.args.rewards], workers=0) as composite:
+            with pytest.raises(UserError, match="returns a single value per call.*batched"):
+                composite.score(["a", "b"], {"answer": ["1", "2"]})
+    assert "per_item" not in list_rewards()  # known only while a run uses it
 
 
 def test_per_item_file_reward_fails_the_cli_with_exit_2(tmp_path, capsys):
