@@ -111,6 +111,10 @@ def _set_dotted(data: dict[str, Any], parts: list[str], value: Any) -> None:
 
 def _list_index(node: list[Any], part: str, path: list[str]) -> int:
     dotted = ".".join(path)
+    if not node:
+        parent = ".".join(path[:-1])
+        raise ConfigError(f"{COMMAND_LINE}: '{dotted}': {parent} is empty in this config, so there is no item "
+                          f"{part} to change; set the whole list instead ({parent}=[...])")
     if not part.isdigit() or int(part) >= len(node):
         raise ConfigError(f"{COMMAND_LINE}: '{dotted}': index must be 0..{len(node) - 1} for this list")
     return int(part)

@@ -48,3 +48,13 @@ def test_max_steps_replaces_the_recipes_epochs():
     assert cfg.trainer.num_epochs == 1 and sft_steps(cfg, 64) == 2  # ceil(1 * 64 / 32)
     cfg = load_config(CONFIGS / "vision_r1/cold_start_sft.yaml", ["trainer.num_epochs=1", "trainer.max_steps=3"])
     assert cfg.trainer.num_epochs is None and sft_steps(cfg, 64) == 3
+
+
+def test_list_errors_name_the_index_and_the_command_line():
+    with pytest.raises(ConfigError, match=r"^command line: stages.1.group_size must be >= 2 \(got 1\)$"):
+        load_config(CONFIGS / "vision_r1/ptst_grpo.yaml", ["stages.1.group_size=1"])
+    with pytest.raises(ConfigError, match=r"^command line: unknown key 'stages.1.grop_size' \(did you mean "
+                                          r"'stages.1.group_size'\?\)$"):
+        load_config(CONFIGS / "vision_r1/ptst_grpo.yaml", ["stages.1.grop_size=4"])
+    with pytest.raises(ConfigError, match=r"stages is empty in this config.*stages=\[\.\.\.\]"):
+        load_config(CONFIGS / "tests/grpo_tiny.yaml", ["stages.0.group_size=4"])
