@@ -89,4 +89,4 @@ def test_readme_usage_runs_as_pasted(tmp_path):
     assert list((run / "eval").glob("step-4-*/report.json"))
     assert (tmp_path / "runs/grpo_tiny_ddp/checkpoints/step-2").is_dir()
     assert list((run / "plots").glob("*.png"))
-    assert (tmp_path / "models/tiny/config.json").is_file()
+    assert (tmp_path / "runs/tiny-model/config.json").is_file()
