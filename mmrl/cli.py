@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for user errors too")
+    parser.add_argument("--verbose", action="store_true", help="let libraries (transformers, torch...) log and warn")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"mmrl.commands.{module_name}")
@@ -88,10 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # `--debug` is accepted anywhere on the line, not only before the subcommand.
     debug_flag = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
-    # Library chatter (hub retries, deprecation notes) would bury mmrl's own one-line errors.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+    verbose = "--verbose" in argv or os.environ.get("MMRL_VERBOSE") == "1"
+    argv = [a for a in argv if a not in ("--debug", "--verbose")]
+    # Library chatter (progress bars, hub retries, deprecation notes) would bury mmrl's own bars and one-line errors.
+    from mmrl.console import quiet_libraries
+
+    quiet_libraries(verbose)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

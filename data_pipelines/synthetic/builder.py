@@ -64,14 +64,22 @@ def generate(task: str, form: str, index: int, seed: int, difficulty: int, image
 
 
 def build_synthetic(tasks: Sequence[str], n: int, seed: int, out_dir: str | Path, forms: Sequence[str] = FORMS,
-                    difficulty: int | Sequence[int] = 1, image_size: int = 112, with_cot: bool = True) -> Path:
-    """Write `n` samples cycling through tasks x forms (x difficulties) to `out_dir/data.jsonl` + `out_dir/images/`.
+                    difficulty: int | Sequence[int] = 1, image_size: int = 112, with_cot: bool = True,
+                    split: str = "data") -> Path:
+    """Write `n` samples cycling through tasks x forms (x difficulties) to `out_dir/<split>.jsonl` + `out_dir/images/`.
 
-    Returns the JSONL path; `mmrl.data.load_samples` reads it (native format).
+    Several splits (e.g. `train` and `eval`, drawn with different seeds) can share one directory: the image names of a
+    split other than `data` start with the split's name. Returns the JSONL path; `mmrl.data.load_samples` reads it.
     """
+    if "gui" in tasks:  # screens with UI-R1 actions: their own generator (no open/mc/yes_no forms)
+        if list(tasks) != ["gui"]:
+            raise UserError(f"the gui task builds its own dataset; build it alone (--tasks gui), not with {tasks}")
+        from data_pipelines.synthetic.gui import build_gui
+
+        return build_gui(n, seed, out_dir, image_size=image_size, split=split, with_cot=with_cot)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
-        raise UserError(f"unknown synthetic task(s) {unknown}; known tasks: {', '.join(TASKS)}")
+        raise UserError(f"unknown synthetic task(s) {unknown}; known tasks: {', '.join(TASKS)}, gui")
     bad_forms = [f for f in forms if f not in FORMS]
     if bad_forms or not forms:
         raise UserError(f"unknown form(s) {bad_forms}; known forms: {', '.join(FORMS)}")
@@ -88,7 +96,7 @@ def build_synthetic(tasks: Sequence[str], n: int, seed: int, out_dir: str | Path
         task, form = combos[i % len(combos)]
         level = levels[(i // len(combos)) % len(levels)]
         image, item, meta = generate(task, form, i, seed, level, image_size)
-        name = f"{task}-{form}-{i:06d}"
+        name = f"{task}-{form}-{i:06d}" if split == "data" else f"{split}-{task}-{form}-{i:06d}"
         image.save(out / "images" / f"{name}.png", optimize=False)
         record = {"id": name, "images": [f"images/{name}.png"], **item, "image_size": list(image.size),
                   "meta": meta}
@@ -97,6 +105,6 @@ def build_synthetic(tasks: Sequence[str], n: int, seed: int, out_dir: str | Path
         if not with_cot:
             del record["response"]
         lines.append(json.dumps(record))
-    path = out / "data.jsonl"
+    path = out / f"{split}.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -14,8 +14,19 @@ from dataclasses import dataclass
 from mmrl.commands import add_command
 from mmrl.errors import UserError
 
-EXAMPLES = """  mmrl build-data synthetic --tasks color,count --n 1000 --seed 0 --out data/synthetic
-  mmrl build-data curriculum data/synthetic/data.jsonl data/curriculum
+EXAMPLES = """  mmrl build-data synthetic --tasks color,count --n 1000 --eval-n 200 --seed 0 --out data/synthetic
+  mmrl build-data curriculum data/synthetic/train.jsonl data/curriculum
+  mmrl build-data recipes                          # data/: the data of every recipe's offline line
+"""
+SYNTHETIC_EXAMPLES = """examples:
+  mmrl build-data synthetic --tasks color --n 64 --out data/synth                 # data/synth/train.jsonl
+  mmrl build-data synthetic --tasks color,count --n 1000 --eval-n 200 --out data/synth   # + eval.jsonl (seed + 1)
+  mmrl build-data synthetic --tasks grounding --forms open --image-size 56 --n 32 --out data/boxes
+  mmrl build-data synthetic --tasks gui --n 64 --eval-n 16 --out data/gui         # UI-R1-style GUI actions
+"""
+CURRICULUM_EXAMPLES = """examples:
+  mmrl build-data curriculum data/synth/train.jsonl data/curriculum
+  mmrl build-data curriculum /data/mathvista.json data/curriculum --seed 42
 """
 
 
@@ -24,6 +35,7 @@ class Builder:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int | None]
+    examples: str | None = None  # shown by `mmrl build-data NAME --help`
 
 
 BUILDERS: dict[str, Builder] = {}
@@ -31,17 +43,22 @@ BUILDERS: dict[str, Builder] = {}
 BUILDER_MODULES: list[str] = ["data_pipelines.cold_start.cli", "data_pipelines.rejection.cli"]
 
 
-def register_builder(name: str, help: str, add_arguments, run) -> None:
+def register_builder(name: str, help: str, add_arguments, run, examples: str | None = None) -> None:
     if name in BUILDERS:
         raise ValueError(f"builder '{name}' is already registered")
-    BUILDERS[name] = Builder(help, add_arguments, run)
+    BUILDERS[name] = Builder(help, add_arguments, run, examples)
 
 
 def _synthetic_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tasks", default="color", help="comma-separated: color,count,position,grounding,read,add")
-    p.add_argument("--n", type=int, default=1000, help="number of samples")
+    from data_pipelines.synthetic import TASKS
+
+    p.add_argument("--tasks", default="color", help=f"comma-separated: {','.join(TASKS)}; or gui alone")
+    p.add_argument("--n", type=int, default=1000, help="number of training samples (train.jsonl)")
+    p.add_argument("--eval-n", type=int, default=0,
+                   help="number of held-out samples (eval.jsonl, drawn with --eval-seed); 0: none")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output directory (data.jsonl + images/)")
+    p.add_argument("--eval-seed", type=int, default=None, help="seed of the eval split (default: --seed + 1)")
+    p.add_argument("--out", required=True, help="output directory (train.jsonl [+ eval.jsonl] + images/)")
     p.add_argument("--forms", default="open,mc,yes_no", help="comma-separated: open,mc,yes_no")
     p.add_argument("--difficulty", default="1", help="1, 2, 3 or a comma-separated mix")
     p.add_argument("--image-size", type=int, default=112, help="square image side in pixels")
@@ -55,10 +72,19 @@ def _synthetic(args: argparse.Namespace) -> int:
         levels = [int(v) for v in args.difficulty.split(",")]
     except ValueError:
         raise UserError(f"--difficulty must be 1, 2, 3 or a comma-separated mix (got {args.difficulty})") from None
-    path = build_synthetic([t.strip() for t in args.tasks.split(",") if t.strip()], args.n, args.seed, args.out,
-                           forms=[f.strip() for f in args.forms.split(",") if f.strip()], difficulty=levels,
-                           image_size=args.image_size, with_cot=not args.no_cot)
+    eval_seed = args.seed + 1 if args.eval_seed is None else args.eval_seed
+    if args.eval_n < 0:
+        raise UserError(f"--eval-n must be >= 0 (got {args.eval_n})")
+    if args.eval_n and eval_seed == args.seed:
+        raise UserError("--eval-seed must differ from --seed so the eval split is held out")
+    common = {"forms": [f.strip() for f in args.forms.split(",") if f.strip()], "difficulty": levels,
+              "image_size": args.image_size, "with_cot": not args.no_cot}
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    path = build_synthetic(tasks, args.n, args.seed, args.out, split="train", **common)
     print(f"wrote {args.n} samples to {path}")
+    if args.eval_n:
+        path = build_synthetic(tasks, args.eval_n, eval_seed, args.out, split="eval", **common)
+        print(f"wrote {args.eval_n} held-out samples (seed {eval_seed}) to {path}")
     return 0
 
 
@@ -78,8 +104,31 @@ def _curriculum(args: argparse.Namespace) -> int:
     return 0
 
 
-register_builder("synthetic", "procedurally drawn visual tasks with verifiable answers", _synthetic_args, _synthetic)
-register_builder("curriculum", "yes/no, multiple-choice and open stages (Curr-ReFT)", _curriculum_args, _curriculum)
+def _recipes_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="data", help="output directory (default: data): synth/, gui/, boxes/, curriculum/")
+    p.add_argument("--n", type=int, default=64, help="training items per dataset (eval splits get n / 4)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    from data_pipelines.recipes import build_recipe_data
+
+    for name, path in build_recipe_data(args.out, seed=args.seed, n=args.n).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+RECIPES_EXAMPLES = """examples:
+  mmrl build-data recipes                       # data/: what every recipe's offline line reads
+  mmrl build-data recipes --out /tmp/data --n 128
+"""
+
+register_builder("synthetic", "procedurally drawn visual tasks with verifiable answers", _synthetic_args, _synthetic,
+                 SYNTHETIC_EXAMPLES)
+register_builder("curriculum", "yes/no, multiple-choice and open stages (Curr-ReFT)", _curriculum_args, _curriculum,
+                 CURRICULUM_EXAMPLES)
+register_builder("recipes", "small synthetic data for every recipe's offline line (seconds on a CPU)", _recipes_args,
+                 _recipes, RECIPES_EXAMPLES)
 
 
 # Argument names builders give their output directory; checked writable before the builder starts.
@@ -110,7 +159,8 @@ def register(subparsers, name: str) -> None:
                          "Offline dataset builders; each writes JSONL that `mmrl data show` reads.", EXAMPLES)
     sub = parser.add_subparsers(dest="builder", metavar="{" + ",".join(BUILDERS) + "}")
     for builder_name, builder in BUILDERS.items():
-        p = sub.add_parser(builder_name, help=builder.help, description=builder.help)
+        p = sub.add_parser(builder_name, help=builder.help, description=builder.help, epilog=builder.examples,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         builder.add_arguments(p)
         p.set_defaults(func=_checked_outputs(builder.run))
 

@@ -98,8 +98,15 @@ def register(subparsers, name: str) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="{show,check}")
     check_help = ("find what would crash or mislead training: bad images, image slots vs images, boxes outside "
                   "their image or frame, golds the rewards cannot score; exit 2 on errors")
+    leaf_examples = {
+        "show": "  mmrl data show data/synth/train.jsonl --limit 3\n"
+                "  mmrl data show /data/geo3k.parquet --format easyr1 --json --limit 1   # as mmrl reads it\n",
+        "check": "  mmrl data check data/synth/train.jsonl            # exit 2 and one line per problem (file:line, id)\n"
+                 "  mmrl data check --config configs/tests/grpo_tiny.yaml   # every dataset of a run, its rewards\n",
+    }
     for verb, help_text in (("show", "print samples"), ("check", check_help)):
-        p = sub.add_parser(verb, help=help_text, description=help_text)
+        p = sub.add_parser(verb, help=help_text, description=help_text, epilog="examples:\n" + leaf_examples[verb],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("dataset", nargs=None if verb == "show" else "?",
                        help="JSONL/JSON/parquet file, imagefolder directory or datasets spec")
         p.add_argument("--format", default="auto", help="data format (default: auto-detect)")

@@ -11,6 +11,7 @@ from mmrl.errors import UserError
 
 EXAMPLES = """\
   mmrl eval --model tiny --data data/synthetic/eval.jsonl --limit 20
+  mmrl eval --model runs/grpo_tiny --data data/synth/eval.jsonl   # the run's latest checkpoint -> runs/grpo_tiny/eval/
   mmrl eval --model runs/quickstart/checkpoints/step-200 --data eval.jsonl --k 8 eval.temperature=0.7
   mmrl eval configs/quickstart.yaml model.name_or_path=runs/quickstart/checkpoints/step-200
 """
@@ -28,7 +29,8 @@ def register(subparsers, name: str) -> None:
     )
     parser.add_argument("config", nargs="?", default=None, help="optional YAML config (model, data.eval, eval.*)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides key.path=value (e.g. eval.max_new_tokens=64)")
-    parser.add_argument("--model", default=None, help="checkpoint directory (HF format), hub id, or preset tiny/small")
+    parser.add_argument("--model", default=None, help="checkpoint directory (HF format), a run directory (its latest "
+                        "complete checkpoint), hub id, or preset tiny/small")
     parser.add_argument("--data", action="append", default=None, help="evaluation dataset (repeat for several)")
     parser.add_argument("--k", type=int, default=None, help="samples per item; k > 1 samples (reports pass@k, mean@k)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most N items")
@@ -56,6 +58,28 @@ def _stem(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "eval"
 
 
+def _checkpoint_of_run(model: str) -> str:
+    """A run directory (it has checkpoints/ and no config.json of its own) stands for its latest complete checkpoint."""
+    from mmrl.engine.checkpoint import find_latest
+
+    path = Path(model)
+    if not (path / "checkpoints").is_dir() or (path / "config.json").exists():
+        return model
+    latest = find_latest(path)
+    if latest is None:
+        raise UserError(f"--model {model}: this run directory has no complete checkpoint yet; train longer or give "
+                        "--model <checkpoint directory>")
+    return str(latest)
+
+
+def _run_of_checkpoint(model: str) -> Path | None:
+    """`runs/x/checkpoints/step-N` -> `runs/x` (so its evaluations land in that run's eval/)."""
+    path = Path(model.rstrip("/"))
+    if path.parent.name == "checkpoints" and path.name.startswith("step-") and path.is_dir():
+        return path.parent.parent
+    return None
+
+
 def build_eval_config(args: argparse.Namespace):
     from mmrl.config import load_config
 
@@ -68,6 +92,7 @@ def build_eval_config(args: argparse.Namespace):
         raise UserError(f"--limit must be >= 1 (got {args.limit})")
     flags: list[str] = []
     if args.model is not None:
+        args.model = _checkpoint_of_run(args.model)
         flags.append(f"model.name_or_path={args.model}")
     if args.k is not None:
         flags.append(f"eval.k={args.k}")
@@ -93,6 +118,9 @@ def default_out_dir(cfg, config: str | None, args: argparse.Namespace) -> Path:
     if config is not None and args.model is None:
         return Path(cfg.trainer.output_dir) / "eval"
     data = "+".join(_stem(spec.path) for spec in cfg.data.eval)
+    run_dir = _run_of_checkpoint(cfg.model.name_or_path)
+    if run_dir is not None:  # a run's checkpoint: into that run's eval/<step>-<data>
+        return run_dir / "eval" / f"{Path(cfg.model.name_or_path.rstrip('/')).name}-{data}"
     return Path("runs") / "eval" / f"{_stem(cfg.model.name_or_path)}-{data}"
 
 

@@ -29,7 +29,9 @@ def register(subparsers, name: str) -> None:
     parser = add_command(subparsers, name, "score completions with a reward",
                          "Score saved completions with registered or user rewards (debug a reward offline).", EXAMPLES)  # fmt: skip
     sub = parser.add_subparsers(dest="reward_command", metavar="ACTION")
-    listing = sub.add_parser("list", help="list registered rewards")
+    listing = sub.add_parser("list", help="list registered rewards", description="Registered rewards, one line each.",
+                             epilog="examples:\n  mmrl reward list\n  mmrl reward list | grep -i box\n",
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     listing.set_defaults(func=run_list)
     score = sub.add_parser("score", help="score a JSONL file of completions", epilog="examples:\n" + EXAMPLES,
                            formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip

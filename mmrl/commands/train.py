@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 from mmrl.commands import add_command
 
@@ -26,8 +27,11 @@ def register(subparsers, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mmrl.config import load_config
+    from mmrl.console import print_summary
     from mmrl.rl.trainer import train
 
-    run_dir = train(load_config(args.config, args.overrides))
-    print(f"run directory: {run_dir}")
+    started = time.perf_counter()
+    cfg = load_config(args.config, args.overrides)
+    run_dir = train(cfg)
+    print_summary(run_dir, time.perf_counter() - started, cfg)
     return 0

@@ -112,6 +112,10 @@ def _set_dotted(data: dict[str, Any], parts: list[str], value: Any) -> None:
 
 def _list_index(node: list[Any], part: str, path: list[str]) -> int:
     dotted = ".".join(path)
+    if not node:
+        parent = ".".join(path[:-1])
+        raise ConfigError(f"{COMMAND_LINE}: '{dotted}': {parent} is empty in this config, so there is no item "
+                          f"{part} to change; set the whole list instead ({parent}=[...])")
     if not part.isdigit() or int(part) >= len(node):
         raise ConfigError(f"{COMMAND_LINE}: '{dotted}': index must be 0..{len(node) - 1} for this list")
     return int(part)
@@ -162,6 +166,9 @@ def _format_error(err: dict[str, Any], sources: dict[str, str], default_source: 
         schema_path = ".".join(str(p) for p in loc if not str(p).isdigit())
         candidates = [k for k in valid_keys() if k.count(".") == schema_path.count(".")]
         near = difflib.get_close_matches(schema_path, candidates, n=1, cutoff=0.6)
+        if near:  # put the list indices back: stages.1.grop_size -> stages.1.group_size
+            names = iter(near[0].split("."))
+            near = [".".join(str(p) if str(p).isdigit() else next(names, str(p)) for p in loc)]
         hint = f" (did you mean '{near[0]}'?)" if near else " (see `mmrl config show` for the valid keys)"
         return f"{where}: unknown key '{dotted}'{hint}"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
@@ -184,14 +191,18 @@ def _format_error(err: dict[str, Any], sources: dict[str, str], default_source: 
     return f"{where}: {dotted or 'config'}: {err.get('msg', 'invalid value')} (got {got!r})"
 
 
-def build_config(data: dict[str, Any], sources: dict[str, str] | None = None, default_source: str = "config") -> MMRLConfig:
+def build_config(data: dict[str, Any], sources: dict[str, str] | None = None, default_source: str = "config",
+                 explicit: list[str] | None = None) -> MMRLConfig:
     """Validate a raw mapping into `MMRLConfig`, raising a one-line `ConfigError` on the first problem.
 
     Types and ranges first (pydantic), then every registry name (`names.check_names`): a config that builds here
-    names only rewards, estimators, losses, backends and builders that exist.
+    names only rewards, estimators, losses, backends and builders that exist. `explicit`: keys set explicitly, in
+    order (default: those from the command line); they win over derived values.
     """
+    if explicit is None:
+        explicit = [key for key, source in (sources or {}).items() if source == COMMAND_LINE]
     try:
-        config = MMRLConfig.model_validate(data)
+        config = MMRLConfig.model_validate(data, context={"explicit": explicit})
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         raise ConfigError(_format_error(first, sources or {}, default_source)) from None
@@ -209,6 +220,7 @@ def load_raw(path: str | os.PathLike | None, overrides: list[str] | tuple[str, .
     for text in overrides:
         parts, value = parse_override(text)
         _set_dotted(data, parts, value)
+        sources.pop(".".join(parts), None)  # re-insert: the order of `sources` is the order the keys were given
         sources[".".join(parts)] = COMMAND_LINE
         _record_sources(value, COMMAND_LINE, sources, ".".join(parts))
     if path is not None and not data.get("name"):
@@ -231,7 +243,7 @@ def apply_overrides(config: MMRLConfig, overrides: dict[str, Any] | list[str], s
         parts = key.split(".") if isinstance(key, str) else key
         _set_dotted(data, parts, value)
         sources[".".join(parts)] = source
-    return build_config(data, sources, default_source=source)
+    return build_config(data, sources, default_source=source, explicit=list(sources))
 
 
 def to_yaml(config: MMRLConfig) -> str:

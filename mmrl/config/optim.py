@@ -57,7 +57,8 @@ class TrainerConfig(Section):
         5, ge=1, description="Abort after this many optimizer steps in a row skipped for a non-finite loss or grad norm."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' = the device accelerate picks.")
-    report_to: list[Literal["jsonl", "tensorboard"]] = Field(
-        ["jsonl", "tensorboard"], description="Metric sinks (metrics.jsonl is always written)."
+    report_to: list[Literal["jsonl", "tensorboard", "wandb", "trackio"]] = Field(
+        ["jsonl", "tensorboard"], description="Metric sinks (metrics.jsonl is always written); wandb and trackio are "
+        "optional installs and honour offline mode (WANDB_MODE=offline, HF_HUB_OFFLINE=1)."
     )
     progress: bool = Field(True, description="Show a progress bar with ETA.")

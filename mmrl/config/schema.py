@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from mmrl.config.base import Section
 from mmrl.config.data import DataConfig
@@ -52,12 +52,24 @@ class MMRLConfig(Section):
     pipeline: list[PipelineStep] = Field(default_factory=list, description="Steps of `mmrl pipeline` (in order).")
 
     @model_validator(mode="after")
-    def derive(self) -> MMRLConfig:
-        """Derive dependent values and check cross-field rules (the only place values are derived)."""
+    def derive(self, info: ValidationInfo) -> MMRLConfig:
+        """Derive dependent values and check cross-field rules (the only place values are derived).
+
+        Keys set explicitly (on the command line, or as overrides: the loader passes them, in the order given, as
+        `context={"explicit": [...]}`) win over values derived from others, as in HF Trainer: an explicit
+        `trainer.max_steps` ends the stage list early and replaces `trainer.num_epochs` (unless num_epochs is
+        given after it).
+        """
+        explicit = list((info.context or {}).get("explicit", ()))  # in the order given: a later key wins
         active = [s for s in self.stages if s.enabled]
         if self.stages and not active:
             raise ValueError("stages: every stage is disabled; enable at least one")
-        if active:
+        if "trainer.max_steps" in explicit and (
+            "trainer.num_epochs" not in explicit
+            or explicit.index("trainer.max_steps") > explicit.index("trainer.num_epochs")
+        ):
+            self._explicit_max_steps(active)
+        elif active:
             self.trainer.max_steps = sum(s.steps for s in active)
         if self.eval.greedy and self.eval.k > 1:
             raise ValueError("eval.k > 1 needs sampling: set eval.greedy=false")
@@ -71,3 +83,22 @@ class MMRLConfig(Section):
             raise ValueError(f"trainer.overwrite=true deletes the run that trainer.resume={self.trainer.resume!r} "
                              "would continue; set one of them")
         return self
+
+    def _explicit_max_steps(self, active: list[StageConfig]) -> None:
+        """An explicit `trainer.max_steps` cuts the stages at that step and replaces num_epochs (given earlier, or
+        by the YAML), as `max_steps` overrides `num_train_epochs` in HF Trainer."""
+        steps = self.trainer.max_steps
+        self.trainer.num_epochs = None
+        total = sum(s.steps for s in active)
+        if not active or steps == total:
+            return
+        if steps > total:
+            raise ValueError(f"trainer.max_steps={steps} (given explicitly) is more than the stages' {total} steps; lengthen a stage "
+                             f"(e.g. stages.{self.stages.index(active[-1])}.steps=...) instead")
+        remaining = steps
+        for stage in active:  # keep the stages that fit, shorten the one that crosses max_steps, disable the rest
+            if remaining <= 0:
+                stage.enabled = False
+            elif stage.steps > remaining:
+                stage.steps = remaining
+            remaining -= stage.steps if stage.enabled else 0

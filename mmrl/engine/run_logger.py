@@ -51,6 +51,7 @@ class RunLogger:
         self.enabled = enabled
         self._tb = None
         self._bar = None
+        self._trackers: list = []
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -60,6 +61,12 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+        from mmrl.engine.trackers import open_trackers
+
+        saved = self.run_dir / "config.yaml"  # written by start_run before the logger: the trackers' run config
+        self._trackers = open_trackers(report_to, self.run_dir,
+                                       _read_yaml(saved) if saved.exists() and set(report_to) - {"jsonl", "tensorboard"}
+                                       else None)
         if progress and total_steps:
             from tqdm.auto import tqdm
 
@@ -81,6 +88,11 @@ class RunLogger:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                     self._tb.add_scalar(key, value, step)
+        if self._trackers:
+            from mmrl.engine.trackers import numeric
+
+            for tracker in self._trackers:
+                tracker.log(step, numeric(record))
         if self._bar is not None:
             shown = {k: record[k] for k in ("loss", "reward/total", "accuracy") if record.get(k) is not None}
             self._bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
@@ -109,6 +121,8 @@ class RunLogger:
         if not self.enabled:
             return
         self._metrics.close()
+        for tracker in self._trackers:
+            tracker.close()
         if self._tb is not None:
             self._tb.close()
         if self._bar is not None:
@@ -126,6 +140,12 @@ def _parse_rows(text: str) -> list[dict[str, Any]]:
             if i != len(lines) - 1:
                 raise
     return rows
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:

@@ -133,7 +133,8 @@ def _progress_bar(total: int, enabled: bool):
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="eval", unit="item", dynamic_ncols=True)
+    # disable=None: no bar where stderr is not a terminal (logs, CI), instead of one line per refresh.
+    return tqdm(total=total, desc="eval", unit="item", dynamic_ncols=True, disable=None)
 
 
 def evaluate_config(cfg: Any, out_dir: Path, progress: bool = True, info: dict[str, Any] | None = None) -> dict:

@@ -40,6 +40,13 @@ def resolve_model_path(name_or_path: str, seed: int = 0) -> str:
         if not (local / "config.json").is_file():
             raise UserError(f"model.name_or_path: '{name_or_path}' has no config.json; point it at a model directory")
         return str(local)
+    if "/" not in name_or_path:  # hub ids are owner/name: a bare word near a preset is a typo of it
+        import difflib
+
+        near = difflib.get_close_matches(name_or_path, list(PRESETS), n=1, cutoff=0.6)
+        if near:
+            raise UserError(f"model.name_or_path: '{name_or_path}' is neither a directory nor a preset; did you mean "
+                            f"the preset '{near[0]}'? (presets: {', '.join(PRESETS)})")
     looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     if looks_like_path:
         raise UserError(f"model.name_or_path: '{name_or_path}' does not exist; give a model directory, a hub id, "

@@ -45,6 +45,7 @@ from mmrl.rewards.safe import (
 )
 
 log = logging.getLogger(__name__)
+NOT_BATCHED = "expected a list of one value"  # the message of a reward that returned a scalar for one completion
 
 
 @dataclass
@@ -126,6 +127,7 @@ class RewardComposite:
                                        for i in range(n)]  # fmt: skip
             else:
                 outcomes[spec.name] = self._batch(fn, completions, columns, spec.kwargs, timeout)
+        self._check_batched(outcomes)
         return self._assemble(completions, rows, outcomes)
 
     def _pooled(self, pooled, completions, rows) -> dict[str, list[Outcome]]:
@@ -150,6 +152,15 @@ class RewardComposite:
     @staticmethod
     def _guarded_item(fn, completion: str, row: dict, kwargs: dict, timeout) -> Outcome:
         return score_item(fn, completion, row, kwargs, timeout)
+
+    @staticmethod
+    def _check_batched(outcomes: dict[str, list[Outcome]]) -> None:
+        """A reward written per item (one float per call) fails on every item: say so instead of scoring all None."""
+        for name, found in outcomes.items():
+            if found and all(o.status == "error" and NOT_BATCHED in o.message for o in found):
+                raise UserError(f"reward '{name}' returns a single value per call ({found[0].message}); rewards are "
+                                "batched: fn(completions: list[str], **columns) -> list[float | None], one score "
+                                "per completion")
 
     def _batch(self, fn, completions, columns, kwargs, timeout) -> list[Outcome]:
         """Cheap rewards: one call for the whole batch under the per-completion limit (every item then took less);

@@ -48,7 +48,7 @@ def test_build_data_synthetic_then_curriculum_then_show(tmp_path, capsys):
     out = tmp_path / "syn"
     assert main(["build-data", "synthetic", "--tasks", "color,count", "--n", "8", "--seed", "1", "--out", str(out),
                  "--image-size", "56", "--forms", "open"]) == 0
-    assert main(["build-data", "curriculum", str(out / "data.jsonl"), str(tmp_path / "cur")]) == 0
+    assert main(["build-data", "curriculum", str(out / "train.jsonl"), str(tmp_path / "cur")]) == 0
     capsys.readouterr()
     assert main(["data", "show", str(tmp_path / "cur" / "stage2_mc.jsonl"), "--json", "--limit", "2"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

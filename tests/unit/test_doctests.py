@@ -8,6 +8,8 @@ import importlib
 import pytest
 
 MODULES = [
+    "mmrl.api",
+    "mmrl.console",
     "mmrl.config.loader",
     "mmrl.data.boxes",
     "mmrl.data.sample",
