@@ -49,9 +49,9 @@ def _kl_names() -> list[str]:
 
 
 def _backend_names() -> list[str]:
-    from mmrl.rl import rollout
+    from mmrl.generation.hf import BACKENDS
 
-    return list(rollout.BACKENDS)
+    return list(BACKENDS)
 
 
 def _reward_names() -> list[str]:

@@ -19,16 +19,16 @@ import torch
 from mmrl.config import MMRLConfig
 from mmrl.data.checks import check_for_training
 from mmrl.data.dataset import load_datasets
+from mmrl.data.prompt_order import PromptSampler
 from mmrl.engine.distributed import all_gather_objects
 from mmrl.engine.optim import build_scheduler
 from mmrl.engine.run import TrainingRun, prepare_run, start_run
 from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
+from mmrl.generation.hf import make_backend
 from mmrl.rewards.composite import RewardComposite
 from mmrl.rl.experience import Group, collect_step
 from mmrl.rl.reference import make_reference
-from mmrl.rl.rollout import make_backend
-from mmrl.rl.sampler import PromptSampler
 from mmrl.rl.stages import ResolvedStage, StageSchedule
 from mmrl.rl.update import policy_update
 

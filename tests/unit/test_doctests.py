@@ -26,7 +26,7 @@ MODULES = [
     "mmrl.rl.advantages",
     "mmrl.rl.kl",
     "mmrl.rl.losses",
-    "mmrl.rl.sampler",
+    "mmrl.data.prompt_order",
     "mmrl.rl.stages",
 ]
 
