@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -146,8 +146,9 @@ class _HFBackend:
             out.append(group)
         return out
 
-    def stream(self, prompt: PromptLike, params: SamplingParams) -> Iterator[str]:
-        """Text deltas of one completion, while it is decoded (a worker thread samples; this generator decodes)."""
+    def stream(self, prompt: PromptLike, params: SamplingParams) -> Generator[str, None, Completion]:
+        """Text deltas of one completion, while it is decoded (a worker thread samples; this generator decodes).
+        The generator's return value (`StopIteration.value`) is the whole `Completion` (finish reason, token ids)."""
         if params.n != 1:
             raise ValueError(f"stream: n must be 1 (got {params.n})")
         tokens: queue.Queue[int | None] = queue.Queue()
@@ -190,6 +191,7 @@ class _HFBackend:
             final = result["batch"].texts[0]
             if len(final) > len(shown) and final.startswith(shown):
                 yield final[len(shown):]
+            return self.completions(result["batch"], params)[0][0]  # StopIteration.value, for callers that want it
         finally:
             cancelled.set()
 
