@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from mmrl.rl.registry import Registry
+from mmrl.registry import Registry
 
 AdvantageFn = Callable[..., torch.Tensor]
 SumFn = Callable[[torch.Tensor], torch.Tensor]

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mmrl.errors import UserError
+from mmrl.registry import Registry
 from mmrl.rl.advantages import ADVANTAGES, compute_advantages, group_stats
-from mmrl.rl.registry import Registry
 
 NAN = float("nan")
 # group 7: [1, 0, 0, 1]; group 3: [2, NaN(unscorable), 4]; group 9: [5] (singleton). Ids deliberately not contiguous.

@@ -1,4 +1,5 @@
-"""A tiny name -> function registry: advantages and loss aggregations are looked up by their config name.
+"""The one name -> object registry: advantages, losses, KL estimators, builders and backends are looked up by the name
+a config or the command line gives. `mmrl.config.names` validates config names through each registry's `names()`.
 
 >>> REG = Registry("advantage")
 >>> @REG.register("zero")
@@ -10,16 +11,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 from mmrl.errors import UserError
 
-F = TypeVar("F", bound=Callable)
+F = TypeVar("F")
 
 
 class Registry(Generic[F]):
-    """Maps names to callables; duplicate names are a programming error, unknown names a user error."""
+    """Maps names to objects (functions, builders...); duplicate names are a programming error, unknown names a user
+    error that lists the valid ones."""
 
     def __init__(self, kind: str, config_field: str | None = None) -> None:
         self.kind = kind
@@ -27,13 +29,18 @@ class Registry(Generic[F]):
         self._items: dict[str, F] = {}
 
     def register(self, name: str) -> Callable[[F], F]:
+        """Decorator form of `add`."""
+
         def decorator(fn: F) -> F:
-            if name in self._items:
-                raise ValueError(f"{self.kind} '{name}' is already registered")
-            self._items[name] = fn
+            self.add(name, fn)
             return fn
 
         return decorator
+
+    def add(self, name: str, item: F) -> None:
+        if name in self._items:
+            raise ValueError(f"{self.kind} '{name}' is already registered")
+        self._items[name] = item
 
     def get(self, name: str) -> F:
         try:
@@ -46,5 +53,15 @@ class Registry(Generic[F]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def items(self) -> list[tuple[str, F]]:
+        """(name, item) pairs in registration order (the order help texts show)."""
+        return list(self._items.items())
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
+
+    def __getitem__(self, name: str) -> F:
+        return self.get(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
