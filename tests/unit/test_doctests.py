@@ -28,6 +28,11 @@ MODULES = [
     "mmrl.rl.losses",
     "mmrl.data.prompt_order",
     "mmrl.rl.stages",
+    "mmrl.generation.types",
+    "mmrl.generation.decoding",
+    "mmrl.generation.openai_format",
+    "mmrl.registry",
+    "data_pipelines.registry",
 ]
 
 
