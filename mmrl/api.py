@@ -147,7 +147,7 @@ def _callable_name(fn: Callable[..., Any], taken: set[str]) -> str:
 def registered(callables: Mapping[str, Callable[..., Any]]) -> Iterator[None]:
     """Register user callables by name for the duration of a run (so `mmrl reward list` and later runs never see
     them); the composite then scores them like any registered reward."""
-    from mmrl.rewards.registry import _REGISTRY, register_reward
+    from mmrl.rewards.registry import REWARDS, register_reward
 
     added = []
     try:
@@ -161,7 +161,7 @@ def registered(callables: Mapping[str, Callable[..., Any]]) -> Iterator[None]:
         yield
     finally:
         for name in added:
-            _REGISTRY.pop(name, None)
+            REWARDS.remove(name)
 
 
 def _reward_specs(reward_funcs: Any, weights: Sequence[float] | None,

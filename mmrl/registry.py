@@ -53,6 +53,13 @@ class Registry(Generic[F]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def remove(self, name: str) -> None:
+        """Forget `name` (a run-scoped registration, e.g. a Python callable reward); no error when absent."""
+        self._items.pop(name, None)
+
+    def values(self) -> list[F]:
+        return list(self._items.values())
+
     def items(self) -> list[tuple[str, F]]:
         """(name, item) pairs in registration order (the order help texts show)."""
         return list(self._items.items())

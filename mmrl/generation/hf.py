@@ -25,7 +25,6 @@ from typing import Any, Union
 import torch
 
 from mmrl.data.sample import Sample
-from mmrl.errors import UserError
 from mmrl.generation.decoding import TextDecoder, cut_at_stop, eos_token_ids, held_back
 from mmrl.generation.hf_context import count_vision, eval_mode, neutral_generation_config, vision_module
 from mmrl.generation.token_sampling import sample_next
@@ -42,6 +41,7 @@ from mmrl.models.prefix import (
     unwrap,
 )
 from mmrl.models.tokens import placeholder_token_ids
+from mmrl.registry import Registry
 
 # What the HF backend accepts as a prompt: chat messages, an mmrl Sample (encoded with the data config's template and
 # image resize), or an already encoded processor output (batch dim 1).
@@ -385,17 +385,24 @@ def backend_device(backend: Any) -> torch.device:
     return model_device(model) if model is not None else torch.device("cpu")
 
 
-BACKENDS = ("hf",)
 HFBackend = Union[HFSharedPrefixBackend, HFNaiveBackend]
 
 
-def make_backend(model: Any, processor: Any, name: str = "hf", share_prompt: bool = True,
-                 data_cfg: Any = None) -> HFBackend:
-    """`hf`: the shared-prefix backend for Qwen2-VL/2.5-VL/3-VL (unless `share_prompt` is False), naive otherwise."""
-    if name not in BACKENDS:
-        raise UserError(f"rollout.backend: unknown backend '{name}'; valid: {', '.join(BACKENDS)}")
+def _hf_backend(model: Any, processor: Any, share_prompt: bool = True, data_cfg: Any = None) -> HFBackend:
+    """The shared-prefix backend for Qwen2-VL/2.5-VL/3-VL (unless `share_prompt` is False), naive otherwise."""
     if share_prompt and supports_prefix_sharing(model):
         return HFSharedPrefixBackend(model, processor, data_cfg)
     if share_prompt:
         note_naive_fallback(model)
     return HFNaiveBackend(model, processor, data_cfg)
+
+
+# In-process rollout backends by `rollout.backend` name (the vLLM backend registers here too).
+BACKENDS: Registry[Callable[..., Any]] = Registry("rollout backend", "rollout.backend")
+BACKENDS.add("hf", _hf_backend)
+
+
+def make_backend(model: Any, processor: Any, name: str = "hf", share_prompt: bool = True,
+                 data_cfg: Any = None) -> HFBackend:
+    """The rollout backend `name` over an in-process model (`hf`: see `_hf_backend`)."""
+    return BACKENDS.get(name)(model, processor, share_prompt=share_prompt, data_cfg=data_cfg)

@@ -134,5 +134,5 @@ def test_make_backend(policy):
     model, processor = policy
     assert isinstance(make_backend(model, processor), HFSharedPrefixBackend)
     assert isinstance(make_backend(model, processor, share_prompt=False), HFNaiveBackend)
-    with pytest.raises(UserError, match="rollout.backend: unknown backend 'vllm2'"):
+    with pytest.raises(UserError, match="rollout.backend: unknown rollout backend 'vllm2'"):
         make_backend(model, processor, name="vllm2")
