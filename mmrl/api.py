@@ -279,7 +279,8 @@ class GRPOTrainer:
             updates["data.train"] = [_dataset_spec(train_dataset)]
         if eval_dataset is not None:
             updates["data.eval"] = [_dataset_spec(eval_dataset)]
-        self.args = apply_overrides(cfg, updates, source="GRPOTrainer") if updates else cfg
+        with registered(self.reward_callables):  # the config's reward names are checked against the registry
+            self.args = apply_overrides(cfg, updates, source="GRPOTrainer") if updates else cfg
         self.model = model
         self.run_dir: Path | None = None
 

@@ -22,6 +22,7 @@ from mmrl.data.dataset import load_datasets
 from mmrl.data.prompt_order import PromptSampler, shard
 from mmrl.engine.distributed import all_reduce_sum
 from mmrl.engine.run import TrainingRun, prepare_run, start_run
+from mmrl.engine.run_dir import release_run_dir
 from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
 from mmrl.models.logprobs import head_logprobs
@@ -67,7 +68,11 @@ def train_sft(cfg: MMRLConfig) -> Path:
     """Run cold-start SFT as `cfg` says; returns the run directory (final checkpoint in checkpoints/step-N)."""
     prepare_run(cfg)  # the run directory is checked and locked before anything reads data or writes there
     # Data errors surface before the model loads.
-    samples = load_sft_samples(cfg, Path(cfg.trainer.output_dir))
+    try:
+        samples = load_sft_samples(cfg, Path(cfg.trainer.output_dir))
+    except BaseException:
+        release_run_dir(cfg.trainer.output_dir)  # nothing was written: leave no claimed, empty directory behind
+        raise
     total = sft_steps(cfg, len(samples))
     run = start_run(cfg, total_steps=total)
     sampler = PromptSampler(len(samples), cfg.trainer.seed, cfg.data.shuffle)
