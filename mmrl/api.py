@@ -57,7 +57,6 @@ TRL_NAMES = {
     "warmup_steps": "optimizer.warmup_steps",
     "weight_decay": "optimizer.weight_decay",
     "max_grad_norm": "optimizer.max_grad_norm",
-    "logging_steps": "trainer.log_steps",
     "max_prompt_length": "data.max_prompt_length",
 }
 _SECTIONS = ("model", "data", "rollout", "algorithm", "optimizer", "trainer", "eval")
