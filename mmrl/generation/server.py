@@ -72,11 +72,13 @@ class _Queue:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.active = 0
+        self.refused = 0  # requests answered 429 so far
         self._lock = threading.Lock()
 
     def enter(self) -> bool:
         with self._lock:
             if self.active >= self.limit:
+                self.refused += 1
                 return False
             self.active += 1
             return True
@@ -154,7 +156,9 @@ def create_app(backend: GenerationBackend, model_name: str, *, max_queue: int = 
         if body.stream and body.n != 1:
             return _error(400, "n: streaming supports n=1 only")
         if not queue.enter():
-            return _error(429, f"the server is busy ({queue.limit} requests queued); retry later", "rate_limit_error")
+            busy = _error(429, f"the server is busy ({queue.limit} requests queued); retry later", "rate_limit_error")
+            busy.headers["retry-after"] = "1"  # clients (the openai one included) back off and retry
+            return busy
         loop = asyncio.get_running_loop()
         try:
             prompt, params, n_prompt = await loop.run_in_executor(pool, prepare, body)

@@ -166,6 +166,27 @@ def test_http_backend_against_the_server(server, hf_backend, image):
         load_backend(server[0], api_key_env="MMRL_TEST_NO_SUCH_KEY")
 
 
+def test_http_backend_retries_a_busy_server(server):
+    base, app = server
+    backend = load_backend(base, max_retries=5)
+    queue = app.state.queue
+    refused_before = queue.refused
+    queue.active = queue.limit  # every request is refused (429) until the queue frees up
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(
+        out=backend.generate([Prompt.from_question("hi")], SamplingParams(temperature=0, max_new_tokens=2))))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while queue.refused == refused_before:
+            assert worker.is_alive() and time.monotonic() < deadline, "the request never reached the server"
+            time.sleep(0.02)
+    finally:
+        queue.active = 0
+    worker.join(timeout=120)
+    assert queue.refused > refused_before and result["out"][0][0].finish_reason == "length"  # refused, retried, answered
+
+
 def test_mmrl_serve_command(tiny_model_dir, tmp_path):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
