@@ -20,6 +20,7 @@ from mmrl.engine.distributed import all_reduce_sum
 from mmrl.generation import SamplingParams
 from mmrl.generation.hf import HFBackend, backend_device
 from mmrl.models.placement import to_device
+from mmrl.rewards.composite import RewardComposite
 from mmrl.rl.stages import ResolvedStage
 
 
@@ -52,7 +53,7 @@ def _to_tensor(values: list[float | None], device: torch.device) -> torch.Tensor
 
 
 def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample], processor: Any, backend: HFBackend,
-                   composite: Any, generator: torch.Generator, data_cfg: Any) -> tuple[list[Group], dict[str, Any]]:
+                   composite: RewardComposite, generator: torch.Generator, data_cfg: Any) -> tuple[list[Group], dict[str, Any]]:
     """Roll out and score `samples` (this process's share); advantages are filled in later per kept batch."""
     if not samples:
         return [], {}
