@@ -26,7 +26,14 @@ import torch
 
 from mmrl.data.sample import Sample
 from mmrl.generation.decoding import TextDecoder, cut_at_stop, eos_token_ids, held_back
-from mmrl.generation.hf_context import count_vision, eval_mode, neutral_generation_config, vision_module
+from mmrl.generation.hf_context import (
+    TokenStreamer,
+    count_vision,
+    eval_mode,
+    neutral_generation_config,
+    prompt_to_sample,
+    vision_module,
+)
 from mmrl.generation.token_sampling import sample_next
 from mmrl.generation.types import Completion, Prompt, SamplingParams
 from mmrl.models.logprobs import repeat_prompt
@@ -82,31 +89,6 @@ class _Row:
 
 class _Cancelled(Exception):
     """Raised from a token callback to stop a stream whose reader went away."""
-
-
-def prompt_to_sample(prompt: Prompt) -> Sample:
-    """The Sample a chat `Prompt` stands for: image parts become slots filled from `images` in order."""
-    messages: list[dict[str, Any]] = []
-    images: list[Any] = []
-    for index, message in enumerate(prompt.messages):
-        if not isinstance(message, dict) or "role" not in message:
-            raise ValueError(f"messages[{index}]: expected an object with 'role' and 'content'")
-        content = message.get("content")
-        if isinstance(content, list):
-            parts: list[dict[str, Any]] = []
-            for part in content:
-                kind = part.get("type") if isinstance(part, dict) else None
-                if kind == "image":
-                    images.append(part["image"])
-                    parts.append({"type": "image"})
-                elif kind == "text":
-                    parts.append({"type": "text", "text": str(part.get("text", ""))})
-                else:
-                    raise ValueError(f"messages[{index}]: unsupported content part {kind!r} (use 'text' or 'image')")
-            messages.append({"role": message["role"], "content": parts})
-        else:
-            messages.append({"role": message["role"], "content": "" if content is None else str(content)})
-    return Sample(id="prompt", prompt=messages, answer=None, images=images)
 
 
 class _HFBackend:
@@ -311,24 +293,6 @@ class HFSharedPrefixBackend(_HFBackend):
         return torch.tensor([any(s in t for s in stop) for t in texts], dtype=torch.bool, device=tokens.device)
 
 
-class _TokenStreamer:
-    """`model.generate`'s streamer hook: skips the prompt, hands each new token to the callback."""
-
-    def __init__(self, on_token: TokenCallback) -> None:
-        self.on_token = on_token
-        self.seen_prompt = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.seen_prompt:
-            self.seen_prompt = True
-            return
-        for token in value.view(-1).tolist():
-            self.on_token(int(token))
-
-    def end(self) -> None:
-        pass
-
-
 class HFNaiveBackend(_HFBackend):
     """`model.generate` on the prompt repeated n times (image encoded n times): baseline and generic fallback."""
 
@@ -345,7 +309,7 @@ class HFNaiveBackend(_HFBackend):
         if params.stop:
             options.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         if on_token is not None:
-            options["streamer"] = _TokenStreamer(on_token)
+            options["streamer"] = TokenStreamer(on_token)
         stop_ids = self._stop_ids(params)
         batch = repeat_prompt(prompt, params.n)
         length = batch["input_ids"].shape[1]
