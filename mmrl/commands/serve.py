@@ -18,7 +18,8 @@ def register(subparsers, name: str) -> None:
     parser = add_command(subparsers, name, "serve a model over the OpenAI chat-completions API",
                          "Serve a checkpoint, preset or hub model at http://HOST:PORT/v1 (/v1/models, "
                          "/v1/chat/completions with images, streaming, n, seed, temperature, max_tokens, stop). "
-                         "Any OpenAI client, and mmrl's own builders (--model http://HOST:PORT/v1), can use it.",
+                         "Any OpenAI client can use it, and so can mmrl's generation layer "
+                         "(mmrl.generation.load_backend('http://HOST:PORT/v1')).",
                          EXAMPLES)
     parser.add_argument("--model", required=True, help="checkpoint directory, preset name (tiny, small...) or hub id")
     parser.add_argument("--host", default="127.0.0.1",
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.model.startswith(("http://", "https://")):
         raise UserError("--model: give a checkpoint, preset or hub id to serve (a URL is already a server)")
+    _check_port_free(args.host, args.port)  # before minutes of model loading, not after
     backend = load_backend(args.model, device=args.device, dtype=args.dtype)
     name = args.served_name or args.model
     app = create_app(backend, name, max_queue=args.max_queue, default_max_tokens=args.max_tokens)
@@ -57,6 +59,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"serving '{name}' at http://{args.host}:{args.port}/v1 (Ctrl-C stops)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise UserError(f"--host {host}: not an address of this machine") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise UserError(f"--port {port}: cannot listen on {host}:{port} ({err.strerror}); pick another port") from None
 
 
 def _is_loopback(host: str) -> bool:

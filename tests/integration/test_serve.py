@@ -226,3 +226,15 @@ def test_readme_serve_example_runs_against_the_server(server, capsys):
     assert len(lines) == 2  # one reply, then the 4 sampled texts
     texts = ast.literal_eval(lines[1])
     assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
+
+
+def test_mmrl_serve_refuses_a_busy_port_before_loading(capsys):
+    from mmrl.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", "tiny", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
