@@ -10,7 +10,9 @@ from mmrl.config.base import Section
 
 
 class RolloutConfig(Section):
-    backend: Literal["hf"] = Field("hf", description="Rollout backend ('hf' = transformers generate).")
+    backend: str = Field(
+        "hf", description="Rollout backend: 'hf' (in-process transformers sampler) | 'vllm' (colocated vLLM engine; "
+        "the `vllm` extra, CUDA only). Checked against the rollout backend registry when the config loads.")
     group_size: int = Field(8, ge=2, description="Completions per prompt (G); advantages compare within a group.")
     max_completion_length: int = Field(256, ge=1, description="Maximum new tokens per completion.")
     min_new_tokens: int = Field(0, ge=0, description="Forbid EOS before this many new tokens (benchmarks force lengths).")
@@ -71,6 +73,12 @@ class AlgorithmConfig(Section):
         1, ge=1, description="Optimizer steps per pass: the step's groups are split into this many mini-batches "
         "(trainer.prompts_per_step must be a multiple of processes x mini_batches).")
     mask_truncated: bool = Field(False, description="Exclude completions that hit max_completion_length from the loss.")
+    tis_cap: float | None = Field(
+        2.0, gt=0,
+        description="Truncated importance sampling (TIS) against the rollout/trainer log-prob mismatch: when the "
+        "rollout backend returns its sampler's log-probs (vLLM; the HF shared-prefix sampler), every token's policy-"
+        "gradient loss is multiplied by min(exp(trainer old log-prob - sampler log-prob), tis_cap). 2.0 is TRL's "
+        "vllm_importance_sampling_cap default for its token-level TIS. null: off (the mismatch is still logged).")
     online_filter: OnlineFilterConfig = Field(default_factory=OnlineFilterConfig, description="Online group filter.")
 
     @property

@@ -37,6 +37,7 @@ class Group:
     advantages: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # cpu-ok: [G], set by the update
     old_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
+    sampler_logp: torch.Tensor | None = None  # [G, T]: the rollout engine's log-probs, when it returns them (TIS)
 
 
 def _columns(samples: list[Sample], group_size: int, lengths: list[int], max_len: int) -> dict[str, list[Any]]:
@@ -76,6 +77,7 @@ def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample],
             sample=sample, prompt=prompt, completion_ids=batch.completion_ids[rows],
             completion_mask=batch.completion_mask[rows], truncated=batch.truncated[rows],
             texts=batch.texts[rows], rewards=total[rows],
+            sampler_logp=batch.logprobs[rows] if batch.logprobs is not None else None,
             components={name: values[rows] for name, values in result.components.items()},
         ))
     info = {"counters": dict(getattr(batch, "counters", {}) or {}), "reward_counters": dict(result.counters),

@@ -123,6 +123,7 @@ def policy_loss(
     beta: float = 0.0,
     kl_estimator: str = "k3",
     kl_clamp: float | None = None,
+    is_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate per token, with clip-higher, dual clip and an optional KL penalty.
 
@@ -134,10 +135,12 @@ def policy_loss(
     `old_logp=None` means fully on-policy (mu = 1, one mini-batch): logp.detach() is used, so the ratio is 1 and the
     gradient is that of A * logp. Returns (per_token_loss [B, T] with 0 on inactive tokens, metrics): clip_frac_low,
     clip_frac_high, dual_clip_frac, ratio_mean, and kl_mean when beta > 0 (all means over active tokens).
+    `is_weight` [B, T] (no gradient; e.g. `truncated_is_weights`) multiplies the policy-gradient term, not the KL.
     """
     mask = mask.to(logp.dtype)
     loss, metrics = _surrogate(_token_log_ratio(logp, old_logp, mask), _advantages(advantages, logp), mask,
                                eps_low, eps_high, dual_clip_c, ratio_clamp)
+    loss = loss if is_weight is None else loss * is_weight
     return _with_kl(loss, metrics, logp, mask, ref_logp, beta, kl_estimator, kl_clamp)
 
 
@@ -156,6 +159,7 @@ def gspo_loss(
     beta: float = 0.0,
     kl_estimator: str = "k3",
     kl_clamp: float | None = None,
+    is_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """GSPO (Zheng et al., 2025): one importance ratio per sequence, s_i = exp(mean over its active tokens of
     logp - old_logp), clipped per sequence: loss_i = -min(s_i * A_i, clip(s_i, 1 - eps_low, 1 + eps_high) * A_i),
@@ -169,7 +173,39 @@ def gspo_loss(
     per_token = _token_log_ratio(logp, old_logp, mask)
     seq = (per_token * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
     loss, metrics = _surrogate(seq, _advantages(advantages, logp), mask, eps_low, eps_high, dual_clip_c, ratio_clamp)
+    loss = loss if is_weight is None else loss * is_weight
     return _with_kl(loss, metrics, logp, mask, ref_logp, beta, kl_estimator, kl_clamp)
+
+
+def truncated_is_weights(old_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor,
+                         cap: float | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Truncated importance sampling (TIS) for the rollout/trainer mismatch, and how large the mismatch is.
+
+    The completions were drawn by the rollout engine (log-probs `sampler_logp`), not by the trainer's forward of the
+    same weights (`old_logp`): kernels, bf16 and image preprocessing differ. Per token, weight =
+    min(exp(old_logp - sampler_logp), cap) (1 on inactive tokens; no cap when `cap` is None), to multiply the
+    policy-gradient loss (TRL's vllm_importance_sampling_correction in token_truncate mode, verl's TIS).
+    Shapes: [B, T] each. Metrics (means over active tokens): logprob_kl = k3 estimate of KL(sampler || trainer)
+    from the sampled tokens (>= 0, 0 when they agree), logprob_abs_diff_max, tis_weight_mean, tis_clip_frac.
+
+    >>> w, m = truncated_is_weights(torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.0, -4.0]]), torch.ones(1, 2), 2.0)
+    >>> w.tolist(), m["tis_clip_frac"]
+    ([[1.0, 2.0]], 0.5)
+    """
+    with torch.no_grad():
+        active = mask > 0
+        mask = mask.to(old_logp.dtype)
+        diff = torch.where(active, old_logp.detach() - sampler_logp.to(old_logp), torch.zeros_like(old_logp))
+        ratio = torch.exp(diff)
+        weight = ratio.clamp(max=cap) if cap is not None else ratio
+        k3 = ratio - 1 - diff  # KL(sampler || trainer) estimator on tokens drawn by the sampler
+        metrics = {
+            "logprob_kl": float(_masked_mean(k3, mask)),
+            "logprob_abs_diff_max": float(diff.abs().max()) if diff.numel() else 0.0,
+            "tis_weight_mean": float(_masked_mean(weight, mask)),
+            "tis_clip_frac": float(_masked_mean((ratio > cap).to(mask.dtype), mask)) if cap is not None else 0.0,
+        }
+    return torch.where(active, weight, torch.ones_like(weight)), metrics
 
 
 @AGGREGATIONS.register("grpo")

@@ -28,7 +28,7 @@ from mmrl.models.logprobs import completion_logprobs
 from mmrl.rl.advantages import compute_advantages
 from mmrl.rl.experience import Group
 from mmrl.rl.kl import sequence_kl
-from mmrl.rl.losses import POLICY_LOSSES, aggregate, loss_mask
+from mmrl.rl.losses import POLICY_LOSSES, aggregate, loss_mask, truncated_is_weights
 from mmrl.rl.stages import ResolvedStage
 
 
@@ -59,6 +59,26 @@ def split_groups(groups: list[Group], parts: int) -> list[list[Group]]:
 
 def _logprobs(model: Any, group: Group, temperature: float) -> torch.Tensor:
     return completion_logprobs(model, group.prompt, group.completion_ids, group.completion_mask, temperature=temperature)
+
+
+def _tis_weight(group: Group, logp: torch.Tensor, cap: float | None,
+                mismatch: dict[str, list[float]] | None) -> torch.Tensor | None:
+    """Truncated-IS weights [G, T] when the rollout backend returned its sampler's log-probs (else None), against the
+    trainer's log-probs of the rollout weights: `old_logp`, or this forward's when the update is on-policy (mu = 1,
+    one mini-batch: the weights have not moved yet). Appends the mismatch metrics to `mismatch` when given."""
+    if group.sampler_logp is None:
+        return None
+    old = group.old_logp if group.old_logp is not None else logp.detach()
+    weight, metrics = truncated_is_weights(old, group.sampler_logp, group.completion_mask, cap)
+    if mismatch is not None:
+        for key, value in metrics.items():
+            mismatch[key].append(value)
+    return weight if cap is not None else None
+
+
+def _mismatch_metrics(mismatch: dict[str, list[float]]) -> dict[str, float]:
+    """`rollout/*` figures of the sampler/trainer mismatch: means over the groups, the max of the max."""
+    return {f"rollout/{k}": (max(v) if k.endswith("_max") else sum(v) / len(v)) for k, v in mismatch.items() if v}
 
 
 def _kl_in_reward(algo: Any) -> bool:
@@ -128,7 +148,8 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, r
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     losses, norms, stepped_all = [], [], True
-    for _ in range(algo.num_iterations):
+    mismatch: dict[str, list[float]] = defaultdict(list)  # measured on the first pass, where the weights are the rollout's
+    for iteration in range(algo.num_iterations):
         for mini in split_groups(groups, algo.mini_batches):
             masks = [loss_mask(g.completion_mask, g.truncated, algo.mask_truncated) for g in mini]
             global_tokens = all_reduce_sum(sum(float(m.sum()) for m in masks), world)
@@ -141,11 +162,12 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, r
                 if not kl_in_loss and bool((group.advantages == 0).all()):
                     continue
                 logp = _logprobs(run.model, group, cfg.rollout.temperature)
+                is_weight = _tis_weight(group, logp, algo.tis_cap, mismatch if iteration == 0 else None)
                 per_token, metrics = loss_fn(
                     logp, group.old_logp, group.advantages, mask, eps_low=algo.eps_low, eps_high=algo.eps_high,
                     dual_clip_c=algo.dual_clip_c, ratio_clamp=algo.ratio_clamp, ref_logp=group.ref_logp,
                     beta=algo.beta if kl_in_loss else 0.0, kl_estimator=algo.resolved_kl_estimator,
-                    kl_clamp=algo.kl_clamp)
+                    kl_clamp=algo.kl_clamp, is_weight=is_weight)
                 loss = aggregate(algo.loss_aggregation, per_token, mask, max_completion_length=stage.max_completion_length,
                                  global_active_tokens=global_tokens, global_num_sequences=global_seqs,
                                  global_micro_batches=global_micro)
@@ -161,6 +183,7 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, r
             stepped_all = stepped_all and stepped
     out = {f"loss/{k}": sums[k] / counts[k] for k in sums}
     out.update(reward_metrics)
+    out.update(_mismatch_metrics(mismatch))
     out.update({"loss": sum(losses) / len(losses), "grad_norm": sum(norms) / len(norms),
                 "skipped_step": 0.0 if stepped_all else 1.0, "optimizer_steps": float(len(losses))})
     return out
