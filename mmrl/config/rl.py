@@ -22,6 +22,11 @@ class RolloutConfig(Section):
     share_prompt: bool = Field(
         True, description="Encode each prompt (image and text) once per group and share its KV cache across G samples."
     )
+    vllm_gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="backend vllm: share of the GPU's memory the colocated engine may take while "
+        "awake (weights + KV cache; it sleeps during the update). 0.3 is TRL's colocate default.")
+    vllm_max_model_len: int | None = Field(
+        None, ge=1, description="backend vllm: the engine's context length (prompt + completion); null: the model's.")
 
 
 class OnlineFilterConfig(Section):

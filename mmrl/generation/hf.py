@@ -56,7 +56,7 @@ PromptLike = Union[Prompt, Sample, dict[str, Any]]
 TokenCallback = Callable[[int], None]
 
 __all__ = ["RolloutBatch", "HFSharedPrefixBackend", "HFNaiveBackend", "make_backend", "backend_device",
-           "count_vision", "vision_module", "eos_token_ids", "BACKENDS"]
+           "count_vision", "vision_module", "eos_token_ids", "BACKENDS", "check_backend"]
 
 
 @dataclass
@@ -352,7 +352,8 @@ def backend_device(backend: Any) -> torch.device:
 HFBackend = Union[HFSharedPrefixBackend, HFNaiveBackend]
 
 
-def _hf_backend(model: Any, processor: Any, share_prompt: bool = True, data_cfg: Any = None) -> HFBackend:
+def _hf_backend(model: Any, processor: Any, share_prompt: bool = True, data_cfg: Any = None,
+                rollout_cfg: Any = None) -> HFBackend:
     """The shared-prefix backend for Qwen2-VL/2.5-VL/3-VL (unless `share_prompt` is False), naive otherwise."""
     if share_prompt and supports_prefix_sharing(model):
         return HFSharedPrefixBackend(model, processor, data_cfg)
@@ -366,7 +367,32 @@ BACKENDS: Registry[Callable[..., Any]] = Registry("rollout backend", "rollout.ba
 BACKENDS.add("hf", _hf_backend)
 
 
+def _vllm_backend(model: Any, processor: Any, share_prompt: bool = True, data_cfg: Any = None,
+                  rollout_cfg: Any = None) -> Any:
+    """`rollout.backend: vllm` (the `vllm` extra): imported only when chosen; see `mmrl.generation.vllm_backend`."""
+    from mmrl.generation.vllm_backend import make_vllm_backend
+
+    return make_vllm_backend(model, processor, share_prompt=share_prompt, data_cfg=data_cfg, rollout_cfg=rollout_cfg)
+
+
+def _require_vllm() -> None:
+    from mmrl.generation.vllm_backend import require_vllm
+    require_vllm()
+
+
+_vllm_backend.preflight = _require_vllm  # type: ignore[attr-defined]
+BACKENDS.add("vllm", _vllm_backend)
+
+
+def check_backend(name: str) -> None:
+    """Fail fast, before any model loads, when backend `name` cannot run here (its `preflight`, e.g. a missing extra)."""
+    preflight = getattr(BACKENDS.get(name), "preflight", None)
+    if preflight is not None:
+        preflight()
+
+
 def make_backend(model: Any, processor: Any, name: str = "hf", share_prompt: bool = True,
-                 data_cfg: Any = None) -> HFBackend:
-    """The rollout backend `name` over an in-process model (`hf`: see `_hf_backend`)."""
-    return BACKENDS.get(name)(model, processor, share_prompt=share_prompt, data_cfg=data_cfg)
+                 data_cfg: Any = None, rollout_cfg: Any = None) -> HFBackend:
+    """The rollout backend `name` over an in-process model (`hf`: see `_hf_backend`; `vllm`: `_vllm_backend`).
+    `rollout_cfg` (the `rollout:` section) carries engine settings (vLLM's memory share and context length)."""
+    return BACKENDS.get(name)(model, processor, share_prompt=share_prompt, data_cfg=data_cfg, rollout_cfg=rollout_cfg)

@@ -65,7 +65,10 @@ def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample],
     params = SamplingParams(n=stage.group_size, temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k,
                             max_new_tokens=stage.max_completion_length,
                             min_new_tokens=min(rc.min_new_tokens, stage.max_completion_length), logprobs=True)
-    batch = backend.rollout(prompts, params, generator=generator)
+    if getattr(backend, "takes_samples", False):  # vLLM: its own processor encodes the samples and their images
+        batch = backend.rollout(samples, params, generator=generator, data_cfg=data_cfg)
+    else:
+        batch = backend.rollout(prompts, params, generator=generator)
     lengths = batch.completion_mask.sum(dim=1).tolist()
     result = composite.score(batch.texts, _columns(samples, stage.group_size, lengths, stage.max_completion_length))
     total = _to_tensor(result.total, device)

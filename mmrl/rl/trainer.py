@@ -26,7 +26,7 @@ from mmrl.engine.run import TrainingRun, prepare_run, start_run
 from mmrl.engine.run_dir import release_run_dir
 from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
-from mmrl.generation.hf import make_backend
+from mmrl.generation.hf import check_backend, make_backend
 from mmrl.rewards.composite import RewardComposite
 from mmrl.rl.experience import Group, collect_step
 from mmrl.rl.reference import make_reference
@@ -51,6 +51,7 @@ class GRPOTrainer:
         if not cfg.data.train and not any(s.data for s in cfg.stages):
             raise UserError("data.train: no training data configured; set data.train=path/to/data.jsonl")
         self.cfg = cfg
+        check_backend(cfg.rollout.backend)  # a missing extra (vllm) is one line before anything loads or is written
         prepare_run(cfg)  # the run directory is checked and locked before anything reads data or writes there
         self.schedule = StageSchedule(cfg.stages, cfg)
         self._datasets: dict[str, list] = {}
@@ -67,7 +68,7 @@ class GRPOTrainer:
         # The LR schedule reads the run length at every step: an until_metric that ends a stage early shortens it.
         self.run.scheduler = build_scheduler(self.run.optimizer, cfg.optimizer, lambda: self.schedule.total_steps)
         self.backend = make_backend(self.run.model, self.run.processor, cfg.rollout.backend,
-                                    share_prompt=cfg.rollout.share_prompt)
+                                    share_prompt=cfg.rollout.share_prompt, rollout_cfg=cfg.rollout)
         self.reference = make_reference(self.run.model, cfg.algorithm.beta)
         # Sampling draws on the model's device, so the generator lives there (CUDA rejects a CPU generator).
         self.generator = torch.Generator(device=self.run.dist.device)

@@ -1,0 +1,264 @@
+"""`rollout.backend: vllm` — a vLLM engine colocated with the trainer on the same GPU (the `vllm` extra; CUDA only).
+
+What runs where, per training step (one engine per training process, on that process's GPU, tensor parallel 1):
+- rollout: the engine wakes up (weights first), the policy's current weights are copied into it (`sync_weights`:
+  after the previous step's optimizer steps, so every rollout samples from the weights the trainer holds), the KV cache
+  wakes up and the prefix cache is reset (its blocks were computed with the old weights); the engine samples
+  `params.n` completions per prompt (prefix caching on: the prompt and its image are prefilled once per group), then
+  goes to sleep at level 2 (weights and KV cache freed) so the training forward/backward gets the memory back.
+- update: the trainer recomputes every log-prob itself (`completion_logprobs`); the engine's own log-probs (taken
+  after temperature: `logprobs_mode="processed_logprobs"`, vLLM >= 0.10.2) only measure and correct the mismatch
+  (`algorithm.tis_cap`, truncated importance sampling in `mmrl.rl.update`).
+
+Weight sync: the policy's state dict, tensor by tensor, into the engine's `load_weights` (vLLM maps transformers'
+names). A LoRA policy is merged into its base for the copy and unmerged after, so the engine always holds the merged
+model; FSDP2 shards (DTensor) are gathered one tensor at a time with `full_tensor()` on every process (each process
+feeds its own engine). FSDP1 flat parameters are not supported. The engine is started from the policy's config and
+processor with dummy weights, then synced: no checkpoint is written or read.
+
+Prompts go in as text (the chat template of the data config, as `encode_one` renders it) plus the sample's images
+(resized by `prepare_sample_images`) as `multi_modal_data`, so vLLM's processor expands exactly the image tokens the
+trainer's forward sees. Sampling follows `SamplingParams` and the HF backend's stop rules: the model's end-of-turn
+ids and `stop_token_ids` stop (and stay in `token_ids`), a stop string cuts the text, image placeholders are never
+sampled.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from mmrl.data.sample import Sample
+from mmrl.errors import UserError
+from mmrl.generation.decoding import TextDecoder, cut_at_stop, eos_token_ids
+from mmrl.generation.hf import RolloutBatch
+from mmrl.generation.hf_context import prompt_to_sample
+from mmrl.generation.types import Completion, Prompt, SamplingParams
+from mmrl.models.placement import compute_dtype, model_device
+from mmrl.models.tokens import placeholder_token_ids
+
+INSTALL_HINT = 'pip install "mmrl[vllm]"'
+# vLLM options of the engine this backend starts (the ones that matter for colocated RL).
+ENGINE_DEFAULTS: dict[str, Any] = {
+    "enable_sleep_mode": True,  # sleep between rollouts: the trainer gets the GPU memory back
+    "enable_prefix_caching": True,  # the G samples of a group share the prompt's (and its image's) prefill
+    "logprobs_mode": "processed_logprobs",  # log-probs after temperature, as the trainer computes them
+    "load_format": "dummy",  # weights come from the policy (sync_weights), never from disk
+}
+
+
+def require_vllm() -> None:
+    """Raise a one-line UserError (exit 2) when vLLM cannot run here: the extra is missing, or no CUDA device."""
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError(f"rollout.backend=vllm needs the vllm extra, which is not installed: {INSTALL_HINT} "
+                        "(CUDA GPUs only), or set rollout.backend=hf")
+    if not torch.cuda.is_available():
+        raise UserError("rollout.backend=vllm needs a CUDA device (vLLM does not run on CPU); set rollout.backend=hf")
+
+
+def _prompt_inputs(sample: Sample, processor: Any, data_cfg: Any) -> dict[str, Any]:
+    """vLLM's input for one sample: the rendered chat text and its resized images (as `encode_one` prepares them)."""
+    from mmrl.data.collate import _chat_text, _takes_28_grid
+    from mmrl.data.templates import build_messages
+    from mmrl.data.vision import prepare_sample_images
+
+    images = prepare_sample_images(sample, data_cfg)
+    messages = build_messages(sample, getattr(data_cfg, "system_prompt", None), getattr(data_cfg, "prompt_suffix", None))
+    inputs: dict[str, Any] = {"prompt": _chat_text(processor, messages, add_generation_prompt=True)}
+    if images:
+        inputs["multi_modal_data"] = {"image": images}
+        # Already resized on the 28-pixel grid: the processor must not resize again (as `encode_one`).
+        inputs["mm_processor_kwargs"] = {"do_resize": not _takes_28_grid(processor)}
+    return inputs
+
+
+def policy_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, full tensor) of the policy, as transformers names them: LoRA merged, FSDP2 shards gathered, one tensor
+    at a time (peak memory: one full tensor). The caller must exhaust it (a LoRA model is unmerged at the end)."""
+    inner = getattr(model, "module", model)  # DDP
+    peft = hasattr(inner, "merge_adapter")
+    if peft:
+        inner.merge_adapter()
+    try:
+        for name, tensor in inner.state_dict().items():
+            if peft:
+                if "lora_" in name or "original_module" in name:
+                    continue
+                name = name.removeprefix("base_model.model.").replace(".base_layer", "")
+                name = name.replace(".modules_to_save.default", "")
+            if hasattr(tensor, "full_tensor"):  # FSDP2 DTensor shard: gather it (a collective on every process)
+                tensor = tensor.full_tensor()
+            yield name, tensor.detach()
+    finally:
+        if peft:
+            inner.unmerge_adapter()
+
+
+class VLLMBackend:
+    """The `GenerationBackend` protocol (and `rollout`, the training form) over a colocated vLLM engine."""
+
+    takes_samples = True  # rollouts hand it the Samples: vLLM's processor encodes the prompt and its images itself
+
+    def __init__(self, model: Any, processor: Any, data_cfg: Any = None, gpu_memory_utilization: float = 0.3,
+                 max_model_len: int | None = None, seed: int = 0, **engine_options: Any) -> None:
+        require_vllm()
+        from vllm import LLM
+
+        from mmrl.config.data import DataConfig
+
+        self.model = model
+        self.processor = processor
+        self.data_cfg = data_cfg if data_cfg is not None else DataConfig()
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.eos_ids = eos_token_ids(model, self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.decoder = TextDecoder(self.tokenizer, self.eos_ids, self.pad_id)
+        self.banned_ids = placeholder_token_ids(model, self.tokenizer)
+        # The engine runs in this process, so its model is reachable for the weight copy (no second process).
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        self._dir = tempfile.TemporaryDirectory(prefix="mmrl-vllm-")  # config + processor only, never weights
+        inner = getattr(model, "module", model)
+        base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+        base.config.save_pretrained(self._dir.name)
+        processor.save_pretrained(self._dir.name)
+        dtype = compute_dtype(model)
+        options = dict(ENGINE_DEFAULTS, model=self._dir.name, dtype=str(dtype).removeprefix("torch."),
+                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, seed=seed)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            options["distributed_executor_backend"] = "external_launcher"  # one engine per training process
+        options.update(engine_options)
+        self.llm = LLM(**options)
+        self._asleep = False
+        self.sync_weights()
+
+    # -- weights and memory -------------------------------------------------------------------------------------
+    def _engine_model(self) -> Any:
+        executor = self.llm.llm_engine.model_executor
+        worker = getattr(executor.driver_worker, "worker", executor.driver_worker)
+        return worker.model_runner.model
+
+    def sync_weights(self) -> None:
+        """Copy the policy's current weights into the engine; its prefix cache is stale after, so reset it."""
+        self._engine_model().load_weights(weights=policy_weights(self.model))
+        self.llm.reset_prefix_cache()
+
+    def _wake(self) -> None:
+        if self._asleep:
+            try:
+                self.llm.wake_up(tags=["weights"])  # weights first: the KV cache stays freed during the copy
+            except TypeError:  # a vLLM without wake-up tags
+                self.llm.wake_up()
+            self.sync_weights()
+            try:
+                self.llm.wake_up(tags=["kv_cache"])
+            except TypeError:
+                pass
+            self._asleep = False
+        else:
+            self.sync_weights()
+
+    def sleep(self) -> None:
+        """Free the engine's GPU memory (weights and KV cache: they are re-synced on the next call)."""
+        if not self._asleep:
+            self.llm.sleep(level=2)
+            self._asleep = True
+
+    # -- sampling -----------------------------------------------------------------------------------------------
+    def _vllm_params(self, params: SamplingParams, seed: int | None) -> Any:
+        from vllm import SamplingParams as VLLMParams
+
+        greedy = params.greedy
+        return VLLMParams(
+            n=params.n, temperature=params.temperature, top_p=1.0 if greedy else params.top_p,
+            top_k=-1 if greedy or params.top_k == 0 else params.top_k, max_tokens=params.max_new_tokens,
+            min_tokens=params.min_new_tokens, stop=list(params.stop) or None,
+            stop_token_ids=sorted({*self.eos_ids, *params.stop_token_ids}), include_stop_str_in_output=True,
+            skip_special_tokens=False, seed=None if greedy else seed, logprobs=0,  # 0: the sampled token's only
+            bad_words=[self.tokenizer.decode([i]) for i in self.banned_ids] or None,
+        )
+
+    def _inputs(self, prompt: Any, data_cfg: Any) -> dict[str, Any]:
+        if isinstance(prompt, Prompt):
+            prompt = prompt_to_sample(prompt)
+        if not isinstance(prompt, Sample):
+            raise TypeError("the vLLM backend takes Prompt or Sample prompts (it encodes them and their images "
+                            f"itself), not {type(prompt).__name__}")
+        return _prompt_inputs(prompt, self.processor, data_cfg)
+
+    @torch.no_grad()
+    def rollout(self, prompts: Sequence[Prompt | Sample], params: SamplingParams,
+                generator: torch.Generator | None = None, data_cfg: Any = None) -> RolloutBatch:
+        """`params.n` completions per prompt as padded tensors on the policy's device, with the engine's log-probs.
+        `generator` draws each prompt's seed (one continuing stream across calls); `data_cfg` overrides the template
+        settings (a stage's prompt suffix)."""
+        device = model_device(self.model)
+        inputs = [self._inputs(p, data_cfg if data_cfg is not None else self.data_cfg) for p in prompts]
+        if generator is None and params.seed is not None:
+            generator = torch.Generator(device=device).manual_seed(params.seed)
+        seeds = [int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
+                 if generator is not None else None for _ in inputs]
+        self._wake()
+        try:
+            outputs = self.llm.generate(inputs, [self._vllm_params(params, s) for s in seeds], use_tqdm=False)
+        finally:
+            self.sleep()
+        return self._batch(outputs, params, device)
+
+    def _batch(self, outputs: list[Any], params: SamplingParams, device: torch.device) -> RolloutBatch:
+        rows = [sample for out in outputs for sample in out.outputs]
+        width = max((len(r.token_ids) for r in rows), default=0)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        lps = torch.zeros(len(rows), width, dtype=torch.float32, device=device)
+        texts, truncated = [], []
+        for i, row in enumerate(rows):
+            tokens = list(row.token_ids)
+            ids[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long, device=device)
+            mask[i, : len(tokens)] = 1
+            chosen = [step[token].logprob for step, token in zip(row.logprobs or [], tokens)]
+            lps[i, : len(chosen)] = torch.tensor(chosen, dtype=torch.float32, device=device)
+            text, _ = cut_at_stop(self.decoder.text(tokens), params.stop)
+            texts.append(text)
+            truncated.append(row.finish_reason == "length")
+        prompt_tokens = sum(len(out.prompt_token_ids or []) for out in outputs)
+        counters = {"prefill_tokens": prompt_tokens, "generated_tokens": int(mask.sum())}
+        prompt_index = torch.arange(len(rows), device=device) // params.n
+        return RolloutBatch(prompt_index, ids, mask, torch.tensor(truncated, dtype=torch.bool, device=device), texts,
+                            params.n, lps, counters)
+
+    def generate(self, prompts: Sequence[Prompt | Sample], params: SamplingParams,
+                 generator: torch.Generator | None = None) -> list[list[Completion]]:
+        batch = self.rollout(prompts, params, generator)
+        out: list[list[Completion]] = []
+        for start in range(0, len(batch.texts), batch.group_size):
+            group = []
+            for row in range(start, start + batch.group_size):
+                keep = batch.completion_mask[row].bool()
+                group.append(Completion(
+                    token_ids=batch.completion_ids[row][keep].tolist(), text=batch.texts[row],
+                    finish_reason="length" if bool(batch.truncated[row]) else "stop",
+                    logprobs=batch.logprobs[row][keep].tolist() if params.logprobs and batch.logprobs is not None
+                    else None))
+            out.append(group)
+        return out
+
+    def stream(self, prompt: Prompt | Sample, params: SamplingParams) -> Iterator[str]:
+        """One delta, the whole text (the colocated engine is for rollouts; `mmrl serve` streams with the HF one)."""
+        if params.n != 1:
+            raise ValueError(f"stream: n must be 1 (got {params.n})")
+        yield self.generate([prompt], params)[0][0].text
+
+
+def make_vllm_backend(model: Any, processor: Any, share_prompt: bool = True, data_cfg: Any = None,
+                      rollout_cfg: Any = None) -> VLLMBackend:
+    """The `vllm` entry of the rollout backend registry (`share_prompt` is vLLM's prefix caching, always on)."""
+    options: dict[str, Any] = {}
+    if rollout_cfg is not None:
+        options = {"gpu_memory_utilization": rollout_cfg.vllm_gpu_memory_utilization,
+                   "max_model_len": rollout_cfg.vllm_max_model_len}
+    return VLLMBackend(model, processor, data_cfg, **options)

@@ -1,0 +1,114 @@
+"""`rollout.backend: vllm`: the import guard (CPU: the extra is not installed here) and, on a CUDA machine with the
+extra, the backend itself (gpu marker: greedy completions token-identical to the HF backend, a training step)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmrl.config import load_config
+from mmrl.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "tests" / "grpo_tiny.yaml"
+REWARD = ROOT / "tests" / "fixtures" / "trainer" / "varied_reward.py"
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+no_vllm = pytest.mark.skipif(HAS_VLLM, reason="vllm is installed: the guard does not fire")
+
+
+def test_vllm_is_a_known_rollout_backend_at_config_load():
+    assert load_config(CONFIG, ["rollout.backend=vllm"]).rollout.backend == "vllm"
+    with pytest.raises(UserError, match="did you mean 'vllm'"):
+        load_config(CONFIG, ["rollout.backend=vlm"])
+
+
+@no_vllm
+def test_without_the_extra_train_is_one_line_exit_2_before_anything_loads(tmp_path):
+    """The data path does not exist and the run directory is not created: the guard comes before both."""
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "mmrl", "train", str(CONFIG), "rollout.backend=vllm",
+         f"data.train={tmp_path / 'missing.jsonl'}", f"trainer.output_dir={out}", "trainer.device=cpu"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert 'pip install "mmrl[vllm]"' in lines[0] and "rollout.backend" in lines[0]
+    assert not out.exists()
+
+
+@no_vllm
+def test_without_the_extra_make_backend_names_the_extra():
+    from mmrl.config.model import ModelConfig
+    from mmrl.generation.hf import make_backend
+    from mmrl.models.loading import load_policy
+
+    loaded = load_policy(ModelConfig(name_or_path="tiny", dtype="fp32"), device="cpu", for_training=False)
+    with pytest.raises(UserError, match=r'pip install "mmrl\[vllm\]"'):
+        make_backend(loaded.model, loaded.processor, "vllm")
+
+
+# -- on a CUDA machine with the extra ----------------------------------------------------------------------------
+
+needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason='needs the vllm extra: pip install "mmrl[vllm]"')
+
+
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory) -> Path:
+    from data_pipelines.synthetic import build_synthetic
+
+    return build_synthetic(["color"], 8, 0, tmp_path_factory.mktemp("synthetic"), forms=["open"], image_size=56)
+
+
+@pytest.mark.gpu
+@needs_vllm
+def test_greedy_completions_token_identical_to_the_hf_backend(synthetic_data):
+    """Greedy decoding of the tiny preset, same prompts (text + image), same stop rules: the same tokens. fp32 on
+    both sides: with random tiny weights the top logits are close, and bf16 kernel differences would flip them."""
+    from mmrl.config.model import ModelConfig
+    from mmrl.data.dataset import load_datasets
+    from mmrl.generation import SamplingParams
+    from mmrl.generation.hf import make_backend
+    from mmrl.generation.vllm_backend import VLLMBackend
+    from mmrl.models.loading import load_policy
+
+    cfg = load_config(CONFIG, [f"data.train={synthetic_data}"])
+    samples = load_datasets(list(cfg.data.train), cfg.data)[:4]
+    loaded = load_policy(ModelConfig(name_or_path="tiny", dtype="fp32"), device="cuda", for_training=False)
+    hf = make_backend(loaded.model, loaded.processor, data_cfg=cfg.data)
+    engine = VLLMBackend(loaded.model, loaded.processor, cfg.data, gpu_memory_utilization=0.2, max_model_len=1024)
+    params = SamplingParams(n=1, temperature=0, max_new_tokens=24, logprobs=True)
+    want = hf.generate(samples, params)
+    got = engine.generate(samples, params)
+    assert [[c.token_ids for c in g] for g in got] == [[c.token_ids for c in g] for g in want]
+    assert [[c.finish_reason for c in g] for g in got] == [[c.finish_reason for c in g] for g in want]
+
+
+
+@pytest.mark.gpu
+@needs_vllm
+def test_grpo_steps_with_vllm_rollouts_log_the_mismatch(synthetic_data, tmp_path):
+    """Two GRPO steps with colocated vLLM rollouts (sleep/wake, weight sync after each step), bf16: the policy moves
+    and every step logs the sampler/trainer mismatch that TIS corrects."""
+    from mmrl.engine.run_logger import read_metrics
+    from mmrl.rl.trainer import GRPOTrainer
+
+    overrides = [f"data.train={synthetic_data}", f"trainer.output_dir={tmp_path}", "trainer.report_to=[jsonl]",
+                 "trainer.progress=false", "trainer.save_steps=0", "trainer.sample_steps=0", "trainer.max_steps=2",
+                 "trainer.device=cuda", "model.dtype=bf16", "rollout.backend=vllm", "rollout.max_completion_length=8",
+                 "rollout.vllm_gpu_memory_utilization=0.2", "rollout.vllm_max_model_len=1024",
+                 f"rewards=[{{name: '{REWARD}:reward'}}]", "optimizer.lr=1e-3"]
+    trainer = GRPOTrainer(load_config(CONFIG, overrides))
+    before = {k: v.detach().clone() for k, v in trainer.run.model.named_parameters()}
+    trainer.train()
+    assert any(not torch.equal(before[k], v) for k, v in trainer.run.model.named_parameters())
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["rollout/logprob_kl"] >= 0 and r["rollout/tis_weight_mean"] > 0 for r in rows)
