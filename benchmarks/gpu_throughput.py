@@ -3,6 +3,7 @@
     python3 benchmarks/gpu_throughput.py                          # qwen2.5-vl-3b, bf16, on the first CUDA device
     python3 benchmarks/gpu_throughput.py --preset qwen2.5-vl-7b --group-size 8 --max-new-tokens 256
     python3 benchmarks/gpu_throughput.py --preset tiny --device cpu --steps 1   # smoke test of the program itself
+    python3 benchmarks/gpu_throughput.py --backend vllm            # rollouts by the colocated vLLM engine (`vllm` extra)
 
 The model is built in memory from the preset (no download, no checkpoint written) and run through the code a
 training step runs: `make_backend(...).rollout` (shared-prefix rollout) and `completion_logprobs` + backward (the
@@ -10,6 +11,11 @@ training forward), with `model.dtype` semantics (fp32 weights + bf16 autocast by
 tokens/s, peak GPU memory and MFU = achieved FLOPs / peak bf16 FLOPs of the device, with FLOPs estimated as
 2·N per token for the rollout and 6·N per token for forward+backward (N = parameters; attention FLOPs left out, so
 MFU is a slight underestimate). The last line is `train_tokens_per_s=<float>`.
+
+`--backend vllm` samples with `mmrl.generation.vllm_backend.VLLMBackend` as `rollout.backend: vllm` does: each timed
+rollout includes the engine's wake-up, the weight sync from the policy and the sleep after (the per-step cost of a
+colocated engine). Its prompts are the same images and question as chat prompts; the rollout's peak memory counts
+the trainer's allocations only (vLLM allocates from its own pool). It prints `rollout_tokens_per_s=<float>` too.
 """
 
 from __future__ import annotations
@@ -59,18 +65,41 @@ def build(preset: str, device: torch.device, dtype: str, attn: str, seed: int):
     return model, processor, compute
 
 
-def make_prompts(processor, count: int, side: int, seed: int) -> list[dict]:
-    rng = np.random.RandomState(seed)
-    prompts = []
-    for _ in range(count):
-        image = (rng.rand(side, side, 3) * 255).astype("uint8")
-        from PIL import Image
+QUESTION = "How many shapes are there? Think first."
 
-        messages = [{"role": "user", "content": [{"type": "image"},
-                                                 {"type": "text", "text": "How many shapes are there? Think first."}]}]
+
+def make_images(count: int, side: int, seed: int) -> list:
+    from PIL import Image
+
+    rng = np.random.RandomState(seed)
+    return [Image.fromarray((rng.rand(side, side, 3) * 255).astype("uint8")) for _ in range(count)]
+
+
+def make_prompts(processor, count: int, side: int, seed: int) -> list[dict]:
+    prompts = []
+    for image in make_images(count, side, seed):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
         text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        prompts.append(dict(processor(text=[text], images=[Image.fromarray(image)], return_tensors="pt")))
+        prompts.append(dict(processor(text=[text], images=[image], return_tensors="pt")))
     return prompts
+
+
+def make_rollout_backend(args, model, processor, prompt_tokens: int):
+    """(backend, the prompts its rollout takes): HF takes the encoded prompts, vLLM chat prompts with the images."""
+    from mmrl.generation.hf import make_backend
+
+    if args.backend == "hf":
+        return make_backend(model, processor), None
+    from mmrl.config.data import DataConfig
+    from mmrl.generation import Prompt
+    from mmrl.generation.vllm_backend import VLLMBackend
+
+    side = args.image_side * args.image_side
+    data_cfg = DataConfig(min_pixels=min(side, 3136), max_pixels=side)  # the image keeps its size, as on the HF path
+    engine = VLLMBackend(model, processor, data_cfg, gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+                         max_model_len=2 * prompt_tokens + args.max_new_tokens + 256, seed=args.seed)
+    images = make_images(args.prompts, args.image_side, args.seed)
+    return engine, [Prompt.from_question(QUESTION, images=[image]) for image in images]
 
 
 def sync(device: torch.device) -> None:
@@ -92,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s if the device is unknown")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", default="hf", choices=["hf", "vllm"],
+                        help="rollout backend: hf (shared-prefix sampler) or vllm (colocated engine, the vllm extra)")
+    parser.add_argument("--vllm-gpu-memory-utilization", type=float, default=0.3,
+                        help="--backend vllm: the engine's share of GPU memory (rollout.vllm_gpu_memory_utilization)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -100,8 +133,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if args.backend == "vllm":
+        from mmrl.errors import UserError
+        from mmrl.generation.vllm_backend import require_vllm
+
+        try:
+            require_vllm()  # before the model is built: a missing extra or CUDA device is one line
+        except UserError as err:
+            print(f"gpu_throughput: {err}")
+            return 2
     from mmrl.generation import SamplingParams
-    from mmrl.generation.hf import make_backend
     from mmrl.models.logprobs import completion_logprobs
     from mmrl.models.placement import to_device
 
@@ -109,19 +150,19 @@ def main(argv: list[str] | None = None) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     prompts = [to_device(p, device) for p in make_prompts(processor, args.prompts, args.image_side, args.seed)]
     prompt_tokens = sum(int(p["input_ids"].shape[1]) for p in prompts)
-    backend = make_backend(model, processor)
+    backend, chat_prompts = make_rollout_backend(args, model, processor, prompt_tokens // max(1, args.prompts))
     generator = torch.Generator(device=device).manual_seed(args.seed)
     g, length = args.group_size, args.max_new_tokens
     peak = peak_flops(device, args.peak_tflops)
     attn_impl = getattr(model.config, "_attn_implementation", "?")
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'} | preset {args.preset} | "
           f"{n_params / 1e9:.2f}B parameters | attention {attn_impl} | weights "
-          f"{next(model.parameters()).dtype} compute {compute} | {args.prompts} prompts x G={g} x {length} tokens, "
+          f"{next(model.parameters()).dtype} compute {compute} | rollout {args.backend} | {args.prompts} prompts x G={g} x {length} tokens, "
           f"{args.image_side}x{args.image_side} images ({prompt_tokens // max(1, args.prompts)} prompt tokens each)")
 
     def rollout():
         params = SamplingParams(n=g, max_new_tokens=length, min_new_tokens=length, temperature=1.0)
-        return backend.rollout(prompts, params, generator=generator)
+        return backend.rollout(chat_prompts or prompts, params, generator=generator)
 
     def train(batch):
         model.train()
@@ -162,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{phase:8s} {rate:10.1f} completion tokens/s | MFU {mfu * 100:5.1f}% | peak memory {memory:.1f} GiB")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
+    if args.backend == "vllm":
+        print(f"rollout_tokens_per_s={figures['rollout_tokens_per_s']:.2f} (vllm)")
     print(f"train_tokens_per_s={figures['train_tokens_per_s']:.2f}")
     return 0
 

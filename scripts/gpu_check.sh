@@ -4,7 +4,9 @@
 #   2. runs the gpu-marked tests (GRPO and SFT in bf16 on the tiny presets, flash-attention 2 when installed,
 #      2-GPU data parallel when two devices are visible),
 #   3. runs benchmarks/gpu_throughput.py on the qwen2.5-vl-3b architecture (random weights, bf16): tokens/s, peak
-#      memory and MFU of the rollout and of the training forward+backward.
+#      memory and MFU of the rollout and of the training forward+backward,
+#   4. the same with rollouts by the colocated vLLM engine (`--backend vllm`) where the `vllm` extra is installed
+#      (INSTALL_VLLM=1 installs it first: it pins its own torch, so it is opt-in); skipped with a line otherwise.
 # Usage: scripts/gpu_check.sh [extra arguments for benchmarks/gpu_throughput.py]
 # Exits 0 with a one-line message where no CUDA device is visible; else non-zero if the tests or the benchmark fail.
 set -uo pipefail
@@ -19,7 +21,7 @@ fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader
 "$PY" -c "import torch, transformers; print(f'torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {transformers.__version__}, {torch.cuda.device_count()} device(s)')"
 
-echo "== 1/3 gpu extra (flash-attn)"
+echo "== 1/4 gpu extra (flash-attn)"
 if "$PY" -c "import flash_attn" 2>/dev/null; then
   echo "flash-attn already installed"
 else
@@ -37,13 +39,25 @@ PYEOF
   fi
 fi
 
-echo "== 2/3 gpu-marked tests"
+echo "== 2/4 gpu-marked tests"
 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/
 tests_rc=$?
 
-echo "== 3/3 throughput: qwen2.5-vl-3b architecture, random weights, bf16"
+echo "== 3/4 throughput: qwen2.5-vl-3b architecture, random weights, bf16"
 "$PY" benchmarks/gpu_throughput.py --preset qwen2.5-vl-3b --dtype bf16 "$@"
 bench_rc=$?
 
-echo "gpu_check: tests exit code $tests_rc, benchmark exit code $bench_rc"
-[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+echo "== 4/4 throughput with vLLM rollouts (rollout.backend: vllm): qwen2.5-vl-3b architecture, bf16"
+vllm_rc=0
+if [ "${INSTALL_VLLM:-0}" = "1" ] && ! "$PY" -c "import vllm" 2>/dev/null; then
+  timeout "${VLLM_INSTALL_TIMEOUT:-1800}" "$PY" -m pip install -e ".[vllm]" || echo "gpu_check: could not install the vllm extra"
+fi
+if "$PY" -c "import vllm" 2>/dev/null; then
+  "$PY" benchmarks/gpu_throughput.py --preset qwen2.5-vl-3b --dtype bf16 --backend vllm "$@"
+  vllm_rc=$?
+else
+  echo "gpu_check: the vllm extra is not installed; skipping (pip install \"mmrl[vllm]\" or INSTALL_VLLM=1)"
+fi
+
+echo "gpu_check: tests exit code $tests_rc, benchmark exit code $bench_rc, vllm benchmark exit code $vllm_rc"
+[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$vllm_rc" -eq 0 ]
