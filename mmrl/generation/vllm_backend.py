@@ -63,7 +63,7 @@ def require_vllm() -> None:
 
 def _prompt_inputs(sample: Sample, processor: Any, data_cfg: Any) -> dict[str, Any]:
     """vLLM's input for one sample: the rendered chat text and its resized images (as `encode_one` prepares them)."""
-    from mmrl.data.collate import _chat_text, _takes_28_grid
+    from mmrl.data.collate import _chat_text
     from mmrl.data.templates import build_messages
     from mmrl.data.vision import prepare_sample_images
 
@@ -71,15 +71,16 @@ def _prompt_inputs(sample: Sample, processor: Any, data_cfg: Any) -> dict[str, A
     messages = build_messages(sample, getattr(data_cfg, "system_prompt", None), getattr(data_cfg, "prompt_suffix", None))
     inputs: dict[str, Any] = {"prompt": _chat_text(processor, messages, add_generation_prompt=True)}
     if images:
+        # Already on the processor's grid within data.min/max_pixels: its own resize keeps them as they are (as
+        # `encode_one`), and vLLM counts the image tokens with the same rule.
         inputs["multi_modal_data"] = {"image": images}
-        # Already resized on the 28-pixel grid: the processor must not resize again (as `encode_one`).
-        inputs["mm_processor_kwargs"] = {"do_resize": not _takes_28_grid(processor)}
     return inputs
 
 
 def policy_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, full tensor) of the policy, as transformers names them: LoRA merged, FSDP2 shards gathered, one tensor
-    at a time (peak memory: one full tensor). The caller must exhaust it (a LoRA model is unmerged at the end)."""
+    at a time (peak memory: one full tensor). The caller copies each tensor as it comes (they are the policy's own
+    storage, and a LoRA model is unmerged in place once the stream is exhausted)."""
     inner = getattr(model, "module", model)  # DDP
     peft = hasattr(inner, "merge_adapter")
     if peft:
@@ -137,14 +138,19 @@ class VLLMBackend:
         self.sync_weights()
 
     # -- weights and memory -------------------------------------------------------------------------------------
-    def _engine_model(self) -> Any:
-        executor = self.llm.llm_engine.model_executor
-        worker = getattr(executor.driver_worker, "worker", executor.driver_worker)
-        return worker.model_runner.model
+    def _load_weights(self, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
+        try:  # the in-process engine's model (VLLM_ENABLE_V1_MULTIPROCESSING=0), as TRL's colocate mode reaches it
+            executor = self.llm.llm_engine.model_executor
+            worker = getattr(executor.driver_worker, "worker", executor.driver_worker)
+            model = worker.model_runner.model
+        except AttributeError:  # a vLLM where that path moved: run the load on the worker's model
+            self.llm.apply_model(lambda engine_model: engine_model.load_weights(weights=weights))
+            return
+        model.load_weights(weights=weights)
 
     def sync_weights(self) -> None:
         """Copy the policy's current weights into the engine; its prefix cache is stale after, so reset it."""
-        self._engine_model().load_weights(weights=policy_weights(self.model))
+        self._load_weights(policy_weights(self.model))
         self.llm.reset_prefix_cache()
 
     def _wake(self) -> None:

@@ -112,3 +112,73 @@ def test_grpo_steps_with_vllm_rollouts_log_the_mismatch(synthetic_data, tmp_path
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["rollout/logprob_kl"] >= 0 and r["rollout/tis_weight_mean"] > 0 for r in rows)
+
+
+# -- the parts of the backend that need no engine (CPU) ----------------------------------------------------------
+
+
+def test_weight_sync_stream_is_the_plain_policys_state_dict():
+    from mmrl.config.model import ModelConfig
+    from mmrl.generation.vllm_backend import policy_weights
+    from mmrl.models.loading import load_policy
+
+    model = load_policy(ModelConfig(name_or_path="tiny", dtype="fp32"), device="cpu").model
+    want = model.state_dict()
+    got = dict(policy_weights(model))
+    assert list(got) == list(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_lora_policy_is_synced_merged_under_the_base_names_then_unmerged():
+    """The engine gets base-model names and W + scale * B A (what merge_and_unload gives); the policy keeps training
+    its adapters afterwards (unmerged: its forward is unchanged)."""
+    import copy
+
+    from mmrl.config import load_config
+    from mmrl.generation.vllm_backend import policy_weights
+    from mmrl.models.loading import load_policy
+
+    model = load_policy(load_config(None, ["model.dtype=fp32", "model.lora.enabled=true", "model.lora.r=4"]).model,
+                        device="cpu").model
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # B starts at zero: make the merge visible
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
+    merged = copy.deepcopy(model).merge_and_unload().state_dict()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    got = {k: v.clone() for k, v in policy_weights(model)}  # copied as they come, as the engine's load_weights does
+    assert sorted(got) == sorted(merged)
+    assert not any("lora_" in k or "base_layer" in k for k in got)
+    assert all(torch.allclose(got[k], merged[k], atol=1e-6) for k in merged)
+    base = {k.removeprefix("base_model.model.").replace(".base_layer", ""): v for k, v in before.items()
+            if "lora_" not in k}
+    assert any(not torch.allclose(got[k], base[k]) for k in got)  # some synced weights really are merged ones
+    after = model.state_dict()
+    assert all(torch.allclose(after[k], before[k], atol=1e-6) for k in before)  # unmerged again
+
+
+def test_the_engines_prompt_is_the_trainers_prompt(tmp_path):
+    """The text and images handed to vLLM, run through the same processor, give exactly the trainer's prompt tokens
+    (`encode_one`), image tokens included; a stage's prompt suffix reaches both."""
+    from PIL import Image
+
+    from mmrl.config.data import DataConfig
+    from mmrl.data.collate import encode_one
+    from mmrl.data.sample import Sample
+    from mmrl.generation.vllm_backend import _prompt_inputs
+    from mmrl.models.loading import load_processor
+    from mmrl.models.tiny import ensure_tiny_model
+
+    processor = load_processor(ensure_tiny_model("tiny"))
+    path = tmp_path / "square.png"
+    Image.new("RGB", (90, 61), (200, 30, 30)).save(path)
+    sample = Sample(id="s", prompt="<image>What colour is the square?", answer="red", images=[str(path)])
+    cfg = DataConfig(min_pixels=3136, max_pixels=6272, prompt_suffix=" Answer in one word.")
+    inputs = _prompt_inputs(sample, processor, cfg)
+    assert "Answer in one word." in inputs["prompt"]
+    images = inputs["multi_modal_data"]["image"]
+    again = processor(text=[inputs["prompt"]], images=images, return_tensors="pt")
+    want = encode_one(processor, sample, cfg)
+    assert torch.equal(again["input_ids"], want["input_ids"])
+    assert torch.equal(again["image_grid_thw"], want["image_grid_thw"])
