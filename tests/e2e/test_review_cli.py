@@ -1,0 +1,35 @@
+"""Adversarial review findings on the CLI: each bad input is one line, exit code 2 (in-process, fast)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmrl.cli import main
+
+
+@pytest.fixture()
+def completions(tmp_path):
+    path = tmp_path / "c.jsonl"
+    rows = [{"completion": "<answer>5</answer>", "answer": "5", "task": "math"},
+            {"completion": "<answer>6</answer>", "answer": "5", "task": "count"}]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [(["--reward", "accuracy=nan"], "weight: Input should be a finite number"),  # a NaN total for every item
+     (["--reward", "accuracy=inf"], "weight: Input should be a finite number"),
+     (["--reward", "accuracy", "--timeout", "-1"], "--timeout -1.0: must be"),  # every item None, exit 0
+     (["--reward", "accuracy", "--timeout", "0"], "--timeout 0.0: must be"),  # silently the default 5 s
+     (["--reward", "accuracy", "--workers", "-2"], "--workers -2: must be"),
+     (["--reward", "[{name: accuracy, weight: x}]"], "weight: Input should be a valid number")],  # was "1 validation error"
+)  # fmt: skip
+def test_reward_score_rejects_bad_numbers_in_one_line(completions, capsys, args, fragment):
+    assert main(["reward", "score", *args, "--input", str(completions)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], captured.err
