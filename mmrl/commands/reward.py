@@ -119,10 +119,10 @@ def _tuple_sizes(key: str, value):
 
 
 def run_score(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from mmrl.config.rl import RewardSpec
     from mmrl.rewards.composite import RewardComposite
-
-    from pydantic import ValidationError
 
     if args.timeout is not None and not args.timeout > 0:  # 0 used to mean the default, a negative all-None
         raise UserError(f"--timeout {args.timeout}: must be a number of seconds > 0")
