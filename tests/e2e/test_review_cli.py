@@ -33,3 +33,20 @@ def test_reward_score_rejects_bad_numbers_in_one_line(completions, capsys, args,
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], captured.err
+
+
+def test_a_warning_that_gets_through_the_quiet_console_is_one_line():
+    # The vlm_r1_rec recipe printed mmrl's own prefix-sharing UserWarning as Python's two lines: the file:line and
+    # the echoed source line `with cache_compatible(model), compute_autocast(model):`.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("from mmrl.console import quiet_libraries\nimport warnings\nquiet_libraries()\n"
+            "def f():\n    warnings.warn('prefix sharing: a note', stacklevel=2)\nf()\n")  # fmt: skip
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                            env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "warning: prefix sharing: a note\n"
