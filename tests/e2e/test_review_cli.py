@@ -50,3 +50,19 @@ def test_a_warning_that_gets_through_the_quiet_console_is_one_line():
                             env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stderr == "warning: prefix sharing: a note\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [(["data", "show", "{W}/d.jsonl", "--limit", "0"], "--limit must be >= 1 (got 0)"),  # was a pydantic traceback
+     (["data", "show", "{W}/d.jsonl", "--limit", "-1"], "--limit must be >= 1 (got -1)"),
+     # was killed for memory drawing 100000 x 100000 canvases
+     (["build-data", "synthetic", "--tasks", "color", "--n", "2", "--image-size", "100000", "--out", "{W}/o"],
+      "28 <= image_size <= 4096")],
+)  # fmt: skip
+def test_absurd_sizes_and_limits_are_one_line(tmp_path, capsys, argv, fragment):
+    (tmp_path / "d.jsonl").write_text(json.dumps({"prompt": "q", "answer": "5"}) + "\n")
+    assert main([a.replace("{W}", str(tmp_path)) for a in argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], lines
+    assert not (tmp_path / "o").exists()
