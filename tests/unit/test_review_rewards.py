@@ -43,3 +43,11 @@ def test_math_prose_hedges_between_numbers_earn_nothing_whichever_is_right(pred)
 )  # fmt: skip
 def test_math_prose_without_a_hedge_still_scores(pred, gold):
     assert verify_answer(pred, gold, "math") == 1.0
+
+
+@pytest.mark.parametrize(("task", "gold"), [("count", "-5"), ("number", "-5"), ("number", "-2.5 cm"), ("count", "−5")])
+def test_the_unicode_minus_sign_is_a_minus(task, gold):
+    # "−5" (U+2212) scored 0 against -5 for count/number (math-verify already read it), and a gold "−5" was None.
+    pred = "−2.5 cm" if "2.5" in gold else "−5"
+    assert verify_answer(pred, gold, task) == 1.0
+    assert verify_answer("5", gold, task) == 0.0
