@@ -66,3 +66,15 @@ def test_absurd_sizes_and_limits_are_one_line(tmp_path, capsys, argv, fragment):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], lines
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("images", [[None, "img.png"], ["", "img.png"], ["img.png", None]])
+def test_an_empty_entry_in_a_records_images_is_an_error_not_dropped(tmp_path, capsys, images):
+    # `images: [null, "img.png"]` passed `data check` as one image: the null was skipped silently.
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "img.png")
+    (tmp_path / "d.jsonl").write_text(json.dumps({"id": "a", "prompt": "q", "answer": "5", "images": images}) + "\n")
+    assert main(["data", "check", str(tmp_path / "d.jsonl")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "d.jsonl:1: image" in lines[0] and "is empty" in lines[0], lines
