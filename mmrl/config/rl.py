@@ -93,7 +93,7 @@ class AlgorithmConfig(Section):
 
 class RewardSpec(Section):
     name: str = Field(..., description="Registered reward name, or 'path/to/file.py:function'.")
-    weight: float = Field(1.0, description="Weight in the total reward.")
+    weight: float = Field(1.0, allow_inf_nan=False, description="Weight in the total reward.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments passed to the reward.")
     timeout_s: float = Field(5.0, gt=0, description="Wall-clock limit per completion; a completion over it scores 0 "
                              "(None only when the item's gold cannot be read within it).")
