@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from mmrl.engine.distributed import all_reduce_sum, all_reduce_sum_tensor
+from mmrl.engine.distributed import all_gather_objects, all_reduce_sum, all_reduce_sum_tensor
 from mmrl.engine.run import TrainingRun
 from mmrl.rl.advantages import compute_advantages
 from mmrl.rl.experience import Group
@@ -127,8 +127,8 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, r
     reward_metrics = assign_advantages(run, groups)
     loss_fn = POLICY_LOSSES.get(algo.policy_loss)
     kl_in_loss = algo.beta > 0 and algo.kl_penalty == "loss"
-    sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
+    local_sums: dict[str, float] = defaultdict(float)
+    local_counts: dict[str, int] = defaultdict(int)
     losses, norms, stepped_all = [], [], True
     for _ in range(algo.num_iterations):
         for mini in split_groups(groups, algo.mini_batches):
@@ -154,13 +154,19 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, r
                 (loss * world).backward()
                 local_loss += float(loss.detach())
                 for key, value in metrics.items():
-                    sums[key] += float(value)
-                    counts[key] += 1
+                    local_sums[key] += float(value)
+                    local_counts[key] += 1
             step_loss = all_reduce_sum(local_loss, world)
             grad_norm, stepped = run.optimizer_step(step_loss)
             losses.append(step_loss)
             norms.append(grad_norm)
             stepped_all = stepped_all and stepped
+    # Loss-side metrics over every process's micro-batches (a rank alone sees its share; one may have run none).
+    sums, counts = defaultdict(float), defaultdict(int)
+    for part_sums, part_counts in all_gather_objects((dict(local_sums), dict(local_counts)), world):
+        for key, value in part_sums.items():
+            sums[key] += value
+            counts[key] += part_counts[key]
     out = {f"loss/{k}": sums[k] / counts[k] for k in sums}
     out.update(reward_metrics)
     out.update({"loss": sum(losses) / len(losses), "grad_norm": sum(norms) / len(norms),

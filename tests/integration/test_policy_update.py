@@ -114,6 +114,13 @@ def test_two_processes_match_one_process_of_the_same_global_batch(synthetic_data
         (single,) = [json.loads((tmp_path / "one" / f"{name}-rank-0.json").read_text())]
         assert single["world_size"] == 1
         assert ranks[0]["steps"] == ranks[1]["steps"] == single["steps"]
+        # The logged loss metrics (loss, clip fractions, ratio and KL means) are those of the global batch on every
+        # rank, not of the rank's own share.
+        for rank in ranks:
+            for got, want in zip(rank["metrics"], single["metrics"], strict=True):
+                assert got.keys() == want.keys(), (name, got, want)
+                for key in want:
+                    assert got[key] == pytest.approx(want[key], abs=1e-4), (name, rank["rank"], key, got, want)
         a, b = torch.load(tmp_path / "one" / f"{name}.pt"), torch.load(tmp_path / "two" / f"{name}.pt")
         assert max_diff(a, initial) > 1e-3, f"{name}: the weights did not move"
         diff = max_diff(a, b)
