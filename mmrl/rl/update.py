@@ -8,9 +8,9 @@ What a step does, whatever the number of processes:
 - every process makes exactly `num_iterations * mini_batches` optimizer steps: its groups are split into exactly
   `mini_batches` parts (a part may be empty when the online filter kept few groups), so no rank waits on a collective
   the others never reach;
-- a group whose advantages are all 0 and that has no KL term in the loss contributes exactly 0: its forward is
-  skipped as a speed-up only — the optimizer still steps, with zero gradient from it (TRL's and verl's semantics;
-  `guarded_step` turns missing gradients into zeros on one process as on several);
+- a group whose advantages are all 0 and that has no KL term in the loss contributes exactly 0: its forwards (old
+  log-probs included) are skipped as a speed-up only — the optimizer still steps, with zero gradient from it (TRL's
+  and verl's semantics; `guarded_step` turns missing gradients into zeros on one process as on several);
 - every policy forward (old log-probs and the training forward) runs without dropout, so the first ratio of a
   mu > 1 update is exactly 1.
 """
@@ -65,6 +65,12 @@ def _logprobs(model: Any, group: Group, temperature: float) -> torch.Tensor:
 
 def _kl_in_reward(algo: Any) -> bool:
     return algo.beta > 0 and algo.kl_penalty == "reward"
+
+
+def _contributes(group: Group, kl_in_loss: bool) -> bool:
+    """False when the group's loss is exactly 0 whatever the ratio (all-zero advantages, no KL term in the loss):
+    its forwards, old log-probs included, are skipped as a speed-up only."""
+    return kl_in_loss or not bool((group.advantages == 0).all())
 
 
 def prepare_old_and_ref(run: TrainingRun, groups: list[Group], reference: Any) -> None:
@@ -123,10 +129,14 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, r
     cfg, world = run.cfg, run.dist.world_size
     algo = cfg.algorithm
     disable_dropout(run.model)
-    prepare_old_and_ref(run, groups, reference)
-    reward_metrics = assign_advantages(run, groups)
-    loss_fn = POLICY_LOSSES.get(algo.policy_loss)
     kl_in_loss = algo.beta > 0 and algo.kl_penalty == "loss"
+    if _kl_in_reward(algo):  # the rewards need the rollout policy's and the reference's log-probs first
+        prepare_old_and_ref(run, groups, reference)
+        reward_metrics = assign_advantages(run, groups)
+    else:  # advantages first: a group that contributes nothing needs no old log-probs either
+        reward_metrics = assign_advantages(run, groups)
+        prepare_old_and_ref(run, [g for g in groups if _contributes(g, kl_in_loss)], reference)
+    loss_fn = POLICY_LOSSES.get(algo.policy_loss)
     local_sums: dict[str, float] = defaultdict(float)
     local_counts: dict[str, int] = defaultdict(int)
     losses, norms, stepped_all = [], [], True
@@ -140,7 +150,7 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, r
             for group, mask in zip(mini, masks):
                 # All-zero advantages and no KL term: the loss is exactly 0 whatever the ratio, so skip the forward
                 # (a speed-up only: its tokens still count in the normalisers and the optimizer still steps).
-                if not kl_in_loss and bool((group.advantages == 0).all()):
+                if not _contributes(group, kl_in_loss):
                     continue
                 logp = _logprobs(run.model, group, cfg.rollout.temperature)
                 per_token, metrics = loss_fn(

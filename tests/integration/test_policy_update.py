@@ -220,3 +220,27 @@ def test_reinforce_pp_whitens_the_step_token_level(synthetic_data, tmp_path):
     mean = float((w * adv).sum() / w.sum())
     var = float((w * (adv - mean).square()).sum() / (w.sum() - 1))
     assert mean == pytest.approx(0.0, abs=1e-5) and var == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_zero_advantage_group_costs_no_forward_at_all(synthetic_data, tmp_path, monkeypatch):
+    """Several mini-batches need old log-probs, but only for the groups whose loss is not exactly 0: a group of equal
+    rewards (no KL term) gets neither its old log-probs nor its training forward computed."""
+    import mmrl.rl.update as update_module
+
+    trainer = make_trainer(synthetic_data, tmp_path, "algorithm.mini_batches=2", "trainer.prompts_per_step=4",
+                           "optimizer.name=sgd", "optimizer.lr=0.5")
+    forwards: list[int] = []
+    real = update_module.completion_logprobs
+
+    def counted(model, prompt, completion_ids, *args, **kwargs):
+        forwards.append(id(completion_ids))
+        return real(model, prompt, completion_ids, *args, **kwargs)
+
+    monkeypatch.setattr(update_module, "completion_logprobs", counted)
+    groups = [fixed_group(trainer, 0, i, flat=i in (1, 2)) for i in range(4)]
+    before = weights(trainer.run.model)
+    metrics = update(trainer, groups)
+    per_group = [forwards.count(id(g.completion_ids)) for g in groups]
+    assert per_group == [2, 0, 0, 2]  # old log-probs + training forward for the two groups with a signal
+    assert groups[1].old_logp is None and metrics["optimizer_steps"] == 2
+    assert max_diff(before, weights(trainer.run.model)) > 1e-3
