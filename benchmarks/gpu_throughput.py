@@ -8,8 +8,10 @@ The model is built in memory from the preset (no download, no checkpoint written
 training step runs: `make_backend(...).generate` (shared-prefix rollout) and `completion_logprobs` + backward (the
 training forward), with `model.dtype` semantics (fp32 weights + bf16 autocast by default). Printed per phase:
 tokens/s, peak GPU memory and MFU = achieved FLOPs / peak bf16 FLOPs of the device, with FLOPs estimated as
-2·N per token for the rollout and 6·N per token for forward+backward (N = parameters; attention FLOPs left out, so
-MFU is a slight underestimate). The last line is `train_tokens_per_s=<float>`.
+2·N per token for the rollout and 6·N per token for forward+backward, N = the parameters a text token multiplies
+(`flops_parameters`: the decoder and the LM head; not the vision tower, which only sees image patches, nor an untied
+input embedding, a lookup). Attention and vision-tower FLOPs are left out, so MFU is a slight underestimate.
+The last line is `train_tokens_per_s=<float>`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,18 @@ def peak_flops(device: torch.device, override: float | None) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((value for key, value in PEAK_BF16.items() if key in name), None)
+
+
+def flops_parameters(model: torch.nn.Module) -> int:
+    """Parameters every text token multiplies: all but the vision tower and an untied input embedding (a lookup; a
+    tied one is the LM head's matmul and counts once)."""
+    from mmrl.models.loading import vision_parameter_names
+
+    vision = set(vision_parameter_names(model))
+    embedding = model.get_input_embeddings().weight
+    tied = model.get_output_embeddings().weight is embedding
+    return sum(p.numel() for n, p in model.named_parameters()
+               if n not in vision and (p is not embedding or tied))
 
 
 def build(preset: str, device: torch.device, dtype: str, attn: str, seed: int):
@@ -106,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model, processor, compute = build(args.preset, device, args.dtype, args.attn, args.seed)
     n_params = sum(p.numel() for p in model.parameters())
+    n_flops = flops_parameters(model)
     prompts = [to_device(p, device) for p in make_prompts(processor, args.prompts, args.image_side, args.seed)]
     prompt_tokens = sum(int(p["input_ids"].shape[1]) for p in prompts)
     backend = make_backend(model, processor)
@@ -130,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             (-(logp.sum() / batch.completion_mask[rows].sum())).backward()
         model.zero_grad(set_to_none=True)
 
-    figures: dict[str, float] = {"parameters": float(n_params)}
+    figures: dict[str, float] = {"parameters": float(n_params), "flops_parameters": float(n_flops)}
     for phase in ("rollout", "train"):
         batch = rollout()  # warm-up (and the completions the training forward scores)
         if phase == "train":
@@ -152,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 sync(device)
                 seconds += time.perf_counter() - start
                 tokens += int(batch.completion_mask.sum())
-        per_token = (2 if phase == "rollout" else 6) * n_params
+        per_token = (2 if phase == "rollout" else 6) * n_flops
         processed = tokens + prompt_tokens * args.steps  # the prompt runs once per group in both phases
         rate = tokens / seconds
         mfu = per_token * processed / seconds / peak if peak else float("nan")
