@@ -27,8 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# Dense bf16 peak (no sparsity) of common training GPUs, in FLOP/s.
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
+# Dense bf16 peak (no sparsity) of common training GPUs, in FLOP/s; the first key found in the device name wins
+# (so the PCIe and NVL H100s, slower than the SXM one, come first).
+PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
              "L40": 181e12, "A10": 125e12, "L4": 121e12, "4090": 165e12, "B200": 2250e12}
 
 
@@ -37,7 +38,11 @@ def peak_flops(device: torch.device, override: float | None) -> float | None:
         return override * 1e12
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
+    return peak_for_name(torch.cuda.get_device_name(device))
+
+
+def peak_for_name(name: str) -> float | None:
+    """Dense bf16 peak FLOP/s of the device called `name` (as torch.cuda.get_device_name says), None if unknown."""
     return next((value for key, value in PEAK_BF16.items() if key in name), None)
 
 

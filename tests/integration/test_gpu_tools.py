@@ -64,3 +64,13 @@ def test_mfu_counts_only_the_parameters_a_text_token_multiplies():
         with torch.device("meta"):
             model = AutoModelForImageTextToText.from_config(config)
         assert low < program.flops_parameters(model) < high, preset
+
+
+def test_peak_flops_tell_the_h100_variants_apart():
+    spec = importlib.util.spec_from_file_location("gpu_throughput", ROOT / "benchmarks" / "gpu_throughput.py")
+    program = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(program)
+    assert program.peak_for_name("NVIDIA H100 80GB HBM3") == 989e12  # SXM
+    assert program.peak_for_name("NVIDIA H100 PCIe") == 756e12
+    assert program.peak_for_name("NVIDIA A100-SXM4-80GB") == 312e12 and program.peak_for_name("NVIDIA A10G") == 125e12
+    assert program.peak_for_name("Some Future GPU") is None
