@@ -19,17 +19,17 @@ import torch
 from mmrl.config import MMRLConfig
 from mmrl.data.checks import check_for_training
 from mmrl.data.dataset import load_datasets
+from mmrl.data.prompt_order import PromptSampler
 from mmrl.engine.distributed import all_gather_objects
 from mmrl.engine.optim import build_scheduler
 from mmrl.engine.run import TrainingRun, prepare_run, start_run
 from mmrl.engine.run_dir import release_run_dir
 from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
+from mmrl.generation.hf import make_backend
 from mmrl.rewards.composite import RewardComposite
 from mmrl.rl.experience import Group, collect_step
 from mmrl.rl.reference import make_reference
-from mmrl.rl.rollout import make_backend
-from mmrl.rl.sampler import PromptSampler
 from mmrl.rl.stages import ResolvedStage, StageSchedule
 from mmrl.rl.update import policy_update
 
@@ -248,8 +248,8 @@ def _local_stats(groups: list[Group]) -> dict[str, list]:
         stats["reward"].extend(group.rewards.tolist())
         stats["length"].extend(group.completion_mask.sum(dim=1).tolist())
         stats["truncated"].extend(group.truncated.float().tolist())
-        # From the rewards, as `group_stats` defines it: under reinforce_pp or a KL in the reward, a group of equal
-        # rewards has non-zero advantages.
+        # From the rewards (all equal, or fewer than 2 scorable): under reinforce_pp or a KL in the reward, a group of
+        # equal rewards has non-zero advantages.
         scorable = group.rewards[~torch.isnan(group.rewards)]
         stats["zero_std"].append(float(scorable.numel() < 2 or bool((scorable == scorable[0]).all())))
         for name, values in group.components.items():
