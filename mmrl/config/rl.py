@@ -83,6 +83,16 @@ class AlgorithmConfig(Section):
         return "k3" if self.kl_penalty == "loss" else "k1"
 
     @model_validator(mode="after")
+    def _scale_where_it_applies(self) -> AlgorithmConfig:
+        # dr_grpo never divides by the std (that is the paper's point) and reinforce_pp whitens instead: a `true` there
+        # would be silently ignored.
+        if self.scale_rewards and self.advantage in ("dr_grpo", "reinforce_pp"):
+            raise ValueError(
+                f"algorithm.scale_rewards: {self.advantage} never divides by the group std (dr_grpo by design, "
+                "reinforce_pp whitens over the batch instead); remove scale_rewards=true or use advantage=grpo/rloo")
+        return self
+
+    @model_validator(mode="after")
     def _no_k1_in_loss(self) -> AlgorithmConfig:
         if self.kl_penalty == "loss" and self.kl_estimator == "k1":
             raise ValueError(
