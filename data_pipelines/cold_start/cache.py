@@ -6,7 +6,7 @@ failed for good is cached too (`ok: false` with its reason), so a finished build
 
 >>> import tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "cache.jsonl")
->>> c = StageCache(path); c.put("a", "describe", ok=True, text="x", tokens=3); c.close()
+>>> c = StageCache(path); _ = c.put("a", "describe", ok=True, text="x", tokens=3); c.close()
 >>> StageCache(path).get("a", "describe")["tokens"]
 3
 """
