@@ -8,7 +8,8 @@ check of the item's task; a selection rule picks the SFT targets:
 - `all-correct`: every correct completion becomes a record (ids `<id>#<k>`).
 
 Same per-item cache (`<out>/cache.jsonl`: resumable, a finished build re-run generates nothing) and report
-(`report.json`: items kept + rejected per reason == input; tokens spent) as the cold-start builder.
+(`report.json`: items kept + rejected per reason == input; tokens spent) as the cold-start builder. `--keep-previous`
+(ours): an item the policy never solves keeps the response its input record had, counted as `kept_previous`.
 
 >>> select(["a b c", "a b", "a b c d", "x"], [True, True, True, False], "openvlthinker")
 ['a b c']
@@ -123,7 +124,7 @@ def build_rejection(args: argparse.Namespace) -> dict[str, Any]:
                     for future in futures:
                         future.cancel()
                     bar.close()
-        records, reasons, tokens, lengths = [], Counter(), 0, []
+        records, reasons, tokens, lengths, previous = [], Counter(), 0, [], 0
         for sample in samples:
             entry = cache.get(sample.id, "sample")
             tokens += entry["tokens"]
@@ -135,6 +136,8 @@ def build_rejection(args: argparse.Namespace) -> dict[str, Any]:
                 reasons["gold_unusable"] += 1
                 continue
             chosen = select(entry["texts"], [bool(f) for f in flags], args.rule)
+            if not chosen and args.keep_previous and sample.response:
+                chosen, previous = [sample.response], previous + 1
             if not chosen:
                 reasons["none_correct"] += 1
                 continue
@@ -148,7 +151,8 @@ def build_rejection(args: argparse.Namespace) -> dict[str, Any]:
         kept_items = len(samples) - sum(reasons.values())
         _atomic_write(out / "train.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         report = {"input": len(samples), "kept": kept_items, "records": len(records),
-                  "rejected": dict(sorted(reasons.items())), "tokens": tokens, "rule": args.rule, "k": args.k,
+                  "rejected": dict(sorted(reasons.items())), "kept_previous": previous, "tokens": tokens,
+                  "rule": args.rule, "k": args.k, "model": args.model,
                   "train": str(out / "train.jsonl"), "generated_now": len(todo)}
         _atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")
         _histogram(lengths, out / "lengths.png")
@@ -177,6 +181,9 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N items")
     p.add_argument("--system-prompt", default=None)
     p.add_argument("--prompt-suffix", default=None, help="text appended to each question (e.g. format instructions)")
+    p.add_argument("--keep-previous", action="store_true",
+                   help="an item with no correct sample keeps its input record's response (ours, not the paper's: "
+                        "the SFT set of an iterative loop never shrinks to nothing)")
     p.add_argument("--attempts", type=int, default=2, help="tries per item when the request fails")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (endpoints only)")
     p.add_argument("--max-retries", type=int, default=3, help="HTTP retries with backoff (endpoints only)")
