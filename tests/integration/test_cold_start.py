@@ -309,3 +309,12 @@ def test_against_mmrl_serve_with_the_tiny_preset_for_both_roles(tiny_model_dir, 
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("name", ["offline.yaml", "two_stage.yaml"])
+def test_shipped_cold_start_configs_validate(name):
+    from data_pipelines.cold_start.config import load_cold_start_config
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_cold_start_config(str(root / "configs" / "cold_start" / name))
+    assert cfg.stages.pseudo_cot.model == cfg.stages.describe.model  # the VLM runs stages 1 and 2
