@@ -318,3 +318,34 @@ def test_shipped_cold_start_configs_validate(name):
     root = Path(__file__).resolve().parents[2]
     cfg = load_cold_start_config(str(root / "configs" / "cold_start" / name))
     assert cfg.stages.pseudo_cot.model == cfg.stages.describe.model  # the VLM runs stages 1 and 2
+
+
+def test_offline_config_with_the_in_process_tiny_model(tiny_model_dir, tmp_path):
+    """The shipped offline config: every stage through `load_backend` in this process, no server."""
+    from data_pipelines.synthetic import build_synthetic
+
+    root = Path(__file__).resolve().parents[2]
+    data = build_synthetic(["count"], 2, 0, tmp_path / "d", forms=["open"], image_size=28)
+    out = tmp_path / "out"
+    assert main(["build-data", "cold-start", str(root / "configs/cold_start/offline.yaml"), f"data={data}",
+                 f"out={out}", "stages.describe.max_new_tokens=4", "stages.reason.max_new_tokens=4"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["input"] == 2 and report["kept"] + sum(report["rejected"].values()) == 2
+    # Local completions count their own token ids: at most 4 per attempt, 2 attempts.
+    assert 0 < report["tokens_per_stage"]["pseudo_cot"] <= 2 * 2 * 4
+
+
+def test_a_torn_last_cache_line_is_cut_and_the_stage_redone(tmp_path):
+    from data_pipelines.cold_start.cache import StageCache
+
+    path = tmp_path / "cache.jsonl"
+    cache = StageCache(path)
+    cache.put("a", "describe", ok=True, text="x", tokens=1)
+    cache.close()
+    with open(path, "a") as handle:
+        handle.write('{"id": "b", "stage": "desc')  # killed mid-write
+    cache = StageCache(path)
+    assert cache.get("a", "describe") is not None and cache.get("b", "describe") is None
+    cache.put("b", "describe", ok=True, text="y", tokens=1)
+    cache.close()
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["a", "b"]
