@@ -35,19 +35,25 @@ TRAINED_KINDS = ("sft", "train")
 _REF = re.compile(r"\{([A-Za-z0-9_.-]+)\.([A-Za-z0-9_-]+)\}")
 
 
-def resolve_refs(value: Any, outputs: dict[str, dict[str, Any]] | None, where: str) -> Any:
-    """`value` with every "{step.output}" replaced by that earlier step's output; None `outputs`: left as written."""
+def resolve_refs(value: Any, outputs: dict[str, dict[str, Any]] | None, where: str,
+                 steps: set[str] | frozenset[str] = frozenset()) -> Any:
+    """`value` with every "{step.output}" replaced by that earlier step's output; None `outputs`: left as written.
+
+    Braces that name no step of the pipeline (`steps`, plus the earlier ones) stay as they are (LaTeX `{1.5}`).
+    """
     if outputs is None:
         return value
     if isinstance(value, list):
-        return [resolve_refs(v, outputs, where) for v in value]
+        return [resolve_refs(v, outputs, where, steps) for v in value]
     if isinstance(value, dict):
-        return {k: resolve_refs(v, outputs, where) for k, v in value.items()}
+        return {k: resolve_refs(v, outputs, where, steps) for k, v in value.items()}
     if not isinstance(value, str):
         return value
 
     def one(match: re.Match) -> str:
         step, key = match.group(1), match.group(2)
+        if step not in outputs and step not in steps:
+            return match.group(0)
         if key not in outputs.get(step, {}):
             known = sorted(f"{s}.{k}" for s, o in outputs.items() for k in o)
             raise UserError(f"{where}: '{{{step}.{key}}}' is no output of an earlier step; known: {known}")
@@ -158,7 +164,8 @@ def step_config(plan: Plan, step: PipelineStep, wiring: dict[str, Any],
         _set_dotted(data, key.split("."), copy.deepcopy(value))
     for key, value in step.overrides.items():
         _check_list_index(data, key, f"{where} overrides")
-        _set_dotted(data, str(key).split("."), resolve_refs(copy.deepcopy(value), outputs, f"{where} overrides"))
+        _set_dotted(data, str(key).split("."), resolve_refs(copy.deepcopy(value), outputs, f"{where} overrides",
+                                                               {s.name for s in plan.steps}))
         sources[str(key)] = f"{where} overrides"
     return build_config(data, sources, default_source=where)
 
