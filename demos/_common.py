@@ -166,3 +166,25 @@ def image_input(gr: Any, elem_id: str, label: str = "image") -> Any:
 
 
 __all__ = ["DEFAULT_HOST", "DemoInputError", "draw_marks", "image_input", "launch", "read_upload", "shown_errors"]
+
+
+def sampling_controls(gr: Any, prefix: str, max_new_tokens: int = 128) -> list[Any]:
+    """Temperature (0 = greedy), top-p, top-k, max new tokens and seed, in a closed accordion."""
+    with gr.Accordion("sampling", open=False):
+        return [
+            gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="temperature (0 = greedy)", elem_id=f"{prefix}-temperature"),
+            gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p", elem_id=f"{prefix}-top-p"),
+            gr.Slider(0, 200, value=0, step=1, label="top-k (0 = off)", elem_id=f"{prefix}-top-k"),
+            gr.Slider(1, 2048, value=max_new_tokens, step=1, label="max new tokens", elem_id=f"{prefix}-max-new"),
+            gr.Number(value=0, precision=0, label="seed", elem_id=f"{prefix}-seed"),
+        ]
+
+
+def to_sampling(temperature: float, top_p: float, top_k: float, max_new_tokens: float, seed: float | None) -> Any:
+    """The page's sampling controls as a `Sampling` (checked: the page's sliders already bound them)."""
+    from demos._model import Sampling
+
+    if max_new_tokens is None or int(max_new_tokens) < 1:
+        raise DemoInputError("max new tokens must be at least 1")
+    return Sampling(temperature=float(temperature or 0.0), top_p=float(top_p or 1.0), top_k=int(top_k or 0),
+                    max_new_tokens=int(max_new_tokens), seed=int(seed or 0))  # fmt: skip
