@@ -10,8 +10,15 @@ from typing import Any
 
 from PIL import Image
 
-from demos._common import DemoInputError, draw_marks, image_input, read_upload, sampling_controls, shown_errors, \
-    to_sampling
+from demos._common import (
+    DemoInputError,
+    draw_marks,
+    image_input,
+    read_upload,
+    sampling_controls,
+    shown_errors,
+    to_sampling,
+)
 from mmrl.data.boxes import box_iou, convert_box
 from mmrl.rewards import extract_answer, get_reward
 from mmrl.rewards.grounding import gold_box, parse_boxes, valid_box

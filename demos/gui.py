@@ -10,8 +10,15 @@ from typing import Any
 
 from PIL import Image
 
-from demos._common import DemoInputError, draw_marks, image_input, read_upload, sampling_controls, shown_errors, \
-    to_sampling
+from demos._common import (
+    DemoInputError,
+    draw_marks,
+    image_input,
+    read_upload,
+    sampling_controls,
+    shown_errors,
+    to_sampling,
+)
 from demos._scoring import GoldError, parse_gold
 from mmrl.data.boxes import convert_point
 from mmrl.rewards import extract_answer, get_reward
