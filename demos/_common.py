@@ -9,6 +9,7 @@ stack trace).
 from __future__ import annotations
 
 import functools
+import html
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -80,7 +81,7 @@ def shown_errors(n_outputs: int, status_index: int) -> Callable:
                 first = str(err).splitlines()[0] if str(err) else ""
                 message = f"⚠️ error: {type(err).__name__}: {first}"[:500]
             out: list[Any] = [gr.skip()] * n_outputs
-            out[status_index] = message
+            out[status_index] = html.escape(message, quote=False)  # the status is Markdown: a quoted <tag> stays text
             return tuple(out)
 
         if inspect.isgeneratorfunction(fn):

@@ -86,7 +86,8 @@ def build_app(model: Any) -> Any:
             with gr.Column():
                 status = gr.Markdown(elem_id="chat-status")
                 with gr.Accordion("thinking", open=False, elem_id="chat-thinking-panel"):
-                    thinking = gr.Markdown(elem_id="chat-thinking")
+                    # A textbox, not Markdown: reasoning is shown as written, tags and all.
+                    thinking = gr.Textbox(show_label=False, lines=6, interactive=False, elem_id="chat-thinking")
                 answer = gr.Textbox(label="answer", interactive=False, elem_id="chat-answer")
                 rewards = gr.Dataframe(headers=["reward", "score", "note"], label="rewards (with a gold answer)",
                                        interactive=False, elem_id="chat-rewards")

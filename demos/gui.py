@@ -76,7 +76,7 @@ def gui_view(image: Image.Image, completion: str, frame: str, input_size: tuple[
         elif gold_point(gold) is not None:
             points.append((gold_point(gold), "lime", "gold"))
     if action is None:
-        note = "no action in the reply (the model must answer one action dict inside <answer>)"
+        note = "no action in the reply (the model must answer one action dict inside the answer tags)"
     else:
         note = f"action **{action['action']}**" + (f" at ({click[0]:.0f}, {click[1]:.0f}) px" if click else "")
     if gold is not None:

@@ -5,6 +5,7 @@ scored in its pixels) and shows the predicted and gold boxes / click drawn on it
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 from demos._common import DemoInputError, draw_marks, image_input, read_upload, shown_errors
@@ -33,8 +34,9 @@ def score_table(completion: str, gold: str, task: str, choices: str = "", size: 
     except GoldError as err:
         raise DemoInputError(str(err)) from None
     table = [[r.name, "None" if r.score is None else round(r.score, 4), r.note] for r in rows]
+    # Escaped: the rule and the parses quote tags such as <answer>, which Markdown would take for HTML.
     lines = [f"**extracted answer:** `{parse.answer}`" if parse.answer is not None else "**extracted answer:** none",
-             f"**rule:** {parse.rule}", *[f"- {d}" for d in parse.details]]
+             f"**rule:** {html.escape(parse.rule)}", *[f"- {html.escape(d)}" for d in parse.details]]
     drawn = _draw(image, parse.answer, gold, task) if image is not None else None
     return table, "\n".join(lines), drawn
 

@@ -164,7 +164,9 @@ def build_app(run_dir: str | Path) -> Any:
             steps = [str(s) for s in run.sample_steps]
             step = gr.Dropdown(steps, value=steps[-1] if steps else None, label="step", elem_id="runs-step")
             table = gr.Dataframe(label="samples", interactive=False, wrap=True, elem_id="runs-samples")
-            index = gr.Number(value=0, precision=0, label="sample # to open", elem_id="runs-index")
+            with gr.Row():
+                index = gr.Number(value=0, precision=0, label="sample #", elem_id="runs-index")
+                open_button = gr.Button("open sample", elem_id="runs-open")
             full = gr.Textbox(label="completion", lines=6, interactive=False, elem_id="runs-completion")
             images = gr.Gallery(label="images", columns=4, height="auto", elem_id="runs-images")
         with gr.Tab("compare"):
@@ -199,7 +201,8 @@ def build_app(run_dir: str | Path) -> Any:
 
         stage.change(on_stage, stage, [status, gallery, notes])
         step.change(on_step, step, [status, table, index])
-        index.change(on_index, [step, index], [status, full, images])
+        open_button.click(on_index, [step, index], [status, full, images])
+        index.submit(on_index, [step, index], [status, full, images])
         upload.upload(on_upload, upload, [status, other])
         if steps:
             app.load(on_step, step, [status, table, index])
