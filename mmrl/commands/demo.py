@@ -55,7 +55,12 @@ def register(subparsers, name: str) -> None:
                          help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
         one.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
         one.set_defaults(func=run)
-    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+    parser.set_defaults(func=lambda args: _choose(demos))
+
+
+def _choose(demos: dict) -> int:
+    names = ", ".join(demos) or "none (the demos/ folder is not installed)"
+    raise UserError(f"name a demo: {names}; e.g. `mmrl demo rewards` (`mmrl demo --help` shows examples)")
 
 
 def build(args: argparse.Namespace):
