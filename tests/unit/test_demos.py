@@ -305,3 +305,12 @@ def test_launch_binds_localhost_and_serves_no_other_files(tmp_path):
             assert caught.value.code in (403, 404)
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("name", ["demos._scoring", "demos.chat", "demos.grounding", "demos.gui"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
