@@ -6,6 +6,11 @@ They use the generation layer (through `demos._model`) and `mmrl.rewards`, never
 
 from __future__ import annotations
 
+import os
+
+# No usage analytics leave the machine: set before any demo imports Gradio (Gradio reads it when a Blocks is made).
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
 # name -> (module, one-line description); the order is the order `mmrl demo --help` lists them in.
 DEMOS: dict[str, tuple[str, str]] = {
     "chat": ("demos.chat", "image + question -> streamed reasoning (collapsible) and answer; optional gold -> rewards"),

@@ -110,7 +110,6 @@ def shown_errors(n_outputs: int, status_index: int) -> Callable:
 def launch(app: Any, host: str = DEFAULT_HOST, port: int | None = None, share: bool = False,
            prevent_thread_lock: bool = False, queue_size: int = QUEUE_SIZE) -> Any:
     """Serve `app` with the safe settings (see the module docstring); returns what `Blocks.launch` returns."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     app.queue(max_size=queue_size, default_concurrency_limit=1)
     return app.launch(
         server_name=host,
