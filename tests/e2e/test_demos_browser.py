@@ -23,7 +23,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 pytestmark = pytest.mark.browser
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("MMRL_CHROMIUM", "/usr/bin/chromium")  # Debian's package; another path on other systems
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]  # fmt: skip
 TIMEOUT_MS = 60_000
