@@ -87,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
     from demos._common import launch
 
     app = build(args)
-    print(f"mmrl demo {args.demo}: serving on http://{args.host}:{args.port or 7860} (Ctrl-C stops it)")
-    launch(app, host=args.host, port=args.port)
+    launch(app, host=args.host, port=args.port, prevent_thread_lock=True)
+    where = "this machine only" if args.host in ("127.0.0.1", "localhost") else f"every host that reaches {args.host}"
+    print(f"mmrl demo {args.demo}: {app.local_url} ({where}; Ctrl-C stops it)", flush=True)
+    try:
+        app.block_thread()
+    finally:
+        app.close()
     return 0
