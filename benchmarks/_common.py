@@ -23,7 +23,7 @@ def _unwrap(model: Any) -> Any:
 
 def vision_tower(model: Any) -> torch.nn.Module | None:
     """The vision encoder of a Qwen2-VL-style model, or None (the rollout's own lookup)."""
-    from mmrl.rl.rollout import vision_module
+    from mmrl.generation.hf import vision_module
 
     return vision_module(model)
 

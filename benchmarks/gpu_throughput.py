@@ -5,7 +5,7 @@
     python3 benchmarks/gpu_throughput.py --preset tiny --device cpu --steps 1   # smoke test of the program itself
 
 The model is built in memory from the preset (no download, no checkpoint written) and run through the code a
-training step runs: `make_backend(...).generate` (shared-prefix rollout) and `completion_logprobs` + backward (the
+training step runs: `make_backend(...).rollout` (shared-prefix rollout) and `completion_logprobs` + backward (the
 training forward), with `model.dtype` semantics (fp32 weights + bf16 autocast by default). Printed per phase:
 tokens/s, peak GPU memory and MFU = achieved FLOPs / peak bf16 FLOPs of the device, with FLOPs estimated as
 2·N per token for the rollout and 6·N per token for forward+backward (N = parameters; attention FLOPs left out, so
@@ -100,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    from mmrl.generation import SamplingParams
+    from mmrl.generation.hf import make_backend
+    from mmrl.models.logprobs import completion_logprobs
     from mmrl.models.placement import to_device
-    from mmrl.rl.logprobs import completion_logprobs
-    from mmrl.rl.rollout import make_backend
 
     model, processor, compute = build(args.preset, device, args.dtype, args.attn, args.seed)
     n_params = sum(p.numel() for p in model.parameters())
@@ -119,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.image_side}x{args.image_side} images ({prompt_tokens // max(1, args.prompts)} prompt tokens each)")
 
     def rollout():
-        return backend.generate(prompts, g, max_new_tokens=length, min_new_tokens=length, temperature=1.0,
-                                generator=generator)
+        params = SamplingParams(n=g, max_new_tokens=length, min_new_tokens=length, temperature=1.0)
+        return backend.rollout(prompts, params, generator=generator)
 
     def train(batch):
         model.train()

@@ -57,7 +57,6 @@ TRL_NAMES = {
     "warmup_steps": "optimizer.warmup_steps",
     "weight_decay": "optimizer.weight_decay",
     "max_grad_norm": "optimizer.max_grad_norm",
-    "logging_steps": "trainer.log_steps",
     "max_prompt_length": "data.max_prompt_length",
 }
 _SECTIONS = ("model", "data", "rollout", "algorithm", "optimizer", "trainer", "eval")
@@ -147,7 +146,7 @@ def _callable_name(fn: Callable[..., Any], taken: set[str]) -> str:
 def registered(callables: Mapping[str, Callable[..., Any]]) -> Iterator[None]:
     """Register user callables by name for the duration of a run (so `mmrl reward list` and later runs never see
     them); the composite then scores them like any registered reward."""
-    from mmrl.rewards.registry import _REGISTRY, register_reward
+    from mmrl.rewards.registry import REWARDS, register_reward
 
     added = []
     try:
@@ -161,7 +160,7 @@ def registered(callables: Mapping[str, Callable[..., Any]]) -> Iterator[None]:
         yield
     finally:
         for name in added:
-            _REGISTRY.pop(name, None)
+            REWARDS.remove(name)
 
 
 def _reward_specs(reward_funcs: Any, weights: Sequence[float] | None,
@@ -279,7 +278,8 @@ class GRPOTrainer:
             updates["data.train"] = [_dataset_spec(train_dataset)]
         if eval_dataset is not None:
             updates["data.eval"] = [_dataset_spec(eval_dataset)]
-        self.args = apply_overrides(cfg, updates, source="GRPOTrainer") if updates else cfg
+        with registered(self.reward_callables):  # the config's reward names are checked against the registry
+            self.args = apply_overrides(cfg, updates, source="GRPOTrainer") if updates else cfg
         self.model = model
         self.run_dir: Path | None = None
 

@@ -36,8 +36,8 @@ def _as_specs(value: Any) -> Any:
 class DataConfig(Section):
     train: list[DatasetSpec] = Field(default_factory=list, description="Training dataset(s): a path, a spec, or a list.")
     eval: list[DatasetSpec] = Field(default_factory=list, description="Held-out dataset(s) for evaluation.")
-    min_pixels: int = Field(28 * 28, ge=28 * 28, description="Resize images to at least this many pixels (qwen-vl-utils).")
-    max_pixels: int = Field(448 * 448, ge=28 * 28, description="Resize images to at most this many pixels (qwen-vl-utils).")
+    min_pixels: int = Field(28 * 28, ge=28 * 28, description="Resize images to at least this many pixels (the Qwen2-VL smart_resize rule).")
+    max_pixels: int = Field(448 * 448, ge=28 * 28, description="Resize images to at most this many pixels (the Qwen2-VL smart_resize rule).")
     on_bad_image: Literal["error", "skip"] = Field(
         "error", description="'error': stop before training naming the sample; 'skip': report and skip it."
     )

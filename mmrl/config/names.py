@@ -3,7 +3,7 @@
 A misspelt reward, advantage, loss aggregation, KL estimator, rollout backend or builder is caught here, before any
 model, data or run directory is touched, instead of minutes (or hours) into a run. Each registry is asked for its
 names through one function in `NAME_SOURCES`, so a registry that moves or merges with another needs one line changed
-here. The registries live in higher rooms (rl, rewards, commands); they are imported only when a config is checked,
+here. The registries (one `mmrl.registry.Registry` class) live in higher rooms (rl, rewards, generation, data_pipelines); they are imported only when a config is checked,
 so importing `mmrl.config` stays light.
 
 >>> from mmrl.config import load_config
@@ -42,16 +42,15 @@ def _policy_loss_names() -> list[str]:
 
 
 def _kl_names() -> list[str]:
-    from mmrl.rl import kl
+    from mmrl.rl.kl import KL_ESTIMATORS
 
-    estimators = kl.KL_ESTIMATORS
-    return estimators.names() if hasattr(estimators, "names") else sorted(estimators)
+    return KL_ESTIMATORS.names()
 
 
 def _backend_names() -> list[str]:
-    from mmrl.rl import rollout
+    from mmrl.generation.hf import BACKENDS
 
-    return list(rollout.BACKENDS)
+    return BACKENDS.names()
 
 
 def _reward_names() -> list[str]:
@@ -61,9 +60,9 @@ def _reward_names() -> list[str]:
 
 
 def _builder_names() -> list[str]:
-    from mmrl.pipeline.builders import known_builders
+    from data_pipelines.registry import load_builders
 
-    return known_builders()
+    return [name for name, _ in load_builders().items()]
 
 
 # kind -> the function that lists the registered names of that kind.

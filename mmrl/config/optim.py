@@ -40,7 +40,6 @@ class TrainerConfig(Section):
     )
     grad_accumulation: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
     seed: int = Field(0, ge=0, description="Seed for data order, sampling and initialisation.")
-    log_steps: int = Field(1, ge=1, description="Write metrics every N steps.")
     save_steps: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: only at the end).")
     save_final: bool = Field(True, description="Save a checkpoint after the last step.")
     keep_last: int = Field(2, ge=1, description="Keep only the last k complete checkpoints.")

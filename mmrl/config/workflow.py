@@ -47,7 +47,6 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(128, ge=1, description="Maximum new tokens per answer.")
     batch_size: int = Field(16, ge=1, description="Items generated at once.")
     limit: int | None = Field(None, ge=1, description="Evaluate at most this many items.")
-    metric: Literal["accuracy"] = Field("accuracy", description="Headline metric.")
     seed: int = Field(0, ge=0, description="Seed of sampled generation (greedy ignores it).")
     output_dir: str | None = Field(None, description="Where report.json/report.md/generations.jsonl go "
                                    "(default: <run dir>/eval, or runs/eval/<model>-<data> for `mmrl eval --model`).")

@@ -2,7 +2,7 @@
 
 - `load_image` opens a path, `file://` URI, bytes, HF image dict or PIL image; applies EXIF orientation and converts
   every mode (RGBA, P, L, CMYK, 16-bit) to RGB. A bad image raises `DataError` with the reason.
-- `resize_for_model` follows the qwen-vl-utils `smart_resize` rules: both sides multiples of 28, pixel count within
+- `resize_for_model` follows the Qwen2-VL `smart_resize` rules (transformers' function): both sides multiples of 28, pixel count within
   `[min_pixels, max_pixels]`, aspect ratio kept as closely as possible.
 - `check_images` applies `data.on_bad_image`: `error` stops naming the sample; `skip` writes `bad_images.jsonl` to the
   run directory, returns the good samples and aborts when more than `data.max_bad_fraction` are bad. A bad sample is
@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ from mmrl.data.sample import Sample
 from mmrl.errors import DataError
 
 IMAGE_FACTOR = 28  # patch 14 x spatial merge 2 (Qwen2-VL / Qwen2.5-VL)
-MAX_RATIO = 200  # qwen-vl-utils rejects more extreme aspect ratios
+MAX_RATIO = 200  # the Qwen2-VL processor rejects more extreme aspect ratios
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 DEFAULT_MIN_IMAGE_SIDE = 2
 
@@ -42,22 +41,17 @@ def smart_resize(height: int, width: int, factor: int = IMAGE_FACTOR, min_pixels
                  max_pixels: int = 448 * 448) -> tuple[int, int]:
     """(height, width) after resizing: sides multiples of `factor`, pixels within [min_pixels, max_pixels].
 
+    The rule is transformers' own (the Qwen2-VL image processor's `smart_resize`, importable without torchvision), so
+    mmrl resizes exactly as the processor would; only the aspect-ratio error is worded here.
+
     >>> smart_resize(50, 100, min_pixels=784, max_pixels=3136)
     (28, 56)
     """
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as maintained
+
     if max(height, width) / max(1, min(height, width)) > MAX_RATIO:
-        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.0f} is above {MAX_RATIO}")
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
+        raise ValueError(f"aspect ratio {max(height, width) / max(1, min(height, width)):.0f} is above {MAX_RATIO}")
+    return maintained(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
 def _describe(src: Any) -> str:
@@ -161,7 +155,7 @@ def load_image(src: Any, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 
 
 def resize_for_model(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
-    """Resize with the qwen-vl-utils rules (sides multiples of 28, pixels within bounds), bicubic like qwen-vl-utils."""
+    """Resize with the Qwen2-VL smart_resize rules (sides multiples of 28, pixels within bounds), bicubic."""
     height, width = smart_resize(image.height, image.width, min_pixels=min_pixels, max_pixels=max_pixels)
     if (width, height) == image.size:
         return image

@@ -24,9 +24,10 @@ from typing import Any
 from mmrl.config.workflow import EvalConfig
 from mmrl.data.sample import Sample
 from mmrl.errors import DataError
-from mmrl.eval.generate import Completion, generate_completions
+from mmrl.eval.generate import generate_completions
 from mmrl.eval.report import build_report, report_markdown
 from mmrl.eval.scoring import ItemScore, score_generations
+from mmrl.generation import Completion
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +22,10 @@ SPLIT_WIRING = {"data.train": "train", "data.eval": "eval"}
 CURRICULUM_WIRING = {"stages.0.data": "stage1_yes_no", "stages.1.data": "stage2_mc", "stages.2.data": "stage3_open"}
 
 
-def _registry() -> dict[str, Any]:
-    from mmrl.commands import build_data
-
-    for module in build_data.BUILDER_MODULES:  # builders that register themselves (cold-start, rejection sampling)
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name is None or not module.startswith(err.name):
-                raise
-    return build_data.BUILDERS
-
-
 def known_builders() -> list[str]:
-    return list(_registry())
+    from data_pipelines.registry import load_builders
+
+    return [name for name, _ in load_builders().items()]
 
 
 def _names(value: Any, field: str, where: str) -> list[str]:
@@ -112,7 +101,9 @@ def run_build_data(step: PipelineStep, out: Path, wiring: dict[str, Any], where:
     elif name == "curriculum":
         outputs, default_wire = _curriculum(step.args, out, where, wiring), CURRICULUM_WIRING
     else:
-        outputs, default_wire = _generic(name, _registry()[name], step.args, out, where), SPLIT_WIRING
+        from data_pipelines.registry import load_builders
+
+        outputs, default_wire = _generic(name, load_builders().get(name), step.args, out, where), SPLIT_WIRING
     missing = [str(p) for p in outputs.values() if not Path(p).exists()]
     if missing:
         raise UserError(f"{where}: builder '{name}' did not write {missing}; check args.outputs")

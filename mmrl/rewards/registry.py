@@ -20,9 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mmrl.errors import UserError
+from mmrl.registry import Registry
 
 RewardFn = Callable[..., list]
-_REGISTRY: dict[str, RewardFn] = {}
+REWARDS: Registry[RewardFn] = Registry("reward", "rewards")
 
 
 def register_reward(name: str, *, heavy: bool = False, batched: bool | str = False) -> Callable[[RewardFn], RewardFn]:
@@ -35,12 +36,14 @@ def register_reward(name: str, *, heavy: bool = False, batched: bool | str = Fal
     """
 
     def decorate(fn: RewardFn) -> RewardFn:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ValueError(f"reward '{name}' is already registered ({_REGISTRY[name].__module__})")
+        if name in REWARDS:
+            if REWARDS.get(name) is fn:
+                return fn
+            raise ValueError(f"reward '{name}' is already registered ({REWARDS.get(name).__module__})")
         fn.mmrl_reward_name = name  # type: ignore[attr-defined]
         fn.mmrl_heavy = heavy  # type: ignore[attr-defined]
         fn.mmrl_batched = batched  # type: ignore[attr-defined]
-        _REGISTRY[name] = fn
+        REWARDS.add(name, fn)
         return fn
 
     return decorate
@@ -55,7 +58,7 @@ def is_batched(fn: RewardFn, kwargs: dict | None = None) -> bool:
 def list_rewards() -> list[str]:
     """Names of all registered rewards, sorted."""
     _load_builtins()
-    return sorted(_REGISTRY)
+    return REWARDS.names()
 
 
 def _load_builtins() -> None:
@@ -95,16 +98,16 @@ def load_file_reward(spec: str) -> RewardFn:
 def get_reward(name_or_spec: str) -> RewardFn:
     """A registered reward by name, or a user's reward given as `path/to/file.py:function`."""
     _load_builtins()
-    if name_or_spec in _REGISTRY:
-        return _REGISTRY[name_or_spec]
+    if name_or_spec in REWARDS:
+        return REWARDS.get(name_or_spec)
     if is_file_spec(name_or_spec):
         return load_file_reward(name_or_spec)
-    close = difflib.get_close_matches(name_or_spec, list(_REGISTRY), n=1)
+    close = difflib.get_close_matches(name_or_spec, REWARDS.names(), n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     raise UserError(
-        f"unknown reward '{name_or_spec}'.{hint} Valid names: {', '.join(sorted(_REGISTRY))}; "
+        f"unknown reward '{name_or_spec}'.{hint} Valid names: {', '.join(REWARDS.names())}; "
         "or give a user reward as path/to/file.py:function"
     )
 
 
-__all__ = ["get_reward", "is_batched", "is_file_spec", "list_rewards", "load_file_reward", "register_reward"]
+__all__ = ["REWARDS", "get_reward", "is_batched", "is_file_spec", "list_rewards", "load_file_reward", "register_reward"]

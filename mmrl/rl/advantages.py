@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from mmrl.rl.registry import Registry
+from mmrl.registry import Registry
 
 AdvantageFn = Callable[..., torch.Tensor]
 SumFn = Callable[[torch.Tensor], torch.Tensor]
@@ -157,25 +157,3 @@ def compute_advantages(
     """Look up `name` in ADVANTAGES and apply it."""
     return ADVANTAGES.get(name)(rewards, group_ids, scale=scale, eps=eps, token_counts=token_counts,
                                 all_reduce=all_reduce)
-
-
-def group_stats(rewards: torch.Tensor, group_ids: torch.Tensor) -> dict[str, float]:
-    """Metrics on the reward groups: how many carry no learning signal, how many rewards were unscorable.
-
-    Returns `num_groups`, `frac_zero_std_groups` (groups whose scorable rewards are all equal, or with < 2 of them:
-    their advantages are all 0), `frac_unscorable` (NaN rewards), `reward_mean` (over scorable rewards; NaN if none),
-    and `group_std_mean` (mean within-group std).
-    """
-    g = _groups(rewards, group_ids)
-    if g.num_groups == 0:
-        return {"num_groups": 0, "frac_zero_std_groups": 0.0, "frac_unscorable": 0.0,
-                "reward_mean": float("nan"), "group_std_mean": 0.0}
-    per_group_std = torch.zeros(g.num_groups, dtype=torch.float64, device=g.std.device).index_copy_(0, g.index, g.std)
-    valid = g.valid
-    return {
-        "num_groups": g.num_groups,
-        "frac_zero_std_groups": float((per_group_std <= 1e-12).double().mean()),
-        "frac_unscorable": float((~valid).double().mean()),
-        "reward_mean": float(g.values[valid].mean()) if valid.any() else float("nan"),
-        "group_std_mean": float(per_group_std.mean()),
-    }

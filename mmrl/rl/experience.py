@@ -14,11 +14,13 @@ import torch
 
 from mmrl.config import MMRLConfig
 from mmrl.data.collate import encode_one
+from mmrl.data.prompt_order import PromptSampler, shard
 from mmrl.data.sample import Sample
 from mmrl.engine.distributed import all_reduce_sum
+from mmrl.generation import SamplingParams
+from mmrl.generation.hf import HFBackend, backend_device
 from mmrl.models.placement import to_device
-from mmrl.rl.rollout import backend_device
-from mmrl.rl.sampler import PromptSampler, shard
+from mmrl.rewards.composite import RewardComposite
 from mmrl.rl.stages import ResolvedStage
 
 
@@ -50,8 +52,8 @@ def _to_tensor(values: list[float | None], device: torch.device) -> torch.Tensor
     return torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32, device=device)
 
 
-def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample], processor: Any, backend: Any,
-                   composite: Any, generator: torch.Generator, data_cfg: Any) -> tuple[list[Group], dict[str, Any]]:
+def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample], processor: Any, backend: HFBackend,
+                   composite: RewardComposite, generator: torch.Generator, data_cfg: Any) -> tuple[list[Group], dict[str, Any]]:
     """Roll out and score `samples` (this process's share); advantages are filled in later per kept batch."""
     if not samples:
         return [], {}
@@ -59,9 +61,10 @@ def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample],
     device = backend_device(backend)
     prompts = [to_device(encode_one(processor, s, data_cfg), device) for s in samples]
     rc = cfg.rollout
-    batch = backend.generate(prompts, stage.group_size, max_new_tokens=stage.max_completion_length,
-                             min_new_tokens=min(rc.min_new_tokens, stage.max_completion_length),
-                             temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k, generator=generator)
+    params = SamplingParams(n=stage.group_size, temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k,
+                            max_new_tokens=stage.max_completion_length,
+                            min_new_tokens=min(rc.min_new_tokens, stage.max_completion_length), logprobs=True)
+    batch = backend.rollout(prompts, params, generator=generator)
     lengths = batch.completion_mask.sum(dim=1).tolist()
     result = composite.score(batch.texts, _columns(samples, stage.group_size, lengths, stage.max_completion_length))
     total = _to_tensor(result.total, device)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import torch
 
-from mmrl.errors import UserError
+from mmrl.registry import Registry
 
 # exp() of a log-ratio above this overflows float16/bfloat16 ranges; clamping it keeps gradients finite
 # (a clamp *after* an overflowed exp gives 0 * inf = NaN in backward). Values this far out are never "exact" anyway.
@@ -49,9 +49,9 @@ def _low_var_kl(d: torch.Tensor) -> torch.Tensor:
     return _k3(d).clamp(-LOW_VAR_KL_BOUND, LOW_VAR_KL_BOUND)
 
 
-KL_ESTIMATORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "k1": _k1, "k2": _k2, "k3": _k3, "low_var_kl": _low_var_kl,
-}
+KL_ESTIMATORS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("KL estimator", "algorithm.kl_estimator")
+for _name, _fn in (("k1", _k1), ("k2", _k2), ("k3", _k3), ("low_var_kl", _low_var_kl)):
+    KL_ESTIMATORS.add(_name, _fn)
 # Estimators whose gradient, as a loss term, is a KL gradient (k1's is 0 in expectation).
 LOSS_ESTIMATORS = ("k2", "k3", "low_var_kl")
 
@@ -63,9 +63,7 @@ def kl_estimate(
 
     `ref_logp` carries no gradient (it comes from the frozen reference); gradients flow through `logp`.
     """
-    if estimator not in KL_ESTIMATORS:
-        raise UserError(f"algorithm.kl_estimator: unknown '{estimator}'; valid: {', '.join(KL_ESTIMATORS)}")
-    kl = KL_ESTIMATORS[estimator](ref_logp.detach() - logp)
+    kl = KL_ESTIMATORS.get(estimator)(ref_logp.detach() - logp)
     if clamp is not None:
         kl = kl.clamp(-clamp, clamp)
     return kl

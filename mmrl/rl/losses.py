@@ -32,8 +32,8 @@ from collections.abc import Callable
 
 import torch
 
+from mmrl.registry import Registry
 from mmrl.rl.kl import kl_estimate
-from mmrl.rl.registry import Registry
 
 AggregationFn = Callable[..., torch.Tensor]
 AGGREGATIONS: Registry[AggregationFn] = Registry("loss aggregation", "algorithm.loss_aggregation")

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
+from mmrl.models.logprobs import DEFAULT_CHUNK, completion_logprobs
 from mmrl.models.placement import compute_dtype
-from mmrl.rl.logprobs import DEFAULT_CHUNK, completion_logprobs
 
 LogprobFn = Callable[..., torch.Tensor]
 

@@ -53,23 +53,6 @@ class ResolvedStage:
     def metrics(self) -> dict[str, Any]:
         return {"stage": self.index, "stage_name": self.name}
 
-    def apply(self, base: MMRLConfig) -> MMRLConfig:
-        """A copy of `base` with this stage's overrides in place (rollout, rewards, data.train, data.prompt_suffix),
-        for code that reads the config rather than the stage."""
-        rollout = base.rollout.model_copy(
-            update={"group_size": self.group_size, "max_completion_length": self.max_completion_length}
-        )
-        data = base.data.model_copy(update={"train": list(self.data), "prompt_suffix": self.prompt_suffix})
-        return base.model_copy(update={"rollout": rollout, "data": data, "rewards": list(self.rewards)})
-
-    def describe(self) -> str:
-        """One log line for a stage switch."""
-        rewards = ", ".join(f"{r.name}x{r.weight:g}" for r in self.rewards)
-        data = ", ".join(d.path for d in self.data) or "data.train"
-        return (f"stage {self.index} '{self.name}' from step {self.start_step} to {self.end_step}: "
-                f"G={self.group_size}, max_completion_length={self.max_completion_length}, rewards=[{rewards}], "
-                f"data=[{data}], prompt_suffix={self.prompt_suffix!r}")
-
 
 def _implicit_stage(base: MMRLConfig) -> StageConfig:
     return StageConfig(name="main", steps=max(1, base.trainer.max_steps))
@@ -84,7 +67,6 @@ class StageSchedule:
             raise UserError("stages: every stage is disabled; enable at least one")
         self.base = base
         self.stages: list[StageConfig] = active or [_implicit_stage(base)]
-        self.implicit = not active
         # Actual start step of every stage entered so far (stage 0 starts at 0).
         self._starts: list[int] = [0]
         # Step at which an early stop of the last stage ended the run (None: it runs its full length).
@@ -141,11 +123,6 @@ class StageSchedule:
         return self._resolve(self._index_at(step, starts), starts)
 
     @property
-    def current(self) -> ResolvedStage:
-        """The stage of the next step to run (after the last `advance`)."""
-        return self.stage_at(self._step)
-
-    @property
     def total_steps(self) -> int:
         """Planned run length given the switches so far (an upper bound while early switches may still happen)."""
         starts = self._all_starts()
@@ -157,10 +134,6 @@ class StageSchedule:
     def boundaries(self) -> list[tuple[int, str]]:
         """`(start_step, name)` of every stage (actual where entered, planned after), for plots and logs."""
         return [(start, stage.name) for start, stage in zip(self._all_starts(), self.stages)]
-
-    def metrics(self, step: int | None = None) -> dict[str, Any]:
-        """`{"stage": index, "stage_name": name}` for `step` (default: the next step to run)."""
-        return self.stage_at(self._step if step is None else step).metrics()
 
     # ---- transitions -------------------------------------------------------------------------------------------
     @staticmethod

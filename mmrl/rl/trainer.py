@@ -19,16 +19,17 @@ import torch
 from mmrl.config import MMRLConfig
 from mmrl.data.checks import check_for_training
 from mmrl.data.dataset import load_datasets
+from mmrl.data.prompt_order import PromptSampler
 from mmrl.engine.distributed import all_gather_objects
 from mmrl.engine.optim import build_scheduler
 from mmrl.engine.run import TrainingRun, prepare_run, start_run
+from mmrl.engine.run_dir import release_run_dir
 from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
+from mmrl.generation.hf import make_backend
 from mmrl.rewards.composite import RewardComposite
 from mmrl.rl.experience import Group, collect_step
 from mmrl.rl.reference import make_reference
-from mmrl.rl.rollout import make_backend
-from mmrl.rl.sampler import PromptSampler
 from mmrl.rl.stages import ResolvedStage, StageSchedule
 from mmrl.rl.update import policy_update
 
@@ -55,9 +56,13 @@ class GRPOTrainer:
         self._datasets: dict[str, list] = {}
         self.run_dir = Path(cfg.trainer.output_dir)
         # Data problems surface before the model loads: every stage's dataset is read and checked first.
-        for start, _name in self.schedule.boundaries():
-            stage = self.schedule.stage_at(start)
-            self._load(stage.data or tuple(cfg.data.train), stage.rewards)
+        try:
+            for start, _name in self.schedule.boundaries():
+                stage = self.schedule.stage_at(start)
+                self._load(stage.data or tuple(cfg.data.train), stage.rewards)
+        except BaseException:
+            release_run_dir(self.run_dir)  # nothing was written: leave no claimed, empty directory behind
+            raise
         self.run: TrainingRun = start_run(cfg, total_steps=self.schedule.total_steps)
         # The LR schedule reads the run length at every step: an until_metric that ends a stage early shortens it.
         self.run.scheduler = build_scheduler(self.run.optimizer, cfg.optimizer, lambda: self.schedule.total_steps)

@@ -24,10 +24,10 @@ import torch
 
 from mmrl.engine.distributed import all_reduce_sum, all_reduce_sum_tensor
 from mmrl.engine.run import TrainingRun
+from mmrl.models.logprobs import completion_logprobs
 from mmrl.rl.advantages import compute_advantages
 from mmrl.rl.experience import Group
 from mmrl.rl.kl import sequence_kl
-from mmrl.rl.logprobs import completion_logprobs
 from mmrl.rl.losses import POLICY_LOSSES, aggregate, loss_mask
 from mmrl.rl.stages import ResolvedStage
 

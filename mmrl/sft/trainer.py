@@ -19,14 +19,15 @@ from mmrl.config import MMRLConfig
 from mmrl.data.checks import check_for_training
 from mmrl.data.collate import encode_sft
 from mmrl.data.dataset import load_datasets
+from mmrl.data.prompt_order import PromptSampler, shard
 from mmrl.engine.distributed import all_reduce_sum
 from mmrl.engine.run import TrainingRun, prepare_run, start_run
+from mmrl.engine.run_dir import release_run_dir
 from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
+from mmrl.models.logprobs import head_logprobs
 from mmrl.models.placement import compute_autocast, to_model_device
-from mmrl.rl.logprobs import head_logprobs
-from mmrl.rl.prefix import unwrap
-from mmrl.rl.sampler import PromptSampler, shard
+from mmrl.models.prefix import reset_rope_deltas, unwrap
 
 
 def sft_steps(cfg: MMRLConfig, n_samples: int) -> int:
@@ -42,8 +43,7 @@ def label_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     inner = unwrap(model)
     core = inner.model
-    if hasattr(core, "rope_deltas"):
-        core.rope_deltas = None  # positions of a previous batch must not leak in
+    reset_rope_deltas(model)  # positions of a previous batch must not leak in
     with compute_autocast(model):
         hidden = core(**inputs).last_hidden_state
         # Token t is predicted from position t - 1.
@@ -68,7 +68,11 @@ def train_sft(cfg: MMRLConfig) -> Path:
     """Run cold-start SFT as `cfg` says; returns the run directory (final checkpoint in checkpoints/step-N)."""
     prepare_run(cfg)  # the run directory is checked and locked before anything reads data or writes there
     # Data errors surface before the model loads.
-    samples = load_sft_samples(cfg, Path(cfg.trainer.output_dir))
+    try:
+        samples = load_sft_samples(cfg, Path(cfg.trainer.output_dir))
+    except BaseException:
+        release_run_dir(cfg.trainer.output_dir)  # nothing was written: leave no claimed, empty directory behind
+        raise
     total = sft_steps(cfg, len(samples))
     run = start_run(cfg, total_steps=total)
     sampler = PromptSampler(len(samples), cfg.trainer.seed, cfg.data.shuffle)

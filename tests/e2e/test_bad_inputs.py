@@ -109,7 +109,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("overwrite-and-resume", ["train", T, "@run", *RESUME, "trainer.overwrite=true"], "trainer.overwrite=true deletes"),
     ("dtype", ["train", T, "@run", *RESUME, "model.dtype=fp8"], "model.dtype must be one of"),
     ("negative-lr", ["train", T, "@run", *RESUME, "optimizer.lr=-1"], "optimizer.lr must be > 0"),
-    ("report-to", ["train", T, "@run", *RESUME, "trainer.report_to=[wandb]"], "trainer.report_to.0 must be one of"),
+    ("report-to", ["train", T, "@run", *RESUME, "trainer.report_to=[tensorbord]"], "trainer.report_to.0 must be one of"),
     ("eval-k-greedy", ["train", T, "@run", *RESUME, "eval.k=2"], "eval.k > 1 needs sampling"),
     ("override-without-equals", ["train", T, "@run", *RESUME, "trainer.max_steps"], "must look like key.path=value"),
     ("config-missing", ["train", "{W}/missing.yaml"], "config file not found"),

@@ -19,11 +19,12 @@ from mmrl.config import load_config
 from mmrl.data.sample import Sample
 from mmrl.engine.run_logger import read_metrics
 from mmrl.eval.generate import generate_completions
+from mmrl.generation import SamplingParams
+from mmrl.generation.hf import HFNaiveBackend, HFSharedPrefixBackend, make_backend
 from mmrl.models.loading import load_policy
+from mmrl.models.logprobs import completion_logprobs, naive_completion_logprobs
+from mmrl.models.prefix import supports_prefix_sharing
 from mmrl.models.tokens import placeholder_token_ids
-from mmrl.rl.logprobs import completion_logprobs, naive_completion_logprobs
-from mmrl.rl.prefix import supports_prefix_sharing
-from mmrl.rl.rollout import HFNaiveBackend, HFSharedPrefixBackend, make_backend
 from mmrl.rl.trainer import GRPOTrainer
 from mmrl.sft.trainer import train_sft
 
@@ -60,9 +61,9 @@ def make_prompt(processor, height, width, seed):
 
 
 def test_log_probs_match_the_naive_forward_or_fall_back_with_one_line(policy, monkeypatch, caplog):
-    import mmrl.rl.prefix
+    import mmrl.models.prefix
 
-    monkeypatch.setattr(mmrl.rl.prefix, "_FALLBACK_NOTED", set())  # whatever ran before, this run says it afresh
+    monkeypatch.setattr(mmrl.models.prefix, "_FALLBACK_NOTED", set())  # whatever ran before, this run says it afresh
     preset, model, processor = policy
     assert supports_prefix_sharing(model) == SHARES_PREFIX[preset]
     prompt = make_prompt(processor, 64, 96, seed=1)
@@ -71,7 +72,7 @@ def test_log_probs_match_the_naive_forward_or_fall_back_with_one_line(policy, mo
     mask[1, 3:] = 0
     ids[mask == 0] = processor.tokenizer.pad_token_id
     model.zero_grad(set_to_none=True)
-    with caplog.at_level("WARNING", logger="mmrl.rl.prefix"):
+    with caplog.at_level("WARNING", logger="mmrl.models.prefix"):
         shared = completion_logprobs(model, prompt, ids, mask)
         make_backend(model, processor)  # the rollout backend falls back too, without saying it twice
     fallback_lines = [r for r in caplog.records if "naive forward" in r.getMessage()]
@@ -107,8 +108,8 @@ def test_placeholders_are_never_sampled_in_rollouts_or_greedy_eval(policy, tmp_p
         prompt = make_prompt(processor, 64, 64, seed=2)
         for backend_used in (backend, HFNaiveBackend(model, processor)):
             for temperature in (1.0, 0.0):
-                batch = backend_used.generate([prompt], 2, max_new_tokens=4, temperature=temperature,
-                                              generator=torch.Generator().manual_seed(0))
+                batch = backend_used.rollout([prompt], SamplingParams(n=2, max_new_tokens=4, temperature=temperature),
+                                             generator=torch.Generator().manual_seed(0))
                 assert batch.completion_mask.sum() > 0
                 assert not torch.isin(batch.completion_ids, torch.tensor(banned)).any(), (temperature, batch.texts)
         (completion,) = generate_completions(model, processor, [sample], load_config(None).data, max_new_tokens=4)[0]
@@ -165,8 +166,8 @@ def test_sampler_log_probs_match_the_training_forward(policy):
     if not SHARES_PREFIX[preset]:
         pytest.skip("the naive backend returns no sampler log-probs")
     prompt = make_prompt(processor, 96, 64, seed=3)
-    batch = make_backend(model, processor).generate([prompt], 3, max_new_tokens=6, temperature=0.8,
-                                                    generator=torch.Generator().manual_seed(1))
+    batch = make_backend(model, processor).rollout([prompt], SamplingParams(n=3, max_new_tokens=6, temperature=0.8),
+                                                   generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         recomputed = completion_logprobs(model, prompt, batch.completion_ids, batch.completion_mask, temperature=0.8)
     assert (recomputed - batch.logprobs).abs().max() < 1e-5

@@ -75,7 +75,7 @@ def test_flash_attention_2_shared_prefix_matches_naive_and_trains(synthetic_data
     from PIL import Image
 
     from mmrl.models.loading import load_policy
-    from mmrl.rl.logprobs import completion_logprobs, naive_completion_logprobs
+    from mmrl.models.logprobs import completion_logprobs, naive_completion_logprobs
     from mmrl.rl.trainer import GRPOTrainer
 
     cfg = load_config(None, ["model.dtype=bf16", "model.attn_implementation=flash_attention_2"]).model

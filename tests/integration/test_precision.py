@@ -14,8 +14,8 @@ from mmrl.config import load_config
 from mmrl.engine.distributed import collective_device
 from mmrl.errors import UserError
 from mmrl.models.loading import load_policy
+from mmrl.models.logprobs import completion_logprobs, naive_completion_logprobs
 from mmrl.models.placement import compute_dtype
-from mmrl.rl.logprobs import completion_logprobs, naive_completion_logprobs
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,9 +9,10 @@ from PIL import Image
 
 from mmrl.config import load_config
 from mmrl.errors import UserError
+from mmrl.generation import SamplingParams
+from mmrl.generation.hf import HFNaiveBackend, HFSharedPrefixBackend, _Row, make_backend
 from mmrl.models.loading import load_policy
-from mmrl.rl.logprobs import completion_logprobs
-from mmrl.rl.rollout import HFNaiveBackend, HFSharedPrefixBackend, make_backend
+from mmrl.models.logprobs import completion_logprobs
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def greedy_eos_model(policy, prompts):
     """A copy whose EOS row is 1.05 x the row of the token greedy decoding emits 4th for prompt 0, so greedy
     completions end in EOS at a known, prompt-dependent step (the random tiny model never emits EOS by itself)."""
     model, processor = policy
-    first = HFSharedPrefixBackend(model, processor).generate(prompts, 1, max_new_tokens=6, temperature=0.0)
+    first = HFSharedPrefixBackend(model, processor).rollout(prompts, SamplingParams(n=1, max_new_tokens=6, temperature=0.0))
     model = copy.deepcopy(model)
     with torch.no_grad():
         model.lm_head.weight[processor.tokenizer.eos_token_id] = model.lm_head.weight[first.completion_ids[0, 3]] * 1.05
@@ -62,8 +63,8 @@ def eos_model(policy, prompts):
 
 def test_greedy_shared_equals_naive(policy, prompts):
     model, processor = policy
-    shared = HFSharedPrefixBackend(model, processor).generate(prompts, 3, max_new_tokens=12, temperature=0.0)
-    naive = HFNaiveBackend(model, processor).generate(prompts, 3, max_new_tokens=12, temperature=0.0)
+    shared = HFSharedPrefixBackend(model, processor).rollout(prompts, SamplingParams(n=3, max_new_tokens=12, temperature=0.0))
+    naive = HFNaiveBackend(model, processor).rollout(prompts, SamplingParams(n=3, max_new_tokens=12, temperature=0.0))
     assert torch.equal(shared.completion_ids, naive.completion_ids)
     assert torch.equal(shared.completion_mask, naive.completion_mask)
     assert shared.texts == naive.texts
@@ -79,10 +80,10 @@ def test_eos_stops_branches_and_min_new_tokens(greedy_eos_model, policy, prompts
     eos = processor.tokenizer.eos_token_id
     pad = processor.tokenizer.pad_token_id
     for min_new in (0, 6):
-        shared = HFSharedPrefixBackend(greedy_eos_model, processor).generate(
-            prompts, 2, max_new_tokens=10, min_new_tokens=min_new, temperature=0.0)
-        naive = HFNaiveBackend(greedy_eos_model, processor).generate(
-            prompts, 2, max_new_tokens=10, min_new_tokens=min_new, temperature=0.0)
+        shared = HFSharedPrefixBackend(greedy_eos_model, processor).rollout(
+            prompts, SamplingParams(n=2, max_new_tokens=10, min_new_tokens=min_new, temperature=0.0))
+        naive = HFNaiveBackend(greedy_eos_model, processor).rollout(
+            prompts, SamplingParams(n=2, max_new_tokens=10, min_new_tokens=min_new, temperature=0.0))
         assert torch.equal(shared.completion_ids, naive.completion_ids)
         assert torch.equal(shared.completion_mask, naive.completion_mask)
         lengths = shared.completion_mask.sum(1)
@@ -102,9 +103,9 @@ def test_sampling_logprobs_match_training_forward(eos_model, policy, prompts):
     """Branches that stop early are dropped from the cache; the survivors' log-probs must stay exact."""
     _, processor = policy
     backend = HFSharedPrefixBackend(eos_model, processor)
-    kwargs = dict(max_new_tokens=12, temperature=0.8, top_p=0.95, top_k=200)
-    batch = backend.generate(prompts, 4, generator=torch.Generator().manual_seed(0), **kwargs)
-    again = backend.generate(prompts, 4, generator=torch.Generator().manual_seed(0), **kwargs)
+    params = SamplingParams(n=4, max_new_tokens=12, temperature=0.8, top_p=0.95, top_k=200)
+    batch = backend.rollout(prompts, params, generator=torch.Generator().manual_seed(0))
+    again = backend.rollout(prompts, params, generator=torch.Generator().manual_seed(0))
     assert torch.equal(batch.completion_ids, again.completion_ids)  # reproducible from the generator
     lengths = batch.completion_mask.sum(1)
     assert len(set(lengths.tolist())) > 2  # branches really ended at different steps
@@ -122,8 +123,8 @@ def test_texts_keep_reasoning_tags(policy):
     backend = HFSharedPrefixBackend(model, processor)
     tok = processor.tokenizer
     body = tok("<think> red </think><answer> red </answer>", add_special_tokens=False)["input_ids"]
-    rows = [torch.tensor(body + [tok.eos_token_id, tok.pad_token_id]), torch.tensor(body[:3])]
-    batch = backend._finish(rows, None, 2, {})
+    rows = [_Row(torch.tensor(body + [tok.eos_token_id]), None, True), _Row(torch.tensor(body[:3]), None, False)]
+    batch = backend._batch(rows, SamplingParams(n=2), {}, torch.device("cpu"))
     assert batch.texts[0] == "<think> red </think><answer> red </answer>"
     assert batch.truncated.tolist() == [False, True]
     assert batch.completion_mask.sum(1).tolist() == [len(body) + 1, 3]
@@ -133,5 +134,5 @@ def test_make_backend(policy):
     model, processor = policy
     assert isinstance(make_backend(model, processor), HFSharedPrefixBackend)
     assert isinstance(make_backend(model, processor, share_prompt=False), HFNaiveBackend)
-    with pytest.raises(UserError, match="rollout.backend: unknown backend 'vllm2'"):
+    with pytest.raises(UserError, match="rollout.backend: unknown rollout backend 'vllm2'"):
         make_backend(model, processor, name="vllm2")

@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 
 from mmrl.config import load_config
+from mmrl.generation.hf import count_vision, vision_module
 from mmrl.models.loading import enable_activation_checkpointing, load_policy
-from mmrl.rl.logprobs import completion_logprobs, naive_completion_logprobs, selective_log_softmax
+from mmrl.models.logprobs import completion_logprobs, naive_completion_logprobs, selective_log_softmax
 from mmrl.rl.reference import make_reference, reference_logprobs
-from mmrl.rl.rollout import count_vision, vision_module
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from mmrl.config import load_config
 from mmrl.data.collate import encode_one
 from mmrl.engine.optim import lr_factor
 from mmrl.engine.run_logger import read_metrics
-from mmrl.rl.rollout import HFNaiveBackend
+from mmrl.generation import SamplingParams
+from mmrl.generation.hf import HFNaiveBackend
 from mmrl.rl.trainer import GRPOTrainer, _key
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,8 +82,8 @@ def test_the_naive_backend_ignores_the_checkpoints_generation_config(synthetic_d
     backend = HFNaiveBackend(model, processor)
 
     def sample():
-        return backend.generate([prompt], 4, max_new_tokens=8, temperature=1.0, top_p=1.0, top_k=0,
-                                generator=torch.Generator().manual_seed(7)).completion_ids
+        return backend.rollout([prompt], SamplingParams(n=4, max_new_tokens=8, temperature=1.0, top_p=1.0, top_k=0),
+                               generator=torch.Generator().manual_seed(7)).completion_ids
 
     clean = sample()
     hostile = model.generation_config

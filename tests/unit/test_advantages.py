@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mmrl.errors import UserError
-from mmrl.rl.advantages import ADVANTAGES, compute_advantages, group_stats
-from mmrl.rl.registry import Registry
+from mmrl.registry import Registry
+from mmrl.rl.advantages import ADVANTAGES, compute_advantages
 
 NAN = float("nan")
 # group 7: [1, 0, 0, 1]; group 3: [2, NaN(unscorable), 4]; group 9: [5] (singleton). Ids deliberately not contiguous.
@@ -62,17 +62,6 @@ def test_all_nan_group_and_dtype():
         adv = compute_advantages(name, rewards, torch.tensor([0, 0, 1, 1]), scale=True, eps=1e-4)
         assert adv.dtype == torch.float32 and not torch.isnan(adv).any()
         close(adv, [0.0, 0.0, 0.0, 0.0])
-
-
-def test_group_stats():
-    stats = group_stats(REWARDS, GROUPS)
-    assert stats["num_groups"] == 3
-    assert stats["frac_zero_std_groups"] == pytest.approx(1 / 3)  # the singleton group
-    assert stats["frac_unscorable"] == pytest.approx(1 / 8)
-    assert stats["reward_mean"] == pytest.approx(13 / 7)  # (1+0+0+1+2+4+5) / 7
-    assert stats["group_std_mean"] == pytest.approx((math.sqrt(1 / 3) + math.sqrt(2) + 0) / 3)
-    flat = group_stats(torch.tensor([1.0, 1.0, 0.0, 1.0]), torch.tensor([0, 0, 1, 1]))
-    assert flat["frac_zero_std_groups"] == 0.5
 
 
 def test_registry_errors():

@@ -1,4 +1,4 @@
-"""Bad images have their documented outcome; modes, EXIF and the qwen-vl-utils resize rules."""
+"""Bad images have their documented outcome; modes, EXIF and the Qwen2-VL smart_resize rules."""
 
 from __future__ import annotations
 

@@ -26,8 +26,13 @@ MODULES = [
     "mmrl.rl.advantages",
     "mmrl.rl.kl",
     "mmrl.rl.losses",
-    "mmrl.rl.sampler",
+    "mmrl.data.prompt_order",
     "mmrl.rl.stages",
+    "mmrl.generation.types",
+    "mmrl.generation.decoding",
+    "mmrl.generation.openai_format",
+    "mmrl.registry",
+    "data_pipelines.registry",
 ]
 
 

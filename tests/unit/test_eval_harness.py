@@ -12,9 +12,10 @@ from mmrl.config import load_config
 from mmrl.data.sample import Sample
 from mmrl.errors import DataError
 from mmrl.eval.evaluate import evaluate
-from mmrl.eval.generate import decode_completion, generate_texts
+from mmrl.eval.generate import generate_completions
 from mmrl.eval.report import build_report
 from mmrl.eval.scoring import score_generations
+from mmrl.generation.decoding import TextDecoder, eos_token_ids
 from mmrl.models.loading import load_policy
 
 
@@ -63,8 +64,8 @@ def test_evaluate_greedy_writes_report_markdown_and_generations(tiny, samples, t
     rescored = score_generations(samples, [r["generations"] for r in records])
     assert [it.scores for it in rescored] == [r["scores"] for r in records]
     # Greedy is deterministic, whatever the batch size.
-    again = generate_texts(tiny.model, tiny.processor, samples, cfg.data, max_new_tokens=6, batch_size=1)
-    assert again == [r["generations"] for r in records]
+    again = generate_completions(tiny.model, tiny.processor, samples, cfg.data, max_new_tokens=6, batch_size=1)
+    assert [[c.text for c in item] for item in again] == [r["generations"] for r in records]
 
 
 def test_evaluate_sampled_k_is_seeded_and_reports_pass_at_k(tiny, samples, tmp_path):
@@ -83,10 +84,9 @@ def test_decode_keeps_answer_tags_and_strips_only_end_and_padding(tiny):
     tok = tiny.processor.tokenizer
     ids = tok.encode("<think>x</think><answer>3</answer>", add_special_tokens=False)
     eos, pad = tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id
-    done = decode_completion([*ids, eos, pad, pad], tok, {eos}, pad)
-    assert done.text == "<think>x</think><answer>3</answer>" and done.n_tokens == len(ids) + 1 and not done.truncated
-    cut = decode_completion(ids, tok, {eos}, pad)
-    assert cut.truncated and cut.n_tokens == len(ids)
+    decoder = TextDecoder(tok, eos_token_ids(tiny.model, tok), pad)
+    assert eos in decoder.strip_ids and pad in decoder.strip_ids
+    assert decoder.text([*ids, eos, pad, pad]) == "<think>x</think><answer>3</answer>"
 
 
 def test_empty_dataset_is_a_user_error(tiny, tmp_path):

@@ -17,6 +17,7 @@ from typing import Any
 from mmrl.data.answers import clean_answer
 from mmrl.data.sample import Sample
 from mmrl.errors import DataError, UserError
+from mmrl.registry import Registry
 
 
 @dataclass
@@ -111,14 +112,13 @@ class Adapter:
     aliases: tuple[str, ...] = field(default_factory=tuple)
 
 
-ADAPTERS: dict[str, Adapter] = {}
+# Names and aliases -> adapters, in registration order = detection order.
+ADAPTERS: Registry[Adapter] = Registry("data format", "format")
 
 
 def register_adapter(adapter: Adapter) -> Adapter:
     for name in (adapter.name, *adapter.aliases):
-        if name in ADAPTERS:
-            raise ValueError(f"adapter '{name}' is already registered")
-        ADAPTERS[name] = adapter
+        ADAPTERS.add(name, adapter)
     return adapter
 
 
@@ -130,7 +130,7 @@ def get_adapter(name: str) -> Adapter:
     key = name.strip().lower().replace("-", "_")
     if key not in ADAPTERS:
         raise UserError(f"unknown data format '{name}'; known formats: {', '.join(known_formats())}")
-    return ADAPTERS[key]
+    return ADAPTERS.get(key)
 
 
 def detect_adapter(record: dict[str, Any], location: str) -> Adapter:

@@ -19,11 +19,12 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from mmrl.models.placement import compute_autocast, to_model_device
-from mmrl.rl.prefix import (
+from mmrl.models.prefix import (
     SEQUENCE_KEYS,
     cache_compatible,
     continue_from,
     note_naive_fallback,
+    reset_rope_deltas,
     run_prefix,
     strip_padding,
     supports_prefix_sharing,
@@ -162,16 +163,14 @@ def _naive_logprobs(model: Any, prompt: dict[str, Any], completion_ids: torch.Te
             batch[key] = torch.cat([batch[key], tail.to(batch[key].dtype)], dim=1)
     inner = unwrap(model)
     core = getattr(inner, "model", None)
-    if hasattr(core, "rope_deltas"):
-        core.rope_deltas = None
+    reset_rope_deltas(model)
     out = inner.model(**batch) if core is not None and hasattr(inner, "lm_head") else None
     if out is not None:
         hidden = out.last_hidden_state[:, -length - 1 : -1]
         active = completion_mask.bool()
         scores = head_logprobs(inner.lm_head, hidden[active], completion_ids[active],
                                temperature=temperature, chunk_size=chunk_size)
-        if hasattr(core, "rope_deltas"):
-            core.rope_deltas = None
+        reset_rope_deltas(model)
         return _scatter_active(scores, active)
     logits = model(**batch, logits_to_keep=length + 1).logits[:, :-1]
     scores = selective_log_softmax(logits / temperature, completion_ids, chunk_size=chunk_size)

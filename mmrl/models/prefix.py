@@ -34,6 +34,14 @@ def unwrap(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def reset_rope_deltas(model: Any) -> None:
+    """Forget the M-RoPE offset transformers keeps on the model between calls, so the next forward or `generate`
+    computes its own instead of reusing a previous prompt's (a silently wrong position, not an error)."""
+    core = getattr(unwrap(model), "model", None)
+    if hasattr(core, "rope_deltas"):
+        core.rope_deltas = None
+
+
 def supports_prefix_sharing(model: Any) -> bool:
     """True for Qwen2-VL / Qwen2.5-VL / Qwen3-VL, whose forward this module knows how to branch."""
     inner = unwrap(model)
@@ -128,7 +136,7 @@ def run_prefix(model: Any, prompt: dict[str, Any]) -> Prefix:
     inner = unwrap(model)
     core = inner.model
     prompt = strip_padding(prompt)
-    core.rope_deltas = None  # transformers caches this across calls; never let a previous prompt's value be reused
+    reset_rope_deltas(model)
     positions, delta = prompt_positions(core, prompt)
     vision = {k: prompt[k] for k in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
               if prompt.get(k) is not None}
@@ -140,7 +148,7 @@ def run_prefix(model: Any, prompt: dict[str, Any]) -> Prefix:
         use_cache=True,
         **vision,
     )
-    core.rope_deltas = None
+    reset_rope_deltas(model)
     return Prefix(out.last_hidden_state[:, -1], _output_cache(out), prompt["input_ids"].shape[1], delta)
 
 

@@ -1,0 +1,141 @@
+"""The dataset builders, by name: the one registry `mmrl build-data` and pipeline `build-data` steps both read.
+
+A builder is an argument schema (`add_arguments` on an argparse parser) and a `run(namespace)`; the CLI parses its
+command line with that schema and a pipeline step parses its `args.argv` with the same one. Another module adds a
+builder with `register_builder(name, help, add_arguments, run)`; `BUILDER_MODULES` lists modules imported (when
+present) before the names are read, so a later builder needs one line here.
+
+>>> sorted(load_builders().names())[:3]
+['curriculum', 'recipes', 'synthetic']
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mmrl.errors import UserError
+from mmrl.registry import Registry
+
+SYNTHETIC_EXAMPLES = """examples:
+  mmrl build-data synthetic --tasks color --n 64 --out data/synth                 # data/synth/train.jsonl
+  mmrl build-data synthetic --tasks color,count --n 1000 --eval-n 200 --out data/synth   # + eval.jsonl (seed + 1)
+  mmrl build-data synthetic --tasks grounding --forms open --image-size 56 --n 32 --out data/boxes
+  mmrl build-data synthetic --tasks gui --n 64 --eval-n 16 --out data/gui         # UI-R1-style GUI actions
+"""
+CURRICULUM_EXAMPLES = """examples:
+  mmrl build-data curriculum data/synth/train.jsonl data/curriculum
+  mmrl build-data curriculum /data/mathvista.json data/curriculum --seed 42
+"""
+RECIPES_EXAMPLES = """examples:
+  mmrl build-data recipes                       # data/: what every recipe's offline line reads
+  mmrl build-data recipes --out /tmp/data --n 128
+"""
+
+
+@dataclass
+class Builder:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+    examples: str | None = None  # shown by `mmrl build-data NAME --help`
+
+
+BUILDERS: Registry[Builder] = Registry("builder", "build-data")
+# Modules that register more builders (e.g. cold-start / rejection sampling); missing ones are skipped.
+BUILDER_MODULES: list[str] = ["data_pipelines.cold_start.cli", "data_pipelines.rejection.cli"]
+
+
+def register_builder(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+                     run: Callable[[argparse.Namespace], int | None], examples: str | None = None) -> None:
+    BUILDERS.add(name, Builder(help, add_arguments, run, examples))
+
+
+def load_builders() -> Registry[Builder]:
+    """The registry with every builder module that exists imported (so its builders are registered)."""
+    for module in BUILDER_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name is None or not module.startswith(err.name):
+                raise
+    return BUILDERS
+
+
+def _synthetic_args(p: argparse.ArgumentParser) -> None:
+    from data_pipelines.synthetic import TASKS
+
+    p.add_argument("--tasks", default="color", help=f"comma-separated: {','.join(TASKS)}; or gui alone")
+    p.add_argument("--n", type=int, default=1000, help="number of training samples (train.jsonl)")
+    p.add_argument("--eval-n", type=int, default=0,
+                   help="number of held-out samples (eval.jsonl, drawn with --eval-seed); 0: none")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-seed", type=int, default=None, help="seed of the eval split (default: --seed + 1)")
+    p.add_argument("--out", required=True, help="output directory (train.jsonl [+ eval.jsonl] + images/)")
+    p.add_argument("--forms", default="open,mc,yes_no", help="comma-separated: open,mc,yes_no")
+    p.add_argument("--difficulty", default="1", help="1, 2, 3 or a comma-separated mix")
+    p.add_argument("--image-size", type=int, default=112, help="square image side in pixels")
+    p.add_argument("--no-cot", action="store_true", help="omit the <think>/<answer> SFT target")
+
+
+def _synthetic(args: argparse.Namespace) -> int:
+    from data_pipelines.synthetic import build_synthetic
+
+    try:
+        levels = [int(v) for v in args.difficulty.split(",")]
+    except ValueError:
+        raise UserError(f"--difficulty must be 1, 2, 3 or a comma-separated mix (got {args.difficulty})") from None
+    eval_seed = args.seed + 1 if args.eval_seed is None else args.eval_seed
+    if args.eval_n < 0:
+        raise UserError(f"--eval-n must be >= 0 (got {args.eval_n})")
+    if args.eval_n and eval_seed == args.seed:
+        raise UserError("--eval-seed must differ from --seed so the eval split is held out")
+    common = {"forms": [f.strip() for f in args.forms.split(",") if f.strip()], "difficulty": levels,
+              "image_size": args.image_size, "with_cot": not args.no_cot}
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    path = build_synthetic(tasks, args.n, args.seed, args.out, split="train", **common)
+    print(f"wrote {args.n} samples to {path}")
+    if args.eval_n:
+        path = build_synthetic(tasks, args.eval_n, eval_seed, args.out, split="eval", **common)
+        print(f"wrote {args.eval_n} held-out samples (seed {eval_seed}) to {path}")
+    return 0
+
+
+def _curriculum_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="dataset with verifiable open answers (any supported format)")
+    p.add_argument("out_dir", help="output directory for stage1_yes_no / stage2_mc / stage3_open .jsonl")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _curriculum(args: argparse.Namespace) -> int:
+    from data_pipelines.curriculum import build_curriculum
+
+    paths = build_curriculum(args.input, args.out_dir, seed=args.seed)
+    for name, path in paths.items():
+        count = sum(1 for line in path.read_text().splitlines() if line.strip())
+        print(f"{name}: {count} samples -> {path}")
+    return 0
+
+
+def _recipes_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="data", help="output directory (default: data): synth/, gui/, boxes/, curriculum/")
+    p.add_argument("--n", type=int, default=64, help="training items per dataset (eval splits get n / 4)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    from data_pipelines.recipes import build_recipe_data
+
+    for name, path in build_recipe_data(args.out, seed=args.seed, n=args.n).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+register_builder("synthetic", "procedurally drawn visual tasks with verifiable answers", _synthetic_args, _synthetic,
+                 SYNTHETIC_EXAMPLES)
+register_builder("curriculum", "yes/no, multiple-choice and open stages (Curr-ReFT)", _curriculum_args, _curriculum,
+                 CURRICULUM_EXAMPLES)
+register_builder("recipes", "small synthetic data for every recipe's offline line (seconds on a CPU)", _recipes_args,
+                 _recipes, RECIPES_EXAMPLES)

@@ -1,0 +1,69 @@
+"""Token ids to text, in one place: which ids end a completion, which are removed from its text, where stop strings cut.
+
+Texts are decoded with `skip_special_tokens=False` and only end-of-turn / padding tokens are removed, so tags such as
+`<think>` and `<answer>` survive whatever the tokenizer marks as special (skipping special tokens silently zeroes
+every format reward when the tags are registered as special tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+# Tokens removed from decoded texts besides the model's EOS and pad ids (end of turn / padding of Qwen-style
+# tokenizers). Reasoning tags must survive: rewards read them.
+STRIP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The ids that end a completion: the generation config's EOS ids and the tokenizer's, inside the vocabulary."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    ids: set[int] = set()
+    gen = getattr(inner, "generation_config", None)
+    value = getattr(gen, "eos_token_id", None) if gen is not None else None
+    ids.update([value] if isinstance(value, int) else list(value or []))
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    vocab = inner.get_output_embeddings().weight.shape[0]
+    return sorted(int(i) for i in ids if 0 <= i < vocab)
+
+
+class TextDecoder:
+    """Decodes completion ids the same way everywhere (rollouts, eval, serving, streaming)."""
+
+    def __init__(self, tokenizer: Any, eos_ids: Sequence[int], pad_id: int) -> None:
+        self.tokenizer = tokenizer
+        strip = {pad_id, *eos_ids}
+        for token in STRIP_TOKENS:
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if isinstance(token_id, int) and token_id >= 0 and token_id != tokenizer.unk_token_id:
+                strip.add(token_id)
+        self.strip_ids = frozenset(strip)
+
+    def text(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.decode([int(t) for t in ids if int(t) not in self.strip_ids], skip_special_tokens=False)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """`text` up to the earliest stop string (excluded), and whether one was found.
+
+    >>> cut_at_stop("a</answer> b", ("</answer>",))
+    ('a', True)
+    """
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+def held_back(text: str, stop: Sequence[str]) -> int:
+    """How many trailing characters of `text` could be the start of a stop string (a stream must not show them yet).
+
+    >>> held_back("answer: </ans", ("</answer>",))
+    5
+    """
+    longest = 0
+    for s in stop:
+        for size in range(min(len(s) - 1, len(text)), longest, -1):
+            if text.endswith(s[:size]):
+                longest = size
+                break
+    return longest

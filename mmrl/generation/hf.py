@@ -1,0 +1,372 @@
+"""The in-process HF backend: rollouts (n = G), greedy eval, builders, demos and `mmrl serve` all sample here.
+
+`HFSharedPrefixBackend` (Qwen2-VL / Qwen2.5-VL / Qwen3-VL) prefills each prompt once — its image is vision-encoded
+once and its tokens go through the LM once — repeats the KV cache n times and decodes the n branches in one batch,
+dropping branches from the cache as they finish. `HFNaiveBackend` repeats the prompt n times and calls
+`model.generate` (what TRL does); it is the comparison baseline and the fallback for other architectures.
+
+`generate` / `stream` speak the protocol of `mmrl.generation.types`; `rollout` is the training form: the same
+sampling, returned as padded tensors (`RolloutBatch`) with the sampler's log-probs.
+
+>>> backend = make_backend(model, processor)  # doctest: +SKIP
+>>> [[c.text for c in group] for group in backend.generate([Prompt.from_question("2+2?")], SamplingParams(n=2))]  # doctest: +SKIP
+[['<think> ... </think><answer> 4 </answer>', '<answer> 5 </answer>']]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import torch
+
+from mmrl.data.sample import Sample
+from mmrl.generation.decoding import TextDecoder, cut_at_stop, eos_token_ids, held_back
+from mmrl.generation.hf_context import (
+    TokenStreamer,
+    count_vision,
+    eval_mode,
+    neutral_generation_config,
+    prompt_to_sample,
+    vision_module,
+)
+from mmrl.generation.token_sampling import sample_next
+from mmrl.generation.types import Completion, Prompt, SamplingParams
+from mmrl.models.logprobs import repeat_prompt
+from mmrl.models.placement import compute_autocast, model_device, to_model_device
+from mmrl.models.prefix import (
+    continue_from,
+    note_naive_fallback,
+    reset_rope_deltas,
+    run_prefix,
+    strip_padding,
+    supports_prefix_sharing,
+    unwrap,
+)
+from mmrl.models.tokens import placeholder_token_ids
+from mmrl.registry import Registry
+
+# What the HF backend accepts as a prompt: chat messages, an mmrl Sample (encoded with the data config's template and
+# image resize), or an already encoded processor output (batch dim 1).
+PromptLike = Union[Prompt, Sample, dict[str, Any]]
+TokenCallback = Callable[[int], None]
+
+__all__ = ["RolloutBatch", "HFSharedPrefixBackend", "HFNaiveBackend", "make_backend", "backend_device",
+           "count_vision", "vision_module", "eos_token_ids", "BACKENDS"]
+
+
+@dataclass
+class RolloutBatch:
+    """P prompts x n samples in prompt-major order (row i belongs to prompt i // n).
+
+    completion_ids [P*n, T] right padded with the pad id; completion_mask [P*n, T] is 1 up to and including the token
+    that finished the row; truncated [P*n] bool: it hit max_new_tokens; texts: decoded completions (special tags kept,
+    EOS/pad stripped, cut at a stop string); logprobs [P*n, T] float32: log-probs of the sampled tokens under the
+    sampling policy (logits / temperature, before top-k/top-p filtering), or None when the backend does not provide
+    them. Tensors live on the model's device. Image/video placeholder tokens are never sampled.
+    """
+
+    prompt_index: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    truncated: torch.Tensor
+    texts: list[str]
+    group_size: int
+    logprobs: torch.Tensor | None = None
+    counters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Row:
+    ids: torch.Tensor  # [L]: the generated tokens, the finishing one included
+    logprobs: torch.Tensor | None  # [L]
+    finished: bool  # ended by an end-of-turn / stop id / stop string (else it hit max_new_tokens)
+
+
+class _Cancelled(Exception):
+    """Raised from a token callback to stop a stream whose reader went away."""
+
+
+class _HFBackend:
+    def __init__(self, model: Any, processor: Any, data_cfg: Any = None) -> None:
+        from mmrl.config.data import DataConfig
+
+        self.model = model
+        self.processor = processor
+        self.data_cfg = data_cfg if data_cfg is not None else DataConfig()
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.eos_ids = eos_token_ids(model, self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.decoder = TextDecoder(self.tokenizer, self.eos_ids, self.pad_id)
+        # Never sampled: image/video placeholders (a completion holding one breaks the training forward).
+        self.banned_ids = placeholder_token_ids(model, self.tokenizer)
+        self._lock = threading.Lock()  # one model, one call at a time (server and demo threads share a backend)
+
+    # -- the protocol -------------------------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[PromptLike], params: SamplingParams,
+                 generator: torch.Generator | None = None) -> list[list[Completion]]:
+        """`params.n` completions per prompt. `generator` (on the model's device) overrides `params.seed`, so a caller
+        going through many batches draws one continuing random stream."""
+        return self.completions(self.rollout(prompts, params, generator), params)
+
+    @staticmethod
+    def completions(batch: RolloutBatch, params: SamplingParams) -> list[list[Completion]]:
+        """A rollout's rows as per-prompt `Completion` lists."""
+        out: list[list[Completion]] = []
+        for start in range(0, len(batch.texts), batch.group_size):
+            group = []
+            for row in range(start, start + batch.group_size):
+                mask = batch.completion_mask[row].bool()
+                scores = batch.logprobs[row][mask].tolist() if params.logprobs and batch.logprobs is not None else None
+                group.append(Completion(token_ids=batch.completion_ids[row][mask].tolist(), text=batch.texts[row],
+                                        finish_reason="length" if bool(batch.truncated[row]) else "stop",
+                                        logprobs=scores))
+            out.append(group)
+        return out
+
+    def stream(self, prompt: PromptLike, params: SamplingParams) -> Generator[str, None, Completion]:
+        """Text deltas of one completion, while it is decoded (a worker thread samples; this generator decodes).
+        The generator's return value (`StopIteration.value`) is the whole `Completion` (finish reason, token ids)."""
+        if params.n != 1:
+            raise ValueError(f"stream: n must be 1 (got {params.n})")
+        tokens: queue.Queue[int | None] = queue.Queue()
+        cancelled = threading.Event()
+        result: dict[str, Any] = {}
+
+        def on_token(token: int) -> None:
+            if cancelled.is_set():
+                raise _Cancelled
+            tokens.put(token)
+
+        def work() -> None:
+            try:
+                result["batch"] = self.rollout([prompt], params, on_token=on_token)
+            except _Cancelled:
+                pass
+            except BaseException as err:  # re-raised in the reader's thread
+                result["error"] = err
+            finally:
+                tokens.put(None)
+
+        worker = threading.Thread(target=work, name="mmrl-stream", daemon=True)
+        worker.start()
+        ids: list[int] = []
+        shown = ""
+        try:
+            while (token := tokens.get()) is not None:
+                ids.append(token)
+                text = self.decoder.text(ids)
+                if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                    continue
+                text, hit = cut_at_stop(text, params.stop)
+                safe = text if hit else text[: len(text) - held_back(text, params.stop)]
+                if len(safe) > len(shown) and safe.startswith(shown):
+                    yield safe[len(shown):]
+                    shown = safe
+            worker.join()
+            if "error" in result:
+                raise result["error"]
+            final = result["batch"].texts[0]
+            if len(final) > len(shown) and final.startswith(shown):
+                yield final[len(shown):]
+            return self.completions(result["batch"], params)[0][0]  # StopIteration.value, for callers that want it
+        finally:
+            cancelled.set()
+
+    # -- the training form --------------------------------------------------------------------------------------
+    def encode(self, prompt: PromptLike) -> dict[str, Any]:
+        """The processor output (batch dim 1) for a prompt; raises DataError / ValueError on a bad one."""
+        from mmrl.data.collate import encode_one
+
+        if isinstance(prompt, dict):
+            return prompt
+        sample = prompt if isinstance(prompt, Sample) else prompt_to_sample(prompt)
+        return encode_one(self.processor, sample, self.data_cfg)
+
+    @torch.no_grad()
+    def rollout(self, prompts: Sequence[PromptLike], params: SamplingParams, generator: torch.Generator | None = None,
+                on_token: TokenCallback | None = None) -> RolloutBatch:
+        """`params.n` completions per prompt as padded tensors. `generator` (on the model's device) overrides
+        `params.seed`; `on_token` receives each sampled token of a single-row call (streaming)."""
+        device = model_device(self.model)
+        if generator is None and params.seed is not None and not params.greedy:
+            generator = torch.Generator(device=device).manual_seed(params.seed)
+        encoded = [self.encode(p) for p in prompts]  # before the lock: a bad prompt fails without waiting
+        counters: dict[str, Any] = {"prefill_tokens": 0}
+        rows: list[_Row] = []
+        with self._lock, eval_mode(self.model), count_vision(vision_module(self.model), counters), \
+                compute_autocast(self.model):
+            for prompt in encoded:
+                prompt = to_model_device(strip_padding(prompt), self.model)
+                rows.extend(self._sample(prompt, params, generator, counters, on_token))
+        return self._batch(rows, params, counters, device)
+
+    def _sample(self, prompt: dict[str, Any], params: SamplingParams, generator: torch.Generator | None,
+                counters: dict[str, Any], on_token: TokenCallback | None) -> list[_Row]:
+        raise NotImplementedError
+
+    def _stop_ids(self, params: SamplingParams) -> list[int]:
+        return sorted({*self.eos_ids, *params.stop_token_ids})
+
+    def _batch(self, rows: list[_Row], params: SamplingParams, counters: dict[str, Any],
+               device: torch.device) -> RolloutBatch:
+        """Pad rows to one length and decode; tensors come back on the model's device."""
+        width = max((len(r.ids) for r in rows), default=0)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        with_logprobs = bool(rows) and all(r.logprobs is not None for r in rows)
+        lps = torch.zeros(len(rows), width, dtype=torch.float32, device=device) if with_logprobs else None
+        texts, truncated = [], []
+        for i, row in enumerate(rows):
+            end = len(row.ids)
+            ids[i, :end] = row.ids.to(device)
+            mask[i, :end] = 1
+            if lps is not None:
+                lps[i, :end] = row.logprobs.to(device)
+            text, hit = cut_at_stop(self.decoder.text(row.ids.tolist()), params.stop)
+            texts.append(text)
+            truncated.append(not (row.finished or hit))
+        counters["generated_tokens"] = int(mask.sum())
+        prompt_index = torch.arange(len(rows), device=device) // params.n
+        return RolloutBatch(prompt_index, ids, mask, torch.tensor(truncated, dtype=torch.bool, device=device), texts,
+                            params.n, lps, counters)
+
+
+class HFSharedPrefixBackend(_HFBackend):
+    """Prefill each prompt once, share its KV cache across the n samples, decode them as one batch."""
+
+    def _sample(self, prompt: dict[str, Any], params: SamplingParams, generator: torch.Generator | None,
+                counters: dict[str, Any], on_token: TokenCallback | None) -> list[_Row]:
+        n, steps = params.n, params.max_new_tokens
+        lm_head = unwrap(self.model).lm_head
+        device = model_device(self.model)
+        stop_ids = torch.tensor(self._stop_ids(params), dtype=torch.long, device=device)
+        banned = torch.tensor(self.banned_ids, dtype=torch.long, device=device)
+        banned_and_stop = torch.cat([banned, stop_ids])
+        temperature = params.temperature
+        prefix = run_prefix(self.model, prompt)
+        counters["prefill_tokens"] += prefix.length
+        counters.setdefault("decode_steps", 0)
+        logits = lm_head(prefix.last_hidden).float().expand(n, -1)
+        prefix.cache.batch_repeat_interleave(n)
+        tokens = torch.full((n, steps), self.pad_id, dtype=torch.long, device=device)
+        scores = torch.zeros(n, steps, device=device)
+        lengths = torch.full((n,), steps, dtype=torch.long, device=device)
+        finished = torch.zeros(n, dtype=torch.bool, device=device)
+        alive = torch.arange(n, device=device)  # branches still decoding; the cache holds only them
+        for step in range(steps):
+            # Entropy of the sampling distribution, for the metrics (one extra softmax per decode step).
+            tempered = torch.log_softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
+            counters["entropy_sum"] = counters.get("entropy_sum", 0.0) - float((tempered.exp() * tempered).sum())
+            counters["entropy_tokens"] = counters.get("entropy_tokens", 0) + tempered.shape[0]
+            chosen, logp = sample_next(
+                logits, temperature=temperature, top_p=params.top_p, top_k=params.top_k,
+                forbid=banned_and_stop if step < params.min_new_tokens else banned, generator=generator,
+            )
+            tokens[alive, step] = chosen
+            scores[alive, step] = logp
+            if on_token is not None:
+                on_token(int(chosen[0]))
+            done = torch.isin(chosen, stop_ids)
+            if params.stop:
+                done |= self._hit_stop_string(tokens, alive, step, params.stop)
+            lengths[alive[done]] = step + 1
+            finished[alive[done]] = True
+            still = ~done
+            if step + 1 == steps or not bool(still.any()):
+                break
+            if not bool(still.all()):
+                prefix.cache.batch_select_indices(still.nonzero().view(-1))
+                alive, chosen = alive[still], chosen[still]
+            hidden = continue_from(self.model, prefix.cache, chosen[:, None], prefix.length + step, prefix.rope_delta)
+            logits = lm_head(hidden[:, -1]).float()
+            counters["decode_steps"] += 1
+        ends, done_rows = lengths.tolist(), finished.tolist()
+        return [_Row(tokens[i, : ends[i]], scores[i, : ends[i]], done_rows[i]) for i in range(n)]
+
+    def _hit_stop_string(self, tokens: torch.Tensor, alive: torch.Tensor, step: int, stop: Sequence[str]) -> torch.Tensor:
+        texts = [self.decoder.text(tokens[int(i), : step + 1].tolist()) for i in alive]
+        return torch.tensor([any(s in t for s in stop) for t in texts], dtype=torch.bool, device=tokens.device)
+
+
+class HFNaiveBackend(_HFBackend):
+    """`model.generate` on the prompt repeated n times (image encoded n times): baseline and generic fallback."""
+
+    def _sample(self, prompt: dict[str, Any], params: SamplingParams, generator: torch.Generator | None,
+                counters: dict[str, Any], on_token: TokenCallback | None) -> list[_Row]:
+        inner = unwrap(self.model)
+        device = model_device(self.model)
+        options: dict[str, Any] = (
+            {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k}
+            if not params.greedy else {"do_sample": False}
+        )
+        if self.banned_ids:
+            options["suppress_tokens"] = self.banned_ids
+        if params.stop:
+            options.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        if on_token is not None:
+            options["streamer"] = TokenStreamer(on_token)
+        stop_ids = self._stop_ids(params)
+        batch = repeat_prompt(prompt, params.n)
+        length = batch["input_ids"].shape[1]
+        counters["prefill_tokens"] += length * params.n
+        # generate() has no generator argument: a forked global RNG (CPU and the model's CUDA device) is seeded from it.
+        rng: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if generator is not None:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+            devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+                if device.type == "cuda" else []
+            rng = torch.random.fork_rng(devices=devices)
+        reset_rope_deltas(self.model)
+        with rng, neutral_generation_config(inner):
+            if generator is not None:
+                torch.manual_seed(seed)
+            out = self.model.generate(**batch, max_new_tokens=params.max_new_tokens,
+                                      min_new_tokens=params.min_new_tokens, eos_token_id=stop_ids,
+                                      pad_token_id=self.pad_id, **options)
+        reset_rope_deltas(self.model)
+        stop = torch.tensor(stop_ids, dtype=torch.long, device=out.device)
+        rows = []
+        for row in out[:, length:]:
+            hits = torch.isin(row, stop).nonzero()
+            if len(hits):
+                rows.append(_Row(row[: int(hits[0]) + 1], None, True))
+                continue
+            end = len(row)
+            while end and int(row[end - 1]) == self.pad_id and params.stop:  # padding after a stop string
+                end -= 1
+            rows.append(_Row(row[:end], None, end < params.max_new_tokens))
+        return rows
+
+
+def backend_device(backend: Any) -> torch.device:
+    """Where a backend's outputs live: its model's device (CPU for backends without a local model)."""
+    model = getattr(backend, "model", None)
+    return model_device(model) if model is not None else torch.device("cpu")
+
+
+HFBackend = Union[HFSharedPrefixBackend, HFNaiveBackend]
+
+
+def _hf_backend(model: Any, processor: Any, share_prompt: bool = True, data_cfg: Any = None) -> HFBackend:
+    """The shared-prefix backend for Qwen2-VL/2.5-VL/3-VL (unless `share_prompt` is False), naive otherwise."""
+    if share_prompt and supports_prefix_sharing(model):
+        return HFSharedPrefixBackend(model, processor, data_cfg)
+    if share_prompt:
+        note_naive_fallback(model)
+    return HFNaiveBackend(model, processor, data_cfg)
+
+
+# In-process rollout backends by `rollout.backend` name (the vLLM backend registers here too).
+BACKENDS: Registry[Callable[..., Any]] = Registry("rollout backend", "rollout.backend")
+BACKENDS.add("hf", _hf_backend)
+
+
+def make_backend(model: Any, processor: Any, name: str = "hf", share_prompt: bool = True,
+                 data_cfg: Any = None) -> HFBackend:
+    """The rollout backend `name` over an in-process model (`hf`: see `_hf_backend`)."""
+    return BACKENDS.get(name)(model, processor, share_prompt=share_prompt, data_cfg=data_cfg)

@@ -1,0 +1,74 @@
+"""The one name -> object registry: advantages, losses, KL estimators, builders and backends are looked up by the name
+a config or the command line gives. `mmrl.config.names` validates config names through each registry's `names()`.
+
+>>> REG = Registry("advantage")
+>>> @REG.register("zero")
+... def zero(x):
+...     return 0
+>>> REG.get("zero")(1), REG.names()
+(0, ['zero'])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from mmrl.errors import UserError
+
+F = TypeVar("F")
+
+
+class Registry(Generic[F]):
+    """Maps names to objects (functions, builders...); duplicate names are a programming error, unknown names a user
+    error that lists the valid ones."""
+
+    def __init__(self, kind: str, config_field: str | None = None) -> None:
+        self.kind = kind
+        self.config_field = config_field or kind
+        self._items: dict[str, F] = {}
+
+    def register(self, name: str) -> Callable[[F], F]:
+        """Decorator form of `add`."""
+
+        def decorator(fn: F) -> F:
+            self.add(name, fn)
+            return fn
+
+        return decorator
+
+    def add(self, name: str, item: F) -> None:
+        if name in self._items:
+            raise ValueError(f"{self.kind} '{name}' is already registered")
+        self._items[name] = item
+
+    def get(self, name: str) -> F:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise UserError(
+                f"{self.config_field}: unknown {self.kind} '{name}'; valid names: {', '.join(self.names())}"
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def remove(self, name: str) -> None:
+        """Forget `name` (a run-scoped registration, e.g. a Python callable reward); no error when absent."""
+        self._items.pop(name, None)
+
+    def values(self) -> list[F]:
+        return list(self._items.values())
+
+    def items(self) -> list[tuple[str, F]]:
+        """(name, item) pairs in registration order (the order help texts show)."""
+        return list(self._items.items())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __getitem__(self, name: str) -> F:
+        return self.get(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
