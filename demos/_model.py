@@ -1,8 +1,8 @@
 """The one place the model demos (chat, grounding, gui) reach a model: load it once, `generate` or `stream`.
 
 It goes through the generation layer (`mmrl.generation.load_backend`: a local checkpoint, a preset such as `tiny`, or
-an OpenAI-compatible `http://host/v1` server). Where that layer is not installed, the evaluation harness's greedy /
-sampled `generate_completions` serves instead (no token streaming there: the reply arrives in one piece).
+an OpenAI-compatible `http://host/v1` server), the same sampler training and evaluation use; `stream` yields the text
+as the tokens are decoded.
 
 >>> model = DemoModel.load("tiny")  # doctest: +SKIP
 >>> model.generate("How many dogs?", image, Sampling(max_new_tokens=32))  # doctest: +SKIP
@@ -12,7 +12,6 @@ sampled `generate_completions` serves instead (no token streaming there: the rep
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -37,29 +36,20 @@ class Sampling:
     seed: int = 0
 
 
-def _has_generation_layer() -> bool:
-    try:
-        from mmrl.generation import load_backend  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class DemoModel:
     """A loaded model for the demos; `load` caches one per (model, device) in the process."""
 
     def __init__(self, name: str, device: str = "auto"):
+        from mmrl.generation import load_backend
+
         self.name = name
         self.device = device
-        self._lock = threading.Lock()  # one generation at a time: the queue's concurrency is 1, this makes it sure
-        if _has_generation_layer():
-            from mmrl.generation import load_backend
+        extra: dict[str, Any] = {}
+        if not name.startswith(("http://", "https://")):  # a local model resizes as `input_size` says
+            from mmrl.config.data import DataConfig
 
-            self._backend: Any = load_backend(name, device=device, dtype="auto")
-            self._loaded = None
-        else:
-            self._backend = None
-            self._loaded = _load_for_eval(name, device)
+            extra["data_cfg"] = DataConfig(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+        self._backend = load_backend(name, device=device, dtype="auto", **extra)
 
     @property
     def box_frame(self) -> str:
@@ -84,15 +74,10 @@ class DemoModel:
     def stream(self, question: str, image: Image.Image | None, sampling: Sampling, system: str | None = R1_SYSTEM,
                ) -> Iterator[str]:
         """Text deltas of one completion, as the model writes them."""
-        images = [image] if image is not None else []
-        with self._lock:
-            if self._backend is not None:
-                from mmrl.generation import Prompt
+        from mmrl.generation import Prompt
 
-                prompt = Prompt.from_question(question, images=images, system=system)
-                yield from self._backend.stream(prompt, _params(sampling))
-                return
-            yield _eval_generate(self._loaded, question, images, sampling, system)
+        prompt = Prompt.from_question(question, images=[image] if image is not None else [], system=system)
+        yield from self._backend.stream(prompt, _params(sampling))
 
 
 @functools.lru_cache(maxsize=2)
@@ -121,41 +106,6 @@ def _params(sampling: Sampling) -> Any:
 
     return SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                           max_new_tokens=sampling.max_new_tokens, seed=sampling.seed)  # fmt: skip
-
-
-# ---------------------------------------------------------------- fallback: the evaluation harness's generate
-def _pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def _load_for_eval(name: str, device: str) -> Any:
-    from mmrl.config.model import ModelConfig
-    from mmrl.errors import UserError
-    from mmrl.models.loading import load_policy
-
-    if name.startswith(("http://", "https://")):
-        raise UserError(f"--model {name}: serving through an HTTP endpoint needs the generation layer (mmrl.generation)")
-    return load_policy(ModelConfig(name_or_path=name), device=_pick_device(device), for_training=False)
-
-
-def _eval_generate(loaded: Any, question: str, images: list, sampling: Sampling, system: str | None) -> str:
-    from mmrl.config import load_config
-    from mmrl.data.sample import Sample
-    from mmrl.eval.generate import generate_completions
-
-    data_cfg = load_config(None).data.model_copy(update={"system_prompt": system, "min_pixels": MIN_PIXELS,
-                                                         "max_pixels": MAX_PIXELS})  # fmt: skip
-    sample = Sample(id="demo", prompt=question, answer=None, images=images)
-    greedy = sampling.temperature <= 0
-    out = generate_completions(loaded.model, loaded.processor, [sample], data_cfg,
-                               max_new_tokens=sampling.max_new_tokens, greedy=greedy,
-                               temperature=max(sampling.temperature, 1e-5), top_p=sampling.top_p,
-                               top_k=sampling.top_k, seed=sampling.seed)  # fmt: skip
-    return out[0][0].text
 
 
 __all__ = ["DemoModel", "R1_SYSTEM", "Sampling"]

@@ -155,6 +155,7 @@ def test_chat_stream_with_the_tiny_model_ends_with_the_rewards(tiny_model, tmp_p
     outputs = list(chat_stream(tiny_model, image, "How many squares?", Sampling(max_new_tokens=12), "1", "count"))
     status, _, _, rewards, raw = outputs[-1]
     assert status == "done" and raw
+    assert len(outputs) > 2 and outputs[0][0] == "generating…"  # streamed: the page sees the reply grow
     assert [r[0] for r in rewards] == ["format", "accuracy"]
     # The untrained model's reply is neither formatted nor right: the rewards say 0, not None.
     assert [r[1] for r in rewards] == [0.0, 0.0]
