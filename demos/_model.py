@@ -1,11 +1,12 @@
-"""The one place the model demos (chat, grounding, gui) reach a model: load it once, `generate` or `stream`.
+"""The one place the model demos (chat, grounding, gui) reach a model: load it once, then `reply` (the whole text)
+or `stream` (text deltas).
 
 It goes through the generation layer (`mmrl.generation.load_backend`: a local checkpoint, a preset such as `tiny`, or
 an OpenAI-compatible `http://host/v1` server), the same sampler training and evaluation use; `stream` yields the text
 as the tokens are decoded.
 
 >>> model = DemoModel.load("tiny")  # doctest: +SKIP
->>> model.generate("How many dogs?", image, Sampling(max_new_tokens=32))  # doctest: +SKIP
+>>> model.reply("How many dogs?", image, Sampling(max_new_tokens=32))  # doctest: +SKIP
 '<think>...'
 """
 
@@ -66,7 +67,7 @@ class DemoModel:
         """(width, height) of the model input the image becomes: the frame Qwen2.5-VL writes pixel boxes in."""
         return resize_for_model(image, MIN_PIXELS, MAX_PIXELS).size
 
-    def generate(self, question: str, image: Image.Image | None, sampling: Sampling, system: str | None = R1_SYSTEM,
+    def reply(self, question: str, image: Image.Image | None, sampling: Sampling, system: str | None = R1_SYSTEM,
                  ) -> str:
         """One completion's text."""
         return "".join(self.stream(question, image, sampling, system))

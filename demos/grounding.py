@@ -87,7 +87,7 @@ def locate(model: Any, image_path: str | None, expression: str, frame_label: str
     frame = FRAMES.get(frame_label, frame_label)
     frame = model.box_frame if frame == "auto" else frame
     parse_gold_box(gold_text, image.size)  # a malformed gold is reported before the model runs
-    reply = model.generate(PROMPT.format(expression=expression.strip()), image, sampling)
+    reply = model.reply(PROMPT.format(expression=expression.strip()), image, sampling)
     drawn, boxes, note = grounding_view(image, reply, frame, model.input_size(image), gold_text)
     return note, drawn, reply, [[round(v, 1) for v in b] for b in boxes]
 

@@ -93,7 +93,7 @@ def act(model: Any, image_path: str | None, instruction: str, gold_text: str, sa
     if not (instruction or "").strip():
         raise DemoInputError("type an instruction first, e.g. 'open the settings'")
     parse_gui_gold(gold_text)  # a malformed gold is reported before the model runs
-    reply = model.generate(PROMPT.format(instruction=instruction.strip()), image, sampling)
+    reply = model.reply(PROMPT.format(instruction=instruction.strip()), image, sampling)
     drawn, action, note = gui_view(image, reply, model.box_frame, model.input_size(image), gold_text)
     return note, drawn, json.dumps(action, indent=1) if action else "null", reply
 
