@@ -250,7 +250,10 @@ def _local_stats(groups: list[Group]) -> dict[str, list]:
         stats["reward"].extend(group.rewards.tolist())
         stats["length"].extend(group.completion_mask.sum(dim=1).tolist())
         stats["truncated"].extend(group.truncated.float().tolist())
-        stats["zero_std"].append(float(bool((group.advantages == 0).all())))
+        # From the rewards (all equal, or fewer than 2 scorable): under reinforce_pp or a KL in the reward, a group of
+        # equal rewards has non-zero advantages.
+        scorable = group.rewards[~torch.isnan(group.rewards)]
+        stats["zero_std"].append(float(scorable.numel() < 2 or bool((scorable == scorable[0]).all())))
         for name, values in group.components.items():
             stats.setdefault(f"reward/{name}", []).extend(values)
     return stats
