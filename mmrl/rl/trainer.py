@@ -194,7 +194,9 @@ class GRPOTrainer:
             for i, text in enumerate(group.texts):
                 rows.append({"id": group.sample.id, "answer": group.sample.answer, "completion": text,
                              "reward": float(group.rewards[i]), "advantage": float(group.advantages[i]),
-                             **{f"reward/{k}": v[i] for k, v in group.components.items()}})
+                             **{f"reward/{k}": v[i] for k, v in group.components.items()},
+                             # image paths, so `mmrl demo runs` shows the picture next to the completion
+                             "images": [str(p) for p in group.sample.images if isinstance(p, (str, Path))]})
         self.run.logger.write_samples(step, rows)
 
     def _metrics(self, groups: list[Group], info: dict, update: dict, stage: ResolvedStage, timer: PhaseTimer,
