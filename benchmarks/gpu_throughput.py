@@ -9,8 +9,10 @@ The model is built in memory from the preset (no download, no checkpoint written
 training step runs: `make_backend(...).rollout` (shared-prefix rollout) and `completion_logprobs` + backward (the
 training forward), with `model.dtype` semantics (fp32 weights + bf16 autocast by default). Printed per phase:
 tokens/s, peak GPU memory and MFU = achieved FLOPs / peak bf16 FLOPs of the device, with FLOPs estimated as
-2·N per token for the rollout and 6·N per token for forward+backward (N = parameters; attention FLOPs left out, so
-MFU is a slight underestimate). The last line is `train_tokens_per_s=<float>`.
+2·N per token for the rollout and 6·N per token for forward+backward, N = the parameters a text token multiplies
+(`flops_parameters`: the decoder and the LM head; not the vision tower, which only sees image patches, nor an untied
+input embedding, a lookup). Attention and vision-tower FLOPs are left out, so MFU is a slight underestimate.
+The last line is `train_tokens_per_s=<float>`.
 
 `--backend vllm` samples with `mmrl.generation.vllm_backend.VLLMBackend` as `rollout.backend: vllm` does: each timed
 rollout includes the engine's wake-up, the weight sync from the policy and the sleep after (the per-step cost of a
@@ -31,8 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# Dense bf16 peak (no sparsity) of common training GPUs, in FLOP/s.
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
+# Dense bf16 peak (no sparsity) of common training GPUs, in FLOP/s; the first key found in the device name wins
+# (so the PCIe and NVL H100s, slower than the SXM one, come first).
+PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
              "L40": 181e12, "A10": 125e12, "L4": 121e12, "4090": 165e12, "B200": 2250e12}
 
 
@@ -41,8 +44,24 @@ def peak_flops(device: torch.device, override: float | None) -> float | None:
         return override * 1e12
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
+    return peak_for_name(torch.cuda.get_device_name(device))
+
+
+def peak_for_name(name: str) -> float | None:
+    """Dense bf16 peak FLOP/s of the device called `name` (as torch.cuda.get_device_name says), None if unknown."""
     return next((value for key, value in PEAK_BF16.items() if key in name), None)
+
+
+def flops_parameters(model: torch.nn.Module) -> int:
+    """Parameters every text token multiplies: all but the vision tower and an untied input embedding (a lookup; a
+    tied one is the LM head's matmul and counts once)."""
+    from mmrl.models.loading import vision_parameter_names
+
+    vision = set(vision_parameter_names(model))
+    embedding = model.get_input_embeddings().weight
+    tied = model.get_output_embeddings().weight is embedding
+    return sum(p.numel() for n, p in model.named_parameters()
+               if n not in vision and (p is not embedding or tied))
 
 
 def build(preset: str, device: torch.device, dtype: str, attn: str, seed: int):
@@ -148,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model, processor, compute = build(args.preset, device, args.dtype, args.attn, args.seed)
     n_params = sum(p.numel() for p in model.parameters())
+    n_flops = flops_parameters(model)
     prompts = [to_device(p, device) for p in make_prompts(processor, args.prompts, args.image_side, args.seed)]
     prompt_tokens = sum(int(p["input_ids"].shape[1]) for p in prompts)
     backend, chat_prompts = make_rollout_backend(args, model, processor, prompt_tokens // max(1, args.prompts))
@@ -172,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             (-(logp.sum() / batch.completion_mask[rows].sum())).backward()
         model.zero_grad(set_to_none=True)
 
-    figures: dict[str, float] = {"parameters": float(n_params)}
+    figures: dict[str, float] = {"parameters": float(n_params), "flops_parameters": float(n_flops)}
     for phase in ("rollout", "train"):
         batch = rollout()  # warm-up (and the completions the training forward scores)
         if phase == "train":
@@ -194,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 sync(device)
                 seconds += time.perf_counter() - start
                 tokens += int(batch.completion_mask.sum())
-        per_token = (2 if phase == "rollout" else 6) * n_params
+        per_token = (2 if phase == "rollout" else 6) * n_flops
         processed = tokens + prompt_tokens * args.steps  # the prompt runs once per group in both phases
         rate = tokens / seconds
         mfu = per_token * processed / seconds / peak if peak else float("nan")

@@ -298,11 +298,21 @@ class GRPOTrainer:
 
     def train(self) -> Path:
         """Run GRPO as the config says (the same loop as `mmrl train`); returns the run directory."""
+        from transformers.utils import logging as hf_logging
+
         from mmrl.rl.trainer import GRPOTrainer as Loop
 
-        with registered(self.reward_callables):
-            loop = Loop(self.args)
-            self.run_dir = loop.train()
+        # The run shows its own progress: transformers' "Loading weights" / "Writing model shards" bars would
+        # interleave with it (the CLI silences them for the whole process; here only while training).
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            with registered(self.reward_callables):
+                loop = Loop(self.args)
+                self.run_dir = loop.train()
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         trained = loop.run.model
         if self._user_model is not None:
             self._user_model.load_state_dict(trained.state_dict())

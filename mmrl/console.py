@@ -36,6 +36,8 @@ def quiet_libraries(verbose: bool = False) -> None:
         warnings.filterwarnings("ignore", category=category)
     for library in LIBRARIES:
         warnings.filterwarnings("ignore", module=rf"{library}(\.|$)")
+    # What still gets through (mmrl's own notes) is one line, without Python's file:line and source echo.
+    warnings.formatwarning = lambda message, category, *_args, **_kw: f"warning: {message}\n"
     # Libraries imported already (tests, the Python API) read the environment at import time: tell them directly.
     import sys
 

@@ -20,6 +20,8 @@ from mmrl.errors import UserError
 FORMS = ("open", "mc", "yes_no")
 
 
+MAX_IMAGE_SIZE = 4096  # pixels per side: larger synthetic screens only cost memory
+
 def _answer_text(answer: Any) -> str:
     return f"[{', '.join(str(v) for v in answer)}]" if isinstance(answer, list) else str(answer)
 
@@ -86,8 +88,9 @@ def build_synthetic(tasks: Sequence[str], n: int, seed: int, out_dir: str | Path
     levels = [difficulty] if isinstance(difficulty, int) else list(difficulty)
     if not levels or any(level not in (1, 2, 3) for level in levels):
         raise UserError(f"difficulty must be 1, 2 or 3 (got {difficulty})")
-    if n < 1 or image_size < 28:
-        raise UserError(f"need n >= 1 and image_size >= 28 (got n={n}, image_size={image_size})")
+    # An upper bound too: `--image-size 100000` drew 40 GB canvases and the process was killed for memory.
+    if n < 1 or not 28 <= image_size <= MAX_IMAGE_SIZE:
+        raise UserError(f"need n >= 1 and 28 <= image_size <= {MAX_IMAGE_SIZE} (got n={n}, image_size={image_size})")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     combos = [(t, f) for f in forms for t in tasks]

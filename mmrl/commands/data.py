@@ -18,7 +18,11 @@ EXAMPLES = """  mmrl data show data/train.jsonl --limit 3
 
 def _spec(args: argparse.Namespace):
     from mmrl.config.data import DatasetSpec
+    from mmrl.errors import UserError
 
+    limit = getattr(args, "limit", None)
+    if limit is not None and limit < 1:  # was a pydantic traceback (exit 1)
+        raise UserError(f"--limit must be >= 1 (got {limit})")
     return DatasetSpec(path=args.dataset, format=args.format, split=args.split,
                        limit=getattr(args, "limit", None), image_root=args.image_root)
 

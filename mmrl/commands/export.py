@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mmrl.config.model import ModelConfig
     from mmrl.engine.checkpoint import MARKER, checkpoint_problem
-    from mmrl.engine.run_dir import check_output_dir
+    from mmrl.engine.run_dir import check_output_dir, used_run_files
     from mmrl.errors import UserError
     from mmrl.models.loading import load_policy
     from mmrl.models.processor import save_processor
@@ -39,6 +39,11 @@ def run(args: argparse.Namespace) -> int:
         if problem is not None:
             raise UserError(f"checkpoint: {problem}; export another checkpoint")
     check_output_dir(args.out_dir, "OUT_DIR")
+    out = Path(args.out_dir)
+    # Writing a plain model over a checkpoint (or into a run) would mix it with the files a resume reads.
+    if out.resolve() == checkpoint.resolve() or (out / MARKER).is_file() or used_run_files(out):
+        raise UserError(f"OUT_DIR: '{out}' holds an mmrl checkpoint or run; export into a new directory "
+                        "(e.g. exported/NAME)")
     loaded = load_policy(ModelConfig(name_or_path=args.checkpoint), for_training=False)
     model = loaded.model
     merged = hasattr(model, "merge_and_unload")

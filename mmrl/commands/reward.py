@@ -119,11 +119,21 @@ def _tuple_sizes(key: str, value):
 
 
 def run_score(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from mmrl.config.rl import RewardSpec
     from mmrl.rewards.composite import RewardComposite
 
+    if args.timeout is not None and not args.timeout > 0:  # 0 used to mean the default, a negative all-None
+        raise UserError(f"--timeout {args.timeout}: must be a number of seconds > 0")
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"--workers {args.workers}: must be 0 (in-process) or more")
     try:
         specs = [RewardSpec(**s) for s in _specs(args.reward, args.kwargs)]
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"--reward: {field}: {first['msg']} (got {first.get('input')!r:.60})") from err
     except (TypeError, ValueError) as err:
         raise UserError(f"--reward: {err}".splitlines()[0]) from err
     completions, columns, line_numbers = _read(args.input)

@@ -96,6 +96,16 @@ class AlgorithmConfig(Section):
         return "k3" if self.kl_penalty == "loss" else "k1"
 
     @model_validator(mode="after")
+    def _scale_where_it_applies(self) -> AlgorithmConfig:
+        # dr_grpo never divides by the std (that is the paper's point) and reinforce_pp whitens instead: a `true` there
+        # would be silently ignored.
+        if self.scale_rewards and self.advantage in ("dr_grpo", "reinforce_pp"):
+            raise ValueError(
+                f"algorithm.scale_rewards: {self.advantage} never divides by the group std (dr_grpo by design, "
+                "reinforce_pp whitens over the batch instead); remove scale_rewards=true or use advantage=grpo/rloo")
+        return self
+
+    @model_validator(mode="after")
     def _no_k1_in_loss(self) -> AlgorithmConfig:
         if self.kl_penalty == "loss" and self.kl_estimator == "k1":
             raise ValueError(
@@ -106,7 +116,7 @@ class AlgorithmConfig(Section):
 
 class RewardSpec(Section):
     name: str = Field(..., description="Registered reward name, or 'path/to/file.py:function'.")
-    weight: float = Field(1.0, description="Weight in the total reward.")
+    weight: float = Field(1.0, allow_inf_nan=False, description="Weight in the total reward.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments passed to the reward.")
     timeout_s: float = Field(5.0, gt=0, description="Wall-clock limit per completion; a completion over it scores 0 "
                              "(None only when the item's gold cannot be read within it).")

@@ -23,6 +23,7 @@ from mmrl.data.sample import Sample
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -233,9 +234,20 @@ def _spec_fields(spec: Any) -> tuple[str, dict[str, Any], float, float]:
     return get("name"), dict(get("kwargs", None) or {}), float(get("weight", 1.0)), float(get("timeout_s", 5.0))
 
 
+@functools.lru_cache(maxsize=1)
+def _warm_verifier() -> None:
+    """Import math-verify and build its parser once, outside any time limit: on a loaded machine the first parse
+    alone can take seconds, which would turn a good gold into a spurious timeout warning."""
+    from math_verify import parse
+
+    parse("$1$")
+
+
 def _gold_findings(sample: Sample, rewards: Sequence[Any] | None, add) -> None:
     from mmrl.rewards.registry import get_reward
     from mmrl.rewards.safe import call_with_timeout
+
+    _warm_verifier()
 
     specs = rewards_for_task(sample.task) if rewards is None else list(rewards)
     if rewards is None and not specs:

@@ -227,7 +227,9 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
         return
     # Let transformers map its on-disk key names onto the live model's (they differ for Qwen2.5-VL).
     try:
-        loaded = type(model).from_pretrained(path, dtype=next(model.parameters()).dtype)
+        # config=: the live model's own, never the checkpoint's config.json: a damaged `{}` there meant the class
+        # defaults (a 7B model, allocated before any weight is read: the process was killed for memory).
+        loaded = type(model).from_pretrained(path, config=model.config, dtype=next(model.parameters()).dtype)
     except Exception as err:  # OSError, safetensors' own errors: all mean a damaged or foreign checkpoint
         raise UserError(f"{path}: cannot read the model weights of this checkpoint "
                         f"({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None

@@ -16,8 +16,9 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def build_optimizer(params: list[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    # Parameters that never receive a gradient (a frozen-in-practice vision tower) simply keep no AdamW state;
-    # resume works because the state dict is saved and loaded whole (EasyR1 #275 failed on exactly that).
+    # `guarded_step` gives every trainable parameter a gradient (zeros where its forward was skipped or it is unused),
+    # so every one gets AdamW state from the first step, and weight decay applies to all of them (as under FSDP or
+    # DeepSpeed, whose flat buffers do the same); freeze what must not move. Resume loads the state dict whole.
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -132,8 +132,6 @@ def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
     dist = init_distributed(cfg.trainer.device)
     seed_everything(cfg.trainer.seed)
     resume_from = ckpt.resolve_resume(cfg.trainer.resume, run_dir, say=ckpt.tell if dist.is_main else None)
-    if dist.is_main:
-        save_resolved(cfg, run_dir)
     loaded = load_policy(cfg.model, device=dist.device, for_training=True)
     broadcast_parameters(loaded.model, dist.world_size)
     loaded.model.train()
@@ -144,6 +142,8 @@ def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
     steps = total_steps or cfg.trainer.max_steps
     scheduler = build_scheduler(optimizer, cfg.optimizer, steps)
     start_step = int(resume_from.name.split("-")[1]) if resume_from else 0
+    if dist.is_main:  # only once the model loaded: a bad model name must not rewrite a resumed run's config.yaml
+        save_resolved(cfg, run_dir)
     logger = RunLogger(run_dir, cfg.trainer.report_to, enabled=dist.is_main, total_steps=steps,
                        progress=cfg.trainer.progress, start_step=start_step)
     return TrainingRun(cfg=cfg, dist=dist, run_dir=run_dir, loaded=loaded, params=params, optimizer=optimizer,

@@ -81,13 +81,17 @@ class OpenAIBackend:
     def _one(self, prompt: Prompt, params: SamplingParams) -> list[Completion]:
         response = self.client.chat.completions.create(**self._request(prompt, params))
         out = []
+        # The server's token count, when it gives one for a single completion (remote replies carry no token ids).
+        usage = getattr(response, "usage", None)
+        extra = ({"completion_tokens": usage.completion_tokens}
+                 if usage is not None and usage.completion_tokens is not None and len(response.choices) == 1 else {})
         for choice in sorted(response.choices, key=lambda c: c.index):
             logprobs = None
             if params.logprobs and choice.logprobs is not None and choice.logprobs.content is not None:
                 logprobs = [float(t.logprob) for t in choice.logprobs.content]
             out.append(Completion(token_ids=[], text=choice.message.content or "",
                                   finish_reason="length" if choice.finish_reason == "length" else "stop",
-                                  logprobs=logprobs))
+                                  logprobs=logprobs, extra=dict(extra)))
         return out
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:

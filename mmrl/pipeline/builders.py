@@ -5,7 +5,8 @@
 - curriculum: the three Curr-ReFT stage files from `input` (default: the data.train wired by an earlier step);
   wires `stages.0.data`, `stages.1.data`, `stages.2.data`.
 - any other registered builder (`mmrl build-data --help`): `argv` as on its command line, with `{out}` standing for
-  the step directory, and `outputs: {name: path}` naming what it writes; wires `train` / `eval` outputs like synthetic.
+  the step directory, `{model}` for the latest sft/train checkpoint and `{step.output}` for an earlier step's output,
+  and `outputs: {name: path}` naming what it writes; wires `train` / `eval` outputs like synthetic.
 `args.wire: {config.key: output name}` replaces the default wiring.
 """
 
@@ -75,7 +76,8 @@ def _curriculum(args: dict[str, Any], out: Path, where: str, wiring: dict[str, A
     return build_curriculum(source, out, seed=_int(args, "seed", 0, where))
 
 
-def _generic(name: str, builder: Any, args: dict[str, Any], out: Path, where: str) -> dict[str, Path]:
+def _generic(name: str, builder: Any, args: dict[str, Any], out: Path, where: str, wiring: dict[str, Any],
+             earlier: dict[str, dict[str, Any]]) -> dict[str, Path]:
     argv = args.get("argv")
     outputs = args.get("outputs")
     if not isinstance(argv, list) or not isinstance(outputs, dict) or not outputs:
@@ -83,8 +85,17 @@ def _generic(name: str, builder: Any, args: dict[str, Any], out: Path, where: st
                         "step directory) and args.outputs ({{name: path}} of what it writes); give both")
     parser = argparse.ArgumentParser(prog=f"mmrl build-data {name}", add_help=False)
     builder.add_arguments(parser)
+    words = [str(a).replace("{out}", str(out)) for a in argv]
+    if any("{model}" in w for w in words):  # the latest sft/train step's checkpoint (rejection sampling)
+        model = wiring.get("model.name_or_path")
+        if not model:
+            raise UserError(f"{where}: '{{model}}' in args.argv needs an earlier sft or train step")
+        words = [w.replace("{model}", str(model)) for w in words]
+    from mmrl.pipeline.plan import resolve_refs
+
+    words = resolve_refs(words, earlier, where)
     try:
-        namespace = parser.parse_args([str(a).replace("{out}", str(out)) for a in argv])
+        namespace = parser.parse_args(words)
     except SystemExit:
         raise UserError(f"{where}: args.argv {argv} is not valid for builder '{name}'; see "
                         f"`mmrl build-data {name} --help`") from None
@@ -93,7 +104,8 @@ def _generic(name: str, builder: Any, args: dict[str, Any], out: Path, where: st
     return {key: Path(str(path).replace("{out}", str(out))) for key, path in outputs.items()}
 
 
-def run_build_data(step: PipelineStep, out: Path, wiring: dict[str, Any], where: str) -> tuple[dict, dict]:
+def run_build_data(step: PipelineStep, out: Path, wiring: dict[str, Any], where: str,
+                   earlier: dict[str, dict[str, Any]] | None = None) -> tuple[dict, dict]:
     """Run the step's builder into `out`; return ({output name: path}, {config key: value for later steps})."""
     name = step.args["builder"]
     if name == "synthetic":
@@ -103,7 +115,8 @@ def run_build_data(step: PipelineStep, out: Path, wiring: dict[str, Any], where:
     else:
         from data_pipelines.registry import load_builders
 
-        outputs, default_wire = _generic(name, load_builders().get(name), step.args, out, where), SPLIT_WIRING
+        outputs = _generic(name, load_builders().get(name), step.args, out, where, wiring, earlier or {})
+        default_wire = SPLIT_WIRING
     missing = [str(p) for p in outputs.values() if not Path(p).exists()]
     if missing:
         raise UserError(f"{where}: builder '{name}' did not write {missing}; check args.outputs")

@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,37 @@ BUILD_ARGS = {
 }
 GENERIC_BUILD_ARGS = {"builder", "argv", "outputs", "wire"}
 EVAL_ARGS = {"model", "label"}
+TRAINED_ARGS = {"model"}  # `model: base` starts an sft/train step from the base (OpenVLThinker's SFT each iteration)
 TRAINED_KINDS = ("sft", "train")
+# "{step.output}": an earlier step's output path, in step overrides and build-data argv (e.g. "{rl_data.train}").
+_REF = re.compile(r"\{([A-Za-z0-9_.-]+)\.([A-Za-z0-9_-]+)\}")
+
+
+def resolve_refs(value: Any, outputs: dict[str, dict[str, Any]] | None, where: str,
+                 steps: set[str] | frozenset[str] = frozenset()) -> Any:
+    """`value` with every "{step.output}" replaced by that earlier step's output; None `outputs`: left as written.
+
+    Braces that name no step of the pipeline (`steps`, plus the earlier ones) stay as they are (LaTeX `{1.5}`).
+    """
+    if outputs is None:
+        return value
+    if isinstance(value, list):
+        return [resolve_refs(v, outputs, where, steps) for v in value]
+    if isinstance(value, dict):
+        return {k: resolve_refs(v, outputs, where, steps) for k, v in value.items()}
+    if not isinstance(value, str):
+        return value
+
+    def one(match: re.Match) -> str:
+        step, key = match.group(1), match.group(2)
+        if step not in outputs and step not in steps:
+            return match.group(0)
+        if key not in outputs.get(step, {}):
+            known = sorted(f"{s}.{k}" for s, o in outputs.items() for k in o)
+            raise UserError(f"{where}: '{{{step}.{key}}}' is no output of an earlier step; known: {known}")
+        return str(outputs[step][key])
+
+    return _REF.sub(one, value)
 
 
 @dataclass
@@ -83,7 +114,7 @@ def _check_steps(path: str, steps: list[PipelineStep]) -> None:
         wire = step.args.get("wire")
         if wire is not None and (not isinstance(wire, dict) or not all(isinstance(v, str) for v in wire.values())):
             raise UserError(f"{where}: args.wire must map config keys to output names, e.g. {{data.train: train}}")
-        model = step.args.get("model") if step.kind == "eval" else None
+        model = step.args.get("model") if step.kind in ("eval", *TRAINED_KINDS) else None
         if model is not None and model != "base":
             ref = seen.get(model)
             if ref is None or ref.kind not in TRAINED_KINDS:
@@ -102,6 +133,8 @@ def _check_steps(path: str, steps: list[PipelineStep]) -> None:
 def _allowed_args(where: str, step: PipelineStep) -> set[str]:
     if step.kind == "eval":
         return EVAL_ARGS
+    if step.kind in TRAINED_KINDS:
+        return TRAINED_ARGS
     if step.kind != "build-data":
         return set()
     builder = step.args.get("builder")
@@ -115,8 +148,10 @@ def _allowed_args(where: str, step: PipelineStep) -> set[str]:
     return BUILD_ARGS.get(builder, GENERIC_BUILD_ARGS)
 
 
-def step_config(plan: Plan, step: PipelineStep, wiring: dict[str, Any]) -> MMRLConfig:
-    """The config one step runs with: pipeline config <- wiring from earlier steps <- the step's own overrides."""
+def step_config(plan: Plan, step: PipelineStep, wiring: dict[str, Any],
+                outputs: dict[str, dict[str, Any]] | None = None) -> MMRLConfig:
+    """The config one step runs with: pipeline config <- wiring from earlier steps <- the step's own overrides
+    (their "{step.output}" references resolved from `outputs`, the earlier steps' outputs)."""
     data = copy.deepcopy(plan.raw)
     data["pipeline"] = []  # a step is one run, not a pipeline
     sources = dict(plan.sources)
@@ -129,7 +164,8 @@ def step_config(plan: Plan, step: PipelineStep, wiring: dict[str, Any]) -> MMRLC
         _set_dotted(data, key.split("."), copy.deepcopy(value))
     for key, value in step.overrides.items():
         _check_list_index(data, key, f"{where} overrides")
-        _set_dotted(data, str(key).split("."), copy.deepcopy(value))
+        _set_dotted(data, str(key).split("."), resolve_refs(copy.deepcopy(value), outputs, f"{where} overrides",
+                                                               {s.name for s in plan.steps}))
         sources[str(key)] = f"{where} overrides"
     return build_config(data, sources, default_source=where)
 

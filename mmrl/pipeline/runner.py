@@ -50,18 +50,19 @@ def _missing_outputs(record: dict[str, Any]) -> list[str]:
 
 def _model_wiring(plan: Plan, step: PipelineStep, wiring: dict[str, Any], trained: dict[str, str]) -> dict[str, Any]:
     """An eval step's model: `base`, an earlier sft/train step's final checkpoint, or (default) the latest one."""
-    choice = step.args.get("model") if step.kind == "eval" else None
+    choice = step.args.get("model") if step.kind in ("eval", *TRAINED_KINDS) else None
     if choice is None:
         return wiring
     model = plan.base_model if choice == "base" else trained[choice]
     return {**wiring, "model.name_or_path": model}
 
 
-def _execute(plan: Plan, step: PipelineStep, cfg, wiring: dict[str, Any], where: str) -> StepResult:
+def _execute(plan: Plan, step: PipelineStep, cfg, wiring: dict[str, Any], where: str,
+             earlier: dict[str, dict[str, Any]]) -> StepResult:
     out = plan.step_dir(step)
     out.mkdir(parents=True, exist_ok=True)
     if step.kind == "build-data":
-        outputs, wired = run_build_data(step, out, wiring, where)
+        outputs, wired = run_build_data(step, out, wiring, where, earlier)
         return StepResult(outputs=outputs, wiring=wired)
     if step.kind in TRAINED_KINDS:
         return run_trained(step, cfg, where)
@@ -97,7 +98,8 @@ def run_pipeline(
         head = f"step {index}/{total} {step.name}" + ("" if step.name == step.kind else f" [{step.kind}]")
         where = f"{plan.path}: pipeline step '{step.name}'"
         step_wiring = _model_wiring(plan, step, wiring, trained)
-        cfg = step_config(plan, step, step_wiring)
+        earlier = {r["name"]: r.get("outputs", {}) for r in records}
+        cfg = step_config(plan, step, step_wiring, earlier)
         digest = config_digest(cfg, step)
         done = read_done(plan.step_dir(step))
         record = None
@@ -116,7 +118,7 @@ def run_pipeline(
             say(f"{head}: running")
         if record is None:
             began = time.perf_counter()
-            result = _execute(plan, step, cfg, wiring, where)
+            result = _execute(plan, step, cfg, wiring, where, earlier)
             seconds = time.perf_counter() - began
             record = {"name": step.name, "kind": step.kind, "outputs": result.outputs, "metrics": result.metrics,
                       "wiring": result.wiring, "seconds": round(seconds, 3), "config_digest": digest,

@@ -33,7 +33,15 @@ from mmrl.rewards._columns import col, row_meta
 from mmrl.rewards.extraction import extract_answer, last_boxed
 from mmrl.rewards.format import is_strict_format
 from mmrl.rewards.limits import MAX_TEXT_CHARS, absurd_math
-from mmrl.rewards.parsing import normalize_text, number_unit, parse_letters, parse_number, parse_yes_no
+from mmrl.rewards.parsing import (
+    AbsurdNumber,
+    find_numbers,
+    normalize_text,
+    number_unit,
+    parse_letters,
+    parse_number,
+    parse_yes_no,
+)
 from mmrl.rewards.registry import register_reward
 
 # math-verify warns on every call that its own timeout is off; ours (safe.py) is on.
@@ -102,6 +110,22 @@ def parse_math_gold(gold: str) -> tuple:
     return tuple(_parse_math(text)) if text else ()
 
 
+_HEDGE_WORD = re.compile(r"\b(?:or|either|maybe|possibly|perhaps)\b", re.IGNORECASE)
+
+
+def _prose_hedge(text: str) -> bool:
+    """Prose offering alternatives between different numbers ("either 5 or 6", "maybe 5, maybe 6").
+
+    math-verify reads ONE number out of undelimited prose, so such a hedge was paid whenever that number happened to
+    be right. Bare LaTeX (`x = 2 or x = -2`) and delimited answers are read whole and are not affected."""
+    if _DELIMITED.search(text) or not _PROSE.search(text) or not _HEDGE_WORD.search(text):
+        return False
+    try:
+        return len(set(find_numbers(text, words=False))) > 1
+    except AbsurdNumber:
+        return True
+
+
 def verify_math(pred: str, gold: str) -> float | None:
     """1.0 / 0.0 for `pred` against `gold` (math-verify, `verify(gold, pred)`); None only when the gold is unusable.
 
@@ -112,6 +136,8 @@ def verify_math(pred: str, gold: str) -> float | None:
     if not gold_parsed:
         return None
     text = _answer_text(pred) if pred else None
+    if text and _prose_hedge(text):
+        return 0.0
     pred_parsed = _parse_math(text) if text else []
     if not pred_parsed:
         return 0.0

@@ -135,7 +135,11 @@ def score_action(completion: str, gold: Any, meta: dict[str, Any], pred_frame: s
     r_coord: float | None = 0.0
     if r_action:
         if gold_kind == "click":
+            # The point as UI-R1 writes it (`coordinate`), or as AndroidControl golds do (`x`, `y`): a model that
+            # answers in its gold's own format must not lose the coordinate reward.
             xy = pred.get("coordinate") or pred.get("point") or pred.get("xy")  # type: ignore[union-attr]
+            if xy is None and pred.get("x") is not None and pred.get("y") is not None:  # type: ignore[union-attr]
+                xy = [pred["x"], pred["y"]]  # type: ignore[index]
             if point is not None:
                 r_coord = point_near_gold(xy, point, meta, pred_frame, click_radius)
             else:

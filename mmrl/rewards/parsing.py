@@ -112,6 +112,7 @@ _TEXT_WRAPPER = re.compile(r"\\(?:text|mathrm|textrm|mbox|operatorname)\s*\{([^{
 
 def _strip_latex(text: str) -> str:
     """`$5\\text{ cm}$` -> `5 cm`, `\\left(`/`\\right)` -> `(`/`)`: LaTeX dressing around a plain number."""
+    text = text.replace("\u2212", "-")  # the Unicode minus sign (typeset output, copied answers) is a minus
     text = _TEXT_WRAPPER.sub(r" \1", text.replace("$", "").replace("\\%", "%").replace("\\!", "").replace("\\,", ""))
     return text.replace("\\left", "").replace("\\right", "").replace("^\\circ", "°").replace("^{\\circ}", "°").strip()
 

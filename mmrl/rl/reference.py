@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from mmrl.models.logprobs import DEFAULT_CHUNK, completion_logprobs
-from mmrl.models.placement import compute_dtype
+from mmrl.models.placement import compute_autocast, compute_dtype
 
 LogprobFn = Callable[..., torch.Tensor]
 
@@ -54,14 +54,31 @@ class ReferencePolicy:
         else:
             self.model = copy.deepcopy(model).eval()
             self.model.requires_grad_(False)
-            # Never stepped, so held in the compute dtype (bf16 under model.dtype=bf16: half the memory of the copy).
-            self.model.to(compute_dtype(model))
+            _hold_in_compute_dtype(self.model, compute_dtype(model))
             self.shares_weights = False
 
     def __call__(self, prompt: dict[str, Any], completion_ids: torch.Tensor, completion_mask: torch.Tensor,
                  temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
         return reference_logprobs(self.model, prompt, completion_ids, completion_mask,
                                   temperature=temperature, chunk_size=chunk_size)
+
+
+def _hold_in_compute_dtype(model: Any, compute: torch.dtype) -> None:
+    """Never stepped, so the copy's matmul weights are held in the compute dtype (bf16 under model.dtype=bf16):
+    exactly what autocast casts the policy's fp32 weights to. Norms, embeddings and the LM head (which the
+    shared-prefix forward runs outside autocast) keep the policy's dtype, and the same autocast runs: at step 0 the
+    reference's log-probs equal the policy's bit for bit (a bf16 copy of everything differs by bf16 noise, a KL
+    floor), for a little more than half the memory of an fp32 copy."""
+    if compute == torch.float32:
+        return
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module is not head:
+            module.to(compute)
+    if not isinstance(compute_autocast(model), torch.autocast):
+        # The model's first parameter was a matmul weight, so its `dtype` now reads `compute` and no autocast would
+        # run: hold the whole copy in the compute dtype instead (close to the policy, not bit-equal).
+        model.to(compute)
 
 
 def make_reference(model: Any, beta: float) -> ReferencePolicy | None:

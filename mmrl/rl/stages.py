@@ -1,6 +1,7 @@
 """Stage schedule: PTST and curricula as a list of stages that override data, G, length, rewards and prompt suffix.
 
-Step convention: `step` is the number of optimizer steps completed so far, so the step being run is `step` (0-based)
+Step convention: `step` is the number of training steps completed so far (GRPO: rollout steps, each
+making num_iterations x mini_batches optimizer steps; see `trainer.max_steps`), so the step being run is `step` (0-based)
 and a stage covers `[start_step, end_step)`. The trainer asks `stage_at(step)` before each step and calls
 `advance(step + 1, eval_metrics)` after it (with the eval metrics when it evaluated at that step).
 

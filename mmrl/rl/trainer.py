@@ -195,7 +195,9 @@ class GRPOTrainer:
             for i, text in enumerate(group.texts):
                 rows.append({"id": group.sample.id, "answer": group.sample.answer, "completion": text,
                              "reward": float(group.rewards[i]), "advantage": float(group.advantages[i]),
-                             **{f"reward/{k}": v[i] for k, v in group.components.items()}})
+                             **{f"reward/{k}": v[i] for k, v in group.components.items()},
+                             # image paths, so `mmrl demo runs` shows the picture next to the completion
+                             "images": [str(p) for p in group.sample.images if isinstance(p, (str, Path))]})
         self.run.logger.write_samples(step, rows)
 
     def _metrics(self, groups: list[Group], info: dict, update: dict, stage: ResolvedStage, timer: PhaseTimer,
@@ -249,7 +251,10 @@ def _local_stats(groups: list[Group]) -> dict[str, list]:
         stats["reward"].extend(group.rewards.tolist())
         stats["length"].extend(group.completion_mask.sum(dim=1).tolist())
         stats["truncated"].extend(group.truncated.float().tolist())
-        stats["zero_std"].append(float(bool((group.advantages == 0).all())))
+        # From the rewards (all equal, or fewer than 2 scorable): under reinforce_pp or a KL in the reward, a group of
+        # equal rewards has non-zero advantages.
+        scorable = group.rewards[~torch.isnan(group.rewards)]
+        stats["zero_std"].append(float(scorable.numel() < 2 or bool((scorable == scorable[0]).all())))
         for name, values in group.components.items():
             stats.setdefault(f"reward/{name}", []).extend(values)
     return stats

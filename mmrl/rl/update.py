@@ -8,9 +8,9 @@ What a step does, whatever the number of processes:
 - every process makes exactly `num_iterations * mini_batches` optimizer steps: its groups are split into exactly
   `mini_batches` parts (a part may be empty when the online filter kept few groups), so no rank waits on a collective
   the others never reach;
-- a group whose advantages are all 0 and that has no KL term in the loss contributes exactly 0: its forward is
-  skipped as a speed-up only — the optimizer still steps, with zero gradient from it (TRL's and verl's semantics;
-  `guarded_step` turns missing gradients into zeros on one process as on several);
+- a group whose advantages are all 0 and that has no KL term in the loss contributes exactly 0: its forwards (old
+  log-probs included) are skipped as a speed-up only — the optimizer still steps, with zero gradient from it (TRL's
+  and verl's semantics; `guarded_step` turns missing gradients into zeros on one process as on several);
 - every policy forward (old log-probs and the training forward) runs without dropout, so the first ratio of a
   mu > 1 update is exactly 1.
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from mmrl.engine.distributed import all_reduce_sum, all_reduce_sum_tensor
+from mmrl.engine.distributed import all_gather_objects, all_reduce_sum, all_reduce_sum_tensor
 from mmrl.engine.run import TrainingRun
 from mmrl.models.logprobs import completion_logprobs
 from mmrl.rl.advantages import compute_advantages
@@ -34,13 +34,15 @@ from mmrl.rl.stages import ResolvedStage
 
 def disable_dropout(model: torch.nn.Module) -> None:
     """Zero every dropout of `model` (dropout modules, LoRA's included, and attention-dropout rates read at forward
-    time). The RL update needs the policy's forward deterministic: with dropout the old and new log-probs of the
-    same weights differ, so the importance ratio is not 1 where it must be. Idempotent."""
+    time: `attention_dropout`, or `dropout` as SigLIP/Idefics3 attention name it). The RL update needs the policy's
+    forward deterministic: with dropout the old and new log-probs of the same weights differ, so the importance ratio
+    is not 1 where it must be. Idempotent."""
     for module in model.modules():
         if isinstance(module, torch.nn.modules.dropout._DropoutNd):
             module.p = 0.0
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0
+        for rate in ("attention_dropout", "dropout"):
+            if isinstance(getattr(module, rate, None), float):
+                setattr(module, rate, 0.0)
 
 
 def split_groups(groups: list[Group], parts: int) -> list[list[Group]]:
@@ -83,6 +85,12 @@ def _mismatch_metrics(mismatch: dict[str, list[float]]) -> dict[str, float]:
 
 def _kl_in_reward(algo: Any) -> bool:
     return algo.beta > 0 and algo.kl_penalty == "reward"
+
+
+def _contributes(group: Group, kl_in_loss: bool) -> bool:
+    """False when the group's loss is exactly 0 whatever the ratio (all-zero advantages, no KL term in the loss):
+    its forwards, old log-probs included, are skipped as a speed-up only."""
+    return kl_in_loss or not bool((group.advantages == 0).all())
 
 
 def prepare_old_and_ref(run: TrainingRun, groups: list[Group], reference: Any) -> None:
@@ -141,12 +149,16 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, r
     cfg, world = run.cfg, run.dist.world_size
     algo = cfg.algorithm
     disable_dropout(run.model)
-    prepare_old_and_ref(run, groups, reference)
-    reward_metrics = assign_advantages(run, groups)
-    loss_fn = POLICY_LOSSES.get(algo.policy_loss)
     kl_in_loss = algo.beta > 0 and algo.kl_penalty == "loss"
-    sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
+    if _kl_in_reward(algo):  # the rewards need the rollout policy's and the reference's log-probs first
+        prepare_old_and_ref(run, groups, reference)
+        reward_metrics = assign_advantages(run, groups)
+    else:  # advantages first: a group that contributes nothing needs no old log-probs either
+        reward_metrics = assign_advantages(run, groups)
+        prepare_old_and_ref(run, [g for g in groups if _contributes(g, kl_in_loss)], reference)
+    loss_fn = POLICY_LOSSES.get(algo.policy_loss)
+    local_sums: dict[str, float] = defaultdict(float)
+    local_counts: dict[str, int] = defaultdict(int)
     losses, norms, stepped_all = [], [], True
     mismatch: dict[str, list[float]] = defaultdict(list)  # measured on the first pass, where the weights are the rollout's
     for iteration in range(algo.num_iterations):
@@ -159,7 +171,7 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, r
             for group, mask in zip(mini, masks):
                 # All-zero advantages and no KL term: the loss is exactly 0 whatever the ratio, so skip the forward
                 # (a speed-up only: its tokens still count in the normalisers and the optimizer still steps).
-                if not kl_in_loss and bool((group.advantages == 0).all()):
+                if not _contributes(group, kl_in_loss):
                     continue
                 logp = _logprobs(run.model, group, cfg.rollout.temperature)
                 is_weight = _tis_weight(group, logp, algo.tis_cap, mismatch if iteration == 0 else None)
@@ -174,13 +186,19 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, r
                 (loss * world).backward()
                 local_loss += float(loss.detach())
                 for key, value in metrics.items():
-                    sums[key] += float(value)
-                    counts[key] += 1
+                    local_sums[key] += float(value)
+                    local_counts[key] += 1
             step_loss = all_reduce_sum(local_loss, world)
             grad_norm, stepped = run.optimizer_step(step_loss)
             losses.append(step_loss)
             norms.append(grad_norm)
             stepped_all = stepped_all and stepped
+    # Loss-side metrics over every process's micro-batches (a rank alone sees its share; one may have run none).
+    sums, counts = defaultdict(float), defaultdict(int)
+    for part_sums, part_counts in all_gather_objects((dict(local_sums), dict(local_counts)), world):
+        for key, value in part_sums.items():
+            sums[key] += value
+            counts[key] += part_counts[key]
     out = {f"loss/{k}": sums[k] / counts[k] for k in sums}
     out.update(reward_metrics)
     out.update(_mismatch_metrics(mismatch))

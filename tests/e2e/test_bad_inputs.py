@@ -88,6 +88,15 @@ CASES: list[tuple[str, list[str], str]] = [
      "broken on import"),
     ("kl-estimator", ["train", T, "@run", *RESUME, "algorithm.kl_estimator=k9"], "algorithm.kl_estimator"),
     ("rollout-backend", ["train", T, "@run", *RESUME, "rollout.backend=nosuch"], "rollout.backend"),
+    # Review: a preset typo used to fail only after config.yaml of the resumed run had been rewritten.
+    ("model-preset-typo", ["train", T, "@run", *RESUME, "model.name_or_path=tinyy"], "did you mean the preset 'tiny'"),
+    ("model-path-missing", ["train", T, "@run", *RESUME, "model.name_or_path={W}/no_model"], "no_model"),
+    # Review: non-finite numbers passed `ge=0` bounds (beta=inf ran, with an inf loss).
+    # Review: export wrote a plain model into the checkpoint it read, or into a run directory.
+    ("export-into-its-checkpoint", ["export", "{W}/run/checkpoints/step-2", "{W}/run/checkpoints/step-2"],
+     "holds an mmrl checkpoint or run"),
+    ("export-into-a-run", ["export", "{W}/run/checkpoints/step-2", "{W}/run"], "holds an mmrl checkpoint or run"),
+    ("beta-infinite", ["train", T, "@run", *RESUME, "algorithm.beta=inf"], "algorithm.beta: Input should be a finite"),
     ("stage-reward", ["train", T, "@run", *RESUME, "stages=[{name: a, steps: 1, rewards: [{name: nope}]}]"],
      "stages.0.rewards.0.name: unknown reward 'nope'"),
     ("stage-unknown-field", ["train", T, "@run", *RESUME, "stages=[{name: a, steps: 1, group_sise: 4}]"],

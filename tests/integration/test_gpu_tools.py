@@ -47,3 +47,30 @@ def test_benchmark_preset_has_the_published_size():
         model = AutoModelForImageTextToText.from_config(config)
     assert 3.70e9 < sum(p.numel() for p in model.parameters()) < 3.80e9
     assert model.lm_head.weight is model.get_input_embeddings().weight
+
+
+def test_mfu_counts_only_the_parameters_a_text_token_multiplies():
+    """MFU's N: Qwen2.5-3B's language model is 3.09B parameters (embeddings tied to the LM head, counted once) and
+    Qwen2.5-7B's 7.07B without its untied input embedding (a lookup); the vision towers never see a text token."""
+    from transformers import AutoModelForImageTextToText
+
+    from mmrl.models.tiny import PRESETS, build_parts
+
+    spec = importlib.util.spec_from_file_location("gpu_throughput", ROOT / "benchmarks" / "gpu_throughput.py")
+    program = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(program)
+    for preset, low, high in (("qwen2.5-vl-3b", 3.05e9, 3.12e9), ("qwen2.5-vl-7b", 7.03e9, 7.11e9)):
+        _tok, _proc, config, _eos, _pad = build_parts(PRESETS[preset], 0)
+        with torch.device("meta"):
+            model = AutoModelForImageTextToText.from_config(config)
+        assert low < program.flops_parameters(model) < high, preset
+
+
+def test_peak_flops_tell_the_h100_variants_apart():
+    spec = importlib.util.spec_from_file_location("gpu_throughput", ROOT / "benchmarks" / "gpu_throughput.py")
+    program = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(program)
+    assert program.peak_for_name("NVIDIA H100 80GB HBM3") == 989e12  # SXM
+    assert program.peak_for_name("NVIDIA H100 PCIe") == 756e12
+    assert program.peak_for_name("NVIDIA A100-SXM4-80GB") == 312e12 and program.peak_for_name("NVIDIA A10G") == 125e12
+    assert program.peak_for_name("Some Future GPU") is None

@@ -114,6 +114,13 @@ def test_two_processes_match_one_process_of_the_same_global_batch(synthetic_data
         (single,) = [json.loads((tmp_path / "one" / f"{name}-rank-0.json").read_text())]
         assert single["world_size"] == 1
         assert ranks[0]["steps"] == ranks[1]["steps"] == single["steps"]
+        # The logged loss metrics (loss, clip fractions, ratio and KL means) are those of the global batch on every
+        # rank, not of the rank's own share.
+        for rank in ranks:
+            for got, want in zip(rank["metrics"], single["metrics"], strict=True):
+                assert got.keys() == want.keys(), (name, got, want)
+                for key in want:
+                    assert got[key] == pytest.approx(want[key], abs=1e-4), (name, rank["rank"], key, got, want)
         a, b = torch.load(tmp_path / "one" / f"{name}.pt"), torch.load(tmp_path / "two" / f"{name}.pt")
         assert max_diff(a, initial) > 1e-3, f"{name}: the weights did not move"
         diff = max_diff(a, b)
@@ -166,7 +173,9 @@ def test_a_step_of_zero_advantage_groups_still_steps_the_optimizer(synthetic_dat
     metrics = update(trainer, [fixed_group(trainer, 1, i, flat=True) for i in range(2)])
     assert metrics["grad_norm"] == 0.0 and metrics["optimizer_steps"] == 1
     assert max_diff(before, weights(trainer.run.model)) > 1e-5, "AdamW did not step on zero gradients"
-    assert all(s for s in trainer.run.optimizer.state.values()), "some parameter has no AdamW state"
+    # optimizer.state only holds parameters that were stepped: check every trainable one is there.
+    state = trainer.run.optimizer.state
+    assert all(p in state and state[p] for p in trainer.run.params), "some parameter has no AdamW state"
 
 
 def test_no_dropout_in_the_update_forwards_the_first_ratio_is_one(synthetic_data, tmp_path):
@@ -213,3 +222,27 @@ def test_reinforce_pp_whitens_the_step_token_level(synthetic_data, tmp_path):
     mean = float((w * adv).sum() / w.sum())
     var = float((w * (adv - mean).square()).sum() / (w.sum() - 1))
     assert mean == pytest.approx(0.0, abs=1e-5) and var == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_zero_advantage_group_costs_no_forward_at_all(synthetic_data, tmp_path, monkeypatch):
+    """Several mini-batches need old log-probs, but only for the groups whose loss is not exactly 0: a group of equal
+    rewards (no KL term) gets neither its old log-probs nor its training forward computed."""
+    import mmrl.rl.update as update_module
+
+    trainer = make_trainer(synthetic_data, tmp_path, "algorithm.mini_batches=2", "trainer.prompts_per_step=4",
+                           "optimizer.name=sgd", "optimizer.lr=0.5")
+    forwards: list[int] = []
+    real = update_module.completion_logprobs
+
+    def counted(model, prompt, completion_ids, *args, **kwargs):
+        forwards.append(id(completion_ids))
+        return real(model, prompt, completion_ids, *args, **kwargs)
+
+    monkeypatch.setattr(update_module, "completion_logprobs", counted)
+    groups = [fixed_group(trainer, 0, i, flat=i in (1, 2)) for i in range(4)]
+    before = weights(trainer.run.model)
+    metrics = update(trainer, groups)
+    per_group = [forwards.count(id(g.completion_ids)) for g in groups]
+    assert per_group == [2, 0, 0, 2]  # old log-probs + training forward for the two groups with a signal
+    assert groups[1].old_logp is None and metrics["optimizer_steps"] == 2
+    assert max_diff(before, weights(trainer.run.model)) > 1e-3

@@ -116,16 +116,23 @@ def test_lora_in_bf16_holds_the_frozen_base_in_bf16_and_trains_fp32_adapters():
     assert any(bool(g.abs().max() > 0) for g in grads)
 
 
-def test_the_frozen_reference_copy_is_held_in_the_compute_dtype():
-    from mmrl.rl.reference import make_reference
+def test_the_frozen_reference_copy_holds_its_matmuls_in_the_compute_dtype_and_equals_the_policy_at_step_0():
+    """The copy's matmul weights are bf16 (what autocast casts the policy's to), the rest as the policy: at step 0 its
+    log-probs are the policy's exactly on both forwards, so the KL starts at 0, not at a bf16-noise floor."""
+    from mmrl.rl.reference import make_reference, reference_logprobs
 
     mixed = load_policy(load_config(None, ["model.dtype=bf16"]).model)
     reference = make_reference(mixed.model, beta=0.04)
-    assert {p.dtype for p in reference.model.parameters()} == {torch.bfloat16}
+    head = reference.model.get_output_embeddings()
+    linears = [m for m in reference.model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+    assert head.weight.dtype == torch.float32
     assert {p.dtype for p in mixed.model.parameters()} == {torch.float32}  # the policy itself is untouched
     prompt = _prompt(mixed.processor)
     ids = torch.randint(0, 500, (2, 5), generator=torch.Generator().manual_seed(2))
-    ref = reference(prompt, ids, torch.ones_like(ids))
-    with torch.no_grad():
-        policy = completion_logprobs(mixed.model, prompt, ids, torch.ones_like(ids))
-    assert ref.dtype == torch.float32 and (ref - policy).abs().max() < 0.1
+    mask = torch.ones_like(ids)
+    for forward in (completion_logprobs, naive_completion_logprobs):
+        ref = reference_logprobs(reference.model, prompt, ids, mask, logprob_fn=forward)
+        with torch.no_grad():
+            policy = forward(mixed.model, prompt, ids, mask)
+        assert ref.dtype == torch.float32 and torch.equal(ref, policy), (forward.__name__, (ref - policy).abs().max())

@@ -118,3 +118,13 @@ def test_reinforce_pp_over_two_processes_equals_the_whole_batch():
     close(split, whole.tolist())
     alone = compute_advantages("reinforce_pp", rewards[:2], groups[:2], scale=None, eps=1e-4, token_counts=tokens[:2])
     assert not torch.allclose(alone, whole[:2], atol=1e-3)  # per-process whitening would differ
+
+
+def test_scale_rewards_true_where_the_estimator_ignores_it_is_a_config_error():
+    from mmrl.config import load_config
+
+    for name in ("dr_grpo", "reinforce_pp"):
+        with pytest.raises(UserError, match=f"algorithm.scale_rewards: {name} never divides by the group std"):
+            load_config(None, [f"algorithm.advantage={name}", "algorithm.scale_rewards=true"])
+        load_config(None, [f"algorithm.advantage={name}", "algorithm.scale_rewards=false"])  # says what it does
+    load_config(None, ["algorithm.advantage=rloo", "algorithm.scale_rewards=true"])  # rloo honours it

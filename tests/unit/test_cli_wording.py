@@ -1,4 +1,4 @@
-"""User-facing wording: `mmrl demo` says what to use instead (no internal tracker wording); a run's checkpoint is
+"""User-facing wording: a bare `mmrl demo` says which demos there are (no internal tracker wording); a run's checkpoint is
 evaluated into that run's eval/."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ INTERNAL = re.compile(r"\bissue\b|\bhelper\b|\bTODO\b|\bnot implemented\b", re.I
 def test_demo_speaks_to_users(capsys):
     assert main(["demo"]) == 2
     err = capsys.readouterr().err
-    assert "mmrl eval" in err and "mmrl plot" in err
+    assert "chat, grounding, gui, rewards, runs" in err and "mmrl demo rewards" in err
     assert not INTERNAL.search(err), err
     try:
         main(["demo", "--help"])

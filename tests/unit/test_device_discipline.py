@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CHECKED = ["mmrl/rl", "mmrl/eval", "mmrl/engine", "mmrl/sft", "mmrl/models"]
+# mmrl/generation: where rollouts, log-probs and sampling are moving (checked as soon as it exists).
+CHECKED = ["mmrl/rl", "mmrl/eval", "mmrl/engine", "mmrl/sft", "mmrl/models", "mmrl/generation"]
 FACTORIES = {
     "tensor", "as_tensor", "zeros", "ones", "empty", "full", "arange", "range", "linspace", "logspace", "eye",
     "rand", "randn", "randint", "randperm", "normal", "Generator", "empty_strided", "tril_indices", "triu_indices",
@@ -40,7 +41,9 @@ def undeviced_factories(source: str, filename: str = "<source>") -> list[str]:
         name = _is_torch_factory(node)
         if name is None:
             continue
-        if any(kw.arg == "device" or kw.arg is None for kw in node.keywords):  # `**kwargs` may carry it
+        # `**kwargs` may carry it; an explicit `device=None` is the CPU default again.
+        if any((kw.arg == "device" and not (isinstance(kw.value, ast.Constant) and kw.value.value is None))
+               or kw.arg is None for kw in node.keywords):
             continue
         span = lines[node.lineno - 1: (node.end_lineno or node.lineno)]
         if any(OPT_OUT in line for line in span):
@@ -72,6 +75,7 @@ def test_every_tensor_factory_names_its_device():
         ("import torch\nx = torch.zeros_like(y)\n", 0),
         ("import torch\nx = torch.arange(4, **where)\n", 0),
         ("import torch\nx = y.new_zeros(3)\n", 0),
+        ("import torch\nx = torch.zeros(3, device=None)\n", 1),
         ('"""\n>>> torch.zeros(3)\n"""\n', 0),  # doctest examples are strings, not calls
     ],
 )

@@ -33,6 +33,10 @@ MODULES = [
     "mmrl.generation.openai_format",
     "mmrl.registry",
     "data_pipelines.registry",
+    "data_pipelines.rejection",
+    "data_pipelines.cold_start.cache",
+    "data_pipelines.cold_start.config",
+    "data_pipelines.cold_start.filters",
 ]
 
 

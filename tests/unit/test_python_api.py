@@ -95,3 +95,18 @@ def test_loaded_model_is_trained_in_place(tiny_model_dir, tmp_path):
     assert changed  # the caller's object holds the trained weights
     with pytest.raises(UserError, match="needs its processor"):
         GRPOTrainer(model=model, reward_funcs=["format"])
+
+
+def test_train_shows_no_library_progress_bars(tmp_path, capsys):
+    # Review: the README's Python example printed transformers' "Loading weights" and "Writing model shards" bars.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # as in a fresh user process (other tests may have run the CLI, which disables them)
+    try:
+        args = GRPOConfig("configs/tests/grpo_tiny.yaml", **{**SMALL, "output_dir": str(tmp_path / "run")})
+        GRPOTrainer(model="tiny", reward_funcs=["format"], train_dataset=_records(), args=args).train()
+        assert hf_logging.is_progress_bar_enabled()  # the user's setting is given back
+    finally:
+        hf_logging.disable_progress_bar()
+    err = capsys.readouterr().err
+    assert "Loading weights" not in err and "Writing model shards" not in err, err[-500:]

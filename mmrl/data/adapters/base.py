@@ -81,7 +81,12 @@ class ConvertContext:
         if value is None or value == "" or value == []:
             return []
         if isinstance(value, (list, tuple)):
-            return [self.image(v) for v in value if v not in (None, "")]
+            # An empty entry among images is never skipped: dropping it would shift every later image onto the
+            # wrong `<image>` slot (or lose one silently when the prompt has no placeholders).
+            for i, v in enumerate(value):
+                if v is None or (isinstance(v, str) and not v.strip()):
+                    raise self.fail(f"image {i} of {len(value)} is empty (null or \"\"); remove it or give its path")
+            return [self.image(v) for v in value]
         return [self.image(value)]
 
     def answer(self, record: dict[str, Any], *fields: str) -> Any:

@@ -1,0 +1,63 @@
+"""The per-item, per-stage cache: an append-only JSONL file, one line per finished (sample id, stage).
+
+A line is written whole and flushed to disk before the stage counts as done, so a crash, kill -9 or Ctrl-C loses at
+most the stages in flight; a torn last line (killed mid-write) is cut off when the cache is reopened. A stage that
+failed for good is cached too (`ok: false` with its reason), so a finished build re-run generates nothing.
+
+>>> import tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "cache.jsonl")
+>>> c = StageCache(path); _ = c.put("a", "describe", ok=True, text="x", tokens=3); c.close()
+>>> StageCache(path).get("a", "describe")["tokens"]
+3
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+
+class StageCache:
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._entries: dict[tuple[str, str], dict[str, Any]] = {}
+        if self.path.exists():
+            self._load()
+        self._lock = threading.Lock()
+        self._handle = open(self.path, "a", encoding="utf-8")
+
+    def _load(self) -> None:
+        data = self.path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]  # a torn last line has no newline yet
+        if len(complete) != len(data):
+            with open(self.path, "r+b") as handle:
+                handle.truncate(len(complete))
+        for line in complete.decode("utf-8").splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                self._entries[(entry["id"], entry["stage"])] = entry
+
+    def get(self, sample_id: str, stage: str) -> dict[str, Any] | None:
+        return self._entries.get((sample_id, stage))
+
+    def put(self, sample_id: str, stage: str, **fields: Any) -> dict[str, Any]:
+        entry = {"id": sample_id, "stage": stage, **fields}
+        line = json.dumps(entry, ensure_ascii=False) + "\n"
+        with self._lock:
+            if (sample_id, stage) in self._entries:  # never two lines for one key
+                return self._entries[(sample_id, stage)]
+            self._handle.write(line)
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._entries[(sample_id, stage)] = entry
+        return entry
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def close(self) -> None:
+        self._handle.close()
