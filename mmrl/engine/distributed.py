@@ -1,8 +1,14 @@
-"""Distributed glue on top of `accelerate launch` (which sets up the processes and the process group).
+"""Distributed glue on top of `accelerate launch` (which starts the processes; see configs/accelerate/).
 
-The policy is not wrapped in DistributedDataParallel: the shared-prefix forward calls the decoder and LM head
-separately (two calls per backward), which DDP's reducer does not allow. Instead gradients are averaged across
-processes after backward with one flattened all-reduce — the same arithmetic as DDP.
+The policy's training forward is one module, `mmrl.models.training_forward.GroupForward`; with several processes it
+is wrapped in torch's DistributedDataParallel (`TrainingEngine`), which averages the gradients — there is no
+hand-written gradient all-reduce. How the wrapper meets the RL update, whose processes may run different numbers of
+forwards per optimizer step (uneven group counts, zero-advantage groups skipped):
+- every micro-batch forward/backward runs under `no_sync()` (gradients accumulate locally, no collective);
+- before each optimizer step every process runs ONE synchronising pass through the wrapper: a forward whose output is
+  0 x (every trainable parameter), whose backward adds exactly 0 to each gradient and makes DDP all-reduce (average)
+  the accumulated gradients. Each process thus reaches the same collectives in the same order, whatever it skipped.
+- `broadcast_buffers=False`: a per-forward buffer broadcast would be a collective in the uneven part.
 """
 
 from __future__ import annotations
@@ -45,21 +51,6 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
 
-def all_reduce_gradients(parameters: list[torch.nn.Parameter], world_size: int) -> None:
-    """Average gradients across processes (missing grads count as zeros so every rank reduces the same buffer)."""
-    if world_size <= 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= world_size
-    offset = 0
-    for p, g in zip(parameters, grads):
-        n = g.numel()
-        p.grad = flat[offset: offset + n].view_as(p).clone()
-        offset += n
-
-
 def collective_device() -> torch.device:
     """The device collectives must use in this process: its CUDA device under NCCL (which rejects CPU tensors),
     else the CPU (gloo, or no process group)."""
@@ -93,14 +84,55 @@ def all_gather_objects(obj: Any, world_size: int) -> list[Any]:
     return out
 
 
-def broadcast_parameters(module: torch.nn.Module, world_size: int) -> None:
-    """Start every rank from rank 0's weights."""
-    if world_size <= 1:
-        return
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(tensor.data, src=0)
-
-
 def barrier(world_size: int) -> None:
     if world_size > 1:
         dist.barrier()
+
+
+class _SyncPass(torch.nn.Module):
+    """Wraps the training forward so the wrapper's forward also offers the synchronising pass (see the module doc)."""
+
+    def __init__(self, forward: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = forward
+
+    def forward(self, *args: Any, sync_only: bool = False, **kwargs: Any) -> torch.Tensor:
+        if sync_only:
+            params = [p for p in self.inner.parameters() if p.requires_grad]
+            return torch.stack([p.sum() * 0 for p in params]).sum()
+        return self.inner(*args, **kwargs)
+
+
+class TrainingEngine:
+    """The policy's training forward, data-parallel when several processes run.
+
+    `engine.forward(...)` runs `GroupForward` (through DDP with gradient sync off); `engine.sync_gradients()` averages
+    the accumulated gradients over processes (one DDP pass) and gives every trainable parameter a gradient (0 where
+    its forward was skipped). With one process both are plain calls.
+    """
+
+    def __init__(self, policy: torch.nn.Module, dist_info: DistInfo) -> None:
+        from mmrl.models.training_forward import GroupForward
+
+        self.world_size = dist_info.world_size
+        self.module = _SyncPass(GroupForward(policy))
+        self.name = "ddp" if self.world_size > 1 else "single"
+        self.wrapped: torch.nn.Module = self.module
+        if self.world_size > 1:
+            device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
+            # DDP broadcasts rank 0's parameters and buffers at construction: every rank starts from the same weights.
+            self.wrapped = torch.nn.parallel.DistributedDataParallel(
+                self.module, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=False)
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.world_size > 1:
+            with self.wrapped.no_sync():
+                return self.wrapped(*args, **kwargs)
+        return self.wrapped(*args, **kwargs)
+
+    def sync_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        if self.world_size > 1:
+            self.wrapped(sync_only=True).backward()
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)

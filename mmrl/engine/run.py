@@ -16,7 +16,7 @@ import torch
 
 from mmrl.config import MMRLConfig, save_resolved
 from mmrl.engine import checkpoint as ckpt
-from mmrl.engine.distributed import DistInfo, barrier, broadcast_parameters, init_distributed
+from mmrl.engine.distributed import DistInfo, TrainingEngine, barrier, init_distributed
 from mmrl.engine.faults import fault_point
 from mmrl.engine.optim import build_optimizer, build_scheduler, guarded_step, trainable_parameters
 from mmrl.engine.run_dir import claim_run_dir, release_run_dir
@@ -46,6 +46,7 @@ class TrainingRun:
     scheduler: Any
     logger: RunLogger
     resume_from: Path | None
+    engine: TrainingEngine
     start_step: int = 0
     nonfinite_in_a_row: int = 0
     skipped_steps: int = 0
@@ -61,8 +62,8 @@ class TrainingRun:
     def optimizer_step(self, loss_value: float) -> tuple[float, bool]:
         """Guarded step: skips (and counts) non-finite steps, aborts after `trainer.max_nonfinite_steps` in a row."""
         fault_point("update")  # crash tests: die in the middle of a step
-        grad_norm, stepped = guarded_step(self.optimizer, self.params, loss_value,
-                                          self.cfg.optimizer.max_grad_norm, self.dist.world_size)
+        self.engine.sync_gradients(self.params)  # DDP averages the accumulated gradients (one pass, every process)
+        grad_norm, stepped = guarded_step(self.optimizer, self.params, loss_value, self.cfg.optimizer.max_grad_norm)
         if stepped:
             self.nonfinite_in_a_row = 0
             return grad_norm, True
@@ -75,6 +76,15 @@ class TrainingRun:
                 f"gradient norm; lower optimizer.lr or check the data (last loss {loss_value})"
             )
         return grad_norm, False
+
+    def logprobs(self, prompt: dict[str, Any], completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                  temperature: float = 1.0) -> torch.Tensor:
+        """The training forward of one group (through the data-parallel wrapper when several processes run)."""
+        return self.engine.forward(prompt, completion_ids, completion_mask, temperature=temperature)
+
+    def topology(self) -> dict[str, Any]:
+        """How this run is spread: recorded in its first metrics row."""
+        return {"world_size": self.dist.world_size, "engine": self.engine.name}
 
     def save(self, step: int, extra: dict[str, Any]) -> Path | None:
         """Checkpoint `step` (main process writes; all wait) with optimizer, schedule, RNG and the trainer's state."""
@@ -135,7 +145,7 @@ def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
     if dist.is_main:
         save_resolved(cfg, run_dir)
     loaded = load_policy(cfg.model, device=dist.device, for_training=True)
-    broadcast_parameters(loaded.model, dist.world_size)
+    engine = TrainingEngine(loaded.model, dist)  # DDP broadcasts rank 0's weights
     loaded.model.train()
     params = trainable_parameters(loaded.model)
     if not params:
@@ -147,4 +157,4 @@ def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
     logger = RunLogger(run_dir, cfg.trainer.report_to, enabled=dist.is_main, total_steps=steps,
                        progress=cfg.trainer.progress, start_step=start_step)
     return TrainingRun(cfg=cfg, dist=dist, run_dir=run_dir, loaded=loaded, params=params, optimizer=optimizer,
-                       scheduler=scheduler, logger=logger, resume_from=resume_from)
+                       scheduler=scheduler, logger=logger, resume_from=resume_from, engine=engine)

@@ -140,7 +140,7 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, r
                 # (a speed-up only: its tokens still count in the normalisers and the optimizer still steps).
                 if not kl_in_loss and bool((group.advantages == 0).all()):
                     continue
-                logp = _logprobs(run.model, group, cfg.rollout.temperature)
+                logp = run.logprobs(group.prompt, group.completion_ids, group.completion_mask, cfg.rollout.temperature)
                 per_token, metrics = loss_fn(
                     logp, group.old_logp, group.advantages, mask, eps_low=algo.eps_low, eps_high=algo.eps_high,
                     dual_clip_c=algo.dual_clip_c, ratio_clamp=algo.ratio_clamp, ref_logp=group.ref_logp,
