@@ -13,6 +13,7 @@ forwards per optimizer step (uneven group counts, zero-advantage groups skipped)
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,18 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def stream_seed(seed: int, stage: int, draw_index: int) -> int:
+    """The seed of one prompt's sampling stream, from the run seed, the stage and the prompt's global draw index (its
+    position in the run's prompt order, the same on every process count; it is checkpointed with the sampler, so a
+    resume continues the same streams). A hash, so neighbouring prompts get unrelated streams.
+
+    >>> stream_seed(0, 0, 5) == stream_seed(0, 0, 5) != stream_seed(0, 0, 6)
+    True
+    """
+    digest = hashlib.sha256(f"mmrl-stream:{seed}:{stage}:{draw_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def collective_device() -> torch.device:
