@@ -116,36 +116,85 @@ class _SyncPass(torch.nn.Module):
         return self.inner(*args, **kwargs)
 
 
+def engine_from_launch() -> str:
+    """The engine the `accelerate launch` preset asked for, from the environment accelerate gives its workers:
+    `fsdp2` (distributed_type FSDP, fsdp_version 2), `deepspeed`, else `ddp`."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return "deepspeed"
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        if os.environ.get("FSDP_VERSION", "1") != "2":
+            from mmrl.errors import UserError
+
+            raise UserError("accelerate config: FSDP needs fsdp_config.fsdp_version: 2 (torch's fully_shard); see "
+                            "configs/accelerate/fsdp.yaml")
+        return "fsdp2"
+    return "ddp"
+
+
 class TrainingEngine:
     """The policy's training forward, data-parallel when several processes run.
 
-    `engine.forward(...)` runs `GroupForward` (through DDP with gradient sync off); `engine.sync_gradients()` averages
-    the accumulated gradients over processes (one DDP pass) and gives every trainable parameter a gradient (0 where
-    its forward was skipped). With one process both are plain calls.
+    `engine.forward(...)` runs `GroupForward` (through the wrapper with gradient sync off); `engine.sync_gradients()`
+    averages the accumulated gradients over processes (one pass through the wrapper) and gives every trainable
+    parameter a gradient (0 where its forward was skipped); `engine.after_step()` runs after the optimizer step.
+    With one process these are plain calls.
+
+    FSDP2 (`fully_shard` on the process group, gloo on CPU): parameters, gradients after the sync pass and the
+    optimizer state are sharded; between optimizer steps the parameters are kept gathered (one all-gather per
+    optimizer step, by every process), because rollouts and the no-grad forwards call the policy's submodules
+    directly and because processes run different numbers of forwards per step (a per-forward all-gather would be a
+    collective only some processes reach).
     """
 
-    def __init__(self, policy: torch.nn.Module, dist_info: DistInfo) -> None:
+    def __init__(self, policy: torch.nn.Module, dist_info: DistInfo, engine: str | None = None) -> None:
         from mmrl.models.training_forward import GroupForward
 
         self.world_size = dist_info.world_size
         self.module = _SyncPass(GroupForward(policy))
-        self.name = "ddp" if self.world_size > 1 else "single"
+        self.name = (engine or engine_from_launch()) if self.world_size > 1 else "single"
         self.wrapped: torch.nn.Module = self.module
-        if self.world_size > 1:
+        if self.name == "deepspeed":
+            from mmrl.errors import UserError
+
+            raise UserError("accelerate config: DeepSpeed is not wired into mmrl's trainer yet; use "
+                            "configs/accelerate/ddp.yaml or fsdp.yaml")
+        if self.name == "ddp":
             device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
             # DDP broadcasts rank 0's parameters and buffers at construction: every rank starts from the same weights.
             self.wrapped = torch.nn.parallel.DistributedDataParallel(
                 self.module, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=False)
+        elif self.name == "fsdp2":
+            from torch.distributed.fsdp import fully_shard
+
+            for tensor in list(self.module.parameters()) + list(self.module.buffers()):
+                dist.broadcast(tensor.data, src=0)  # start from rank 0's weights, as DDP does
+            self.wrapped = fully_shard(self.module, reshard_after_forward=False)
+            self.wrapped.set_reshard_after_backward(False)
+            self.wrapped.set_requires_gradient_sync(False)
+
+    def start(self) -> None:
+        """After the optimizer took the (sharded) parameters: gather them for the first rollout."""
+        self.after_step()
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.world_size > 1:
+        if self.name == "ddp":
             with self.wrapped.no_sync():
                 return self.wrapped(*args, **kwargs)
         return self.wrapped(*args, **kwargs)
 
     def sync_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        if self.world_size > 1:
+        if self.name == "fsdp2":
+            self.wrapped.set_requires_gradient_sync(True)
+            self.wrapped.set_reshard_after_backward(True)
+            self.wrapped(sync_only=True).backward()  # reduce-scatter: each process keeps its shard of the mean
+            self.wrapped.set_requires_gradient_sync(False)
+            self.wrapped.set_reshard_after_backward(False)
+        elif self.name == "ddp":
             self.wrapped(sync_only=True).backward()
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
+
+    def after_step(self) -> None:
+        if self.name == "fsdp2":
+            self.wrapped.unshard()  # the next rollout reads whole parameters

@@ -64,6 +64,7 @@ class TrainingRun:
         fault_point("update")  # crash tests: die in the middle of a step
         self.engine.sync_gradients(self.params)  # DDP averages the accumulated gradients (one pass, every process)
         grad_norm, stepped = guarded_step(self.optimizer, self.params, loss_value, self.cfg.optimizer.max_grad_norm)
+        self.engine.after_step()
         if stepped:
             self.nonfinite_in_a_row = 0
             return grad_norm, True
@@ -151,6 +152,7 @@ def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
     if not params:
         raise UserError("model: no trainable parameters (everything is frozen); check model.freeze_vision_tower/lora")
     optimizer = build_optimizer(params, cfg.optimizer)
+    engine.start()
     steps = total_steps or cfg.trainer.max_steps
     scheduler = build_scheduler(optimizer, cfg.optimizer, steps)
     start_step = int(resume_from.name.split("-")[1]) if resume_from else 0

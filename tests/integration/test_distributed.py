@@ -54,16 +54,18 @@ def test_a_prompt_samples_the_same_completions_whoever_shares_its_call(policy, b
         backend.rollout([a, b], params, prompt_seeds=seeds[:1])
 
 
-def test_one_and_two_ddp_processes_train_to_the_same_weights(tmp_path):
-    """Same global batch (2 prompts x G=4 per step, 2 steps, real rollouts) on 1 process and on 2 DDP processes
-    (accelerate launch, gloo): final fp32 weights within 1e-5; both ranks ran; the run records world size/engine."""
+def test_one_process_ddp_and_fsdp2_train_to_the_same_weights(tmp_path):
+    """Same global batch (2 prompts x G=4 per step, 2 steps, real rollouts) on 1 process, 2 DDP processes and 2 FSDP2
+    processes (accelerate launch with the CPU presets, gloo): final fp32 weights within 1e-5; both ranks ran; the
+    run's first metrics row records world size and engine."""
     from data_pipelines.synthetic import build_synthetic
 
     data = build_synthetic(["color"], 8, 0, tmp_path / "data", image_size=56)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     results = {}
-    for name, launcher in (("one", []), ("two", ["-m", "accelerate.commands.launch", "--config_file",
-                                                  str(ROOT / "configs" / "accelerate" / "ddp_cpu_2proc.yaml")])):
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+    for name, cmd in (("one", [sys.executable]), ("ddp", [*launch, str(ROOT / "configs/accelerate/ddp_cpu_2proc.yaml")]),
+                      ("fsdp2", [*launch, str(ROOT / "configs/accelerate/fsdp_cpu_2proc.yaml")])):
         out = tmp_path / name
         out.mkdir()
         args = [f"data.train={data}", f"trainer.output_dir={out / 'run'}", "trainer.report_to=[jsonl]",
@@ -71,19 +73,24 @@ def test_one_and_two_ddp_processes_train_to_the_same_weights(tmp_path):
                 "trainer.max_steps=2", "trainer.prompts_per_step=2", "rollout.max_completion_length=5",
                 "model.dtype=fp32", "trainer.device=cpu", "optimizer.lr=1e-3",
                 f"rewards=[{{name: '{FIXTURES / 'varied_reward.py'}:reward'}}]"]
-        cmd = [sys.executable, *launcher, str(FIXTURES / "world_size_run.py"), str(CONFIG), str(out), *args]
+        cmd = [*cmd, str(FIXTURES / "world_size_run.py"), str(CONFIG), str(out), *args]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
         assert done.returncode == 0, done.stderr[-3000:]
         results[name] = out
-    ranks = [json.loads((results["two"] / f"rank-{r}.json").read_text()) for r in (0, 1)]
-    assert [(r["rank"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)]
-    assert ranks[0]["pid"] != ranks[1]["pid"]
     assert json.loads((results["one"] / "rank-0.json").read_text())["world_size"] == 1
     first = {name: read_metrics(out / "run")[0] for name, out in results.items()}
     assert (first["one"]["world_size"], first["one"]["engine"]) == (1, "single")
-    assert (first["two"]["world_size"], first["two"]["engine"]) == (2, "ddp")
-    one, two = (torch.load(results[n] / "final.pt") for n in ("one", "two"))
+    one = torch.load(results["one"] / "final.pt")
     start = load_policy(load_config(str(CONFIG), ["model.dtype=fp32"]).model).model
     moved = max(float((one[k] - p.detach()).abs().max()) for k, p in start.named_parameters())
     assert moved > 1e-4  # training did move the weights: the comparison below is not trivially true
-    assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-5
+    for engine in ("ddp", "fsdp2"):
+        ranks = [json.loads((results[engine] / f"rank-{r}.json").read_text()) for r in (0, 1)]
+        assert [(r["rank"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)]
+        assert ranks[0]["pid"] != ranks[1]["pid"]
+        assert all(r["sharded"] == (engine == "fsdp2") for r in ranks)  # FSDP2 really shards, DDP replicates
+        if engine == "fsdp2":
+            assert all(r["local_fraction"] < 0.6 for r in ranks)
+        assert (first[engine]["world_size"], first[engine]["engine"]) == (2, engine)
+        other = torch.load(results[engine] / "final.pt")
+        assert max(float((one[k] - other[k]).abs().max()) for k in one) < 1e-5, engine
