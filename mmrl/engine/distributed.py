@@ -195,6 +195,39 @@ class TrainingEngine:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
 
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The optimizer's whole state, for a checkpoint. FSDP2: every process must call (the state is gathered
+        from the shards through torch.distributed.checkpoint's full-state-dict API)."""
+        if self.name != "fsdp2":
+            return optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        self.wrapped.reshard()
+        try:
+            return get_optimizer_state_dict(self.wrapped, optimizer,
+                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        finally:
+            self.wrapped.unshard()
+
+    def load_state(self, optimizer: torch.optim.Optimizer, optimizer_state: dict[str, Any]) -> None:
+        """After the policy's weights were loaded (whole, on every process): restore the optimizer state and, under
+        FSDP2, scatter the loaded weights into this process's shards (which the optimizer updates)."""
+        if self.name != "fsdp2":
+            optimizer.load_state_dict(optimizer_state)
+            return
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        whole = {name: p.detach().clone() for name, p in self.module.named_parameters()}  # gathered = as loaded
+        self.wrapped.reshard()
+        options = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(self.wrapped, whole, options=StateDictOptions(full_state_dict=True, strict=False))
+        set_optimizer_state_dict(self.wrapped, optimizer, optim_state_dict=optimizer_state, options=options)
+        self.wrapped.unshard()
+
     def after_step(self) -> None:
         if self.name == "fsdp2":
             self.wrapped.unshard()  # the next rollout reads whole parameters

@@ -90,10 +90,11 @@ class TrainingRun:
     def save(self, step: int, extra: dict[str, Any]) -> Path | None:
         """Checkpoint `step` (main process writes; all wait) with optimizer, schedule, RNG and the trainer's state."""
         path = None
+        optimizer_state = self.engine.optimizer_state(self.optimizer)  # FSDP2: gathered by every process
         if self.dist.is_main:
             state = {
                 "step": step,
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "scheduler": self.scheduler.state_dict(),
                 "rng": ckpt.rng_state(),
                 "nonfinite_in_a_row": self.nonfinite_in_a_row,
@@ -111,7 +112,7 @@ class TrainingRun:
             return None
         ckpt.load_model_weights(self.model, self.resume_from)
         state = ckpt.load_trainer_state(self.resume_from)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.engine.load_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)

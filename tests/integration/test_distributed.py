@@ -94,3 +94,38 @@ def test_one_process_ddp_and_fsdp2_train_to_the_same_weights(tmp_path):
         assert (first[engine]["world_size"], first[engine]["engine"]) == (2, engine)
         other = torch.load(results[engine] / "final.pt")
         assert max(float((one[k] - other[k]).abs().max()) for k in one) < 1e-5, engine
+
+
+def test_fsdp2_save_resume_is_exact_and_the_checkpoint_is_a_plain_hf_directory(tmp_path):
+    """FSDP2 (2 processes): 2 steps straight == 1 step, checkpoint, a new launch resuming for step 2 (weights and the
+    gathered, sharded optimizer state both round-trip); the checkpoint loads with `from_pretrained`."""
+    from transformers import AutoModelForImageTextToText
+
+    from data_pipelines.synthetic import build_synthetic
+
+    data = build_synthetic(["color"], 8, 0, tmp_path / "data", image_size=56)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(ROOT / "configs/accelerate/fsdp_cpu_2proc.yaml"), str(FIXTURES / "world_size_run.py"), str(CONFIG)]
+    base = [f"data.train={data}", "trainer.report_to=[jsonl]", "trainer.progress=false", "trainer.save_steps=0",
+            "trainer.sample_steps=0", "trainer.prompts_per_step=2", "rollout.max_completion_length=5",
+            "model.dtype=fp32", "trainer.device=cpu", "optimizer.lr=1e-3",
+            f"rewards=[{{name: '{FIXTURES / 'varied_reward.py'}:reward'}}]"]
+    runs = {"straight": ["trainer.max_steps=2", "trainer.save_final=false"],
+            "first": ["trainer.max_steps=1", "trainer.save_final=true"],  # ends after writing checkpoint step-1
+            "resumed": ["trainer.max_steps=2", "trainer.resume=auto", "trainer.save_final=false"]}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        out.mkdir()
+        run_dir = tmp_path / ("straight" if name == "straight" else "shared") / "run"
+        done = subprocess.run([*launch, str(out), f"trainer.output_dir={run_dir}", *base, *extra],
+                              capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+        assert done.returncode == 0, (name, done.stderr[-3000:])
+    straight, resumed = (torch.load(tmp_path / n / "final.pt") for n in ("straight", "resumed"))
+    assert max(float((straight[k] - resumed[k]).abs().max()) for k in straight) < 1e-6
+    rows = read_metrics(tmp_path / "shared" / "run")
+    assert [r["step"] for r in rows] == [1, 2]
+    step1 = torch.load(tmp_path / "first" / "final.pt")
+    exported = AutoModelForImageTextToText.from_pretrained(tmp_path / "shared" / "run" / "checkpoints" / "step-1")
+    got = dict(exported.named_parameters())
+    assert max(float((got[k] - step1[k]).abs().max()) for k in step1) == 0.0
