@@ -209,6 +209,21 @@ class TrainingEngine:
         finally:
             self.wrapped.unshard()
 
+    def full_weights(self) -> dict[str, torch.Tensor] | None:
+        """FSDP2: the policy's whole state dict on the CPU, gathered from the shards (every process must call);
+        None for the other engines, whose model holds whole weights."""
+        if self.name != "fsdp2":
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        self.wrapped.reshard()
+        try:
+            whole = get_model_state_dict(self.wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        finally:
+            self.wrapped.unshard()
+        prefix = "inner.policy."
+        return {k[len(prefix):]: v for k, v in whole.items() if k.startswith(prefix)}
+
     def load_state(self, optimizer: torch.optim.Optimizer, optimizer_state: dict[str, Any]) -> None:
         """After the policy's weights were loaded (whole, on every process): restore the optimizer state and, under
         FSDP2, scatter the loaded weights into this process's shards (which the optimizer updates)."""

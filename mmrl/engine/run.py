@@ -91,6 +91,7 @@ class TrainingRun:
         """Checkpoint `step` (main process writes; all wait) with optimizer, schedule, RNG and the trainer's state."""
         path = None
         optimizer_state = self.engine.optimizer_state(self.optimizer)  # FSDP2: gathered by every process
+        weights = self.engine.full_weights()  # FSDP2: gathered by every process (None: the model holds them whole)
         if self.dist.is_main:
             state = {
                 "step": step,
@@ -102,7 +103,7 @@ class TrainingRun:
                 **extra,
             }
             path = ckpt.save_checkpoint(self.run_dir, step, self.model, state, self.processor,
-                                        keep_last=self.cfg.trainer.keep_last)
+                                        keep_last=self.cfg.trainer.keep_last, weights=weights)
         barrier(self.dist.world_size)
         return path
 
