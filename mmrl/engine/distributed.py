@@ -224,23 +224,33 @@ class TrainingEngine:
         prefix = "inner.policy."
         return {k[len(prefix):]: v for k, v in whole.items() if k.startswith(prefix)}
 
-    def load_state(self, optimizer: torch.optim.Optimizer, optimizer_state: dict[str, Any]) -> None:
-        """After the policy's weights were loaded (whole, on every process): restore the optimizer state and, under
-        FSDP2, scatter the loaded weights into this process's shards (which the optimizer updates)."""
+    def load_weights(self, path: Any) -> bool:
+        """FSDP2: load a checkpoint's whole weights (a plain HF directory) into this process's shards; returns False
+        for the other engines, whose model loads them directly (`mmrl.engine.checkpoint.load_model_weights`)."""
         if self.name != "fsdp2":
-            optimizer.load_state_dict(optimizer_state)
-            return
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_model_state_dict,
-            set_optimizer_state_dict,
-        )
+            return False
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        whole = {name: p.detach().clone() for name, p in self.module.named_parameters()}  # gathered = as loaded
+        policy = self.module.inner.policy
+        # transformers maps the on-disk key names onto the live model's (they differ for Qwen2.5-VL)
+        loaded = type(policy).from_pretrained(path, dtype=next(policy.parameters()).dtype)
+        whole = {f"inner.policy.{k}": v for k, v in loaded.state_dict().items()}
         self.wrapped.reshard()
-        options = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(self.wrapped, whole, options=StateDictOptions(full_state_dict=True, strict=False))
-        set_optimizer_state_dict(self.wrapped, optimizer, optim_state_dict=optimizer_state, options=options)
+        set_model_state_dict(self.wrapped, whole, options=StateDictOptions(full_state_dict=True))
+        self.wrapped.unshard()
+        return True
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """Restore the optimizer (FSDP2: each process takes its shards of the whole state, through
+        torch.distributed.checkpoint's full-state-dict API)."""
+        if self.name != "fsdp2":
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        self.wrapped.reshard()
+        set_optimizer_state_dict(self.wrapped, optimizer, optim_state_dict=state,
+                                 options=StateDictOptions(full_state_dict=True))
         self.wrapped.unshard()
 
     def after_step(self) -> None:

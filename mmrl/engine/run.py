@@ -111,9 +111,10 @@ class TrainingRun:
         """Restore model, optimizer, schedule and RNG from `resume_from`; return the full state for the trainer."""
         if self.resume_from is None:
             return None
-        ckpt.load_model_weights(self.model, self.resume_from)
+        if not self.engine.load_weights(self.resume_from):  # FSDP2 loads into its shards
+            ckpt.load_model_weights(self.model, self.resume_from)
         state = ckpt.load_trainer_state(self.resume_from)
-        self.engine.load_state(self.optimizer, state["optimizer"])
+        self.engine.load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)

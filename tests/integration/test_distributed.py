@@ -23,6 +23,11 @@ FIXTURES = ROOT / "tests" / "fixtures" / "trainer"
 CONFIG = ROOT / "configs" / "tests" / "grpo_tiny.yaml"
 
 
+def _errors(stderr: str) -> str:
+    """The error lines of a failed launch (its full stderr is mostly the two ranks' interleaved tracebacks)."""
+    return "\n".join(line for line in stderr.splitlines() if "Error" in line)[-3000:]
+
+
 @pytest.fixture(scope="module")
 def policy():
     loaded = load_policy(load_config(None).model)
@@ -54,7 +59,7 @@ def test_a_prompt_samples_the_same_completions_whoever_shares_its_call(policy, b
         backend.rollout([a, b], params, prompt_seeds=seeds[:1])
 
 
-def test_one_process_ddp_and_fsdp2_train_to_the_same_weights(tmp_path):
+def test_one_process_ddp_and_fsdp2_train_to_the_same_weights(tmp_path, tiny_model_dir):
     """Same global batch (2 prompts x G=4 per step, 2 steps, real rollouts) on 1 process, 2 DDP processes and 2 FSDP2
     processes (accelerate launch with the CPU presets, gloo): final fp32 weights within 1e-5; both ranks ran; the
     run's first metrics row records world size and engine."""
@@ -75,7 +80,7 @@ def test_one_process_ddp_and_fsdp2_train_to_the_same_weights(tmp_path):
                 f"rewards=[{{name: '{FIXTURES / 'varied_reward.py'}:reward'}}]"]
         cmd = [*cmd, str(FIXTURES / "world_size_run.py"), str(CONFIG), str(out), *args]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
-        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.returncode == 0, (name, _errors(done.stderr))
         results[name] = out
     assert json.loads((results["one"] / "rank-0.json").read_text())["world_size"] == 1
     first = {name: read_metrics(out / "run")[0] for name, out in results.items()}
@@ -96,7 +101,7 @@ def test_one_process_ddp_and_fsdp2_train_to_the_same_weights(tmp_path):
         assert max(float((one[k] - other[k]).abs().max()) for k in one) < 1e-5, engine
 
 
-def test_fsdp2_save_resume_is_exact_and_the_checkpoint_is_a_plain_hf_directory(tmp_path):
+def test_fsdp2_save_resume_is_exact_and_the_checkpoint_is_a_plain_hf_directory(tmp_path, tiny_model_dir):
     """FSDP2 (2 processes): 2 steps straight == 1 step, checkpoint, a new launch resuming for step 2 (weights and the
     gathered, sharded optimizer state both round-trip); the checkpoint loads with `from_pretrained`."""
     from transformers import AutoModelForImageTextToText
@@ -120,7 +125,7 @@ def test_fsdp2_save_resume_is_exact_and_the_checkpoint_is_a_plain_hf_directory(t
         run_dir = tmp_path / ("straight" if name == "straight" else "shared") / "run"
         done = subprocess.run([*launch, str(out), f"trainer.output_dir={run_dir}", *base, *extra],
                               capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
-        assert done.returncode == 0, (name, done.stderr[-6000:])
+        assert done.returncode == 0, (name, _errors(done.stderr))
     straight, resumed = (torch.load(tmp_path / n / "final.pt") for n in ("straight", "resumed"))
     assert max(float((straight[k] - resumed[k]).abs().max()) for k in straight) < 1e-6
     rows = read_metrics(tmp_path / "shared" / "run")
