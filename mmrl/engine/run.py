@@ -16,7 +16,7 @@ import torch
 
 from mmrl.config import MMRLConfig, save_resolved
 from mmrl.engine import checkpoint as ckpt
-from mmrl.engine.distributed import DistInfo, TrainingEngine, barrier, init_distributed
+from mmrl.engine.distributed import DistInfo, TrainingEngine, barrier, engine_from_launch, init_distributed
 from mmrl.engine.faults import fault_point
 from mmrl.engine.optim import build_optimizer, build_scheduler, guarded_step, trainable_parameters
 from mmrl.engine.run_dir import claim_run_dir, release_run_dir
@@ -140,6 +140,16 @@ def prepare_run(cfg: MMRLConfig) -> Path:
     return claim_run_dir(cfg.trainer.output_dir, cfg.trainer.resume, cfg.trainer.overwrite)
 
 
+def _check_fsdp2(cfg: MMRLConfig) -> None:
+    if cfg.model.lora.enabled:
+        raise UserError("model.lora.enabled: LoRA is not supported with the FSDP2 presets yet; launch with "
+                        "configs/accelerate/ddp.yaml (ddp_cpu_2proc.yaml on CPU)")
+    if cfg.algorithm.beta > 0:
+        raise UserError(f"algorithm.beta={cfg.algorithm.beta}: a reference model is not supported with the FSDP2 "
+                        "presets yet; launch with configs/accelerate/ddp.yaml (ddp_cpu_2proc.yaml on CPU) or set "
+                        "algorithm.beta=0")
+
+
 def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
     """Processes, seed, run dir (with the resolved config), model, optimizer, schedule, logger, resume point."""
     run_dir = prepare_run(cfg)
@@ -148,6 +158,8 @@ def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
     resume_from = ckpt.resolve_resume(cfg.trainer.resume, run_dir, say=ckpt.tell if dist.is_main else None)
     if dist.is_main:
         save_resolved(cfg, run_dir)
+    if dist.world_size > 1 and engine_from_launch() == "fsdp2":
+        _check_fsdp2(cfg)  # before the model loads: what this FSDP2 path does not cover yet is a one-line error
     loaded = load_policy(cfg.model, device=dist.device, for_training=True)
     engine = TrainingEngine(loaded.model, dist)  # DDP broadcasts rank 0's weights
     loaded.model.train()

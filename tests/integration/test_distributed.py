@@ -192,3 +192,14 @@ def test_the_launch_preset_picks_the_engine(monkeypatch):
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     assert engine_from_launch() == "deepspeed"
+
+
+def test_fsdp2_says_what_it_does_not_cover_yet():
+    from mmrl.engine.run import _check_fsdp2
+    from mmrl.errors import UserError
+
+    _check_fsdp2(load_config(str(CONFIG)))  # the plain recipe is covered
+    with pytest.raises(UserError, match="algorithm.beta"):
+        _check_fsdp2(load_config(str(CONFIG), ["algorithm.beta=0.04"]))
+    with pytest.raises(UserError, match="model.lora.enabled"):
+        _check_fsdp2(load_config(str(CONFIG), ["model.lora.enabled=true"]))
