@@ -168,8 +168,12 @@ def save_checkpoint(
     state: dict[str, Any],
     processor: Any = None,
     keep_last: int = 2,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically and prune all but the last `keep_last` complete ones."""
+    """Write checkpoint `step` atomically and prune all but the last `keep_last` complete ones.
+
+    `weights`: the model's whole state dict when the live model holds only shards (FSDP2: gathered by every process
+    through torch.distributed.checkpoint before the main process calls this); the directory is a plain HF one."""
     from mmrl.models.processor import save_processor
 
     root = checkpoints_dir(run_dir)
@@ -180,7 +184,7 @@ def save_checkpoint(
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir()
-        model.save_pretrained(staging, safe_serialization=True)
+        model.save_pretrained(staging, safe_serialization=True, **({"state_dict": weights} if weights else {}))
         if processor is not None:
             save_processor(processor, staging)
         fault_point("save.staged")  # crash tests: die (or run out of space) before the checkpoint is complete

@@ -1,12 +1,19 @@
-"""Distributed glue on top of `accelerate launch` (which sets up the processes and the process group).
+"""Distributed glue on top of `accelerate launch` (which starts the processes; see configs/accelerate/).
 
-The policy is not wrapped in DistributedDataParallel: the shared-prefix forward calls the decoder and LM head
-separately (two calls per backward), which DDP's reducer does not allow. Instead gradients are averaged across
-processes after backward with one flattened all-reduce — the same arithmetic as DDP.
+The policy's training forward is one module, `mmrl.models.training_forward.GroupForward`; with several processes it
+is wrapped in torch's DistributedDataParallel (`TrainingEngine`), which averages the gradients — there is no
+hand-written gradient all-reduce. How the wrapper meets the RL update, whose processes may run different numbers of
+forwards per optimizer step (uneven group counts, zero-advantage groups skipped):
+- every micro-batch forward/backward runs under `no_sync()` (gradients accumulate locally, no collective);
+- before each optimizer step every process runs ONE synchronising pass through the wrapper: a forward whose output is
+  0 x (every trainable parameter), whose backward adds exactly 0 to each gradient and makes DDP all-reduce (average)
+  the accumulated gradients. Each process thus reaches the same collectives in the same order, whatever it skipped.
+- `broadcast_buffers=False`: a per-forward buffer broadcast would be a collective in the uneven part.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -45,19 +52,16 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
 
-def all_reduce_gradients(parameters: list[torch.nn.Parameter], world_size: int) -> None:
-    """Average gradients across processes (missing grads count as zeros so every rank reduces the same buffer)."""
-    if world_size <= 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= world_size
-    offset = 0
-    for p, g in zip(parameters, grads):
-        n = g.numel()
-        p.grad = flat[offset: offset + n].view_as(p).clone()
-        offset += n
+def stream_seed(seed: int, stage: int, draw_index: int) -> int:
+    """The seed of one prompt's sampling stream, from the run seed, the stage and the prompt's global draw index (its
+    position in the run's prompt order, the same on every process count; it is checkpointed with the sampler, so a
+    resume continues the same streams). A hash, so neighbouring prompts get unrelated streams.
+
+    >>> stream_seed(0, 0, 5) == stream_seed(0, 0, 5) != stream_seed(0, 0, 6)
+    True
+    """
+    digest = hashlib.sha256(f"mmrl-stream:{seed}:{stage}:{draw_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def collective_device() -> torch.device:
@@ -93,14 +97,162 @@ def all_gather_objects(obj: Any, world_size: int) -> list[Any]:
     return out
 
 
-def broadcast_parameters(module: torch.nn.Module, world_size: int) -> None:
-    """Start every rank from rank 0's weights."""
-    if world_size <= 1:
-        return
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(tensor.data, src=0)
-
-
 def barrier(world_size: int) -> None:
     if world_size > 1:
         dist.barrier()
+
+
+class _SyncPass(torch.nn.Module):
+    """Wraps the training forward so the wrapper's forward also offers the synchronising pass (see the module doc)."""
+
+    def __init__(self, forward: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = forward
+
+    def forward(self, *args: Any, sync_only: bool = False, **kwargs: Any) -> torch.Tensor:
+        if sync_only:
+            params = [p for p in self.inner.parameters() if p.requires_grad]
+            return torch.stack([p.sum() * 0 for p in params]).sum()
+        return self.inner(*args, **kwargs)
+
+
+def engine_from_launch() -> str:
+    """The engine the `accelerate launch` preset asked for, from the environment accelerate gives its workers:
+    `fsdp2` (distributed_type FSDP, fsdp_version 2), `deepspeed`, else `ddp`."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return "deepspeed"
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        if os.environ.get("FSDP_VERSION", "1") != "2":
+            from mmrl.errors import UserError
+
+            raise UserError("accelerate config: FSDP needs fsdp_config.fsdp_version: 2 (torch's fully_shard); see "
+                            "configs/accelerate/fsdp.yaml")
+        return "fsdp2"
+    return "ddp"
+
+
+class TrainingEngine:
+    """The policy's training forward, data-parallel when several processes run.
+
+    `engine.forward(...)` runs `GroupForward` (through the wrapper with gradient sync off); `engine.sync_gradients()`
+    averages the accumulated gradients over processes (one pass through the wrapper) and gives every trainable
+    parameter a gradient (0 where its forward was skipped); `engine.after_step()` runs after the optimizer step.
+    With one process these are plain calls.
+
+    FSDP2 (`fully_shard` on the process group, gloo on CPU): parameters, gradients after the sync pass and the
+    optimizer state are sharded; between optimizer steps the parameters are kept gathered (one all-gather per
+    optimizer step, by every process), because rollouts and the no-grad forwards call the policy's submodules
+    directly and because processes run different numbers of forwards per step (a per-forward all-gather would be a
+    collective only some processes reach).
+    """
+
+    def __init__(self, policy: torch.nn.Module, dist_info: DistInfo, engine: str | None = None) -> None:
+        from mmrl.models.training_forward import GroupForward
+
+        self.world_size = dist_info.world_size
+        self.module = _SyncPass(GroupForward(policy))
+        self.name = (engine or engine_from_launch()) if self.world_size > 1 else "single"
+        self.wrapped: torch.nn.Module = self.module
+        if self.name == "deepspeed":
+            from mmrl.errors import UserError
+
+            raise UserError("accelerate config: DeepSpeed is not wired into mmrl's trainer yet; use "
+                            "configs/accelerate/ddp.yaml or fsdp.yaml")
+        if self.name == "ddp":
+            device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
+            # DDP broadcasts rank 0's parameters and buffers at construction: every rank starts from the same weights.
+            self.wrapped = torch.nn.parallel.DistributedDataParallel(
+                self.module, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=False)
+        elif self.name == "fsdp2":
+            from torch.distributed.fsdp import fully_shard
+
+            for tensor in list(self.module.parameters()) + list(self.module.buffers()):
+                dist.broadcast(tensor.data, src=0)  # start from rank 0's weights, as DDP does
+            self.wrapped = fully_shard(self.module, reshard_after_forward=False)
+            self.wrapped.set_reshard_after_backward(False)
+            self.wrapped.set_requires_gradient_sync(False)
+
+    def start(self) -> None:
+        """After the optimizer took the (sharded) parameters: gather them for the first rollout."""
+        self.after_step()
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.name == "ddp":
+            with self.wrapped.no_sync():
+                return self.wrapped(*args, **kwargs)
+        return self.wrapped(*args, **kwargs)
+
+    def sync_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        if self.name == "fsdp2":
+            self.wrapped.set_requires_gradient_sync(True)
+            self.wrapped.set_reshard_after_backward(True)
+            self.wrapped(sync_only=True).backward()  # reduce-scatter: each process keeps its shard of the mean
+            self.wrapped.set_requires_gradient_sync(False)
+            self.wrapped.set_reshard_after_backward(False)
+        elif self.name == "ddp":
+            self.wrapped(sync_only=True).backward()
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The optimizer's whole state, for a checkpoint. FSDP2: every process must call (the state is gathered
+        from the shards through torch.distributed.checkpoint's full-state-dict API)."""
+        if self.name != "fsdp2":
+            return optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        self.wrapped.reshard()
+        try:
+            return get_optimizer_state_dict(self.wrapped, optimizer,
+                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        finally:
+            self.wrapped.unshard()
+
+    def full_weights(self) -> dict[str, torch.Tensor] | None:
+        """FSDP2: the policy's whole state dict on the CPU, gathered from the shards (every process must call);
+        None for the other engines, whose model holds whole weights."""
+        if self.name != "fsdp2":
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        self.wrapped.reshard()
+        try:
+            whole = get_model_state_dict(self.wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        finally:
+            self.wrapped.unshard()
+        prefix = "inner.policy."
+        return {k[len(prefix):]: v for k, v in whole.items() if k.startswith(prefix)}
+
+    def load_weights(self, path: Any) -> bool:
+        """FSDP2: load a checkpoint's whole weights (a plain HF directory) into this process's shards; returns False
+        for the other engines, whose model loads them directly (`mmrl.engine.checkpoint.load_model_weights`)."""
+        if self.name != "fsdp2":
+            return False
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        policy = self.module.inner.policy
+        # transformers maps the on-disk key names onto the live model's (they differ for Qwen2.5-VL)
+        loaded = type(policy).from_pretrained(path, dtype=next(policy.parameters()).dtype)
+        whole = {f"inner.policy.{k}": v for k, v in loaded.state_dict().items()}
+        self.wrapped.reshard()
+        set_model_state_dict(self.wrapped, whole, options=StateDictOptions(full_state_dict=True))
+        self.wrapped.unshard()
+        return True
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """Restore the optimizer (FSDP2: each process takes its shards of the whole state, through
+        torch.distributed.checkpoint's full-state-dict API)."""
+        if self.name != "fsdp2":
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        self.wrapped.reshard()
+        set_optimizer_state_dict(self.wrapped, optimizer, optim_state_dict=state,
+                                 options=StateDictOptions(full_state_dict=True))
+        self.wrapped.unshard()
+
+    def after_step(self) -> None:
+        if self.name == "fsdp2":
+            self.wrapped.unshard()  # the next rollout reads whole parameters

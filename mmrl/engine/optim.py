@@ -8,7 +8,6 @@ from collections.abc import Callable
 import torch
 
 from mmrl.config.optim import OptimizerConfig
-from mmrl.engine.distributed import all_reduce_gradients
 
 
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -67,19 +66,17 @@ def guarded_step(
     params: list[torch.nn.Parameter],
     loss_value: float,
     max_grad_norm: float | None,
-    world_size: int,
 ) -> tuple[float, bool]:
-    """Average grads across ranks, clip, and step unless the loss or grad norm is non-finite.
+    """Clip, and step unless the loss or grad norm is non-finite; the gradients are already averaged over processes.
 
     A parameter without a gradient (its forward was skipped, e.g. zero-advantage groups) gets a zero gradient, on one
-    process as on several (where the all-reduce needs one anyway): the optimizer then treats it the same on every
-    world size (AdamW still applies momentum and weight decay), as TRL and verl do.
+    process as on several: the optimizer then treats it the same on every world size (AdamW still applies momentum
+    and weight decay), as TRL and verl do.
     Returns (grad_norm, stepped). A skipped step leaves the parameters and optimizer state untouched.
     """
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    all_reduce_gradients(params, world_size)
     grads = [p.grad for p in params if p.grad is not None]
     if grads:
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))

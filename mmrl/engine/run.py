@@ -16,7 +16,7 @@ import torch
 
 from mmrl.config import MMRLConfig, save_resolved
 from mmrl.engine import checkpoint as ckpt
-from mmrl.engine.distributed import DistInfo, barrier, broadcast_parameters, init_distributed
+from mmrl.engine.distributed import DistInfo, TrainingEngine, barrier, engine_from_launch, init_distributed
 from mmrl.engine.faults import fault_point
 from mmrl.engine.optim import build_optimizer, build_scheduler, guarded_step, trainable_parameters
 from mmrl.engine.run_dir import claim_run_dir, release_run_dir
@@ -46,6 +46,7 @@ class TrainingRun:
     scheduler: Any
     logger: RunLogger
     resume_from: Path | None
+    engine: TrainingEngine
     start_step: int = 0
     nonfinite_in_a_row: int = 0
     skipped_steps: int = 0
@@ -61,8 +62,9 @@ class TrainingRun:
     def optimizer_step(self, loss_value: float) -> tuple[float, bool]:
         """Guarded step: skips (and counts) non-finite steps, aborts after `trainer.max_nonfinite_steps` in a row."""
         fault_point("update")  # crash tests: die in the middle of a step
-        grad_norm, stepped = guarded_step(self.optimizer, self.params, loss_value,
-                                          self.cfg.optimizer.max_grad_norm, self.dist.world_size)
+        self.engine.sync_gradients(self.params)  # DDP averages the accumulated gradients (one pass, every process)
+        grad_norm, stepped = guarded_step(self.optimizer, self.params, loss_value, self.cfg.optimizer.max_grad_norm)
+        self.engine.after_step()
         if stepped:
             self.nonfinite_in_a_row = 0
             return grad_norm, True
@@ -76,13 +78,24 @@ class TrainingRun:
             )
         return grad_norm, False
 
+    def logprobs(self, prompt: dict[str, Any], completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                  temperature: float = 1.0) -> torch.Tensor:
+        """The training forward of one group (through the data-parallel wrapper when several processes run)."""
+        return self.engine.forward(prompt, completion_ids, completion_mask, temperature=temperature)
+
+    def topology(self) -> dict[str, Any]:
+        """How this run is spread: recorded in its first metrics row."""
+        return {"world_size": self.dist.world_size, "engine": self.engine.name}
+
     def save(self, step: int, extra: dict[str, Any]) -> Path | None:
         """Checkpoint `step` (main process writes; all wait) with optimizer, schedule, RNG and the trainer's state."""
         path = None
+        optimizer_state = self.engine.optimizer_state(self.optimizer)  # FSDP2: gathered by every process
+        weights = self.engine.full_weights()  # FSDP2: gathered by every process (None: the model holds them whole)
         if self.dist.is_main:
             state = {
                 "step": step,
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "scheduler": self.scheduler.state_dict(),
                 "rng": ckpt.rng_state(),
                 "nonfinite_in_a_row": self.nonfinite_in_a_row,
@@ -90,7 +103,7 @@ class TrainingRun:
                 **extra,
             }
             path = ckpt.save_checkpoint(self.run_dir, step, self.model, state, self.processor,
-                                        keep_last=self.cfg.trainer.keep_last)
+                                        keep_last=self.cfg.trainer.keep_last, weights=weights)
         barrier(self.dist.world_size)
         return path
 
@@ -98,9 +111,10 @@ class TrainingRun:
         """Restore model, optimizer, schedule and RNG from `resume_from`; return the full state for the trainer."""
         if self.resume_from is None:
             return None
-        ckpt.load_model_weights(self.model, self.resume_from)
+        if not self.engine.load_weights(self.resume_from):  # FSDP2 loads into its shards
+            ckpt.load_model_weights(self.model, self.resume_from)
         state = ckpt.load_trainer_state(self.resume_from)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.engine.load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)
@@ -126,19 +140,32 @@ def prepare_run(cfg: MMRLConfig) -> Path:
     return claim_run_dir(cfg.trainer.output_dir, cfg.trainer.resume, cfg.trainer.overwrite)
 
 
+def _check_fsdp2(cfg: MMRLConfig) -> None:
+    if cfg.model.lora.enabled:
+        raise UserError("model.lora.enabled: LoRA is not supported with the FSDP2 presets yet; launch with "
+                        "configs/accelerate/ddp.yaml (ddp_cpu_2proc.yaml on CPU)")
+    if cfg.algorithm.beta > 0:
+        raise UserError(f"algorithm.beta={cfg.algorithm.beta}: a reference model is not supported with the FSDP2 "
+                        "presets yet; launch with configs/accelerate/ddp.yaml (ddp_cpu_2proc.yaml on CPU) or set "
+                        "algorithm.beta=0")
+
+
 def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
     """Processes, seed, run dir (with the resolved config), model, optimizer, schedule, logger, resume point."""
     run_dir = prepare_run(cfg)
     dist = init_distributed(cfg.trainer.device)
     seed_everything(cfg.trainer.seed)
     resume_from = ckpt.resolve_resume(cfg.trainer.resume, run_dir, say=ckpt.tell if dist.is_main else None)
+    if dist.world_size > 1 and engine_from_launch() == "fsdp2":
+        _check_fsdp2(cfg)  # before the model loads: what this FSDP2 path does not cover yet is a one-line error
     loaded = load_policy(cfg.model, device=dist.device, for_training=True)
-    broadcast_parameters(loaded.model, dist.world_size)
+    engine = TrainingEngine(loaded.model, dist)  # DDP broadcasts rank 0's weights
     loaded.model.train()
     params = trainable_parameters(loaded.model)
     if not params:
         raise UserError("model: no trainable parameters (everything is frozen); check model.freeze_vision_tower/lora")
     optimizer = build_optimizer(params, cfg.optimizer)
+    engine.start()
     steps = total_steps or cfg.trainer.max_steps
     scheduler = build_scheduler(optimizer, cfg.optimizer, steps)
     start_step = int(resume_from.name.split("-")[1]) if resume_from else 0
@@ -147,4 +174,4 @@ def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
     logger = RunLogger(run_dir, cfg.trainer.report_to, enabled=dist.is_main, total_steps=steps,
                        progress=cfg.trainer.progress, start_step=start_step)
     return TrainingRun(cfg=cfg, dist=dist, run_dir=run_dir, loaded=loaded, params=params, optimizer=optimizer,
-                       scheduler=scheduler, logger=logger, resume_from=resume_from)
+                       scheduler=scheduler, logger=logger, resume_from=resume_from, engine=engine)

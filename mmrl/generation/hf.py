@@ -189,10 +189,14 @@ class _HFBackend:
 
     @torch.no_grad()
     def rollout(self, prompts: Sequence[PromptLike], params: SamplingParams, generator: torch.Generator | None = None,
-                on_token: TokenCallback | None = None) -> RolloutBatch:
+                on_token: TokenCallback | None = None, prompt_seeds: Sequence[int] | None = None) -> RolloutBatch:
         """`params.n` completions per prompt as padded tensors. `generator` (on the model's device) overrides
-        `params.seed`; `on_token` receives each sampled token of a single-row call (streaming)."""
+        `params.seed`; `prompt_seeds` (one per prompt) overrides both: prompt i samples from its own stream, so its
+        completions do not depend on which other prompts share the call (or the process); `on_token` receives each
+        sampled token of a single-row call (streaming)."""
         device = model_device(self.model)
+        if prompt_seeds is not None and len(prompt_seeds) != len(prompts):
+            raise ValueError(f"prompt_seeds: {len(prompt_seeds)} seeds for {len(prompts)} prompts")
         if generator is None and params.seed is not None and not params.greedy:
             generator = torch.Generator(device=device).manual_seed(params.seed)
         encoded = [self.encode(p) for p in prompts]  # before the lock: a bad prompt fails without waiting
@@ -200,9 +204,12 @@ class _HFBackend:
         rows: list[_Row] = []
         with self._lock, eval_mode(self.model), count_vision(vision_module(self.model), counters), \
                 compute_autocast(self.model):
-            for prompt in encoded:
+            for i, prompt in enumerate(encoded):
                 prompt = to_model_device(strip_padding(prompt), self.model)
-                rows.extend(self._sample(prompt, params, generator, counters, on_token))
+                # A per-prompt stream lives on the sampling device (CUDA rejects a CPU generator).
+                stream = generator if prompt_seeds is None else \
+                    torch.Generator(device=device).manual_seed(int(prompt_seeds[i]))
+                rows.extend(self._sample(prompt, params, stream, counters, on_token))
         return self._batch(rows, params, counters, device)
 
     def _sample(self, prompt: dict[str, Any], params: SamplingParams, generator: torch.Generator | None,

@@ -1,8 +1,9 @@
 """Per-token log-probabilities of completions, computing the prompt (and its image) once per group.
 
-`completion_logprobs` is the training forward: the prompt runs once with a KV cache, the cache is repeated G times
-(the repeat is part of the autograd graph, so the prompt and the vision tower receive the gradient of all G
-branches), and the G completions run against it. The LM head only sees completion positions, in chunks.
+`completion_logprobs` is the training forward: the prompt runs once with a KV cache, the cache is broadcast to the G
+completions (part of the autograd graph, so the prompt and the vision tower receive the gradient of all G branches),
+and the G completions run against it; decoder layers stay checkpointed (see `mmrl.models.training_forward`, whose
+`GroupForward` module is what a DDP/FSDP wrapper wraps). The LM head only sees completion positions, in chunks.
 `naive_completion_logprobs` is the TRL-style forward (G full sequences, image repeated G times); tests compare the two,
 and it serves models other than Qwen2-VL/Qwen2.5-VL.
 
@@ -21,7 +22,6 @@ from torch.utils.checkpoint import checkpoint
 from mmrl.models.placement import compute_autocast, to_model_device
 from mmrl.models.prefix import (
     SEQUENCE_KEYS,
-    cache_compatible,
     continue_from,
     note_naive_fallback,
     reset_rope_deltas,
@@ -30,6 +30,7 @@ from mmrl.models.prefix import (
     supports_prefix_sharing,
     unwrap,
 )
+from mmrl.models.training_forward import BranchCache, PrefixRecorder, checkpoint_with_shared_cache
 
 DEFAULT_CHUNK = 1024  # rows of hidden states per LM-head call: bounds the [rows, vocab] logits buffer
 
@@ -110,13 +111,14 @@ def completion_logprobs(
     prompt, completion_ids, completion_mask = to_model_device((prompt, completion_ids, completion_mask), model)
     num, length = completion_ids.shape
     inner = unwrap(model)
-    with cache_compatible(model), compute_autocast(model):
-        prefix = run_prefix(model, prompt)
+    # Decoder layers stay checkpointed when checkpointing is on: the recorder/branch caches make a replay exact.
+    with checkpoint_with_shared_cache(list(inner.model.language_model.layers)), compute_autocast(model):
+        prefix = run_prefix(model, prompt, cache=PrefixRecorder(config=inner.model.language_model.config))
         # Scores of completion token t come from position t-1: the prompt's last token for t = 0.
         hidden = prefix.last_hidden.unsqueeze(1).expand(num, 1, -1)
         if length > 1:
-            prefix.cache.batch_repeat_interleave(num)
-            rest = continue_from(model, prefix.cache, completion_ids[:, :-1], prefix.length, prefix.rope_delta)
+            branch = BranchCache.of(prefix.cache)  # the prompt's keys, broadcast to the G completions
+            rest = continue_from(model, branch, completion_ids[:, :-1], prefix.length, prefix.rope_delta)
             hidden = torch.cat([hidden, rest], dim=1)
     active = completion_mask.bool()
     scores = head_logprobs(inner.lm_head, hidden[active], completion_ids[active],

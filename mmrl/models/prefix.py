@@ -10,11 +10,8 @@ step is there:
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,29 +74,6 @@ def strip_padding(prompt: dict[str, Any]) -> dict[str, Any]:
     return {k: (v[:, keep] if k in SEQUENCE_KEYS and v is not None else v) for k, v in prompt.items()}
 
 
-@contextlib.contextmanager
-def cache_compatible(model: Any) -> Iterator[None]:
-    """Keep the KV cache working while the block runs, under training-mode gradient checkpointing.
-
-    transformers' checkpointed decoder layers silently drop `past_key_values` in training mode, which would make the
-    completions ignore the prompt. Here the text decoder layers run un-checkpointed (the vision tower keeps its
-    checkpointing); the prompt is computed once, so this costs less activation memory than the naive G-fold forward
-    saves, but completions' activations are kept. A non-mutating prefix cache would lift this (TODO).
-    """
-    text = unwrap(model).model.language_model  # its own flag turns use_cache off; each layer's drops the cache
-    layers = [m for m in [text, *text.layers] if getattr(m, "gradient_checkpointing", False) and m.training]
-    if layers:
-        warnings.warn("prefix sharing: gradient checkpointing is not applied to the text decoder in this forward "
-                      "(it would drop the shared KV cache)", stacklevel=3)
-    for layer in layers:
-        layer.gradient_checkpointing = False
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer.gradient_checkpointing = True
-
-
 @dataclass
 class Prefix:
     """A prompt run once: the hidden state of its last token, its KV cache and where text positions continue."""
@@ -131,8 +105,9 @@ def prompt_positions(core: Any, prompt: dict[str, Any]) -> tuple[torch.Tensor, t
     return positions, delta.view(1, 1).to(ids.device)
 
 
-def run_prefix(model: Any, prompt: dict[str, Any]) -> Prefix:
-    """Forward the prompt once (image encoded once) with a cache; gradients flow if grad mode is on."""
+def run_prefix(model: Any, prompt: dict[str, Any], cache: Any = None) -> Prefix:
+    """Forward the prompt once (image encoded once) with a cache (`cache`, else a new DynamicCache); gradients flow
+    if grad mode is on."""
     inner = unwrap(model)
     core = inner.model
     prompt = strip_padding(prompt)
@@ -147,6 +122,7 @@ def run_prefix(model: Any, prompt: dict[str, Any]) -> Prefix:
         mm_token_type_ids=prompt.get("mm_token_type_ids"),
         use_cache=True,
         **vision,
+        **({cache_kwarg(core): cache} if cache is not None else {}),
     )
     reset_rope_deltas(model)
     return Prefix(out.last_hidden_state[:, -1], _output_cache(out), prompt["input_ids"].shape[1], delta)

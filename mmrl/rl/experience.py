@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from inspect import signature
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from mmrl.config import MMRLConfig
 from mmrl.data.collate import encode_one
 from mmrl.data.prompt_order import PromptSampler, shard
 from mmrl.data.sample import Sample
-from mmrl.engine.distributed import all_reduce_sum
+from mmrl.engine.distributed import all_reduce_sum, stream_seed
 from mmrl.generation import SamplingParams
 from mmrl.generation.hf import HFBackend, backend_device
 from mmrl.models.placement import to_device
@@ -54,7 +55,8 @@ def _to_tensor(values: list[float | None], device: torch.device) -> torch.Tensor
 
 
 def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample], processor: Any, backend: HFBackend,
-                   composite: RewardComposite, generator: torch.Generator, data_cfg: Any) -> tuple[list[Group], dict[str, Any]]:
+                   composite: RewardComposite, generator: torch.Generator, data_cfg: Any,
+                   seeds: list[int] | None = None) -> tuple[list[Group], dict[str, Any]]:
     """Roll out and score `samples` (this process's share); advantages are filled in later per kept batch."""
     if not samples:
         return [], {}
@@ -68,7 +70,11 @@ def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample],
     if getattr(backend, "takes_samples", False):  # vLLM: its own processor encodes the samples and their images
         batch = backend.rollout(samples, params, generator=generator, data_cfg=data_cfg)
     else:
-        batch = backend.rollout(prompts, params, generator=generator)
+        # Per-prompt random streams (when the backend takes them): a prompt's completions depend on the seed and its
+        # global draw index only, not on how many processes share the step.
+        streams = {"prompt_seeds": seeds} if seeds is not None and "prompt_seeds" in signature(backend.rollout).parameters \
+            else {}
+        batch = backend.rollout(prompts, params, generator=generator, **streams)
     lengths = batch.completion_mask.sum(dim=1).tolist()
     result = composite.score(batch.texts, _columns(samples, stage.group_size, lengths, stage.max_completion_length))
     total = _to_tensor(result.total, device)
@@ -108,8 +114,11 @@ def collect_step(cfg: MMRLConfig, stage: ResolvedStage, dataset: list[Sample], s
     filtered = 0
     info: dict[str, Any] = {}
     for attempt in range(f.max_tries if f.enabled else 1):
+        first = sampler.epoch * sampler.n_items + sampler.position  # global draw index of the step's first prompt
         indices = shard(sampler.next(cfg.trainer.prompts_per_step), rank, world_size)
-        groups, info = rollout_groups(cfg, stage, [dataset[i] for i in indices], **rollout_kwargs)
+        draws = shard(list(range(first, first + cfg.trainer.prompts_per_step)), rank, world_size)
+        seeds = [stream_seed(cfg.trainer.seed, stage.index, d) for d in draws]
+        groups, info = rollout_groups(cfg, stage, [dataset[i] for i in indices], seeds=seeds, **rollout_kwargs)
         if f.enabled:
             passing = [gr for gr in groups if _group_passes(gr, f.metric, f.low, f.high)]
             filtered += len(groups) - len(passing)

@@ -158,6 +158,8 @@ class GRPOTrainer:
                 run.scheduler.step()  # after advance: the next step's LR sees a stage that just ended early
                 metrics = self._metrics(groups, info, update, stage, timer, time.perf_counter() - started)
                 metrics.update(eval_metrics or {})
+                if step == run.start_step + 1:
+                    metrics.update(run.topology())  # world size and engine, in the run's first metrics row
                 run.logger.log(step, metrics)
                 self._maybe_samples(step, groups)
                 if cfg.trainer.save_steps and step % cfg.trainer.save_steps == 0 and not self.schedule.finished(step):

@@ -173,7 +173,7 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, r
                 # (a speed-up only: its tokens still count in the normalisers and the optimizer still steps).
                 if not _contributes(group, kl_in_loss):
                     continue
-                logp = _logprobs(run.model, group, cfg.rollout.temperature)
+                logp = run.logprobs(group.prompt, group.completion_ids, group.completion_mask, cfg.rollout.temperature)
                 is_weight = _tis_weight(group, logp, algo.tis_cap, mismatch if iteration == 0 else None)
                 per_token, metrics = loss_fn(
                     logp, group.old_logp, group.advantages, mask, eps_low=algo.eps_low, eps_high=algo.eps_high,

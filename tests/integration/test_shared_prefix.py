@@ -133,22 +133,35 @@ def test_lora_reference_disables_adapter(policy):
 
 
 def test_gradient_checkpointing_keeps_the_prefix(policy):
-    """Checkpointed layers drop the KV cache in training mode; the shared forward must still see the prompt."""
+    """Checkpointed decoder layers (which drop a plain KV cache in training mode) keep the shared prompt, stay
+    checkpointed (each text layer is replayed in backward), and match the naive forward in values and gradients."""
     import copy
+    import warnings
 
     model, processor = policy
     model = copy.deepcopy(model)
     prompt = make_prompt(processor, 56, "what color?", seed=5)
     ids, mask = completions(processor.tokenizer.pad_token_id)
     expected = forward_backward(naive_completion_logprobs, model, prompt, ids, mask)
+    plain_shared = forward_backward(completion_logprobs, model, prompt, ids, mask)
     enable_activation_checkpointing(model)
     model.train()
-    with pytest.warns(UserWarning, match="gradient checkpointing"):
+    layers = model.model.language_model.layers
+    calls = []  # self-attention runs of each text layer: a checkpointed layer runs again in backward
+    hooks = [layer.self_attn.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, layer in enumerate(layers)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "checkpointing not applied" warning any more
         shared = forward_backward(completion_logprobs, model, prompt, ids, mask)
-    assert all(layer.gradient_checkpointing for layer in model.model.language_model.layers)  # restored
-    assert (shared[0] - expected[0]).abs().max() < 1e-5
-    for a, b in zip(shared[1:], expected[1:], strict=True):
-        assert (a - b).norm() / b.norm() < 1e-4
+    for hook in hooks:
+        hook.remove()
+    # prompt pass + completion pass, each once in forward and once replayed in backward
+    assert [calls.count(i) for i in range(len(layers))] == [4] * len(layers)
+    assert all(layer.gradient_checkpointing for layer in layers)
+    assert all("_can_checkpoint_with_cache" not in layer.__dict__ for layer in layers)  # restored
+    for got in (shared, plain_shared):
+        assert (got[0] - expected[0]).abs().max() < 1e-5
+        for a, b in zip(got[1:], expected[1:], strict=True):
+            assert (a - b).norm() / b.norm() < 1e-4
 
 
 def test_text_only_prompt(policy):

@@ -1,0 +1,118 @@
+"""The training forward as one `nn.Module.forward` (what DDP / FSDP2 / ZeRO wrap), with activation checkpointing.
+
+`GroupForward(policy)(prompt, completion_ids, completion_mask)` returns the [G, T] completion log-probs of one prompt's
+group: the prompt (and its image) runs once, its keys/values are shared by the G completions, and only completion
+positions reach the LM head (`mmrl.models.logprobs.completion_logprobs` does the work). Wrapping this module, rather
+than the policy, puts the prompt pass, the completion pass and the LM head inside ONE forward, so DDP's reducer sees
+one forward per backward.
+
+Activation checkpointing under prefix sharing. transformers' checkpointed decoder layers drop the KV cache in training
+mode because a replayed layer (recomputed in backward) would append its keys a second time. Two caches make the
+replay harmless, so every text decoder layer stays checkpointed:
+- `PrefixRecorder` (the prompt pass): a layer's `update` overwrites its entry instead of appending, so the replay
+  writes the same keys again;
+- `BranchCache` (the completion pass): the prompt's keys/values are read-only; `update` returns prompt + new keys,
+  broadcast over the G completions, and stores nothing, so the replay sees exactly what the forward saw.
+The prompt's keys are ordinary autograd tensors of the prompt pass: the G branches' gradients sum into them (the
+broadcast), and the checkpointed prompt layers recompute their activations when that gradient arrives.
+
+Why not pack the prompt and the G completions into one sequence with a block mask: it needs a 4-D attention mask,
+which excludes flash-attention (FA2/FA3 take no arbitrary masks) and makes attention quadratic in G x T. The cache
+route keeps whatever attention implementation the model was loaded with (sdpa, flash_attention_2, eager).
+Models the prefix route does not know fall back to the naive forward (G full sequences), which checkpoints natively.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+from transformers import DynamicCache
+
+
+class PrefixRecorder(DynamicCache):
+    """Records the prompt's keys/values; a layer run again (checkpoint replay) overwrites its entry, never appends."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer_idx < len(self.layers) and self.layers[layer_idx].is_initialized:
+            self.layers[layer_idx].reset()
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+
+class BranchCache(DynamicCache):
+    """The prompt's keys/values, read-only, shared by a batch of continuations (batch 1 broadcast to the query's)."""
+
+    @classmethod
+    def of(cls, prefix: DynamicCache) -> BranchCache:
+        # A shallow copy keeps the recorder's tensors (and the autograd graph behind them); a later replay of the
+        # prompt pass re-binds the recorder's attributes, not these.
+        branch = copy.copy(prefix)
+        branch.__class__ = cls
+        branch.layers = [copy.copy(layer) for layer in prefix.layers]
+        return branch
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        layer = self.layers[layer_idx]
+        batch = key_states.shape[0]
+        keys = layer.keys.expand(batch, *layer.keys.shape[1:])
+        values = layer.values.expand(batch, *layer.values.shape[1:])
+        return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """No-op: the prompt's keys broadcast to the query batch in `update` (no G-fold copy is stored)."""
+
+
+@contextlib.contextmanager
+def checkpoint_with_shared_cache(decoder_layers: list[torch.nn.Module]) -> Iterator[None]:
+    """While the block runs, checkpointed decoder layers keep the cache they are given (the caches above make the
+    replay exact) and checkpoint non-reentrantly (a reentrant checkpoint would cut the gradient that flows from the
+    completions into the prompt's keys, which reach the layer through the cache, not its positional inputs)."""
+    changed = [m for m in decoder_layers if getattr(m, "gradient_checkpointing", False)]
+    saved = [(m.__dict__.get("_can_checkpoint_with_cache"), m.__dict__.get("_gradient_checkpointing_func"))
+             for m in changed]
+    for module in changed:
+        module._can_checkpoint_with_cache = True
+        module._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
+    try:
+        yield
+    finally:
+        for module, (can, func) in zip(changed, saved):
+            for name, value in (("_can_checkpoint_with_cache", can), ("_gradient_checkpointing_func", func)):
+                if value is None:
+                    module.__dict__.pop(name, None)
+                else:
+                    setattr(module, name, value)
+
+
+class GroupForward(torch.nn.Module):
+    """The policy's training forward: one prompt and its G completions in, completion log-probs [G, T] out.
+
+    Holds the policy as a submodule (`self.policy`), so wrapping this module (DDP, FSDP2, ZeRO) wraps the policy's
+    parameters; the whole group's computation is this one `forward`.
+
+    >>> lp = GroupForward(policy)(prompt, completion_ids, completion_mask, temperature=0.9)  # doctest: +SKIP
+    """
+
+    def __init__(self, policy: torch.nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, prompt: dict[str, Any], completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                temperature: float = 1.0, chunk_size: int | None = None) -> torch.Tensor:
+        from mmrl.models.logprobs import DEFAULT_CHUNK, completion_logprobs
+
+        return completion_logprobs(self.policy, prompt, completion_ids, completion_mask, temperature=temperature,
+                                   chunk_size=chunk_size or DEFAULT_CHUNK)
+
+
+def policy_of(model: Any) -> Any:
+    """The policy under a `GroupForward` (itself possibly under DDP's `.module`)."""
+    model = getattr(model, "module", model)
+    return model.policy if isinstance(model, GroupForward) else model
