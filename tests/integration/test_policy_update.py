@@ -238,7 +238,14 @@ def test_a_zero_advantage_group_costs_no_forward_at_all(synthetic_data, tmp_path
         forwards.append(id(completion_ids))
         return real(model, prompt, completion_ids, *args, **kwargs)
 
-    monkeypatch.setattr(update_module, "completion_logprobs", counted)
+    monkeypatch.setattr(update_module, "completion_logprobs", counted)  # old log-probs
+    real_training = trainer.run.logprobs
+
+    def counted_training(prompt, completion_ids, *args, **kwargs):  # the training forward (what DDP/FSDP wrap)
+        forwards.append(id(completion_ids))
+        return real_training(prompt, completion_ids, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.run, "logprobs", counted_training)
     groups = [fixed_group(trainer, 0, i, flat=i in (1, 2)) for i in range(4)]
     before = weights(trainer.run.model)
     metrics = update(trainer, groups)
