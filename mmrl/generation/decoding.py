@@ -67,3 +67,17 @@ def held_back(text: str, stop: Sequence[str]) -> int:
                 longest = size
                 break
     return longest
+
+
+def attach_token_rules(backend: Any, model: Any, processor: Any) -> None:
+    """Give a backend the token rules every backend shares, so they are decided in one place: its `tokenizer`,
+    end-of-turn `eos_ids`, `pad_id`, text `decoder`, and `banned_ids` (image/video placeholders, never sampled: a
+    completion holding one breaks the training forward)."""
+    from mmrl.models.tokens import placeholder_token_ids
+
+    backend.tokenizer = getattr(processor, "tokenizer", processor)
+    backend.eos_ids = eos_token_ids(model, backend.tokenizer)
+    pad = backend.tokenizer.pad_token_id
+    backend.pad_id = pad if pad is not None else backend.eos_ids[0]
+    backend.decoder = TextDecoder(backend.tokenizer, backend.eos_ids, backend.pad_id)
+    backend.banned_ids = placeholder_token_ids(model, backend.tokenizer)

@@ -25,7 +25,7 @@ from typing import Any, Union
 import torch
 
 from mmrl.data.sample import Sample
-from mmrl.generation.decoding import TextDecoder, cut_at_stop, eos_token_ids, held_back
+from mmrl.generation.decoding import attach_token_rules, cut_at_stop, eos_token_ids, held_back
 from mmrl.generation.hf_context import (
     TokenStreamer,
     count_vision,
@@ -47,7 +47,6 @@ from mmrl.models.prefix import (
     supports_prefix_sharing,
     unwrap,
 )
-from mmrl.models.tokens import placeholder_token_ids
 from mmrl.registry import Registry
 
 # What the HF backend accepts as a prompt: chat messages, an mmrl Sample (encoded with the data config's template and
@@ -98,12 +97,7 @@ class _HFBackend:
         self.model = model
         self.processor = processor
         self.data_cfg = data_cfg if data_cfg is not None else DataConfig()
-        self.tokenizer = getattr(processor, "tokenizer", processor)
-        self.eos_ids = eos_token_ids(model, self.tokenizer)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
-        self.decoder = TextDecoder(self.tokenizer, self.eos_ids, self.pad_id)
-        # Never sampled: image/video placeholders (a completion holding one breaks the training forward).
-        self.banned_ids = placeholder_token_ids(model, self.tokenizer)
+        attach_token_rules(self, model, processor)
         self._lock = threading.Lock()  # one model, one call at a time (server and demo threads share a backend)
 
     # -- the protocol -------------------------------------------------------------------------------------------

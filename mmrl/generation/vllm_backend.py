@@ -35,12 +35,11 @@ import torch
 
 from mmrl.data.sample import Sample
 from mmrl.errors import UserError
-from mmrl.generation.decoding import TextDecoder, cut_at_stop, eos_token_ids
+from mmrl.generation.decoding import attach_token_rules, cut_at_stop
 from mmrl.generation.hf import RolloutBatch
 from mmrl.generation.hf_context import prompt_to_sample
 from mmrl.generation.types import Completion, Prompt, SamplingParams
 from mmrl.models.placement import compute_dtype, model_device
-from mmrl.models.tokens import placeholder_token_ids
 
 INSTALL_HINT = 'pip install "mmrl[vllm]"'
 # vLLM options of the engine this backend starts (the ones that matter for colocated RL).
@@ -115,11 +114,7 @@ class VLLMBackend:
         self.model = model
         self.processor = processor
         self.data_cfg = data_cfg if data_cfg is not None else DataConfig()
-        self.tokenizer = getattr(processor, "tokenizer", processor)
-        self.eos_ids = eos_token_ids(model, self.tokenizer)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
-        self.decoder = TextDecoder(self.tokenizer, self.eos_ids, self.pad_id)
-        self.banned_ids = placeholder_token_ids(model, self.tokenizer)
+        attach_token_rules(self, model, processor)
         # The engine runs in this process, so its model is reachable for the weight copy (no second process).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self._dir = tempfile.TemporaryDirectory(prefix="mmrl-vllm-")  # config + processor only, never weights
