@@ -31,6 +31,9 @@ def register(subparsers, name: str) -> None:
                         help="new tokens when a request gives no max_tokens (default: 256)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="weights dtype")
+    parser.add_argument("--image-dir", action="append", default=[], metavar="DIR",
+                        help="a directory clients may name local image files in (repeatable); by default only data "
+                        "URLs are accepted, so a client cannot make the server open files")
     parser.add_argument("--served-name", default=None, help="model id clients use (default: the --model value)")
     parser.set_defaults(func=run)
 
@@ -53,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     _check_port_free(args.host, args.port)  # before minutes of model loading, not after
     backend = load_backend(args.model, device=args.device, dtype=args.dtype)
     name = args.served_name or args.model
-    app = create_app(backend, name, max_queue=args.max_queue, default_max_tokens=args.max_tokens)
+    app = create_app(backend, name, max_queue=args.max_queue, default_max_tokens=args.max_tokens,
+                     image_dirs=args.image_dir)
     if not _is_loopback(args.host):
         print(f"warning: binding {args.host} exposes the model to the network without authentication")
     print(f"serving '{name}' at http://{args.host}:{args.port}/v1 (Ctrl-C stops)")

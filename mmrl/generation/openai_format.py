@@ -13,6 +13,7 @@ import base64
 import binascii
 import io
 import mimetypes
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -42,8 +43,12 @@ def _open_image(data: bytes | str, where: str) -> Image.Image:
         raise RequestError(f"{where}: unreadable image ({err})") from None
 
 
-def load_image_url(url: str, where: str = "image_url") -> Image.Image:
-    """A PIL image from a `data:image/...;base64,` URL, a `file://` URL or a local path (no network fetches)."""
+def load_image_url(url: str, where: str = "image_url", image_dirs: Sequence[Path] | None = None) -> Image.Image:
+    """A PIL image from a `data:image/...;base64,` URL, a `file://` URL or a local path (no network fetches).
+
+    `image_dirs`: where local files may be read from. None (in-process callers) allows any path; a server passes the
+    directories its operator allowed (none by default), so a client can never make it open an arbitrary file — the
+    error then says nothing about whether the file exists."""
     if not isinstance(url, str) or not url:
         raise RequestError(f"{where}: expected a data URL or a local file path")
     if url.startswith("data:"):
@@ -58,13 +63,20 @@ def load_image_url(url: str, where: str = "image_url") -> Image.Image:
     if url.startswith(("http://", "https://")):
         raise RequestError(f"{where}: remote image URLs are not fetched; send a data URL or a local file path")
     path = Path(unquote(urlparse(url).path)) if url.startswith("file://") else Path(url)
+    if image_dirs is not None:
+        resolved = path.resolve()
+        if not any(resolved.is_relative_to(d.resolve()) for d in image_dirs):
+            raise RequestError(f"{where}: local image files are refused; send a data URL (the server's operator "
+                               "can allow a directory with mmrl serve --image-dir DIR)")
+        path = resolved
     if not path.is_file():
         raise RequestError(f"{where}: no such image file: {path}")
     return _open_image(str(path), where)
 
 
-def messages_to_prompt(messages: Any) -> Prompt:
-    """An OpenAI `messages` list (text and `image_url` parts) as a `Prompt` with decoded PIL images."""
+def messages_to_prompt(messages: Any, image_dirs: Sequence[Path] | None = None) -> Prompt:
+    """An OpenAI `messages` list (text and `image_url` parts) as a `Prompt` with decoded PIL images (local files only
+    under `image_dirs`, see `load_image_url`)."""
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages: expected a non-empty list of {role, content} objects")
     out: list[dict[str, Any]] = []
@@ -90,9 +102,9 @@ def messages_to_prompt(messages: Any) -> Prompt:
             elif kind == "image_url":
                 ref = part.get("image_url")
                 url = ref.get("url") if isinstance(ref, dict) else ref
-                parts.append({"type": "image", "image": load_image_url(url, f"{at}.image_url")})
+                parts.append({"type": "image", "image": load_image_url(url, f"{at}.image_url", image_dirs)})
             elif kind == "image":
-                parts.append({"type": "image", "image": load_image_url(part.get("image"), f"{at}.image")})
+                parts.append({"type": "image", "image": load_image_url(part.get("image"), f"{at}.image", image_dirs)})
             else:
                 raise RequestError(f"{at}: unsupported part type {kind!r} (use 'text' or 'image_url')")
         out.append({"role": role, "content": parts})

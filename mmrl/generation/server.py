@@ -18,8 +18,9 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -28,6 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mmrl.generation.openai_format import RequestError, messages_to_prompt
 from mmrl.generation.types import Completion, GenerationBackend, Prompt, SamplingParams
+
+# A request's new-token budget is bounded: one request must not hold a worker for hours.
+MAX_NEW_TOKENS = 32768
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +47,8 @@ class ChatRequest(BaseModel):
     temperature: float = Field(1.0, ge=0, le=10)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
     min_tokens: int = Field(0, ge=0)
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
@@ -94,8 +98,10 @@ def _usage(prompt_tokens: int, completions: list[Completion]) -> dict[str, int]:
 
 
 def create_app(backend: GenerationBackend, model_name: str, *, max_queue: int = 64, default_max_tokens: int = 256,
-               workers: int = 4) -> FastAPI:
-    """The FastAPI application serving `backend` under the model id `model_name`."""
+               workers: int = 4, image_dirs: Sequence[Path] = ()) -> FastAPI:
+    """The FastAPI application serving `backend` under the model id `model_name`; local image files are read only
+    under `image_dirs` (none by default: clients send data URLs)."""
+    image_dirs = [Path(d) for d in image_dirs]
     queue = _Queue(max_queue)
     # Generation blocks: it runs in worker threads (the HF backend itself serialises calls on its model).
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mmrl-serve")
@@ -127,7 +133,7 @@ def create_app(backend: GenerationBackend, model_name: str, *, max_queue: int = 
 
     def prepare(body: ChatRequest) -> tuple[Prompt | dict[str, Any], SamplingParams, int]:
         """Decode images and encode the prompt before generating, so a bad one is a 400, not a broken stream."""
-        prompt = messages_to_prompt(body.messages)
+        prompt = messages_to_prompt(body.messages, image_dirs)
         params = body.params(default_max_tokens)
         encode = getattr(backend, "encode", None)
         if encode is None:
@@ -142,6 +148,9 @@ def create_app(backend: GenerationBackend, model_name: str, *, max_queue: int = 
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            # A browser page can POST text/plain to 127.0.0.1 without a preflight; only JSON clients get through.
+            return _error(415, "send the request as application/json")
         try:
             body = ChatRequest.model_validate(json.loads(await request.body()))
         except (json.JSONDecodeError, UnicodeDecodeError):

@@ -41,8 +41,8 @@ def hf_backend():
 
 
 @pytest.fixture(scope="module")
-def server(hf_backend):
-    app = create_app(hf_backend, "tiny", max_queue=32)
+def server(hf_backend, image):
+    app = create_app(hf_backend, "tiny", max_queue=32, image_dirs=[image.parent])  # local files only from there
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -238,3 +238,25 @@ def test_mmrl_serve_refuses_a_busy_port_before_loading(capsys):
         assert main(["serve", "--model", "tiny", "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
+
+
+def test_a_client_cannot_make_the_server_open_files_or_hold_it(client, server, tmp_path):
+    """Local image files are read only under --image-dir (the error does not say whether a file exists), a
+    text/plain POST (what any web page can send to 127.0.0.1 without a preflight) is refused, and a request's
+    new-token budget is bounded."""
+    base, _app = server
+    private = tmp_path / "private.png"
+    Image.new("RGB", (8, 8), "red").save(private)
+    messages = {}
+    for url in (str(private), f"file://{private}", "/etc/passwd", "/etc/no-such-file", str(private.parent / "../x.png")):
+        with pytest.raises(openai.BadRequestError) as err:
+            chat(client, [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "hi"}])
+        messages[url] = err.value.body["message"] if isinstance(err.value.body, dict) else str(err.value)
+    assert all("local image files are refused" in m for m in messages.values()), messages
+    assert messages["/etc/passwd"] == messages["/etc/no-such-file"]  # existence is not revealed
+    plain = httpx.post(f"{base}/chat/completions", content=b'{"messages": [{"role": "user", "content": "hi"}]}',
+                       headers={"content-type": "text/plain"})
+    assert plain.status_code == 415
+    huge = httpx.post(f"{base}/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                         "max_tokens": 10**9})
+    assert huge.status_code == 400 and "max_tokens" in huge.json()["error"]["message"]
