@@ -126,6 +126,28 @@ def _prose_hedge(text: str) -> bool:
         return True
 
 
+_NUMBER = r"[-+\u2212]?\d+(?:\.\d+)?"
+# Separators of a list: "; ", ", " (a comma then a space: "1000,99" is a decimal comma), " and ", " or ", a space.
+_BARE_LIST = re.compile(rf"\s*{_NUMBER}(?:(?:\s*;\s*|\s*,\s+|\s+(?:and|or)\s+|\s+){_NUMBER})+\s*\.?\s*",
+                        re.IGNORECASE)
+_THOUSANDS = re.compile(r"\s*[-+\u2212]?\d{1,3}(?:,\d{3})+(?:\.\d+)?\s*")
+
+
+def _list_hedge(text: str, gold: str) -> bool:
+    """A bare list of different numbers ("3, 5", "3 5", "3 and 5") against a gold that is one number.
+
+    math-verify reads such a list as a set or as its last number, so a policy listing candidates was paid when one of
+    them was right. "1,000" (a thousands separator) is one number, not a list."""
+    if not _BARE_LIST.fullmatch(text) or _THOUSANDS.fullmatch(text):
+        return False
+    try:
+        if len(set(find_numbers(str(gold), words=False))) != 1:
+            return False
+        return len(set(find_numbers(text, words=False))) > 1
+    except AbsurdNumber:
+        return True
+
+
 def verify_math(pred: str, gold: str) -> float | None:
     """1.0 / 0.0 for `pred` against `gold` (math-verify, `verify(gold, pred)`); None only when the gold is unusable.
 
@@ -136,7 +158,7 @@ def verify_math(pred: str, gold: str) -> float | None:
     if not gold_parsed:
         return None
     text = _answer_text(pred) if pred else None
-    if text and _prose_hedge(text):
+    if text and (_prose_hedge(text) or _list_hedge(text, gold)):
         return 0.0
     pred_parsed = _parse_math(text) if text else []
     if not pred_parsed:

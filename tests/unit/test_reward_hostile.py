@@ -286,3 +286,16 @@ def test_math_verify_issue_cases():
     assert checked == 3  # issues 37 (\text{13} = 13), 60 (two different equations), 76 (**73** in markdown)
     assert verify_math("\\dfrac{9}{7}", "\\dfrac{9}{7}") == 1.0  # issue 70: a bare LaTeX gold parses
     assert verify_math(cases[6]["pred"], "840") == 1.0  # issue 44: the same box twice is 840, not 840840
+
+
+@pytest.mark.parametrize("pred,gold,expected", [
+    ("3, 5", "5", 0.0), ("3 5", "5", 0.0), ("3 and 5", "5", 0.0), ("5; 3", "5", 0.0),  # candidate lists: hedges
+    ("5", "5", 1.0), ("1,000", "1000", 1.0), ("5, 5", "5", 1.0), ("-5", "-5", 1.0),  # one number, however written
+    ("3, 5", "3, 5", 1.0),  # a gold that is itself a list is compared as math-verify reads it
+])
+def test_math_bare_number_lists_are_hedges(pred, gold, expected):
+    from mmrl.rewards.registry import get_reward
+
+    mixed = get_reward("accuracy")([f"<answer>{pred}</answer>", "<answer>5</answer>"], answer=[gold, "5"],
+                                   task=["math", "math"])
+    assert mixed == [expected, 1.0]
