@@ -25,6 +25,15 @@ REWARD = ROOT / "tests" / "fixtures" / "trainer" / "varied_reward.py"
 HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
 
 
+
+def _port_args() -> list[str]:
+    """A free port for this launch: the preset's fixed port can still be held by the previous launch's store."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return ["--main_process_port", str(sock.getsockname()[1])]
+
 @pytest.fixture(scope="module")
 def synthetic_data(tmp_path_factory) -> Path:
     from data_pipelines.synthetic import build_synthetic
@@ -106,7 +115,7 @@ def test_two_gpus_keep_identical_parameters(synthetic_data, tmp_path):
     out = tmp_path / "ranks"
     out.mkdir()
     args = grpo_overrides(synthetic_data, tmp_path / "run", **{"trainer.prompts_per_step": 2})
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *_port_args(), "--config_file",
            str(ROOT / "configs" / "accelerate" / "ddp_cpu_2proc.yaml"), "--num_processes", "2",
            str(ROOT / "tests" / "fixtures" / "trainer" / "ddp_params.py"), str(CONFIG), str(out), *args]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0,1")}
