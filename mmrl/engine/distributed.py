@@ -13,6 +13,7 @@ forwards per optimizer step (uneven group counts, zero-advantage groups skipped)
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 from dataclasses import dataclass
@@ -49,7 +50,16 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        atexit.register(_leave_process_group)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def _leave_process_group() -> None:
+    """Tear the process group down before the interpreter does: left to interpreter shutdown, the backend's threads
+    can be destroyed while still joinable, and the process then dies with SIGABRT ("terminate called without an active
+    exception") after its work is done, failing the whole launch."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def stream_seed(seed: int, stage: int, draw_index: int) -> int:
