@@ -127,7 +127,22 @@ def check_names(cfg: Any, where: Callable[[str], str]) -> None:
             None if value in names else _unknown(kind, value, names))
         if problem is not None:
             raise ConfigError(f"{where(field)}: {field}: {problem}")
+    _check_reward_kwargs(cfg, where)
     _check_reward_lists(cfg, where)
+
+
+def _check_reward_kwargs(cfg: Any, where: Callable[[str], str]) -> None:
+    """Every reward spec's kwargs are arguments its reward takes (a typo is otherwise silently ignored)."""
+    from mmrl.rewards.registry import get_reward, kwargs_problem
+
+    lists = [("rewards", cfg.rewards)]
+    lists += [(f"stages.{s}.rewards", st.rewards) for s, st in enumerate(cfg.stages) if st.rewards is not None]
+    for prefix, specs in lists:
+        for i, spec in enumerate(specs):
+            problem = kwargs_problem(spec.name, get_reward(spec.name), spec.kwargs) if spec.kwargs else None
+            if problem is not None:
+                field = f"{prefix}.{i}.kwargs"
+                raise ConfigError(f"{where(field)}: {field}: {problem}")
 
 
 def _check_reward_lists(cfg: Any, where: Callable[[str], str]) -> None:

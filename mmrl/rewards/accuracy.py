@@ -9,6 +9,12 @@ absurd answers such as `10^{10^{10}}` are rejected before parsing, see limits.py
 `count` (integers, number words such as "one hundred"), `number` (tolerance / MathVista `precision` and `unit`; a
 different unit is wrong, units are not converted), `text` (normalized exact match), `grounding` (IoU > 0.5).
 
+Spelling variants that cannot change the answer are folded first (`parsing.normalize_forms` / `numeric_forms`):
+full-width forms (`５`, `Ｂ`) and the Unicode minus for every task; for numbers and math also a sentence's final
+period (`5.`), the degree sign (`5°` = `5^\\circ`) and vulgar fractions (`½` is `\\frac{1}{2}`, then math-verify
+decides). `5.5` is not `5`, and `5. 6` is two numbers. A completion with several `<answer>` blocks has no answer
+(`extraction.extract_answer`): 0.0, counted as `accuracy/multiple_answers` by the composite.
+
 >>> verify_answer("(B) a dog", "B", "mc", choices=["a cat", "a dog"])
 1.0
 >>> verify_answer("A, B", "B", "mc") , verify_answer("yes or no", "yes", "yes_no")
@@ -36,8 +42,10 @@ from mmrl.rewards.limits import MAX_TEXT_CHARS, absurd_math
 from mmrl.rewards.parsing import (
     AbsurdNumber,
     find_numbers,
+    normalize_forms,
     normalize_text,
     number_unit,
+    numeric_forms,
     parse_letters,
     parse_number,
     parse_yes_no,
@@ -107,7 +115,7 @@ def _answer_text(text: str) -> str | None:
 def parse_math_gold(gold: str) -> tuple:
     """Parsed gold, or () when it does not parse or is absurd. Cached: a gold is parsed once per process."""
     text = _answer_text(gold)
-    return tuple(_parse_math(text)) if text else ()
+    return tuple(_parse_math(numeric_forms(text))) if text else ()
 
 
 _HEDGE_WORD = re.compile(r"\b(?:or|either|maybe|possibly|perhaps)\b", re.IGNORECASE)
@@ -158,6 +166,7 @@ def verify_math(pred: str, gold: str) -> float | None:
     if not gold_parsed:
         return None
     text = _answer_text(pred) if pred else None
+    text = numeric_forms(text) if text else None  # "5." / "５" / "5°" / "½": see parsing.numeric_forms
     if text and (_prose_hedge(text) or _list_hedge(text, gold)):
         return 0.0
     pred_parsed = _parse_math(text) if text else []
@@ -190,7 +199,7 @@ def verify_count(pred: str, answer: Any) -> float | None:
     gold = parse_number(answer)
     if gold is None or gold.denominator != 1:
         return None
-    value = parse_number(_unbox(pred))
+    value = parse_number(numeric_forms(_unbox(pred)))
     return 1.0 if value is not None and value == gold else 0.0
 
 
@@ -215,7 +224,7 @@ def verify_number(
     gold = parse_number(answer, unit=unit)
     if gold is None:
         return None
-    text = _unbox(pred)
+    text = numeric_forms(_unbox(pred))
     value = parse_number(text, unit=unit)
     if value is None:
         return 0.0
@@ -259,7 +268,7 @@ def verify_answer(pred: str | None, answer: Any, task: str, choices: list[str] |
     if pred is None or not str(pred).strip():
         # Still reject a bad gold first so it is reported rather than scored 0.
         return None if _gold_unusable(answer, task, choices) else 0.0
-    pred = str(pred)
+    pred = normalize_forms(str(pred))  # full-width forms and the Unicode minus, for every task
     if task == "math":
         return verify_math(pred, str(answer))
     if task == "mc":
@@ -301,7 +310,7 @@ def _score_all(completions, answer, task, choices, tags, allow_boxed, columns, s
     return out
 
 
-@register_reward("accuracy", heavy=True)
+@register_reward("accuracy", heavy=True, reads_answer=True)
 def accuracy_reward(
     completions: list[str],
     answer: list | None = None,
@@ -322,7 +331,7 @@ def accuracy_reward(
     return _score_all(completions, answer, task, choices, tags, allow_boxed, columns)
 
 
-@register_reward("hard_format_accuracy", heavy=True)
+@register_reward("hard_format_accuracy", heavy=True, reads_answer=True)
 def hard_format_accuracy_reward(
     completions: list[str],
     answer: list | None = None,

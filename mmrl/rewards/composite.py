@@ -17,6 +17,10 @@ or crashing item costs only itself (except `batched` rewards, which need the who
 of time on an item the reward can score scores 0.0 and is counted as `<name>/timeouts`; only an item that cannot be
 scored whatever the completion (a bad gold) is None (see `safe.score_item`).
 
+Several answer blocks: a completion with more than one `<answer>` (or `</answer>`) tag has no answer for every reward
+that reads it (`extract_answer`), the same rule as `format`; it scores as a missing answer and is counted as
+`<name>/multiple_answers` for each such reward.
+
 >>> with RewardComposite([{"name": "accuracy"}, {"name": "format", "weight": 0.5}], workers=0) as rc:
 ...     r = rc.score(["<think>x</think><answer>3</answer>"], {"answer": ["3"], "task": ["count"]})
 >>> r.total, r.components["format"]
@@ -25,6 +29,7 @@ scored whatever the completion (a bad gold) is None (see `safe.score_item`).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -33,7 +38,8 @@ from typing import Any
 
 from mmrl.config.rl import RewardSpec
 from mmrl.errors import UserError
-from mmrl.rewards.registry import get_reward, is_batched, is_file_spec
+from mmrl.rewards.extraction import has_multiple_answers
+from mmrl.rewards.registry import get_reward, is_batched, is_file_spec, kwargs_problem
 from mmrl.rewards.safe import (
     KILLED,
     Outcome,
@@ -69,6 +75,15 @@ def _clean(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _default_tags(fn) -> tuple[str, str] | None:
+    """The answer tags a reward reads when its spec does not set `tags`: its signature's default, else `<answer>`."""
+    try:
+        param = inspect.signature(fn).parameters.get("tags")
+    except (TypeError, ValueError):
+        param = None
+    return param.default if param is not None else ("<answer>", "</answer>")
+
+
 class RewardComposite:
     """Score completions with several weighted rewards (see the module docstring)."""
 
@@ -81,6 +96,10 @@ class RewardComposite:
         if duplicates:
             raise UserError(f"rewards: '{duplicates[0]}' is listed twice; combine its weights into one entry")
         self.fns = [get_reward(s.name) for s in self.specs]  # unknown names fail here, before training starts
+        for spec, fn in zip(self.specs, self.fns, strict=True):  # a kwargs typo too (the config loader checks first)
+            problem = kwargs_problem(spec.name, fn, spec.kwargs) if spec.kwargs else None
+            if problem is not None:
+                raise UserError(f"rewards: '{spec.name}' kwargs: {problem}")
         self.timeouts = [timeout_s or s.timeout_s for s in self.specs]
         self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
         self.targets = [self._target(s.name, fn) for s, fn in zip(self.specs, self.fns, strict=True)]
@@ -180,7 +199,7 @@ class RewardComposite:
         components: dict[str, list[float | None]] = {}
         counters: dict[str, int] = {}
         examples: dict[str, dict[str, Any]] = {}
-        for spec in self.specs:
+        for spec, fn in zip(self.specs, self.fns, strict=True):
             values: list[float | None] = []
             for i, outcome in enumerate(outcomes[spec.name]):
                 value = _clean(outcome.value) if outcome.status in ("ok", "timeout") else None
@@ -196,6 +215,11 @@ class RewardComposite:
                             "completion": completions[i][:300],
                         }  # fmt: skip
             components[spec.name] = values
+            if getattr(fn, "mmrl_reads_answer", False):
+                tags = spec.kwargs.get("tags", _default_tags(fn))
+                hedged = sum(has_multiple_answers(c, tags) for c in completions)
+                if hedged:  # scored as no answer (extract_answer); counted so a policy drifting there shows up
+                    counters[f"{spec.name}/multiple_answers"] = counters.get(f"{spec.name}/multiple_answers", 0) + hedged
         for key, count in counters.items():
             self.counters[key] = self.counters.get(key, 0) + count
         for name, example in examples.items():

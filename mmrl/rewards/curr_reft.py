@@ -26,7 +26,7 @@ from mmrl.rewards.registry import register_reward
 _CHOICES = ["A", "B", "C", "D", "E"]  # only the letters matter; parse_letters limits to A-E
 
 
-@register_reward("curr_reft_judge")
+@register_reward("curr_reft_judge", reads_answer=True)
 def curr_reft_judge_reward(completions, answer=None, **_) -> list:
     """Stage 1: 1.0 when the yes/no judgement equals the gold one.
 
@@ -40,7 +40,7 @@ def curr_reft_judge_reward(completions, answer=None, **_) -> list:
     return out
 
 
-@register_reward("curr_reft_choice")
+@register_reward("curr_reft_choice", reads_answer=True)
 def curr_reft_choice_reward(completions, answer=None, **_) -> list:
     """Stage 2: 1.0 when the chosen letter set (A-E) equals the gold set (no partial credit for a subset).
 
@@ -69,7 +69,7 @@ OPEN_FAMILY = {"math": "math", "count": "math", "number": "math", "detection": "
                "classification": "classification", "text": "classification", "yes_no": "yes_no", "mc": "mc"}
 
 
-@register_reward("curr_reft_open", heavy=True)
+@register_reward("curr_reft_open", heavy=True, reads_answer=True)
 def curr_reft_open_reward(completions, answer=None, task=None, **columns) -> list:
     """Stage 3 (open-ended), dispatched on task: math | detection (or grounding) | classification.
 

@@ -1,7 +1,12 @@
 """Pull the final answer out of a completion, the same way for rewards and for evaluation.
 
 Rules (the peers' bugs they avoid are named in the rewards issue):
-- the answer is the content of the LAST `<answer>…</answer>` outside the reasoning (tags configurable);
+- the answer is the content of THE `<answer>…</answer>` outside the reasoning (tags configurable);
+- ONE answer block per completion: a completion with more than one opening or closing answer tag anywhere (reasoning
+  included) has no answer (`None`), so every reward that reads the answer scores it as a missing answer (0; the
+  invalid-prediction score for box and GUI rewards) and the composite counts it as `<name>/multiple_answers`. This
+  is the `format` reward's own rule (exactly one `<answer>` and one `</answer>`): `<answer>B</answer> … <answer>A
+  </answer>` must not let a policy offer two answers and be paid for whichever comes last;
 - without answer tags, `\\boxed{…}` is used only when `allow_boxed=True` (last one outside the reasoning);
 - the reasoning is everything up to the last `</think>` (a missing `<think>` still counts as reasoning), so an
   answer that appears only inside `<think>` does not count;
@@ -14,6 +19,8 @@ True
 >>> extract_answer("<think>...</think> so \\\\boxed{\\\\frac{1}{2}}.", allow_boxed=True)
 '\\\\frac{1}{2}'
 >>> extract_answer("<answer>  </answer>") is None
+True
+>>> extract_answer("<think>x</think><answer>B</answer> or rather <answer>A</answer>") is None
 True
 """
 
@@ -60,6 +67,14 @@ def last_boxed(text: str) -> str | None:
     return best
 
 
+def has_multiple_answers(completion: str, tags: tuple[str, str] | list[str] | None = ("<answer>", "</answer>")) -> bool:
+    """More than one opening or closing answer tag anywhere in the completion (the `format` reward's count rule)."""
+    if tags is None or not isinstance(completion, str):
+        return False
+    open_tag, close_tag = tags
+    return completion.count(open_tag) > 1 or completion.count(close_tag) > 1
+
+
 def extract_answer(
     completion: str,
     tags: tuple[str, str] | list[str] | None = ("<answer>", "</answer>"),
@@ -68,8 +83,9 @@ def extract_answer(
     """The final answer of `completion`, or None when absent, empty, or only inside the reasoning.
 
     `tags=None` takes the whole text after the reasoning as the answer (for models prompted without answer tags).
+    Several answer blocks are no answer (see the module docstring), and `\\boxed{}` is then not consulted either.
     """
-    if not isinstance(completion, str):
+    if not isinstance(completion, str) or has_multiple_answers(completion, tags):
         return None
     visible = strip_reasoning(completion)
     answer: str | None = None
@@ -91,4 +107,4 @@ def extract_answer(
     return answer or None
 
 
-__all__ = ["extract_answer", "last_boxed", "strip_reasoning"]
+__all__ = ["extract_answer", "has_multiple_answers", "last_boxed", "strip_reasoning"]

@@ -32,7 +32,7 @@ def is_lenient_format(text: str) -> bool:
     return text.count("<think>") == 1 and text.count("</think>") == 1
 
 
-@register_reward("format")
+@register_reward("format", reads_answer=True)
 def format_reward(completions: list[str], **_) -> list[float]:
     """1.0 for the strict R1 layout, else 0.0.
 

@@ -135,7 +135,7 @@ def grounding_correct(pred: str | None, answer: Any, threshold: float = 0.5, pre
     return 1.0 if box is not None and box_iou(box, gold) > threshold else 0.0  # a NaN IoU is not > threshold
 
 
-@register_reward("iou")
+@register_reward("iou", reads_answer=True)
 def iou_reward(completions, answer=None, tags=("<answer>", "</answer>"), pred_frame=None, **columns) -> list:
     """IoU of the one predicted box with the gold box (0 for an invalid prediction, e.g. x2 < x1).
 
@@ -146,7 +146,7 @@ def iou_reward(completions, answer=None, tags=("<answer>", "</answer>"), pred_fr
     return _box_scores(completions, answer, columns, lambda p, g: box_iou(p, g) if p else 0.0, tags, pred_frame)
 
 
-@register_reward("giou")
+@register_reward("giou", reads_answer=True)
 def giou_reward(completions, answer=None, tags=("<answer>", "</answer>"), pred_frame=None, raw=False, **columns):
     """GIoU mapped to [0, 1] as (GIoU + 1) / 2 so an invalid prediction (0) never beats a valid far box;
     `raw=True` returns GIoU in [-1, 1] with -1 for an invalid prediction.
@@ -166,7 +166,7 @@ def giou_reward(completions, answer=None, tags=("<answer>", "</answer>"), pred_f
     return _box_scores(completions, answer, columns, metric, tags, pred_frame)
 
 
-@register_reward("iou_threshold")
+@register_reward("iou_threshold", reads_answer=True)
 def iou_threshold_reward(completions, answer=None, tags=("<answer>", "</answer>"), pred_frame=None, threshold=0.5,
                          **columns):  # fmt: skip
     """Curr-ReFT detection reward: 1.0 when IoU > threshold (0.5), else 0.0.
@@ -208,7 +208,7 @@ def _gold_boxes(answer: Any, meta: dict) -> list[list[float]] | None:
     return None if any(b is None for b in boxes) else boxes  # type: ignore[return-value]
 
 
-@register_reward("multi_box_iou")
+@register_reward("multi_box_iou", reads_answer=True)
 def multi_box_iou_reward(completions, answer=None, tags=("<answer>", "</answer>"), pred_frame=None, threshold=0.5,
                          **columns):  # fmt: skip
     """Visual-RFT detection: predictions sorted by confidence are greedily matched to unmatched gold boxes at

@@ -185,7 +185,7 @@ def _metas(columns: dict[str, Any], n: int) -> list[dict[str, Any]]:
     return [{k: cols[k][i] for k in keys} for i in range(n)]
 
 
-@register_reward("gui_action", batched="dast")
+@register_reward("gui_action", batched="dast", reads_answer=True)
 def gui_action_reward(completions, answer=None, pred_frame=None, dast=False, max_length=None, click_radius=0.14,
                       **columns) -> list:  # fmt: skip
     """UI-R1: R = R_action + R_coord + R_format (0..3); None for an item whose gold cannot be scored. `dast=True` adds
@@ -221,7 +221,7 @@ def gui_action_reward(completions, answer=None, pred_frame=None, dast=False, max
     return totals
 
 
-@register_reward("point_in_box")
+@register_reward("point_in_box", reads_answer=True)
 def point_in_box_reward(completions, answer=None, pred_frame=None, tags=("<answer>", "</answer>"), **columns) -> list:
     """ScreenSpot-style grounding: 1.0 when the predicted point `[x, y]` / `(x, y)` lies inside the gold box.
 

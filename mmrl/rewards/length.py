@@ -60,7 +60,7 @@ def overlong_reward(completions, completion_length=None, max_length=None, buffer
     return out
 
 
-@register_reward("cosine_length", heavy=True)
+@register_reward("cosine_length", heavy=True, reads_answer=True)
 def cosine_length_reward(completions, answer=None, task=None, choices=None, completion_length=None, max_length=1000,
                          min_value_correct=0.5, max_value_correct=1.0, min_value_wrong=-1.0, max_value_wrong=-0.5,
                          allow_boxed=True, **columns) -> list:  # fmt: skip

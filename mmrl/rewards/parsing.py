@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import string
+import unicodedata
 from fractions import Fraction
 
 _UNITS = {
@@ -186,6 +187,45 @@ def number_unit(text) -> str | None:
     unit = _UNIT_OF.get(word, _UNIT_OF.get(word.lower(), word.lower()))
     power = (tail.group(2) or tail.group(3) or "").replace("²", "2").replace("³", "3")
     return f"{unit}^{power}" if power else unit
+
+
+# Full-width ASCII forms (U+FF01-U+FF5E: `５`, `Ｂ`, `／`) and the ideographic space. NFKC maps them to ASCII, but NFKC
+# over the whole answer would also turn `x²` into `x2` and `2³` into `23`: only these characters are folded.
+_FULLWIDTH = re.compile("[\uff01-\uff5e\u3000]")
+# Vulgar fractions (`½`, `¾`, `⅓`...): NFKC writes them with U+2044 FRACTION SLASH (`1⁄2`), which nothing reads.
+_VULGAR = re.compile("[\u00bc-\u00be\u2150-\u215e]")
+_FRACTION_SLASH = re.compile("(?<=\\d)\u2044(?=\\d)")
+_TRAILING_PERIOD = re.compile(r"(?<=[\d}])\.\s*$")  # "5." / "x = 5." / "\frac{1}{2}.": a sentence's full stop
+_DEGREE = re.compile(r"(?<=[\d}])\s*°")
+
+
+def normalize_forms(text: str) -> str:
+    """Fold typographic variants that cannot change an answer's meaning: full-width forms, the Unicode minus.
+
+    >>> normalize_forms("５，Ｂ−１")
+    '5,B-1'
+    """
+    text = _FULLWIDTH.sub(lambda m: unicodedata.normalize("NFKC", m.group(0)), text)
+    return text.replace("\u2212", "-")
+
+
+def numeric_forms(text: str) -> str:
+    """`normalize_forms`, then the number spellings a math answer may use: a vulgar fraction as `\\frac{a}{b}`
+    (math-verify reads `1\\frac{1}{2}` as the mixed number 3/2, so `1½` keeps its meaning), the degree sign as
+    `^{\\circ}` (math-verify's own spelling: `5°` then equals a gold `5^\\circ`), and one full stop after a final
+    number dropped. Only a FINAL period goes: `5.5` stays 5.5 and `5. 6` stays a list.
+
+    >>> numeric_forms("５."), numeric_forms("½"), numeric_forms("30°"), numeric_forms("5. 6"), numeric_forms("5.5")
+    ('5', '\\\\frac{1}{2}', '30^{\\\\circ}', '5. 6', '5.5')
+    """
+
+    def vulgar(m: re.Match) -> str:
+        num, _, den = unicodedata.normalize("NFKC", m.group(0)).partition("\u2044")
+        return f"\\frac{{{num}}}{{{den}}}" if den else m.group(0)
+
+    text = _VULGAR.sub(vulgar, normalize_forms(text).strip())
+    text = _FRACTION_SLASH.sub("/", text)  # "1⁄2" typed with U+2044 between digits
+    return _DEGREE.sub(lambda _: "^{\\circ}", _TRAILING_PERIOD.sub("", text))  # a function: no escapes in the result
 
 
 def normalize_text(text: str) -> str:
