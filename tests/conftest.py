@@ -27,6 +27,22 @@ def tiny_model_dir():
     return ensure_tiny_model("tiny")
 
 
+def _free_port_args() -> list[str]:
+    """`accelerate launch` arguments for a free port: the preset's fixed port can still be held by the previous
+    launch's store. Asked anew for each launch (a port is free only until someone binds it)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return ["--main_process_port", str(sock.getsockname()[1])]
+
+
+@pytest.fixture(scope="session")
+def port_args():
+    """`port_args()` -> `["--main_process_port", "<free port>"]`, for each `accelerate launch` a test starts."""
+    return _free_port_args
+
+
 def pytest_collection_modifyitems(config, items):
     """`gpu`-marked tests run only where a CUDA device is visible (`scripts/gpu_check.sh` runs them)."""
     if torch.cuda.is_available():

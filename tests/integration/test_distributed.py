@@ -24,14 +24,6 @@ CONFIG = ROOT / "configs" / "tests" / "grpo_tiny.yaml"
 
 
 
-def _port_args() -> list[str]:
-    """A free port for this launch: the preset's fixed port can still be held by the previous launch's store."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return ["--main_process_port", str(sock.getsockname()[1])]
-
 def _errors(stderr: str) -> str:
     """The error lines of a failed launch (its full stderr is mostly the two ranks' interleaved tracebacks)."""
     return "\n".join(line for line in stderr.splitlines() if "Error" in line)[-3000:]
@@ -68,7 +60,7 @@ def test_a_prompt_samples_the_same_completions_whoever_shares_its_call(policy, b
         backend.rollout([a, b], params, prompt_seeds=seeds[:1])
 
 
-def test_one_process_ddp_and_fsdp2_train_to_the_same_weights(tmp_path, tiny_model_dir):
+def test_one_process_ddp_and_fsdp2_train_to_the_same_weights(tmp_path, tiny_model_dir, port_args):
     """Same global batch (2 prompts x G=4 per step, 2 steps, real rollouts) on 1 process, 2 DDP processes and 2 FSDP2
     processes (accelerate launch with the CPU presets, gloo): final fp32 weights within 1e-5; both ranks ran; the
     run's first metrics row records world size and engine."""
@@ -77,7 +69,7 @@ def test_one_process_ddp_and_fsdp2_train_to_the_same_weights(tmp_path, tiny_mode
     data = build_synthetic(["color"], 8, 0, tmp_path / "data", image_size=56)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     results = {}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", *_port_args(), "--config_file"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", *port_args(), "--config_file"]
     for name, cmd in (("one", [sys.executable]), ("ddp", [*launch, str(ROOT / "configs/accelerate/ddp_cpu_2proc.yaml")]),
                       ("fsdp2", [*launch, str(ROOT / "configs/accelerate/fsdp_cpu_2proc.yaml")])):
         out = tmp_path / name
@@ -110,7 +102,7 @@ def test_one_process_ddp_and_fsdp2_train_to_the_same_weights(tmp_path, tiny_mode
         assert max(float((one[k] - other[k]).abs().max()) for k in one) < 1e-5, engine
 
 
-def test_fsdp2_save_resume_is_exact_and_the_checkpoint_is_a_plain_hf_directory(tmp_path, tiny_model_dir):
+def test_fsdp2_save_resume_is_exact_and_the_checkpoint_is_a_plain_hf_directory(tmp_path, tiny_model_dir, port_args):
     """FSDP2 (2 processes): 2 steps straight == 1 step, checkpoint, a new launch resuming for step 2 (weights and the
     gathered, sharded optimizer state both round-trip); the checkpoint loads with `from_pretrained`."""
     from transformers import AutoModelForImageTextToText
@@ -119,7 +111,7 @@ def test_fsdp2_save_resume_is_exact_and_the_checkpoint_is_a_plain_hf_directory(t
 
     data = build_synthetic(["color"], 8, 0, tmp_path / "data", image_size=56)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", *_port_args(), "--config_file",
+    launch = [sys.executable, "-m", "accelerate.commands.launch", *port_args(), "--config_file",
               str(ROOT / "configs/accelerate/fsdp_cpu_2proc.yaml"), str(FIXTURES / "world_size_run.py"), str(CONFIG)]
     base = [f"data.train={data}", "trainer.report_to=[jsonl]", "trainer.progress=false", "trainer.save_steps=0",
             "trainer.sample_steps=0", "trainer.prompts_per_step=2", "rollout.max_completion_length=5",

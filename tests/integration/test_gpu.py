@@ -26,14 +26,6 @@ HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
 
 
 
-def _port_args() -> list[str]:
-    """A free port for this launch: the preset's fixed port can still be held by the previous launch's store."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return ["--main_process_port", str(sock.getsockname()[1])]
-
 @pytest.fixture(scope="module")
 def synthetic_data(tmp_path_factory) -> Path:
     from data_pipelines.synthetic import build_synthetic
@@ -111,11 +103,11 @@ def test_flash_attention_2_shared_prefix_matches_naive_and_trains(synthetic_data
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
-def test_two_gpus_keep_identical_parameters(synthetic_data, tmp_path):
+def test_two_gpus_keep_identical_parameters(synthetic_data, tmp_path, port_args):
     out = tmp_path / "ranks"
     out.mkdir()
     args = grpo_overrides(synthetic_data, tmp_path / "run", **{"trainer.prompts_per_step": 2})
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *_port_args(), "--config_file",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *port_args(), "--config_file",
            str(ROOT / "configs" / "accelerate" / "ddp_cpu_2proc.yaml"), "--num_processes", "2",
            str(ROOT / "tests" / "fixtures" / "trainer" / "ddp_params.py"), str(CONFIG), str(out), *args]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0,1")}

@@ -26,14 +26,6 @@ CONFIG = ROOT / "configs" / "tests" / "grpo_tiny.yaml"
 
 
 
-def _port_args() -> list[str]:
-    """A free port for this launch: the preset's fixed port can still be held by the previous launch's store."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return ["--main_process_port", str(sock.getsockname()[1])]
-
 @pytest.fixture(scope="module")
 def synthetic_data(tmp_path_factory) -> Path:
     from data_pipelines.synthetic import build_synthetic
@@ -194,12 +186,12 @@ def test_lora_with_kl_uses_the_adapter_free_reference(synthetic_data, tmp_path):
         assert torch.allclose(again.model(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-4)
 
 
-def test_two_processes_keep_identical_parameters(synthetic_data, tmp_path):
+def test_two_processes_keep_identical_parameters(synthetic_data, tmp_path, port_args):
     out = tmp_path / "ranks"
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = overrides(synthetic_data, tmp_path / "run", **{"trainer.max_steps": 2, "trainer.prompts_per_step": 2})
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *_port_args(), "--config_file",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *port_args(), "--config_file",
            str(ROOT / "configs" / "accelerate" / "ddp_cpu_2proc.yaml"), str(FIXTURES / "ddp_params.py"),
            str(CONFIG), str(out), *args]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)

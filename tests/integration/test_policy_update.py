@@ -30,14 +30,6 @@ sys.path.insert(0, str(FIXTURES))
 from fixed_groups import fixed_group, global_batch  # noqa: E402
 
 
-def _port_args() -> list[str]:
-    """A free port for this launch: the preset's fixed port can still be held by the previous launch's store."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return ["--main_process_port", str(sock.getsockname()[1])]
-
 @pytest.fixture(scope="module")
 def synthetic_data(tmp_path_factory) -> Path:
     from data_pipelines.synthetic import build_synthetic
@@ -97,7 +89,7 @@ VARIANTS = {
 }
 
 
-def test_two_processes_match_one_process_of_the_same_global_batch(synthetic_data, tmp_path):
+def test_two_processes_match_one_process_of_the_same_global_batch(synthetic_data, tmp_path, port_args):
     variants = json.dumps(VARIANTS)
     script = str(FIXTURES / "exact_update.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -105,7 +97,7 @@ def test_two_processes_match_one_process_of_the_same_global_batch(synthetic_data
     one = subprocess.run([sys.executable, script, str(CONFIG), str(synthetic_data), str(tmp_path / "one"), variants],
                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *_port_args(), "--config_file",
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *port_args(), "--config_file",
                           str(ROOT / "configs" / "accelerate" / "ddp_cpu_2proc.yaml"), script, str(CONFIG),
                           str(synthetic_data), str(tmp_path / "two"), variants],
                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
