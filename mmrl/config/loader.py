@@ -162,6 +162,12 @@ def _format_error(err: dict[str, Any], sources: dict[str, str], default_source: 
     ctx = err.get("ctx") or {}
     if kind == "extra_forbidden" and dotted in REMOVED_KEYS:
         return f"{where}: '{dotted}' was removed; {REMOVED_KEYS[dotted]}"
+    if kind == "extra_forbidden" and len(loc) >= 3 and loc[-3] == "rewards" and str(loc[-2]).isdigit():
+        # A reward's own argument written beside name/weight: say where it goes rather than "did you mean 'name'".
+        from mmrl.config.rl import RewardSpec
+
+        return (f"{where}: unknown key '{dotted}': a reward entry takes {', '.join(RewardSpec.model_fields)}; "
+                f"the reward's own arguments go under kwargs ({{name: ..., kwargs: {{{loc[-1]}: ...}}}})")
     if kind == "extra_forbidden":
         schema_path = ".".join(str(p) for p in loc if not str(p).isdigit())
         candidates = [k for k in valid_keys() if k.count(".") == schema_path.count(".")]

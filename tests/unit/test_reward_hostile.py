@@ -251,7 +251,7 @@ def test_extraction_of_unclosed_and_nested_tags():
     assert last_boxed("\\boxed{a} \\boxed{b") == "a"
     assert last_boxed("\\boxed{" * 100_000) is None
     assert extract_answer("<answer>" * 100_000) is None
-    assert extract_answer("<answer>1<answer>2</answer>") == "2"
+    assert extract_answer("<answer>1<answer>2</answer>") is None  # two openings: several answers, none counts
 
 
 # ---------------------------------------------------------------- the CLI: ids, scores, summary

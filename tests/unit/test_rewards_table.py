@@ -35,7 +35,7 @@ CASES = [
     ("accuracy", f"{T}<answer></answer>", {"answer": "2", "task": "math"}, {}, 0.0),  # empty answer
     ("accuracy", "<think>the answer is <answer>2</answer></think>", {"answer": "2", "task": "math"}, {}, 0.0),
     ("accuracy", "<think>so \\boxed{2}</think> done", {"answer": "2", "task": "math"}, {}, 0.0),  # only in think
-    ("accuracy", f"{T}<answer>1</answer><answer>2</answer>", {"answer": "2", "task": "math"}, {}, 1.0),  # last tag
+    ("accuracy", f"{T}<answer>1</answer><answer>2</answer>", {"answer": "2", "task": "math"}, {}, 0.0),  # two blocks: none
     ("accuracy", f"{T}<answer>2</answer>", {"answer": "two and a half", "task": "math"}, {}, None),  # unparsable gold
     ("accuracy", f"{T}<answer>2</answer>", {"answer": "", "task": "math"}, {}, None),  # empty gold
     ("accuracy", f"{T}The result is \\boxed{{12}}.", {"answer": "12", "task": "math"}, {}, 1.0),
