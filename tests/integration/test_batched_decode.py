@@ -148,3 +148,25 @@ def test_max_batch_rows_from_config_and_refused_when_bad(policy):
         load_config(None, ["rollout.max_batch_rows=0"])
     with pytest.raises(ValueError, match="max_batch_rows"):
         HFSharedPrefixBackend(model, processor, max_batch_rows=0)
+
+
+def test_qwen3_vl_prompts_batch_exactly():
+    """Qwen3-VL (interleaved M-RoPE, DeepStack, patch 16): prompts with images of different sizes decode together;
+    each row's sampler log-probs are what the training forward of its own prompt recomputes."""
+    loaded = load_policy(load_config(None, ["model.name_or_path=tiny-qwen3-vl"]).model)
+    model, processor = loaded.model.float(), loaded.processor
+    prompts = [image_prompt(processor, 96, "what color is it?", 5), text_prompt(processor, "say a word"),
+               image_prompt(processor, 32, "and this one?", 6)]
+    assert len({p["input_ids"].shape[1] for p in prompts}) == 3
+    backend = make_backend(model, processor)
+    params = SamplingParams(n=2, max_new_tokens=6, temperature=0.7)
+    batch = backend.rollout(prompts, params, generator=torch.Generator().manual_seed(2))
+    assert batch.counters["decode_steps"] == 5
+    with torch.no_grad():
+        for p, prompt in enumerate(prompts):
+            rows = batch.prompt_index == p
+            recomputed = completion_logprobs(model, prompt, batch.completion_ids[rows], batch.completion_mask[rows],
+                                             temperature=0.7)
+            assert (recomputed - batch.logprobs[rows]).abs().max() < 1e-5
+    greedy = SamplingParams(n=1, max_new_tokens=6, temperature=0.0, logprobs=True)
+    rows_equal(backend.rollout(prompts, greedy), alone(backend, prompts, greedy), 1)
