@@ -3,8 +3,8 @@
 `HFSharedPrefixBackend` (Qwen2-VL / Qwen2.5-VL / Qwen3-VL) prefills each prompt once — its image is vision-encoded
 once and its tokens go through the LM once — repeats the KV cache n times and decodes the branches of all the call's
 prompts in one batch (up to `max_batch_rows` rows; left padding, per-row M-RoPE positions, each prompt sampling from
-its own random stream), dropping branches from the cache as they finish. `HFNaiveBackend` repeats the prompt n times and calls
-`model.generate` (what TRL does); it is the comparison baseline and the fallback for other architectures.
+its own random stream), dropping branches from the cache as they finish. `HFNaiveBackend` repeats the prompt n times
+and calls `model.generate` (what TRL does); it is the comparison baseline and the fallback for other architectures.
 
 `generate` / `stream` speak the protocol of `mmrl.generation.types`; `rollout` is the training form: the same
 sampling, returned as padded tensors (`RolloutBatch`) with the sampler's log-probs.
