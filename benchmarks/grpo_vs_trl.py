@@ -107,7 +107,7 @@ def run_mmrl(args: argparse.Namespace, data_path: Path, work: Path) -> dict[str,
     reference = getattr(trainer.reference, "model", None)  # a separate copy when beta > 0 (full fine-tuning)
     counters = StructuralCounters(trainer.run.model, reference)
     clock = PhaseClock()
-    clock.wrap(trainer.backend, "generate", "generate")
+    clock.wrap(trainer.backend, "rollout", "generate")
     composite = trainer._composite(tuple(cfg.rewards))  # the instance the loop will use (cached by spec)
     clock.wrap(composite, "score", "rewards")
     steps: list[dict[str, Any]] = []

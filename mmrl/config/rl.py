@@ -22,6 +22,9 @@ class RolloutConfig(Section):
     share_prompt: bool = Field(
         True, description="Encode each prompt (image and text) once per group and share its KV cache across G samples."
     )
+    max_batch_rows: int = Field(
+        64, ge=1, description="backend hf (shared prefix): most completion rows (prompts x G) decoded in one batch; "
+        "prompts beyond it decode in further batches. Bounds the decode's KV cache; results do not depend on it.")
     vllm_gpu_memory_utilization: float = Field(
         0.3, gt=0, le=1, description="backend vllm: share of the GPU's memory the colocated engine may take while "
         "awake (weights + KV cache; it sleeps during the update). 0.3 is TRL's colocate default.")

@@ -1,7 +1,8 @@
 """Evaluation's generation: k completions per item through the one generation layer (`mmrl.generation`).
 
 Greedy (`greedy=True`) is the HF backend at temperature 0; sampling draws from one generator seeded with `seed`, so
-sampled results repeat and the caller's RNG (e.g. a trainer that evaluates mid-run) is left untouched.
+sampled results repeat and the caller's RNG (e.g. a trainer that evaluates mid-run) is left untouched. The items of a
+batch (`batch_size`) decode together in one batched decode loop; greedy output is the same as item by item.
 
 >>> from mmrl.config import load_config
 >>> from mmrl.models.loading import load_policy

@@ -1,9 +1,10 @@
 """The in-process HF backend: rollouts (n = G), greedy eval, builders, demos and `mmrl serve` all sample here.
 
 `HFSharedPrefixBackend` (Qwen2-VL / Qwen2.5-VL / Qwen3-VL) prefills each prompt once — its image is vision-encoded
-once and its tokens go through the LM once — repeats the KV cache n times and decodes the n branches in one batch,
-dropping branches from the cache as they finish. `HFNaiveBackend` repeats the prompt n times and calls
-`model.generate` (what TRL does); it is the comparison baseline and the fallback for other architectures.
+once and its tokens go through the LM once — repeats the KV cache n times and decodes the branches of all the call's
+prompts in one batch (up to `max_batch_rows` rows; left padding, per-row M-RoPE positions, each prompt sampling from
+its own random stream), dropping branches from the cache as they finish. `HFNaiveBackend` repeats the prompt n times
+and calls `model.generate` (what TRL does); it is the comparison baseline and the fallback for other architectures.
 
 `generate` / `stream` speak the protocol of `mmrl.generation.types`; `rollout` is the training form: the same
 sampling, returned as padded tensors (`RolloutBatch`) with the sampler's log-probs.
@@ -34,15 +35,14 @@ from mmrl.generation.hf_context import (
     prompt_to_sample,
     vision_module,
 )
-from mmrl.generation.token_sampling import sample_next
+from mmrl.generation.hf_decode import DecodeRules, decode_shared_prefix
+from mmrl.generation.hf_decode import Row as _Row
 from mmrl.generation.types import Completion, Prompt, SamplingParams
 from mmrl.models.logprobs import repeat_prompt
 from mmrl.models.placement import compute_autocast, model_device, to_model_device
 from mmrl.models.prefix import (
-    continue_from,
     note_naive_fallback,
     reset_rope_deltas,
-    run_prefix,
     strip_padding,
     supports_prefix_sharing,
     unwrap,
@@ -53,6 +53,10 @@ from mmrl.registry import Registry
 # image resize), or an already encoded processor output (batch dim 1).
 PromptLike = Union[Prompt, Sample, dict[str, Any]]
 TokenCallback = Callable[[int], None]
+# Rows (prompts x n) decoded in one batch by the shared-prefix backend: bounds the KV cache of a decode step (a 7B
+# Qwen2.5-VL holds ~57 KB per token and row in bf16: 64 rows of 2k tokens ~ 7 GB) while giving the CPU and the GPU
+# matmuls wide enough to pay for a step's fixed costs.
+DEFAULT_MAX_BATCH_ROWS = 64
 
 __all__ = ["RolloutBatch", "HFSharedPrefixBackend", "HFNaiveBackend", "make_backend", "backend_device",
            "count_vision", "vision_module", "eos_token_ids", "BACKENDS", "check_backend"]
@@ -77,13 +81,6 @@ class RolloutBatch:
     group_size: int
     logprobs: torch.Tensor | None = None
     counters: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class _Row:
-    ids: torch.Tensor  # [L]: the generated tokens, the finishing one included
-    logprobs: torch.Tensor | None  # [L]
-    finished: bool  # ended by an end-of-turn / stop id / stop string (else it hit max_new_tokens)
 
 
 class _Cancelled(Exception):
@@ -195,19 +192,25 @@ class _HFBackend:
             generator = torch.Generator(device=device).manual_seed(params.seed)
         encoded = [self.encode(p) for p in prompts]  # before the lock: a bad prompt fails without waiting
         counters: dict[str, Any] = {"prefill_tokens": 0}
-        rows: list[_Row] = []
         with self._lock, eval_mode(self.model), count_vision(vision_module(self.model), counters), \
                 compute_autocast(self.model):
-            for i, prompt in enumerate(encoded):
-                prompt = to_model_device(strip_padding(prompt), self.model)
-                # A per-prompt stream lives on the sampling device (CUDA rejects a CPU generator).
-                stream = generator if prompt_seeds is None else \
-                    torch.Generator(device=device).manual_seed(int(prompt_seeds[i]))
-                rows.extend(self._sample(prompt, params, stream, counters, on_token))
+            on_device = [to_model_device(strip_padding(prompt), self.model) for prompt in encoded]
+            rows = self._sample_all(on_device, params, self._streams(len(on_device), params, generator, prompt_seeds),
+                                    counters, on_token)
         return self._batch(rows, params, counters, device)
 
-    def _sample(self, prompt: dict[str, Any], params: SamplingParams, generator: torch.Generator | None,
-                counters: dict[str, Any], on_token: TokenCallback | None) -> list[_Row]:
+    def _streams(self, count: int, params: SamplingParams, generator: torch.Generator | None,
+                 prompt_seeds: Sequence[int] | None) -> list[torch.Generator | None]:
+        """The generator each prompt samples from: its own from `prompt_seeds`, else the caller's shared one."""
+        if prompt_seeds is None:
+            return [generator] * count
+        # A per-prompt stream lives on the sampling device (CUDA rejects a CPU generator).
+        device = model_device(self.model)
+        return [torch.Generator(device=device).manual_seed(int(seed)) for seed in prompt_seeds]
+
+    def _sample_all(self, prompts: list[dict[str, Any]], params: SamplingParams,
+                    streams: list[torch.Generator | None], counters: dict[str, Any],
+                    on_token: TokenCallback | None) -> list[_Row]:
         raise NotImplementedError
 
     def _stop_ids(self, params: SamplingParams) -> list[int]:
@@ -238,56 +241,37 @@ class _HFBackend:
 
 
 class HFSharedPrefixBackend(_HFBackend):
-    """Prefill each prompt once, share its KV cache across the n samples, decode them as one batch."""
+    """Prefill each prompt once, share its KV cache across its n samples, and decode the samples of several prompts
+    as one batch (at most `max_batch_rows` rows at a time; see `mmrl.generation.hf_decode`)."""
 
-    def _sample(self, prompt: dict[str, Any], params: SamplingParams, generator: torch.Generator | None,
-                counters: dict[str, Any], on_token: TokenCallback | None) -> list[_Row]:
-        n, steps = params.n, params.max_new_tokens
-        lm_head = unwrap(self.model).lm_head
-        device = model_device(self.model)
-        stop_ids = torch.tensor(self._stop_ids(params), dtype=torch.long, device=device)
-        banned = torch.tensor(self.banned_ids, dtype=torch.long, device=device)
-        banned_and_stop = torch.cat([banned, stop_ids])
-        temperature = params.temperature
-        prefix = run_prefix(self.model, prompt)
-        counters["prefill_tokens"] += prefix.length
-        counters.setdefault("decode_steps", 0)
-        logits = lm_head(prefix.last_hidden).float().expand(n, -1)
-        prefix.cache.batch_repeat_interleave(n)
-        tokens = torch.full((n, steps), self.pad_id, dtype=torch.long, device=device)
-        scores = torch.zeros(n, steps, device=device)
-        lengths = torch.full((n,), steps, dtype=torch.long, device=device)
-        finished = torch.zeros(n, dtype=torch.bool, device=device)
-        alive = torch.arange(n, device=device)  # branches still decoding; the cache holds only them
-        for step in range(steps):
-            # Entropy of the sampling distribution, for the metrics (one extra softmax per decode step).
-            tempered = torch.log_softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
-            counters["entropy_sum"] = counters.get("entropy_sum", 0.0) - float((tempered.exp() * tempered).sum())
-            counters["entropy_tokens"] = counters.get("entropy_tokens", 0) + tempered.shape[0]
-            chosen, logp = sample_next(
-                logits, temperature=temperature, top_p=params.top_p, top_k=params.top_k,
-                forbid=banned_and_stop if step < params.min_new_tokens else banned, generator=generator,
-            )
-            tokens[alive, step] = chosen
-            scores[alive, step] = logp
-            if on_token is not None:
-                on_token(int(chosen[0]))
-            done = torch.isin(chosen, stop_ids)
-            if params.stop:
-                done |= self._hit_stop_string(tokens, alive, step, params.stop)
-            lengths[alive[done]] = step + 1
-            finished[alive[done]] = True
-            still = ~done
-            if step + 1 == steps or not bool(still.any()):
-                break
-            if not bool(still.all()):
-                prefix.cache.batch_select_indices(still.nonzero().view(-1))
-                alive, chosen = alive[still], chosen[still]
-            hidden = continue_from(self.model, prefix.cache, chosen[:, None], prefix.length + step, prefix.rope_delta)
-            logits = lm_head(hidden[:, -1]).float()
-            counters["decode_steps"] += 1
-        ends, done_rows = lengths.tolist(), finished.tolist()
-        return [_Row(tokens[i, : ends[i]], scores[i, : ends[i]], done_rows[i]) for i in range(n)]
+    def __init__(self, model: Any, processor: Any, data_cfg: Any = None,
+                 max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS) -> None:
+        super().__init__(model, processor, data_cfg)
+        if max_batch_rows < 1:
+            raise ValueError(f"max_batch_rows must be >= 1 (got {max_batch_rows})")
+        self.max_batch_rows = max_batch_rows
+
+    def _streams(self, count: int, params: SamplingParams, generator: torch.Generator | None,
+                 prompt_seeds: Sequence[int] | None) -> list[torch.Generator | None]:
+        """Sampling with a shared generator: each prompt gets its own stream seeded by one draw of it (in prompt
+        order), so its completions do not depend on which prompts decode in the same batch."""
+        if prompt_seeds is not None or params.greedy or generator is None:
+            return super()._streams(count, params, generator, prompt_seeds)
+        seeds = torch.randint(0, 2**62, (count,), generator=generator, device=generator.device).tolist()
+        return super()._streams(count, params, None, seeds)
+
+    def _sample_all(self, prompts: list[dict[str, Any]], params: SamplingParams,
+                    streams: list[torch.Generator | None], counters: dict[str, Any],
+                    on_token: TokenCallback | None) -> list[_Row]:
+        rules = DecodeRules(self.pad_id, self._stop_ids(params), list(self.banned_ids), self._hit_stop_string)
+        per_chunk = max(1, self.max_batch_rows // params.n)  # whole prompts only: a prompt's n rows stay together
+        shared = params.greedy or len(set(map(id, streams))) == 1  # one stream for all: no per-prompt draws
+        rows: list[_Row] = []
+        for first in range(0, len(prompts), per_chunk):
+            chunk = slice(first, first + per_chunk)
+            rows.extend(decode_shared_prefix(self.model, prompts[chunk], params,
+                                             streams[:1] if shared else streams[chunk], rules, counters, on_token))
+        return rows
 
     def _hit_stop_string(self, tokens: torch.Tensor, alive: torch.Tensor, step: int, stop: Sequence[str]) -> torch.Tensor:
         texts = [self.decoder.text(tokens[int(i), : step + 1].tolist()) for i in alive]
@@ -296,6 +280,12 @@ class HFSharedPrefixBackend(_HFBackend):
 
 class HFNaiveBackend(_HFBackend):
     """`model.generate` on the prompt repeated n times (image encoded n times): baseline and generic fallback."""
+
+    def _sample_all(self, prompts: list[dict[str, Any]], params: SamplingParams,
+                    streams: list[torch.Generator | None], counters: dict[str, Any],
+                    on_token: TokenCallback | None) -> list[_Row]:
+        return [row for prompt, stream in zip(prompts, streams, strict=True)
+                for row in self._sample(prompt, params, stream, counters, on_token)]
 
     def _sample(self, prompt: dict[str, Any], params: SamplingParams, generator: torch.Generator | None,
                 counters: dict[str, Any], on_token: TokenCallback | None) -> list[_Row]:
@@ -357,7 +347,8 @@ def _hf_backend(model: Any, processor: Any, share_prompt: bool = True, data_cfg:
                 rollout_cfg: Any = None) -> HFBackend:
     """The shared-prefix backend for Qwen2-VL/2.5-VL/3-VL (unless `share_prompt` is False), naive otherwise."""
     if share_prompt and supports_prefix_sharing(model):
-        return HFSharedPrefixBackend(model, processor, data_cfg)
+        rows = getattr(rollout_cfg, "max_batch_rows", None) or DEFAULT_MAX_BATCH_ROWS
+        return HFSharedPrefixBackend(model, processor, data_cfg, max_batch_rows=rows)
     if share_prompt:
         note_naive_fallback(model)
     return HFNaiveBackend(model, processor, data_cfg)

@@ -128,20 +128,62 @@ def run_prefix(model: Any, prompt: dict[str, Any], cache: Any = None) -> Prefix:
     return Prefix(out.last_hidden_state[:, -1], _output_cache(out), prompt["input_ids"].shape[1], delta)
 
 
-def text_positions(start: int, length: int, batch: int, rope_delta: torch.Tensor) -> torch.Tensor:
-    """Positions [3, batch, length] of text tokens at cache positions start .. start+length-1."""
-    pos = torch.arange(start, start + length, device=rope_delta.device) + rope_delta.view(-1)[0]
-    return pos.view(1, 1, -1).expand(3, batch, -1)
+def text_positions(start: int | torch.Tensor, length: int, batch: int, rope_delta: torch.Tensor) -> torch.Tensor:
+    """Positions [3, batch, length] of text tokens at cache positions start .. start+length-1. `start` and `rope_delta`
+    are one value for all rows (an int, [1, 1]) or one per row ([batch], [batch, 1]: prompts of different lengths and
+    images decoding together)."""
+    offset = rope_delta.view(-1, 1) + (start.view(-1, 1) if isinstance(start, torch.Tensor) else start)
+    pos = torch.arange(length, device=rope_delta.device).view(1, -1) + offset
+    return pos.unsqueeze(0).expand(3, batch, -1)
 
 
-def continue_from(model: Any, cache: Any, input_ids: torch.Tensor, start: int, rope_delta: torch.Tensor,
+def continue_from(model: Any, cache: Any, input_ids: torch.Tensor, start: int | torch.Tensor, rope_delta: torch.Tensor,
                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Run `input_ids` [B, L] after a cache of `start` tokens (already repeated to batch B); hidden states [B, L, H]."""
+    """Run `input_ids` [B, L] after a cache of `start` real tokens (already repeated to batch B); hidden states
+    [B, L, H]. Per-row `start` [B] / `rope_delta` [B, 1] with a 2-D `attention_mask` [B, cache slots + L] (0 on left
+    padding) continue several prompts at once (`stack_prefixes`)."""
     core = unwrap(model).model
     positions = text_positions(start, input_ids.shape[1], input_ids.shape[0], rope_delta)
     out = core(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
                **{cache_kwarg(core): cache})
     return out.last_hidden_state
+
+
+def can_stack(cache: Any) -> bool:
+    """True when every layer of `cache` is a plain growing key/value layer that `stack_prefixes` can left-pad
+    (not a sliding-window or quantized one)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer and layer.is_initialized for layer in layers)
+
+
+def stack_prefixes(prefixes: list[Prefix], repeats: int) -> tuple[Any, torch.Tensor]:
+    """One cache for the branches of several prompts: prompt i's cache repeated `repeats` times (rows i*repeats ..),
+    left padded with zeros to the longest prompt. Returns (the cache, which is prefixes[0].cache reused; left padding
+    per row [len(prefixes) * repeats] long). The padded slots must be masked out by the caller's attention mask."""
+    device = prefixes[0].last_hidden.device
+    if len(prefixes) == 1:  # nothing to pad: any cache type repeats
+        prefixes[0].cache.batch_repeat_interleave(repeats)
+        return prefixes[0].cache, torch.zeros(repeats, dtype=torch.long, device=device)
+    if not all(can_stack(p.cache) for p in prefixes):
+        raise ValueError("stack_prefixes: these caches cannot be left padded; decode their prompts one at a time")
+    width = max(p.length for p in prefixes)
+    merged = prefixes[0].cache
+    for index, layer in enumerate(merged.layers):
+        for name in ("keys", "values"):
+            parts = [getattr(p.cache.layers[index], name) for p in prefixes]
+            padded = [torch.nn.functional.pad(t, (0, 0, width - t.shape[-2], 0)) for t in parts]
+            setattr(layer, name, torch.cat(padded).repeat_interleave(repeats, dim=0))
+    pad = torch.tensor([width - p.length for p in prefixes], dtype=torch.long, device=device)
+    return merged, pad.repeat_interleave(repeats)
+
+
+def drop_leading_slots(cache: Any, count: int) -> None:
+    """Remove the first `count` slots of every layer (left padding no remaining row needs)."""
+    for layer in cache.layers:
+        layer.keys = layer.keys[..., count:, :]
+        layer.values = layer.values[..., count:, :]
 
 
 def cache_kwarg(module: Any) -> str:
