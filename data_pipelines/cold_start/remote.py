@@ -120,7 +120,7 @@ def check_reached(failures: Counter[str], ran: int, targets: dict[str, tuple[str
         stages[key.split(":", 1)[0] if ":" in key else ""] += n
     model, setting = targets[stages.most_common(1)[0][0]]
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(failures.items()))
-    raise EndpointFailed(f"all {ran} items failed to get an answer from {redact_url(model)} ({reasons}); check that "
+    raise EndpointFailed(f"no answer from {redact_url(model)} for any of the {ran} items tried ({reasons}); check that "
                          f"the server is up and reachable and {setting} is right, then re-run the same command "
                          "(finished items are kept, failed ones are retried)")
 
