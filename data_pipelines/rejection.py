@@ -84,6 +84,7 @@ def _sample_item(backend: Any, sample: Any, args: argparse.Namespace) -> dict[st
     """The cache entry of one item, or a failure (`failed: True`: no answer; never cached)."""
     from data_pipelines.cold_start.remote import classify
     from mmrl.generation import SamplingParams
+    from mmrl.generation.load import is_server_url
 
     params = SamplingParams(n=args.k, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                             seed=args.seed)
@@ -92,7 +93,7 @@ def _sample_item(backend: Any, sample: Any, args: argparse.Namespace) -> dict[st
         try:
             completions = backend.generate([_prompt(sample, args.system_prompt, args.prompt_suffix)], params)[0]
         except Exception as err:  # noqa: BLE001 - classified; unknown errors re-raised
-            kind = classify(err)
+            kind = classify(err, is_server_url(args.model))
             if kind is None:
                 raise
             reason, failed = kind

@@ -87,8 +87,8 @@ class StageRunner:
             try:
                 with self.slots:
                     completion = self.backend.generate([prompt], params)[0][0]
-            except Exception as err:  # noqa: BLE001 - classified; unknown errors re-raised
-                kind = classify(err)
+            except Exception as err:  # noqa: BLE001 - classified; a local backend's own errors re-raised
+                kind = classify(err, is_server_url(self.cfg.model))
                 if kind is None:
                     raise
                 reason, failed = kind

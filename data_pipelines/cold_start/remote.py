@@ -94,10 +94,15 @@ def open_backend(model: str, where: str, api_key_env: str | None = None, **kw: A
         raise type(err)(str(err).replace(model, redact_url(model))) from None
 
 
-def classify(err: Exception) -> tuple[str, bool] | None:
-    """(reason, is_failure) for an error a remote request ended with after the client's retries; None: not a
-    request error (a bug: let it propagate)."""
+def classify(err: Exception, remote: bool) -> tuple[str, bool] | None:
+    """(reason, is_failure) for an error a request ended with after the client's retries; None: not a request
+    error (a bug, or a mistake in the input: let it propagate). From an endpoint, an exception while reading its
+    reply (an HTML error page with status 200, JSON without `choices`) is a failure too: the server's answer, not
+    the item, is at fault."""
     import openai
+
+    if isinstance(err, UserError):
+        return None
 
     if isinstance(err, openai.APITimeoutError):
         return "timeout", True
@@ -105,7 +110,7 @@ def classify(err: Exception) -> tuple[str, bool] | None:
         return "connection", True
     if isinstance(err, openai.APIStatusError):
         return f"http_{err.status_code}", err.status_code not in _ITEM_STATUSES
-    if isinstance(err, openai.OpenAIError):
+    if isinstance(err, openai.OpenAIError) or remote:
         return "bad_response", True
     return None
 

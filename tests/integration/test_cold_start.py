@@ -93,6 +93,14 @@ class FailureServer:
                 if reply == "drop":
                     self.close_connection = True
                     return
+                if reply == "html":  # a proxy's error page with status 200
+                    page = b"<html><body>502 Bad Gateway</body></html>"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    self.wfile.write(page)
+                    return
                 if isinstance(reply, int):
                     self._send(reply, {"error": {"message": "scripted", "type": "x"}},
                                {"retry-after": "0"} if reply == 429 else None)
@@ -126,6 +134,8 @@ class FailureServer:
                 return 500
             if mode == "drop":
                 return "drop"
+            if mode == "garbage":
+                return "html"
             return f"There are shapes in {qid}.", "stop"
         if mode == "e429_once" and count == 1:
             return 429
@@ -179,11 +189,12 @@ def write_config(root: Path, data: Path, out: Path, url: str, **reason: object) 
 
 SCRIPT = {"q0": "good", "q1": "wrong", "q2": "malformed", "q3": "e500", "q4": "e429_once", "q5": "slow",
           "q6": "truncated", "q7": "drop", "q8": "empty", "q9": "dup", "q10": "repeat", "q11": "mixed",
-          "q12": "good"}
+          "q12": "good", "q13": "garbage"}
 EXPECTED_REJECTED = {"wrong_answer": 1, "reason:no_think": 1, "reason:truncated": 1, "pseudo_cot:empty": 1,
                      "near_duplicate": 1, "repetition": 1, "language_mix": 1}
 # No answer at all (500s after retries, a timeout, a dropped connection): failures, not rejections.
-EXPECTED_FAILED = {"describe:http_500": 1, "pseudo_cot:timeout": 1, "describe:connection": 1}
+EXPECTED_FAILED = {"describe:http_500": 1, "pseudo_cot:timeout": 1, "describe:connection": 1,
+                   "describe:bad_response": 1}
 
 
 def test_failure_server_output_is_exactly_the_verified_subset(tmp_path, capsys):
@@ -217,24 +228,25 @@ def test_failure_server_output_is_exactly_the_verified_subset(tmp_path, capsys):
         # The SFT set reads back as native records with the target as response.
         samples = load_samples(str(out / "train.jsonl"))
         assert [s.response for s in samples] == [r["response"] for r in kept]
-        # A re-run asks again for the 3 items that got no answer, and only for them; rejections are final. All 3
+        # A re-run asks again for the 4 items that got no answer, and only for them; rejections are final. All 4
         # fail again: exit 1 with one line naming the endpoint and what to do.
         before, train_before = Counter(server.requests), (out / "train.jsonl").read_bytes()
         capsys.readouterr()
         assert main(["build-data", "cold-start", str(cfg)]) == 1
         err = capsys.readouterr().err.strip().splitlines()[-1]
-        assert err.startswith(f"mmrl build-data: error: no answer from {server.url} for any of the 3 items") and "re-run" in err
+        assert err.startswith(f"mmrl build-data: error: no answer from {server.url} for any of the 4 items")
+        assert "re-run" in err
         asked_again = {key for key in server.requests if server.requests[key] != before[key]}
-        assert {qid for qid, _ in asked_again} == {"q3", "q5", "q7"}
+        assert {qid for qid, _ in asked_again} == {"q3", "q5", "q7", "q13"}
         assert (out / "train.jsonl").read_bytes() == train_before
         # The endpoint recovers: the next run keeps them; then a finished build re-run generates nothing.
-        for qid in ("q3", "q5", "q7"):
+        for qid in ("q3", "q5", "q7", "q13"):
             server.script[qid] = "good"
         assert main(["build-data", "cold-start", str(cfg)]) == 0
         report = json.loads((out / "report.json").read_text())
         assert report["failed"] == {} and report["rejected"] == EXPECTED_REJECTED
         kept = [json.loads(line)["id"] for line in (out / "train.jsonl").read_text().splitlines()]
-        assert kept == ["q0", "q3", "q4", "q5", "q7", "q12"]
+        assert kept == ["q0", "q3", "q4", "q5", "q7", "q12", "q13"]
         before, train_before = sum(server.requests.values()), (out / "train.jsonl").read_bytes()
         capsys.readouterr()
         assert main(["build-data", "cold-start", str(cfg)]) == 0
