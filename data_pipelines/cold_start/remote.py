@@ -12,8 +12,8 @@
 
 >>> redact_url("https://bob:hunter2@api.example.com/v1?api_key=sk-1&api-version=2024-06-01#x")
 'https://***@api.example.com/v1?api_key=***&api-version=2024-06-01'
->>> redact_url("runs/grpo/checkpoint"), redact_url("http://127.0.0.1:8000/v1")
-('runs/grpo/checkpoint', 'http://127.0.0.1:8000/v1')
+>>> redact_url("runs/grpo/checkpoint"), redact_url("http://127.0.0.1:8000/v1"), redact_url("http://tok@h:x/v1")
+('runs/grpo/checkpoint', 'http://127.0.0.1:8000/v1', 'http://***@h:***/v1')
 """
 
 from __future__ import annotations
@@ -54,9 +54,13 @@ def redact_url(model: str) -> str:
     host = parts.hostname or ""
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
-    netloc = ("***@" if parts.username or parts.password else "") + host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
+    netloc = ("***@" if "@" in parts.netloc else "") + host
+    try:
+        port = parts.port
+    except ValueError:  # not a number: shown masked rather than risk echoing whatever it is
+        port = "***"
+    if port is not None:
+        netloc += f":{port}"
     query = "&".join(f"{k}={v if k.lower() in _PUBLIC_QUERY else '***'}"
                      for k, v in parse_qsl(parts.query, keep_blank_values=True))
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
@@ -68,7 +72,7 @@ def check_api_key_env(name: str | None, where: str, model: str) -> None:
         return
     if name not in os.environ:
         # `--api-key-env "$KEY"`: the shell put the key itself here; say which variable holds it, never the value.
-        holders = sorted(k for k, v in os.environ.items() if len(name) >= 8 and v == name)
+        holders = sorted(k for k, v in os.environ.items() if v == name) if len(name) >= 8 else []
         if holders:
             raise ConfigError(f"{where} holds the value of the environment variable {holders[0]}, not a name; "
                               f"set {where} to {holders[0]}")
@@ -103,7 +107,6 @@ def classify(err: Exception, remote: bool) -> tuple[str, bool] | None:
 
     if isinstance(err, UserError):
         return None
-
     if isinstance(err, openai.APITimeoutError):
         return "timeout", True
     if isinstance(err, openai.APIConnectionError):
