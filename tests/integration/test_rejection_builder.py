@@ -27,11 +27,11 @@ REPLIES = {
 
 
 class Scripted:
-    """The scripted policy server: `url`, `posts` (chat requests answered), `fail_every_other` (a 503 for every
-    second chat request)."""
+    """The scripted policy server: `url`, `posts` (chat requests received), `fail_every_other` (a 503 for every
+    second chat request to an item the script answers)."""
 
     def __init__(self) -> None:
-        self.posts, self.fail_every_other, self.lock, self.url = 0, False, threading.Lock(), ""
+        self.posts, self.answerable, self.fail_every_other, self.lock, self.url = 0, 0, False, threading.Lock(), ""
 
 
 @pytest.fixture()
@@ -55,15 +55,18 @@ def scripted_server():
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            with state.lock:
-                state.posts += 1
-                flaky = state.fail_every_other and state.posts % 2 == 0
-            if flaky:
-                self._send(503, {"error": {"message": "scripted overload"}})
-                return
             content = body["messages"][-1]["content"]
             text = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
             replies = REPLIES[text.split("[", 1)[1].split("]", 1)[0]]
+            with state.lock:
+                state.posts += 1
+                # The alternation skips the item that always gets a 500, so it cannot hold another item's turn.
+                if not isinstance(replies, int):
+                    state.answerable += 1
+                flaky = state.fail_every_other and not isinstance(replies, int) and state.answerable % 2 == 0
+            if flaky:
+                self._send(503, {"error": {"message": "scripted overload"}})
+                return
             if isinstance(replies, int):
                 self._send(replies, {"error": {"message": "scripted"}})
                 return
@@ -154,7 +157,7 @@ def test_a_server_failing_every_other_request_loses_nothing_over_resumes(scripte
     out = tmp_path / "out"
     argv = _argv(scripted_server.url, _data(tmp_path), out, "--concurrency", "2")
     codes = []
-    for _ in range(10):
+    for _ in range(20):
         codes.append(main(argv))
         report = json.loads((out / "report.json").read_text())
         assert set(report["failed"]) <= {"http_503", "http_500"} and set(report["rejected"]) == {"none_correct"}
