@@ -7,9 +7,13 @@ check of the item's task; a selection rule picks the SFT targets:
   sort them by length in words, drop the longest and keep the next longest; none: the item yields nothing.
 - `all-correct`: every correct completion becomes a record (ids `<id>#<k>`).
 
-Same per-item cache (`<out>/cache.jsonl`: resumable, a finished build re-run generates nothing) and report
-(`report.json`: items kept + rejected per reason == input; tokens spent) as the cold-start builder. `--keep-previous`
-(ours): an item the policy never solves keeps the response its input record had, counted as `kept_previous`.
+Same per-item cache (`<out>/cache.jsonl`: resumable, a finished build re-run generates nothing; each line carries a
+fingerprint of the model, sampling parameters and exact prompt, so a changed setting regenerates instead of reusing)
+and report (`report.json`: items kept + rejected per reason + failed per reason == input; tokens spent; the model,
+a URL redacted) as the cold-start builder. A request that got no answer (timeout, dropped connection, 5xx/429 after
+retries) is a *failure*: reported, never cached, retried by the next run; when every item failed, the command exits
+1 naming the endpoint. `--keep-previous` (ours): an item the policy never solves keeps the response its input record
+had: the row says so (`meta.rejection.carried_over: true`) and the report counts it as `kept_previous`.
 
 >>> select(["a b c", "a b", "a b c d", "x"], [True, True, True, False], "openvlthinker")
 ['a b c']
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -65,38 +70,83 @@ def _prompt(sample: Any, system: str | None, suffix: str | None) -> Any:
     return Prompt(messages)
 
 
+def _fingerprint(sample: Any, args: argparse.Namespace) -> str:
+    """Everything that determines an item's K samples (not the rule or --keep-previous: applied when writing)."""
+    from data_pipelines.cold_start.remote import describe_model, fingerprint, prompt_view
+
+    return fingerprint(model=describe_model(args.model), served_model=args.served_model, k=args.k,
+                       temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                       attempts=args.attempts,
+                       prompt=prompt_view(_prompt(sample, args.system_prompt, args.prompt_suffix).messages))
+
+
 def _sample_item(backend: Any, sample: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from data_pipelines.cold_start.build import _request_failure
+    """The cache entry of one item, or a failure (`failed: True`: no answer; never cached)."""
+    from data_pipelines.cold_start.remote import classify
     from mmrl.generation import SamplingParams
+    from mmrl.generation.load import is_server_url
 
     params = SamplingParams(n=args.k, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                             seed=args.seed)
-    reason = "empty"
+    reason, failed = "empty", False
     for _ in range(args.attempts):
         try:
             completions = backend.generate([_prompt(sample, args.system_prompt, args.prompt_suffix)], params)[0]
         except Exception as err:  # noqa: BLE001 - classified; unknown errors re-raised
-            reason = _request_failure(err)
-            if reason is None:
+            kind = classify(err, is_server_url(args.model))
+            if kind is None:
                 raise
+            reason, failed = kind
             continue
         tokens = sum(c.n_tokens or len(c.text.split()) for c in completions)
         return {"ok": True, "texts": [c.text.strip() for c in completions],
                 "finish": [c.finish_reason for c in completions], "tokens": tokens}
-    return {"ok": False, "reason": reason, "tokens": 0}
+    return {"ok": False, "reason": reason, "tokens": 0, **({"failed": True} if failed else {})}
 
 
-def build_rejection(args: argparse.Namespace) -> dict[str, Any]:
+def _generate(todo: list[Any], fps: dict[str, str], cache: Any, args: argparse.Namespace) -> dict[str, str]:
+    """Sample every item of `todo` into the cache; returns {sample id: failure reason} for those that got no answer."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
 
+    from data_pipelines.cold_start.remote import open_backend
+    from mmrl.generation.load import is_server_url
+
+    remote = is_server_url(args.model)
+    kw = ({"served_model": args.served_model, "api_key_env": args.api_key_env, "concurrency": args.concurrency,
+           "max_retries": args.max_retries, "timeout": args.timeout} if remote else {})
+    backend = open_backend(args.model, "--api-key-env", **kw)
+    failures: dict[str, str] = {}
+
+    def one(sample: Any) -> None:
+        entry = _sample_item(backend, sample, args)
+        if entry.pop("failed", False):
+            failures[sample.id] = entry["reason"]
+        else:
+            cache.put(sample.id, "sample", fps[sample.id], **entry)
+
+    bar = tqdm(total=len(todo), desc="rejection", unit="item", dynamic_ncols=True)
+    with ThreadPoolExecutor(max_workers=args.concurrency if remote else 1) as pool:
+        futures = [pool.submit(one, s) for s in todo]
+        try:
+            for future in futures:
+                future.result()
+                bar.update(1)
+                bar.set_postfix(failed=len(failures), refresh=False)
+        finally:
+            for future in futures:
+                future.cancel()
+            bar.close()
+    return failures
+
+
+def build_rejection(args: argparse.Namespace) -> dict[str, Any]:
     from data_pipelines.cold_start.build import _atomic_write, _histogram, native_record
     from data_pipelines.cold_start.cache import StageCache
+    from data_pipelines.cold_start.remote import check_reached, redact_url
     from mmrl.data.dataset import load_samples
     from mmrl.engine.run_dir import RunDirLock
-    from mmrl.generation import load_backend
-    from mmrl.generation.load import is_server_url
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,28 +155,15 @@ def build_rejection(args: argparse.Namespace) -> dict[str, Any]:
     lock.acquire()
     cache = StageCache(out / "cache.jsonl")
     try:
-        todo = [s for s in samples if cache.get(s.id, "sample") is None]
-        if todo:
-            remote = is_server_url(args.model)
-            kw = ({"served_model": args.served_model, "api_key_env": args.api_key_env,
-                   "concurrency": args.concurrency, "max_retries": args.max_retries, "timeout": args.timeout}
-                  if remote else {})
-            backend = load_backend(args.model, **kw)
-            bar = tqdm(total=len(todo), desc="rejection", unit="item", dynamic_ncols=True)
-            with ThreadPoolExecutor(max_workers=args.concurrency if remote else 1) as pool:
-                futures = [pool.submit(lambda s: cache.put(s.id, "sample", **_sample_item(backend, s, args)), s)
-                           for s in todo]
-                try:
-                    for future in futures:
-                        future.result()
-                        bar.update(1)
-                finally:
-                    for future in futures:
-                        future.cancel()
-                    bar.close()
-        records, reasons, tokens, lengths, previous = [], Counter(), 0, [], 0
+        fps = {s.id: _fingerprint(s, args) for s in samples}
+        todo = [s for s in samples if cache.get(s.id, "sample", fps[s.id]) is None]
+        failures = _generate(todo, fps, cache, args) if todo else {}
+        records, reasons, failed, tokens, lengths, previous = [], Counter(), Counter(), 0, [], 0
         for sample in samples:
-            entry = cache.get(sample.id, "sample")
+            entry = cache.get(sample.id, "sample", fps[sample.id])
+            if entry is None:
+                failed[failures.get(sample.id, "not_run")] += 1
+                continue
             tokens += entry["tokens"]
             if not entry["ok"]:
                 reasons[entry["reason"]] += 1
@@ -136,29 +173,32 @@ def build_rejection(args: argparse.Namespace) -> dict[str, Any]:
                 reasons["gold_unusable"] += 1
                 continue
             chosen = select(entry["texts"], [bool(f) for f in flags], args.rule)
-            if not chosen and args.keep_previous and sample.response:
+            carried = not chosen and args.keep_previous and bool(sample.response)
+            if carried:
                 chosen, previous = [sample.response], previous + 1
             if not chosen:
                 reasons["none_correct"] += 1
                 continue
             for index, text in enumerate(chosen):
-                record = native_record(sample, text, {"k": args.k, "correct": sum(map(bool, flags))})
+                record = native_record(sample, text, {"k": args.k, "correct": sum(map(bool, flags)),
+                                                      "carried_over": carried})
                 record["meta"]["rejection"] = record["meta"].pop("cold_start")
                 if len(chosen) > 1:
                     record["id"] = f"{sample.id}#{index}"
                 records.append(record)
                 lengths.append(len(text.split()))
-        kept_items = len(samples) - sum(reasons.values())
+        kept_items = len(samples) - sum(reasons.values()) - sum(failed.values())
         _atomic_write(out / "train.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         report = {"input": len(samples), "kept": kept_items, "records": len(records),
-                  "rejected": dict(sorted(reasons.items())), "kept_previous": previous, "tokens": tokens,
-                  "rule": args.rule, "k": args.k, "model": args.model,
-                  "train": str(out / "train.jsonl"), "generated_now": len(todo)}
+                  "rejected": dict(sorted(reasons.items())), "failed": dict(sorted(failed.items())),
+                  "kept_previous": previous, "tokens": tokens, "rule": args.rule, "k": args.k,
+                  "model": redact_url(args.model), "train": str(out / "train.jsonl"), "generated_now": len(todo)}
         _atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")
         _histogram(lengths, out / "lengths.png")
     finally:
         cache.close()
         lock.release()
+    check_reached(Counter(failures.values()), len(todo), {"": (args.model, "--model")})
     return report
 
 
@@ -202,9 +242,14 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("--temperature must be >= 0 and --limit >= 1")
     report = build_rejection(args)
     rejected = ", ".join(f"{k}={v}" for k, v in report["rejected"].items()) or "none"
-    print(f"kept {report['kept']} of {report['input']} items ({report['records']} records; rejected: {rejected}); "
+    print(f"kept {report['kept']} of {report['input']} items ({report['records']} records, "
+          f"{report['kept_previous']} carried over; rejected: {rejected}); "
           f"generated now: {report['generated_now']}; tokens: {report['tokens']}")
     print(f"wrote {report['train']} and {args.out}/report.json")
+    if report["failed"]:
+        failed = ", ".join(f"{k}={v}" for k, v in report["failed"].items())
+        print(f"warning: {sum(report['failed'].values())} items got no answer ({failed}); they are not in the "
+              "output: re-run the same command to retry them", file=sys.stderr)
     return 0
 
 

@@ -2,8 +2,14 @@
 
 `build_cold_start(cfg)` runs the three generation stages for every sample not yet in the cache (resumable), then
 writes `train.jsonl` (native records: images referenced by path, the reasoner's `<think>`+`<answer>` as `response`),
-`report.json` (kept + rejected per reason == input; tokens spent per stage) and `lengths.png` (a histogram of the kept
-targets' lengths) from the cache, in input order, so a resumed build writes exactly what an uninterrupted one does.
+`report.json` (kept + rejected per reason + failed per reason == input; tokens spent per stage; the models, URLs
+redacted) and `lengths.png` (a histogram of the kept targets' lengths) from the cache, in input order, so a resumed
+build writes exactly what an uninterrupted one does.
+
+A *rejection* (a malformed, wrong or low-quality reply) is cached and final under the same config; a *failure* (the
+endpoint gave no answer: timeout, dropped connection, 5xx/429 after retries, a refused key) is only reported and the
+next run retries it. When every item a run attempted failed, the build ends with `EndpointFailed` (exit code 1).
+Cache lines carry a fingerprint of the stage's model, sampling and exact prompt, so a changed config regenerates.
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ import json
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,25 +25,19 @@ from typing import Any
 from data_pipelines.cold_start.cache import StageCache
 from data_pipelines.cold_start.config import STAGES, ColdStartConfig, StageConfig
 from data_pipelines.cold_start.filters import jaccard, judge, malformed, shingles
+from data_pipelines.cold_start.remote import (
+    check_reached,
+    classify,
+    describe_model,
+    fingerprint,
+    open_backend,
+    prompt_view,
+    redact_url,
+)
 from mmrl.data.dataset import load_samples
 from mmrl.data.sample import Sample
-from mmrl.generation import GenerationBackend, Prompt, SamplingParams, load_backend
+from mmrl.generation import GenerationBackend, Prompt, SamplingParams
 from mmrl.generation.load import is_server_url
-
-
-# Errors a remote stage may end with after the client's own retries; anything else is a bug and propagates.
-def _request_failure(err: Exception) -> str | None:
-    import openai
-
-    if isinstance(err, openai.APITimeoutError):
-        return "timeout"
-    if isinstance(err, openai.APIConnectionError):
-        return "connection"
-    if isinstance(err, openai.APIStatusError):
-        return f"http_{err.status_code}"
-    if isinstance(err, openai.OpenAIError):
-        return "bad_response"
-    return None
 
 
 def question_text(sample: Sample) -> str:
@@ -56,18 +55,31 @@ def fill(template: str, **values: str) -> str:
 
 
 class StageRunner:
-    """One stage's backend, prompt and limits; `run` returns the cache entry of one sample."""
+    """One stage's model, prompt and limits: the prompt and cache fingerprint of a sample, and `run` (once a
+    backend is attached) returning the cache entry, or a failure (`failed: True`) that is never cached."""
 
-    def __init__(self, name: str, cfg: StageConfig, prompt: str, backend: GenerationBackend) -> None:
-        self.name, self.cfg, self.prompt, self.backend = name, cfg, prompt, backend
+    def __init__(self, name: str, cfg: StageConfig, prompt: str) -> None:
+        self.name, self.cfg, self.prompt_template = name, cfg, prompt
+        self.backend: GenerationBackend | None = None
         # The in-process backend is not thread-safe: one call at a time; an endpoint takes `concurrency`.
         self.slots = threading.Semaphore(cfg.concurrency if is_server_url(cfg.model) else 1)
+        # What determines this stage's reply besides the prompt (not the key, retries or timeouts: they decide
+        # only whether an answer comes, and a request that got none is never cached).
+        self.identity = {"stage": name, "model": describe_model(cfg.model), "served_model": cfg.served_model,
+                         "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "seed": cfg.seed,
+                         "attempts": cfg.attempts}
 
-    def run(self, sample: Sample, values: dict[str, str]) -> dict[str, Any]:
-        text = fill(self.prompt, question=question_text(sample), **values)
+    def prompt(self, sample: Sample, values: dict[str, str]) -> Prompt:
+        text = fill(self.prompt_template, question=question_text(sample), **values)
         # The reasoner is text-only: it sees the description, never the image.
-        prompt = Prompt.from_question(text, images=[] if self.name == "reason" else sample.images)
-        spent, reason = 0, "empty"
+        return Prompt.from_question(text, images=[] if self.name == "reason" else sample.images)
+
+    def fingerprint(self, prompt: Prompt) -> str:
+        return fingerprint(**self.identity, prompt=prompt_view(prompt.messages))
+
+    def run(self, prompt: Prompt) -> dict[str, Any]:
+        assert self.backend is not None
+        spent, reason, failed = 0, "empty", False
         for attempt in range(self.cfg.attempts):
             seed = None if self.cfg.seed is None else self.cfg.seed + attempt
             params = SamplingParams(temperature=self.cfg.temperature, max_new_tokens=self.cfg.max_new_tokens,
@@ -75,26 +87,31 @@ class StageRunner:
             try:
                 with self.slots:
                     completion = self.backend.generate([prompt], params)[0][0]
-            except Exception as err:  # noqa: BLE001 - classified; unknown errors re-raised
-                failure = _request_failure(err)
-                if failure is None:
+            except Exception as err:  # noqa: BLE001 - classified; a local backend's own errors re-raised
+                kind = classify(err, is_server_url(self.cfg.model))
+                if kind is None:
                     raise
-                reason = failure
+                reason, failed = kind
                 continue
+            failed = False
             tokens = completion.n_tokens or completion.extra.get("completion_tokens") or len(completion.text.split())
             spent += tokens
             bad = malformed(completion.text, completion.finish_reason, need_tags=self.name == "reason")
             if bad is None:
                 return {"ok": True, "text": completion.text.strip(), "tokens": spent, "target_tokens": tokens}
             reason = bad
-        return {"ok": False, "reason": f"{self.name}:{reason}", "tokens": spent}
+        # The last attempt decides: no answer at all is a failure (retried by the next run), a bad one a rejection.
+        return {"ok": False, "reason": f"{self.name}:{reason}", "tokens": spent, **({"failed": True} if failed else {})}
 
 
-def _backends(cfg: ColdStartConfig) -> dict[str, StageRunner]:
+def make_runners(cfg: ColdStartConfig) -> dict[str, StageRunner]:
+    return {stage: StageRunner(stage, getattr(cfg.stages, stage), cfg.prompt_text(stage)) for stage in STAGES}
+
+
+def attach_backends(runners: dict[str, StageRunner]) -> None:
     loaded: dict[tuple, GenerationBackend] = {}
-    runners = {}
-    for stage in STAGES:
-        scfg: StageConfig = getattr(cfg.stages, stage)
+    for stage, runner in runners.items():
+        scfg = runner.cfg
         if is_server_url(scfg.model):
             key: tuple = (scfg.model, scfg.served_model, scfg.api_key_env, scfg.concurrency, scfg.max_retries,
                           scfg.timeout)
@@ -103,51 +120,61 @@ def _backends(cfg: ColdStartConfig) -> dict[str, StageRunner]:
         else:
             key, kw = (scfg.model,), {}
         if key not in loaded:  # the same VLM for stages 1 and 2 loads once
-            loaded[key] = load_backend(scfg.model, **kw)
-        runners[stage] = StageRunner(stage, scfg, cfg.prompt_text(stage), loaded[key])
-    return runners
+            loaded[key] = open_backend(scfg.model, f"stages.{stage}.api_key_env", **kw)
+        runner.backend = loaded[key]
 
 
-def _process(sample: Sample, runners: dict[str, StageRunner], cache: StageCache) -> None:
+def walk(sample: Sample, runners: dict[str, StageRunner], cache: StageCache,
+         run: bool = False) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """The sample's stage entries under the current config, up to its first rejection. Without `run`, a stage not
+    in the cache stops the walk with `{"missing": stage}`; with `run` it is generated (and cached), and a failed
+    request stops the walk with the failure."""
     values: dict[str, str] = {}
+    entries: dict[str, dict[str, Any]] = {}
     for stage, key in zip(STAGES, ("pseudo_cot", "description", None)):
-        entry = cache.get(sample.id, stage)
+        runner = runners[stage]
+        prompt = runner.prompt(sample, values)
+        fp = runner.fingerprint(prompt)
+        entry = cache.get(sample.id, stage, fp)
         if entry is None:
-            entry = cache.put(sample.id, stage, **runners[stage].run(sample, values))
+            if not run:
+                return entries, {"missing": stage}
+            result = runner.run(prompt)
+            if result.get("failed"):
+                return entries, result
+            entry = cache.put(sample.id, stage, fp, **result)
+        entries[stage] = entry
         if not entry["ok"]:
-            return
+            break
         if key:
             values[key] = entry["text"]
+    return entries, None
 
 
-def _pending(samples: list[Sample], cache: StageCache) -> list[Sample]:
-    def finished(s: Sample) -> bool:
-        entries = [cache.get(s.id, stage) for stage in STAGES]
-        return any(e is not None and not e["ok"] for e in entries) or entries[-1] is not None
-
-    return [s for s in samples if not finished(s)]
-
-
-def generate_all(samples: list[Sample], cache: StageCache, make_runners: Callable[[], dict[str, StageRunner]],
-                 workers: int) -> int:
-    """Run the stages of every unfinished sample; returns how many were run."""
-    todo = _pending(samples, cache)
+def generate_all(samples: list[Sample], cache: StageCache, runners: dict[str, StageRunner],
+                 workers: int) -> tuple[int, dict[str, str]]:
+    """Run the stages of every unfinished sample; returns (how many were run, {sample id: failure reason})."""
+    todo = [s for s in samples if walk(s, runners, cache)[1] is not None]
     if not todo:
-        return 0
+        return 0, {}
     from tqdm.auto import tqdm
 
-    runners = make_runners()
+    attach_backends(runners)
+    failures: dict[str, str] = {}
     bar = tqdm(total=len(todo), desc="cold-start", unit="item", dynamic_ncols=True)
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
-        futures = [pool.submit(_process, s, runners, cache) for s in todo]
-        for future in futures:
-            future.result()
+        futures = [pool.submit(walk, s, runners, cache, True) for s in todo]
+        for sample, future in zip(todo, futures):
+            stopped = future.result()[1]
+            if stopped is not None:
+                failures[sample.id] = stopped["reason"]
             bar.update(1)
+            bar.set_postfix(failed=len(failures), refresh=False)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: finish what is in flight, start nothing new
         bar.close()
-    return len(todo)
+    return len(todo), failures
 
 
 def native_record(sample: Sample, response: str, stages: dict[str, str]) -> dict[str, Any]:
@@ -161,20 +188,26 @@ def native_record(sample: Sample, response: str, stages: dict[str, str]) -> dict
     return out
 
 
-def write_outputs(samples: list[Sample], cache: StageCache, cfg: ColdStartConfig, out: Path) -> dict[str, Any]:
-    """train.jsonl, report.json and lengths.png from the cache, in input order (near-duplicates: later ones go)."""
+def write_outputs(samples: list[Sample], cache: StageCache, cfg: ColdStartConfig, runners: dict[str, StageRunner],
+                  failures: dict[str, str], out: Path) -> dict[str, Any]:
+    """train.jsonl, report.json and lengths.png from the cache, in input order (near-duplicates: later ones go).
+    `failures`: the items whose request failed in this run (not cached: in the report's `failed`, not `rejected`)."""
     reasons: Counter[str] = Counter()
+    failed: Counter[str] = Counter()
     tokens: Counter[str] = Counter()
     kept: list[dict[str, Any]] = []
     kept_shingles: list[set] = []
     lengths: list[int] = []
     for sample in samples:
-        entries = {stage: cache.get(sample.id, stage) for stage in STAGES}
+        entries, missing = walk(sample, runners, cache)
         for stage, entry in entries.items():
-            tokens[stage] += entry["tokens"] if entry else 0
-        failed = next((e for e in entries.values() if e is not None and not e["ok"]), None)
-        if failed is not None:
-            reasons[failed["reason"]] += 1
+            tokens[stage] += entry["tokens"]
+        if missing is not None:
+            failed[failures.get(sample.id, f"{missing['missing']}:not_run")] += 1
+            continue
+        rejected = next((e for e in entries.values() if not e["ok"]), None)
+        if rejected is not None:
+            reasons[rejected["reason"]] += 1
             continue
         text = entries["reason"]["text"]
         verdict = judge(text, sample, cfg.filter)
@@ -190,10 +223,12 @@ def write_outputs(samples: list[Sample], cache: StageCache, cfg: ColdStartConfig
         kept.append(native_record(sample, text, {"pseudo_cot": entries["pseudo_cot"]["text"],
                                                  "description": entries["describe"]["text"]}))
         lengths.append(entries["reason"]["target_tokens"])
-    assert len(kept) + sum(reasons.values()) == len(samples)
+    assert len(kept) + sum(reasons.values()) + sum(failed.values()) == len(samples)
     _atomic_write(out / "train.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
     report = {"input": len(samples), "kept": len(kept), "rejected": dict(sorted(reasons.items())),
-              "tokens_per_stage": dict(tokens), "train": str(out / "train.jsonl"), "lengths_png": "lengths.png"}
+              "failed": dict(sorted(failed.items())), "tokens_per_stage": dict(tokens),
+              "models": {stage: redact_url(r.cfg.model) for stage, r in runners.items()},
+              "train": str(out / "train.jsonl"), "lengths_png": "lengths.png"}
     _atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")
     _histogram(lengths, out / "lengths.png")
     return report
@@ -234,11 +269,14 @@ def build_cold_start(cfg: ColdStartConfig) -> dict[str, Any]:
     lock.acquire()  # two builds appending one cache would duplicate work
     cache = StageCache(out / "cache.jsonl")
     try:
+        runners = make_runners(cfg)
         workers = max(getattr(cfg.stages, s).concurrency for s in STAGES)
-        ran = generate_all(samples, cache, lambda: _backends(cfg), workers)
-        report = write_outputs(samples, cache, cfg, out)
+        ran, failures = generate_all(samples, cache, runners, workers)
+        report = write_outputs(samples, cache, cfg, runners, failures, out)
     finally:
         cache.close()
         lock.release()
     report["generated_now"] = ran
+    check_reached(Counter(failures.values()), ran,
+                  {stage: (r.cfg.model, f"stages.{stage}.model") for stage, r in runners.items()})
     return report

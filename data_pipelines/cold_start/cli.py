@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from data_pipelines.registry import register_builder
 
@@ -31,6 +32,10 @@ def _run(args: argparse.Namespace) -> int:
     print(f"kept {report['kept']} of {report['input']} (rejected: {rejected}); generated now: "
           f"{report['generated_now']}; tokens per stage: {json.dumps(report['tokens_per_stage'])}")
     print(f"wrote {report['train']} and {cfg.out}/report.json, {cfg.out}/lengths.png")
+    if report["failed"]:
+        failed = ", ".join(f"{k}={v}" for k, v in report["failed"].items())
+        print(f"warning: {sum(report['failed'].values())} items got no answer ({failed}); they are not in the "
+              "output: re-run the same command to retry them", file=sys.stderr)
     return 0
 
 

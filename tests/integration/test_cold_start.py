@@ -33,12 +33,20 @@ def think_for(qid: str) -> str:
 
 
 class FailureServer:
-    """An OpenAI-compatible server whose reply for (item, stage) follows `script[item]`; counts every request."""
+    """An OpenAI-compatible server whose reply for (item, stage) follows `script[item]`; counts every request.
 
-    def __init__(self, script: dict[str, str], answers: dict[str, str], delay: float = 0.0) -> None:
+    Hostile switches: `fail_every_other` answers every second chat request with a 503; `die_after` = N: after N chat
+    requests the server is gone (later requests get their connection dropped, the port refuses new ones)."""
+
+    def __init__(self, script: dict[str, str], answers: dict[str, str], delay: float = 0.0, port: int = 0,
+                 fail_every_other: bool = False, die_after: int | None = None) -> None:
         self.script, self.answers, self.delay = script, answers, delay
+        self.fail_every_other, self.die_after = fail_every_other, die_after
         self.requests: Counter[tuple[str, str]] = Counter()
+        self.posts = 0
+        self.prompts: list[str] = []
         self.lock = threading.Lock()
+        self.dead = False
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -65,12 +73,33 @@ class FailureServer:
                 stage = next(s for mark, s in STAGE_MARK.items() if mark in text)
                 qid = text.split("[", 1)[1].split("]", 1)[0]
                 with outer.lock:
-                    outer.requests[(qid, stage)] += 1
+                    outer.posts += 1
+                    if outer.die_after is not None and outer.posts > outer.die_after:
+                        self.close_connection = True  # dead: this request gets no answer, the port refuses more
+                        if not outer.dead:
+                            outer.dead = True
+                            threading.Thread(target=outer._stop, daemon=True).start()
+                        return
+                    flaky = outer.fail_every_other and outer.posts % 2 == 0
+                    if not flaky:
+                        outer.requests[(qid, stage)] += 1
+                        outer.prompts.append(text)
                     count = outer.requests[(qid, stage)]
+                if flaky:
+                    self._send(503, {"error": {"message": "scripted overload", "type": "x"}})
+                    return
                 time.sleep(outer.delay)
-                reply = outer.reply(qid, stage, count)
+                reply = outer.reply(qid, stage, count, text)
                 if reply == "drop":
                     self.close_connection = True
+                    return
+                if reply == "html":  # a proxy's error page with status 200
+                    page = b"<html><body>502 Bad Gateway</body></html>"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    self.wfile.write(page)
                     return
                 if isinstance(reply, int):
                     self._send(reply, {"error": {"message": "scripted", "type": "x"}},
@@ -83,14 +112,16 @@ class FailureServer:
                                  "usage": {"prompt_tokens": 5, "completion_tokens": len(content.split()),
                                            "total_tokens": 5 + len(content.split())}})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
-    def reply(self, qid: str, stage: str, count: int):
+    def reply(self, qid: str, stage: str, count: int, text: str = ""):
         mode, gold = self.script[qid], self.answers[qid]
+        if stage == "reason" and "ANSWER-99" in text:  # a prompt that makes the reasoner answer wrongly
+            mode = "wrong"
         good = f"<think> {think_for(qid)} </think><answer> {gold} </answer>"
         if stage == "pseudo_cot":
             if mode == "slow":
@@ -103,6 +134,8 @@ class FailureServer:
                 return 500
             if mode == "drop":
                 return "drop"
+            if mode == "garbage":
+                return "html"
             return f"There are shapes in {qid}.", "stop"
         if mode == "e429_once" and count == 1:
             return 429
@@ -116,9 +149,13 @@ class FailureServer:
                       f"<answer> {gold} </answer>", "stop"),
         }.get(mode, (good, "stop"))
 
-    def close(self) -> None:
+    def _stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def close(self) -> None:
+        if not self.dead:
+            self._stop()
 
 
 def write_dataset(root: Path, script: dict[str, str], answers: dict[str, str]) -> Path:
@@ -152,10 +189,12 @@ def write_config(root: Path, data: Path, out: Path, url: str, **reason: object) 
 
 SCRIPT = {"q0": "good", "q1": "wrong", "q2": "malformed", "q3": "e500", "q4": "e429_once", "q5": "slow",
           "q6": "truncated", "q7": "drop", "q8": "empty", "q9": "dup", "q10": "repeat", "q11": "mixed",
-          "q12": "good"}
-EXPECTED_REJECTED = {"wrong_answer": 1, "reason:no_think": 1, "describe:http_500": 1, "pseudo_cot:timeout": 1,
-                     "reason:truncated": 1, "describe:connection": 1, "pseudo_cot:empty": 1, "near_duplicate": 1,
-                     "repetition": 1, "language_mix": 1}
+          "q12": "good", "q13": "garbage"}
+EXPECTED_REJECTED = {"wrong_answer": 1, "reason:no_think": 1, "reason:truncated": 1, "pseudo_cot:empty": 1,
+                     "near_duplicate": 1, "repetition": 1, "language_mix": 1}
+# No answer at all (500s after retries, a timeout, a dropped connection): failures, not rejections.
+EXPECTED_FAILED = {"describe:http_500": 1, "pseudo_cot:timeout": 1, "describe:connection": 1,
+                   "describe:bad_response": 1}
 
 
 def test_failure_server_output_is_exactly_the_verified_subset(tmp_path, capsys):
@@ -176,8 +215,9 @@ def test_failure_server_output_is_exactly_the_verified_subset(tmp_path, capsys):
             assert record["meta"]["cold_start"]["description"] == f"There are shapes in {qid}."
         assert not (out / "images").exists()
         report = json.loads((out / "report.json").read_text())
-        assert report["rejected"] == EXPECTED_REJECTED
-        assert report["kept"] + sum(report["rejected"].values()) == report["input"] == len(SCRIPT)
+        assert report["rejected"] == EXPECTED_REJECTED and report["failed"] == EXPECTED_FAILED
+        assert report["kept"] + sum(report["rejected"].values()) + sum(report["failed"].values()) == len(SCRIPT)
+        assert report["input"] == len(SCRIPT)
         assert (out / "lengths.png").stat().st_size > 0
         # Retries: 500 and timeout -> 2 attempts x (1 + max_retries) requests; the 429 is retried once and kept.
         assert server.requests[("q3", "describe")] == 4 and server.requests[("q4", "reason")] == 2
@@ -188,12 +228,31 @@ def test_failure_server_output_is_exactly_the_verified_subset(tmp_path, capsys):
         # The SFT set reads back as native records with the target as response.
         samples = load_samples(str(out / "train.jsonl"))
         assert [s.response for s in samples] == [r["response"] for r in kept]
-        # A finished build re-run generates nothing and writes the same files.
+        # A re-run asks again for the 4 items that got no answer, and only for them; rejections are final. All 4
+        # fail again: exit 1 with one line naming the endpoint and what to do.
+        before, train_before = Counter(server.requests), (out / "train.jsonl").read_bytes()
+        capsys.readouterr()
+        assert main(["build-data", "cold-start", str(cfg)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"mmrl build-data: error: no answer from {server.url} for any of the 4 items")
+        assert "re-run" in err
+        asked_again = {key for key in server.requests if server.requests[key] != before[key]}
+        assert {qid for qid, _ in asked_again} == {"q3", "q5", "q7", "q13"}
+        assert (out / "train.jsonl").read_bytes() == train_before
+        # The endpoint recovers: the next run keeps them; then a finished build re-run generates nothing.
+        for qid in ("q3", "q5", "q7", "q13"):
+            server.script[qid] = "good"
+        assert main(["build-data", "cold-start", str(cfg)]) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert report["failed"] == {} and report["rejected"] == EXPECTED_REJECTED
+        kept = [json.loads(line)["id"] for line in (out / "train.jsonl").read_text().splitlines()]
+        assert kept == ["q0", "q3", "q4", "q5", "q7", "q12", "q13"]
         before, train_before = sum(server.requests.values()), (out / "train.jsonl").read_bytes()
         capsys.readouterr()
         assert main(["build-data", "cold-start", str(cfg)]) == 0
         assert "generated now: 0" in capsys.readouterr().out
         assert sum(server.requests.values()) == before and (out / "train.jsonl").read_bytes() == train_before
+        assert all(json.loads(line)["ok"] is not None for line in (out / "cache.jsonl").read_text().splitlines())
     finally:
         server.close()
 
@@ -340,12 +399,12 @@ def test_a_torn_last_cache_line_is_cut_and_the_stage_redone(tmp_path):
 
     path = tmp_path / "cache.jsonl"
     cache = StageCache(path)
-    cache.put("a", "describe", ok=True, text="x", tokens=1)
+    cache.put("a", "describe", "fp", ok=True, text="x", tokens=1)
     cache.close()
     with open(path, "a") as handle:
         handle.write('{"id": "b", "stage": "desc')  # killed mid-write
     cache = StageCache(path)
-    assert cache.get("a", "describe") is not None and cache.get("b", "describe") is None
-    cache.put("b", "describe", ok=True, text="y", tokens=1)
+    assert cache.get("a", "describe", "fp") is not None and cache.get("b", "describe", "fp") is None
+    cache.put("b", "describe", "fp", ok=True, text="y", tokens=1)
     cache.close()
     assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["a", "b"]

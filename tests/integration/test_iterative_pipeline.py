@@ -55,7 +55,10 @@ def test_two_iterations_on_the_tiny_preset(tmp_path):
     assert [d["path"] for d in cfg("sft_2")["data"]["train"]] == [done["rejection_1"]["outputs"]["train"]]
     report = json.loads((root / "rejection_1" / "report.json").read_text())
     assert report["model"] == done["grpo_1"]["outputs"]["checkpoint"]
-    assert report["input"] == 6 and report["kept"] + sum(report["rejected"].values()) == 6
+    assert report["input"] == 6 and report["kept"] + sum(report["rejected"].values()) == 6 and report["failed"] == {}
+    # --keep-previous: the rows carried over from the input say so, and the report counts them.
+    rows = [json.loads(line) for line in Path(done["rejection_1"]["outputs"]["train"]).read_text().splitlines()]
+    assert sum(r["meta"]["rejection"]["carried_over"] for r in rows) == report["kept_previous"]
     assert summary["models"]["iter2"] == done["grpo_2"]["outputs"]["checkpoint"]
     # Resumable: a re-run skips every finished step.
     again: list[str] = []

@@ -26,8 +26,18 @@ REPLIES = {
 }
 
 
+class Scripted:
+    """The scripted policy server: `url`, `posts` (chat requests received), `fail_every_other` (a 503 for every
+    second chat request to an item the script answers)."""
+
+    def __init__(self) -> None:
+        self.posts, self.answerable, self.fail_every_other, self.lock, self.url = 0, 0, False, threading.Lock(), ""
+
+
 @pytest.fixture()
 def scripted_server():
+    state = Scripted()
+
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
@@ -48,6 +58,15 @@ def scripted_server():
             content = body["messages"][-1]["content"]
             text = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
             replies = REPLIES[text.split("[", 1)[1].split("]", 1)[0]]
+            with state.lock:
+                state.posts += 1
+                # The alternation skips the item that always gets a 500, so it cannot hold another item's turn.
+                if not isinstance(replies, int):
+                    state.answerable += 1
+                flaky = state.fail_every_other and not isinstance(replies, int) and state.answerable % 2 == 0
+            if flaky:
+                self._send(503, {"error": {"message": "scripted overload"}})
+                return
             if isinstance(replies, int):
                 self._send(replies, {"error": {"message": "scripted"}})
                 return
@@ -60,15 +79,18 @@ def scripted_server():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    yield state
     httpd.shutdown()
     httpd.server_close()
 
 
-def _data(tmp_path: Path) -> Path:
+def _data(tmp_path: Path, responses: bool = False) -> Path:
+    """The items of REPLIES; with `responses`, each carries a previous SFT target (`PREV <id>`)."""
     path = tmp_path / "data.jsonl"
-    path.write_text("".join(json.dumps({"id": q, "prompt": f"[{q}] How many?", "answer": "3", "task": "count"}) + "\n"
-                            for q in REPLIES))
+    path.write_text("".join(json.dumps({"id": q, "prompt": f"[{q}] How many?", "answer": "3", "task": "count",
+                                        **({"response": f"<think> PREV {q} </think><answer> 3 </answer>"}
+                                           if responses else {})}) + "\n" for q in REPLIES))
     return path
 
 
@@ -78,7 +100,7 @@ def _data(tmp_path: Path) -> Path:
 ])
 def test_selection_rules_against_a_scripted_server(scripted_server, tmp_path, rule, expected):
     out = tmp_path / "out"
-    argv = ["build-data", "rejection", "--model", scripted_server, "--data", str(_data(tmp_path)), "--k", "4",
+    argv = ["build-data", "rejection", "--model", scripted_server.url, "--data", str(_data(tmp_path)), "--k", "4",
             "--out", str(out), "--rule", rule, "--max-retries", "0", "--attempts", "1"]
     assert main(argv) == 0
     records = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
@@ -87,9 +109,14 @@ def test_selection_rules_against_a_scripted_server(scripted_server, tmp_path, ru
         got.setdefault(record["id"].split("#")[0], []).append(record["response"])
     assert got == expected
     report = json.loads((out / "report.json").read_text())
-    assert report["rejected"] == {"http_500": 1, "none_correct": 1}
-    assert report["kept"] + sum(report["rejected"].values()) == report["input"] == 5
-    assert main(argv) == 0 and json.loads((out / "report.json").read_text())["generated_now"] == 0
+    # The 500 is a failure (no answer), not a rejection: reported apart and asked again by the next run.
+    assert report["rejected"] == {"none_correct": 1} and report["failed"] == {"http_500": 1}
+    assert report["kept"] + sum(report["rejected"].values()) + sum(report["failed"].values()) == report["input"] == 5
+    assert all(record["meta"]["rejection"]["carried_over"] is False for record in records)
+    # The re-run asks for q4 only; it fails again, and as it was every item tried, the command exits 1.
+    posts = scripted_server.posts
+    assert main(argv) == 1 and json.loads((out / "report.json").read_text())["generated_now"] == 1
+    assert scripted_server.posts == posts + 1
 
 
 def test_rejection_builder_on_the_tiny_model(tiny_model_dir, tmp_path):
@@ -105,3 +132,88 @@ def test_rejection_builder_on_the_tiny_model(tiny_model_dir, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["kept"] + sum(report["rejected"].values()) == 2
     assert main(argv) == 0 and json.loads((out / "report.json").read_text())["generated_now"] == 0
+
+
+def _argv(url: str, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["build-data", "rejection", "--model", url, "--data", str(data), "--k", "4", "--out", str(out),
+            "--max-retries", "0", "--attempts", "1", *extra]
+
+
+def test_keep_previous_rows_are_flagged_and_counted(scripted_server, tmp_path):
+    out = tmp_path / "out"
+    assert main(_argv(scripted_server.url, _data(tmp_path, responses=True), out, "--keep-previous")) == 0
+    records = {r["id"]: r for r in map(json.loads, (out / "train.jsonl").read_text().splitlines())}
+    assert sorted(records) == ["q0", "q1", "q2", "q3"]
+    carried = {q for q, r in records.items() if r["meta"]["rejection"]["carried_over"]}
+    assert carried == {"q2"}  # never solved: its input target, marked as carried over
+    assert records["q2"]["response"] == "<think> PREV q2 </think><answer> 3 </answer>"
+    assert records["q0"]["response"] == B and records["q0"]["meta"]["rejection"]["carried_over"] is False
+    report = json.loads((out / "report.json").read_text())
+    assert report["kept_previous"] == 1 and report["kept"] == 4 and report["rejected"] == {}
+
+
+def test_a_server_failing_every_other_request_loses_nothing_over_resumes(scripted_server, tmp_path):
+    scripted_server.fail_every_other = True
+    out = tmp_path / "out"
+    argv = _argv(scripted_server.url, _data(tmp_path), out, "--concurrency", "2")
+    codes = []
+    for _ in range(20):
+        codes.append(main(argv))
+        report = json.loads((out / "report.json").read_text())
+        assert set(report["failed"]) <= {"http_503", "http_500"} and set(report["rejected"]) == {"none_correct"}
+        if report["failed"] == {"http_500": 1}:  # only the item the script always answers with a 500 is left
+            break
+    assert len(codes) >= 2 and report["failed"] == {"http_500": 1}
+    records = [json.loads(line)["id"] for line in (out / "train.jsonl").read_text().splitlines()]
+    assert records == ["q0", "q1", "q3"]
+    cached = [json.loads(line)["id"] for line in (out / "cache.jsonl").read_text().splitlines()]
+    assert sorted(cached) == ["q0", "q1", "q2", "q3"]  # each answered item once; failures never cached
+
+
+def test_model_url_credentials_are_never_written_or_printed(scripted_server, tmp_path, capsys):
+    host = scripted_server.url.removeprefix("http://")
+    url = f"http://bob:pw-secret-7@{host}?api_key=sk-query-secret-8"
+    out = tmp_path / "out"
+    assert main(_argv(url, _data(tmp_path), out)) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"] == f"http://***@{host}?api_key=***" and report["kept"] == 3
+    printed = capsys.readouterr()
+    for text in [printed.out, printed.err, *(p.read_text() for p in out.iterdir() if p.suffix in (".json", ".jsonl"))]:
+        assert "pw-secret-7" not in text and "sk-query-secret-8" not in text
+
+
+def test_a_dead_endpoint_exits_1_with_one_line(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    url = f"http://bob:pw-secret-7@127.0.0.1:{port}/v1"
+    assert main(_argv(url, _data(tmp_path), out, "--served-model", "policy")) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"mmrl build-data: error: no answer from http://***@127.0.0.1:{port}/v1 for any of the 5 "
+                          "items tried (connection=5)") and "--model" in err and "pw-secret-7" not in err
+    assert json.loads((out / "report.json").read_text())["failed"] == {"connection": 5}
+
+
+def test_changed_sampling_settings_regenerate_instead_of_reusing(scripted_server, tmp_path):
+    out = tmp_path / "out"
+    argv = _argv(scripted_server.url, _data(tmp_path), out)
+    assert main(argv) == 0
+    posts = scripted_server.posts
+    assert main([*argv, "--temperature", "0.7"]) == 0  # another setting: every item is sampled again
+    assert scripted_server.posts == posts + 5
+    assert json.loads((out / "report.json").read_text())["generated_now"] == 5
+    # The rule applies when writing: only the 500 is asked again (and fails again: every item tried failed -> 1).
+    assert main([*argv, "--rule", "all-correct"]) == 1
+    assert scripted_server.posts == posts + 6
+
+
+def test_the_key_itself_in_api_key_env_is_never_echoed(scripted_server, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("POLICY_TEST_KEY", "sk-secret-123456")
+    argv = _argv(scripted_server.url, _data(tmp_path), tmp_path / "out", "--api-key-env", "sk-secret-123456")
+    assert main(argv) == 2
+    printed = capsys.readouterr()
+    assert "POLICY_TEST_KEY" in printed.err and "sk-secret-123456" not in printed.out + printed.err
+    assert len(printed.err.strip().splitlines()) == 1 and scripted_server.posts == 0

@@ -37,6 +37,7 @@ MODULES = [
     "data_pipelines.cold_start.cache",
     "data_pipelines.cold_start.config",
     "data_pipelines.cold_start.filters",
+    "data_pipelines.cold_start.remote",
 ]
 
 

@@ -1,0 +1,170 @@
+"""What the builders share about their models: redacted URLs, the API key check, request failures, fingerprints.
+
+- `redact_url`: a model URL as it may be written (reports, logs, errors): no `user:pass@`, no query values
+  (`?api_key=...`), no fragment.
+- `check_api_key_env`: the variable named by `api_key_env` exists and can travel in an HTTP header; errors name the
+  variable, never its value.
+- `classify`: a request error is either a *failure* (the endpoint could not answer: timeout, dropped connection,
+  5xx / 429 after the client's retries, a refused key, a garbled reply) — never cached, retried on the next run — or
+  a *rejection* of this item (a 400/413/422 answer to this very request), cached like a malformed reply.
+- `fingerprint`: a short hash of everything that determines a cached result (model, sampling, the exact prompt,
+  the image bytes), stored with each cache line so a changed config never reuses an old result.
+
+>>> redact_url("https://bob:hunter2@api.example.com/v1?api_key=sk-1&api-version=2024-06-01#x")
+'https://***@api.example.com/v1?api_key=***&api-version=2024-06-01'
+>>> redact_url("runs/grpo/checkpoint"), redact_url("http://127.0.0.1:8000/v1"), redact_url("http://tok@h:x/v1")
+('runs/grpo/checkpoint', 'http://127.0.0.1:8000/v1', 'http://***@h:***/v1')
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from mmrl.errors import ConfigError, UserError
+from mmrl.generation import GenerationBackend, load_backend
+from mmrl.generation.load import is_server_url
+
+# Query parameters that never carry a secret (Azure's API version); every other query value is masked.
+_PUBLIC_QUERY = {"api-version", "api_version"}
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Answers that judge this one request (too long, malformed for this prompt): the item is rejected with its reason.
+_ITEM_STATUSES = {400, 413, 422}
+
+
+class EndpointFailed(UserError):
+    """Every item a run attempted failed to get an answer from the endpoint (exit code 1: nothing was wrong in the
+    input; the finished items are cached and the failed ones are retried by the same command)."""
+
+    exit_code = 1
+
+
+def redact_url(model: str) -> str:
+    """`model` with credentials masked when it is a URL; anything else unchanged."""
+    if not is_server_url(model):
+        return model
+    parts = urlsplit(model)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = ("***@" if "@" in parts.netloc else "") + host
+    try:
+        port = parts.port
+    except ValueError:  # not a number: shown masked rather than risk echoing whatever it is
+        port = "***"
+    if port is not None:
+        netloc += f":{port}"
+    query = "&".join(f"{k}={v if k.lower() in _PUBLIC_QUERY else '***'}"
+                     for k, v in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def check_api_key_env(name: str | None, where: str, model: str) -> None:
+    """Raise a one-line `ConfigError` (naming the variable, never printing a value) unless the key is usable."""
+    if not name:
+        return
+    if name not in os.environ:
+        # `--api-key-env "$KEY"`: the shell put the key itself here; say which variable holds it, never the value.
+        holders = sorted(k for k, v in os.environ.items() if v == name) if len(name) >= 8 else []
+        if holders:
+            raise ConfigError(f"{where} holds the value of the environment variable {holders[0]}, not a name; "
+                              f"set {where} to {holders[0]}")
+        if not _ENV_NAME.fullmatch(name):
+            raise ConfigError(f"{where} must be the NAME of an environment variable (letters, digits, _) that holds "
+                              "the API key, not the key itself; export the key (e.g. as REASONER_API_KEY) and name it")
+        raise ConfigError(f"the environment variable {name} ({where}: the API key for {redact_url(model)}) is not "
+                          f"set; export {name}=<key> and re-run")
+    value = os.environ[name]
+    if not value or value != value.strip() or not value.isascii() or not value.isprintable():
+        raise ConfigError(f"the environment variable {name} ({where}) is empty or holds characters an HTTP header "
+                          "cannot carry (spaces, a newline, non-ASCII); fix its value")
+
+
+def open_backend(model: str, where: str, api_key_env: str | None = None, **kw: Any) -> GenerationBackend:
+    """`load_backend` whose one-line errors show the URL redacted (the client's messages quote it verbatim)."""
+    if is_server_url(model):
+        check_api_key_env(api_key_env, where, model)
+        kw["api_key_env"] = api_key_env
+    try:
+        return load_backend(model, **kw)
+    except UserError as err:
+        raise type(err)(str(err).replace(model, redact_url(model))) from None
+
+
+def classify(err: Exception, remote: bool) -> tuple[str, bool] | None:
+    """(reason, is_failure) for an error a request ended with after the client's retries; None: not a request
+    error (a bug, or a mistake in the input: let it propagate). From an endpoint, an exception while reading its
+    reply (an HTML error page with status 200, JSON without `choices`) is a failure too: the server's answer, not
+    the item, is at fault."""
+    import openai
+
+    if isinstance(err, UserError):
+        return None
+    if isinstance(err, openai.APITimeoutError):
+        return "timeout", True
+    if isinstance(err, openai.APIConnectionError):
+        return "connection", True
+    if isinstance(err, openai.APIStatusError):
+        return f"http_{err.status_code}", err.status_code not in _ITEM_STATUSES
+    if isinstance(err, openai.OpenAIError) or remote:
+        return "bad_response", True
+    return None
+
+
+def check_reached(failures: Counter[str], ran: int, targets: dict[str, tuple[str, str]]) -> None:
+    """Raise `EndpointFailed` when every one of the `ran` items attempted now failed. `failures`: counts by
+    'stage:reason' (or 'reason' for a one-model builder, stage ''); `targets`: stage -> (model URL, its setting)."""
+    if ran == 0 or sum(failures.values()) < ran:
+        return
+    stages: Counter[str] = Counter()
+    for key, n in failures.items():
+        stages[key.split(":", 1)[0] if ":" in key else ""] += n
+    model, setting = targets[stages.most_common(1)[0][0]]
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(failures.items()))
+    raise EndpointFailed(f"no answer from {redact_url(model)} for any of the {ran} items tried ({reasons}); check that "
+                         f"the server is up and reachable and {setting} is right, then re-run the same command "
+                         "(finished items are kept, failed ones are retried)")
+
+
+def describe_model(model: str) -> str:
+    """What identifies the weights behind `model`: the redacted URL, a preset/hub name, or a checkpoint directory
+    with its weight files' sizes and modification times (a retrained checkpoint at the same path is another model)."""
+    path = Path(model)
+    if is_server_url(model) or not path.is_dir():
+        return redact_url(model)
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".json", ".pt"))
+    return json.dumps([str(path.resolve())] + [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files])
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a rewritten file is read again
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _image_digest(image: Any) -> str:
+    if isinstance(image, (str, os.PathLike)) and Path(image).is_file():
+        stat = Path(image).stat()
+        return _file_digest(str(Path(image).resolve()), stat.st_size, stat.st_mtime_ns)
+    if hasattr(image, "tobytes"):  # PIL
+        return hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()
+    return str(image)
+
+
+def prompt_view(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chat messages with each image part replaced by the hash of the image's content."""
+    return [{**m, "content": [{"type": "image", "sha256": _image_digest(p["image"])} if p.get("type") == "image"
+                              else p for p in m["content"]]} if isinstance(m.get("content"), list) else m
+            for m in messages]
+
+
+def fingerprint(**parts: Any) -> str:
+    """A short stable hash of `parts` (JSON-able; pass prompts through `prompt_view` first)."""
+    text = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
