@@ -89,8 +89,8 @@ def test_pipeline_runs_end_to_end_and_writes_the_summary(finished):
     assert all(0.0 <= acc <= 1.0 for acc in summary["accuracy"].values())
     assert summary["n_eval"] == 4
     # the eval set is held out: drawn with another seed than the training set
-    train = (root / "data" / "train" / "data.jsonl").read_text().splitlines()
-    held = (root / "data" / "eval" / "data.jsonl").read_text().splitlines()
+    train = (root / "data" / "train.jsonl").read_text().splitlines()
+    held = (root / "data" / "eval.jsonl").read_text().splitlines()
     assert len(train) == 16 and len(held) == 8
     assert {json.loads(r)["answer"] for r in held} and train[0] != held[0]
     # wiring: sft trained from the base, grpo from sft's final checkpoint, eval_grpo evaluated grpo's
