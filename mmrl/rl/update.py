@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from mmrl.config.rl import AlgorithmConfig
 from mmrl.engine.distributed import all_gather_objects, all_reduce_sum, all_reduce_sum_tensor
 from mmrl.engine.run import TrainingRun
 from mmrl.models.logprobs import completion_logprobs
@@ -29,6 +30,7 @@ from mmrl.rl.advantages import compute_advantages
 from mmrl.rl.experience import Group
 from mmrl.rl.kl import sequence_kl
 from mmrl.rl.losses import PolicyLoss, loss_mask, truncated_is_weights
+from mmrl.rl.reference import ReferencePolicy
 from mmrl.rl.stages import ResolvedStage
 
 
@@ -83,7 +85,7 @@ def _mismatch_metrics(mismatch: dict[str, list[float]]) -> dict[str, float]:
     return {f"rollout/{k}": (max(v) if k.endswith("_max") else sum(v) / len(v)) for k, v in mismatch.items() if v}
 
 
-def _kl_in_reward(algo: Any) -> bool:
+def _kl_in_reward(algo: AlgorithmConfig) -> bool:
     return algo.beta > 0 and algo.kl_penalty == "reward"
 
 
@@ -93,7 +95,7 @@ def _contributes(group: Group, kl_in_loss: bool) -> bool:
     return kl_in_loss or not bool((group.advantages == 0).all())
 
 
-def prepare_old_and_ref(run: TrainingRun, groups: list[Group], reference: Any) -> None:
+def prepare_old_and_ref(run: TrainingRun, groups: list[Group], reference: ReferencePolicy | None) -> None:
     """Old log-probs when the policy moves between passes (mu > 1 or several mini-batches) or when the KL goes into
     the reward (k1 of the rollout policy); reference log-probs when beta > 0."""
     algo, temperature = run.cfg.algorithm, run.cfg.rollout.temperature
@@ -144,7 +146,8 @@ def assign_advantages(run: TrainingRun, groups: list[Group]) -> dict[str, float]
     return {"loss/kl_mean": all_reduce_sum(kl_sum, world) / max(tokens, 1.0)}
 
 
-def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, reference: Any) -> dict[str, float]:
+def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage,
+                  reference: ReferencePolicy | None) -> dict[str, float]:
     """Run the update; returns loss, grad norm and the loss-side metrics (means over micro-batches)."""
     cfg, world = run.cfg, run.dist.world_size
     algo = cfg.algorithm
