@@ -3,7 +3,8 @@
 
 A builder declares its arguments once, on an argparse parser (`add_arguments`). That declaration is the schema:
 its `dest` names are the pipeline's field names (`--eval-n` on the command line is `eval_n` in a step), its `type`,
-`choices`, `nargs`, `required` and `store_true` say what a value must be. Both entry points first collect what the user
+`choices`, `nargs`, `required` and `store_true` / `store_false` say what a value must be (plain `store` actions,
+switches and positionals: the kinds of arguments builders declare). Both entry points first collect what the user
 gave as {field: raw value} and then call `check_args`, so a typo or a wrong type gives the same one-line message:
 
 >>> import argparse
@@ -96,8 +97,9 @@ def raw_from_namespace(name: str, schema: Schema, namespace: argparse.Namespace,
         field = word.lstrip("-").split("=", 1)[0].replace("-", "_") if word.startswith("-") else None
         _unknown(name, schema, field, where, word)
     parser = schema_parser(schema)
+    # A value equal to the default changes nothing whether it was typed or not; the rest was given.
     return {dest: getattr(namespace, dest) for dest, action in fields(parser).items()
-            if hasattr(namespace, dest) and getattr(namespace, dest) is not action.default}
+            if hasattr(namespace, dest) and getattr(namespace, dest) != action.default}
 
 
 def _at(where: str) -> str:

@@ -14,7 +14,7 @@ import argparse
 from collections.abc import Callable
 
 from data_pipelines.builder_args import CollectingParser, check_args, collecting, raw_from_namespace
-from data_pipelines.registry import BUILDER_MODULES, BUILDERS, Builder, load_builders, register_builder
+from data_pipelines.registry import BUILDER_MODULES, BUILDERS, OUTPUT_FIELDS, Builder, load_builders, register_builder
 from mmrl.commands import add_command
 from mmrl.errors import UserError
 
@@ -24,8 +24,6 @@ EXAMPLES = """  mmrl build-data synthetic --tasks color,count --n 1000 --eval-n 
   mmrl build-data curriculum data/synthetic/train.jsonl data/curriculum
   mmrl build-data recipes                          # data/: the data of every recipe's offline line
 """
-# Argument names builders give their output directory; checked writable before the builder starts.
-OUTPUT_ARGS = ("out", "out_dir", "output", "output_dir")
 
 
 def _checked(name: str, builder: Builder) -> Callable[[argparse.Namespace], int | None]:
@@ -37,7 +35,7 @@ def _checked(name: str, builder: Builder) -> Callable[[argparse.Namespace], int 
         where = ""  # the CLI prefixes "mmrl build-data: error:"; the message names the builder and the field
         args = check_args(name, builder.add_arguments, raw_from_namespace(name, builder.add_arguments, given, where),
                           where)
-        for field in OUTPUT_ARGS:
+        for field in OUTPUT_FIELDS:  # checked writable before the builder starts
             value = getattr(args, field, None)
             if isinstance(value, str) and value:
                 check_output_dir(value, "--" + field.replace("_", "-") if field == "out" else field.upper())

@@ -29,7 +29,6 @@ SPLIT_WIRING = {"data.train": "train", "data.eval": "eval"}
 CURRICULUM_WIRING = {"stages.0.data": "stage1_yes_no", "stages.1.data": "stage2_mc", "stages.2.data": "stage3_open"}
 DEFAULT_WIRING = {"curriculum": CURRICULUM_WIRING}
 STEP_ARGS = ("builder", "wire", "outputs", "argv")  # a build-data step's own args; the rest are the builder's fields
-OUTPUT_FIELDS = ("out", "out_dir", "output", "output_dir")
 
 
 def known_builders() -> list[str]:
@@ -88,7 +87,7 @@ def run_build_data(step: PipelineStep, out: Path, wiring: dict[str, Any], where:
                    earlier: dict[str, dict[str, Any]] | None = None) -> tuple[dict, dict]:
     """Run the step's builder into `out`; return ({output name: path}, {config key: value for later steps})."""
     from data_pipelines.builder_args import check_args, fields, schema_parser
-    from data_pipelines.registry import load_builders
+    from data_pipelines.registry import OUTPUT_FIELDS, load_builders
     from mmrl.pipeline.plan import resolve_refs
 
     name = step.args["builder"]
@@ -105,10 +104,10 @@ def run_build_data(step: PipelineStep, out: Path, wiring: dict[str, Any], where:
                             "give args.input: <dataset with open answers>")
         raw["input"] = train[0]["path"]
     namespace = check_args(name, builder.add_arguments, raw, where)
-    if builder.outputs is not None:
-        outputs = builder.outputs(namespace)
-    elif isinstance(step.args.get("outputs"), dict) and step.args["outputs"]:
+    if step.args.get("outputs"):  # what the step says the builder writes wins over what the builder declares
         outputs = {key: Path(_filled(path, out, wiring, where)) for key, path in step.args["outputs"].items()}
+    elif builder.outputs is not None:
+        outputs = builder.outputs(namespace)
     else:
         raise UserError(f"{where}: builder '{name}' does not say what it writes; give args.outputs ({{name: path}}, "
                         "'{out}' = the step directory)")

@@ -38,6 +38,8 @@ CASES = [
      "tasks, n, eval_n, seed, eval_seed, out, forms, difficulty, image_size, no_cot"),
     ("synthetic", ["--n", "ten"], {"n": "ten"}, "builder 'synthetic': argument 'n' must be an integer (got 'ten')"),
     ("synthetic", ["--eval-sed", "3"], {"eval_sed": 3}, "unknown argument 'eval_sed' (did you mean 'eval_seed'?)"),
+    # no silent abbreviation on the command line: a step's `eval` is no field either
+    ("synthetic", ["--eval", "3"], {"eval": 3}, "unknown argument 'eval' (did you mean 'eval_n'?)"),
     ("curriculum", ["in.jsonl", "--seed", "1.5"], {"input": "in.jsonl", "seed": 1.5},
      "builder 'curriculum': argument 'seed' must be an integer (got '1.5')"),
     ("rejection", ["--model", "tiny", "--data", "d.jsonl", "--k", "many"],
