@@ -108,3 +108,16 @@ def test_the_same_arguments_build_the_same_data(tmp_path, capsys):
         cli, pipe = _records(tmp_path / "cli" / f"{split}.jsonl"), _records(step / f"{split}.jsonl")
         assert cli == pipe and len(cli) == (6 if split == "train" else 3)
     assert all("<think>" not in json.dumps(r) for r in cli)  # no_cot reached the builder
+
+
+ROOT = Path(__file__).resolve().parents[2]
+PIPELINES = sorted(p for p in ROOT.glob("configs/**/*.yaml")
+                   if isinstance(d := yaml.safe_load(p.read_text()), dict) and d.get("pipeline"))
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_pipeline_fits_its_builders_schemas(path):
+    from mmrl.pipeline import load_plan
+
+    plan = load_plan(path)
+    assert any(step.kind == "build-data" for step in plan.steps)
