@@ -1,9 +1,11 @@
 """The dataset builders, by name: the one registry `mmrl build-data` and pipeline `build-data` steps both read.
 
-A builder is an argument schema (`add_arguments` on an argparse parser) and a `run(namespace)`; the CLI parses its
-command line with that schema and a pipeline step parses its `args.argv` with the same one. Another module adds a
-builder with `register_builder(name, help, add_arguments, run)`; `BUILDER_MODULES` lists modules imported (when
-present) before the names are read, so a later builder needs one line here.
+A builder is an argument schema (`add_arguments` on an argparse parser), a `run(namespace)` and optionally
+`outputs(namespace)` ({name: path} of what it writes, for a pipeline to wire). Both the command line and a pipeline
+step's `args` are checked against that one schema by `data_pipelines.builder_args.check_args` (same messages, same
+field names: `--eval-n` is `eval_n`). Another module adds a builder with `register_builder(name, help, add_arguments,
+run)`; `BUILDER_MODULES` lists modules imported (when present) before the names are read, so a later builder needs
+one line here.
 
 >>> {"synthetic", "curriculum", "cold-start", "rejection"} <= set(load_builders().names())
 True
@@ -15,6 +17,7 @@ import argparse
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from mmrl.errors import UserError
 from mmrl.registry import Registry
@@ -41,26 +44,28 @@ class Builder:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int | None]
     examples: str | None = None  # shown by `mmrl build-data NAME --help`
+    # {output name: path} the run writes, from its checked arguments; None: a pipeline step names them (args.outputs)
+    outputs: Callable[[argparse.Namespace], dict[str, Path]] | None = None
 
 
 BUILDERS: Registry[Builder] = Registry("builder", "build-data")
-# Modules that register more builders (e.g. cold-start / rejection sampling); missing ones are skipped.
+# Argument names builders give their output directory: checked writable by `mmrl build-data`, set to the step
+# directory by a pipeline step that does not give one.
+OUTPUT_FIELDS = ("out", "out_dir", "output", "output_dir")
+# Modules that register more builders (cold-start, rejection sampling); each must exist (a test imports them all).
 BUILDER_MODULES: list[str] = ["data_pipelines.cold_start.cli", "data_pipelines.rejection"]
 
 
 def register_builder(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
-                     run: Callable[[argparse.Namespace], int | None], examples: str | None = None) -> None:
-    BUILDERS.add(name, Builder(help, add_arguments, run, examples))
+                     run: Callable[[argparse.Namespace], int | None], examples: str | None = None,
+                     outputs: Callable[[argparse.Namespace], dict[str, Path]] | None = None) -> None:
+    BUILDERS.add(name, Builder(help, add_arguments, run, examples, outputs))
 
 
 def load_builders() -> Registry[Builder]:
-    """The registry with every builder module that exists imported (so its builders are registered)."""
+    """The registry with every builder module imported (so its builders are registered)."""
     for module in BUILDER_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name is None or not module.startswith(err.name):
-                raise
+        importlib.import_module(module)
     return BUILDERS
 
 
@@ -103,6 +108,11 @@ def _synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synthetic_outputs(args: argparse.Namespace) -> dict[str, Path]:
+    out = Path(args.out)
+    return {"train": out / "train.jsonl", **({"eval": out / "eval.jsonl"} if args.eval_n else {})}
+
+
 def _curriculum_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="dataset with verifiable open answers (any supported format)")
     p.add_argument("out_dir", help="output directory for stage1_yes_no / stage2_mc / stage3_open .jsonl")
@@ -117,6 +127,11 @@ def _curriculum(args: argparse.Namespace) -> int:
         count = sum(1 for line in path.read_text().splitlines() if line.strip())
         print(f"{name}: {count} samples -> {path}")
     return 0
+
+
+def _curriculum_outputs(args: argparse.Namespace) -> dict[str, Path]:
+    # build_curriculum writes these three files (its doctest pins the names)
+    return {stage: Path(args.out_dir) / f"{stage}.jsonl" for stage in ("stage1_yes_no", "stage2_mc", "stage3_open")}
 
 
 def _recipes_args(p: argparse.ArgumentParser) -> None:
@@ -134,8 +149,8 @@ def _recipes(args: argparse.Namespace) -> int:
 
 
 register_builder("synthetic", "procedurally drawn visual tasks with verifiable answers", _synthetic_args, _synthetic,
-                 SYNTHETIC_EXAMPLES)
+                 SYNTHETIC_EXAMPLES, _synthetic_outputs)
 register_builder("curriculum", "yes/no, multiple-choice and open stages (Curr-ReFT)", _curriculum_args, _curriculum,
-                 CURRICULUM_EXAMPLES)
+                 CURRICULUM_EXAMPLES, _curriculum_outputs)
 register_builder("recipes", "small synthetic data for every recipe's offline line (seconds on a CPU)", _recipes_args,
                  _recipes, RECIPES_EXAMPLES)

@@ -1,18 +1,24 @@
-"""build-data steps: run a dataset builder into the step directory and say which config keys its outputs feed.
+"""build-data steps: run a registered dataset builder into the step directory and say which config keys its outputs
+feed.
 
-- synthetic: `train/data.jsonl` (seed) and, with `eval_n`, a held-out `eval/data.jsonl` drawn with another seed
-  (`eval_seed`, default seed + 1); wires `data.train` and `data.eval`.
-- curriculum: the three Curr-ReFT stage files from `input` (default: the data.train wired by an earlier step);
-  wires `stages.0.data`, `stages.1.data`, `stages.2.data`.
-- any other registered builder (`mmrl build-data --help`): `argv` as on its command line, with `{out}` standing for
-  the step directory, `{model}` for the latest sft/train checkpoint and `{step.output}` for an earlier step's output,
-  and `outputs: {name: path}` naming what it writes; wires `train` / `eval` outputs like synthetic.
-`args.wire: {config.key: output name}` replaces the default wiring.
+A step's `args` are `builder`, the builder's own fields (the names `mmrl build-data BUILDER --help` lists, with `-`
+as `_`: `--eval-n` is `eval_n`; a switch such as `--no-cot` is `no_cot: true`; a list stands for a comma-separated
+value), and optionally `wire` and `outputs`. They are checked by the same schema as the command line
+(`data_pipelines.builder_args.check_args`), so a typo gives the same message from both. Instead of fields, `argv`
+may give the builder's command line as a list of words.
+
+In a field's value, `{out}` stands for the step directory, `{model}` for the latest sft/train checkpoint and
+`{step.output}` for an earlier step's output. An output-directory field (`out`, `out_dir`, ...) that is not given is
+the step directory; curriculum's `input`, when not given, is the `data.train` an earlier step wired.
+
+Outputs: synthetic writes `train` (and `eval` with `eval_n`) and wires `data.train` / `data.eval`; curriculum writes
+the three stage files and wires `stages.0.data`..`stages.2.data`; a builder that does not declare its outputs needs
+`outputs: {name: path}` and wires `train` / `eval` like synthetic. `wire: {config.key: output name}` replaces the
+default wiring.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +27,8 @@ from mmrl.errors import UserError
 
 SPLIT_WIRING = {"data.train": "train", "data.eval": "eval"}
 CURRICULUM_WIRING = {"stages.0.data": "stage1_yes_no", "stages.1.data": "stage2_mc", "stages.2.data": "stage3_open"}
+DEFAULT_WIRING = {"curriculum": CURRICULUM_WIRING}
+STEP_ARGS = ("builder", "wire", "outputs", "argv")  # a build-data step's own args; the rest are the builder's fields
 
 
 def known_builders() -> list[str]:
@@ -29,97 +37,86 @@ def known_builders() -> list[str]:
     return [name for name, _ in load_builders().items()]
 
 
-def _names(value: Any, field: str, where: str) -> list[str]:
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
-    raise UserError(f"{where}: args.{field} must be a list of names or a comma-separated string (got {value!r})")
+def builder_fields(args: dict[str, Any], where: str) -> dict[str, Any]:
+    """The builder's raw fields of a step's `args` (from `argv` when given), unchecked."""
+    from data_pipelines.builder_args import argv_to_raw
+    from data_pipelines.registry import load_builders
 
-
-def _int(args: dict[str, Any], field: str, default: int | None, where: str) -> int | None:
-    value = args.get(field, default)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise UserError(f"{where}: args.{field} must be an integer (got {value!r})")
-    return value
-
-
-def _synthetic(args: dict[str, Any], out: Path, where: str) -> dict[str, Path]:
-    from data_pipelines.synthetic import FORMS, build_synthetic
-
-    tasks = _names(args.get("tasks", "color"), "tasks", where)
-    forms = _names(args.get("forms", list(FORMS)), "forms", where)
-    difficulty = args.get("difficulty", 1)
-    seed = _int(args, "seed", 0, where)
-    common = {"forms": forms, "difficulty": difficulty, "image_size": _int(args, "image_size", 112, where),
-              "with_cot": bool(args.get("with_cot", True))}
-    outputs = {"train": build_synthetic(tasks, _int(args, "n", 1000, where), seed, out / "train", **common)}
-    eval_n = _int(args, "eval_n", None, where)
-    if eval_n:
-        eval_seed = _int(args, "eval_seed", seed + 1, where)
-        if eval_seed == seed:
-            raise UserError(f"{where}: args.eval_seed must differ from args.seed so the eval set is held out")
-        outputs["eval"] = build_synthetic(tasks, eval_n, eval_seed, out / "eval", **common)
-    return outputs
-
-
-def _curriculum(args: dict[str, Any], out: Path, where: str, wiring: dict[str, Any]) -> dict[str, Path]:
-    from data_pipelines.curriculum import build_curriculum
-
-    source = args.get("input")
-    if source is None:
-        train = wiring.get("data.train")
-        if not train:
-            raise UserError(f"{where}: args.input is missing and no earlier build-data step wired data.train; "
-                            "give args.input: <dataset with open answers>")
-        source = train[0]["path"]
-    return build_curriculum(source, out, seed=_int(args, "seed", 0, where))
-
-
-def _generic(name: str, builder: Any, args: dict[str, Any], out: Path, where: str, wiring: dict[str, Any],
-             earlier: dict[str, dict[str, Any]]) -> dict[str, Path]:
+    name = args["builder"]
+    given = {k: v for k, v in args.items() if k not in STEP_ARGS}
     argv = args.get("argv")
+    if argv is None:
+        return given
+    if given or not isinstance(argv, list):
+        raise UserError(f"{where}: args.argv must be a list of command-line words, given instead of the builder's "
+                        f"fields (not with them: {sorted(given)})")
+    return argv_to_raw(name, load_builders().get(name).add_arguments, [str(a) for a in argv], where)
+
+
+def check_step_args(args: dict[str, Any], where: str) -> None:
+    """At load time: unknown fields and wrong types (values that still hold a `{...}` reference are checked when the
+    step runs, once the reference is resolved)."""
+    from data_pipelines.builder_args import check_args
+    from data_pipelines.registry import load_builders
+
+    name = args["builder"]
+    raw = {k: v for k, v in builder_fields(args, where).items() if "{" not in str(v)}
+    check_args(name, load_builders().get(name).add_arguments, raw, where, require=False)
     outputs = args.get("outputs")
-    if not isinstance(argv, list) or not isinstance(outputs, dict) or not outputs:
-        raise UserError(f"{where}: builder '{name}' runs from args.argv (its command-line arguments, '{{out}}' = the "
-                        "step directory) and args.outputs ({{name: path}} of what it writes); give both")
-    parser = argparse.ArgumentParser(prog=f"mmrl build-data {name}", add_help=False)
-    builder.add_arguments(parser)
-    words = [str(a).replace("{out}", str(out)) for a in argv]
-    if any("{model}" in w for w in words):  # the latest sft/train step's checkpoint (rejection sampling)
+    if outputs is not None and (not isinstance(outputs, dict) or not all(isinstance(v, str) for v in outputs.values())):
+        raise UserError(f"{where}: args.outputs must map output names to paths, e.g. {{train: '{{out}}/train.jsonl'}}")
+
+
+def _filled(value: Any, out: Path, wiring: dict[str, Any], where: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _filled(v, out, wiring, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_filled(v, out, wiring, where) for v in value]
+    if not isinstance(value, str):
+        return value
+    value = value.replace("{out}", str(out))
+    if "{model}" in value:  # the latest sft/train step's checkpoint (rejection sampling)
         model = wiring.get("model.name_or_path")
         if not model:
-            raise UserError(f"{where}: '{{model}}' in args.argv needs an earlier sft or train step")
-        words = [w.replace("{model}", str(model)) for w in words]
-    from mmrl.pipeline.plan import resolve_refs
-
-    words = resolve_refs(words, earlier, where)
-    try:
-        namespace = parser.parse_args(words)
-    except SystemExit:
-        raise UserError(f"{where}: args.argv {argv} is not valid for builder '{name}'; see "
-                        f"`mmrl build-data {name} --help`") from None
-    out.mkdir(parents=True, exist_ok=True)
-    builder.run(namespace)
-    return {key: Path(str(path).replace("{out}", str(out))) for key, path in outputs.items()}
+            raise UserError(f"{where}: '{{model}}' in args needs an earlier sft or train step")
+        value = value.replace("{model}", str(model))
+    return value
 
 
 def run_build_data(step: PipelineStep, out: Path, wiring: dict[str, Any], where: str,
                    earlier: dict[str, dict[str, Any]] | None = None) -> tuple[dict, dict]:
     """Run the step's builder into `out`; return ({output name: path}, {config key: value for later steps})."""
-    name = step.args["builder"]
-    if name == "synthetic":
-        outputs, default_wire = _synthetic(step.args, out, where), SPLIT_WIRING
-    elif name == "curriculum":
-        outputs, default_wire = _curriculum(step.args, out, where, wiring), CURRICULUM_WIRING
-    else:
-        from data_pipelines.registry import load_builders
+    from data_pipelines.builder_args import check_args, fields, schema_parser
+    from data_pipelines.registry import OUTPUT_FIELDS, load_builders
+    from mmrl.pipeline.plan import resolve_refs
 
-        outputs = _generic(name, load_builders().get(name), step.args, out, where, wiring, earlier or {})
-        default_wire = SPLIT_WIRING
+    name = step.args["builder"]
+    builder = load_builders().get(name)
+    raw = resolve_refs(_filled(builder_fields(step.args, where), out, wiring, where), earlier or {}, where)
+    declared = fields(schema_parser(builder.add_arguments))
+    for field in OUTPUT_FIELDS:
+        if field in declared and field not in raw:
+            raw[field] = str(out)
+    if "input" in declared and "input" not in raw and name == "curriculum":
+        train = wiring.get("data.train")
+        if not train:
+            raise UserError(f"{where}: args.input is missing and no earlier build-data step wired data.train; "
+                            "give args.input: <dataset with open answers>")
+        raw["input"] = train[0]["path"]
+    namespace = check_args(name, builder.add_arguments, raw, where)
+    if step.args.get("outputs"):  # what the step says the builder writes wins over what the builder declares
+        outputs = {key: Path(_filled(path, out, wiring, where)) for key, path in step.args["outputs"].items()}
+    elif builder.outputs is not None:
+        outputs = builder.outputs(namespace)
+    else:
+        raise UserError(f"{where}: builder '{name}' does not say what it writes; give args.outputs ({{name: path}}, "
+                        "'{out}' = the step directory)")
+    out.mkdir(parents=True, exist_ok=True)
+    builder.run(namespace)
     missing = [str(p) for p in outputs.values() if not Path(p).exists()]
     if missing:
         raise UserError(f"{where}: builder '{name}' did not write {missing}; check args.outputs")
+    default_wire = DEFAULT_WIRING.get(name, SPLIT_WIRING)
     wire = step.args.get("wire") or {key: output for key, output in default_wire.items() if output in outputs}
     unknown = sorted(set(wire.values()) - set(outputs))
     if unknown:

@@ -21,13 +21,7 @@ from mmrl.config.loader import _set_dotted, build_config, load_raw
 from mmrl.config.workflow import PipelineStep
 from mmrl.errors import UserError
 
-# args each step kind accepts (build-data: per builder; a builder not listed here takes argv/outputs).
-BUILD_ARGS = {
-    "synthetic": {"builder", "tasks", "n", "eval_n", "seed", "eval_seed", "forms", "difficulty", "image_size",
-                  "with_cot", "wire"},
-    "curriculum": {"builder", "input", "seed", "wire"},
-}
-GENERIC_BUILD_ARGS = {"builder", "argv", "outputs", "wire"}
+# args each step kind accepts (build-data: the builder's own schema, see mmrl.pipeline.builders).
 EVAL_ARGS = {"model", "label"}
 TRAINED_ARGS = {"model"}  # `model: base` starts an sft/train step from the base (OpenVLThinker's SFT each iteration)
 TRAINED_KINDS = ("sft", "train")
@@ -107,10 +101,14 @@ def _check_steps(path: str, steps: list[PipelineStep]) -> None:
         where = f"{path}: pipeline.{i} ('{step.name}')"
         if step.name in seen:
             raise UserError(f"{where}: duplicate step name; each step needs its own name (it names its directory)")
-        allowed = _allowed_args(where, step)
-        unknown = sorted(set(step.args) - allowed)
-        if unknown:
-            raise UserError(f"{where}: unknown args {unknown} for a {step.kind} step; valid: {sorted(allowed) or 'none'}")
+        if step.kind == "build-data":
+            _check_build_data(where, step)
+        else:
+            allowed = _allowed_args(step)
+            unknown = sorted(set(step.args) - allowed)
+            if unknown:
+                raise UserError(f"{where}: unknown args {unknown} for a {step.kind} step; valid: "
+                                f"{sorted(allowed) or 'none'}")
         wire = step.args.get("wire")
         if wire is not None and (not isinstance(wire, dict) or not all(isinstance(v, str) for v in wire.values())):
             raise UserError(f"{where}: args.wire must map config keys to output names, e.g. {{data.train: train}}")
@@ -130,22 +128,25 @@ def _check_steps(path: str, steps: list[PipelineStep]) -> None:
         seen[step.name] = step
 
 
-def _allowed_args(where: str, step: PipelineStep) -> set[str]:
+def _allowed_args(step: PipelineStep) -> set[str]:
     if step.kind == "eval":
         return EVAL_ARGS
     if step.kind in TRAINED_KINDS:
         return TRAINED_ARGS
-    if step.kind != "build-data":
-        return set()
+    return set()
+
+
+def _check_build_data(where: str, step: PipelineStep) -> None:
+    """The builder exists and the step's args fit its schema (the one `mmrl build-data BUILDER` checks too)."""
+    from mmrl.pipeline.builders import check_step_args, known_builders
+
     builder = step.args.get("builder")
     if builder is None:
         raise UserError(f"{where}: a build-data step needs args.builder (e.g. synthetic or curriculum)")
-    from mmrl.pipeline.builders import known_builders
-
     names = known_builders()
     if builder not in names:
         raise UserError(f"{where}: unknown builder '{builder}'; known builders: {', '.join(names)}")
-    return BUILD_ARGS.get(builder, GENERIC_BUILD_ARGS)
+    check_step_args(step.args, where)
 
 
 def step_config(plan: Plan, step: PipelineStep, wiring: dict[str, Any],

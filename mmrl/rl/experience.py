@@ -7,22 +7,39 @@ prompt (and its image) is encoded and computed once per group.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from inspect import signature
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from mmrl.config import MMRLConfig
+from mmrl.config.data import DataConfig
 from mmrl.data.collate import encode_one
 from mmrl.data.prompt_order import PromptSampler, shard
 from mmrl.data.sample import Sample
 from mmrl.engine.distributed import all_reduce_sum, stream_seed
-from mmrl.generation import SamplingParams
-from mmrl.generation.hf import HFBackend, backend_device
+from mmrl.generation import GenerationBackend, SamplingParams
+from mmrl.generation.hf import RolloutBatch, backend_device
 from mmrl.models.placement import to_device
 from mmrl.rewards.composite import RewardComposite
 from mmrl.rl.stages import ResolvedStage
+
+
+@runtime_checkable
+class RolloutBackend(GenerationBackend, Protocol):
+    """What a training rollout needs of a generation backend: the `GenerationBackend` protocol (`generate`, `stream`)
+    over the policy itself (`model`: its outputs live on that model's device), plus `rollout`, the same sampling
+    returned as padded tensors with the sampler's log-probs. The HF backends and the vLLM backend are ones.
+
+    Backends that take per-prompt random streams add `prompt_seeds=` to `rollout`; one that encodes `Sample`s itself
+    (vLLM) says `takes_samples = True` and takes `data_cfg=`."""
+
+    model: Any
+
+    def rollout(self, prompts: Sequence[Any], params: SamplingParams,
+                generator: torch.Generator | None = None) -> RolloutBatch: ...
 
 
 @dataclass
@@ -54,9 +71,9 @@ def _to_tensor(values: list[float | None], device: torch.device) -> torch.Tensor
     return torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32, device=device)
 
 
-def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample], processor: Any, backend: HFBackend,
-                   composite: RewardComposite, generator: torch.Generator, data_cfg: Any,
-                   seeds: list[int] | None = None) -> tuple[list[Group], dict[str, Any]]:
+def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample], processor: Any,
+                   backend: RolloutBackend, composite: RewardComposite, generator: torch.Generator,
+                   data_cfg: DataConfig, seeds: list[int] | None = None) -> tuple[list[Group], dict[str, Any]]:
     """Roll out and score `samples` (this process's share); advantages are filled in later per kept batch."""
     if not samples:
         return [], {}
@@ -103,7 +120,8 @@ def _group_passes(group: Group, metric: str, low: float, high: float) -> bool:
 
 
 def collect_step(cfg: MMRLConfig, stage: ResolvedStage, dataset: list[Sample], sampler: PromptSampler, rank: int,
-                 world_size: int, **rollout_kwargs: Any) -> tuple[list[Group], dict[str, Any]]:
+                 world_size: int, *, processor: Any, backend: RolloutBackend, composite: RewardComposite,
+                 generator: torch.Generator, data_cfg: DataConfig) -> tuple[list[Group], dict[str, Any]]:
     """Draw the step's prompts, roll out and score, optionally filter groups online (refilling).
 
     Advantages are set by the update (`mmrl.rl.update.assign_advantages`), which also knows the KL-in-reward term
@@ -118,7 +136,8 @@ def collect_step(cfg: MMRLConfig, stage: ResolvedStage, dataset: list[Sample], s
         indices = shard(sampler.next(cfg.trainer.prompts_per_step), rank, world_size)
         draws = shard(list(range(first, first + cfg.trainer.prompts_per_step)), rank, world_size)
         seeds = [stream_seed(cfg.trainer.seed, stage.index, d) for d in draws]
-        groups, info = rollout_groups(cfg, stage, [dataset[i] for i in indices], seeds=seeds, **rollout_kwargs)
+        groups, info = rollout_groups(cfg, stage, [dataset[i] for i in indices], processor, backend, composite,
+                                      generator, data_cfg, seeds=seeds)
         if f.enabled:
             passing = [gr for gr in groups if _group_passes(gr, f.metric, f.low, f.high)]
             filtered += len(groups) - len(passing)

@@ -29,11 +29,16 @@ When the normalisers are None the functions fall back to the local micro-batch v
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from mmrl.registry import Registry
 from mmrl.rl.kl import kl_estimate
+
+if TYPE_CHECKING:
+    from mmrl.config.rl import AlgorithmConfig
 
 AggregationFn = Callable[..., torch.Tensor]
 AGGREGATIONS: Registry[AggregationFn] = Registry("loss aggregation", "algorithm.loss_aggregation")
@@ -304,6 +309,55 @@ def aggregate(
         global_num_sequences=global_num_sequences,
         global_micro_batches=global_micro_batches,
     )
+
+
+@dataclass(frozen=True)
+class PolicyLoss:
+    """The configured policy loss: the registered loss and aggregation with every algorithm setting they read, built
+    once per update from the config (`from_config`), so the update passes tensors only.
+
+    `beta` is the KL coefficient *in the loss*: 0 when the config puts the KL into the reward instead.
+
+    >>> from mmrl.config.rl import AlgorithmConfig
+    >>> PolicyLoss.from_config(AlgorithmConfig(beta=0.04, kl_penalty="reward")).beta
+    0.0
+    """
+
+    name: str = "ppo"
+    aggregation: str = "grpo"
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    dual_clip_c: float | None = None
+    ratio_clamp: float | None = None
+    beta: float = 0.0
+    kl_estimator: str = "k3"
+    kl_clamp: float | None = None
+
+    @classmethod
+    def from_config(cls, algo: AlgorithmConfig) -> PolicyLoss:
+        POLICY_LOSSES.get(algo.policy_loss)  # an unknown name fails here, with the valid ones
+        AGGREGATIONS.get(algo.loss_aggregation)
+        return cls(name=algo.policy_loss, aggregation=algo.loss_aggregation, eps_low=algo.eps_low,
+                   eps_high=algo.eps_high, dual_clip_c=algo.dual_clip_c, ratio_clamp=algo.ratio_clamp,
+                   beta=algo.beta if algo.beta > 0 and algo.kl_penalty == "loss" else 0.0,
+                   kl_estimator=algo.resolved_kl_estimator, kl_clamp=algo.kl_clamp)
+
+    def per_token(self, logp: torch.Tensor, old_logp: torch.Tensor | None, advantages: torch.Tensor,
+                  mask: torch.Tensor, ref_logp: torch.Tensor | None = None,
+                  is_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The registered loss (`name`) with these settings; shapes and metrics as `policy_loss`."""
+        return POLICY_LOSSES.get(self.name)(
+            logp, old_logp, advantages, mask, eps_low=self.eps_low, eps_high=self.eps_high,
+            dual_clip_c=self.dual_clip_c, ratio_clamp=self.ratio_clamp, ref_logp=ref_logp, beta=self.beta,
+            kl_estimator=self.kl_estimator, kl_clamp=self.kl_clamp, is_weight=is_weight)
+
+    def aggregate(self, per_token_loss: torch.Tensor, mask: torch.Tensor, *, max_completion_length: int,
+                  global_active_tokens: float | None = None, global_num_sequences: int | None = None,
+                  global_micro_batches: int | None = None) -> torch.Tensor:
+        """The registered aggregation (`aggregation`) of a per-token loss [B, T] into a scalar (see `aggregate`)."""
+        return aggregate(self.aggregation, per_token_loss, mask, max_completion_length=max_completion_length,
+                         global_active_tokens=global_active_tokens, global_num_sequences=global_num_sequences,
+                         global_micro_batches=global_micro_batches)
 
 
 def loss_mask(completion_mask: torch.Tensor, truncated: torch.Tensor | None, mask_truncated: bool) -> torch.Tensor:

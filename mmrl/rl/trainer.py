@@ -28,8 +28,8 @@ from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
 from mmrl.generation.hf import check_backend, make_backend
 from mmrl.rewards.composite import RewardComposite
-from mmrl.rl.experience import Group, collect_step
-from mmrl.rl.reference import make_reference
+from mmrl.rl.experience import Group, RolloutBackend, collect_step
+from mmrl.rl.reference import ReferencePolicy, make_reference
 from mmrl.rl.stages import ResolvedStage, StageSchedule
 from mmrl.rl.update import policy_update
 
@@ -67,9 +67,9 @@ class GRPOTrainer:
         self.run: TrainingRun = start_run(cfg, total_steps=self.schedule.total_steps)
         # The LR schedule reads the run length at every step: an until_metric that ends a stage early shortens it.
         self.run.scheduler = build_scheduler(self.run.optimizer, cfg.optimizer, lambda: self.schedule.total_steps)
-        self.backend = make_backend(self.run.model, self.run.processor, cfg.rollout.backend,
-                                    share_prompt=cfg.rollout.share_prompt, rollout_cfg=cfg.rollout)
-        self.reference = make_reference(self.run.model, cfg.algorithm.beta)
+        self.backend: RolloutBackend = make_backend(self.run.model, self.run.processor, cfg.rollout.backend,
+                                                    share_prompt=cfg.rollout.share_prompt, rollout_cfg=cfg.rollout)
+        self.reference: ReferencePolicy | None = make_reference(self.run.model, cfg.algorithm.beta)
         # Sampling draws on the model's device, so the generator lives there (CUDA rejects a CPU generator).
         self.generator = torch.Generator(device=self.run.dist.device)
         self.generator.manual_seed(cfg.trainer.seed * 1000 + self.run.dist.rank)

@@ -22,13 +22,15 @@ from typing import Any
 
 import torch
 
+from mmrl.config.rl import AlgorithmConfig
 from mmrl.engine.distributed import all_gather_objects, all_reduce_sum, all_reduce_sum_tensor
 from mmrl.engine.run import TrainingRun
 from mmrl.models.logprobs import completion_logprobs
 from mmrl.rl.advantages import compute_advantages
 from mmrl.rl.experience import Group
 from mmrl.rl.kl import sequence_kl
-from mmrl.rl.losses import POLICY_LOSSES, aggregate, loss_mask, truncated_is_weights
+from mmrl.rl.losses import PolicyLoss, loss_mask, truncated_is_weights
+from mmrl.rl.reference import ReferencePolicy
 from mmrl.rl.stages import ResolvedStage
 
 
@@ -83,7 +85,7 @@ def _mismatch_metrics(mismatch: dict[str, list[float]]) -> dict[str, float]:
     return {f"rollout/{k}": (max(v) if k.endswith("_max") else sum(v) / len(v)) for k, v in mismatch.items() if v}
 
 
-def _kl_in_reward(algo: Any) -> bool:
+def _kl_in_reward(algo: AlgorithmConfig) -> bool:
     return algo.beta > 0 and algo.kl_penalty == "reward"
 
 
@@ -93,7 +95,7 @@ def _contributes(group: Group, kl_in_loss: bool) -> bool:
     return kl_in_loss or not bool((group.advantages == 0).all())
 
 
-def prepare_old_and_ref(run: TrainingRun, groups: list[Group], reference: Any) -> None:
+def prepare_old_and_ref(run: TrainingRun, groups: list[Group], reference: ReferencePolicy | None) -> None:
     """Old log-probs when the policy moves between passes (mu > 1 or several mini-batches) or when the KL goes into
     the reward (k1 of the rollout policy); reference log-probs when beta > 0."""
     algo, temperature = run.cfg.algorithm, run.cfg.rollout.temperature
@@ -144,19 +146,20 @@ def assign_advantages(run: TrainingRun, groups: list[Group]) -> dict[str, float]
     return {"loss/kl_mean": all_reduce_sum(kl_sum, world) / max(tokens, 1.0)}
 
 
-def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, reference: Any) -> dict[str, float]:
+def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage,
+                  reference: ReferencePolicy | None) -> dict[str, float]:
     """Run the update; returns loss, grad norm and the loss-side metrics (means over micro-batches)."""
     cfg, world = run.cfg, run.dist.world_size
     algo = cfg.algorithm
     disable_dropout(run.model)
-    kl_in_loss = algo.beta > 0 and algo.kl_penalty == "loss"
+    policy_loss = PolicyLoss.from_config(algo)  # the algorithm's loss settings, once: the loop passes tensors only
+    kl_in_loss = policy_loss.beta > 0
     if _kl_in_reward(algo):  # the rewards need the rollout policy's and the reference's log-probs first
         prepare_old_and_ref(run, groups, reference)
         reward_metrics = assign_advantages(run, groups)
     else:  # advantages first: a group that contributes nothing needs no old log-probs either
         reward_metrics = assign_advantages(run, groups)
         prepare_old_and_ref(run, [g for g in groups if _contributes(g, kl_in_loss)], reference)
-    loss_fn = POLICY_LOSSES.get(algo.policy_loss)
     local_sums: dict[str, float] = defaultdict(float)
     local_counts: dict[str, int] = defaultdict(int)
     losses, norms, stepped_all = [], [], True
@@ -175,14 +178,11 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, r
                     continue
                 logp = run.logprobs(group.prompt, group.completion_ids, group.completion_mask, cfg.rollout.temperature)
                 is_weight = _tis_weight(group, logp, algo.tis_cap, mismatch if iteration == 0 else None)
-                per_token, metrics = loss_fn(
-                    logp, group.old_logp, group.advantages, mask, eps_low=algo.eps_low, eps_high=algo.eps_high,
-                    dual_clip_c=algo.dual_clip_c, ratio_clamp=algo.ratio_clamp, ref_logp=group.ref_logp,
-                    beta=algo.beta if kl_in_loss else 0.0, kl_estimator=algo.resolved_kl_estimator,
-                    kl_clamp=algo.kl_clamp, is_weight=is_weight)
-                loss = aggregate(algo.loss_aggregation, per_token, mask, max_completion_length=stage.max_completion_length,
-                                 global_active_tokens=global_tokens, global_num_sequences=global_seqs,
-                                 global_micro_batches=global_micro)
+                per_token, metrics = policy_loss.per_token(logp, group.old_logp, group.advantages, mask,
+                                                           ref_logp=group.ref_logp, is_weight=is_weight)
+                loss = policy_loss.aggregate(per_token, mask, max_completion_length=stage.max_completion_length,
+                                             global_active_tokens=global_tokens, global_num_sequences=global_seqs,
+                                             global_micro_batches=global_micro)
                 (loss * world).backward()
                 local_loss += float(loss.detach())
                 for key, value in metrics.items():

@@ -26,9 +26,7 @@ def small_copy(tmp: Path) -> Path:
         if step["name"] == "rl_data":
             step["args"].update(n=6, eval_n=4)
         if step.get("args", {}).get("builder") == "rejection":
-            argv = step["args"]["argv"]
-            argv[argv.index("--k") + 1] = "2"
-            argv[argv.index("--max-new-tokens") + 1] = "4"
+            step["args"].update(k=2, max_new_tokens=4)
     path = tmp / "iterative.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
