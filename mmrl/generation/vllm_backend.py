@@ -101,6 +101,32 @@ def _prompt_inputs(sample: Sample, processor: Any, data_cfg: Any) -> dict[str, A
     return inputs
 
 
+def _video_config(processor: Any, model_type: str) -> dict[str, Any] | None:
+    """The video processor config of a Qwen-VL processor assembled without one (no torchvision where it was loaded;
+    the benchmark's presets), from its image processor: vLLM's processor for these architectures loads one."""
+    image = getattr(processor, "image_processor", None)
+    if getattr(processor, "video_processor", None) is not None or image is None or not model_type.startswith("qwen"):
+        return None
+    size = {"shortest_edge": image.size["shortest_edge"], "longest_edge": image.size["longest_edge"]}
+    config: dict[str, Any] = {"size": size, "patch_size": image.patch_size,
+                              "temporal_patch_size": image.temporal_patch_size, "merge_size": image.merge_size}
+    if model_type.startswith("qwen3"):  # bounds pixels through `size` only
+        return {"video_processor_type": "Qwen3VLVideoProcessor", **config}
+    return {"video_processor_type": "Qwen2VLVideoProcessor", "min_pixels": size["shortest_edge"],
+            "max_pixels": size["longest_edge"], **config}
+
+
+def write_engine_dir(model: Any, processor: Any, out_dir: str) -> None:
+    """The directory the engine starts from: the policy's config and its processor, no weights. `save_processor`,
+    not `processor.save_pretrained`: the latter fails on a processor without a video processor."""
+    from mmrl.models.processor import save_processor
+
+    inner = getattr(model, "module", model)
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    base.config.save_pretrained(out_dir)
+    save_processor(processor, out_dir, video_config=_video_config(processor, str(base.config.model_type)))
+
+
 def policy_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, full tensor) of the policy, as transformers names them: LoRA merged, FSDP2 shards gathered, one tensor
     at a time (peak memory: one full tensor). The caller copies each tensor as it comes (they are the policy's own
@@ -143,10 +169,7 @@ class VLLMBackend:
         # The engine runs in this process, so its model is reachable for the weight copy (no second process).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self._dir = tempfile.TemporaryDirectory(prefix="mmrl-vllm-")  # config + processor only, never weights
-        inner = getattr(model, "module", model)
-        base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-        base.config.save_pretrained(self._dir.name)
-        processor.save_pretrained(self._dir.name)
+        write_engine_dir(model, processor, self._dir.name)
         dtype = compute_dtype(model)
         options = dict(ENGINE_DEFAULTS, model=self._dir.name, dtype=str(dtype).removeprefix("torch."),
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, seed=seed)

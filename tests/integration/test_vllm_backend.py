@@ -257,3 +257,36 @@ def test_prompt_seeds_fix_each_prompts_engine_seed(unstarted_backend):
     assert seeds(2, SamplingParams(seed=4), None, None, cpu) == seeds(2, SamplingParams(), torch.Generator().manual_seed(4),
                                                                        None, cpu)
     assert seeds(2, SamplingParams(), None, None, cpu) == [None, None]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-qwen3-vl", "qwen2.5-vl-3b"])
+def test_the_engine_directory_reloads_as_the_same_processor_and_config(tmp_path, preset):
+    """vLLM starts from a directory holding the policy's config and processor. A processor without a video
+    processor (no torchvision here; the benchmark's presets everywhere) broke `processor.save_pretrained`; the
+    directory must reload to a processor that encodes a prompt and its image exactly as the policy's does."""
+    from PIL import Image
+    from transformers import AutoConfig
+
+    from mmrl.generation.vllm_backend import write_engine_dir
+    from mmrl.models.loading import load_processor
+    from mmrl.models.tiny import PRESETS, build_parts, ensure_tiny_model
+
+    if preset == "qwen2.5-vl-3b":  # what benchmarks/gpu_throughput.py --backend vllm hands the engine
+        _tok, processor, config, _eos, _pad = build_parts(PRESETS[preset], 0)
+    else:
+        path = ensure_tiny_model(preset)
+        processor, config = load_processor(path), AutoConfig.from_pretrained(path)
+    model = type("Policy", (), {"config": config})()  # write_engine_dir reads only the config (no weights)
+    write_engine_dir(model, processor, str(tmp_path))
+    again = load_processor(str(tmp_path))
+    reloaded = {k: v for k, v in AutoConfig.from_pretrained(tmp_path).to_dict().items() if k != "_name_or_path"}
+    assert reloaded == {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert again.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == text
+    image = Image.new("RGB", (120, 90), (10, 200, 30))
+    want, got = processor(text=[text], images=[image], return_tensors="pt"), again(text=[text], images=[image],
+                                                                                  return_tensors="pt")
+    assert torch.equal(got["input_ids"], want["input_ids"]) and torch.equal(got["pixel_values"], want["pixel_values"])
+    video = tmp_path / "video_preprocessor_config.json"
+    assert video.is_file() == (getattr(processor, "video_processor", None) is None)
