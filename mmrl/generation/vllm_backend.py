@@ -26,6 +26,7 @@ sampled.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 import os
@@ -116,15 +117,38 @@ def _video_config(processor: Any, model_type: str) -> dict[str, Any] | None:
             "max_pixels": size["longest_edge"], **config}
 
 
-def write_engine_dir(model: Any, processor: Any, out_dir: str) -> None:
-    """The directory the engine starts from: the policy's config and its processor, no weights. `save_processor`,
-    not `processor.save_pretrained`: the latter fails on a processor without a video processor."""
+def _engine_processor(processor: Any, data_cfg: Any) -> Any:
+    """The processor vLLM gets. On the 28-pixel grid (Qwen2/2.5-VL) the trainer's encoding hands its processor
+    images already resized within data.min/max_pixels and turns its resize off (`encode_one`); vLLM's processor
+    always resizes, within its own pixel bounds (3136 pixels at least for the released Qwen2.5-VL, where data's
+    default is 784). Its bounds are widened to cover data's, so an on-grid image passes unchanged and the engine sees
+    the trainer's image tokens."""
+    from mmrl.data.collate import _takes_28_grid
+
+    if not _takes_28_grid(processor):  # other grids resize on both sides, with the same processor settings
+        return processor
+    engine = copy.deepcopy(processor)
+    image = engine.image_processor
+    low = min(int(image.size["shortest_edge"]), 28 * 28)  # DataConfig's smallest min_pixels
+    high = max(int(image.size["longest_edge"]), int(getattr(data_cfg, "max_pixels", 0) or 0))
+    image.size = {"shortest_edge": low, "longest_edge": high}
+    for name, value in (("min_pixels", low), ("max_pixels", high)):
+        if getattr(image, name, None) is not None:
+            setattr(image, name, value)
+    return engine
+
+
+def write_engine_dir(model: Any, processor: Any, out_dir: str, data_cfg: Any = None) -> None:
+    """The directory the engine starts from: the policy's config and its processor (`_engine_processor`), no
+    weights. `save_processor`, not `processor.save_pretrained`: the latter fails on a processor without a video
+    processor."""
     from mmrl.models.processor import save_processor
 
     inner = getattr(model, "module", model)
     base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     base.config.save_pretrained(out_dir)
-    save_processor(processor, out_dir, video_config=_video_config(processor, str(base.config.model_type)))
+    save_processor(_engine_processor(processor, data_cfg), out_dir,
+                   video_config=_video_config(processor, str(base.config.model_type)))
 
 
 def policy_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
@@ -169,7 +193,7 @@ class VLLMBackend:
         # The engine runs in this process, so its model is reachable for the weight copy (no second process).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self._dir = tempfile.TemporaryDirectory(prefix="mmrl-vllm-")  # config + processor only, never weights
-        write_engine_dir(model, processor, self._dir.name)
+        write_engine_dir(model, processor, self._dir.name, self.data_cfg)
         dtype = compute_dtype(model)
         options = dict(ENGINE_DEFAULTS, model=self._dir.name, dtype=str(dtype).removeprefix("torch."),
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, seed=seed)

@@ -290,3 +290,42 @@ def test_the_engine_directory_reloads_as_the_same_processor_and_config(tmp_path,
     assert torch.equal(got["input_ids"], want["input_ids"]) and torch.equal(got["pixel_values"], want["pixel_values"])
     video = tmp_path / "video_preprocessor_config.json"
     assert video.is_file() == (getattr(processor, "video_processor", None) is None)
+
+
+@pytest.mark.parametrize("preset,side,max_pixels", [("qwen2.5-vl-3b", 30, 448 * 448), ("tiny", 700, 784 * 784)])
+def test_the_engines_processor_keeps_the_trainers_image_tokens_outside_its_own_pixel_bounds(tmp_path, preset, side,
+                                                                                             max_pixels):
+    """vLLM's processor resizes every image within its own pixel bounds; the trainer's encoding keeps the image as
+    data.min/max_pixels resized it. A small image (the released Qwen2.5-VL bounds start at 3136 pixels, data's at
+    784) or data.max_pixels above the processor's would give the engine other image tokens than the trainer's
+    forward sees. The engine's directory reloads to a processor that, resizing as vLLM does, gives the trainer's."""
+    from PIL import Image
+
+    from mmrl.config.data import DataConfig
+    from mmrl.data.collate import encode_one
+    from mmrl.data.sample import Sample
+    from mmrl.generation.vllm_backend import _prompt_inputs, write_engine_dir
+    from mmrl.models.loading import load_processor
+    from mmrl.models.tiny import PRESETS, build_parts, ensure_tiny_model
+
+    if preset == "tiny":
+        processor = load_processor(ensure_tiny_model(preset))
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(ensure_tiny_model(preset))
+    else:
+        _tok, processor, config, _eos, _pad = build_parts(PRESETS[preset], 0)
+    path = tmp_path / "img.png"
+    Image.new("RGB", (side, side), (200, 30, 30)).save(path)
+    sample = Sample(id="s", prompt="<image>What colour?", answer="red", images=[str(path)])
+    cfg = DataConfig(max_pixels=max_pixels)
+    want = encode_one(processor, sample, cfg)
+    inputs = _prompt_inputs(sample, processor, cfg)
+    write_engine_dir(type("Policy", (), {"config": config})(), processor, str(tmp_path / "engine"), cfg)
+    engine = load_processor(str(tmp_path / "engine"))
+    got = engine(text=[inputs["prompt"]], images=inputs["multi_modal_data"]["image"], return_tensors="pt")
+    plain = processor(text=[inputs["prompt"]], images=inputs["multi_modal_data"]["image"], return_tensors="pt")
+    assert not torch.equal(plain["image_grid_thw"], want["image_grid_thw"])  # the policy's own bounds would differ
+    assert torch.equal(got["image_grid_thw"], want["image_grid_thw"])
+    assert torch.equal(got["input_ids"], want["input_ids"])
+    assert torch.allclose(got["pixel_values"], want["pixel_values"])
