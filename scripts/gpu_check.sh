@@ -6,7 +6,8 @@
 #   3. runs benchmarks/gpu_throughput.py on the qwen2.5-vl-3b architecture (random weights, bf16): tokens/s, peak
 #      memory and MFU of the rollout and of the training forward+backward,
 #   4. the same with rollouts by the colocated vLLM engine (`--backend vllm`) where the `vllm` extra is installed
-#      (INSTALL_VLLM=1 installs it first: it pins its own torch, so it is opt-in); skipped with a line otherwise.
+#      (INSTALL_VLLM=1 installs it first, then runs the vLLM gpu tests step 2 skipped: it pins its own torch, so it
+#      is opt-in); skipped with a line otherwise.
 # Usage: scripts/gpu_check.sh [extra arguments for benchmarks/gpu_throughput.py]
 # Exits 0 with a one-line message where no CUDA device is visible; else non-zero if the tests or the benchmark fail.
 set -uo pipefail
@@ -49,12 +50,27 @@ bench_rc=$?
 
 echo "== 4/4 throughput with vLLM rollouts (rollout.backend: vllm): qwen2.5-vl-3b architecture, bf16"
 vllm_rc=0
+vllm_tests_rc=0
 if [ "${INSTALL_VLLM:-0}" = "1" ] && ! "$PY" -c "import vllm" 2>/dev/null; then
-  timeout "${VLLM_INSTALL_TIMEOUT:-1800}" "$PY" -m pip install -e ".[vllm]" || echo "gpu_check: could not install the vllm extra"
+  if timeout "${VLLM_INSTALL_TIMEOUT:-1800}" "$PY" -m pip install -e ".[vllm]"; then
+    # Step 2 ran before the extra was there, so its vLLM tests were skipped: run them now.
+    "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/integration/test_vllm_backend.py
+    vllm_tests_rc=$?
+  else
+    echo "gpu_check: could not install the vllm extra"
+  fi
 fi
 if "$PY" -c "import vllm" 2>/dev/null; then
-  "$PY" benchmarks/gpu_throughput.py --preset qwen2.5-vl-3b --dtype bf16 --backend vllm "$@"
+  # vLLM pins its own torch: a flash-attn built against the previous one is still found but no longer imports.
+  attn_args=()
+  if "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('flash_attn') is None)" 2>/dev/null \
+      && ! "$PY" -c "import flash_attn" 2>/dev/null; then
+    echo "gpu_check: flash-attn does not import against vLLM's torch; the vLLM benchmark uses SDPA attention"
+    attn_args=(--attn sdpa)
+  fi
+  "$PY" benchmarks/gpu_throughput.py --preset qwen2.5-vl-3b --dtype bf16 --backend vllm ${attn_args[@]+"${attn_args[@]}"} "$@"
   vllm_rc=$?
+  [ "$vllm_rc" -eq 0 ] && vllm_rc=$vllm_tests_rc
 else
   echo "gpu_check: the vllm extra is not installed; skipping (pip install \"mmrl[vllm]\" or INSTALL_VLLM=1)"
 fi

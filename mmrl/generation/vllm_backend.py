@@ -8,7 +8,8 @@ What runs where, per training step (one engine per training process, on that pro
   goes to sleep at level 2 (weights and KV cache freed) so the training forward/backward gets the memory back.
 - update: the trainer recomputes every log-prob itself (`completion_logprobs`); the engine's own log-probs (taken
   after temperature: `logprobs_mode="processed_logprobs"`, vLLM >= 0.10.2) only measure and correct the mismatch
-  (`algorithm.tis_cap`, truncated importance sampling in `mmrl.rl.update`).
+  (`algorithm.tis_cap`, truncated importance sampling in `mmrl.rl.update`). With top-k/top-p or min_new_tokens they
+  are renormalised over a truncated vocabulary, not comparable with the trainer's, and dropped (`logprobs_comparable`).
 
 Weight sync: the policy's state dict, tensor by tensor, into the engine's `load_weights` (vLLM maps transformers'
 names). A LoRA policy is merged into its base for the copy and unmerged after, so the engine always holds the merged
@@ -25,7 +26,9 @@ sampled.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -60,6 +63,29 @@ def require_vllm() -> None:
         raise UserError("rollout.backend=vllm needs a CUDA device (vLLM does not run on CPU); set rollout.backend=hf")
 
 
+def logprobs_comparable(params: SamplingParams) -> bool:
+    """Whether the engine's log-probs can be compared with the trainer's (full-vocabulary softmax of logits /
+    temperature). vLLM's processed log-probs are renormalised over the tokens that survive top-k/top-p, and over the
+    non-stop tokens while `min_new_tokens` forbids them: the difference then carries log(kept mass), which is not a
+    rollout/trainer mismatch, and TIS would scale every token's gradient by that mass (TRL issue 6789). The
+    placeholder ban (`bad_words`) renormalises too, by the placeholders' probability, which a trained model puts at
+    ~0."""
+    return params.top_k == 0 and params.top_p >= 1.0 and params.min_new_tokens == 0
+
+
+_NOTED_INCOMPARABLE: set[tuple[int, float, int]] = set()
+
+
+def _note_incomparable(params: SamplingParams) -> None:
+    key = (params.top_k, params.top_p, params.min_new_tokens)
+    if key not in _NOTED_INCOMPARABLE:
+        _NOTED_INCOMPARABLE.add(key)
+        logging.getLogger(__name__).warning(
+            "rollout.backend=vllm: top_k=%s top_p=%s min_new_tokens=%s truncate the sampling distribution, so the "
+            "engine's log-probs are not comparable with the trainer's: the rollout/trainer mismatch is not measured "
+            "and truncated importance sampling (algorithm.tis_cap) is off", *key)
+
+
 def _prompt_inputs(sample: Sample, processor: Any, data_cfg: Any) -> dict[str, Any]:
     """vLLM's input for one sample: the rendered chat text and its resized images (as `encode_one` prepares them)."""
     from mmrl.data.collate import _chat_text
@@ -74,6 +100,55 @@ def _prompt_inputs(sample: Sample, processor: Any, data_cfg: Any) -> dict[str, A
         # `encode_one`), and vLLM counts the image tokens with the same rule.
         inputs["multi_modal_data"] = {"image": images}
     return inputs
+
+
+def _video_config(processor: Any, model_type: str) -> dict[str, Any] | None:
+    """The video processor config of a Qwen-VL processor assembled without one (no torchvision where it was loaded;
+    the benchmark's presets), from its image processor: vLLM's processor for these architectures loads one."""
+    image = getattr(processor, "image_processor", None)
+    if getattr(processor, "video_processor", None) is not None or image is None or not model_type.startswith("qwen"):
+        return None
+    size = {"shortest_edge": image.size["shortest_edge"], "longest_edge": image.size["longest_edge"]}
+    config: dict[str, Any] = {"size": size, "patch_size": image.patch_size,
+                              "temporal_patch_size": image.temporal_patch_size, "merge_size": image.merge_size}
+    if model_type.startswith("qwen3"):  # bounds pixels through `size` only
+        return {"video_processor_type": "Qwen3VLVideoProcessor", **config}
+    return {"video_processor_type": "Qwen2VLVideoProcessor", "min_pixels": size["shortest_edge"],
+            "max_pixels": size["longest_edge"], **config}
+
+
+def _engine_processor(processor: Any, data_cfg: Any) -> Any:
+    """The processor vLLM gets. On the 28-pixel grid (Qwen2/2.5-VL) the trainer's encoding hands its processor
+    images already resized within data.min/max_pixels and turns its resize off (`encode_one`); vLLM's processor
+    always resizes, within its own pixel bounds (3136 pixels at least for the released Qwen2.5-VL, where data's
+    default is 784). Its bounds are widened to cover data's, so an on-grid image passes unchanged and the engine sees
+    the trainer's image tokens."""
+    from mmrl.data.collate import _takes_28_grid
+
+    if not _takes_28_grid(processor):  # other grids resize on both sides, with the same processor settings
+        return processor
+    engine = copy.deepcopy(processor)
+    image = engine.image_processor
+    low = min(int(image.size["shortest_edge"]), 28 * 28)  # DataConfig's smallest min_pixels
+    high = max(int(image.size["longest_edge"]), int(getattr(data_cfg, "max_pixels", 0) or 0))
+    image.size = {"shortest_edge": low, "longest_edge": high}
+    for name, value in (("min_pixels", low), ("max_pixels", high)):
+        if getattr(image, name, None) is not None:
+            setattr(image, name, value)
+    return engine
+
+
+def write_engine_dir(model: Any, processor: Any, out_dir: str, data_cfg: Any = None) -> None:
+    """The directory the engine starts from: the policy's config and its processor (`_engine_processor`), no
+    weights. `save_processor`, not `processor.save_pretrained`: the latter fails on a processor without a video
+    processor."""
+    from mmrl.models.processor import save_processor
+
+    inner = getattr(model, "module", model)
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    base.config.save_pretrained(out_dir)
+    save_processor(_engine_processor(processor, data_cfg), out_dir,
+                   video_config=_video_config(processor, str(base.config.model_type)))
 
 
 def policy_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
@@ -118,10 +193,7 @@ class VLLMBackend:
         # The engine runs in this process, so its model is reachable for the weight copy (no second process).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self._dir = tempfile.TemporaryDirectory(prefix="mmrl-vllm-")  # config + processor only, never weights
-        inner = getattr(model, "module", model)
-        base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-        base.config.save_pretrained(self._dir.name)
-        processor.save_pretrained(self._dir.name)
+        write_engine_dir(model, processor, self._dir.name, self.data_cfg)
         dtype = compute_dtype(model)
         options = dict(ENGINE_DEFAULTS, model=self._dir.name, dtype=str(dtype).removeprefix("torch."),
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, seed=seed)
@@ -193,16 +265,16 @@ class VLLMBackend:
 
     @torch.no_grad()
     def rollout(self, prompts: Sequence[Prompt | Sample], params: SamplingParams,
-                generator: torch.Generator | None = None, data_cfg: Any = None) -> RolloutBatch:
-        """`params.n` completions per prompt as padded tensors on the policy's device, with the engine's log-probs.
-        `generator` draws each prompt's seed (one continuing stream across calls); `data_cfg` overrides the template
-        settings (a stage's prompt suffix)."""
+                generator: torch.Generator | None = None, data_cfg: Any = None,
+                prompt_seeds: Sequence[int] | None = None) -> RolloutBatch:
+        """`params.n` completions per prompt as padded tensors on the policy's device, with the engine's log-probs
+        (None when `logprobs_comparable` is False). `generator` draws each prompt's seed (one continuing stream
+        across calls); `prompt_seeds` (one per prompt) overrides it, as on the HF backend: a prompt's completions then
+        do not depend on which other prompts share the call; `data_cfg` overrides the template settings (a stage's
+        prompt suffix)."""
         device = model_device(self.model)
         inputs = [self._inputs(p, data_cfg if data_cfg is not None else self.data_cfg) for p in prompts]
-        if generator is None and params.seed is not None:
-            generator = torch.Generator(device=device).manual_seed(params.seed)
-        seeds = [int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
-                 if generator is not None else None for _ in inputs]
+        seeds = self._seeds(len(inputs), params, generator, prompt_seeds, device)
         self._wake()
         try:
             outputs = self.llm.generate(inputs, [self._vllm_params(params, s) for s in seeds], use_tqdm=False)
@@ -210,19 +282,39 @@ class VLLMBackend:
             self.sleep()
         return self._batch(outputs, params, device)
 
+    @staticmethod
+    def _seeds(count: int, params: SamplingParams, generator: torch.Generator | None,
+               prompt_seeds: Sequence[int] | None, device: torch.device) -> list[int | None]:
+        """vLLM's per-request seed of each prompt: `prompt_seeds`, else drawn from `generator` (or `params.seed`)."""
+        if prompt_seeds is not None:
+            if len(prompt_seeds) != count:
+                raise ValueError(f"prompt_seeds: {len(prompt_seeds)} seeds for {count} prompts")
+            return [int(seed) for seed in prompt_seeds]
+        if generator is None and params.seed is not None:
+            generator = torch.Generator(device=device).manual_seed(params.seed)
+        return [int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
+                if generator is not None else None for _ in range(count)]
+
     def _batch(self, outputs: list[Any], params: SamplingParams, device: torch.device) -> RolloutBatch:
         rows = [sample for out in outputs for sample in out.outputs]
         width = max((len(r.token_ids) for r in rows), default=0)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long, device=device)
         mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-        lps = torch.zeros(len(rows), width, dtype=torch.float32, device=device)
+        # Only log-probs the trainer's can be compared with (see `logprobs_comparable`), and only when every row has
+        # them: zeros standing in for missing ones would read as a huge mismatch and skew the TIS weights.
+        comparable = logprobs_comparable(params)
+        if not comparable:
+            _note_incomparable(params)
+        with_logprobs = comparable and bool(rows) and all(r.logprobs is not None for r in rows)
+        lps = torch.zeros(len(rows), width, dtype=torch.float32, device=device) if with_logprobs else None
         texts, truncated = [], []
         for i, row in enumerate(rows):
             tokens = list(row.token_ids)
             ids[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long, device=device)
             mask[i, : len(tokens)] = 1
-            chosen = [step[token].logprob for step, token in zip(row.logprobs or [], tokens)]
-            lps[i, : len(chosen)] = torch.tensor(chosen, dtype=torch.float32, device=device)
+            if lps is not None:
+                chosen = [step[token].logprob for step, token in zip(row.logprobs, tokens)]
+                lps[i, : len(chosen)] = torch.tensor(chosen, dtype=torch.float32, device=device)
             text, _ = cut_at_stop(self.decoder.text(tokens), params.stop)
             texts.append(text)
             truncated.append(row.finish_reason == "length")

@@ -144,3 +144,44 @@ def test_weights_above_the_cap_are_truncated_in_the_real_loss():
     assert torch.allclose(corrected, torch.tensor([[-0.7, -1.05, -1.4, 0.0]]))
     corrected.sum().backward()
     assert torch.allclose(logp.grad, torch.tensor([[-0.7, -1.05, -1.4, 0.0]]))  # the weight carries no gradient
+
+
+@pytest.mark.parametrize("loss_name", ["ppo", "gspo"])
+def test_tis_weights_the_policy_gradient_term_only_never_the_kl(loss_name):
+    """TRL and verl multiply the policy-gradient loss by the TIS weight and add the KL penalty after: the KL to the
+    reference is not a quantity sampled under the rollout policy. For both registered losses, with beta > 0, the
+    corrected loss minus the uncorrected one is (weight - 1) x the policy-gradient term alone."""
+    from mmrl.rl.losses import POLICY_LOSSES
+
+    loss_fn = POLICY_LOSSES.get(loss_name)
+    gen = torch.Generator().manual_seed(3)
+    logp = -torch.rand(2, 4, generator=gen) - 0.1
+    ref = logp - 0.3 * torch.rand(2, 4, generator=gen)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    adv = torch.tensor([0.8, -0.4])
+    weight, _ = truncated_is_weights(logp, logp - torch.tensor([[0.2, -0.5, 1.0, 9.0], [0.0, 0.3, -0.1, 0.4]]),
+                                     mask, 2.0)
+    kwargs = dict(ref_logp=ref, beta=0.1, kl_estimator="k3")
+    pg_only, _ = loss_fn(logp, None, adv, mask)
+    plain, _ = loss_fn(logp, None, adv, mask, **kwargs)
+    corrected, _ = loss_fn(logp, None, adv, mask, is_weight=weight, **kwargs)
+    assert not torch.equal(weight, torch.ones_like(weight))
+    assert torch.allclose(corrected - plain, (weight - 1) * pg_only, atol=1e-6)
+
+
+def test_hf_sampler_logprobs_ignore_top_k_top_p_truncation(synthetic_data, tmp_path):
+    """With top-k/top-p the HF sampler draws from a truncated distribution but hands over the full-vocabulary
+    log-probs (after temperature), as the trainer computes them: the TIS weights stay 1 instead of carrying the kept
+    probability mass (which would scale every token's gradient down)."""
+    trainer = make_trainer(synthetic_data, tmp_path / "run", "rollout.top_k=3", "rollout.top_p=0.8",
+                           "rollout.temperature=0.7")
+    stage = trainer.schedule.stage_at(0)
+    samples = trainer._load(tuple(trainer.cfg.data.train))[:2]
+    groups, _ = rollout_groups(trainer.cfg, stage, samples, trainer.run.processor, trainer.backend,
+                               trainer._composite(stage.rewards), trainer.generator, trainer.cfg.data)
+    for group in groups:
+        weight, metrics = truncated_is_weights(trainer_logp(trainer, group), group.sampler_logp,
+                                               group.completion_mask, 2.0)
+        active = group.completion_mask.bool()
+        assert torch.allclose(weight[active], torch.ones_like(weight[active]), atol=1e-4)
+        assert metrics["logprob_abs_diff_max"] < 1e-4

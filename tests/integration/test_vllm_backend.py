@@ -182,3 +182,150 @@ def test_the_engines_prompt_is_the_trainers_prompt(tmp_path):
     want = encode_one(processor, sample, cfg)
     assert torch.equal(again["input_ids"], want["input_ids"])
     assert torch.equal(again["image_grid_thw"], want["image_grid_thw"])
+
+
+# -- the engine's outputs to a RolloutBatch (CPU: vLLM's output records stand in as plain objects) ----------------
+
+
+@pytest.fixture(scope="module")
+def unstarted_backend():
+    """A VLLMBackend with the tiny model's token rules but no engine: `_batch` and `_seeds` need none."""
+    from mmrl.config.model import ModelConfig
+    from mmrl.generation.decoding import attach_token_rules
+    from mmrl.generation.vllm_backend import VLLMBackend
+    from mmrl.models.loading import load_policy
+
+    loaded = load_policy(ModelConfig(name_or_path="tiny", dtype="fp32"), device="cpu", for_training=False)
+    backend = object.__new__(VLLMBackend)
+    backend.model, backend.processor = loaded.model, loaded.processor
+    attach_token_rules(backend, loaded.model, loaded.processor)
+    return backend
+
+
+def _engine_outputs(backend, rows: list[tuple[list[int], list[float] | None, str]], prompt_len: int = 5) -> list:
+    """vLLM's RequestOutput shape: .outputs[k].token_ids / .logprobs (one {token: Logprob} per step) / .finish_reason."""
+    from types import SimpleNamespace as NS
+
+    outs = [NS(token_ids=ids, finish_reason=reason,
+               logprobs=None if lps is None else [{t: NS(logprob=lp)} for t, lp in zip(ids, lps)])
+            for ids, lps, reason in rows]
+    return [NS(outputs=outs, prompt_token_ids=list(range(prompt_len)))]
+
+
+@pytest.mark.parametrize("truncating", [{"top_p": 0.9}, {"top_k": 5}, {"min_new_tokens": 3}])
+def test_engine_logprobs_of_a_truncated_distribution_are_not_handed_to_tis(unstarted_backend, truncating):
+    """vLLM's processed log-probs are renormalised over what top-k/top-p (or min_new_tokens' stop ban) keep; the
+    trainer's are over the whole vocabulary, so their difference is log(kept mass), not a rollout/trainer mismatch:
+    used as TIS weights they would scale every token's gradient down by it. They are dropped (TIS off, nothing
+    logged); untruncated sampling hands them over as they are."""
+    from mmrl.generation import SamplingParams
+
+    eos = unstarted_backend.eos_ids[0]
+    rows = [([11, 12, eos], [-0.5, -1.25, -2.0], "stop"), ([13, 14, 15, 16], [-0.1, -0.2, -0.3, -0.4], "length")]
+    plain = unstarted_backend._batch(_engine_outputs(unstarted_backend, rows), SamplingParams(n=2), torch.device("cpu"))
+    assert plain.logprobs is not None
+    assert torch.equal(plain.logprobs, torch.tensor([[-0.5, -1.25, -2.0, 0.0], [-0.1, -0.2, -0.3, -0.4]]))
+    assert plain.truncated.tolist() == [False, True] and plain.completion_mask.sum(1).tolist() == [3, 4]
+    cut = unstarted_backend._batch(_engine_outputs(unstarted_backend, rows), SamplingParams(n=2, **truncating),
+                                   torch.device("cpu"))
+    assert cut.logprobs is None
+    assert torch.equal(cut.completion_ids, plain.completion_ids)  # the completions themselves are kept
+
+
+def test_a_row_without_engine_logprobs_gives_none_not_zeros(unstarted_backend):
+    """Zeros for a missing row would read as log-prob 0 (probability 1): a huge fake mismatch and skewed weights."""
+    from mmrl.generation import SamplingParams
+
+    rows = [([11, 12], [-0.5, -1.0], "length"), ([13, 14], None, "length")]
+    batch = unstarted_backend._batch(_engine_outputs(unstarted_backend, rows), SamplingParams(n=2), torch.device("cpu"))
+    assert batch.logprobs is None and batch.completion_mask.sum().item() == 4
+
+
+def test_prompt_seeds_fix_each_prompts_engine_seed(unstarted_backend):
+    """As on the HF backend, per-prompt seeds (the trainer's: seed + global draw index) override the generator, so a
+    prompt's completions do not depend on which process or call it lands in; without them the generator draws one
+    seed per prompt, reproducibly."""
+    from mmrl.generation import SamplingParams
+
+    seeds = unstarted_backend._seeds
+    cpu = torch.device("cpu")
+    assert seeds(3, SamplingParams(), torch.Generator().manual_seed(1), [7, 8, 9], cpu) == [7, 8, 9]
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        seeds(3, SamplingParams(), None, [7, 8], cpu)
+    drawn = seeds(3, SamplingParams(), torch.Generator().manual_seed(1), None, cpu)
+    assert drawn == seeds(3, SamplingParams(), torch.Generator().manual_seed(1), None, cpu) and len(set(drawn)) == 3
+    assert seeds(2, SamplingParams(seed=4), None, None, cpu) == seeds(2, SamplingParams(), torch.Generator().manual_seed(4),
+                                                                       None, cpu)
+    assert seeds(2, SamplingParams(), None, None, cpu) == [None, None]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-qwen3-vl", "qwen2.5-vl-3b"])
+def test_the_engine_directory_reloads_as_the_same_processor_and_config(tmp_path, preset):
+    """vLLM starts from a directory holding the policy's config and processor. A processor without a video
+    processor (no torchvision here; the benchmark's presets everywhere) broke `processor.save_pretrained`; the
+    directory must reload to a processor that encodes a prompt and its image exactly as the policy's does."""
+    from PIL import Image
+    from transformers import AutoConfig
+
+    from mmrl.generation.vllm_backend import write_engine_dir
+    from mmrl.models.loading import load_processor
+    from mmrl.models.tiny import PRESETS, build_parts, ensure_tiny_model
+
+    if preset == "qwen2.5-vl-3b":  # what benchmarks/gpu_throughput.py --backend vllm hands the engine
+        _tok, processor, config, _eos, _pad = build_parts(PRESETS[preset], 0)
+    else:
+        path = ensure_tiny_model(preset)
+        processor, config = load_processor(path), AutoConfig.from_pretrained(path)
+    model = type("Policy", (), {"config": config})()  # write_engine_dir reads only the config (no weights)
+    write_engine_dir(model, processor, str(tmp_path))
+    again = load_processor(str(tmp_path))
+    reloaded = {k: v for k, v in AutoConfig.from_pretrained(tmp_path).to_dict().items() if k != "_name_or_path"}
+    assert reloaded == {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert again.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == text
+    image = Image.new("RGB", (120, 90), (10, 200, 30))
+    want, got = processor(text=[text], images=[image], return_tensors="pt"), again(text=[text], images=[image],
+                                                                                  return_tensors="pt")
+    assert torch.equal(got["input_ids"], want["input_ids"]) and torch.equal(got["pixel_values"], want["pixel_values"])
+    video = tmp_path / "video_preprocessor_config.json"
+    assert video.is_file() == (getattr(processor, "video_processor", None) is None)
+
+
+@pytest.mark.parametrize("preset,side,max_pixels", [("qwen2.5-vl-3b", 30, 448 * 448), ("tiny", 700, 784 * 784)])
+def test_the_engines_processor_keeps_the_trainers_image_tokens_outside_its_own_pixel_bounds(tmp_path, preset, side,
+                                                                                             max_pixels):
+    """vLLM's processor resizes every image within its own pixel bounds; the trainer's encoding keeps the image as
+    data.min/max_pixels resized it. A small image (the released Qwen2.5-VL bounds start at 3136 pixels, data's at
+    784) or data.max_pixels above the processor's would give the engine other image tokens than the trainer's
+    forward sees. The engine's directory reloads to a processor that, resizing as vLLM does, gives the trainer's."""
+    from PIL import Image
+
+    from mmrl.config.data import DataConfig
+    from mmrl.data.collate import encode_one
+    from mmrl.data.sample import Sample
+    from mmrl.generation.vllm_backend import _prompt_inputs, write_engine_dir
+    from mmrl.models.loading import load_processor
+    from mmrl.models.tiny import PRESETS, build_parts, ensure_tiny_model
+
+    if preset == "tiny":
+        processor = load_processor(ensure_tiny_model(preset))
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(ensure_tiny_model(preset))
+    else:
+        _tok, processor, config, _eos, _pad = build_parts(PRESETS[preset], 0)
+    path = tmp_path / "img.png"
+    Image.new("RGB", (side, side), (200, 30, 30)).save(path)
+    sample = Sample(id="s", prompt="<image>What colour?", answer="red", images=[str(path)])
+    cfg = DataConfig(max_pixels=max_pixels)
+    want = encode_one(processor, sample, cfg)
+    inputs = _prompt_inputs(sample, processor, cfg)
+    write_engine_dir(type("Policy", (), {"config": config})(), processor, str(tmp_path / "engine"), cfg)
+    engine = load_processor(str(tmp_path / "engine"))
+    got = engine(text=[inputs["prompt"]], images=inputs["multi_modal_data"]["image"], return_tensors="pt")
+    plain = processor(text=[inputs["prompt"]], images=inputs["multi_modal_data"]["image"], return_tensors="pt")
+    assert not torch.equal(plain["image_grid_thw"], want["image_grid_thw"])  # the policy's own bounds would differ
+    assert torch.equal(got["image_grid_thw"], want["image_grid_thw"])
+    assert torch.equal(got["input_ids"], want["input_ids"])
+    assert torch.allclose(got["pixel_values"], want["pixel_values"])
