@@ -85,7 +85,8 @@ def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample],
                             max_new_tokens=stage.max_completion_length,
                             min_new_tokens=min(rc.min_new_tokens, stage.max_completion_length), logprobs=True)
     if getattr(backend, "takes_samples", False):  # vLLM: its own processor encodes the samples and their images
-        batch = backend.rollout(samples, params, generator=generator, data_cfg=data_cfg)
+        streams = {"prompt_seeds": seeds} if seeds is not None else {}
+        batch = backend.rollout(samples, params, generator=generator, data_cfg=data_cfg, **streams)
     else:
         # Per-prompt random streams (when the backend takes them): a prompt's completions depend on the seed and its
         # global draw index only, not on how many processes share the step.

@@ -68,7 +68,8 @@ class GRPOTrainer:
         # The LR schedule reads the run length at every step: an until_metric that ends a stage early shortens it.
         self.run.scheduler = build_scheduler(self.run.optimizer, cfg.optimizer, lambda: self.schedule.total_steps)
         self.backend: RolloutBackend = make_backend(self.run.model, self.run.processor, cfg.rollout.backend,
-                                                    share_prompt=cfg.rollout.share_prompt, rollout_cfg=cfg.rollout)
+                                                    share_prompt=cfg.rollout.share_prompt, data_cfg=cfg.data,
+                                                    rollout_cfg=cfg.rollout)
         self.reference: ReferencePolicy | None = make_reference(self.run.model, cfg.algorithm.beta)
         # Sampling draws on the model's device, so the generator lives there (CUDA rejects a CPU generator).
         self.generator = torch.Generator(device=self.run.dist.device)

@@ -194,14 +194,19 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage,
             norms.append(grad_norm)
             stepped_all = stepped_all and stepped
     # Loss-side metrics over every process's micro-batches (a rank alone sees its share; one may have run none).
+    # The sampler/trainer mismatch likewise: every process's groups, not rank 0's share.
     sums, counts = defaultdict(float), defaultdict(int)
-    for part_sums, part_counts in all_gather_objects((dict(local_sums), dict(local_counts)), world):
+    all_mismatch: dict[str, list[float]] = defaultdict(list)
+    parts = all_gather_objects((dict(local_sums), dict(local_counts), dict(mismatch)), world)
+    for part_sums, part_counts, part_mismatch in parts:
         for key, value in part_sums.items():
             sums[key] += value
             counts[key] += part_counts[key]
+        for key, values in part_mismatch.items():
+            all_mismatch[key].extend(values)
     out = {f"loss/{k}": sums[k] / counts[k] for k in sums}
     out.update(reward_metrics)
-    out.update(_mismatch_metrics(mismatch))
+    out.update(_mismatch_metrics(all_mismatch))
     out.update({"loss": sum(losses) / len(losses), "grad_norm": sum(norms) / len(norms),
                 "skipped_step": 0.0 if stepped_all else 1.0, "optimizer_steps": float(len(losses))})
     return out

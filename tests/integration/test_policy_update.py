@@ -76,8 +76,9 @@ VARIANTS = {
                                    "algorithm.mini_batches=2", "algorithm.num_iterations=2",
                                    "trainer.prompts_per_step=4", "optimizer.name=sgd", "optimizer.lr=0.5"],
                      "drop": [2, 3]},
-    # GSPO with rloo advantages and the KL (k1) in the reward.
-    "sgd_gspo_kl_reward": {"overrides": ["algorithm.policy_loss=gspo", "algorithm.advantage=rloo",
+    # GSPO with rloo advantages and the KL (k1) in the reward; the groups carry rollout-engine log-probs, so the TIS
+    # weights act and the rollout/* mismatch metrics must be those of every process's groups.
+    "sgd_gspo_kl_reward": {"sampler_logp": True, "overrides": ["algorithm.policy_loss=gspo", "algorithm.advantage=rloo",
                                          "algorithm.eps_low=0.003", "algorithm.eps_high=0.004", "algorithm.beta=0.1",
                                          "algorithm.kl_penalty=reward", "trainer.prompts_per_step=4",
                                          "optimizer.name=sgd", "optimizer.lr=0.5"]},
@@ -117,10 +118,11 @@ def test_two_processes_match_one_process_of_the_same_global_batch(synthetic_data
         # The logged loss metrics (loss, clip fractions, ratio and KL means) are those of the global batch on every
         # rank, not of the rank's own share.
         for rank in ranks:
+            assert any(key.startswith("rollout/") for row in rank["metrics"] for key in row) == (name == "sgd_gspo_kl_reward")
             for got, want in zip(rank["metrics"], single["metrics"], strict=True):
                 assert got.keys() == want.keys(), (name, got, want)
                 for key in want:
-                    assert got[key] == pytest.approx(want[key], abs=1e-4), (name, rank["rank"], key, got, want)
+                    assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-4), (name, rank["rank"], key, got, want)
         a, b = torch.load(tmp_path / "one" / f"{name}.pt"), torch.load(tmp_path / "two" / f"{name}.pt")
         assert max_diff(a, initial) > 1e-3, f"{name}: the weights did not move"
         diff = max_diff(a, b)
