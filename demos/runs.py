@@ -41,7 +41,16 @@ def load_run(run_dir: str | Path) -> Run:
     path = Path(run_dir).expanduser()
     if not path.is_dir():
         raise UserError(f"run directory {path} does not exist; pass the directory of a run (e.g. runs/quickstart)")
-    rows = read_metrics(path / "metrics.jsonl")
+    metrics = path / "metrics.jsonl"
+    if not metrics.is_file():
+        raise UserError(f"{metrics} not found; `mmrl demo runs` needs a run directory written by `mmrl train` or "
+                        "`mmrl sft` (it has metrics.jsonl and samples/)")
+    try:
+        rows = read_metrics(metrics)
+    except UnicodeDecodeError:
+        raise UserError(f"{metrics}: not UTF-8 text; is this a metrics.jsonl written by mmrl?") from None
+    if not rows:
+        raise UserError(f"{metrics}: no steps logged yet; start the viewer once the run has logged its first step")
     return Run(path=path, rows=rows, sample_steps=sample_steps(path))
 
 
@@ -90,13 +99,20 @@ def read_samples(run: Run, step: int) -> list[dict[str, Any]]:
     file = run.path / "samples" / f"step-{int(step)}.jsonl"
     if not file.is_file():
         raise DemoInputError(f"no samples saved at step {step}; steps with samples: {run.sample_steps or 'none'}")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DemoInputError(f"samples/step-{step}.jsonl: not UTF-8 text") from None
     out = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                out.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 raise DemoInputError(f"samples/step-{step}.jsonl:{number}: not a JSON line") from None
+            if not isinstance(row, dict):
+                raise DemoInputError(f"samples/step-{step}.jsonl:{number}: not a JSON object (one sample per line)")
+            out.append(row)
     return out
 
 
