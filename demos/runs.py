@@ -174,7 +174,8 @@ def build_app(run_dir: str | Path) -> Any:
         status = gr.Markdown(elem_id="runs-status")
         with gr.Tab("curves"):
             stage = gr.Dropdown(stages, value=ALL_STAGES, label="stage", elem_id="runs-stage")
-            gallery = gr.Gallery(value=first_figures, label="curves", columns=2, height="auto", elem_id="runs-curves")
+            gallery = gr.Gallery(value=first_figures, label="curves", columns=2, height="auto", object_fit="contain",
+                                 elem_id="runs-curves")  # contain: a cropped plot loses its axes
             notes = gr.Markdown("; ".join(first_notes), elem_id="runs-notes")
         with gr.Tab("samples"):
             steps = [str(s) for s in run.sample_steps]
@@ -188,7 +189,8 @@ def build_app(run_dir: str | Path) -> Any:
         with gr.Tab("compare"):
             upload = gr.File(label="another run's metrics.jsonl", file_types=[".jsonl", ".json"], type="filepath",
                              elem_id="runs-upload")  # fmt: skip
-            other = gr.Gallery(label="curves of the uploaded file", columns=2, height="auto", elem_id="runs-other")
+            other = gr.Gallery(label="curves of the uploaded file", columns=2, height="auto", object_fit="contain",
+                               elem_id="runs-other")
 
         @shown_errors(3, 0)
         def on_stage(stage_name):
