@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import html
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ MAX_UPLOAD_MB = 20
 MAX_UPLOAD_PIXELS = 40_000_000  # 40 MP: a phone photo fits, a 100 MP decompression bomb does not
 MIN_UPLOAD_SIDE = 2  # a 1x1 tracking pixel is not a picture a model can look at
 QUEUE_SIZE = 16
+MAX_SEED = 2**32 - 1
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"]
 
 
@@ -195,5 +197,8 @@ def to_sampling(temperature: float, top_p: float, top_k: float, max_new_tokens: 
 
     if max_new_tokens is None or int(max_new_tokens) < 1:
         raise DemoInputError("max new tokens must be at least 1")
+    # The seed box takes any number; the sampler's generator takes a 64-bit integer (1e30 overflowed in the sampler).
+    if seed is not None and not (math.isfinite(seed) and 0 <= seed <= MAX_SEED and float(seed).is_integer()):
+        raise DemoInputError(f"seed: give a whole number from 0 to {MAX_SEED} (got {seed})")
     return Sampling(temperature=float(temperature or 0.0), top_p=float(top_p or 1.0), top_k=int(top_k or 0),
                     max_new_tokens=int(max_new_tokens), seed=int(seed or 0))  # fmt: skip

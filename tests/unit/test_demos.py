@@ -424,3 +424,12 @@ def test_run_viewer_refuses_an_empty_or_binary_metrics_file_in_one_line(tmp_path
     (run.path / "samples" / "step-6.jsonl").write_text('["not", "a", "sample"]\n')
     with pytest.raises(DemoInputError, match="step-6.jsonl:1: not a JSON object"):
         read_samples(run, 6)
+
+
+def test_a_seed_the_sampler_cannot_take_is_refused_before_the_model_runs():
+    from demos._common import MAX_SEED, to_sampling
+
+    assert to_sampling(0.7, 1.0, 0, 8, MAX_SEED).seed == MAX_SEED
+    for seed in (1e30, float("nan"), -5, 2.5):  # 1e30 was "error: ValueError: Overflow when unpacking long long"
+        with pytest.raises(DemoInputError, match="seed: give a whole number"):
+            to_sampling(0.7, 1.0, 0, 8, seed)
