@@ -43,8 +43,11 @@ def load_run(run_dir: str | Path) -> Run:
         raise UserError(f"run directory {path} does not exist; pass the directory of a run (e.g. runs/quickstart)")
     metrics = path / "metrics.jsonl"
     if not metrics.is_file():
+        # A pipeline's output (runs/quickstart) holds one run per step: name them rather than only saying "no".
+        inner = sorted(str(m.parent) for m in path.glob("*/metrics.jsonl"))
+        hint = f"; the runs inside it: {', '.join(inner[:6])}" if inner else " (it has metrics.jsonl and samples/)"
         raise UserError(f"{metrics} not found; `mmrl demo runs` needs a run directory written by `mmrl train` or "
-                        "`mmrl sft` (it has metrics.jsonl and samples/)")
+                        f"`mmrl sft`{hint}")
     try:
         rows = read_metrics(metrics)
     except UnicodeDecodeError:

@@ -12,7 +12,7 @@ EXAMPLES = """  mmrl demo chat --model tiny                      # image + quest
   mmrl demo grounding --model runs/rec/checkpoints/step-200 --frame norm1000
   mmrl demo gui --model tiny                       # screenshot + instruction -> UI-R1 action
   mmrl demo rewards                                # reward playground, no model
-  mmrl demo runs runs/quickstart                   # curves and samples of a run
+  mmrl demo runs runs/quickstart/grpo              # curves and samples of a run (the quickstart's GRPO step)
   mmrl demo chat --model small --host 0.0.0.0 --port 7860   # reachable from other machines: you chose it
 Install the demo extra first: pip install -e ".[demo]". Each demo serves on 127.0.0.1 (no share link) unless --host
 says otherwise; open the printed URL in a browser.

@@ -433,3 +433,19 @@ def test_a_seed_the_sampler_cannot_take_is_refused_before_the_model_runs():
     for seed in (1e30, float("nan"), -5, 2.5):  # 1e30 was "error: ValueError: Overflow when unpacking long long"
         with pytest.raises(DemoInputError, match="seed: give a whole number"):
             to_sampling(0.7, 1.0, 0, 8, seed)
+
+
+def test_the_run_viewer_points_from_a_pipeline_directory_to_the_runs_inside_it(tmp_path, capsys):
+    from mmrl.cli import main
+
+    pipeline = tmp_path / "quickstart"
+    for step in ("sft", "grpo"):
+        (pipeline / step).mkdir(parents=True)
+        (pipeline / step / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    assert main(["demo", "runs", str(pipeline)]) == 2
+    err = capsys.readouterr().err
+    assert f"the runs inside it: {pipeline / 'grpo'}, {pipeline / 'sft'}" in err
+    # The help's example names a directory the quickstart really writes a run into (its GRPO step).
+    with pytest.raises(SystemExit):
+        main(["demo", "runs", "--help"])
+    assert "mmrl demo runs runs/quickstart/grpo" in capsys.readouterr().out
