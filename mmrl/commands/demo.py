@@ -74,7 +74,10 @@ def build(args: argparse.Namespace):
     if args.demo in MODEL_DEMOS:
         from demos._model import DemoModel
 
-        model = DemoModel.load(args.model, device=args.device)
+        try:
+            model = DemoModel.load(args.model, device=args.device)
+        except UserError as err:  # the loader names a config key; the demo's user typed --model
+            raise UserError(str(err).replace("model.name_or_path", "--model")) from None
         if args.demo == "grounding":
             return module.build_app(model, frame=args.frame)
         return module.build_app(model)

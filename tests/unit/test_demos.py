@@ -449,3 +449,12 @@ def test_the_run_viewer_points_from_a_pipeline_directory_to_the_runs_inside_it(t
     with pytest.raises(SystemExit):
         main(["demo", "runs", "--help"])
     assert "mmrl demo runs runs/quickstart/grpo" in capsys.readouterr().out
+
+
+def test_a_model_that_does_not_exist_stops_the_demo_with_one_line_naming_the_flag(capsys):
+    from mmrl.cli import main
+
+    assert main(["demo", "chat", "--model", "/nonexistent/checkpoint", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mmrl demo: error: --model: '/nonexistent/checkpoint' does not exist"), err
+    assert len(err.splitlines()) == 1 and "model.name_or_path" not in err  # no config key for a flag's user
