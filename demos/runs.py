@@ -6,6 +6,7 @@ uploaded to compare. Reads the run directory only; writes nothing into it.
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import tempfile
@@ -132,18 +133,21 @@ def samples_table(samples: list[dict[str, Any]]) -> tuple[list[str], list[list[A
     return headers, rows
 
 
-def sample_images(run: Run, sample: dict[str, Any]) -> list[Image.Image]:
-    """The images a sample row names (`images`: paths, absolute or relative to the run directory)."""
+def sample_images(run: Run, sample: dict[str, Any], problems: list[str] | None = None) -> list[Image.Image]:
+    """The images a sample row names (`images`: paths, absolute or relative to the run directory). One that cannot
+    be shown (moved, deleted, corrupt) is left out, and why goes into `problems` for the page to say."""
     from mmrl.data.vision import load_image
 
     out = []
-    for ref in sample.get("images") or []:
+    refs = sample.get("images") or []
+    for ref in [refs] if isinstance(refs, str) else refs:
         path = Path(str(ref))
         path = path if path.is_absolute() else run.path / path
         try:
             out.append(load_image(path))
-        except DataError:
-            continue  # a moved or deleted image: the text still shows
+        except DataError as err:
+            if problems is not None:  # the text still shows; the page says which image is missing
+                problems.append(f"image {ref} not shown: {str(err).split(': ', 1)[-1]}")
     return out
 
 
@@ -213,7 +217,9 @@ def build_app(run_dir: str | Path) -> Any:
             if not samples or i is None or not 0 <= int(i) < len(samples):
                 raise DemoInputError(f"pick a sample between 0 and {max(0, len(samples) - 1)}")
             sample = samples[int(i)]
-            return "", str(sample.get("completion", "")), sample_images(run, sample)
+            problems: list[str] = []
+            images = sample_images(run, sample, problems)
+            return html.escape("; ".join(f"⚠️ {p}" for p in problems)), str(sample.get("completion", "")), images
 
         @shown_errors(2, 0)
         def on_upload(path):

@@ -247,6 +247,9 @@ def test_run_viewer_reads_curves_per_stage_and_samples(tmp_path):
     assert headers == ["#", "id", "answer", "reward", "reward/accuracy", "advantage", "completion"]
     assert rows[0][-1].endswith("…") and len(rows[0][-1]) < 1000
     assert [im.size for im in sample_images(run, samples[0])] == [(160, 120)]  # the missing one is left out
+    problems: list[str] = []
+    sample_images(run, samples[0], problems)
+    assert problems == ["image gone.png not shown: image file not found"]  # and the page says so
     with pytest.raises(DemoInputError, match="step-2.jsonl:1: not a JSON line"):
         read_samples(run, 2)
     with pytest.raises(DemoInputError, match="no samples saved at step 5"):
