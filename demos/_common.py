@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import html
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -26,7 +27,9 @@ log = logging.getLogger("mmrl.demos")
 DEFAULT_HOST = "127.0.0.1"
 MAX_UPLOAD_MB = 20
 MAX_UPLOAD_PIXELS = 40_000_000  # 40 MP: a phone photo fits, a 100 MP decompression bomb does not
+MIN_UPLOAD_SIDE = 2  # a 1x1 tracking pixel is not a picture a model can look at
 QUEUE_SIZE = 16
+MAX_SEED = 2**32 - 1
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"]
 
 
@@ -52,12 +55,20 @@ def read_upload(path: str | os.PathLike | None, what: str = "image") -> Image.Im
     if size > MAX_UPLOAD_MB * 1024 * 1024:
         raise DemoInputError(f"{name}: {size / 2**20:.1f} MB is above the {MAX_UPLOAD_MB} MB upload limit")
     try:
-        return load_image(path, max_image_pixels=MAX_UPLOAD_PIXELS)
+        return load_image(path, max_image_pixels=MAX_UPLOAD_PIXELS, min_image_side=MIN_UPLOAD_SIDE)
     except DataError as err:
-        reason = str(err).split(": ", 1)[-1].replace("data.max_image_pixels", "the demo's limit")
+        reason = str(err).split(": ", 1)[-1]
+        # The loader speaks to a training config (data.max_image_pixels, data.min_image_side); the page speaks to
+        # whoever uploaded the file.
         if "huge image" in reason or "pixels, above" in reason:
             reason = f"too many pixels (the demo takes at most {MAX_UPLOAD_PIXELS // 1_000_000} megapixels)"
+        elif "smaller than" in reason:
+            reason = f"{reason.split(',')[0]}; upload an image at least {MIN_UPLOAD_SIDE} pixels on each side"
         raise DemoInputError(f"{name}: {reason}") from None
+    except (OSError, SyntaxError, ValueError):
+        # Some decoders fail while opening rather than while reading (a truncated WebP: "could not create decoder
+        # object"); that is the same bad upload, not a server error.
+        raise DemoInputError(f"{name}: not a readable image (truncated or corrupt); upload the whole file") from None
 
 
 def shown_errors(n_outputs: int, status_index: int) -> Callable:
@@ -186,5 +197,8 @@ def to_sampling(temperature: float, top_p: float, top_k: float, max_new_tokens: 
 
     if max_new_tokens is None or int(max_new_tokens) < 1:
         raise DemoInputError("max new tokens must be at least 1")
+    # The seed box takes any number; the sampler's generator takes a 64-bit integer (1e30 overflowed in the sampler).
+    if seed is not None and not (math.isfinite(seed) and 0 <= seed <= MAX_SEED and float(seed).is_integer()):
+        raise DemoInputError(f"seed: give a whole number from 0 to {MAX_SEED} (got {seed})")
     return Sampling(temperature=float(temperature or 0.0), top_p=float(top_p or 1.0), top_k=int(top_k or 0),
                     max_new_tokens=int(max_new_tokens), seed=int(seed or 0))  # fmt: skip

@@ -55,7 +55,19 @@ def parse_gold_box(text: str, image_size: tuple[int, int]) -> list[float] | None
     box = gold_box(text, {"image_size": image_size})
     if box is None:
         raise DemoInputError(f"gold box: give [x1, y1, x2, y2] in image pixels with x2 >= x1, y2 >= y1 (got {text!r:.60})")
+    # A box with no area or wholly off the picture scores IoU 0 against any prediction: a typo or a box in another
+    # frame (0..1000, 0..1), which the user should hear about instead of reading a 0.
+    if box[2] == box[0] or box[3] == box[1]:
+        raise DemoInputError(f"gold box: {_fmt(box)} has no area; give x2 > x1 and y2 > y1 in image pixels")
+    w, h = image_size
+    if box[0] >= w or box[1] >= h or box[2] <= 0 or box[3] <= 0:
+        raise DemoInputError(f"gold box: {_fmt(box)} lies outside the {w}x{h} image; give it in image pixels "
+                             "(not 0..1000 or 0..1)")
     return box
+
+
+def _fmt(box: list[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in box) + "]"
 
 
 def grounding_view(image: Image.Image, completion: str, frame: str, input_size: tuple[int, int], gold_text: str = "",
@@ -70,6 +82,10 @@ def grounding_view(image: Image.Image, completion: str, frame: str, input_size: 
         note = "no box in the reply (the model must answer [x1, y1, x2, y2])"
     else:
         note = f"{len(boxes)} box(es), read in the **{frame}** frame, drawn in image pixels"
+        w, h = image.size
+        outside = [i + 1 for i, b in enumerate(boxes) if b[0] >= w or b[1] >= h or b[2] <= 0 or b[3] <= 0]
+        if outside:  # clipped to the border by the drawing: say so, or the page seems to show nothing
+            note += f" · box {', '.join(map(str, outside))} lies outside the image (drawn clipped to its edge)"
     if gold is not None:
         score = get_reward("iou")([completion], answer=[gold], image_size=[image.size], input_size=[input_size],
                                   pred_frame=frame)[0]  # fmt: skip

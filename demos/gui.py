@@ -29,9 +29,10 @@ PROMPT = ("In this screenshot, the user wants to: {instruction}. Output the one 
           " (coordinate only for click; app_name for open_app, direction for scroll, text for input_text).")
 
 
-def parse_gui_gold(text: str) -> dict[str, Any] | None:
+def parse_gui_gold(text: str, image_size: tuple[int, int] | None = None) -> dict[str, Any] | None:
     """The gold as an action dict: `[x1, y1, x2, y2]` -> a click on that box, `[x, y]` -> a click at that point,
-    a dict as it is; None when empty.
+    a dict as it is; None when empty. A gold the `gui_action` reward could not score (an unknown action, a click
+    without a usable box or point, a target off the `image_size` screenshot) is a `DemoInputError` that says why.
 
     >>> parse_gui_gold("[10, 20, 30, 40]")
     {'action_type': 'click', 'bbox': [10, 20, 30, 40]}
@@ -45,20 +46,45 @@ def parse_gui_gold(text: str) -> dict[str, Any] | None:
     except GoldError:
         value = None
     if isinstance(value, (list, tuple)) and len(value) == 4:
-        return {"action_type": "click", "bbox": list(value)}
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return {"action_type": "click", "x": value[0], "y": value[1]}
-    if isinstance(value, dict) and (value.get("action_type") or value.get("action")):
-        return value
-    raise DemoInputError('gold: give a box [x1, y1, x2, y2], a point [x, y], or an action such as '
-                         '{"action_type": "scroll", "direction": "down"} (screenshot pixels)')
+        gold: dict[str, Any] = {"action_type": "click", "bbox": list(value)}
+    elif isinstance(value, (list, tuple)) and len(value) == 2:
+        gold = {"action_type": "click", "x": value[0], "y": value[1]}
+    elif isinstance(value, dict) and (value.get("action_type") or value.get("action")):
+        gold = value
+    else:
+        raise DemoInputError('gold: give a box [x1, y1, x2, y2], a point [x, y], or an action such as '
+                             '{"action_type": "scroll", "direction": "down"} (screenshot pixels)')
+    _check_gui_gold(gold, image_size)
+    return gold
+
+
+def _check_gui_gold(gold: dict[str, Any], image_size: tuple[int, int] | None) -> None:
+    """Raise `DemoInputError` for a gold the reward would not score, or would score 0 whatever the model did."""
+    kind = gold.get("action_type") or gold.get("action")
+    if not isinstance(kind, str) or kind.strip().lower() not in GUI_ACTIONS:
+        raise DemoInputError(f"gold: action {kind!r:.40} is not one of {', '.join(GUI_ACTIONS)}")
+    if kind.strip().lower() != "click":
+        return
+    target = gold.get("bbox") or gold.get("box")
+    box = gold_box(target, {"image_size": image_size}) if target is not None else None
+    point = gold_point(gold) if target is None else None
+    if box is None and point is None:
+        raise DemoInputError("gold: a click needs a box [x1, y1, x2, y2] (x2 >= x1, y2 >= y1) or a point [x, y] of "
+                             "finite numbers, in screenshot pixels")
+    if image_size is None:
+        return
+    w, h = image_size
+    x1, y1, x2, y2 = box if box is not None else (*point, *point)  # type: ignore[misc]
+    if x1 >= w or y1 >= h or x2 < 0 or y2 < 0 or (box is None and (x1 < 0 or y1 < 0)):
+        raise DemoInputError(f"gold: the click target lies outside the {w}x{h} screenshot; give it in screenshot "
+                             "pixels (not 0..1000 or 0..1)")
 
 
 def gui_view(image: Image.Image, completion: str, frame: str, input_size: tuple[int, int], gold_text: str = "",
              ) -> tuple[Image.Image, dict[str, Any] | None, str]:
     """(screenshot with the click and the gold drawn, the parsed action, a one-line verdict) for one reply."""
     action = parse_action(extract_answer(completion))
-    gold = parse_gui_gold(gold_text)
+    gold = parse_gui_gold(gold_text, image.size)
     sizes = {"image_size": image.size, "input_size": input_size}
     boxes, points = [], []
     click = None
@@ -92,7 +118,7 @@ def act(model: Any, image_path: str | None, instruction: str, gold_text: str, sa
     image = read_upload(image_path, "screenshot")
     if not (instruction or "").strip():
         raise DemoInputError("type an instruction first, e.g. 'open the settings'")
-    parse_gui_gold(gold_text)  # a malformed gold is reported before the model runs
+    parse_gui_gold(gold_text, image.size)  # a malformed gold is reported before the model runs
     reply = model.reply(PROMPT.format(instruction=instruction.strip()), image, sampling)
     drawn, action, note = gui_view(image, reply, model.box_frame, model.input_size(image), gold_text)
     return note, drawn, json.dumps(action, indent=1) if action else "null", reply

@@ -6,6 +6,7 @@ uploaded to compare. Reads the run directory only; writes nothing into it.
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import tempfile
@@ -41,7 +42,19 @@ def load_run(run_dir: str | Path) -> Run:
     path = Path(run_dir).expanduser()
     if not path.is_dir():
         raise UserError(f"run directory {path} does not exist; pass the directory of a run (e.g. runs/quickstart)")
-    rows = read_metrics(path / "metrics.jsonl")
+    metrics = path / "metrics.jsonl"
+    if not metrics.is_file():
+        # A pipeline's output (runs/quickstart) holds one run per step: name them rather than only saying "no".
+        inner = sorted(str(m.parent) for m in path.glob("*/metrics.jsonl"))
+        hint = f"; the runs inside it: {', '.join(inner[:6])}" if inner else " (it has metrics.jsonl and samples/)"
+        raise UserError(f"{metrics} not found; `mmrl demo runs` needs a run directory written by `mmrl train` or "
+                        f"`mmrl sft`{hint}")
+    try:
+        rows = read_metrics(metrics)
+    except UnicodeDecodeError:
+        raise UserError(f"{metrics}: not UTF-8 text; is this a metrics.jsonl written by mmrl?") from None
+    if not rows:
+        raise UserError(f"{metrics}: no steps logged yet; start the viewer once the run has logged its first step")
     return Run(path=path, rows=rows, sample_steps=sample_steps(path))
 
 
@@ -90,13 +103,20 @@ def read_samples(run: Run, step: int) -> list[dict[str, Any]]:
     file = run.path / "samples" / f"step-{int(step)}.jsonl"
     if not file.is_file():
         raise DemoInputError(f"no samples saved at step {step}; steps with samples: {run.sample_steps or 'none'}")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DemoInputError(f"samples/step-{step}.jsonl: not UTF-8 text") from None
     out = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                out.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 raise DemoInputError(f"samples/step-{step}.jsonl:{number}: not a JSON line") from None
+            if not isinstance(row, dict):
+                raise DemoInputError(f"samples/step-{step}.jsonl:{number}: not a JSON object (one sample per line)")
+            out.append(row)
     return out
 
 
@@ -113,18 +133,21 @@ def samples_table(samples: list[dict[str, Any]]) -> tuple[list[str], list[list[A
     return headers, rows
 
 
-def sample_images(run: Run, sample: dict[str, Any]) -> list[Image.Image]:
-    """The images a sample row names (`images`: paths, absolute or relative to the run directory)."""
+def sample_images(run: Run, sample: dict[str, Any], problems: list[str] | None = None) -> list[Image.Image]:
+    """The images a sample row names (`images`: paths, absolute or relative to the run directory). One that cannot
+    be shown (moved, deleted, corrupt) is left out, and why goes into `problems` for the page to say."""
     from mmrl.data.vision import load_image
 
     out = []
-    for ref in sample.get("images") or []:
+    refs = sample.get("images") or []
+    for ref in [refs] if isinstance(refs, str) else refs:
         path = Path(str(ref))
         path = path if path.is_absolute() else run.path / path
         try:
             out.append(load_image(path))
-        except DataError:
-            continue  # a moved or deleted image: the text still shows
+        except DataError as err:
+            if problems is not None:  # the text still shows; the page says which image is missing
+                problems.append(f"image {ref} not shown: {str(err).split(': ', 1)[-1]}")
     return out
 
 
@@ -158,7 +181,8 @@ def build_app(run_dir: str | Path) -> Any:
         status = gr.Markdown(elem_id="runs-status")
         with gr.Tab("curves"):
             stage = gr.Dropdown(stages, value=ALL_STAGES, label="stage", elem_id="runs-stage")
-            gallery = gr.Gallery(value=first_figures, label="curves", columns=2, height="auto", elem_id="runs-curves")
+            gallery = gr.Gallery(value=first_figures, label="curves", columns=2, height="auto", object_fit="contain",
+                                 elem_id="runs-curves")  # contain: a cropped plot loses its axes
             notes = gr.Markdown("; ".join(first_notes), elem_id="runs-notes")
         with gr.Tab("samples"):
             steps = [str(s) for s in run.sample_steps]
@@ -172,7 +196,8 @@ def build_app(run_dir: str | Path) -> Any:
         with gr.Tab("compare"):
             upload = gr.File(label="another run's metrics.jsonl", file_types=[".jsonl", ".json"], type="filepath",
                              elem_id="runs-upload")  # fmt: skip
-            other = gr.Gallery(label="curves of the uploaded file", columns=2, height="auto", elem_id="runs-other")
+            other = gr.Gallery(label="curves of the uploaded file", columns=2, height="auto", object_fit="contain",
+                               elem_id="runs-other")
 
         @shown_errors(3, 0)
         def on_stage(stage_name):
@@ -192,7 +217,9 @@ def build_app(run_dir: str | Path) -> Any:
             if not samples or i is None or not 0 <= int(i) < len(samples):
                 raise DemoInputError(f"pick a sample between 0 and {max(0, len(samples) - 1)}")
             sample = samples[int(i)]
-            return "", str(sample.get("completion", "")), sample_images(run, sample)
+            problems: list[str] = []
+            images = sample_images(run, sample, problems)
+            return html.escape("; ".join(f"⚠️ {p}" for p in problems)), str(sample.get("completion", "")), images
 
         @shown_errors(2, 0)
         def on_upload(path):

@@ -12,7 +12,7 @@ EXAMPLES = """  mmrl demo chat --model tiny                      # image + quest
   mmrl demo grounding --model runs/rec/checkpoints/step-200 --frame norm1000
   mmrl demo gui --model tiny                       # screenshot + instruction -> UI-R1 action
   mmrl demo rewards                                # reward playground, no model
-  mmrl demo runs runs/quickstart                   # curves and samples of a run
+  mmrl demo runs runs/quickstart/grpo              # curves and samples of a run (the quickstart's GRPO step)
   mmrl demo chat --model small --host 0.0.0.0 --port 7860   # reachable from other machines: you chose it
 Install the demo extra first: pip install -e ".[demo]". Each demo serves on 127.0.0.1 (no share link) unless --host
 says otherwise; open the printed URL in a browser.
@@ -74,7 +74,10 @@ def build(args: argparse.Namespace):
     if args.demo in MODEL_DEMOS:
         from demos._model import DemoModel
 
-        model = DemoModel.load(args.model, device=args.device)
+        try:
+            model = DemoModel.load(args.model, device=args.device)
+        except UserError as err:  # the loader names a config key; the demo's user typed --model
+            raise UserError(str(err).replace("model.name_or_path", "--model")) from None
         if args.demo == "grounding":
             return module.build_app(model, frame=args.frame)
         return module.build_app(model)

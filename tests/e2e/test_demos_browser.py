@@ -279,4 +279,11 @@ def test_runs_demo_shows_curves_samples_and_rejects_a_broken_upload(open_demo, t
     broken.write_text('{"step": 1, "loss": 0.1}\nnot json\n{"step": 3}\n')
     upload(page, "runs-upload", broken)
     assert "not a JSON object" in status_of(page, "runs-status", "metrics.jsonl:2")
+    # The server keeps serving after the bad upload: a good file is drawn and the message goes away.
+    good = tmp_path / "other" / "metrics.jsonl"
+    good.parent.mkdir()
+    good.write_text("".join(json.dumps({"step": s, "reward/total": 0.05 * s, "kl": 0.02 * s}) + "\n" for s in range(1, 9)))
+    upload(page, "runs-upload", good)
+    expect(page.locator("#runs-other img").first).to_be_visible()
+    expect(page.locator("#runs-status")).not_to_contain_text("metrics.jsonl")
     page.get_by_role("tab", name="curves").click()

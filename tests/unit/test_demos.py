@@ -247,6 +247,9 @@ def test_run_viewer_reads_curves_per_stage_and_samples(tmp_path):
     assert headers == ["#", "id", "answer", "reward", "reward/accuracy", "advantage", "completion"]
     assert rows[0][-1].endswith("…") and len(rows[0][-1]) < 1000
     assert [im.size for im in sample_images(run, samples[0])] == [(160, 120)]  # the missing one is left out
+    problems: list[str] = []
+    sample_images(run, samples[0], problems)
+    assert problems == ["image gone.png not shown: image file not found"]  # and the page says so
     with pytest.raises(DemoInputError, match="step-2.jsonl:1: not a JSON line"):
         read_samples(run, 2)
     with pytest.raises(DemoInputError, match="no samples saved at step 5"):
@@ -315,3 +318,146 @@ def test_docstring_examples(name):
 
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+# ---------------------------------------------------------------- review of issue 18: hostile uploads and golds
+def _noise_png(path: Path, side: int = 300) -> tuple[bytes, list[tuple[int, bytes, int]]]:
+    """A PNG of random pixels (several IDAT chunks) and its chunks as (offset, type, length)."""
+    import numpy as np
+
+    pixels = np.random.default_rng(0).integers(0, 255, (side, side, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    data, pos, chunks = path.read_bytes(), 8, []
+    while pos < len(data):
+        length = struct.unpack(">I", data[pos : pos + 4])[0]
+        chunks.append((pos, data[pos + 4 : pos + 8], length))
+        pos += 12 + length
+    return data, chunks
+
+
+def test_a_png_cut_short_is_refused_unless_every_pixel_is_there(tmp_path):
+    data, chunks = _noise_png(tmp_path / "whole.png")
+    whole = read_upload(tmp_path / "whole.png")
+    # Only the IEND marker missing: every pixel row was decoded, so nothing is dropped or garbled.
+    (tmp_path / "no-iend.png").write_bytes(data[: next(p for p, kind, _ in chunks if kind == b"IEND")])
+    assert read_upload(tmp_path / "no-iend.png").tobytes() == whole.tobytes()
+    # Cut before the last pixel-data chunk: rows are missing, and the page says so instead of showing half a picture.
+    last_idat = [p for p, kind, _ in chunks if kind == b"IDAT"][-1]
+    (tmp_path / "no-last-idat.png").write_bytes(data[:last_idat])
+    with pytest.raises(DemoInputError, match="no-last-idat.png: truncated or corrupt"):
+        read_upload(tmp_path / "no-last-idat.png")
+
+
+def test_a_truncated_webp_and_a_one_pixel_image_get_a_message_for_the_uploader(tmp_path):
+    Image.new("RGB", (120, 90), "red").save(tmp_path / "whole.webp")
+    data = (tmp_path / "whole.webp").read_bytes()
+    (tmp_path / "cut.webp").write_bytes(data[: len(data) // 2])  # Pillow fails while opening, with an OSError
+    with pytest.raises(DemoInputError, match=r"^cut.webp: not a readable image \(truncated or corrupt\)"):
+        read_upload(tmp_path / "cut.webp")
+    Image.new("RGB", (1, 1)).save(tmp_path / "pixel.png")
+    with pytest.raises(DemoInputError) as caught:
+        read_upload(tmp_path / "pixel.png")
+    assert "pixel.png: image is 1x1 pixels" in str(caught.value) and "at least 2 pixels" in str(caught.value)
+    assert "data." not in str(caught.value)  # no training-config key in a page for people who uploaded a picture
+
+
+def test_grounding_gold_box_off_the_image_or_without_area_is_refused():
+    from demos.grounding import grounding_view, parse_gold_box
+
+    for text, message in (("[500, 500, 600, 600]", "lies outside the 160x120 image"),
+                          ("[-50, -50, -10, -10]", "lies outside"), ("[10, 10, 10, 40]", "has no area")):  # fmt: skip
+        with pytest.raises(DemoInputError, match=message):
+            parse_gold_box(text, (160, 120))
+    assert parse_gold_box("[150, 100, 400, 400]", (160, 120)) == [150.0, 100.0, 400.0, 400.0]  # overlapping: kept
+    # A predicted box wholly off the image is drawn clipped to the edge; the note says so.
+    image = Image.new("RGB", (160, 120), "white")
+    _, boxes, note = grounding_view(image, "<answer>[2000, 2000, 3000, 3000]</answer>", "norm1000", (280, 224))
+    assert boxes == [[320.0, 240.0, 480.0, 360.0]] and "box 1 lies outside the image" in note
+
+
+@pytest.mark.parametrize("gold, message", [
+    ('{"action_type": "click", "bbox": [1, 2]}', "a click needs a box"),
+    ('{"action_type": "click", "bbox": "abc"}', "a click needs a box"),
+    ('{"action_type": "click", "x": "a", "y": null}', "a click needs a box"),
+    ("[1e999, 2]", "a click needs a box"),
+    ('["a", "b"]', "a click needs a box"),
+    ('{"action": 5}', "is not one of click"),
+    ('{"action_type": ["click"]}', "is not one of click"),
+    ('{"action_type": "type", "text": "hi"}', "'type' is not one of click, open_app"),
+    ("[500, 500, 600, 600]", "outside the 160x120 screenshot"),
+    ("[1000, 10]", "outside the 160x120 screenshot"),
+])
+def test_gui_gold_the_reward_cannot_score_is_refused_with_the_reason(gold, message):
+    from demos.gui import gui_view
+
+    reply = "<answer>[{'action': 'click', 'coordinate': [50, 40]}]</answer>"
+    with pytest.raises(DemoInputError, match=message):  # was: scored None or a silent 0.0
+        gui_view(Image.new("RGB", (160, 120), "white"), reply, "pixel", (160, 120), gold)
+
+
+def test_gui_gold_in_every_accepted_shape_is_scored():
+    from demos.gui import gui_view
+
+    reply = "<answer>[{'action': 'click', 'coordinate': [50, 40]}]</answer>"
+    screen = Image.new("RGB", (160, 120), "white")
+    for gold in ("[40, 30, 60, 50]", "[50, 40]", '{"action_type": "click", "bbox": [150, 100, 400, 400]}',
+                 '{"action": "Scroll", "direction": "down"}'):  # fmt: skip
+        _, _, note = gui_view(screen, reply, "pixel", (160, 120), gold)
+        assert "/ 3" in note, gold
+
+
+def test_run_viewer_refuses_an_empty_or_binary_metrics_file_in_one_line(tmp_path, capsys):
+    from demos.runs import load_run, read_samples
+    from mmrl.cli import main
+    from mmrl.errors import UserError
+
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "blank" / "metrics.jsonl").write_text("")
+    (tmp_path / "binary").mkdir()
+    (tmp_path / "binary" / "metrics.jsonl").write_bytes(b"\xff\xfe\x00garbage\n")
+    (tmp_path / "bare").mkdir()
+    for name, message in (("blank", "no steps logged yet"), ("binary", "not UTF-8"),
+                          ("bare", "`mmrl demo runs` needs a run directory")):  # fmt: skip
+        with pytest.raises(UserError, match=message):
+            load_run(tmp_path / name)
+        assert main(["demo", "runs", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    run = load_run(make_run(tmp_path))
+    (run.path / "samples" / "step-6.jsonl").write_text('["not", "a", "sample"]\n')
+    with pytest.raises(DemoInputError, match="step-6.jsonl:1: not a JSON object"):
+        read_samples(run, 6)
+
+
+def test_a_seed_the_sampler_cannot_take_is_refused_before_the_model_runs():
+    from demos._common import MAX_SEED, to_sampling
+
+    assert to_sampling(0.7, 1.0, 0, 8, MAX_SEED).seed == MAX_SEED
+    for seed in (1e30, float("nan"), -5, 2.5):  # 1e30 was "error: ValueError: Overflow when unpacking long long"
+        with pytest.raises(DemoInputError, match="seed: give a whole number"):
+            to_sampling(0.7, 1.0, 0, 8, seed)
+
+
+def test_the_run_viewer_points_from_a_pipeline_directory_to_the_runs_inside_it(tmp_path, capsys):
+    from mmrl.cli import main
+
+    pipeline = tmp_path / "quickstart"
+    for step in ("sft", "grpo"):
+        (pipeline / step).mkdir(parents=True)
+        (pipeline / step / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    assert main(["demo", "runs", str(pipeline)]) == 2
+    err = capsys.readouterr().err
+    assert f"the runs inside it: {pipeline / 'grpo'}, {pipeline / 'sft'}" in err
+    # The help's example names a directory the quickstart really writes a run into (its GRPO step).
+    with pytest.raises(SystemExit):
+        main(["demo", "runs", "--help"])
+    assert "mmrl demo runs runs/quickstart/grpo" in capsys.readouterr().out
+
+
+def test_a_model_that_does_not_exist_stops_the_demo_with_one_line_naming_the_flag(capsys):
+    from mmrl.cli import main
+
+    assert main(["demo", "chat", "--model", "/nonexistent/checkpoint", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mmrl demo: error: --model: '/nonexistent/checkpoint' does not exist"), err
+    assert len(err.splitlines()) == 1 and "model.name_or_path" not in err  # no config key for a flag's user
