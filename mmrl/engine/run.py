@@ -160,6 +160,10 @@ def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
     if dist.world_size > 1 and engine_from_launch() in ("fsdp2", "deepspeed"):
         # before the model loads: what these paths do not cover yet is a one-line error
         _check_fsdp2(cfg, "DeepSpeed" if engine_from_launch() == "deepspeed" else "FSDP2")
+        if engine_from_launch() == "deepspeed":
+            from mmrl.engine.zero import check_deepspeed
+
+            check_deepspeed(cfg.optimizer.max_grad_norm)  # the preset's options and the install, before the model loads
     loaded = load_policy(cfg.model, device=dist.device, for_training=True)
     engine = TrainingEngine(loaded.model, dist)  # DDP broadcasts rank 0's weights
     loaded.model.train()

@@ -62,6 +62,15 @@ def zero_config(max_grad_norm: float | None) -> dict[str, Any]:
     }
 
 
+def check_deepspeed(max_grad_norm: float | None) -> None:
+    """What a DeepSpeed launch needs, checked before the model loads: DeepSpeed installed, a preset mmrl supports."""
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise UserError(f"{PRESET}: DeepSpeed is not installed; pip install 'mmrl[deepspeed]'")
+    zero_config(max_grad_norm)
+
+
 class ZeroEngine:
     """The DeepSpeed engine around mmrl's training forward (`_SyncPass(GroupForward)`), see the module doc."""
 

@@ -167,3 +167,22 @@ def test_deepspeed_matches_one_process_when_ranks_run_different_numbers_of_forwa
         one, two = torch.load(tmp_path / "one" / f"{name}.pt"), torch.load(tmp_path / "two" / f"{name}.pt")
         assert max(float((one[k] - initial[k]).abs().max()) for k in one) > 1e-4, f"{name}: the weights did not move"
         assert max(float((one[k] - two[k]).abs().max()) for k in one) <= 1e-5, name
+
+
+def test_a_non_finite_loss_on_one_rank_skips_the_deepspeed_step_on_both(tmp_path, tiny_model_dir, port_args):
+    """Rank 1's training forwards give NaN logits in step 1: both ranks skip that optimizer step (the weights do not
+    move), and step 2 trains normally."""
+    from data_pipelines.synthetic import build_synthetic
+
+    data = build_synthetic(["color"], 8, 0, tmp_path / "data", image_size=56)
+    out = tmp_path / "out"
+    out.mkdir()
+    _run([sys.executable, "-m", "accelerate.commands.launch", *port_args(), "--config_file", str(PRESET),
+          str(FIXTURES / "poisoned_run.py"), str(CONFIG), str(out), "1", f"trainer.output_dir={out / 'run'}",
+          "trainer.max_steps=2", "trainer.save_final=false", *_base_args(data)])
+    rows = read_metrics(out / "run")
+    assert [(r["step"], r["skipped_step"]) for r in rows] == [(1, 1.0), (2, 0.0)]
+    assert rows[0]["engine"] == "deepspeed"
+    initial, step1, final = (torch.load(out / f"{n}.pt") for n in ("initial", "step-1", "final"))
+    assert all(torch.equal(step1[k], initial[k]) for k in initial), "a skipped step must not touch the weights"
+    assert max(float((final[k] - initial[k]).abs().max()) for k in initial) > 1e-4  # step 2 did train
