@@ -277,6 +277,11 @@ class TrainingEngine:
         if self.zero is not None:
             self.zero.load_optimizer_state(state)
             return
+        if isinstance(state, dict) and "deepspeed_zero" in state:
+            from mmrl.errors import UserError
+
+            raise UserError(f"trainer.resume: this checkpoint's optimizer state is DeepSpeed ZeRO partitions; resume "
+                            f"it under the DeepSpeed preset it was written with (this run's engine: {self.name})")
         if self.name != "fsdp2":
             optimizer.load_state_dict(state)
             return
