@@ -74,6 +74,7 @@ def test_one_process_and_deepspeed_zero2_train_to_the_same_weights(tmp_path, tin
     assert max(float((single[k] - zero2[k]).abs().max()) for k in single) < 1e-5
 
 
+@pytest.mark.slow
 def test_deepspeed_save_resume_is_exact_and_the_checkpoint_is_a_plain_hf_directory(tmp_path, tiny_model_dir,
                                                                                   port_args):
     """DeepSpeed ZeRO-2 (2 processes): 2 steps straight == 1 step, checkpoint, a new launch resuming for step 2 (the
@@ -102,6 +103,18 @@ def test_deepspeed_save_resume_is_exact_and_the_checkpoint_is_a_plain_hf_directo
     exported = AutoModelForImageTextToText.from_pretrained(tmp_path / "shared" / "run" / "checkpoints" / "step-1")
     got = {k: v.detach() for k, v in exported.named_parameters()}
     assert max(float((got[k] - step1[k]).abs().max()) for k in step1) == 0.0
+
+
+def test_a_deepspeed_checkpoint_resumed_under_another_engine_is_a_one_line_error():
+    from mmrl.engine.distributed import DistInfo, TrainingEngine
+
+    policy = torch.nn.Linear(3, 2)
+    engine = TrainingEngine(policy, DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
+    optimizer = torch.optim.AdamW(policy.parameters())
+    with pytest.raises(UserError, match="DeepSpeed ZeRO partitions.*engine: single") as err:
+        engine.load_optimizer_state(optimizer, {"deepspeed_zero": [{}, {}]})
+    assert "\n" not in str(err.value)
+    engine.load_optimizer_state(optimizer, optimizer.state_dict())  # a plain optimizer state still loads
 
 
 def test_the_deepspeed_preset_options_mmrl_does_not_support_are_one_line_errors(monkeypatch):
@@ -188,6 +201,7 @@ def test_a_non_finite_loss_on_one_rank_skips_the_deepspeed_step_on_both(tmp_path
     assert max(float((final[k] - initial[k]).abs().max()) for k in initial) > 1e-4  # step 2 did train
 
 
+@pytest.mark.slow
 def test_sft_under_deepspeed_matches_one_process(tmp_path, tiny_model_dir, port_args):
     """SFT (4 samples per step in 2 micro-batches, 3 steps) on 1 process and on 2 DeepSpeed ZeRO-2 processes: the
     final checkpoints (plain HF directories, written by the main process) hold the same weights within 1e-5."""
