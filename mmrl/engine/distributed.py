@@ -9,9 +9,8 @@ forwards per optimizer step (uneven group counts, zero-advantage groups skipped)
   0 x (every trainable parameter), whose backward adds exactly 0 to each gradient and makes DDP all-reduce (average)
   the accumulated gradients. Each process thus reaches the same collectives in the same order, whatever it skipped.
 - `broadcast_buffers=False`: a per-forward buffer broadcast would be a collective in the uneven part.
-DeepSpeed ZeRO-1/2 (`mmrl.engine.zero`) follows the same pattern with its own engine: backwards inside its
-`coalesce_grad_reduction` block stay local, the synchronising pass runs inside the block, and leaving the block is the
-one gradient reduction of the optimizer step.
+DeepSpeed ZeRO-2 (`mmrl.engine.zero`) follows the same pattern with its own engine: its per-backward reduction is
+held back between optimizer steps, and the synchronising pass at the step is the one gradient reduction.
 """
 
 from __future__ import annotations
