@@ -9,6 +9,8 @@ forwards per optimizer step (uneven group counts, zero-advantage groups skipped)
   0 x (every trainable parameter), whose backward adds exactly 0 to each gradient and makes DDP all-reduce (average)
   the accumulated gradients. Each process thus reaches the same collectives in the same order, whatever it skipped.
 - `broadcast_buffers=False`: a per-forward buffer broadcast would be a collective in the uneven part.
+DeepSpeed ZeRO-2 (`mmrl.engine.zero`) follows the same pattern with its own engine: its per-backward reduction is
+held back between optimizer steps, and the synchronising pass at the step is the one gradient reduction.
 """
 
 from __future__ import annotations
@@ -119,10 +121,10 @@ class _SyncPass(torch.nn.Module):
         super().__init__()
         self.inner = forward
 
-    def forward(self, *args: Any, sync_only: bool = False, **kwargs: Any) -> torch.Tensor:
-        if sync_only:
+    def forward(self, *args: Any, sync_only: bool = False, scale: float = 0.0, **kwargs: Any) -> torch.Tensor:
+        if sync_only:  # `scale` nan: poisons every gradient (how a DeepSpeed step is made to skip)
             params = [p for p in self.inner.parameters() if p.requires_grad]
-            return torch.stack([p.sum() * 0 for p in params]).sum()
+            return torch.stack([p.sum() * scale for p in params]).sum()
         return self.inner(*args, **kwargs)
 
 
@@ -163,11 +165,7 @@ class TrainingEngine:
         self.module = _SyncPass(GroupForward(policy))
         self.name = (engine or engine_from_launch()) if self.world_size > 1 else "single"
         self.wrapped: torch.nn.Module = self.module
-        if self.name == "deepspeed":
-            from mmrl.errors import UserError
-
-            raise UserError("accelerate config: DeepSpeed is not wired into mmrl's trainer yet; use "
-                            "configs/accelerate/ddp.yaml or fsdp.yaml")
+        self.zero: Any = None  # DeepSpeed: the `mmrl.engine.zero.ZeroEngine`, built in `start` (it needs the optimizer)
         if self.name == "ddp":
             device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
             # DDP broadcasts rank 0's parameters and buffers at construction: every rank starts from the same weights.
@@ -182,11 +180,29 @@ class TrainingEngine:
             self.wrapped.set_reshard_after_backward(False)
             self.wrapped.set_requires_gradient_sync(False)
 
-    def start(self) -> None:
-        """After the optimizer took the (sharded) parameters: gather them for the first rollout."""
+    def start(self, optimizer: torch.optim.Optimizer | None = None, max_grad_norm: float | None = None) -> None:
+        """After the optimizer took the (sharded) parameters: gather them for the first rollout. DeepSpeed: hand the
+        optimizer to its engine (which then owns clipping and the step: see `step`)."""
+        if self.name == "deepspeed":
+            from mmrl.engine.zero import ZeroEngine
+
+            self.zero = ZeroEngine(self.module, optimizer, max_grad_norm)
         self.after_step()
 
+    def step(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], loss_value: float,
+             max_grad_norm: float | None) -> tuple[float, bool]:
+        """Average the gradients over processes, clip, and step unless the loss or grad norm is non-finite; returns
+        (grad_norm, stepped). Every process calls it once per optimizer step."""
+        if self.zero is not None:
+            return self.zero.step(loss_value)
+        from mmrl.engine.optim import guarded_step
+
+        self.sync_gradients(params)
+        return guarded_step(optimizer, params, loss_value, max_grad_norm)
+
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.zero is not None:
+            return self.zero.forward(*args, **kwargs)
         if self.name == "ddp":
             with self.wrapped.no_sync():
                 return self.wrapped(*args, **kwargs)
@@ -208,6 +224,8 @@ class TrainingEngine:
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """The optimizer's whole state, for a checkpoint. FSDP2: every process must call (the state is gathered
         from the shards through torch.distributed.checkpoint's full-state-dict API)."""
+        if self.zero is not None:
+            return self.zero.optimizer_state()
         if self.name != "fsdp2":
             return optimizer.state_dict()
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -221,7 +239,9 @@ class TrainingEngine:
 
     def full_weights(self) -> dict[str, torch.Tensor] | None:
         """FSDP2: the policy's whole state dict on the CPU, gathered from the shards (every process must call);
-        None for the other engines, whose model holds whole weights."""
+        None for the other engines, whose model holds whole weights (DeepSpeed: a copy, see `ZeroEngine`)."""
+        if self.zero is not None:
+            return self.zero.full_weights()
         if self.name != "fsdp2":
             return None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -252,7 +272,15 @@ class TrainingEngine:
 
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         """Restore the optimizer (FSDP2: each process takes its shards of the whole state, through
-        torch.distributed.checkpoint's full-state-dict API)."""
+        torch.distributed.checkpoint's full-state-dict API; DeepSpeed: each process takes its own partition)."""
+        if self.zero is not None:
+            self.zero.load_optimizer_state(state)
+            return
+        if isinstance(state, dict) and "deepspeed_zero" in state:
+            from mmrl.errors import UserError
+
+            raise UserError(f"trainer.resume: this checkpoint's optimizer state is DeepSpeed ZeRO partitions; resume "
+                            f"it under the DeepSpeed preset it was written with (this run's engine: {self.name})")
         if self.name != "fsdp2":
             optimizer.load_state_dict(state)
             return

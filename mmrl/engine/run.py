@@ -18,7 +18,7 @@ from mmrl.config import MMRLConfig, save_resolved
 from mmrl.engine import checkpoint as ckpt
 from mmrl.engine.distributed import DistInfo, TrainingEngine, barrier, engine_from_launch, init_distributed
 from mmrl.engine.faults import fault_point
-from mmrl.engine.optim import build_optimizer, build_scheduler, guarded_step, trainable_parameters
+from mmrl.engine.optim import build_optimizer, build_scheduler, trainable_parameters
 from mmrl.engine.run_dir import claim_run_dir, release_run_dir
 from mmrl.engine.run_logger import RunLogger
 from mmrl.errors import UserError
@@ -62,8 +62,8 @@ class TrainingRun:
     def optimizer_step(self, loss_value: float) -> tuple[float, bool]:
         """Guarded step: skips (and counts) non-finite steps, aborts after `trainer.max_nonfinite_steps` in a row."""
         fault_point("update")  # crash tests: die in the middle of a step
-        self.engine.sync_gradients(self.params)  # DDP averages the accumulated gradients (one pass, every process)
-        grad_norm, stepped = guarded_step(self.optimizer, self.params, loss_value, self.cfg.optimizer.max_grad_norm)
+        # averages the accumulated gradients (one pass, every process), clips, steps unless non-finite
+        grad_norm, stepped = self.engine.step(self.optimizer, self.params, loss_value, self.cfg.optimizer.max_grad_norm)
         self.engine.after_step()
         if stepped:
             self.nonfinite_in_a_row = 0
@@ -140,12 +140,13 @@ def prepare_run(cfg: MMRLConfig) -> Path:
     return claim_run_dir(cfg.trainer.output_dir, cfg.trainer.resume, cfg.trainer.overwrite)
 
 
-def _check_fsdp2(cfg: MMRLConfig) -> None:
+def _check_fsdp2(cfg: MMRLConfig, engine: str = "FSDP2") -> None:
+    """What the FSDP2 and DeepSpeed paths do not cover yet (`engine`: how the error names the preset)."""
     if cfg.model.lora.enabled:
-        raise UserError("model.lora.enabled: LoRA is not supported with the FSDP2 presets yet; launch with "
+        raise UserError(f"model.lora.enabled: LoRA is not supported with the {engine} presets yet; launch with "
                         "configs/accelerate/ddp.yaml (ddp_cpu_2proc.yaml on CPU)")
     if cfg.algorithm.beta > 0:
-        raise UserError(f"algorithm.beta={cfg.algorithm.beta}: a reference model is not supported with the FSDP2 "
+        raise UserError(f"algorithm.beta={cfg.algorithm.beta}: a reference model is not supported with the {engine} "
                         "presets yet; launch with configs/accelerate/ddp.yaml (ddp_cpu_2proc.yaml on CPU) or set "
                         "algorithm.beta=0")
 
@@ -156,8 +157,13 @@ def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
     dist = init_distributed(cfg.trainer.device)
     seed_everything(cfg.trainer.seed)
     resume_from = ckpt.resolve_resume(cfg.trainer.resume, run_dir, say=ckpt.tell if dist.is_main else None)
-    if dist.world_size > 1 and engine_from_launch() == "fsdp2":
-        _check_fsdp2(cfg)  # before the model loads: what this FSDP2 path does not cover yet is a one-line error
+    if dist.world_size > 1 and engine_from_launch() in ("fsdp2", "deepspeed"):
+        # before the model loads: what these paths do not cover yet is a one-line error
+        _check_fsdp2(cfg, "DeepSpeed" if engine_from_launch() == "deepspeed" else "FSDP2")
+        if engine_from_launch() == "deepspeed":
+            from mmrl.engine.zero import check_deepspeed
+
+            check_deepspeed(cfg.optimizer.max_grad_norm)  # the preset's options and the install, before the model loads
     loaded = load_policy(cfg.model, device=dist.device, for_training=True)
     engine = TrainingEngine(loaded.model, dist)  # DDP broadcasts rank 0's weights
     loaded.model.train()
@@ -165,7 +171,7 @@ def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
     if not params:
         raise UserError("model: no trainable parameters (everything is frozen); check model.freeze_vision_tower/lora")
     optimizer = build_optimizer(params, cfg.optimizer)
-    engine.start()
+    engine.start(optimizer, cfg.optimizer.max_grad_norm)  # DeepSpeed takes the optimizer over here
     steps = total_steps or cfg.trainer.max_steps
     scheduler = build_scheduler(optimizer, cfg.optimizer, steps)
     start_step = int(resume_from.name.split("-")[1]) if resume_from else 0

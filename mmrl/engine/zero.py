@@ -1,0 +1,138 @@
+"""DeepSpeed ZeRO-2 as mmrl's data-parallel engine (`accelerate launch` with a configs/accelerate/deepspeed_* preset).
+
+How it meets the RL update, whose processes may run different numbers of micro-batch backwards per optimizer step:
+- between optimizer steps the engine holds DeepSpeed's gradient reduction back, as its `coalesce_grad_reduction()`
+  block does (the same two switches; the block itself is a generator whose exit always reduces, so one left open at
+  the end of a run would reduce during interpreter shutdown): every backward leaves its gradients on the parameters
+  (DeepSpeed's per-backward ZeRO-2 reduction would be a collective only some processes reach);
+- at the optimizer step every process releases the hold and runs the synchronising pass (0 x every trainable
+  parameter) through `engine.backward`: DeepSpeed's hooks then reduce (average) each parameter's accumulated gradient
+  once, into each process's partition, in the same order on every process;
+- DeepSpeed's step clips to `optimizer.max_grad_norm` and skips a step whose gradient norm is not finite; a
+  non-finite loss poisons the synchronising pass (nan x parameters) so that step is skipped the same way.
+The optimizer is mmrl's own (`build_optimizer`), handed to DeepSpeed: ZeRO partitions its state and steps it on flat
+fp32 partitions (element-wise the same AdamW), and the LR scheduler mmrl builds on it still sets its learning rate.
+ZeRO-3 is not offered: the rollout and the no-grad forwards read whole parameters between steps.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from mmrl.errors import UserError
+
+PRESET = "accelerate config (deepspeed_config)"
+
+
+def zero_config(max_grad_norm: float | None) -> dict[str, Any]:
+    """The DeepSpeed config from the preset's choices (which accelerate passes to its workers in the environment);
+    what mmrl does not support is a one-line error."""
+    stage = int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))
+    if stage != 2:
+        raise UserError(f"{PRESET}: zero_stage: {stage} is not supported by mmrl's trainer (the rollout reads whole "
+                        "parameters between steps); use zero_stage: 2 (configs/accelerate/deepspeed_zero2.yaml)")
+    for key in ("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE"):
+        if os.environ.get(key, "none") not in ("none", ""):
+            field = key.removeprefix("ACCELERATE_DEEPSPEED_").lower()
+            raise UserError(f"{PRESET}: {field}: {os.environ[key]} is not supported by mmrl's trainer; set it to none")
+    if os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+        raise UserError(f"{PRESET}: deepspeed_config_file is not read by mmrl's trainer (it builds the DeepSpeed "
+                        "config from zero_stage and optimizer.*); remove it and set zero_stage")
+    gas = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")
+    if gas not in ("1", ""):
+        raise UserError(f"{PRESET}: gradient_accumulation_steps: {gas}; mmrl accumulates over algorithm.mini_batches "
+                        "itself, set it to 1")
+    clip = os.environ.get("ACCELERATE_GRADIENT_CLIPPING", "")
+    if clip not in ("", "none") and float(clip) != float(max_grad_norm or 0.0):
+        raise UserError(f"{PRESET}: gradient_clipping: {clip} differs from optimizer.max_grad_norm "
+                        f"({max_grad_norm}); mmrl clips to optimizer.max_grad_norm: remove gradient_clipping")
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,  # one mmrl optimizer step = one coalesced reduction + one engine step
+        "gradient_clipping": float(max_grad_norm or 0.0),
+        "zero_optimization": {"stage": stage},
+        "zero_allow_untested_optimizer": True,  # mmrl's torch AdamW / SGD, stepped on ZeRO's flat partitions
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def check_deepspeed(max_grad_norm: float | None) -> None:
+    """What a DeepSpeed launch needs, checked before the model loads: DeepSpeed installed, a preset mmrl supports."""
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise UserError(f"{PRESET}: DeepSpeed is not installed; pip install 'mmrl[deepspeed]'")
+    zero_config(max_grad_norm)
+
+
+class ZeroEngine:
+    """The DeepSpeed engine around mmrl's training forward (`_SyncPass(GroupForward)`), see the module doc."""
+
+    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float | None) -> None:
+        try:
+            import deepspeed
+        except ImportError:
+            raise UserError(f"{PRESET}: DeepSpeed is not installed; pip install 'mmrl[deepspeed]'") from None
+        config = zero_config(max_grad_norm)
+        deepspeed.init_distributed(dist_backend=dist.get_backend())  # joins the group mmrl already made
+        # DeepSpeed broadcasts rank 0's parameters at initialisation: every rank starts from the same weights.
+        self.ds, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=config,
+                                                dist_init_required=False)
+        if not (hasattr(self.ds, "inside_no_sync_ctxt") and hasattr(self.ds.optimizer, "_coalesce_grad_reduction")):
+            raise UserError(f"{PRESET}: this DeepSpeed version ({deepspeed.__version__}) cannot hold gradient "
+                            "reduction back between optimizer steps; pip install 'mmrl[deepspeed]' (the tested one)")
+        self._hold(True)
+
+    def _hold(self, on: bool) -> None:
+        """Hold every gradient reduction back (on) or let the next backward reduce (off): what DeepSpeed's
+        `coalesce_grad_reduction()` switches on entry and off on exit."""
+        self.ds.inside_no_sync_ctxt = on  # the engine's post-backward reduction
+        self.ds.optimizer._coalesce_grad_reduction = on  # ZeRO's per-parameter gradient hooks
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.ds(*args, **kwargs)
+
+    def step(self, loss_value: float) -> tuple[float, bool]:
+        """Reduce once (every process), clip and step; returns (grad_norm, stepped)."""
+        scale = 0.0 if math.isfinite(loss_value) else math.nan
+        self._hold(False)
+        self.ds.backward(self.ds(sync_only=True, scale=scale))  # the one gradient reduction of this optimizer step
+        self.ds.step()  # skipped by DeepSpeed when the gradient norm is not finite (the nan pass above included)
+        norm = self.ds.get_global_grad_norm()
+        grad_norm = float(norm) if norm is not None else float("nan")
+        stepped = math.isfinite(loss_value) and math.isfinite(grad_norm)
+        self.ds.zero_grad()
+        self._hold(True)
+        return grad_norm, stepped
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """Every process's partition of the optimizer state, gathered on the main process (every process calls)."""
+        local = self.ds.optimizer.state_dict()
+        gathered: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+        dist.gather_object(local, gathered, dst=0)
+        return {"deepspeed_zero": gathered}
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        """Each process loads its own partition; the fp32 master partitions are refreshed from the model weights
+        (already loaded from the checkpoint, fp32: exact)."""
+        parts = state.get("deepspeed_zero") if isinstance(state, dict) else None
+        if parts is None or len(parts) != dist.get_world_size():
+            saved = "not a DeepSpeed run" if parts is None else f"{len(parts)} processes"
+            raise UserError(f"trainer.resume: the checkpoint's optimizer state is from {saved}; resume a DeepSpeed "
+                            f"checkpoint with the same number of processes ({dist.get_world_size()})")
+        self.ds.optimizer.load_state_dict(parts, load_optimizer_states=True, load_from_fp32_weights=False)
+
+    def full_weights(self) -> dict[str, torch.Tensor] | None:
+        """The policy's state dict as separate tensors on the main process (ZeRO keeps the parameters as views of
+        one flat buffer, which `save_pretrained` would take for shared tensors); None elsewhere."""
+        if dist.get_rank() != 0:
+            return None
+        prefix = "inner.policy."
+        module = self.ds.module
+        return {k[len(prefix):]: v.detach().clone() for k, v in module.state_dict().items() if k.startswith(prefix)}
