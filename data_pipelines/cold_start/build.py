@@ -34,6 +34,7 @@ from data_pipelines.cold_start.remote import (
     prompt_view,
     redact_url,
 )
+from data_pipelines.inputs import check_image_files
 from mmrl.data.dataset import load_samples
 from mmrl.data.sample import Sample
 from mmrl.generation import GenerationBackend, Prompt, SamplingParams
@@ -265,6 +266,7 @@ def build_cold_start(cfg: ColdStartConfig) -> dict[str, Any]:
     samples = load_samples(cfg.data)
     if cfg.limit is not None:
         samples = samples[: cfg.limit]
+    check_image_files(samples)
     lock = RunDirLock(out)
     lock.acquire()  # two builds appending one cache would duplicate work
     cache = StageCache(out / "cache.jsonl")

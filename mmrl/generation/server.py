@@ -52,7 +52,7 @@ class ChatRequest(BaseModel):
     min_tokens: int = Field(0, ge=0)
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # torch seeds are 64-bit: a bigger one is a 400
     stream: bool = False
     logprobs: bool = False
 
