@@ -130,3 +130,16 @@ def test_every_shipped_pipeline_fits_its_builders_schemas(path):
 
     plan = load_plan(path)
     assert any(step.kind == "build-data" for step in plan.steps)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ([], "nothere.yaml: no such config file"),
+    (["stages.reason.max_new_tokens=0"], "stages.reason.max_new_tokens: Input should be greater than or equal to 1"),
+])
+def test_a_cold_start_step_is_checked_when_the_pipeline_loads(tmp_path, capsys, overrides, message):
+    config = str(tmp_path / "nothere.yaml") if not overrides else str(ROOT / "configs/cold_start/offline.yaml")
+    cli = _error(capsys, ["build-data", "cold-start", config, *overrides])
+    pipe = _error(capsys, ["pipeline", str(_pipeline(tmp_path, {"builder": "cold-start", "config": config,
+                                                                 "overrides": overrides}))])
+    assert message in cli and cli.endswith(pipe[pipe.index("builder 'cold-start': ") + 22:])
+    assert not (tmp_path / "runs").exists()  # before any step ran
