@@ -262,3 +262,16 @@ def test_a_client_cannot_make_the_server_open_files_or_hold_it(client, server, t
     huge = httpx.post(f"{base}/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
                                                          "max_tokens": 10**9})
     assert huge.status_code == 400 and "max_tokens" in huge.json()["error"]["message"]
+
+
+def test_mmrl_serve_refuses_a_missing_image_dir_before_loading(tmp_path, capsys):
+    from mmrl.cli import main
+
+    with socket.socket() as taken:  # without the check, the busy port would be the error (no model load, no hang)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", "tiny", "--port", str(port), "--image-dir", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"--image-dir {tmp_path / 'nope'}: no such directory; give an existing one"), err
+    assert "\n" not in err and "Traceback" not in err
