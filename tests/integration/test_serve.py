@@ -139,6 +139,8 @@ def test_bad_requests_get_400_and_the_server_keeps_serving(client, server, tmp_p
         chat(client, "hi", temperature=-1)
     with pytest.raises(openai.BadRequestError, match="seed"):  # was a 400 naming no field ("Overflow ...")
         chat(client, "hi", seed=2**100, max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="stop_token_ids"):  # was accepted and silently never matched
+        chat(client, "hi", max_tokens=2, extra_body={"stop_token_ids": [-1]})
     with pytest.raises(openai.BadRequestError, match="unsupported part type 'audio'"):
         chat(client, [{"type": "audio", "audio": "x"}])
     # A full queue answers 429 (the openai client would retry it; this one does not).
