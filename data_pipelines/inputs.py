@@ -17,6 +17,9 @@ from mmrl.errors import DataError
 # A builder's new-token budget is bounded like `mmrl serve`'s: a typo of a few zeros must be an error, not a build
 # that runs for hours and fills the memory with one reply's cache.
 MAX_NEW_TOKENS = 32768
+# Seeds fit every generator on the way (torch takes 64 bits; a stage adds its attempt number): a bigger one was a
+# traceback from the sampler, mid-build.
+MAX_SEED = 2**32 - 1
 
 
 def check_image_files(samples: Sequence[Sample]) -> None:

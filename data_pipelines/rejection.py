@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from data_pipelines.builder_args import bounded
-from data_pipelines.inputs import MAX_NEW_TOKENS
+from data_pipelines.inputs import MAX_NEW_TOKENS, MAX_SEED
 from data_pipelines.registry import register_builder
 
 RULES = ("openvlthinker", "all-correct")
@@ -222,7 +222,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rule", choices=RULES, default="openvlthinker")
     p.add_argument("--temperature", type=bounded(float, 0, 10), default=1.0)
     p.add_argument("--max-new-tokens", type=bounded(int, 1, MAX_NEW_TOKENS), default=512)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=bounded(int, 0, MAX_SEED), default=0)
     p.add_argument("--limit", type=bounded(int, 1), default=None, help="only the first N items")
     p.add_argument("--system-prompt", default=None)
     p.add_argument("--prompt-suffix", default=None, help="text appended to each question (e.g. format instructions)")

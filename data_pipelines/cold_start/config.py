@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from data_pipelines.inputs import MAX_NEW_TOKENS
+from data_pipelines.inputs import MAX_NEW_TOKENS, MAX_SEED
 from mmrl.config.loader import load_yaml_chain, parse_override
 from mmrl.errors import ConfigError
 
@@ -41,7 +41,7 @@ class StageConfig(_Strict):
     attempts: int = Field(2, ge=1, le=10)  # tries per item when the reply is malformed or the request fails
     max_new_tokens: int = Field(512, ge=1, le=MAX_NEW_TOKENS)
     temperature: float = Field(0.0, ge=0)
-    seed: int | None = 0
+    seed: int | None = Field(0, ge=0, le=MAX_SEED)
 
 
 class Stages(_Strict):

@@ -53,6 +53,9 @@ CASES = [
     ("rejection", ["--model", "tiny", "--data", "d.jsonl", "--max-new-tokens", "1000000000"],
      {"model": "tiny", "data": "d.jsonl", "max_new_tokens": 1000000000},
      "builder 'rejection': argument 'max_new_tokens' must be an integer from 1 to 32768 (got '1000000000')"),
+    ("rejection", ["--model", "tiny", "--data", "d.jsonl", "--seed", "100000000000000000000000"],  # was a traceback
+     {"model": "tiny", "data": "d.jsonl", "seed": 100000000000000000000000},
+     "builder 'rejection': argument 'seed' must be an integer from 0 to 4294967295 (got '100000000000000000000000')"),
     ("rejection", ["--model", "tiny", "--data", "d.jsonl", "--temperature", "nan"],
      {"model": "tiny", "data": "d.jsonl", "temperature": "nan"},
      "builder 'rejection': argument 'temperature' must be a number from 0 to 10 (got 'nan')"),

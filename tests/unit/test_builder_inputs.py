@@ -44,8 +44,9 @@ def test_a_missing_image_names_its_record_before_anything_runs(tmp_path, capsys,
     assert not (out / "cache.jsonl").exists()  # nothing was generated, nothing half-cached
 
 
-def test_an_absurd_stage_budget_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize(("override", "limit"), [("stages.reason.max_new_tokens=1000000000", "32768"),
+                                                  ("stages.describe.seed=100000000000000000000000", "4294967295")])
+def test_an_absurd_stage_setting_is_refused(tmp_path, capsys, override, limit):
     config = Path(__file__).resolve().parents[2] / "configs/cold_start/offline.yaml"
-    err = _one_line(capsys, ["build-data", "cold-start", str(config), f"out={tmp_path / 'o'}",
-                             "stages.reason.max_new_tokens=1000000000"])
-    assert "stages.reason.max_new_tokens" in err and "32768" in err
+    err = _one_line(capsys, ["build-data", "cold-start", str(config), f"out={tmp_path / 'o'}", override])
+    assert override.split("=")[0] in err and limit in err
