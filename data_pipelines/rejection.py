@@ -119,7 +119,7 @@ def _generate(todo: list[Any], fps: dict[str, str], cache: Any, args: argparse.N
     remote = is_server_url(args.model)
     kw = ({"served_model": args.served_model, "api_key_env": args.api_key_env, "concurrency": args.concurrency,
            "max_retries": args.max_retries, "timeout": args.timeout} if remote else {})
-    backend = open_backend(args.model, "--api-key-env", **kw)
+    backend = open_backend(args.model, "--api-key-env", field="--model", **kw)
     failures: dict[str, str] = {}
 
     def one(sample: Any) -> None:

@@ -121,7 +121,9 @@ def attach_backends(runners: dict[str, StageRunner]) -> None:
         else:
             key, kw = (scfg.model,), {}
         if key not in loaded:  # the same VLM for stages 1 and 2 loads once
-            loaded[key] = open_backend(scfg.model, f"stages.{stage}.api_key_env", **kw)
+            # pseudo_cot defaults to describe's model: an error names every stage that uses it
+            field = " / ".join(f"stages.{s}.model" for s, r in runners.items() if r.cfg.model == scfg.model)
+            loaded[key] = open_backend(scfg.model, f"stages.{stage}.api_key_env", field=field, **kw)
         runner.backend = loaded[key]
 
 

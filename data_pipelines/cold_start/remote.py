@@ -35,6 +35,7 @@ from mmrl.generation.load import is_server_url
 
 # Query parameters that never carry a secret (Azure's API version); every other query value is masked.
 _PUBLIC_QUERY = {"api-version", "api_version"}
+_HOST_PORT = re.compile(r"^[\w.-]+:\d+(/|$)")  # host:port[/path] with no scheme
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -86,15 +87,22 @@ def check_api_key_env(name: str | None, where: str, model: str) -> None:
                           "cannot carry (spaces, a newline, non-ASCII); fix its value")
 
 
-def open_backend(model: str, where: str, api_key_env: str | None = None, **kw: Any) -> GenerationBackend:
-    """`load_backend` whose one-line errors show the URL redacted (the client's messages quote it verbatim)."""
+def open_backend(model: str, where: str, api_key_env: str | None = None, field: str = "model",
+                 **kw: Any) -> GenerationBackend:
+    """`load_backend` whose one-line errors show the URL redacted (the client's messages quote it verbatim) and
+    name the builder's own setting `field` (the loader's messages say `model.name_or_path`, a training key)."""
     if is_server_url(model):
         check_api_key_env(api_key_env, where, model)
         kw["api_key_env"] = api_key_env
     try:
         return load_backend(model, **kw)
     except UserError as err:
-        raise type(err)(str(err).replace(model, redact_url(model))) from None
+        text = str(err).replace(model, redact_url(model))
+        if text.startswith("model.name_or_path: "):
+            text = f"{field}: " + text[len("model.name_or_path: "):]
+        if _HOST_PORT.match(model):  # "127.0.0.1:8000/v1" was read as a hub id
+            text = text.rstrip(".") + f"; an endpoint needs its scheme: http://{redact_url(model)}"
+        raise type(err)(text) from None
 
 
 def classify(err: Exception, remote: bool) -> tuple[str, bool] | None:

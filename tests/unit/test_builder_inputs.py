@@ -50,3 +50,19 @@ def test_an_absurd_stage_setting_is_refused(tmp_path, capsys, override, limit):
     config = Path(__file__).resolve().parents[2] / "configs/cold_start/offline.yaml"
     err = _one_line(capsys, ["build-data", "cold-start", str(config), f"out={tmp_path / 'o'}", override])
     assert override.split("=")[0] in err and limit in err
+
+
+@pytest.mark.parametrize("builder", ["cold-start", "rejection"])
+def test_an_endpoint_without_its_scheme_names_the_builders_field(tmp_path, capsys, builder):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "a", "prompt": "1+1?", "answer": "2"}) + "\n", encoding="utf-8")
+    if builder == "cold-start":
+        config = Path(__file__).resolve().parents[2] / "configs/cold_start/offline.yaml"
+        argv, field = ["build-data", "cold-start", str(config), f"data={data}", f"out={tmp_path / 'o'}",
+                       "stages.describe.model=127.0.0.1:9/v1"], "stages.pseudo_cot.model / stages.describe.model"
+    else:
+        argv, field = ["build-data", "rejection", "--model", "127.0.0.1:9/v1", "--data", str(data),
+                       "--out", str(tmp_path / "o")], "--model"
+    err = _one_line(capsys, argv)  # it said `model.name_or_path`, a key no builder has
+    assert err.startswith(f"mmrl build-data: error: {field}: cannot load '127.0.0.1:9/v1'")
+    assert err.endswith("; an endpoint needs its scheme: http://127.0.0.1:9/v1")
