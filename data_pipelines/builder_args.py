@@ -56,6 +56,26 @@ def collecting(parser: argparse.ArgumentParser) -> None:
         action.type, action.choices, action.required = None, None, False
 
 
+def bounded(kind: type, low: float | None = None, high: float | None = None) -> Callable[[str], Any]:
+    """An argparse `type` that also checks the range, so a value out of range is the same one-line error on the
+    command line and in a pipeline step, and a step's is caught when the pipeline loads, before earlier steps run.
+
+    >>> check_args("demo", lambda p: p.add_argument("--k", type=bounded(int, 1, 8)), {"k": 0}, "here")
+    Traceback (most recent call last):
+    mmrl.errors.UserError: here: builder 'demo': argument 'k' must be an integer from 1 to 8 (got '0')
+    """
+
+    def convert(text: str) -> Any:
+        value = kind(text)
+        if value != value or (low is not None and value < low) or (high is not None and value > high):
+            raise ValueError(text)  # NaN fails too
+        return value
+
+    span = (f" from {low} to {high}" if high is not None else f" >= {low}") if low is not None else f" <= {high}"
+    convert.__name__ = TYPE_NAMES[kind] + span
+    return convert
+
+
 class _ParseError(Exception):
     pass
 

@@ -46,6 +46,9 @@ class Builder:
     examples: str | None = None  # shown by `mmrl build-data NAME --help`
     # {output name: path} the run writes, from its checked arguments; None: a pipeline step names them (args.outputs)
     outputs: Callable[[argparse.Namespace], dict[str, Path]] | None = None
+    # What the schema's types cannot see (a config file the builder reads): raises a one-line UserError. A pipeline
+    # runs it when it loads, so a bad step fails before the steps ahead of it run for hours.
+    check: Callable[[argparse.Namespace], None] | None = None
 
 
 BUILDERS: Registry[Builder] = Registry("builder", "build-data")
@@ -58,8 +61,9 @@ BUILDER_MODULES: list[str] = ["data_pipelines.cold_start.cli", "data_pipelines.r
 
 def register_builder(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
                      run: Callable[[argparse.Namespace], int | None], examples: str | None = None,
-                     outputs: Callable[[argparse.Namespace], dict[str, Path]] | None = None) -> None:
-    BUILDERS.add(name, Builder(help, add_arguments, run, examples, outputs))
+                     outputs: Callable[[argparse.Namespace], dict[str, Path]] | None = None,
+                     check: Callable[[argparse.Namespace], None] | None = None) -> None:
+    BUILDERS.add(name, Builder(help, add_arguments, run, examples, outputs, check))
 
 
 def load_builders() -> Registry[Builder]:

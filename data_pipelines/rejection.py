@@ -30,9 +30,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from data_pipelines.builder_args import bounded
+from data_pipelines.inputs import MAX_NEW_TOKENS, MAX_SEED
 from data_pipelines.registry import register_builder
 
 RULES = ("openvlthinker", "all-correct")
+MAX_K = 256  # samples per item: one request generates them all at once, so an absurd K is refused up front
 
 
 def select(texts: list[str], correct: list[bool], rule: str) -> list[str]:
@@ -116,7 +119,7 @@ def _generate(todo: list[Any], fps: dict[str, str], cache: Any, args: argparse.N
     remote = is_server_url(args.model)
     kw = ({"served_model": args.served_model, "api_key_env": args.api_key_env, "concurrency": args.concurrency,
            "max_retries": args.max_retries, "timeout": args.timeout} if remote else {})
-    backend = open_backend(args.model, "--api-key-env", **kw)
+    backend = open_backend(args.model, "--api-key-env", field="--model", **kw)
     failures: dict[str, str] = {}
 
     def one(sample: Any) -> None:
@@ -145,12 +148,14 @@ def build_rejection(args: argparse.Namespace) -> dict[str, Any]:
     from data_pipelines.cold_start.build import _atomic_write, _histogram, native_record
     from data_pipelines.cold_start.cache import StageCache
     from data_pipelines.cold_start.remote import check_reached, redact_url
+    from data_pipelines.inputs import check_image_files
     from mmrl.data.dataset import load_samples
     from mmrl.engine.run_dir import RunDirLock
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     samples = load_samples(args.data)[: args.limit] if args.limit else load_samples(args.data)
+    check_image_files(samples)
     lock = RunDirLock(out)
     lock.acquire()
     cache = StageCache(out / "cache.jsonl")
@@ -212,34 +217,30 @@ EXAMPLES = """examples:
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a preset, checkpoint directory or http(s)://.../v1 endpoint")
     p.add_argument("--data", required=True, help="dataset with gold answers (any format mmrl reads)")
-    p.add_argument("--k", type=int, default=8, help="completions sampled per item")
+    p.add_argument("--k", type=bounded(int, 1, MAX_K), default=8, help="completions sampled per item")
     p.add_argument("--out", required=True, help="output directory: train.jsonl, report.json, cache.jsonl")
     p.add_argument("--rule", choices=RULES, default="openvlthinker")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None, help="only the first N items")
+    p.add_argument("--temperature", type=bounded(float, 0, 10), default=1.0)
+    p.add_argument("--max-new-tokens", type=bounded(int, 1, MAX_NEW_TOKENS), default=512)
+    p.add_argument("--seed", type=bounded(int, 0, MAX_SEED), default=0)
+    p.add_argument("--limit", type=bounded(int, 1), default=None, help="only the first N items")
     p.add_argument("--system-prompt", default=None)
     p.add_argument("--prompt-suffix", default=None, help="text appended to each question (e.g. format instructions)")
     p.add_argument("--keep-previous", action="store_true",
                    help="an item with no correct sample keeps its input record's response (ours, not the paper's: "
                         "the SFT set of an iterative loop never shrinks to nothing)")
-    p.add_argument("--attempts", type=int, default=2, help="tries per item when the request fails")
-    p.add_argument("--concurrency", type=int, default=8, help="requests in flight (endpoints only)")
-    p.add_argument("--max-retries", type=int, default=3, help="HTTP retries with backoff (endpoints only)")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds per HTTP attempt (endpoints only)")
+    p.add_argument("--attempts", type=bounded(int, 1, 10), default=2, help="tries per item when the request fails")
+    p.add_argument("--concurrency", type=bounded(int, 1, 512), default=8, help="requests in flight (endpoints only)")
+    p.add_argument("--max-retries", type=bounded(int, 0, 20), default=3,
+                   help="HTTP retries with backoff (endpoints only)")
+    p.add_argument("--timeout", type=bounded(float, 1), default=300.0,
+                   help="seconds per HTTP attempt (endpoints only)")
     p.add_argument("--served-model", default=None, help="the model name the endpoint expects")
     p.add_argument("--api-key-env", default=None, help="NAME of the environment variable holding the API key")
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mmrl.errors import UserError
-
-    for name in ("k", "max_new_tokens", "attempts", "concurrency"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
-    if args.temperature < 0 or (args.limit is not None and args.limit < 1):
-        raise UserError("--temperature must be >= 0 and --limit >= 1")
+    # Ranges are checked by the schema's types (`bounded`), for the command line and pipeline steps alike.
     report = build_rejection(args)
     rejected = ", ".join(f"{k}={v}" for k, v in report["rejected"].items()) or "none"
     print(f"kept {report['kept']} of {report['input']} items ({report['records']} records, "

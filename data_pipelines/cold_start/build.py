@@ -34,6 +34,7 @@ from data_pipelines.cold_start.remote import (
     prompt_view,
     redact_url,
 )
+from data_pipelines.inputs import check_image_files
 from mmrl.data.dataset import load_samples
 from mmrl.data.sample import Sample
 from mmrl.generation import GenerationBackend, Prompt, SamplingParams
@@ -120,7 +121,9 @@ def attach_backends(runners: dict[str, StageRunner]) -> None:
         else:
             key, kw = (scfg.model,), {}
         if key not in loaded:  # the same VLM for stages 1 and 2 loads once
-            loaded[key] = open_backend(scfg.model, f"stages.{stage}.api_key_env", **kw)
+            # pseudo_cot defaults to describe's model: an error names every stage that uses it
+            field = " / ".join(f"stages.{s}.model" for s, r in runners.items() if r.cfg.model == scfg.model)
+            loaded[key] = open_backend(scfg.model, f"stages.{stage}.api_key_env", field=field, **kw)
         runner.backend = loaded[key]
 
 
@@ -265,6 +268,7 @@ def build_cold_start(cfg: ColdStartConfig) -> dict[str, Any]:
     samples = load_samples(cfg.data)
     if cfg.limit is not None:
         samples = samples[: cfg.limit]
+    check_image_files(samples)
     lock = RunDirLock(out)
     lock.acquire()  # two builds appending one cache would duplicate work
     cache = StageCache(out / "cache.jsonl")

@@ -20,6 +20,14 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. out=data/cold limit=100")
 
 
+def _check(args: argparse.Namespace) -> None:
+    """The config file exists and validates with the overrides (prompt files included); no model loads."""
+    from data_pipelines.cold_start.config import load_cold_start_config
+
+    if args.config is not None:
+        load_cold_start_config(args.config, args.overrides)
+
+
 def _run(args: argparse.Namespace) -> int:
     from data_pipelines.cold_start.build import build_cold_start
     from data_pipelines.cold_start.config import load_cold_start_config
@@ -40,4 +48,4 @@ def _run(args: argparse.Namespace) -> int:
 
 
 register_builder("cold-start", "Vision-R1 modality bridging: VLM pseudo-CoT + description, text reasoner, verified",
-                 _args, _run, EXAMPLES)
+                 _args, _run, EXAMPLES, check=_check)

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from data_pipelines.inputs import MAX_NEW_TOKENS, MAX_SEED
 from mmrl.config.loader import load_yaml_chain, parse_override
 from mmrl.errors import ConfigError
 
@@ -38,9 +39,9 @@ class StageConfig(_Strict):
     max_retries: int = Field(3, ge=0, le=20)  # HTTP retries (429, 5xx, timeouts, dropped connections), with backoff
     timeout: float = Field(120.0, gt=0)  # seconds per HTTP attempt
     attempts: int = Field(2, ge=1, le=10)  # tries per item when the reply is malformed or the request fails
-    max_new_tokens: int = Field(512, ge=1)
+    max_new_tokens: int = Field(512, ge=1, le=MAX_NEW_TOKENS)
     temperature: float = Field(0.0, ge=0)
-    seed: int | None = 0
+    seed: int | None = Field(0, ge=0, le=MAX_SEED)
 
 
 class Stages(_Strict):

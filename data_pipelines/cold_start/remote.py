@@ -5,8 +5,9 @@
 - `check_api_key_env`: the variable named by `api_key_env` exists and can travel in an HTTP header; errors name the
   variable, never its value.
 - `classify`: a request error is either a *failure* (the endpoint could not answer: timeout, dropped connection,
-  5xx / 429 after the client's retries, a refused key, a garbled reply) — never cached, retried on the next run — or
-  a *rejection* of this item (a 400/413/422 answer to this very request), cached like a malformed reply.
+  5xx / 429 after the client's retries, a refused key, a garbled reply, a 4xx refusal) — never cached, retried on
+  the next run. A 4xx is a failure too: the same refusal of every request (n or max_tokens above the server's limit)
+  is a setting to fix, and cached as rejections it would be final (exit 0, nothing kept, a re-run doing nothing).
 - `fingerprint`: a short hash of everything that determines a cached result (model, sampling, the exact prompt,
   the image bytes), stored with each cache line so a changed config never reuses an old result.
 
@@ -34,9 +35,8 @@ from mmrl.generation.load import is_server_url
 
 # Query parameters that never carry a secret (Azure's API version); every other query value is masked.
 _PUBLIC_QUERY = {"api-version", "api_version"}
+_HOST_PORT = re.compile(r"^[\w.-]+:\d+(/|$)")  # host:port[/path] with no scheme
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# Answers that judge this one request (too long, malformed for this prompt): the item is rejected with its reason.
-_ITEM_STATUSES = {400, 413, 422}
 
 
 class EndpointFailed(UserError):
@@ -87,15 +87,22 @@ def check_api_key_env(name: str | None, where: str, model: str) -> None:
                           "cannot carry (spaces, a newline, non-ASCII); fix its value")
 
 
-def open_backend(model: str, where: str, api_key_env: str | None = None, **kw: Any) -> GenerationBackend:
-    """`load_backend` whose one-line errors show the URL redacted (the client's messages quote it verbatim)."""
+def open_backend(model: str, where: str, api_key_env: str | None = None, field: str = "model",
+                 **kw: Any) -> GenerationBackend:
+    """`load_backend` whose one-line errors show the URL redacted (the client's messages quote it verbatim) and
+    name the builder's own setting `field` (the loader's messages say `model.name_or_path`, a training key)."""
     if is_server_url(model):
         check_api_key_env(api_key_env, where, model)
         kw["api_key_env"] = api_key_env
     try:
         return load_backend(model, **kw)
     except UserError as err:
-        raise type(err)(str(err).replace(model, redact_url(model))) from None
+        text = str(err).replace(model, redact_url(model))
+        if text.startswith("model.name_or_path: "):
+            text = f"{field}: " + text[len("model.name_or_path: "):]
+        if _HOST_PORT.match(model):  # "127.0.0.1:8000/v1" was read as a hub id
+            text = text.rstrip(".") + f"; an endpoint needs its scheme: http://{redact_url(model)}"
+        raise type(err)(text) from None
 
 
 def classify(err: Exception, remote: bool) -> tuple[str, bool] | None:
@@ -112,7 +119,7 @@ def classify(err: Exception, remote: bool) -> tuple[str, bool] | None:
     if isinstance(err, openai.APIConnectionError):
         return "connection", True
     if isinstance(err, openai.APIStatusError):
-        return f"http_{err.status_code}", err.status_code not in _ITEM_STATUSES
+        return f"http_{err.status_code}", True
     if isinstance(err, openai.OpenAIError) or remote:
         return "bad_response", True
     return None
@@ -129,7 +136,7 @@ def check_reached(failures: Counter[str], ran: int, targets: dict[str, tuple[str
     model, setting = targets[stages.most_common(1)[0][0]]
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(failures.items()))
     raise EndpointFailed(f"no answer from {redact_url(model)} for any of the {ran} items tried ({reasons}); check that "
-                         f"the server is up and reachable and {setting} is right, then re-run the same command "
+                         f"the server is up and reachable, accepts the request's settings and {setting} is right, then re-run the same command "
                          "(finished items are kept, failed ones are retried)")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+from pathlib import Path
 
 from mmrl.commands import add_command
 from mmrl.errors import UserError
@@ -51,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--max-queue and --max-tokens must be >= 1")
     from mmrl.generation import load_backend
 
+    for directory in args.image_dir:  # a typo would refuse every image as "outside the allowed directories"
+        if not Path(directory).is_dir():
+            raise UserError(f"--image-dir {directory}: no such directory; give an existing one")
     if args.model.startswith(("http://", "https://")):
         raise UserError("--model: give a checkpoint, preset or hub id to serve (a URL is already a server)")
     _check_port_free(args.host, args.port)  # before minutes of model loading, not after

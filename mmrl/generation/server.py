@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -51,8 +51,8 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
     min_tokens: int = Field(0, ge=0)
     stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
-    seed: int | None = None
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None  # a negative id would never match: a 400
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # torch seeds are 64-bit: a bigger one is a 400
     stream: bool = False
     logprobs: bool = False
 

@@ -60,8 +60,15 @@ def check_step_args(args: dict[str, Any], where: str) -> None:
     from data_pipelines.registry import load_builders
 
     name = args["builder"]
-    raw = {k: v for k, v in builder_fields(args, where).items() if "{" not in str(v)}
-    check_args(name, load_builders().get(name).add_arguments, raw, where, require=False)
+    given = builder_fields(args, where)
+    raw = {k: v for k, v in given.items() if "{" not in str(v)}
+    builder = load_builders().get(name)
+    namespace = check_args(name, builder.add_arguments, raw, where, require=False)
+    if builder.check is not None and len(raw) == len(given):  # a field still holding a reference: checked at run
+        try:
+            builder.check(namespace)
+        except UserError as err:
+            raise UserError(f"{where}: builder '{name}': {err}") from None
     outputs = args.get("outputs")
     if outputs is not None and (not isinstance(outputs, dict) or not all(isinstance(v, str) for v in outputs.values())):
         raise UserError(f"{where}: args.outputs must map output names to paths, e.g. {{train: '{{out}}/train.jsonl'}}")

@@ -137,6 +137,10 @@ def test_bad_requests_get_400_and_the_server_keeps_serving(client, server, tmp_p
         assert err.value.status_code == 400, url
     with pytest.raises(openai.BadRequestError, match="temperature"):
         chat(client, "hi", temperature=-1)
+    with pytest.raises(openai.BadRequestError, match="seed"):  # was a 400 naming no field ("Overflow ...")
+        chat(client, "hi", seed=2**100, max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="stop_token_ids"):  # was accepted and silently never matched
+        chat(client, "hi", max_tokens=2, extra_body={"stop_token_ids": [-1]})
     with pytest.raises(openai.BadRequestError, match="unsupported part type 'audio'"):
         chat(client, [{"type": "audio", "audio": "x"}])
     # A full queue answers 429 (the openai client would retry it; this one does not).
@@ -260,3 +264,16 @@ def test_a_client_cannot_make_the_server_open_files_or_hold_it(client, server, t
     huge = httpx.post(f"{base}/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
                                                          "max_tokens": 10**9})
     assert huge.status_code == 400 and "max_tokens" in huge.json()["error"]["message"]
+
+
+def test_mmrl_serve_refuses_a_missing_image_dir_before_loading(tmp_path, capsys):
+    from mmrl.cli import main
+
+    with socket.socket() as taken:  # without the check, the busy port would be the error (no model load, no hang)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", "tiny", "--port", str(port), "--image-dir", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"--image-dir {tmp_path / 'nope'}: no such directory; give an existing one"), err
+    assert "\n" not in err and "Traceback" not in err

@@ -47,6 +47,18 @@ CASES = [
     ("rejection", ["--model", "tiny", "--data", "d.jsonl", "--rule", "best"],
      {"model": "tiny", "data": "d.jsonl", "rule": "best"},
      "builder 'rejection': argument 'rule' must be one of openvlthinker, all-correct (got 'best')"),
+    # Ranges are part of the schema: the same line from both, and a step's is caught when the pipeline loads.
+    ("rejection", ["--model", "tiny", "--data", "d.jsonl", "--k", "0"], {"model": "tiny", "data": "d.jsonl", "k": 0},
+     "builder 'rejection': argument 'k' must be an integer from 1 to 256 (got '0')"),
+    ("rejection", ["--model", "tiny", "--data", "d.jsonl", "--max-new-tokens", "1000000000"],
+     {"model": "tiny", "data": "d.jsonl", "max_new_tokens": 1000000000},
+     "builder 'rejection': argument 'max_new_tokens' must be an integer from 1 to 32768 (got '1000000000')"),
+    ("rejection", ["--model", "tiny", "--data", "d.jsonl", "--seed", "100000000000000000000000"],  # was a traceback
+     {"model": "tiny", "data": "d.jsonl", "seed": 100000000000000000000000},
+     "builder 'rejection': argument 'seed' must be an integer from 0 to 4294967295 (got '100000000000000000000000')"),
+    ("rejection", ["--model", "tiny", "--data", "d.jsonl", "--temperature", "nan"],
+     {"model": "tiny", "data": "d.jsonl", "temperature": "nan"},
+     "builder 'rejection': argument 'temperature' must be a number from 0 to 10 (got 'nan')"),
     ("rejection", ["--model", "tiny", "--data", "d.jsonl", "--temprature", "0.5"],
      {"model": "tiny", "data": "d.jsonl", "temprature": 0.5},
      "unknown argument 'temprature' (did you mean 'temperature'?)"),
@@ -121,3 +133,16 @@ def test_every_shipped_pipeline_fits_its_builders_schemas(path):
 
     plan = load_plan(path)
     assert any(step.kind == "build-data" for step in plan.steps)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ([], "nothere.yaml: no such config file"),
+    (["stages.reason.max_new_tokens=0"], "stages.reason.max_new_tokens: Input should be greater than or equal to 1"),
+])
+def test_a_cold_start_step_is_checked_when_the_pipeline_loads(tmp_path, capsys, overrides, message):
+    config = str(tmp_path / "nothere.yaml") if not overrides else str(ROOT / "configs/cold_start/offline.yaml")
+    cli = _error(capsys, ["build-data", "cold-start", config, *overrides])
+    pipe = _error(capsys, ["pipeline", str(_pipeline(tmp_path, {"builder": "cold-start", "config": config,
+                                                                 "overrides": overrides}))])
+    assert message in cli and cli.endswith(pipe[pipe.index("builder 'cold-start': ") + 22:])
+    assert not (tmp_path / "runs").exists()  # before any step ran

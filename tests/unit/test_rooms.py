@@ -21,16 +21,21 @@ ROOT = Path(__file__).resolve().parents[2]
 HIGHER = ("mmrl.rl", "mmrl.sft", "mmrl.pipeline", "mmrl.commands", "mmrl.eval", "mmrl.api", "mmrl.cli")
 
 
-def imported_modules(path: Path) -> set[str]:
-    """Every module a file imports, at any depth (function-level imports included)."""
+def imported_modules(path: Path, root: Path = ROOT) -> set[str]:
+    """Every module a file imports, at any depth (function-level imports included); relative imports (`from ..rl
+    import x`) are resolved against the file's package under `root`."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = list(path.relative_to(root).with_suffix("").parts[:-1])
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            if module:
+                names.add(module)
+                names.update(f"{module}.{alias.name}" for alias in node.names)
     return names
 
 
@@ -58,7 +63,15 @@ def test_floors_in_the_source(package, forbidden):
 def test_the_import_check_sees_function_level_imports(tmp_path):
     sample = tmp_path / "x.py"
     sample.write_text("def f():\n    from mmrl.rl.trainer import GRPOTrainer\n    import mmrl.commands.serve\n")
-    assert {"mmrl.rl.trainer", "mmrl.commands.serve"} <= imported_modules(sample)
+    assert {"mmrl.rl.trainer", "mmrl.commands.serve"} <= imported_modules(sample, tmp_path)
+
+
+def test_the_import_check_resolves_relative_imports(tmp_path):
+    (tmp_path / "mmrl" / "sft").mkdir(parents=True)
+    sample = tmp_path / "mmrl" / "sft" / "x.py"
+    sample.write_text("def f():\n    from ..rl import advantages\n    from ..commands.serve import run\n"
+                      "    from . import data\n")
+    assert {"mmrl.rl.advantages", "mmrl.commands.serve", "mmrl.sft.data"} <= imported_modules(sample, tmp_path)
 
 
 def test_generation_and_sft_load_no_training_code():
