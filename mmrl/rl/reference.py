@@ -14,6 +14,7 @@ import torch
 
 from mmrl.models.logprobs import DEFAULT_CHUNK, completion_logprobs
 from mmrl.models.placement import compute_autocast, compute_dtype
+from mmrl.models.training_forward import ImageFeatures, reuse_image_features
 
 LogprobFn = Callable[..., torch.Tensor]
 
@@ -51,16 +52,26 @@ class ReferencePolicy:
     def __init__(self, model: Any) -> None:
         if is_peft_model(model):
             self.model, self.shares_weights = model, True
+            # The adapter-free model runs the policy's very tower: a frozen one (no adapter in it) gives the
+            # policy's image features (`reuse_image_features` checks it is frozen).
+            self.reuses_vision = True
         else:
             self.model = copy.deepcopy(model).eval()
             self.model.requires_grad_(False)
             _hold_in_compute_dtype(self.model, compute_dtype(model))
             self.shares_weights = False
+            # A copy of a frozen tower computes the policy's features bit for bit only when it holds the same fp32
+            # weights (`_hold_in_compute_dtype` recasts them under bf16): reuse the rollout's features then only.
+            self.reuses_vision = compute_dtype(model) == torch.float32
 
     def __call__(self, prompt: dict[str, Any], completion_ids: torch.Tensor, completion_mask: torch.Tensor,
-                 temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
-        return reference_logprobs(self.model, prompt, completion_ids, completion_mask,
-                                  temperature=temperature, chunk_size=chunk_size)
+                 temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK,
+                 image_features: ImageFeatures | None = None) -> torch.Tensor:
+        """`image_features`: the rollout's features of this prompt's images (frozen policy tower), reused when the
+        reference's tower computes exactly the same (see `reuses_vision`)."""
+        with reuse_image_features(self.model, image_features if self.reuses_vision else None):
+            return reference_logprobs(self.model, prompt, completion_ids, completion_mask,
+                                      temperature=temperature, chunk_size=chunk_size)
 
 
 def _hold_in_compute_dtype(model: Any, compute: torch.dtype) -> None:
