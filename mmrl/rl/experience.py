@@ -97,7 +97,7 @@ def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample],
         # global draw index only, not on how many processes share the step.
         streams = {"prompt_seeds": seeds} if seeds is not None and "prompt_seeds" in signature(backend.rollout).parameters \
             else {}
-        with capture_image_features(backend.model, recorded):
+        with capture_image_features(getattr(backend, "model", None), recorded):
             batch = backend.rollout(prompts, params, generator=generator, **streams)
     lengths = batch.completion_mask.sum(dim=1).tolist()
     result = composite.score(batch.texts, _columns(samples, stage.group_size, lengths, stage.max_completion_length))
