@@ -132,3 +132,32 @@ def test_a_training_step_encodes_each_image_once_when_frozen(synthetic_data, tmp
     else:
         assert row["update/vision_reused"] == 0 and row["update/vision_encoder_calls"] >= 2 * 2
         assert reference_passes["vision_encoder_calls"] == 2
+
+
+@pytest.mark.parametrize("include_vision", [False, True])
+def test_lora_reference_reuses_only_an_adapter_free_tower(rolled, include_vision):
+    # LoRA: the reference is the policy with its adapters off. Without adapters in the tower it computes the policy's
+    # features (reused); with them the tower is trainable and nothing is reused, by the policy or the reference.
+    from mmrl.rl.reference import ReferencePolicy
+
+    prompts, batch, _ = rolled
+    base = load_config(None).model
+    # Explicit targets: `qkv` is the tower's attention projection (the text layers have q/k/v_proj).
+    targets = ["q_proj", "v_proj"] + (["qkv"] if include_vision else [])
+    cfg = base.model_copy(update={"lora": base.lora.model_copy(update={"enabled": True, "target_modules": targets})})
+    model = load_policy(cfg).model.float()
+    disable_dropout(model)
+    assert vision_frozen(model) is not include_vision
+    recorded = []
+    with capture_image_features(model, recorded):
+        make_backend(model, load_policy(cfg).processor).rollout(prompts[:1], SamplingParams(n=2, max_new_tokens=2))
+    assert len(recorded) == (0 if include_vision else 1)
+    features = match_image_features(prompts[0], recorded)
+    reference = ReferencePolicy(model)
+    ids, mask = batch.completion_ids[:3], batch.completion_mask[:3]
+    counts = {}
+    with count_vision(vision_module(model), counts):
+        plain = reference(prompts[0], ids, mask)
+        reused = reference(prompts[0], ids, mask, image_features=features)
+    assert counts["vision_encoder_calls"] == (2 if include_vision else 1)
+    torch.testing.assert_close(reused, plain, atol=1e-6, rtol=0)
