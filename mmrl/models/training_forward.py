@@ -138,10 +138,14 @@ class ImageFeatures:
 
 
 def _features_owner(model: Any) -> Any:
-    """The module whose `get_image_features` the forward calls (the `*Model` under the `*ForConditionalGeneration`)."""
-    from mmrl.models.prefix import unwrap
+    """The module whose `get_image_features` the forward calls (the `*Model` under the `*ForConditionalGeneration`);
+    None outside the shared-prefix architectures (the naive path encodes the image G times, batched: nothing to match)."""
+    from mmrl.models.prefix import supports_prefix_sharing, unwrap
 
-    core = getattr(unwrap(policy_of(model)), "model", None)
+    policy = policy_of(model)
+    if policy is None or not supports_prefix_sharing(policy):
+        return None
+    core = getattr(unwrap(policy), "model", None)
     return core if core is not None and hasattr(core, "get_image_features") else None
 
 
@@ -176,13 +180,18 @@ def capture_image_features(model: Any, sink: list[ImageFeatures]) -> Iterator[No
         return
     original = owner.get_image_features
 
-    def record(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None, **kwargs: Any) -> Any:
-        out = original(pixel_values, image_grid_thw, **kwargs)
-        sink.append(ImageFeatures(pixel_values, image_grid_thw, out))
+    def record(pixel_values: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        out = original(pixel_values, *args, **kwargs)
+        sink.append(ImageFeatures(pixel_values, _grid(args, kwargs), out))
         return out
 
     with _patched_features(owner, record):
         yield
+
+
+def _grid(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """`image_grid_thw` of a `get_image_features(pixel_values, image_grid_thw, ...)` call."""
+    return args[0] if args else kwargs.get("image_grid_thw")
 
 
 def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
@@ -204,12 +213,12 @@ def reuse_image_features(model: Any, features: ImageFeatures | None,
         return
     original = owner.get_image_features
 
-    def lookup(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None, **kwargs: Any) -> Any:
-        if _same(pixel_values, features.pixel_values) and _same(image_grid_thw, features.grid_thw):
+    def lookup(pixel_values: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if _same(pixel_values, features.pixel_values) and _same(_grid(args, kwargs), features.grid_thw):
             if counters is not None:
                 counters["vision_reused"] = counters.get("vision_reused", 0) + 1
             return features.output
-        return original(pixel_values, image_grid_thw, **kwargs)
+        return original(pixel_values, *args, **kwargs)
 
     with _patched_features(owner, lookup):
         yield

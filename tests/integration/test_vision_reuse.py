@@ -161,3 +161,26 @@ def test_lora_reference_reuses_only_an_adapter_free_tower(rolled, include_vision
         reused = reference(prompts[0], ids, mask, image_features=features)
     assert counts["vision_encoder_calls"] == (2 if include_vision else 1)
     torch.testing.assert_close(reused, plain, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("preset", ["tiny-qwen3-vl", "tiny-gemma3"])
+def test_other_architectures(preset):
+    # Qwen3-VL's image features carry DeepStack features too: reused whole, exactly. Gemma3 runs the naive path (the
+    # image encoded G times, batched): nothing is recorded, and a frozen tower trains as before.
+    cfg = load_config(None, [f"model.name_or_path={preset}", "model.freeze_vision_tower=true"]).model
+    loaded = load_policy(cfg)
+    model, processor = loaded.model.float(), loaded.processor
+    disable_dropout(model)
+    prompt = image_prompt(processor, 64, "what colour?", 2)
+    recorded = []
+    with capture_image_features(model, recorded):
+        batch = make_backend(model, processor).rollout([prompt], SamplingParams(n=2, max_new_tokens=4, seed=0))
+    features = match_image_features(prompt, recorded)
+    assert (features is not None) is (preset == "tiny-qwen3-vl")
+    plain, plain_grads, _ = forward_and_grads(model, prompt, batch.completion_ids, batch.completion_mask)
+    reused, reused_grads, counts = forward_and_grads(model, prompt, batch.completion_ids, batch.completion_mask,
+                                                     features)
+    assert counts.get("vision_reused", 0) == (1 if features is not None else 0)
+    torch.testing.assert_close(reused, plain, atol=1e-6, rtol=0)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(reused_grads[name], grad, atol=1e-6, rtol=0, msg=name)
