@@ -184,3 +184,24 @@ def test_other_architectures(preset):
     torch.testing.assert_close(reused, plain, atol=1e-6, rtol=0)
     for name, grad in plain_grads.items():
         torch.testing.assert_close(reused_grads[name], grad, atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("resumed_tower", [False, True])
+def test_copied_reference_reuses_only_the_same_tower(frozen, rolled, resumed_tower):
+    # A full-model reference is a copy taken before any resume: if the policy's (frozen) tower was then loaded with
+    # other weights, the copy's tower computes other features and must encode the image itself.
+    from mmrl.rl.reference import ReferencePolicy
+
+    model = copy.deepcopy(frozen[0])
+    prompts, batch, recorded = rolled
+    reference = ReferencePolicy(model)
+    if resumed_tower:
+        with torch.no_grad():
+            next(vision_module(model).parameters()).add_(0.5)
+    ids, mask = batch.completion_ids[:3], batch.completion_mask[:3]
+    counts = {}
+    with count_vision(vision_module(reference.model), counts):
+        plain = reference(prompts[0], ids, mask)
+        reused = reference(prompts[0], ids, mask, image_features=match_image_features(prompts[0], recorded))
+    assert counts["vision_encoder_calls"] == (2 if resumed_tower else 1)
+    torch.testing.assert_close(reused, plain, atol=1e-6, rtol=0)
