@@ -13,6 +13,7 @@ of the last step (logging included), while TRL's is the sum of its `on_step_begi
 dataloader fetch and logging excluded).
 
     python3 benchmarks/grpo_vs_trl.py                                      # CPU: tiny preset, 448x448, G=8
+    python3 benchmarks/grpo_vs_trl.py --freeze-vision-tower                # the frozen-tower row
     python3 benchmarks/grpo_vs_trl.py --preset qwen2.5-vl-3b --device cuda --dtype bf16 --max-new-tokens 256
 """
 
@@ -61,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=448, help="side of the square images (pixels, multiple of 28)")
     p.add_argument("--prompts-per-step", type=int, default=2, help="prompts per optimizer step (x G completions)")
     p.add_argument("--beta", type=float, default=0.0, help="KL coefficient (same on both sides)")
+    p.add_argument("--freeze-vision-tower", action="store_true",
+                   help="model.freeze_vision_tower=true on both sides (mmrl then encodes each image once per step)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (same for both)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", choices=["mmrl", "trl"], default=None, help="run one side only (no speedup line)")
@@ -81,6 +84,7 @@ def mmrl_overrides(args: argparse.Namespace, data_path: Path, out_dir: Path) -> 
     pixels = args.image_size * args.image_size
     return [
         f"model.name_or_path={args.preset}", f"model.dtype={args.dtype}",
+        f"model.freeze_vision_tower={str(args.freeze_vision_tower).lower()}",  # TRL loads the same model config
         f"data.train={data_path}", "data.shuffle=false", "data.min_pixels=784", f"data.max_pixels={pixels}",
         "data.max_prompt_length=100000",
         f"rollout.group_size={args.group_size}", f"rollout.max_completion_length={args.max_new_tokens}",
@@ -318,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         data_path = build_data(args, work / "data")
         print(f"# preset={args.preset} device={args.device} dtype={args.dtype} image={args.image_size}x"
               f"{args.image_size} G={args.group_size} prompts/step={args.prompts_per_step} "
-              f"new_tokens={args.max_new_tokens} (forced) beta={args.beta} warmup={args.warmup} steps={args.steps} "
+              f"new_tokens={args.max_new_tokens} (forced) beta={args.beta} "
+              f"vision_tower={'frozen' if args.freeze_vision_tower else 'trainable'} warmup={args.warmup} steps={args.steps} "
               f"threads={args.threads}", flush=True)
         sides = [args.only] if args.only else ["mmrl", "trl"]
         for side in sides:

@@ -23,6 +23,7 @@ from mmrl.engine.distributed import all_reduce_sum, stream_seed
 from mmrl.generation import GenerationBackend, SamplingParams
 from mmrl.generation.hf import RolloutBatch, backend_device
 from mmrl.models.placement import to_device
+from mmrl.models.training_forward import ImageFeatures, capture_image_features, match_image_features
 from mmrl.rewards.composite import RewardComposite
 from mmrl.rl.stages import ResolvedStage
 
@@ -56,6 +57,9 @@ class Group:
     old_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
     sampler_logp: torch.Tensor | None = None  # [G, T]: the rollout engine's log-probs, when it returns them (TIS)
+    # The rollout prefill's image features of this prompt, recorded when the vision tower is frozen (a constant of
+    # the step): later forwards of the step reuse them instead of encoding the image again. None: encode as usual.
+    image_features: ImageFeatures | None = None
 
 
 def _columns(samples: list[Sample], group_size: int, lengths: list[int], max_len: int) -> dict[str, list[Any]]:
@@ -84,6 +88,7 @@ def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample],
     params = SamplingParams(n=stage.group_size, temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k,
                             max_new_tokens=stage.max_completion_length,
                             min_new_tokens=min(rc.min_new_tokens, stage.max_completion_length), logprobs=True)
+    recorded: list[ImageFeatures] = []  # the in-process rollout's image features (frozen tower only)
     if getattr(backend, "takes_samples", False):  # vLLM: its own processor encodes the samples and their images
         streams = {"prompt_seeds": seeds} if seeds is not None else {}
         batch = backend.rollout(samples, params, generator=generator, data_cfg=data_cfg, **streams)
@@ -92,7 +97,8 @@ def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample],
         # global draw index only, not on how many processes share the step.
         streams = {"prompt_seeds": seeds} if seeds is not None and "prompt_seeds" in signature(backend.rollout).parameters \
             else {}
-        batch = backend.rollout(prompts, params, generator=generator, **streams)
+        with capture_image_features(getattr(backend, "model", None), recorded):
+            batch = backend.rollout(prompts, params, generator=generator, **streams)
     lengths = batch.completion_mask.sum(dim=1).tolist()
     result = composite.score(batch.texts, _columns(samples, stage.group_size, lengths, stage.max_completion_length))
     total = _to_tensor(result.total, device)
@@ -106,6 +112,7 @@ def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample],
             texts=batch.texts[rows], rewards=total[rows],
             sampler_logp=batch.logprobs[rows] if batch.logprobs is not None else None,
             components={name: values[rows] for name, values in result.components.items()},
+            image_features=match_image_features(prompt, recorded),
         ))
     info = {"counters": dict(getattr(batch, "counters", {}) or {}), "reward_counters": dict(result.counters),
             "examples": getattr(result, "examples", {})}

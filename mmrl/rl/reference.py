@@ -12,8 +12,10 @@ from typing import Any
 
 import torch
 
+from mmrl.generation.hf_context import vision_module
 from mmrl.models.logprobs import DEFAULT_CHUNK, completion_logprobs
 from mmrl.models.placement import compute_autocast, compute_dtype
+from mmrl.models.training_forward import ImageFeatures, reuse_image_features
 
 LogprobFn = Callable[..., torch.Tensor]
 
@@ -51,16 +53,43 @@ class ReferencePolicy:
     def __init__(self, model: Any) -> None:
         if is_peft_model(model):
             self.model, self.shares_weights = model, True
+            # The adapter-free model runs the policy's very tower: a frozen one (no adapter in it) gives the
+            # policy's image features (`reuse_image_features` checks it is frozen).
+            self._policy_tower, self._same_tower = None, True
         else:
             self.model = copy.deepcopy(model).eval()
             self.model.requires_grad_(False)
             _hold_in_compute_dtype(self.model, compute_dtype(model))
             self.shares_weights = False
+            # The copy's tower computes the policy's features bit for bit only when it holds the very same weights:
+            # not under bf16 (`_hold_in_compute_dtype` recasts them), nor after a resume that loaded another tower
+            # into the policy. Compared once, at the first reuse (after any resume; a frozen tower never moves).
+            self._policy_tower, self._same_tower = vision_module(model), None
 
     def __call__(self, prompt: dict[str, Any], completion_ids: torch.Tensor, completion_mask: torch.Tensor,
-                 temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
-        return reference_logprobs(self.model, prompt, completion_ids, completion_mask,
-                                  temperature=temperature, chunk_size=chunk_size)
+                 temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK,
+                 image_features: ImageFeatures | None = None) -> torch.Tensor:
+        """`image_features`: the rollout's features of this prompt's images (frozen policy tower), reused when the
+        reference's tower computes exactly the same."""
+        if image_features is not None and self._same_tower is None:
+            self._same_tower = _same_weights(vision_module(self.model), self._policy_tower)
+        with reuse_image_features(self.model, image_features if self._same_tower else None):
+            return reference_logprobs(self.model, prompt, completion_ids, completion_mask,
+                                      temperature=temperature, chunk_size=chunk_size)
+
+
+def _same_weights(mine: torch.nn.Module | None, theirs: torch.nn.Module | None) -> bool:
+    """True when both towers hold equal parameters and buffers (same dtypes, same values)."""
+    if mine is None or theirs is None:
+        return False
+    ours, other = mine.state_dict(), theirs.state_dict()
+    if ours.keys() != other.keys():
+        return False
+    try:
+        return all(ours[k].dtype == other[k].dtype and ours[k].shape == other[k].shape
+                   and bool(torch.equal(ours[k], other[k].to(ours[k].device))) for k in ours)
+    except (RuntimeError, TypeError):  # sharded (DTensor) weights: do not reuse
+        return False
 
 
 def _hold_in_compute_dtype(model: Any, compute: torch.dtype) -> None:

@@ -25,7 +25,9 @@ import torch
 from mmrl.config.rl import AlgorithmConfig
 from mmrl.engine.distributed import all_gather_objects, all_reduce_sum, all_reduce_sum_tensor
 from mmrl.engine.run import TrainingRun
+from mmrl.generation.hf_context import count_vision, vision_module
 from mmrl.models.logprobs import completion_logprobs
+from mmrl.models.training_forward import reuse_image_features
 from mmrl.rl.advantages import compute_advantages
 from mmrl.rl.experience import Group
 from mmrl.rl.kl import sequence_kl
@@ -61,8 +63,10 @@ def split_groups(groups: list[Group], parts: int) -> list[list[Group]]:
     return out
 
 
-def _logprobs(model: Any, group: Group, temperature: float) -> torch.Tensor:
-    return completion_logprobs(model, group.prompt, group.completion_ids, group.completion_mask, temperature=temperature)
+def _logprobs(model: Any, group: Group, temperature: float, counters: dict[str, Any] | None = None) -> torch.Tensor:
+    with reuse_image_features(model, group.image_features, counters):  # frozen tower: the rollout's features
+        return completion_logprobs(model, group.prompt, group.completion_ids, group.completion_mask,
+                                   temperature=temperature)
 
 
 def _tis_weight(group: Group, logp: torch.Tensor, cap: float | None,
@@ -95,7 +99,8 @@ def _contributes(group: Group, kl_in_loss: bool) -> bool:
     return kl_in_loss or not bool((group.advantages == 0).all())
 
 
-def prepare_old_and_ref(run: TrainingRun, groups: list[Group], reference: ReferencePolicy | None) -> None:
+def prepare_old_and_ref(run: TrainingRun, groups: list[Group], reference: ReferencePolicy | None,
+                        counters: dict[str, Any] | None = None) -> None:
     """Old log-probs when the policy moves between passes (mu > 1 or several mini-batches) or when the KL goes into
     the reward (k1 of the rollout policy); reference log-probs when beta > 0."""
     algo, temperature = run.cfg.algorithm, run.cfg.rollout.temperature
@@ -103,10 +108,10 @@ def prepare_old_and_ref(run: TrainingRun, groups: list[Group], reference: Refere
     with torch.no_grad():
         for group in groups:
             if need_old:
-                group.old_logp = _logprobs(run.model, group, temperature)
+                group.old_logp = _logprobs(run.model, group, temperature, counters)
             if reference is not None:
                 group.ref_logp = reference(group.prompt, group.completion_ids, group.completion_mask,
-                                           temperature=temperature)
+                                           temperature=temperature, image_features=group.image_features)
 
 
 def assign_advantages(run: TrainingRun, groups: list[Group]) -> dict[str, float]:
@@ -154,12 +159,25 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage,
     disable_dropout(run.model)
     policy_loss = PolicyLoss.from_config(algo)  # the algorithm's loss settings, once: the loop passes tensors only
     kl_in_loss = policy_loss.beta > 0
+    # Vision-tower passes of the update (the policy's tower; `vision_reused`: the rollout's features served instead).
+    vision: dict[str, Any] = {}
+    with count_vision(vision_module(run.model), vision):
+        out = _update(run, groups, stage, reference, policy_loss, kl_in_loss, vision)
+    out.update({f"update/{k}": float(all_reduce_sum(vision.get(k, 0), world))
+                for k in ("vision_encoder_calls", "vision_reused")})
+    return out
+
+
+def _update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, reference: ReferencePolicy | None,
+            policy_loss: PolicyLoss, kl_in_loss: bool, vision: dict[str, Any]) -> dict[str, float]:
+    cfg, world = run.cfg, run.dist.world_size
+    algo = cfg.algorithm
     if _kl_in_reward(algo):  # the rewards need the rollout policy's and the reference's log-probs first
-        prepare_old_and_ref(run, groups, reference)
+        prepare_old_and_ref(run, groups, reference, vision)
         reward_metrics = assign_advantages(run, groups)
     else:  # advantages first: a group that contributes nothing needs no old log-probs either
         reward_metrics = assign_advantages(run, groups)
-        prepare_old_and_ref(run, [g for g in groups if _contributes(g, kl_in_loss)], reference)
+        prepare_old_and_ref(run, [g for g in groups if _contributes(g, kl_in_loss)], reference, vision)
     local_sums: dict[str, float] = defaultdict(float)
     local_counts: dict[str, int] = defaultdict(int)
     losses, norms, stepped_all = [], [], True
@@ -176,7 +194,9 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage,
                 # (a speed-up only: its tokens still count in the normalisers and the optimizer still steps).
                 if not _contributes(group, kl_in_loss):
                     continue
-                logp = run.logprobs(group.prompt, group.completion_ids, group.completion_mask, cfg.rollout.temperature)
+                with reuse_image_features(run.model, group.image_features, vision):
+                    logp = run.logprobs(group.prompt, group.completion_ids, group.completion_mask,
+                                        cfg.rollout.temperature)
                 is_weight = _tis_weight(group, logp, algo.tis_cap, mismatch if iteration == 0 else None)
                 per_token, metrics = policy_loss.per_token(logp, group.old_logp, group.advantages, mask,
                                                            ref_logp=group.ref_logp, is_weight=is_weight)
