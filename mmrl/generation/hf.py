@@ -27,14 +27,7 @@ import torch
 
 from mmrl.data.sample import Sample
 from mmrl.generation.decoding import attach_token_rules, cut_at_stop, eos_token_ids, held_back
-from mmrl.generation.hf_context import (
-    TokenStreamer,
-    count_vision,
-    eval_mode,
-    neutral_generation_config,
-    prompt_to_sample,
-    vision_module,
-)
+from mmrl.generation.hf_context import TokenStreamer, eval_mode, neutral_generation_config, prompt_to_sample
 from mmrl.generation.hf_decode import DecodeRules, decode_shared_prefix
 from mmrl.generation.hf_decode import Row as _Row
 from mmrl.generation.types import Completion, Prompt, SamplingParams
@@ -47,6 +40,7 @@ from mmrl.models.prefix import (
     supports_prefix_sharing,
     unwrap,
 )
+from mmrl.models.vision_tower import count_vision, vision_module
 from mmrl.registry import Registry
 
 # What the HF backend accepts as a prompt: chat messages, an mmrl Sample (encoded with the data config's template and

@@ -1,5 +1,5 @@
-"""Helpers of the in-process HF backend: chat prompt -> Sample, eval mode, neutral generation config, vision-call
-counters, the token streamer hook of `model.generate`."""
+"""Helpers of the in-process HF backend: chat prompt -> Sample, eval mode, neutral generation config, the token
+streamer hook of `model.generate` (the vision-call counter lives in `mmrl.models.vision_tower`)."""
 
 from __future__ import annotations
 
@@ -11,40 +11,6 @@ import torch
 
 from mmrl.data.sample import Sample
 from mmrl.generation.types import Prompt
-from mmrl.models.prefix import unwrap
-
-
-def vision_module(model: Any) -> torch.nn.Module | None:
-    """The model's vision encoder (Qwen-VL `visual`, LLaVA/Gemma `vision_tower`), or None."""
-    inner = unwrap(model)
-    for path in ("model.visual", "visual", "model.vision_tower", "vision_tower"):
-        obj = inner
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-        if isinstance(obj, torch.nn.Module):
-            return obj
-    return None
-
-
-@contextlib.contextmanager
-def count_vision(module: torch.nn.Module | None, counters: dict[str, Any]) -> Iterator[None]:
-    """Count, while the block runs, calls of the vision encoder and the images it encoded (rows of `grid_thw`)."""
-    counters.setdefault("vision_encoder_calls", 0)
-    counters.setdefault("images_encoded", 0)
-    if module is None:
-        yield
-        return
-
-    def hook(_module: Any, args: tuple, kwargs: dict, _out: Any) -> None:
-        counters["vision_encoder_calls"] += 1
-        grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
-        counters["images_encoded"] += int(grid.shape[0]) if isinstance(grid, torch.Tensor) else 1
-
-    handle = module.register_forward_hook(hook, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 @contextlib.contextmanager

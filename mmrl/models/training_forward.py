@@ -151,7 +151,7 @@ def _features_owner(model: Any) -> Any:
 
 def vision_frozen(model: Any) -> bool:
     """True when `model` has a vision tower with parameters, none of them trainable (LoRA adapters in it included)."""
-    from mmrl.generation.hf_context import vision_module
+    from mmrl.models.vision_tower import vision_module
 
     tower = vision_module(policy_of(model))
     params = list(tower.parameters()) if tower is not None else []

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from mmrl.generation.hf_context import vision_module
 from mmrl.models.logprobs import DEFAULT_CHUNK, completion_logprobs
 from mmrl.models.placement import compute_autocast, compute_dtype
 from mmrl.models.training_forward import ImageFeatures, reuse_image_features
+from mmrl.models.vision_tower import vision_module
 
 LogprobFn = Callable[..., torch.Tensor]
 

@@ -25,9 +25,9 @@ import torch
 from mmrl.config.rl import AlgorithmConfig
 from mmrl.engine.distributed import all_gather_objects, all_reduce_sum, all_reduce_sum_tensor
 from mmrl.engine.run import TrainingRun
-from mmrl.generation.hf_context import count_vision, vision_module
 from mmrl.models.logprobs import completion_logprobs
 from mmrl.models.training_forward import reuse_image_features
+from mmrl.models.vision_tower import count_vision, vision_module
 from mmrl.rl.advantages import compute_advantages
 from mmrl.rl.experience import Group
 from mmrl.rl.kl import sequence_kl

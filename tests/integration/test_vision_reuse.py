@@ -12,7 +12,6 @@ from mmrl.config import load_config
 from mmrl.engine.run_logger import read_metrics
 from mmrl.generation import SamplingParams
 from mmrl.generation.hf import make_backend
-from mmrl.generation.hf_context import count_vision, vision_module
 from mmrl.models.loading import load_policy
 from mmrl.models.logprobs import completion_logprobs
 from mmrl.models.training_forward import (
@@ -21,6 +20,7 @@ from mmrl.models.training_forward import (
     reuse_image_features,
     vision_frozen,
 )
+from mmrl.models.vision_tower import count_vision, vision_module
 from mmrl.rl.trainer import GRPOTrainer
 from mmrl.rl.update import disable_dropout
 from tests.integration.test_grpo_trainer import CONFIG, overrides, synthetic_data  # noqa: F401  (fixture)
