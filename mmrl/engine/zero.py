@@ -75,6 +75,11 @@ class ZeroEngine:
     """The DeepSpeed engine around mmrl's training forward (`_SyncPass(GroupForward)`), see the module doc."""
 
     def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float | None) -> None:
+        device = next(module.parameters()).device
+        if device.type == "cpu":
+            # DeepSpeed picks its CUDA accelerator whenever a GPU is visible and would move a CPU run's module and
+            # buffers there (gloo cannot reduce them); it reads this before its first import.
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         try:
             import deepspeed
         except ImportError:
@@ -84,7 +89,9 @@ class ZeroEngine:
         # DeepSpeed broadcasts rank 0's parameters at initialisation: every rank starts from the same weights.
         self.ds, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=config,
                                                 dist_init_required=False)
-        if not (hasattr(self.ds, "inside_no_sync_ctxt") and hasattr(self.ds.optimizer, "_coalesce_grad_reduction")):
+        needed = (hasattr(self.ds, "inside_no_sync_ctxt") and hasattr(self.ds.optimizer, "_coalesce_grad_reduction")
+                  and hasattr(self.ds, "_support_torch_style_backward"))  # the update calls .backward() itself
+        if not needed:
             raise UserError(f"{PRESET}: this DeepSpeed version ({deepspeed.__version__}) cannot hold gradient "
                             "reduction back between optimizer steps; pip install 'mmrl[deepspeed]' (the tested one)")
         self._hold(True)
@@ -113,7 +120,9 @@ class ZeroEngine:
 
     def optimizer_state(self) -> dict[str, Any]:
         """Every process's partition of the optimizer state, gathered on the main process (every process calls)."""
-        local = self.ds.optimizer.state_dict()
+        # On the CPU: gather_object pickles into a (world x largest) buffer on the collective's device, and tensors
+        # unpickle onto the device they came from (another process's GPU).
+        local = _to_cpu(self.ds.optimizer.state_dict())
         gathered: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
         dist.gather_object(local, gathered, dst=0)
         return {"deepspeed_zero": gathered}
@@ -123,10 +132,12 @@ class ZeroEngine:
         (already loaded from the checkpoint, fp32: exact)."""
         parts = state.get("deepspeed_zero") if isinstance(state, dict) else None
         if parts is None or len(parts) != dist.get_world_size():
-            saved = "not a DeepSpeed run" if parts is None else f"{len(parts)} processes"
+            saved = "a run without DeepSpeed" if parts is None else f"{len(parts)} processes"
             raise UserError(f"trainer.resume: the checkpoint's optimizer state is from {saved}; resume a DeepSpeed "
                             f"checkpoint with the same number of processes ({dist.get_world_size()})")
+        clip = self.ds.optimizer.clip_grad
         self.ds.optimizer.load_state_dict(parts, load_optimizer_states=True, load_from_fp32_weights=False)
+        self.ds.optimizer.clip_grad = clip  # the loaded state carries the saved run's clip; this run's config rules
 
     def full_weights(self) -> dict[str, torch.Tensor] | None:
         """The policy's state dict as separate tensors on the main process (ZeRO keeps the parameters as views of
@@ -135,4 +146,16 @@ class ZeroEngine:
             return None
         prefix = "inner.policy."
         module = self.ds.module
-        return {k[len(prefix):]: v.detach().clone() for k, v in module.state_dict().items() if k.startswith(prefix)}
+        return {k[len(prefix):]: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()
+                if k.startswith(prefix)}
+
+
+def _to_cpu(obj: Any) -> Any:
+    """`obj` with every tensor in it copied to the CPU (dicts, lists and tuples walked)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
