@@ -3,10 +3,8 @@ and each prompt's completions and sampler log-probs are those it gets alone."""
 
 import copy
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mmrl.config import load_config
 from mmrl.engine.distributed import stream_seed
@@ -14,25 +12,13 @@ from mmrl.generation import SamplingParams
 from mmrl.generation.hf import DEFAULT_MAX_BATCH_ROWS, HFSharedPrefixBackend, make_backend
 from mmrl.models.loading import load_policy
 from mmrl.models.logprobs import completion_logprobs
+from tests.integration.chat_prompts import image_prompt, text_prompt
 
 
 @pytest.fixture(scope="module")
 def policy():
     loaded = load_policy(load_config(None).model)
     return loaded.model.float(), loaded.processor
-
-
-def image_prompt(processor, size, question, seed):
-    pixels = (np.random.RandomState(seed).rand(size, size, 3) * 255).astype("uint8")
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return dict(processor(text=[text], images=[Image.fromarray(pixels)], return_tensors="pt"))
-
-
-def text_prompt(processor, question):
-    messages = [{"role": "user", "content": [{"type": "text", "text": question}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return dict(processor(text=[text], return_tensors="pt"))
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,8 @@ the step's later forwards (old log-probs, reference, training) reuse them, exact
 
 import copy
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mmrl.config import load_config
 from mmrl.engine.run_logger import read_metrics
@@ -23,6 +21,7 @@ from mmrl.models.training_forward import (
 from mmrl.models.vision_tower import count_vision, vision_module
 from mmrl.rl.trainer import GRPOTrainer
 from mmrl.rl.update import disable_dropout
+from tests.integration.chat_prompts import image_prompt, text_prompt
 from tests.integration.test_grpo_trainer import CONFIG, overrides, synthetic_data  # noqa: F401  (fixture)
 
 
@@ -33,19 +32,6 @@ def frozen():
     model = loaded.model.float()
     disable_dropout(model)
     return model, loaded.processor
-
-
-def image_prompt(processor, size, question, seed):
-    pixels = (np.random.RandomState(seed).rand(size, size, 3) * 255).astype("uint8")
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return dict(processor(text=[text], images=[Image.fromarray(pixels)], return_tensors="pt"))
-
-
-def text_prompt(processor, question):
-    messages = [{"role": "user", "content": [{"type": "text", "text": question}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return dict(processor(text=[text], return_tensors="pt"))
 
 
 @pytest.fixture(scope="module")
