@@ -18,9 +18,11 @@ class LoraConfig(Section):
         description="Dropout on the LoRA path (SFT only: GRPO switches every dropout off, since it would make the "
         "importance ratio of unchanged weights differ from 1).")
     target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Module names to adapt, or 'all-linear' for every linear layer of the language model."
+        "all-linear", description="Module names to adapt, or 'all-linear' for every linear layer of the language model "
+        "(lm_head excluded; with include_vision also every linear layer of the vision blocks and the merger)."
     )
-    include_vision: bool = Field(False, description="Also adapt the vision tower (excluded by default).")
+    include_vision: bool = Field(False, description="With 'all-linear', also adapt the vision tower's linear layers, merger included "
+                                 "(excluded by default).")
 
 
 class ModelConfig(Section):

@@ -105,24 +105,45 @@ def freeze_vision(model: torch.nn.Module) -> int:
     return len(names)
 
 
+def all_linear_targets(model: torch.nn.Module, include_vision: bool) -> list[str] | str:
+    """peft `target_modules` that select exactly the linear layers 'all-linear' means: every `nn.Linear` but
+    `lm_head`, and none of the vision tower (merger included) unless `include_vision`.
+
+    peft matches a list key against a module name by equality or dotted suffix, so a bare last component can also
+    select a module that is no linear layer (the merger's `mlp.0` vs the vision block `blocks.0`). Each layer gets the
+    shortest dotted suffix of its name that selects only wanted layers; where even the full name would select another
+    module (one name a dotted suffix of another), a regex of the exact names is returned instead.
+    """
+    import re
+
+    vision = set(vision_parameter_names(model))
+    wanted = {
+        name for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.split(".")[-1] != "lm_head"
+        and (include_vision or f"{name}.weight" not in vision)
+    }
+    selects: dict[str, set[str]] = {}  # dotted suffix -> every module name it selects
+    for name, _ in model.named_modules():
+        parts = name.split(".")
+        for i in range(len(parts)):
+            selects.setdefault(".".join(parts[i:]), set()).add(name)
+    keys: set[str] = set()
+    for name in wanted:
+        parts = name.split(".")
+        suffixes = (".".join(parts[i:]) for i in range(len(parts) - 1, -1, -1))  # shortest first
+        key = next((s for s in suffixes if selects[s] <= wanted), None)
+        if key is None:
+            return "(" + "|".join(re.escape(n) for n in sorted(wanted)) + ")"  # peft full-matches a str target
+        keys.add(key)
+    return sorted(keys)
+
+
 def apply_lora(model: torch.nn.Module, cfg: ModelConfig):
     from peft import LoraConfig, get_peft_model
 
     lora = cfg.lora
     if lora.target_modules == "all-linear":
-        vision = set(vision_parameter_names(model))
-        targets = sorted(
-            {
-                name.split(".")[-1]
-                for name, module in model.named_modules()
-                if isinstance(module, torch.nn.Linear)
-                and "lm_head" not in name
-                and (lora.include_vision or f"{name}.weight" not in vision)
-            }
-        )
-        # Restrict by full-name regex so the vision tower stays excluded even where layer names coincide.
-        pattern = r"^(?!.*(visual|vision_tower|vision_model)).*\.(" + "|".join(targets) + r")$"
-        target_modules: Any = pattern if not lora.include_vision else targets
+        target_modules: Any = all_linear_targets(model, lora.include_vision)
     else:
         target_modules = lora.target_modules
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target_modules,
