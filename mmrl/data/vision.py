@@ -138,6 +138,10 @@ def load_image(src: Any, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise DataError(f"{where}: header claims a huge image, above data.max_image_pixels="
                             f"{max_image_pixels}; raise that limit if the image is genuine") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as err:
+            # Some decoders read data while opening: a cut-short WebP fails here ("could not create decoder object"),
+            # a PNG/JPEG cut inside its header with "Truncated File Read".
+            raise DataError(f"{where}: truncated or corrupt image data ({_first_line(err)})") from None
     width, height = image.size
     if width * height > max_image_pixels:
         raise DataError(f"{where}: header claims {width}x{height} pixels, above data.max_image_pixels="
@@ -150,8 +154,19 @@ def load_image(src: Any, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         image.load()
         image = ImageOps.exif_transpose(image) or image
         return _to_rgb(image)
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{where}: truncated or corrupt image data ({err})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise DataError(f"{where}: truncated or corrupt image data ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def sample_where(sample: Sample) -> str:
+    """`sample <id>` plus the record's file and line where the reader recorded it (`meta["source"]`)."""
+    source = sample.meta.get("source") if isinstance(sample.meta, dict) else None
+    return f"sample {sample.id} ({source})" if source else f"sample {sample.id}"
 
 
 def resize_for_model(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
@@ -181,7 +196,7 @@ def prepare_sample_images(sample: Sample, data_cfg: Any) -> list[Image.Image]:
         try:
             image = load_image(src, **_limits(data_cfg))
         except DataError as err:
-            raise DataError(f"sample {sample.id}: image {index}: {err}") from None
+            raise DataError(f"{sample_where(sample)}: image {index}: {err}") from None
         resized = resize_for_model(image, min_pixels, max_pixels)
         if index == 0:
             if sample.image_size is None:
@@ -196,7 +211,8 @@ def _first_problem(sample: Sample, data_cfg: Any) -> dict[str, Any] | None:
         try:
             image = load_image(src, **_limits(data_cfg))
         except DataError as err:
-            return {"id": sample.id, "image_index": index, "path": _describe(src), "reason": str(err)}
+            return {"id": sample.id, "source": sample.meta.get("source"), "image_index": index,
+                    "path": _describe(src), "reason": str(err)}
         if index == 0 and sample.image_size is None:
             sample.image_size = image.size
     return None
@@ -214,9 +230,10 @@ def check_images(samples: Sequence[Sample], data_cfg: Any, run_dir: str | Path |
         return list(samples)
     policy = getattr(data_cfg, "on_bad_image", "error")
     first = problems[0]
+    first_where = f"sample {first['id']} ({first['source']})" if first.get("source") else f"sample {first['id']}"
     if policy == "error":
         more = f" (and {len(problems) - 1} more bad samples)" if len(problems) > 1 else ""
-        raise DataError(f"sample {first['id']}: {first['reason']}{more}; fix the data or set data.on_bad_image=skip")
+        raise DataError(f"{first_where}: {first['reason']}{more}; fix the data or set data.on_bad_image=skip")
     report = None
     if run_dir is not None:
         report = Path(run_dir) / "bad_images.jsonl"
@@ -227,7 +244,7 @@ def check_images(samples: Sequence[Sample], data_cfg: Any, run_dir: str | Path |
     if fraction > limit:
         where = f"; see {report}" if report else ""
         raise DataError(f"{len(problems)} of {len(samples)} samples have bad images ({fraction:.1%}), above "
-                        f"data.max_bad_fraction={limit}; first: sample {first['id']}: {first['reason']}{where}")
+                        f"data.max_bad_fraction={limit}; first: {first_where}: {first['reason']}{where}")
     logging.getLogger(__name__).warning("skipped %d of %d samples with bad images (report: %s)", len(problems),
                                         len(samples), report or "no run dir")
     bad_ids = {p["id"] for p in problems}
