@@ -113,9 +113,15 @@ def _answer_text(text: str) -> str | None:
 
 @lru_cache(maxsize=4096)
 def parse_math_gold(gold: str) -> tuple:
-    """Parsed gold, or () when it does not parse or is absurd. Cached: a gold is parsed once per process."""
+    """Parsed gold, or () when it does not parse or is absurd. Cached: a gold is parsed once per process.
+
+    math-verify keeps the raw string next to the expression it parsed, and returns the string ALONE when it parsed
+    nothing (`[`, `\\frac{`): such a gold would be compared as text, scoring every real answer 0 (and the same
+    broken text 1). A gold with no parsed expression is unusable (None), never a silent 0.
+    """
     text = _answer_text(gold)
-    return tuple(_parse_math(numeric_forms(text))) if text else ()
+    parsed = tuple(_parse_math(numeric_forms(text))) if text else ()
+    return parsed if any(not isinstance(item, str) for item in parsed) else ()
 
 
 _HEDGE_WORD = re.compile(r"\b(?:or|either|maybe|possibly|perhaps)\b", re.IGNORECASE)
