@@ -9,6 +9,11 @@ and calls `model.generate` (what TRL does); it is the comparison baseline and th
 `generate` / `stream` speak the protocol of `mmrl.generation.types`; `rollout` is the training form: the same
 sampling, returned as padded tensors (`RolloutBatch`) with the sampler's log-probs.
 
+Context: a prompt whose length plus `max_new_tokens` exceeds the model's `max_position_embeddings` is refused before
+anything is sampled (`ContextOverflow`, a `UserError`: exit 2 on the CLI, a 400 from `mmrl serve`), as vLLM refuses
+`prompt + max_tokens > max_model_len`. `model.generate` alone would decode past the context (positions the model never
+saw); `max_new_tokens` is never cut down silently. Lower `rollout.max_completion_length` (or `max_tokens`) instead.
+
 >>> backend = make_backend(model, processor)  # doctest: +SKIP
 >>> [[c.text for c in group] for group in backend.generate([Prompt.from_question("2+2?")], SamplingParams(n=2))]  # doctest: +SKIP
 [['<think> ... </think><answer> 4 </answer>', '<answer> 5 </answer>']]
@@ -27,7 +32,13 @@ import torch
 
 from mmrl.data.sample import Sample
 from mmrl.generation.decoding import attach_token_rules, cut_at_stop, eos_token_ids, held_back
-from mmrl.generation.hf_context import TokenStreamer, eval_mode, neutral_generation_config, prompt_to_sample
+from mmrl.generation.hf_context import (
+    TokenStreamer,
+    check_context,
+    eval_mode,
+    neutral_generation_config,
+    prompt_to_sample,
+)
 from mmrl.generation.hf_decode import DecodeRules, decode_shared_prefix
 from mmrl.generation.hf_decode import Row as _Row
 from mmrl.generation.types import Completion, Prompt, SamplingParams
@@ -185,6 +196,9 @@ class _HFBackend:
         if generator is None and params.seed is not None and not params.greedy:
             generator = torch.Generator(device=device).manual_seed(params.seed)
         encoded = [self.encode(p) for p in prompts]  # before the lock: a bad prompt fails without waiting
+        for index, (prompt, enc) in enumerate(zip(prompts, encoded, strict=True)):
+            check_context(self.model, enc, params.max_new_tokens,
+                          f"sample {prompt.id}" if isinstance(prompt, Sample) else f"prompt {index}")
         counters: dict[str, Any] = {"prefill_tokens": 0}
         with self._lock, eval_mode(self.model), count_vision(vision_module(self.model), counters), \
                 compute_autocast(self.model):

@@ -1,5 +1,6 @@
 """Helpers of the in-process HF backend: chat prompt -> Sample, eval mode, neutral generation config, the token
-streamer hook of `model.generate` (the vision-call counter lives in `mmrl.models.vision_tower`)."""
+streamer hook of `model.generate`, the context-length check (the vision-call counter lives in
+`mmrl.models.vision_tower`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Any
 import torch
 
 from mmrl.data.sample import Sample
+from mmrl.errors import UserError
 from mmrl.generation.types import Prompt
+from mmrl.models.prefix import unwrap
 
 
 @contextlib.contextmanager
@@ -80,3 +83,36 @@ class TokenStreamer:
 
     def end(self) -> None:
         pass
+
+
+class ContextOverflow(UserError, ValueError):
+    """A prompt plus `max_new_tokens` longer than the model's context (CLI: exit 2; `mmrl serve`: a 400)."""
+
+
+def context_length(model: Any) -> int | None:
+    """The model's context in tokens: its (text) config's `max_position_embeddings`; None when it states none."""
+    config = getattr(unwrap(model), "config", None)
+    if config is None:
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text, "max_position_embeddings", None) or getattr(config, "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def check_context(model: Any, encoded: dict[str, Any], max_new_tokens: int, where: str) -> None:
+    """Refuse, as vLLM does, an encoded prompt (batch dim 1) whose length plus `max_new_tokens` does not fit the
+    model's context.
+
+    `model.generate` would decode past `max_position_embeddings` (positions the model never saw, garbage text);
+    cutting `max_new_tokens` down would silently change what a run asked for. The error says how to fix it.
+    """
+    context = context_length(model)
+    mask = encoded.get("attention_mask")  # left padding does not count
+    prompt_tokens = int(mask.sum()) if mask is not None else int(encoded["input_ids"].shape[-1])
+    if context is None or prompt_tokens + max_new_tokens <= context:
+        return
+    room = context - prompt_tokens
+    fix = (f"lower max_new_tokens (rollout.max_completion_length / max_tokens) to at most {room}" if room > 0
+           else "shorten the prompt (fewer or smaller images, less text)")
+    raise ContextOverflow(f"{where}: prompt of {prompt_tokens} tokens + max_new_tokens={max_new_tokens} exceeds the "
+                          f"model's context of {context} tokens (max_position_embeddings); {fix}")
