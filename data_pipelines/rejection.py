@@ -5,7 +5,8 @@ check of the item's task; a selection rule picks the SFT targets:
 
 - `openvlthinker` (OpenVLThinker, Deng et al. 2025): keep the correct ones; exactly one correct: keep it; several:
   sort them by length in words, drop the longest and keep the next longest; none: the item yields nothing.
-- `all-correct`: every correct completion becomes a record (ids `<id>#<k>`).
+- `all-correct`: every correct completion becomes a record (ids `<id>#<k>`; input ids these could repeat, such as
+  `x` next to `x#0`, are refused before sampling: `check_output_ids`).
 
 Same per-item cache (`<out>/cache.jsonl`: resumable, a finished build re-run generates nothing; each line carries a
 fingerprint of the model, sampling parameters and exact prompt, so a changed setting regenerates instead of reusing)
@@ -33,6 +34,7 @@ from typing import Any
 from data_pipelines.builder_args import bounded
 from data_pipelines.inputs import MAX_NEW_TOKENS, MAX_SEED
 from data_pipelines.registry import register_builder
+from mmrl.errors import UserError
 
 RULES = ("openvlthinker", "all-correct")
 MAX_K = 256  # samples per item: one request generates them all at once, so an absurd K is refused up front
@@ -46,6 +48,31 @@ def select(texts: list[str], correct: list[bool], rule: str) -> list[str]:
     # Stable sort: among equal lengths the earlier sample wins, so the choice is reproducible.
     by_length = sorted(good, key=lambda t: len(t.split()), reverse=True)
     return [by_length[1]]
+
+
+def check_output_ids(samples: list[Any], k: int, rule: str) -> None:
+    """Refuse, before anything is sampled, input ids that the records' ids could repeat.
+
+    `all-correct` names the records of item `x` `x#0` .. `x#<k-1>`, so an input id `x#<n>` (n < k) next to `x` -- one
+    the data gave, or a repeated `x` the loader renamed `x#<line>` -- would collide with one of them; and a repeated id
+    the loader's renaming itself repeats (`x`, `x#2`, then `x` on line 2) would too. Two records with one id would make
+    the SFT set's ids ambiguous (and a cache or a later dedup drop one), so the build stops naming both.
+    """
+    ids: dict[str, Any] = {}
+    for sample in samples:
+        if sample.id in ids:
+            raise UserError(f"{sample.meta.get('source', sample.id)}: id '{sample.id}' repeats the id of "
+                            f"{ids[sample.id].meta.get('source', 'another record')}; give every record a distinct id")
+        ids[sample.id] = sample
+    if rule != "all-correct":
+        return  # one record per item, under the item's own id
+    for sample in samples:
+        base, sep, number = sample.id.rpartition("#")
+        if sep and number.isdigit() and base in ids and int(number) < k:
+            raise UserError(f"{sample.meta.get('source', sample.id)}: input id '{sample.id}' would collide with "
+                            f"record {int(number)} of item '{base}' ({ids[base].meta.get('source', base)}), which "
+                            f"--rule all-correct names '{base}#0'..'{base}#{k - 1}'; give the records distinct ids "
+                            "(a repeated id is renamed '<id>#<line>')")
 
 
 def _correct(text: str, finish: str, sample: Any) -> bool | None:
@@ -156,6 +183,7 @@ def build_rejection(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     samples = load_samples(args.data)[: args.limit] if args.limit else load_samples(args.data)
     check_image_files(samples)
+    check_output_ids(samples, args.k, args.rule)
     lock = RunDirLock(out)
     lock.acquire()
     cache = StageCache(out / "cache.jsonl")
