@@ -37,6 +37,7 @@ from data_pipelines.registry import register_builder
 from mmrl.errors import UserError
 
 RULES = ("openvlthinker", "all-correct")
+DEFAULT_CONCURRENCY = 8  # requests in flight to an endpoint when --concurrency is not given
 MAX_K = 256  # samples per item: one request generates them all at once, so an absurd K is refused up front
 
 
@@ -144,7 +145,8 @@ def _generate(todo: list[Any], fps: dict[str, str], cache: Any, args: argparse.N
     from mmrl.generation.load import is_server_url
 
     remote = is_server_url(args.model)
-    kw = ({"served_model": args.served_model, "api_key_env": args.api_key_env, "concurrency": args.concurrency,
+    concurrency = args.concurrency or DEFAULT_CONCURRENCY
+    kw = ({"served_model": args.served_model, "api_key_env": args.api_key_env, "concurrency": concurrency,
            "max_retries": args.max_retries, "timeout": args.timeout} if remote else {})
     backend = open_backend(args.model, "--api-key-env", field="--model", **kw)
     failures: dict[str, str] = {}
@@ -157,7 +159,7 @@ def _generate(todo: list[Any], fps: dict[str, str], cache: Any, args: argparse.N
             cache.put(sample.id, "sample", fps[sample.id], **entry)
 
     bar = tqdm(total=len(todo), desc="rejection", unit="item", dynamic_ncols=True)
-    with ThreadPoolExecutor(max_workers=args.concurrency if remote else 1) as pool:
+    with ThreadPoolExecutor(max_workers=concurrency if remote else 1) as pool:
         futures = [pool.submit(one, s) for s in todo]
         try:
             for future in futures:
@@ -174,16 +176,21 @@ def _generate(todo: list[Any], fps: dict[str, str], cache: Any, args: argparse.N
 def build_rejection(args: argparse.Namespace) -> dict[str, Any]:
     from data_pipelines.cold_start.build import _atomic_write, _histogram, native_record
     from data_pipelines.cold_start.cache import StageCache
-    from data_pipelines.cold_start.remote import check_reached, redact_url
+    from data_pipelines.cold_start.remote import check_reached, redact_url, warn_endpoint_only
     from data_pipelines.inputs import check_image_files
     from mmrl.data.dataset import load_samples
     from mmrl.engine.run_dir import RunDirLock
+    from mmrl.generation.load import is_server_url
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     samples = load_samples(args.data)[: args.limit] if args.limit else load_samples(args.data)
     check_image_files(samples)
     check_output_ids(samples, args.k, args.rule)
+    if not is_server_url(args.model):
+        given = [flag for flag, value in (("--served-model", args.served_model), ("--api-key-env", args.api_key_env),
+                                          ("--concurrency", args.concurrency)) if value is not None]
+        warn_endpoint_only("build-data rejection", given, [args.model])
     lock = RunDirLock(out)
     lock.acquire()
     cache = StageCache(out / "cache.jsonl")
@@ -258,7 +265,8 @@ def _args(p: argparse.ArgumentParser) -> None:
                    help="an item with no correct sample keeps its input record's response (ours, not the paper's: "
                         "the SFT set of an iterative loop never shrinks to nothing)")
     p.add_argument("--attempts", type=bounded(int, 1, 10), default=2, help="tries per item when the request fails")
-    p.add_argument("--concurrency", type=bounded(int, 1, 512), default=8, help="requests in flight (endpoints only)")
+    p.add_argument("--concurrency", type=bounded(int, 1, 512), default=None,
+                   help=f"requests in flight (endpoints only; default {DEFAULT_CONCURRENCY})")
     p.add_argument("--max-retries", type=bounded(int, 0, 20), default=3,
                    help="HTTP retries with backoff (endpoints only)")
     p.add_argument("--timeout", type=bounded(float, 1), default=300.0,

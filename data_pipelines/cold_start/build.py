@@ -26,6 +26,7 @@ from data_pipelines.cold_start.cache import StageCache
 from data_pipelines.cold_start.config import STAGES, ColdStartConfig, StageConfig
 from data_pipelines.cold_start.filters import jaccard, judge, malformed, shingles
 from data_pipelines.cold_start.remote import (
+    ENDPOINT_ONLY,
     check_reached,
     classify,
     describe_model,
@@ -33,6 +34,7 @@ from data_pipelines.cold_start.remote import (
     open_backend,
     prompt_view,
     redact_url,
+    warn_endpoint_only,
 )
 from data_pipelines.inputs import check_image_files
 from mmrl.data.dataset import load_samples
@@ -106,7 +108,20 @@ class StageRunner:
 
 
 def make_runners(cfg: ColdStartConfig) -> dict[str, StageRunner]:
+    warn_local_endpoint_settings(cfg)
     return {stage: StageRunner(stage, getattr(cfg.stages, stage), cfg.prompt_text(stage)) for stage in STAGES}
+
+
+def warn_local_endpoint_settings(cfg: ColdStartConfig) -> None:
+    """One warning naming the endpoint-only settings given to local-model stages (they run in-process: one call at a
+    time, no key, no served name). A defaulted `pseudo_cot` (a copy of `describe`) is not named twice."""
+    pseudo = cfg.stages.pseudo_cot
+    defaulted = pseudo is not None and pseudo.model_dump() == {**cfg.stages.describe.model_dump(), "prompt": None}
+    stages = [s for s in STAGES if s != "pseudo_cot" or not defaulted]
+    local = [s for s in stages if not is_server_url(getattr(cfg.stages, s).model)]
+    given = [(s, key) for s in local for key in ENDPOINT_ONLY if key in getattr(cfg.stages, s).model_fields_set]
+    warn_endpoint_only("build-data cold-start", [f"stages.{s}.{key}" for s, key in given],
+                       [getattr(cfg.stages, s).model for s, _ in given])
 
 
 def attach_backends(runners: dict[str, StageRunner]) -> None:

@@ -3,7 +3,9 @@
 - `redact_url`: a model URL as it may be written (reports, logs, errors): no `user:pass@`, no query values
   (`?api_key=...`), no fragment.
 - `check_api_key_env`: the variable named by `api_key_env` exists and can travel in an HTTP header; errors name the
-  variable, never its value.
+  variable, never its value (nor the name itself where it may be a pasted key).
+- `warn_endpoint_only`: one warning naming the endpoint-only settings (served_model, api_key_env, concurrency) a
+  local-model stage was given and ignores.
 - `classify`: a request error is either a *failure* (the endpoint could not answer: timeout, dropped connection,
   5xx / 429 after the client's retries, a refused key, a garbled reply, a 4xx refusal) — never cached, retried on
   the next run. A 4xx is a failure too: the same refusal of every request (n or max_tokens above the server's limit)
@@ -24,13 +26,16 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from mmrl.errors import ConfigError, UserError
 from mmrl.generation import GenerationBackend, load_backend
+from mmrl.generation.http import shown_env_name
 from mmrl.generation.load import is_server_url
 
 # Query parameters that never carry a secret (Azure's API version); every other query value is masked.
@@ -79,12 +84,30 @@ def check_api_key_env(name: str | None, where: str, model: str) -> None:
         if not _ENV_NAME.fullmatch(name):
             raise ConfigError(f"{where} must be the NAME of an environment variable (letters, digits, _) that holds "
                               "the API key, not the key itself; export the key (e.g. as REASONER_API_KEY) and name it")
+        shown = shown_env_name(name)
+        if shown is None:  # a name that may be a pasted key (a long lower-case or hex run): never echoed to logs
+            raise ConfigError(f"the environment variable that {where} names is not set (its value is not shown: it "
+                              "does not look like a variable name; if it is the key itself, export the key as e.g. "
+                              f"REASONER_API_KEY and name that); the API key for {redact_url(model)}")
         raise ConfigError(f"the environment variable {name} ({where}: the API key for {redact_url(model)}) is not "
                           f"set; export {name}=<key> and re-run")
     value = os.environ[name]
     if not value or value != value.strip() or not value.isascii() or not value.isprintable():
         raise ConfigError(f"the environment variable {name} ({where}) is empty or holds characters an HTTP header "
                           "cannot carry (spaces, a newline, non-ASCII); fix its value")
+
+
+ENDPOINT_ONLY = ("served_model", "api_key_env", "concurrency")  # settings a local (in-process) model ignores
+
+
+def warn_endpoint_only(where: str, given: Sequence[str], local_models: Sequence[str]) -> None:
+    """One warning naming the endpoint-only settings `given` (names, never values: an api_key_env may hold a pasted
+    key) that were set for the local, in-process `local_models`: a setting dropped without a word would look like it
+    took effect."""
+    if given:
+        models = ", ".join(f"'{redact_url(m)}'" for m in dict.fromkeys(local_models))
+        warnings.warn(f"{where}: {', '.join(given)} only apply to an http(s) endpoint; ignored for the local model "
+                      f"{models} (remove them, or point the model at an endpoint)", UserWarning, stacklevel=3)
 
 
 def open_backend(model: str, where: str, api_key_env: str | None = None, field: str = "model",

@@ -2,7 +2,8 @@
 
 Requests run `concurrency` at a time; the client retries 408/409/429/5xx answers, connection errors and timeouts with
 exponential backoff (`max_retries`), each attempt bounded by `timeout` seconds. Images travel as data URLs. The API
-key is read from the environment variable named by `api_key_env` and never printed.
+key is read from the environment variable named by `api_key_env` and never printed; neither is an `api_key_env` that
+does not look like a variable name (it may be the key itself, pasted there).
 
 Remote servers report text, not token ids: `Completion.token_ids` is empty here, `logprobs` is filled when asked for.
 
@@ -13,6 +14,7 @@ Remote servers report text, not token ids: `Completion.token_ids` is empty here,
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,6 +22,19 @@ from typing import Any
 from mmrl.errors import UserError
 from mmrl.generation.openai_format import prompt_to_messages
 from mmrl.generation.types import Completion, Prompt, SamplingParams
+
+# A conventional variable name: upper-case words of at most 16 characters joined by "_" (OPENAI_API_KEY). Anything else
+# given as api_key_env may be the key itself pasted there by mistake, and error messages end up in logs.
+_CONVENTIONAL_ENV_NAME = re.compile(r"[A-Z][A-Z0-9]{0,15}(?:_[A-Z0-9]{1,16}){0,7}")
+
+
+def shown_env_name(name: str) -> str | None:
+    """`name` when it may be printed (it looks like a variable name), None when it might be a secret.
+
+    >>> shown_env_name("OPENAI_API_KEY"), shown_env_name("sk-proj-abc123"), shown_env_name("a3f9c0d1e2b4a5f6c7d8")
+    ('OPENAI_API_KEY', None, None)
+    """
+    return name if _CONVENTIONAL_ENV_NAME.fullmatch(name) else None
 
 
 class OpenAIBackend:
@@ -35,7 +50,11 @@ class OpenAIBackend:
         if api_key_env:
             key = os.environ.get(api_key_env)
             if not key:
-                raise UserError(f"the environment variable {api_key_env} (the API key for {base_url}) is not set")
+                shown = shown_env_name(api_key_env)
+                what = (f"the environment variable {shown}" if shown else "the environment variable api_key_env names "
+                        "(not shown: it does not look like a variable name; if it is the key itself, export the key "
+                        "as e.g. OPENAI_API_KEY and give that name)")
+                raise UserError(f"{what} (the API key for {base_url}) is not set")
         # A local server needs no key; the client insists on a non-empty one.
         self.client = OpenAI(base_url=base_url, api_key=key or "not-needed", max_retries=max_retries,
                              timeout=timeout)
