@@ -16,12 +16,6 @@ from tests.integration.chat_prompts import image_prompt, text_prompt
 
 
 @pytest.fixture(scope="module")
-def policy():
-    loaded = load_policy(load_config(None).model)
-    return loaded.model.float(), loaded.processor
-
-
-@pytest.fixture(scope="module")
 def prompts(policy):
     """Three prompts of very different lengths: a 112 px image, a text-only question, a 56 px image."""
     _, processor = policy

@@ -2,36 +2,20 @@
 
 import copy
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from mmrl.config import load_config
 from mmrl.errors import UserError
 from mmrl.generation import SamplingParams
 from mmrl.generation.hf import HFNaiveBackend, HFSharedPrefixBackend, _Row, make_backend
-from mmrl.models.loading import load_policy
 from mmrl.models.logprobs import completion_logprobs
-
-
-@pytest.fixture(scope="module")
-def policy():
-    loaded = load_policy(load_config(None).model)
-    return loaded.model.float(), loaded.processor
-
-
-def make_prompt(processor, size, question, seed):
-    pixels = (np.random.RandomState(seed).rand(size, size, 3) * 255).astype("uint8")
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return dict(processor(text=[text], images=[Image.fromarray(pixels)], return_tensors="pt"))
+from tests.integration.chat_prompts import image_prompt
 
 
 @pytest.fixture(scope="module")
 def prompts(policy):
     _, processor = policy
-    return [make_prompt(processor, 56, "what color is the shape?", 0), make_prompt(processor, 84, "how many?", 1)]
+    return [image_prompt(processor, 56, "what color is the shape?", 0), image_prompt(processor, 84, "how many?", 1)]
 
 
 @pytest.fixture(scope="module")

@@ -1,29 +1,13 @@
 """Sharing the prompt across its group gives the same log-probs and gradients as the naive per-sample forward."""
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from mmrl.config import load_config
 from mmrl.generation.hf import count_vision, vision_module
-from mmrl.models.loading import enable_activation_checkpointing, load_policy
+from mmrl.models.loading import enable_activation_checkpointing
 from mmrl.models.logprobs import completion_logprobs, naive_completion_logprobs, selective_log_softmax
 from mmrl.rl.reference import make_reference, reference_logprobs
-
-
-@pytest.fixture(scope="module")
-def policy():
-    torch.manual_seed(0)
-    loaded = load_policy(load_config(None).model)
-    return loaded.model.float(), loaded.processor
-
-
-def make_prompt(processor, size, question, seed):
-    pixels = (np.random.RandomState(seed).rand(size, size, 3) * 255).astype("uint8")
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return dict(processor(text=[text], images=[Image.fromarray(pixels)], return_tensors="pt"))
+from tests.integration.chat_prompts import image_prompt
 
 
 def completions(pad_id, g=4, t=9, seed=0):
@@ -47,8 +31,8 @@ def forward_backward(fn, model, prompt, ids, mask, **kwargs):
 @pytest.mark.parametrize("size,temperature", [(56, 1.0), (84, 0.7)])
 def test_shared_prefix_matches_naive(policy, size, temperature):
     model, processor = policy
-    other = make_prompt(processor, 112, "how many objects?", seed=9)
-    prompt = make_prompt(processor, size, "what color is the shape?", seed=size)
+    other = image_prompt(processor, 112, "how many objects?", seed=9)
+    prompt = image_prompt(processor, size, "what color is the shape?", seed=size)
     ids, mask = completions(processor.tokenizer.pad_token_id)
     naive_completion_logprobs(model, other, ids, mask)  # leaves a different prompt's state on the model
     shared = forward_backward(completion_logprobs, model, prompt, ids, mask, temperature=temperature)
@@ -62,7 +46,7 @@ def test_shared_prefix_matches_naive(policy, size, temperature):
 
 def test_chunked_lm_head_same_values_and_grads(policy):
     model, processor = policy
-    prompt = make_prompt(processor, 56, "count", seed=3)
+    prompt = image_prompt(processor, 56, "count", seed=3)
     ids, mask = completions(processor.tokenizer.pad_token_id, g=3, t=12)
     whole = forward_backward(completion_logprobs, model, prompt, ids, mask)
     chunked = forward_backward(completion_logprobs, model, prompt, ids, mask, chunk_size=5)  # checkpointed chunks
@@ -72,7 +56,7 @@ def test_chunked_lm_head_same_values_and_grads(policy):
 
 def test_vision_encoded_once_per_group(policy):
     model, processor = policy
-    prompt = make_prompt(processor, 56, "what color?", seed=1)
+    prompt = image_prompt(processor, 56, "what color?", seed=1)
     ids, mask = completions(processor.tokenizer.pad_token_id, g=6)
     shared, naive = {}, {}
     with torch.no_grad(), count_vision(vision_module(model), shared):
@@ -93,7 +77,7 @@ def test_selective_log_softmax_matches_log_softmax():
 def test_reference_frozen_copy_and_beta_zero(policy):
     model, processor = policy
     assert make_reference(model, beta=0.0) is None
-    prompt = make_prompt(processor, 56, "what color?", seed=2)
+    prompt = image_prompt(processor, 56, "what color?", seed=2)
     ids, mask = completions(processor.tokenizer.pad_token_id)
     ref = make_reference(model, beta=0.04)
     assert not ref.shares_weights and not any(p.requires_grad for p in ref.model.parameters())
@@ -116,7 +100,7 @@ def test_lora_reference_disables_adapter(policy):
 
     base, processor = policy
     base = copy.deepcopy(base)
-    prompt = make_prompt(processor, 56, "what color?", seed=4)
+    prompt = image_prompt(processor, 56, "what color?", seed=4)
     ids, mask = completions(processor.tokenizer.pad_token_id)
     with torch.no_grad():
         plain = completion_logprobs(base, prompt, ids, mask)
@@ -140,7 +124,7 @@ def test_gradient_checkpointing_keeps_the_prefix(policy):
 
     model, processor = policy
     model = copy.deepcopy(model)
-    prompt = make_prompt(processor, 56, "what color?", seed=5)
+    prompt = image_prompt(processor, 56, "what color?", seed=5)
     ids, mask = completions(processor.tokenizer.pad_token_id)
     expected = forward_backward(naive_completion_logprobs, model, prompt, ids, mask)
     plain_shared = forward_backward(completion_logprobs, model, prompt, ids, mask)
