@@ -1,11 +1,10 @@
 """`mmrl build-data cold-start` when the endpoint gives no answer, when the config changes between runs, and with
-secrets around: real HTTP servers on 127.0.0.1 (the scripted `FailureServer` of test_cold_start.py)."""
+secrets around: real HTTP servers on 127.0.0.1 (the scripted `FailureServer` of cold_start_server.py)."""
 
 from __future__ import annotations
 
 import json
 import socket
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -13,9 +12,7 @@ import pytest
 import yaml
 
 from mmrl.cli import main
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_cold_start import FailureServer, think_for, write_config, write_dataset  # noqa: E402
+from tests.integration.cold_start_server import FailureServer, think_for, write_config, write_dataset
 
 
 def _cache_lines(out: Path) -> list[dict]:

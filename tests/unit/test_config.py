@@ -11,7 +11,7 @@ from mmrl.config import apply_overrides, load_config, save_resolved
 from mmrl.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
-# configs/cold_start/ holds `mmrl build-data cold-start` configs (their own schema, tested in test_cold_start.py).
+# configs/cold_start/ holds `mmrl build-data cold-start` configs (their own schema, tested in test_cold_start_setup.py).
 SHIPPED = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if not {"accelerate", "cold_start"} & set(p.parts))
 
 
