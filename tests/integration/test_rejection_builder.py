@@ -1,10 +1,11 @@
 """`mmrl build-data rejection`: the selection rules against a scripted OpenAI-compatible server on 127.0.0.1
-(hand-computed expectations), and the whole builder on the tiny model."""
+(hand-computed expectations), unique output ids, and the whole builder on the tiny model."""
 
 from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -217,3 +218,61 @@ def test_the_key_itself_in_api_key_env_is_never_echoed(scripted_server, tmp_path
     printed = capsys.readouterr()
     assert "POLICY_TEST_KEY" in printed.err and "sk-secret-123456" not in printed.out + printed.err
     assert len(printed.err.strip().splitlines()) == 1 and scripted_server.posts == 0
+
+
+# ---------------------------------------------------------------- output ids
+# `--rule all-correct` names an item's records `<id>#<k>`: input ids these could repeat (`x` next to `x#0`, or a
+# repeated `x` the loader renamed `x#<line>`) are refused with one line before any request is sent.
+def _id_data(tmp_path: Path, rows: list[tuple[str, str]]) -> Path:
+    """(id, scripted item) rows: q0 has three correct completions, q1 one, q2 none."""
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "prompt": f"[{q}] How many?", "answer": "3", "task": "count"}) + "\n"
+                            for i, q in rows))
+    return path
+
+
+def _id_argv(url: str, data: Path, out: Path, k: int, rule: str) -> list[str]:
+    return ["build-data", "rejection", "--model", url, "--data", str(data), "--k", str(k), "--out", str(out),
+            "--rule", rule, "--max-retries", "0", "--attempts", "1"]
+
+
+def test_x_and_x_hash_0_are_refused_before_sampling(scripted_server, tmp_path, capsys):
+    data = _id_data(tmp_path, [("x", "q0"), ("x#0", "q1")])
+    assert main(_id_argv(scripted_server.url, data, tmp_path / "out", 4, "all-correct")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert "data.jsonl:2" in err[0] and "'x#0'" in err[0] and "item 'x'" in err[0] and "distinct ids" in err[0]
+    assert scripted_server.posts == 0 and not (tmp_path / "out" / "train.jsonl").exists()
+
+
+def test_one_record_per_item_rules_keep_the_input_ids(scripted_server, tmp_path):
+    out = tmp_path / "out"
+    data = _id_data(tmp_path, [("x", "q0"), ("x#0", "q1")])
+    assert main(_id_argv(scripted_server.url, data, out, 4, "openvlthinker")) == 0
+    ids = [json.loads(line)["id"] for line in (out / "train.jsonl").read_text().splitlines()]
+    assert ids == ["x", "x#0"]
+
+
+def test_a_repeated_id_renamed_by_the_loader_is_refused_only_where_it_can_collide(scripted_server, tmp_path,
+                                                                                 capsys):
+    data = _id_data(tmp_path, [("x", "q0"), ("x", "q0")])  # the loader names the second one 'x#2'
+    assert main(_id_argv(scripted_server.url, data, tmp_path / "near", 4, "all-correct")) == 2
+    assert "'x#2'" in capsys.readouterr().err and scripted_server.posts == 0
+    # Renamed 'x#5' (line 5) is out of reach of x#0..x#3: the build runs and every output id is distinct.
+    far = tmp_path / "far"
+    far.mkdir()
+    data = _id_data(far, [("x", "q0"), ("y", "q2"), ("z", "q2"), ("w", "q2"), ("x", "q0")])
+    out = tmp_path / "out"
+    assert main(_id_argv(scripted_server.url, data, out, 4, "all-correct")) == 0
+    ids = [json.loads(line)["id"] for line in (out / "train.jsonl").read_text().splitlines()]
+    assert ids == ["x#0", "x#1", "x#2", "x#5#0", "x#5#1", "x#5#2"]
+    assert max(Counter(ids).values()) == 1
+
+
+def test_an_id_the_loader_renaming_repeats_is_refused_for_every_rule(scripted_server, tmp_path, capsys):
+    # The loader renames the 'x' of line 3 'x#3', which line 2 already holds.
+    data = _id_data(tmp_path, [("x", "q1"), ("x#3", "q1"), ("x", "q1")])
+    assert main(_id_argv(scripted_server.url, data, tmp_path / "out", 4, "openvlthinker")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'x#3'" in err[0] and "data.jsonl:3" in err[0] and "data.jsonl:2" in err[0]
+    assert scripted_server.posts == 0
