@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mmrl.generation.hf_context import check_context
 from mmrl.generation.openai_format import RequestError, messages_to_prompt
 from mmrl.generation.types import Completion, GenerationBackend, Prompt, SamplingParams
 
@@ -139,6 +140,8 @@ def create_app(backend: GenerationBackend, model_name: str, *, max_queue: int = 
         if encode is None:
             return prompt, params, 0
         encoded = encode(prompt)
+        # Checked here too (the backend checks again): a stream's headers go out before the backend's first check.
+        check_context(getattr(backend, "model", None), encoded, params.max_new_tokens, "prompt")
         return encoded, params, prompt_tokens(encoded)
 
     @app.get("/v1/models")

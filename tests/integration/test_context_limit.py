@@ -79,5 +79,8 @@ def test_serve_answers_400_and_keeps_serving(loaded):
         refused = client.post("/v1/chat/completions", json=body)
         assert refused.status_code == 400
         assert "context of 32768 tokens" in refused.json()["error"]["message"]
+        # Streamed: refused before the stream's headers go out, not cut off inside the stream.
+        streamed = client.post("/v1/chat/completions", json={**body, "stream": True})
+        assert streamed.status_code == 400 and "context of 32768 tokens" in streamed.json()["error"]["message"]
         ok = client.post("/v1/chat/completions", json={**body, "max_tokens": 2})
         assert ok.status_code == 200
