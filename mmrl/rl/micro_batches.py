@@ -83,8 +83,8 @@ class MicroBatch:
             return group
 
         def cut(t: torch.Tensor | None, per_token: bool = True) -> torch.Tensor | None:
-            if t is None:
-                return None
+            if t is None or t.numel() == 0:  # not set (yet): advantages before the update assigns them
+                return t
             rows = t.index_select(0, self.rows.to(t.device))
             return rows[:, : self.width] if per_token else rows
 
