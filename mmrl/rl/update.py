@@ -28,6 +28,7 @@ import torch
 from mmrl.config.rl import AlgorithmConfig
 from mmrl.engine.distributed import all_gather_objects, all_reduce_sum, all_reduce_sum_tensor
 from mmrl.engine.run import TrainingRun
+from mmrl.models.compile import compiled_decoder_layers
 from mmrl.models.logprobs import completion_logprobs
 from mmrl.models.prefix import supports_prefix_sharing
 from mmrl.models.training_forward import reuse_image_features
@@ -174,7 +175,7 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage,
     kl_in_loss = policy_loss.beta > 0
     # Vision-tower passes of the update (the policy's tower; `vision_reused`: the rollout's features served instead).
     vision: dict[str, Any] = {}
-    with count_vision(vision_module(run.model), vision):
+    with count_vision(vision_module(run.model), vision), compiled_decoder_layers(run.model, cfg.model.compile):
         out = _update(run, groups, stage, reference, policy_loss, kl_in_loss, vision)
     out.update({f"update/{k}": float(all_reduce_sum(vision.get(k, 0), world))
                 for k in ("vision_encoder_calls", "vision_reused")})
