@@ -117,7 +117,10 @@ def micro_batches(group: Group, budget: int | None, prompt_per_row: bool = False
         rows = torch.arange(ids.shape[0], device=ids.device)
         tokens = _cost(ids.shape[0], ids.shape[1], prompt_tokens, prompt_per_row)
         return [MicroBatch(rows=rows, width=ids.shape[1], tokens=tokens, whole=True)]
-    lengths = group.completion_mask.sum(-1).tolist()
+    # a row's length: up to its last active position (right padding makes that its token count; a mask with holes
+    # must not lose the tokens past a hole when the columns are cut)
+    positions = torch.arange(1, ids.shape[1] + 1, device=ids.device)
+    lengths = (group.completion_mask.bool() * positions).amax(-1).tolist() if ids.shape[1] else [0] * ids.shape[0]
     packed = pack_rows(lengths, prompt_tokens, budget, prompt_per_row)
     return [MicroBatch(rows=torch.tensor(rows, dtype=torch.long, device=ids.device), width=width, tokens=tokens,
                        whole=False) for rows, width, tokens in packed]

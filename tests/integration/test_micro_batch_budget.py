@@ -5,6 +5,7 @@ micro-batching (one group per forward), while the update really ran more, smalle
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -114,3 +115,10 @@ def test_the_packing_respects_the_budget_and_keeps_every_row_once(synthetic_data
     assert [len(p.rows) for p in micro_batches(group, 1)] == [1] * G
     (naive,) = micro_batches(group, 10**9, prompt_per_row=True)
     assert naive.tokens == G * prompt_tokens + G * naive.width
+    # a mask with a hole (not right padding): the columns are cut after the last active token, none is lost
+    holed = group.completion_mask.clone()
+    holed[:, 1] = 0
+    holed[:, -1] = 1
+    piece = dataclasses.replace(group, completion_mask=holed)
+    for part in micro_batches(piece, prompt_tokens + 2 * LENGTH):
+        assert part.width == LENGTH and int(part.of(piece).completion_mask.sum()) == int(holed[part.rows].sum())
