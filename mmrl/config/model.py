@@ -47,5 +47,9 @@ class ModelConfig(Section):
     trust_remote_code: bool = Field(False, description="Allow custom model code from the checkpoint (off by default).")
     freeze_vision_tower: bool = Field(False, description="Keep the vision encoder (and merger) frozen.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    compile: bool = Field(
+        False, description="GRPO: run the text decoder layers through torch.compile during the policy update (old "
+        "log-probs and the training forward; the rollout stays eager). Meant for GPUs and long runs: compilation takes "
+        "seconds to minutes before the first update; on the CPU presets the update ran only 7-15% faster (README).")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA options.")
     seed: int = Field(0, ge=0, description="Seed of the embedded tiny model's weights and tokenizer (tiny/small only).")

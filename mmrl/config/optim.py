@@ -39,6 +39,13 @@ class TrainerConfig(Section):
         None, gt=0, description="SFT: epochs over the data; when set, max_steps is derived from it."
     )
     grad_accumulation: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    max_tokens_per_micro_batch: int | None = Field(
+        None, ge=1,
+        description="GRPO: most tokens one training forward may hold (bounds the update's activation memory, e.g. for "
+        "long PTST stages). A micro-batch holds completions of one prompt; it counts the prompt once (text and image "
+        "tokens: the prompt runs once per forward) plus rows x the longest completion among them. A single completion "
+        "over the budget goes alone (one per micro-batch). The loss is exact: micro-batches only split the gradient "
+        "accumulation. null: one micro-batch per prompt's group (all G completions).")
     seed: int = Field(0, ge=0, description="Seed for data order, sampling and initialisation.")
     save_steps: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: only at the end).")
     save_final: bool = Field(True, description="Save a checkpoint after the last step.")

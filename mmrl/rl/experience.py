@@ -7,6 +7,7 @@ prompt (and its image) is encoded and computed once per group.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from inspect import signature
@@ -100,7 +101,9 @@ def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample],
         with capture_image_features(getattr(backend, "model", None), recorded):
             batch = backend.rollout(prompts, params, generator=generator, **streams)
     lengths = batch.completion_mask.sum(dim=1).tolist()
+    scoring = time.perf_counter()
     result = composite.score(batch.texts, _columns(samples, stage.group_size, lengths, stage.max_completion_length))
+    scoring = time.perf_counter() - scoring  # logged as rollout/reward_seconds: its share of the step
     total = _to_tensor(result.total, device)
     groups = []
     g = stage.group_size
@@ -114,7 +117,8 @@ def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample],
             components={name: values[rows] for name, values in result.components.items()},
             image_features=match_image_features(prompt, recorded),
         ))
-    info = {"counters": dict(getattr(batch, "counters", {}) or {}), "reward_counters": dict(result.counters),
+    counters = {**dict(getattr(batch, "counters", {}) or {}), "reward_seconds": scoring}
+    info = {"counters": counters, "reward_counters": dict(result.counters),
             "examples": getattr(result, "examples", {})}
     return groups, info
 
@@ -139,6 +143,7 @@ def collect_step(cfg: MMRLConfig, stage: ResolvedStage, dataset: list[Sample], s
     kept: list[Group] = []
     filtered = 0
     info: dict[str, Any] = {}
+    scoring = 0.0  # reward-scoring seconds of every rollout round of the step
     for attempt in range(f.max_tries if f.enabled else 1):
         first = sampler.epoch * sampler.n_items + sampler.position  # global draw index of the step's first prompt
         indices = shard(sampler.next(cfg.trainer.prompts_per_step), rank, world_size)
@@ -146,6 +151,7 @@ def collect_step(cfg: MMRLConfig, stage: ResolvedStage, dataset: list[Sample], s
         seeds = [stream_seed(cfg.trainer.seed, stage.index, d) for d in draws]
         groups, info = rollout_groups(cfg, stage, [dataset[i] for i in indices], processor, backend, composite,
                                       generator, data_cfg, seeds=seeds)
+        scoring += info.get("counters", {}).get("reward_seconds", 0.0)
         if f.enabled:
             passing = [gr for gr in groups if _group_passes(gr, f.metric, f.low, f.high)]
             filtered += len(groups) - len(passing)
@@ -156,4 +162,6 @@ def collect_step(cfg: MMRLConfig, stage: ResolvedStage, dataset: list[Sample], s
         if missing == 0 or not f.enabled or attempt == f.max_tries - 1:
             break
     info["filtered_groups"] = filtered
+    if "counters" in info:
+        info["counters"]["reward_seconds"] = scoring
     return kept, info

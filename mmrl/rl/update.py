@@ -12,7 +12,10 @@ What a step does, whatever the number of processes:
   log-probs included) are skipped as a speed-up only — the optimizer still steps, with zero gradient from it (TRL's
   and verl's semantics; `guarded_step` turns missing gradients into zeros on one process as on several);
 - every policy forward (old log-probs and the training forward) runs without dropout, so the first ratio of a
-  mu > 1 update is exactly 1.
+  mu > 1 update is exactly 1;
+- a micro-batch (one forward + backward) is one group, or with `trainer.max_tokens_per_micro_batch` some rows of one
+  group within that many tokens (`mmrl.rl.micro_batches`: same loss, only the accumulation is split); the old and
+  reference log-probs are computed in the same pieces. `update/micro_batches` counts the training forwards.
 """
 
 from __future__ import annotations
@@ -25,13 +28,16 @@ import torch
 from mmrl.config.rl import AlgorithmConfig
 from mmrl.engine.distributed import all_gather_objects, all_reduce_sum, all_reduce_sum_tensor
 from mmrl.engine.run import TrainingRun
+from mmrl.models.compile import compiled_decoder_layers
 from mmrl.models.logprobs import completion_logprobs
+from mmrl.models.prefix import supports_prefix_sharing
 from mmrl.models.training_forward import reuse_image_features
 from mmrl.models.vision_tower import count_vision, vision_module
 from mmrl.rl.advantages import compute_advantages
 from mmrl.rl.experience import Group
 from mmrl.rl.kl import sequence_kl
 from mmrl.rl.losses import PolicyLoss, loss_mask, truncated_is_weights
+from mmrl.rl.micro_batches import MicroBatch, by_micro_batches, micro_batches
 from mmrl.rl.reference import ReferencePolicy
 from mmrl.rl.stages import ResolvedStage
 
@@ -99,19 +105,27 @@ def _contributes(group: Group, kl_in_loss: bool) -> bool:
     return kl_in_loss or not bool((group.advantages == 0).all())
 
 
+def _parts(run: TrainingRun, group: Group) -> list[MicroBatch]:
+    """The group's micro-batches under `trainer.max_tokens_per_micro_batch` (one whole group without it)."""
+    return micro_batches(group, run.cfg.trainer.max_tokens_per_micro_batch,
+                         prompt_per_row=not supports_prefix_sharing(run.model))
+
+
 def prepare_old_and_ref(run: TrainingRun, groups: list[Group], reference: ReferencePolicy | None,
                         counters: dict[str, Any] | None = None) -> None:
     """Old log-probs when the policy moves between passes (mu > 1 or several mini-batches) or when the KL goes into
-    the reward (k1 of the rollout policy); reference log-probs when beta > 0."""
+    the reward (k1 of the rollout policy); reference log-probs when beta > 0. Both in the training's micro-batches."""
     algo, temperature = run.cfg.algorithm, run.cfg.rollout.temperature
     need_old = algo.num_iterations > 1 or algo.mini_batches > 1 or _kl_in_reward(algo)
     with torch.no_grad():
         for group in groups:
+            parts = _parts(run, group)
             if need_old:
-                group.old_logp = _logprobs(run.model, group, temperature, counters)
+                group.old_logp = by_micro_batches(parts, group, lambda g: _logprobs(run.model, g, temperature, counters))
             if reference is not None:
-                group.ref_logp = reference(group.prompt, group.completion_ids, group.completion_mask,
-                                           temperature=temperature, image_features=group.image_features)
+                group.ref_logp = by_micro_batches(parts, group, lambda g: reference(
+                    g.prompt, g.completion_ids, g.completion_mask, temperature=temperature,
+                    image_features=g.image_features))
 
 
 def assign_advantages(run: TrainingRun, groups: list[Group]) -> dict[str, float]:
@@ -161,7 +175,7 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage,
     kl_in_loss = policy_loss.beta > 0
     # Vision-tower passes of the update (the policy's tower; `vision_reused`: the rollout's features served instead).
     vision: dict[str, Any] = {}
-    with count_vision(vision_module(run.model), vision):
+    with count_vision(vision_module(run.model), vision), compiled_decoder_layers(run.model, cfg.model.compile):
         out = _update(run, groups, stage, reference, policy_loss, kl_in_loss, vision)
     out.update({f"update/{k}": float(all_reduce_sum(vision.get(k, 0), world))
                 for k in ("vision_encoder_calls", "vision_reused")})
@@ -180,6 +194,7 @@ def _update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, referen
         prepare_old_and_ref(run, [g for g in groups if _contributes(g, kl_in_loss)], reference, vision)
     local_sums: dict[str, float] = defaultdict(float)
     local_counts: dict[str, int] = defaultdict(int)
+    forwards, most_tokens = 0, 0  # training micro-batches run here, and the most tokens any of them held
     losses, norms, stepped_all = [], [], True
     mismatch: dict[str, list[float]] = defaultdict(list)  # measured on the first pass, where the weights are the rollout's
     for iteration in range(algo.num_iterations):
@@ -194,20 +209,29 @@ def _update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, referen
                 # (a speed-up only: its tokens still count in the normalisers and the optimizer still steps).
                 if not _contributes(group, kl_in_loss):
                     continue
-                with reuse_image_features(run.model, group.image_features, vision):
-                    logp = run.logprobs(group.prompt, group.completion_ids, group.completion_mask,
-                                        cfg.rollout.temperature)
-                is_weight = _tis_weight(group, logp, algo.tis_cap, mismatch if iteration == 0 else None)
-                per_token, metrics = policy_loss.per_token(logp, group.old_logp, group.advantages, mask,
-                                                           ref_logp=group.ref_logp, is_weight=is_weight)
-                loss = policy_loss.aggregate(per_token, mask, max_completion_length=stage.max_completion_length,
-                                             global_active_tokens=global_tokens, global_num_sequences=global_seqs,
-                                             global_micro_batches=global_micro)
-                (loss * world).backward()
-                local_loss += float(loss.detach())
-                for key, value in metrics.items():
-                    local_sums[key] += float(value)
-                    local_counts[key] += 1
+                for part in _parts(run, group):
+                    piece = part.of(group)  # the group itself without a token budget
+                    if not _contributes(piece, kl_in_loss):  # these rows' loss is exactly 0 as well
+                        continue
+                    with reuse_image_features(run.model, piece.image_features, vision):
+                        logp = run.logprobs(piece.prompt, piece.completion_ids, piece.completion_mask,
+                                            cfg.rollout.temperature)
+                    is_weight = _tis_weight(piece, logp, algo.tis_cap, mismatch if iteration == 0 else None)
+                    per_token, metrics = policy_loss.per_token(logp, piece.old_logp, piece.advantages,
+                                                               part.cut_mask(mask), ref_logp=piece.ref_logp,
+                                                               is_weight=is_weight)
+                    # Aggregated as the group's loss restricted to these rows: the group's mask and the global
+                    # normalisers, whatever the aggregation (see mmrl.rl.micro_batches).
+                    loss = policy_loss.aggregate(part.scatter(per_token, mask.shape), mask,
+                                                 max_completion_length=stage.max_completion_length,
+                                                 global_active_tokens=global_tokens, global_num_sequences=global_seqs,
+                                                 global_micro_batches=global_micro)
+                    (loss * world).backward()
+                    local_loss += float(loss.detach())
+                    forwards, most_tokens = forwards + 1, max(most_tokens, part.tokens)
+                    for key, value in metrics.items():
+                        local_sums[key] += float(value)
+                        local_counts[key] += 1
             step_loss = all_reduce_sum(local_loss, world)
             grad_norm, stepped = run.optimizer_step(step_loss)
             losses.append(step_loss)
@@ -217,8 +241,8 @@ def _update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, referen
     # The sampler/trainer mismatch likewise: every process's groups, not rank 0's share.
     sums, counts = defaultdict(float), defaultdict(int)
     all_mismatch: dict[str, list[float]] = defaultdict(list)
-    parts = all_gather_objects((dict(local_sums), dict(local_counts), dict(mismatch)), world)
-    for part_sums, part_counts, part_mismatch in parts:
+    parts = all_gather_objects((dict(local_sums), dict(local_counts), dict(mismatch), forwards, most_tokens), world)
+    for part_sums, part_counts, part_mismatch, _, _ in parts:
         for key, value in part_sums.items():
             sums[key] += value
             counts[key] += part_counts[key]
@@ -228,5 +252,8 @@ def _update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, referen
     out.update(reward_metrics)
     out.update(_mismatch_metrics(all_mismatch))
     out.update({"loss": sum(losses) / len(losses), "grad_norm": sum(norms) / len(norms),
-                "skipped_step": 0.0 if stepped_all else 1.0, "optimizer_steps": float(len(losses))})
+                "skipped_step": 0.0 if stepped_all else 1.0, "optimizer_steps": float(len(losses)),
+                # every process's training forwards (all passes), and the largest one's tokens (micro_batches.py)
+                "update/micro_batches": float(sum(p[3] for p in parts)),
+                "update/micro_batch_tokens_max": float(max(p[4] for p in parts))})
     return out

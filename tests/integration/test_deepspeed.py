@@ -157,6 +157,12 @@ UPDATE_VARIANTS = {
                                       "optimizer.lr=1e-3", "optimizer.weight_decay=0.1", "optimizer.warmup_steps=3",
                                       "optimizer.max_grad_norm=0.05"],
                         "flat_step": 2},
+    # A token budget (trainer.max_tokens_per_micro_batch=45): a group takes 1 to 4 forwards, so the ranks run
+    # different numbers of backwards between two reductions.
+    "sgd_token_budget": {"overrides": ["algorithm.loss_aggregation=grpo", "algorithm.mini_batches=2",
+                                       "trainer.max_tokens_per_micro_batch=45", "trainer.prompts_per_step=4",
+                                       "optimizer.name=sgd", "optimizer.lr=0.5"],
+                         "drop": [1, 3]},
 }
 
 

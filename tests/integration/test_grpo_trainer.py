@@ -75,6 +75,9 @@ def test_one_step_changes_the_parameters_and_logs_metrics(synthetic_data, tmp_pa
     assert row["reward/iou/unscorable"] > 0 and row["unscorable"] == 0  # zero weight: never blocks the total
     # The prompt and its image were encoded once per group, not G times.
     assert row["rollout/vision_encoder_calls"] == 2
+    # Reward scoring is timed on its own (a part of the rollout phase) and the update counts its forwards.
+    assert 0 < row["rollout/reward_seconds"] <= row["time/rollout"]
+    assert row["update/micro_batches"] >= 1
     # The final checkpoint is a plain HF model.
     latest = find_latest(tmp_path)
     reloaded = AutoModelForImageTextToText.from_pretrained(latest)

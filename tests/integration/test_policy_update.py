@@ -87,6 +87,13 @@ VARIANTS = {
                                       "algorithm.kl_estimator=low_var_kl", "trainer.prompts_per_step=4",
                                       "optimizer.lr=1e-3", "optimizer.weight_decay=0.1"],
                         "flat_step": 2},
+    # A token budget (trainer.max_tokens_per_micro_batch=45): prompts of 30 to 58 tokens, 4 completions of up to 6
+    # tokens, so a group takes 1 to 4 forwards and the ranks run different numbers of forwards per optimizer step;
+    # 2 mini-batches and a step with uneven ranks on top.
+    "sgd_token_budget": {"overrides": ["algorithm.loss_aggregation=grpo", "algorithm.mini_batches=2",
+                                       "trainer.max_tokens_per_micro_batch=45", "trainer.prompts_per_step=4",
+                                       "optimizer.name=sgd", "optimizer.lr=0.5"],
+                         "drop": [1, 3]},
 }
 
 

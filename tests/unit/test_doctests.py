@@ -26,6 +26,7 @@ MODULES = [
     "mmrl.rl.advantages",
     "mmrl.rl.kl",
     "mmrl.rl.losses",
+    "mmrl.rl.micro_batches",
     "mmrl.data.prompt_order",
     "mmrl.rl.stages",
     "mmrl.generation.types",
