@@ -6,7 +6,11 @@ prompts per step, forced completion length (min_new_tokens = max_new_tokens), be
 rate, grad clipping and reward function, with the same number of torch threads. Each runs `--warmup` untimed steps,
 then `--steps` timed ones. Printed: samples/s (completions per second of full training steps), a phase breakdown,
 structural counters (vision-encoder calls and images encoded per unique image; LM-head rows and language-model token
-positions per completion token, from forward hooks on the policy and, when beta > 0, the reference model) and, as the last line, `speedup_vs_trl=<mmrl samples/s / TRL samples/s>`.
+positions per completion token, from forward hooks on the policy and, when beta > 0, the reference model), the
+physical bound (the step's useful FLOPs counted from the model config by `benchmarks/flops.py`, over this machine's
+matmul rate measured in the same run: median of short `torch.matmul` timings on the benchmark's device, dtype and
+thread count, taken before, between and after the two trainers) and the fraction of it each side reaches, and, as the
+last line, `speedup_vs_trl=<mmrl samples/s / TRL samples/s>`.
 
 Timing is conservative for mmrl: its step time is the wall time between the end of the last warm-up step and the end
 of the last step (logging included), while TRL's is the sum of its `on_step_begin` -> `on_step_end` intervals (its
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -33,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from benchmarks._common import PhaseClock, StructuralCounters, table  # noqa: E402
+from benchmarks.flops import PromptShape, grpo_step_flops, matmul_rates, square_image_grid  # noqa: E402
 
 REWARD_NAME = "bench_distinct_words"
 LEARNING_RATE = 1e-5
@@ -144,6 +150,7 @@ def run_mmrl(args: argparse.Namespace, data_path: Path, work: Path) -> dict[str,
         "counts": dict(counters.counts),
         "prompt_tokens": sum(m.get("rollout/prefill_tokens", 0) for m in timed) / (args.prompts_per_step * len(timed)),
         "loss": [m.get("loss") for m in timed],
+        "config": trainer.run.model.config,
     }
 
 
@@ -277,13 +284,26 @@ def run_trl(args: argparse.Namespace, data_path: Path, work: Path) -> dict[str, 
         "counts": dict(counters.counts),
         "prompt_tokens": float(prompt_tokens),
         "loss": [h.get("loss") for h in history],
+        "config": loaded.model.config,
     }
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------------------------
-def summarize(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+def step_flops(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> int:
+    """Useful FLOPs of one step (the same work for both sides): `--prompts-per-step` prompts of the measured prompt
+    length, one `--image-size`² image each (kept at its size), G completions of the forced length."""
+    side = results.get("mmrl") or results["trl"]
+    config = side["config"]
+    patch = config.vision_config.patch_size
+    prompt = PromptShape(round(side["prompt_tokens"]), (square_image_grid(args.image_size, patch),))
+    return grpo_step_flops(config, [prompt] * args.prompts_per_step, args.group_size, args.max_new_tokens,
+                           vision_trainable=not args.freeze_vision_tower, beta=args.beta).total
+
+
+def summarize(results: dict[str, dict[str, Any]], args: argparse.Namespace, matmul: float | None = None) -> str:
+    """The comparison table; with `matmul` (FLOP/s), the physical bound rows too."""
     names = list(results)
     unique_images = args.prompts_per_step * args.steps  # one image per prompt, each prompt seen once per step
     rows = []
@@ -302,6 +322,12 @@ def summarize(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> s
     row("LM token positions / completion token", lambda r: r["counts"].get("lm_positions", 0) / r["completion_tokens"])
     row("mean completion length", lambda r: r["completion_tokens"] / r["completions"])
     row("prompt tokens per prompt (image included)", lambda r: r["prompt_tokens"])
+    if matmul:
+        useful = step_flops(results, args)
+        row("useful GFLOP per step", lambda r: useful / 1e9)
+        row("matmul GFLOP/s (median, this run)", lambda r: matmul / 1e9)
+        row("bound s/step (useful / matmul rate)", lambda r: useful / matmul)
+        row("fraction of bound", lambda r: useful / matmul / (r["seconds"] / args.steps))
     return table(["metric"] + names, rows)
 
 
@@ -317,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
 
     register_reward(REWARD_NAME)(distinct_words)
     results: dict[str, dict[str, Any]] = {}
+    device, dtype = torch.device(args.device), torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    rates = matmul_rates(device, dtype)  # sampled again between and after the trainers: the load changes
     with tempfile.TemporaryDirectory(prefix="mmrl-bench-") as tmp:
         work = Path(tmp)
         data_path = build_data(args, work / "data")
@@ -331,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
             results[side] = (run_mmrl if side == "mmrl" else run_trl)(args, data_path, work)
             print(f"# {side}: {results[side]['completions'] / results[side]['seconds']:.3f} samples/s, "
                   f"losses {results[side]['loss']}", flush=True)
-    print(summarize(results, args))
+            rates += matmul_rates(device, dtype)
+    matmul = statistics.median(rates)
+    print(f"# matmul ({args.dtype}, {torch.get_num_threads()} thread(s)): median {matmul / 1e9:.1f} GFLOP/s, "
+          f"best {max(rates) / 1e9:.1f}, over {len(rates)} timings", flush=True)
+    print(summarize(results, args, matmul))
     if "mmrl" in results and "trl" in results:
         mmrl_rate = results["mmrl"]["completions"] / results["mmrl"]["seconds"]
         trl_rate = results["trl"]["completions"] / results["trl"]["seconds"]
