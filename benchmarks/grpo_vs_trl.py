@@ -108,7 +108,9 @@ def mmrl_overrides(args: argparse.Namespace, data_path: Path, out_dir: Path) -> 
 # ---------------------------------------------------------------------------------------------------------------
 # mmrl
 # ---------------------------------------------------------------------------------------------------------------
-def run_mmrl(args: argparse.Namespace, data_path: Path, work: Path) -> dict[str, Any]:
+def run_mmrl(args: argparse.Namespace, data_path: Path, work: Path, clock: PhaseClock | None = None) -> dict[str, Any]:
+    """mmrl's timed run; `clock` may carry the caller's own wrapped phases (timed from the same step on, returned
+    under "clock")."""
     from mmrl.config import load_config
     from mmrl.rl.trainer import GRPOTrainer
 
@@ -116,7 +118,7 @@ def run_mmrl(args: argparse.Namespace, data_path: Path, work: Path) -> dict[str,
     trainer = GRPOTrainer(cfg)
     reference = getattr(trainer.reference, "model", None)  # a separate copy when beta > 0 (full fine-tuning)
     counters = StructuralCounters(trainer.run.model, reference)
-    clock = PhaseClock()
+    clock = clock or PhaseClock()
     clock.wrap(trainer.backend, "rollout", "generate")
     composite = trainer._composite(tuple(cfg.rewards))  # the instance the loop will use (cached by spec)
     clock.wrap(composite, "score", "rewards")
@@ -151,6 +153,7 @@ def run_mmrl(args: argparse.Namespace, data_path: Path, work: Path) -> dict[str,
         "prompt_tokens": sum(m.get("rollout/prefill_tokens", 0) for m in timed) / (args.prompts_per_step * len(timed)),
         "loss": [m.get("loss") for m in timed],
         "config": trainer.run.model.config,
+        "clock": dict(clock.seconds),
     }
 
 
