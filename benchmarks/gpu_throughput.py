@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         figures.update({f"{phase}_tokens_per_s": rate, f"{phase}_mfu": mfu, f"{phase}_peak_memory_gib": memory,
                         f"{phase}_useful_tflop_per_step": useful / args.steps / 1e12,
                         f"{phase}_fraction_of_matmul": useful / seconds / matmul})
-        print(f"{phase:8s} {rate:10.1f} completion tokens/s | MFU {f'{mfu * 100:.1f}%' if peak else 'n/a (peak unknown)'} | "
+        print(f"{phase:8s} {rate:10.1f} completion tokens/s{'/GPU' if device.type == 'cuda' else ''} | MFU {f'{mfu * 100:.1f}%' if peak else 'n/a (peak unknown)'} | "
               f"{useful / seconds / matmul * 100:.1f}% of measured matmul | {si(useful / args.steps, 'FLOP')} useful "
               f"per step | peak memory {f'{memory:.1f} GiB' if memory is not None else 'n/a (not CUDA)'}")
     if args.json:
