@@ -18,6 +18,7 @@ dataloader fetch and logging excluded).
 
     python3 benchmarks/grpo_vs_trl.py                                      # CPU: tiny preset, 448x448, G=8
     python3 benchmarks/grpo_vs_trl.py --freeze-vision-tower                # the frozen-tower row
+    python3 benchmarks/grpo_vs_trl.py --rounds 3       # both sides 3 times, alternating order; median ratio last
     python3 benchmarks/grpo_vs_trl.py --preset qwen2.5-vl-3b --device cuda --dtype bf16 --max-new-tokens 256
 """
 
