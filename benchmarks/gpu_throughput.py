@@ -8,10 +8,12 @@
 The model is built in memory from the preset (no download, no checkpoint written) and run through the code a
 training step runs: `make_backend(...).rollout` (shared-prefix rollout) and `completion_logprobs` + backward (the
 training forward), with `model.dtype` semantics (fp32 weights + bf16 autocast by default). Printed per phase:
-tokens/s, peak GPU memory and MFU = achieved FLOPs / peak bf16 FLOPs of the device, with FLOPs estimated as
-2·N per token for the rollout and 6·N per token for forward+backward, N = the parameters a text token multiplies
-(`flops_parameters`: the decoder and the LM head; not the vision tower, which only sees image patches, nor an untied
-input embedding, a lookup). Attention and vision-tower FLOPs are left out, so MFU is a slight underestimate.
+tokens/s, peak GPU memory, MFU = useful FLOPs / s over the device's dense bf16 peak (from a table of known devices,
+or `--peak-tflops`), and the fraction of the matmul rate measured here (a few large `torch.matmul`s in the compute
+dtype on the device: the same figure on a device the table does not know, or on the CPU). Useful FLOPs are counted
+from the model config by `benchmarks/flops.py` (matmuls only: the prompt once per group, each completion's
+positions, the LM head on the rows that are scored, causal attention, the vision tower once per image); the rollout
+is one forward, the training forward + backward 3 × one forward (the vision tower trains here, so it counts 3 × too).
 The last line is `train_tokens_per_s=<float>`.
 
 `--backend vllm` samples with `mmrl.generation.vllm_backend.VLLMBackend` as `rollout.backend: vllm` does: each timed
@@ -32,6 +34,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.flops import PromptShape, grpo_step_flops, matmul_rate  # noqa: E402
 
 # Dense bf16 peak (no sparsity) of common training GPUs, in FLOP/s; the first key found in the device name wins
 # (so the PCIe and NVL H100s, slower than the SXM one, come first).
@@ -121,6 +125,14 @@ def make_rollout_backend(args, model, processor, prompt_tokens: int):
     return engine, [Prompt.from_question(QUESTION, images=[image]) for image in images]
 
 
+def si(value: float, unit: str) -> str:
+    """`value` with a k/M/G/T prefix (a 1M-parameter smoke model and a 3B one both read well)."""
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {prefix}{unit}"
+    return f"{value:.2f} {unit}"
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -128,7 +140,10 @@ def sync(device: torch.device) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="qwen2.5-vl-3b")
+    from mmrl.models.presets import PRESETS
+
+    parser.add_argument("--preset", default="qwen2.5-vl-3b",  # the architecture the FLOP counter knows
+                        choices=[name for name, spec in PRESETS.items() if spec.arch == "qwen2_5_vl"])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32", "auto"])
     parser.add_argument("--attn", default="auto", choices=["auto", "sdpa", "eager", "flash_attention_2"])
@@ -145,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vllm-gpu-memory-utilization", type=float, default=0.3,
                         help="--backend vllm: the engine's share of GPU memory (rollout.vllm_gpu_memory_utilization)")
     args = parser.parse_args(argv)
+    if min(args.steps, args.prompts, args.group_size, args.max_new_tokens) < 1 or args.image_side % 28:
+        print("gpu_throughput: --steps, --prompts, --group-size and --max-new-tokens must be >= 1 and --image-side a "
+              f"multiple of 28 (got {args.steps}, {args.prompts}, {args.group_size}, {args.max_new_tokens}, "
+              f"{args.image_side})")
+        return 2
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -152,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    from mmrl.errors import UserError
+
     if args.backend == "vllm":
-        from mmrl.errors import UserError
         from mmrl.generation.vllm_backend import require_vllm
 
         try:
@@ -165,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     from mmrl.models.logprobs import completion_logprobs
     from mmrl.models.placement import to_device
 
-    model, processor, compute = build(args.preset, device, args.dtype, args.attn, args.seed)
+    try:
+        model, processor, compute = build(args.preset, device, args.dtype, args.attn, args.seed)
+    except UserError as err:  # e.g. --attn flash_attention_2 without flash-attn
+        print(f"gpu_throughput: {err}")
+        return 2
     n_params = sum(p.numel() for p in model.parameters())
     n_flops = flops_parameters(model)
     prompts = [to_device(p, device) for p in make_prompts(processor, args.prompts, args.image_side, args.seed)]
@@ -174,11 +199,16 @@ def main(argv: list[str] | None = None) -> int:
     generator = torch.Generator(device=device).manual_seed(args.seed)
     g, length = args.group_size, args.max_new_tokens
     peak = peak_flops(device, args.peak_tflops)
+    matmul = matmul_rate(device, compute)
+    shapes = [PromptShape(int(p["input_ids"].shape[1]), tuple(tuple(int(v) for v in row) for row in
+                                                             p.get("image_grid_thw", torch.empty(0, 3)).tolist()))
+              for p in prompts]
     attn_impl = getattr(model.config, "_attn_implementation", "?")
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'} | preset {args.preset} | "
-          f"{n_params / 1e9:.2f}B parameters | attention {attn_impl} | weights "
+          f"{n_params / 1e6:,.1f}M parameters | attention {attn_impl} | weights "
           f"{next(model.parameters()).dtype} compute {compute} | rollout {args.backend} | {args.prompts} prompts x G={g} x {length} tokens, "
-          f"{args.image_side}x{args.image_side} images ({prompt_tokens // max(1, args.prompts)} prompt tokens each)")
+          f"{args.image_side}x{args.image_side} images ({prompt_tokens // max(1, args.prompts)} prompt tokens each) | "
+          f"peak {si(peak, 'FLOP/s') if peak else 'unknown'}, measured matmul {si(matmul, 'FLOP/s')}")
 
     def rollout():
         params = SamplingParams(n=g, max_new_tokens=length, min_new_tokens=length, temperature=1.0)
@@ -214,15 +244,22 @@ def main(argv: list[str] | None = None) -> int:
                 sync(device)
                 seconds += time.perf_counter() - start
                 tokens += int(batch.completion_mask.sum())
-        per_token = (2 if phase == "rollout" else 6) * n_flops
-        processed = tokens + prompt_tokens * args.steps  # the prompt runs once per group in both phases
+        # Completions are forced to `length`; should an engine stop one early, count the mean length it produced.
+        mean_length = max(1, round(tokens / (args.steps * len(prompts) * g)))
+        step = grpo_step_flops(model.config, shapes, g, mean_length, vision_trainable=True)
+        useful = (step.rollout if phase == "rollout" else step.update) * args.steps
         rate = tokens / seconds
-        mfu = per_token * processed / seconds / peak if peak else float("nan")
-        memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-        figures.update({f"{phase}_tokens_per_s": rate, f"{phase}_mfu": mfu, f"{phase}_peak_memory_gib": memory})
-        print(f"{phase:8s} {rate:10.1f} completion tokens/s | MFU {mfu * 100:5.1f}% | peak memory {memory:.1f} GiB")
+        mfu = useful / seconds / peak if peak else float("nan")  # written as null
+        memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        figures.update({f"{phase}_tokens_per_s": rate, f"{phase}_mfu": mfu, f"{phase}_peak_memory_gib": memory,
+                        f"{phase}_useful_tflop_per_step": useful / args.steps / 1e12,
+                        f"{phase}_fraction_of_matmul": useful / seconds / matmul})
+        print(f"{phase:8s} {rate:10.1f} completion tokens/s{'/GPU' if device.type == 'cuda' else ''} | MFU {f'{mfu * 100:.1f}%' if peak else 'n/a (peak unknown)'} | "
+              f"{useful / seconds / matmul * 100:.1f}% of measured matmul | {si(useful / args.steps, 'FLOP')} useful "
+              f"per step | peak memory {f'{memory:.1f} GiB' if memory is not None else 'n/a (not CUDA)'}")
     if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({k: (None if v != v else v) for k, v in figures.items()}, indent=2))  # NaN: null
     if args.backend == "vllm":
         print(f"rollout_tokens_per_s={figures['rollout_tokens_per_s']:.2f} (vllm)")
     print(f"train_tokens_per_s={figures['train_tokens_per_s']:.2f}")

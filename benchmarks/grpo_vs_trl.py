@@ -6,7 +6,11 @@ prompts per step, forced completion length (min_new_tokens = max_new_tokens), be
 rate, grad clipping and reward function, with the same number of torch threads. Each runs `--warmup` untimed steps,
 then `--steps` timed ones. Printed: samples/s (completions per second of full training steps), a phase breakdown,
 structural counters (vision-encoder calls and images encoded per unique image; LM-head rows and language-model token
-positions per completion token, from forward hooks on the policy and, when beta > 0, the reference model) and, as the last line, `speedup_vs_trl=<mmrl samples/s / TRL samples/s>`.
+positions per completion token, from forward hooks on the policy and, when beta > 0, the reference model), the
+physical bound (the step's useful FLOPs counted from the model config by `benchmarks/flops.py`, over this machine's
+matmul rate measured in the same run: median of short `torch.matmul` timings on the benchmark's device, dtype and
+thread count, taken before, between and after the two trainers) and the fraction of it each side reaches, and, as the
+last line, `speedup_vs_trl=<mmrl samples/s / TRL samples/s>`.
 
 Timing is conservative for mmrl: its step time is the wall time between the end of the last warm-up step and the end
 of the last step (logging included), while TRL's is the sum of its `on_step_begin` -> `on_step_end` intervals (its
@@ -14,6 +18,7 @@ dataloader fetch and logging excluded).
 
     python3 benchmarks/grpo_vs_trl.py                                      # CPU: tiny preset, 448x448, G=8
     python3 benchmarks/grpo_vs_trl.py --freeze-vision-tower                # the frozen-tower row
+    python3 benchmarks/grpo_vs_trl.py --rounds 3       # both sides 3 times, alternating order; median ratio last
     python3 benchmarks/grpo_vs_trl.py --preset qwen2.5-vl-3b --device cuda --dtype bf16 --max-new-tokens 256
 """
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -33,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from benchmarks._common import PhaseClock, StructuralCounters, table  # noqa: E402
+from benchmarks.flops import PromptShape, grpo_step_flops, matmul_rates, square_image_grid  # noqa: E402
 
 REWARD_NAME = "bench_distinct_words"
 LEARNING_RATE = 1e-5
@@ -67,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (same for both)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", choices=["mmrl", "trl"], default=None, help="run one side only (no speedup line)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run both sides this many times, alternating which goes first (a shared machine's load "
+                        "drifts); the table pools all rounds, the last line is the median of the rounds' ratios")
     return p.parse_args(argv)
 
 
@@ -102,7 +112,9 @@ def mmrl_overrides(args: argparse.Namespace, data_path: Path, out_dir: Path) -> 
 # ---------------------------------------------------------------------------------------------------------------
 # mmrl
 # ---------------------------------------------------------------------------------------------------------------
-def run_mmrl(args: argparse.Namespace, data_path: Path, work: Path) -> dict[str, Any]:
+def run_mmrl(args: argparse.Namespace, data_path: Path, work: Path, clock: PhaseClock | None = None) -> dict[str, Any]:
+    """mmrl's timed run; `clock` may carry the caller's own wrapped phases (timed from the same step on, returned
+    under "clock")."""
     from mmrl.config import load_config
     from mmrl.rl.trainer import GRPOTrainer
 
@@ -110,7 +122,7 @@ def run_mmrl(args: argparse.Namespace, data_path: Path, work: Path) -> dict[str,
     trainer = GRPOTrainer(cfg)
     reference = getattr(trainer.reference, "model", None)  # a separate copy when beta > 0 (full fine-tuning)
     counters = StructuralCounters(trainer.run.model, reference)
-    clock = PhaseClock()
+    clock = clock or PhaseClock()
     clock.wrap(trainer.backend, "rollout", "generate")
     composite = trainer._composite(tuple(cfg.rewards))  # the instance the loop will use (cached by spec)
     clock.wrap(composite, "score", "rewards")
@@ -137,13 +149,15 @@ def run_mmrl(args: argparse.Namespace, data_path: Path, work: Path) -> dict[str,
     rollout = sum(m.get("time/rollout", 0.0) for m in timed)
     update = sum(m.get("time/update", 0.0) for m in timed)
     return {
-        "seconds": seconds, "completions": completions, "completion_tokens": tokens,
+        "seconds": seconds, "completions": completions, "completion_tokens": tokens, "steps": len(timed),
         "phases": {"generate": clock.seconds["generate"], "rewards": clock.seconds["rewards"],
                    "rollout, other": rollout - clock.seconds["generate"] - clock.seconds["rewards"],
                    "update (fwd+bwd+optim)": update, "other": seconds - rollout - update},
         "counts": dict(counters.counts),
         "prompt_tokens": sum(m.get("rollout/prefill_tokens", 0) for m in timed) / (args.prompts_per_step * len(timed)),
         "loss": [m.get("loss") for m in timed],
+        "config": trainer.run.model.config,
+        "clock": dict(clock.seconds),
     }
 
 
@@ -269,7 +283,7 @@ def run_trl(args: argparse.Namespace, data_path: Path, work: Path) -> dict[str, 
     completions = args.prompts_per_step * args.group_size * len(timed)
     rollout = clock.seconds["rollout"]
     return {
-        "seconds": seconds, "completions": completions,
+        "seconds": seconds, "completions": completions, "steps": len(timed),
         "completion_tokens": sum(lengths) * args.prompts_per_step * args.group_size,
         "phases": {"generate": clock.seconds["generate"], "rewards": clock.seconds["rewards"],
                    "rollout, other": rollout - clock.seconds["generate"] - clock.seconds["rewards"],
@@ -277,38 +291,73 @@ def run_trl(args: argparse.Namespace, data_path: Path, work: Path) -> dict[str, 
         "counts": dict(counters.counts),
         "prompt_tokens": float(prompt_tokens),
         "loss": [h.get("loss") for h in history],
+        "config": loaded.model.config,
     }
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------------------------
-def summarize(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+def pool(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two runs of one side as one: times, counts and steps add up (same settings, so the rest is equal)."""
+    out = dict(a)
+    for key in ("seconds", "completions", "completion_tokens", "steps"):
+        out[key] = a[key] + b[key]
+    for key in ("phases", "counts"):
+        out[key] = {k: a[key].get(k, 0) + b[key].get(k, 0) for k in {*a[key], *b[key]}}
+    out["loss"] = a["loss"] + b["loss"]
+    return out
+
+
+def step_flops(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> int:
+    """Useful FLOPs of one step (the same work for both sides): `--prompts-per-step` prompts of the measured prompt
+    length, one `--image-size`² image each (kept at its size), G completions of the forced length."""
+    side = results.get("mmrl") or results["trl"]
+    config = side["config"]
+    patch = config.vision_config.patch_size
+    prompt = PromptShape(round(side["prompt_tokens"]), (square_image_grid(args.image_size, patch),))
+    return grpo_step_flops(config, [prompt] * args.prompts_per_step, args.group_size, args.max_new_tokens,
+                           vision_trainable=not args.freeze_vision_tower, beta=args.beta).total
+
+
+def summarize(results: dict[str, dict[str, Any]], args: argparse.Namespace,
+              matmul: tuple[float, float] | None = None) -> str:
+    """The comparison table; with `matmul` = (median, best) FLOP/s, the physical bound rows too: the fraction of the
+    bound at the median rate (the load the steps saw) and, more conservative, at the best one."""
     names = list(results)
-    unique_images = args.prompts_per_step * args.steps  # one image per prompt, each prompt seen once per step
+    def unique_images(r: dict[str, Any]) -> int:  # one image per prompt, each prompt seen once per step
+        return args.prompts_per_step * r["steps"]
+
     rows = []
 
     def row(label: str, fn) -> None:
         rows.append([label] + [fn(results[n]) for n in names])
 
     row("samples/s (completions/s)", lambda r: r["completions"] / r["seconds"])
-    row("seconds per step", lambda r: r["seconds"] / args.steps)
+    row("seconds per step", lambda r: r["seconds"] / r["steps"])
     row("completion tokens/s", lambda r: r["completion_tokens"] / r["seconds"])
     for phase in ("generate", "rewards", "rollout, other", "update (fwd+bwd+optim)", "other"):
-        row(f"  {phase} (s/step)", lambda r, p=phase: r["phases"][p] / args.steps)
-    row("vision-encoder calls / unique image", lambda r: r["counts"].get("vision_calls", 0) / unique_images)
-    row("images encoded / unique image", lambda r: r["counts"].get("images_encoded", 0) / unique_images)
+        row(f"  {phase} (s/step)", lambda r, p=phase: r["phases"][p] / r["steps"])
+    row("vision-encoder calls / unique image", lambda r: r["counts"].get("vision_calls", 0) / unique_images(r))
+    row("images encoded / unique image", lambda r: r["counts"].get("images_encoded", 0) / unique_images(r))
     row("LM-head rows / completion token", lambda r: r["counts"].get("lm_head_rows", 0) / r["completion_tokens"])
     row("LM token positions / completion token", lambda r: r["counts"].get("lm_positions", 0) / r["completion_tokens"])
     row("mean completion length", lambda r: r["completion_tokens"] / r["completions"])
     row("prompt tokens per prompt (image included)", lambda r: r["prompt_tokens"])
+    if matmul:
+        useful, (median, best) = step_flops(results, args), matmul
+        row("useful GFLOP per step", lambda r: useful / 1e9)
+        row("matmul GFLOP/s (median of this run)", lambda r: median / 1e9)
+        row("bound s/step (useful / median rate)", lambda r: useful / median)
+        row("fraction of bound", lambda r: useful / median / (r["seconds"] / r["steps"]))
+        row("fraction of bound at best rate", lambda r: useful / best / (r["seconds"] / r["steps"]))
     return table(["metric"] + names, rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.steps < 1 or args.warmup < 1:
-        raise SystemExit("--steps and --warmup must be >= 1")
+    if args.steps < 1 or args.warmup < 1 or args.rounds < 1:
+        raise SystemExit("--steps, --warmup and --rounds must be >= 1")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(args.threads)
@@ -317,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
 
     register_reward(REWARD_NAME)(distinct_words)
     results: dict[str, dict[str, Any]] = {}
+    device, dtype = torch.device(args.device), torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    rates = matmul_rates(device, dtype)  # sampled again between and after the trainers: the load changes
     with tempfile.TemporaryDirectory(prefix="mmrl-bench-") as tmp:
         work = Path(tmp)
         data_path = build_data(args, work / "data")
@@ -324,18 +375,30 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.image_size} G={args.group_size} prompts/step={args.prompts_per_step} "
               f"new_tokens={args.max_new_tokens} (forced) beta={args.beta} "
               f"vision_tower={'frozen' if args.freeze_vision_tower else 'trainable'} warmup={args.warmup} steps={args.steps} "
-              f"threads={args.threads}", flush=True)
-        sides = [args.only] if args.only else ["mmrl", "trl"]
-        for side in sides:
-            torch.manual_seed(args.seed)
-            results[side] = (run_mmrl if side == "mmrl" else run_trl)(args, data_path, work)
-            print(f"# {side}: {results[side]['completions'] / results[side]['seconds']:.3f} samples/s, "
-                  f"losses {results[side]['loss']}", flush=True)
-    print(summarize(results, args))
-    if "mmrl" in results and "trl" in results:
-        mmrl_rate = results["mmrl"]["completions"] / results["mmrl"]["seconds"]
-        trl_rate = results["trl"]["completions"] / results["trl"]["seconds"]
-        print(f"speedup_vs_trl={mmrl_rate / trl_rate:.3f}")
+              f"threads={args.threads} rounds={args.rounds}", flush=True)
+        ratios = []
+        for round_ in range(args.rounds):
+            sides = [args.only] if args.only else ["mmrl", "trl"] if round_ % 2 == 0 else ["trl", "mmrl"]
+            rate = {}
+            for side in sides:
+                torch.manual_seed(args.seed)
+                result = (run_mmrl if side == "mmrl" else run_trl)(args, data_path, work / f"round{round_}")
+                rate[side] = result["completions"] / result["seconds"]
+                print(f"# {side}: {rate[side]:.3f} samples/s, losses {result['loss']}", flush=True)
+                results[side] = pool(results[side], result) if side in results else result
+                rates += matmul_rates(device, dtype)
+            if len(rate) == 2:
+                ratios.append(rate["mmrl"] / rate["trl"])
+    matmul = statistics.median(rates)
+    print(f"# matmul ({args.dtype}, {torch.get_num_threads()} thread(s)): median {matmul / 1e9:.1f} GFLOP/s, "
+          f"best {max(rates) / 1e9:.1f}, over {len(rates)} timings", flush=True)
+    print(summarize(results, args, (matmul, max(rates))))
+    if ratios:
+        if len(ratios) > 1:
+            pooled = (results["mmrl"]["completions"] / results["mmrl"]["seconds"]) / (
+                results["trl"]["completions"] / results["trl"]["seconds"])
+            print(f"# speedup per round: {', '.join(f'{r:.3f}' for r in ratios)}; pooled {pooled:.3f}")
+        print(f"speedup_vs_trl={statistics.median(ratios):.3f}")
     return 0
 
 

@@ -34,6 +34,20 @@ def test_throughput_program_runs_the_training_code_on_cpu(tmp_path, capsys):
     figures = json.loads(out.read_text())
     assert figures["rollout_tokens_per_s"] > 0 and figures["train_tokens_per_s"] > 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("train_tokens_per_s=")
+    # useful FLOPs by benchmarks/flops.py: forward + backward (tower trained) = 3 x the rollout's forward
+    assert figures["train_useful_tflop_per_step"] == pytest.approx(3 * figures["rollout_useful_tflop_per_step"])
+    assert figures["rollout_fraction_of_matmul"] > 0 and figures["train_fraction_of_matmul"] > 0
+    assert figures["train_mfu"] is None and figures["train_peak_memory_gib"] is None  # no known peak on a CPU
+
+
+def test_throughput_program_refuses_bad_arguments_in_one_line(capsys):
+    spec = importlib.util.spec_from_file_location("gpu_throughput", ROOT / "benchmarks" / "gpu_throughput.py")
+    program = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(program)
+    assert program.main(["--preset", "tiny", "--device", "cpu", "--steps", "0"]) == 2
+    assert program.main(["--preset", "tiny", "--device", "cpu", "--image-side", "50"]) == 2
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all("must be >= 1" in line for line in lines)
 
 
 def test_benchmark_preset_has_the_published_size():
