@@ -67,12 +67,14 @@ def _adapter_weights(policy: Any, adapter: Path) -> dict[str, torch.Tensor]:
     from mmrl.errors import UserError
 
     name = policy.active_adapter
-    live = {k.replace(f".{name}.", ".").removesuffix(f".{name}"): k for k, _ in policy.named_parameters()}
+    params = dict(policy.named_parameters())
+    live = {k.replace(f".{name}.", ".").removesuffix(f".{name}"): k for k in params}
     saved = load_file(str(adapter))
-    missing = sorted(set(saved) - set(live))
-    if missing:
-        raise UserError(f"{adapter}: {len(missing)} adapter tensors match no LoRA parameter of this model (e.g. "
-                        f"{missing[0]}); resume with the model.lora settings the checkpoint was written with")
+    # a name this model lacks, or another shape (another model.lora.r): the checkpoint is another adapter
+    foreign = sorted(k for k, v in saved.items() if k not in live or tuple(v.shape) != tuple(params[live[k]].shape))
+    if foreign:
+        raise UserError(f"{adapter}: {len(foreign)} adapter tensors match no LoRA parameter of this model by name and "
+                        f"shape (e.g. {foreign[0]}); resume with the model.lora settings the checkpoint was written with")
     return {live[k]: v for k, v in saved.items()}
 
 
