@@ -36,7 +36,9 @@ def launcher(engine: str, port_args: Any) -> list[str]:
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
     """Run `cmd` from the repository root with one thread per process; fail the test with its error lines."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # this checkout's code in every process, whatever package the environment has installed
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert done.returncode == 0, errors(done.stderr)
     return done

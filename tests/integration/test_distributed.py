@@ -3,6 +3,8 @@ ZeRO-2 in real processes), with or without a KL reference or LoRA."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -12,7 +14,16 @@ from mmrl.engine.run_logger import read_metrics
 from mmrl.generation import SamplingParams
 from mmrl.generation.hf import HFNaiveBackend, HFSharedPrefixBackend
 from mmrl.models.loading import load_policy
-from tests.integration.launch import CONFIG, max_difference, ranks, train_args, world_size_run
+from tests.integration.launch import (
+    CONFIG,
+    FIXTURES,
+    launcher,
+    max_difference,
+    ranks,
+    run,
+    train_args,
+    world_size_run,
+)
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +165,55 @@ def test_lora_under_deepspeed_zero2_matches_one_process(one_process_lora, color_
     assert [(r["rank"], r["world_size"], r["reference"]) for r in ranks(out)] == [(0, 2, "shared"), (1, 2, "shared")]
     assert all(0.4 < r["optimizer_state_fraction"] < 0.6 for r in ranks(out))
     assert max_difference(torch.load(one_process_lora / "final.pt"), torch.load(out / "final.pt")) < 1e-5
+
+
+# The RL update's hard cases, on fixed groups (tests/fixtures/trainer/exact_update.py): ranks running different
+# numbers of micro-batch forwards per optimizer step (and, with the KL, of reference forwards: FSDP2 gathers its
+# sharded reference once per step whatever each rank runs inside).
+UPDATE_VARIANTS = {
+    # reinforce_pp, bnpo, 2 mini-batches x mu 2, a k3 KL in the loss, and a step where the online filter left the
+    # ranks uneven (3 groups: 2 on rank 0, 1 on rank 1).
+    "sgd_uneven_kl": {"overrides": ["algorithm.advantage=reinforce_pp", "algorithm.loss_aggregation=bnpo",
+                                    "algorithm.mini_batches=2", "algorithm.num_iterations=2", *KL,
+                                    "trainer.prompts_per_step=4", "optimizer.name=sgd", "optimizer.lr=0.5"],
+                      "drop": [2, 3]},
+    # AdamW with weight decay, warm-up (the LR schedule reaches DeepSpeed's steps), clipping, and a step whose groups
+    # all have zero advantage (no forward on any rank: the step still reduces and moves the weights).
+    "adamw_flat_step": {"overrides": ["algorithm.loss_aggregation=dapo", "trainer.prompts_per_step=4",
+                                      "optimizer.lr=1e-3", "optimizer.weight_decay=0.1", "optimizer.warmup_steps=3",
+                                      "optimizer.max_grad_norm=0.05"],
+                        "flat_step": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def one_process_updates(tmp_path_factory, tiny_model_dir):
+    from data_pipelines.synthetic import build_synthetic
+
+    data = build_synthetic(["color"], 12, 0, tmp_path_factory.mktemp("data12"), image_size=56)
+    out = tmp_path_factory.mktemp("one-updates")
+    run([*launcher("one", None), str(FIXTURES / "exact_update.py"), str(CONFIG), str(data), str(out),
+         json.dumps(UPDATE_VARIANTS)])
+    return data, out
+
+
+@pytest.mark.parametrize("engine", ["fsdp2", "deepspeed"])
+def test_two_processes_match_one_when_ranks_run_different_numbers_of_forwards(engine, one_process_updates, tmp_path,
+                                                                             port_args):
+    if engine == "deepspeed":
+        pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'mmrl[deepspeed]')")
+    data, single_dir = one_process_updates
+    run([*launcher(engine, port_args), str(FIXTURES / "exact_update.py"), str(CONFIG), str(data), str(tmp_path),
+         json.dumps(UPDATE_VARIANTS)])
+    initial = _initial_weights()
+    for name in UPDATE_VARIANTS:
+        two = [json.loads((tmp_path / f"{name}-rank-{r}.json").read_text()) for r in (0, 1)]
+        single = json.loads((single_dir / f"{name}-rank-0.json").read_text())
+        assert [(r["rank"], r["world_size"]) for r in two] == [(0, 2), (1, 2)]
+        assert two[0]["steps"] == two[1]["steps"] == single["steps"]
+        one = torch.load(single_dir / f"{name}.pt")
+        assert max_difference(one, initial) > 1e-4, f"{name}: the weights did not move"
+        assert max_difference(one, torch.load(tmp_path / f"{name}.pt")) <= 1e-5, name
 
 
 def test_fsdp2_save_resume_is_exact_and_the_checkpoint_is_a_plain_hf_directory(tmp_path, color_data, port_args):
