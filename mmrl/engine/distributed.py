@@ -18,7 +18,10 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,6 +57,25 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         atexit.register(_leave_process_group)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def _adapter_weights(policy: Any, adapter: Path) -> dict[str, torch.Tensor]:
+    """A saved LoRA adapter's tensors under the live peft model's parameter names (peft writes them without the
+    adapter's name: `...q_proj.lora_A.weight` on disk is `...q_proj.lora_A.default.weight` live)."""
+    from safetensors.torch import load_file
+
+    from mmrl.errors import UserError
+
+    name = policy.active_adapter
+    params = dict(policy.named_parameters())
+    live = {k.replace(f".{name}.", ".").removesuffix(f".{name}"): k for k in params}
+    saved = load_file(str(adapter))
+    # a name this model lacks, or another shape (another model.lora.r): the checkpoint is another adapter
+    foreign = sorted(k for k, v in saved.items() if k not in live or tuple(v.shape) != tuple(params[live[k]].shape))
+    if foreign:
+        raise UserError(f"{adapter}: {len(foreign)} adapter tensors match no LoRA parameter of this model by name and "
+                        f"shape (e.g. {foreign[0]}); resume with the model.lora settings the checkpoint was written with")
+    return {live[k]: v for k, v in saved.items()}
 
 
 def _leave_process_group() -> None:
@@ -166,6 +188,7 @@ class TrainingEngine:
         self.name = (engine or engine_from_launch()) if self.world_size > 1 else "single"
         self.wrapped: torch.nn.Module = self.module
         self.zero: Any = None  # DeepSpeed: the `mmrl.engine.zero.ZeroEngine`, built in `start` (it needs the optimizer)
+        self.reference_root: Any = None  # FSDP2: the sharded frozen reference copy (`shard_reference`)
         if self.name == "ddp":
             device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
             # DDP broadcasts rank 0's parameters and buffers at construction: every rank starts from the same weights.
@@ -262,11 +285,16 @@ class TrainingEngine:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
         policy = self.module.inner.policy
-        # transformers maps the on-disk key names onto the live model's (they differ for Qwen2.5-VL)
-        loaded = type(policy).from_pretrained(path, dtype=next(policy.parameters()).dtype)
-        whole = {f"inner.policy.{k}": v for k, v in loaded.state_dict().items()}
+        adapter = Path(path) / "adapter_model.safetensors"
+        if adapter.is_file():  # LoRA: only the adapter was saved; the frozen base stays as loaded
+            whole, strict = _adapter_weights(policy, adapter), False
+        else:
+            # transformers maps the on-disk key names onto the live model's (they differ for Qwen2.5-VL)
+            loaded = type(policy).from_pretrained(path, dtype=next(policy.parameters()).dtype)
+            whole, strict = loaded.state_dict(), True
         self.wrapped.reshard()
-        set_model_state_dict(self.wrapped, whole, options=StateDictOptions(full_state_dict=True))
+        set_model_state_dict(self.wrapped, {f"inner.policy.{k}": v for k, v in whole.items()},
+                             options=StateDictOptions(full_state_dict=True, strict=strict))
         self.wrapped.unshard()
         return True
 
@@ -294,3 +322,36 @@ class TrainingEngine:
     def after_step(self) -> None:
         if self.name == "fsdp2":
             self.wrapped.unshard()  # the next rollout reads whole parameters
+
+    def shard_reference(self, reference: Any) -> Any:
+        """Place the KL reference (`mmrl.rl.reference.ReferencePolicy`, or None) for this engine; returns it.
+
+        FSDP2: a frozen copy (`reference.model`) is sharded like the policy, as its own FSDP root (no gradient, no
+        optimizer); its parameters are whole only inside `reference_gathered`. DDP and DeepSpeed ZeRO-2 keep whole
+        parameters on every process, so the replicated frozen copy is their equivalent (ZeRO-2 partitions only
+        what an optimizer steps). A reference that shares the policy's weights (LoRA: adapter disabled) needs
+        nothing: it reads the policy's parameters, which are whole between optimizer steps."""
+        if reference is None or reference.shares_weights or self.name != "fsdp2":
+            return reference
+        from torch.distributed.fsdp import fully_shard
+
+        model = reference.model
+        model.requires_grad_(False)
+        # Never resharded by a forward: processes run different numbers of reference forwards per step, and an
+        # all-gather per forward would be a collective only some of them reach.
+        self.reference_root = fully_shard(model, reshard_after_forward=False)
+        return reference
+
+    @contextmanager
+    def reference_gathered(self) -> Iterator[None]:
+        """FSDP2: the sharded reference's whole parameters for the duration (one all-gather on entry, freed on
+        exit); every process enters once per step, whatever number of reference forwards it runs inside. Other
+        engines: nothing to do."""
+        if self.reference_root is None:
+            yield
+            return
+        self.reference_root.unshard()
+        try:
+            yield
+        finally:
+            self.reference_root.reshard()

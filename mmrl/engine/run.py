@@ -140,30 +140,16 @@ def prepare_run(cfg: MMRLConfig) -> Path:
     return claim_run_dir(cfg.trainer.output_dir, cfg.trainer.resume, cfg.trainer.overwrite)
 
 
-def _check_fsdp2(cfg: MMRLConfig, engine: str = "FSDP2") -> None:
-    """What the FSDP2 and DeepSpeed paths do not cover yet (`engine`: how the error names the preset)."""
-    if cfg.model.lora.enabled:
-        raise UserError(f"model.lora.enabled: LoRA is not supported with the {engine} presets yet; launch with "
-                        "configs/accelerate/ddp.yaml (ddp_cpu_2proc.yaml on CPU)")
-    if cfg.algorithm.beta > 0:
-        raise UserError(f"algorithm.beta={cfg.algorithm.beta}: a reference model is not supported with the {engine} "
-                        "presets yet; launch with configs/accelerate/ddp.yaml (ddp_cpu_2proc.yaml on CPU) or set "
-                        "algorithm.beta=0")
-
-
 def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
     """Processes, seed, run dir (with the resolved config), model, optimizer, schedule, logger, resume point."""
     run_dir = prepare_run(cfg)
     dist = init_distributed(cfg.trainer.device)
     seed_everything(cfg.trainer.seed)
     resume_from = ckpt.resolve_resume(cfg.trainer.resume, run_dir, say=ckpt.tell if dist.is_main else None)
-    if dist.world_size > 1 and engine_from_launch() in ("fsdp2", "deepspeed"):
-        # before the model loads: what these paths do not cover yet is a one-line error
-        _check_fsdp2(cfg, "DeepSpeed" if engine_from_launch() == "deepspeed" else "FSDP2")
-        if engine_from_launch() == "deepspeed":
-            from mmrl.engine.zero import check_deepspeed
+    if dist.world_size > 1 and engine_from_launch() == "deepspeed":
+        from mmrl.engine.zero import check_deepspeed
 
-            check_deepspeed(cfg.optimizer.max_grad_norm)  # the preset's options and the install, before the model loads
+        check_deepspeed(cfg.optimizer.max_grad_norm)  # the preset's options and the install, before the model loads
     loaded = load_policy(cfg.model, device=dist.device, for_training=True)
     engine = TrainingEngine(loaded.model, dist)  # DDP broadcasts rank 0's weights
     loaded.model.train()

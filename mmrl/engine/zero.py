@@ -12,7 +12,11 @@ How it meets the RL update, whose processes may run different numbers of micro-b
   non-finite loss poisons the synchronising pass (nan x parameters) so that step is skipped the same way.
 The optimizer is mmrl's own (`build_optimizer`), handed to DeepSpeed: ZeRO partitions its state and steps it on flat
 fp32 partitions (element-wise the same AdamW), and the LR scheduler mmrl builds on it still sets its learning rate.
-ZeRO-3 is not offered: the rollout and the no-grad forwards read whole parameters between steps.
+ZeRO-3 is not offered. Its per-layer parameter gathering copes with the shared-prefix forward (a layer run for the
+prompt, then for the completions, checkpointed or not: measured equal to ZeRO-2's update on CPU), but each gather is a
+collective at every forward and backward of a layer, and mmrl's processes run different numbers of them (each rank's
+rollout ends when its own completions do; zero-advantage groups skip their forwards): measured on CPU, a rank running
+one forward more than the other hangs both.
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ def zero_config(max_grad_norm: float | None) -> dict[str, Any]:
     what mmrl does not support is a one-line error."""
     stage = int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))
     if stage != 2:
-        raise UserError(f"{PRESET}: zero_stage: {stage} is not supported by mmrl's trainer (the rollout reads whole "
-                        "parameters between steps); use zero_stage: 2 (configs/accelerate/deepspeed_zero2.yaml)")
+        why = (" (ZeRO-3's per-layer gathers would hang: processes run different numbers of forwards)"
+               if stage == 3 else "")
+        raise UserError(f"{PRESET}: zero_stage: {stage} is not supported by mmrl's trainer{why}; use zero_stage: 2 "
+                        "(configs/accelerate/deepspeed_zero2.yaml) or, to shard parameters, configs/accelerate/fsdp.yaml")
     for key in ("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE"):
         if os.environ.get(key, "none") not in ("none", ""):
             field = key.removeprefix("ACCELERATE_DEEPSPEED_").lower()

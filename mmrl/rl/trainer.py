@@ -70,7 +70,9 @@ class GRPOTrainer:
         self.backend: RolloutBackend = make_backend(self.run.model, self.run.processor, cfg.rollout.backend,
                                                     share_prompt=cfg.rollout.share_prompt, data_cfg=cfg.data,
                                                     rollout_cfg=cfg.rollout)
-        self.reference: ReferencePolicy | None = make_reference(self.run.model, cfg.algorithm.beta)
+        # FSDP2 shards the frozen copy like the policy; DDP and ZeRO-2 keep it whole on every process
+        self.reference: ReferencePolicy | None = self.run.engine.shard_reference(
+            make_reference(self.run.model, cfg.algorithm.beta))
         # Sampling draws on the model's device, so the generator lives there (CUDA rejects a CPU generator).
         self.generator = torch.Generator(device=self.run.dist.device)
         self.generator.manual_seed(cfg.trainer.seed * 1000 + self.run.dist.rank)

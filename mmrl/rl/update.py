@@ -117,7 +117,8 @@ def prepare_old_and_ref(run: TrainingRun, groups: list[Group], reference: Refere
     the reward (k1 of the rollout policy); reference log-probs when beta > 0. Both in the training's micro-batches."""
     algo, temperature = run.cfg.algorithm, run.cfg.rollout.temperature
     need_old = algo.num_iterations > 1 or algo.mini_batches > 1 or _kl_in_reward(algo)
-    with torch.no_grad():
+    # every process gets here once per step: FSDP2 gathers a sharded reference for the step's reference forwards
+    with torch.no_grad(), run.engine.reference_gathered():
         for group in groups:
             parts = _parts(run, group)
             if need_old:

@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -15,63 +9,11 @@ from mmrl.config import load_config
 from mmrl.engine.run_logger import read_metrics
 from mmrl.errors import UserError
 from mmrl.models.loading import load_policy
+from tests.integration.launch import CONFIG, FIXTURES, launcher, max_difference, run, train_args, world_size_run
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'mmrl[deepspeed]')")
-
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = ROOT / "tests" / "fixtures" / "trainer"
-CONFIG = ROOT / "configs" / "tests" / "grpo_tiny.yaml"
-PRESET = ROOT / "configs" / "accelerate" / "deepspeed_zero2_cpu_2proc.yaml"
-
-
-def _errors(stderr: str) -> str:
-    """The error lines of a failed launch (its full stderr is mostly the two ranks' interleaved tracebacks)."""
-    return "\n".join(line for line in stderr.splitlines() if "Error" in line)[-3000:]
-
-
-def _base_args(data: Path) -> list[str]:
-    return [f"data.train={data}", "trainer.report_to=[jsonl]", "trainer.progress=false", "trainer.save_steps=0",
-            "trainer.sample_steps=0", "trainer.prompts_per_step=2", "rollout.max_completion_length=5",
-            "model.dtype=fp32", "trainer.device=cpu", "optimizer.lr=1e-3",
-            f"rewards=[{{name: '{FIXTURES / 'varied_reward.py'}:reward'}}]"]
-
-
-def _run(cmd: list[str]) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
-    assert done.returncode == 0, _errors(done.stderr)
-
-
-def test_one_process_and_deepspeed_zero2_train_to_the_same_weights(tmp_path, tiny_model_dir, port_args):
-    """Same global batch (2 prompts x G=4 per step, 2 steps, real rollouts) on 1 process and on 2 DeepSpeed ZeRO-2
-    processes: final fp32 weights within 1e-5; both ranks ran, each holding about half the optimizer state; the
-    run's first metrics row records world size and engine."""
-    from data_pipelines.synthetic import build_synthetic
-
-    data = build_synthetic(["color"], 8, 0, tmp_path / "data", image_size=56)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", *port_args(), "--config_file", str(PRESET)]
-    results = {}
-    for name, cmd in (("one", [sys.executable]), ("deepspeed", launch)):
-        out = tmp_path / name
-        out.mkdir()
-        _run([*cmd, str(FIXTURES / "world_size_run.py"), str(CONFIG), str(out), f"trainer.output_dir={out / 'run'}",
-              "trainer.max_steps=2", "trainer.save_final=false", *_base_args(data)])
-        results[name] = out
-    first = {name: read_metrics(out / "run")[0] for name, out in results.items()}
-    assert (first["one"]["world_size"], first["one"]["engine"]) == (1, "single")
-    assert (first["deepspeed"]["world_size"], first["deepspeed"]["engine"]) == (2, "deepspeed")
-    ranks = [json.loads((results["deepspeed"] / f"rank-{r}.json").read_text()) for r in (0, 1)]
-    assert [(r["rank"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)]
-    assert ranks[0]["pid"] != ranks[1]["pid"]
-    assert all(0.4 < r["optimizer_state_fraction"] < 0.6 for r in ranks)  # ZeRO partitions the AdamW state
-    one = json.loads((results["one"] / "rank-0.json").read_text())
-    assert one["optimizer_state_fraction"] == 1.0
-    single = torch.load(results["one"] / "final.pt")
-    start = load_policy(load_config(str(CONFIG), ["model.dtype=fp32"]).model).model
-    moved = max(float((single[k] - p.detach()).abs().max()) for k, p in start.named_parameters())
-    assert moved > 1e-4  # training did move the weights: the comparison below is not trivially true
-    zero2 = torch.load(results["deepspeed"] / "final.pt")
-    assert max(float((single[k] - zero2[k]).abs().max()) for k in single) < 1e-5
+# 1 process vs 2 ZeRO-2 processes (with a KL reference, with LoRA, with ranks running different numbers of forwards):
+# tests/integration/test_distributed.py
 
 
 @pytest.mark.slow
@@ -89,20 +31,16 @@ def test_deepspeed_save_resume_is_exact_and_the_checkpoint_is_a_plain_hf_directo
             "first": ["trainer.max_steps=1", "trainer.save_final=true"],  # ends after writing checkpoint step-1
             "resumed": ["trainer.max_steps=2", "trainer.resume=auto", "trainer.save_final=false"]}
     for name, extra in runs.items():
-        out = tmp_path / name
-        out.mkdir()
         run_dir = tmp_path / ("straight" if name == "straight" else "shared") / "run"
-        _run([sys.executable, "-m", "accelerate.commands.launch", *port_args(), "--config_file", str(PRESET),
-              str(FIXTURES / "world_size_run.py"), str(CONFIG), str(out), f"trainer.output_dir={run_dir}",
-              *_base_args(data), *extra])
+        world_size_run("deepspeed", tmp_path / name, port_args, [f"trainer.output_dir={run_dir}", *train_args(data), *extra])
     straight, resumed = (torch.load(tmp_path / n / "final.pt") for n in ("straight", "resumed"))
-    assert max(float((straight[k] - resumed[k]).abs().max()) for k in straight) < 1e-6
+    assert max_difference(straight, resumed) < 1e-6
     rows = read_metrics(tmp_path / "shared" / "run")
     assert [r["step"] for r in rows] == [1, 2]
     step1 = torch.load(tmp_path / "first" / "final.pt")
     exported = AutoModelForImageTextToText.from_pretrained(tmp_path / "shared" / "run" / "checkpoints" / "step-1")
     got = {k: v.detach() for k, v in exported.named_parameters()}
-    assert max(float((got[k] - step1[k]).abs().max()) for k in step1) == 0.0
+    assert max_difference(got, step1) == 0.0
 
 
 def test_a_deepspeed_checkpoint_resumed_under_another_engine_is_a_one_line_error():
@@ -142,69 +80,25 @@ def test_the_deepspeed_preset_options_mmrl_does_not_support_are_one_line_errors(
             assert "\n" not in str(err.value)
 
 
-# The RL update's hard cases, on fixed groups (tests/fixtures/trainer/exact_update.py): ranks running different
-# numbers of micro-batch forwards per optimizer step.
-UPDATE_VARIANTS = {
-    # reinforce_pp, bnpo, 2 mini-batches x mu 2, and a step where the online filter left the ranks uneven (3 groups:
-    # 2 on rank 0, 1 on rank 1).
-    "sgd_uneven": {"overrides": ["algorithm.advantage=reinforce_pp", "algorithm.loss_aggregation=bnpo",
-                                 "algorithm.mini_batches=2", "algorithm.num_iterations=2",
-                                 "trainer.prompts_per_step=4", "optimizer.name=sgd", "optimizer.lr=0.5"],
-                   "drop": [2, 3]},
-    # AdamW with weight decay, warm-up (the LR schedule reaches DeepSpeed's steps), clipping, and a step whose groups
-    # all have zero advantage (no forward on any rank: the step still reduces and moves the weights).
-    "adamw_flat_step": {"overrides": ["algorithm.loss_aggregation=dapo", "trainer.prompts_per_step=4",
-                                      "optimizer.lr=1e-3", "optimizer.weight_decay=0.1", "optimizer.warmup_steps=3",
-                                      "optimizer.max_grad_norm=0.05"],
-                        "flat_step": 2},
-    # A token budget (trainer.max_tokens_per_micro_batch=45): a group takes 1 to 4 forwards, so the ranks run
-    # different numbers of backwards between two reductions.
-    "sgd_token_budget": {"overrides": ["algorithm.loss_aggregation=grpo", "algorithm.mini_batches=2",
-                                       "trainer.max_tokens_per_micro_batch=45", "trainer.prompts_per_step=4",
-                                       "optimizer.name=sgd", "optimizer.lr=0.5"],
-                         "drop": [1, 3]},
-}
-
-
-def test_deepspeed_matches_one_process_when_ranks_run_different_numbers_of_forwards(tmp_path, tiny_model_dir,
-                                                                                     port_args):
-    from data_pipelines.synthetic import build_synthetic
-
-    data = build_synthetic(["color"], 12, 0, tmp_path / "data", image_size=56)
-    variants = json.dumps(UPDATE_VARIANTS)
-    script = str(FIXTURES / "exact_update.py")
-    _run([sys.executable, script, str(CONFIG), str(data), str(tmp_path / "one"), variants])
-    _run([sys.executable, "-m", "accelerate.commands.launch", *port_args(), "--config_file", str(PRESET), script,
-          str(CONFIG), str(data), str(tmp_path / "two"), variants])
-    start = load_policy(load_config(str(CONFIG), ["model.dtype=fp32"]).model).model
-    initial = {k: p.detach() for k, p in start.named_parameters()}
-    for name in UPDATE_VARIANTS:
-        ranks = [json.loads((tmp_path / "two" / f"{name}-rank-{r}.json").read_text()) for r in (0, 1)]
-        single = json.loads((tmp_path / "one" / f"{name}-rank-0.json").read_text())
-        assert [(r["rank"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)]
-        assert ranks[0]["steps"] == ranks[1]["steps"] == single["steps"]
-        one, two = torch.load(tmp_path / "one" / f"{name}.pt"), torch.load(tmp_path / "two" / f"{name}.pt")
-        assert max(float((one[k] - initial[k]).abs().max()) for k in one) > 1e-4, f"{name}: the weights did not move"
-        assert max(float((one[k] - two[k]).abs().max()) for k in one) <= 1e-5, name
-
-
 def test_a_non_finite_loss_on_one_rank_skips_the_deepspeed_step_on_both(tmp_path, tiny_model_dir, port_args):
-    """Rank 1's training forwards give NaN logits in step 1: both ranks skip that optimizer step (the weights do not
-    move), and step 2 trains normally."""
+    """Step 1: rank 1's loss is infinite while its gradients stay finite (DeepSpeed's own overflow check sees only
+    gradients: mmrl poisons the reduction pass so it skips); step 2: rank 0's training forwards give NaN logits (loss
+    and gradients NaN). Both ranks skip both optimizer steps (the weights do not move), and step 3 trains normally."""
     from data_pipelines.synthetic import build_synthetic
 
     data = build_synthetic(["color"], 8, 0, tmp_path / "data", image_size=56)
     out = tmp_path / "out"
     out.mkdir()
-    _run([sys.executable, "-m", "accelerate.commands.launch", *port_args(), "--config_file", str(PRESET),
-          str(FIXTURES / "poisoned_run.py"), str(CONFIG), str(out), "1", f"trainer.output_dir={out / 'run'}",
-          "trainer.max_steps=2", "trainer.save_final=false", *_base_args(data)])
+    run([*launcher("deepspeed", port_args), str(FIXTURES / "poisoned_run.py"), str(CONFIG), str(out),
+         "1:loss,0:logits", f"trainer.output_dir={out / 'run'}", "trainer.max_steps=3", "trainer.save_final=false",
+         *train_args(data)])
     rows = read_metrics(out / "run")
-    assert [(r["step"], r["skipped_step"]) for r in rows] == [(1, 1.0), (2, 0.0)]
-    assert rows[0]["engine"] == "deepspeed"
-    initial, step1, final = (torch.load(out / f"{n}.pt") for n in ("initial", "step-1", "final"))
-    assert all(torch.equal(step1[k], initial[k]) for k in initial), "a skipped step must not touch the weights"
-    assert max(float((final[k] - initial[k]).abs().max()) for k in initial) > 1e-4  # step 2 did train
+    assert [(r["step"], r["skipped_step"]) for r in rows] == [(1, 1.0), (2, 1.0), (3, 0.0)]
+    assert rows[0]["engine"] == "deepspeed" and rows[0]["loss"] is None  # not finite: written as null
+    initial, step1, step2, final = (torch.load(out / f"{n}.pt") for n in ("initial", "step-1", "step-2", "final"))
+    for name, weights in (("step 1", step1), ("step 2", step2)):
+        assert all(torch.equal(weights[k], initial[k]) for k in initial), f"{name}: a skipped step moved the weights"
+    assert max_difference(final, initial) > 1e-4  # step 3 did train
 
 
 @pytest.mark.slow
@@ -220,11 +114,10 @@ def test_sft_under_deepspeed_matches_one_process(tmp_path, tiny_model_dir, port_
             "trainer.max_steps=3", "trainer.grad_accumulation=2", "optimizer.lr=2e-3", "model.dtype=fp32",
             "trainer.device=cpu"]
     script = [str(FIXTURES / "sft_run.py"), str(CONFIG)]
-    _run([sys.executable, *script, f"trainer.output_dir={tmp_path / 'one'}", *args])
-    _run([sys.executable, "-m", "accelerate.commands.launch", *port_args(), "--config_file", str(PRESET), *script,
-          f"trainer.output_dir={tmp_path / 'two'}", *args])
+    run([*launcher("one", port_args), *script, f"trainer.output_dir={tmp_path / 'one'}", *args])
+    run([*launcher("deepspeed", port_args), *script, f"trainer.output_dir={tmp_path / 'two'}", *args])
     one, two = (load_file(tmp_path / n / "checkpoints" / "step-3" / "model.safetensors") for n in ("one", "two"))
     assert sorted(one) == sorted(two)
     start = load_policy(load_config(str(CONFIG), ["model.dtype=fp32"]).model).model.state_dict()
     assert max(float((one[k] - start[k]).abs().max()) for k in one if k in start) > 1e-4  # SFT moved the weights
-    assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-5
+    assert max_difference(one, two) < 1e-5

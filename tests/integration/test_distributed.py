@@ -1,12 +1,9 @@
-"""A run's result does not depend on how many processes ran it: per-prompt random streams + DDP (real processes)."""
+"""A run's result does not depend on how many processes ran it (per-prompt random streams; DDP, FSDP2 and DeepSpeed
+ZeRO-2 in real processes), with or without a KL reference or LoRA."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,16 +14,16 @@ from mmrl.engine.run_logger import read_metrics
 from mmrl.generation import SamplingParams
 from mmrl.generation.hf import HFNaiveBackend, HFSharedPrefixBackend
 from mmrl.models.loading import load_policy
-
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = ROOT / "tests" / "fixtures" / "trainer"
-CONFIG = ROOT / "configs" / "tests" / "grpo_tiny.yaml"
-
-
-
-def _errors(stderr: str) -> str:
-    """The error lines of a failed launch (its full stderr is mostly the two ranks' interleaved tracebacks)."""
-    return "\n".join(line for line in stderr.splitlines() if "Error" in line)[-3000:]
+from tests.integration.launch import (
+    CONFIG,
+    FIXTURES,
+    launcher,
+    max_difference,
+    ranks,
+    run,
+    train_args,
+    world_size_run,
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,81 +57,217 @@ def test_a_prompt_samples_the_same_completions_whoever_shares_its_call(policy, b
         backend.rollout([a, b], params, prompt_seeds=seeds[:1])
 
 
-def test_one_process_ddp_and_fsdp2_train_to_the_same_weights(tmp_path, tiny_model_dir, port_args):
-    """Same global batch (2 prompts x G=4 per step, 2 steps, real rollouts) on 1 process, 2 DDP processes and 2 FSDP2
-    processes (accelerate launch with the CPU presets, gloo): final fp32 weights within 1e-5; both ranks ran; the
-    run's first metrics row records world size and engine."""
+KL = ["algorithm.beta=0.1", "algorithm.kl_penalty=loss", "algorithm.kl_estimator=k3"]
+LORA = ["model.lora.enabled=true", "model.lora.r=4", "optimizer.lr=1e-2", *KL]
+
+
+@pytest.fixture(scope="module")
+def color_data(tmp_path_factory, tiny_model_dir):
     from data_pipelines.synthetic import build_synthetic
 
-    data = build_synthetic(["color"], 8, 0, tmp_path / "data", image_size=56)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    results = {}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", *port_args(), "--config_file"]
-    for name, cmd in (("one", [sys.executable]), ("ddp", [*launch, str(ROOT / "configs/accelerate/ddp_cpu_2proc.yaml")]),
-                      ("fsdp2", [*launch, str(ROOT / "configs/accelerate/fsdp_cpu_2proc.yaml")])):
-        out = tmp_path / name
-        out.mkdir()
-        args = [f"data.train={data}", f"trainer.output_dir={out / 'run'}", "trainer.report_to=[jsonl]",
-                "trainer.progress=false", "trainer.save_steps=0", "trainer.sample_steps=0", "trainer.save_final=false",
-                "trainer.max_steps=2", "trainer.prompts_per_step=2", "rollout.max_completion_length=5",
-                "model.dtype=fp32", "trainer.device=cpu", "optimizer.lr=1e-3",
-                f"rewards=[{{name: '{FIXTURES / 'varied_reward.py'}:reward'}}]"]
-        cmd = [*cmd, str(FIXTURES / "world_size_run.py"), str(CONFIG), str(out), *args]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
-        assert done.returncode == 0, (name, _errors(done.stderr))
-        results[name] = out
-    assert json.loads((results["one"] / "rank-0.json").read_text())["world_size"] == 1
-    first = {name: read_metrics(out / "run")[0] for name, out in results.items()}
-    assert (first["one"]["world_size"], first["one"]["engine"]) == (1, "single")
-    one = torch.load(results["one"] / "final.pt")
-    start = load_policy(load_config(str(CONFIG), ["model.dtype=fp32"]).model).model
-    moved = max(float((one[k] - p.detach()).abs().max()) for k, p in start.named_parameters())
-    assert moved > 1e-4  # training did move the weights: the comparison below is not trivially true
-    for engine in ("ddp", "fsdp2"):
-        ranks = [json.loads((results[engine] / f"rank-{r}.json").read_text()) for r in (0, 1)]
-        assert [(r["rank"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)]
-        assert ranks[0]["pid"] != ranks[1]["pid"]
-        assert all(r["sharded"] == (engine == "fsdp2") for r in ranks)  # FSDP2 really shards, DDP replicates
-        if engine == "fsdp2":
-            assert all(r["local_fraction"] < 0.6 for r in ranks)
-        assert (first[engine]["world_size"], first[engine]["engine"]) == (2, engine)
-        other = torch.load(results[engine] / "final.pt")
-        assert max(float((one[k] - other[k]).abs().max()) for k in one) < 1e-5, engine
+    return build_synthetic(["color"], 8, 0, tmp_path_factory.mktemp("data"), image_size=56)
 
 
-def test_fsdp2_save_resume_is_exact_and_the_checkpoint_is_a_plain_hf_directory(tmp_path, tiny_model_dir, port_args):
+def _initial_weights(*overrides: str) -> dict[str, torch.Tensor]:
+    model = load_policy(load_config(str(CONFIG), ["model.dtype=fp32", *overrides]).model).model
+    return {k: p.detach() for k, p in model.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def one_process_kl(tmp_path_factory, color_data):
+    """1 process, 2 GRPO steps with a k3 KL to a frozen reference: the run the 2-process engines must reproduce."""
+    out = tmp_path_factory.mktemp("one-kl")
+    world_size_run("one", out, None, [*train_args(color_data), f"trainer.output_dir={out / 'run'}",
+                                      "trainer.max_steps=2", "trainer.save_final=false", *KL])
+    return out
+
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp2", "deepspeed"])
+def test_one_and_two_processes_train_to_the_same_weights_with_a_kl_reference(engine, one_process_kl, color_data,
+                                                                             tmp_path, port_args):
+    """Same global batch (2 prompts x G=4 per step, 2 steps, real rollouts, k3 KL to a frozen reference in the loss)
+    on 1 process and on 2 processes of each engine (accelerate launch with the CPU presets, gloo): final fp32 weights
+    within 1e-5 and the same KL; both ranks ran; FSDP2 shards the policy and the reference, ZeRO-2 partitions the
+    optimizer state and keeps a whole reference; the run's first metrics row records world size and engine."""
+    if engine == "deepspeed":
+        pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'mmrl[deepspeed]')")
+    single = ranks(one_process_kl, world=1)[0]
+    assert (single["world_size"], single["reference"], single["optimizer_state_fraction"]) == (1, "copy", 1.0)
+    one_rows = read_metrics(one_process_kl / "run")
+    assert (one_rows[0]["world_size"], one_rows[0]["engine"]) == (1, "single")
+    assert one_rows[1]["loss/kl_mean"] > 1e-3  # the policy left the reference: the KL term shaped step 2
+    one = torch.load(one_process_kl / "final.pt")
+    assert max_difference(one, _initial_weights()) > 1e-4  # training moved the weights: the check below means something
+
+    out = world_size_run(engine, tmp_path / engine, port_args, [
+        *train_args(color_data), f"trainer.output_dir={tmp_path / engine / 'run'}", "trainer.max_steps=2",
+        "trainer.save_final=false", *KL])
+    two = ranks(out)
+    assert [(r["rank"], r["world_size"]) for r in two] == [(0, 2), (1, 2)]
+    assert two[0]["pid"] != two[1]["pid"]
+    sharded = engine == "fsdp2"
+    assert all(r["sharded"] == sharded and r["reference_sharded"] == sharded for r in two)
+    assert all(r["reference"] == "copy" for r in two)
+    if sharded:  # each rank holds about half the policy and half the reference
+        assert all(r["local_fraction"] < 0.6 and r["reference_local_fraction"] < 0.6 for r in two)
+    if engine == "deepspeed":  # ZeRO partitions the AdamW state
+        assert all(0.4 < r["optimizer_state_fraction"] < 0.6 for r in two)
+    rows = read_metrics(out / "run")
+    assert (rows[0]["world_size"], rows[0]["engine"]) == (2, engine)
+    assert abs(rows[1]["loss/kl_mean"] - one_rows[1]["loss/kl_mean"]) < 1e-6
+    assert max_difference(one, torch.load(out / "final.pt")) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def one_process_lora(tmp_path_factory, color_data):
+    """1 process, 2 GRPO steps of LoRA with a k3 KL (the reference: the adapter switched off)."""
+    out = tmp_path_factory.mktemp("one-lora")
+    world_size_run("one", out, None, [*train_args(color_data), f"trainer.output_dir={out / 'run'}",
+                                      "trainer.max_steps=2", "trainer.save_final=false", *LORA])
+    return out
+
+
+def _lora_moved(weights: dict[str, torch.Tensor]) -> float:
+    return max(float(v.abs().max()) for k, v in weights.items() if "lora_B" in k)  # lora_B starts at 0
+
+
+def test_lora_under_fsdp2_matches_one_process_through_a_save_and_resume(one_process_lora, color_data, tmp_path,
+                                                                       port_args):
+    """LoRA + KL under 2-process FSDP2: step 1, an adapter checkpoint, a new launch resuming it for step 2 -> the
+    1-process weights within 1e-5; the checkpoint is a plain peft adapter holding step 1's adapter weights."""
+    from safetensors.torch import load_file
+
+    one = torch.load(one_process_lora / "final.pt")
+    assert _lora_moved(one) > 1e-3
+    run_dir = tmp_path / "run"
+    base = [*train_args(color_data), f"trainer.output_dir={run_dir}", *LORA]
+    first = world_size_run("fsdp2", tmp_path / "first", port_args,
+                           [*base, "trainer.max_steps=1", "trainer.save_final=true"])
+    resumed = world_size_run("fsdp2", tmp_path / "resumed", port_args,
+                             [*base, "trainer.max_steps=2", "trainer.resume=auto", "trainer.save_final=false"])
+    assert [(r["rank"], r["world_size"], r["sharded"], r["reference"]) for r in ranks(resumed)] == [
+        (0, 2, True, "shared"), (1, 2, True, "shared")]
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2]
+    assert max_difference(one, torch.load(resumed / "final.pt")) < 1e-5
+    step1 = torch.load(first / "final.pt")
+    saved = load_file(run_dir / "checkpoints" / "step-1" / "adapter_model.safetensors")
+    live = {k.replace(".default.", "."): v for k, v in step1.items() if "lora_" in k}
+    assert _lora_moved(step1) > 1e-3 and max_difference(live, saved) == 0.0
+
+
+def test_lora_under_deepspeed_zero2_matches_one_process(one_process_lora, color_data, tmp_path, port_args):
+    """LoRA + KL under 2-process DeepSpeed ZeRO-2 (which partitions the adapters' optimizer state only): the
+    1-process weights within 1e-5."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'mmrl[deepspeed]')")
+    out = world_size_run("deepspeed", tmp_path / "zero2", port_args, [
+        *train_args(color_data), f"trainer.output_dir={tmp_path / 'zero2' / 'run'}", "trainer.max_steps=2",
+        "trainer.save_final=false", *LORA])
+    assert [(r["rank"], r["world_size"], r["reference"]) for r in ranks(out)] == [(0, 2, "shared"), (1, 2, "shared")]
+    assert all(0.4 < r["optimizer_state_fraction"] < 0.6 for r in ranks(out))
+    assert max_difference(torch.load(one_process_lora / "final.pt"), torch.load(out / "final.pt")) < 1e-5
+
+
+# The RL update's hard cases, on fixed groups (tests/fixtures/trainer/exact_update.py): ranks running different
+# numbers of micro-batch forwards per optimizer step (and, with the KL, of reference forwards: FSDP2 gathers its
+# sharded reference once per step whatever each rank runs inside).
+UPDATE_VARIANTS = {
+    # reinforce_pp, bnpo, 2 mini-batches x mu 2, a k3 KL in the loss, and a step where the online filter left the
+    # ranks uneven (3 groups: 2 on rank 0, 1 on rank 1).
+    "sgd_uneven_kl": {"overrides": ["algorithm.advantage=reinforce_pp", "algorithm.loss_aggregation=bnpo",
+                                    "algorithm.mini_batches=2", "algorithm.num_iterations=2", *KL,
+                                    "trainer.prompts_per_step=4", "optimizer.name=sgd", "optimizer.lr=0.5"],
+                      "drop": [2, 3]},
+    # AdamW with weight decay, warm-up (the LR schedule reaches DeepSpeed's steps), clipping, and a step whose groups
+    # all have zero advantage (no forward on any rank: the step still reduces and moves the weights).
+    "adamw_flat_step": {"overrides": ["algorithm.loss_aggregation=dapo", "trainer.prompts_per_step=4",
+                                      "optimizer.lr=1e-3", "optimizer.weight_decay=0.1", "optimizer.warmup_steps=3",
+                                      "optimizer.max_grad_norm=0.05"],
+                        "flat_step": 2},
+    # A token budget (trainer.max_tokens_per_micro_batch=45): a group takes 1 to 4 forwards, so the ranks run
+    # different numbers of backwards between two reductions.
+    "sgd_token_budget": {"overrides": ["algorithm.loss_aggregation=grpo", "algorithm.mini_batches=2",
+                                       "trainer.max_tokens_per_micro_batch=45", "trainer.prompts_per_step=4",
+                                       "optimizer.name=sgd", "optimizer.lr=0.5"],
+                         "drop": [1, 3]},
+}
+
+
+@pytest.fixture(scope="module")
+def one_process_updates(tmp_path_factory, tiny_model_dir):
+    from data_pipelines.synthetic import build_synthetic
+
+    data = build_synthetic(["color"], 12, 0, tmp_path_factory.mktemp("data12"), image_size=56)
+    out = tmp_path_factory.mktemp("one-updates")
+    run([*launcher("one", None), str(FIXTURES / "exact_update.py"), str(CONFIG), str(data), str(out),
+         json.dumps(UPDATE_VARIANTS)])
+    return data, out
+
+
+@pytest.mark.parametrize("engine", ["fsdp2", "deepspeed"])
+def test_two_processes_match_one_when_ranks_run_different_numbers_of_forwards(engine, one_process_updates, tmp_path,
+                                                                             port_args):
+    if engine == "deepspeed":
+        pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'mmrl[deepspeed]')")
+    data, single_dir = one_process_updates
+    run([*launcher(engine, port_args), str(FIXTURES / "exact_update.py"), str(CONFIG), str(data), str(tmp_path),
+         json.dumps(UPDATE_VARIANTS)])
+    initial = _initial_weights()
+    for name in UPDATE_VARIANTS:
+        two = [json.loads((tmp_path / f"{name}-rank-{r}.json").read_text()) for r in (0, 1)]
+        single = json.loads((single_dir / f"{name}-rank-0.json").read_text())
+        assert [(r["rank"], r["world_size"]) for r in two] == [(0, 2), (1, 2)]
+        assert two[0]["steps"] == two[1]["steps"] == single["steps"]
+        one = torch.load(single_dir / f"{name}.pt")
+        assert max_difference(one, initial) > 1e-4, f"{name}: the weights did not move"
+        assert max_difference(one, torch.load(tmp_path / f"{name}.pt")) <= 1e-5, name
+
+
+def test_fsdp2_save_resume_is_exact_and_the_checkpoint_is_a_plain_hf_directory(tmp_path, color_data, port_args):
     """FSDP2 (2 processes): 2 steps straight == 1 step, checkpoint, a new launch resuming for step 2 (weights and the
     gathered, sharded optimizer state both round-trip); the checkpoint loads with `from_pretrained`."""
     from transformers import AutoModelForImageTextToText
 
-    from data_pipelines.synthetic import build_synthetic
-
-    data = build_synthetic(["color"], 8, 0, tmp_path / "data", image_size=56)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", *port_args(), "--config_file",
-              str(ROOT / "configs/accelerate/fsdp_cpu_2proc.yaml"), str(FIXTURES / "world_size_run.py"), str(CONFIG)]
-    base = [f"data.train={data}", "trainer.report_to=[jsonl]", "trainer.progress=false", "trainer.save_steps=0",
-            "trainer.sample_steps=0", "trainer.prompts_per_step=2", "rollout.max_completion_length=5",
-            "model.dtype=fp32", "trainer.device=cpu", "optimizer.lr=1e-3",
-            f"rewards=[{{name: '{FIXTURES / 'varied_reward.py'}:reward'}}]"]
+    base = train_args(color_data)
     runs = {"straight": ["trainer.max_steps=2", "trainer.save_final=false"],
             "first": ["trainer.max_steps=1", "trainer.save_final=true"],  # ends after writing checkpoint step-1
             "resumed": ["trainer.max_steps=2", "trainer.resume=auto", "trainer.save_final=false"]}
     for name, extra in runs.items():
-        out = tmp_path / name
-        out.mkdir()
         run_dir = tmp_path / ("straight" if name == "straight" else "shared") / "run"
-        done = subprocess.run([*launch, str(out), f"trainer.output_dir={run_dir}", *base, *extra],
-                              capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
-        assert done.returncode == 0, (name, _errors(done.stderr))
+        world_size_run("fsdp2", tmp_path / name, port_args, [f"trainer.output_dir={run_dir}", *base, *extra])
     straight, resumed = (torch.load(tmp_path / n / "final.pt") for n in ("straight", "resumed"))
-    assert max(float((straight[k] - resumed[k]).abs().max()) for k in straight) < 1e-6
+    assert max_difference(straight, resumed) < 1e-6
     rows = read_metrics(tmp_path / "shared" / "run")
     assert [r["step"] for r in rows] == [1, 2]
     step1 = torch.load(tmp_path / "first" / "final.pt")
     exported = AutoModelForImageTextToText.from_pretrained(tmp_path / "shared" / "run" / "checkpoints" / "step-1")
     got = {k: v.detach() for k, v in exported.named_parameters()}
-    assert max(float((got[k] - step1[k]).abs().max()) for k in step1) == 0.0
+    assert max_difference(got, step1) == 0.0
+
+
+def test_an_adapter_checkpoint_maps_onto_the_live_lora_names_or_is_a_one_line_error(tmp_path, tiny_model_dir):
+    """What FSDP2 loads when resuming LoRA: the saved adapter under the live peft names; an adapter of another
+    rank is one line naming model.lora."""
+    from mmrl.engine.distributed import _adapter_weights
+    from mmrl.errors import UserError
+
+    def lora_policy(rank: int):
+        return load_policy(load_config(str(CONFIG), ["model.dtype=fp32", "model.lora.enabled=true",
+                                                     f"model.lora.r={rank}"]).model).model
+
+    policy = lora_policy(4)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    policy.save_pretrained(tmp_path / "adapter")
+    got = _adapter_weights(policy, tmp_path / "adapter" / "adapter_model.safetensors")
+    live = dict(policy.named_parameters())
+    assert got and all(".default." in k for k in got)
+    assert {k for k in live if "lora_" in k} == set(got)
+    assert all(torch.equal(v, live[k].detach()) for k, v in got.items())
+    with pytest.raises(UserError, match="model.lora") as err:
+        _adapter_weights(lora_policy(2), tmp_path / "adapter" / "adapter_model.safetensors")
+    assert "\n" not in str(err.value)
 
 
 def test_group_forward_is_the_training_forward_with_checkpointing_on_and_off(policy):
@@ -193,14 +326,3 @@ def test_the_launch_preset_picks_the_engine(monkeypatch):
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     assert engine_from_launch() == "deepspeed"
-
-
-def test_fsdp2_says_what_it_does_not_cover_yet():
-    from mmrl.engine.run import _check_fsdp2
-    from mmrl.errors import UserError
-
-    _check_fsdp2(load_config(str(CONFIG)))  # the plain recipe is covered
-    with pytest.raises(UserError, match="algorithm.beta"):
-        _check_fsdp2(load_config(str(CONFIG), ["algorithm.beta=0.04"]))
-    with pytest.raises(UserError, match="model.lora.enabled"):
-        _check_fsdp2(load_config(str(CONFIG), ["model.lora.enabled=true"]))
