@@ -50,6 +50,6 @@ class ModelConfig(Section):
     compile: bool = Field(
         False, description="GRPO: run the text decoder layers through torch.compile during the policy update (old "
         "log-probs and the training forward; the rollout stays eager). Meant for GPUs and long runs: compilation takes "
-        "seconds to minutes before the first update; on the CPU presets the update ran only 7-15% faster (README).")
+        "seconds to minutes before the first update; on the CPU presets the update ran only 7-15% faster (README). Not with gradient_checkpointing (refused).")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA options.")
     seed: int = Field(0, ge=0, description="Seed of the embedded tiny model's weights and tokenizer (tiny/small only).")

@@ -52,6 +52,10 @@ class GRPOTrainer:
             raise UserError("data.train: no training data configured; set data.train=path/to/data.jsonl")
         self.cfg = cfg
         check_backend(cfg.rollout.backend)  # a missing extra (vllm) is one line before anything loads or is written
+        if cfg.model.compile and cfg.model.gradient_checkpointing:  # dynamo gives up on the checkpointed layer
+            raise UserError("model.compile=true does nothing with model.gradient_checkpointing=true (torch.compile "
+                            "cannot trace the checkpointed decoder layers, which would run eager); set one of them "
+                            "to false")
         prepare_run(cfg)  # the run directory is checked and locked before anything reads data or writes there
         self.schedule = StageSchedule(cfg.stages, cfg)
         self._datasets: dict[str, list] = {}

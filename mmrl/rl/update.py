@@ -95,6 +95,25 @@ def _mismatch_metrics(mismatch: dict[str, list[float]]) -> dict[str, float]:
     return {f"rollout/{k}": (max(v) if k.endswith("_max") else sum(v) / len(v)) for k, v in mismatch.items() if v}
 
 
+def _group_metrics(pieces: list[tuple[dict[str, float], float]]) -> dict[str, float]:
+    """One group's metrics from its micro-batches' (metrics, active tokens): token-weighted means (the max for
+    `*_max`), so a token budget reports what one forward of the whole group reports (a plain mean over pieces would
+    count a piece of one token, or of masked-out truncated rows, as much as a full one)."""
+    if len(pieces) <= 1:
+        return dict(pieces[0][0]) if pieces else {}
+    total = sum(tokens for _, tokens in pieces)
+    out: dict[str, float] = {}
+    for key in dict.fromkeys(k for metrics, _ in pieces for k in metrics):
+        values = [(metrics[key], tokens) for metrics, tokens in pieces if key in metrics]
+        if key.endswith("_max"):
+            out[key] = max(v for v, _ in values)
+        elif total > 0:
+            out[key] = sum(v * t for v, t in values) / total
+        else:
+            out[key] = sum(v for v, _ in values) / len(values)
+    return out
+
+
 def _kl_in_reward(algo: AlgorithmConfig) -> bool:
     return algo.beta > 0 and algo.kl_penalty == "reward"
 
@@ -210,6 +229,9 @@ def _update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, referen
                 # (a speed-up only: its tokens still count in the normalisers and the optimizer still steps).
                 if not _contributes(group, kl_in_loss):
                     continue
+                # each piece's metrics and the tokens they are means over: one value per group (`_group_metrics`)
+                loss_pieces: list[tuple[dict[str, float], float]] = []
+                mismatch_pieces: list[tuple[dict[str, float], float]] = []
                 for part in _parts(run, group):
                     piece = part.of(group)  # the group itself without a token budget
                     if not _contributes(piece, kl_in_loss):  # these rows' loss is exactly 0 as well
@@ -217,7 +239,11 @@ def _update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, referen
                     with reuse_image_features(run.model, piece.image_features, vision):
                         logp = run.logprobs(piece.prompt, piece.completion_ids, piece.completion_mask,
                                             cfg.rollout.temperature)
-                    is_weight = _tis_weight(piece, logp, algo.tis_cap, mismatch if iteration == 0 else None)
+                    seen: dict[str, list[float]] = defaultdict(list)
+                    is_weight = _tis_weight(piece, logp, algo.tis_cap, seen if iteration == 0 else None)
+                    if seen:
+                        mismatch_pieces.append(({k: v[0] for k, v in seen.items()},
+                                                float(piece.completion_mask.sum())))
                     per_token, metrics = policy_loss.per_token(logp, piece.old_logp, piece.advantages,
                                                                part.cut_mask(mask), ref_logp=piece.ref_logp,
                                                                is_weight=is_weight)
@@ -230,9 +256,12 @@ def _update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, referen
                     (loss * world).backward()
                     local_loss += float(loss.detach())
                     forwards, most_tokens = forwards + 1, max(most_tokens, part.tokens)
-                    for key, value in metrics.items():
-                        local_sums[key] += float(value)
-                        local_counts[key] += 1
+                    loss_pieces.append(({k: float(v) for k, v in metrics.items()}, float(part.cut_mask(mask).sum())))
+                for key, value in _group_metrics(loss_pieces).items():
+                    local_sums[key] += value
+                    local_counts[key] += 1
+                for key, value in _group_metrics(mismatch_pieces).items():
+                    mismatch[key].append(value)
             step_loss = all_reduce_sum(local_loss, world)
             grad_norm, stepped = run.optimizer_step(step_loss)
             losses.append(step_loss)
