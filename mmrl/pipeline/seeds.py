@@ -107,6 +107,18 @@ def _mean_curves(rows_per_seed: list[list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
+SMOOTH = 5  # steps: a step's training accuracy comes from a few prompts x G completions, too noisy to read raw
+
+
+def _smooth(values: list[float]) -> list[float]:
+    """Trailing running mean over SMOOTH steps (fewer at the start).
+
+    >>> _smooth([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    [0.0, 0.5, 1.0, 1.5, 2.0, 3.0]
+    """
+    return [statistics.fmean(values[max(0, i - SMOOTH + 1): i + 1]) for i in range(len(values))]
+
+
 def seeds_table(summary: dict[str, Any]) -> str:
     """Markdown: each arm's accuracy and answer length as mean ± std over the seeds, with the per-seed values."""
     lines = ["| eval | accuracy (mean ± std) | per seed | answer length (tokens) |", "|---|---|---|---|"]
@@ -145,9 +157,9 @@ def plot_seeds(summary: dict[str, Any], out: Path) -> Path | None:
         for name, curves in summary["curves"].items():
             curve = curves.get(key, {})
             if curve.get("step"):
-                ax.plot(curve["step"], curve["mean"], label=name)
+                ax.plot(curve["step"], _smooth(curve["mean"]), label=name)
         ax.set_xlabel("training step")
-        ax.set_title(title + ", mean over seeds", fontsize=9)
+        ax.set_title(f"{title}, mean over seeds, {SMOOTH}-step running mean", fontsize=9)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     for ax in axes:
