@@ -106,9 +106,9 @@ def _run_seeds(plan: Plan, overrides: list[str], say: Callable[[str], None], sta
         # after every seed: a sweep stopped part-way still leaves the aggregate of the seeds it finished
         summary = {**aggregate(per_seed, time.perf_counter() - started), "seeds_planned": seeds}
         written = write_summary(plan.root, summary)
+        plot = plot_seeds(summary, plan.root / "summary.png")
     for line in seeds_table(summary).splitlines():
         say(line)
-    plot = plot_seeds(summary, plan.root / "summary.png")
     if plot is not None:
         say(f"plot: {plot}")
     say(f"summary over seeds {seeds}: {written}")

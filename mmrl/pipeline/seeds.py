@@ -152,14 +152,14 @@ def plot_seeds(summary: dict[str, Any], out: Path) -> Path | None:
     ax.set_xticks(list(xs), [label for label, _ in arms], rotation=30, ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("eval accuracy")
-    ax.set_title(f"accuracy, {len(summary['seeds'])} seeds (mean ± std)")
+    ax.set_title(f"eval accuracy over {len(summary['seeds'])} seed(s)\nmean ± std, one dot per seed", fontsize=9)
     for ax, (key, title) in zip(axes[1:], CURVES):
         for name, curves in summary["curves"].items():
             curve = curves.get(key, {})
             if curve.get("step"):
                 ax.plot(curve["step"], _smooth(curve["mean"]), label=name)
         ax.set_xlabel("training step")
-        ax.set_title(f"{title}, mean over seeds, {SMOOTH}-step running mean", fontsize=9)
+        ax.set_title(f"{title}\nmean over seeds, {SMOOTH}-step running mean", fontsize=9)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     for ax in axes:
