@@ -28,7 +28,8 @@ def smoke_overrides(config: Path, out: Path, seeds: list[int]) -> list[str]:
     for i, step in enumerate(steps):
         if step["kind"] == "build-data" and step["args"]["builder"] == "synthetic":
             args[f"pipeline.{i}.args.n"] = 8
-            args[f"pipeline.{i}.args.eval_n"] = 4
+            if "eval_n" in step["args"]:  # a step without eval items (SFT data) stays without
+                args[f"pipeline.{i}.args.eval_n"] = 4
         elif step["kind"] == "sft":
             args[f"pipeline.{i}.overrides"] = {**step.get("overrides", {}), "trainer.max_steps": 1}
         elif step["kind"] == "train":
