@@ -50,6 +50,12 @@ class MMRLConfig(Section):
     stages: list[StageConfig] = Field(default_factory=list, description="Curriculum / PTST stages (empty: one stage).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
     pipeline: list[PipelineStep] = Field(default_factory=list, description="Steps of `mmrl pipeline` (in order).")
+    seeds: list[int] = Field(
+        default_factory=list,
+        description="Pipelines: run every step once per seed (trainer.seed=<seed>, outputs in <output_dir>/seed-<seed>/; "
+        "data and eval items stay the same) and aggregate each eval's accuracy (mean, std, min, max) in "
+        "<output_dir>/summary.json. Empty: one run with trainer.seed.",
+    )
 
     @model_validator(mode="after")
     def derive(self, info: ValidationInfo) -> MMRLConfig:

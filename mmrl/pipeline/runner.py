@@ -20,6 +20,7 @@ from typing import Any
 from mmrl.config.workflow import PipelineStep
 from mmrl.pipeline.builders import run_build_data
 from mmrl.pipeline.plan import TRAINED_KINDS, Plan, config_digest, load_plan, step_config
+from mmrl.pipeline.seeds import aggregate, check_seeds, plot_seeds, seed_overrides, seeds_table
 from mmrl.pipeline.steps import StepResult, run_eval, run_trained
 from mmrl.pipeline.summary import accuracy_table, build_summary, plot_accuracy, write_summary
 
@@ -87,6 +88,34 @@ def run_pipeline(
     say = echo or (lambda line: print(line, flush=True))
     started = time.perf_counter()
     plan = load_plan(path, overrides)
+    if plan.config.seeds:
+        return _run_seeds(plan, list(overrides), say, started)
+    return _run_plan(plan, say, started)
+
+
+def _run_seeds(plan: Plan, overrides: list[str], say: Callable[[str], None], started: float) -> dict[str, Any]:
+    """`seeds:` set: the pipeline once per seed into <root>/seed-<seed>/, then the aggregate summary."""
+    seeds = plan.config.seeds
+    check_seeds(plan.path, seeds)
+    say(f"pipeline {plan.config.name}: seeds {seeds}, each into {plan.root}/seed-<seed>/")
+    per_seed: dict[int, dict[str, Any]] = {}
+    for seed in seeds:
+        say(f"== seed {seed}")
+        one = load_plan(plan.path, seed_overrides(overrides, plan.root, seed))
+        per_seed[seed] = {**_run_plan(one, say, time.perf_counter()), "path": str(one.root / "summary.json")}
+        # after every seed: a sweep stopped part-way still leaves the aggregate of the seeds it finished
+        summary = {**aggregate(per_seed, time.perf_counter() - started), "seeds_planned": seeds}
+        written = write_summary(plan.root, summary)
+        plot = plot_seeds(summary, plan.root / "summary.png")
+    for line in seeds_table(summary).splitlines():
+        say(line)
+    if plot is not None:
+        say(f"plot: {plot}")
+    say(f"summary over seeds {seeds}: {written}")
+    return summary
+
+
+def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[str, Any]:
     wiring: dict[str, Any] = {}
     trained: dict[str, str] = {}
     records: list[dict[str, Any]] = []

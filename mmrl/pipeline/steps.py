@@ -89,6 +89,8 @@ def run_eval(step: PipelineStep, cfg: MMRLConfig, out: Path, label: str, where: 
         report = evaluate_config(cfg, out, progress=cfg.trainer.progress, info={"label": label})
     finally:
         _release_memory()
-    metrics = {"accuracy": report.get("accuracy"), "n": report.get("n")}
+    # completion_length: the answers' mean length in tokens (Vision-R1 compares reasoning length across arms)
+    metrics = {"accuracy": report.get("accuracy"), "n": report.get("n"),
+               "completion_length": report.get("completion_length")}
     return StepResult(outputs={"report": str((out / "report.json").resolve()), "model": cfg.model.name_or_path,
                                "label": label}, metrics=metrics)

@@ -225,6 +225,10 @@ class GRPOTrainer:
             "completion_length/min": min(lengths) if lengths else float("nan"),
             "completion_length/max": max(lengths) if lengths else float("nan"),
             "completion_length/clipped_ratio": _mean(merged.get("truncated", [])),
+            "completion_tokens": sum(lengths),  # tokens sampled this step (PTST compares arms at equal totals)
+            # Dr. GRPO's length bias shows in the wrong answers: GRPO's per-sequence normaliser lets them grow
+            "completion_length/correct": _mean(merged.get("length_correct", [])),
+            "completion_length/incorrect": _mean(merged.get("length_incorrect", [])),
             "frac_zero_std_groups": _mean(merged.get("zero_std", [])),
             "unscorable": sum(1 for r in merged.get("reward", []) if r is None or math.isnan(r)),
             "filtered_groups": info.get("filtered_groups", 0),
@@ -255,11 +259,16 @@ class GRPOTrainer:
 
 
 def _local_stats(groups: list[Group]) -> dict[str, list]:
-    stats: dict[str, list] = {"reward": [], "length": [], "truncated": [], "zero_std": []}
+    stats: dict[str, list] = {"reward": [], "length": [], "truncated": [], "zero_std": [], "length_correct": [],
+                              "length_incorrect": []}
     for group in groups:
         stats["reward"].extend(group.rewards.tolist())
         stats["length"].extend(group.completion_mask.sum(dim=1).tolist())
         stats["truncated"].extend(group.truncated.float().tolist())
+        lengths = group.completion_mask.sum(dim=1).tolist()
+        for length, score in zip(lengths, group.components.get("accuracy", [])):
+            if score is not None:  # an unscorable completion is neither correct nor incorrect
+                stats["length_correct" if score >= 0.5 else "length_incorrect"].append(length)
         # From the rewards (all equal, or fewer than 2 scorable): under reinforce_pp or a KL in the reward, a group of
         # equal rewards has non-zero advantages.
         scorable = group.rewards[~torch.isnan(group.rewards)]
