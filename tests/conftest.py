@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -12,6 +13,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 if "MMRL_CACHE" not in os.environ:
     os.environ["MMRL_CACHE"] = tempfile.mkdtemp(prefix="mmrl-test-cache-")
+# A suite started in the background by a non-interactive shell (`nohup ... &`) inherits SIGINT ignored, and so would
+# every process it starts (an ignored signal survives exec): the Ctrl-C tests would fail for the wrong reason. A
+# Python handler does not survive exec, so children start with the default and install KeyboardInterrupt again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
