@@ -143,6 +143,16 @@ def resolve_resume(resume: str | None, run_dir: str | os.PathLike,
     return path
 
 
+def check_weights_kind(path: Path, lora: bool) -> None:
+    """A LoRA checkpoint holds only the adapter, any other the whole model: resuming one under the other's
+    `model.lora.enabled` cannot load (every engine's loader would fail its own way), so say which setting fits."""
+    saved_lora = (path / "adapter_model.safetensors").is_file()
+    if saved_lora != lora:
+        held = "a LoRA adapter" if saved_lora else "whole model weights (no LoRA adapter)"
+        raise UserError(f"trainer.resume: {path} holds {held} but model.lora.enabled is {str(lora).lower()}; "
+                        f"resume it with model.lora.enabled={str(saved_lora).lower()}")
+
+
 def _clear_dead_staging(root: Path) -> None:
     """Staging directories of processes killed mid-save: never renamed into place, safe to delete."""
     for path in root.glob(".step-*.staging-*"):

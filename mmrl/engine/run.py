@@ -146,6 +146,8 @@ def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
     dist = init_distributed(cfg.trainer.device)
     seed_everything(cfg.trainer.seed)
     resume_from = ckpt.resolve_resume(cfg.trainer.resume, run_dir, say=ckpt.tell if dist.is_main else None)
+    if resume_from is not None:  # before the model loads: a LoRA checkpoint needs LoRA on, whole weights need it off
+        ckpt.check_weights_kind(resume_from, cfg.model.lora.enabled)
     if dist.world_size > 1 and engine_from_launch() == "deepspeed":
         from mmrl.engine.zero import check_deepspeed
 
