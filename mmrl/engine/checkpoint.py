@@ -239,6 +239,11 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
 
         set_peft_model_state_dict(model, load_file(str(adapter)))
         return
+    model.load_state_dict(read_whole_weights(model, path), strict=True)
+
+
+def read_whole_weights(model: torch.nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    """A whole-model checkpoint's state dict under `model`'s parameter names (every engine's resume reads it so)."""
     # Let transformers map its on-disk key names onto the live model's (they differ for Qwen2.5-VL).
     try:
         # config=: the live model's own, never the checkpoint's config.json: a damaged `{}` there meant the class
@@ -247,4 +252,4 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
     except Exception as err:  # OSError, safetensors' own errors: all mean a damaged or foreign checkpoint
         raise UserError(f"{path}: cannot read the model weights of this checkpoint "
                         f"({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
-    model.load_state_dict(loaded.state_dict(), strict=True)
+    return loaded.state_dict()

@@ -289,9 +289,10 @@ class TrainingEngine:
         if adapter.is_file():  # LoRA: only the adapter was saved; the frozen base stays as loaded
             whole, strict = _adapter_weights(policy, adapter), False
         else:
-            # transformers maps the on-disk key names onto the live model's (they differ for Qwen2.5-VL)
-            loaded = type(policy).from_pretrained(path, dtype=next(policy.parameters()).dtype)
-            whole, strict = loaded.state_dict(), True
+            from mmrl.engine.checkpoint import read_whole_weights
+
+            # as one process reads them: the live config (never the checkpoint's config.json), damage in one line
+            whole, strict = read_whole_weights(policy, Path(path)), True
         self.wrapped.reshard()
         set_model_state_dict(self.wrapped, {f"inner.policy.{k}": v for k, v in whole.items()},
                              options=StateDictOptions(full_state_dict=True, strict=strict))
