@@ -234,10 +234,10 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
     """Load the weights saved by `save_checkpoint` into an already-built model (full model or LoRA adapter)."""
     adapter = path / "adapter_model.safetensors"
     if adapter.is_file():
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
+        from mmrl.engine.distributed import _adapter_weights
 
-        set_peft_model_state_dict(model, load_file(str(adapter)))
+        # under the live names, checked both ways (another model.lora.r or target set is one line), as FSDP2 loads it
+        model.load_state_dict(_adapter_weights(model, adapter), strict=False)
         return
     model.load_state_dict(read_whole_weights(model, path), strict=True)
 

@@ -75,6 +75,11 @@ def _adapter_weights(policy: Any, adapter: Path) -> dict[str, torch.Tensor]:
     if foreign:
         raise UserError(f"{adapter}: {len(foreign)} adapter tensors match no LoRA parameter of this model by name and "
                         f"shape (e.g. {foreign[0]}); resume with the model.lora settings the checkpoint was written with")
+    # and the reverse: an adapter of the live model the checkpoint lacks would silently restart from its initial value
+    missing = sorted(k for k, v in live.items() if v != k and k not in saved)
+    if missing:
+        raise UserError(f"{adapter}: lacks {len(missing)} adapter tensors this model has (e.g. {missing[0]}); resume "
+                        "with the model.lora settings the checkpoint was written with")
     return {live[k]: v for k, v in saved.items()}
 
 

@@ -47,3 +47,34 @@ def test_resuming_across_lora_and_whole_weights_is_one_line(data, tmp_path, save
     lines = [line for line in done.stderr.splitlines() if "model.lora.enabled" in line]
     assert len(lines) == 1 and str(path) in lines[0], done.stderr[-2000:]
     assert f"model.lora.enabled={str(saved_lora).lower()}" in lines[0]
+
+
+def _lora(r: int = 4, *extra: str):
+    return load_policy(load_config(str(CONFIG), ["model.dtype=fp32", "model.lora.enabled=true", f"model.lora.r={r}",
+                                                 *extra]).model).model
+
+
+def test_an_adapter_of_other_lora_settings_is_one_line_on_one_process_too(tmp_path):
+    """One process (and DDP, DeepSpeed) load a LoRA checkpoint as FSDP2 does: another rank was a traceback, another
+    set of target modules loaded silently (the adapters the live model lacks dropped, the ones the checkpoint lacks
+    left at their initial values)."""
+    import torch
+
+    from mmrl.errors import UserError
+
+    saved = _lora(4)
+    with torch.no_grad():
+        for name, p in saved.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    path = ckpt.save_checkpoint(tmp_path / "all", 1, saved, {"step": 1})
+    narrow = ckpt.save_checkpoint(tmp_path / "q", 1, _lora(4, "model.lora.target_modules=[q_proj]"), {"step": 1})
+    for live, checkpoint in ((_lora(2), path), (_lora(4, "model.lora.target_modules=[q_proj]"), path),
+                             (_lora(4), narrow)):
+        with pytest.raises(UserError, match="model.lora") as err:
+            ckpt.load_model_weights(live, checkpoint)
+        assert "\n" not in str(err.value)
+    again = _lora(4)
+    ckpt.load_model_weights(again, path)  # the same settings still load, exactly
+    mine = dict(again.named_parameters())
+    assert all(torch.equal(p, mine[k]) for k, p in saved.named_parameters() if "lora_" in k)
