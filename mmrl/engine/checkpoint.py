@@ -143,6 +143,16 @@ def resolve_resume(resume: str | None, run_dir: str | os.PathLike,
     return path
 
 
+def check_weights_kind(path: Path, lora: bool) -> None:
+    """A LoRA checkpoint holds only the adapter, any other the whole model: resuming one under the other's
+    `model.lora.enabled` cannot load (every engine's loader would fail its own way), so say which setting fits."""
+    saved_lora = (path / "adapter_model.safetensors").is_file()
+    if saved_lora != lora:
+        held = "a LoRA adapter" if saved_lora else "whole model weights (no LoRA adapter)"
+        raise UserError(f"trainer.resume: {path} holds {held} but model.lora.enabled is {str(lora).lower()}; "
+                        f"resume it with model.lora.enabled={str(saved_lora).lower()}")
+
+
 def _clear_dead_staging(root: Path) -> None:
     """Staging directories of processes killed mid-save: never renamed into place, safe to delete."""
     for path in root.glob(".step-*.staging-*"):
@@ -224,11 +234,16 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
     """Load the weights saved by `save_checkpoint` into an already-built model (full model or LoRA adapter)."""
     adapter = path / "adapter_model.safetensors"
     if adapter.is_file():
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
+        from mmrl.engine.distributed import _adapter_weights
 
-        set_peft_model_state_dict(model, load_file(str(adapter)))
+        # under the live names, checked both ways (another model.lora.r or target set is one line), as FSDP2 loads it
+        model.load_state_dict(_adapter_weights(model, adapter), strict=False)
         return
+    model.load_state_dict(read_whole_weights(model, path), strict=True)
+
+
+def read_whole_weights(model: torch.nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    """A whole-model checkpoint's state dict under `model`'s parameter names (every engine's resume reads it so)."""
     # Let transformers map its on-disk key names onto the live model's (they differ for Qwen2.5-VL).
     try:
         # config=: the live model's own, never the checkpoint's config.json: a damaged `{}` there meant the class
@@ -237,4 +252,4 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
     except Exception as err:  # OSError, safetensors' own errors: all mean a damaged or foreign checkpoint
         raise UserError(f"{path}: cannot read the model weights of this checkpoint "
                         f"({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
-    model.load_state_dict(loaded.state_dict(), strict=True)
+    return loaded.state_dict()

@@ -75,6 +75,11 @@ def _adapter_weights(policy: Any, adapter: Path) -> dict[str, torch.Tensor]:
     if foreign:
         raise UserError(f"{adapter}: {len(foreign)} adapter tensors match no LoRA parameter of this model by name and "
                         f"shape (e.g. {foreign[0]}); resume with the model.lora settings the checkpoint was written with")
+    # and the reverse: an adapter of the live model the checkpoint lacks would silently restart from its initial value
+    missing = sorted(k for k, v in live.items() if v != k and k not in saved)
+    if missing:
+        raise UserError(f"{adapter}: lacks {len(missing)} adapter tensors this model has (e.g. {missing[0]}); resume "
+                        "with the model.lora settings the checkpoint was written with")
     return {live[k]: v for k, v in saved.items()}
 
 
@@ -289,9 +294,10 @@ class TrainingEngine:
         if adapter.is_file():  # LoRA: only the adapter was saved; the frozen base stays as loaded
             whole, strict = _adapter_weights(policy, adapter), False
         else:
-            # transformers maps the on-disk key names onto the live model's (they differ for Qwen2.5-VL)
-            loaded = type(policy).from_pretrained(path, dtype=next(policy.parameters()).dtype)
-            whole, strict = loaded.state_dict(), True
+            from mmrl.engine.checkpoint import read_whole_weights
+
+            # as one process reads them: the live config (never the checkpoint's config.json), damage in one line
+            whole, strict = read_whole_weights(policy, Path(path)), True
         self.wrapped.reshard()
         set_model_state_dict(self.wrapped, {f"inner.policy.{k}": v for k, v in whole.items()},
                              options=StateDictOptions(full_state_dict=True, strict=strict))

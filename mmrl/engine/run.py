@@ -16,7 +16,14 @@ import torch
 
 from mmrl.config import MMRLConfig, save_resolved
 from mmrl.engine import checkpoint as ckpt
-from mmrl.engine.distributed import DistInfo, TrainingEngine, barrier, engine_from_launch, init_distributed
+from mmrl.engine.distributed import (
+    DistInfo,
+    TrainingEngine,
+    all_gather_objects,
+    barrier,
+    engine_from_launch,
+    init_distributed,
+)
 from mmrl.engine.faults import fault_point
 from mmrl.engine.optim import build_optimizer, build_scheduler, trainable_parameters
 from mmrl.engine.run_dir import claim_run_dir, release_run_dir
@@ -140,12 +147,39 @@ def prepare_run(cfg: MMRLConfig) -> Path:
     return claim_run_dir(cfg.trainer.output_dir, cfg.trainer.resume, cfg.trainer.overwrite)
 
 
+def resolve_resume_everywhere(resume: str | None, run_dir: Path, dist: DistInfo) -> Path | None:
+    """`trainer.resume` resolved by every process, and the same answer everywhere, or one line on every process.
+
+    Each process reads the run directory itself (and later the checkpoint's weights); processes on nodes that do not
+    share the filesystem would otherwise disagree silently: one resumed at step N, another started fresh (different
+    weights, different step counts, a hang when the first one finishes)."""
+    try:
+        local, problem = ckpt.resolve_resume(resume, run_dir, say=ckpt.tell if dist.is_main else None), None
+    except UserError as err:  # every process must reach the gather below, or the others wait in it
+        local, problem = None, str(err)
+    # by the checkpoint's name: every process is given the same trainer.output_dir and trainer.resume
+    views = all_gather_objects((local.name if local else None, problem), dist.world_size)
+    problems = [(rank, p) for rank, (_, p) in enumerate(views) if p]
+    if problems:
+        rank, problem = problems[0]
+        raise UserError(problem if dist.world_size == 1 else f"process {rank}: {problem}")
+    chosen = views[0][0]
+    for rank, (seen, _) in enumerate(views):
+        if seen != chosen:
+            raise UserError(f"trainer.resume: the main process resumes from {chosen or 'no checkpoint (fresh start)'} "
+                            f"but process {rank} sees {seen or 'no checkpoint'}; every process must see the same "
+                            f"trainer.output_dir ({run_dir}): put it on a filesystem all nodes share")
+    return local
+
+
 def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
     """Processes, seed, run dir (with the resolved config), model, optimizer, schedule, logger, resume point."""
     run_dir = prepare_run(cfg)
     dist = init_distributed(cfg.trainer.device)
     seed_everything(cfg.trainer.seed)
-    resume_from = ckpt.resolve_resume(cfg.trainer.resume, run_dir, say=ckpt.tell if dist.is_main else None)
+    resume_from = resolve_resume_everywhere(cfg.trainer.resume, run_dir, dist)
+    if resume_from is not None:  # before the model loads: a LoRA checkpoint needs LoRA on, whole weights need it off
+        ckpt.check_weights_kind(resume_from, cfg.model.lora.enabled)
     if dist.world_size > 1 and engine_from_launch() == "deepspeed":
         from mmrl.engine.zero import check_deepspeed
 

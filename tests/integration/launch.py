@@ -24,7 +24,8 @@ PRESETS = {
 
 def errors(stderr: str) -> str:
     """The error lines of a failed launch (its full stderr is mostly the two ranks' interleaved tracebacks)."""
-    return "\n".join(line for line in stderr.splitlines() if "Error" in line)[-3000:]
+    # "error" in any case: mmrl's own one-line errors read "mmrl train: error: ..."
+    return "\n".join(line for line in stderr.splitlines() if "error" in line.lower())[-3000:]
 
 
 def launcher(engine: str, port_args: Any) -> list[str]:
