@@ -14,13 +14,13 @@ import json
 import os
 import shutil
 import socket
-import struct
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
+
+from tests.unit.demo_assets import huge_png
 
 pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("MMRL_CHROMIUM", "/usr/bin/chromium")  # Debian's package; another path on other systems
@@ -116,18 +116,6 @@ def truncated_png(path: Path) -> Path:
     good_image(path.with_name("whole.png"), (300, 300))
     data = path.with_name("whole.png").read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    return path
-
-
-def huge_png(path: Path, side: int = 10_000) -> Path:
-    """A small file whose header claims side x side pixels (100 megapixels): a decompression bomb's shape."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-                     + chunk(b"IEND", b""))  # fmt: skip
     return path
 
 
