@@ -4,6 +4,7 @@ ZeRO-2 in real processes), with or without a KL reference or LoRA."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,13 +74,17 @@ def _initial_weights(*overrides: str) -> dict[str, torch.Tensor]:
     return {k: p.detach() for k, p in model.named_parameters()}
 
 
+def _one_process_run(out: Path, color_data, extra: list[str]) -> Path:
+    """1 process, 2 GRPO steps with `extra` overrides: the run the 2-process engines must reproduce."""
+    world_size_run("one", out, None, [*train_args(color_data), f"trainer.output_dir={out / 'run'}",
+                                      "trainer.max_steps=2", "trainer.save_final=false", *extra])
+    return out
+
+
 @pytest.fixture(scope="module")
 def one_process_kl(tmp_path_factory, color_data):
-    """1 process, 2 GRPO steps with a k3 KL to a frozen reference: the run the 2-process engines must reproduce."""
-    out = tmp_path_factory.mktemp("one-kl")
-    world_size_run("one", out, None, [*train_args(color_data), f"trainer.output_dir={out / 'run'}",
-                                      "trainer.max_steps=2", "trainer.save_final=false", *KL])
-    return out
+    """1 process, 2 GRPO steps with a k3 KL to a frozen reference."""
+    return _one_process_run(tmp_path_factory.mktemp("one-kl"), color_data, KL)
 
 
 @pytest.mark.parametrize("engine", ["ddp", "fsdp2", "deepspeed"])
@@ -121,10 +126,7 @@ def test_one_and_two_processes_train_to_the_same_weights_with_a_kl_reference(eng
 @pytest.fixture(scope="module")
 def one_process_lora(tmp_path_factory, color_data):
     """1 process, 2 GRPO steps of LoRA with a k3 KL (the reference: the adapter switched off)."""
-    out = tmp_path_factory.mktemp("one-lora")
-    world_size_run("one", out, None, [*train_args(color_data), f"trainer.output_dir={out / 'run'}",
-                                      "trainer.max_steps=2", "trainer.save_final=false", *LORA])
-    return out
+    return _one_process_run(tmp_path_factory.mktemp("one-lora"), color_data, LORA)
 
 
 def _lora_moved(weights: dict[str, torch.Tensor]) -> float:
