@@ -1,6 +1,6 @@
 """`seeds: [0, 1, 2]`: run a pipeline once per seed and aggregate the runs — each eval (an ablation's arm) gets the
 mean, spread and per-seed values of its accuracy and answer length; each train step its compute (seconds, sampled
-tokens) and final training metrics; `summary.png` plots them with the training curves of every train step.
+tokens), final training metrics and the first -> last trend of its training curves; `summary.png` plots them with the training curves of every train step.
 
 Each seed's run is an ordinary pipeline in `<output_dir>/seed-<seed>/` with `trainer.seed=<seed>` (its own
 summary.json, resumable, skipped when done); the data and eval items are the same for every seed, so the spread is the
@@ -85,11 +85,27 @@ def aggregate(per_seed: dict[int, dict[str, Any]], wall_seconds: float) -> dict[
                                               for rs in rows])
             entry["final"] = {k: spread([st["metrics"].get(k) if st else None for st in steps])
                               for k in FINAL_METRICS}
+            entry["trend"] = {key: _trend(rows, key) for key, _ in CURVES}
             curves[name] = _mean_curves(rows)
         train[name] = entry
     return {"seeds": seeds, "arms": arms, "train": train, "curves": curves,
             "per_seed": {str(seed): s.get("path") for seed, s in per_seed.items()},
             "seconds": round(sum(s["seconds"] for s in per_seed.values()), 3), "wall_seconds": round(wall_seconds, 3)}
+
+
+TREND = 5  # steps averaged at each end of a training curve: one step's value comes from a few prompts x G completions
+
+
+def _trend(rows_per_seed: list[list[dict[str, Any]]], key: str) -> dict[str, Any]:
+    """Spread over seeds of the mean of `key` over each run's first and last TREND logged steps (a step without the
+    metric, e.g. no incorrect completion, is skipped) — the "first -> last" figure an ablation's claim is about."""
+    ends: dict[str, list[float | None]] = {"first": [], "last": []}
+    for rows in rows_per_seed:
+        values = [float(r[key]) for r in sorted((r for r in rows if "step" in r), key=lambda r: r["step"])
+                  if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        ends["first"].append(statistics.fmean(values[:TREND]) if values else None)
+        ends["last"].append(statistics.fmean(values[-TREND:]) if values else None)
+    return {end: spread(values) for end, values in ends.items()}
 
 
 def _mean_curves(rows_per_seed: list[list[dict[str, Any]]]) -> dict[str, Any]:

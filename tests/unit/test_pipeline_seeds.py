@@ -54,3 +54,28 @@ def test_aggregate_keeps_an_arm_whose_eval_failed_on_one_seed():
     assert arm["final"]["completion_length/incorrect"]["mean"] is None
     assert "| b | 0.600 ± 0.000 | 0.600, - |" in seeds_table(summary)
     assert summary["seconds"] == 30.0  # compute of both seeds
+
+
+def test_trend_averages_each_runs_first_and_last_steps_that_logged_the_metric(tmp_path):
+    import json
+
+    def run(values):  # one seed's metrics.jsonl; None: that step had no incorrect completion (metric absent)
+        path = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        path.mkdir()
+        rows = [{"step": i + 1, "accuracy": 0.5, **({} if v is None else {"completion_length/incorrect": v})}
+                for i, v in enumerate(values)]
+        # written out of order: the trend follows the step numbers, not the file's order
+        (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))
+        return str(path)
+
+    def seed(run_dir):
+        return {"accuracy": {}, "seconds": 1.0,
+                "steps": {"arm": {"kind": "train", "seconds": 1.0, "outputs": {"run_dir": run_dir}, "metrics": {}}}}
+
+    long_run = run([10, 10, 10, 10, 10, None, 11, 12, 20, 20, 20, 20, 20])
+    short_run = run([4, None, 6])  # fewer than 5 steps: both ends are its whole curve
+    trend = aggregate({0: seed(long_run), 1: seed(short_run)}, 2.0)["train"]["arm"]["trend"]
+    incorrect = trend["completion_length/incorrect"]
+    assert incorrect["first"]["values"] == [10.0, 5.0] and incorrect["last"]["values"] == [20.0, 5.0]
+    assert incorrect["last"]["mean"] == pytest.approx(12.5)
+    assert trend["accuracy"]["first"]["values"] == [0.5, 0.5]
