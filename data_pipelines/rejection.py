@@ -55,9 +55,9 @@ def check_output_ids(samples: list[Any], k: int, rule: str) -> None:
     """Refuse, before anything is sampled, input ids that the records' ids could repeat.
 
     `all-correct` names the records of item `x` `x#0` .. `x#<k-1>`, so an input id `x#<n>` (n < k) next to `x` -- one
-    the data gave, or a repeated `x` the loader renamed `x#<line>` -- would collide with one of them; and so would an
-    id the loader's renaming repeats (`x` on line 1, `x#3` on line 2, `x` again on line 3, renamed `x#3`). Two records with one id would make
-    the SFT set's ids ambiguous (and a cache or a later dedup drop one), so the build stops naming both.
+    the data gave, or a repeated `x` the loader renamed `x#<line>` -- would collide with one of them. Two records
+    with one id (the loader's renaming never makes them; this guards samples from anywhere) would make the SFT set's
+    ids ambiguous (and a cache or a later dedup drop one), so the build stops naming both.
     """
     ids: dict[str, Any] = {}
     for sample in samples:

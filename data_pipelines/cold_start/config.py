@@ -11,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from data_pipelines.inputs import MAX_NEW_TOKENS, MAX_SEED
+from mmrl.config.base import NumbersNotBools
 from mmrl.config.loader import load_yaml_chain, parse_override
 from mmrl.errors import ConfigError
 
@@ -24,7 +25,7 @@ PLACEHOLDERS = {"pseudo_cot": ("{question}",), "describe": ("{question}", "{pseu
                 "reason": ("{question}", "{description}")}
 
 
-class _Strict(BaseModel):
+class _Strict(NumbersNotBools):  # `concurrency: true` is an error, not 1
     model_config = ConfigDict(extra="forbid")
 
 

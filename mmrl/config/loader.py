@@ -181,6 +181,9 @@ def _format_error(err: dict[str, Any], sources: dict[str, str], default_source: 
         op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
         bound = next(iter(ctx.values()), "?")
         return f"{where}: {dotted} must be {op} {bound} (got {got!r})"
+    if kind == "number_not_bool":  # see config/base.py: lax pydantic would read true as 1
+        shown = str(got).lower() if isinstance(got, bool) else repr(got)  # as the YAML/override spelled it
+        return f"{where}: {dotted}{ctx.get('item', '')} must be {ctx.get('kind')}, not true/false (got {shown})"
     if kind in ("int_parsing", "int_type", "int_from_float"):
         return f"{where}: {dotted} must be an integer (got {got!r})"
     if kind in ("float_parsing", "float_type"):

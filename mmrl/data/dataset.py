@@ -47,15 +47,16 @@ def _normalize_boxes(sample: Sample, spec: DatasetSpec) -> None:
 def load_samples(spec: DatasetSpec | str, data_cfg: DataConfig | None = None) -> list[Sample]:
     """All samples of one dataset, converted from its (detected or declared) format.
 
-    Ids are the record's own id, else `<file stem>:<line or index>`; a repeated id gets `#<line or index>` appended so
-    ids stay unique and stable (`#<line or index>`). Raises `DataError`/`UserError` naming the file and line for bad records.
+    Ids are the record's own id, else `<file stem>:<line or index>`; a repeated id gets `#<line or index>` appended
+    (then `-2`, `-3`, ... while that is taken too) so ids stay unique and stable. Raises `DataError`/`UserError`
+    naming the file and line for bad records.
     """
     spec = _as_spec(spec)
     stem = dataset_stem(spec.path)
     adapter = get_adapter(spec.format) if spec.format not in (None, "", "auto") else None
     image_root = Path(spec.image_root).expanduser() if spec.image_root else None
     samples: list[Sample] = []
-    seen: set[str] = set()
+    keys: list[str] = []  # each sample's line or index, for renaming a repeated id
     for raw in read_records(spec.path, spec.split):
         if spec.limit is not None and len(samples) >= spec.limit:
             break
@@ -77,15 +78,34 @@ def load_samples(spec: DatasetSpec | str, data_cfg: DataConfig | None = None) ->
         if spec.task:
             sample.task = spec.task
         _normalize_boxes(sample, spec)
-        if sample.id in seen:
-            sample.id = f"{sample.id}#{raw.key}"
-        seen.add(sample.id)
         sample.meta.setdefault("source", raw.location)
         sample.meta.setdefault("format", adapter.name)
         samples.append(sample)
+        keys.append(raw.key)
     if not samples:
         raise DataError(f"{spec.path}: empty dataset (no records)")
+    _make_ids_unique(samples, [f"{s.id}#{key}" for s, key in zip(samples, keys)])
     return samples
+
+
+def _make_ids_unique(samples: list[Sample], renames: list[str]) -> None:
+    """The first record with an id keeps it; a repeat takes its entry of `renames`, then with `-2`, `-3`, ... appended.
+
+    A new id avoids every id the data gives (later ones too) and every id given before: records `a`, `a`, `a#2` on
+    lines 1-3 keep `a` and `a#2`, and line 2 becomes `a#2-2` (an id the data gives is never renamed unless repeated).
+    """
+    taken = {s.id for s in samples}
+    first: set[str] = set()
+    for sample, base in zip(samples, renames):
+        if sample.id not in first:
+            first.add(sample.id)
+            continue
+        candidate = base
+        n = 2
+        while candidate in taken:
+            candidate, n = f"{base}-{n}", n + 1
+        sample.id = candidate
+        taken.add(candidate)
 
 
 def load_datasets(specs: list[DatasetSpec | str], data_cfg: DataConfig | None = None) -> list[Sample]:
@@ -94,15 +114,14 @@ def load_datasets(specs: list[DatasetSpec | str], data_cfg: DataConfig | None = 
     Each sample's `meta["dataset_weight"]` holds its spec's weight for a weighted sampler.
     """
     out: list[Sample] = []
-    seen: set[str] = set()
+    renames: list[str] = []  # a repeated id is prefixed with its dataset's name
     for raw_spec in specs:
         spec = _as_spec(raw_spec)
         for sample in load_samples(spec, data_cfg):
-            if sample.id in seen:
-                sample.id = f"{dataset_stem(spec.path)}/{sample.id}"
-            seen.add(sample.id)
             sample.meta.setdefault("dataset_weight", spec.weight)
             out.append(sample)
+            renames.append(f"{dataset_stem(spec.path)}/{sample.id}")
+    _make_ids_unique(out, renames)
     return out
 
 

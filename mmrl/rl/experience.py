@@ -143,7 +143,7 @@ def collect_step(cfg: MMRLConfig, stage: ResolvedStage, dataset: list[Sample], s
     kept: list[Group] = []
     filtered = 0
     info: dict[str, Any] = {}
-    scoring = 0.0  # reward-scoring seconds of every rollout round of the step
+    rounds: list[dict[str, Any]] = []  # every rollout round's info: the step's counters cover them all
     for attempt in range(f.max_tries if f.enabled else 1):
         first = sampler.epoch * sampler.n_items + sampler.position  # global draw index of the step's first prompt
         indices = shard(sampler.next(cfg.trainer.prompts_per_step), rank, world_size)
@@ -151,7 +151,7 @@ def collect_step(cfg: MMRLConfig, stage: ResolvedStage, dataset: list[Sample], s
         seeds = [stream_seed(cfg.trainer.seed, stage.index, d) for d in draws]
         groups, info = rollout_groups(cfg, stage, [dataset[i] for i in indices], processor, backend, composite,
                                       generator, data_cfg, seeds=seeds)
-        scoring += info.get("counters", {}).get("reward_seconds", 0.0)
+        rounds.append(info)
         if f.enabled:
             passing = [gr for gr in groups if _group_passes(gr, f.metric, f.low, f.high)]
             filtered += len(groups) - len(passing)
@@ -161,7 +161,27 @@ def collect_step(cfg: MMRLConfig, stage: ResolvedStage, dataset: list[Sample], s
         missing = all_reduce_sum(max(0, wanted - len(kept)), world_size)
         if missing == 0 or not f.enabled or attempt == f.max_tries - 1:
             break
+    info = _merge_rounds(rounds)
     info["filtered_groups"] = filtered
-    if "counters" in info:
-        info["counters"]["reward_seconds"] = scoring
     return kept, info
+
+
+def _merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One info for the step from the info of each rollout round (more than one when the online filter refills).
+
+    Every rollout counter is a total, so it is summed: tokens prefilled and generated, decode steps, vision encoder
+    calls and images, reward seconds, and entropy_sum with entropy_tokens (the logged entropy, their ratio, stays the
+    mean over every token sampled this step). Reward counters count items (timeouts, unscorable, errors): summed too.
+    Examples keep the first one of each reward component."""
+    merged: dict[str, Any] = {}
+    for info in rounds:
+        for part in ("counters", "reward_counters"):
+            if part in info:
+                totals = merged.setdefault(part, {})
+                for key, value in info[part].items():
+                    totals[key] = totals.get(key, 0) + value
+        if "examples" in info:
+            examples = merged.setdefault("examples", {})
+            for name, example in info["examples"].items():
+                examples.setdefault(name, example)
+    return merged

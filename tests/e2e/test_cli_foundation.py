@@ -49,6 +49,8 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
                           "unknown key 'trainer.max_stepz' (did you mean 'trainer.max_steps'?)")
     assert_one_line_error(mmrl("config", "show", "configs/quickstart.yaml", "trainer.max_steps=banana"),
                           "trainer.max_steps must be an integer (got 'banana')")
+    assert_one_line_error(mmrl("config", "show", "configs/quickstart.yaml", "trainer.max_steps=true"),
+                          "trainer.max_steps must be an integer, not true/false (got true)")
     assert_one_line_error(mmrl("config", "show", "configs/quickstart.yaml", "rollout.group_size=1"),
                           "rollout.group_size must be >= 2 (got 1)")
     assert_one_line_error(mmrl("config", "show", str(tmp_path / "missing.yaml")), "config file not found")

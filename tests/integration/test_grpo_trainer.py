@@ -3,6 +3,7 @@ two real processes."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -221,6 +222,39 @@ def test_online_filter_drops_flat_groups_and_refills(synthetic_data, tmp_path):
     (row,) = read_metrics(tmp_path)
     assert row["filtered_groups"] == 2 * 3  # 2 prompts per round, 3 rounds
     assert all(torch.equal(before[k], v) for k, v in params(trainer.run.model).items())
+
+
+def test_online_filter_counters_cover_every_rollout_round(synthetic_data, tmp_path):
+    # Some prompts' groups are flat (dropped and refilled), so a step rolls out more than once; its rollout and
+    # reward counters must be the totals of all those rounds, not of the last one.
+    flat = f"{FIXTURES / 'flat_for_some.py'}:reward"
+    cfg = load_config(CONFIG, overrides(synthetic_data, tmp_path, **{
+        "trainer.max_steps": 1, "rewards": f"[{{name: '{flat}'}}, {{name: iou, weight: 0}}]",
+        "algorithm.online_filter": f"{{enabled: true, metric: '{flat}', low: 0.0, high: 1.0, max_tries: 4}}"}))
+    trainer = GRPOTrainer(cfg)
+    rounds: list[dict] = []
+    rollout = trainer.backend.rollout
+
+    @functools.wraps(rollout)  # keeps the signature: collect_step passes per-prompt seeds when it sees them
+    def recording_rollout(*args, **kwargs):
+        batch = rollout(*args, **kwargs)
+        rounds.append(dict(batch.counters))
+        return batch
+
+    trainer.backend.rollout = recording_rollout
+    trainer.train()
+    (row,) = read_metrics(tmp_path)
+    assert len(rounds) >= 2 and row["filtered_groups"] >= 1  # a retry happened
+    for key in ("generated_tokens", "prefill_tokens", "decode_steps", "vision_encoder_calls", "images_encoded"):
+        assert row[f"rollout/{key}"] == sum(r[key] for r in rounds), key
+    assert row["rollout/generated_tokens"] > rounds[-1]["generated_tokens"]
+    assert row["rollout/vision_encoder_calls"] == 2 * len(rounds)  # 2 prompts a round, one image each
+    # Reward counters count items: iou cannot score these golds, so every completion of every round.
+    assert row["reward/iou/unscorable"] == len(rounds) * 2 * cfg.rollout.group_size
+    # The entropy stays a mean: over every token sampled in every round.
+    assert row["entropy"] == pytest.approx(sum(r["entropy_sum"] for r in rounds) /
+                                           sum(r["entropy_tokens"] for r in rounds))
+    assert 0 < row["rollout/reward_seconds"] <= row["time/rollout"]
 
 
 def test_eval_during_training_uses_the_same_verifiers(synthetic_data, tmp_path):

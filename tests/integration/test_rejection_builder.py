@@ -269,10 +269,15 @@ def test_a_repeated_id_renamed_by_the_loader_is_refused_only_where_it_can_collid
     assert max(Counter(ids).values()) == 1
 
 
-def test_an_id_the_loader_renaming_repeats_is_refused_for_every_rule(scripted_server, tmp_path, capsys):
-    # The loader renames the 'x' of line 3 'x#3', which line 2 already holds.
+def test_an_id_the_loader_renaming_would_repeat_gets_a_fresh_name(scripted_server, tmp_path, capsys):
+    # The 'x' of line 3 would be renamed 'x#3', which line 2 already holds: the loader names it 'x#3-2' instead.
     data = _id_data(tmp_path, [("x", "q1"), ("x#3", "q1"), ("x", "q1")])
-    assert main(_id_argv(scripted_server.url, data, tmp_path / "out", 4, "openvlthinker")) == 2
+    out = tmp_path / "out"
+    assert main(_id_argv(scripted_server.url, data, out, 4, "openvlthinker")) == 0
+    ids = [json.loads(line)["id"] for line in (out / "train.jsonl").read_text().splitlines()]
+    assert ids == ["x", "x#3", "x#3-2"]
+    # all-correct still refuses the data's own 'x#3' (record 3 of item 'x'), naming its line.
+    capsys.readouterr()
+    assert main(_id_argv(scripted_server.url, data, tmp_path / "out2", 4, "all-correct")) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "'x#3'" in err[0] and "data.jsonl:3" in err[0] and "data.jsonl:2" in err[0]
-    assert scripted_server.posts == 0
+    assert len(err) == 1 and "'x#3'" in err[0] and "data.jsonl:2" in err[0] and "item 'x'" in err[0]

@@ -140,3 +140,42 @@ def test_error_names_the_file_that_set_the_value(tmp_path):
 def test_malformed_override():
     with pytest.raises(ConfigError, match="must look like key.path=value"):
         load_config(None, ["trainer.max_steps"])
+
+
+def test_a_boolean_is_not_a_number(tmp_path):
+    # Lax pydantic read `true` as 1: `trainer.max_steps=true` trained one step without a word.
+    assert _error(tmp_path, None, ["trainer.max_steps=true"]) == (
+        "command line: trainer.max_steps must be an integer, not true/false (got true)"
+    )
+    assert _error(tmp_path, "optimizer:\n  lr: false\n") == (
+        "TMP/x.yaml: optimizer.lr must be a number, not true/false (got false)"
+    )
+    assert _error(tmp_path, None, ["rollout.group_size=4", "trainer.eval_steps=true"]).startswith(
+        "command line: trainer.eval_steps must be an integer")
+    assert _error(tmp_path, None, ["optimizer.betas=[0.9, true]"]) == (
+        "command line: optimizer.betas[1] must be a number, not true/false (got [0.9, True])"
+    )
+    assert _error(tmp_path, None, ["seeds=[1, false]"]).startswith("command line: seeds[1] must be an integer")
+    assert _error(tmp_path, None, ["stages=[{name: a, steps: true}]"]).startswith(
+        "command line: stages.0.steps must be an integer, not true/false")
+    # Assigning to a validated config is refused the same way.
+    with pytest.raises(ValueError, match="must be an integer, not true/false"):
+        load_config(None).trainer.max_steps = True
+
+
+def test_legitimate_coercions_still_work(tmp_path):
+    (tmp_path / "x.yaml").write_text("trainer:\n  max_steps: 4\noptimizer:\n  lr: 1\n  betas: [1, 0.5]\n")
+    cfg = load_config(tmp_path / "x.yaml", ["rollout.group_size='3'", "trainer.seed=7", "model.lora.enabled=true"])
+    assert cfg.trainer.max_steps == 4 and cfg.trainer.seed == 7 and cfg.rollout.group_size == 3
+    assert cfg.optimizer.lr == 1.0 and isinstance(cfg.optimizer.lr, float) and cfg.optimizer.betas == (1.0, 0.5)
+    assert cfg.model.lora.enabled is True
+
+
+def test_cold_start_config_refuses_a_boolean_count():
+    from data_pipelines.cold_start.config import load_cold_start_config
+
+    with pytest.raises(ConfigError) as info:
+        load_cold_start_config(None, ["data=d.jsonl", "out=o", "stages.reason.concurrency=true"])
+    assert str(info.value) == (
+        "command line: stages.reason.concurrency: must be an integer, not true/false (got True)"
+    )

@@ -96,6 +96,37 @@ def test_json_list_and_duplicate_ids_stay_unique(tmp_path):
     assert len({s.id for s in both}) == 4 and both[0].meta["dataset_weight"] == 2.0
 
 
+def _ids_of(path: Path, ids: list[str]) -> list[str]:
+    path.write_text("".join(f'{{"id": "{i}", "prompt": "q", "answer": "{n}"}}\n' for n, i in enumerate(ids)))
+    return [s.id for s in load_samples(str(path))]
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    # The repeat on line 2 would be renamed 'a#2', which line 3 holds: the data's own id stays, the repeat moves on.
+    (["a", "a", "a#2"], ["a", "a#2-2", "a#2"]),
+    (["a#2", "a", "a"], ["a#2", "a", "a#3"]),
+    (["a", "a#3", "a"], ["a", "a#3", "a#3-2"]),
+    # Ids that look like renamed ones, and their own next candidates, all taken.
+    (["a", "a#2", "a#2-2", "a", "a#2-3"], ["a", "a#2", "a#2-2", "a#4", "a#2-3"]),
+    (["a", "a", "a#2", "a#2-2", "a", "a#3", "a#5"], ["a", "a#2-3", "a#2", "a#2-2", "a#5-2", "a#3", "a#5"]),
+    (["x", "x", "x", "x"], ["x", "x#2", "x#3", "x#4"]),
+])
+def test_renamed_ids_never_repeat_an_id(tmp_path, given, expected):
+    ids = _ids_of(tmp_path / "d.jsonl", given)
+    assert ids == expected and len(set(ids)) == len(ids)
+    # Stable: loading again names every record the same.
+    assert [s.id for s in load_samples(str(tmp_path / "d.jsonl"))] == expected
+
+
+def test_ids_repeated_across_datasets_never_repeat_an_id(tmp_path):
+    # 'd/x' is the name the second file's 'x' would get; the first file already holds it.
+    (tmp_path / "one").mkdir()
+    _ids_of(tmp_path / "one" / "d.jsonl", ["x", "d/x"])
+    _ids_of(tmp_path / "d.jsonl", ["x", "y"])
+    both = load_datasets([str(tmp_path / "one" / "d.jsonl"), str(tmp_path / "d.jsonl")], None)
+    assert [s.id for s in both] == ["x", "d/x", "d/x-2", "y"]
+
+
 def test_unknown_format_lists_known_ones(tmp_path):
     (tmp_path / "d.jsonl").write_text('{"foo": 1, "bar": 2}\n')
     with pytest.raises(UserError, match=r"d.jsonl:1: unknown data format .*known formats: .*mathvista.*sharegpt"):
