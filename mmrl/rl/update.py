@@ -274,7 +274,7 @@ def _train_mini_batch(ctx: _UpdateContext, mini: list[Group], measure_mismatch: 
         # (a speed-up only: its tokens still count in the normalisers and the optimizer still steps).
         if not _contributes(group, ctx.kl_in_loss):
             continue
-        pieces = (_train_micro_batch(ctx, group, part, mask, norms, measure_mismatch) for part in ctx.plan[id(group)])
+        pieces = [_train_micro_batch(ctx, group, part, mask, norms, measure_mismatch) for part in ctx.plan[id(group)]]
         forwards.append([f for f in pieces if f is not None])
     step_loss = all_reduce_sum(tally.add_groups(forwards), world)
     grad_norm, stepped = run.optimizer_step(step_loss)
