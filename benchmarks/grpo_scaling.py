@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import warnings
@@ -28,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from benchmarks import grpo_vs_trl as referee  # noqa: E402
-from benchmarks._common import PhaseClock  # noqa: E402
-from benchmarks.flops import PromptShape, grpo_step_flops, matmul_rates, square_image_grid  # noqa: E402
+from benchmarks._common import PhaseClock, bound_fraction, samples_per_second, step_flops  # noqa: E402
+from benchmarks.flops import matmul_rate  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,16 +76,15 @@ def run_cell(args: argparse.Namespace, group_size: int, length: int, work: Path)
     finally:
         for module, function in originals:
             module.run_prefix = function
-    rate = statistics.median(matmul_rates("cpu"))
-    patch = result["config"].vision_config.patch_size
-    prompt = PromptShape(round(result["prompt_tokens"]), (square_image_grid(args.image_size, patch),))
-    useful = grpo_step_flops(result["config"], [prompt] * args.prompts_per_step, group_size, length,
-                             vision_trainable=not args.freeze_vision_tower).total
+    rate = matmul_rate("cpu")
+    useful = step_flops(result["config"], result["prompt_tokens"], args.image_size, args.prompts_per_step, group_size,
+                        length, vision_trainable=not args.freeze_vision_tower)
     per_step = result["seconds"] / args.steps
-    return {"G": group_size, "length": length, "samples/s": result["completions"] / result["seconds"],
+    return {"G": group_size, "length": length, "samples/s": samples_per_second(result),
             "s/step": per_step, "prefill": result["clock"].get("rollout prefill", 0.0) / args.steps,
             "prompt fwd": result["clock"].get("update prompt forward", 0.0) / args.steps,
-            "useful GFLOP": useful / 1e9, "matmul GFLOP/s": rate / 1e9, "fraction": useful / rate / per_step}
+            "useful GFLOP": useful / 1e9, "matmul GFLOP/s": rate / 1e9,
+            "fraction": bound_fraction(useful, rate, per_step)}
 
 
 def markdown(cells: list[dict[str, Any]], args: argparse.Namespace) -> str:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -38,8 +37,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from benchmarks._common import PhaseClock, StructuralCounters, table  # noqa: E402
-from benchmarks.flops import PromptShape, grpo_step_flops, matmul_rates, square_image_grid  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    MatmulRates,
+    PhaseClock,
+    Rounds,
+    StructuralCounters,
+    bound_fraction,
+    samples_per_second,
+    step_flops,
+    table,
+)
 
 REWARD_NAME = "bench_distinct_words"
 LEARNING_RATE = 1e-5
@@ -298,31 +305,8 @@ def run_trl(args: argparse.Namespace, data_path: Path, work: Path) -> dict[str, 
 # ---------------------------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------------------------
-def pool(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Two runs of one side as one: times, counts and steps add up (same settings, so the rest is equal)."""
-    out = dict(a)
-    for key in ("seconds", "completions", "completion_tokens", "steps"):
-        out[key] = a[key] + b[key]
-    for key in ("phases", "counts"):
-        out[key] = {k: a[key].get(k, 0) + b[key].get(k, 0) for k in {*a[key], *b[key]}}
-    out["loss"] = a["loss"] + b["loss"]
-    return out
-
-
-def step_flops(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> int:
-    """Useful FLOPs of one step (the same work for both sides): `--prompts-per-step` prompts of the measured prompt
-    length, one `--image-size`² image each (kept at its size), G completions of the forced length."""
-    side = results.get("mmrl") or results["trl"]
-    config = side["config"]
-    patch = config.vision_config.patch_size
-    prompt = PromptShape(round(side["prompt_tokens"]), (square_image_grid(args.image_size, patch),))
-    return grpo_step_flops(config, [prompt] * args.prompts_per_step, args.group_size, args.max_new_tokens,
-                           vision_trainable=not args.freeze_vision_tower, beta=args.beta).total
-
-
-def summarize(results: dict[str, dict[str, Any]], args: argparse.Namespace,
-              matmul: tuple[float, float] | None = None) -> str:
-    """The comparison table; with `matmul` = (median, best) FLOP/s, the physical bound rows too: the fraction of the
+def summarize(results: dict[str, dict[str, Any]], args: argparse.Namespace, matmul: MatmulRates | None = None) -> str:
+    """The comparison table; with `matmul` (the run's sampled rates), the physical bound rows too: the fraction of the
     bound at the median rate (the load the steps saw) and, more conservative, at the best one."""
     names = list(results)
     def unique_images(r: dict[str, Any]) -> int:  # one image per prompt, each prompt seen once per step
@@ -333,7 +317,7 @@ def summarize(results: dict[str, dict[str, Any]], args: argparse.Namespace,
     def row(label: str, fn) -> None:
         rows.append([label] + [fn(results[n]) for n in names])
 
-    row("samples/s (completions/s)", lambda r: r["completions"] / r["seconds"])
+    row("samples/s (completions/s)", samples_per_second)
     row("seconds per step", lambda r: r["seconds"] / r["steps"])
     row("completion tokens/s", lambda r: r["completion_tokens"] / r["seconds"])
     for phase in ("generate", "rewards", "rollout, other", "update (fwd+bwd+optim)", "other"):
@@ -345,12 +329,16 @@ def summarize(results: dict[str, dict[str, Any]], args: argparse.Namespace,
     row("mean completion length", lambda r: r["completion_tokens"] / r["completions"])
     row("prompt tokens per prompt (image included)", lambda r: r["prompt_tokens"])
     if matmul:
-        useful, (median, best) = step_flops(results, args), matmul
+        # the same useful work for both sides: the step's shape, with the prompt length measured by either
+        side = results.get("mmrl") or results["trl"]
+        useful = step_flops(side["config"], side["prompt_tokens"], args.image_size, args.prompts_per_step,
+                            args.group_size, args.max_new_tokens, not args.freeze_vision_tower, args.beta)
+        median, best = matmul.median, matmul.best
         row("useful GFLOP per step", lambda r: useful / 1e9)
         row("matmul GFLOP/s (median of this run)", lambda r: median / 1e9)
         row("bound s/step (useful / median rate)", lambda r: useful / median)
-        row("fraction of bound", lambda r: useful / median / (r["seconds"] / r["steps"]))
-        row("fraction of bound at best rate", lambda r: useful / best / (r["seconds"] / r["steps"]))
+        row("fraction of bound", lambda r: bound_fraction(useful, median, r["seconds"] / r["steps"]))
+        row("fraction of bound at best rate", lambda r: bound_fraction(useful, best, r["seconds"] / r["steps"]))
     return table(["metric"] + names, rows)
 
 
@@ -365,9 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     from mmrl.rewards.registry import register_reward
 
     register_reward(REWARD_NAME)(distinct_words)
-    results: dict[str, dict[str, Any]] = {}
-    device, dtype = torch.device(args.device), torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    rates = matmul_rates(device, dtype)  # sampled again between and after the trainers: the load changes
+    rounds = Rounds("mmrl", "trl")
+    matmul = MatmulRates(args.device, torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    matmul.sample()  # sampled again between and after the trainers: the load changes
     with tempfile.TemporaryDirectory(prefix="mmrl-bench-") as tmp:
         work = Path(tmp)
         data_path = build_data(args, work / "data")
@@ -376,29 +364,19 @@ def main(argv: list[str] | None = None) -> int:
               f"new_tokens={args.max_new_tokens} (forced) beta={args.beta} "
               f"vision_tower={'frozen' if args.freeze_vision_tower else 'trainable'} warmup={args.warmup} steps={args.steps} "
               f"threads={args.threads} rounds={args.rounds}", flush=True)
-        ratios = []
         for round_ in range(args.rounds):
-            sides = [args.only] if args.only else ["mmrl", "trl"] if round_ % 2 == 0 else ["trl", "mmrl"]
-            rate = {}
-            for side in sides:
+            results: dict[str, dict[str, Any]] = {}
+            for side in [args.only] if args.only else rounds.order(round_):
                 torch.manual_seed(args.seed)
-                result = (run_mmrl if side == "mmrl" else run_trl)(args, data_path, work / f"round{round_}")
-                rate[side] = result["completions"] / result["seconds"]
-                print(f"# {side}: {rate[side]:.3f} samples/s, losses {result['loss']}", flush=True)
-                results[side] = pool(results[side], result) if side in results else result
-                rates += matmul_rates(device, dtype)
-            if len(rate) == 2:
-                ratios.append(rate["mmrl"] / rate["trl"])
-    matmul = statistics.median(rates)
-    print(f"# matmul ({args.dtype}, {torch.get_num_threads()} thread(s)): median {matmul / 1e9:.1f} GFLOP/s, "
-          f"best {max(rates) / 1e9:.1f}, over {len(rates)} timings", flush=True)
-    print(summarize(results, args, (matmul, max(rates))))
-    if ratios:
-        if len(ratios) > 1:
-            pooled = (results["mmrl"]["completions"] / results["mmrl"]["seconds"]) / (
-                results["trl"]["completions"] / results["trl"]["seconds"])
-            print(f"# speedup per round: {', '.join(f'{r:.3f}' for r in ratios)}; pooled {pooled:.3f}")
-        print(f"speedup_vs_trl={statistics.median(ratios):.3f}")
+                results[side] = (run_mmrl if side == "mmrl" else run_trl)(args, data_path, work / f"round{round_}")
+                print(f"# {side}: {samples_per_second(results[side]):.3f} samples/s, losses {results[side]['loss']}",
+                      flush=True)
+                matmul.sample()
+            rounds.add(results)
+    print(matmul.describe(args.dtype), flush=True)
+    print(summarize(rounds.pooled, args, matmul))
+    for line in rounds.report("speedup_vs_trl"):
+        print(line)
     return 0
 
 

@@ -15,12 +15,15 @@ What a step does, whatever the number of processes:
   mu > 1 update is exactly 1;
 - a micro-batch (one forward + backward) is one group, or with `trainer.max_tokens_per_micro_batch` some rows of one
   group within that many tokens (`mmrl.rl.micro_batches`: same loss, only the accumulation is split); the old and
-  reference log-probs are computed in the same pieces. `update/micro_batches` counts the training forwards.
+  reference log-probs are computed in the same pieces (planned once per step). `update/micro_batches` counts the
+  training forwards; their losses and token counts reach the host in one copy per mini-batch, not one per forward.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -75,19 +78,16 @@ def _logprobs(model: Any, group: Group, temperature: float, counters: dict[str, 
                                    temperature=temperature)
 
 
-def _tis_weight(group: Group, logp: torch.Tensor, cap: float | None,
-                mismatch: dict[str, list[float]] | None) -> torch.Tensor | None:
-    """Truncated-IS weights [G, T] when the rollout backend returned its sampler's log-probs (else None), against the
-    trainer's log-probs of the rollout weights: `old_logp`, or this forward's when the update is on-policy (mu = 1,
-    one mini-batch: the weights have not moved yet). Appends the mismatch metrics to `mismatch` when given."""
+def _tis_weight(group: Group, logp: torch.Tensor, cap: float | None) -> tuple[torch.Tensor | None, dict[str, float]]:
+    """Truncated-IS weights [G, T] when the rollout backend returned its sampler's log-probs and `cap` is set (else
+    None), against the trainer's log-probs of the rollout weights: `old_logp`, or this forward's when the update is
+    on-policy (mu = 1, one mini-batch: the weights have not moved yet); and the mismatch metrics (empty without the
+    sampler's log-probs)."""
     if group.sampler_logp is None:
-        return None
+        return None, {}
     old = group.old_logp if group.old_logp is not None else logp.detach()
     weight, metrics = truncated_is_weights(old, group.sampler_logp, group.completion_mask, cap)
-    if mismatch is not None:
-        for key, value in metrics.items():
-            mismatch[key].append(value)
-    return weight if cap is not None else None
+    return (weight if cap is not None else None), metrics
 
 
 def _mismatch_metrics(mismatch: dict[str, list[float]]) -> dict[str, float]:
@@ -124,14 +124,19 @@ def _contributes(group: Group, kl_in_loss: bool) -> bool:
     return kl_in_loss or not bool((group.advantages == 0).all())
 
 
-def _parts(run: TrainingRun, group: Group) -> list[MicroBatch]:
-    """The group's micro-batches under `trainer.max_tokens_per_micro_batch` (one whole group without it)."""
-    return micro_batches(group, run.cfg.trainer.max_tokens_per_micro_batch,
-                         prompt_per_row=not supports_prefix_sharing(run.model))
+# id(group) -> its micro-batches: planned once per step (old/reference log-probs and every pass cut a group the same
+# way; the plan reads only the completions and the prompt, which the update never changes)
+MicroBatchPlan = dict[int, list[MicroBatch]]
 
 
-def prepare_old_and_ref(run: TrainingRun, groups: list[Group], reference: ReferencePolicy | None,
-                        counters: dict[str, Any] | None = None) -> None:
+def plan_micro_batches(run: TrainingRun, groups: list[Group]) -> MicroBatchPlan:
+    """Each group's micro-batches under `trainer.max_tokens_per_micro_batch` (one whole group without it)."""
+    budget, prompt_per_row = run.cfg.trainer.max_tokens_per_micro_batch, not supports_prefix_sharing(run.model)
+    return {id(group): micro_batches(group, budget, prompt_per_row=prompt_per_row) for group in groups}
+
+
+def prepare_old_and_ref(run: TrainingRun, groups: list[Group], plan: MicroBatchPlan,
+                        reference: ReferencePolicy | None, counters: dict[str, Any] | None = None) -> None:
     """Old log-probs when the policy moves between passes (mu > 1 or several mini-batches) or when the KL goes into
     the reward (k1 of the rollout policy); reference log-probs when beta > 0. Both in the training's micro-batches."""
     algo, temperature = run.cfg.algorithm, run.cfg.rollout.temperature
@@ -139,7 +144,7 @@ def prepare_old_and_ref(run: TrainingRun, groups: list[Group], reference: Refere
     # every process gets here once per step: FSDP2 gathers a sharded reference for the step's reference forwards
     with torch.no_grad(), run.engine.reference_gathered():
         for group in groups:
-            parts = _parts(run, group)
+            parts = plan[id(group)]
             if need_old:
                 group.old_logp = by_micro_batches(parts, group, lambda g: _logprobs(run.model, g, temperature, counters))
             if reference is not None:
@@ -202,88 +207,179 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage,
     return out
 
 
+@dataclass(frozen=True)
+class _UpdateContext:
+    """What every training micro-batch of one step needs besides its group."""
+
+    run: TrainingRun
+    stage: ResolvedStage
+    policy_loss: PolicyLoss
+    kl_in_loss: bool
+    plan: MicroBatchPlan
+    vision: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Normalisers:
+    """A mini-batch's global counts (summed over processes) that every micro-batch's loss is normalised by."""
+
+    active_tokens: float
+    num_sequences: int
+    micro_batches: int
+
+
+@dataclass(frozen=True)
+class _Forward:
+    """One training micro-batch's results. Its tensors stay on the device until the mini-batch's one host sync."""
+
+    loss: torch.Tensor  # [] detached, before the world_size scaling of the backward
+    tokens: torch.Tensor  # [] active loss tokens of these rows: what `metrics` are means over
+    metrics: dict[str, float]
+    mismatch: dict[str, float]  # sampler/trainer mismatch, measured on the first pass only (else empty)
+    mismatch_tokens: torch.Tensor  # [] completion tokens of these rows: what `mismatch` is a mean over
+    size: int  # tokens the forward held (`MicroBatch.tokens`)
+
+
 def _update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, reference: ReferencePolicy | None,
             policy_loss: PolicyLoss, kl_in_loss: bool, vision: dict[str, Any]) -> dict[str, float]:
-    cfg, world = run.cfg, run.dist.world_size
-    algo = cfg.algorithm
+    algo = run.cfg.algorithm
     if _kl_in_reward(algo):  # the rewards need the rollout policy's and the reference's log-probs first
-        prepare_old_and_ref(run, groups, reference, vision)
+        plan = plan_micro_batches(run, groups)
+        prepare_old_and_ref(run, groups, plan, reference, vision)
         reward_metrics = assign_advantages(run, groups)
-    else:  # advantages first: a group that contributes nothing needs no old log-probs either
+    else:  # advantages first: a group that contributes nothing needs no old log-probs (nor a plan) either
         reward_metrics = assign_advantages(run, groups)
-        prepare_old_and_ref(run, [g for g in groups if _contributes(g, kl_in_loss)], reference, vision)
-    local_sums: dict[str, float] = defaultdict(float)
-    local_counts: dict[str, int] = defaultdict(int)
-    forwards, most_tokens = 0, 0  # training micro-batches run here, and the most tokens any of them held
-    losses, norms, stepped_all = [], [], True
-    mismatch: dict[str, list[float]] = defaultdict(list)  # measured on the first pass, where the weights are the rollout's
+        contributing = [g for g in groups if _contributes(g, kl_in_loss)]
+        plan = plan_micro_batches(run, contributing)
+        prepare_old_and_ref(run, contributing, plan, reference, vision)
+    ctx = _UpdateContext(run, stage, policy_loss, kl_in_loss, plan, vision)
+    tally = _Tally()
     for iteration in range(algo.num_iterations):
         for mini in split_groups(groups, algo.mini_batches):
-            masks = [loss_mask(g.completion_mask, g.truncated, algo.mask_truncated) for g in mini]
-            global_tokens = all_reduce_sum(sum(float(m.sum()) for m in masks), world)
-            global_seqs = int(all_reduce_sum(sum(m.shape[0] for m in masks), world))
-            global_micro = int(all_reduce_sum(len(mini), world))
-            local_loss = 0.0
-            for group, mask in zip(mini, masks):
-                # All-zero advantages and no KL term: the loss is exactly 0 whatever the ratio, so skip the forward
-                # (a speed-up only: its tokens still count in the normalisers and the optimizer still steps).
-                if not _contributes(group, kl_in_loss):
-                    continue
-                # each piece's metrics and the tokens they are means over: one value per group (`_group_metrics`)
-                loss_pieces: list[tuple[dict[str, float], float]] = []
-                mismatch_pieces: list[tuple[dict[str, float], float]] = []
-                for part in _parts(run, group):
-                    piece = part.of(group)  # the group itself without a token budget
-                    if not _contributes(piece, kl_in_loss):  # these rows' loss is exactly 0 as well
-                        continue
-                    with reuse_image_features(run.model, piece.image_features, vision):
-                        logp = run.logprobs(piece.prompt, piece.completion_ids, piece.completion_mask,
-                                            cfg.rollout.temperature)
-                    seen: dict[str, list[float]] = defaultdict(list)
-                    is_weight = _tis_weight(piece, logp, algo.tis_cap, seen if iteration == 0 else None)
-                    if seen:
-                        mismatch_pieces.append(({k: v[0] for k, v in seen.items()},
-                                                float(piece.completion_mask.sum())))
-                    per_token, metrics = policy_loss.per_token(logp, piece.old_logp, piece.advantages,
-                                                               part.cut_mask(mask), ref_logp=piece.ref_logp,
-                                                               is_weight=is_weight)
-                    # Aggregated as the group's loss restricted to these rows: the group's mask and the global
-                    # normalisers, whatever the aggregation (see mmrl.rl.micro_batches).
-                    loss = policy_loss.aggregate(part.scatter(per_token, mask.shape), mask,
-                                                 max_completion_length=stage.max_completion_length,
-                                                 global_active_tokens=global_tokens, global_num_sequences=global_seqs,
-                                                 global_micro_batches=global_micro)
-                    (loss * world).backward()
-                    local_loss += float(loss.detach())
-                    forwards, most_tokens = forwards + 1, max(most_tokens, part.tokens)
-                    loss_pieces.append(({k: float(v) for k, v in metrics.items()}, float(part.cut_mask(mask).sum())))
-                for key, value in _group_metrics(loss_pieces).items():
-                    local_sums[key] += value
-                    local_counts[key] += 1
-                for key, value in _group_metrics(mismatch_pieces).items():
-                    mismatch[key].append(value)
-            step_loss = all_reduce_sum(local_loss, world)
-            grad_norm, stepped = run.optimizer_step(step_loss)
-            losses.append(step_loss)
-            norms.append(grad_norm)
-            stepped_all = stepped_all and stepped
-    # Loss-side metrics over every process's micro-batches (a rank alone sees its share; one may have run none).
-    # The sampler/trainer mismatch likewise: every process's groups, not rank 0's share.
-    sums, counts = defaultdict(float), defaultdict(int)
-    all_mismatch: dict[str, list[float]] = defaultdict(list)
-    parts = all_gather_objects((dict(local_sums), dict(local_counts), dict(mismatch), forwards, most_tokens), world)
-    for part_sums, part_counts, part_mismatch, _, _ in parts:
-        for key, value in part_sums.items():
-            sums[key] += value
-            counts[key] += part_counts[key]
-        for key, values in part_mismatch.items():
-            all_mismatch[key].extend(values)
-    out = {f"loss/{k}": sums[k] / counts[k] for k in sums}
-    out.update(reward_metrics)
-    out.update(_mismatch_metrics(all_mismatch))
-    out.update({"loss": sum(losses) / len(losses), "grad_norm": sum(norms) / len(norms),
-                "skipped_step": 0.0 if stepped_all else 1.0, "optimizer_steps": float(len(losses)),
-                # every process's training forwards (all passes), and the largest one's tokens (micro_batches.py)
-                "update/micro_batches": float(sum(p[3] for p in parts)),
-                "update/micro_batch_tokens_max": float(max(p[4] for p in parts))})
-    return out
+            # the mismatch is measured on the first pass, where the weights are the rollout's
+            _train_mini_batch(ctx, mini, measure_mismatch=iteration == 0, tally=tally)
+    return tally.summary(run.dist.world_size, reward_metrics)
+
+
+def _train_mini_batch(ctx: _UpdateContext, mini: list[Group], measure_mismatch: bool, tally: _Tally) -> None:
+    """Every micro-batch of this process's share of one mini-batch (one backward each), then one optimizer step."""
+    run, world, algo = ctx.run, ctx.run.dist.world_size, ctx.run.cfg.algorithm
+    masks = [loss_mask(g.completion_mask, g.truncated, algo.mask_truncated) for g in mini]
+    norms = _Normalisers(active_tokens=all_reduce_sum(sum(float(m.sum()) for m in masks), world),
+                         num_sequences=int(all_reduce_sum(sum(m.shape[0] for m in masks), world)),
+                         micro_batches=int(all_reduce_sum(len(mini), world)))
+    forwards: list[list[_Forward]] = []  # per group that contributes, its micro-batches'
+    for group, mask in zip(mini, masks):
+        # All-zero advantages and no KL term: the loss is exactly 0 whatever the ratio, so skip the forward
+        # (a speed-up only: its tokens still count in the normalisers and the optimizer still steps).
+        if not _contributes(group, ctx.kl_in_loss):
+            continue
+        pieces = [_train_micro_batch(ctx, group, part, mask, norms, measure_mismatch) for part in ctx.plan[id(group)]]
+        forwards.append([f for f in pieces if f is not None])
+    step_loss = all_reduce_sum(tally.add_groups(forwards), world)
+    grad_norm, stepped = run.optimizer_step(step_loss)
+    tally.add_step(step_loss, grad_norm, stepped)
+
+
+def _train_micro_batch(ctx: _UpdateContext, group: Group, part: MicroBatch, mask: torch.Tensor, norms: _Normalisers,
+                       measure_mismatch: bool) -> _Forward | None:
+    """Forward, truncated-IS weights, loss and backward of one micro-batch of `group` (`mask`: the group's loss mask
+    [G, T]); None when these rows' loss is exactly 0 (no forward runs)."""
+    run, algo, policy_loss = ctx.run, ctx.run.cfg.algorithm, ctx.policy_loss
+    piece = part.of(group)  # the group itself without a token budget
+    if not _contributes(piece, ctx.kl_in_loss):
+        return None
+    with reuse_image_features(run.model, piece.image_features, ctx.vision):
+        logp = run.logprobs(piece.prompt, piece.completion_ids, piece.completion_mask, run.cfg.rollout.temperature)
+    is_weight, mismatch = _tis_weight(piece, logp, algo.tis_cap)
+    active = part.cut_mask(mask)
+    per_token, metrics = policy_loss.per_token(logp, piece.old_logp, piece.advantages, active,
+                                               ref_logp=piece.ref_logp, is_weight=is_weight)
+    # Aggregated as the group's loss restricted to these rows: the group's mask and the global normalisers, whatever
+    # the aggregation (see mmrl.rl.micro_batches).
+    loss = policy_loss.aggregate(part.scatter(per_token, mask.shape), mask,
+                                 max_completion_length=ctx.stage.max_completion_length,
+                                 global_active_tokens=norms.active_tokens, global_num_sequences=norms.num_sequences,
+                                 global_micro_batches=norms.micro_batches)
+    (loss * run.dist.world_size).backward()
+    return _Forward(loss=loss.detach(), tokens=active.sum(), metrics={k: float(v) for k, v in metrics.items()},
+                    mismatch=mismatch if measure_mismatch else {}, mismatch_tokens=piece.completion_mask.sum(),
+                    size=part.tokens)
+
+
+def _host_values(forwards: list[_Forward]) -> list[tuple[float, float, float]]:
+    """(loss, tokens, mismatch tokens) of each forward as Python floats, in one device-to-host copy.
+
+    Exact: a float32 (or wider) tensor holds the loss as is and the token counts (integers below 2**24) exactly."""
+    if not forwards:
+        return []
+    dtype = functools.reduce(torch.promote_types, (f.loss.dtype for f in forwards), torch.float32)
+    device = forwards[0].loss.device
+    values = torch.stack([torch.stack([f.loss.to(device, dtype), f.tokens.to(device, dtype),
+                                       f.mismatch_tokens.to(device, dtype)]) for f in forwards])
+    return [(loss, tokens, mismatch_tokens) for loss, tokens, mismatch_tokens in values.tolist()]
+
+
+@dataclass
+class _Tally:
+    """What this process's update reports, accumulated mini-batch by mini-batch: each group's loss-side metrics,
+    the sampler/trainer mismatch, the forwards run, and each optimizer step's loss, grad norm and outcome."""
+
+    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    mismatch: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    forwards: int = 0
+    most_tokens: int = 0  # the most tokens any training forward held
+    losses: list[float] = field(default_factory=list)
+    norms: list[float] = field(default_factory=list)
+    stepped_all: bool = True
+
+    def add_groups(self, groups: list[list[_Forward]]) -> float:
+        """Add one mini-batch's forwards (per group: its micro-batches'); returns their summed loss on this process."""
+        values = iter(_host_values([f for forwards in groups for f in forwards]))
+        local_loss = 0.0
+        for forwards in groups:
+            # each piece's metrics and the tokens they are means over: one value per group (`_group_metrics`)
+            loss_pieces: list[tuple[dict[str, float], float]] = []
+            mismatch_pieces: list[tuple[dict[str, float], float]] = []
+            for forward in forwards:
+                loss, tokens, mismatch_tokens = next(values)
+                local_loss += loss
+                self.forwards, self.most_tokens = self.forwards + 1, max(self.most_tokens, forward.size)
+                loss_pieces.append((forward.metrics, tokens))
+                if forward.mismatch:
+                    mismatch_pieces.append((forward.mismatch, mismatch_tokens))
+            for key, value in _group_metrics(loss_pieces).items():
+                self.sums[key] += value
+                self.counts[key] += 1
+            for key, value in _group_metrics(mismatch_pieces).items():
+                self.mismatch[key].append(value)
+        return local_loss
+
+    def add_step(self, loss: float, grad_norm: float, stepped: bool) -> None:
+        self.losses.append(loss)
+        self.norms.append(grad_norm)
+        self.stepped_all = self.stepped_all and stepped
+
+    def summary(self, world: int, reward_metrics: dict[str, float]) -> dict[str, float]:
+        """The step's metrics over every process's micro-batches (a rank alone sees its share; one may have run
+        none), with `reward_metrics`. The sampler/trainer mismatch likewise: every process's groups, not rank 0's."""
+        sums, counts = defaultdict(float), defaultdict(int)
+        all_mismatch: dict[str, list[float]] = defaultdict(list)
+        parts = all_gather_objects((dict(self.sums), dict(self.counts), dict(self.mismatch), self.forwards,
+                                    self.most_tokens), world)
+        for part_sums, part_counts, part_mismatch, _, _ in parts:
+            for key, value in part_sums.items():
+                sums[key] += value
+                counts[key] += part_counts[key]
+            for key, values in part_mismatch.items():
+                all_mismatch[key].extend(values)
+        out = {f"loss/{k}": sums[k] / counts[k] for k in sums}
+        out.update(reward_metrics)
+        out.update(_mismatch_metrics(all_mismatch))
+        out.update({"loss": sum(self.losses) / len(self.losses), "grad_norm": sum(self.norms) / len(self.norms),
+                    "skipped_step": 0.0 if self.stepped_all else 1.0, "optimizer_steps": float(len(self.losses)),
+                    # every process's training forwards (all passes), and the largest one's tokens (micro_batches.py)
+                    "update/micro_batches": float(sum(p[3] for p in parts)),
+                    "update/micro_batch_tokens_max": float(max(p[4] for p in parts))})
+        return out
