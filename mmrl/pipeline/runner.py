@@ -20,7 +20,7 @@ from typing import Any
 from mmrl.config.workflow import PipelineStep
 from mmrl.pipeline.builders import run_build_data
 from mmrl.pipeline.plan import TRAINED_KINDS, Plan, config_digest, load_plan, step_config
-from mmrl.pipeline.seeds import aggregate, check_seeds, plot_seeds, seed_overrides, seeds_table
+from mmrl.pipeline.seeds import aggregate, plot_seeds, seed_overrides, seeds_table
 from mmrl.pipeline.steps import StepResult, run_eval, run_trained
 from mmrl.pipeline.summary import accuracy_table, build_summary, plot_accuracy, write_summary
 
@@ -96,7 +96,6 @@ def run_pipeline(
 def _run_seeds(plan: Plan, overrides: list[str], say: Callable[[str], None], started: float) -> dict[str, Any]:
     """`seeds:` set: the pipeline once per seed into <root>/seed-<seed>/, then the aggregate summary."""
     seeds = plan.config.seeds
-    check_seeds(plan.path, seeds)
     say(f"pipeline {plan.config.name}: seeds {seeds}, each into {plan.root}/seed-<seed>/")
     per_seed: dict[int, dict[str, Any]] = {}
     for seed in seeds:

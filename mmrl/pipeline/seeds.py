@@ -12,9 +12,12 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmrl.errors import UserError
+
+if TYPE_CHECKING:
+    from mmrl.pipeline.plan import Plan
 
 # Training metrics aggregated from each train step's last row, and plotted as curves (mean over seeds).
 FINAL_METRICS = ("accuracy", "reward/total", "completion_length/mean", "completion_length/correct",
@@ -35,6 +38,32 @@ def check_seeds(path: str, seeds: list[int]) -> None:
                         "list each seed once")
     if any(s < 0 for s in seeds):
         raise UserError(f"{path}: seeds must be >= 0 (got {seeds})")
+
+
+def _sets_seed(overrides: dict[str, Any], key: str = "trainer.seed") -> bool:
+    section, field = key.split(".")
+    return key in overrides or (isinstance(overrides.get(section), dict) and field in overrides[section])
+
+
+def check_seed_overrides(plan: Plan) -> None:
+    """Refuse a trainer.seed that the sweep would silently replace: one given on the command line (every seed's run
+    sets trainer.seed=<seed>, last) or one in a step's overrides (that step would train with the same seed on every
+    seed of the list, and the spread in summary.json would not be the training's)."""
+    seeds = plan.config.seeds
+    from mmrl.config.loader import COMMAND_LINE
+
+    trainer = plan.raw.get("trainer")
+    if plan.sources.get("trainer.seed") == COMMAND_LINE or (
+            plan.sources.get("trainer") == COMMAND_LINE and isinstance(trainer, dict) and "seed" in trainer):
+        value = plan.config.trainer.seed
+        raise UserError(f"{COMMAND_LINE}: trainer.seed={value} would be replaced by each seed of `seeds: {seeds}` "
+                        f"(each seed's run sets trainer.seed=<seed>); drop it, or run `seeds=[{value}]` for that "
+                        f"seed alone")
+    for i, step in enumerate(plan.steps):
+        if _sets_seed(step.overrides):
+            raise UserError(f"{plan.path}: pipeline.{i} ('{step.name}') overrides trainer.seed, so that step would "
+                            f"run with one seed on every seed of `seeds: {seeds}`; remove that override (the sweep "
+                            "sets trainer.seed) or set seeds=[] for a single run")
 
 
 def spread(values: list[float | None]) -> dict[str, Any]:

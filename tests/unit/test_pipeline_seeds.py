@@ -4,6 +4,7 @@ checks of the `seeds:` list."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -79,3 +80,76 @@ def test_trend_averages_each_runs_first_and_last_steps_that_logged_the_metric(tm
     assert incorrect["first"]["values"] == [10.0, 5.0] and incorrect["last"]["values"] == [20.0, 5.0]
     assert incorrect["last"]["mean"] == pytest.approx(12.5)
     assert trend["accuracy"]["first"]["values"] == [0.5, 0.5]
+
+
+REPRO = "configs/repro/ptst.yaml"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("seeds=[4294967296]", r"command line: seeds\.0 must be <= 4294967295 \(got 4294967296\)"),
+    ("seeds=[0, 18446744073709551616]", r"seeds\.1 must be <= 4294967295"),
+    ("trainer.seed=4294967296", r"trainer\.seed must be <= 4294967295"),
+])
+def test_seed_beyond_numpys_range_is_refused_at_load_not_at_the_first_training_step(tmp_path, capsys, override,
+                                                                                   message):
+    # numpy's global seed takes 0 .. 2**32 - 1: a larger one passed validation, built the data, then crashed the sft
+    # step with a traceback
+    from mmrl.cli import main
+
+    # a model that does not exist: were the seed accepted, the run would stop at the sft step, not train
+    code = main(["pipeline", REPRO, override, f"output_dir={tmp_path / 'run'}", "model.name_or_path=/no/such/model"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert re.search(message, err), err
+    assert not (tmp_path / "run").exists()  # refused before any step ran
+
+
+def test_the_largest_seed_numpy_takes_is_accepted(tmp_path):
+    from mmrl.pipeline import load_plan
+
+    plan = load_plan(REPRO, ["seeds=[4294967295]", f"output_dir={tmp_path}"])
+    assert plan.config.seeds == [4294967295]
+
+
+def test_a_bool_in_the_seeds_list_is_refused():
+    from mmrl.errors import ConfigError
+    from mmrl.pipeline import load_plan
+
+    with pytest.raises(ConfigError, match=r"seeds\[0\] must be an integer, not true/false"):
+        load_plan(REPRO, ["seeds=[true]"])
+
+
+@pytest.mark.parametrize("override", ["trainer.seed=7", 'trainer={"seed": 7, "max_steps": 1}'])
+def test_trainer_seed_on_the_command_line_with_a_seeds_list_is_refused_not_silently_replaced(tmp_path, override):
+    # each seed's run sets trainer.seed=<seed> last: the user's 7 would vanish without a word
+    from mmrl.pipeline import load_plan
+
+    with pytest.raises(UserError, match=r"^command line: trainer\.seed=7 would be replaced .*seeds=\[7\]"):
+        load_plan(REPRO, [override, f"output_dir={tmp_path}"])
+    assert load_plan(REPRO, [override, "seeds=[]"]).config.trainer.seed == 7  # one run: it is the run's seed
+    assert load_plan(REPRO, ["seeds=[7]"]).config.seeds == [7]
+
+
+def test_a_step_overriding_trainer_seed_under_a_seeds_list_is_refused(tmp_path):
+    # that step would train with seed 3 on every seed of the sweep: a spread of 0 that is not the training's
+    from mmrl.pipeline import load_plan
+
+    with pytest.raises(UserError, match=r"ptst\.yaml: pipeline\.3 \('ptst'\) overrides trainer\.seed"):
+        load_plan(REPRO, ["pipeline.3.overrides.trainer.seed=3", f"output_dir={tmp_path}"])
+
+
+def test_plan_of_a_seeds_pipeline_shows_each_seeds_steps(tmp_path, capsys):
+    # the steps of a seeds pipeline live in <output_dir>/seed-<seed>/: --plan looked in <output_dir>/ and said
+    # "to run" for every step of a finished sweep
+    from mmrl.cli import main
+    from mmrl.pipeline import load_plan
+    from mmrl.pipeline.runner import _write_done
+
+    root = tmp_path / "run"
+    one = load_plan(REPRO, seed_overrides([f"output_dir={root}"], root, 1))
+    _write_done(one.step_dir(one.steps[0]), {"finished_at": "2026-01-01T00:00:00+00:00"})
+    assert main(["pipeline", REPRO, f"output_dir={root}", "seeds=[0, 1]", "--plan"]) == 0
+    out = capsys.readouterr().out
+    seed0, seed1 = out.split("== seed 1")
+    assert "step 1/7 data [build-data]: to run" in seed0 and str(root / "seed-0") in seed0
+    assert "step 1/7 data [build-data]: done 2026-01-01" in seed1 and "step 2/7 sft [sft]: to run" in seed1
