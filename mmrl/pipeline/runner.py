@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mmrl.config.workflow import PipelineStep
+from mmrl.errors import UserError
 from mmrl.pipeline.builders import run_build_data
 from mmrl.pipeline.plan import TRAINED_KINDS, Plan, config_digest, load_plan, step_config
 from mmrl.pipeline.seeds import aggregate, plot_seeds, seed_overrides, seeds_table
@@ -100,8 +101,14 @@ def _run_seeds(plan: Plan, overrides: list[str], say: Callable[[str], None], sta
     per_seed: dict[int, dict[str, Any]] = {}
     for seed in seeds:
         say(f"== seed {seed}")
-        one = load_plan(plan.path, seed_overrides(overrides, plan.root, seed))
-        per_seed[seed] = {**_run_plan(one, say, time.perf_counter()), "path": str(one.root / "summary.json")}
+        try:
+            one = load_plan(plan.path, seed_overrides(overrides, plan.root, seed))
+            per_seed[seed] = {**_run_plan(one, say, time.perf_counter()), "path": str(one.root / "summary.json")}
+        except UserError as err:  # the one error line says which seed stopped and what the aggregate holds
+            kept = (f"; {plan.root / 'summary.json'} aggregates the finished seeds {list(per_seed)}" if per_seed
+                    else "")
+            err.args = (f"seed {seed} of {seeds}: {err}{kept}; fix it and re-run: finished steps are skipped",)
+            raise
         # after every seed: a sweep stopped part-way still leaves the aggregate of the seeds it finished
         summary = {**aggregate(per_seed, time.perf_counter() - started), "seeds_planned": seeds}
         written = write_summary(plan.root, summary)
