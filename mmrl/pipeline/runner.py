@@ -115,6 +115,9 @@ def _run_seeds(plan: Plan, overrides: list[str], say: Callable[[str], None], sta
         plot = plot_seeds(summary, plan.root / "summary.png")
     for line in seeds_table(summary).splitlines():
         say(line)
+    for seed, names in summary.get("stale_steps", {}).items():
+        say(f"note: seed {seed}'s steps {names} were skipped though their config changed since they ran; the "
+            "aggregate has their old results (delete their DONE.json to re-run them)")
     if plot is not None:
         say(f"plot: {plot}")
     say(f"summary over seeds {seeds}: {written}")
@@ -126,6 +129,7 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
     trained: dict[str, str] = {}
     records: list[dict[str, Any]] = []
     statuses: dict[str, str] = {}
+    stale: list[str] = []  # skipped steps whose config changed since they ran: their results are the old config's
     upstream_ran = False
     total = len(plan.steps)
     say(f"pipeline {plan.config.name}: {total} steps in {plan.root}")
@@ -145,6 +149,8 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
                 say(f"{head}: skipped (done)" + (f"; its config changed since it ran: delete "
                                                  f"{plan.step_dir(step) / DONE} to re-run it" if changed else ""))
                 record, statuses[step.name] = done, "skipped"
+                if changed:
+                    stale.append(step.name)
             else:
                 say(f"{head}: running again (its output {missing[0]} is missing)")
         elif done is not None:
@@ -168,6 +174,8 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
             trained[step.name] = record["outputs"]["checkpoint"]
         records.append(record)
     summary = build_summary(records, statuses, time.perf_counter() - started)
+    if stale:
+        summary["stale_steps"] = stale
     path_written = write_summary(plan.root, summary)
     if summary["accuracy"]:
         for line in accuracy_table(summary).splitlines():

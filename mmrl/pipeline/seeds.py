@@ -117,9 +117,15 @@ def aggregate(per_seed: dict[int, dict[str, Any]], wall_seconds: float) -> dict[
             entry["trend"] = {key: _trend(rows, key) for key, _ in CURVES}
             curves[name] = _mean_curves(rows)
         train[name] = entry
-    return {"seeds": seeds, "arms": arms, "train": train, "curves": curves,
-            "per_seed": {str(seed): s.get("path") for seed, s in per_seed.items()},
-            "seconds": round(sum(s["seconds"] for s in per_seed.values()), 3), "wall_seconds": round(wall_seconds, 3)}
+    out = {"seeds": seeds, "arms": arms, "train": train, "curves": curves,
+           "per_seed": {str(seed): s.get("path") for seed, s in per_seed.items()},
+           "seconds": round(sum(s["seconds"] for s in per_seed.values()), 3), "wall_seconds": round(wall_seconds, 3)}
+    # steps a re-run skipped although their config changed (an edited config, a seed-<seed>/ left by another run):
+    # the aggregate holds their old results, and says so
+    stale = {str(seed): s["stale_steps"] for seed, s in per_seed.items() if s.get("stale_steps")}
+    if stale:
+        out["stale_steps"] = stale
+    return out
 
 
 TREND = 5  # steps averaged at each end of a training curve: one step's value comes from a few prompts x G completions

@@ -45,3 +45,24 @@ def test_a_seed_failing_part_way_names_itself_in_one_line_and_the_aggregate_keep
     summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
     assert summary["seeds"] == [0] and summary["seeds_planned"] == [0, 1]
     assert summary["arms"]["base"]["accuracy"]["values"] == [0.0]
+
+
+def test_a_rerun_that_skips_steps_whose_config_changed_says_so_in_the_aggregate(tmp_path, tiny_model_dir, capsys):
+    # a seed-<seed>/ left by a run with other settings: its finished steps are skipped (their results kept), which the
+    # aggregate must say, or it would present the old settings' accuracy as the new ones'
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(PIPELINE), encoding="utf-8")
+    root = tmp_path / "run"
+    assert main(["pipeline", str(config), f"output_dir={root}", "seeds=[0]"]) == 0
+    first = json.loads((root / "summary.json").read_text(encoding="utf-8"))
+    assert "stale_steps" not in first
+    capsys.readouterr()
+
+    assert main(["pipeline", str(config), f"output_dir={root}", "seeds=[0]", "eval.max_new_tokens=3"]) == 0
+
+    out = capsys.readouterr().out
+    summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
+    assert summary["stale_steps"] == {"0": ["eval_base"]}  # the data step reads no eval setting: not stale
+    assert json.loads((root / "seed-0" / "summary.json").read_text(encoding="utf-8"))["stale_steps"] == ["eval_base"]
+    assert "note: seed 0's steps ['eval_base'] were skipped though their config changed" in out
+    assert summary["arms"] == first["arms"]  # the old results, kept (not lost), and flagged
