@@ -113,6 +113,8 @@ def _run_seeds(plan: Plan, overrides: list[str], say: Callable[[str], None], sta
         summary = {**aggregate(per_seed, time.perf_counter() - started), "seeds_planned": seeds}
         written = write_summary(plan.root, summary)
         plot = plot_seeds(summary, plan.root / "summary.png")
+        if plot is None:
+            (plan.root / "summary.png").unlink(missing_ok=True)  # an earlier sweep's plot is not this summary's
     for line in seeds_table(summary).splitlines():
         say(line)
     for seed, names in summary.get("stale_steps", {}).items():

@@ -185,8 +185,9 @@ def seeds_table(summary: dict[str, Any]) -> str:
 def plot_seeds(summary: dict[str, Any], out: Path) -> Path | None:
     """Accuracy per arm (mean bar, std error bar, one dot per seed) and the training curves of each train step."""
     arms = [(label, arm["accuracy"]) for label, arm in summary["arms"].items() if arm["accuracy"]["mean"] is not None]
-    if not arms:
-        return None
+    curves = any(c.get(key, {}).get("step") for c in summary["curves"].values() for key, _ in CURVES)
+    if not arms and not curves:
+        return None  # nothing measured yet; the caller removes an older plot so it is not read as this summary's
     import matplotlib
 
     matplotlib.use("Agg")
@@ -204,6 +205,8 @@ def plot_seeds(summary: dict[str, Any], out: Path) -> Path | None:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("eval accuracy")
     ax.set_title(f"eval accuracy over {len(summary['seeds'])} seed(s)\nmean ± std, one dot per seed", fontsize=9)
+    if not arms:  # every eval failed or is missing: the training curves are still worth a look
+        ax.text(0.5, 0.5, "no eval accuracy", ha="center", va="center", transform=ax.transAxes)
     for ax, (key, title) in zip(axes[1:], CURVES):
         for name, curves in summary["curves"].items():
             curve = curves.get(key, {})

@@ -153,3 +153,17 @@ def test_plan_of_a_seeds_pipeline_shows_each_seeds_steps(tmp_path, capsys):
     seed0, seed1 = out.split("== seed 1")
     assert "step 1/7 data [build-data]: to run" in seed0 and str(root / "seed-0") in seed0
     assert "step 1/7 data [build-data]: done 2026-01-01" in seed1 and "step 2/7 sft [sft]: to run" in seed1
+
+
+def test_summary_png_keeps_the_training_curves_when_no_arm_has_an_accuracy(tmp_path):
+    # every eval failed (accuracy None on every seed): the plot was skipped, curves and all
+    from mmrl.pipeline.seeds import plot_seeds
+
+    summary = aggregate({0: _seed_summary(None, None, 10.0)}, 10.0)
+    summary["curves"] = {"arm": {"accuracy": {"step": [1, 2, 3], "mean": [0.1, 0.2, 0.3]},
+                                 "completion_length/incorrect": {"step": [], "mean": []}}}
+    assert summary["arms"]["a"]["accuracy"]["mean"] is None
+    assert plot_seeds(summary, tmp_path / "summary.png") == tmp_path / "summary.png"
+    assert (tmp_path / "summary.png").stat().st_size > 0
+    summary["curves"] = {"arm": {"accuracy": {"step": [], "mean": []}}}
+    assert plot_seeds(summary, tmp_path / "nothing.png") is None and not (tmp_path / "nothing.png").exists()
