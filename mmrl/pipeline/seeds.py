@@ -64,6 +64,11 @@ def check_seed_overrides(plan: Plan) -> None:
             raise UserError(f"{plan.path}: pipeline.{i} ('{step.name}') overrides trainer.seed, so that step would "
                             f"run with one seed on every seed of `seeds: {seeds}`; remove that override (the sweep "
                             "sets trainer.seed) or set seeds=[] for a single run")
+        if _sets_seed(step.overrides, "trainer.output_dir"):  # every seed's run would share (and resume) one dir
+            raise UserError(f"{plan.path}: pipeline.{i} ('{step.name}') overrides trainer.output_dir, so every seed "
+                            f"of `seeds: {seeds}` would write that step into the same directory (a later seed "
+                            "resuming the earlier one's finished run); remove that override (each step runs in "
+                            "<output_dir>/seed-<seed>/<step>/) or set seeds=[] for a single run")
 
 
 def spread(values: list[float | None]) -> dict[str, Any]:

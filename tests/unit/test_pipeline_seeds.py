@@ -138,6 +138,16 @@ def test_a_step_overriding_trainer_seed_under_a_seeds_list_is_refused(tmp_path):
         load_plan(REPRO, ["pipeline.3.overrides.trainer.seed=3", f"output_dir={tmp_path}"])
 
 
+def test_a_step_overriding_its_output_dir_under_a_seeds_list_is_refused(tmp_path):
+    # every seed would train that step in one directory: seed 1 would resume seed 0's finished run (0 new steps) and
+    # report its results as its own
+    from mmrl.pipeline import load_plan
+
+    with pytest.raises(UserError, match=r"pipeline\.5 \('fixed'\) overrides trainer\.output_dir, so every seed"):
+        load_plan(REPRO, [f"pipeline.5.overrides.trainer.output_dir={tmp_path / 'shared'}", f"output_dir={tmp_path}"])
+    assert load_plan(REPRO, [f"pipeline.5.overrides.trainer.output_dir={tmp_path / 'shared'}", "seeds=[]"])
+
+
 def test_plan_of_a_seeds_pipeline_shows_each_seeds_steps(tmp_path, capsys):
     # the steps of a seeds pipeline live in <output_dir>/seed-<seed>/: --plan looked in <output_dir>/ and said
     # "to run" for every step of a finished sweep
