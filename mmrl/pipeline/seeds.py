@@ -9,6 +9,7 @@ training's own.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from pathlib import Path
@@ -28,7 +29,9 @@ CURVES = (("accuracy", "training accuracy (reward)"), ("completion_length/incorr
 
 def seed_overrides(overrides: list[str] | tuple[str, ...], root: Path, seed: int) -> list[str]:
     """The overrides of one seed's run: the user's, then this seed's (which win)."""
-    return [*overrides, "seeds=[]", f"trainer.seed={seed}", f"output_dir={root / f'seed-{seed}'}"]
+    # quoted: an override's value is read as YAML, where "runs/a #1/seed-0" would be "runs/a" (a comment), the same
+    # directory for every seed
+    return [*overrides, "seeds=[]", f"trainer.seed={seed}", f"output_dir={json.dumps(str(root / f'seed-{seed}'))}"]
 
 
 def check_seeds(path: str, seeds: list[int]) -> None:

@@ -25,7 +25,18 @@ def test_spread_skips_missing_and_non_finite_values_but_keeps_them_listed():
 def test_seed_overrides_come_last_so_they_win(tmp_path):
     out = seed_overrides(["trainer.seed=7", "seeds=[0,1]"], tmp_path, 3)
     assert out[:2] == ["trainer.seed=7", "seeds=[0,1]"]
-    assert out[2:] == ["seeds=[]", "trainer.seed=3", f"output_dir={tmp_path / 'seed-3'}"]
+    assert out[2:4] == ["seeds=[]", "trainer.seed=3"] and out[4].startswith("output_dir=")
+
+
+@pytest.mark.parametrize("name", ["a #1", "b: c", "&x y", "it's \"q\" é"])
+def test_each_seed_gets_its_own_directory_whatever_the_output_dir_is_called(tmp_path, name):
+    # the seed's output_dir override is read as YAML: unquoted, "<root>/a #1/seed-0" lost everything after " #",
+    # and every seed wrote into the same "<root>/a"
+    from mmrl.pipeline import load_plan
+
+    root = tmp_path / name
+    for seed in (0, 1):
+        assert load_plan(REPRO, seed_overrides([], root, seed)).root == root / f"seed-{seed}"
 
 
 @pytest.mark.parametrize("seeds, message", [([0, 2, 2], r"seeds \[2\] are listed twice"), ([0, -1], ">= 0")])
