@@ -55,7 +55,7 @@ class MMRLConfig(Section):
         default_factory=list,
         description="Pipelines: run every step once per seed (trainer.seed=<seed>, outputs in <output_dir>/seed-<seed>/; "
         "data and eval items stay the same) and aggregate each eval's accuracy (mean, std, min, max) in "
-        "<output_dir>/summary.json. Empty: one run with trainer.seed.",
+        "<output_dir>/summary.json. Each 0 .. 2**32-1, listed once. Empty: one run with trainer.seed.",
     )
 
     @model_validator(mode="after")
