@@ -190,6 +190,9 @@ def _format_error(err: dict[str, Any], sources: dict[str, str], default_source: 
         return f"{where}: {dotted} must be a number (got {got!r})"
     if kind in ("bool_parsing", "bool_type"):
         return f"{where}: {dotted} must be true or false (got {got!r})"
+    if kind == "list_type":  # `seeds=0`, `seeds=0,1`: the override needs YAML's brackets
+        shown = "''" if got == "" else repr(got)
+        return f"{where}: {dotted} must be a list, written [a, b] ([] for an empty one) (got {shown})"
     if kind == "literal_error":
         return f"{where}: {dotted} must be one of {ctx.get('expected', '?')} (got {got!r})"
     if kind == "missing":

@@ -188,3 +188,14 @@ def test_summary_png_keeps_the_training_curves_when_no_arm_has_an_accuracy(tmp_p
     assert (tmp_path / "summary.png").stat().st_size > 0
     summary["curves"] = {"arm": {"accuracy": {"step": [], "mean": []}}}
     assert plot_seeds(summary, tmp_path / "nothing.png") is None and not (tmp_path / "nothing.png").exists()
+
+
+@pytest.mark.parametrize("override, got", [("seeds=0", "0"), ("seeds=0,1", "'0,1'"), ("seeds=", "''"),
+                                           ("seeds=null", "None")])
+def test_a_seeds_value_that_is_not_a_list_says_how_to_write_one(override, got):
+    from mmrl.errors import ConfigError
+    from mmrl.pipeline import load_plan
+
+    with pytest.raises(ConfigError) as err:
+        load_plan(REPRO, [override])
+    assert str(err.value) == f"command line: seeds must be a list, written [a, b] ([] for an empty one) (got {got})"
