@@ -199,3 +199,15 @@ def test_a_seeds_value_that_is_not_a_list_says_how_to_write_one(override, got):
     with pytest.raises(ConfigError) as err:
         load_plan(REPRO, [override])
     assert str(err.value) == f"command line: seeds must be a list, written [a, b] ([] for an empty one) (got {got})"
+
+
+@pytest.mark.parametrize("override, value", [("output_dir=/runs/a #1", "'/runs/a'"), ("seeds=[0, 1] # two", "[0, 1]")])
+def test_an_override_whose_value_yaml_would_cut_at_a_comment_is_refused(override, value):
+    # `output_dir=runs/exp #2` silently became runs/exp (another run's directory)
+    from mmrl.config.loader import parse_override
+    from mmrl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"starts a YAML comment, so the value would be {re.escape(value)}; quote"):
+        parse_override(override)
+    assert parse_override('output_dir="/runs/a #1"') == (["output_dir"], "/runs/a #1")
+    assert parse_override("output_dir=/runs/a#1") == (["output_dir"], "/runs/a#1")  # no space: not a comment
