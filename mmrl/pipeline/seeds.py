@@ -74,6 +74,16 @@ def check_seed_overrides(plan: Plan) -> None:
                             "<output_dir>/seed-<seed>/<step>/) or set seeds=[] for a single run")
 
 
+def refuse_seeds_outside_pipeline(command: str, overrides: list[str] | tuple[str, ...], seeds: list[int]) -> None:
+    """`mmrl train/sft ... seeds=[0,1,2]` ran one run with trainer.seed and said nothing: only `mmrl pipeline` sweeps
+    seeds. (A `seeds:` list in the YAML is shared by pipelines, e.g. configs/repro/base.yaml, and stays allowed.)"""
+    from mmrl.config.loader import COMMAND_LINE, parse_override
+
+    if seeds and any(parse_override(text)[0][0] == "seeds" for text in overrides):
+        raise UserError(f"{COMMAND_LINE}: seeds={seeds} is read only by `mmrl pipeline` (a run per seed); "
+                        f"`mmrl {command}` makes one run: set trainer.seed=N, or loop over seeds in the shell")
+
+
 def spread(values: list[float | None]) -> dict[str, Any]:
     """Mean, sample std (0 for one value), min and max of the finite values; every value as given.
 

@@ -211,3 +211,16 @@ def test_an_override_whose_value_yaml_would_cut_at_a_comment_is_refused(override
         parse_override(override)
     assert parse_override('output_dir="/runs/a #1"') == (["output_dir"], "/runs/a #1")
     assert parse_override("output_dir=/runs/a#1") == (["output_dir"], "/runs/a#1")  # no space: not a comment
+
+
+@pytest.mark.parametrize("command", ["train", "sft"])
+def test_a_seeds_list_given_to_train_or_sft_is_refused_not_ignored(tmp_path, capsys, command):
+    # one run with trainer.seed would have started, the list silently ignored
+    from mmrl.cli import main
+
+    code = main([command, "configs/tests/grpo_tiny.yaml", "seeds=[0, 1]", f"trainer.output_dir={tmp_path / 'run'}",
+                 "model.name_or_path=/no/such/model"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0] == (f"mmrl {command}: error: command line: seeds=[0, 1] is read only by `mmrl pipeline` (a run per "
+                      f"seed); `mmrl {command}` makes one run: set trainer.seed=N, or loop over seeds in the shell")
