@@ -153,12 +153,15 @@ def _trend(rows_per_seed: list[list[dict[str, Any]]], key: str) -> dict[str, Any
     """Spread over seeds of the mean of `key` over each run's first and last TREND logged steps (a step without the
     metric, e.g. no incorrect completion, is skipped) — the "first -> last" figure an ablation's claim is about."""
     ends: dict[str, list[float | None]] = {"first": [], "last": []}
+    logged: list[int] = []
     for rows in rows_per_seed:
         values = [float(r[key]) for r in sorted((r for r in rows if "step" in r), key=lambda r: r["step"])
                   if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
         ends["first"].append(statistics.fmean(values[:TREND]) if values else None)
         ends["last"].append(statistics.fmean(values[-TREND:]) if values else None)
-    return {end: spread(values) for end, values in ends.items()}
+        logged.append(len(values))
+    # per seed: how many steps logged the metric; under 2 x TREND the two ends share steps (a smaller change shows)
+    return {**{end: spread(values) for end, values in ends.items()}, "logged_steps": logged}
 
 
 def _mean_curves(rows_per_seed: list[list[dict[str, Any]]]) -> dict[str, Any]:

@@ -90,6 +90,8 @@ def test_trend_averages_each_runs_first_and_last_steps_that_logged_the_metric(tm
     incorrect = trend["completion_length/incorrect"]
     assert incorrect["first"]["values"] == [10.0, 5.0] and incorrect["last"]["values"] == [20.0, 5.0]
     assert incorrect["last"]["mean"] == pytest.approx(12.5)
+    # the short run's two ends are the same steps: the count says so
+    assert incorrect["logged_steps"] == [12, 2] and trend["accuracy"]["logged_steps"] == [13, 3]
     assert trend["accuracy"]["first"]["values"] == [0.5, 0.5]
 
 
