@@ -45,12 +45,26 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_plan(args: argparse.Namespace) -> int:
-    from mmrl.pipeline import load_plan, read_done
+    from mmrl.pipeline import load_plan
+    from mmrl.pipeline.seeds import seed_overrides
 
     plan = load_plan(args.config, args.overrides)
+    if not plan.config.seeds:
+        _print_steps(plan)
+        return 0
+    # `seeds:` runs every step in <output_dir>/seed-<seed>/, not in <output_dir>/: show each seed's own state
+    print(f"pipeline {plan.config.name}: seeds {plan.config.seeds}, each into {plan.root}/seed-<seed>/")
+    for seed in plan.config.seeds:
+        print(f"== seed {seed}")
+        _print_steps(load_plan(args.config, seed_overrides(args.overrides, plan.root, seed)))
+    return 0
+
+
+def _print_steps(plan) -> None:
+    from mmrl.pipeline import read_done
+
     print(f"pipeline {plan.config.name}: {len(plan.steps)} steps in {plan.root}")
     for i, step in enumerate(plan.steps, 1):
         done = read_done(plan.step_dir(step))
         state = f"done {done.get('finished_at', '')}".strip() if done else "to run"
         print(f"step {i}/{len(plan.steps)} {step.name} [{step.kind}]: {state}")
-    return 0

@@ -24,11 +24,11 @@ def _item_types(annotation: Any, index: int) -> list[Any]:
     for member in _members(annotation):
         origin, args = get_origin(member), get_args(member)
         if origin in (list, set, frozenset) and args:
-            out.append(args[0])
+            out.extend(_members(args[0]))  # list[Annotated[int, Field(ge=0)]]: the item is an int
         elif origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-            out.append(args[0])
+            out.extend(_members(args[0]))
         elif origin is tuple and index < len(args):
-            out.append(args[index])
+            out.extend(_members(args[index]))
     return out
 
 

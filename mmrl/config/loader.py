@@ -89,9 +89,20 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"{COMMAND_LINE}: override '{text}' has an empty key; use key.path=value")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
+        comment = _trailing_comment(raw) if raw.strip() else ""
     except yaml.YAMLError:
-        value = raw
+        value, comment = raw, ""
+    if comment:  # `output_dir=runs/exp #2` would silently be runs/exp
+        raise ConfigError(f"{COMMAND_LINE}: override '{text}': '{comment.strip()}' starts a YAML comment, so the value "
+                          f"would be {value!r}; quote the value ({key}='\"{raw.strip()}\"') or drop the comment")
     return key.split("."), value
+
+
+def _trailing_comment(raw: str) -> str:
+    """What YAML reads as a comment at the end of an override's value ('' when none)."""
+    ends = [t.end_mark.index for t in yaml.scan(raw) if not isinstance(t, yaml.StreamEndToken)]
+    rest = raw[max(ends, default=0):]
+    return rest if rest.strip().startswith("#") else ""
 
 
 def _set_dotted(data: dict[str, Any], parts: list[str], value: Any) -> None:
@@ -190,6 +201,9 @@ def _format_error(err: dict[str, Any], sources: dict[str, str], default_source: 
         return f"{where}: {dotted} must be a number (got {got!r})"
     if kind in ("bool_parsing", "bool_type"):
         return f"{where}: {dotted} must be true or false (got {got!r})"
+    if kind == "list_type":  # `seeds=0`, `seeds=0,1`: the override needs YAML's brackets
+        shown = "''" if got == "" else repr(got)
+        return f"{where}: {dotted} must be a list, written [a, b] ([] for an empty one) (got {shown})"
     if kind == "literal_error":
         return f"{where}: {dotted} must be one of {ctx.get('expected', '?')} (got {got!r})"
     if kind == "missing":

@@ -8,6 +8,9 @@ from pydantic import Field
 
 from mmrl.config.base import Section
 
+# numpy's global seed takes 0 .. 2**32 - 1: a larger trainer.seed would pass validation and crash at the run's start
+SEED_MAX = 2**32 - 1
+
 
 class OptimizerConfig(Section):
     name: Literal["adamw", "sgd"] = Field(
@@ -46,7 +49,7 @@ class TrainerConfig(Section):
         "tokens: the prompt runs once per forward) plus rows x the longest completion among them. A single completion "
         "over the budget goes alone (one per micro-batch). The loss is exact: micro-batches only split the gradient "
         "accumulation. null: one micro-batch per prompt's group (all G completions).")
-    seed: int = Field(0, ge=0, description="Seed for data order, sampling and initialisation.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for data order, sampling and initialisation.")
     save_steps: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: only at the end).")
     save_final: bool = Field(True, description="Save a checkpoint after the last step.")
     keep_last: int = Field(2, ge=1, description="Keep only the last k complete checkpoints.")

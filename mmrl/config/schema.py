@@ -4,13 +4,14 @@ where `derive()` computes every dependent value in one place."""
 from __future__ import annotations
 
 import os
+from typing import Annotated
 
 from pydantic import Field, ValidationInfo, model_validator
 
 from mmrl.config.base import Section
 from mmrl.config.data import DataConfig
 from mmrl.config.model import ModelConfig
-from mmrl.config.optim import OptimizerConfig, TrainerConfig
+from mmrl.config.optim import SEED_MAX, OptimizerConfig, TrainerConfig
 from mmrl.config.rl import AlgorithmConfig, RewardSpec, RolloutConfig
 from mmrl.config.workflow import EvalConfig, PipelineStep, StageConfig
 
@@ -50,11 +51,11 @@ class MMRLConfig(Section):
     stages: list[StageConfig] = Field(default_factory=list, description="Curriculum / PTST stages (empty: one stage).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
     pipeline: list[PipelineStep] = Field(default_factory=list, description="Steps of `mmrl pipeline` (in order).")
-    seeds: list[int] = Field(
+    seeds: list[Annotated[int, Field(ge=0, le=SEED_MAX)]] = Field(
         default_factory=list,
         description="Pipelines: run every step once per seed (trainer.seed=<seed>, outputs in <output_dir>/seed-<seed>/; "
         "data and eval items stay the same) and aggregate each eval's accuracy (mean, std, min, max) in "
-        "<output_dir>/summary.json. Empty: one run with trainer.seed.",
+        "<output_dir>/summary.json. Each 0 .. 2**32-1, listed once. Empty: one run with trainer.seed.",
     )
 
     @model_validator(mode="after")

@@ -89,6 +89,11 @@ def load_plan(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = 
     _check_steps(str(path), config.pipeline)
     root = Path(config.output_dir or Path("runs") / (config.name or Path(path).stem))
     plan = Plan(str(path), config, raw, sources, root)
+    if config.seeds:  # here, so that `--plan` refuses what a run would refuse
+        from mmrl.pipeline.seeds import check_seed_overrides, check_seeds
+
+        check_seeds(plan.path, config.seeds)
+        check_seed_overrides(plan)
     for step in plan.steps:  # a step's own overrides are checked now, not after the steps before it ran
         step_config(plan, step, {})
     return plan

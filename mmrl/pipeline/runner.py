@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from mmrl.config.workflow import PipelineStep
+from mmrl.errors import UserError
 from mmrl.pipeline.builders import run_build_data
 from mmrl.pipeline.plan import TRAINED_KINDS, Plan, config_digest, load_plan, step_config
-from mmrl.pipeline.seeds import aggregate, check_seeds, plot_seeds, seed_overrides, seeds_table
+from mmrl.pipeline.seeds import aggregate, plot_seeds, seed_overrides, seeds_table
 from mmrl.pipeline.steps import StepResult, run_eval, run_trained
 from mmrl.pipeline.summary import accuracy_table, build_summary, plot_accuracy, write_summary
 
@@ -96,19 +97,29 @@ def run_pipeline(
 def _run_seeds(plan: Plan, overrides: list[str], say: Callable[[str], None], started: float) -> dict[str, Any]:
     """`seeds:` set: the pipeline once per seed into <root>/seed-<seed>/, then the aggregate summary."""
     seeds = plan.config.seeds
-    check_seeds(plan.path, seeds)
     say(f"pipeline {plan.config.name}: seeds {seeds}, each into {plan.root}/seed-<seed>/")
     per_seed: dict[int, dict[str, Any]] = {}
     for seed in seeds:
         say(f"== seed {seed}")
-        one = load_plan(plan.path, seed_overrides(overrides, plan.root, seed))
-        per_seed[seed] = {**_run_plan(one, say, time.perf_counter()), "path": str(one.root / "summary.json")}
+        try:
+            one = load_plan(plan.path, seed_overrides(overrides, plan.root, seed))
+            per_seed[seed] = {**_run_plan(one, say, time.perf_counter()), "path": str(one.root / "summary.json")}
+        except UserError as err:  # the one error line says which seed stopped and what the aggregate holds
+            kept = (f"; {plan.root / 'summary.json'} aggregates the finished seeds {list(per_seed)}" if per_seed
+                    else "")
+            err.args = (f"seed {seed} of {seeds}: {err}{kept}; fix it and re-run: finished steps are skipped",)
+            raise
         # after every seed: a sweep stopped part-way still leaves the aggregate of the seeds it finished
         summary = {**aggregate(per_seed, time.perf_counter() - started), "seeds_planned": seeds}
         written = write_summary(plan.root, summary)
         plot = plot_seeds(summary, plan.root / "summary.png")
+        if plot is None:
+            (plan.root / "summary.png").unlink(missing_ok=True)  # an earlier sweep's plot is not this summary's
     for line in seeds_table(summary).splitlines():
         say(line)
+    for seed, names in summary.get("stale_steps", {}).items():
+        say(f"note: seed {seed}'s steps {names} were skipped though their config changed since they ran; the "
+            "aggregate has their old results (delete their DONE.json to re-run them)")
     if plot is not None:
         say(f"plot: {plot}")
     say(f"summary over seeds {seeds}: {written}")
@@ -120,6 +131,7 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
     trained: dict[str, str] = {}
     records: list[dict[str, Any]] = []
     statuses: dict[str, str] = {}
+    stale: list[str] = []  # skipped steps whose config changed since they ran: their results are the old config's
     upstream_ran = False
     total = len(plan.steps)
     say(f"pipeline {plan.config.name}: {total} steps in {plan.root}")
@@ -139,6 +151,8 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
                 say(f"{head}: skipped (done)" + (f"; its config changed since it ran: delete "
                                                  f"{plan.step_dir(step) / DONE} to re-run it" if changed else ""))
                 record, statuses[step.name] = done, "skipped"
+                if changed:
+                    stale.append(step.name)
             else:
                 say(f"{head}: running again (its output {missing[0]} is missing)")
         elif done is not None:
@@ -162,6 +176,8 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
             trained[step.name] = record["outputs"]["checkpoint"]
         records.append(record)
     summary = build_summary(records, statuses, time.perf_counter() - started)
+    if stale:
+        summary["stale_steps"] = stale
     path_written = write_summary(plan.root, summary)
     if summary["accuracy"]:
         for line in accuracy_table(summary).splitlines():

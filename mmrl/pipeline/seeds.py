@@ -9,12 +9,16 @@ training's own.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmrl.errors import UserError
+
+if TYPE_CHECKING:
+    from mmrl.pipeline.plan import Plan
 
 # Training metrics aggregated from each train step's last row, and plotted as curves (mean over seeds).
 FINAL_METRICS = ("accuracy", "reward/total", "completion_length/mean", "completion_length/correct",
@@ -25,7 +29,9 @@ CURVES = (("accuracy", "training accuracy (reward)"), ("completion_length/incorr
 
 def seed_overrides(overrides: list[str] | tuple[str, ...], root: Path, seed: int) -> list[str]:
     """The overrides of one seed's run: the user's, then this seed's (which win)."""
-    return [*overrides, "seeds=[]", f"trainer.seed={seed}", f"output_dir={root / f'seed-{seed}'}"]
+    # quoted: an override's value is read as YAML, where "runs/a #1/seed-0" would be "runs/a" (a comment), the same
+    # directory for every seed
+    return [*overrides, "seeds=[]", f"trainer.seed={seed}", f"output_dir={json.dumps(str(root / f'seed-{seed}'))}"]
 
 
 def check_seeds(path: str, seeds: list[int]) -> None:
@@ -35,6 +41,47 @@ def check_seeds(path: str, seeds: list[int]) -> None:
                         "list each seed once")
     if any(s < 0 for s in seeds):
         raise UserError(f"{path}: seeds must be >= 0 (got {seeds})")
+
+
+def _sets_seed(overrides: dict[str, Any], key: str = "trainer.seed") -> bool:
+    section, field = key.split(".")
+    return key in overrides or (isinstance(overrides.get(section), dict) and field in overrides[section])
+
+
+def check_seed_overrides(plan: Plan) -> None:
+    """Refuse a trainer.seed that the sweep would silently replace: one given on the command line (every seed's run
+    sets trainer.seed=<seed>, last) or one in a step's overrides (that step would train with the same seed on every
+    seed of the list, and the spread in summary.json would not be the training's)."""
+    seeds = plan.config.seeds
+    from mmrl.config.loader import COMMAND_LINE
+
+    trainer = plan.raw.get("trainer")
+    if plan.sources.get("trainer.seed") == COMMAND_LINE or (
+            plan.sources.get("trainer") == COMMAND_LINE and isinstance(trainer, dict) and "seed" in trainer):
+        value = plan.config.trainer.seed
+        raise UserError(f"{COMMAND_LINE}: trainer.seed={value} would be replaced by each seed of `seeds: {seeds}` "
+                        f"(each seed's run sets trainer.seed=<seed>); drop it, or run `seeds=[{value}]` for that "
+                        f"seed alone")
+    for i, step in enumerate(plan.steps):
+        if _sets_seed(step.overrides):
+            raise UserError(f"{plan.path}: pipeline.{i} ('{step.name}') overrides trainer.seed, so that step would "
+                            f"run with one seed on every seed of `seeds: {seeds}`; remove that override (the sweep "
+                            "sets trainer.seed) or set seeds=[] for a single run")
+        if _sets_seed(step.overrides, "trainer.output_dir"):  # every seed's run would share (and resume) one dir
+            raise UserError(f"{plan.path}: pipeline.{i} ('{step.name}') overrides trainer.output_dir, so every seed "
+                            f"of `seeds: {seeds}` would write that step into the same directory (a later seed "
+                            "resuming the earlier one's finished run); remove that override (each step runs in "
+                            "<output_dir>/seed-<seed>/<step>/) or set seeds=[] for a single run")
+
+
+def refuse_seeds_outside_pipeline(command: str, overrides: list[str] | tuple[str, ...], seeds: list[int]) -> None:
+    """`mmrl train/sft ... seeds=[0,1,2]` ran one run with trainer.seed and said nothing: only `mmrl pipeline` sweeps
+    seeds. (A `seeds:` list in the YAML is shared by pipelines, e.g. configs/repro/base.yaml, and stays allowed.)"""
+    from mmrl.config.loader import COMMAND_LINE, parse_override
+
+    if seeds and any(parse_override(text)[0][0] == "seeds" for text in overrides):
+        raise UserError(f"{COMMAND_LINE}: seeds={seeds} is read only by `mmrl pipeline` (a run per seed); "
+                        f"`mmrl {command}` makes one run: set trainer.seed=N, or loop over seeds in the shell")
 
 
 def spread(values: list[float | None]) -> dict[str, Any]:
@@ -88,9 +135,15 @@ def aggregate(per_seed: dict[int, dict[str, Any]], wall_seconds: float) -> dict[
             entry["trend"] = {key: _trend(rows, key) for key, _ in CURVES}
             curves[name] = _mean_curves(rows)
         train[name] = entry
-    return {"seeds": seeds, "arms": arms, "train": train, "curves": curves,
-            "per_seed": {str(seed): s.get("path") for seed, s in per_seed.items()},
-            "seconds": round(sum(s["seconds"] for s in per_seed.values()), 3), "wall_seconds": round(wall_seconds, 3)}
+    out = {"seeds": seeds, "arms": arms, "train": train, "curves": curves,
+           "per_seed": {str(seed): s.get("path") for seed, s in per_seed.items()},
+           "seconds": round(sum(s["seconds"] for s in per_seed.values()), 3), "wall_seconds": round(wall_seconds, 3)}
+    # steps a re-run skipped although their config changed (an edited config, a seed-<seed>/ left by another run):
+    # the aggregate holds their old results, and says so
+    stale = {str(seed): s["stale_steps"] for seed, s in per_seed.items() if s.get("stale_steps")}
+    if stale:
+        out["stale_steps"] = stale
+    return out
 
 
 TREND = 5  # steps averaged at each end of a training curve: one step's value comes from a few prompts x G completions
@@ -100,12 +153,15 @@ def _trend(rows_per_seed: list[list[dict[str, Any]]], key: str) -> dict[str, Any
     """Spread over seeds of the mean of `key` over each run's first and last TREND logged steps (a step without the
     metric, e.g. no incorrect completion, is skipped) — the "first -> last" figure an ablation's claim is about."""
     ends: dict[str, list[float | None]] = {"first": [], "last": []}
+    logged: list[int] = []
     for rows in rows_per_seed:
         values = [float(r[key]) for r in sorted((r for r in rows if "step" in r), key=lambda r: r["step"])
                   if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
         ends["first"].append(statistics.fmean(values[:TREND]) if values else None)
         ends["last"].append(statistics.fmean(values[-TREND:]) if values else None)
-    return {end: spread(values) for end, values in ends.items()}
+        logged.append(len(values))
+    # per seed: how many steps logged the metric; under 2 x TREND the two ends share steps (a smaller change shows)
+    return {**{end: spread(values) for end, values in ends.items()}, "logged_steps": logged}
 
 
 def _mean_curves(rows_per_seed: list[list[dict[str, Any]]]) -> dict[str, Any]:
@@ -150,8 +206,9 @@ def seeds_table(summary: dict[str, Any]) -> str:
 def plot_seeds(summary: dict[str, Any], out: Path) -> Path | None:
     """Accuracy per arm (mean bar, std error bar, one dot per seed) and the training curves of each train step."""
     arms = [(label, arm["accuracy"]) for label, arm in summary["arms"].items() if arm["accuracy"]["mean"] is not None]
-    if not arms:
-        return None
+    curves = any(c.get(key, {}).get("step") for c in summary["curves"].values() for key, _ in CURVES)
+    if not arms and not curves:
+        return None  # nothing measured yet; the caller removes an older plot so it is not read as this summary's
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,6 +226,8 @@ def plot_seeds(summary: dict[str, Any], out: Path) -> Path | None:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("eval accuracy")
     ax.set_title(f"eval accuracy over {len(summary['seeds'])} seed(s)\nmean ± std, one dot per seed", fontsize=9)
+    if not arms:  # every eval failed or is missing: the training curves are still worth a look
+        ax.text(0.5, 0.5, "no eval accuracy", ha="center", va="center", transform=ax.transAxes)
     for ax, (key, title) in zip(axes[1:], CURVES):
         for name, curves in summary["curves"].items():
             curve = curves.get(key, {})

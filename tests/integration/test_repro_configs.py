@@ -71,11 +71,52 @@ def test_repro_config_runs_every_arm_and_seed(name, tmp_path, tiny_model_dir):
     for seed in seeds:
         one = json.loads((tmp_path / "run" / f"seed-{seed}" / "summary.json").read_text(encoding="utf-8"))
         assert sorted(one["accuracy"]) == sorted(labels)
+        _check_arms_ran_as_configured(steps, one, seed)
         run_dir = Path(one["steps"][next(iter(trains))]["outputs"]["run_dir"])
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
         assert all(r["completion_tokens"] > 0 for r in rows)
         # the untrained tiny model answers nothing right: every completion is an incorrect one
         assert all(r["completion_length/incorrect"] == pytest.approx(r["completion_length/mean"]) for r in rows)
+
+
+def _dotted(tree, key):
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
+
+
+def _check_arms_ran_as_configured(steps, one, seed):
+    """Every arm did what its config says, not just "something": each train/sft step started from the model its
+    args.model names, with the seed of its run and its own overrides, and ran every stage of its list in order (by
+    name); each eval evaluated the checkpoint of the step its args.model names."""
+    checkpoints = {"base": "tiny"}
+    latest = "tiny"
+    for step in steps:
+        record = one["steps"][step["name"]]
+        chosen = step.get("args", {}).get("model")
+        if step["kind"] == "eval":
+            assert record["outputs"]["model"] == (checkpoints[chosen] if chosen else latest), step["name"]
+            assert record["metrics"]["n"] == 4, step["name"]
+        if step["kind"] not in ("sft", "train"):
+            continue
+        run_dir = Path(record["outputs"]["run_dir"])
+        ran = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        assert ran["model"]["name_or_path"] == (checkpoints[chosen] if chosen else latest), step["name"]
+        assert ran["trainer"]["seed"] == seed, step["name"]
+        for key, value in step.get("overrides", {}).items():
+            if key in ("stages", "trainer.max_steps"):  # cut down by the smoke overrides
+                continue
+            assert _dotted(ran, key) == pytest.approx(value), f"{step['name']}: {key}"
+        if step["kind"] == "train":
+            rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+            assert [r["stage_name"] for r in rows] == [st["name"] for st in step["overrides"]["stages"]]
+            assert len(ran["stages"]) == len(step["overrides"]["stages"]), step["name"]
+            for stage, written in zip(step["overrides"]["stages"], ran["stages"]):
+                assert len(written["data"] or []) == len(stage.get("data") or []), step["name"]
+                for data, path in zip(stage.get("data") or [], written["data"] or []):
+                    producer = data["path"].strip("{}").split(".")[0]  # "{mc_data.train}" -> that step's file
+                    assert path["path"] == one["steps"][producer]["outputs"]["train"], step["name"]
+        checkpoints[step["name"]] = latest = record["outputs"]["checkpoint"]
 
 
 def test_seeds_listed_twice_are_refused(tmp_path):

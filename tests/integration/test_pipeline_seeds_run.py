@@ -1,0 +1,67 @@
+"""`seeds:` sweeps of a real (tiny) pipeline: a seed that fails part-way, and what the aggregate keeps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import yaml
+
+from mmrl.cli import main
+
+PIPELINE = {
+    "name": "sweep", "seeds": [0, 1], "model": {"name_or_path": "tiny"},
+    "eval": {"max_new_tokens": 4, "batch_size": 4},
+    "pipeline": [
+        {"name": "data", "kind": "build-data",
+         "args": {"builder": "synthetic", "tasks": ["color"], "forms": ["open"], "n": 4, "eval_n": 4, "seed": 0,
+                  "image_size": 56}},
+        {"name": "eval_base", "kind": "eval", "args": {"model": "base", "label": "base"}},
+    ],
+}
+
+
+def test_a_seed_failing_part_way_names_itself_in_one_line_and_the_aggregate_keeps_the_finished_seeds(
+        tmp_path, tiny_model_dir, capsys):
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(PIPELINE), encoding="utf-8")
+    root = tmp_path / "run"
+    assert main(["pipeline", str(config), f"output_dir={root}", "seeds=[0]"]) == 0
+    # seed 1's data step finished, but its eval file was damaged afterwards: its eval step fails with a DataError
+    shutil.copytree(root / "seed-0" / "data", root / "seed-1" / "data")
+    done = root / "seed-1" / "data" / "DONE.json"
+    done.write_text(done.read_text().replace(str(root / "seed-0"), str(root / "seed-1")), encoding="utf-8")
+    (root / "seed-1" / "data" / "eval.jsonl").write_text('{"not": "a record"\n\n{}\n', encoding="utf-8")
+    capsys.readouterr()
+
+    code = main(["pipeline", str(config), f"output_dir={root}"])
+
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "Traceback" not in err[0]
+    assert err[0].startswith("mmrl pipeline: error: seed 1 of [0, 1]: ")
+    assert str(root / "seed-1" / "data" / "eval.jsonl") in err[0]  # the cause, as the step said it
+    assert f"{root / 'summary.json'} aggregates the finished seeds [0]" in err[0]
+    summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
+    assert summary["seeds"] == [0] and summary["seeds_planned"] == [0, 1]
+    assert summary["arms"]["base"]["accuracy"]["values"] == [0.0]
+
+
+def test_a_rerun_that_skips_steps_whose_config_changed_says_so_in_the_aggregate(tmp_path, tiny_model_dir, capsys):
+    # a seed-<seed>/ left by a run with other settings: its finished steps are skipped (their results kept), which the
+    # aggregate must say, or it would present the old settings' accuracy as the new ones'
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(PIPELINE), encoding="utf-8")
+    root = tmp_path / "run"
+    assert main(["pipeline", str(config), f"output_dir={root}", "seeds=[0]"]) == 0
+    first = json.loads((root / "summary.json").read_text(encoding="utf-8"))
+    assert "stale_steps" not in first
+    capsys.readouterr()
+
+    assert main(["pipeline", str(config), f"output_dir={root}", "seeds=[0]", "eval.max_new_tokens=3"]) == 0
+
+    out = capsys.readouterr().out
+    summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
+    assert summary["stale_steps"] == {"0": ["eval_base"]}  # the data step reads no eval setting: not stale
+    assert json.loads((root / "seed-0" / "summary.json").read_text(encoding="utf-8"))["stale_steps"] == ["eval_base"]
+    assert "note: seed 0's steps ['eval_base'] were skipped though their config changed" in out
+    assert summary["arms"] == first["arms"]  # the old results, kept (not lost), and flagged
