@@ -24,8 +24,10 @@ PRESETS = {
 
 def errors(stderr: str) -> str:
     """The error lines of a failed launch (its full stderr is mostly the two ranks' interleaved tracebacks)."""
-    # "error" in any case: mmrl's own one-line errors read "mmrl train: error: ..."
-    return "\n".join(line for line in stderr.splitlines() if "error" in line.lower())[-3000:]
+    # "error" in any case: mmrl's own one-line errors read "mmrl train: error: ..."; the tail too, for a rank that died
+    # without a Python error (a signal, a gloo abort), whose cause is only in its last lines
+    lines = stderr.splitlines()
+    return "\n".join([line for line in lines if "error" in line.lower()][-30:] + ["--- last lines:"] + lines[-40:])
 
 
 def launcher(engine: str, port_args: Any) -> list[str]:
