@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +45,22 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    if done.returncode != 0 and killed_by_signal(done.stderr):
+        # One full-suite run in several lost a rank to a signal with no Python error (not reproduced alone or in 20
+        # reruns); one retry, said aloud. A Python error, a wrong result or a second signal still fails the test.
+        warnings.warn(f"a rank was killed by a signal; launching once more:\n{errors(done.stderr)}", stacklevel=2)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert done.returncode == 0, errors(done.stderr)
     return done
+
+
+def killed_by_signal(stderr: str) -> bool:
+    """True when the launcher reports a rank that died from a signal (`exitcode : -11 (pid: ...) Signal 11 ...`).
+
+    >>> killed_by_signal("  exitcode  : -11 (pid: 7) Signal 11 (SIGSEGV)"), killed_by_signal("  exitcode  : 1 (pid: 7)")
+    (True, False)
+    """
+    return re.search(r"exitcode\s*:\s*-\d+", stderr) is not None
 
 
 def train_args(data: Path) -> list[str]:
