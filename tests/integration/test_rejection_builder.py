@@ -161,10 +161,11 @@ def test_a_server_failing_every_other_request_loses_nothing_over_resumes(scripte
     for _ in range(20):
         codes.append(main(argv))
         report = json.loads((out / "report.json").read_text())
-        assert set(report["failed"]) <= {"http_503", "http_500"} and set(report["rejected"]) == {"none_correct"}
+        # which items fail first depends on the order 2 workers send them: the rejected item may be answered late
+        assert set(report["failed"]) <= {"http_503", "http_500"} and set(report["rejected"]) <= {"none_correct"}
         if report["failed"] == {"http_500": 1}:  # only the item the script always answers with a 500 is left
             break
-    assert len(codes) >= 2 and report["failed"] == {"http_500": 1}
+    assert len(codes) >= 2 and report["failed"] == {"http_500": 1} and set(report["rejected"]) == {"none_correct"}
     records = [json.loads(line)["id"] for line in (out / "train.jsonl").read_text().splitlines()]
     assert records == ["q0", "q1", "q3"]
     cached = [json.loads(line)["id"] for line in (out / "cache.jsonl").read_text().splitlines()]
