@@ -1,6 +1,7 @@
 """`seeds: [0, 1, 2]`: run a pipeline once per seed and aggregate the runs — each eval (an ablation's arm) gets the
 mean, spread and per-seed values of its accuracy and answer length; each train step its compute (seconds, sampled
-tokens), final training metrics and the first -> last trend of its training curves; `summary.png` plots them with the training curves of every train step.
+tokens), final training metrics and the first -> last trend of its training curves; `summary.png` plots them with the
+training curves of every train step.
 
 Each seed's run is an ordinary pipeline in `<output_dir>/seed-<seed>/` with `trainer.seed=<seed>` (its own
 summary.json, resumable, skipped when done); the data and eval items are the same for every seed, so the spread is the
