@@ -87,6 +87,13 @@ def _resume_hint() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `mmrl` command; its exit status. A process of a multi-process launch ends here (see `exit_process`)."""
+    code = _run_command(argv)
+    distributed = sys.modules.get("mmrl.engine.distributed")  # not imported: this process joined no group
+    return code if distributed is None else distributed.exit_process(code)
+
+
+def _run_command(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # `--debug` is accepted anywhere on the line, not only before the subcommand.
     debug_flag = "--debug" in argv

@@ -18,6 +18,8 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,7 +43,9 @@ class DistInfo:
 
 
 def init_distributed(device_pref: str = "auto") -> DistInfo:
-    """Join the process group `accelerate launch` prepared (no-op for one process)."""
+    """Join the process group `accelerate launch` prepared (no-op for one process); end such a process with
+    `exit_process`."""
+    global _joined_here
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -55,6 +59,7 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        _joined_here = True
         atexit.register(_leave_process_group)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
@@ -83,12 +88,40 @@ def _adapter_weights(policy: Any, adapter: Path) -> dict[str, torch.Tensor]:
     return {live[k]: v for k, v in saved.items()}
 
 
+_joined_here = False  # this process called init_process_group (through init_distributed)
+
+
 def _leave_process_group() -> None:
-    """Tear the process group down before the interpreter does: left to interpreter shutdown, the backend's threads
-    can be destroyed while still joinable, and the process then dies with SIGABRT ("terminate called without an active
-    exception") after its work is done, failing the whole launch."""
+    """Leave the process group at exit (frees what it can; see `exit_process` for why that alone is not enough)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> int:
+    """End a process that joined a process group here with exit status `code`, without the interpreter's
+    finalization; in a process that joined none, return `code` unchanged.
+
+    Why: a gloo worker thread releases a finished collective's tensors after the caller has its result, and that
+    release takes the GIL. When the thread is late (a loaded machine) and the interpreter is already finalizing,
+    CPython ends the thread with pthread_exit, the unwind meets torch's noexcept destructor, and the process dies with
+    SIGABRT ("terminate called without an active exception") after its work is done, failing the launch: seen in
+    about 1 of 6 2-process CPU launches under load, always on a rank that finished first. Leaving the group does
+    not stop those threads while a DistributedDataParallel wrapper still holds the group. So this does what a normal
+    exit does up to finalization (leave the group, wait for non-daemon threads, run the atexit handlers, flush) and
+    then ends the process with os._exit, where no thread is ended by the interpreter."""
+    if not _joined_here:
+        return code
+    _leave_process_group()
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be written anyway
+            pass
+    os._exit(code)
 
 
 def stream_seed(seed: int, stage: int, draw_index: int) -> int:

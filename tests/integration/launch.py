@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,38 +37,14 @@ def launcher(engine: str, port_args: Any) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", *port_args(), "--config_file", str(PRESETS[engine])]
 
 
-def run(cmd: list[str], fresh: Path | None = None) -> subprocess.CompletedProcess:
-    """Run `cmd` from the repository root with one thread per process; fail the test with its error lines.
-
-    `fresh`: a directory only this launch writes. When the launch's first failure is a rank killed by a signal (no
-    Python error: seen as a SIGABRT of one rank a few seconds in, about once in three full-suite runs, never alone),
-    that directory is emptied and the launch runs once more, with a warning. A Python error, a wrong result or a
-    second signal still fails the test."""
+def run(cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run `cmd` from the repository root with one thread per process; fail the test with its error lines."""
     # this checkout's code in every process, whatever package the environment has installed
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
-    if done.returncode != 0 and fresh is not None and killed_by_signal(done.stderr):
-        warnings.warn(f"a rank was killed by a signal; launching once more:\n{errors(done.stderr)}", stacklevel=2)
-        shutil.rmtree(fresh)
-        fresh.mkdir(parents=True)
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert done.returncode == 0, errors(done.stderr)
     return done
-
-
-def killed_by_signal(stderr: str) -> bool:
-    """True when the launcher's root cause is a rank that died from a signal (the other ranks it then stops with
-    SIGTERM are not a cause).
-
-    >>> killed_by_signal("Root Cause (first observed failure):\\n  exitcode  : -6 (pid: 7)  (SIGABRT)")
-    True
-    >>> killed_by_signal("[1]:\\n  exitcode  : -15 (pid: 8)\\nRoot Cause (first observed failure):\\n  exitcode  : 1 (pid: 7)")
-    False
-    """
-    cause = stderr.rpartition("Root Cause")[2]
-    match = re.search(r"exitcode\s*:\s*(-?\d+)", cause)
-    return match is not None and int(match.group(1)) < 0
 
 
 def train_args(data: Path) -> list[str]:

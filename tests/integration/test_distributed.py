@@ -212,7 +212,7 @@ def test_two_processes_match_one_when_ranks_run_different_numbers_of_forwards(en
         pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'mmrl[deepspeed]')")
     data, single_dir = one_process_updates
     run([*launcher(engine, port_args), str(FIXTURES / "exact_update.py"), str(CONFIG), str(data), str(tmp_path),
-         json.dumps(UPDATE_VARIANTS)], fresh=tmp_path)
+         json.dumps(UPDATE_VARIANTS)])
     initial = _initial_weights()
     for name in UPDATE_VARIANTS:
         two = [json.loads((tmp_path / f"{name}-rank-{r}.json").read_text()) for r in (0, 1)]

@@ -1,0 +1,38 @@
+"""How a process of a multi-process launch ends: `exit_process` (which `mmrl`'s CLI ends through) leaves the group,
+lets non-daemon threads finish, runs the atexit handlers, flushes, and exits with the process's own status, without
+the interpreter's finalization (where a gloo worker thread releasing a late collective used to abort a finished rank
+with SIGABRT). In a process that joined no group it returns the status unchanged."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from mmrl.engine.distributed import exit_process
+from tests.integration.launch import FIXTURES, ROOT, launcher
+
+
+def test_each_rank_ends_with_its_own_status_after_its_threads_atexit_handlers_and_output(tmp_path, port_args):
+    done = subprocess.run([*launcher("ddp", port_args), str(FIXTURES / "exit_paths.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert "terminate called" not in done.stderr and "SIGABRT" not in done.stderr, done.stderr[-2000:]
+    # rank 1's status 3 is the launch's root cause: the launcher fails, naming it (and no signal)
+    assert done.returncode != 0
+    cause = done.stderr.rpartition("Root Cause")[2]
+    assert "rank      : 1" in cause and "exitcode  : 3" in cause, cause
+    assert float((tmp_path / "sum-0.txt").read_text()) == 3.0  # the late all-reduce completed on rank 0: 1 + 2
+    for rank in (0, 1):
+        assert (tmp_path / f"atexit-{rank}.txt").read_text() == "ran"
+        assert (tmp_path / f"thread-{rank}.txt").read_text() == str(sum(range(3_000_000)))
+        assert f"rank {rank} done" in done.stdout  # printed without a newline: flushed before the process ended
+
+
+def test_a_process_that_joined_no_group_gets_its_status_back():
+    assert exit_process(0) == 0 and exit_process(7) == 7
+    # and the CLI in such a process returns instead of ending it
+    done = subprocess.run([sys.executable, "-c", "from mmrl.cli import main; import sys; "
+                           "code = main(['train', '/nonexistent.yaml']); print('returned', code)"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.stdout.strip().startswith("returned ") and done.stdout.strip() != "returned 0", done
