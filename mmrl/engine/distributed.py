@@ -29,6 +29,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+_joined_here = False  # this process called init_process_group (through init_distributed)
+
 
 @dataclass
 class DistInfo:
@@ -88,9 +90,6 @@ def _adapter_weights(policy: Any, adapter: Path) -> dict[str, torch.Tensor]:
     return {live[k]: v for k, v in saved.items()}
 
 
-_joined_here = False  # this process called init_process_group (through init_distributed)
-
-
 def _leave_process_group() -> None:
     """Leave the process group at exit (frees what it can; see `exit_process` for why that alone is not enough)."""
     if dist.is_available() and dist.is_initialized():
@@ -112,9 +111,9 @@ def exit_process(code: int) -> int:
     if not _joined_here:
         return code
     _leave_process_group()
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    # CPython's own exit steps before finalization (private, present in 3.10-3.13): threading's exit hooks (they stop
+    # idle executor workers, which a plain join would wait on forever) and the join of non-daemon threads; then atexit
+    threading._shutdown()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
