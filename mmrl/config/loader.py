@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -193,7 +194,7 @@ def _format_error(err: dict[str, Any], sources: dict[str, str], default_source: 
         bound = next(iter(ctx.values()), "?")
         return f"{where}: {dotted} must be {op} {bound} (got {got!r})"
     if kind == "number_not_bool":  # see config/base.py: lax pydantic would read true as 1
-        shown = str(got).lower() if isinstance(got, bool) else repr(got)  # as the YAML/override spelled it
+        shown = json.dumps(got, default=repr)  # as the YAML/override spelled it: true, [0.9, true]
         return f"{where}: {dotted}{ctx.get('item', '')} must be {ctx.get('kind')}, not true/false (got {shown})"
     if kind in ("int_parsing", "int_type", "int_from_float"):
         return f"{where}: {dotted} must be an integer (got {got!r})"

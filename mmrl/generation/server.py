@@ -25,8 +25,9 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
+from mmrl.config.base import NumbersNotBools
 from mmrl.generation.hf_context import check_context
 from mmrl.generation.openai_format import RequestError, messages_to_prompt
 from mmrl.generation.types import Completion, GenerationBackend, Prompt, SamplingParams
@@ -37,8 +38,9 @@ MAX_NEW_TOKENS = 32768
 log = logging.getLogger(__name__)
 
 
-class ChatRequest(BaseModel):
-    """The fields of an OpenAI chat-completions request this server honours (unknown fields are ignored)."""
+class ChatRequest(NumbersNotBools):
+    """The fields of an OpenAI chat-completions request this server honours (unknown fields are ignored); `true` or
+    `false` for a number is a 400 (pydantic's lax mode would read `"n": true` as 1)."""
 
     model_config = ConfigDict(extra="ignore")
 

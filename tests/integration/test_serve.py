@@ -264,6 +264,11 @@ def test_a_client_cannot_make_the_server_open_files_or_hold_it(client, server, t
     huge = httpx.post(f"{base}/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
                                                          "max_tokens": 10**9})
     assert huge.status_code == 400 and "max_tokens" in huge.json()["error"]["message"]
+    for field, value in (("n", True), ("max_tokens", False), ("temperature", True), ("stop_token_ids", [5, True])):
+        flagged = httpx.post(f"{base}/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                               field: value})
+        message = flagged.json()["error"]["message"]
+        assert flagged.status_code == 400 and message.startswith(field) and "not true/false" in message, message
 
 
 def test_mmrl_serve_refuses_a_missing_image_dir_before_loading(tmp_path, capsys):

@@ -153,9 +153,10 @@ def test_a_boolean_is_not_a_number(tmp_path):
     assert _error(tmp_path, None, ["rollout.group_size=4", "trainer.eval_steps=true"]).startswith(
         "command line: trainer.eval_steps must be an integer")
     assert _error(tmp_path, None, ["optimizer.betas=[0.9, true]"]) == (
-        "command line: optimizer.betas[1] must be a number, not true/false (got [0.9, True])"
+        "command line: optimizer.betas[1] must be a number, not true/false (got [0.9, true])"
     )
-    assert _error(tmp_path, None, ["seeds=[1, false]"]).startswith("command line: seeds[1] must be an integer")
+    assert _error(tmp_path, None, ["seeds=[1, false]"]) == (
+        "command line: seeds[1] must be an integer, not true/false (got [1, false])")
     assert _error(tmp_path, None, ["stages=[{name: a, steps: true}]"]).startswith(
         "command line: stages.0.steps must be an integer, not true/false")
     # Assigning to a validated config is refused the same way.
