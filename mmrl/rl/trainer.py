@@ -226,7 +226,7 @@ class GRPOTrainer:
             "completion_length/max": max(lengths) if lengths else float("nan"),
             "completion_length/clipped_ratio": _mean(merged.get("truncated", [])),
             # tokens of the groups this step trains on (PTST compares arms at equal totals); with online filtering,
-            # the rounds' discarded groups are not in it (rollout/generated_tokens counts every sampled token)
+            # the rounds' discarded groups are not in it (rollout/generated_tokens: this process's tokens, every round)
             "completion_tokens": sum(lengths),
             # Dr. GRPO's length bias shows in the wrong answers: GRPO's per-sequence normaliser lets them grow
             "completion_length/correct": _mean(merged.get("length_correct", [])),
