@@ -107,8 +107,12 @@ def exit_process(code: int) -> int:
     about 1 of 6 2-process CPU launches under load, always on a rank that finished first. Leaving the group does
     not stop those threads while a DistributedDataParallel wrapper still holds the group. So this does what a normal
     exit does up to finalization (leave the group, wait for non-daemon threads, run the atexit handlers, flush) and
-    then ends the process with os._exit, where no thread is ended by the interpreter."""
-    if not _joined_here:
+    then ends the process with os._exit, where no thread is ended by the interpreter.
+
+    Called from a thread other than the main one (an application running the CLI in a thread), it returns `code` too:
+    the process is the application's to end, and CPython's thread shutdown run from a non-daemon thread waits for that
+    thread itself, forever."""
+    if not _joined_here or threading.current_thread() is not threading.main_thread():
         return code
     _leave_process_group()
     # CPython's own exit steps before finalization (private, present in 3.10-3.13): threading's exit hooks (they stop
