@@ -120,6 +120,8 @@ def exit_process(code: int) -> int:
     threading._shutdown()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with that descriptor closed (`>&-`): Python then sets it to None
+            continue
         try:
             stream.flush()
         except (OSError, ValueError):  # a closed or broken pipe: nothing more can be written anyway

@@ -46,3 +46,18 @@ def test_called_from_another_thread_it_returns_the_status_and_the_main_thread_st
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert [(tmp_path / f"thread-{rank}.txt").read_text() for rank in (0, 1)] == ["5", "5"]
+
+
+def test_a_launch_with_stdout_closed_still_ends_each_rank_with_its_own_status(tmp_path, port_args):
+    # `>&-` (a detached job): each rank's sys.stdout is None, which the final flush used to call .flush() on, so every
+    # rank failed with an AttributeError (exit 1) after its work was done
+    cmd = [*launcher("ddp", port_args), str(FIXTURES / "exit_paths.py"), str(tmp_path)]
+    done = subprocess.run(["sh", "-c", 'exec "$@" 1>&-', "sh", *cmd], stderr=subprocess.PIPE, text=True, timeout=300,
+                          cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert not [line for line in done.stderr.splitlines() if line.startswith("[rank") and "Error" in line], done.stderr
+    cause = done.stderr.rpartition("Root Cause")[2]
+    assert "rank      : 1" in cause and "exitcode  : 3" in cause, cause
+    others = done.stderr.rpartition("Root Cause")[0].rpartition("Failures:")[2]
+    assert "rank      : 0" not in others, others  # rank 0 ended with status 0
+    for rank in (0, 1):
+        assert (tmp_path / f"atexit-{rank}.txt").read_text() == "ran"
