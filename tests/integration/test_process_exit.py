@@ -38,14 +38,17 @@ def test_a_process_that_joined_no_group_gets_its_status_back():
     assert done.stdout.strip().startswith("returned ") and done.stdout.strip() != "returned 0", done
 
 
-def test_called_from_another_thread_it_returns_the_status_and_the_main_thread_still_ends_the_process(tmp_path,
-                                                                                                      port_args):
-    # CPython's thread shutdown run from a non-daemon thread waits for that thread itself: the rank used to hang here
-    done = subprocess.run([*launcher("ddp", port_args), str(FIXTURES / "exit_thread.py"), str(tmp_path)],
+def test_edges_another_thread_returns_the_status_and_files_left_open_keep_what_was_written(tmp_path, port_args):
+    done = subprocess.run([*launcher("ddp", port_args), str(FIXTURES / "exit_edges.py"), str(tmp_path)],
                           capture_output=True, text=True, timeout=120, cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    # CPython's thread shutdown run from a non-daemon thread waits for that thread itself: the rank used to hang here
     assert done.returncode == 0, done.stderr[-2000:]
     assert [(tmp_path / f"thread-{rank}.txt").read_text() for rank in (0, 1)] == ["5", "5"]
+    # os._exit skips the finalization that flushes a file when it is freed: its buffered writes used to be lost
+    for rank in (0, 1):
+        assert (tmp_path / f"open-{rank}.txt").read_text() == f"rank {rank} kept\n"
+        assert (tmp_path / f"open-{rank}.bin").read_bytes() == b"kept"
 
 
 def test_a_launch_with_stdout_closed_still_ends_each_rank_with_its_own_status(tmp_path, port_args):
