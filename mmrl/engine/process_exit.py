@@ -39,7 +39,7 @@ def exit_process(code: int) -> int:
     SIGABRT ("terminate called without an active exception") after its work is done, failing the launch: seen in
     about 1 of 6 2-process CPU launches under load, always on a rank that finished first. Leaving the group does
     not stop those threads while a DistributedDataParallel wrapper still holds the group. So this does what a normal
-    exit does up to finalization (leave the group, wait for non-daemon threads, run the atexit handlers, flush) and
+    exit does up to finalization (wait for non-daemon threads, run the atexit handlers, which leave the group, flush) and
     then ends the process with os._exit, where no thread is ended by the interpreter.
 
     Called from a thread other than the main one (an application running the CLI in a thread), it returns `code` too:
@@ -47,9 +47,9 @@ def exit_process(code: int) -> int:
     thread itself, forever."""
     if not _joined_here or threading.current_thread() is not threading.main_thread():
         return code
-    _leave_process_group()
     # CPython's own exit steps before finalization (private, present in 3.10-3.13): threading's exit hooks (they stop
-    # idle executor workers, which a plain join would wait on forever) and the join of non-daemon threads; then atexit
+    # idle executor workers, which a plain join would wait on forever) and the join of non-daemon threads; then atexit,
+    # which leaves the group (`joined_a_group`): only then, as in a normal exit, since a thread still running may use it
     threading._shutdown()
     atexit._run_exitfuncs()
     _flush_open_files()
