@@ -1,7 +1,7 @@
 """How a process of a multi-process launch ends: `exit_process` (which `mmrl`'s CLI ends through) lets non-daemon
-threads finish, runs the atexit handlers (which leave the group), flushes, and exits with the process's own status, without
-the interpreter's finalization (where a gloo worker thread releasing a late collective used to abort a finished rank
-with SIGABRT). In a process that joined no group it returns the status unchanged."""
+threads finish, runs the atexit handlers (which leave the group), flushes, and exits with the process's own status,
+without the interpreter's finalization (where a gloo worker thread releasing a late collective used to abort a
+finished rank with SIGABRT). In a process that joined no group it returns the status unchanged."""
 
 from __future__ import annotations
 
