@@ -89,8 +89,8 @@ def _resume_hint() -> str:
 def main(argv: list[str] | None = None) -> int:
     """The `mmrl` command; its exit status. A process of a multi-process launch ends here (see `exit_process`)."""
     code = _run_command(argv)
-    distributed = sys.modules.get("mmrl.engine.distributed")  # not imported: this process joined no group
-    return code if distributed is None else distributed.exit_process(code)
+    ending = sys.modules.get("mmrl.engine.process_exit")  # not imported: this process joined no group
+    return code if ending is None else ending.exit_process(code)
 
 
 def _run_command(argv: list[str] | None) -> int:

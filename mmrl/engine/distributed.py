@@ -15,11 +15,8 @@ held back between optimizer steps, and the synchronising pass at the step is the
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import os
-import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +26,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-_joined_here = False  # this process called init_process_group (through init_distributed)
+from mmrl.engine.process_exit import exit_process as exit_process  # re-exported: callers end a launch's process here
+from mmrl.engine.process_exit import joined_a_group
 
 
 @dataclass
@@ -47,7 +45,6 @@ class DistInfo:
 def init_distributed(device_pref: str = "auto") -> DistInfo:
     """Join the process group `accelerate launch` prepared (no-op for one process); end such a process with
     `exit_process`."""
-    global _joined_here
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -61,8 +58,7 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        _joined_here = True
-        atexit.register(_leave_process_group)
+        joined_a_group()
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
 
@@ -88,39 +84,6 @@ def _adapter_weights(policy: Any, adapter: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{adapter}: lacks {len(missing)} adapter tensors this model has (e.g. {missing[0]}); resume "
                         "with the model.lora settings the checkpoint was written with")
     return {live[k]: v for k, v in saved.items()}
-
-
-def _leave_process_group() -> None:
-    """Leave the process group at exit (frees what it can; see `exit_process` for why that alone is not enough)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def exit_process(code: int) -> int:
-    """End a process that joined a process group here with exit status `code`, without the interpreter's
-    finalization; in a process that joined none, return `code` unchanged.
-
-    Why: a gloo worker thread releases a finished collective's tensors after the caller has its result, and that
-    release takes the GIL. When the thread is late (a loaded machine) and the interpreter is already finalizing,
-    CPython ends the thread with pthread_exit, the unwind meets torch's noexcept destructor, and the process dies with
-    SIGABRT ("terminate called without an active exception") after its work is done, failing the launch: seen in
-    about 1 of 6 2-process CPU launches under load, always on a rank that finished first. Leaving the group does
-    not stop those threads while a DistributedDataParallel wrapper still holds the group. So this does what a normal
-    exit does up to finalization (leave the group, wait for non-daemon threads, run the atexit handlers, flush) and
-    then ends the process with os._exit, where no thread is ended by the interpreter."""
-    if not _joined_here:
-        return code
-    _leave_process_group()
-    # CPython's own exit steps before finalization (private, present in 3.10-3.13): threading's exit hooks (they stop
-    # idle executor workers, which a plain join would wait on forever) and the join of non-daemon threads; then atexit
-    threading._shutdown()
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be written anyway
-            pass
-    os._exit(code)
 
 
 def stream_seed(seed: int, stage: int, draw_index: int) -> int:

@@ -1,7 +1,7 @@
-"""How a process of a multi-process launch ends: `exit_process` (which `mmrl`'s CLI ends through) leaves the group,
-lets non-daemon threads finish, runs the atexit handlers, flushes, and exits with the process's own status, without
-the interpreter's finalization (where a gloo worker thread releasing a late collective used to abort a finished rank
-with SIGABRT). In a process that joined no group it returns the status unchanged."""
+"""How a process of a multi-process launch ends: `exit_process` (which `mmrl`'s CLI ends through) lets non-daemon
+threads finish, runs the atexit handlers (which leave the group), flushes, and exits with the process's own status,
+without the interpreter's finalization (where a gloo worker thread releasing a late collective used to abort a
+finished rank with SIGABRT). In a process that joined no group it returns the status unchanged."""
 
 from __future__ import annotations
 
@@ -36,3 +36,33 @@ def test_a_process_that_joined_no_group_gets_its_status_back():
                            "code = main(['train', '/nonexistent.yaml']); print('returned', code)"],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.stdout.strip().startswith("returned ") and done.stdout.strip() != "returned 0", done
+
+
+def test_edges_another_thread_late_thread_collective_and_files_left_open(tmp_path, port_args):
+    done = subprocess.run([*launcher("ddp", port_args), str(FIXTURES / "exit_edges.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    # CPython's thread shutdown run from a non-daemon thread waits for that thread itself: the rank used to hang here
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [(tmp_path / f"thread-{rank}.txt").read_text() for rank in (0, 1)] == ["5", "5"]
+    # a non-daemon thread's last collective after the main thread ended: the group used to be gone by then
+    assert [(tmp_path / f"late-{rank}.txt").read_text() for rank in (0, 1)] == ["3.0", "3.0"], done.stderr[-2000:]
+    # os._exit skips the finalization that flushes a file when it is freed: its buffered writes used to be lost
+    for rank in (0, 1):
+        assert (tmp_path / f"open-{rank}.txt").read_text() == f"rank {rank} kept\n"
+        assert (tmp_path / f"open-{rank}.bin").read_bytes() == b"kept"
+
+
+def test_a_launch_with_stdout_closed_still_ends_each_rank_with_its_own_status(tmp_path, port_args):
+    # `>&-` (a detached job): each rank's sys.stdout is None, which the final flush used to call .flush() on, so every
+    # rank failed with an AttributeError (exit 1) after its work was done
+    cmd = [*launcher("ddp", port_args), str(FIXTURES / "exit_paths.py"), str(tmp_path)]
+    done = subprocess.run(["sh", "-c", 'exec "$@" 1>&-', "sh", *cmd], stderr=subprocess.PIPE, text=True, timeout=300,
+                          cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert not [line for line in done.stderr.splitlines() if line.startswith("[rank") and "Error" in line], done.stderr
+    cause = done.stderr.rpartition("Root Cause")[2]
+    assert "rank      : 1" in cause and "exitcode  : 3" in cause, cause
+    others = done.stderr.rpartition("Root Cause")[0].rpartition("Failures:")[2]
+    assert "rank      : 0" not in others, others  # rank 0 ended with status 0
+    for rank in (0, 1):
+        assert (tmp_path / f"atexit-{rank}.txt").read_text() == "ran"

@@ -1,0 +1,79 @@
+"""How a process of a multi-process launch ends: `exit_process` (the `mmrl` CLI and the multi-process test fixtures
+end through it; `mmrl.engine.distributed.init_distributed` calls `joined_a_group`)."""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import io
+import os
+import stat
+import sys
+import threading
+
+import torch.distributed as dist
+
+_joined_here = False  # this process called init_process_group (through init_distributed)
+
+
+def joined_a_group() -> None:
+    """Record that this process made the process group; it leaves it at exit (and `exit_process` ends it)."""
+    global _joined_here
+    _joined_here = True
+    atexit.register(_leave_process_group)
+
+
+def _leave_process_group() -> None:
+    """Leave the process group at exit (frees what it can; see `exit_process` for why that alone is not enough)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def exit_process(code: int) -> int:
+    """End a process that joined a process group here with exit status `code`, without the interpreter's
+    finalization; in a process that joined none, return `code` unchanged.
+
+    Why: a gloo worker thread releases a finished collective's tensors after the caller has its result, and that
+    release takes the GIL. When the thread is late (a loaded machine) and the interpreter is already finalizing,
+    CPython ends the thread with pthread_exit, the unwind meets torch's noexcept destructor, and the process dies with
+    SIGABRT ("terminate called without an active exception") after its work is done, failing the launch: seen in
+    about 1 of 6 2-process CPU launches under load, always on a rank that finished first. Leaving the group does
+    not stop those threads while a DistributedDataParallel wrapper still holds the group. So this does what a normal
+    exit does up to finalization (wait for non-daemon threads, run the atexit handlers, which leave the group, flush
+    the standard streams and the files still open) and then ends the process with os._exit, where no thread is ended
+    by the interpreter.
+
+    Called from a thread other than the main one (an application running the CLI in a thread), it returns `code` too:
+    the process is the application's to end, and CPython's thread shutdown run from a non-daemon thread waits for that
+    thread itself, forever."""
+    if not _joined_here or threading.current_thread() is not threading.main_thread():
+        return code
+    # CPython's own exit steps before finalization (private, present in 3.10-3.13): threading's exit hooks (they stop
+    # idle executor workers, which a plain join would wait on forever) and the join of non-daemon threads; then atexit,
+    # which leaves the group (`joined_a_group`): only then, as in a normal exit, since a thread still running may use it
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    _flush_open_files()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with that descriptor closed (`>&-`): Python then sets it to None
+            continue
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be written anyway
+            pass
+    os._exit(code)
+
+
+def _flush_open_files() -> None:
+    """Flush every file on disk still open in this process, as finalization does when it frees them: a file opened
+    for writing and never closed (a user reward's log, opened at import) would otherwise lose its buffered tail to
+    os._exit. Pipes and sockets are left alone: a flush there can block on a reader that has stopped reading."""
+    for obj in gc.get_objects():
+        if not issubclass(type(obj), io.IOBase):  # type(), not isinstance: a proxy's __class__ may raise
+            continue
+        try:
+            if obj.closed or not stat.S_ISREG(os.fstat(obj.fileno()).st_mode):
+                continue
+            obj.flush()  # a text file flushes its buffered writer too
+        except Exception:  # noqa: BLE001 - an in-memory stream, a file in a bad state: nothing to save, keep exiting
+            continue
