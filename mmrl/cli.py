@@ -12,6 +12,7 @@ import importlib
 import os
 import signal
 import sys
+import traceback
 
 from mmrl.errors import UserError
 
@@ -88,7 +89,16 @@ def _resume_hint() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """The `mmrl` command; its exit status. A process of a multi-process launch ends here (see `exit_process`)."""
-    code = _run_command(argv)
+    try:
+        code = _run_command(argv)
+    except Exception:
+        ending = sys.modules.get("mmrl.engine.process_exit")
+        if ending is None or not ending.has_joined_a_group():
+            raise
+        # an error of mmrl's own (or any error with --debug) in a launched process: its traceback, then the same
+        # exit as every other ending, with status 1 as Python gives (finalization could abort it with SIGABRT)
+        traceback.print_exc()
+        code = 1
     ending = sys.modules.get("mmrl.engine.process_exit")  # not imported: this process joined no group
     return code if ending is None else ending.exit_process(code)
 

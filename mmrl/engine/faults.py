@@ -2,7 +2,7 @@
 
 `MMRL_FAULT="POINT@N[:ACTION]"` (comma-separated for several) fires the N-th time (default 1) this process reaches
 the named point: ACTION `kill` (default) sends SIGKILL to the process itself, `interrupt` sends it SIGINT (Ctrl-C),
-`enospc` raises "No space left on device". Points: `log.partial` (half of a metrics row written), `save.staged` (model written into the staging
+`enospc` raises "No space left on device", `bug` raises a RuntimeError (an error of mmrl's own). Points: `log.partial` (half of a metrics row written), `save.staged` (model written into the staging
 directory, no completion marker yet), `update` (inside an optimizer step, before the parameters change),
 `resumed` (right after the resume is announced). The tests use it to kill a run at reproducible moments; a user
 never sets it.
@@ -38,3 +38,5 @@ def fault_point(name: str) -> None:
             os.kill(os.getpid(), signal.SIGINT)
         elif action == "enospc":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        elif action == "bug":
+            raise RuntimeError(f"injected fault at {name}")

@@ -23,6 +23,10 @@ def joined_a_group() -> None:
     atexit.register(_leave_process_group)
 
 
+def has_joined_a_group() -> bool:
+    return _joined_here
+
+
 def _leave_process_group() -> None:
     """Leave the process group at exit (frees what it can; see `exit_process` for why that alone is not enough)."""
     if dist.is_available() and dist.is_initialized():

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from mmrl.engine.distributed import exit_process
-from tests.integration.launch import FIXTURES, ROOT, launcher
+from tests.integration.launch import CONFIG, FIXTURES, ROOT, launcher, train_args
 
 
 def test_each_rank_ends_with_its_own_status_after_its_threads_atexit_handlers_and_output(tmp_path, port_args):
@@ -66,3 +66,20 @@ def test_a_launch_with_stdout_closed_still_ends_each_rank_with_its_own_status(tm
     assert "rank      : 0" not in others, others  # rank 0 ended with status 0
     for rank in (0, 1):
         assert (tmp_path / f"atexit-{rank}.txt").read_text() == "ran"
+
+
+def test_an_error_of_mmrls_own_in_a_launched_train_is_its_traceback_and_status_1(tmp_path, port_args, tiny_model_dir):
+    # an exception that is not a UserError left the CLI to the interpreter's finalization, where the late gloo thread
+    # could turn the rank's exit 1 into a SIGABRT; now the CLI prints the traceback and ends through exit_process
+    from data_pipelines.synthetic import build_synthetic
+
+    data = build_synthetic(["color"], 4, 0, tmp_path / "data", image_size=56)
+    cmd = [*launcher("ddp", port_args), "-m", "mmrl", "train", str(CONFIG), *train_args(data),
+           f"trainer.output_dir={tmp_path / 'run'}", "trainer.max_steps=3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+                               "MMRL_FAULT": "update@2:bug"})
+    assert done.stderr.count("RuntimeError: injected fault at update") == 2, done.stderr[-3000:]  # each rank's
+    assert "Traceback (most recent call last)" in done.stderr and "terminate called" not in done.stderr
+    cause = done.stderr.rpartition("Root Cause")[2]
+    assert "exitcode  : 1 " in cause and "SIG" not in cause, cause
