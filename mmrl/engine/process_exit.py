@@ -27,6 +27,11 @@ def has_joined_a_group() -> bool:
     return _joined_here
 
 
+def ends_this_process() -> bool:
+    """Whether `exit_process` called here ends the process (else it returns the status)."""
+    return _joined_here and threading.current_thread() is threading.main_thread()
+
+
 def _leave_process_group() -> None:
     """Leave the process group at exit (frees what it can; see `exit_process` for why that alone is not enough)."""
     if dist.is_available() and dist.is_initialized():
@@ -50,7 +55,7 @@ def exit_process(code: int) -> int:
     Called from a thread other than the main one (an application running the CLI in a thread), it returns `code` too:
     the process is the application's to end, and CPython's thread shutdown run from a non-daemon thread waits for that
     thread itself, forever."""
-    if not _joined_here or threading.current_thread() is not threading.main_thread():
+    if not ends_this_process():
         return code
     # CPython's own exit steps before finalization (private, present in 3.10-3.13): threading's exit hooks (they stop
     # idle executor workers, which a plain join would wait on forever) and the join of non-daemon threads; then atexit,
