@@ -10,10 +10,12 @@ import os
 import stat
 import sys
 import threading
+import traceback
 
 import torch.distributed as dist
 
 _joined_here = False  # this process called init_process_group (through init_distributed)
+_exiting = False  # exit_process is ending this process
 
 
 def joined_a_group() -> None:
@@ -55,22 +57,43 @@ def exit_process(code: int) -> int:
     Called from a thread other than the main one (an application running the CLI in a thread), it returns `code` too:
     the process is the application's to end, and CPython's thread shutdown run from a non-daemon thread waits for that
     thread itself, forever."""
-    if not ends_this_process():
+    global _exiting
+    if not ends_this_process() or _exiting:  # _exiting: called again by an atexit handler of this exit
         return code
-    # CPython's own exit steps before finalization (private, present in 3.10-3.13): threading's exit hooks (they stop
+    _exiting = True
+    # CPython's own exit steps before finalization (private, present in 3.10-3.14): threading's exit hooks (they stop
     # idle executor workers, which a plain join would wait on forever) and the join of non-daemon threads; then atexit,
-    # which leaves the group (`joined_a_group`): only then, as in a normal exit, since a thread still running may use it
-    threading._shutdown()
-    atexit._run_exitfuncs()
-    _flush_open_files()
-    for stream in (sys.stdout, sys.stderr):
+    # which leaves the group (`joined_a_group`): only then, as in a normal exit, since a thread still running may use
+    # it. As in a normal exit, a step that raises (a hook's error, Ctrl-C during the join) is reported and the next
+    # one runs: the process still ends here, with `code`
+    for step in (threading._shutdown, atexit._run_exitfuncs, _flush_open_files, _flush_standard_streams):
+        try:
+            step()
+        except BaseException:  # noqa: BLE001
+            _report(step.__name__)
+    os._exit(code if -(2**31) <= code < 2**31 else code & 0xFF)  # a status past a C int: its low byte, as the OS keeps
+
+
+def _flush_standard_streams() -> None:
+    # sys.__stdout__ too: a sys.stdout replaced by an object that writes into it (a tee) may not flush it
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         if stream is None:  # started with that descriptor closed (`>&-`): Python then sets it to None
             continue
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be written anyway
+        except Exception:  # noqa: BLE001 - a closed or broken pipe, a replacement without flush: try the next one
             pass
-    os._exit(code)
+
+
+def _report(step: str) -> None:
+    """Print the exception being handled as Python reports one it ignores at exit."""
+    if sys.stderr is None:
+        return
+    try:
+        print(f"Exception ignored at exit in {step}:", file=sys.stderr)
+        traceback.print_exc()
+    except Exception:  # noqa: BLE001 - stderr is a closed pipe
+        pass
 
 
 def _flush_open_files() -> None:

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -91,7 +92,8 @@ def test_an_error_of_mmrls_own_in_a_launched_train_is_its_traceback_and_status_1
     assert not list(tmp_path.glob("finalized-*")), done.stderr[-3000:]  # both ranks ended through exit_process
 
 
-@pytest.mark.parametrize("ending", ["exits_3", "exits_with_a_message", "raises_a_base_exception", "user_error"])
+@pytest.mark.parametrize("ending", ["exits_3", "exits_past_a_c_int", "exits_with_a_message", "raises_a_base_exception",
+                                    "user_error"])
 def test_a_command_ended_by_systemexit_or_a_base_exception_ends_a_joined_process_like_plain_python(tmp_path, ending):
     # SystemExit (a user reward's sys.exit) and BaseExceptions left `main` to the interpreter's finalization, where a
     # late gloo thread can abort the process: they end through exit_process, with the status and output Python gives
@@ -109,7 +111,7 @@ def test_a_command_ended_by_systemexit_or_a_base_exception_ends_a_joined_process
     alone, joined = done["alone"], done["join"]
     assert (tmp_path / "alone" / "finalized-0").exists()  # a plain exit finalizes: the sentinel shows it
     assert not (tmp_path / "join" / "finalized-0").exists(), joined.stderr[-2000:]
-    expected = {"exits_3": 3, "exits_with_a_message": 1, "raises_a_base_exception": 1, "user_error": 2}[ending]
+    expected = {"exits_3": 3, "exits_past_a_c_int": 3, "exits_with_a_message": 1, "raises_a_base_exception": 1, "user_error": 2}[ending]
     assert joined.returncode == alone.returncode == expected, (alone.stderr[-2000:], joined.stderr[-2000:])
     if ending == "exits_with_a_message":
         assert joined.stderr.strip().endswith("the reward gave up"), joined.stderr
@@ -118,3 +120,20 @@ def test_a_command_ended_by_systemexit_or_a_base_exception_ends_a_joined_process
     if ending == "user_error":  # one line, no traceback
         assert joined.stderr.strip() == alone.stderr.strip() and joined.stderr.strip().count("\n") == 0, joined.stderr
         assert joined.stderr.startswith("mmrl reward: error: "), joined.stderr
+
+
+@pytest.mark.parametrize("case", ["thread-hook-raises", "interrupted-join", "stdout-replaced", "reentrant"])
+def test_exit_process_ends_with_its_status_whatever_its_steps_meet(tmp_path, case):
+    # as Python's own exit does, a step that raises (a threading exit hook, Ctrl-C while waiting for a thread) is
+    # reported and the exit goes on: it used to escape exit_process, leaving the process to finalization with another
+    # status; a sys.stdout that writes into sys.__stdout__ lost that stream's buffer; an exit_process called by an
+    # atexit handler ran the handlers again, recursively
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered standard streams
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, str(FIXTURES / "exit_alone.py"), str(tmp_path), case], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 4, done.stderr[-2000:]
+    assert time.monotonic() - start < 50  # not the 60 s of the thread that was interrupted
+    assert not (tmp_path / "finalized").exists(), done.stderr[-2000:]
+    assert (tmp_path / "atexit").read_text() == "ran\n"
+    assert done.stdout == "bye"
