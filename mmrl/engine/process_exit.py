@@ -97,15 +97,53 @@ def _report(step: str) -> None:
 
 
 def _flush_open_files() -> None:
-    """Flush every file on disk still open in this process, as finalization does when it frees them: a file opened
+    """Finish every file on disk still open in this process, as finalization does when it frees them: a file opened
     for writing and never closed (a user reward's log, opened at import) would otherwise lose its buffered tail to
-    os._exit. Pipes and sockets are left alone: a flush there can block on a reader that has stopped reading."""
+    os._exit. The io module's own files are flushed; any other file object (gzip, bz2, lzma, a user's class) is
+    closed, as finalization does, since a compressed file writes its end only then. Outer files first: a text file
+    hands its text to the compressor under it, which writes its end into the file under it. Pipes and sockets are left
+    alone: a flush there can block on a reader that has stopped reading."""
+    files: dict[int, io.IOBase] = {}
     for obj in gc.get_objects():
         if not issubclass(type(obj), io.IOBase):  # type(), not isinstance: a proxy's __class__ may raise
             continue
         try:
-            if obj.closed or not stat.S_ISREG(os.fstat(obj.fileno()).st_mode):
-                continue
-            obj.flush()  # a text file flushes its buffered writer too
+            if not obj.closed and stat.S_ISREG(os.fstat(obj.fileno()).st_mode):
+                files[id(obj)] = obj
         except Exception:  # noqa: BLE001 - an in-memory stream, a file in a bad state: nothing to save, keep exiting
             continue
+    for obj in _outer_first(files):
+        try:
+            if obj.closed:  # closed by the file over it
+                continue
+            if type(obj).__module__ == "_io":
+                obj.flush()  # a text file flushes its buffered writer too
+            else:
+                obj.close()
+        except Exception:  # noqa: BLE001 - a file in a bad state: nothing to save, keep exiting
+            continue
+
+
+def _outer_first(files: dict[int, io.IOBase]) -> list[io.IOBase]:
+    """`files` ordered so that a file comes before the files it writes into (those it refers to, directly or through
+    its attributes); a cycle's files come last, in any order."""
+    inner: dict[int, set[int]] = {}
+    for key, obj in files.items():
+        refs = gc.get_referents(obj)
+        refs += [value for ref in refs if type(ref) is dict for value in ref.values()]  # an instance's attributes
+        inner[key] = {id(ref) for ref in refs if id(ref) in files and id(ref) != key}
+    outer_count = {key: 0 for key in files}
+    for keys in inner.values():
+        for key in keys:
+            outer_count[key] += 1
+    ready = [key for key, count in outer_count.items() if count == 0]
+    order: list[int] = []
+    while ready:
+        key = ready.pop()
+        order.append(key)
+        for under in inner[key]:
+            outer_count[under] -= 1
+            if outer_count[under] == 0:
+                ready.append(under)
+    placed = set(order)
+    return [files[key] for key in order] + [obj for key, obj in files.items() if key not in placed]

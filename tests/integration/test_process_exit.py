@@ -5,7 +5,10 @@ finished rank with SIGABRT). In a process that joined no group it returns the st
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
 import os
 import subprocess
 import sys
@@ -137,3 +140,14 @@ def test_exit_process_ends_with_its_status_whatever_its_steps_meet(tmp_path, cas
     assert not (tmp_path / "finalized").exists(), done.stderr[-2000:]
     assert (tmp_path / "atexit").read_text() == "ran\n"
     assert done.stdout == "bye"
+
+
+def test_exit_process_finishes_compressed_files_left_open(tmp_path):
+    # finalization closes a file it frees, and a compressed file writes its end only then: flushed alone, a gzip, bz2
+    # or xz log left open was unreadable ("Compressed file ended before the end-of-stream marker was reached")
+    done = subprocess.run([sys.executable, str(FIXTURES / "exit_alone.py"), str(tmp_path), "compressed"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 4 and not (tmp_path / "finalized").exists(), done.stderr[-2000:]
+    for name, read in [("log.gz", gzip.open), ("log.bz2", bz2.open), ("log.xz", lzma.open), ("inner.gz", gzip.open)]:
+        with read(tmp_path / name) as f:
+            assert f.read() == b"kept\n", name
