@@ -50,9 +50,9 @@ def exit_process(code: int) -> int:
     SIGABRT ("terminate called without an active exception") after its work is done, failing the launch: seen in
     about 1 of 6 2-process CPU launches under load, always on a rank that finished first. Leaving the group does
     not stop those threads while a DistributedDataParallel wrapper still holds the group. So this does what a normal
-    exit does up to finalization (wait for non-daemon threads, run the atexit handlers, which leave the group, flush
-    the standard streams and the files still open) and then ends the process with os._exit, where no thread is ended
-    by the interpreter.
+    exit does up to finalization (wait for non-daemon threads, run the atexit handlers, which leave the group, finish
+    the files still open, flush the standard streams) and then ends the process with os._exit, where no thread is
+    ended by the interpreter.
 
     Called from a thread other than the main one (an application running the CLI in a thread), it returns `code` too:
     the process is the application's to end, and CPython's thread shutdown run from a non-daemon thread waits for that
