@@ -12,7 +12,6 @@ import importlib
 import os
 import signal
 import sys
-import traceback
 
 from mmrl.errors import UserError
 
@@ -91,16 +90,32 @@ def main(argv: list[str] | None = None) -> int:
     """The `mmrl` command; its exit status. A process of a multi-process launch ends here (see `exit_process`)."""
     try:
         code = _run_command(argv)
-    except Exception:
+    except BaseException as err:
         ending = sys.modules.get("mmrl.engine.process_exit")
-        if ending is None or not ending.has_joined_a_group():
+        if ending is None or not ending.ends_this_process():
             raise
-        # an error of mmrl's own (or any error with --debug) in a launched process: its traceback, then the same
-        # exit as every other ending, with status 1 as Python gives (finalization could abort it with SIGABRT)
-        traceback.print_exc()
-        code = 1
+        # an error of mmrl's own (or any error with --debug), a SystemExit (a user reward's sys.exit) or another
+        # BaseException in a launched process: what Python would print and its status, then the same exit as every
+        # other ending (finalization could abort it with SIGABRT)
+        code = _uncaught(err)
     ending = sys.modules.get("mmrl.engine.process_exit")  # not imported: this process joined no group
     return code if ending is None else ending.exit_process(code)
+
+
+def _uncaught(err: BaseException) -> int:
+    """Report `err` as Python reports an exception that ends the program; the exit status Python gives."""
+    if isinstance(err, SystemExit) and (err.code is None or isinstance(err.code, int)):
+        return err.code or 0
+    try:
+        if sys.stderr is None:  # started with stderr closed: Python prints nothing either
+            pass
+        elif isinstance(err, SystemExit):  # sys.exit("message")
+            print(err.code, file=sys.stderr)
+        else:
+            sys.excepthook(type(err), err, err.__traceback__)
+    except Exception:  # noqa: BLE001 - stderr is a closed pipe: nothing can be shown, the status still counts
+        pass
+    return 130 if isinstance(err, KeyboardInterrupt) else 1
 
 
 def _run_command(argv: list[str] | None) -> int:

@@ -5,9 +5,16 @@ finished rank with SIGABRT). In a process that joined no group it returns the st
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import json
+import lzma
 import os
 import subprocess
 import sys
+import time
+
+import pytest
 
 from mmrl.engine.distributed import exit_process
 from tests.integration.launch import CONFIG, FIXTURES, ROOT, launcher, train_args
@@ -74,8 +81,10 @@ def test_an_error_of_mmrls_own_in_a_launched_train_is_its_traceback_and_status_1
     from data_pipelines.synthetic import build_synthetic
 
     data = build_synthetic(["color"], 4, 0, tmp_path / "data", image_size=56)
-    cmd = [*launcher("ddp", port_args), "-m", "mmrl", "train", str(CONFIG), *train_args(data),
-           f"trainer.output_dir={tmp_path / 'run'}", "trainer.max_steps=3"]
+    # `-m mmrl` with a sentinel that shows finalization: the traceback and status 1 alone are also what a process
+    # left to finalization shows (most of the time)
+    cmd = [*launcher("ddp", port_args), str(FIXTURES / "cli_ending.py"), str(tmp_path), "launched", "train",
+           str(CONFIG), *train_args(data), f"trainer.output_dir={tmp_path / 'run'}", "trainer.max_steps=3"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
                                "MMRL_FAULT": "update@2:bug"})
@@ -83,3 +92,62 @@ def test_an_error_of_mmrls_own_in_a_launched_train_is_its_traceback_and_status_1
     assert "Traceback (most recent call last)" in done.stderr and "terminate called" not in done.stderr
     cause = done.stderr.rpartition("Root Cause")[2]
     assert "exitcode  : 1 " in cause and "SIG" not in cause, cause
+    assert not list(tmp_path.glob("finalized-*")), done.stderr[-3000:]  # both ranks ended through exit_process
+
+
+@pytest.mark.parametrize("ending", ["exits_3", "exits_past_a_c_int", "exits_with_a_message", "raises_a_base_exception",
+                                    "user_error"])
+def test_a_command_ended_by_systemexit_or_a_base_exception_ends_a_joined_process_like_plain_python(tmp_path, ending):
+    # SystemExit (a user reward's sys.exit) and BaseExceptions left `main` to the interpreter's finalization, where a
+    # late gloo thread can abort the process: they end through exit_process, with the status and output Python gives
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"completion": "a", "answer": "a"}) + "\n")
+    reward = f"{FIXTURES / 'ending_rewards.py'}:{ending}"
+    args = ["reward", "score", "--workers", "0", "--reward", "accuracy" if ending == "user_error" else reward,
+            "--input", str(tmp_path / "missing.jsonl" if ending == "user_error" else rows)]
+    done = {}
+    for how in ("alone", "join"):
+        (tmp_path / how).mkdir()
+        done[how] = subprocess.run([sys.executable, str(FIXTURES / "cli_ending.py"), str(tmp_path / how), how, *args],
+                                   capture_output=True, text=True, timeout=300, cwd=ROOT,
+                                   env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    alone, joined = done["alone"], done["join"]
+    assert (tmp_path / "alone" / "finalized-0").exists()  # a plain exit finalizes: the sentinel shows it
+    assert not (tmp_path / "join" / "finalized-0").exists(), joined.stderr[-2000:]
+    expected = {"exits_3": 3, "exits_past_a_c_int": 3, "exits_with_a_message": 1, "raises_a_base_exception": 1, "user_error": 2}[ending]
+    assert joined.returncode == alone.returncode == expected, (alone.stderr[-2000:], joined.stderr[-2000:])
+    if ending == "exits_with_a_message":
+        assert joined.stderr.strip().endswith("the reward gave up"), joined.stderr
+    if ending == "raises_a_base_exception":
+        assert "Traceback (most recent call last)" in joined.stderr and "Halt: halted by the reward" in joined.stderr
+    if ending == "user_error":  # one line, no traceback
+        assert joined.stderr.strip() == alone.stderr.strip() and joined.stderr.strip().count("\n") == 0, joined.stderr
+        assert joined.stderr.startswith("mmrl reward: error: "), joined.stderr
+
+
+@pytest.mark.parametrize("case", ["thread-hook-raises", "interrupted-join", "stdout-replaced", "reentrant"])
+def test_exit_process_ends_with_its_status_whatever_its_steps_meet(tmp_path, case):
+    # as Python's own exit does, a step that raises (a threading exit hook, Ctrl-C while waiting for a thread) is
+    # reported and the exit goes on: it used to escape exit_process, leaving the process to finalization with another
+    # status; a sys.stdout that writes into sys.__stdout__ lost that stream's buffer; an exit_process called by an
+    # atexit handler ran the handlers again, recursively
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered standard streams
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, str(FIXTURES / "exit_alone.py"), str(tmp_path), case], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 4, done.stderr[-2000:]
+    assert time.monotonic() - start < 50  # not the 60 s of the thread that was interrupted
+    assert not (tmp_path / "finalized").exists(), done.stderr[-2000:]
+    assert (tmp_path / "atexit").read_text() == "ran\n"
+    assert done.stdout == "bye"
+
+
+def test_exit_process_finishes_compressed_files_left_open(tmp_path):
+    # finalization closes a file it frees, and a compressed file writes its end only then: flushed alone, a gzip, bz2
+    # or xz log left open was unreadable ("Compressed file ended before the end-of-stream marker was reached")
+    done = subprocess.run([sys.executable, str(FIXTURES / "exit_alone.py"), str(tmp_path), "compressed"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 4 and not (tmp_path / "finalized").exists(), done.stderr[-2000:]
+    for name, read in [("log.gz", gzip.open), ("log.bz2", bz2.open), ("log.xz", lzma.open), ("inner.gz", gzip.open)]:
+        with read(tmp_path / name) as f:
+            assert f.read() == b"kept\n", name
