@@ -10,6 +10,7 @@ import argparse
 import errno
 import importlib
 import os
+import select
 import signal
 import sys
 
@@ -118,6 +119,29 @@ def _uncaught(err: BaseException) -> int:
     return 130 if isinstance(err, KeyboardInterrupt) else 1
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end was closed (poll reports an error on it): a BrokenPipeError from
+    anything else (a socket, a worker's pipe) keeps its traceback."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no stdout, not a real file, or no poll on this platform
+        return False
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """`parser.parse_args`, except that `key=value` overrides may also follow an option: argparse fills the
+    `overrides` list once, so `mmrl pipeline CONFIG --plan seeds=[0]` stopped with "unrecognized arguments"."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(
+            "=" in text and not text.startswith("-") for text in extra):
+        args.overrides.extend(extra)  # they came after the ones before the option: the order is kept
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def _run_command(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # `--debug` is accepted anywhere on the line, not only before the subcommand.
@@ -129,7 +153,7 @@ def _run_command(argv: list[str] | None) -> int:
 
     quiet_libraries(verbose)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if args.command is None:
         parser.print_help()
         return 2
@@ -140,6 +164,8 @@ def _run_command(argv: list[str] | None) -> int:
         previous_handler = None
     try:
         result = args.func(args)
+        if sys.stdout is not None:  # a reader gone (`mmrl ... | head`) is met here, not at interpreter exit
+            sys.stdout.flush()
     except UserError as err:
         if debug:
             raise
@@ -149,6 +175,12 @@ def _run_command(argv: list[str] | None) -> int:
         how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
         print(f"mmrl {args.command}: {how}{_resume_hint()}", file=sys.stderr)
         return 143 if isinstance(err, Terminated) else 130
+    except BrokenPipeError:
+        if debug or not _stdout_reader_gone():
+            raise
+        # `mmrl pipeline CONFIG --plan | head`: the reader has what it wanted; end as `cat` does there, no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the final flush has nowhere to fail
+        return 141
     except OSError as err:
         if debug or err.errno not in USER_FS_ERRNOS:
             raise

@@ -89,14 +89,30 @@ def load_plan(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = 
     _check_steps(str(path), config.pipeline)
     root = Path(config.output_dir or Path("runs") / (config.name or Path(path).stem))
     plan = Plan(str(path), config, raw, sources, root)
+    _refuse_command_line_trainer_output_dir(plan)
     if config.seeds:  # here, so that `--plan` refuses what a run would refuse
         from mmrl.pipeline.seeds import check_seed_overrides, check_seeds
 
-        check_seeds(plan.path, config.seeds)
+        check_seeds(sources.get("seeds", plan.path), config.seeds)  # where the list was written: file or command line
         check_seed_overrides(plan)
     for step in plan.steps:  # a step's own overrides are checked now, not after the steps before it ran
         step_config(plan, step, {})
     return plan
+
+
+def _refuse_command_line_trainer_output_dir(plan: Plan) -> None:
+    """`mmrl pipeline CONFIG trainer.output_dir=DIR` was silently ignored: every step runs in <output_dir>/<step>/
+    (the step's automatic trainer.output_dir wins over the pipeline's), so the run went to the YAML's output_dir,
+    maybe on top of another run's finished steps."""
+    from mmrl.config.loader import COMMAND_LINE
+
+    trainer = plan.raw.get("trainer")
+    if plan.sources.get("trainer.output_dir") == COMMAND_LINE or (
+            plan.sources.get("trainer") == COMMAND_LINE and isinstance(trainer, dict) and "output_dir" in trainer):
+        value = plan.config.trainer.output_dir
+        raise UserError(f"{COMMAND_LINE}: trainer.output_dir={value} is not read by `mmrl pipeline` (each step runs "
+                        f"in <output_dir>/<step name>/, here {plan.root}/<step name>/); set output_dir={value} "
+                        "instead")
 
 
 def _check_steps(path: str, steps: list[PipelineStep]) -> None:
