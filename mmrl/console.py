@@ -9,6 +9,7 @@ main process, at the end of `mmrl train` / `mmrl sft`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import warnings
@@ -36,6 +37,9 @@ def quiet_libraries(verbose: bool = False) -> None:
         warnings.filterwarnings("ignore", category=category)
     for library in LIBRARIES:
         warnings.filterwarnings("ignore", module=rf"{library}(\.|$)")
+    # DeepSpeed (the dev and deepspeed extras) is imported by transformers and logs to stdout at its own level, reset
+    # when it creates its logger; a filter survives that: "Setting accelerator to CPU" on every command without a GPU
+    logging.getLogger("DeepSpeed").addFilter(_errors_only)
     # What still gets through (mmrl's own notes) is one line, without Python's file:line and source echo.
     warnings.formatwarning = lambda message, category, *_args, **_kw: f"warning: {message}\n"
     # Libraries imported already (tests, the Python API) read the environment at import time: tell them directly.
@@ -51,6 +55,10 @@ def quiet_libraries(verbose: bool = False) -> None:
 
         datasets.disable_progress_bars()
         datasets.logging.set_verbosity_error()
+
+
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
 
 
 def _last(rows: list[dict[str, Any]], key: str) -> float | None:

@@ -10,7 +10,9 @@ from pathlib import Path
 from mmrl.console import run_summary
 
 ROOT = Path(__file__).resolve().parents[2]
-LIBRARY_NOISE = ("FutureWarning", "DeprecationWarning", "Loading weights", "Writing model shards")
+# "[WARNING]": DeepSpeed's log format (the dev extra installs it; transformers imports it and, without a GPU, it
+# warns "Setting accelerator to CPU" on stdout)
+LIBRARY_NOISE = ("FutureWarning", "DeprecationWarning", "Loading weights", "Writing model shards", "[WARNING]")
 
 
 def _mmrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
