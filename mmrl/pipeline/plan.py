@@ -100,15 +100,22 @@ def load_plan(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = 
     return plan
 
 
+def given_on_command_line(plan: Plan, section: str, key: str) -> bool:
+    """Whether `section.key` came from the command line, as `section.key=V` or inside `section={key: V}`."""
+    from mmrl.config.loader import COMMAND_LINE
+
+    whole = plan.raw.get(section)
+    return plan.sources.get(f"{section}.{key}") == COMMAND_LINE or (
+        plan.sources.get(section) == COMMAND_LINE and isinstance(whole, dict) and key in whole)
+
+
 def _refuse_command_line_trainer_output_dir(plan: Plan) -> None:
     """`mmrl pipeline CONFIG trainer.output_dir=DIR` was silently ignored: every step runs in <output_dir>/<step>/
     (the step's automatic trainer.output_dir wins over the pipeline's), so the run went to the YAML's output_dir,
     maybe on top of another run's finished steps."""
     from mmrl.config.loader import COMMAND_LINE
 
-    trainer = plan.raw.get("trainer")
-    if plan.sources.get("trainer.output_dir") == COMMAND_LINE or (
-            plan.sources.get("trainer") == COMMAND_LINE and isinstance(trainer, dict) and "output_dir" in trainer):
+    if given_on_command_line(plan, "trainer", "output_dir"):
         value = plan.config.trainer.output_dir
         raise UserError(f"{COMMAND_LINE}: trainer.output_dir={value} is not read by `mmrl pipeline` (each step runs "
                         f"in <output_dir>/<step name>/, here {plan.root}/<step name>/); set output_dir={value} "

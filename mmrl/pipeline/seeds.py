@@ -53,12 +53,12 @@ def check_seed_overrides(plan: Plan) -> None:
     """Refuse a trainer.seed that the sweep would silently replace: one given on the command line (every seed's run
     sets trainer.seed=<seed>, last) or one in a step's overrides (that step would train with the same seed on every
     seed of the list, and the spread in summary.json would not be the training's)."""
-    seeds = plan.config.seeds
     from mmrl.config.loader import COMMAND_LINE
+    from mmrl.pipeline.plan import given_on_command_line
 
-    trainer = plan.raw.get("trainer")
-    if plan.sources.get("trainer.seed") == COMMAND_LINE or (
-            plan.sources.get("trainer") == COMMAND_LINE and isinstance(trainer, dict) and "seed" in trainer):
+    seeds = plan.config.seeds
+
+    if given_on_command_line(plan, "trainer", "seed"):
         value = plan.config.trainer.seed
         raise UserError(f"{COMMAND_LINE}: trainer.seed={value} would be replaced by each seed of `seeds: {seeds}` "
                         f"(each seed's run sets trainer.seed=<seed>); drop it, or run `seeds=[{value}]` for that "
