@@ -51,5 +51,9 @@ class ModelConfig(Section):
         False, description="GRPO: run the text decoder layers through torch.compile during the policy update (old "
         "log-probs and the training forward; the rollout stays eager). Meant for GPUs and long runs: compilation takes "
         "seconds to minutes before the first update; on the CPU presets the update ran only 7-15% faster (README). Not with gradient_checkpointing (refused).")
+    pred_frame: Literal["auto", "pixel", "input_pixel", "norm1000", "norm1"] = Field(
+        "auto", description="Frame the model answers boxes and points in. 'auto' = from its config.json model_type "
+        "(Qwen2-VL and Qwen3-VL: norm1000, Qwen2.5-VL: input_pixel; other families have none and a run that scores "
+        "coordinates asks for this setting). A reward's own pred_frame kwarg wins over it.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA options.")
     seed: int = Field(0, ge=0, description="Seed of the embedded tiny model's weights and tokenizer (tiny/small only).")

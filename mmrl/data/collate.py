@@ -82,11 +82,10 @@ def encode_one(processor, sample: Sample, data_cfg: Any, with_response: bool = F
         return encoded
     full_messages = build_messages(sample, system, suffix, with_response=True)
     full_text = _chat_text(processor, full_messages, add_generation_prompt=False)
-    if not full_text.startswith(prompt_text):
-        raise DataError(f"sample {sample.id}: the chat template renders the prompt differently with a response; "
-                        "cannot locate the assistant tokens")
+    tail_text = full_text[len(prompt_text):] if full_text.startswith(prompt_text) else \
+        _tail_after_opened_turn(processor, sample, full_messages, prompt_text)
     tokenizer = _tokenizer(processor)
-    tail_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False, return_tensors="pt")["input_ids"]
+    tail_ids = tokenizer(tail_text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     # Learn the response up to and including its end-of-turn token; whatever the template adds after it is context.
     end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     if end_id is None or end_id == tokenizer.unk_token_id:  # not a ChatML tokenizer (e.g. Gemma: <end_of_turn>)
@@ -102,6 +101,25 @@ def encode_one(processor, sample: Sample, data_cfg: Any, with_response: bool = F
             encoded[key] = torch.cat([encoded[key], torch.zeros_like(tail_ids)], dim=1)
     encoded["labels"] = labels
     return encoded
+
+
+def _tail_after_opened_turn(processor, sample: Sample, full_messages: list[dict[str, Any]], prompt_text: str) -> str:
+    """The response's tokens after a generation prompt that already wrote part of the turn (`<think>\\n`), for
+    templates that cannot render the response after that prompt (QwQ-style templates drop the reasoning of every
+    assistant turn): the response's own text without the part the prompt wrote (`sft_continuation`), then whatever the
+    template writes after an assistant message (its end-of-turn). Training then holds exactly the tokens the model
+    writes at inference, the opened tag once."""
+    from mmrl.models.interface import sft_continuation, turn_prefix_of
+
+    prefix, _think = turn_prefix_of(processor)
+    if not prefix or not prompt_text.endswith(prefix):
+        raise DataError(f"sample {sample.id}: the chat template renders the prompt differently with a response; "
+                        "cannot locate the assistant tokens")
+    marker = "\x00mmrl-response\x00"  # no tag in it: every template renders it as it is
+    probe = full_messages[:-1] + [{"role": "assistant", "content": [{"type": "text", "text": marker}]}]
+    rendered = _chat_text(processor, probe, add_generation_prompt=False)
+    after = rendered[rendered.index(marker) + len(marker):] if marker in rendered else ""
+    return sft_continuation(str(sample.response), prefix, sample.id) + after
 
 
 def _pad_id(processor) -> int:

@@ -28,6 +28,7 @@ from mmrl.eval.generate import generate_completions
 from mmrl.eval.report import build_report, report_markdown
 from mmrl.eval.scoring import ItemScore, score_generations
 from mmrl.generation import Completion
+from mmrl.models.interface import COORDINATE_TASKS, ModelInterface, interface_of
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -36,7 +37,8 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _generation_record(sample: Sample, completions: list[Completion], item: ItemScore) -> dict[str, Any]:
+def _generation_record(sample: Sample, completions: list[Completion], item: ItemScore,
+                       turns: list[str]) -> dict[str, Any]:
     return {
         "id": sample.id,
         "task": sample.task,
@@ -44,7 +46,7 @@ def _generation_record(sample: Sample, completions: list[Completion], item: Item
         "prompt": sample.prompt,
         "images": [str(getattr(im, "filename", None) or im) for im in sample.images],
         "answer": sample.answer,
-        "generations": [c.text for c in completions],
+        "generations": turns,  # the model's whole turns, as scored
         "predictions": item.predictions,
         "scores": item.scores,
         "n_tokens": [c.n_tokens for c in completions],
@@ -78,14 +80,23 @@ def evaluate(
     out_dir: str | os.PathLike | None,
     progress: bool = True,
     info: dict[str, Any] | None = None,
+    interface: ModelInterface | None = None,
 ) -> dict[str, Any]:
     """Evaluate `model` on `samples` (at most `eval_cfg.limit`) and return the report (also written to `out_dir`
-    unless it is None). Greedy decoding is deterministic; sampling is seeded by `eval_cfg.seed`."""
+    unless it is None). Greedy decoding is deterministic; sampling is seeded by `eval_cfg.seed`.
+
+    `interface` (default: the model's own, `mmrl.models.interface`): generations are scored and recorded as the
+    model's whole turns (an opened `<think>` first) and boxes/points are read in its frame; a grounding or GUI item
+    with a model whose frame is unknown stops the evaluation before anything is generated."""
     items = list(samples)[: eval_cfg.limit] if eval_cfg.limit else list(samples)
     if not items:
         raise DataError("eval: the evaluation dataset is empty; check data.eval (or --data) and --limit")
     if eval_cfg.greedy and eval_cfg.k > 1:
         raise DataError("eval.k > 1 needs sampling: set eval.greedy=false")
+    interface = interface or interface_of(model, processor)
+    coordinate_tasks = sorted({s.task for s in items} & set(COORDINATE_TASKS))
+    if coordinate_tasks and interface.pred_frame is None:
+        interface.require_frame(f"eval on {'/'.join(coordinate_tasks)} items")
     bar = _progress_bar(len(items), progress)
     start = time.perf_counter()
     try:
@@ -97,9 +108,9 @@ def evaluate(
     finally:
         bar.close()
     seconds = time.perf_counter() - start
-    texts = [[c.text for c in item] for item in completions]
+    texts = [[interface.whole_turn(c.text) for c in item] for item in completions]
     scores = score_generations(items, texts, eval_cfg.reward_for_task, tuple(eval_cfg.answer_tags),
-                               eval_cfg.allow_boxed, eval_cfg.category_keys)
+                               eval_cfg.allow_boxed, eval_cfg.category_keys, model_frame=interface.pred_frame)
     flat = [c for item in completions for c in item]
     details = {
         "greedy": eval_cfg.greedy,
@@ -108,12 +119,14 @@ def evaluate(
         "completion_length": sum(c.n_tokens for c in flat) / len(flat),
         "truncated_fraction": sum(c.truncated for c in flat) / len(flat),
         "seconds": round(seconds, 3),
+        "pred_frame": interface.pred_frame,
+        "turn_prefix": interface.turn_prefix,
         **(info or {}),
     }
     report = build_report(scores, eval_cfg.k, eval_cfg.correct_threshold, details)
     if out_dir is not None:
         records = (
-            [_generation_record(s, c, it) for s, c, it in zip(items, completions, scores)]
+            [_generation_record(s, c, it, t) for s, c, it, t in zip(items, completions, scores, texts)]
             if eval_cfg.save_generations
             else None
         )
@@ -158,6 +171,6 @@ def evaluate_config(cfg: Any, out_dir: Path, progress: bool = True, info: dict[s
     info = {"model": cfg.model.name_or_path, "data": [spec.path for spec in cfg.data.eval], **(info or {})}
     try:
         return evaluate(loaded.model, loaded.processor, samples, cfg.eval, cfg.data, out_dir, progress=progress,
-                        info=info)
+                        info=info, interface=interface_of(loaded.model, loaded.processor, cfg.model.pred_frame))
     finally:
         del loaded

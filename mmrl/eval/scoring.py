@@ -53,12 +53,15 @@ def category_of(sample: Sample, keys: Sequence[str] = CATEGORY_KEYS) -> str | No
     return None
 
 
-def _meta_kwargs(sample: Sample) -> dict[str, Any]:
-    """The keyword columns `verify_answer` gets from the accuracy reward (id, sizes, box frame, meta...)."""
-    return {k: v for k, v in sample.reward_columns().items() if k not in {"answer", "task", "choices"}}
+def _meta_kwargs(sample: Sample, model_frame: str | None = None) -> dict[str, Any]:
+    """The keyword columns `verify_answer` gets from the accuracy reward (id, sizes, box frame, the model's frame,
+    meta...)."""
+    columns = {k: v for k, v in sample.reward_columns().items() if k not in {"answer", "task", "choices"}}
+    return {**columns, "model_frame": model_frame}
 
 
-def _score_text(sample: Sample, generations: Sequence[str], tags, allow_boxed: bool, category_keys) -> ItemScore:
+def _score_text(sample: Sample, generations: Sequence[str], tags, allow_boxed: bool, category_keys,
+                model_frame: str | None = None) -> ItemScore:
     from mmrl.rewards.accuracy import verify_answer
     from mmrl.rewards.extraction import extract_answer
 
@@ -68,17 +71,18 @@ def _score_text(sample: Sample, generations: Sequence[str], tags, allow_boxed: b
         pred = extract_answer(text, tags=tags, allow_boxed=allow_boxed)
         predictions.append(pred)
         # A missing answer scores 0 unless the gold itself is unusable (then None): verify_answer decides both.
-        score = verify_answer(pred, sample.answer, sample.task, choices=sample.choices, **_meta_kwargs(sample))
+        score = verify_answer(pred, sample.answer, sample.task, choices=sample.choices,
+                              **_meta_kwargs(sample, model_frame))
         scores.append(None if score is None else float(score))
     reason = "the gold answer cannot be verified" if any(s is None for s in scores) else None
     return ItemScore(sample.id, sample.task, category_of(sample, category_keys), scores, predictions, reason)
 
 
-def _score_gui(sample: Sample, generations: Sequence[str], category_keys) -> ItemScore:
+def _score_gui(sample: Sample, generations: Sequence[str], category_keys, model_frame: str | None = None) -> ItemScore:
     from mmrl.rewards.extraction import extract_answer
     from mmrl.rewards.gui import score_action
 
-    meta = _meta_kwargs(sample)
+    meta = _meta_kwargs(sample, model_frame)
     # The format part of gui_action is not correctness: an item is right when the action and its target are.
     parts = [score_action(text, sample.answer, meta) for text in generations]
     scores: list[float | None] = [p["action"] * p["coord"] for p in parts]
@@ -86,11 +90,13 @@ def _score_gui(sample: Sample, generations: Sequence[str], category_keys) -> Ite
     return ItemScore(sample.id, sample.task, category_of(sample, category_keys), scores, predictions)
 
 
-def _score_with_reward(sample: Sample, generations: Sequence[str], reward_name: str, category_keys) -> ItemScore:
+def _score_with_reward(sample: Sample, generations: Sequence[str], reward_name: str, category_keys,
+                       model_frame: str | None = None) -> ItemScore:
     from mmrl.rewards.registry import get_reward
 
     reward = get_reward(reward_name)
-    columns = {key: [value] * len(generations) for key, value in sample.reward_columns().items()}
+    row = {**sample.reward_columns(), "model_frame": model_frame}
+    columns = {key: [value] * len(generations) for key, value in row.items()}
     raw = reward(list(generations), **columns)
     if len(raw) != len(generations):
         raise UserError(f"reward '{reward_name}' returned {len(raw)} scores for {len(generations)} completions "
@@ -107,8 +113,10 @@ def score_generations(
     tags: tuple[str, str] | None = ("<answer>", "</answer>"),
     allow_boxed: bool = True,
     category_keys: Sequence[str] = CATEGORY_KEYS,
+    model_frame: str | None = None,
 ) -> list[ItemScore]:
-    """One `ItemScore` per sample: `generations[i]` are the k completions of `samples[i]`.
+    """One `ItemScore` per sample: `generations[i]` are the k completions of `samples[i]` (the model's whole turns).
+    `model_frame`: the frame the model answers boxes/points in (`mmrl.models.interface`; the rewards' default).
 
     Tasks in `reward_for_task` (e.g. `{"mytask": "my_rewards.py:score"}`) are scored by that reward function; `gui` by
     the `gui_action` reward's action and target parts; the rest (grounding included) by `extract_answer` +
@@ -120,9 +128,9 @@ def score_generations(
     results = []
     for sample, texts in zip(samples, generations):
         if sample.task in routes:
-            results.append(_score_with_reward(sample, texts, routes[sample.task], category_keys))
+            results.append(_score_with_reward(sample, texts, routes[sample.task], category_keys, model_frame))
         elif sample.task == "gui":
-            results.append(_score_gui(sample, texts, category_keys))
+            results.append(_score_gui(sample, texts, category_keys, model_frame))
         else:
-            results.append(_score_text(sample, texts, tags, allow_boxed, category_keys))
+            results.append(_score_text(sample, texts, tags, allow_boxed, category_keys, model_frame))
     return results

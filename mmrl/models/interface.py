@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,21 @@ class ModelInterface:
     def record(self) -> dict[str, Any]:
         """What a run directory and an eval report record of the interface used."""
         return asdict(self)
+
+    def describe(self) -> str:
+        """One line for a run's log: the frame and the reasoning-block handling in use."""
+        frame = f"boxes/points read as {self.pred_frame} ({self.frame_source})" if self.pred_frame else \
+            f"no box/point frame ({self.frame_source})"
+        think = {"open": f"the generation prompt opens {self.turn_prefix!r}: rewards score it + the completion",
+                 "closed": f"the generation prompt writes {self.turn_prefix!r}: rewards score it + the completion",
+                 "none": "the generation prompt opens no reasoning block"}[self.think]
+        return f"model interface: {frame}; {think}"
+
+    def save(self, run_dir: str | Path) -> Path:
+        """Record the interface a run used as `<run_dir>/model_interface.json`."""
+        path = Path(run_dir) / "model_interface.json"
+        path.write_text(json.dumps(self.record(), indent=2) + "\n", encoding="utf-8")
+        return path
 
     def require_frame(self, what: str) -> str:
         """The frame, or one line saying how to give one."""
@@ -202,27 +218,23 @@ def reads_coordinates(reward_specs: Any, tasks: Any) -> str | None:
 
 def sft_continuation(response: str, turn_prefix: str, sample_id: str) -> str:
     """What the model must generate after a prompt that ends with `turn_prefix`, for a record whose `response` is the
-    whole turn (`<think>…</think><answer>…</answer>`): the response without the part the prompt already wrote.
+    whole turn (`<think>…</think><answer>…</answer>`): the response without the part the prompt already wrote (its
+    tags matched with any whitespace around them), so the opened tag is trained once, never twice.
 
-    Used where the template cannot render the response itself after that prompt (templates that drop the reasoning
-    of assistant turns, as QwQ's does): the opened tag is consumed once, never taught twice."""
+    >>> sft_continuation("<think> r </think><answer>4</answer>", "<think>\\n", "s1")
+    'r </think><answer>4</answer>'
+    """
     if not turn_prefix:
         return response
-    text = response.lstrip()
-    opened = turn_prefix.rstrip()  # "<think>" (open) or "<think>\n\n</think>" (closed)
-    if not text.startswith(THINK_OPEN):
+    pattern = r"\s*" + r"\s*".join(re.escape(part) for part in turn_prefix.split()) + r"\s*"
+    match = re.match(pattern, response)
+    if match is None:
         raise DataError(f"sample {sample_id}: the chat template's generation prompt already writes {turn_prefix!r}, so "
-                        "the response must be the whole turn starting with <think> (e.g. <think>…</think><answer>…"
-                        "</answer>); it starts with " + repr(text[:20]))
-    if text.startswith(opened):
-        rest = text[len(opened):]
-    else:  # an open prefix: the response's own reasoning follows the tag
-        rest = text[len(THINK_OPEN):]
-    tail = turn_prefix[len(opened):] if text.startswith(opened) else turn_prefix[len(THINK_OPEN):]
-    rest = rest[len(tail):] if rest.startswith(tail) else rest.lstrip("\n")
+                        "the response must be the model's whole turn starting with it (e.g. <think>…</think><answer>…"
+                        f"</answer>); it starts with {response[:24]!r}")
+    rest = response[match.end():]
     if THINK_OPEN in rest:
-        raise DataError(f"sample {sample_id}: the response opens <think> twice; the model's turn has one reasoning "
-                        "block")
+        raise DataError(f"sample {sample_id}: the response opens {THINK_OPEN} twice; a turn has one reasoning block")
     return rest
 
 

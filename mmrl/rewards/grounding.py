@@ -1,9 +1,11 @@
 """Box rewards: `iou`, `giou`, `iou_threshold` (Curr-ReFT detection), `multi_box_iou` (Visual-RFT).
 
-Frames: the gold box is in the sample's `box_frame`/`box_format`. The PREDICTED box is read as `[x1, y1, x2, y2]` in the
-model-input frame (`input_pixel`, Qwen2.5-VL) when `input_size` is given and differs from `image_size`, else in the
-gold's frame; the `pred_frame` kwarg overrides that (e.g. `norm1000` for Qwen2-VL). The prediction is mapped into the
-gold frame before comparing. A prediction with the wrong number of values, x2 < x1 or y2 < y1, NaN, no box, or
+Frames: the gold box is in the sample's `box_frame`/`box_format`. The PREDICTED box is read as `[x1, y1, x2, y2]` in
+the `pred_frame` kwarg's frame when given; else in the model's frame, the `model_frame` column the trainer, eval and
+demos fill from the model's files (`mmrl.models.interface`: norm1000 for Qwen2-VL and Qwen3-VL, input pixels for
+Qwen2.5-VL); with neither (a reward called on bare strings) in the model-input frame (`input_pixel`) when
+`input_size` is given and differs from `image_size`, else in the gold's frame. The prediction is mapped into the gold
+frame before comparing. A prediction with the wrong number of values, x2 < x1 or y2 < y1, NaN, no box, or
 coordinates so large that the overlap is not a finite number: the invalid-prediction score (0; -1 for raw GIoU).
 
 >>> iou_reward(["<answer>[0, 0, 50, 50]</answer>"], answer=[[0, 0, 100, 100]], image_size=[(200, 200)],
@@ -25,6 +27,8 @@ from mmrl.rewards.registry import register_reward
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|NaN|inf"
 _BRACKET = re.compile(r"\[([^\[\]]*)\]")
+# The per-sample columns a box reader needs; `model_frame` is the model's default frame (see pred_frame_for).
+META_KEYS = ("image_size", "input_size", "box_frame", "box_format", "model_frame")
 _POINT_PAIR = re.compile(rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*,?\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)")
 
 
@@ -67,9 +71,11 @@ def box_giou(a: list[float], b: list[float]) -> float:
 
 
 def pred_frame_for(meta: dict[str, Any], pred_frame: str | None) -> str:
-    """The frame a predicted box/point is read in (see the module docstring)."""
+    """The frame a predicted box/point is read in (see the module docstring): `pred_frame`, else the model's."""
     if pred_frame:
         return pred_frame
+    if meta.get("model_frame"):
+        return meta["model_frame"]
     image_size, input_size = meta.get("image_size"), meta.get("input_size")
     if input_size is not None and (image_size is None or tuple(input_size) != tuple(image_size)):
         return "input_pixel"
@@ -110,7 +116,7 @@ def _single_pred(pred: str | None, meta: dict, pred_frame: str | None) -> list[f
 def _box_scores(completions, answer, columns, metric, tags, pred_frame) -> list[float | None]:
     n = len(completions)
     answers = col(answer, n)
-    metas = [{k: col(columns.get(k), n)[i] for k in ("image_size", "input_size", "box_frame", "box_format")}
+    metas = [{k: col(columns.get(k), n)[i] for k in META_KEYS}
              for i in range(n)]  # fmt: skip
     out: list[float | None] = []
     for completion, gold_raw, meta in zip(completions, answers, metas, strict=True):
@@ -223,7 +229,7 @@ def multi_box_iou_reward(completions, answer=None, tags=("<answer>", "</answer>"
     answers = col(answer, n)
     out: list[float | None] = []
     for i, completion in enumerate(completions):
-        meta = {k: col(columns.get(k), n)[i] for k in ("image_size", "input_size", "box_frame", "box_format")}
+        meta = {k: col(columns.get(k), n)[i] for k in META_KEYS}
         golds = _gold_boxes(answers[i], meta)
         if golds is None:
             out.append(None)

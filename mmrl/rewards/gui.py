@@ -3,8 +3,9 @@
 Gold actions are dicts: `{"action_type": "click", "bbox": [x1, y1, x2, y2]}` (or `"action"`), a click at a POINT
 `{"action_type": "click", "x": 1027, "y": 209}` (UI-R1's AndroidControl records; also `"coordinate": [x, y]`),
 `open_app` + `app_name`, `scroll` + `direction`, `input_text` + `text`, `navigate_back`. The model answers one action
-such as `[{'action': 'click', 'coordinate': [x, y]}]` inside `<answer>`. Predicted points are read in the model-input
-frame when `input_size` differs from `image_size` (override with `pred_frame`), then mapped to the gold's frame.
+such as `[{'action': 'click', 'coordinate': [x, y]}]` inside `<answer>`. Predicted points are read in the model's
+frame (the `model_frame` column, see `mmrl.models.interface`), else in the model-input frame when `input_size` differs
+from `image_size`; `pred_frame` overrides both. Then they are mapped to the gold's frame.
 
 A click on a box gold is right when the point lies inside the box (bounds inclusive). A click on a POINT gold is right
 when it lies within `click_radius` (default 0.14) of the gold point, measured as the Euclidean distance in screen
@@ -180,7 +181,7 @@ def _score_or_none(completion: str, gold: Any, meta: dict[str, Any], pred_frame:
 
 
 def _metas(columns: dict[str, Any], n: int) -> list[dict[str, Any]]:
-    keys = ("id", "image_size", "input_size", "box_frame", "box_format")
+    keys = ("id", "image_size", "input_size", "box_frame", "box_format", "model_frame")
     cols = {k: col(columns.get(k), n) for k in keys}
     return [{k: cols[k][i] for k in keys} for i in range(n)]
 

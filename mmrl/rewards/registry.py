@@ -1,7 +1,8 @@
 """Reward registry: rewards by name, or a user's `path/to/file.py:function`.
 
 A reward is `fn(completions: list[str], **columns) -> list[float | None]`: `columns` are the batch's Sample fields, each a
-list with one entry per completion (`answer`, `task`, `choices`, `image_size`, `input_size`, ...), plus the spec's
+list with one entry per completion (`answer`, `task`, `choices`, `image_size`, `input_size`, `model_frame`: the frame
+the model answers boxes in, see `mmrl.models.interface`, ...), plus the spec's
 `kwargs` as plain keyword arguments. Return `None` for an item that cannot be scored (it is counted and skipped by the
 advantage), never a made-up 0 or 1. Accept `**_` so new columns do not break your reward.
 
@@ -127,7 +128,7 @@ def _column_names() -> frozenset[str]:
     from mmrl.data.sample import Sample
 
     sample_columns = Sample(id="", prompt="", answer=None).reward_columns()
-    return frozenset([*sample_columns, "group_id", "completion_length", "max_completion_length"])
+    return frozenset([*sample_columns, "group_id", "completion_length", "max_completion_length", "model_frame"])
 
 
 def reward_arguments(fn: RewardFn) -> tuple[list[str], bool]:

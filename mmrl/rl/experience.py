@@ -23,6 +23,7 @@ from mmrl.data.sample import Sample
 from mmrl.engine.distributed import all_reduce_sum, stream_seed
 from mmrl.generation import GenerationBackend, SamplingParams
 from mmrl.generation.hf import RolloutBatch, backend_device
+from mmrl.models.interface import ModelInterface
 from mmrl.models.placement import to_device
 from mmrl.models.training_forward import ImageFeatures, capture_image_features, match_image_features
 from mmrl.rewards.composite import RewardComposite
@@ -63,10 +64,13 @@ class Group:
     image_features: ImageFeatures | None = None
 
 
-def _columns(samples: list[Sample], group_size: int, lengths: list[int], max_len: int) -> dict[str, list[Any]]:
+def _columns(samples: list[Sample], group_size: int, lengths: list[int], max_len: int,
+             interface: ModelInterface | None = None) -> dict[str, list[Any]]:
     rows = [dict(s.reward_columns(), group_id=i) for i, s in enumerate(samples) for _ in range(group_size)]
     keys = {k for row in rows for k in row}
     columns = {k: [row.get(k) for row in rows] for k in keys}
+    # The frame this model answers boxes/points in (None: not known; the run refused to score coordinates then).
+    columns["model_frame"] = [interface.pred_frame if interface else None] * len(lengths)
     columns["completion_length"] = lengths
     columns["max_completion_length"] = [max_len] * len(lengths)  # the stage's limit: `overlong`'s default max_length
     return columns
@@ -78,8 +82,14 @@ def _to_tensor(values: list[float | None], device: torch.device) -> torch.Tensor
 
 def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample], processor: Any,
                    backend: RolloutBackend, composite: RewardComposite, generator: torch.Generator,
-                   data_cfg: DataConfig, seeds: list[int] | None = None) -> tuple[list[Group], dict[str, Any]]:
-    """Roll out and score `samples` (this process's share); advantages are filled in later per kept batch."""
+                   data_cfg: DataConfig, seeds: list[int] | None = None,
+                   interface: ModelInterface | None = None) -> tuple[list[Group], dict[str, Any]]:
+    """Roll out and score `samples` (this process's share); advantages are filled in later per kept batch.
+
+    `interface` (the model's, `mmrl.models.interface`): rewards see each completion as the model's whole turn (the
+    part of it the chat template's generation prompt wrote, e.g. an opened `<think>`, first) and read boxes in the
+    model's frame; the groups keep those texts (logged samples show what was scored), their token ids stay the
+    sampled ones."""
     if not samples:
         return [], {}
     # The one place prompts meet the model's device; completions, rewards and advantages are created there too.
@@ -101,8 +111,10 @@ def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample],
         with capture_image_features(getattr(backend, "model", None), recorded):
             batch = backend.rollout(prompts, params, generator=generator, **streams)
     lengths = batch.completion_mask.sum(dim=1).tolist()
+    texts = [interface.whole_turn(t) for t in batch.texts] if interface is not None else list(batch.texts)
     scoring = time.perf_counter()
-    result = composite.score(batch.texts, _columns(samples, stage.group_size, lengths, stage.max_completion_length))
+    result = composite.score(texts, _columns(samples, stage.group_size, lengths, stage.max_completion_length,
+                                             interface))
     scoring = time.perf_counter() - scoring  # logged as rollout/reward_seconds: its share of the step
     total = _to_tensor(result.total, device)
     groups = []
@@ -112,7 +124,7 @@ def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample],
         groups.append(Group(
             sample=sample, prompt=prompt, completion_ids=batch.completion_ids[rows],
             completion_mask=batch.completion_mask[rows], truncated=batch.truncated[rows],
-            texts=batch.texts[rows], rewards=total[rows],
+            texts=texts[rows], rewards=total[rows],
             sampler_logp=batch.logprobs[rows] if batch.logprobs is not None else None,
             components={name: values[rows] for name, values in result.components.items()},
             image_features=match_image_features(prompt, recorded),
@@ -133,7 +145,8 @@ def _group_passes(group: Group, metric: str, low: float, high: float) -> bool:
 
 def collect_step(cfg: MMRLConfig, stage: ResolvedStage, dataset: list[Sample], sampler: PromptSampler, rank: int,
                  world_size: int, *, processor: Any, backend: RolloutBackend, composite: RewardComposite,
-                 generator: torch.Generator, data_cfg: DataConfig) -> tuple[list[Group], dict[str, Any]]:
+                 generator: torch.Generator, data_cfg: DataConfig,
+                 interface: ModelInterface | None = None) -> tuple[list[Group], dict[str, Any]]:
     """Draw the step's prompts, roll out and score, optionally filter groups online (refilling).
 
     Advantages are set by the update (`mmrl.rl.update.assign_advantages`), which also knows the KL-in-reward term
@@ -150,7 +163,7 @@ def collect_step(cfg: MMRLConfig, stage: ResolvedStage, dataset: list[Sample], s
         draws = shard(list(range(first, first + cfg.trainer.prompts_per_step)), rank, world_size)
         seeds = [stream_seed(cfg.trainer.seed, stage.index, d) for d in draws]
         groups, info = rollout_groups(cfg, stage, [dataset[i] for i in indices], processor, backend, composite,
-                                      generator, data_cfg, seeds=seeds)
+                                      generator, data_cfg, seeds=seeds, interface=interface)
         rounds.append(info)
         if f.enabled:
             passing = [gr for gr in groups if _group_passes(gr, f.metric, f.low, f.high)]

@@ -27,6 +27,7 @@ from mmrl.engine.run_dir import release_run_dir
 from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
 from mmrl.generation.hf import check_backend, make_backend
+from mmrl.models.interface import ModelInterface, interface_of, reads_coordinates
 from mmrl.rewards.composite import RewardComposite
 from mmrl.rl.experience import Group, RolloutBackend, collect_step
 from mmrl.rl.reference import ReferencePolicy, make_reference
@@ -69,6 +70,11 @@ class GRPOTrainer:
             release_run_dir(self.run_dir)  # nothing was written: leave no claimed, empty directory behind
             raise
         self.run: TrainingRun = start_run(cfg, total_steps=self.schedule.total_steps)
+        try:
+            self.interface = self._interface()
+        except BaseException:
+            self.run.close()
+            raise
         # The LR schedule reads the run length at every step: an until_metric that ends a stage early shortens it.
         self.run.scheduler = build_scheduler(self.run.optimizer, cfg.optimizer, lambda: self.schedule.total_steps)
         self.backend: RolloutBackend = make_backend(self.run.model, self.run.processor, cfg.rollout.backend,
@@ -93,6 +99,23 @@ class GRPOTrainer:
                 raise UserError(f"data: the dataset(s) {[s.path for s in specs]} contain no samples")
             self._datasets[key] = check_for_training(samples, self.cfg.data, rewards)  # writes nothing
         return self._datasets[key]
+
+    def _interface(self) -> ModelInterface:
+        """The model's frame and turn prefix (`mmrl.models.interface`), recorded in the run directory; a run that
+        would read boxes or points in a frame nobody knows stops here, naming the reward."""
+        interface = interface_of(self.run.model, self.run.processor, self.cfg.model.pred_frame)
+        if interface.pred_frame is None:
+            for start, _name in self.schedule.boundaries():
+                stage = self.schedule.stage_at(start)
+                tasks = {s.task for s in self._load(stage.data or tuple(self.cfg.data.train))}
+                reader = reads_coordinates(stage.rewards, tasks)
+                if reader is not None:
+                    interface.require_frame(reader)
+        if self.run.dist.is_main:
+            interface.save(self.run.run_dir)
+        if interface.think != "none" or interface.pred_frame not in (None, "input_pixel"):
+            self.run.logger.event(interface.describe())  # what differs from reading completions as they are
+        return interface
 
     def _sampler(self, specs: tuple) -> PromptSampler:
         key = _key(specs)
@@ -155,7 +178,7 @@ class GRPOTrainer:
                     groups, info = collect_step(
                         cfg, stage, self._load(specs), self._sampler_for(specs), run.dist.rank, run.dist.world_size,
                         processor=run.processor, backend=self.backend, composite=self._composite(stage.rewards),
-                        generator=self.generator, data_cfg=self._data_cfg(stage))
+                        generator=self.generator, data_cfg=self._data_cfg(stage), interface=self.interface)
                     run.model.train()
                 with timer("update"):
                     update = policy_update(run, groups, stage, self.reference)
@@ -190,7 +213,7 @@ class GRPOTrainer:
             self.run.model.eval()
             out_dir = self.run.run_dir / "eval" / f"step-{step}"
             report = evaluate(self.run.model, self.run.processor, self.eval_samples, self.cfg.eval, self.cfg.data,
-                              out_dir, progress=False) if self.run.dist.is_main else {}
+                              out_dir, progress=False, interface=self.interface) if self.run.dist.is_main else {}
             self.run.model.train()
         report = all_gather_objects(report, self.run.dist.world_size)[0]
         return flat_metrics(report)
