@@ -76,13 +76,14 @@ def check_output_ids(samples: list[Any], k: int, rule: str) -> None:
                             "(a repeated id is renamed '<id>#<line>')")
 
 
-def _correct(text: str, finish: str, sample: Any) -> bool | None:
+def _correct(text: str, finish: str, sample: Any, model_frame: str | None = None) -> bool | None:
     from mmrl.rewards.accuracy import verify_answer
     from mmrl.rewards.extraction import extract_answer
 
     if finish == "length":
         return False  # a cut-off completion is never a target
     columns = {k: v for k, v in sample.reward_columns().items() if k not in ("answer", "task", "choices")}
+    columns["model_frame"] = model_frame  # a grounding answer is read in the policy's own frame
     score = verify_answer(extract_answer(text, tags=("<answer>", "</answer>"), allow_boxed=True), sample.answer,
                           sample.task, sample.choices, **columns)
     return None if score is None else score == 1.0
@@ -111,8 +112,33 @@ def _fingerprint(sample: Any, args: argparse.Namespace) -> str:
                        prompt=prompt_view(_prompt(sample, args.system_prompt, args.prompt_suffix).messages))
 
 
-def _sample_item(backend: Any, sample: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """The cache entry of one item, or a failure (`failed: True`: no answer; never cached)."""
+def _model_frame(samples: list[Any], args: argparse.Namespace) -> str | None:
+    """The frame the policy answers boxes/points in (`--pred-frame`, else from its config.json), when an item is
+    checked by its coordinates; one line when nobody can tell (an endpoint, a family with no published frame)."""
+    from data_pipelines.cold_start.remote import redact_url
+    from mmrl.generation.load import is_server_url
+    from mmrl.models.interface import COORDINATE_TASKS, frame_of_config
+    from mmrl.models.loading import resolve_model_path
+
+    if args.pred_frame != "auto":
+        return args.pred_frame
+    tasks = sorted({s.task for s in samples} & set(COORDINATE_TASKS))
+    if not tasks:
+        return None
+    why = "it is an endpoint"
+    if not is_server_url(args.model):
+        config = Path(resolve_model_path(args.model)) / "config.json"
+        frame, why = frame_of_config(json.loads(config.read_text()) if config.is_file() else {})
+        if frame is not None:
+            return frame
+    raise UserError(f"--model {redact_url(args.model)}: {'/'.join(tasks)} items are checked by the predicted "
+                    f"coordinates, but the model's frame is unknown ({why}); give --pred-frame")
+
+
+def _sample_item(backend: Any, sample: Any, args: argparse.Namespace, opened: str = "") -> dict[str, Any]:
+    """The cache entry of one item, or a failure (`failed: True`: no answer; never cached). `opened`: the part of the
+    turn the policy's chat template wrote before the completion (an opened `<think>`): the texts are whole turns,
+    the SFT targets a thinking template expects to render (`mmrl.models.interface`)."""
     from data_pipelines.cold_start.remote import classify
     from mmrl.generation import SamplingParams
     from mmrl.generation.load import is_server_url
@@ -130,7 +156,7 @@ def _sample_item(backend: Any, sample: Any, args: argparse.Namespace) -> dict[st
             reason, failed = kind
             continue
         tokens = sum(c.n_tokens or len(c.text.split()) for c in completions)
-        return {"ok": True, "texts": [c.text.strip() for c in completions],
+        return {"ok": True, "texts": [(opened + c.text).strip() for c in completions],
                 "finish": [c.finish_reason for c in completions], "tokens": tokens}
     return {"ok": False, "reason": reason, "tokens": 0, **({"failed": True} if failed else {})}
 
@@ -143,16 +169,18 @@ def _generate(todo: list[Any], fps: dict[str, str], cache: Any, args: argparse.N
 
     from data_pipelines.cold_start.remote import open_backend
     from mmrl.generation.load import is_server_url
+    from mmrl.models.interface import interface_of_backend
 
     remote = is_server_url(args.model)
     concurrency = args.concurrency or DEFAULT_CONCURRENCY
     kw = ({"served_model": args.served_model, "api_key_env": args.api_key_env, "concurrency": concurrency,
            "max_retries": args.max_retries, "timeout": args.timeout} if remote else {})
     backend = open_backend(args.model, "--api-key-env", field="--model", **kw)
+    opened = interface_of_backend(backend).turn_prefix  # "" for an endpoint: an OpenAI server returns whole turns
     failures: dict[str, str] = {}
 
     def one(sample: Any) -> None:
-        entry = _sample_item(backend, sample, args)
+        entry = _sample_item(backend, sample, args, opened)
         if entry.pop("failed", False):
             failures[sample.id] = entry["reason"]
         else:
@@ -187,6 +215,7 @@ def build_rejection(args: argparse.Namespace) -> dict[str, Any]:
     samples = load_samples(args.data)[: args.limit] if args.limit else load_samples(args.data)
     check_image_files(samples)
     check_output_ids(samples, args.k, args.rule)
+    model_frame = _model_frame(samples, args)
     if not is_server_url(args.model):
         given = [flag for flag, value in (("--served-model", args.served_model), ("--api-key-env", args.api_key_env),
                                           ("--concurrency", args.concurrency)) if value is not None]
@@ -208,7 +237,7 @@ def build_rejection(args: argparse.Namespace) -> dict[str, Any]:
             if not entry["ok"]:
                 reasons[entry["reason"]] += 1
                 continue
-            flags = [_correct(t, f, sample) for t, f in zip(entry["texts"], entry["finish"])]
+            flags = [_correct(t, f, sample, model_frame) for t, f in zip(entry["texts"], entry["finish"])]
             if any(f is None for f in flags):
                 reasons["gold_unusable"] += 1
                 continue
@@ -272,6 +301,9 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=bounded(float, 1), default=300.0,
                    help="seconds per HTTP attempt (endpoints only)")
     p.add_argument("--served-model", default=None, help="the model name the endpoint expects")
+    p.add_argument("--pred-frame", choices=("auto", "pixel", "input_pixel", "norm1000", "norm1"), default="auto",
+                   help="frame the model answers boxes/points in (auto: from its config.json; needed for an endpoint "
+                        "when grounding/gui items are checked)")
     p.add_argument("--api-key-env", default=None, help="NAME of the environment variable holding the API key")
 
 

@@ -52,11 +52,27 @@ class DemoModel:
             extra["data_cfg"] = DataConfig(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
         self._backend = load_backend(name, device=device, dtype="auto", **extra)
 
+    @functools.cached_property
+    def interface(self) -> Any:
+        """The model's frame and turn prefix (`mmrl.models.interface`): decided from its files, in one place."""
+        from mmrl.models.interface import interface_of_backend
+
+        return interface_of_backend(self._backend)
+
     @property
     def box_frame(self) -> str:
-        """The frame this model writes boxes and points in: norm1000 for Qwen2-VL, model-input pixels for the
-        Qwen2.5-VL family and later (and for a model behind an HTTP endpoint, whose type is not known here)."""
-        return "norm1000" if _model_type(self.name) == "qwen2_vl" else "input_pixel"
+        """The frame this model writes boxes and points in (norm1000 for Qwen2-VL and Qwen3-VL, model-input pixels for
+        Qwen2.5-VL). For a family with no published frame, or a model behind an HTTP endpoint (its type is not known
+        here), model-input pixels, and `frame_note` says so on the page: a demo reading is never silently a guess."""
+        return self.interface.pred_frame or "input_pixel"
+
+    @property
+    def frame_note(self) -> str:
+        """"" when the frame is the model's own; else one line saying the frame was assumed."""
+        if self.interface.pred_frame is not None:
+            return ""
+        why = "an HTTP endpoint" if self.name.startswith(("http://", "https://")) else self.interface.frame_source
+        return f" · frame assumed: input pixels ({why}); pick the model's frame if it differs"
 
     @classmethod
     def load(cls, name: str, device: str = "auto") -> DemoModel:
@@ -78,28 +94,14 @@ class DemoModel:
         from mmrl.generation import Prompt
 
         prompt = Prompt.from_question(question, images=[image] if image is not None else [], system=system)
+        if self.interface.turn_prefix:  # the template opened the reasoning block: the reply is the whole turn
+            yield self.interface.turn_prefix
         yield from self._backend.stream(prompt, _params(sampling))
 
 
 @functools.lru_cache(maxsize=2)
 def _cached(name: str, device: str) -> DemoModel:
     return DemoModel(name, device)
-
-
-def _model_type(name: str) -> str | None:
-    """`model_type` from the checkpoint's config.json (None for an endpoint or a hub id not on disk)."""
-    import json
-    from pathlib import Path
-
-    if name.startswith(("http://", "https://")):
-        return None
-    from mmrl.models.loading import resolve_model_path
-
-    config = Path(resolve_model_path(name)) / "config.json"
-    try:
-        return json.loads(config.read_text()).get("model_type")
-    except (OSError, ValueError):
-        return None
 
 
 def _params(sampling: Sampling) -> Any:

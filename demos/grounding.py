@@ -101,11 +101,12 @@ def locate(model: Any, image_path: str | None, expression: str, frame_label: str
     if not (expression or "").strip():
         raise DemoInputError("type what to find, e.g. 'the red car on the left'")
     frame = FRAMES.get(frame_label, frame_label)
+    assumed = getattr(model, "frame_note", "") if frame == "auto" else ""
     frame = model.box_frame if frame == "auto" else frame
     parse_gold_box(gold_text, image.size)  # a malformed gold is reported before the model runs
     reply = model.reply(PROMPT.format(expression=expression.strip()), image, sampling)
     drawn, boxes, note = grounding_view(image, reply, frame, model.input_size(image), gold_text)
-    return note, drawn, reply, [[round(v, 1) for v in b] for b in boxes]
+    return note + assumed, drawn, reply, [[round(v, 1) for v in b] for b in boxes]
 
 
 def build_app(model: Any, frame: str = "auto") -> Any:

@@ -121,7 +121,7 @@ def act(model: Any, image_path: str | None, instruction: str, gold_text: str, sa
     parse_gui_gold(gold_text, image.size)  # a malformed gold is reported before the model runs
     reply = model.reply(PROMPT.format(instruction=instruction.strip()), image, sampling)
     drawn, action, note = gui_view(image, reply, model.box_frame, model.input_size(image), gold_text)
-    return note, drawn, json.dumps(action, indent=1) if action else "null", reply
+    return note + getattr(model, "frame_note", ""), drawn, json.dumps(action, indent=1) if action else "null", reply
 
 
 def build_app(model: Any) -> Any:

@@ -41,6 +41,7 @@ from mmrl.data.dataset import load_samples
 from mmrl.data.sample import Sample
 from mmrl.generation import GenerationBackend, Prompt, SamplingParams
 from mmrl.generation.load import is_server_url
+from mmrl.models.interface import interface_of_backend
 
 
 def question_text(sample: Sample) -> str:
@@ -64,6 +65,7 @@ class StageRunner:
     def __init__(self, name: str, cfg: StageConfig, prompt: str) -> None:
         self.name, self.cfg, self.prompt_template = name, cfg, prompt
         self.backend: GenerationBackend | None = None
+        self.opened = ""  # the part of the turn the model's chat template opens (`<think>`), set with the backend
         # The in-process backend is not thread-safe: one call at a time; an endpoint takes `concurrency`.
         self.slots = threading.Semaphore(cfg.concurrency if is_server_url(cfg.model) else 1)
         # What determines this stage's reply besides the prompt (not the key, retries or timeouts: they decide
@@ -99,9 +101,11 @@ class StageRunner:
             failed = False
             tokens = completion.n_tokens or completion.extra.get("completion_tokens") or len(completion.text.split())
             spent += tokens
-            bad = malformed(completion.text, completion.finish_reason, need_tags=self.name == "reason")
+            # The model's whole turn: a thinking template's opened <think> belongs to the reasoning it wrote.
+            text = self.opened + completion.text
+            bad = malformed(text, completion.finish_reason, need_tags=self.name == "reason")
             if bad is None:
-                return {"ok": True, "text": completion.text.strip(), "tokens": spent, "target_tokens": tokens}
+                return {"ok": True, "text": text.strip(), "tokens": spent, "target_tokens": tokens}
             reason = bad
         # The last attempt decides: no answer at all is a failure (retried by the next run), a bad one a rejection.
         return {"ok": False, "reason": f"{self.name}:{reason}", "tokens": spent, **({"failed": True} if failed else {})}
@@ -140,6 +144,7 @@ def attach_backends(runners: dict[str, StageRunner]) -> None:
             field = " / ".join(f"stages.{s}.model" for s, r in runners.items() if r.cfg.model == scfg.model)
             loaded[key] = open_backend(scfg.model, f"stages.{stage}.api_key_env", field=field, **kw)
         runner.backend = loaded[key]
+        runner.opened = interface_of_backend(runner.backend).turn_prefix  # "" for an endpoint (whole turns)
 
 
 def walk(sample: Sample, runners: dict[str, StageRunner], cache: StageCache,

@@ -47,8 +47,8 @@ def register(subparsers, name: str) -> None:
             one.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
         if demo_name == "grounding":
             one.add_argument("--frame", default="auto", choices=["auto", "input_pixel", "norm1000", "pixel", "norm1"],
-                             help="frame the model writes boxes in (auto: Qwen2-VL norm1000, Qwen2.5-VL and later "
-                                  "input pixels); changeable in the page")  # fmt: skip
+                             help="frame the model writes boxes in (auto: from the model's config, Qwen2-VL and "
+                                  "Qwen3-VL norm1000, Qwen2.5-VL input pixels); changeable in the page")  # fmt: skip
         if demo_name == "runs":
             one.add_argument("run_dir", help="run directory (metrics.jsonl, samples/)")
         one.add_argument("--host", default="127.0.0.1",

@@ -5,6 +5,10 @@ Endpoints: `GET /v1/models`, `POST /v1/chat/completions` (text and `image_url` p
 `stop_token_ids` too). Requests wait in a bounded queue (429 when it is full); a malformed request or an unreadable
 image is answered 400 with an OpenAI-style JSON error and the server keeps serving.
 
+The content of an answer is the model's whole turn: where the chat template's generation prompt already opened a
+reasoning block (`<|im_start|>assistant\n<think>\n`, `mmrl.models.interface`), that opened part comes first (streamed
+as the first delta), so a client sees `<think>…</think><answer>…</answer>` and mmrl's rewards score it as training did.
+
 >>> app = create_app(backend, "tiny")  # doctest: +SKIP
 >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
 """
@@ -31,6 +35,7 @@ from mmrl.config.base import NumbersNotBools
 from mmrl.generation.hf_context import check_context
 from mmrl.generation.openai_format import RequestError, messages_to_prompt
 from mmrl.generation.types import Completion, GenerationBackend, Prompt, SamplingParams
+from mmrl.models.interface import interface_of_backend
 
 # A request's new-token budget is bounded: one request must not hold a worker for hours.
 MAX_NEW_TOKENS = 32768
@@ -109,6 +114,7 @@ def create_app(backend: GenerationBackend, model_name: str, *, max_queue: int = 
     # Generation blocks: it runs in worker threads (the HF backend itself serialises calls on its model).
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mmrl-serve")
     created = int(time.time())
+    opened = interface_of_backend(backend).turn_prefix  # "" unless the template opens the turn's reasoning block
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
@@ -127,7 +133,7 @@ def create_app(backend: GenerationBackend, model_name: str, *, max_queue: int = 
         if completion.logprobs is not None:
             logprobs = {"content": [{"token": t, "logprob": lp, "bytes": None, "top_logprobs": []}
                                     for t, lp in zip(token_texts(completion.token_ids), completion.logprobs)]}
-        return {"index": index, "message": {"role": "assistant", "content": completion.text},
+        return {"index": index, "message": {"role": "assistant", "content": opened + completion.text},
                 "finish_reason": completion.finish_reason, "logprobs": logprobs}
 
     def prompt_tokens(encoded: Any) -> int:
@@ -185,7 +191,7 @@ def create_app(backend: GenerationBackend, model_name: str, *, max_queue: int = 
             return _error(500, f"internal error: {type(err).__name__}", "server_error")
         request_id = "chatcmpl-" + uuid.uuid4().hex
         if body.stream:
-            return StreamingResponse(_sse(backend, pool, queue, prompt, params, request_id, model_name),
+            return StreamingResponse(_sse(backend, pool, queue, prompt, params, request_id, model_name, opened),
                                      media_type="text/event-stream")
         try:
             groups = await loop.run_in_executor(pool, backend.generate, [prompt], params)
@@ -211,7 +217,7 @@ def _chunk(request_id: str, model: str, delta: dict[str, Any], finish: str | Non
 
 
 async def _sse(backend: GenerationBackend, pool: ThreadPoolExecutor, queue: _Queue, prompt: Any,
-               params: SamplingParams, request_id: str, model: str) -> AsyncIterator[str]:
+               params: SamplingParams, request_id: str, model: str, opened: str = "") -> AsyncIterator[str]:
     """Server-sent events of one streamed completion: role, content deltas, finish reason, [DONE]."""
     loop = asyncio.get_running_loop()
     stream: Iterator[str] = backend.stream(prompt, params)
@@ -229,6 +235,8 @@ async def _sse(backend: GenerationBackend, pool: ThreadPoolExecutor, queue: _Que
 
     try:
         yield _chunk(request_id, model, {"role": "assistant", "content": ""}, None)
+        if opened:
+            yield _chunk(request_id, model, {"content": opened}, None)
         while (delta := await loop.run_in_executor(pool, step)) is not done:
             yield _chunk(request_id, model, {"content": delta}, None)
         yield _chunk(request_id, model, {}, finish)
