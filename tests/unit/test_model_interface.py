@@ -1,0 +1,263 @@
+"""Issue 25, defects 1 and 2, on the real upstream files in tests/fixtures/real_models (see their SOURCES.md).
+
+Frames: each family's default frame comes from its real config.json, and a correct box/point answered in that frame
+scores full marks through the real rewards, the reward composite and eval scoring (the old code read a Qwen3-VL
+0..1000 box as input pixels and paid 0). Thinking: the generation prompt of each real template is rendered to find
+whether it opens a reasoning block (Qwen3-VL-Thinking; Qwen3 with enable_thinking=False writes a closed one), and the
+strict-format rewards score the model's whole turn (the old code paid 0 for every Thinking completion).
+
+One Qwen tokenizer (Qwen3-VL-4B-Instruct's vocab, merges and tokenizer_config) is loaded per module; the other
+families' templates are rendered with it (a template is text; their token ids are not what these tests are about).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mmrl.data.sample import Sample
+from mmrl.errors import UserError
+from mmrl.eval.scoring import score_generations
+from mmrl.models.interface import (
+    ModelInterface,
+    frame_of_config,
+    reads_coordinates,
+    resolve_interface,
+    turn_prefix_of,
+)
+from mmrl.rewards.composite import RewardComposite
+
+REAL = Path(__file__).resolve().parents[1] / "fixtures" / "real_models"
+FOLDERS = {
+    "qwen2_vl": REAL / "qwen2_vl" / "Qwen2-VL-2B-base_modelscope",
+    "qwen2_5_vl": REAL / "qwen2_5_vl" / "Qwen2.5-VL-3B-Instruct",
+    "qwen3_vl": REAL / "qwen3_vl_instruct" / "Qwen3-VL-4B-Instruct",
+    "gemma3": REAL / "gemma3" / "gemma-3-4b-it",
+    "smolvlm": REAL / "smolvlm" / "SmolVLM-256M-Instruct",
+}
+EXPECTED_FRAME = {"qwen2_vl": "norm1000", "qwen2_5_vl": "input_pixel", "qwen3_vl": "norm1000", "gemma3": None,
+                  "smolvlm": None}
+THINKING = json.loads((REAL / "qwen3_vl_thinking" / "chat_template.json").read_text())["chat_template"]
+
+
+def _template(name: str) -> str:
+    path = REAL / "templates" / name
+    return path.read_text() if path.suffix == ".jinja" else json.loads(path.read_text())["chat_template"]
+
+
+def _config(family: str) -> dict:
+    return json.loads((FOLDERS[family] / "config.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(FOLDERS["qwen3_vl"]))
+    original = tok.chat_template
+    yield tok
+    tok.chat_template = original
+
+
+def _with_template(tokenizer, template: str):
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+# -- defect 1: frames ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", list(FOLDERS))
+def test_each_family_frame_comes_from_its_real_config(family):
+    frame, why = frame_of_config(_config(family))
+    assert frame == EXPECTED_FRAME[family]
+    assert _config(family)["model_type"] in why  # the reason names the model type, whatever the repo is called
+
+
+# A 1000x500 image resized to 504x252 for the vision tower; the gold box in image pixels.
+IMAGE, INPUT, GOLD = (1000, 500), (504, 252), [100, 100, 300, 200]
+IN_FRAME = {  # the same correct box as each frame writes it
+    "norm1000": [100, 200, 300, 400],
+    "input_pixel": [50.4, 50.4, 151.2, 100.8],
+}
+
+
+def _columns(n: int, model_frame: str | None, task: str = "grounding", answer=None) -> dict:
+    return {"answer": [answer if answer is not None else GOLD] * n, "task": [task] * n, "image_size": [IMAGE] * n,
+            "input_size": [INPUT] * n, "box_frame": ["pixel"] * n, "box_format": ["xyxy"] * n,
+            "model_frame": [model_frame] * n}
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_a_correct_box_in_the_family_frame_scores_full_marks(family):
+    """The issue's symptom: the same correct box scored 1.0 from a Qwen2.5-VL and 0.0 from a Qwen3-VL."""
+    interface = resolve_interface(_config(family))
+    box = IN_FRAME[interface.pred_frame]
+    x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    texts = [f"<think>t</think><answer>{box}</answer>"]
+    specs = [{"name": n} for n in ("iou", "giou", "iou_threshold", "multi_box_iou", "accuracy")]
+    with RewardComposite(specs, workers=0) as rc:
+        result = rc.score(texts, _columns(1, interface.pred_frame))
+    assert {k: round(v[0], 6) for k, v in result.components.items()} == {s["name"]: 1.0 for s in specs}
+    click = [f"<think>t</think><answer>[{{'action': 'click', 'coordinate': [{x}, {y}]}}]</answer>"]
+    with RewardComposite([{"name": "gui_action"}], workers=0) as rc:
+        gui = rc.score(click, _columns(1, interface.pred_frame, "gui", {"action_type": "click", "bbox": GOLD}))
+    assert gui.components["gui_action"] == [3.0]
+    with RewardComposite([{"name": "point_in_box"}], workers=0) as rc:
+        point = rc.score([f"<answer>[{x}, {y}]</answer>"], _columns(1, interface.pred_frame))
+    assert point.components["point_in_box"] == [1.0]
+    sample = Sample(id="g", prompt="p", answer=GOLD, task="grounding", image_size=IMAGE, input_size=INPUT)
+    (item,) = score_generations([sample], [texts], model_frame=interface.pred_frame)
+    assert item.scores == [1.0]
+
+
+def test_a_qwen3_vl_box_read_without_the_model_frame_is_the_old_defect():
+    """Without the model's frame (a bare reward call: the old behaviour everywhere) the 0..1000 box is read as input
+    pixels and scores 0: the column is what makes a Qwen3-VL run learn."""
+    from mmrl.rewards.grounding import iou_reward
+
+    text = [f"<answer>{IN_FRAME['norm1000']}</answer>"]
+    bare = _columns(1, None)
+    bare.pop("model_frame")
+    assert iou_reward(text, **bare)[0] < 0.5
+    assert iou_reward(text, **_columns(1, "norm1000"))[0] == pytest.approx(1.0)
+
+
+def test_an_explicit_pred_frame_wins_over_the_model_frame():
+    from mmrl.rewards.grounding import iou_reward
+
+    text = [f"<answer>{IN_FRAME['input_pixel']}</answer>"]
+    assert iou_reward(text, pred_frame="input_pixel", **_columns(1, "norm1000"))[0] == pytest.approx(1.0)
+    assert iou_reward(text, **_columns(1, "norm1000"))[0] < 0.5
+
+
+def test_model_pred_frame_overrides_the_family_default_and_is_checked():
+    interface = resolve_interface(_config("gemma3"), pred_frame="norm1000")
+    assert (interface.pred_frame, interface.frame_source) == ("norm1000", "model.pred_frame")
+    with pytest.raises(UserError, match="model.pred_frame: 'percent' is not a frame"):
+        resolve_interface(_config("qwen3_vl"), pred_frame="percent")
+
+
+@pytest.mark.parametrize("box", [[0, 0, 5000, 5000], [-900, -900, 400, 400], [1e308, 0, 1e308, 10], [100, 200]])
+def test_boxes_outside_the_grid_never_score_as_correct(box):
+    """A policy paid on IoU tries everything: boxes far past the 0..1000 grid, negative corners, absurd values,
+    the wrong arity. None of them is scored as a hit; none is exempted (None) either."""
+    with RewardComposite([{"name": "iou"}, {"name": "accuracy"}], workers=0) as rc:
+        result = rc.score([f"<answer>{box}</answer>"], _columns(1, "norm1000"))
+    assert result.components["iou"][0] is not None and result.components["iou"][0] < 0.5
+    assert result.components["accuracy"] == [0.0]
+
+
+def test_a_model_frame_that_is_no_frame_is_unscorable_not_a_score():
+    with RewardComposite([{"name": "iou"}], workers=0) as rc:
+        result = rc.score([f"<answer>{GOLD}</answer>"], _columns(1, "percent"))
+    assert result.components["iou"] == [None] and result.counters["iou/errors"] == 1
+
+
+@pytest.mark.parametrize("family", ["gemma3", "smolvlm"])
+def test_a_family_with_no_frame_is_refused_in_one_line_where_coordinates_are_read(family):
+    interface = resolve_interface(_config(family))
+    assert interface.pred_frame is None
+    assert reads_coordinates([{"name": "accuracy"}, {"name": "format"}], {"math", "count"}) is None
+    assert reads_coordinates([{"name": "iou", "kwargs": {"pred_frame": "norm1000"}}], {"grounding"}) is None
+    reader = reads_coordinates([{"name": "accuracy"}], {"math", "grounding"})
+    assert reader == "reward 'accuracy' on grounding samples"
+    with pytest.raises(UserError) as err:
+        interface.require_frame(reader)
+    message = str(err.value)
+    assert "\n" not in message and "model.pred_frame" in message and _config(family)["model_type"] in message
+    assert reads_coordinates([{"name": "gui_action"}], set()) == "reward 'gui_action'"
+
+
+# -- defect 2: thinking templates ----------------------------------------------------------------------------------
+TEMPLATES = {  # name -> (template text, template kwargs, expected (turn_prefix, think))
+    "qwen3_vl_thinking": (THINKING, {}, ("<think>\n", "open")),
+    "qwen3_trl": (_template("trl__qwen3.jinja"), {}, ("", "none")),
+    "qwen3_trl_thinking_on": (_template("trl__qwen3.jinja"), {"enable_thinking": True}, ("", "none")),
+    "qwen3_trl_thinking_off": (_template("trl__qwen3.jinja"), {"enable_thinking": False},
+                               ("<think>\n\n</think>\n\n", "closed")),
+    "qwen3_original_thinking_off": (_template("llamacpp__Qwen-Qwen3-0.6B.jinja"), {"enable_thinking": False},
+                                    ("<think>\n\n</think>\n\n", "closed")),
+    "qwen3_original": (_template("llamacpp__Qwen-Qwen3-0.6B.jinja"), {}, ("", "none")),
+    "qwen3_vl_instruct": ((FOLDERS["qwen3_vl"] / "chat_template.json").read_text(), {}, ("", "none")),
+    "qwen2_5_vl": ((FOLDERS["qwen2_5_vl"] / "chat_template.json").read_text(), {}, ("", "none")),
+    "qwen2_vl_instruct": ((REAL / "qwen2_vl" / "Qwen2-VL-2B-Instruct" / "chat_template.json").read_text(), {},
+                          ("", "none")),
+    "gemma3": ((FOLDERS["gemma3"] / "chat_template.json").read_text(), {}, ("", "none")),
+    "smolvlm": ((FOLDERS["smolvlm"] / "chat_template.json").read_text(), {}, ("", "none")),
+}
+
+
+def _text_of(template: str) -> str:
+    return json.loads(template)["chat_template"] if template.lstrip().startswith("{\n") else template
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+def test_the_generation_prompt_of_each_real_template_is_rendered_to_find_an_opened_block(tokenizer, name):
+    template, kwargs, expected = TEMPLATES[name]
+    assert turn_prefix_of(_with_template(tokenizer, _text_of(template)), kwargs) == expected
+
+
+WHOLE = "The sum is 2 + 2 = 4.\n</think>\n\n<answer>4</answer>"  # a Qwen3-VL-Thinking completion: no <think>
+
+
+def _thinking_interface(tokenizer) -> ModelInterface:
+    return resolve_interface(_config("qwen3_vl"), _with_template(tokenizer, THINKING))
+
+
+def test_thinking_completions_score_as_the_model_whole_turn(tokenizer):
+    interface = _thinking_interface(tokenizer)
+    specs = [{"name": "format"}, {"name": "hard_format_accuracy"}, {"name": "accuracy"}]
+    columns = {"answer": ["4"], "task": ["count"]}
+    with RewardComposite(specs, workers=0) as rc:
+        old = rc.score([WHOLE], columns)
+        new = rc.score([interface.whole_turn(WHOLE)], columns)
+    # The defect: every completion of a Thinking model scored 0 on the strict format (Vision-R1's only reward).
+    assert old.components == {"format": [0.0], "hard_format_accuracy": [0.0], "accuracy": [1.0]}
+    assert new.components == {"format": [1.0], "hard_format_accuracy": [1.0], "accuracy": [1.0]}
+    gold = {"action_type": "click", "bbox": [0, 0, 1000, 1000]}
+    click = "tap it\n</think>\n<answer>[{'action': 'click', 'coordinate': [500, 500]}]</answer>"
+    with RewardComposite([{"name": "gui_action"}], workers=0) as rc:
+        gui = rc.score([click, interface.whole_turn(click)],
+                       {"answer": [gold] * 2, "image_size": [(1000, 1000)] * 2, "model_frame": ["norm1000"] * 2})
+    assert gui.components["gui_action"] == [2.0, 3.0]  # the format term: 0 for the bare completion, 1 for the turn
+
+
+@pytest.mark.parametrize("completion", [
+    "<think>I open it again</think>\n<answer>4</answer>",  # its own second <think> after the opened one
+    "r</think> more </think><answer>4</answer>",  # two closing tags
+    "<answer>4</answer> then thinking",  # the answer inside the still-open reasoning block
+    "reasoning <answer>4</answer>",  # never closes the block the template opened
+])
+def test_a_thinking_policy_is_not_paid_for_a_malformed_turn(tokenizer, completion):
+    interface = _thinking_interface(tokenizer)
+    turn = interface.whole_turn(completion)
+    with RewardComposite([{"name": "format"}, {"name": "hard_format_accuracy"}], workers=0) as rc:
+        result = rc.score([turn], {"answer": ["4"], "task": ["count"]})
+    assert result.components == {"format": [0.0], "hard_format_accuracy": [0.0]}
+
+
+def test_an_answer_left_inside_the_opened_block_is_no_answer(tokenizer):
+    """The old code read `reasoning <answer>4</answer>` (no tag at all in the completion) as an answer outside any
+    reasoning and paid accuracy; in the model's turn it sits inside the open <think>."""
+    interface = _thinking_interface(tokenizer)
+    with RewardComposite([{"name": "accuracy"}], workers=0) as rc:
+        result = rc.score(["reasoning <answer>4</answer>", interface.whole_turn("reasoning <answer>4</answer>")],
+                          {"answer": ["4"] * 2, "task": ["count"] * 2})
+    assert result.components["accuracy"] == [1.0, 0.0]
+
+
+def test_a_closed_block_from_enable_thinking_false_is_part_of_the_turn(tokenizer):
+    tokenizer.chat_template = _template("trl__qwen3.jinja")
+    interface = resolve_interface({"model_type": "qwen3"}, tokenizer, template_kwargs={"enable_thinking": False})
+    with RewardComposite([{"name": "format"}], workers=0) as rc:
+        result = rc.score([interface.whole_turn("<answer>4</answer>"),
+                           interface.whole_turn("<think>more</think><answer>4</answer>")], {"answer": ["4"] * 2})
+    assert result.components["format"] == [1.0, 0.0]  # a second reasoning block after the closed one is malformed
+
+
+@pytest.mark.parametrize("name", [n for n, (_, _, expected) in TEMPLATES.items() if expected == ("", "none")])
+def test_templates_that_open_nothing_leave_completions_unchanged(tokenizer, name):
+    template, kwargs, _ = TEMPLATES[name]
+    interface = resolve_interface({}, _with_template(tokenizer, _text_of(template)), template_kwargs=kwargs)
+    assert interface.whole_turn("<think>r</think><answer>4</answer>") == "<think>r</think><answer>4</answer>"
