@@ -1,0 +1,186 @@
+"""Issue 25's two defects through the real code paths on the tiny model: the Qwen3-VL-Thinking chat template
+(tests/fixtures/real_models/qwen3_vl_thinking, its generation prompt opens `<think>`) put on the tiny model's
+processor, and the tiny-gemma3 preset (a family with no box frame).
+
+- rollouts: rewards and logged samples see the model's whole turn (the opened `<think>` first), token ids stay the
+  sampled ones;
+- eval and `mmrl serve` answer and record whole turns;
+- SFT under the Thinking template and under a QwQ-style template (it drops the reasoning of assistant turns, so it
+  cannot render the response after the opened prompt: the old code refused every record) trains exactly the tokens
+  the model writes after the opened tag, the tag once;
+- GRPO on a model with no frame refuses a coordinate reward in one line; `model.pred_frame` lets it run and the run
+  directory records what was used.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from mmrl.config import load_config
+from mmrl.data.collate import IGNORE_INDEX, encode_one
+from mmrl.data.sample import Sample
+from mmrl.errors import DataError, UserError
+from mmrl.eval.evaluate import evaluate
+from mmrl.generation import SamplingParams
+from mmrl.generation.hf import make_backend
+from mmrl.generation.server import create_app
+from mmrl.models.interface import interface_of
+from mmrl.models.loading import load_policy
+from mmrl.rewards.composite import RewardComposite
+from mmrl.rewards.format import format_reward
+from mmrl.rl.experience import rollout_groups
+from mmrl.rl.stages import StageSchedule
+
+ROOT = Path(__file__).resolve().parents[2]
+THINKING = json.loads((ROOT / "tests" / "fixtures" / "real_models" / "qwen3_vl_thinking" / "chat_template.json")
+                      .read_text())["chat_template"]
+# A QwQ-style template written for this test: the generation prompt opens <think>, and an assistant message is
+# rendered without its reasoning (the text after its last </think>), as QwQ's and DeepSeek-R1's templates do.
+DROPS_REASONING = (
+    "{%- for message in messages %}"
+    "{%- set text = message.content if message.content is string else message.content | selectattr('type', "
+    "'equalto', 'text') | map(attribute='text') | join('') %}"
+    "{%- if message.role == 'assistant' %}"
+    "{{ '<|im_start|>assistant\\n' + text.split('</think>')[-1].lstrip('\\n') + '<|im_end|>\\n' }}"
+    "{%- else %}{{ '<|im_start|>' + message.role + '\\n' + text + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>\\n' }}{%- endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def thinking():
+    """The tiny policy with the real Qwen3-VL-Thinking chat template (its own copy: the template is changed)."""
+    torch.manual_seed(0)
+    loaded = load_policy(load_config(None, ["model.dtype=fp32"]).model, for_training=False)
+    loaded.processor.chat_template = THINKING
+    loaded.processor.tokenizer.chat_template = THINKING
+    return loaded.model, loaded.processor
+
+
+@pytest.fixture(scope="module")
+def red_image(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("img") / "red.png"
+    Image.new("RGB", (56, 56), "red").save(path)
+    return path
+
+
+def test_the_thinking_template_is_found_from_the_processor(thinking):
+    interface = interface_of(*thinking)
+    assert (interface.turn_prefix, interface.think, interface.pred_frame) == ("<think>\n", "open", "input_pixel")
+
+
+def test_rollout_rewards_and_logged_samples_see_the_whole_turn(thinking, red_image):
+    model, processor = thinking
+    cfg = load_config(None, ["rollout.group_size=3", "rollout.max_completion_length=6", "data.min_pixels=3136",
+                             "data.max_pixels=3136"])
+    stage = StageSchedule(cfg.stages, cfg).stage_at(0)
+    backend = make_backend(model, processor, data_cfg=cfg.data)
+    sample = Sample(id="s", prompt="<image>What color?", answer="red", task="text", images=[str(red_image)])
+    interface = interface_of(model, processor)
+    with RewardComposite([{"name": "format"}, {"name": "accuracy"}], workers=0) as composite:
+        (group,), _ = rollout_groups(cfg, stage, [sample], processor, backend, composite,
+                                     torch.Generator().manual_seed(0), cfg.data, interface=interface)
+    sampled = [backend.decoder.text(ids[mask.bool()].tolist())
+               for ids, mask in zip(group.completion_ids, group.completion_mask)]
+    assert group.texts == ["<think>\n" + text for text in sampled]  # the sampled tokens stay the sampled ones
+    assert group.components["format"] == format_reward(group.texts)
+
+
+def test_eval_scores_and_records_whole_turns(thinking, red_image, tmp_path):
+    model, processor = thinking
+    cfg = load_config(None, ["eval.max_new_tokens=4", "data.min_pixels=3136", "data.max_pixels=3136"])
+    sample = Sample(id="e", prompt="<image>What color?", answer="red", task="text", images=[str(red_image)])
+    report = evaluate(model, processor, [sample], cfg.eval, cfg.data, tmp_path, progress=False)
+    assert report["turn_prefix"] == "<think>\n"
+    record = json.loads((tmp_path / "generations.jsonl").read_text().splitlines()[0])
+    assert record["generations"][0].startswith("<think>\n")
+
+
+def test_serve_answers_and_streams_the_whole_turn(thinking):
+    model, processor = thinking
+    backend = make_backend(model, processor)
+    client = TestClient(create_app(backend, "tiny-thinking"))
+    body = {"messages": [{"role": "user", "content": "What color?"}], "max_tokens": 4, "temperature": 0}
+    answer = client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+    from mmrl.generation.types import Prompt
+
+    (completion,) = backend.generate([Prompt([{"role": "user", "content": "What color?"}])],
+                                     SamplingParams(max_new_tokens=4, temperature=0.0))[0]
+    assert answer == "<think>\n" + completion.text
+    with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as stream:
+        chunks = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: {")]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == answer
+
+
+def _trained_text(processor, encoded) -> tuple[str, str]:
+    tokenizer = processor.tokenizer
+    ids, labels = encoded["input_ids"][0], encoded["labels"][0]
+    return tokenizer.decode(ids), tokenizer.decode(ids[labels != IGNORE_INDEX])
+
+
+@pytest.mark.parametrize("template", ["thinking", "drops_reasoning"])
+def test_sft_trains_the_tokens_after_the_opened_tag_once(thinking, template):
+    _model, processor = thinking
+    processor.chat_template = THINKING if template == "thinking" else DROPS_REASONING
+    try:
+        data_cfg = load_config(None).data
+        sample = Sample(id="t", prompt="What color?", answer="red", task="text",
+                        response="<think>I see red.</think><answer>red</answer>")
+        full, trained = _trained_text(processor, encode_one(processor, sample, data_cfg, with_response=True))
+        prompt = processor.tokenizer.decode(encode_one(processor, sample, data_cfg)["input_ids"][0])
+        assert prompt.endswith("<|im_start|>assistant\n<think>\n")
+        assert full.count("<think>") == 1 and full.startswith(prompt)  # the opened tag once, in the prompt
+        assert "<think>" not in trained and trained.startswith("I see red.") and trained.endswith("<|im_end|>")
+        assert "</think>" in trained and "<answer>red</answer>" in trained
+        # A doubled reasoning block; a response that is not the whole turn (no reasoning block at all).
+        for response in ("<think>a</think><think>b</think><answer>red</answer>", "<answer>red</answer>"):
+            hostile = Sample(id="h", prompt="What color?", answer="red", task="text", response=response)
+            if template == "thinking":  # the real template renders any response itself (its own rule)
+                encode_one(processor, hostile, data_cfg, with_response=True)
+                continue
+            with pytest.raises(DataError, match="sample h: ") as err:
+                encode_one(processor, hostile, data_cfg, with_response=True)
+            assert "\n" not in str(err.value)
+    finally:
+        processor.chat_template = THINKING
+
+
+def _grounding_data(tmp_path: Path) -> Path:
+    Image.new("RGB", (56, 56), "white").save(tmp_path / "w.png")
+    row = {"id": "g0", "images": ["w.png"], "prompt": "<image>Where is the box?", "answer": [10, 10, 30, 30],
+           "task": "grounding"}
+    (tmp_path / "train.jsonl").write_text(json.dumps(row) + "\n")
+    return tmp_path / "train.jsonl"
+
+
+def _trainer_cfg(data: Path, out: Path, *extra: str):
+    overrides = [f"data.train={data}", f"trainer.output_dir={out}", "trainer.report_to=[jsonl]",
+                 "trainer.progress=false", "model.name_or_path=tiny-gemma3", "model.dtype=fp32", "trainer.device=cpu",
+                 "trainer.max_steps=1", "trainer.prompts_per_step=1", "rollout.group_size=2",
+                 "rollout.max_completion_length=2", "rewards=[{name: iou}]", *extra]
+    return load_config(ROOT / "configs" / "tests" / "grpo_tiny.yaml", overrides)
+
+
+def test_grpo_refuses_a_coordinate_reward_on_a_model_with_no_frame_then_records_the_given_one(tmp_path):
+    from mmrl.rl.trainer import GRPOTrainer
+
+    data = _grounding_data(tmp_path)
+    with pytest.raises(UserError) as err:
+        GRPOTrainer(_trainer_cfg(data, tmp_path / "refused"))
+    message = str(err.value)
+    assert "reward 'iou'" in message and "model.pred_frame" in message and "gemma3" in message
+    assert "\n" not in message
+    trainer = GRPOTrainer(_trainer_cfg(data, tmp_path / "given", "model.pred_frame=norm1000"))
+    try:
+        recorded = json.loads((tmp_path / "given" / "model_interface.json").read_text())
+        assert (recorded["pred_frame"], recorded["frame_source"]) == ("norm1000", "model.pred_frame")
+        assert recorded["model_type"] == "gemma3" and recorded["turn_prefix"] == ""
+    finally:
+        trainer.run.close()
