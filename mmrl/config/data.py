@@ -49,6 +49,10 @@ class DataConfig(Section):
     max_prompt_length: int = Field(2048, ge=16, description="Reject (by id) prompts longer than this many tokens.")
     system_prompt: str | None = Field(None, description="System message prepended to every prompt.")
     prompt_suffix: str | None = Field(None, description="Text appended to every user prompt (e.g. format instructions).")
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Variables for the model's chat template, e.g. {enable_thinking: false} for "
+        "Qwen3's. Whether the generation prompt then opens a <think> block is read from the rendered template "
+        "(README: model families).")
     shuffle: bool = Field(True, description="Shuffle the training order each epoch (seeded by trainer.seed).")
 
     _as_list = field_validator("train", "eval", mode="before")(classmethod(lambda cls, v: _as_specs(v)))

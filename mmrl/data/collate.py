@@ -27,8 +27,11 @@ def _tokenizer(processor):
     return getattr(processor, "tokenizer", processor)
 
 
-def _chat_text(processor, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
-    return processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+def _chat_text(processor, messages: list[dict[str, Any]], add_generation_prompt: bool,
+               template_kwargs: dict[str, Any] | None = None) -> str:
+    """The chat template's text; `template_kwargs` are `data.chat_template_kwargs` (e.g. Qwen3's enable_thinking)."""
+    return processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False,
+                                         **(template_kwargs or {}))
 
 
 def _process(processor, text: str, images: list) -> dict[str, torch.Tensor]:
@@ -67,9 +70,10 @@ def encode_one(processor, sample: Sample, data_cfg: Any, with_response: bool = F
     """
     system = getattr(data_cfg, "system_prompt", None)
     suffix = getattr(data_cfg, "prompt_suffix", None)
+    template_kwargs = getattr(data_cfg, "chat_template_kwargs", None)
     images = prepare_sample_images(sample, data_cfg)
     prompt_messages = build_messages(sample, system, suffix, with_response=False)
-    prompt_text = _chat_text(processor, prompt_messages, add_generation_prompt=True)
+    prompt_text = _chat_text(processor, prompt_messages, add_generation_prompt=True, template_kwargs=template_kwargs)
     encoded = _process(processor, prompt_text, images)
     if images and not _takes_28_grid(processor):
         _record_input_size(sample, processor, encoded)
@@ -81,9 +85,9 @@ def encode_one(processor, sample: Sample, data_cfg: Any, with_response: bool = F
     if not with_response:
         return encoded
     full_messages = build_messages(sample, system, suffix, with_response=True)
-    full_text = _chat_text(processor, full_messages, add_generation_prompt=False)
+    full_text = _chat_text(processor, full_messages, add_generation_prompt=False, template_kwargs=template_kwargs)
     tail_text = full_text[len(prompt_text):] if full_text.startswith(prompt_text) else \
-        _tail_after_opened_turn(processor, sample, full_messages, prompt_text)
+        _tail_after_opened_turn(processor, sample, full_messages, prompt_text, template_kwargs)
     tokenizer = _tokenizer(processor)
     tail_ids = tokenizer(tail_text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     # Learn the response up to and including its end-of-turn token; whatever the template adds after it is context.
@@ -103,7 +107,8 @@ def encode_one(processor, sample: Sample, data_cfg: Any, with_response: bool = F
     return encoded
 
 
-def _tail_after_opened_turn(processor, sample: Sample, full_messages: list[dict[str, Any]], prompt_text: str) -> str:
+def _tail_after_opened_turn(processor, sample: Sample, full_messages: list[dict[str, Any]], prompt_text: str,
+                            template_kwargs: dict[str, Any] | None = None) -> str:
     """The response's tokens after a generation prompt that already wrote part of the turn (`<think>\\n`), for
     templates that cannot render the response after that prompt (QwQ-style templates drop the reasoning of every
     assistant turn): the response's own text without the part the prompt wrote (`sft_continuation`), then whatever the
@@ -111,13 +116,13 @@ def _tail_after_opened_turn(processor, sample: Sample, full_messages: list[dict[
     writes at inference, the opened tag once."""
     from mmrl.models.interface import sft_continuation, turn_prefix_of
 
-    prefix, _think = turn_prefix_of(processor)
+    prefix, _think = turn_prefix_of(processor, template_kwargs)
     if not prefix or not prompt_text.endswith(prefix):
         raise DataError(f"sample {sample.id}: the chat template renders the prompt differently with a response; "
                         "cannot locate the assistant tokens")
     marker = "\x00mmrl-response\x00"  # no tag in it: every template renders it as it is
     probe = full_messages[:-1] + [{"role": "assistant", "content": [{"type": "text", "text": marker}]}]
-    rendered = _chat_text(processor, probe, add_generation_prompt=False)
+    rendered = _chat_text(processor, probe, add_generation_prompt=False, template_kwargs=template_kwargs)
     after = rendered[rendered.index(marker) + len(marker):] if marker in rendered else ""
     return sft_continuation(str(sample.response), prefix, sample.id) + after
 

@@ -93,7 +93,8 @@ def evaluate(
         raise DataError("eval: the evaluation dataset is empty; check data.eval (or --data) and --limit")
     if eval_cfg.greedy and eval_cfg.k > 1:
         raise DataError("eval.k > 1 needs sampling: set eval.greedy=false")
-    interface = interface or interface_of(model, processor)
+    interface = interface or interface_of(model, processor, template_kwargs=getattr(data_cfg, "chat_template_kwargs",
+                                                                                   None))
     coordinate_tasks = sorted({s.task for s in items} & set(COORDINATE_TASKS))
     if coordinate_tasks and interface.pred_frame is None:
         interface.require_frame(f"eval on {'/'.join(coordinate_tasks)} items")
@@ -171,6 +172,7 @@ def evaluate_config(cfg: Any, out_dir: Path, progress: bool = True, info: dict[s
     info = {"model": cfg.model.name_or_path, "data": [spec.path for spec in cfg.data.eval], **(info or {})}
     try:
         return evaluate(loaded.model, loaded.processor, samples, cfg.eval, cfg.data, out_dir, progress=progress,
-                        info=info, interface=interface_of(loaded.model, loaded.processor, cfg.model.pred_frame))
+                        info=info, interface=interface_of(loaded.model, loaded.processor, cfg.model.pred_frame,
+                                                         cfg.data.chat_template_kwargs))
     finally:
         del loaded

@@ -94,7 +94,8 @@ def _prompt_inputs(sample: Sample, processor: Any, data_cfg: Any) -> dict[str, A
 
     images = prepare_sample_images(sample, data_cfg)
     messages = build_messages(sample, getattr(data_cfg, "system_prompt", None), getattr(data_cfg, "prompt_suffix", None))
-    inputs: dict[str, Any] = {"prompt": _chat_text(processor, messages, add_generation_prompt=True)}
+    inputs: dict[str, Any] = {"prompt": _chat_text(processor, messages, add_generation_prompt=True,
+                                                   template_kwargs=getattr(data_cfg, "chat_template_kwargs", None))}
     if images:
         # Already on the processor's grid within data.min/max_pixels: its own resize keeps them as they are (as
         # `encode_one`), and vLLM counts the image tokens with the same rule.

@@ -173,10 +173,12 @@ def resolve_interface(config: Any, template_owner: Any = None, pred_frame: str |
     return ModelInterface(get("model_type"), frame, source, prefix, think)
 
 
-def interface_of(model: Any, processor: Any, pred_frame: str | None = "auto") -> ModelInterface:
-    """The interface of a loaded model (a peft wrapper or a DDP module is looked through for its config)."""
+def interface_of(model: Any, processor: Any, pred_frame: str | None = "auto",
+                 template_kwargs: dict[str, Any] | None = None) -> ModelInterface:
+    """The interface of a loaded model (a peft wrapper or a DDP module is looked through for its config);
+    `template_kwargs`: the run's `data.chat_template_kwargs`, as its prompts are rendered with them."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else getattr(model, "module", model)
-    return resolve_interface(getattr(inner, "config", {}) or {}, processor, pred_frame)
+    return resolve_interface(getattr(inner, "config", {}) or {}, processor, pred_frame, template_kwargs)
 
 
 def interface_of_backend(backend: Any, pred_frame: str | None = "auto") -> ModelInterface:
@@ -185,7 +187,8 @@ def interface_of_backend(backend: Any, pred_frame: str | None = "auto") -> Model
     model, processor = getattr(backend, "model", None), getattr(backend, "processor", None)
     if model is None or processor is None:
         return resolve_interface({}, None, pred_frame)
-    return interface_of(model, processor, pred_frame)
+    template_kwargs = getattr(getattr(backend, "data_cfg", None), "chat_template_kwargs", None)
+    return interface_of(model, processor, pred_frame, template_kwargs if isinstance(template_kwargs, dict) else None)
 
 
 def interface_of_dir(path: str | Path, pred_frame: str | None = "auto",

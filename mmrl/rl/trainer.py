@@ -103,7 +103,8 @@ class GRPOTrainer:
     def _interface(self) -> ModelInterface:
         """The model's frame and turn prefix (`mmrl.models.interface`), recorded in the run directory; a run that
         would read boxes or points in a frame nobody knows stops here, naming the reward."""
-        interface = interface_of(self.run.model, self.run.processor, self.cfg.model.pred_frame)
+        interface = interface_of(self.run.model, self.run.processor, self.cfg.model.pred_frame,
+                                 self.cfg.data.chat_template_kwargs)
         if interface.pred_frame is None:
             for start, _name in self.schedule.boundaries():
                 stage = self.schedule.stage_at(start)

@@ -76,6 +76,24 @@ def test_the_thinking_template_is_found_from_the_processor(thinking):
     assert (interface.turn_prefix, interface.think, interface.pred_frame) == ("<think>\n", "open", "input_pixel")
 
 
+def test_data_chat_template_kwargs_reach_the_prompt_and_the_interface(thinking):
+    """Qwen3's template with `data.chat_template_kwargs={enable_thinking: false}`: the prompts mmrl renders and the
+    turn prefix it reads off the template agree (a closed empty block), through a backend's data config."""
+    from mmrl.models.interface import interface_of_backend
+
+    model, processor = thinking
+    processor.chat_template = (ROOT / "tests" / "fixtures" / "real_models" / "templates" / "trl__qwen3.jinja").read_text()
+    try:
+        for kwargs, prefix in (("{enable_thinking: false}", "<think>\n\n</think>\n\n"), ("{}", "")):
+            data_cfg = load_config(None, [f"data.chat_template_kwargs={kwargs}"]).data
+            assert interface_of_backend(make_backend(model, processor, data_cfg=data_cfg)).turn_prefix == prefix
+            prompt = processor.tokenizer.decode(encode_one(processor, Sample(id="q", prompt="2+2?", answer="4"),
+                                                           data_cfg)["input_ids"][0])
+            assert prompt.endswith("<|im_start|>assistant\n" + prefix)
+    finally:
+        processor.chat_template = THINKING
+
+
 def test_rollout_rewards_and_logged_samples_see_the_whole_turn(thinking, red_image):
     model, processor = thinking
     cfg = load_config(None, ["rollout.group_size=3", "rollout.max_completion_length=6", "data.min_pixels=3136",
