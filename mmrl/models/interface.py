@@ -59,7 +59,8 @@ MODEL_TYPE_BY_ARCHITECTURE = {
 # Rewards that read a predicted box or point (their `pred_frame` kwarg overrides the model's frame).
 COORDINATE_REWARDS = ("iou", "giou", "iou_threshold", "multi_box_iou", "point_in_box", "gui_action")
 # Rewards that read coordinates only for samples of these tasks (`accuracy` scores a grounding item by IoU).
-COORDINATE_TASKS = ("grounding", "gui")
+COORDINATE_TASKS = ("grounding", "gui", "detection")
+TASK_DISPATCHING_REWARDS = ("accuracy", "hard_format_accuracy", "curr_reft_open")
 _PROBE = "mmrl-probe"
 
 
@@ -214,7 +215,7 @@ def reads_coordinates(reward_specs: Any, tasks: Any) -> str | None:
         kwargs = (spec.kwargs if hasattr(spec, "kwargs") else spec.get("kwargs")) or {}
         if name in COORDINATE_REWARDS and not kwargs.get("pred_frame"):
             return f"reward '{name}'"
-        if name in ("accuracy", "hard_format_accuracy") and task_set & set(COORDINATE_TASKS):
+        if name in TASK_DISPATCHING_REWARDS and task_set & set(COORDINATE_TASKS):
             return f"reward '{name}' on {'/'.join(sorted(task_set & set(COORDINATE_TASKS)))} samples"
     return None
 

@@ -25,6 +25,7 @@ from mmrl.engine.run import TrainingRun, prepare_run, start_run
 from mmrl.engine.run_dir import release_run_dir
 from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
+from mmrl.models.interface import interface_of
 from mmrl.models.logprobs import head_logprobs
 from mmrl.models.placement import compute_autocast, to_model_device
 from mmrl.models.prefix import reset_rope_deltas, unwrap
@@ -75,6 +76,8 @@ def train_sft(cfg: MMRLConfig) -> Path:
         raise
     total = sft_steps(cfg, len(samples))
     run = start_run(cfg, total_steps=total)
+    if run.dist.is_main:  # which part of the turn the template writes itself (an opened <think> is never a target)
+        interface_of(run.model, run.processor, cfg.model.pred_frame, cfg.data.chat_template_kwargs).save(run.run_dir)
     sampler = PromptSampler(len(samples), cfg.trainer.seed, cfg.data.shuffle)
     state = run.load_resume_state()
     if state is not None:

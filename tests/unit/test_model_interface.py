@@ -167,6 +167,7 @@ def test_a_family_with_no_frame_is_refused_in_one_line_where_coordinates_are_rea
     message = str(err.value)
     assert "\n" not in message and "model.pred_frame" in message and _config(family)["model_type"] in message
     assert reads_coordinates([{"name": "gui_action"}], set()) == "reward 'gui_action'"
+    assert reads_coordinates([{"name": "curr_reft_open"}], {"detection"}) == "reward 'curr_reft_open' on detection samples"
 
 
 # -- defect 2: thinking templates ----------------------------------------------------------------------------------
