@@ -202,3 +202,15 @@ def test_grpo_refuses_a_coordinate_reward_on_a_model_with_no_frame_then_records_
         assert recorded["model_type"] == "gemma3" and recorded["turn_prefix"] == ""
     finally:
         trainer.run.close()
+
+
+@pytest.mark.parametrize("preset, frame, note", [("tiny-qwen3-vl", "norm1000", ""),
+                                                 ("tiny-gemma3", "input_pixel", "model_type 'gemma3'")])
+def test_the_demos_read_boxes_in_the_model_frame_or_say_what_they_assumed(preset, frame, note):
+    """The grounding and GUI demos took model-input pixels for every family but Qwen2-VL: a Qwen3-VL box was drawn
+    and scored in the wrong place. A family with no frame is read in input pixels, and the page says so."""
+    from demos._model import DemoModel
+
+    model = DemoModel(preset, device="cpu")
+    assert model.box_frame == frame
+    assert (note in model.frame_note) and (bool(model.frame_note) == bool(note))
