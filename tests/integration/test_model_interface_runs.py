@@ -214,3 +214,34 @@ def test_the_demos_read_boxes_in_the_model_frame_or_say_what_they_assumed(preset
     model = DemoModel(preset, device="cpu")
     assert model.box_frame == frame
     assert (note in model.frame_note) and (bool(model.frame_note) == bool(note))
+
+
+def test_the_rejection_builder_writes_whole_turns_of_a_thinking_policy(tiny_model_dir, tmp_path):
+    """A policy folder whose chat template opens <think> (the tiny model's files with the real Qwen3-VL-Thinking
+    template): the sampled texts the builder caches and would write as SFT targets start with the opened tag, once."""
+    import shutil
+
+    from mmrl.cli import main
+
+    policy = tmp_path / "thinking-policy"
+    shutil.copytree(tiny_model_dir, policy)
+    (policy / "chat_template.jinja").write_text(THINKING)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "q", "prompt": "2+2?", "answer": "4", "task": "count"}) + "\n")
+    out = tmp_path / "rs"
+    assert main(["build-data", "rejection", "--model", str(policy), "--data", str(data), "--k", "2",
+                 "--max-new-tokens", "4", "--out", str(out)]) == 0
+    (entry,) = [json.loads(line) for line in (out / "cache.jsonl").read_text().splitlines()]
+    assert len(entry["texts"]) == 2 and all(t.startswith("<think>") for t in entry["texts"])
+
+
+def test_the_rejection_builder_asks_an_endpoint_for_its_frame_before_sampling(tmp_path, capsys):
+    from mmrl.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "g", "prompt": "Where?", "answer": [1, 2, 3, 4], "task": "grounding"}) + "\n")
+    argv = ["build-data", "rejection", "--model", "http://127.0.0.1:9/v1", "--data", str(data), "--out",
+            str(tmp_path / "rs")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "grounding items" in err[0] and "--pred-frame" in err[0]
