@@ -197,7 +197,7 @@ def image_input(gr: Any, elem_id: str, label: str = "image") -> Any:
     return gr.File(label=label, file_types=list(IMAGE_TYPES), file_count="single", type="filepath", elem_id=elem_id)
 
 
-def image_preview(gr: Any, elem_id: str, label: str = "what the model is shown") -> Any:
+def image_preview(gr: Any, elem_id: str, label: str = "preview (small images enlarged)") -> Any:
     """Where an upload is shown once it is read (the file box above it only names the file)."""
     return gr.Image(label=label, type="pil", interactive=False, elem_id=elem_id)
 

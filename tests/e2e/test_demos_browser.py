@@ -285,11 +285,11 @@ def test_runs_demo_shows_curves_samples_and_rejects_a_broken_upload(open_demo, t
     # The server keeps serving after the bad upload: a good file is drawn and the message goes away.
     good = tmp_path / "other" / "metrics.jsonl"
     good.parent.mkdir()
-    good.write_text("".join(json.dumps({"step": s, "reward/total": 0.05 * s, "kl": 0.02 * s}) + "\n" for s in range(1, 9)))
+    good.write_text("".join(json.dumps({"step": s, "reward/total": min(1.0, 0.15 * s), "kl": 0.02 * s}) + "\n"
+                            for s in range(1, 9)))  # fmt: skip
     upload(page, "runs-upload", good)
     expect(page.locator("#runs-other img").first).to_be_visible()
     expect(page.locator("#runs-status")).not_to_contain_text("metrics.jsonl")
     # Overlaid on this run's curves (it drew the upload alone): KL and entropy, which only this run logs, are there.
     expect(page.locator("#runs-other")).to_contain_text("this run (solid) vs uploaded metrics.jsonl (dashed)")
-    assert page.locator("#runs-other img").count() >= 5
-    page.get_by_role("tab", name="curves").click()
+    assert page.locator("#runs-other img").count() >= 5  # the page is left on the comparison for the screenshot

@@ -175,7 +175,7 @@ def test_gui_gold_in_every_accepted_shape_is_scored():
         assert "/ 3" in note, gold
 
 
-@pytest.mark.parametrize("name", ["demos._scoring", "demos.chat", "demos.grounding", "demos.gui"])
+@pytest.mark.parametrize("name", ["demos._common", "demos._scoring", "demos.chat", "demos.grounding", "demos.gui"])
 def test_docstring_examples(name):
     import doctest
     import importlib
