@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from mmrl.data.vision import load_image
 from mmrl.errors import DataError
@@ -29,6 +29,9 @@ MAX_UPLOAD_MB = 20
 MAX_UPLOAD_PIXELS = 40_000_000  # 40 MP: a phone photo fits, a 100 MP decompression bomb does not
 MIN_UPLOAD_SIDE = 2  # a 1x1 tracking pixel is not a picture a model can look at
 QUEUE_SIZE = 16
+# Pictures are shown at least this many pixels on their long side: a 56-pixel training image drawn at its own size is
+# a speck on the page. Small images are enlarged by a whole factor, pixels kept square and sharp (nearest neighbour).
+DISPLAY_SIDE = 448
 MAX_SEED = 2**32 - 1
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"]
 
@@ -141,24 +144,42 @@ def _width(image: Image.Image) -> int:
     return max(2, round(max(image.size) / 150))
 
 
+def display_factor(size: tuple[int, int]) -> int:
+    """The whole factor that brings an image of `size` to `DISPLAY_SIDE` on its long side (1 when it is that big).
+
+    >>> display_factor((56, 56)), display_factor((160, 120)), display_factor((640, 480))
+    (8, 3, 1)
+    """
+    return max(1, -(-DISPLAY_SIDE // max(1, max(size))))
+
+
+def for_display(image: Image.Image) -> Image.Image:
+    """`image` enlarged by `display_factor` (nearest neighbour: the pixels the model sees, only bigger)."""
+    k = display_factor(image.size)
+    return image if k == 1 else image.resize((image.width * k, image.height * k), Image.Resampling.NEAREST)
+
+
 def draw_marks(image: Image.Image, boxes: Iterable[tuple[Sequence[float], str, str]] = (),
                points: Iterable[tuple[Sequence[float], str, str]] = ()) -> Image.Image:
-    """A copy of `image` with `(xyxy, colour, label)` boxes and `(xy, colour, label)` points drawn, in pixels of
-    `image`; coordinates outside the image are clipped to it so a wild prediction still shows where it points."""
-    out = image.copy()
+    """`image` enlarged for display (`for_display`) with `(xyxy, colour, label)` boxes and `(xy, colour, label)` points
+    drawn; coordinates are pixels of `image` (scaled here, so lines and labels stay thin and readable on a small
+    image); outside the image they are clipped to it so a wild prediction still shows where it points."""
+    out = for_display(image).copy()
+    k = out.width / image.width
     draw = ImageDraw.Draw(out)
     width = _width(out)
     w, h = out.size
+    font = ImageFont.load_default(size=max(12, round(max(w, h) / 30)))
 
     def clip(x: float, y: float) -> tuple[float, float]:
-        return min(max(x, 0), w - 1), min(max(y, 0), h - 1)
+        return min(max(x * k, 0), w - 1), min(max(y * k, 0), h - 1)
 
     for box, colour, label in boxes:
         x1, y1 = clip(box[0], box[1])
         x2, y2 = clip(box[2], box[3])
         draw.rectangle([x1, y1, max(x1, x2), max(y1, y2)], outline=colour, width=width)
         if label:
-            draw.text((x1 + width, y1 + width), label, fill=colour)
+            draw.text((x1 + width, y1 + width), label, fill=colour, font=font)
     for point, colour, label in points:
         x, y = clip(point[0], point[1])
         r = 3 * width
@@ -166,7 +187,7 @@ def draw_marks(image: Image.Image, boxes: Iterable[tuple[Sequence[float], str, s
         draw.line([x - 2 * r, y, x + 2 * r, y], fill=colour, width=max(1, width // 2))
         draw.line([x, y - 2 * r, x, y + 2 * r], fill=colour, width=max(1, width // 2))
         if label:
-            draw.text((x + r + 2, y + r + 2), label, fill=colour)
+            draw.text((x + r + 2, y + r + 2), label, fill=colour, font=font)
     return out
 
 
@@ -176,7 +197,32 @@ def image_input(gr: Any, elem_id: str, label: str = "image") -> Any:
     return gr.File(label=label, file_types=list(IMAGE_TYPES), file_count="single", type="filepath", elem_id=elem_id)
 
 
-__all__ = ["DEFAULT_HOST", "DemoInputError", "draw_marks", "image_input", "launch", "read_upload", "shown_errors"]
+def image_preview(gr: Any, elem_id: str, label: str = "preview (small images enlarged)") -> Any:
+    """Where an upload is shown once it is read (the file box above it only names the file)."""
+    return gr.Image(label=label, type="pil", interactive=False, elem_id=elem_id)
+
+
+def preview_of(path: str | None) -> tuple[str, Image.Image | None]:
+    """(status, the upload enlarged for display); a file that cannot be read says why in the status."""
+    if not path:
+        return "", None
+    return "", for_display(read_upload(path))
+
+
+def template_controls(gr: Any, prefix: str, model: Any, open_: bool = False) -> list[Any]:
+    """The prompt template of `model` (its run's system prompt and suffix, or R1's), editable; where it came from."""
+    with gr.Accordion("prompt template", open=open_):
+        gr.Markdown(html.escape(model.template_origin, quote=False), elem_id=f"{prefix}-template-origin")
+        return [
+            gr.Textbox(value=model.system_prompt, label="system prompt (empty: none)", lines=2,
+                       elem_id=f"{prefix}-system"),
+            gr.Textbox(value=model.prompt_suffix, label="prompt suffix, appended to the question (empty: none)",
+                       elem_id=f"{prefix}-suffix"),
+        ]
+
+
+__all__ = ["DEFAULT_HOST", "DISPLAY_SIDE", "DemoInputError", "display_factor", "draw_marks", "for_display",
+           "image_input", "image_preview", "launch", "preview_of", "read_upload", "shown_errors", "template_controls"]
 
 
 def sampling_controls(gr: Any, prefix: str, max_new_tokens: int = 128) -> list[Any]:

@@ -54,13 +54,14 @@ def _requests(demo: str, scene: Any, notes: Any, max_new_tokens: int) -> tuple[t
     """(bad request args, timed request args, api name) of one demo."""
     sampling = (0.0, 1.0, 0, max_new_tokens, 0)  # temperature (greedy), top-p, top-k, max new tokens, seed
     auto = "auto (the model's own)"
+    template = (None, None)  # system prompt, suffix: the model's own
     return {
-        "chat": ((notes, "How many red boxes?", "", "math", "", *sampling),
-                 (scene, "How many red boxes?", "1", "count", "", *sampling), "/run"),
-        "grounding": ((scene, "the red box", auto, "[5000, 5000, 6000, 6000]", *sampling),
-                      (scene, "the red box", auto, "[100, 120, 300, 360]", *sampling), "/run"),
-        "gui": ((scene, "tap the red button", '{"action_type": "click", "bbox": [1, 2]}', *sampling),
-                (scene, "tap the red button", "[100, 120, 300, 360]", *sampling), "/run"),
+        "chat": ((notes, "How many red boxes?", "", "math", "", *template, *sampling),
+                 (scene, "How many red boxes?", "1", "count", "", *template, *sampling), "/run"),
+        "grounding": ((scene, "the red box", auto, "[5000, 5000, 6000, 6000]", *template, *sampling),
+                      (scene, "the red box", auto, "[100, 120, 300, 360]", *template, *sampling), "/run"),
+        "gui": ((scene, "tap the red button", '{"action_type": "click", "bbox": [1, 2]}', *template, *sampling),
+                (scene, "tap the red button", "[100, 120, 300, 360]", *template, *sampling), "/run"),
         "rewards": (("<answer>x</answer>", "click it", "gui", "", "", None),
                     ("<think>half</think><answer>\\frac{1}{2}</answer>", "0.5", "math", "", "", None), "/run"),
         "runs": (("100", 99), ("stage 1",), None),

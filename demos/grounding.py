@@ -14,9 +14,12 @@ from demos._common import (
     DemoInputError,
     draw_marks,
     image_input,
+    image_preview,
+    preview_of,
     read_upload,
     sampling_controls,
     shown_errors,
+    template_controls,
     to_sampling,
 )
 from mmrl.data.boxes import box_iou, convert_box
@@ -72,7 +75,7 @@ def _fmt(box: list[float]) -> str:
 
 def grounding_view(image: Image.Image, completion: str, frame: str, input_size: tuple[int, int], gold_text: str = "",
                    ) -> tuple[Image.Image, list[list[float]], str]:
-    """(image with the boxes drawn, predicted boxes in image pixels, IoU line) for one reply."""
+    """(image with the boxes drawn, enlarged for display; predicted boxes in image pixels; IoU line) for one reply."""
     boxes = predicted_boxes(completion, frame, image.size, input_size)
     gold = parse_gold_box(gold_text, image.size)
     marks = [(b, "red", f"pred {i + 1}" if len(boxes) > 1 else "pred") for i, b in enumerate(boxes)]
@@ -95,8 +98,9 @@ def grounding_view(image: Image.Image, completion: str, frame: str, input_size: 
 
 
 def locate(model: Any, image_path: str | None, expression: str, frame_label: str, gold_text: str, sampling: Any,
-           ) -> tuple[str, Image.Image, str, list]:
-    """The handler: (status, drawing, raw reply, boxes in image pixels)."""
+           system: str | None = None, suffix: str | None = None) -> tuple[str, Image.Image, str, list]:
+    """The handler: (status, drawing, raw reply, boxes in image pixels). `system` / `suffix`: the prompt template
+    (None: the model's own)."""
     image = read_upload(image_path)
     if not (expression or "").strip():
         raise DemoInputError("type what to find, e.g. 'the red car on the left'")
@@ -104,7 +108,7 @@ def locate(model: Any, image_path: str | None, expression: str, frame_label: str
     assumed = getattr(model, "frame_note", "") if frame == "auto" else ""
     frame = model.box_frame if frame == "auto" else frame
     parse_gold_box(gold_text, image.size)  # a malformed gold is reported before the model runs
-    reply = model.reply(PROMPT.format(expression=expression.strip()), image, sampling)
+    reply = model.reply(PROMPT.format(expression=expression.strip()), image, sampling, system, suffix)
     drawn, boxes, note = grounding_view(image, reply, frame, model.input_size(image), gold_text)
     return note + assumed, drawn, reply, [[round(v, 1) for v in b] for b in boxes]
 
@@ -119,9 +123,11 @@ def build_app(model: Any, frame: str = "auto") -> Any:
         with gr.Row():
             with gr.Column():
                 image = image_input(gr, "grounding-image")
+                preview = image_preview(gr, "grounding-preview")
                 expression = gr.Textbox(label="referring expression", elem_id="grounding-expression")
                 frame_box = gr.Dropdown(list(FRAMES), value=default, label="box frame", elem_id="grounding-frame")
                 gold = gr.Textbox(label="gold box [x1, y1, x2, y2] in image pixels (optional)", elem_id="grounding-gold")
+                template = template_controls(gr, "grounding", model)
                 controls = sampling_controls(gr, "grounding")
                 button = gr.Button("locate", variant="primary", elem_id="grounding-locate")
             with gr.Column():
@@ -131,12 +137,13 @@ def build_app(model: Any, frame: str = "auto") -> Any:
                 raw = gr.Textbox(label="raw reply", lines=3, interactive=False, elem_id="grounding-raw")
 
         @shown_errors(4, 0)
-        def run(image_path, expression_text, frame_label, gold_text, *sampling_values):
+        def run(image_path, expression_text, frame_label, gold_text, system, suffix, *sampling_values):
             note, picture, reply, found = locate(model, image_path, expression_text, frame_label, gold_text,
-                                                 to_sampling(*sampling_values))
+                                                 to_sampling(*sampling_values), system, suffix)
             return note, picture, found, reply
 
-        button.click(run, [image, expression, frame_box, gold, *controls], [status, drawn, boxes, raw])
+        button.click(run, [image, expression, frame_box, gold, *template, *controls], [status, drawn, boxes, raw])
+        image.change(shown_errors(2, 0)(preview_of), image, [status, preview])
     return app
 
 

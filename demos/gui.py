@@ -14,9 +14,12 @@ from demos._common import (
     DemoInputError,
     draw_marks,
     image_input,
+    image_preview,
+    preview_of,
     read_upload,
     sampling_controls,
     shown_errors,
+    template_controls,
     to_sampling,
 )
 from demos._scoring import GoldError, parse_gold
@@ -82,7 +85,8 @@ def _check_gui_gold(gold: dict[str, Any], image_size: tuple[int, int] | None) ->
 
 def gui_view(image: Image.Image, completion: str, frame: str, input_size: tuple[int, int], gold_text: str = "",
              ) -> tuple[Image.Image, dict[str, Any] | None, str]:
-    """(screenshot with the click and the gold drawn, the parsed action, a one-line verdict) for one reply."""
+    """(screenshot with the click and the gold drawn, enlarged for display; the parsed action; a one-line verdict)
+    for one reply."""
     action = parse_action(extract_answer(completion))
     gold = parse_gui_gold(gold_text, image.size)
     sizes = {"image_size": image.size, "input_size": input_size}
@@ -113,13 +117,14 @@ def gui_view(image: Image.Image, completion: str, frame: str, input_size: tuple[
 
 
 def act(model: Any, image_path: str | None, instruction: str, gold_text: str, sampling: Any,
-        ) -> tuple[str, Image.Image, str, str]:
-    """The handler: (verdict, drawing, action JSON, raw reply)."""
+        system: str | None = None, suffix: str | None = None) -> tuple[str, Image.Image, str, str]:
+    """The handler: (verdict, drawing, action JSON, raw reply). `system` / `suffix`: the prompt template (None: the
+    model's own)."""
     image = read_upload(image_path, "screenshot")
     if not (instruction or "").strip():
         raise DemoInputError("type an instruction first, e.g. 'open the settings'")
     parse_gui_gold(gold_text, image.size)  # a malformed gold is reported before the model runs
-    reply = model.reply(PROMPT.format(instruction=instruction.strip()), image, sampling)
+    reply = model.reply(PROMPT.format(instruction=instruction.strip()), image, sampling, system, suffix)
     drawn, action, note = gui_view(image, reply, model.box_frame, model.input_size(image), gold_text)
     return note + getattr(model, "frame_note", ""), drawn, json.dumps(action, indent=1) if action else "null", reply
 
@@ -134,9 +139,11 @@ def build_app(model: Any) -> Any:
         with gr.Row():
             with gr.Column():
                 image = image_input(gr, "gui-image", "screenshot")
+                preview = image_preview(gr, "gui-preview")
                 instruction = gr.Textbox(label="instruction", elem_id="gui-instruction")
                 gold = gr.Textbox(label="gold (optional): [x1, y1, x2, y2], [x, y] or an action dict, in pixels",
                                   elem_id="gui-gold")
+                template = template_controls(gr, "gui", model)
                 controls = sampling_controls(gr, "gui")
                 button = gr.Button("act", variant="primary", elem_id="gui-act")
             with gr.Column():
@@ -146,10 +153,11 @@ def build_app(model: Any) -> Any:
                 raw = gr.Textbox(label="raw reply", lines=3, interactive=False, elem_id="gui-raw")
 
         @shown_errors(4, 0)
-        def run(image_path, instruction_text, gold_text, *sampling_values):
-            return act(model, image_path, instruction_text, gold_text, to_sampling(*sampling_values))
+        def run(image_path, instruction_text, gold_text, system, suffix, *sampling_values):
+            return act(model, image_path, instruction_text, gold_text, to_sampling(*sampling_values), system, suffix)
 
-        button.click(run, [image, instruction, gold, *controls], [status, drawn, action, raw])
+        button.click(run, [image, instruction, gold, *template, *controls], [status, drawn, action, raw])
+        image.change(shown_errors(2, 0)(preview_of), image, [status, preview])
     return app
 
 

@@ -1,7 +1,7 @@
 """Run viewer (`mmrl demo runs RUN_DIR`): the metric curves of a run per stage (reward components, accuracy,
 completion length, KL, entropy, clip fractions, loss) from `metrics.jsonl`, and the saved samples
 (`samples/step-N.jsonl`) browsable by step with their rewards and images. Another run's `metrics.jsonl` can be
-uploaded to compare. Reads the run directory only; writes nothing into it.
+uploaded to compare: its curves are drawn dashed over this run's. Reads the run directory only; writes nothing into it.
 """
 
 from __future__ import annotations
@@ -78,23 +78,29 @@ def _rows_of_stage(rows: list[dict[str, Any]], stage: str) -> list[dict[str, Any
     return [r for r in rows if str(r.get("stage_name") or f"stage {r.get('stage')}") == stage]
 
 
-def curves(rows: list[dict[str, Any]], stage: str = ALL_STAGES) -> tuple[list[tuple[Image.Image, str]], list[str]]:
-    """One figure per panel that has data, as (image, caption), for the rows of `stage`; and notes on the rest."""
+def curves(rows: list[dict[str, Any]], stage: str = ALL_STAGES,
+           other: tuple[str, list[dict[str, Any]]] | None = None) -> tuple[list[tuple[Image.Image, str]], list[str]]:
+    """One figure per panel that has data, as (image, caption), for the rows of `stage`; and notes on the rest.
+
+    `other` = (name, rows) of another run: drawn dashed on the same axes as this run's curves (a panel that only one
+    of them logged still shows that one), so a comparison is read against the run, not beside it."""
     chosen = _rows_of_stage(rows, stage)
     if not chosen:
         raise DemoInputError(f"no metrics rows for {stage!r}")
-    keys = sorted({k for row in chosen for k in row})
+    theirs = other[1] if other is not None else []
+    keys = sorted({k for row in [*chosen, *theirs] for k in row})
     changes = stage_changes(chosen)
     figures, notes = [], []
     with tempfile.TemporaryDirectory(prefix="mmrl-demo-runs-") as tmp:
         for spec in PANELS:
-            selected = [k for k in spec.select(keys) if _series(chosen, k)[0]]
+            selected = [k for k in spec.select(keys) if _series(chosen, k)[0] or _series(theirs, k)[0]]
             if not selected:
                 notes.append(f"{spec.title}: not logged")
                 continue
-            png = _draw(spec, chosen, selected, changes, Path(tmp))
+            png = _draw(spec, chosen, selected, changes, Path(tmp), other)
+            caption = spec.title if other is None else f"{spec.title}: this run (solid) vs {other[0]} (dashed)"
             with Image.open(png) as figure:
-                figures.append((figure.convert("RGB"), spec.title))
+                figures.append((figure.convert("RGB"), caption))
     return figures, notes
 
 
@@ -196,7 +202,8 @@ def build_app(run_dir: str | Path) -> Any:
         with gr.Tab("compare"):
             upload = gr.File(label="another run's metrics.jsonl", file_types=[".jsonl", ".json"], type="filepath",
                              elem_id="runs-upload")  # fmt: skip
-            other = gr.Gallery(label="curves of the uploaded file", columns=2, height="auto", object_fit="contain",
+            other = gr.Gallery(label="this run's curves with the uploaded run's overlaid (dashed)", columns=2,
+                               height="auto", object_fit="contain",
                                elem_id="runs-other")
 
         @shown_errors(3, 0)
@@ -223,7 +230,7 @@ def build_app(run_dir: str | Path) -> Any:
 
         @shown_errors(2, 0)
         def on_upload(path):
-            figures, _ = curves(uploaded_metrics(path))
+            figures, _ = curves(run.rows, ALL_STAGES, (f"uploaded {Path(path or '').name}", uploaded_metrics(path)))
             return "", figures
 
         stage.change(on_stage, stage, [status, gallery, notes])

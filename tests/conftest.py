@@ -33,6 +33,15 @@ def tiny_model_dir():
     return ensure_tiny_model("tiny")
 
 
+@pytest.fixture(scope="session")
+def colour_checkpoint(tmp_path_factory):
+    """A trained mmrl checkpoint (tiny, SFT-ed to name the colour of a square with its own system prompt and suffix;
+    `tests.unit.demo_assets.train_colour_checkpoint`), trained once per session for the demo tests."""
+    from tests.unit.demo_assets import train_colour_checkpoint
+
+    return train_colour_checkpoint(tmp_path_factory.mktemp("colour-checkpoint"))
+
+
 def _free_port_args() -> list[str]:
     """`accelerate launch` arguments for a free port: the preset's fixed port can still be held by the previous
     launch's store. Asked anew for each launch (a port is free only until someone binds it)."""

@@ -106,7 +106,22 @@ def _moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
-def _draw(spec: PlotSpec, rows: Sequence[dict[str, Any]], keys: list[str], changes, out: Path) -> Path:
+def _curve(ax: Any, xs: list[float], ys: list[float], key: str, lw: float, label: str, color: Any = None,
+           style: str = "-") -> Any:
+    """One metric's curve (a faint raw line plus its moving average when there are many points); its colour."""
+    if len(xs) < 20 or key.startswith("eval/"):
+        (line,) = ax.plot(xs, ys, marker="o", markersize=3, linewidth=lw, label=label, color=color, linestyle=style)
+        return line.get_color()
+    (line,) = ax.plot(xs, ys, linewidth=0.8, alpha=0.35, color=color, linestyle=style)
+    ax.plot(xs, _moving_average(ys, max(5, len(ys) // 20)), color=line.get_color(), linewidth=lw, label=label,
+            linestyle=style)
+    return line.get_color()
+
+
+def _draw(spec: PlotSpec, rows: Sequence[dict[str, Any]], keys: list[str], changes, out: Path,
+          other: tuple[str, Sequence[dict[str, Any]]] | None = None) -> Path:
+    """Draw `spec`'s `keys` of `rows`; with `other` = (name, rows), that run's same metrics overlaid, dashed, in the
+    same colour per metric (the comparison of two runs is read on one set of axes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,13 +130,12 @@ def _draw(spec: PlotSpec, rows: Sequence[dict[str, Any]], keys: list[str], chang
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     for key in keys:
         xs, ys = _series(rows, key)
-        sparse = len(xs) < 20 or key.startswith("eval/")
         lw = 2.2 if key.endswith("total") or len(keys) == 1 else 1.4
-        if sparse:
-            ax.plot(xs, ys, marker="o", markersize=3, linewidth=lw, label=key)
-        else:  # many points: faint raw curve plus a moving average
-            (line,) = ax.plot(xs, ys, linewidth=0.8, alpha=0.35)
-            ax.plot(xs, _moving_average(ys, max(5, len(ys) // 20)), color=line.get_color(), linewidth=lw, label=key)
+        color = _curve(ax, xs, ys, key, lw, key) if xs else None
+        if other is not None:
+            oxs, oys = _series(other[1], key)
+            if oxs:
+                _curve(ax, oxs, oys, key, lw, f"{key} ({other[0]})", color, "--")
     top = ax.get_ylim()[1]
     for i, (step, label) in enumerate(changes):
         if i > 0:

@@ -2,8 +2,10 @@
 
 Each demo is served in-process on a free 127.0.0.1 port with the demos' own safe launch settings; the browser loads the
 page, uploads a bad file (a non-image, a truncated PNG, a 100-megapixel header, a broken metrics.jsonl) and reads the
-one-line message in the page, then uploads a good one and gets an answer or a drawing. Screenshots go to the test's
-temporary directory (and to $MMRL_DEMO_SCREENSHOTS when set: that is how docs/demo-*.png are made).
+one-line message in the page, then uploads a good one and gets an answer or a drawing. The model demos serve a trained
+checkpoint (`colour_checkpoint`: tiny, SFT-ed once per session to name a square's colour with its own system prompt),
+and the chat must answer its colour question right. Screenshots go to the test's temporary directory (and to
+$MMRL_DEMO_SCREENSHOTS when set: that is how docs/demo-*.png are made).
 
 Without a browser the tests skip, except under CI=true, where they fail: CI must run them.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 from collections.abc import Iterator
@@ -20,7 +23,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.unit.demo_assets import huge_png
+from tests.unit.demo_assets import COLOUR_QUESTION, COLOUR_SYSTEM, colour_square, huge_png
 
 pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("MMRL_CHROMIUM", "/usr/bin/chromium")  # Debian's package; another path on other systems
@@ -64,10 +67,21 @@ def browser() -> Iterator:
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
+def colour_model(colour_checkpoint):
     from demos._model import DemoModel
 
-    return DemoModel.load("tiny", device="cpu")
+    return DemoModel.load(str(colour_checkpoint), device="cpu")
+
+
+READABLE_PX = 300  # an image shown this tall or more can be looked at; the 56-px ones were drawn 56 px tall
+
+
+def shown_height(page, selector: str) -> float:
+    """The height the browser draws an image at, in CSS pixels, once it is visible."""
+    from playwright.sync_api import expect
+
+    expect(page.locator(selector)).to_be_visible()
+    return page.locator(selector).bounding_box()["height"]
 
 
 def _free_port() -> int:
@@ -167,61 +181,62 @@ def test_rewards_demo_scores_and_rejects_a_non_image(open_demo, tmp_path):
     expect(page.locator("#rewards-drawn img")).to_be_visible()
 
 
-def test_chat_demo_streams_a_reply_and_rejects_a_non_image(open_demo, tiny_model, tmp_path):
+def test_chat_demo_answers_the_trained_colour_question_and_rejects_a_non_image(open_demo, colour_model, tmp_path):
     from playwright.sync_api import expect
 
     from demos.chat import build_app
 
-    page = open_demo(build_app(tiny_model), "chat")
+    page = open_demo(build_app(colour_model), "chat")
+    # The run's own system prompt, shown and editable (the demo sent R1's to every checkpoint, not shown).
+    expect(page.locator("#chat-system textarea")).to_have_value(COLOUR_SYSTEM)
+    expect(page.locator("#chat-template-origin")).to_contain_text("config.yaml")
     upload(page, "chat-image", not_an_image(tmp_path / "photo.jpg"))
-    page.fill("#chat-question textarea", "How many red squares are there?")
+    assert "not a readable image" in status_of(page, "chat-status", "photo.jpg")  # said on upload, before asking
+    upload(page, "chat-image", colour_square(tmp_path / "square.png", "green", seed=5))
+    # The 56-px upload is previewed at a size a person can look at.
+    assert shown_height(page, "#chat-preview img") >= READABLE_PX
+    page.fill("#chat-question textarea", COLOUR_QUESTION)
+    page.fill("#chat-gold textarea", "green")  # the task is left on auto: 'green' is a text answer
     page.click("#chat-ask")
-    assert "not a readable image" in status_of(page, "chat-status", "photo.jpg")
-    upload(page, "chat-image", good_image(tmp_path / "squares.png"))
-    page.fill("#chat-gold textarea", "1")
-    page.locator("#chat-task input").fill("count")
-    page.keyboard.press("Enter")
-    page.click("#chat-ask")
-    status_of(page, "chat-status", "done")
-    assert page.input_value("#chat-raw textarea").strip(), "the model's reply is shown"
-    # With a gold answer, the reply's format and accuracy rewards (the untrained model earns 0 on both).
-    expect(page.locator("#chat-rewards")).to_contain_text("accuracy")
-    assert "format" in page.inner_text("#chat-rewards")
+    assert "task text (inferred from the gold)" in status_of(page, "chat-status", "done")
+    expect(page.locator("#chat-answer textarea")).to_have_value("green")
+    rewards = page.inner_text("#chat-rewards")
+    assert re.search(r"accuracy\s+1(\.0)?\s", rewards + "\n") and "unscorable" not in rewards, rewards
     expect(page.locator("#chat-thinking-panel")).to_be_visible()
 
 
-def test_grounding_demo_draws_boxes_and_rejects_a_truncated_image(open_demo, tiny_model, tmp_path):
-    from playwright.sync_api import expect
-
+def test_grounding_demo_draws_boxes_and_rejects_a_truncated_image(open_demo, colour_model, tmp_path):
     from demos.grounding import build_app
 
-    page = open_demo(build_app(tiny_model), "grounding")
+    page = open_demo(build_app(colour_model), "grounding")
     upload(page, "grounding-image", truncated_png(tmp_path / "cut.png"))
     page.fill("#grounding-expression textarea", "the red square")
     page.click("#grounding-locate")
     assert "truncated" in status_of(page, "grounding-status", "cut.png")
-    upload(page, "grounding-image", good_image(tmp_path / "scene.png"))
-    page.fill("#grounding-gold textarea", "[20, 30, 80, 90]")
+    upload(page, "grounding-image", colour_square(tmp_path / "scene.png", "red", seed=3))
+    assert shown_height(page, "#grounding-preview img") >= READABLE_PX
+    page.fill("#grounding-gold textarea", "[4, 4, 52, 52]")
     page.click("#grounding-locate")
     assert "IoU" in status_of(page, "grounding-status", "iou reward")
-    expect(page.locator("#grounding-drawn img")).to_be_visible()
+    assert shown_height(page, "#grounding-drawn img") >= READABLE_PX  # was drawn 56 px tall
 
 
-def test_gui_demo_draws_the_action_and_rejects_a_100_megapixel_image(open_demo, tiny_model, tmp_path):
+def test_gui_demo_draws_the_action_and_rejects_a_100_megapixel_image(open_demo, colour_model, tmp_path):
     from playwright.sync_api import expect
 
     from demos.gui import build_app
 
-    page = open_demo(build_app(tiny_model), "gui")
+    page = open_demo(build_app(colour_model), "gui")
     upload(page, "gui-image", huge_png(tmp_path / "bomb.png"))
     page.fill("#gui-instruction textarea", "open the settings")
     page.click("#gui-act")
     assert "megapixels" in status_of(page, "gui-status", "bomb.png")
-    upload(page, "gui-image", good_image(tmp_path / "screen.png", (120, 240)))
-    page.fill("#gui-gold textarea", "[20, 30, 80, 90]")
+    upload(page, "gui-image", good_image(tmp_path / "screen.png", (60, 120)))
+    assert shown_height(page, "#gui-preview img") >= READABLE_PX
+    page.fill("#gui-gold textarea", "[20, 30, 50, 60]")
     page.click("#gui-act")
     assert "gui_action" in status_of(page, "gui-status", "gui_action")
-    expect(page.locator("#gui-drawn img")).to_be_visible()
+    assert shown_height(page, "#gui-drawn img") >= READABLE_PX  # was drawn 120 px tall
     expect(page.locator("#gui-action")).to_be_visible()
 
 
@@ -270,8 +285,11 @@ def test_runs_demo_shows_curves_samples_and_rejects_a_broken_upload(open_demo, t
     # The server keeps serving after the bad upload: a good file is drawn and the message goes away.
     good = tmp_path / "other" / "metrics.jsonl"
     good.parent.mkdir()
-    good.write_text("".join(json.dumps({"step": s, "reward/total": 0.05 * s, "kl": 0.02 * s}) + "\n" for s in range(1, 9)))
+    good.write_text("".join(json.dumps({"step": s, "reward/total": min(1.0, 0.15 * s), "kl": 0.02 * s}) + "\n"
+                            for s in range(1, 9)))  # fmt: skip
     upload(page, "runs-upload", good)
     expect(page.locator("#runs-other img").first).to_be_visible()
     expect(page.locator("#runs-status")).not_to_contain_text("metrics.jsonl")
-    page.get_by_role("tab", name="curves").click()
+    # Overlaid on this run's curves (it drew the upload alone): KL and entropy, which only this run logs, are there.
+    expect(page.locator("#runs-other")).to_contain_text("this run (solid) vs uploaded metrics.jsonl (dashed)")
+    assert page.locator("#runs-other img").count() >= 5  # the page is left on the comparison for the screenshot

@@ -56,3 +56,69 @@ def noise_png(path: Path, side: int = 300) -> tuple[bytes, list[tuple[int, bytes
         pos += 12 + length
     return data, chunks
 
+
+
+# ---------------------------------------------------------------- a trained checkpoint
+COLOURS = {"red": (220, 30, 30), "blue": (30, 70, 220), "green": (30, 160, 50), "yellow": (235, 200, 20)}
+COLOUR_QUESTION = "What color is the square?"
+# Not R1's prompt, and a suffix: a demo that drops or replaces the run's template shows a prompt this model never saw.
+COLOUR_SYSTEM = "Say what colour the square is: a short thought inside <think> </think>, then the colour inside " \
+                "<answer> </answer>."
+COLOUR_SUFFIX = " One word."
+
+
+def colour_square(path: Path, colour: str, seed: int, side: int = 56) -> Path:
+    """A square of `colour` filling most of a white `side`-pixel image, its margins drawn from `seed`."""
+    import random
+
+    rng = random.Random(seed)
+    image = Image.new("RGB", (side, side), "white")
+    margins = [rng.randint(0, side // 8) for _ in range(4)]
+    ImageDraw.Draw(image).rectangle([margins[0], margins[1], side - 1 - margins[2], side - 1 - margins[3]],
+                                    fill=COLOURS[colour])
+    image.save(path)
+    return path
+
+
+def train_colour_checkpoint(root: Path, steps: int = 80) -> Path:
+    """A real mmrl checkpoint that answers `COLOUR_QUESTION`: the `tiny` preset SFT-ed by `mmrl.sft.train_sft` with
+    `COLOUR_SYSTEM` and `COLOUR_SUFFIX` on 64 squares of 4 colours (56 px, as the quickstart's images). Returns
+    `<root>/run/checkpoints/step-<steps>`; the run's config.yaml sits next to `checkpoints/`, as after `mmrl sft`.
+
+    Why not the quickstart: its `small` model needs minutes of SFT and GRPO. Why not the synthetic colour task: tiny
+    answers one colour for every shape on white after 120 steps. A square filling the image it learns suddenly: greedy
+    answers to 16 held-out squares were right 8 times at steps 40 and 60 (two colours merged), 16 at 80 and 100.
+    """
+    import json
+
+    from mmrl.config import load_config
+    from mmrl.sft.trainer import train_sft
+
+    data = root / "data"
+    (data / "images").mkdir(parents=True)
+    lines = []
+    for i in range(64):
+        colour = list(COLOURS)[i % len(COLOURS)]
+        colour_square(data / "images" / f"{i}.png", colour, seed=i)
+        lines.append(json.dumps({"id": f"sq-{i}", "images": [f"images/{i}.png"], "prompt": COLOUR_QUESTION,
+                                 "answer": colour, "response": f"<think> The square is {colour}. </think>"
+                                                               f"<answer> {colour} </answer>"}))
+    (data / "train.jsonl").write_text("\n".join(lines) + "\n")
+    settings = {"model.name_or_path": "tiny", "model.freeze_vision_tower": True, "data.train": str(data / "train.jsonl"),
+                "data.min_pixels": 3136, "data.max_pixels": 3136, "trainer.output_dir": str(root / "run"),
+                "trainer.report_to": "[jsonl]", "trainer.progress": False, "trainer.batch_size": 8,
+                "trainer.max_steps": steps, "optimizer.lr": 2e-3, "trainer.seed": 0}
+    overrides = [f"{k}={v}" for k, v in settings.items()]
+    # Given apart: an override's value is parsed as YAML, and the prompt's ': ' would make it a mapping.
+    cfg = load_config(None, overrides).model_copy(deep=True)
+    cfg.data.system_prompt, cfg.data.prompt_suffix = COLOUR_SYSTEM, COLOUR_SUFFIX
+    import torch
+
+    # One thread: tiny's matmuls are too small to share, and on a busy machine a second thread's waiting spins (the
+    # suite's two threads made this training take 10x the CPU time on 2 cores with a load of 15).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_sft(cfg) / "checkpoints" / f"step-{steps}"
+    finally:
+        torch.set_num_threads(threads)

@@ -64,8 +64,9 @@ def test_shown_errors_turns_failures_into_one_status_line(caplog):
 def test_draw_marks_draws_in_image_pixels_and_clips_wild_coordinates():
     image = Image.new("RGB", (100, 80), "white")
     drawn = draw_marks(image, boxes=[([10, 10, 50, 40], "red", "")], points=[([1e9, -5], "lime", "")])
-    assert drawn.getpixel((10, 25)) == (255, 0, 0) and drawn.getpixel((30, 25)) == (255, 255, 255)
-    assert drawn.getpixel((99, 0)) == (0, 255, 0)  # a point far outside is drawn at the clipped corner
+    assert drawn.size == (500, 400)  # shown 5x; the marks' coordinates are still the image's pixels
+    assert drawn.getpixel((50, 125)) == (255, 0, 0) and drawn.getpixel((150, 125)) == (255, 255, 255)
+    assert drawn.getpixel((499, 0)) == (0, 255, 0)  # a point far outside is drawn at the clipped corner
     assert image.getpixel((10, 25)) == (255, 255, 255)  # the upload itself is untouched
 
 

@@ -42,6 +42,26 @@ def test_run_viewer_reads_curves_per_stage_and_samples(tmp_path):
         read_samples(run, 5)
 
 
+def test_an_uploaded_run_is_overlaid_on_this_runs_curves(tmp_path):
+    """Compare draws the other run's metrics dashed on the same axes as this run's (it drew the upload alone)."""
+    import numpy as np
+
+    from demos.runs import curves, load_run
+
+    run = load_run(make_run(tmp_path))
+    other = [{"step": s, "reward/total": 1 - s / 10, "loss": 0.5 / s} for s in range(1, 7)]
+    alone, _ = curves(run.rows)
+    both, notes = curves(run.rows, other=("uploaded metrics.jsonl", other))
+    captions = {t.split(":")[0]: t for _, t in both}
+    assert captions["Reward"] == "Reward: this run (solid) vs uploaded metrics.jsonl (dashed)"
+    # This run's panels are all still there (KL, entropy: only this run logs them), and the upload's loss, which
+    # this run does not log, gets its panel too.
+    assert set(captions) == {t for _, t in alone} | {"Loss"} and not any("Loss" in n for n in notes)
+    reward_alone = np.asarray(next(f for f, t in alone if t == "Reward"))
+    reward_both = np.asarray(next(f for f, t in both if t.startswith("Reward")))
+    assert reward_alone.shape == reward_both.shape and (reward_alone != reward_both).any()
+
+
 def test_uploaded_metrics_are_checked(tmp_path):
     from demos.runs import uploaded_metrics
 

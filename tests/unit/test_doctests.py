@@ -32,6 +32,7 @@ MODULES = [
     "mmrl.generation.types",
     "mmrl.generation.decoding",
     "mmrl.generation.openai_format",
+    "mmrl.generation.trained",
     "mmrl.registry",
     "data_pipelines.registry",
     "data_pipelines.rejection",
