@@ -24,8 +24,9 @@
 #   vllm, flash_attn  only where those packages are installed (they cannot travel to the lent GPU machine): skipped
 #               with a line otherwise
 # The last thing written: $OUT/summary.json and $OUT/summary.txt (step, status, seconds, key figures). $OUT defaults
-# to ./gpu_check_out. Exit status: 0 when every step that ran passed, 1 when one failed or timed out, 2 when torch
-# cannot be imported.
+# to ./gpu_check_out; GPU_CHECK_WHEELS names another wheel folder than .whl, PYTHON another interpreter than python3.
+# Exit status: 0 when every step that ran passed, 1 when one failed or timed out, 3 when torch cannot be imported (2:
+# a usage error).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -35,7 +36,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE="${2:-}"; shift 2 || break ;;
     --device=*) DEVICE="${1#--device=}"; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (usage: scripts/gpu_check.sh [--device cuda|cpu])" >&2; exit 2 ;;
   esac
 done
@@ -95,7 +96,8 @@ step() {
   case "$rc" in
     0) status=ok ;;
     124|137) status=timeout; note="over its ${limit} s limit" ;;
-    *) status=fail; note="exit code $rc; last line: $(grep -v '^[[:space:]]*$' "$log" | tail -n 1 | cut -c1-200)" ;;
+    *) status=fail  # the last line that is neither blank nor a program's JSON figures says why
+       note="exit code $rc; last line: $(grep -v -e '^[[:space:]]*$' -e '^{' "$log" | tail -n 1 | cut -c1-200)" ;;
   esac
   record "$name" "$status" "$(elapsed "$start" "$(now)")" "$note"
 }
@@ -104,17 +106,18 @@ skip() { record "$1" skipped 0.0 "$2"; }
 
 # -- wheels ----------------------------------------------------------------------------------------------------
 SITE="$WORK/site"
+WHEELS="${GPU_CHECK_WHEELS:-.whl}"  # the folder scripts/gpu_prepare.sh fills (the tests point it elsewhere)
 shopt -s nullglob
-wheels=(.whl/*.whl)
+wheels=("$WHEELS"/*.whl)
 shopt -u nullglob
 if [ "${#wheels[@]}" -gt 0 ]; then
   step wheels "$T_WHEELS" "$PY" -m pip install --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
     --target "$SITE" "${wheels[@]}"
   export PYTHONPATH="$SITE:$PYTHONPATH"
 elif "$PY" -c "import pydantic, math_verify" 2>/dev/null; then
-  skip wheels "no .whl/ folder; pydantic and math_verify are installed already"
+  skip wheels "no wheels in $WHEELS/; pydantic and math_verify are installed already"
 else
-  record wheels fail 0.0 "no .whl/ folder and pydantic/math_verify are missing: run scripts/gpu_prepare.sh on a networked machine and carry .whl"
+  record wheels fail 0.0 "no wheels in $WHEELS/ and pydantic/math_verify are missing: run scripts/gpu_prepare.sh on a networked machine and carry .whl"
 fi
 
 # -- versions and device -----------------------------------------------------------------------------------------
@@ -260,6 +263,9 @@ for row in steps_file.read_text().splitlines():
             values = [c[f"{kind}_grad_rel_diff"] for c in cases]
             if values:
                 figures[f"max_{kind}_grad_rel_diff"] = max(values)
+        bad = [f"{c['dtype']}/checkpointing {'on' if c['checkpointing'] else 'off'}" for c in cases if not c["ok"]]
+        if bad:
+            figures["out_of_bounds"] = bad
     if name in ("tests", "vllm", "flash_attn"):
         figures.update(pytest_counts(out / f"{name}.log"))
     steps.append({"step": name, "status": status, "seconds": float(seconds or 0), "figures": figures,
@@ -286,6 +292,6 @@ PYEOF
 
 if [ "$torch_ok" -eq 0 ]; then
   echo "gpu_check: torch cannot be imported with $PY; nothing was checked" >&2
-  exit 2
+  exit 3
 fi
 awk -F'\t' '$2 == "fail" || $2 == "timeout" {failed = 1} END {exit failed ? 1 : 0}' "$STEPS"
