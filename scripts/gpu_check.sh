@@ -60,7 +60,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 # Sizes per device: 3B on CUDA; tiny on the CPU (the same programs and arguments otherwise).
 if [ "$DEVICE" = cuda ]; then
   # seconds per step; together 360 (6 minutes), so a rerun fits the 15 minutes of a lent machine
-  T_WHEELS=20 T_VERSIONS=25 T_TESTS=110 T_PREFIX=45 T_THROUGHPUT=70 T_GRPO=90
+  T_WHEELS=15 T_VERSIONS=20 T_TESTS=100 T_PREFIX=45 T_THROUGHPUT=80 T_GRPO=100
   TEST_PATHS=(tests/)
   PREFIX_ARGS=(--preset small)
   THROUGHPUT_ARGS=(--preset qwen2.5-vl-3b --steps 1)
@@ -122,7 +122,7 @@ fi
 
 # -- versions and device -----------------------------------------------------------------------------------------
 step versions "$T_VERSIONS" "$PY" - "$DEVICE" "$WORK/versions.json" <<'PYEOF'
-import importlib, json, platform, shutil, subprocess, sys
+import importlib.util, json, platform, shutil, subprocess, sys
 from importlib import metadata
 
 device, out = sys.argv[1], sys.argv[2]
@@ -133,17 +133,16 @@ except Exception as err:  # the check cannot run at all: exit 3, which the scrip
     print(f"versions: torch cannot be imported ({type(err).__name__}: {err})")
     sys.exit(3)
 figures.update(torch=torch.__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+# Versions from the distributions' metadata, without importing (vLLM's import alone takes seconds).
 for name in ("transformers", "accelerate", "peft", "pydantic", "math_verify", "vllm", "flash_attn"):
-    try:
-        module = importlib.import_module(name)
-    except Exception as err:
+    if importlib.util.find_spec(name) is None:
         figures[name] = None
-        print(f"versions: {name} not importable ({type(err).__name__}: {str(err)[:120]})")
+        print(f"versions: {name} is not installed")
         continue
-    try:  # math_verify has no __version__: its distribution's
+    try:
         figures[name] = metadata.version(name.replace("_", "-"))
     except metadata.PackageNotFoundError:
-        figures[name] = getattr(module, "__version__", "installed")
+        figures[name] = "installed"
 if shutil.which("nvidia-smi"):
     print(subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.total,driver_version", "--format=csv,noheader"],
                          capture_output=True, text=True).stdout.strip())
@@ -161,6 +160,7 @@ for key, value in figures.items():
     print(f"{key}: {value}")
 json.dump(figures, open(out, "w"))
 try:  # the training code imports with what is installed here (pydantic, math-verify from the wheels)
+    import math_verify  # noqa: F401  (the accuracy reward imports it when it first scores)
     import mmrl.rl.trainer  # noqa: F401
     import mmrl.sft.trainer  # noqa: F401
 except Exception as err:
@@ -243,8 +243,8 @@ def pytest_counts(log):
 
 
 KEYS = {
-    "versions": ("python", "torch", "cuda", "device", "memory_gib", "transformers", "accelerate", "pydantic",
-                 "math_verify"),
+    "versions": ("python", "torch", "cuda", "device", "memory_gib", "capability", "bf16", "transformers", "accelerate",
+                 "peft", "pydantic", "math_verify"),
     "prefix": ("fp32_logp_max_abs_diff", "bf16_logp_max_abs_diff", "ok"),
     "throughput": ("rollout_tokens_per_s", "train_tokens_per_s", "rollout_mfu", "train_mfu",
                    "rollout_peak_memory_gib", "train_peak_memory_gib"),
