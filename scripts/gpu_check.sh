@@ -60,7 +60,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 # Sizes per device: 3B on CUDA; tiny on the CPU (the same programs and arguments otherwise).
 if [ "$DEVICE" = cuda ]; then
   # seconds per step; together 360 (6 minutes), so a rerun fits the 15 minutes of a lent machine
-  T_WHEELS=15 T_VERSIONS=20 T_TESTS=100 T_PREFIX=45 T_THROUGHPUT=80 T_GRPO=100
+  T_WHEELS=15 T_VERSIONS=25 T_TESTS=100 T_PREFIX=40 T_THROUGHPUT=80 T_GRPO=100
   TEST_PATHS=(tests/)
   PREFIX_ARGS=(--preset small)
   THROUGHPUT_ARGS=(--preset qwen2.5-vl-3b --steps 1)
