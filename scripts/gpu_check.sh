@@ -171,9 +171,9 @@ versions_rc=$last_rc
 # -- the rest needs torch and, on CUDA, a device: without them each step would only fail the same way --------------
 torch_ok=1
 why=""
-if [ "$versions_rc" -eq 3 ]; then
-  torch_ok=0
-  why="torch cannot be imported (see versions.log)"
+if [ "$versions_rc" -eq 3 ] || [ "$versions_rc" -eq 126 ] || [ "$versions_rc" -eq 127 ]; then
+  torch_ok=0  # 126/127: $PY itself could not be run
+  why="torch cannot be imported with $PY (see versions.log)"
 elif [ "$versions_rc" -eq 4 ]; then
   why="no CUDA device visible (see versions.log)"
 fi
@@ -211,7 +211,9 @@ else
 fi
 
 # -- the summary: written last ------------------------------------------------------------------------------------
-"$PY" - "$STEPS" "$WORK" "$OUT" "$DEVICE" <<'PYEOF'
+summary_py="$PY"
+"$PY" -c "" 2>/dev/null || summary_py=python3  # the summary needs only the standard library
+"$summary_py" - "$STEPS" "$WORK" "$OUT" "$DEVICE" <<'PYEOF'
 import json, re, sys
 from pathlib import Path
 
