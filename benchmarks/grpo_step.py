@@ -100,6 +100,7 @@ def run(args: argparse.Namespace, device: torch.device, work: Path) -> int:
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     status = 1
+    phase = "load"  # where an out-of-memory error struck: loading (policy, reference) or the step
     try:
         start = time.perf_counter()
         trainer = GRPOTrainer(cfg)
@@ -112,6 +113,7 @@ def run(args: argparse.Namespace, device: torch.device, work: Path) -> int:
         if cuda:
             figures["loaded_memory_gib"] = gib(torch.cuda.memory_allocated(device))
         start = time.perf_counter()
+        phase = "step"
         trainer.train()
         figures["step_s"] = round(time.perf_counter() - start, 2)
         figures["weights_moved"] = not torch.equal(before, probe.detach().float().cpu())
@@ -124,7 +126,7 @@ def run(args: argparse.Namespace, device: torch.device, work: Path) -> int:
         status = 0 if figures["weights_moved"] and finite and figures.get("grad_norm", 0) > 0 else 1
     except torch.OutOfMemoryError as err:
         figures["fits"] = False
-        figures["error"] = str(err).strip().splitlines()[0]
+        figures["error"] = f"out of memory during the {phase}: {str(err).strip().splitlines()[0]}"
     finally:
         if cuda:
             figures["peak_allocated_gib"] = gib(torch.cuda.max_memory_allocated(device))
