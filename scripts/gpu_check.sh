@@ -14,7 +14,8 @@
 #   wheels      install .whl/*.whl offline (--no-index --no-deps --target)
 #   versions    Python, torch/CUDA, transformers, accelerate, peft, pydantic, math-verify; the device and its memory
 #   tests       pytest -m gpu: GRPO and SFT steps in bf16 on the tiny presets with SDPA (tests/ on CUDA; on the CPU
-#               tests/integration/test_gpu.py, where they are skipped: collecting all of tests/ takes minutes there)
+#               tests/integration/test_gpu.py, where they are skipped: collecting all of tests/ takes minutes there);
+#               the vLLM and flash-attention tests run in their own steps
 #   prefix      benchmarks/prefix_exactness.py: shared-prefix log-probs and gradients vs the naive forward, fp32 and
 #               bf16, checkpointing off and on, the measured differences
 #   throughput  benchmarks/gpu_throughput.py: qwen2.5-vl-3b architecture (random weights, bf16): rollout and training
@@ -28,7 +29,7 @@
 # Exit status: 0 when every step that ran passed, 1 when one failed or timed out, 3 when torch cannot be imported (2:
 # a usage error).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 ROOT="$PWD"
 
 DEVICE=cuda
@@ -36,7 +37,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE="${2:-}"; shift 2 || break ;;
     --device=*) DEVICE="${1#--device=}"; shift ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (usage: scripts/gpu_check.sh [--device cuda|cpu])" >&2; exit 2 ;;
   esac
 done
@@ -180,7 +181,9 @@ fi
 if [ -n "$why" ]; then
   for name in tests prefix throughput grpo_step; do skip "$name" "$why"; done
 else
-  step tests "$T_TESTS" "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider "${TEST_PATHS[@]}"
+  # The vLLM and flash-attention tests are gpu-marked too; they run in their own steps below, where installed.
+  step tests "$T_TESTS" "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider -k "not flash_attention" \
+    --ignore=tests/integration/test_vllm_backend.py "${TEST_PATHS[@]}"
   step prefix "$T_PREFIX" "$PY" benchmarks/prefix_exactness.py --device "$DEVICE" "${PREFIX_ARGS[@]}" \
     --json "$WORK/prefix.json"
   step throughput "$T_THROUGHPUT" "$PY" benchmarks/gpu_throughput.py --device "$DEVICE" --dtype bf16 \
@@ -194,6 +197,8 @@ if [ -n "$why" ]; then
   skip vllm "$why"
   skip flash_attn "$why"
 else
+  # The commands below are single-quoted on purpose: bash -c expands $1/$2 (the Python, the figures file) itself.
+  # shellcheck disable=SC2016
   if [ "$DEVICE" = cuda ] && has vllm; then
     step vllm 300 bash -c '"$1" -m pytest -q -rs -m gpu -p no:cacheprovider tests/integration/test_vllm_backend.py && \
       "$1" benchmarks/gpu_throughput.py --preset qwen2.5-vl-3b --dtype bf16 --attn sdpa --backend vllm --steps 1 \
@@ -201,6 +206,7 @@ else
   else
     skip vllm "vLLM is not installed here (pip install 'mmrl[vllm]' on a machine that has a registry, then rerun)"
   fi
+  # shellcheck disable=SC2016
   if [ "$DEVICE" = cuda ] && has flash_attn; then
     step flash_attn 180 bash -c '"$1" -m pytest -q -rs -m gpu -p no:cacheprovider tests/integration/test_gpu.py \
       -k flash_attention && "$1" benchmarks/gpu_throughput.py --preset qwen2.5-vl-3b --dtype bf16 \

@@ -10,7 +10,7 @@
 #                        without pydantic/math-verify is the closest to the GPU image a CPU machine gets).
 # Environment: WHEEL_PYTHON_VERSION (default 3.12: the GPU image's; 3.11 rehearses the same flow on a 3.11 Python).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 
 check_with=""
 while [ $# -gt 0 ]; do
