@@ -133,6 +133,14 @@ def si(value: float, unit: str) -> str:
     return f"{value:.2f} {unit}"
 
 
+def with_index(device: torch.device, current: int) -> torch.device:
+    """`--device cuda` names no device index, and `torch.cuda.set_device` refuses such a device (ValueError): a
+    CUDA device without an index is the current one, `current`."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", current)
+    return device
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -171,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_throughput: no CUDA device visible; nothing to measure")
         return 0
     if device.type == "cuda":
+        device = with_index(device, torch.cuda.current_device())
         torch.cuda.set_device(device)
     from mmrl.errors import UserError
 

@@ -1,4 +1,4 @@
-"""The GPU check script and the throughput program work on a CPU-only machine too (one says so, one smoke-runs)."""
+"""The GPU check script and its programs, rehearsed on a CPU-only machine: the same steps at tiny sizes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,13 +15,111 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible: the script would run the full check")
-def test_gpu_check_exits_cleanly_without_a_gpu():
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
-                            timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines() == [
-        "gpu_check: no CUDA device visible (torch.cuda.is_available() is False); nothing to check"]
+STEPS = ["wheels", "versions", "tests", "prefix", "throughput", "grpo_step", "vllm", "flash_attn"]
+
+
+def probe_wheel(folder: Path) -> Path:
+    """A real, minimal wheel (one module), so the rehearsal's `wheels` step installs something with --no-index."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {"gpucheck_probe.py": b"VALUE = 42\n",
+             "gpucheck_probe-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: gpucheck-probe\nVersion: 1.0\n",
+             "gpucheck_probe-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                                    b"Tag: py3-none-any\n"}
+    record = "".join(f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
+                     f"{len(data)}\n" for name, data in files.items())
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "gpucheck_probe-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, data in files.items():
+            wheel.writestr(name, data)
+        wheel.writestr("gpucheck_probe-1.0.dist-info/RECORD", record + "gpucheck_probe-1.0.dist-info/RECORD,,\n")
+    return path
+
+
+def run_check(out: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, dict]:
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), *args], capture_output=True, text=True,
+                            timeout=900, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "OUT": str(out), **env})
+    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
+    return result, summary
+
+
+@pytest.mark.slow
+def test_gpu_check_rehearsal_runs_every_step_on_cpu(tmp_path):
+    """`scripts/gpu_check.sh --device cpu`: the GPU check's steps at tiny sizes, each with its log in $OUT, the wheels
+    installed offline from the wheel folder, and a summary naming every step's status and figures, written last."""
+    out = tmp_path / "out"
+    probe_wheel(tmp_path / "wheels")
+    result, summary = run_check(out, "--device", "cpu", GPU_CHECK_WHEELS=str(tmp_path / "wheels"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert [s["step"] for s in summary["steps"]] == STEPS
+    status = {s["step"]: s["status"] for s in summary["steps"]}
+    assert status == {**dict.fromkeys(STEPS[:6], "ok"), "vllm": "skipped", "flash_attn": "skipped"}, status
+    assert summary["ok"] is True and summary["failed"] == [] and summary["device"] == "cpu"
+    figures = {s["step"]: s["figures"] for s in summary["steps"]}
+    assert all(s["seconds"] > 0 for s in summary["steps"][:6])
+    assert all("not installed" in s["note"] for s in summary["steps"][6:])  # skipped with a line saying why
+    assert figures["versions"]["torch"] == torch.__version__ and figures["versions"]["device"] == "cpu"
+    assert figures["tests"]["skipped"] >= 4 and "failed" not in figures["tests"]  # gpu-marked: skipped on a CPU
+    assert figures["prefix"]["ok"] is True and figures["prefix"]["fp32_logp_max_abs_diff"] < 1e-4
+    assert 0 < figures["prefix"]["bf16_logp_max_abs_diff"] < 0.1  # bf16 differs, within its bound
+    assert figures["throughput"]["train_tokens_per_s"] > 0 and figures["throughput"]["rollout_tokens_per_s"] > 0
+    assert figures["grpo_step"]["fits"] is True and figures["grpo_step"]["weights_moved"] is True
+    assert figures["grpo_step"]["grad_norm"] > 0
+    # $OUT holds one log per step that ran and the two summaries: within the 8 files that come back from a GPU run
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{s}.log" for s in STEPS[:6]] +
+                                                           ["summary.json", "summary.txt"])
+    assert "Successfully installed gpucheck-probe-1.0" in (out / "wheels.log").read_text()
+    assert max(p.stat().st_mtime_ns for p in out.iterdir()) in {(out / n).stat().st_mtime_ns
+                                                               for n in ("summary.json", "summary.txt")}
+    text = (out / "summary.txt").read_text().splitlines()
+    assert text[0].startswith("gpu_check summary (cpu): all steps that ran passed")
+    assert [line.split()[:2] for line in text[1:]] == [[s, status[s]] for s in STEPS]
+
+
+def test_gpu_check_without_torch_fails_and_says_so(tmp_path):
+    """A Python without torch (here: python3 -S, no site-packages): every step is still accounted for, the summary is
+    written, and the script exits 3 (it exited 0 before)."""
+    wrapper = tmp_path / "python-without-site"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")
+    wrapper.chmod(0o755)
+    out = tmp_path / "out"
+    probe_wheel(tmp_path / "wheels")
+    result, summary = run_check(out, "--device", "cpu", PYTHON=str(wrapper), GPU_CHECK_WHEELS=str(tmp_path / "wheels"))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "torch cannot be imported" in result.stderr
+    status = {s["step"]: s["status"] for s in summary["steps"]}
+    # pip is not importable either: the wheels step fails, and the next step runs all the same
+    assert status["wheels"] == "fail" and status["versions"] == "fail"
+    assert "torch cannot be imported" in (out / "versions.log").read_text()
+    assert all(status[s] == "skipped" for s in STEPS[2:])
+    assert summary["failed"] == ["wheels", "versions"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible: the check would run")
+def test_gpu_check_on_cuda_without_a_device_fails_in_one_line(tmp_path):
+    result, summary = run_check(tmp_path / "out", GPU_CHECK_WHEELS=str(tmp_path / "no-wheels"))
+    assert result.returncode == 1
+    versions = summary["steps"][1]
+    assert versions["step"] == "versions" and versions["status"] == "fail"
+    assert versions["note"].endswith("no CUDA device visible (torch.cuda.is_available() is False)")
+    assert all(s["status"] == "skipped" and "no CUDA device" in s["note"] for s in summary["steps"][2:])
+
+
+def test_throughput_program_names_the_cuda_device_it_sets():
+    """`torch.cuda.set_device(torch.device('cuda'))` raises ValueError (no index): the program gives the device the
+    current index first. (The set_device call itself needs a GPU; the index check it starts with does not.)"""
+    spec = importlib.util.spec_from_file_location("gpu_throughput", ROOT / "benchmarks" / "gpu_throughput.py")
+    program = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(program)
+    with pytest.raises(ValueError, match="specified index"):
+        torch.cuda.set_device(torch.device("cuda"))
+    assert program.with_index(torch.device("cuda"), 0) == torch.device("cuda", 0)
+    assert torch.cuda._get_device_index(program.with_index(torch.device("cuda"), 0)) == 0
+    assert program.with_index(torch.device("cuda", 1), 0) == torch.device("cuda", 1)
+    assert program.with_index(torch.device("cpu"), 0) == torch.device("cpu")
 
 
 def test_throughput_program_runs_the_training_code_on_cpu(tmp_path, capsys):

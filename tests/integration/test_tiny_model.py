@@ -31,6 +31,21 @@ def test_same_seed_gives_identical_weights_and_tokenizer(tmp_path, tiny_model_di
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
+def test_weights_drawn_on_a_device_and_saved_in_bf16(tmp_path, tiny_model_dir):
+    """The GPU check's 3B step draws the weights on the GPU and saves them in bf16 (half the disk traffic): the saved
+    tensors are bf16, the same seed's CPU draw rounded to bf16 (on the CPU the draw is the same), and fp32 loads them."""
+    from safetensors import safe_open
+
+    path = build_tiny_model(tmp_path / "bf16", preset="tiny", seed=0, init_device="cpu", save_dtype=torch.bfloat16)
+    with safe_open(str(path / "model.safetensors"), "pt") as saved:
+        dtypes = {saved.get_tensor(k).dtype for k in saved.keys()}
+    assert dtypes == {torch.bfloat16}
+    reference = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).state_dict()
+    loaded = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).state_dict()
+    assert all(loaded[k].dtype == torch.float32 and torch.equal(loaded[k], reference[k].bfloat16().float())
+               for k in reference)
+
+
 def test_plain_transformers_loads_it_offline(tiny_model_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
