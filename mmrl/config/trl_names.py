@@ -48,6 +48,7 @@ SAME: dict[str, str] = {
     "seed": "trainer.seed",
     "save_steps": "trainer.save_steps",
     "save_total_limit": "trainer.keep_last",
+    "eval_steps": "trainer.eval_steps",
     "report_to": "trainer.report_to",
     "disable_tqdm": "trainer.progress",
     "bf16": "model.dtype",
@@ -71,8 +72,7 @@ REFUSED: dict[str, str] = {
     "generation_batch_size": "trainer.prompts_per_step (prompts per rollout, all processes; each is sampled "
                              "num_generations times)",
     "per_device_eval_batch_size": "eval.batch_size (items generated at once)",
-    "eval_steps": "trainer.eval_steps (evaluates data.eval every N steps)",
-    "eval_strategy": "trainer.eval_steps (evaluates data.eval every N steps)",
+    "eval_strategy": "trainer.eval_steps (evaluates data.eval every N steps; 0: never)",
     "save_strategy": "trainer.save_steps (0: only at the end)",
     "logging_strategy": "nothing: mmrl logs every step",
     "torch_compile": "model.compile (compiles the decoder layers for the policy update only)",
@@ -169,7 +169,7 @@ CONVERT: dict[str, Callable[[Any], Any]] = {
     "top_k": lambda v: 0 if v is None else v,  # TRL's None and 0 both mean no top-k
     "max_grad_norm": lambda v: None if v == 0 else v,  # TRL: 0 disables clipping; mmrl: null
 }
-STEP_COUNTS = ("max_steps", "save_steps")
+STEP_COUNTS = ("max_steps", "save_steps", "eval_steps")
 
 
 def _steps_problem(settings: Mapping[str, Any], iterations: int) -> str | None:
@@ -186,7 +186,9 @@ def translate(settings: Mapping[str, Any], group_size: int, world_size: int | No
     (the caller reports them). `group_size` is G when `num_generations` is not among the settings."""
     out = Translation()
     for name, value in settings.items():
-        if name in REFUSED:
+        if name == "eval_strategy" and value in ("no", "steps"):
+            out.notes.append(f"eval_strategy={value!r} has no effect: trainer.eval_steps decides (0: never)")
+        elif name in REFUSED:
             out.problems.append(f"{name}: {hint(name)}")
         elif name in NO_EFFECT:
             out.notes.append(f"{name}={value!r} has no effect: {NO_EFFECT[name]}")
@@ -207,8 +209,8 @@ def _same(name: str, value: Any, settings: Mapping[str, Any], out: Translation) 
             out.problems.append("fp16=True: mmrl does not offer fp16 (it needs loss scaling); use model.dtype=bf16 "
                                 "(TRL's bf16=True) or fp32")
         return  # fp16=False asks for nothing mmrl would do
-    if name in ("max_steps",) and value in (None, -1):
-        return  # TRL's "not set": the epochs decide
+    if value is None and name not in CONVERT or name == "max_steps" and value == -1:
+        return  # TRL's "not set": mmrl's default (for max_steps: the epochs) decides
     if name == "num_train_epochs" and settings.get("max_steps") not in (None, -1):
         return  # as in TRL, a positive max_steps overrides the epochs
     if name == "warmup_steps" and isinstance(value, float) and 0 < value < 1:
@@ -223,8 +225,6 @@ def _same(name: str, value: Any, settings: Mapping[str, Any], out: Translation) 
     out.overrides[SAME[name]] = converted
     if name == "epsilon" and settings.get("epsilon_high") is None:
         out.overrides["algorithm.eps_high"] = converted  # TRL: epsilon_high defaults to epsilon (symmetric clip)
-    if name == "epsilon_high" and value is None:
-        del out.overrides[SAME[name]]
 
 
 def _batch(settings: Mapping[str, Any], group_size: int, world_size: int | None, out: Translation) -> None:
