@@ -222,7 +222,7 @@ class _HFBackend:
         raise NotImplementedError
 
     def _stop_ids(self, params: SamplingParams) -> list[int]:
-        return sorted({*self.eos_ids, *params.stop_token_ids})
+        return sorted({*self.end_ids, *params.stop_token_ids})
 
     def _batch(self, rows: list[_Row], params: SamplingParams, counters: dict[str, Any],
                device: torch.device) -> RolloutBatch:
@@ -243,6 +243,8 @@ class _HFBackend:
             texts.append(text)
             truncated.append(not (row.finished or hit))
         counters["generated_tokens"] = int(mask.sum())
+        counters["template_token_stops"] = sum(1 for r in rows if len(r.ids) and int(r.ids[-1]) in self.template_ids
+                                               and int(r.ids[-1]) not in self.eos_ids)
         prompt_index = torch.arange(len(rows), device=device) // params.n
         return RolloutBatch(prompt_index, ids, mask, torch.tensor(truncated, dtype=torch.bool, device=device), texts,
                             params.n, lps, counters)
