@@ -125,3 +125,21 @@ def test_a_sampled_template_token_ends_the_completion_and_is_counted(policy):
             assert not batch.truncated.any() and batch.counters["template_token_stops"] == 2
     finally:
         handle.remove()
+
+
+@pytest.mark.parametrize("family, ends, kept", [
+    ("qwen2_5_vl/Qwen2.5-VL-3B-Instruct", ["<|im_start|>", "<|vision_start|>"], ["<|box_start|>", "<|quad_start|>"]),
+    ("gemma3/gemma-3-4b-it", ["<start_of_turn>", "<end_of_turn>"], []),
+])
+def test_template_tokens_of_real_tokenizers(family, ends, kept):
+    """The template tokens of real families' tokenizers and chat templates (tests/fixtures/real_models): turn markup
+    ends a completion; Qwen's grounding tokens, which answers hold and no template writes, do not."""
+    from transformers import AutoTokenizer
+
+    from mmrl.generation.decoding import template_token_ids
+
+    folder = Path(__file__).parents[1] / "fixtures" / "real_models" / family
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    template = json.loads((folder / "chat_template.json").read_text())["chat_template"]
+    found = set(tokenizer.convert_ids_to_tokens(template_token_ids(tokenizer, template, vocab=len(tokenizer))))
+    assert set(ends) <= found and not found & {*kept, "<think>", "</think>"}
