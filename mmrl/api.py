@@ -346,11 +346,11 @@ class GRPOTrainer:
         return TrainOutput.read(self.run_dir, loop.run.start_step, time.perf_counter() - started)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TrainOutput:
     """What `GRPOTrainer.train()` returns: TRL's `TrainOutput` fields (`global_step`, `training_loss`, `metrics`)
-    and the run directory. `os.fspath(out)`, `str(out)` and `out / "metrics.jsonl"` give the run directory, so code
-    written for the path `train()` returned before keeps working (compare `out.run_dir`, not `out`, with a path)."""
+    and the run directory. `os.fspath(out)`, `str(out)`, `out / "metrics.jsonl"` and `out == path` work on the run
+    directory, so code written for the path `train()` returned before keeps working."""
 
     global_step: int
     training_loss: float
@@ -378,3 +378,12 @@ class TrainOutput:
 
     def __truediv__(self, other: str | os.PathLike) -> Path:
         return self.run_dir / other
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (str, os.PathLike)) and not isinstance(other, TrainOutput):
+            return Path(self.run_dir) == Path(other)  # `trainer.train() == run_dir`, as when it returned the path
+        return NotImplemented if not isinstance(other, TrainOutput) else (
+            (self.global_step, self.run_dir, self.metrics) == (other.global_step, other.run_dir, other.metrics))
+
+    def __hash__(self) -> int:
+        return hash(self.run_dir)

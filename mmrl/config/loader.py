@@ -183,7 +183,7 @@ def _format_error(err: dict[str, Any], sources: dict[str, str], default_source: 
 
         return (f"{where}: unknown key '{dotted}': a reward entry takes {', '.join(RewardSpec.model_fields)}; "
                 f"the reward's own arguments go under kwargs ({{name: ..., kwargs: {{{loc[-1]}: ...}}}})")
-    trl_hint = trl_names.hint(str(loc[-1])) if kind == "extra_forbidden" and loc else None
+    trl_hint = trl_names.hint(str(loc[-1])) if kind == "extra_forbidden" and 1 <= len(loc) <= 2 else None
     if trl_hint is not None:  # a TRL habit: the mmrl name, not the nearest spelling ('learning_rate' -> 'warmup_ratio')
         return f"{where}: unknown key '{dotted}': {trl_hint}"
     if kind == "extra_forbidden":

@@ -92,7 +92,7 @@ def test_loaded_model_is_trained_in_place(tiny_model_dir, tmp_path):
     trainer = GRPOTrainer(model=model, processing_class=load_processor(tiny_model_dir),
                           reward_funcs=[length_spread], train_dataset=_records(), args=args)
     out = trainer.train()
-    assert out.run_dir == tmp_path / "run" and Path(out) == tmp_path / "run"  # path-like, as it was a path before
+    assert out.run_dir == tmp_path / "run" and Path(out) == tmp_path / "run" == out  # path-like, as the path it was
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed  # the caller's object holds the trained weights
     with pytest.raises(UserError, match="needs its processor"):
