@@ -44,6 +44,11 @@ def template_token_ids(tokenizer: Any, chat_template: str | None, vocab: int, ba
     return sorted(ids)
 
 
+def template_stops(backend: Any, last_ids: Iterable[int]) -> int:
+    """How many completions a template token ended (their last ids given; see `template_token_ids`)."""
+    return sum(1 for i in map(int, last_ids) if i in backend.template_ids and i not in backend.eos_ids)
+
+
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     """The ids that end a completion: the generation config's EOS ids and the tokenizer's, inside the vocabulary."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model

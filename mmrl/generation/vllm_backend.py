@@ -38,7 +38,7 @@ import torch
 
 from mmrl.data.sample import Sample
 from mmrl.errors import UserError
-from mmrl.generation.decoding import attach_token_rules, cut_at_stop
+from mmrl.generation.decoding import attach_token_rules, cut_at_stop, template_stops
 from mmrl.generation.hf import RolloutBatch
 from mmrl.generation.hf_context import prompt_to_sample
 from mmrl.generation.types import Completion, Prompt, SamplingParams
@@ -319,9 +319,8 @@ class VLLMBackend:
             texts.append(text)
             truncated.append(row.finish_reason == "length")
         prompt_tokens = sum(len(out.prompt_token_ids or []) for out in outputs)
-        stops = sum(1 for r in rows if r.token_ids and r.token_ids[-1] in self.template_ids
-                    and r.token_ids[-1] not in self.eos_ids)
-        counters = {"prefill_tokens": prompt_tokens, "generated_tokens": int(mask.sum()), "template_token_stops": stops}
+        counters = {"prefill_tokens": prompt_tokens, "generated_tokens": int(mask.sum()),
+                    "template_token_stops": template_stops(self, (r.token_ids[-1] for r in rows if r.token_ids))}
         prompt_index = torch.arange(len(rows), device=device) // params.n
         return RolloutBatch(prompt_index, ids, mask, torch.tensor(truncated, dtype=torch.bool, device=device), texts,
                             params.n, lps, counters)
