@@ -103,13 +103,14 @@ def GRPOConfig(config: str | os.PathLike | None = None, **settings: Any) -> MMRL
     iterations = overrides.get("algorithm.num_iterations", base.algorithm.num_iterations)
     translated = trl_names.translate(trl, group_size, iterations=iterations)
     problems += translated.problems
-    for key in sorted(set(translated.overrides) & set(overrides)):
-        problems.append(f"{key} is set twice (by a TRL name and by its mmrl name); give one")
+    trl_overrides = translated.without(set(overrides))
+    for key in sorted(set(trl_overrides) & set(overrides)):
+        problems.append(f"{key} is set twice (by TRL's {translated.origin[key]} and by its mmrl name); give one")
     if problems:
         raise UserError("GRPOConfig: " + "; ".join(problems))
     for note in translated.notes:
         log.warning("GRPOConfig: %s", note)
-    overrides = {**translated.overrides, **overrides}
+    overrides = {**trl_overrides, **overrides}
     return apply_overrides(base, overrides, source="GRPOConfig") if overrides else base
 
 

@@ -280,11 +280,8 @@ def _trl_aliases(data: dict[str, Any], sources: dict[str, str], default_source: 
             raise ConfigError(f"{where[name]}: {section}.{first}")
         for note in translated.notes:
             log.warning("%s: %s.%s", default_source, section, note)
-        for key, value in translated.overrides.items():
-            alias = next((k for k in found if trl_names.SAME.get(k) == key), None)
-            if alias is None and key in sources:
-                continue  # derived (eps_high from epsilon, as TRL does) but given explicitly: the explicit value stays
-            alias = alias or next(iter(found))
+        for key, value in translated.without(set(sources)).items():
+            alias = translated.origin[key]
             if key in sources:
                 raise ConfigError(f"{where[alias]}: {section}.{alias} and {key} ({sources[key]}) set the same "
                                   "setting; give one")

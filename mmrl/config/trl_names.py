@@ -125,11 +125,19 @@ def hint(name: str) -> str | None:
 
 @dataclass
 class Translation:
-    """mmrl overrides (dotted key -> value), one-line refusals, and notes for names that change nothing."""
+    """mmrl overrides (dotted key -> value), one-line refusals, notes for names that change nothing, and where each
+    override came from: `origin[key]` is the TRL name; a key in `derived` is only TRL's default for it (eps_high
+    from epsilon), so a value the user gives that key explicitly wins over it."""
 
     overrides: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    origin: dict[str, str] = field(default_factory=dict)
+    derived: set[str] = field(default_factory=set)
+
+    def without(self, explicit: set[str]) -> dict[str, Any]:
+        """The overrides less the derived ones the user set explicitly."""
+        return {k: v for k, v in self.overrides.items() if not (k in self.derived and k in explicit)}
 
 
 def _bf16(value: Any) -> str:
@@ -199,6 +207,7 @@ def translate(settings: Mapping[str, Any], group_size: int, world_size: int | No
         out.problems.append(problem)
     if any(k in settings for k in ADAM_BETAS):
         out.overrides["optimizer.betas"] = [settings.get("adam_beta1", 0.9), settings.get("adam_beta2", 0.999)]
+        out.origin["optimizer.betas"] = next(k for k in ADAM_BETAS if k in settings)
     _batch(settings, int(settings.get("num_generations", group_size)), world_size, out)
     return out
 
@@ -215,6 +224,7 @@ def _same(name: str, value: Any, settings: Mapping[str, Any], out: Translation) 
         return  # as in TRL, a positive max_steps overrides the epochs
     if name == "warmup_steps" and isinstance(value, float) and 0 < value < 1:
         out.overrides["optimizer.warmup_ratio"] = value  # TRL: a float below 1 is a ratio of the run
+        out.origin["optimizer.warmup_ratio"] = name
         return
     try:
         converted = CONVERT[name](value) if name in CONVERT else value
@@ -223,8 +233,11 @@ def _same(name: str, value: Any, settings: Mapping[str, Any], out: Translation) 
         out.problems.append(f"{name}={value!r}: {message} ({SAME[name]})")
         return
     out.overrides[SAME[name]] = converted
+    out.origin[SAME[name]] = name
     if name == "epsilon" and settings.get("epsilon_high") is None:
         out.overrides["algorithm.eps_high"] = converted  # TRL: epsilon_high defaults to epsilon (symmetric clip)
+        out.origin["algorithm.eps_high"] = name
+        out.derived.add("algorithm.eps_high")
 
 
 def _batch(settings: Mapping[str, Any], group_size: int, world_size: int | None, out: Translation) -> None:
@@ -252,3 +265,4 @@ def _batch(settings: Mapping[str, Any], group_size: int, world_size: int | None,
             "make it one, or set trainer.prompts_per_step (prompts per step, all processes)")
         return
     out.overrides["trainer.prompts_per_step"] = completions // group_size
+    out.origin["trainer.prompts_per_step"] = "per_device_train_batch_size"

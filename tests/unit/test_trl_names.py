@@ -78,6 +78,11 @@ def test_yaml_and_command_line_take_trl_names_in_their_section_and_hint_the_mmrl
         load_config(None, ["learning_rate=1e-5"])
     with pytest.raises(ConfigError, match=r"steps_per_generation.*algorithm.mini_batches"):
         load_config(None, ["trainer.steps_per_generation=2"])
+    # TRL's own default (eps_high = epsilon) gives way to an explicit mmrl value; a batch given twice is refused
+    assert load_config(None, ["algorithm.epsilon=0.1", "algorithm.eps_high=0.3"]).algorithm.eps_high == 0.3
+    assert GRPOConfig(epsilon=0.1, algorithm={"eps_high": 0.3}).algorithm.eps_high == 0.3
+    with pytest.raises(ConfigError, match=r"trainer.per_device_train_batch_size and trainer.prompts_per_step"):
+        load_config(None, ["trainer.per_device_train_batch_size=8", "trainer.prompts_per_step=3"])
     with pytest.raises(ConfigError, match=r"run.yaml: optimizer.learning_rate and optimizer.lr"):
         (tmp_path / "run.yaml").write_text("optimizer:\n  learning_rate: 2.0e-5\n  lr: 1.0e-5\n")
         load_config(tmp_path / "run.yaml")
