@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,18 @@ def _keep_columns(sample: Sample, record: dict[str, Any]) -> None:
     passes under that name (answer, task, choices, the adapter's meta) keeps mmrl's value."""
     columns = sample.reward_columns()
     for key, value in record.items():
-        if key in _NOT_COLUMNS or key in columns or not _plain(value):
+        if key in _NOT_COLUMNS or key in columns or key in _reward_arguments() or not _plain(value):
             continue
         sample.meta[key] = value
+
+
+@functools.lru_cache(maxsize=1)
+def _reward_arguments() -> frozenset[str]:
+    """The built-in rewards' own arguments (`tags`, `threshold`...): a data column of that name would reach them as
+    an argument (a list, one value per item), so such a column keeps to the record."""
+    from mmrl.rewards.registry import get_reward, list_rewards, reward_arguments
+
+    return frozenset(arg for name in list_rewards() for arg in reward_arguments(get_reward(name))[0])
 
 
 def _plain(value: Any) -> bool:

@@ -131,3 +131,15 @@ def test_in_memory_record_errors_name_the_record_not_the_cache_file(tmp_path):
     with pytest.raises(UserError, match=r"^train_dataset\[0\]: ") as err:
         trainer.train()
     assert "data.jsonl" not in str(err.value)
+
+
+def test_a_files_own_columns_reach_rewards_unless_a_reward_argument_has_their_name(tmp_path):
+    import json
+
+    (tmp_path / "trl.jsonl").write_text(json.dumps(
+        {"prompt": [{"role": "user", "content": "2 + 2?"}], "solution": "<answer>4</answer>", "difficulty": 2,
+         "tags": ["sums"]}) + "\n")
+    (sample,) = load_samples(str(tmp_path / "trl.jsonl"))
+    columns = sample.reward_columns()
+    assert (sample.answer, columns["solution"], columns["difficulty"]) == ("4", "<answer>4</answer>", 2)
+    assert "tags" not in columns  # the accuracy reward's own `tags` argument would get the column
