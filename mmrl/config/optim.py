@@ -78,5 +78,7 @@ class TrainerConfig(Section):
     def _one_sink(cls, value: object) -> object:
         """`report_to=tensorboard` is a list of one; `none` (TRL's spelling) is no sink beside metrics.jsonl."""
         if isinstance(value, str):
-            return [] if value.strip().lower() == "none" else [value]
+            value = [value]
+        if isinstance(value, (list, tuple)) and [str(v).strip().lower() for v in value] == ["none"]:
+            return []
         return value
