@@ -174,11 +174,10 @@ def test_every_registered_reward_has_a_docstring_example():
 
 
 # ---------------------------------------------------------------- user rewards: whole batches, bugs are errors
-BATCH_LOG = '''import os
-
-
-def judge(completions, answer, **_):
-    with open(os.environ["MMRL_TEST_BATCH_LOG"], "a") as log:
+# The call log's path is written into the reward file: reward workers are forks of a server process started by an
+# earlier test, so an environment variable set now would not reach them.
+BATCH_LOG = '''def judge(completions, answer, **_):
+    with open(LOG, "a") as log:
         log.write(f"{len(completions)}\\n")
     return [float(c == str(a)) for c, a in zip(completions, answer)]
 
@@ -189,10 +188,9 @@ def broken(completions, **_):
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_user_rewards_get_whole_batches(tmp_path, monkeypatch, workers):
+def test_user_rewards_get_whole_batches(tmp_path, workers):
     # Review: a "batched" user reward was called once per item (an LLM judge could not batch its requests).
-    (tmp_path / "judge.py").write_text(BATCH_LOG)
-    monkeypatch.setenv("MMRL_TEST_BATCH_LOG", str(tmp_path / "calls"))
+    (tmp_path / "judge.py").write_text(f"LOG = {str(tmp_path / 'calls')!r}\n" + BATCH_LOG)
     with RewardComposite([{"name": f"{tmp_path / 'judge.py'}:judge"}], workers=workers) as rc:
         result = rc.score(["1", "2", "x", "4", "5"], {"answer": ["1", "2", "3", "4", "5"]})
     assert result.total == [1.0, 1.0, 0.0, 1.0, 1.0]
@@ -203,7 +201,7 @@ def test_reward_score_stops_on_a_reward_that_raises_on_every_item(tmp_path, caps
     # Review: every item None and exit 0 (a bug counted as bad gold), while `mmrl train` refuses the same reward.
     from mmrl.cli import main
 
-    (tmp_path / "judge.py").write_text(BATCH_LOG)
+    (tmp_path / "judge.py").write_text("LOG = None\n" + BATCH_LOG)
     data = tmp_path / "c.jsonl"
     data.write_text("".join(json.dumps({"completion": c, "answer": "1"}) + "\n" for c in ("1", "2")))
     assert main(["reward", "score", "--reward", f"{tmp_path / 'judge.py'}:broken", "--input", str(data)]) == 2
