@@ -18,7 +18,8 @@
   records (PIL images included) are written once to `$MMRL_CACHE/datasets/<hash>/` so the run's config names them.
 - `args`: a `GRPOConfig(...)`, an `MMRLConfig`, a YAML path, or a dict (sections or dotted keys).
 
-`train()` runs `mmrl.rl.trainer` exactly as `mmrl train` does and returns the run directory.
+`train()` runs `mmrl.rl.trainer` exactly as `mmrl train` does and returns a `TrainOutput` (TRL's `global_step`,
+`training_loss`, `metrics`, and the `run_dir`; path-like, so it still works where the run directory was used).
 """
 
 from __future__ import annotations
@@ -28,38 +29,21 @@ import difflib
 import hashlib
 import io
 import json
+import logging
 import os
+import re
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmrl.config import MMRLConfig
+from mmrl.config import MMRLConfig, trl_names
 from mmrl.config.loader import apply_overrides, build_config, load_config
 from mmrl.errors import UserError
 
-# TRL's GRPOConfig names -> mmrl's config tree.
-TRL_NAMES = {
-    "output_dir": "trainer.output_dir",  # TRL's meaning; the pipeline root is `output_dir` in a YAML
-    "learning_rate": "optimizer.lr",
-    "num_generations": "rollout.group_size",
-    "max_completion_length": "rollout.max_completion_length",
-    "temperature": "rollout.temperature",
-    "top_p": "rollout.top_p",
-    "top_k": "rollout.top_k",
-    "beta": "algorithm.beta",
-    "loss_type": "algorithm.loss_aggregation",
-    "epsilon": "algorithm.eps_low",
-    "epsilon_high": "algorithm.eps_high",
-    "num_iterations": "algorithm.num_iterations",
-    "scale_rewards": "algorithm.scale_rewards",
-    "lr_scheduler_type": "optimizer.schedule",
-    "warmup_ratio": "optimizer.warmup_ratio",
-    "warmup_steps": "optimizer.warmup_steps",
-    "weight_decay": "optimizer.weight_decay",
-    "max_grad_norm": "optimizer.max_grad_norm",
-    "max_prompt_length": "data.max_prompt_length",
-}
 _SECTIONS = ("model", "data", "rollout", "algorithm", "optimizer", "trainer", "eval")
+log = logging.getLogger(__name__)
 
 
 def _leaf_names() -> dict[str, list[str]]:
@@ -71,37 +55,62 @@ def _leaf_names() -> dict[str, list[str]]:
     return names
 
 
+def _is_trl(key: str) -> bool:
+    return key in trl_names.SAME or key in trl_names.REFUSED or key in trl_names.NO_EFFECT or key == "fp16" \
+        or key in trl_names.BATCH or key in trl_names.ADAM_BETAS
+
+
 def _dotted(key: str) -> str:
-    if key in TRL_NAMES:
-        return TRL_NAMES[key]
+    """The dotted key of a setting given by an mmrl name (raises UserError with the nearest name otherwise)."""
     if "." in key or key in MMRLConfig.model_fields:
         return key
     matches = _leaf_names().get(key, [])
     if len(matches) == 1:
         return matches[0]
     if matches:
-        raise UserError(f"GRPOConfig: '{key}' is ambiguous ({', '.join(matches)}); pass a dict with the dotted key")
-    known = list(TRL_NAMES) + list(_leaf_names()) + list(MMRLConfig.model_fields)
+        raise UserError(f"'{key}' is ambiguous ({', '.join(matches)}); pass a dict with the dotted key")
+    known = [*trl_names.SAME, *trl_names.BATCH, *_leaf_names(), *MMRLConfig.model_fields]
     near = difflib.get_close_matches(key, known, n=1)
     hint = f" (did you mean '{near[0]}'?)" if near else " (see `mmrl config show --doc` for the keys)"
-    raise UserError(f"GRPOConfig: unknown setting '{key}'{hint}")
+    raise UserError(f"unknown setting '{key}'{hint}")
 
 
 def GRPOConfig(config: str | os.PathLike | None = None, **settings: Any) -> MMRLConfig:  # noqa: N802 (TRL's name)
     """The config tree (`MMRLConfig`) from an optional YAML plus settings given as TRL names (`learning_rate`,
-    `num_generations`), unique field names (`max_steps`, `prompts_per_step`) or whole sections (`trainer={...}`).
+    `num_generations`, `per_device_train_batch_size`, `bf16`, `report_to`: `mmrl.config.trl_names`), mmrl field
+    names (`prompts_per_step`) or whole sections (`trainer={...}`). Every refused or unknown name is reported at
+    once, in one line, with the mmrl name to use.
 
     >>> cfg = GRPOConfig(max_steps=3, learning_rate=1e-5, num_generations=4)
     >>> cfg.trainer.max_steps, cfg.optimizer.lr, cfg.rollout.group_size
     (3, 1e-05, 4)
     """
     base = load_config(config) if config is not None else MMRLConfig()
-    overrides = {}
+    overrides: dict[str, Any] = {}
+    problems: list[str] = []
+    trl = {key: value for key, value in settings.items() if _is_trl(key)}
     for key, value in settings.items():
+        if key in trl:
+            continue
         if key in MMRLConfig.model_fields and isinstance(value, Mapping):
             overrides.update({f"{key}.{k}": v for k, v in _flatten(value)})
-        else:
+            continue
+        try:
             overrides[_dotted(key)] = value
+        except UserError as err:
+            problems.append(str(err))
+    group_size = overrides.get("rollout.group_size", base.rollout.group_size)
+    iterations = overrides.get("algorithm.num_iterations", base.algorithm.num_iterations)
+    translated = trl_names.translate(trl, group_size, iterations=iterations)
+    problems += translated.problems
+    trl_overrides = translated.without(set(overrides))
+    for key in sorted(set(trl_overrides) & set(overrides)):
+        problems.append(f"{key} is set twice (by TRL's {translated.origin[key]} and by its mmrl name); give one")
+    if problems:
+        raise UserError("GRPOConfig: " + "; ".join(problems))
+    for note in translated.notes:
+        log.warning("GRPOConfig: %s", note)
+    overrides = {**trl_overrides, **overrides}
     return apply_overrides(base, overrides, source="GRPOConfig") if overrides else base
 
 
@@ -272,16 +281,29 @@ class GRPOTrainer:
             updates["model.name_or_path"] = str(self._save_loaded(model, processing_class, cfg))
             self._user_model = model
         self.reward_callables: dict[str, Callable[..., Any]] = {}
+        self._in_memory: dict[str, str] = {}  # cached JSONL of in-memory records -> the argument that gave them
         if reward_funcs is not None:
             updates["rewards"] = _reward_specs(reward_funcs, reward_weights, self.reward_callables)
         if train_dataset is not None:
             updates["data.train"] = [_dataset_spec(train_dataset)]
+            self._note_in_memory(updates["data.train"][0]["path"], "train_dataset")
         if eval_dataset is not None:
             updates["data.eval"] = [_dataset_spec(eval_dataset)]
+            self._note_in_memory(updates["data.eval"][0]["path"], "eval_dataset")
         with registered(self.reward_callables):  # the config's reward names are checked against the registry
             self.args = apply_overrides(cfg, updates, source="GRPOTrainer") if updates else cfg
         self.model = model
         self.run_dir: Path | None = None
+
+    def _note_in_memory(self, path: str, argument: str) -> None:
+        if Path(path).parent.parent == _datasets_dir():  # written by _materialise
+            self._in_memory[path] = argument
+
+    def _user_location(self, message: str) -> str:
+        """A message about in-memory records names the record (`train_dataset[3]`), not the cache file mmrl wrote."""
+        for path, argument in self._in_memory.items():
+            message = re.sub(re.escape(path) + r":(\d+)", lambda m, a=argument: f"{a}[{int(m.group(1)) - 1}]", message)
+        return message
 
     @staticmethod
     def _save_loaded(model: Any, processor: Any, cfg: MMRLConfig) -> Path:
@@ -296,8 +318,9 @@ class GRPOTrainer:
         save_processor(processor, out)  # also where the processor has no video part (no torchvision)
         return out
 
-    def train(self) -> Path:
-        """Run GRPO as the config says (the same loop as `mmrl train`); returns the run directory."""
+    def train(self) -> TrainOutput:
+        """Run GRPO as the config says (the same loop as `mmrl train`); returns a `TrainOutput` (TRL's fields plus
+        `run_dir`; it is path-like, so code that used the run directory it returned before keeps working)."""
         from transformers.utils import logging as hf_logging
 
         from mmrl.rl.trainer import GRPOTrainer as Loop
@@ -306,10 +329,13 @@ class GRPOTrainer:
         # interleave with it (the CLI silences them for the whole process; here only while training).
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
+        started = time.perf_counter()
         try:
             with registered(self.reward_callables):
                 loop = Loop(self.args)
                 self.run_dir = loop.train()
+        except UserError as err:
+            raise UserError(self._user_location(str(err))) from None
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
@@ -318,4 +344,47 @@ class GRPOTrainer:
             self._user_model.load_state_dict(trained.state_dict())
         else:
             self.model = trained
-        return self.run_dir
+        return TrainOutput.read(self.run_dir, loop.run.start_step, time.perf_counter() - started)
+
+
+@dataclass(frozen=True, eq=False)
+class TrainOutput:
+    """What `GRPOTrainer.train()` returns: TRL's `TrainOutput` fields (`global_step`, `training_loss`, `metrics`)
+    and the run directory. `os.fspath(out)`, `str(out)`, `out / "metrics.jsonl"` and `out == path` work on the run
+    directory, so code written for the path `train()` returned before keeps working."""
+
+    global_step: int
+    training_loss: float
+    metrics: dict[str, Any]
+    run_dir: Path
+
+    @classmethod
+    def read(cls, run_dir: Path, start_step: int, seconds: float) -> TrainOutput:
+        """From the run's metrics.jsonl: the steps this call ran (a resumed run counts from its checkpoint)."""
+        path = Path(run_dir) / "metrics.jsonl"
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
+            if path.is_file() else []
+        rows = [r for r in rows if isinstance(r.get("step"), int) and r["step"] > start_step]
+        losses = [r["loss"] for r in rows if isinstance(r.get("loss"), (int, float))]
+        loss = sum(losses) / len(losses) if losses else float("nan")
+        last = {k: v for k, v in rows[-1].items() if k != "step"} if rows else {}
+        metrics = {**last, "train_runtime": seconds, "train_loss": loss}
+        return cls(rows[-1]["step"] if rows else start_step, loss, metrics, Path(run_dir))
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.run_dir)
+
+    def __str__(self) -> str:
+        return str(self.run_dir)
+
+    def __truediv__(self, other: str | os.PathLike) -> Path:
+        return self.run_dir / other
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (str, os.PathLike)) and not isinstance(other, TrainOutput):
+            return Path(self.run_dir) == Path(other)  # `trainer.train() == run_dir`, as when it returned the path
+        return NotImplemented if not isinstance(other, TrainOutput) else (
+            (self.global_step, self.run_dir, self.metrics) == (other.global_step, other.run_dir, other.metrics))
+
+    def __hash__(self) -> int:
+        return hash(self.run_dir)

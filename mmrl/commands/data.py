@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from mmrl.commands import add_command
 from mmrl.errors import UserError
@@ -31,14 +32,17 @@ def _show(args: argparse.Namespace) -> int:
     from mmrl.data.dataset import load_samples
 
     samples = load_samples(_spec(args))
+    missing: list[str] = []  # image files the records name that do not exist
     for sample in samples:
         record = sample.to_json()
+        absent = [im for im in sample.images if isinstance(im, str) and not Path(im).is_file()]
+        missing += absent
         if args.json:
             print(json.dumps(record, default=str, ensure_ascii=False))
             continue
         print(f"── {sample.id}  task={sample.task}  format={sample.meta.get('format')}")
         for image in record["images"]:
-            print(f"   image: {image}")
+            print(f"   image: {image}" + ("   MISSING: no such file" if image in absent else ""))
         prompt = sample.prompt if isinstance(sample.prompt, str) else json.dumps(sample.prompt, ensure_ascii=False)
         print("   prompt: " + prompt.replace("\n", "\n           "))
         if sample.choices:
@@ -48,6 +52,9 @@ def _show(args: argparse.Namespace) -> int:
             print(f"   response: {sample.response}")
     if not args.json:
         print(f"{len(samples)} samples")
+    if missing:  # on stderr: --json output stays one record per line
+        print(f"{len(missing)} image file(s) missing (first: {missing[0]}); training stops at them unless data.on_bad_image=skip; "
+              "`mmrl data check` lists every problem", file=sys.stderr)
     return 0
 
 

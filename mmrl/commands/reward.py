@@ -19,9 +19,10 @@ EXAMPLES = """  mmrl reward list
   mmrl reward score --reward my_rewards.py:length_bonus --kwargs '{"target": 200}' --input c.jsonl
   Each input line is {"completion": "...", "answer": ..., "task": ..., <other columns>}.
   Output: one JSON line per item ({"line": N, "id": ..., "total": ..., <reward>: ...}), then a summary line
-  {"summary": {"items": N, "total": {"mean": ..., "none": ..., "timeouts": ...}, <reward>: {...}}}.
-  None = unscorable (a gold the reward cannot use); a completion that ran out of time on a usable gold scores 0
-  and is counted under "timeouts".
+  {"summary": {"items": N, "total": {"mean": ..., "none": ..., "errors": ..., "timeouts": ...}, <reward>: {...}}}.
+  None = unscorable (a gold the reward cannot use), or the reward raised on that item (counted under "errors");
+  a completion that ran out of time on a usable gold scores 0 and is counted under "timeouts". A reward that
+  raises on every item is an error (exit 2) naming what it raised.
 """
 
 
@@ -139,6 +140,7 @@ def run_score(args: argparse.Namespace) -> int:
     completions, columns, line_numbers = _read(args.input)
     with RewardComposite(specs, timeout_s=args.timeout, workers=args.workers) as composite:
         result = composite.score(completions, columns)
+    _refuse_broken(result, len(completions), line_numbers)
     ids = columns.get("id")
     for i in range(len(completions)):
         where = {"line": line_numbers[i], **({"id": ids[i]} if ids is not None and ids[i] is not None else {})}
@@ -148,22 +150,36 @@ def run_score(args: argparse.Namespace) -> int:
     total = summary["total"]
     mean = "n/a" if total["mean"] is None else f"{total['mean']:.4f}"
     print(f"{summary['items']} items: mean total {mean} over {summary['items'] - total['none']} scored; "
-          f"None {total['none']}; timeouts {total['timeouts']} (scored 0)", file=sys.stderr)
+          f"None {total['none']} ({total['errors']} where the reward raised); timeouts {total['timeouts']} "
+          "(scored 0)", file=sys.stderr)
     for name, example in result.examples.items():
         print(f"example {name}: line {line_numbers[example['index']]} {example['kind']}: {example['message']}",
               file=sys.stderr)  # fmt: skip
     return 0
 
 
-def _summary(result) -> dict:
-    """Mean over the scored items, the number of None items and of timeouts, for the total and each reward."""
+def _refuse_broken(result, n: int, line_numbers: list[int]) -> None:
+    """A reward that raised on every item is broken, not facing bad golds: one line naming its error, exit 2
+    (`mmrl train` refuses the same reward before training)."""
+    for name in result.components:
+        example = result.examples.get(name)
+        if n and result.counters.get(f"{name}/errors", 0) == n and example is not None:
+            raise UserError(f"reward '{name}' raised on every item ({example['message'].splitlines()[0]}, first at "
+                            f"line {line_numbers[example['index']]}); fix the reward: return None for an item it "
+                            "cannot score, never raise")
 
-    def stats(values: list, timeouts: int) -> dict:
+
+def _summary(result) -> dict:
+    """Mean over the scored items, the number of None items, of those the reward raised on, and of timeouts, for
+    the total and each reward."""
+
+    def stats(values: list, timeouts: int, errors: int) -> dict:
         scored = [v for v in values if v is not None]
         return {"mean": sum(scored) / len(scored) if scored else None, "none": len(values) - len(scored),
-                "timeouts": timeouts}  # fmt: skip
+                "errors": errors, "timeouts": timeouts}  # fmt: skip
 
-    per_reward = {name: stats(values, result.counters.get(f"{name}/timeouts", 0))
+    per_reward = {name: stats(values, result.counters.get(f"{name}/timeouts", 0), result.counters.get(f"{name}/errors", 0))
                   for name, values in result.components.items()}  # fmt: skip
     return {"items": len(result.total),
-            "total": stats(result.total, sum(r["timeouts"] for r in per_reward.values())), **per_reward}  # fmt: skip
+            "total": stats(result.total, sum(r["timeouts"] for r in per_reward.values()),
+                           sum(r["errors"] for r in per_reward.values())), **per_reward}  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from mmrl.config import trl_names
 from mmrl.config.names import check_names
 from mmrl.config.schema import MMRLConfig
 from mmrl.errors import ConfigError
 
 COMMAND_LINE = "command line"
+log = logging.getLogger(__name__)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -180,6 +183,9 @@ def _format_error(err: dict[str, Any], sources: dict[str, str], default_source: 
 
         return (f"{where}: unknown key '{dotted}': a reward entry takes {', '.join(RewardSpec.model_fields)}; "
                 f"the reward's own arguments go under kwargs ({{name: ..., kwargs: {{{loc[-1]}: ...}}}})")
+    trl_hint = trl_names.hint(str(loc[-1])) if kind == "extra_forbidden" and 1 <= len(loc) <= 2 else None
+    if trl_hint is not None:  # a TRL habit: the mmrl name, not the nearest spelling ('learning_rate' -> 'warmup_ratio')
+        return f"{where}: unknown key '{dotted}': {trl_hint}"
     if kind == "extra_forbidden":
         schema_path = ".".join(str(p) for p in loc if not str(p).isdigit())
         candidates = [k for k in valid_keys() if k.count(".") == schema_path.count(".")]
@@ -247,9 +253,42 @@ def load_raw(path: str | os.PathLike | None, overrides: list[str] | tuple[str, .
         sources.pop(".".join(parts), None)  # re-insert: the order of `sources` is the order the keys were given
         sources[".".join(parts)] = COMMAND_LINE
         _record_sources(value, COMMAND_LINE, sources, ".".join(parts))
+    _trl_aliases(data, sources, default_source=str(path) if path else COMMAND_LINE)
     if path is not None and not data.get("name"):
         data["name"] = Path(path).stem
     return data, sources
+
+
+def _trl_aliases(data: dict[str, Any], sources: dict[str, str], default_source: str) -> None:
+    """TRL names written in the section mmrl keeps their setting in (`optimizer.learning_rate`,
+    `rollout.num_generations`, `trainer.per_device_train_batch_size`) become mmrl's keys, values converted as the
+    Python API does (`mmrl.config.trl_names`); the source of each stays the file or command line that gave it."""
+    for section in trl_names.HOME_SECTIONS:  # rollout before trainer: the batch is counted in num_generations
+        node = data.get(section)
+        if not isinstance(node, dict):
+            continue
+        known = MMRLConfig.model_fields[section].annotation.model_fields  # type: ignore[union-attr]
+        found = {k: v for k, v in node.items() if k not in known and trl_names.home_section(k) == section}
+        if not found:
+            continue
+        where = {k: sources.get(f"{section}.{k}", default_source) for k in found}
+        translated = trl_names.translate(found, group_size=data["rollout"]["group_size"],
+                                         iterations=data["algorithm"]["num_iterations"])
+        if translated.problems:
+            first = translated.problems[0]
+            name = next((k for k in found if first.startswith(k)), next(iter(found)))
+            raise ConfigError(f"{where[name]}: {section}.{first}")
+        for note in translated.notes:
+            log.warning("%s: %s.%s", default_source, section, note)
+        for key, value in translated.without(set(sources)).items():
+            alias = translated.origin[key]
+            if key in sources:
+                raise ConfigError(f"{where[alias]}: {section}.{alias} and {key} ({sources[key]}) set the same "
+                                  "setting; give one")
+            _set_dotted(data, key.split("."), value)
+            sources[key] = where[alias]
+        for key in found:
+            del node[key]
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> MMRLConfig:

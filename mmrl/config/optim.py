@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mmrl.config.base import Section
 
@@ -39,7 +39,8 @@ class TrainerConfig(Section):
     )
     batch_size: int = Field(8, ge=1, description="SFT: samples per optimizer step across all processes.")
     num_epochs: float | None = Field(
-        None, gt=0, description="SFT: epochs over the data; when set, max_steps is derived from it."
+        None, gt=0, description="Epochs over the data (GRPO: over the prompts, prompts_per_step per step; SFT: "
+        "over the samples); when set, max_steps is derived from it (an explicit max_steps wins, as in HF Trainer).",
     )
     grad_accumulation: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
     max_tokens_per_micro_batch: int | None = Field(
@@ -71,3 +72,13 @@ class TrainerConfig(Section):
         "optional installs and honour offline mode (WANDB_MODE=offline, HF_HUB_OFFLINE=1)."
     )
     progress: bool = Field(True, description="Show a progress bar with ETA.")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_sink(cls, value: object) -> object:
+        """`report_to=tensorboard` is a list of one; `none` (TRL's spelling) is no sink beside metrics.jsonl."""
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)) and [str(v).strip().lower() for v in value] == ["none"]:
+            return []
+        return value

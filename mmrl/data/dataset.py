@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import functools
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,43 @@ def _normalize_boxes(sample: Sample, spec: DatasetSpec) -> None:
     elif isinstance(answer, dict) and isinstance(answer.get("bbox"), list) and len(answer["bbox"]) == 4:
         sample.answer = {**answer, "bbox": xywh_to_xyxy(answer["bbox"])}
     sample.box_format = "xyxy"
+
+
+# Record keys that never reach a reward under their own name: the prompt, the media and the completion (as in TRL,
+# which passes every other dataset column to its reward functions), and the Sample's own fields.
+_NOT_COLUMNS = frozenset({"prompt", "messages", "conversations", "message", "images", "image", "image_path",
+                          "file_name", "video", "videos", "completion"} | {f.name for f in fields(Sample)})
+
+
+def _keep_columns(sample: Sample, record: dict[str, Any]) -> None:
+    """The record's columns reach rewards under their own names: a TRL dataset's `solution` is `solution` for a TRL
+    reward `fn(completions, solution, **kw)`, while mmrl reads the gold from it as `answer` too. A column mmrl already
+    passes under that name (answer, task, choices, the adapter's meta) keeps mmrl's value."""
+    columns = sample.reward_columns()
+    for key, value in record.items():
+        if key in _NOT_COLUMNS or key in columns or key in _reward_arguments() or not _plain(value):
+            continue
+        sample.meta[key] = value
+
+
+@functools.lru_cache(maxsize=1)
+def _reward_arguments() -> frozenset[str]:
+    """The built-in rewards' own arguments (`tags`, `threshold`...): a data column of that name would reach them as
+    an argument (a list, one value per item), so such a column keeps to the record."""
+    from mmrl.rewards.registry import get_reward, list_rewards, reward_arguments
+
+    return frozenset(arg for name in list_rewards() for arg in reward_arguments(get_reward(name))[0])
+
+
+def _plain(value: Any) -> bool:
+    """JSON-like data (what a reward can be sent to a worker process with and a samples file can hold)."""
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
 
 
 def load_samples(spec: DatasetSpec | str, data_cfg: DataConfig | None = None) -> list[Sample]:
@@ -80,6 +119,7 @@ def load_samples(spec: DatasetSpec | str, data_cfg: DataConfig | None = None) ->
         _normalize_boxes(sample, spec)
         sample.meta.setdefault("source", raw.location)
         sample.meta.setdefault("format", adapter.name)
+        _keep_columns(sample, raw.record)
         samples.append(sample)
         keys.append(raw.key)
     if not samples:

@@ -13,6 +13,40 @@ from typing import Any
 # Tokens removed from decoded texts besides the model's EOS and pad ids (end of turn / padding of Qwen-style
 # tokenizers). Reasoning tags must survive: rewards read them.
 STRIP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+# Tags the rewards read, which some tokenizers register as special tokens: never a template token.
+REASONING_TAGS = frozenset({"<think>", "</think>", "<answer>", "</answer>"})
+
+
+def template_token_ids(tokenizer: Any, chat_template: str | None, vocab: int, banned: Sequence[int] = ()) -> list[int]:
+    """The special tokens the chat template writes (`<|im_start|>`, `<|vision_start|>`, Gemma's `<start_of_turn>`...).
+    A completion that samples one has left its answer (it opens a turn or an image of its own), so it ends there, as
+    at EOS, and the token never reaches its text; the rollout counts them (`rollout/template_token_stops`). Special
+    tokens an answer may hold (Qwen's `<|box_start|>`, which no template writes), reasoning tags and image
+    placeholders (never sampled) are not among them.
+
+    >>> class Tok:
+    ...     all_special_tokens = ["<|im_start|>", "<|box_start|>"]
+    ...     added_tokens_decoder = {}
+    ...     def convert_tokens_to_ids(self, token): return {"<|im_start|>": 7, "<|box_start|>": 8}[token]
+    >>> template_token_ids(Tok(), "{{ '<|im_start|>' + message['role'] }}", vocab=10)
+    [7]
+    """
+    if not chat_template:
+        return []
+    special = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    special.update(t.content for t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values()
+                   if getattr(t, "special", False))
+    ids: set[int] = set()
+    for token in special - REASONING_TAGS:
+        token_id = tokenizer.convert_tokens_to_ids(token) if token in chat_template else None
+        if isinstance(token_id, int) and 0 <= token_id < vocab and token_id not in banned:
+            ids.add(token_id)
+    return sorted(ids)
+
+
+def template_stops(backend: Any, last_ids: Iterable[int]) -> int:
+    """How many completions a template token ended (their last ids given; see `template_token_ids`)."""
+    return sum(1 for i in map(int, last_ids) if i in backend.template_ids and i not in backend.eos_ids)
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -71,13 +105,19 @@ def held_back(text: str, stop: Sequence[str]) -> int:
 
 def attach_token_rules(backend: Any, model: Any, processor: Any) -> None:
     """Give a backend the token rules every backend shares, so they are decided in one place: its `tokenizer`,
-    end-of-turn `eos_ids`, `pad_id`, text `decoder`, and `banned_ids` (image/video placeholders, never sampled: a
-    completion holding one breaks the training forward)."""
+    end-of-turn `eos_ids`, `pad_id`, `banned_ids` (image/video placeholders, never sampled: a completion holding one
+    breaks the training forward), `template_ids` (`template_token_ids`), `end_ids` (EOS and template ids: what ends
+    a completion) and the text `decoder` (which removes them)."""
     from mmrl.models.tokens import placeholder_token_ids
 
     backend.tokenizer = getattr(processor, "tokenizer", processor)
     backend.eos_ids = eos_token_ids(model, backend.tokenizer)
     pad = backend.tokenizer.pad_token_id
     backend.pad_id = pad if pad is not None else backend.eos_ids[0]
-    backend.decoder = TextDecoder(backend.tokenizer, backend.eos_ids, backend.pad_id)
     backend.banned_ids = placeholder_token_ids(model, backend.tokenizer)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    templates = [getattr(owner, "chat_template", None) for owner in (processor, backend.tokenizer)]
+    backend.template_ids = template_token_ids(backend.tokenizer, "\n".join(t for t in templates if isinstance(t, str)),
+                                              inner.get_output_embeddings().weight.shape[0], backend.banned_ids)
+    backend.end_ids = sorted({*backend.eos_ids, *backend.template_ids})  # what ends a completion
+    backend.decoder = TextDecoder(backend.tokenizer, backend.end_ids, backend.pad_id)

@@ -31,7 +31,7 @@ from typing import Any, Union
 import torch
 
 from mmrl.data.sample import Sample
-from mmrl.generation.decoding import attach_token_rules, cut_at_stop, eos_token_ids, held_back
+from mmrl.generation.decoding import attach_token_rules, cut_at_stop, eos_token_ids, held_back, template_stops
 from mmrl.generation.hf_context import (
     TokenStreamer,
     check_context,
@@ -222,7 +222,7 @@ class _HFBackend:
         raise NotImplementedError
 
     def _stop_ids(self, params: SamplingParams) -> list[int]:
-        return sorted({*self.eos_ids, *params.stop_token_ids})
+        return sorted({*self.end_ids, *params.stop_token_ids})
 
     def _batch(self, rows: list[_Row], params: SamplingParams, counters: dict[str, Any],
                device: torch.device) -> RolloutBatch:
@@ -243,6 +243,7 @@ class _HFBackend:
             texts.append(text)
             truncated.append(not (row.finished or hit))
         counters["generated_tokens"] = int(mask.sum())
+        counters["template_token_stops"] = template_stops(self, (r.ids[-1] for r in rows if len(r.ids)))
         prompt_index = torch.arange(len(rows), device=device) // params.n
         return RolloutBatch(prompt_index, ids, mask, torch.tensor(truncated, dtype=torch.bool, device=device), texts,
                             params.n, lps, counters)

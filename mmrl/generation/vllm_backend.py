@@ -38,7 +38,7 @@ import torch
 
 from mmrl.data.sample import Sample
 from mmrl.errors import UserError
-from mmrl.generation.decoding import attach_token_rules, cut_at_stop
+from mmrl.generation.decoding import attach_token_rules, cut_at_stop, template_stops
 from mmrl.generation.hf import RolloutBatch
 from mmrl.generation.hf_context import prompt_to_sample
 from mmrl.generation.types import Completion, Prompt, SamplingParams
@@ -251,7 +251,7 @@ class VLLMBackend:
             n=params.n, temperature=params.temperature, top_p=1.0 if greedy else params.top_p,
             top_k=-1 if greedy or params.top_k == 0 else params.top_k, max_tokens=params.max_new_tokens,
             min_tokens=params.min_new_tokens, stop=list(params.stop) or None,
-            stop_token_ids=sorted({*self.eos_ids, *params.stop_token_ids}), include_stop_str_in_output=True,
+            stop_token_ids=sorted({*self.end_ids, *params.stop_token_ids}), include_stop_str_in_output=True,
             skip_special_tokens=False, seed=None if greedy else seed, logprobs=0,  # 0: the sampled token's only
             bad_words=[self.tokenizer.decode([i]) for i in self.banned_ids] or None,
         )
@@ -320,7 +320,8 @@ class VLLMBackend:
             texts.append(text)
             truncated.append(row.finish_reason == "length")
         prompt_tokens = sum(len(out.prompt_token_ids or []) for out in outputs)
-        counters = {"prefill_tokens": prompt_tokens, "generated_tokens": int(mask.sum())}
+        counters = {"prefill_tokens": prompt_tokens, "generated_tokens": int(mask.sum()),
+                    "template_token_stops": template_stops(self, (r.token_ids[-1] for r in rows if r.token_ids))}
         prompt_index = torch.arange(len(rows), device=device) // params.n
         return RolloutBatch(prompt_index, ids, mask, torch.tensor(truncated, dtype=torch.bool, device=device), texts,
                             params.n, lps, counters)

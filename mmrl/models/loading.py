@@ -15,6 +15,7 @@ import torch
 
 from mmrl.config.model import ModelConfig
 from mmrl.errors import UserError
+from mmrl.models.hub import local_files_only
 from mmrl.models.placement import set_compute_dtype
 from mmrl.models.processor import load_processor
 from mmrl.models.tiny import PRESETS, ensure_tiny_model
@@ -162,8 +163,9 @@ def load_policy(cfg: ModelConfig, device: torch.device | str | None = None, for_
     if adapter is not None:
         return _load_adapter_checkpoint(cfg, path, adapter, device, for_training)
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    cache_only = {"local_files_only": True} if local_files_only(path) else {}  # no network: fail fast or use the cache
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **cache_only)
     except OSError as err:
         hint = " (HF_HUB_OFFLINE=1 is set: only local paths and cached ids work)" if offline else ""
         raise UserError(f"model.name_or_path: cannot load '{cfg.name_or_path}'{hint}: {str(err).splitlines()[0]}") from None
@@ -177,11 +179,14 @@ def load_policy(cfg: ModelConfig, device: torch.device | str | None = None, for_
             dtype=weights_dtype(compute, for_training and not cfg.lora.enabled and not _frozen_base),
             attn_implementation=pick_attn_implementation(cfg.attn_implementation, device, compute),
             trust_remote_code=cfg.trust_remote_code,
+            **cache_only,
+            # the Auto class looks for a PEFT adapter with these alone (without them it asks the hub, with retries)
+            **({"adapter_kwargs": dict(cache_only)} if cache_only else {}),
         )
     except ValueError as err:
         raise UserError(f"model.name_or_path: '{cfg.name_or_path}' ({config.model_type}) is not an image-text-to-text "
                         f"model transformers knows: {str(err).splitlines()[0]}") from None
-    processor = load_processor(path, trust_remote_code=cfg.trust_remote_code)
+    processor = load_processor(path, trust_remote_code=cfg.trust_remote_code, **cache_only)
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
     processor.tokenizer.padding_side = "left"

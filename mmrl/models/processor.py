@@ -58,7 +58,7 @@ def load_processor(path: str, trust_remote_code: bool = False, **kwargs: Any):
             raise
     class_name = _processor_class_name(path) or "Qwen2_5_VLProcessor"
     processor_class = getattr(transformers, class_name)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
     image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
     with _allow_missing_video_processor():
         return processor_class(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,

@@ -6,10 +6,13 @@
 sum would silently change the reward's scale for that item (accuracy None + format 1 would look like a half-right
 answer), so the trainer skips the item instead. Zero-weight components are reported but never block the total.
 
-Execution: rewards marked `heavy` (math-verify, `cosine_length`, user `file.py:function` rewards) are scored item by
-item in killable worker processes (`safe.WorkerPool`); cheap ones (format, boxes, GUI, length) run in-process on the
-whole batch — a pipe round-trip would cost more than they do. `workers=0` runs everything in-process (heavy items one
-by one under `call_with_timeout`; a call stuck in C code then cannot be killed).
+Execution: built-in rewards marked `heavy` (math-verify, `cosine_length`) are scored item by item in killable worker
+processes (`safe.WorkerPool`); cheap ones (format, boxes, GUI, length) run in-process on the whole batch — a pipe
+round-trip would cost more than they do. User `file.py:function` rewards are batched by contract (an LLM judge
+batches its requests), so they get the whole batch in one call, in a worker process, under the time the items one by
+one would have had (`timeout_s` x items per worker; in-process, x items); only when that call fails, runs out of time
+or returns the wrong number of scores is the batch scored item by item as the heavy built-ins are. `workers=0` runs everything in-process (heavy items one by one under `call_with_timeout`; a call
+stuck in C code then cannot be killed).
 
 Time limits are per completion (`timeout_s`, default the spec's 5 s). A cheap reward's batch call runs under that one
 limit; if it fails or runs out of time, the batch is scored again item by item, each under its own limit, so one slow
@@ -75,6 +78,11 @@ def _clean(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _user_reward(fn) -> bool:
+    """A user's `file.py:function` (or module) reward: written for whole batches, so it is given them."""
+    return not hasattr(fn, "mmrl_reward_name")
+
+
 def _default_tags(fn) -> tuple[str, str] | None:
     """The answer tags a reward reads when its spec does not set `tags`: its signature's default, else `<answer>`."""
     try:
@@ -136,12 +144,18 @@ class RewardComposite:
         pooled = [(s, t, timeout) for s, fn, t, timeout in zip(self.specs, self.fns, self.targets, self.timeouts, strict=True)
                   if t is not None and self.workers > 0 and not is_batched(fn, s.kwargs)]  # fmt: skip
         if pooled and n:
-            outcomes.update(self._pooled(pooled, completions, rows))
+            users = {s.name for s, fn in zip(self.specs, self.fns, strict=True) if _user_reward(fn)}
+            outcomes.update(self._pooled_batches([p for p in pooled if p[0].name in users], completions, columns))
+            rest = [p for p in pooled if p[0].name not in outcomes]
+            if rest:
+                outcomes.update(self._pooled(rest, completions, rows))
         for spec, fn, target, timeout in zip(self.specs, self.fns, self.targets, self.timeouts, strict=True):
             if spec.name in outcomes:
                 continue
             heavy = getattr(fn, "mmrl_heavy", True)
-            if not is_batched(fn, spec.kwargs) and (target is not None or heavy):
+            if _user_reward(fn) and n:  # whole batch first (its limit: every item's), then item by item if it fails
+                outcomes[spec.name] = self._batch(fn, completions, columns, spec.kwargs, timeout, timeout * n)
+            elif not is_batched(fn, spec.kwargs) and (target is not None or heavy):
                 outcomes[spec.name] = [self._guarded_item(fn, completions[i], rows[i], spec.kwargs, timeout)
                                        for i in range(n)]  # fmt: skip
             else:
@@ -168,6 +182,21 @@ class RewardComposite:
                     found[(name, i)] = probe_outcome(probe) or timeout_outcome(probe, KILLED)
         return {s.name: [found[(s.name, i)] for i in range(n)] for s, _, _ in pooled}
 
+    def _pooled_batches(self, pooled, completions, columns) -> dict[str, list[Outcome]]:
+        """User rewards in the worker pool, each called once on the whole batch (an LLM judge batches its requests)
+        under the time the pool would have given its items one by one (the limit x items per worker). A reward whose batch call fails, runs out of time or returns the
+        wrong number of scores is left out: the caller scores it item by item, so one bad item costs only itself."""
+        n = len(completions)
+        share = max(1, -(-n // self.workers))  # items per worker had the pool scored them one by one
+        jobs = [(s.name, t, s.kwargs, timeout * share, [(0, list(completions), columns)]) for s, t, timeout in pooled]
+        found = self._get_pool().run(jobs, chunk_size=1, mode="batch") if jobs else {}
+        out: dict[str, list[Outcome]] = {}
+        for spec, _, _ in pooled:
+            result = found[(spec.name, 0)]
+            if result.status == "ok" and isinstance(result.value, (list, tuple)) and len(result.value) == n:
+                out[spec.name] = [Outcome("ok", v) for v in result.value]
+        return out
+
     @staticmethod
     def _guarded_item(fn, completion: str, row: dict, kwargs: dict, timeout) -> Outcome:
         return score_item(fn, completion, row, kwargs, timeout)
@@ -181,11 +210,12 @@ class RewardComposite:
                                 "batched: fn(completions: list[str], **columns) -> list[float | None], one score "
                                 "per completion")
 
-    def _batch(self, fn, completions, columns, kwargs, timeout) -> list[Outcome]:
-        """Cheap rewards: one call for the whole batch under the per-completion limit (every item then took less);
-        on an exception or a timeout, score item by item, each under its own limit (see the module docstring)."""
+    def _batch(self, fn, completions, columns, kwargs, timeout, batch_timeout=None) -> list[Outcome]:
+        """Cheap rewards: one call for the whole batch under the per-completion limit (every item then took less;
+        user rewards: `batch_timeout`, the limit of all items together); on an exception or a timeout, score item by
+        item, each under its own limit (see the module docstring)."""
         n = len(completions)
-        out = call_with_timeout(fn, timeout, list(completions), **columns, **kwargs)
+        out = call_with_timeout(fn, batch_timeout or timeout, list(completions), **columns, **kwargs)
         if out.status == "ok" and (not isinstance(out.value, (list, tuple)) or len(out.value) != n):
             out = Outcome("error", message=f"reward returned {type(out.value).__name__} of the wrong length (need {n})")
         if out.status == "ok":

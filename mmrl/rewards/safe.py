@@ -160,7 +160,8 @@ def _worker_main(conn) -> None:
     """Worker loop: receive (job, target, kwargs, timeout, items, mode); send (job, idx, status, value, message) per item.
 
     mode "score" scores each item with `score_item`; mode "probe" only runs the empty-completion probe (used by the
-    parent for items whose worker had to be killed, to learn whether the item was scorable)."""
+    parent for items whose worker had to be killed, to learn whether the item was scorable); mode "batch" calls the
+    reward once on an item that is a whole batch, (completions, columns), and sends back what it returned."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     cache: dict = {}
     while True:
@@ -174,7 +175,9 @@ def _worker_main(conn) -> None:
         for idx, completion, row in items:
             try:
                 fn = cache.get(target) or cache.setdefault(target, _resolve(target))
-                if mode == "probe":
+                if mode == "batch":  # the item is the whole batch: (completions, columns) under one limit
+                    out = call_with_timeout(fn, timeout_s, list(completion), **row, **kwargs)
+                elif mode == "probe":
                     out = call_with_timeout(_score_one, timeout_s, fn, "", row, kwargs)
                 else:
                     out = score_item(fn, completion, row, kwargs, timeout_s)
@@ -260,7 +263,8 @@ class WorkerPool:
         only the empty-completion probe of each item).
 
         Returns {(job_key, idx): Outcome}. Every item gets an outcome, whatever the reward does; an item whose worker
-        had to be killed gets status "timeout" and the message `KILLED`.
+        had to be killed gets status "timeout" and the message `KILLED`. `mode="batch"`: each item is a whole batch,
+        (idx, completions, columns), scored by one call under the job's limit.
         """
         self._mode = mode
         with self._lock:
@@ -290,8 +294,9 @@ class WorkerPool:
             return results
 
     def _item_limit(self, timeout_s: float) -> float:
-        """Seconds one item may take in a worker: the probe and the scoring each have the limit (score mode)."""
-        return timeout_s * (1 if self._mode == "probe" else 2) + self.grace_s
+        """Seconds one item may take in a worker: the probe and the scoring each have the limit (score mode); a
+        batch's limit is its own."""
+        return timeout_s * (2 if self._mode == "score" else 1) + self.grace_s
 
     def _assign(self, worker: _Worker, chunk) -> None:
         key, target, kwargs, timeout_s, items = chunk

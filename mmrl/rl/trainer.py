@@ -66,6 +66,8 @@ class GRPOTrainer:
             for start, _name in self.schedule.boundaries():
                 stage = self.schedule.stage_at(start)
                 self._load(stage.data or tuple(cfg.data.train), stage.rewards)
+            if cfg.trainer.num_epochs is not None:
+                self._steps_from_epochs()
         except BaseException:
             release_run_dir(self.run_dir)  # nothing was written: leave no claimed, empty directory behind
             raise
@@ -89,6 +91,16 @@ class GRPOTrainer:
         self._samplers: dict[str, PromptSampler] = {}
         self._composites: dict[str, RewardComposite] = {}
         self.eval_samples = self._load(tuple(cfg.data.eval)) if cfg.data.eval and cfg.trainer.eval_steps else []
+
+    def _steps_from_epochs(self) -> None:
+        """`trainer.num_epochs`: the run takes as many steps as the epochs need (prompts_per_step prompts each), as
+        TRL's num_train_epochs; the saved config records the steps it came to."""
+        cfg = self.cfg
+        if cfg.stages:
+            raise UserError("trainer.num_epochs: with stages each stage gives its own steps; remove num_epochs")
+        prompts = len(self._load(tuple(cfg.data.train)))
+        cfg.trainer.max_steps = max(1, math.ceil(cfg.trainer.num_epochs * prompts / cfg.trainer.prompts_per_step))
+        self.schedule = StageSchedule(cfg.stages, cfg)
 
     # -- per-stage parts, built once and cached by their spec --------------------------------------------------
     def _load(self, specs: tuple, rewards: tuple | None = None) -> list:

@@ -23,7 +23,8 @@ def test_python_example_trains_with_a_callable_reward(tmp_path, monkeypatch, cap
     monkeypatch.chdir(tmp_path)
     exec(compile(_block("From Python (TRL-style)", "python"), "README.md", "exec"), {"__name__": "readme"})
     run = tmp_path / "runs/python_api"
-    assert str(run.relative_to(tmp_path)) in capsys.readouterr().out
+    printed = capsys.readouterr().out.splitlines()[-1].split()  # the example's print, after the run's log lines
+    assert printed[:2] == [str(run.relative_to(tmp_path)), "2"]  # the TrainOutput: run_dir and global_step
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert all("reward/says_the_color" in r for r in rows)  # the callable ran as a named component
@@ -43,3 +44,11 @@ def test_own_reward_snippets_score_as_the_yaml_says(tmp_path, monkeypatch):
     right, wrong = result.components["my_rewards.py:short_and_right"]
     assert right > 0.9 and wrong < 0  # right answer scores ~1 minus a length cost, a wrong one only the cost
     assert result.components["format"] == [1.0, 0.0]
+    # Review: the README's example was `str(a) in c`, paid for by an answer that lists every candidate
+    with RewardComposite(specs, workers=0) as composite:
+        hacks = ["<think>x</think><answer>1 2 3 4 5</answer>", "<answer>13</answer>", "<answer>4</answer> 3",
+                 "<think>x</think><answer>3</answer><answer>4</answer>"]
+        scores = composite.score(hacks, {"answer": ["3"] * 4}).components["my_rewards.py:short_and_right"]
+        assert all(score < 0 for score in scores), scores
+        assert composite.score(["<answer>3</answer>"], {"answer": [None]}).components[
+            "my_rewards.py:short_and_right"] == [None]  # no gold: unscorable, not a made-up 0

@@ -103,3 +103,43 @@ def test_bad_params_and_prompts_are_refused(backend):
         backend.generate([Prompt([{"role": "user", "content": [{"type": "audio"}]}])], SamplingParams())
     with pytest.raises(Exception, match="missing.png"):
         backend.generate([Prompt.from_question("x", images=["/nonexistent/missing.png"])], SamplingParams())
+
+
+def test_a_sampled_template_token_ends_the_completion_and_is_counted(policy):
+    # Review: `<|im_start|>` sampled inside a completion leaked into its text (the model opening a turn of its own).
+    from mmrl.generation.hf import HFNaiveBackend, HFSharedPrefixBackend
+
+    model, processor = policy
+    start = processor.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    boost = torch.zeros(model.lm_head.weight.shape[0])
+    boost[start] = 1e4
+    handle = model.lm_head.register_forward_hook(lambda _m, _i, out: out + boost.to(out.device, out.dtype))
+    try:
+        for backend in (HFSharedPrefixBackend(model, processor), HFNaiveBackend(model, processor)):
+            assert start in backend.template_ids and "<think>" not in processor.tokenizer.convert_ids_to_tokens(
+                backend.template_ids)
+            batch = backend.rollout([Prompt.from_question("Hi")],
+                                    SamplingParams(n=2, max_new_tokens=6, temperature=1.0),
+                                    generator=torch.Generator().manual_seed(0))
+            assert batch.texts == ["", ""] and batch.completion_mask.sum(dim=1).tolist() == [1, 1]
+            assert not batch.truncated.any() and batch.counters["template_token_stops"] == 2
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("family, ends, kept", [
+    ("qwen2_5_vl/Qwen2.5-VL-3B-Instruct", ["<|im_start|>", "<|vision_start|>"], ["<|box_start|>", "<|quad_start|>"]),
+    ("gemma3/gemma-3-4b-it", ["<start_of_turn>", "<end_of_turn>"], []),
+])
+def test_template_tokens_of_real_tokenizers(family, ends, kept):
+    """The template tokens of real families' tokenizers and chat templates (tests/fixtures/real_models): turn markup
+    ends a completion; Qwen's grounding tokens, which answers hold and no template writes, do not."""
+    from transformers import AutoTokenizer
+
+    from mmrl.generation.decoding import template_token_ids
+
+    folder = Path(__file__).parents[1] / "fixtures" / "real_models" / family
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    template = json.loads((folder / "chat_template.json").read_text())["chat_template"]
+    found = set(tokenizer.convert_ids_to_tokens(template_token_ids(tokenizer, template, vocab=len(tokenizer))))
+    assert set(ends) <= found and not found & {*kept, "<think>", "</think>"}

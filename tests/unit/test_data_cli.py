@@ -35,6 +35,22 @@ def test_check_reports_bad_images_with_ids(tmp_path, capsys):
     assert "2 samples, 1 images: 1 errors in 1 samples" in captured.out
 
 
+def test_show_says_when_an_image_file_is_missing(tmp_path, capsys):
+    # Review: a record whose image does not exist was printed without a word.
+    (tmp_path / "here.png").write_bytes(b"not read by show")
+    (tmp_path / "d.jsonl").write_text('{"id": "a", "prompt": "q", "answer": "1", "images": ["gone.png"]}\n'
+                                      '{"id": "b", "prompt": "q", "answer": "1", "images": ["here.png"]}\n')
+    assert main(["data", "show", str(tmp_path / "d.jsonl")]) == 0
+    captured = capsys.readouterr()
+    assert f"image: {tmp_path / 'gone.png'}   MISSING: no such file" in captured.out
+    assert f"image: {tmp_path / 'here.png'}\n" in captured.out
+    assert f"1 image file(s) missing (first: {tmp_path / 'gone.png'})" in captured.err
+    assert main(["data", "show", str(tmp_path / "d.jsonl"), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert [json.loads(line)["id"] for line in captured.out.splitlines()] == ["a", "b"]  # JSON lines stay JSON
+    assert "1 image file(s) missing" in captured.err
+
+
 def test_user_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "d.jsonl").write_text('{"prompt": "q", "answer": "1"}\n{oops\n')
     assert main(["data", "show", str(tmp_path / "d.jsonl")]) == 2

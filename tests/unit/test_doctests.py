@@ -11,6 +11,7 @@ MODULES = [
     "mmrl.api",
     "mmrl.console",
     "mmrl.config.loader",
+    "mmrl.config.trl_names",
     "mmrl.data.boxes",
     "mmrl.data.sample",
     "mmrl.engine.optim",

@@ -4,6 +4,7 @@ inputs, a loaded model is trained in place, and a per-item reward is a clear err
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,7 +36,7 @@ def test_config_names_map_onto_the_tree():
     with pytest.raises(UserError, match="did you mean 'num_generations'"):
         GRPOConfig(num_generation=4)
     with pytest.raises(UserError, match="ambiguous"):
-        GRPOConfig(seed=1)  # model.seed and trainer.seed
+        GRPOConfig(batch_size=1)  # trainer.batch_size and eval.batch_size
 
 
 def test_hf_dataset_and_dicts_become_one_cached_jsonl(tmp_path):
@@ -90,7 +91,8 @@ def test_loaded_model_is_trained_in_place(tiny_model_dir, tmp_path):
     args = GRPOConfig(**{**SMALL, "num_generations": 4}, output_dir=str(tmp_path / "run"), learning_rate=1e-2)
     trainer = GRPOTrainer(model=model, processing_class=load_processor(tiny_model_dir),
                           reward_funcs=[length_spread], train_dataset=_records(), args=args)
-    assert trainer.train() == tmp_path / "run"
+    out = trainer.train()
+    assert out.run_dir == tmp_path / "run" and Path(out) == tmp_path / "run" == out  # path-like, as the path it was
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed  # the caller's object holds the trained weights
     with pytest.raises(UserError, match="needs its processor"):

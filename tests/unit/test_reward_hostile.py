@@ -267,8 +267,8 @@ def test_cli_prints_ids_scores_and_a_summary(tmp_path, capsys):
     out = [json.loads(line) for line in captured.out.splitlines()]
     assert out[:3] == [{"line": 1, "id": "a", "total": 1.0, STALLS: 1.0},
                        {"line": 2, "id": "b", "total": 0.0, STALLS: 0.0}, {"line": 3, "total": None, STALLS: None}]
-    assert out[3] == {"summary": {"items": 3, "total": {"mean": 0.5, "none": 1, "timeouts": 1},
-                                  STALLS: {"mean": 0.5, "none": 1, "timeouts": 1}}}  # fmt: skip
+    assert out[3] == {"summary": {"items": 3, "total": {"mean": 0.5, "none": 1, "errors": 0, "timeouts": 1},
+                                  STALLS: {"mean": 0.5, "none": 1, "errors": 0, "timeouts": 1}}}  # fmt: skip
     assert "timeouts 1" in captured.err and "None 1" in captured.err
 
 

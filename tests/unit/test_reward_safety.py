@@ -145,9 +145,9 @@ def test_cli_reward_score(tmp_path, capsys):
         {"line": 1, "total": 1.5, "accuracy": 1.0, "format": 1.0},
         {"line": 2, "total": 1.5, "accuracy": 1.0, "format": 1.0},
         {"line": 3, "total": None, "accuracy": None, "format": 0.0},
-        {"summary": {"items": 3, "total": {"mean": 1.5, "none": 1, "timeouts": 0},
-                     "accuracy": {"mean": 1.0, "none": 1, "timeouts": 0},
-                     "format": {"mean": 2 / 3, "none": 0, "timeouts": 0}}},
+        {"summary": {"items": 3, "total": {"mean": 1.5, "none": 1, "errors": 0, "timeouts": 0},
+                     "accuracy": {"mean": 1.0, "none": 1, "errors": 0, "timeouts": 0},
+                     "format": {"mean": 2 / 3, "none": 0, "errors": 0, "timeouts": 0}}},
     ]  # fmt: skip
     assert main(["reward", "score", "--reward", USER, "--kwargs", '{"target": 18}', "--input", str(data)]) == 0
     third = json.loads(capsys.readouterr().out.splitlines()[2])
@@ -171,3 +171,40 @@ def test_every_registered_reward_has_a_docstring_example():
         fn = get_reward(name)
         module_doc = importlib.import_module(fn.__module__).__doc__ or ""
         assert ">>>" in (fn.__doc__ or "") or (">>>" in module_doc and fn.__name__ in module_doc), name
+
+
+# ---------------------------------------------------------------- user rewards: whole batches, bugs are errors
+# The call log's path is written into the reward file: reward workers are forks of a server process started by an
+# earlier test, so an environment variable set now would not reach them.
+BATCH_LOG = '''def judge(completions, answer, **_):
+    with open(LOG, "a") as log:
+        log.write(f"{len(completions)}\\n")
+    return [float(c == str(a)) for c, a in zip(completions, answer)]
+
+
+def broken(completions, **_):
+    raise RuntimeError("judge endpoint unreachable")
+'''
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_user_rewards_get_whole_batches(tmp_path, workers):
+    # Review: a "batched" user reward was called once per item (an LLM judge could not batch its requests).
+    (tmp_path / "judge.py").write_text(f"LOG = {str(tmp_path / 'calls')!r}\n" + BATCH_LOG)
+    with RewardComposite([{"name": f"{tmp_path / 'judge.py'}:judge"}], workers=workers) as rc:
+        result = rc.score(["1", "2", "x", "4", "5"], {"answer": ["1", "2", "3", "4", "5"]})
+    assert result.total == [1.0, 1.0, 0.0, 1.0, 1.0]
+    assert (tmp_path / "calls").read_text().split() == ["5"]  # one call, the whole batch
+
+
+def test_reward_score_stops_on_a_reward_that_raises_on_every_item(tmp_path, capsys):
+    # Review: every item None and exit 0 (a bug counted as bad gold), while `mmrl train` refuses the same reward.
+    from mmrl.cli import main
+
+    (tmp_path / "judge.py").write_text("LOG = None\n" + BATCH_LOG)
+    data = tmp_path / "c.jsonl"
+    data.write_text("".join(json.dumps({"completion": c, "answer": "1"}) + "\n" for c in ("1", "2")))
+    assert main(["reward", "score", "--reward", f"{tmp_path / 'judge.py'}:broken", "--input", str(data)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "raised on every item (RuntimeError: judge endpoint unreachable, first at line 1)" in captured.err
