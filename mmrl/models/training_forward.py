@@ -37,12 +37,27 @@ from transformers import DynamicCache
 
 
 class PrefixRecorder(DynamicCache):
-    """Records the prompt's keys/values; a layer run again (checkpoint replay) overwrites its entry, never appends."""
+    """Records the prompt's keys/values; a layer run again (checkpoint replay) gets a new entry, never appends.
+
+    The replay swaps in a copy of the empty layer the cache was built with; it never calls the layer's `reset()`,
+    whose meaning changed between releases: up to transformers 5.17 it zeroes the tensors in place and leaves the
+    layer initialised (the replay then appended its keys after P zeros, and the zeroing wrote into tensors the
+    completion pass had used: right log-probs, wrong gradients); from 5.18 it drops them. Build it with `config`, so
+    the layers (and their kinds: full or sliding window) exist before the first write.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.layers:
+            raise ValueError("PrefixRecorder needs config=<the text model's config> (its layers must exist up front)")
+        self._empty_layers = [copy.deepcopy(layer) for layer in self.layers]  # no tensors yet: cheap to copy
+        self._written: set[int] = set()
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if layer_idx < len(self.layers) and self.layers[layer_idx].is_initialized:
-            self.layers[layer_idx].reset()
+        if layer_idx in self._written:  # a replay: the old entry's tensors are left as they are (autograd holds them)
+            self.layers[layer_idx] = copy.deepcopy(self._empty_layers[layer_idx])
+        self._written.add(layer_idx)
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
 
