@@ -60,8 +60,8 @@ def load_processor(path: str, trust_remote_code: bool = False, **kwargs: Any):
 
     try:
         return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
-    except (ImportError, AttributeError) as err:
-        if "torchvision" not in str(err).lower() and "_extra_content" not in str(err):
+    except (ImportError, AttributeError, ValueError) as err:
+        if not _needs_torchvision(err) and "_extra_content" not in str(err):
             raise
     class_name = _processor_class_name(path) or "Qwen2_5_VLProcessor"
     processor_class = getattr(transformers, class_name)
@@ -81,17 +81,30 @@ def load_image_processor(path: str, trust_remote_code: bool = False, **kwargs: A
         from transformers import AutoImageProcessor
 
         return AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
-    except ImportError as err:
-        if "torchvision" not in str(err).lower():
+    except (ImportError, ValueError) as err:
+        if not _needs_torchvision(err):
             raise
     configured = _image_processor_type(path)
     base = configured.removesuffix("Fast").removesuffix("Pil") if configured else None
     pil_class = getattr(transformers, f"{base}Pil", None) if base else None
-    if pil_class is None or type(pil_class).__name__ == "DummyObject":
-        raise UserError(f"{path}: its image processor ({configured or 'unknown type'}) needs torchvision with "
-                        f"transformers {transformers.__version__}: install the torchvision build that matches your "
-                        "torch, or transformers>=5.18 (which falls back to PIL)")
+    if pil_class is None or type(pil_class).__name__ == "DummyObject":  # no PIL backend for it in this release
+        raise UserError(f"{path}: its image processor ({configured or 'unknown type'}) needs torchvision, which is "
+                        f"not installed: pip install {torchvision_requirement()}")
     return pil_class.from_pretrained(path, **kwargs)
+
+
+def _needs_torchvision(err: Exception) -> bool:
+    """transformers' way of saying a class needs torchvision: an ImportError (a placeholder class, up to 5.17) or the
+    ValueError of the image-processor resolution; both name torchvision."""
+    return "torchvision" in str(err).lower()
+
+
+def torchvision_requirement() -> str:
+    """The torchvision release built for the installed torch (torch 2.N pairs with torchvision 0.(N+15))."""
+    import torch
+
+    major, minor = (int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    return f"'torchvision=={major - 2}.{minor + 15}.*' (the build for torch {torch.__version__.split('+')[0]})"
 
 
 def _image_processor_type(path: str) -> str | None:

@@ -35,6 +35,8 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
+from mmrl.errors import UserError
+
 
 class PrefixRecorder(DynamicCache):
     """Records the prompt's keys/values; a layer run again (checkpoint replay) gets a new entry, never appends.
@@ -91,6 +93,7 @@ def checkpoint_with_shared_cache(decoder_layers: list[torch.nn.Module]) -> Itera
     replay exact) and checkpoint non-reentrantly (a reentrant checkpoint would cut the gradient that flows from the
     completions into the prompt's keys, which reach the layer through the cache, not its positional inputs)."""
     changed = [m for m in decoder_layers if getattr(m, "gradient_checkpointing", False)]
+    _check_checkpoint_names(changed)
     saved = [(m.__dict__.get("_can_checkpoint_with_cache"), m.__dict__.get("_gradient_checkpointing_func"))
              for m in changed]
     for module in changed:
@@ -105,6 +108,21 @@ def checkpoint_with_shared_cache(decoder_layers: list[torch.nn.Module]) -> Itera
                     module.__dict__.pop(name, None)
                 else:
                     setattr(module, name, value)
+
+
+def _check_checkpoint_names(layers: list[torch.nn.Module]) -> None:
+    """Refuse a transformers whose checkpointed layers lack the two names set above: setting them would change
+    nothing, the layer would drop the prompt's cache and the completions would run without their prompt."""
+    for layer in layers:
+        missing = [name for name in ("_can_checkpoint_with_cache", "_gradient_checkpointing_func")
+                   if not hasattr(layer, name)]
+        if missing:
+            import transformers
+
+            raise UserError(f"model.gradient_checkpointing: transformers {transformers.__version__}'s "
+                            f"{type(layer).__name__} has no {', '.join(missing)}; the shared-prefix forward cannot "
+                            "keep the prompt's cache in it: install transformers>=5.17,<6 or set "
+                            "model.gradient_checkpointing=false")
 
 
 class GroupForward(torch.nn.Module):
