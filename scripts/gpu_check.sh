@@ -52,7 +52,9 @@ echo "== 4/4 throughput with vLLM rollouts (rollout.backend: vllm): qwen2.5-vl-3
 vllm_rc=0
 vllm_tests_rc=0
 if [ "${INSTALL_VLLM:-0}" = "1" ] && ! "$PY" -c "import vllm" 2>/dev/null; then
-  if timeout "${VLLM_INSTALL_TIMEOUT:-1800}" "$PY" -m pip install -e ".[vllm]"; then
+  # The extra of the installed torch (one per torch: a plain vllm requirement would replace it).
+  VLLM_EXTRA=$("$PY" -c "import torch; print('vllm-torch' + ''.join(torch.__version__.split('.')[:2]))")
+  if timeout "${VLLM_INSTALL_TIMEOUT:-1800}" "$PY" -m pip install -e ".[$VLLM_EXTRA]"; then
     # Step 2 ran before the extra was there, so its vLLM tests were skipped: run them now.
     "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/integration/test_vllm_backend.py
     vllm_tests_rc=$?
@@ -72,7 +74,7 @@ if "$PY" -c "import vllm" 2>/dev/null; then
   vllm_rc=$?
   [ "$vllm_rc" -eq 0 ] && vllm_rc=$vllm_tests_rc
 else
-  echo "gpu_check: the vllm extra is not installed; skipping (pip install \"mmrl[vllm]\" or INSTALL_VLLM=1)"
+  echo "gpu_check: the vllm extra is not installed; skipping (pip install \"mmrl[vllm-torchXYZ]\" for your torch, README, or INSTALL_VLLM=1)"
 fi
 
 echo "gpu_check: tests exit code $tests_rc, benchmark exit code $bench_rc, vllm benchmark exit code $vllm_rc"
