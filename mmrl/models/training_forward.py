@@ -43,9 +43,9 @@ class PrefixRecorder(DynamicCache):
 
     The replay swaps in a copy of the empty layer the cache was built with; it never calls the layer's `reset()`,
     whose meaning changed between releases: up to transformers 5.17 it zeroes the tensors in place and leaves the
-    layer initialised (the replay then appended its keys after P zeros, and the zeroing wrote into tensors the
-    completion pass had used: right log-probs, wrong gradients); from 5.18 it drops them. Build it with `config`, so
-    the layers (and their kinds: full or sliding window) exist before the first write.
+    layer initialised (the replay then appended its keys after P zeros: right log-probs, wrong gradients); from 5.18
+    it drops them. Build it with `config`, so the layers (and their kinds: full or sliding window) exist before the
+    first write.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
