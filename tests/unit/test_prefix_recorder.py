@@ -3,10 +3,12 @@ the first pass alone (transformers <= 5.17's `reset()` zeroed them in place and 
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import Qwen2Config
 
-from mmrl.models.training_forward import PrefixRecorder
+from mmrl.errors import UserError
+from mmrl.models.training_forward import PrefixRecorder, checkpoint_with_shared_cache
 
 
 def states(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,3 +31,15 @@ def test_a_replayed_layer_holds_exactly_the_replayed_keys():
     assert torch.equal(recorder.layers[0].keys, replay_keys) and recorder.get_seq_length(0) == 5
     assert torch.equal(first_keys, kept[0]) and torch.equal(seen[0], kept[0])  # the first pass's tensors untouched
     assert torch.equal(recorder.layers[1].keys, states(1)[0])  # the other layer is left as it was
+
+
+def test_a_checkpointed_layer_without_transformers_cache_switch_is_refused():
+    """Setting `_can_checkpoint_with_cache` on a layer that does not read it would change nothing: the layer would
+    drop the prompt's cache under checkpointing, so the shared-prefix forward refuses it in one line."""
+    layer = torch.nn.Linear(2, 2)
+    layer.gradient_checkpointing = True  # checkpointed by a transformers that has neither name
+    with pytest.raises(UserError, match="model.gradient_checkpointing") as err:
+        with checkpoint_with_shared_cache([layer]):
+            pass
+    assert "\n" not in str(err.value) and "_can_checkpoint_with_cache" in str(err.value)
+    assert "_can_checkpoint_with_cache" not in layer.__dict__  # nothing was set on it
