@@ -44,7 +44,6 @@ from mmrl.generation.hf_context import prompt_to_sample
 from mmrl.generation.types import Completion, Prompt, SamplingParams
 from mmrl.models.placement import compute_dtype, model_device
 
-INSTALL_HINT = 'pip install "mmrl[vllm]"'
 # vLLM options of the engine this backend starts (the ones that matter for colocated RL).
 ENGINE_DEFAULTS: dict[str, Any] = {
     "enable_sleep_mode": True,  # sleep between rollouts: the trainer gets the GPU memory back
@@ -55,10 +54,18 @@ ENGINE_DEFAULTS: dict[str, Any] = {
 
 
 def require_vllm() -> None:
-    """Raise a one-line UserError (exit 2) when vLLM cannot run here: the extra is missing, or no CUDA device."""
+    """Raise a one-line UserError (exit 2) when vLLM cannot run here: the extra is missing, the installed vLLM is
+    built for another torch (or is not a release mmrl is paired with), or no CUDA device."""
+    from importlib import metadata
+
+    from mmrl.generation.vllm_pairs import install_hint, pair_problem
+
     if importlib.util.find_spec("vllm") is None:
-        raise UserError(f"rollout.backend=vllm needs the vllm extra, which is not installed: {INSTALL_HINT} "
+        raise UserError(f"rollout.backend=vllm needs vLLM, which is not installed: {install_hint(torch.__version__)} "
                         "(CUDA GPUs only), or set rollout.backend=hf")
+    problem = pair_problem(metadata.version("vllm"), metadata.requires("vllm"), torch.__version__)
+    if problem is not None:
+        raise UserError(f"rollout.backend=vllm: {problem}")
     if not torch.cuda.is_available():
         raise UserError("rollout.backend=vllm needs a CUDA device (vLLM does not run on CPU); set rollout.backend=hf")
 

@@ -10,6 +10,7 @@ step is there:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from dataclasses import dataclass
@@ -46,8 +47,16 @@ def supports_prefix_sharing(model: Any) -> bool:
     return (
         getattr(inner.config, "model_type", None) in PREFIX_MODEL_TYPES
         and hasattr(core, "get_rope_index")
+        and _rope_index_takes_types(type(core))
         and hasattr(inner, "lm_head")
     )
+
+
+@functools.cache
+def _rope_index_takes_types(core_class: type) -> bool:
+    """`get_rope_index` reads token kinds from `mm_token_type_ids` (transformers 5.x); a release that took them
+    otherwise would give 1-D positions to image tokens without an error, so such a model takes the naive forward."""
+    return "mm_token_type_ids" in inspect.signature(core_class.get_rope_index).parameters
 
 
 _FALLBACK_NOTED: set[str] = set()

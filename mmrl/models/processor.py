@@ -4,6 +4,11 @@ transformers 5 gives every Qwen2-VL-family processor a video processor, and vide
 is no CPU build of torchvision on some machines (ours among them). Images never need it, so when `AutoProcessor`
 fails for that reason we assemble the same processor class from its tokenizer and image processor, with no video
 processor. Where torchvision is installed, plain `AutoProcessor.from_pretrained` is used unchanged.
+
+Up to transformers 5.17 `AutoImageProcessor` itself is a placeholder that raises when torchvision is missing (5.18+
+picks the PIL backend on its own); the image processor is then the PIL class named after the configured one
+(`Qwen2VLImageProcessor` -> `Qwen2VLImageProcessorPil`), which is what 5.18+ would choose. A model whose image
+processor has no PIL class is refused in one line naming what to install.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+from mmrl.errors import UserError
 
 VIDEO_CONFIG = "video_preprocessor_config.json"
 
@@ -49,20 +56,60 @@ def _processor_class_name(path: str, **kwargs: Any) -> str | None:
 def load_processor(path: str, trust_remote_code: bool = False, **kwargs: Any):
     """`AutoProcessor.from_pretrained(path)`, falling back to an image-only processor when torchvision is missing."""
     import transformers
-    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+    from transformers import AutoProcessor, AutoTokenizer
 
     try:
         return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
-    except (ImportError, AttributeError) as err:
-        if "torchvision" not in str(err).lower() and "_extra_content" not in str(err):
+    except (ImportError, AttributeError, ValueError) as err:
+        if not _needs_torchvision(err) and "_extra_content" not in str(err):
             raise
     class_name = _processor_class_name(path) or "Qwen2_5_VLProcessor"
     processor_class = getattr(transformers, class_name)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
-    image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    image_processor = load_image_processor(path, trust_remote_code=trust_remote_code, **kwargs)
     with _allow_missing_video_processor():
         return processor_class(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
                                chat_template=tokenizer.chat_template)
+
+
+def load_image_processor(path: str, trust_remote_code: bool = False, **kwargs: Any):
+    """`AutoImageProcessor.from_pretrained(path)`; where that class needs torchvision (transformers <= 5.17 without
+    it), the PIL-backend class of the configured image processor, else a one-line `UserError`."""
+    import transformers
+
+    try:
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    except (ImportError, ValueError) as err:
+        if not _needs_torchvision(err):
+            raise
+    configured = _image_processor_type(path)
+    base = configured.removesuffix("Fast").removesuffix("Pil") if configured else None
+    pil_class = getattr(transformers, f"{base}Pil", None) if base else None
+    if pil_class is None or type(pil_class).__name__ == "DummyObject":  # no PIL backend for it in this release
+        raise UserError(f"{path}: its image processor ({configured or 'unknown type'}) needs torchvision, which is "
+                        f"not installed: pip install {torchvision_requirement()}")
+    return pil_class.from_pretrained(path, **kwargs)
+
+
+def _needs_torchvision(err: Exception) -> bool:
+    """transformers' way of saying a class needs torchvision: an ImportError (a placeholder class, up to 5.17) or the
+    ValueError of the image-processor resolution; both name torchvision."""
+    return "torchvision" in str(err).lower()
+
+
+def torchvision_requirement() -> str:
+    """The torchvision release built for the installed torch (torch 2.N pairs with torchvision 0.(N+15))."""
+    import torch
+
+    major, minor = (int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    return f"'torchvision=={major - 2}.{minor + 15}.*' (the build for torch {torch.__version__.split('+')[0]})"
+
+
+def _image_processor_type(path: str) -> str | None:
+    file = Path(path) / "preprocessor_config.json"
+    return json.loads(file.read_text()).get("image_processor_type") if file.is_file() else None
 
 
 def save_processor(processor, out_dir: str | os.PathLike, video_config: dict | None = None) -> None:

@@ -35,14 +35,31 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
+from mmrl.errors import UserError
+
 
 class PrefixRecorder(DynamicCache):
-    """Records the prompt's keys/values; a layer run again (checkpoint replay) overwrites its entry, never appends."""
+    """Records the prompt's keys/values; a layer run again (checkpoint replay) gets a new entry, never appends.
+
+    The replay swaps in a copy of the empty layer the cache was built with; it never calls the layer's `reset()`,
+    whose meaning changed between releases: up to transformers 5.17 it zeroes the tensors in place and leaves the
+    layer initialised (the replay then appended its keys after P zeros: right log-probs, wrong gradients); from 5.18
+    it drops them. Build it with `config`, so the layers (and their kinds: full or sliding window) exist before the
+    first write.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.layers:
+            raise ValueError("PrefixRecorder needs config=<the text model's config> (its layers must exist up front)")
+        self._empty_layers = [copy.deepcopy(layer) for layer in self.layers]  # no tensors yet: cheap to copy
+        self._written: set[int] = set()
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if layer_idx < len(self.layers) and self.layers[layer_idx].is_initialized:
-            self.layers[layer_idx].reset()
+        if layer_idx in self._written:  # a replay: the old entry's tensors are left as they are (autograd holds them)
+            self.layers[layer_idx] = copy.deepcopy(self._empty_layers[layer_idx])
+        self._written.add(layer_idx)
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
 
@@ -76,6 +93,7 @@ def checkpoint_with_shared_cache(decoder_layers: list[torch.nn.Module]) -> Itera
     replay exact) and checkpoint non-reentrantly (a reentrant checkpoint would cut the gradient that flows from the
     completions into the prompt's keys, which reach the layer through the cache, not its positional inputs)."""
     changed = [m for m in decoder_layers if getattr(m, "gradient_checkpointing", False)]
+    _check_checkpoint_names(changed)
     saved = [(m.__dict__.get("_can_checkpoint_with_cache"), m.__dict__.get("_gradient_checkpointing_func"))
              for m in changed]
     for module in changed:
@@ -90,6 +108,21 @@ def checkpoint_with_shared_cache(decoder_layers: list[torch.nn.Module]) -> Itera
                     module.__dict__.pop(name, None)
                 else:
                     setattr(module, name, value)
+
+
+def _check_checkpoint_names(layers: list[torch.nn.Module]) -> None:
+    """Refuse a transformers whose checkpointed layers lack the two names set above: setting them would change
+    nothing, the layer would drop the prompt's cache and the completions would run without their prompt."""
+    for layer in layers:
+        missing = [name for name in ("_can_checkpoint_with_cache", "_gradient_checkpointing_func")
+                   if not hasattr(layer, name)]
+        if missing:
+            import transformers
+
+            raise UserError(f"model.gradient_checkpointing: transformers {transformers.__version__}'s "
+                            f"{type(layer).__name__} has no {', '.join(missing)}; the shared-prefix forward cannot "
+                            "keep the prompt's cache in it: install transformers>=5.17,<6 or set "
+                            "model.gradient_checkpointing=false")
 
 
 class GroupForward(torch.nn.Module):

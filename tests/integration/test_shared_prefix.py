@@ -148,6 +148,36 @@ def test_gradient_checkpointing_keeps_the_prefix(policy):
             assert (a - b).norm() / b.norm() < 1e-4
 
 
+def test_lora_gradients_with_checkpointing_match_the_naive_forward(policy):
+    """LoRA adapters in checkpointed decoder layers (k/v adapters reach the completions through the prompt's cached
+    keys, replayed in backward) get the naive forward's gradients."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    base, processor = policy
+    base = copy.deepcopy(base)
+    enable_activation_checkpointing(base)  # before the adapters, as load_policy does
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj"],
+                                            init_lora_weights=False))
+    model.train()
+    prompt = image_prompt(processor, 56, "what shape?", seed=6)
+    ids, mask = completions(processor.tokenizer.pad_token_id)
+
+    def run(fn):
+        model.zero_grad(set_to_none=True)
+        lp = fn(model, prompt, ids, mask)
+        (lp * torch.linspace(0.5, 1.5, lp.numel()).view_as(lp)).sum().backward()
+        return lp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    shared, naive = run(completion_logprobs), run(naive_completion_logprobs)
+    assert (shared[0] - naive[0]).abs().max() < 1e-5
+    assert shared[1].keys() == naive[1].keys() and any("k_proj.lora" in n for n in naive[1])
+    for name, want in naive[1].items():
+        assert want.abs().max() > 0, name
+        assert (shared[1][name] - want).norm() / want.norm() < 1e-4, name
+
+
 def test_text_only_prompt(policy):
     model, processor = policy
     messages = [{"role": "user", "content": [{"type": "text", "text": "what is 2 + 3?"}]}]

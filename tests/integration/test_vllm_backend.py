@@ -40,7 +40,7 @@ def test_without_the_extra_train_is_one_line_exit_2_before_anything_loads(tmp_pa
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert 'pip install "mmrl[vllm]"' in lines[0] and "rollout.backend" in lines[0]
+    assert 'pip install "mmrl[vllm-torch2' in lines[0] and "rollout.backend" in lines[0]  # the extra of this torch
     assert not out.exists()
 
 
@@ -51,13 +51,13 @@ def test_without_the_extra_make_backend_names_the_extra():
     from mmrl.models.loading import load_policy
 
     loaded = load_policy(ModelConfig(name_or_path="tiny", dtype="fp32"), device="cpu", for_training=False)
-    with pytest.raises(UserError, match=r'pip install "mmrl\[vllm\]"'):
+    with pytest.raises(UserError, match=r'pip install "mmrl\[vllm-torch2'):
         make_backend(loaded.model, loaded.processor, "vllm")
 
 
 # -- on a CUDA machine with the extra ----------------------------------------------------------------------------
 
-needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason='needs the vllm extra: pip install "mmrl[vllm]"')
+needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason='needs vLLM: pip install "mmrl[vllm-torchXYZ]" (README)')
 
 
 @pytest.fixture(scope="module")

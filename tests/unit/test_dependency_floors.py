@@ -1,0 +1,44 @@
+"""Every floor pyproject.toml states is a version the compatibility job (.ci/compat) installs and tests."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKED = ("torch", "transformers", "accelerate", "peft", "datasets")
+# torch's floor is the GPU machines' 2.11 (pyproject says why); CI can only install the 2.13.0 CPU wheel.
+NOT_INSTALLABLE_HERE = {"torch": "2.11"}
+
+
+def floors() -> dict[str, str]:
+    found = {}
+    for requirement in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([\d.]+)(,<[\d.]+)?", requirement.replace(" ", ""))
+        if match and match.group(1) in CHECKED:
+            found[match.group(1)] = match.group(2)
+    return found
+
+
+def compat_pins() -> dict[str, str]:
+    lines = (ROOT / ".ci" / "floors.txt").read_text().splitlines()
+    return dict(line.split("==") for line in lines if line.strip() and not line.startswith("#"))
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """(5, 17, 0) for '5.17', '5.17.0', '5.17.0+cpu'."""
+    parts = [int(part) for part in version.split("+")[0].split(".")]
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
+def test_each_floor_is_what_the_compat_job_installs():
+    stated, pins = floors(), compat_pins()
+    assert sorted(stated) == sorted(CHECKED) and sorted(pins) == sorted(CHECKED)
+    for name in CHECKED:
+        if name in NOT_INSTALLABLE_HERE:
+            assert stated[name] == NOT_INSTALLABLE_HERE[name] and _release(pins[name]) >= _release(stated[name])
+            continue
+        assert _release(pins[name]) == _release(stated[name]), name
