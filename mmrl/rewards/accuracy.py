@@ -55,13 +55,16 @@ logging.getLogger("math_verify").setLevel(logging.ERROR)
 ACCURACY_TASKS = ("math", "mc", "yes_no", "count", "number", "text", "grounding")
 
 
-def _unbox(pred: str) -> str:
+def unbox(pred: str) -> str:
     """`\\boxed{B}` -> `B` for the non-math tasks (math-verify reads boxes itself); "" (no answer) for several boxes or a
     box hedged or ruled out by the words around it (`3 or \\boxed{4}`, `not \\boxed{C}`: see boxes.read_box)."""
     reading = read_box(pred, sentence_only=True)
     if reading.problem:
         return ""
     return reading.content if reading.content is not None else pred
+
+
+_unbox = unbox
 
 
 # ---------------------------------------------------------------- other tasks

@@ -53,9 +53,14 @@ def is_blank(text: str) -> bool:
     return all(invisible(ch) for ch in text)
 
 
+_FULLWIDTH = re.compile("[\uff01-\uff5e\u3000]")
+
+
 def fold_letters(text: str) -> str:
-    """Drop invisible format characters and fold look-alike letters to Latin, for reading words and option letters."""
+    """Drop invisible format characters, fold full-width forms (`ｏｒ`) and look-alike letters to Latin, for reading
+    words and option letters."""
     text = "".join(ch for ch in text if not (ch in _FILLERS or unicodedata.category(ch) == "Cf"))
+    text = _FULLWIDTH.sub(lambda m: unicodedata.normalize("NFKC", m.group(0)), text)
     return text.translate(_CONFUSABLES).replace("\u2019", "'")
 
 
@@ -82,7 +87,8 @@ _CANDIDATE = re.compile(
 _POWER = re.compile(r"\^\s*\{?\s*[-+]?\d+\s*\}?")  # `cm^2`, `10^{3}`: an exponent is not a candidate answer
 # The working before the box: an equation's left side ending in `=` (`2 + 2 = `, `x = `, `\frac{a}{b} =`).
 _EQUATION_TAIL = re.compile(r"[\w\s+\-*/^().{}\\]*(?:=|\\approx|\\equiv)\s*$")
-_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")
+# Where the working before a final box ends: a sentence's end, a new line, or a conclusion ("..., so", "therefore").
+_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n|\b(?:so|therefore|thus|hence)\b", re.IGNORECASE)
 
 
 def _candidates(text: str) -> set[str]:
@@ -130,8 +136,9 @@ def box_count(text: str) -> int:
 def read_box(region: str, sentence_only: bool = False) -> BoxReading:
     """The one box of an answer region and whether its surroundings make it no answer (see the module docstring).
 
-    `sentence_only=True` reads only the box's own sentence before it, for a region that is a whole solution (no answer
-    tags: the working before the final sentence is not an answer); the text after the box is always read to the end.
+    `sentence_only=True` reads only the box's own sentence before it (from its last "so" / "therefore" / "thus" /
+    "hence" on), for a region that is a whole solution (no answer tags: the working before the conclusion is not an
+    answer); the text after the box is always read to the end.
     """
     commands = list(BOX_COMMAND.finditer(region))
     if not commands:

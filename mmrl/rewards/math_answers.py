@@ -91,9 +91,17 @@ _OTHER_BOX = re.compile(r"\\(?:fbox|framebox\s*(?:\[[^\]{}]*\])?)\s*\{")
 _ESCAPED_DOLLAR = re.compile(r"\\\$\s*(?=[-+]?\d)")
 
 
+_SUPERSCRIPT_TEN = re.compile("(?<=10)([\u207b\u207a]?[\u2070\u00b9\u00b2\u00b3\u2074-\u2079]+)")
+_SUPERSCRIPTS = str.maketrans("\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079\u207b\u207a",
+                              "0123456789-+")
+
+
 def math_forms(text: str) -> str:
-    """`numeric_forms`, then `\\fbox{` as `\\boxed{` and currency signs dropped (see the module docstring)."""
+    """`numeric_forms`, then `\\fbox{` as `\\boxed{`, currency signs dropped and typed scientific notation
+    (`1.5×10³`) in LaTeX, which math-verify reads (see the module docstring)."""
     text = _OTHER_BOX.sub(lambda _: "\\boxed{", numeric_forms(text))
+    text = _SUPERSCRIPT_TEN.sub(lambda m: "^{" + m.group(1).translate(_SUPERSCRIPTS) + "}", text)
+    text = re.sub(r"(?<=\d)\s*\u00d7\s*(?=10\^)", r" \\times ", text)
     text = _ESCAPED_DOLLAR.sub("", text)
     if text.count("$") == 1:
         text = re.sub(r"\$\s*(?=[-+]?\d)", "", text)

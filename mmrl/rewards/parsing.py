@@ -216,12 +216,15 @@ _DEGREE = re.compile(r"(?<=[\d}])\s*°")
 
 
 def normalize_forms(text: str) -> str:
-    """Fold typographic variants that cannot change an answer's meaning: full-width forms, the Unicode minus.
+    """Fold typographic variants that cannot change an answer's meaning: full-width forms, the Unicode minus,
+    invisible format characters (zero-width space, BOM, bidi marks).
 
     >>> normalize_forms("５，Ｂ−１")
     '5,B-1'
     """
     text = _FULLWIDTH.sub(lambda m: unicodedata.normalize("NFKC", m.group(0)), text)
+    # Zero-width and other format characters print nothing: `4\u200b` is 4, `o\u200br` is "or".
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
     return text.replace("\u2212", "-")
 
 
