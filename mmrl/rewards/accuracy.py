@@ -34,7 +34,7 @@ from typing import Any
 
 from mmrl.errors import UserError
 from mmrl.rewards._columns import col, row_meta
-from mmrl.rewards.boxes import read_box
+from mmrl.rewards.boxes import final_clause, read_box, ruled_out
 from mmrl.rewards.extraction import extract_answer
 from mmrl.rewards.format import is_strict_format
 from mmrl.rewards.math_answers import parse_math_gold, verify_math
@@ -91,7 +91,10 @@ def verify_count(pred: str, answer: Any) -> float | None:
     gold = parse_number(answer)
     if gold is None or gold.denominator != 1:
         return None
-    value = parse_number(numeric_forms(_unbox(pred)))
+    text = _unbox(pred)
+    if ruled_out(final_clause(text)):  # "not 3", "3 or more", "more than 3", "x \neq 3": a number ruled out or a bound
+        return 0.0
+    value = parse_number(numeric_forms(text))
     return 1.0 if value is not None and value == gold else 0.0
 
 
@@ -117,6 +120,8 @@ def verify_number(
     if gold is None:
         return None
     text = numeric_forms(_unbox(pred))
+    if ruled_out(final_clause(text)):  # "not 2.5", "at least 2.5", "2.5 or so": see verify_count
+        return 0.0
     value = parse_number(text, unit=unit)
     if value is None:
         return 0.0

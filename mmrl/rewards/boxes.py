@@ -11,7 +11,12 @@ wrong`) and be paid whenever the box held the gold. Rules, for every reward and 
   another candidate (a number, an option letter, yes/no) that the box does not hold; an equation's left side
   (`2 + 2 = \\boxed{4}`) is working, not a candidate;
 - after the box, up to the region's end, the same words or a different candidate are no answer (`\\boxed{24}. The
-  final answer is $24$.` repeats the box and is kept).
+  final answer is $24$.` repeats the box and is kept);
+- a bound is not an answer: "more than \\boxed{3}", "at least", `x < \\boxed{4}`, `\\boxed{4} \\le x`, and neither is a
+  value said to differ (`x \\neq \\boxed{4}`) or struck out (`~~\\boxed{B}~~`, `\\sout{\\boxed{4}}`, `<del>`).
+
+`ruled_out` applies the same words (and symbols) to answers without a box: "not 3", "3 or more", "more than 3" named
+a number the count, number and math readers took as the answer.
 
 Words are read after LaTeX text wrappers (`\\text{ or }`), markdown emphasis, invisible characters and look-alike
 letters from other scripts (Cyrillic `о` in `оr`) are folded, so none of them hides a word from these rules.
@@ -65,20 +70,32 @@ def fold_letters(text: str) -> str:
 
 
 _WRAPPER = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|operatorname|emph)\s*\{([^{}]*)\}")
+# Struck-out text is deleted text: `~~B~~`, `\sout{B}`, `\cancel{4}`, `<del>yes</del>` (a policy striking the answer
+# it is paid for was read as giving it).
+_STRUCK = re.compile(r"~~.*?~~|\\(?:sout|st|cancel|bcancel|xcancel)\s*\{[^{}]*\}|<(s|del|strike)>.*?</\1>",
+                     re.DOTALL | re.IGNORECASE)
 
 
 def plain_words(text: str) -> str:
-    """`4 \\text{ and } 5` -> `4  and  5`: LaTeX text wrappers, math delimiters and markdown emphasis removed."""
-    text = _WRAPPER.sub(r" \1 ", fold_letters(text))
+    """`4 \\text{ and } 5` -> `4  and  5`: LaTeX text wrappers, math delimiters and markdown emphasis removed, struck
+    text (`~~B~~`) deleted."""
+    text = _WRAPPER.sub(r" \1 ", _STRUCK.sub(" ", fold_letters(text)))
     for mark in ("$", "\\(", "\\)", "\\[", "\\]", "**", "__", "`"):
         text = text.replace(mark, " ")
     return text.replace("\\,", " ").replace("\\;", " ").replace("\\quad", " ").replace("~", " ")
 
 
-_NEGATION = r"not|never|neither|nor|none|cannot|without|except|excluding|instead|rather|unlike|wrong|incorrect"
+_NEGATION = r"not|never|neither|nor|cannot|without|except|excluding|instead|rather|unlike|wrong|incorrect"
 _ALTERNATIVE = r"or|either|maybe|perhaps|possibly|probably|likely|unsure|versus|vs|alternatively|otherwise"
 _CONTRACTED = r"\w+n't|isnt|arent|wasnt|werent|dont|doesnt|didnt|cant|wont|couldnt|shouldnt|wouldnt|aint"
-_HEDGE = re.compile(rf"\b(?:{_NEGATION}|{_ALTERNATIVE}|{_CONTRACTED})\b", re.IGNORECASE)
+# A bound is not an answer: "more than 3", "at least 4", "other than 5", "up to 6".
+_BOUND = r"(?:more|less|fewer|greater|smaller|larger|bigger|higher|lower|other)\s+than|at\s+(?:least|most)|up\s+to"
+_HEDGE = re.compile(rf"\b(?:{_NEGATION}|{_ALTERNATIVE}|{_CONTRACTED}|{_BOUND})\b", re.IGNORECASE)
+# Symbols that say "not" or bound the value: `x \neq \boxed{4}`, `\neg`, `x < \boxed{4}`, `\boxed{4} \le x`.
+_NOT_SYMBOL = re.compile(r"\\(?:neq|ne|not|notin|neg|lnot)(?![A-Za-z])|[≠¬∉]|!=")
+_INEQUALITY = r"(?:<|>|≤|≥|≪|≫|\\(?:le|ge|leq|geq|lt|gt|leqslant|geqslant|ll|gg)(?![A-Za-z]))"
+_BOUND_BEFORE = re.compile(rf"{_INEQUALITY}\s*$")
+_BOUND_AFTER = re.compile(rf"^\s*{_INEQUALITY}")
 _CANDIDATE = re.compile(
     r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?![\w])"  # a number
     r"|(?<![A-Za-z'])(?!(?:A|I)\s+[a-z])[A-Z](?![A-Za-z'])"  # an option letter (not the article "A dog", not "I think")
@@ -99,10 +116,38 @@ def _candidates(text: str) -> set[str]:
     return found
 
 
+_STRIKE_OPEN = re.compile(r"\\(?:sout|st|cancel|bcancel|xcancel)\s*\{")
+
+
+def _inside_strike(before: str) -> bool:
+    """Whether a strike command opened in `before` is still open where `before` ends (`\\sout{\\boxed{4}}`)."""
+    for m in _STRIKE_OPEN.finditer(before):
+        tail = before[m.end() :]
+        if tail.count("{") >= tail.count("}"):
+            return True
+    return False
+
+
+def ruled_out(text: str, symbols: bool = True) -> bool:
+    """Words or symbols in `text` that rule a value out, offer another or make it a bound ("not 3", "3 or more",
+    "more than 3", `x \\neq 3`, struck text): an answer with them is not the value it names. Read over the final
+    clause of a whole solution (`final_clause`), or over a short answer. `symbols=False` for math, where `x \\neq 3`
+    may itself be the answer."""
+    words = plain_words(text)
+    return bool(_HEDGE.search(words) or (symbols and _NOT_SYMBOL.search(text)) or _STRUCK.search(fold_letters(text)))
+
+
+def final_clause(text: str) -> str:
+    """The text after the last sentence end or conclusion word ("so", "therefore"...): where a final answer is."""
+    return _SENTENCE_END.split(text.strip())[-1]
+
+
 def _hedged(before: str, after: str, content: str) -> bool:
     own = _candidates(plain_words(content))
+    if ruled_out(before) or ruled_out(after):
+        return True
     before, after = plain_words(before), plain_words(after)
-    if _HEDGE.search(before) or _HEDGE.search(after):
+    if _BOUND_BEFORE.search(before) or _BOUND_AFTER.search(after):
         return True
     before = _EQUATION_TAIL.sub("", before)
     return bool((_candidates(before) | _candidates(after)) - own)
@@ -151,9 +196,11 @@ def read_box(region: str, sentence_only: bool = False) -> BoxReading:
     before, content, after = region[: commands[0].start()], region[span[0] : span[1]], region[span[1] + 1 :]
     if sentence_only:
         before = _SENTENCE_END.split(before)[-1]
-    if _hedged(before, after, content):
-        return BoxReading(None, "hedged box")
+    struck = _STRUCK.search(fold_letters(before + region[commands[0].start() :])) or _inside_strike(before)
+    if struck or _hedged(before, after, content):
+        return BoxReading(None, "hedged box")  # the last test: a struck-out box, `~~\\boxed{B}~~`
     return BoxReading(content.strip(), None)
 
 
-__all__ = ["BOX_COMMAND", "BoxReading", "box_count", "fold_letters", "invisible", "is_blank", "plain_words", "read_box"]
+__all__ = ["BOX_COMMAND", "BoxReading", "box_count", "final_clause", "fold_letters", "invisible", "is_blank",
+           "plain_words", "read_box", "ruled_out"]

@@ -26,7 +26,7 @@ import re
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from functools import lru_cache
 
-from mmrl.rewards.boxes import plain_words, read_box
+from mmrl.rewards.boxes import final_clause, plain_words, read_box, ruled_out
 from mmrl.rewards.limits import MAX_TEXT_CHARS, absurd_math
 from mmrl.rewards.parsing import AbsurdNumber, find_numbers, numeric_forms
 
@@ -72,6 +72,8 @@ def _parse_math(text: str) -> list:
     exponent = _E_NOTATION.fullmatch(text)
     if exponent:  # math-verify reads `2e-19` as 2 (and `2e5` too): written as LaTeX, it is the number it names
         text = f"{exponent.group(1)} \\times 10^{{{exponent.group(2)}}}"
+        if absurd_math(text):  # `1e999999999`: sympy would build the number
+            return []
     if _is_number_list(text):
         return parse("$" + text.replace(";", ",") + "$", [LatexExtractionConfig()], parsing_timeout=None)
     if _DELIMITED.search(text) or _PLAIN_NUMBER.fullmatch(text):
@@ -126,7 +128,8 @@ def parse_math_gold(gold: str) -> tuple:
     broken text 1). A gold with no parsed expression is unusable (None), never a silent 0.
     """
     text = _answer_text(gold)
-    parsed = tuple(_parse_math(math_forms(text))) if text else ()
+    text = math_forms(text) if text else None
+    parsed = tuple(_parse_math(text)) if text and not absurd_math(text) else ()
     return parsed if any(not isinstance(item, str) for item in parsed) else ()
 
 
@@ -208,9 +211,12 @@ def verify_math(pred: str, gold: str) -> float | None:
         return None
     text = _answer_text(pred) if pred else None
     text = math_forms(text) if text else None  # "5." / "５" / "5°" / "½" / "\$5" / "\fbox": see math_forms
-    if not text or read_box(text, sentence_only=True).problem:  # "not \boxed{4}", "\boxed{3} \boxed{4}"
+    if not text or absurd_math(text) or read_box(text, sentence_only=True).problem:  # "not \boxed{4}", two boxes
         return 0.0
     if _prose_hedge(text) or _list_hedge(text, gold):
+        return 0.0
+    # "not 3", "more than 3", "3 \text{ or more}", struck text: math-verify reads the number alone.
+    if ruled_out(final_clause(text), symbols=False):
         return 0.0
     pred_parsed = _parse_math(text)
     if not pred_parsed or not verify(list(gold_parsed), pred_parsed, timeout_seconds=None):

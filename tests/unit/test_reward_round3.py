@@ -27,7 +27,7 @@ ROWS = [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlin
 T = "<think>r</think>"
 BOX = [0, 0, 10, 10]
 CLASSES = ("boxes", "list_gold", "negations", "fbox", "magnitudes", "yes_no", "invisible", "mc_forms", "scientific",
-           "set_gold", "currency")
+           "set_gold", "currency", "next_hacks")
 
 
 def _tagged(row: dict) -> bool:
