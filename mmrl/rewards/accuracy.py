@@ -37,6 +37,7 @@ from mmrl.rewards._columns import col, row_meta
 from mmrl.rewards.boxes import final_clause, read_box, ruled_out
 from mmrl.rewards.extraction import extract_answer
 from mmrl.rewards.format import is_strict_format
+from mmrl.rewards.limits import MAX_TEXT_CHARS
 from mmrl.rewards.math_answers import parse_math_gold, verify_math
 from mmrl.rewards.parsing import (
     normalize_forms,
@@ -92,6 +93,8 @@ def verify_count(pred: str, answer: Any) -> float | None:
     if gold is None or gold.denominator != 1:
         return None
     text = _unbox(pred)
+    if len(text) > MAX_TEXT_CHARS:  # not a count: a megabyte of "1 1 1" states one number 10^5 times
+        return 0.0
     if ruled_out(final_clause(text)):  # "not 3", "3 or more", "more than 3", "x \neq 3": a number ruled out or a bound
         return 0.0
     value = parse_number(numeric_forms(text))
@@ -120,6 +123,8 @@ def verify_number(
     if gold is None:
         return None
     text = numeric_forms(_unbox(pred))
+    if len(text) > MAX_TEXT_CHARS:  # not a number (see verify_count)
+        return 0.0
     if ruled_out(final_clause(text)):  # "not 2.5", "at least 2.5", "2.5 or so": see verify_count
         return 0.0
     value = parse_number(text, unit=unit)

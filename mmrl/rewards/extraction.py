@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 
-from mmrl.rewards.boxes import box_count, is_blank, read_box
+from mmrl.rewards.boxes import box_count, is_blank, read_box, several_boxes
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -77,10 +77,10 @@ def last_boxed(text: str) -> str | None:
 
 def has_multiple_answers(completion: str, tags: tuple[str, str] | list[str] | None = ("<answer>", "</answer>")) -> bool:
     """More than one opening or closing answer tag anywhere in the completion (the `format` reward's count rule), or
-    more than one box outside the reasoning."""
+    more than one different box outside the reasoning."""
     if not isinstance(completion, str):
         return False
-    if box_count(strip_reasoning(completion)) > 1:
+    if several_boxes(strip_reasoning(completion)):
         return True
     if tags is None:
         return False
@@ -101,7 +101,7 @@ def extract_answer(
     if not isinstance(completion, str) or has_multiple_answers(completion, tags):
         return None
     visible = strip_reasoning(completion)
-    if box_count(visible) > 1:  # two boxed answers, or a box and an answer block: one answer per completion
+    if several_boxes(visible):  # two different boxed answers: one answer per completion
         return None
     answer: str | None = None
     if tags is not None:

@@ -19,7 +19,7 @@ import string
 import unicodedata
 from fractions import Fraction
 
-from mmrl.rewards.boxes import plain_words
+from mmrl.rewards.boxes import drop_format_characters, plain_words
 
 _UNITS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
@@ -224,8 +224,7 @@ def normalize_forms(text: str) -> str:
     """
     text = _FULLWIDTH.sub(lambda m: unicodedata.normalize("NFKC", m.group(0)), text)
     # Zero-width and other format characters print nothing: `4\u200b` is 4, `o\u200br` is "or".
-    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
-    return text.replace("\u2212", "-")
+    return drop_format_characters(text).replace("\u2212", "-")
 
 
 def numeric_forms(text: str) -> str:
