@@ -34,7 +34,7 @@ from typing import Any
 
 from mmrl.errors import UserError
 from mmrl.rewards._columns import col, row_meta
-from mmrl.rewards.boxes import final_clause, read_box, ruled_out
+from mmrl.rewards.boxes import read_box, stated
 from mmrl.rewards.extraction import extract_answer
 from mmrl.rewards.format import is_strict_format
 from mmrl.rewards.limits import MAX_TEXT_CHARS
@@ -95,9 +95,10 @@ def verify_count(pred: str, answer: Any) -> float | None:
     text = _unbox(pred)
     if len(text) > MAX_TEXT_CHARS:  # not a count: a megabyte of "1 1 1" states one number 10^5 times
         return 0.0
-    if ruled_out(final_clause(text)):  # "not 3", "3 or more", "more than 3", "x \neq 3": a number ruled out or a bound
+    said = stated(text)  # "5, not 4" -> "5"; "3 or more", "at least 3": a bound, not a count
+    if said is None:
         return 0.0
-    value = parse_number(numeric_forms(text))
+    value = parse_number(numeric_forms(said))
     return 1.0 if value is not None and value == gold else 0.0
 
 
@@ -125,8 +126,10 @@ def verify_number(
     text = numeric_forms(_unbox(pred))
     if len(text) > MAX_TEXT_CHARS:  # not a number (see verify_count)
         return 0.0
-    if ruled_out(final_clause(text)):  # "not 2.5", "at least 2.5", "2.5 or so": see verify_count
+    said = stated(text)  # "2.5, not 3" -> "2.5"; "at least 2.5", "2.5 or so": a bound (see verify_count)
+    if said is None:
         return 0.0
+    text = said
     value = parse_number(text, unit=unit)
     if value is None:
         return 0.0

@@ -180,6 +180,28 @@ def ruled_out(text: str, symbols: bool = True) -> bool:
     return bool(_HEDGE.search(words) or (symbols and _NOT_SYMBOL.search(text)) or _struck_spans(fold_letters(text)))
 
 
+# A value the answer rules out, up to the next "but", comma, parenthesis or line: "not 4", "isn't 4", "rather than 4".
+_NEGATED_SPAN = re.compile(
+    r"(?:\b(?:not|never|nor|except|excluding|unlike|rather\s+than|instead\s+of)\b|(?<=\w)n'?t\b)"
+    r"[^,;()\n]*?(?=\bbut\b|[,;()\n]|$)", re.IGNORECASE)
+_BOUND_ONLY = re.compile(rf"\b(?:{_BOUND}|or\s+(?:more|less|fewer|so|above|below|greater|higher|lower|over|under))\b",
+                         re.IGNORECASE)
+
+
+def stated(text: str) -> str | None:
+    """An answer without a box, with what it rules out deleted: "5, not 4" -> "5", "not 6 but 5" -> "but 5",
+    "~~3~~ 4" -> "4", "not 3" -> "" (nothing left: no answer); None for a bound ("3 or more", "at least 3", "more than
+    3"), which is not a value. Text with neither is returned unchanged (LaTeX kept for math-verify).
+
+    Before, every number of "5, not 4" was a candidate: the ruled-out 4 was read as the answer."""
+    words = plain_words(text)
+    if _BOUND_ONLY.search(words):
+        return None
+    if not (_NEGATED_SPAN.search(words) or _struck_spans(fold_letters(text))):
+        return text
+    return re.sub(r"\(\s*\)", " ", _NEGATED_SPAN.sub(" ", words)).strip(" ,;")
+
+
 def final_clause(text: str) -> str:
     """The text after the last sentence end or conclusion word ("so", "therefore"...): where a final answer is."""
     return _SENTENCE_END.split(text.strip())[-1]
@@ -233,24 +255,71 @@ def box_count(text: str) -> int:
     return len(BOX_COMMAND.findall(text))
 
 
+# What may stand between the boxes of ONE list answer: `\\boxed{-2} and \\boxed{2}`, `\\boxed{1}, \\boxed{2}`,
+# `\\boxed{a} \\quad \\text{and} \\quad \\boxed{b}` (math-verify reads such boxes as one set). "or" is not among them.
+_LIST_GAP = re.compile(r"(?:\s|\$|\\[,;! ]|\\q?quad|,|;|&|\band\b|\\text\s*\{\s*(?:and|,)?\s*\})*", re.IGNORECASE)
+
+
+def _list_of_boxes(text: str, spans: list[tuple[int, int, int]]) -> bool:
+    """The boxes are side by side (none inside another) with only list separators between them."""
+    return all(nxt[0] > cur[2] and _LIST_GAP.fullmatch(text[cur[2] + 1 : nxt[0]])
+               for cur, nxt in zip(spans, spans[1:]))
+
+
 def several_boxes(text: str) -> bool:
-    """More than one DIFFERENT box (`\\boxed{3} \\boxed{4}`, `\\boxed{\\boxed{4}}`, an unclosed one next to a closed
-    one); the same answer boxed twice (`\\boxed{840} ... \\boxed{840}`) is one answer."""
+    """More than one DIFFERENT box that is not one list answer: `\\boxed{3} or \\boxed{4}`, `\\boxed{\\boxed{4}}`,
+    boxes with words between them, an unclosed one next to a closed one. The same answer boxed twice
+    (`\\boxed{840} ... \\boxed{840}`) is one answer, and `\\boxed{-2} and \\boxed{2}` is the list `-2, 2`."""
     commands, spans = _boxes(text)
     if commands < 2:
         return False
+    if len(spans) < commands:
+        return True
     contents = {" ".join(text[a:b].split()) for _, a, b in spans}
-    return len(contents) > 1 or len(spans) < commands
+    return len(contents) > 1 and not _list_of_boxes(text, spans)
+
+
+_TOKEN = re.compile(r"\\[A-Za-z]+|[A-Za-z']+|\d+(?:\.\d+)?|[^\s\w]")
+_SEPARATOR = {",", ";", "/", "(", ")", "$", "*", "&", "[", "]", "{", "}", ":"}
+_RETRACTION = {"wait", "actually", "hmm", "correction", "no", "oops", "alternatively"}
+_OWN_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
+
+
+def _adjacent_candidate(tokens: list[str], own: set[str]) -> bool:
+    kept = [t for t in tokens if t not in _SEPARATOR]
+    return bool(kept) and bool(_candidates(kept[0]) - own)
+
+
+def _window_hedged(before: str, after: str, content: str) -> bool:
+    """The box's neighbourhood in a whole solution: the last words of its sentence before it, the rest of its
+    sentence after it and the first words of the next sentence. The working around (other numbers, later remarks) is
+    not read: `\\equiv \\boxed{9} \\pmod{11}`, `x = \\boxed{1 \\pm \\sqrt{19}}`, `\\boxed{24}. The final answer is 24`."""
+    own = _candidates(plain_words(content))
+    sentence = _SENTENCE_END.split(before[-2000:])[-1]
+    words_before = _TOKEN.findall(plain_words(sentence))[-6:]
+    end = _OWN_SENTENCE_END.search(after[:2000])
+    rest, following = (after[: end.start()], after[end.end() : end.end() + 200]) if end else (after[:2000], "")
+    words_after = _TOKEN.findall(plain_words(rest))[:6]
+    words_next = _TOKEN.findall(plain_words(following))[:4]
+    if any(ruled_out(" ".join(words)) for words in (words_before, words_after, words_next)):
+        return True
+    if _NOT_SYMBOL.search(sentence[-80:]) or _NOT_SYMBOL.search(rest[:80]):
+        return True
+    if _BOUND_BEFORE.search(plain_words(sentence).rstrip()[-12:]) or _BOUND_AFTER.search(plain_words(rest)[:200]):
+        return True
+    if any(word.lower() in _RETRACTION for word in words_next):
+        return True
+    return _adjacent_candidate(words_before[::-1], own) or _adjacent_candidate(words_after, own)
 
 
 @lru_cache(maxsize=64)  # extraction reads the region, then the task's reader reads it again
 def read_box(region: str, sentence_only: bool = False) -> BoxReading:
     """The one box of an answer region and whether its surroundings make it no answer (see the module docstring).
 
-    `sentence_only=True` reads only the box's own sentence before it (from its last "so" / "therefore" / "thus" /
-    "hence" on), for a region that is a whole solution (no answer tags: the working before the conclusion is not an
-    answer); the text after the box is always read to the end. The same answer boxed twice is read as one box (the
-    last one; the earlier one then stands as a repetition of it, not as another candidate).
+    `sentence_only=False` (an answer block) reads the whole region around the box; `sentence_only=True` (a whole
+    solution: no answer tags, or a math solution) reads the box's neighbourhood (`_window_hedged`). The same answer
+    boxed twice is read as one box (the last); boxes side by side with only list separators between them are one
+    list answer (`\\boxed{-2} and \\boxed{2}` reads `-2, 2`).
     """
     commands, spans = _boxes(region)
     if not commands:
@@ -259,15 +328,19 @@ def read_box(region: str, sentence_only: bool = False) -> BoxReading:
         return BoxReading(None, "several boxes")
     if not spans:
         return BoxReading(None, None)
-    command, first, last = spans[-1]
-    before, content, after = region[:command], region[first:last], region[last + 1 :]
-    if sentence_only:
-        before = _SENTENCE_END.split(before)[-1]
-    struck = _struck_spans(fold_letters(before + region[command:])) or _inside_strike(before)
-    if struck or _hedged(before, after, content):
+    contents = [region[a:b].strip() for _, a, b in spans]
+    if len({" ".join(c.split()) for c in contents}) > 1:  # a list of boxes: read as one answer
+        command, content, last = spans[0][0], ", ".join(contents), spans[-1][2]
+    else:
+        command, first, last = spans[-1]
+        content = region[first:last]
+    before, after = region[:command], region[last + 1 :]
+    struck = _struck_spans(fold_letters(before[-2000:] + region[command : last + 2000])) or _inside_strike(before)
+    hedged = _window_hedged(before, after, content) if sentence_only else _hedged(before, after, content)
+    if struck or hedged:
         return BoxReading(None, "hedged box")  # the last test: a struck-out box, `~~\\boxed{B}~~`
     return BoxReading(content.strip(), None)
 
 
-__all__ = ["BOX_COMMAND", "BoxReading", "box_count", "final_clause", "several_boxes", "fold_letters", "invisible", "is_blank",
+__all__ = ["BOX_COMMAND", "BoxReading", "box_count", "final_clause", "several_boxes", "stated", "fold_letters", "invisible", "is_blank",
            "plain_words", "read_box", "ruled_out"]

@@ -6,8 +6,9 @@
   answer `1, 2, 3` (or `3, 2, 1`) then name the same set.
 - `\\fbox{}` / `\\framebox{}` are read as `\\boxed{}` (math-verify knows only `\\boxed`, mmrl's readers all three), and
   a box follows the one-box rules of `boxes.read_box` (`not \\boxed{4}`, `3 or \\boxed{4}`: 0).
-- A number the answer rules out is not its answer: `5, not 4`, `5 (not 4)`, `4 \\text{ and } 5` name two numbers and
-  score 0 (we do not guess which one is meant); LaTeX text wrappers no longer hide the words.
+- A number the answer rules out is not its answer: `5, not 4` and `5 (not 4)` answer 5 (`boxes.stated`), a bound
+  (`3 or more`, `more than 3`) answers nothing, `4 \\text{ and } 5` is a list; LaTeX text wrappers no longer hide
+  the words.
 - Numbers compare RELATIVELY (their first 6 significant digits): math-verify rounds to 6 decimals, so
   `1.5 \\times 10^{-19}` equalled `2 \\times 10^{-19}`; a match it finds between numbers farther apart is refused.
   `2e-19` is read as the number it names (math-verify read it as 2, so `2e5` equalled it).
@@ -26,7 +27,7 @@ import re
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from functools import lru_cache
 
-from mmrl.rewards.boxes import final_clause, plain_words, read_box, ruled_out
+from mmrl.rewards.boxes import box_count, final_clause, plain_words, read_box, stated
 from mmrl.rewards.limits import MAX_TEXT_CHARS, absurd_math
 from mmrl.rewards.parsing import AbsurdNumber, find_numbers, numeric_forms
 
@@ -134,20 +135,18 @@ def parse_math_gold(gold: str) -> tuple:
 
 
 _HEDGE_WORD = re.compile(r"\b(?:or|either|maybe|possibly|perhaps)\b", re.IGNORECASE)
-# A number ruled out next to another: "5, not 4", "5 (not 4)", "not 4 but 5", "4 \text{ and not } 5".
-_NEGATION_WORD = re.compile(r"\b(?:not|never|isn't|rather|instead|except|nor)\b", re.IGNORECASE)
 
 
 def _prose_hedge(text: str) -> bool:
-    """Prose offering alternatives between different numbers ("either 5 or 6", "maybe 5, maybe 6"), or ruling one
-    out next to another ("5, not 4").
+    """Prose offering alternatives between different numbers ("either 5 or 6", "maybe 5, maybe 6").
 
     math-verify reads ONE number out of undelimited prose, so such a hedge was paid whenever that number happened to
     be right. Bare LaTeX (`x = 2 or x = -2`) and delimited answers are read whole and are not affected."""
     if _DELIMITED.search(text):
         return False
     words = plain_words(text)
-    if not (_PROSE.search(words) and _HEDGE_WORD.search(words)) and not _NEGATION_WORD.search(words):
+    # prose, or words LaTeX wrapped (`3 \text{ (or 5)}`): bare LaTeX such as `x = 2 or x = -2` is read whole
+    if not ((_PROSE.search(words) or words != text) and _HEDGE_WORD.search(words)):
         return False
     try:
         return len(set(find_numbers(words, words=False))) > 1
@@ -211,12 +210,22 @@ def verify_math(pred: str, gold: str) -> float | None:
         return None
     text = _answer_text(pred) if pred else None
     text = math_forms(text) if text else None  # "5." / "５" / "5°" / "½" / "\$5" / "\fbox": see math_forms
-    if not text or absurd_math(text) or read_box(text, sentence_only=True).problem:  # "not \boxed{4}", two boxes
+    if not text or absurd_math(text):
         return 0.0
+    # "not \boxed{4}", "3 or \boxed{4}": 0. Several different boxes are math-verify's to read (a set, or the "final
+    # answer" it names): an answer BLOCK with several boxes never gets here (extraction gives no answer).
+    if read_box(text, sentence_only=True).problem == "hedged box":
+        return 0.0
+    if not box_count(text):  # no box: what the final clause rules out is deleted
+        text = text.strip()
+        clause = final_clause(text)
+        said = stated(clause)  # "5, not 4" -> "5"; "3 or more", "more than 3": a bound, which math-verify read as 3
+        if said is None:
+            return 0.0
+        text = text[: len(text) - len(clause)] + said
+        if not text.strip():
+            return 0.0
     if _prose_hedge(text) or _list_hedge(text, gold):
-        return 0.0
-    # "not 3", "more than 3", "3 \text{ or more}", struck text: math-verify reads the number alone.
-    if ruled_out(final_clause(text), symbols=False):
         return 0.0
     pred_parsed = _parse_math(text)
     if not pred_parsed or not verify(list(gold_parsed), pred_parsed, timeout_seconds=None):

@@ -166,3 +166,14 @@ def test_mmrl_data_check_finds_a_currency_gold_scorable(tmp_path, capsys):
     code = main(["data", "check", str(data)])
     printed = capsys.readouterr()
     assert "cannot score the gold" not in printed.out + printed.err and code == 0
+
+
+def test_the_composite_counts_two_different_boxes_as_multiple_answers_not_the_same_box_twice():
+    from mmrl.rewards.composite import RewardComposite
+
+    completions = [T + " \\boxed{3} or \\boxed{4}", T + " \\boxed{4}. **Final Answer** \\boxed{4}",
+                   T + " \\boxed{\\boxed{4}}", T + " \\boxed{4}"]
+    with RewardComposite([{"name": "accuracy"}], workers=0) as rc:
+        result = rc.score(completions, {"answer": ["4"] * 4, "task": ["count"] * 4})
+    assert result.components["accuracy"] == [0.0, 1.0, 0.0, 1.0]  # the same answer boxed twice is one answer
+    assert result.counters == {"accuracy/multiple_answers": 2}
