@@ -113,7 +113,7 @@ GROUNDING_CASES = [
           (T + "<answer>[0, 0, 10, 10]</answer>", 1.0),
           (T + "<answer>[0, 0, 10, 10]</answer> \\boxed{[50, 50, 60, 60]}", 0.0),  # a box outside the block
           (T + "<answer>[50, 50, 60, 60] or \\boxed{[0, 0, 10, 10]}</answer>", 0.0),  # a hedged box
-          (T + "<answer>\\boxed{[50, 50, 60, 60]} \\boxed{[0, 0, 10, 10]}</answer>", 0.0),  # two boxes
+          (T + "<answer>\\boxed{[50, 50, 60, 60]} or \\boxed{[0, 0, 10, 10]}</answer>", 0.0),  # two boxes
       ]],
     ("accuracy", {"answer": BOX, "task": "grounding", "image_size": (100, 100)},
      T + "<answer>[0, 0, 10, 10]</answer>", 1.0),
