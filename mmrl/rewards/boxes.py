@@ -5,27 +5,31 @@ The last `\\boxed{}` used to win, so a policy could box two answers (`\\boxed{3}
 (`3 or \\boxed{4}`, `\\boxed{4}, or 5`, `3, \\boxed{4}`) or box one it rules out (`not \\boxed{C}`, `\\boxed{C} is
 wrong`) and be paid whenever the box held the gold. Rules, for every reward and task that reads boxes:
 
-- more than one box command (`\\boxed`, `\\fbox`, `\\framebox`, nested ones included) is no answer, unless they
-  all hold the same answer (`\\boxed{840} ... \\boxed{840}`: one answer, repeated);
-- before the box (in its own sentence when the region is a whole solution; the whole region inside an answer block),
-  a negation (`not`, `never`, `isn't`, ...) or an alternative (`or`, `either`, `maybe`, ...) is no answer, and so is
-  another candidate (a number, an option letter, yes/no) that the box does not hold; an equation's left side
-  (`2 + 2 = \\boxed{4}`) is working, not a candidate;
-- after the box, up to the region's end, the same words or a different candidate are no answer (`\\boxed{24}. The
-  final answer is $24$.` repeats the box and is kept);
+- more than one DIFFERENT box (`\\boxed`, `\\fbox`, `\\framebox`) is no answer: `\\boxed{3} or \\boxed{4}`, nested
+  `\\boxed{\\boxed{4}}`, boxes with words between them. The same answer boxed twice (`\\boxed{840} ...
+  \\boxed{840}`) is one answer, and boxes side by side with only list separators (`\\boxed{-2} and \\boxed{2}`,
+  `\\boxed{3} \\boxed{4}`) are ONE list answer (`-2, 2`), which each task reads as a list (two numbers are no count);
+- in an answer block, the whole block around the box is read: a negation (`not`, `never`, `isn't`, ...), an
+  alternative (`or`, `either`, `maybe`, ...) or another candidate the box does not hold (a number, an option letter,
+  yes/no) is no answer; an equation's left side (`2 + 2 = \\boxed{4}`) is working, not a candidate;
+- in a whole solution (no answer tags; a math solution), the box's neighbourhood is read (`_window_hedged`): the last
+  words of its sentence, the rest of its sentence, the next sentence's first words (`\\boxed{4}. Wait, ...`); the
+  working around it is not a hedge (`\\equiv \\boxed{9} \\pmod{11}`);
 - a bound is not an answer: "more than \\boxed{3}", "at least", `x < \\boxed{4}`, `\\boxed{4} \\le x`, and neither is a
   value said to differ (`x \\neq \\boxed{4}`) or struck out (`~~\\boxed{B}~~`, `\\sout{\\boxed{4}}`, `<del>`).
 
-`ruled_out` applies the same words (and symbols) to answers without a box: "not 3", "3 or more", "more than 3" named
-a number the count, number and math readers took as the answer.
+`stated` reads answers without a box: what they rule out is deleted ("5, not 4" answers 5; before, the count, number
+and math readers could take the ruled-out 4), and a bound ("3 or more", "at least 3") answers nothing.
 
 Words are read after LaTeX text wrappers (`\\text{ or }`), markdown emphasis, invisible characters and look-alike
 letters from other scripts (Cyrillic `о` in `оr`) are folded, so none of them hides a word from these rules.
 
 >>> read_box("The answer is \\\\boxed{4}.").content, read_box("3 or \\\\boxed{4}").problem
 ('4', 'hedged box')
->>> read_box("\\\\boxed{3} \\\\boxed{4}").problem, read_box("2 + 2 = \\\\boxed{4}").content
+>>> read_box("\\\\boxed{3} or \\\\boxed{4}").problem, read_box("2 + 2 = \\\\boxed{4}").content
 ('several boxes', '4')
+>>> read_box("\\\\boxed{-2} and \\\\boxed{2}").content, stated("5, not 4"), stated("3 or more")
+('-2, 2', '5', None)
 """
 
 from __future__ import annotations

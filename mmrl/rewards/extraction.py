@@ -8,8 +8,8 @@ Rules (the peers' bugs they avoid are named in the rewards issue):
   is the `format` reward's own rule (exactly one `<answer>` and one `</answer>`): `<answer>B</answer> … <answer>A
   </answer>` must not let a policy offer two answers and be paid for whichever comes last;
 - without answer tags, `\\boxed{…}` is used only when `allow_boxed=True`;
-- ONE box per completion too (`boxes.read_box`): several boxes outside the reasoning, a box outside the answer block
-  next to it, or a box hedged or ruled out by the words around it (`3 or \\boxed{4}`, `not \\boxed{C}`) is no answer,
+- ONE box per completion too (`boxes.read_box`): several different boxes outside the reasoning (the same box twice
+  is one answer, boxes side by side one list answer), a box outside the answer block next to it, or a box hedged or ruled out by the words around it (`3 or \\boxed{4}`, `not \\boxed{C}`) is no answer,
   whichever reward or task reads it (a box inside the reasoning is a draft and is not read);
 - the reasoning is everything up to the last `</think>` (a missing `<think>` still counts as reasoning), so an
   answer that appears only inside `<think>` does not count;
