@@ -155,7 +155,7 @@ _POWER = re.compile(r"\^\s*\{?\s*[-+]?\d+\s*\}?")  # `cm^2`, `10^{3}`: an expone
 # The working before the box: an equation's left side ending in `=` (`2 + 2 = `, `x = `, `\frac{a}{b} =`).
 _EQUATION_TAIL = re.compile(r"[\w\s+\-*/^().{}\\]*(?:=|\\approx|\\equiv)\s*$")
 # Where the working before a final box ends: a sentence's end, a new line, or a conclusion ("..., so", "therefore").
-_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n|\b(?:so|therefore|thus|hence)\b", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"[.!?]\$*(?=\s)|\n|\b(?:so|therefore|thus|hence)\b", re.IGNORECASE)
 
 
 def _candidates(text: str) -> set[str]:
@@ -300,7 +300,7 @@ def _window_hedged(before: str, after: str, content: str) -> bool:
     not read: `\\equiv \\boxed{9} \\pmod{11}`, `x = \\boxed{1 \\pm \\sqrt{19}}`, `\\boxed{24}. The final answer is 24`."""
     own = _candidates(plain_words(content))
     sentence = _SENTENCE_END.split(before[-2000:])[-1]
-    words_before = _TOKEN.findall(plain_words(sentence))[-6:]
+    words_before = _TOKEN.findall(plain_words(sentence))[-12:]
     end = _OWN_SENTENCE_END.search(after[:2000])
     rest, following = (after[: end.start()], after[end.end() : end.end() + 200]) if end else (after[:2000], "")
     words_after = _TOKEN.findall(plain_words(rest))[:6]
