@@ -201,6 +201,8 @@ def stated(text: str) -> str | None:
     words = plain_words(text)
     if _BOUND_ONLY.search(words):
         return None
+    if re.search(r"\b(?:neither|nor)\b", words, re.IGNORECASE):  # "neither 4 nor 5", "4 nor 5": every value out
+        return ""
     if not (_NEGATED_SPAN.search(words) or _struck_spans(fold_letters(text))):
         return text
     return re.sub(r"\(\s*\)", " ", _NEGATED_SPAN.sub(" ", words)).strip(" ,;")
