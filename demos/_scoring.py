@@ -110,7 +110,7 @@ def _task_details(answer: str | None, gold: Any, task: str, choices: list[str] |
         return "nothing" if value is None else str(value)
 
     if task == "math":
-        from mmrl.rewards.accuracy import _parse_math, parse_math_gold
+        from mmrl.rewards.math_answers import _parse_math, parse_math_gold
 
         pred = _parse_math(answer)[:1] if answer else []
         gold_parsed = parse_math_gold(str(gold).strip())[:1]

@@ -14,7 +14,7 @@ import select
 import signal
 import sys
 
-from mmrl.errors import UserError
+from mmrl.errors import Terminated, UserError
 
 # Subcommand name -> module in mmrl.commands. Order is the order shown in `mmrl --help`.
 COMMANDS: dict[str, str] = {
@@ -62,10 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
 # File-system errors that are the user's to fix (a full disk, a read-only or foreign directory): one line, exit 2.
 USER_FS_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
                   errno.EEXIST, errno.ENOENT}
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler ending the job, `kill PID`): handled exactly like Ctrl-C."""
 
 
 def _on_sigterm(_signum: int, _frame: object) -> None:

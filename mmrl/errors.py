@@ -23,3 +23,9 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A dataset, record or image that cannot be used as it is."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler ending the job, `kill PID`): handled exactly like Ctrl-C (exit status 143). Defined here,
+    not in the command-line module, so that code raising it and `mmrl.cli` (also run as `python -m mmrl.cli`, where it
+    is `__main__`) share one class."""

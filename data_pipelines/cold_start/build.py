@@ -18,13 +18,13 @@ import json
 import os
 import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from data_pipelines.cold_start.cache import StageCache
 from data_pipelines.cold_start.config import STAGES, ColdStartConfig, StageConfig
 from data_pipelines.cold_start.filters import jaccard, judge, malformed, shingles
+from data_pipelines.cold_start.interrupt import InFlight, Interrupts, run_items
 from data_pipelines.cold_start.remote import (
     ENDPOINT_ONLY,
     check_reached,
@@ -66,6 +66,8 @@ class StageRunner:
         self.name, self.cfg, self.prompt_template = name, cfg, prompt
         self.backend: GenerationBackend | None = None
         self.opened = ""  # the part of the turn the model's chat template opens (`<think>`), set with the backend
+        self.stopping = threading.Event()  # set by the first Ctrl-C / SIGTERM: no new request (interrupt.py)
+        self.in_flight = InFlight()
         # The in-process backend is not thread-safe: one call at a time; an endpoint takes `concurrency`.
         self.slots = threading.Semaphore(cfg.concurrency if is_server_url(cfg.model) else 1)
         # What determines this stage's reply besides the prompt (not the key, retries or timeouts: they decide
@@ -91,7 +93,13 @@ class StageRunner:
                                     seed=seed)
             try:
                 with self.slots:
-                    completion = self.backend.generate([prompt], params)[0][0]
+                    if self.stopping.is_set():  # interrupted: start nothing new (a failure: the next run retries)
+                        return {"ok": False, "reason": f"{self.name}:interrupted", "tokens": spent, "failed": True}
+                    self.in_flight.add(self.name, 1)
+                    try:
+                        completion = self.backend.generate([prompt], params)[0][0]
+                    finally:
+                        self.in_flight.add(self.name, -1)
             except Exception as err:  # noqa: BLE001 - classified; a local backend's own errors re-raised
                 kind = classify(err, is_server_url(self.cfg.model))
                 if kind is None:
@@ -185,18 +193,25 @@ def generate_all(samples: list[Sample], cache: StageCache, runners: dict[str, St
     attach_backends(runners)
     failures: dict[str, str] = {}
     bar = tqdm(total=len(todo), desc="cold-start", unit="item", dynamic_ncols=True)
-    pool = ThreadPoolExecutor(max_workers=workers)
-    try:
-        futures = [pool.submit(walk, s, runners, cache, True) for s in todo]
-        for sample, future in zip(todo, futures):
-            stopped = future.result()[1]
-            if stopped is not None:
-                failures[sample.id] = stopped["reason"]
+    in_flight = InFlight()
+    with Interrupts("mmrl build-data cold-start", in_flight) as interrupts:
+        for runner in runners.values():
+            runner.stopping, runner.in_flight = interrupts.stopping, in_flight
+
+        def done(index: int, result: tuple) -> None:
+            if result[1] is not None:
+                failures[todo[index].id] = result[1]["reason"]
             bar.update(1)
             bar.set_postfix(failed=len(failures), refresh=False)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: finish what is in flight, start nothing new
-        bar.close()
+
+        try:
+            # Ctrl-C / SIGTERM: the first starts nothing new and waits for the requests in flight (their replies
+            # are cached), the second ends the wait at once (interrupt.py)
+            run_items(todo, lambda s: walk(s, runners, cache, True), workers, interrupts.stopping, done)
+        finally:
+            bar.close()
+        if interrupts.stopping.is_set():
+            interrupts.interrupt()
     return len(todo), failures
 
 

@@ -57,6 +57,8 @@ class StageCache:
         with self._lock:
             if key in self._entries:  # never two lines for one key
                 return self._entries[key]
+            if self._handle.closed:  # a reply after a second Ctrl-C ended the build: the file is no longer ours
+                return entry
             self._handle.write(line)
             self._handle.flush()
             os.fsync(self._handle.fileno())
@@ -67,4 +69,5 @@ class StageCache:
         return len(self._entries)
 
     def close(self) -> None:
-        self._handle.close()
+        with self._lock:  # a reply being written (a worker still in flight) is written whole first
+            self._handle.close()

@@ -156,11 +156,16 @@ def check_reached(failures: Counter[str], ran: int, targets: dict[str, tuple[str
     stages: Counter[str] = Counter()
     for key, n in failures.items():
         stages[key.split(":", 1)[0] if ":" in key else ""] += n
-    model, setting = targets[stages.most_common(1)[0][0]]
+    # Every stage that failed, in the builder's stage order: failures spread over several stages (and models) were
+    # blamed on the most common one alone.
+    failing = [stage for stage in targets if stages[stage]] or list(targets)
+    urls = " / ".join(dict.fromkeys(redact_url(targets[stage][0]) for stage in failing))
+    settings = [targets[stage][1] for stage in failing]
+    setting = " / ".join(settings) + (" is" if len(settings) == 1 else " are")
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(failures.items()))
-    raise EndpointFailed(f"no answer from {redact_url(model)} for any of the {ran} items tried ({reasons}); check that "
-                         f"the server is up and reachable, accepts the request's settings and {setting} is right, then re-run the same command "
-                         "(finished items are kept, failed ones are retried)")
+    raise EndpointFailed(f"no answer from {urls} for any of the {ran} items tried ({reasons}); check that the server "
+                         f"is up and reachable, accepts the request's settings and {setting} right, then re-run the "
+                         "same command (finished items are kept, failed ones are retried)")
 
 
 def describe_model(model: str) -> str:

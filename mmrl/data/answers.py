@@ -77,8 +77,11 @@ def _parse_literal(text: str) -> Any:
     return None
 
 
+_CURRENCY = re.compile(r"^\\?\$\s*(?=[-+]?[\d.])")  # `\$18.90` / `$18.90`: an amount of money is a number
+
+
 def is_number(text: Any) -> bool:
-    return isinstance(text, str) and bool(_NUMBER.match(text.replace(",", "")))
+    return isinstance(text, str) and bool(_NUMBER.match(_CURRENCY.sub("", text.strip()).replace(",", "")))
 
 
 def is_letters(text: Any) -> bool:

@@ -114,6 +114,8 @@ class OpenAIBackend:
         return out
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        if len(prompts) == 1:  # in the caller's thread: a builder's daemon worker must not leave a pool thread behind
+            return [self._one(prompts[0], params)]  # that the interpreter's exit waits for (a second Ctrl-C)
         with ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(prompts)))) as pool:
             return list(pool.map(lambda p: self._one(p, params), prompts))
 

@@ -28,20 +28,18 @@ decides). `5.5` is not `5`, and `5. 6` is two numbers. A completion with several
 from __future__ import annotations
 
 import logging
-import re
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
-from functools import lru_cache
 from typing import Any
 
 from mmrl.errors import UserError
 from mmrl.rewards._columns import col, row_meta
-from mmrl.rewards.extraction import extract_answer, last_boxed
+from mmrl.rewards.boxes import read_box, stated
+from mmrl.rewards.extraction import extract_answer
 from mmrl.rewards.format import is_strict_format
-from mmrl.rewards.limits import MAX_TEXT_CHARS, absurd_math
+from mmrl.rewards.limits import MAX_TEXT_CHARS
+from mmrl.rewards.math_answers import parse_math_gold, verify_math
 from mmrl.rewards.parsing import (
-    AbsurdNumber,
-    find_numbers,
     normalize_forms,
     normalize_text,
     number_unit,
@@ -58,127 +56,16 @@ logging.getLogger("math_verify").setLevel(logging.ERROR)
 ACCURACY_TASKS = ("math", "mc", "yes_no", "count", "number", "text", "grounding")
 
 
-def _unbox(pred: str) -> str:
-    """`\\boxed{B}` -> `B` for the non-math tasks (math-verify reads boxes itself)."""
-    inner = last_boxed(pred)
-    return inner.strip() if inner is not None else pred
+def unbox(pred: str) -> str:
+    """`\\boxed{B}` -> `B` for the non-math tasks (math-verify reads boxes itself); "" (no answer) for several boxes or a
+    box hedged or ruled out by the words around it (`3 or \\boxed{4}`, `not \\boxed{C}`: see boxes.read_box)."""
+    reading = read_box(pred, sentence_only=True)
+    if reading.problem:
+        return ""
+    return reading.content if reading.content is not None else pred
 
 
-# ---------------------------------------------------------------- math
-def _math_configs():
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig
-
-    return [LatexExtractionConfig(), ExprExtractionConfig()]
-
-
-# Text math-verify should read as it is: delimited LaTeX ($...$, \(...\), \[...\], \boxed{...}) or prose around it.
-_DELIMITED = re.compile(r"\$|\\\(|\\\[|\\boxed|\\fbox")
-# A plain number ("1,000.99", "-5", "1000,99", "12%"): math-verify's number path reads thousands separators right.
-_PLAIN_NUMBER = re.compile(r"[-+]?\d[\d,\s]*(?:\.\d+)?(?:[eE][-+]?\d+)?\s*%?")
-# A word of 3+ letters that is not a LaTeX command: the text is prose ("the answer is 5 apples"), not bare LaTeX.
-_PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
-
-
-def _parse_math(text: str) -> list:
-    """Parse an answer, LaTeX first: bare LaTeX (`2\\sqrt{3}`, `[0,1]`, `x<3`, `y=2x+1`) is read whole as LaTeX.
-
-    math-verify's default extraction of undelimited text reads the first number it meets (`2\\sqrt{3}` -> 2) and the
-    equation `3*x-1*y+13=0` as its right side 0 (its issue #60). Delimited text and plain numbers keep math-verify's
-    own extraction; undelimited prose falls back to it, then to the whole text boxed (its issue #70).
-    """
-    # Our own timeout (safe.py) replaces math-verify's SIGALRM one, which fails off the main thread.
-    from math_verify import LatexExtractionConfig, parse
-
-    text = text.strip()
-    if _DELIMITED.search(text) or _PLAIN_NUMBER.fullmatch(text):
-        return parse(text, _math_configs(), parsing_timeout=None)
-    if not _PROSE.search(text):
-        parsed = parse("$" + text + "$", [LatexExtractionConfig()], parsing_timeout=None)
-        if parsed:
-            return parsed
-    parsed = parse(text, _math_configs(), parsing_timeout=None)
-    if not parsed and "\\" in text:
-        parsed = parse("\\boxed{" + text + "}", _math_configs(), parsing_timeout=None)
-    return parsed
-
-
-def _answer_text(text: str) -> str | None:
-    """The part of a math answer to parse, or None when it is absurd (gigantic numbers, see limits.py).
-
-    A text longer than an answer (a whole solution: tags=None, or a gold that is a worked solution) is cut to its
-    last `MAX_TEXT_CHARS`, where math-verify looks for the final answer anyway: parsing a megabyte takes minutes."""
-    text = text.strip()[-MAX_TEXT_CHARS:]
-    return None if absurd_math(text, max_chars=MAX_TEXT_CHARS) else text
-
-
-@lru_cache(maxsize=4096)
-def parse_math_gold(gold: str) -> tuple:
-    """Parsed gold, or () when it does not parse or is absurd. Cached: a gold is parsed once per process.
-
-    math-verify keeps the raw string next to the expression it parsed, and returns the string ALONE when it parsed
-    nothing (`[`, `\\frac{`): such a gold would be compared as text, scoring every real answer 0 (and the same
-    broken text 1). A gold with no parsed expression is unusable (None), never a silent 0.
-    """
-    text = _answer_text(gold)
-    parsed = tuple(_parse_math(numeric_forms(text))) if text else ()
-    return parsed if any(not isinstance(item, str) for item in parsed) else ()
-
-
-_HEDGE_WORD = re.compile(r"\b(?:or|either|maybe|possibly|perhaps)\b", re.IGNORECASE)
-
-
-def _prose_hedge(text: str) -> bool:
-    """Prose offering alternatives between different numbers ("either 5 or 6", "maybe 5, maybe 6").
-
-    math-verify reads ONE number out of undelimited prose, so such a hedge was paid whenever that number happened to
-    be right. Bare LaTeX (`x = 2 or x = -2`) and delimited answers are read whole and are not affected."""
-    if _DELIMITED.search(text) or not _PROSE.search(text) or not _HEDGE_WORD.search(text):
-        return False
-    try:
-        return len(set(find_numbers(text, words=False))) > 1
-    except AbsurdNumber:
-        return True
-
-
-_NUMBER = r"[-+\u2212]?\d+(?:\.\d+)?"
-# Separators of a list: "; ", ", " (a comma then a space: "1000,99" is a decimal comma), " and ", " or ", a space.
-_BARE_LIST = re.compile(rf"\s*{_NUMBER}(?:(?:\s*;\s*|\s*,\s+|\s+(?:and|or)\s+|\s+){_NUMBER})+\s*\.?\s*",
-                        re.IGNORECASE)
-_THOUSANDS = re.compile(r"\s*[-+\u2212]?\d{1,3}(?:,\d{3})+(?:\.\d+)?\s*")
-
-
-def _list_hedge(text: str, gold: str) -> bool:
-    """A bare list of different numbers ("3, 5", "3 5", "3 and 5") against a gold that is one number.
-
-    math-verify reads such a list as a set or as its last number, so a policy listing candidates was paid when one of
-    them was right. "1,000" (a thousands separator) is one number, not a list."""
-    if not _BARE_LIST.fullmatch(text) or _THOUSANDS.fullmatch(text):
-        return False
-    try:
-        if len(set(find_numbers(str(gold), words=False))) != 1:
-            return False
-        return len(set(find_numbers(text, words=False))) > 1
-    except AbsurdNumber:
-        return True
-
-
-def verify_math(pred: str, gold: str) -> float | None:
-    """1.0 / 0.0 for `pred` against `gold` (math-verify, `verify(gold, pred)`); None only when the gold is unusable.
-
-    An absurd prediction (`10^{10^{10}}`, a megabyte of text) is wrong without being parsed."""
-    from math_verify import verify
-
-    gold_parsed = parse_math_gold(str(gold).strip())
-    if not gold_parsed:
-        return None
-    text = _answer_text(pred) if pred else None
-    text = numeric_forms(text) if text else None  # "5." / "５" / "5°" / "½": see parsing.numeric_forms
-    if text and (_prose_hedge(text) or _list_hedge(text, gold)):
-        return 0.0
-    pred_parsed = _parse_math(text) if text else []
-    if not pred_parsed:
-        return 0.0
-    return 1.0 if verify(list(gold_parsed), pred_parsed, timeout_seconds=None) else 0.0
+_unbox = unbox
 
 
 # ---------------------------------------------------------------- other tasks
@@ -205,7 +92,13 @@ def verify_count(pred: str, answer: Any) -> float | None:
     gold = parse_number(answer)
     if gold is None or gold.denominator != 1:
         return None
-    value = parse_number(numeric_forms(_unbox(pred)))
+    text = _unbox(pred)
+    if len(text) > MAX_TEXT_CHARS:  # not a count: a megabyte of "1 1 1" states one number 10^5 times
+        return 0.0
+    said = stated(text)  # "5, not 4" -> "5"; "3 or more", "at least 3": a bound, not a count
+    if said is None:
+        return 0.0
+    value = parse_number(numeric_forms(said))
     return 1.0 if value is not None and value == gold else 0.0
 
 
@@ -231,6 +124,12 @@ def verify_number(
     if gold is None:
         return None
     text = numeric_forms(_unbox(pred))
+    if len(text) > MAX_TEXT_CHARS:  # not a number (see verify_count)
+        return 0.0
+    said = stated(text)  # "2.5, not 3" -> "2.5"; "at least 2.5", "2.5 or so": a bound (see verify_count)
+    if said is None:
+        return 0.0
+    text = said
     value = parse_number(text, unit=unit)
     if value is None:
         return 0.0

@@ -17,10 +17,10 @@ import re
 from typing import Any
 
 from mmrl.rewards._columns import col, row_meta
-from mmrl.rewards.accuracy import verify_math, verify_mc, verify_yes_no
+from mmrl.rewards.accuracy import unbox, verify_math, verify_mc, verify_yes_no
 from mmrl.rewards.extraction import extract_answer
 from mmrl.rewards.grounding import grounding_correct
-from mmrl.rewards.parsing import normalize_text, parse_letters
+from mmrl.rewards.parsing import normalize_forms, normalize_text, parse_letters
 from mmrl.rewards.registry import register_reward
 
 _CHOICES = ["A", "B", "C", "D", "E"]  # only the letters matter; parse_letters limits to A-E
@@ -55,7 +55,8 @@ def curr_reft_choice_reward(completions, answer=None, **_) -> list:
             out.append(None)
             continue
         pred = extract_answer(completion)
-        out.append(1.0 if pred and parse_letters(pred, _CHOICES) == gold_set else 0.0)
+        # read as `accuracy` reads mc: a box and the words around it (`not \\boxed{B}`: no answer), `\\text{B}`
+        out.append(1.0 if pred and parse_letters(unbox(normalize_forms(pred)), _CHOICES) == gold_set else 0.0)
     return out
 
 
@@ -98,7 +99,7 @@ def curr_reft_open_reward(completions, answer=None, task=None, **columns) -> lis
             out.append(verify_yes_no(pred, gold) if pred else (None if verify_yes_no("yes", gold) is None else 0.0))
         elif kind == "classification":
             gold_set = _labels(gold)
-            pred_set = _labels(pred) if pred else set()
+            pred_set = _labels(unbox(normalize_forms(pred))) if pred else set()
             if not gold_set:
                 out.append(None)
             elif len(pred_set) > len(gold_set):  # a hedge: listing more labels than there are must not pay

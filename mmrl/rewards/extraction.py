@@ -7,10 +7,14 @@ Rules (the peers' bugs they avoid are named in the rewards issue):
   invalid-prediction score for box and GUI rewards) and the composite counts it as `<name>/multiple_answers`. This
   is the `format` reward's own rule (exactly one `<answer>` and one `</answer>`): `<answer>B</answer> … <answer>A
   </answer>` must not let a policy offer two answers and be paid for whichever comes last;
-- without answer tags, `\\boxed{…}` is used only when `allow_boxed=True` (last one outside the reasoning);
+- without answer tags, `\\boxed{…}` is used only when `allow_boxed=True`;
+- ONE box per completion too (`boxes.read_box`): several different boxes outside the reasoning (the same box twice
+  is one answer, boxes side by side one list answer), a box outside the answer block next to it, or a box hedged or ruled out by the words around it (`3 or \\boxed{4}`, `not \\boxed{C}`) is no answer,
+  whichever reward or task reads it (a box inside the reasoning is a draft and is not read);
 - the reasoning is everything up to the last `</think>` (a missing `<think>` still counts as reasoning), so an
   answer that appears only inside `<think>` does not count;
-- an empty or whitespace-only answer is no answer: `None`, never `""` (an empty string is a substring of everything).
+- an empty answer, or one of whitespace and invisible characters only (`\\u200b`), is no answer: `None`, never `""`
+  (an empty string is a substring of everything).
 
 >>> extract_answer("<think>2+2</think><answer> 4 </answer>")
 '4'
@@ -22,11 +26,15 @@ True
 True
 >>> extract_answer("<think>x</think><answer>B</answer> or rather <answer>A</answer>") is None
 True
+>>> extract_answer("<think>x</think> 3 or \\\\boxed{4}", allow_boxed=True) is None
+True
 """
 
 from __future__ import annotations
 
 import re
+
+from mmrl.rewards.boxes import box_count, is_blank, read_box, several_boxes
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -68,8 +76,13 @@ def last_boxed(text: str) -> str | None:
 
 
 def has_multiple_answers(completion: str, tags: tuple[str, str] | list[str] | None = ("<answer>", "</answer>")) -> bool:
-    """More than one opening or closing answer tag anywhere in the completion (the `format` reward's count rule)."""
-    if tags is None or not isinstance(completion, str):
+    """More than one opening or closing answer tag anywhere in the completion (the `format` reward's count rule), or
+    more than one different box outside the reasoning."""
+    if not isinstance(completion, str):
+        return False
+    if several_boxes(strip_reasoning(completion)):
+        return True
+    if tags is None:
         return False
     open_tag, close_tag = tags
     return completion.count(open_tag) > 1 or completion.count(close_tag) > 1
@@ -88,6 +101,8 @@ def extract_answer(
     if not isinstance(completion, str) or has_multiple_answers(completion, tags):
         return None
     visible = strip_reasoning(completion)
+    if several_boxes(visible):  # two different boxed answers: one answer per completion
+        return None
     answer: str | None = None
     if tags is not None:
         # The last closing tag and the last opening tag before it: two reverse scans, linear time even for a
@@ -99,12 +114,18 @@ def extract_answer(
             answer = visible[start + len(open_tag) : end]
     else:
         answer = visible
-    if answer is None and allow_boxed:
-        answer = last_boxed(visible)
-    if answer is None:
+    if answer is not None:
+        if box_count(visible) > box_count(answer):  # a box outside the answer block is a second answer
+            return None
+        # Words around a box inside the answer ("3 or \\boxed{4}"); a whole solution (tags=None) by its last sentence.
+        if read_box(answer, sentence_only=tags is None).problem:
+            return None
+    elif allow_boxed:
+        reading = read_box(visible, sentence_only=True)
+        answer = reading.content
+    if answer is None or is_blank(answer):
         return None
-    answer = answer.strip()
-    return answer or None
+    return answer.strip()
 
 
 __all__ = ["extract_answer", "has_multiple_answers", "last_boxed", "strip_reasoning"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from mmrl.rewards.boxes import is_blank
 from mmrl.rewards.registry import register_reward
 
 _STRICT = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.DOTALL)
@@ -22,7 +23,8 @@ def is_strict_format(text: str) -> bool:
     if any(text.count(tag) != 1 for tag in ("<think>", "</think>", "<answer>", "</answer>")):
         return False
     match = _STRICT.fullmatch(text)
-    return bool(match) and bool(match.group(2).strip())
+    # An answer of invisible characters only (zero-width space, BOM, bidi marks, fillers) is an empty answer.
+    return bool(match) and not is_blank(match.group(2))
 
 
 def is_lenient_format(text: str) -> bool:

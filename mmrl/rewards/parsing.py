@@ -19,6 +19,8 @@ import string
 import unicodedata
 from fractions import Fraction
 
+from mmrl.rewards.boxes import drop_format_characters, plain_words
+
 _UNITS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
     "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
@@ -111,9 +113,23 @@ _LATEX_FRAC = re.compile(r"^([-+]?)\\[dt]?frac\s*\{\s*([-+]?\d+)\s*\}\s*\{\s*(\d
 _TEXT_WRAPPER = re.compile(r"\\(?:text|mathrm|textrm|mbox|operatorname)\s*\{([^{}]*)\}")
 
 
+_SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+")
+# Scientific notation as typeset: `1.5 \times 10^{3}`, `1.5 \cdot 10^3`, `1.5×10³`, `2*10^-3`; a bare `10^{3}`.
+_SCIENTIFIC = re.compile(r"(\d+(?:\.\d+)?)\s*(?:\\times|\\cdot|×|·|\*)\s*10\s*\^\s*(\{\s*[-+]?\d+\s*\}|[-+]?\d+)")
+_POWER_OF_TEN = re.compile(r"(?<![\d.])10\s*\^\s*(\{\s*[-+]?\d+\s*\}|[-+]?\d+)")
+_SUPERSCRIPT_POWER = re.compile(r"(?<=10)([⁻⁺]?[⁰¹²³⁴⁵⁶⁷⁸⁹]+)")
+
+
+def _scientific(text: str) -> str:
+    """`1.5 \\times 10^{3}` -> `1.5e3`, `10^{-2}` -> `1e-2`: one number, not the three numbers 1.5, 10 and 3."""
+    text = _SUPERSCRIPT_POWER.sub(lambda m: "^" + m.group(1).translate(_SUPERSCRIPTS), text)
+    text = _SCIENTIFIC.sub(lambda m: f"{m.group(1)}e{m.group(2).strip('{} ')}", text)
+    return _POWER_OF_TEN.sub(lambda m: f"1e{m.group(1).strip('{} ')}", text)
+
+
 def _strip_latex(text: str) -> str:
     """`$5\\text{ cm}$` -> `5 cm`, `\\left(`/`\\right)` -> `(`/`)`: LaTeX dressing around a plain number."""
-    text = text.replace("\u2212", "-")  # the Unicode minus sign (typeset output, copied answers) is a minus
+    text = _scientific(text.replace("\u2212", "-"))  # the Unicode minus sign (typeset, copied answers) is a minus
     text = _TEXT_WRAPPER.sub(r" \1", text.replace("$", "").replace("\\%", "%").replace("\\!", "").replace("\\,", ""))
     return text.replace("\\left", "").replace("\\right", "").replace("^\\circ", "°").replace("^{\\circ}", "°").strip()
 
@@ -200,13 +216,15 @@ _DEGREE = re.compile(r"(?<=[\d}])\s*°")
 
 
 def normalize_forms(text: str) -> str:
-    """Fold typographic variants that cannot change an answer's meaning: full-width forms, the Unicode minus.
+    """Fold typographic variants that cannot change an answer's meaning: full-width forms, the Unicode minus,
+    invisible format characters (zero-width space, BOM, bidi marks).
 
     >>> normalize_forms("５，Ｂ−１")
     '5,B-1'
     """
     text = _FULLWIDTH.sub(lambda m: unicodedata.normalize("NFKC", m.group(0)), text)
-    return text.replace("\u2212", "-")
+    # Zero-width and other format characters print nothing: `4\u200b` is 4, `o\u200br` is "or".
+    return drop_format_characters(text).replace("\u2212", "-")
 
 
 def numeric_forms(text: str) -> str:
@@ -245,23 +263,49 @@ def _light(text: str) -> str:
 
 _YES = {"yes", "true", "correct", "right", "y"}
 _NO = {"no", "false", "incorrect", "wrong", "n"}
+# Hedges and non-answers: "yes or not", "maybe yes", "N/A", "not sure", "I don't know", "it depends". Before this rule
+# "yes or not" read as yes, and "N/A" as no (its "n").
+_YES_NO_HEDGE = re.compile(
+    r"\b(?:or|either|neither|nor|maybe|perhaps|possibly|probably|likely|unsure|unknown|unclear|uncertain|undetermined|"
+    r"indeterminate|depends|not\s+sure|(?:do\s*n[o']?t|cannot|can'?t)\s+(?:know|tell|say|determine|be\s+determined))\b"
+    r"|\bn\s*/\s*a\b",
+    re.IGNORECASE,
+)
+_NEGATIONS = {"not", "isn't", "aren't", "wasn't", "weren't", "doesn't", "don't", "didn't", "isnt", "arent", "dont", "never"}
 
 
 def parse_yes_no(text) -> str | None:
-    """'yes' / 'no', or None when neither or both are said ("yes or no" is a hedge, not an answer)."""
+    """'yes' / 'no', or None when neither or both are said ("yes or no" is a hedge, not an answer), or the answer is a
+    hedge or a non-answer ("yes or not", "N/A", "not sure"). A negation flips the word after it ("not correct" is
+    no); a negation before no yes/no word says no ("No, it is not."; "Yes, it is not" says both: None). `y` / `n`
+    count only as a one-word answer."""
     if isinstance(text, bool):
         return "yes" if text else "no"
     if not isinstance(text, str):
         return None
-    words = re.findall(r"[a-z]+", text.lower())
+    text = plain_words(text)
+    if _YES_NO_HEDGE.search(text):
+        return None
+    words = re.findall(r"[a-z]+(?:'[a-z]+)?", text.lower())
     polarities = set()
     for i, word in enumerate(words):
-        negated = i > 0 and words[i - 1] == "not"
+        negated = i > 0 and words[i - 1] in _NEGATIONS
+        if word in ("y", "n") and len(words) > 1:
+            continue
         if word in _YES:
             polarities.add("no" if negated else "yes")
         elif word in _NO:
             polarities.add("yes" if negated else "no")
+        elif word in _NEGATIONS and (i + 1 == len(words) or not (words[i + 1] in _YES or words[i + 1] in _NO)):
+            polarities.add("no")
     return polarities.pop() if len(polarities) == 1 else None
+
+
+_MC_LEAD = re.compile(
+    r"^(?:(?:so|thus|therefore|hence)\s*,?\s+)?(?:the\s+)?(?:(?:correct|final|right|best)\s+)?"
+    r"(?:answer|option|choice)s?(?:\s+(?:is|are|would\s+be))?\s*(?:[:：-]\s*)?(?=[(\[]?[A-Za-z](?![a-z]))",
+    re.IGNORECASE,
+)
 
 
 def _letters_of(choices: list[str] | None) -> str:
@@ -278,14 +322,17 @@ def parse_letters(text, choices: list[str] | None = None) -> frozenset[str] | No
     if not isinstance(text, str) or not text.strip():
         return None
     valid = _letters_of(choices)
-    stripped = text.strip()
+    # As models write it: `**B**`, `\\text{B}`, `$B$`, "Option B", "Answer: B", "The correct answer is (B)."
+    stripped = plain_words(text).replace("*", " ").strip()
+    for _ in range(2):  # "The answer is option B"
+        stripped = _MC_LEAD.sub("", stripped, count=1).strip()
     # No article removal here: "(A) dog" must not become "dog" (option B's text).
     norm = _light(stripped)
     if choices:
         by_text = [valid[i] for i, c in enumerate(choices) if norm and _light(c) == norm]
         if len(by_text) == 1:
             return frozenset(by_text)
-    single = re.fullmatch(r"(?:option\s+|answer\s*:?\s*)?\(?([A-Za-z])\)?(?:[.:)]\s*|\s+|$)(.*)", stripped, re.DOTALL)
+    single = re.fullmatch(r"[(\[]?([A-Za-z])[)\]]?(?:[.:)]\s*|\s+|$)(.*)", stripped, re.DOTALL)
     if single and single.group(1).upper() in valid and (single.group(2).strip() == "" or choices):
         letter, rest = single.group(1).upper(), single.group(2).strip()
         if not rest:

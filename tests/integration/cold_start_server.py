@@ -27,12 +27,17 @@ class FailureServer:
     """An OpenAI-compatible server whose reply for (item, stage) follows `script[item]`; counts every request.
 
     Hostile switches: `fail_every_other` answers every second chat request with a 503; `die_after` = N: after N chat
-    requests the server is gone (later requests get their connection dropped, the port refuses new ones)."""
+    requests the server is gone (later requests get their connection dropped, the port refuses new ones);
+    `hold_after` = N: chat requests after the first N wait for `gate` to be set before their reply (requests in
+    flight, for the interrupt tests; `wait_for_posts` waits on the server's own count, no sleeping)."""
 
     def __init__(self, script: dict[str, str], answers: dict[str, str], delay: float = 0.0, port: int = 0,
-                 fail_every_other: bool = False, die_after: int | None = None) -> None:
+                 fail_every_other: bool = False, die_after: int | None = None,
+                 hold_after: int | None = None) -> None:
         self.script, self.answers, self.delay = script, answers, delay
-        self.fail_every_other, self.die_after = fail_every_other, die_after
+        self.fail_every_other, self.die_after, self.hold_after = fail_every_other, die_after, hold_after
+        self.gate = threading.Event()
+        self.arrived = threading.Condition()
         self.requests: Counter[tuple[str, str]] = Counter()
         self.posts = 0
         self.prompts: list[str] = []
@@ -65,6 +70,7 @@ class FailureServer:
                 qid = text.split("[", 1)[1].split("]", 1)[0]
                 with outer.lock:
                     outer.posts += 1
+                    held = outer.hold_after is not None and outer.posts > outer.hold_after
                     if outer.die_after is not None and outer.posts > outer.die_after:
                         self.close_connection = True  # dead: this request gets no answer, the port refuses more
                         if not outer.dead:
@@ -76,9 +82,13 @@ class FailureServer:
                         outer.requests[(qid, stage)] += 1
                         outer.prompts.append(text)
                     count = outer.requests[(qid, stage)]
+                with outer.arrived:
+                    outer.arrived.notify_all()
                 if flaky:
                     self._send(503, {"error": {"message": "scripted overload", "type": "x"}})
                     return
+                if held:
+                    outer.gate.wait()
                 time.sleep(outer.delay)
                 reply = outer.reply(qid, stage, count, text)
                 if reply == "drop":
@@ -140,11 +150,17 @@ class FailureServer:
                       f"<answer> {gold} </answer>", "stop"),
         }.get(mode, (good, "stop"))
 
+    def wait_for_posts(self, n: int, timeout: float = 60.0) -> bool:
+        """Wait until `n` chat requests have arrived (True), or `timeout` seconds (False)."""
+        with self.arrived:
+            return self.arrived.wait_for(lambda: self.posts >= n, timeout=timeout)
+
     def _stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
 
     def close(self) -> None:
+        self.gate.set()  # held requests end
         if not self.dead:
             self._stop()
 

@@ -193,3 +193,20 @@ def test_api_key_errors_name_the_variable_never_its_value(tmp_path, monkeypatch,
         assert Counter(server.requests) == Counter()  # refused before any request
     finally:
         server.close()
+
+
+def test_every_item_failed_names_each_failing_stage_not_the_most_common_one(tmp_path, capsys):
+    # failures spread over two stages: the describe endpoint answers 500, the reasoner 429 (no retries here)
+    script = {"q0": "e500", "q1": "e500", "q2": "e429_once"}
+    answers = {q: str(i) for i, q in enumerate(script)}
+    server = FailureServer(script, answers)
+    try:
+        data = write_dataset(tmp_path, script, answers)
+        cfg = write_config(tmp_path, data, tmp_path / "out", server.url)
+        _fast(cfg)
+        assert main(["build-data", "cold-start", str(cfg)]) == 1
+        err = capsys.readouterr().err
+        assert "for any of the 3 items tried (describe:http_500=2, reason:http_429=1)" in err
+        assert "stages.describe.model / stages.reason.model are right" in err
+    finally:
+        server.close()
