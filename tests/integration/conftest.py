@@ -17,3 +17,22 @@ def policy():
     torch.manual_seed(0)
     loaded = load_policy(load_config(None).model)
     return loaded.model.float(), loaded.processor
+
+
+@pytest.fixture(scope="session")
+def real_family_models(tmp_path_factory):
+    """`family -> tiny model folder` with the family's real interface (`build-tiny --like` on
+    tests/fixtures/real_models), each built once, on first use, and shared by every test of the session."""
+    from real_families import assemble
+
+    from mmrl.models.tiny_like import build_like
+
+    root = tmp_path_factory.mktemp("real-families")
+    built: dict[str, object] = {}
+
+    def get(family: str):
+        if family not in built:
+            built[family] = build_like(root / family, assemble(family, root / "src" / family))
+        return built[family]
+
+    return get
