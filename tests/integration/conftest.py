@@ -23,9 +23,8 @@ def policy():
 def real_family_models(tmp_path_factory):
     """`family -> tiny model folder` with the family's real interface (`build-tiny --like` on
     tests/fixtures/real_models), each built once, on first use, and shared by every test of the session."""
-    from real_families import assemble
-
     from mmrl.models.tiny_like import build_like
+    from tests.integration.real_families import assemble
 
     root = tmp_path_factory.mktemp("real-families")
     built: dict[str, object] = {}
