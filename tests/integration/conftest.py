@@ -35,3 +35,19 @@ def real_family_models(tmp_path_factory):
         return built[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def real_family_policies(real_family_models):
+    """`family -> (model, processor)` loaded once per session for inference (tests that train load their own)."""
+    cache: dict[str, tuple] = {}
+
+    def get(family: str):
+        if family not in cache:
+            torch.manual_seed(0)
+            cfg = load_config(None, [f"model.name_or_path={real_family_models(family)}"]).model
+            loaded = load_policy(cfg, for_training=False)
+            cache[family] = (loaded.model, loaded.processor)
+        return cache[family]
+
+    return get

@@ -21,7 +21,6 @@ from mmrl.data.sample import Sample
 from mmrl.eval.generate import generate_completions
 from mmrl.generation import SamplingParams
 from mmrl.generation.hf import HFNaiveBackend, HFSharedPrefixBackend, make_backend
-from mmrl.models.loading import load_policy
 from mmrl.models.processor import folder_chat_template, load_processor
 from mmrl.models.tokens import placeholder_token_ids
 from tests.integration.real_families import FAMILIES, SHARES_PREFIX, SOURCES, assemble
@@ -35,18 +34,8 @@ MARKERS = {"qwen": ("image_token_id", "video_token_id", "vision_start_token_id",
 
 
 @pytest.fixture(scope="module")
-def loaded(real_family_models):
-    cache: dict[str, tuple] = {}
-
-    def get(family: str):
-        if family not in cache:
-            torch.manual_seed(0)
-            policy = load_policy(load_config(None, [f"model.name_or_path={real_family_models(family)}"]).model,
-                                 for_training=False)
-            cache[family] = (policy.model, policy.processor)
-        return cache[family]
-
-    return get
+def loaded(real_family_policies):
+    return real_family_policies
 
 
 @pytest.fixture(scope="module")
