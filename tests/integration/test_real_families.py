@@ -117,6 +117,12 @@ def test_rollouts_end_on_the_turn_end_and_generation_config_eos(family, loaded, 
     assert isinstance(backend, HFSharedPrefixBackend if SHARES_PREFIX[family] else HFNaiveBackend)
     gen_eos = model.generation_config.eos_token_id
     assert {turn_end, *([gen_eos] if isinstance(gen_eos, int) else gen_eos)} <= set(backend.eos_ids)
+    # A generation config that lists only the tokenizer's EOS (Gemma's is <eos>) still stops at the turn's end.
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    try:
+        assert turn_end in make_backend(model, processor).eos_ids
+    finally:
+        model.generation_config.eos_token_id = gen_eos
     prompt = encode_one(processor, _sample(images["small"]), load_config(None).data)
     head = model.lm_head
     for boosted, want_end in ((backend.banned_ids, None), ([turn_end], turn_end)):

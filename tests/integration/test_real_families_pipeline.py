@@ -80,8 +80,9 @@ def test_sft_steps_under_the_real_template(family, real_family_models, data, tmp
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_eval_and_rejection_builder(family, real_family_models, data, tmp_path, capsys):
-    """`mmrl eval` and `mmrl build-data rejection` on the family: completions are decoded without the turn's end."""
+def test_eval_and_data_builders(family, real_family_models, data, tmp_path, capsys):
+    """`mmrl eval`, `mmrl build-data rejection` and `cold-start` on the family: completions are decoded without the
+    turn's end."""
     model = real_family_models(family)
     out = tmp_path / "report"
     assert main(["eval", "--model", str(model), "--data", str(data), "--out", str(out), "--no-progress",
@@ -95,6 +96,14 @@ def test_eval_and_rejection_builder(family, real_family_models, data, tmp_path, 
     tokenizer = load_processor(str(model)).tokenizer
     ends = {tokenizer.eos_token, tokenizer.pad_token, "<|im_end|>", "<end_of_turn>", "<end_of_utterance>"}
     assert not any(end in text for e in cache for text in e["texts"] for end in ends if end)
+    # Cold start, offline, the family's model in every role (its random text is rejected: the plumbing runs).
+    cold = tmp_path / "cold"
+    assert main(["build-data", "cold-start", str(ROOT / "configs/cold_start/offline.yaml"), f"data={data}",
+                 f"out={cold}", "limit=1", f"stages.describe.model={model}", f"stages.reason.model={model}",
+                 "stages.describe.max_new_tokens=3", "stages.reason.max_new_tokens=3"]) == 0, capsys.readouterr().err
+    report = json.loads((cold / "report.json").read_text())
+    assert report["input"] == 1 and report["kept"] + sum(report["rejected"].values()) == 1
+    assert report["tokens_per_stage"]["pseudo_cot"] > 0
 
 
 @pytest.fixture(scope="module")
