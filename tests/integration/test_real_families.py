@@ -18,7 +18,6 @@ from mmrl.cli import main
 from mmrl.config import load_config
 from mmrl.data.collate import IGNORE_INDEX, encode_one, encode_sft, end_of_turn_id
 from mmrl.data.sample import Sample
-from mmrl.eval.generate import generate_completions
 from mmrl.generation import SamplingParams
 from mmrl.generation.hf import HFNaiveBackend, HFSharedPrefixBackend, make_backend
 from mmrl.models.processor import folder_chat_template, load_processor
@@ -243,14 +242,3 @@ def test_mm_token_type_ids_cover_completion_tokens(family, loaded, images):
     with torch.no_grad():
         shared = completion_logprobs(model, prompt, ids, mask)
     assert (shared - naive).abs().max() < 1e-4
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_greedy_eval_completions_hold_no_turn_or_pad_tokens(family, loaded, images):
-    model, processor = loaded(family)
-    (completion,) = generate_completions(model, processor, [_sample(images["small"])], load_config(None).data,
-                                         max_new_tokens=4)[0]
-    assert completion.n_tokens > 0
-    tokenizer = processor.tokenizer
-    for token in (TURN_END[family], tokenizer.pad_token):
-        assert token not in completion.text
