@@ -22,7 +22,7 @@ from mmrl.generation import SamplingParams
 from mmrl.generation.hf import HFNaiveBackend, HFSharedPrefixBackend, make_backend
 from mmrl.models.processor import folder_chat_template, load_processor
 from mmrl.models.tokens import placeholder_token_ids
-from tests.integration.real_families import FAMILIES, SHARES_PREFIX, SOURCES, assemble
+from tests.integration.real_families import FAMILIES, SHARES_PREFIX, SOURCES
 
 # The token each family's template closes an assistant turn with, as its published files spell it.
 TURN_END = {"qwen2_vl": "<|im_end|>", "qwen2_5_vl": "<|im_end|>", "qwen3_vl": "<|im_end|>",
@@ -52,11 +52,11 @@ def _sample(path, **kw) -> Sample:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_the_tiny_model_keeps_the_folders_interface(family, real_family_models, tmp_path):
+def test_the_tiny_model_keeps_the_folders_interface(family, real_family_models):
     """Interface files unchanged, the config's token ids and vocabulary kept, the template the folder's processor
     template (not tokenizer_config's: Qwen3-VL Thinking ships the Instruct one there), the model small."""
     built = real_family_models(family)
-    source = assemble(family, tmp_path / "src")
+    source = built.parent / "src" / family  # the folder it was built from (`real_family_models`)
     for name in ("chat_template.json", "preprocessor_config.json", "generation_config.json", "tokenizer_config.json"):
         if (source / name).is_file():
             assert (built / name).read_bytes() == (source / name).read_bytes(), name
