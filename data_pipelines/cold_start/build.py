@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections import Counter
 from pathlib import Path
@@ -39,17 +40,29 @@ from data_pipelines.cold_start.remote import (
 from data_pipelines.inputs import check_image_files
 from mmrl.data.dataset import load_samples
 from mmrl.data.sample import Sample
+from mmrl.data.templates import IMAGE_PLACEHOLDER
 from mmrl.generation import GenerationBackend, Prompt, SamplingParams
 from mmrl.generation.load import is_server_url
 from mmrl.models.interface import interface_of_backend
 
 
 def question_text(sample: Sample) -> str:
+    """The sample's question as text, without its `<image>` slot markers: the stage's prompt carries the images as
+    image parts already, and a marker left in the text reached the model as text (SmolVLM's processor reads
+    `<image>` as its image token: one image and two image tokens, every item failed).
+
+    >>> question_text(Sample(id="a", prompt="<image>\\nWhat is it?", answer="x", images=["a.png"]))
+    'What is it?'
+    """
     if isinstance(sample.prompt, str):
-        return sample.prompt
-    return "\n".join(part.get("text", "") for m in sample.prompt
-                     for part in (m["content"] if isinstance(m.get("content"), list) else [{"text": m.get("content")}])
-                     if part.get("text"))
+        text = sample.prompt
+    else:
+        text = "\n".join(part.get("text", "") for m in sample.prompt
+                         for part in (m["content"] if isinstance(m.get("content"), list)
+                                      else [{"text": m.get("content")}])
+                         if part.get("text"))
+    text = re.sub(re.escape(IMAGE_PLACEHOLDER) + r"\n?", "", text)
+    return re.sub(r"[ \t]{2,}", " ", text).strip()
 
 
 def fill(template: str, **values: str) -> str:

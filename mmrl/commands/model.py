@@ -1,4 +1,4 @@
-"""`mmrl model build-tiny OUT_DIR [--preset NAME]`: build the embedded offline VLM in Hugging Face format."""
+"""`mmrl model build-tiny OUT_DIR [--preset NAME | --like DIR]`: build an offline tiny VLM in Hugging Face format."""
 
 from __future__ import annotations
 
@@ -24,10 +24,16 @@ def register(subparsers, name: str) -> None:
         help="build a preset into OUT_DIR (loadable with from_pretrained, offline)",
         description="Build the tiny VLM deterministically: same preset and seed -> identical weights and tokenizer.\n"
         + "\n".join(f"  {k}: {v.description}" for k, v in PRESETS.items()),
-        examples="  mmrl model build-tiny /tmp/tiny --preset tiny\n",
+        examples="  mmrl model build-tiny /tmp/tiny --preset tiny\n"
+        "  mmrl model build-tiny /tmp/tiny-qwen3 --like ~/models/Qwen3-VL-4B-Instruct  # its tokenizer, template, "
+        "processor\n",
     )
     build.add_argument("out_dir", help="directory to write the model to")
     build.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="size preset (default: tiny)")
+    build.add_argument("--like", metavar="DIR", default=None,
+                       help="a Hugging Face model folder (config, tokenizer, processor, chat template; no weights "
+                       "needed): build its architecture shrunk, with its tokenizer, template, processor settings, "
+                       "generation config and token ids unchanged (overrides --preset)")
     build.add_argument("--seed", type=int, default=0, help="seed for weights and tokenizer (default: 0)")
     build.set_defaults(func=run_build)
 
@@ -40,6 +46,14 @@ def run_build(args: argparse.Namespace) -> int:
     from mmrl.models.tiny import MARKER, build_tiny_model
 
     check_output_dir(args.out_dir, "OUT_DIR")
+    if args.like is not None:
+        from mmrl.models.tiny_like import LIKE_MARKER, build_like, check_folder
+
+        check_folder(Path(args.like).expanduser())  # a bad folder is refused before anything is written
+        out = build_like(args.out_dir, Path(args.like).expanduser(), seed=args.seed)
+        info = json.loads((Path(out) / LIKE_MARKER).read_text())
+        print(f"built a tiny {info['model_type']} like {args.like} ({info['parameters']:,} parameters) into {out}")
+        return 0
     out = build_tiny_model(args.out_dir, preset=args.preset, seed=args.seed)
     info = json.loads((Path(out) / MARKER).read_text())
     print(f"built preset '{args.preset}' ({info['parameters']:,} parameters) into {out}")

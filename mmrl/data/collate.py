@@ -42,9 +42,15 @@ def _process(processor, text: str, images: list) -> dict[str, torch.Tensor]:
         # (Qwen3-VL: 32) or with a fixed input size (Gemma3) resize once more to what their vision tower takes.
         kwargs["do_resize"] = not _takes_28_grid(processor)
     encoded = dict(processor(**kwargs))
-    if not any(key in encoded for key in TYPE_KEYS):
+    # M-RoPE models need the token types even for a prompt without images; a model whose forward takes none
+    # (Idefics3/SmolVLM) must not get them: `generate` refuses unknown inputs.
+    if not any(key in encoded for key in TYPE_KEYS) and "mm_token_type_ids" in _input_names(processor):
         encoded["mm_token_type_ids"] = torch.zeros_like(encoded["input_ids"])
     return encoded
+
+
+def _input_names(processor) -> list[str]:
+    return list(getattr(processor, "model_input_names", None) or ["mm_token_type_ids"])
 
 
 def _record_input_size(sample: Sample, processor, encoded: dict[str, torch.Tensor]) -> None:
@@ -91,9 +97,7 @@ def encode_one(processor, sample: Sample, data_cfg: Any, with_response: bool = F
     tokenizer = _tokenizer(processor)
     tail_ids = tokenizer(tail_text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     # Learn the response up to and including its end-of-turn token; whatever the template adds after it is context.
-    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if end_id is None or end_id == tokenizer.unk_token_id:  # not a ChatML tokenizer (e.g. Gemma: <end_of_turn>)
-        end_id = tokenizer.eos_token_id
+    end_id = end_of_turn_id(processor)
     tail = tail_ids[0].tolist()
     stop = max((i for i, t in enumerate(tail) if t == end_id), default=len(tail) - 1) + 1
     labels = torch.full((1, prompt_len + len(tail)), IGNORE_INDEX, dtype=torch.long)
@@ -127,6 +131,32 @@ def _tail_after_opened_turn(processor, sample: Sample, full_messages: list[dict[
     return sft_continuation(str(sample.response), prefix, sample.id) + after
 
 
+def end_of_turn_id(processor) -> int | None:
+    """The token the chat template closes an assistant turn with (`<|im_end|>`, Gemma's `<end_of_turn>`, SmolVLM's
+    `<end_of_utterance>`), read from the template itself: the first token it renders after an assistant message.
+
+    Guessing it from names (`<|im_end|>`, else the tokenizer's EOS) picked a token the template never writes for
+    SmolVLM (its vocabulary has `<|im_end|>`) and Gemma (EOS `<eos>`, turns end `<end_of_turn>`): the label then ran
+    to the end of the rendered text, teaching the model the newline that follows the turn.
+    """
+    tokenizer = _tokenizer(processor)
+    cached = getattr(tokenizer, "_mmrl_end_of_turn", False)
+    if cached is not False:
+        return cached
+    marker = "mmrl end of turn probe"
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": marker}]}]
+    try:
+        text = processor.apply_chat_template(messages, tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render the probe: fall back to the tokenizer's EOS
+        text = ""
+    after = text[text.rfind(marker) + len(marker):] if marker in text else ""
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after.strip() else []
+    value = ids[0] if ids else tokenizer.eos_token_id
+    tokenizer._mmrl_end_of_turn = value
+    return value
+
+
 def _pad_id(processor) -> int:
     tokenizer = _tokenizer(processor)
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -148,10 +178,21 @@ def pad_batch(items: list[dict[str, torch.Tensor]], pad_id: int, side: str = "le
             rows.append(torch.cat([pad, row]) if side == "left" else torch.cat([row, pad]))
         batch[key] = torch.stack(rows)
     with_images = [item for item in items if "pixel_values" in item]
-    for key in ("pixel_values", "image_grid_thw"):  # per-image tensors (Gemma3 has no grid: fixed-size images)
+    for key in ("pixel_values", "image_grid_thw", "pixel_attention_mask"):  # per-image tensors (Gemma3: no grid)
         if with_images and key in with_images[0]:
-            batch[key] = torch.cat([item[key] for item in with_images], dim=0)
+            batch[key] = torch.cat(_pad_tiles([item[key] for item in with_images]), dim=0)
     return batch
+
+
+def _pad_tiles(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Idefics3/SmolVLM splits each image into a number of tiles that depends on its size ([1, tiles, ...] per
+    sample): pad with all-zero tiles, which its model drops (and a zero `pixel_attention_mask`)."""
+    if len(tensors) < 2 or tensors[0].ndim < 4 or all(t.shape[1:] == tensors[0].shape[1:] for t in tensors):
+        return tensors
+    if any(t.ndim != tensors[0].ndim or t.shape[2:] != tensors[0].shape[2:] for t in tensors):
+        raise DataError("images of this batch were encoded to different sizes; cannot batch them")
+    most = max(t.shape[1] for t in tensors)
+    return [torch.cat([t, t.new_zeros((t.shape[0], most - t.shape[1], *t.shape[2:]))], dim=1) for t in tensors]
 
 
 def encode_prompts(processor, samples: list[Sample], data_cfg: Any) -> dict[str, torch.Tensor]:

@@ -52,7 +52,11 @@ def build_messages(sample: Sample, system_prompt: str | None = None, prompt_suff
     else:
         messages = copy.deepcopy(sample.prompt)
         for message in messages:
-            if message["role"] != "system" and isinstance(message["content"], str):
+            if message["role"] == "system" and isinstance(message["content"], str):
+                # Parts, as a configured system prompt is: templates that iterate over content parts (SmolVLM's)
+                # silently render a string as nothing.
+                message["content"] = [{"type": "text", "text": message["content"]}]
+            elif isinstance(message["content"], str):
                 text = message["content"]
                 message["content"] = _text_to_parts(text, text.count(IMAGE_PLACEHOLDER), sample.id)
         slots = _count_slots(messages)

@@ -58,8 +58,13 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     ids.update([value] if isinstance(value, int) else list(value or []))
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
-    vocab = inner.get_output_embeddings().weight.shape[0]
+    vocab = _vocab_size(model)
     return sorted(int(i) for i in ids if 0 <= i < vocab)
+
+
+def _vocab_size(model: Any) -> int:
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return int(inner.get_output_embeddings().weight.shape[0])
 
 
 class TextDecoder:
@@ -108,10 +113,18 @@ def attach_token_rules(backend: Any, model: Any, processor: Any) -> None:
     end-of-turn `eos_ids`, `pad_id`, `banned_ids` (image/video placeholders, never sampled: a completion holding one
     breaks the training forward), `template_ids` (`template_token_ids`), `end_ids` (EOS and template ids: what ends
     a completion) and the text `decoder` (which removes them)."""
+    from mmrl.data.collate import end_of_turn_id
     from mmrl.models.tokens import placeholder_token_ids
 
     backend.tokenizer = getattr(processor, "tokenizer", processor)
     backend.eos_ids = eos_token_ids(model, backend.tokenizer)
+    # The token the chat template closes an assistant turn with ends a completion even where the checkpoint's
+    # generation_config does not list it (Gemma's tokenizer EOS is <eos>, its turns end <end_of_turn>): SFT learns it
+    # as the end of the response (`encode_one`), so a rollout that did not stop there would run to max length.
+    turn_end = end_of_turn_id(processor) if hasattr(processor, "apply_chat_template") else None
+    vocab = _vocab_size(model)
+    if isinstance(turn_end, int) and 0 <= turn_end < vocab and turn_end not in backend.eos_ids:
+        backend.eos_ids = sorted([*backend.eos_ids, turn_end])
     pad = backend.tokenizer.pad_token_id
     backend.pad_id = pad if pad is not None else backend.eos_ids[0]
     backend.banned_ids = placeholder_token_ids(model, backend.tokenizer)

@@ -67,9 +67,26 @@ def load_processor(path: str, trust_remote_code: bool = False, **kwargs: Any):
     processor_class = getattr(transformers, class_name)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
     image_processor = load_image_processor(path, trust_remote_code=trust_remote_code, **kwargs)
+    template = folder_chat_template(path) or tokenizer.chat_template
+    tokenizer.chat_template = template  # one template for both: code that asks the tokenizer gets the processor's
     with _allow_missing_video_processor():
         return processor_class(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                               chat_template=tokenizer.chat_template)
+                               chat_template=template)
+
+
+def folder_chat_template(path: str) -> str | None:
+    """The processor's chat template as `AutoProcessor` reads it: `chat_template.jinja`, else `chat_template.json`.
+
+    It wins over the one embedded in `tokenizer_config.json`, which a model folder may ship stale or different
+    (Qwen2-VL-2B's tokenizer_config holds the base model's template; a Thinking model's template may be published
+    as chat_template.json only): using the tokenizer's silently renders every prompt in the wrong format.
+    """
+    local = Path(path)
+    if (local / "chat_template.jinja").is_file():
+        return (local / "chat_template.jinja").read_text()
+    if (local / "chat_template.json").is_file():
+        return json.loads((local / "chat_template.json").read_text()).get("chat_template")
+    return None
 
 
 def load_image_processor(path: str, trust_remote_code: bool = False, **kwargs: Any):
