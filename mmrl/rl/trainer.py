@@ -225,8 +225,11 @@ class GRPOTrainer:
             return
         rows = []
         for group in groups[:4]:
+            # The columns the rewards saw (task, sizes, box frame, the model's frame), so `mmrl reward score` on this
+            # file reads boxes and points as the run did.
+            columns = {**group.sample.reward_columns(), "model_frame": self.interface.pred_frame}
             for i, text in enumerate(group.texts):
-                rows.append({"id": group.sample.id, "answer": group.sample.answer, "completion": text,
+                rows.append({**columns, "id": group.sample.id, "answer": group.sample.answer, "completion": text,
                              "reward": float(group.rewards[i]), "advantage": float(group.advantages[i]),
                              **{f"reward/{k}": v[i] for k, v in group.components.items()},
                              # image paths, so `mmrl demo runs` shows the picture next to the completion

@@ -262,3 +262,44 @@ def test_templates_that_open_nothing_leave_completions_unchanged(tokenizer, name
     template, kwargs, _ = TEMPLATES[name]
     interface = resolve_interface({}, _with_template(tokenizer, _text_of(template)), template_kwargs=kwargs)
     assert interface.whole_turn("<think>r</think><answer>4</answer>") == "<think>r</think><answer>4</answer>"
+
+
+# -- `mmrl reward score` on a run's saved samples -------------------------------------------------------------------
+def _score_samples(tmp_path, rows, capsys, *extra, interface=None):
+    from mmrl.cli import main
+
+    run = tmp_path / "run"
+    (run / "samples").mkdir(parents=True)
+    if interface is not None:
+        (run / "model_interface.json").write_text(json.dumps(interface))
+    path = run / "samples" / "step-2.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["reward", "score", "--workers", "0", "--reward", "iou", "--input", str(path), *extra]) == 0
+    out, err = capsys.readouterr()
+    return [json.loads(line)["iou"] for line in out.splitlines()[:-1]], err
+
+
+def test_reward_score_on_a_qwen3_vl_run_samples_reads_boxes_in_the_run_frame(tmp_path, capsys):
+    """A Qwen3-VL run's samples rescored offline: the 0..1000 box that the run paid 1.0 used to score ~0 (the rows
+    had no sizes and `mmrl reward score` knew no frame). The trainer now writes the reward columns; an older file is
+    read in the frame its run recorded in model_interface.json, or one line says which rule reads it."""
+    from types import SimpleNamespace
+
+    from mmrl.rl.trainer import GRPOTrainer
+
+    sample = Sample(id="g", prompt="p", answer=GOLD, task="grounding", image_size=IMAGE, input_size=INPUT)
+    group = SimpleNamespace(sample=sample, texts=[f"<answer>{IN_FRAME['norm1000']}</answer>"],
+                            rewards=[1.0], advantages=[0.0], components={"iou": [1.0]})
+    written = []
+    trainer = SimpleNamespace(cfg=SimpleNamespace(trainer=SimpleNamespace(sample_steps=1)),
+                              interface=resolve_interface(_config("qwen3_vl")),
+                              run=SimpleNamespace(logger=SimpleNamespace(write_samples=lambda s, r: written.extend(r))))
+    GRPOTrainer._maybe_samples(trainer, 2, [group])
+    rows = json.loads(json.dumps(written))  # as the run's file holds them
+    assert _score_samples(tmp_path / "new", rows, capsys)[0] == [pytest.approx(1.0)]
+    old_rows = [{k: r[k] for k in ("id", "answer", "completion", "reward", "image_size", "input_size")} for r in rows]
+    scores, err = _score_samples(tmp_path / "old", old_rows, capsys, interface={"pred_frame": "norm1000"})
+    assert scores == [pytest.approx(1.0)] and "norm1000" in err and "model_interface.json" in err
+    scores, err = _score_samples(tmp_path / "bare", old_rows, capsys)
+    assert scores[0] < 0.5 and len(err.strip().splitlines()) == 2 and "--pred-frame" in err  # said, + the summary
+    assert _score_samples(tmp_path / "flag", old_rows, capsys, "--pred-frame", "norm1000")[0] == [pytest.approx(1.0)]
