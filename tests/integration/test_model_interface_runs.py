@@ -135,6 +135,9 @@ def test_serve_answers_and_streams_the_whole_turn(thinking):
     with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as stream:
         chunks = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: {")]
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == answer
+    # vLLM's per-request template variables (Qwen3's enable_thinking) are not honoured: refused, never ignored
+    refused = client.post("/v1/chat/completions", json={**body, "chat_template_kwargs": {"enable_thinking": False}})
+    assert refused.status_code == 400 and "chat_template_kwargs" in refused.json()["error"]["message"]
 
 
 def _trained_text(processor, encoded) -> tuple[str, str]:

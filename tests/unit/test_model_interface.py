@@ -303,3 +303,15 @@ def test_reward_score_on_a_qwen3_vl_run_samples_reads_boxes_in_the_run_frame(tmp
     scores, err = _score_samples(tmp_path / "bare", old_rows, capsys)
     assert scores[0] < 0.5 and len(err.strip().splitlines()) == 2 and "--pred-frame" in err  # said, + the summary
     assert _score_samples(tmp_path / "flag", old_rows, capsys, "--pred-frame", "norm1000")[0] == [pytest.approx(1.0)]
+
+
+@pytest.mark.parametrize("kwargs", ["{add_generation_prompt: false}", "{tokenize: true, enable_thinking: false}"])
+def test_chat_template_kwargs_that_are_render_arguments_are_refused_in_one_line(kwargs, capsys):
+    """They used to reach apply_chat_template next to mmrl's own arguments: a TypeError traceback at the first
+    prompt (add_generation_prompt), or token ids where the prompt's text was expected (tokenize)."""
+    from mmrl.cli import main
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "tests" / "grpo_tiny.yaml"
+    assert main(["train", str(config), f"data.chat_template_kwargs={kwargs}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "data.chat_template_kwargs" in err and "enable_thinking" in err
