@@ -315,3 +315,17 @@ def test_chat_template_kwargs_that_are_render_arguments_are_refused_in_one_line(
     assert main(["train", str(config), f"data.chat_template_kwargs={kwargs}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "data.chat_template_kwargs" in err and "enable_thinking" in err
+
+
+def test_eval_refuses_a_task_routed_to_a_coordinate_reward_with_a_model_of_unknown_frame():
+    """eval.reward_for_task can send a task of any name to `iou`: it reads boxes like a grounding item does (before,
+    such items were read by the bare-call rule for a model with no frame, silently)."""
+    from mmrl.config.data import DataConfig
+    from mmrl.config.workflow import EvalConfig
+    from mmrl.eval.evaluate import evaluate
+
+    items = [Sample(id="b", prompt="p", answer=GOLD, task="boxes", image_size=IMAGE, input_size=INPUT)]
+    unknown = resolve_interface(_config("gemma3"))
+    with pytest.raises(UserError, match="model.pred_frame"):
+        evaluate(None, None, items, EvalConfig(reward_for_task={"boxes": "iou"}), DataConfig(), None,
+                 interface=unknown)
