@@ -125,14 +125,34 @@ def _render(template_owner: Any, messages: list[dict[str, Any]], generation: boo
 
 def _probe_renders(template_owner: Any, kwargs: dict[str, Any]) -> tuple[str, str] | None:
     """(prompt with, without the generation prompt) for a one-turn probe; list content first (VLM templates), then
-    plain text (text-only templates that call string methods on the content)."""
-    for content in ([{"type": "text", "text": _PROBE}], _PROBE):
+    plain text (text-only templates that call string methods on the content); then the same after a system message
+    (templates that refuse a conversation without one)."""
+    for system, content in ((False, [{"type": "text", "text": _PROBE}]), (False, _PROBE),
+                            (True, [{"type": "text", "text": _PROBE}]), (True, _PROBE)):
         messages = [{"role": "user", "content": content}]
+        if system:
+            messages.insert(0, {"role": "system", "content": content})
         try:
             return _render(template_owner, messages, True, kwargs), _render(template_owner, messages, False, kwargs)
         except Exception:  # noqa: BLE001 - a template that rejects this content shape: try the other one
             continue
     return None
+
+
+def _warn_other_block(template_owner: Any, opened: str) -> None:
+    """One warning when the generation prompt ends by opening a tag other than <think> (`<reasoning>\n`): mmrl's
+    rewards and SFT know the <think> block only, so that turn is read as the completion alone."""
+    found = re.search(r"<([A-Za-z][\w-]*)>\s*$", opened)
+    if found is None:
+        return
+    tokenizer = getattr(template_owner, "tokenizer", template_owner)
+    special = set(getattr(tokenizer, "all_special_tokens", None) or ()) | set(
+        getattr(tokenizer, "get_added_vocab", dict)() or ())
+    if found.group(0).strip() in special or f"</{found.group(1)}>" in opened:
+        return  # a role marker of the template (<start_of_turn>), not an opened block
+    log.warning("the chat template's generation prompt opens %r, which mmrl does not read as a reasoning block (it "
+                "knows <think> only): completions are scored, served and trained as they are, without it",
+                found.group(0).strip())
 
 
 def turn_prefix_of(template_owner: Any, template_kwargs: dict[str, Any] | None = None) -> tuple[str, str]:
@@ -155,6 +175,7 @@ def turn_prefix_of(template_owner: Any, template_kwargs: dict[str, Any] | None =
     opened = with_prompt[len(without):]
     start = opened.rfind(THINK_OPEN)
     if start < 0:
+        _warn_other_block(template_owner, opened)
         return "", "none"
     prefix = opened[start:]
     return prefix, "closed" if THINK_CLOSE in prefix else "open"

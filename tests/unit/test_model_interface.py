@@ -329,3 +329,27 @@ def test_eval_refuses_a_task_routed_to_a_coordinate_reward_with_a_model_of_unkno
     with pytest.raises(UserError, match="model.pred_frame"):
         evaluate(None, None, items, EvalConfig(reward_for_task={"boxes": "iou"}), DataConfig(), None,
                  interface=unknown)
+
+
+_BASE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content if m.content is string else "
+         "m.content[0].text }}<|im_end|>\n{% endfor %}")
+
+
+def test_a_template_that_wants_a_system_message_is_still_probed(tokenizer):
+    """A template that raises without a system message (the run gives one with data.system_prompt) opens <think>:
+    the probe with a user turn alone failed and the run scored every Thinking completion without its <think>."""
+    template = ("{% if messages[0].role != 'system' %}{{ raise_exception('system first') }}{% endif %}" + _BASE +
+                "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
+    assert turn_prefix_of(_with_template(tokenizer, template)) == ("<think>\n", "open")
+
+
+def test_a_block_opened_with_another_tag_is_said_not_silently_ignored(tokenizer, caplog):
+    template = _BASE + "{% if add_generation_prompt %}<|im_start|>assistant\n<reasoning>\n{% endif %}"
+    with caplog.at_level("WARNING", logger="mmrl.models.interface"):
+        assert turn_prefix_of(_with_template(tokenizer, template)) == ("", "none")
+    assert len(caplog.records) == 1 and "<reasoning>" in caplog.records[0].getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmrl.models.interface"):  # a role marker that is a special token: quiet
+        turn_prefix_of(_with_template(tokenizer, _BASE + "{% if add_generation_prompt %}<|im_start|>{% endif %}"))
+        turn_prefix_of(_with_template(tokenizer, THINKING))
+    assert not caplog.records
