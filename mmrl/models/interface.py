@@ -205,7 +205,8 @@ def interface_of(model: Any, processor: Any, pred_frame: str | None = "auto",
 
 def interface_of_backend(backend: Any, pred_frame: str | None = "auto") -> ModelInterface:
     """The interface of a generation backend's model; a remote backend (no local model) has an unknown frame and no
-    prefix: an OpenAI server such as `mmrl serve` already returns the whole turn."""
+    prefix: its replies are read as whole turns (`mmrl serve` sends them; a vLLM server's are made whole by
+    `reply_turn` in the HTTP backend)."""
     model, processor = getattr(backend, "model", None), getattr(backend, "processor", None)
     if model is None or processor is None:
         return resolve_interface({}, None, pred_frame)
@@ -223,6 +224,24 @@ def interface_of_dir(path: str | Path, pred_frame: str | None = "auto",
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     return resolve_interface(config, tokenizer, pred_frame, template_kwargs)
+
+
+def reply_turn(content: str, reasoning: str | None = None) -> str:
+    """The model's whole turn from an OpenAI-compatible server's reply (`mmrl serve` sends whole turns already).
+
+    A server with a reasoning parser (vLLM's `--reasoning-parser`) returns the reasoning apart (`reasoning_content`
+    or `reasoning`) and the rest as `content`: the turn is `<think>\\n{reasoning}\\n</think>\\n\\n{content}`. A server
+    without one, for a template that opens `<think>` in the prompt, returns `reasoning</think>...`: the turn starts
+    with the `<think>` its prompt opened. Anything else is the turn as it is.
+
+    >>> reply_turn("r</think><answer>4</answer>")
+    '<think>\\nr</think><answer>4</answer>'
+    """
+    if reasoning and reasoning.strip():
+        return f"{THINK_OPEN}\n{reasoning.strip()}\n{THINK_CLOSE}\n\n{content.lstrip()}"
+    if THINK_CLOSE in content and THINK_OPEN not in content.split(THINK_CLOSE, 1)[0]:
+        return f"{THINK_OPEN}\n{content}"
+    return content
 
 
 def reads_coordinates(reward_specs: Any, tasks: Any) -> str | None:
@@ -266,5 +285,5 @@ def sft_continuation(response: str, turn_prefix: str, sample_id: str) -> str:
 __all__ = [
     "COORDINATE_REWARDS", "FRAMES", "FRAME_BY_MODEL_TYPE", "ModelInterface", "THINK_CLOSE", "THINK_OPEN",
     "frame_of_config", "interface_of", "interface_of_backend", "interface_of_dir", "reads_coordinates",
-    "resolve_interface", "sft_continuation", "turn_prefix_of",
+    "reply_turn", "resolve_interface", "sft_continuation", "turn_prefix_of",
 ]  # fmt: skip

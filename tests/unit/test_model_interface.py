@@ -353,3 +353,46 @@ def test_a_block_opened_with_another_tag_is_said_not_silently_ignored(tokenizer,
         turn_prefix_of(_with_template(tokenizer, _BASE + "{% if add_generation_prompt %}<|im_start|>{% endif %}"))
         turn_prefix_of(_with_template(tokenizer, THINKING))
     assert not caplog.records
+
+
+def _fake_endpoint(replies: list[dict], chunks: list[dict]):
+    """An OpenAIBackend whose client answers with these real openai reply objects (vLLM-shaped)."""
+    from types import SimpleNamespace
+
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    from mmrl.generation.http import OpenAIBackend
+
+    def create(stream=False, **_):
+        if stream:
+            return [ChatCompletionChunk.model_validate({"id": "c", "object": "chat.completion.chunk", "created": 0,
+                                                       "model": "m", "choices": [{"index": 0, **c}]}) for c in chunks]
+        return ChatCompletion.model_validate({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                                              "choices": [{"index": i, "finish_reason": "stop", "message": m}
+                                                          for i, m in enumerate(replies)]})
+
+    backend = OpenAIBackend("http://127.0.0.1:9/v1", served_model="m")
+    backend.client = SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create)))
+    return backend
+
+
+def test_an_endpoint_reply_of_a_thinking_model_is_read_as_its_whole_turn():
+    """A vLLM server for Qwen3-VL-Thinking returns `reasoning</think>...` (its prompt opened <think>), or with a
+    reasoning parser the reasoning apart from the content: the builders used to keep a turn without <think> (the cold
+    start rejected every reply as no_think; the rejection builder wrote SFT targets with the reasoning cut off)."""
+    from mmrl.generation import Prompt, SamplingParams
+
+    replies = [{"role": "assistant", "content": "r</think>\n\n<answer>4</answer>"},
+               {"role": "assistant", "content": "\n\n<answer>4</answer>", "reasoning_content": "r"},
+               {"role": "assistant", "content": "<answer>4</answer>"}]
+    chunks = [{"delta": {"role": "assistant", "content": ""}}, {"delta": {"reasoning_content": "r"}},
+              {"delta": {"reasoning_content": "s"}}, {"delta": {"content": "<answer>4</answer>"}},
+              {"delta": {}, "finish_reason": "stop"}]
+    backend = _fake_endpoint(replies, chunks)
+    texts = [c.text for c in backend.generate([Prompt.from_question("2+2?")], SamplingParams(n=3))[0]]
+    assert texts == ["<think>\nr</think>\n\n<answer>4</answer>", "<think>\nr\n</think>\n\n<answer>4</answer>",
+                     "<answer>4</answer>"]  # a turn with no reasoning block stays as it is
+    assert "".join(backend.stream(Prompt.from_question("2+2?"), SamplingParams())) == \
+        "<think>\nrs\n</think>\n\n<answer>4</answer>"
+    with RewardComposite([{"name": "format"}], workers=0) as rc:
+        assert rc.score(texts[:2], {"answer": ["4"] * 2}).components["format"] == [1.0, 1.0]
