@@ -248,3 +248,40 @@ def test_the_rejection_builder_asks_an_endpoint_for_its_frame_before_sampling(tm
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "grounding items" in err[0] and "--pred-frame" in err[0]
+
+
+def test_the_cold_start_reasoner_keeps_the_think_its_template_opened(tiny_model_dir, tmp_path):
+    """A reasoning stage whose model's template opens <think> replies `r</think><answer>..`: that is a whole,
+    well-formed turn (the old code rejected every such reply as no_think)."""
+    import shutil
+
+    from data_pipelines.cold_start.build import StageRunner, attach_backends
+    from data_pipelines.cold_start.config import StageConfig
+    from mmrl.generation import Completion, Prompt
+
+    policy = tmp_path / "thinking-reasoner"
+    shutil.copytree(tiny_model_dir, policy)
+    (policy / "chat_template.jinja").write_text(THINKING)
+    runner = StageRunner("reason", StageConfig(model=str(policy), attempts=1), "{question}")
+    attach_backends({"reason": runner})
+    reply = Completion(token_ids=[1, 2], text="r</think>\n<answer>4</answer>", finish_reason="stop")
+    runner.backend = type("Stub", (), {"generate": lambda self, prompts, params: [[reply]]})()
+    result = runner.run(Prompt.from_question("2+2?"))
+    assert result["ok"] and result["text"] == "<think>\nr</think>\n<answer>4</answer>"
+
+
+def test_the_rejection_builder_checks_grounding_answers_in_the_policy_frame(tmp_path):
+    """A Qwen3-VL policy's correct 0..1000 box is a correct answer (read as pixels it was not, and every grounding
+    item was rejected)."""
+    import argparse
+
+    from data_pipelines.rejection import _correct, _model_frame
+    from mmrl.data.sample import Sample
+
+    folder = ROOT / "tests" / "fixtures" / "real_models" / "qwen3_vl_instruct" / "Qwen3-VL-4B-Instruct"
+    sample = Sample(id="g", prompt="Where?", answer=[100, 100, 300, 200], task="grounding", image_size=(1000, 500),
+                    input_size=(504, 252))
+    frame = _model_frame([sample], argparse.Namespace(model=str(folder), pred_frame="auto"))
+    assert frame == "norm1000"
+    assert _correct("<think>r</think><answer>[100, 200, 300, 400]</answer>", "stop", sample, frame) is True
+    assert _model_frame([sample], argparse.Namespace(model=str(folder), pred_frame="input_pixel")) == "input_pixel"

@@ -396,3 +396,25 @@ def test_an_endpoint_reply_of_a_thinking_model_is_read_as_its_whole_turn():
         "<think>\nrs\n</think>\n\n<answer>4</answer>"
     with RewardComposite([{"name": "format"}], workers=0) as rc:
         assert rc.score(texts[:2], {"answer": ["4"] * 2}).components["format"] == [1.0, 1.0]
+
+
+def test_evaluate_reads_generations_in_the_model_frame(monkeypatch, tmp_path):
+    """evaluate() itself (not only score_generations) hands the model's frame to the scoring: a Qwen3-VL's correct
+    0..1000 box and click are right, and the report names the frame."""
+    import mmrl.eval.evaluate as evaluate_module
+    from mmrl.config.data import DataConfig
+    from mmrl.config.workflow import EvalConfig
+    from mmrl.generation import Completion
+
+    box, click = IN_FRAME["norm1000"], [200, 300]
+    answers = {"g": f"<answer>{box}</answer>", "u": f"<answer>[{{'action': 'click', 'coordinate': {click}}}]</answer>"}
+    monkeypatch.setattr(evaluate_module, "generate_completions", lambda m, p, items, *a, **k: [
+        [Completion(token_ids=[1], text=answers[s.id], finish_reason="stop")] for s in items])
+    items = [Sample(id="g", prompt="p", answer=GOLD, task="grounding", image_size=IMAGE, input_size=INPUT),
+             Sample(id="u", prompt="p", answer={"action_type": "click", "bbox": GOLD}, task="gui", image_size=IMAGE,
+                    input_size=INPUT)]
+    report = evaluate_module.evaluate(None, None, items, EvalConfig(), DataConfig(), tmp_path, progress=False,
+                                      interface=resolve_interface(_config("qwen3_vl")))
+    records = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
+    assert [r["scores"] for r in records] == [[1.0], [1.0]]
+    assert "norm1000" in json.dumps(report)
