@@ -90,6 +90,10 @@ def test_data_chat_template_kwargs_reach_the_prompt_and_the_interface(thinking):
             prompt = processor.tokenizer.decode(encode_one(processor, Sample(id="q", prompt="2+2?", answer="4"),
                                                            data_cfg)["input_ids"][0])
             assert prompt.endswith("<|im_start|>assistant\n" + prefix)
+            from mmrl.generation.vllm_backend import _prompt_inputs  # vLLM's prompt (CPU side, no engine)
+
+            assert _prompt_inputs(Sample(id="q", prompt="2+2?", answer="4"), processor, data_cfg)["prompt"].endswith(
+                "<|im_start|>assistant\n" + prefix)
     finally:
         processor.chat_template = THINKING
 
@@ -285,3 +289,23 @@ def test_the_rejection_builder_checks_grounding_answers_in_the_policy_frame(tmp_
     assert frame == "norm1000"
     assert _correct("<think>r</think><answer>[100, 200, 300, 400]</answer>", "stop", sample, frame) is True
     assert _model_frame([sample], argparse.Namespace(model=str(folder), pred_frame="input_pixel")) == "input_pixel"
+
+
+def test_rollout_rewards_read_boxes_in_the_model_frame(thinking, red_image, tmp_path):
+    """The GRPO reward columns carry the model's frame (the box rewards' default): a Qwen3-VL policy's 0..1000 boxes
+    are read on that grid during training, not only in eval."""
+    import dataclasses
+
+    model, processor = thinking
+    cfg = load_config(None, ["rollout.group_size=2", "rollout.max_completion_length=2", "data.min_pixels=3136",
+                             "data.max_pixels=3136"])
+    stage = StageSchedule(cfg.stages, cfg).stage_at(0)
+    reward = tmp_path / "frame_reward.py"
+    reward.write_text("def frame(completions, model_frame=None, **_):\n"
+                      "    return [1.0 if f == 'norm1000' else 0.0 for f in model_frame]\n")
+    sample = Sample(id="s", prompt="<image>Where?", answer=[1, 1, 4, 4], task="grounding", images=[str(red_image)])
+    interface = dataclasses.replace(interface_of(model, processor), pred_frame="norm1000")
+    with RewardComposite([{"name": f"{reward}:frame"}], workers=0) as composite:
+        (group,), _ = rollout_groups(cfg, stage, [sample], processor, make_backend(model, processor, data_cfg=cfg.data),
+                                     composite, torch.Generator().manual_seed(0), cfg.data, interface=interface)
+    assert list(group.components[f"{reward}:frame"]) == [1.0, 1.0]
