@@ -23,7 +23,7 @@ from mmrl.data.prompt_order import PromptSampler
 from mmrl.engine.distributed import all_gather_objects
 from mmrl.engine.optim import build_scheduler
 from mmrl.engine.run import TrainingRun, prepare_run, start_run
-from mmrl.engine.run_dir import release_run_dir
+from mmrl.engine.run_dir import discard_fresh_run, release_run_dir, used_run_files
 from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
 from mmrl.generation.hf import check_backend, make_backend
@@ -58,6 +58,7 @@ class GRPOTrainer:
                             "cannot trace the checkpointed decoder layers, which would run eager); set one of them "
                             "to false")
         prepare_run(cfg)  # the run directory is checked and locked before anything reads data or writes there
+        fresh = not used_run_files(Path(cfg.trainer.output_dir))  # nothing of an earlier run is there
         self.schedule = StageSchedule(cfg.stages, cfg)
         self._datasets: dict[str, list] = {}
         self.run_dir = Path(cfg.trainer.output_dir)
@@ -74,6 +75,8 @@ class GRPOTrainer:
             self.interface = self._interface()
         except BaseException:
             self.run.close()
+            if fresh:  # refused before a step (a model with no frame): rerunning with model.pred_frame must just work
+                discard_fresh_run(self.run_dir)
             raise
         # The LR schedule reads the run length at every step: an until_metric that ends a stage early shortens it.
         self.run.scheduler = build_scheduler(self.run.optimizer, cfg.optimizer, lambda: self.schedule.total_steps)

@@ -202,9 +202,10 @@ def test_grpo_refuses_a_coordinate_reward_on_a_model_with_no_frame_then_records_
     message = str(err.value)
     assert "reward 'iou'" in message and "model.pred_frame" in message and "gemma3" in message
     assert "\n" not in message
-    trainer = GRPOTrainer(_trainer_cfg(data, tmp_path / "given", "model.pred_frame=norm1000"))
+    # What the line asks for, in the same directory: the refused run left nothing there that blocks it
+    trainer = GRPOTrainer(_trainer_cfg(data, tmp_path / "refused", "model.pred_frame=norm1000"))
     try:
-        recorded = json.loads((tmp_path / "given" / "model_interface.json").read_text())
+        recorded = json.loads((tmp_path / "refused" / "model_interface.json").read_text())
         assert (recorded["pred_frame"], recorded["frame_source"]) == ("norm1000", "model.pred_frame")
         assert recorded["model_type"] == "gemma3" and recorded["turn_prefix"] == ""
     finally:
