@@ -273,9 +273,12 @@ def sft_continuation(response: str, turn_prefix: str, sample_id: str) -> str:
     pattern = r"\s*" + r"\s*".join(re.escape(part) for part in turn_prefix.split()) + r"\s*"
     match = re.match(pattern, response)
     if match is None:
+        example = ("<think></think><answer>…</answer>: the template closed the reasoning block, so there is no "
+                   "reasoning to train; drop data.chat_template_kwargs' enable_thinking=false to train it"
+                   if THINK_CLOSE in turn_prefix else "<think>…</think><answer>…</answer>")
         raise DataError(f"sample {sample_id}: the chat template's generation prompt already writes {turn_prefix!r}, so "
-                        "the response must be the model's whole turn starting with it (e.g. <think>…</think><answer>…"
-                        f"</answer>); it starts with {response[:24]!r}")
+                        f"the response must be the model's whole turn starting with it (e.g. {example}); it starts "
+                        f"with {response[:24]!r}")
     rest = response[match.end():]
     if THINK_OPEN in rest:
         raise DataError(f"sample {sample_id}: the response opens {THINK_OPEN} twice; a turn has one reasoning block")

@@ -418,3 +418,14 @@ def test_evaluate_reads_generations_in_the_model_frame(monkeypatch, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
     assert [r["scores"] for r in records] == [[1.0], [1.0]]
     assert "norm1000" in json.dumps(report)
+
+
+def test_an_sft_response_with_reasoning_under_a_closed_block_says_what_to_do():
+    from mmrl.errors import DataError
+    from mmrl.models.interface import sft_continuation
+
+    assert sft_continuation("<think>\n</think>\n<answer>4</answer>", "<think>\n\n</think>\n\n", "s") == \
+        "<answer>4</answer>"
+    with pytest.raises(DataError, match="enable_thinking") as err:
+        sft_continuation("<think>r</think><answer>4</answer>", "<think>\n\n</think>\n\n", "s")
+    assert "\n" not in str(err.value).replace("\\n", "")
