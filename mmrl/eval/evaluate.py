@@ -28,7 +28,7 @@ from mmrl.eval.generate import generate_completions
 from mmrl.eval.report import build_report, report_markdown
 from mmrl.eval.scoring import ItemScore, score_generations
 from mmrl.generation import Completion
-from mmrl.models.interface import COORDINATE_REWARDS, COORDINATE_TASKS, ModelInterface, interface_of
+from mmrl.models.interface import ModelInterface, eval_coordinate_tasks, interface_of
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -95,8 +95,7 @@ def evaluate(
         raise DataError("eval.k > 1 needs sampling: set eval.greedy=false")
     interface = interface or interface_of(model, processor, template_kwargs=getattr(data_cfg, "chat_template_kwargs",
                                                                                    None))
-    routed = {task for task, reward in (eval_cfg.reward_for_task or {}).items() if reward in COORDINATE_REWARDS}
-    coordinate_tasks = sorted({s.task for s in items} & (set(COORDINATE_TASKS) | routed))
+    coordinate_tasks = eval_coordinate_tasks({s.task for s in items}, eval_cfg.reward_for_task)
     if coordinate_tasks and interface.pred_frame is None:
         interface.require_frame(f"eval on {'/'.join(coordinate_tasks)} items")
     bar = _progress_bar(len(items), progress)

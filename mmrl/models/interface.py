@@ -260,6 +260,13 @@ def reads_coordinates(reward_specs: Any, tasks: Any) -> str | None:
     return None
 
 
+def eval_coordinate_tasks(tasks: Any, reward_for_task: dict[str, str] | None = None) -> list[str]:
+    """The tasks among `tasks` whose eval scoring reads predicted boxes/points: grounding/GUI/detection, and any task
+    that `eval.reward_for_task` routes to a coordinate reward."""
+    routed = {task for task, reward in (reward_for_task or {}).items() if reward in COORDINATE_REWARDS}
+    return sorted(set(tasks) & (set(COORDINATE_TASKS) | routed))
+
+
 def sft_continuation(response: str, turn_prefix: str, sample_id: str) -> str:
     """What the model must generate after a prompt that ends with `turn_prefix`, for a record whose `response` is the
     whole turn (`<think>…</think><answer>…</answer>`): the response without the part the prompt already wrote (its
@@ -287,6 +294,7 @@ def sft_continuation(response: str, turn_prefix: str, sample_id: str) -> str:
 
 __all__ = [
     "COORDINATE_REWARDS", "FRAMES", "FRAME_BY_MODEL_TYPE", "ModelInterface", "THINK_CLOSE", "THINK_OPEN",
+    "eval_coordinate_tasks",
     "frame_of_config", "interface_of", "interface_of_backend", "interface_of_dir", "reads_coordinates",
     "reply_turn", "resolve_interface", "sft_continuation", "turn_prefix_of",
 ]  # fmt: skip

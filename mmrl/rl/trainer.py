@@ -27,7 +27,7 @@ from mmrl.engine.run_dir import discard_fresh_run, release_run_dir, used_run_fil
 from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
 from mmrl.generation.hf import check_backend, make_backend
-from mmrl.models.interface import ModelInterface, interface_of, reads_coordinates
+from mmrl.models.interface import ModelInterface, eval_coordinate_tasks, interface_of, reads_coordinates
 from mmrl.rewards.composite import RewardComposite
 from mmrl.rl.experience import Group, RolloutBackend, collect_step
 from mmrl.rl.reference import ReferencePolicy, make_reference
@@ -115,6 +115,11 @@ class GRPOTrainer:
                 reader = reads_coordinates(stage.rewards, tasks)
                 if reader is not None:
                     interface.require_frame(reader)
+            if self.cfg.data.eval and self.cfg.trainer.eval_steps:  # else the run stops at its first eval
+                tasks = eval_coordinate_tasks({s.task for s in self._load(tuple(self.cfg.data.eval))},
+                                              self.cfg.eval.reward_for_task)
+                if tasks:
+                    interface.require_frame(f"eval (data.eval) on {'/'.join(tasks)} items")
         if self.run.dist.is_main:
             interface.save(self.run.run_dir)
         if interface.think != "none" or interface.pred_frame not in (None, "input_pixel"):

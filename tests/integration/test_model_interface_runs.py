@@ -202,6 +202,12 @@ def test_grpo_refuses_a_coordinate_reward_on_a_model_with_no_frame_then_records_
     message = str(err.value)
     assert "reward 'iou'" in message and "model.pred_frame" in message and "gemma3" in message
     assert "\n" not in message
+    # Trained on text with a text reward, but evaluated on grounding items: refused now, not at the first eval step
+    text = tmp_path / "text.jsonl"
+    text.write_text(json.dumps({"id": "t", "prompt": "2+2?", "answer": "4", "task": "math"}) + "\n")
+    with pytest.raises(UserError, match=r"eval \(data.eval\) on grounding items.*model.pred_frame"):
+        GRPOTrainer(_trainer_cfg(text, tmp_path / "refused", "rewards=[{name: format}]", f"data.eval={data}",
+                                 "trainer.eval_steps=1"))
     # What the line asks for, in the same directory: the refused run left nothing there that blocks it
     trainer = GRPOTrainer(_trainer_cfg(data, tmp_path / "refused", "model.pred_frame=norm1000"))
     try:
