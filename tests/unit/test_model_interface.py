@@ -429,3 +429,27 @@ def test_an_sft_response_with_reasoning_under_a_closed_block_says_what_to_do():
     with pytest.raises(DataError, match="enable_thinking") as err:
         sft_continuation("<think>r</think><answer>4</answer>", "<think>\n\n</think>\n\n", "s")
     assert "\n" not in str(err.value).replace("\\n", "")
+
+
+def test_eval_of_a_run_checkpoint_reads_boxes_in_the_frame_the_run_was_given(tmp_path, capsys):
+    """A Qwen3-VL run trained with model.pred_frame=input_pixel (its prompts asked for pixels): `mmrl eval --model
+    RUN/checkpoints/step-N` read its boxes on the 0..1000 grid of the family default, silently."""
+    import argparse
+
+    from mmrl.commands.evaluate import build_eval_config
+
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-2"
+    checkpoint.mkdir(parents=True)
+    (tmp_path / "run" / "model_interface.json").write_text(json.dumps(
+        {"model_type": "qwen3_vl", "pred_frame": "input_pixel", "frame_source": "model.pred_frame"}))
+
+    def config(*overrides):
+        args = argparse.Namespace(config=None, overrides=list(overrides), model=str(checkpoint), k=None, limit=None,
+                                  data=["eval.jsonl"], out=None)
+        return build_eval_config(args)[0]
+
+    assert config().model.pred_frame == "input_pixel" and "model.pred_frame=input_pixel" in capsys.readouterr().err
+    assert config("model.pred_frame=auto").model.pred_frame == "auto"  # the user's word wins
+    (tmp_path / "run" / "model_interface.json").write_text(json.dumps(
+        {"model_type": "qwen3_vl", "pred_frame": "norm1000", "frame_source": "model_type 'qwen3_vl'"}))
+    assert config().model.pred_frame == "auto"  # the family default: decided from the checkpoint's files as always
