@@ -453,3 +453,14 @@ def test_eval_of_a_run_checkpoint_reads_boxes_in_the_frame_the_run_was_given(tmp
     (tmp_path / "run" / "model_interface.json").write_text(json.dumps(
         {"model_type": "qwen3_vl", "pred_frame": "norm1000", "frame_source": "model_type 'qwen3_vl'"}))
     assert config().model.pred_frame == "auto"  # the family default: decided from the checkpoint's files as always
+
+
+@pytest.mark.parametrize("frame", ["auto", "norm_1000", "Norm1000"])
+def test_a_reward_pred_frame_that_is_no_frame_is_refused_in_one_line(frame, capsys):
+    """It made every item of the reward None (an error per completion): a run that learned nothing from it."""
+    from mmrl.cli import main
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "tests" / "grpo_tiny.yaml"
+    assert main(["train", str(config), f"rewards=[{{name: iou, kwargs: {{pred_frame: {frame}}}}}]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "kwargs.pred_frame" in err and "norm1000" in err
