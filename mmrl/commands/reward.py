@@ -178,7 +178,9 @@ def run_score(args: argparse.Namespace) -> int:
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"--reward: {field}: {first['msg']} (got {first.get('input')!r:.60})") from err
+        where = f"{field}: " if field else ""  # a whole-spec check (e.g. a kwargs.pred_frame that is no frame)
+        message = first["msg"].removeprefix("Value error, ")
+        raise UserError(f"--reward: {where}{message} (got {first.get('input')!r:.60})") from err
     except (TypeError, ValueError) as err:
         raise UserError(f"--reward: {err}".splitlines()[0]) from err
     completions, columns, line_numbers = _read(args.input)

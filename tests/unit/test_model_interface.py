@@ -464,3 +464,7 @@ def test_a_reward_pred_frame_that_is_no_frame_is_refused_in_one_line(frame, caps
     assert main(["train", str(config), f"rewards=[{{name: iou, kwargs: {{pred_frame: {frame}}}}}]"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "kwargs.pred_frame" in err and "norm1000" in err
+    assert main(["reward", "score", "--reward", "iou", "--kwargs", json.dumps({"pred_frame": frame}), "--input",
+                 str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mmrl reward: error: --reward: reward 'iou': kwargs.pred_frame") and len(err.splitlines()) == 1
