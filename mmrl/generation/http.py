@@ -110,7 +110,8 @@ class OpenAIBackend:
             if params.logprobs and choice.logprobs is not None and choice.logprobs.content is not None:
                 logprobs = [float(t.logprob) for t in choice.logprobs.content]
             # The model's whole turn: a reasoning parser's separate reasoning, or the <think> the prompt opened
-            out.append(Completion(token_ids=[], text=reply_turn(choice.message.content or "", _reasoning(choice.message)),
+            text = reply_turn(choice.message.content or "", _reasoning(choice.message), choice.finish_reason == "length")
+            out.append(Completion(token_ids=[], text=text,
                                   finish_reason="length" if choice.finish_reason == "length" else "stop",
                                   logprobs=logprobs, extra=dict(extra)))
         return out

@@ -226,7 +226,7 @@ def interface_of_dir(path: str | Path, pred_frame: str | None = "auto",
     return resolve_interface(config, tokenizer, pred_frame, template_kwargs)
 
 
-def reply_turn(content: str, reasoning: str | None = None) -> str:
+def reply_turn(content: str, reasoning: str | None = None, truncated: bool = False) -> str:
     """The model's whole turn from an OpenAI-compatible server's reply (`mmrl serve` sends whole turns already).
 
     A server with a reasoning parser (vLLM's `--reasoning-parser`) returns the reasoning apart (`reasoning_content`
@@ -238,6 +238,8 @@ def reply_turn(content: str, reasoning: str | None = None) -> str:
     '<think>\\nr</think><answer>4</answer>'
     """
     if reasoning and reasoning.strip():
+        if truncated and not content.strip():  # cut off inside its reasoning: the block was never closed
+            return f"{THINK_OPEN}\n{reasoning.lstrip()}"
         return f"{THINK_OPEN}\n{reasoning.strip()}\n{THINK_CLOSE}\n\n{content.lstrip()}"
     if THINK_CLOSE in content and THINK_OPEN not in content.split(THINK_CLOSE, 1)[0]:
         return f"{THINK_OPEN}\n{content}"

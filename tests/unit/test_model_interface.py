@@ -396,6 +396,9 @@ def test_an_endpoint_reply_of_a_thinking_model_is_read_as_its_whole_turn():
         "<think>\nrs\n</think>\n\n<answer>4</answer>"
     with RewardComposite([{"name": "format"}], workers=0) as rc:
         assert rc.score(texts[:2], {"answer": ["4"] * 2}).components["format"] == [1.0, 1.0]
+    from mmrl.models.interface import reply_turn
+
+    assert reply_turn("", "cut off mid-", truncated=True) == "<think>\ncut off mid-"  # never closed for it
 
 
 def test_evaluate_reads_generations_in_the_model_frame(monkeypatch, tmp_path):
