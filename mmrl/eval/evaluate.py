@@ -94,7 +94,8 @@ def evaluate(
     if eval_cfg.greedy and eval_cfg.k > 1:
         raise DataError("eval.k > 1 needs sampling: set eval.greedy=false")
     interface = interface or interface_of(model, processor, template_kwargs=getattr(data_cfg, "chat_template_kwargs",
-                                                                                   None))
+                                                                                   None),
+                                          system_prompt=getattr(data_cfg, "system_prompt", None))
     coordinate_tasks = eval_coordinate_tasks({s.task for s in items}, eval_cfg.reward_for_task)
     if coordinate_tasks and interface.pred_frame is None:
         interface.require_frame(f"eval on {'/'.join(coordinate_tasks)} items")
@@ -173,6 +174,6 @@ def evaluate_config(cfg: Any, out_dir: Path, progress: bool = True, info: dict[s
     try:
         return evaluate(loaded.model, loaded.processor, samples, cfg.eval, cfg.data, out_dir, progress=progress,
                         info=info, interface=interface_of(loaded.model, loaded.processor, cfg.model.pred_frame,
-                                                         cfg.data.chat_template_kwargs))
+                                                         cfg.data.chat_template_kwargs, cfg.data.system_prompt))
     finally:
         del loaded

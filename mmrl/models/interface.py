@@ -123,15 +123,20 @@ def _render(template_owner: Any, messages: list[dict[str, Any]], generation: boo
     return template_owner.apply_chat_template(messages, add_generation_prompt=generation, tokenize=False, **kwargs)
 
 
-def _probe_renders(template_owner: Any, kwargs: dict[str, Any]) -> tuple[str, str] | None:
+def _probe_renders(template_owner: Any, kwargs: dict[str, Any], system_prompt: str | None = None
+                   ) -> tuple[str, str] | None:
     """(prompt with, without the generation prompt) for a one-turn probe; list content first (VLM templates), then
     plain text (text-only templates that call string methods on the content); then the same after a system message
-    (templates that refuse a conversation without one)."""
-    for system, content in ((False, [{"type": "text", "text": _PROBE}]), (False, _PROBE),
-                            (True, [{"type": "text", "text": _PROBE}]), (True, _PROBE)):
+    (templates that refuse a conversation without one). With the run's `system_prompt`, the probe carries it first:
+    a template may open the reasoning block only under some system prompts ("detailed thinking on")."""
+    shapes = ((False, [{"type": "text", "text": _PROBE}]), (False, _PROBE), (True, [{"type": "text", "text": _PROBE}]),
+              (True, _PROBE))
+    for system, content in shapes[2:] + shapes[:2] if system_prompt else shapes:
         messages = [{"role": "user", "content": content}]
         if system:
-            messages.insert(0, {"role": "system", "content": content})
+            text = system_prompt or _PROBE
+            messages.insert(0, {"role": "system", "content": text if isinstance(content, str) else
+                                [{"type": "text", "text": text}]})
         try:
             return _render(template_owner, messages, True, kwargs), _render(template_owner, messages, False, kwargs)
         except Exception:  # noqa: BLE001 - a template that rejects this content shape: try the other one
@@ -155,7 +160,8 @@ def _warn_other_block(template_owner: Any, opened: str) -> None:
                 found.group(0).strip())
 
 
-def turn_prefix_of(template_owner: Any, template_kwargs: dict[str, Any] | None = None) -> tuple[str, str]:
+def turn_prefix_of(template_owner: Any, template_kwargs: dict[str, Any] | None = None,
+                   system_prompt: str | None = None) -> tuple[str, str]:
     """(turn_prefix, think) of a processor's or tokenizer's chat template (see the module docstring).
 
     Decided by rendering the real template: the generation prompt's text from its last `<think>` on, when it has one.
@@ -163,7 +169,7 @@ def turn_prefix_of(template_owner: Any, template_kwargs: dict[str, Any] | None =
     with one warning: mmrl then scores completions as they are, as it always did."""
     if getattr(template_owner, "chat_template", None) is None and not hasattr(template_owner, "tokenizer"):
         return "", "none"
-    renders = _probe_renders(template_owner, dict(template_kwargs or {}))
+    renders = _probe_renders(template_owner, dict(template_kwargs or {}), system_prompt)
     if renders is None:
         log.warning("the chat template could not be rendered for a probe turn; completions are scored as they are")
         return "", "none"
@@ -182,7 +188,8 @@ def turn_prefix_of(template_owner: Any, template_kwargs: dict[str, Any] | None =
 
 
 def resolve_interface(config: Any, template_owner: Any = None, pred_frame: str | None = "auto",
-                      template_kwargs: dict[str, Any] | None = None) -> ModelInterface:
+                      template_kwargs: dict[str, Any] | None = None, system_prompt: str | None = None
+                      ) -> ModelInterface:
     """The interface of a model: `config` (its config dict or object), `template_owner` (its processor or tokenizer;
     None: no template known, no prefix) and the user's `pred_frame` ('auto'/None: the model type's default)."""
     frame, source = frame_of_config(config)
@@ -191,16 +198,18 @@ def resolve_interface(config: Any, template_owner: Any = None, pred_frame: str |
             raise UserError(f"model.pred_frame: '{pred_frame}' is not a frame; use auto or one of {', '.join(FRAMES)}")
         frame, source = pred_frame, "model.pred_frame"
     get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
-    prefix, think = turn_prefix_of(template_owner, template_kwargs) if template_owner is not None else ("", "none")
+    prefix, think = (turn_prefix_of(template_owner, template_kwargs, system_prompt) if template_owner is not None
+                     else ("", "none"))
     return ModelInterface(get("model_type"), frame, source, prefix, think)
 
 
 def interface_of(model: Any, processor: Any, pred_frame: str | None = "auto",
-                 template_kwargs: dict[str, Any] | None = None) -> ModelInterface:
+                 template_kwargs: dict[str, Any] | None = None, system_prompt: str | None = None) -> ModelInterface:
     """The interface of a loaded model (a peft wrapper or a DDP module is looked through for its config);
     `template_kwargs`: the run's `data.chat_template_kwargs`, as its prompts are rendered with them."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else getattr(model, "module", model)
-    return resolve_interface(getattr(inner, "config", {}) or {}, processor, pred_frame, template_kwargs)
+    return resolve_interface(getattr(inner, "config", {}) or {}, processor, pred_frame, template_kwargs,
+                             system_prompt)
 
 
 def interface_of_backend(backend: Any, pred_frame: str | None = "auto") -> ModelInterface:
@@ -210,8 +219,11 @@ def interface_of_backend(backend: Any, pred_frame: str | None = "auto") -> Model
     model, processor = getattr(backend, "model", None), getattr(backend, "processor", None)
     if model is None or processor is None:
         return resolve_interface({}, None, pred_frame)
-    template_kwargs = getattr(getattr(backend, "data_cfg", None), "chat_template_kwargs", None)
-    return interface_of(model, processor, pred_frame, template_kwargs if isinstance(template_kwargs, dict) else None)
+    data_cfg = getattr(backend, "data_cfg", None)
+    template_kwargs = getattr(data_cfg, "chat_template_kwargs", None)
+    system = getattr(data_cfg, "system_prompt", None)
+    return interface_of(model, processor, pred_frame, template_kwargs if isinstance(template_kwargs, dict) else None,
+                        system if isinstance(system, str) else None)
 
 
 def interface_of_dir(path: str | Path, pred_frame: str | None = "auto",

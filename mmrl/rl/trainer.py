@@ -107,7 +107,7 @@ class GRPOTrainer:
         """The model's frame and turn prefix (`mmrl.models.interface`), recorded in the run directory; a run that
         would read boxes or points in a frame nobody knows stops here, naming the reward."""
         interface = interface_of(self.run.model, self.run.processor, self.cfg.model.pred_frame,
-                                 self.cfg.data.chat_template_kwargs)
+                                 self.cfg.data.chat_template_kwargs, self.cfg.data.system_prompt)
         if interface.pred_frame is None:
             for start, _name in self.schedule.boundaries():
                 stage = self.schedule.stage_at(start)

@@ -316,3 +316,23 @@ def test_rollout_rewards_read_boxes_in_the_model_frame(thinking, red_image, tmp_
         (group,), _ = rollout_groups(cfg, stage, [sample], processor, make_backend(model, processor, data_cfg=cfg.data),
                                      composite, torch.Generator().manual_seed(0), cfg.data, interface=interface)
     assert list(group.components[f"{reward}:frame"]) == [1.0, 1.0]
+
+
+def test_data_system_prompt_reaches_the_interface_probe(thinking):
+    """A template that opens <think> only under a system prompt asking for it: the backend's interface (serve, the
+    builders) reads the prefix the run's prompts really end with."""
+    from mmrl.models.interface import interface_of_backend
+
+    model, processor = thinking
+    processor.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content if m.content is string else "
+        "m.content[-1].text }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+        "{% if messages[0].role == 'system' %}<think>\n{% endif %}{% endif %}")
+    try:
+        data_cfg = load_config(None, ["data.system_prompt=think first"]).data
+        assert interface_of_backend(make_backend(model, processor, data_cfg=data_cfg)).turn_prefix == "<think>\n"
+        prompt = processor.tokenizer.decode(encode_one(processor, Sample(id="q", prompt="2+2?", answer="4"),
+                                                       data_cfg)["input_ids"][0])
+        assert prompt.endswith("<|im_start|>assistant\n<think>\n")
+    finally:
+        processor.chat_template = THINKING

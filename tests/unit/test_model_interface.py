@@ -471,3 +471,16 @@ def test_a_reward_pred_frame_that_is_no_frame_is_refused_in_one_line(frame, caps
                  str(config)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mmrl reward: error: --reward: reward 'iou': kwargs.pred_frame") and len(err.splitlines()) == 1
+
+
+def test_a_template_that_opens_think_under_the_run_system_prompt_is_probed_with_it(tokenizer):
+    """Some templates open the reasoning block only when the system prompt asks for it ("detailed thinking on"): the
+    probe carries the run's data.system_prompt, so what it reads is what the run's prompts end with."""
+    template = (_BASE + "{% if add_generation_prompt %}<|im_start|>assistant\n{% if messages[0].role == 'system' and "
+                "'thinking on' in (messages[0].content if messages[0].content is string else "
+                "messages[0].content[0].text) %}<think>\n{% endif %}{% endif %}")
+    owner = _with_template(tokenizer, template)
+    assert turn_prefix_of(owner) == ("", "none")
+    assert turn_prefix_of(owner, system_prompt="detailed thinking on") == ("<think>\n", "open")
+    interface = resolve_interface(_config("qwen3_vl"), owner, system_prompt="detailed thinking on")
+    assert interface.turn_prefix == "<think>\n"
