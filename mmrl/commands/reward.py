@@ -131,13 +131,12 @@ def _run_interface(path: Path) -> tuple[Path, dict] | None:
     return None
 
 
-def _fill_model_frame(args: argparse.Namespace, specs: list, columns: dict[str, list]) -> None:
+def _fill_model_frame(args: argparse.Namespace, specs: list, columns: dict[str, list], n: int) -> None:
     """The `model_frame` column box/point rewards read predictions in: `--pred-frame` for every line, else each
     line's own, else the run's recorded frame (`model_interface.json` beside the samples). Where none is known and a
     reward reads coordinates, one line says which rule reads them (the old one), never silently."""
     from mmrl.models.interface import reads_coordinates
 
-    n = len(next(iter(columns.values()), []))
     given = columns.get("model_frame") or [None] * n
     if args.pred_frame:
         columns["model_frame"] = [args.pred_frame] * n
@@ -184,7 +183,7 @@ def run_score(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as err:
         raise UserError(f"--reward: {err}".splitlines()[0]) from err
     completions, columns, line_numbers = _read(args.input)
-    _fill_model_frame(args, specs, columns)
+    _fill_model_frame(args, specs, columns, len(completions))
     with RewardComposite(specs, timeout_s=args.timeout, workers=args.workers) as composite:
         result = composite.score(completions, columns)
     ids = columns.get("id")

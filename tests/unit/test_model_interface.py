@@ -303,6 +303,8 @@ def test_reward_score_on_a_qwen3_vl_run_samples_reads_boxes_in_the_run_frame(tmp
     scores, err = _score_samples(tmp_path / "bare", old_rows, capsys)
     assert scores[0] < 0.5 and len(err.strip().splitlines()) == 2 and "--pred-frame" in err  # said, + the summary
     assert _score_samples(tmp_path / "flag", old_rows, capsys, "--pred-frame", "norm1000")[0] == [pytest.approx(1.0)]
+    bare_lines = [{"completion": r["completion"]} for r in rows]  # no other column: --pred-frame still fills one
+    assert _score_samples(tmp_path / "only", bare_lines, capsys, "--pred-frame", "norm1000")[0] == [None]
 
 
 @pytest.mark.parametrize("kwargs", ["{add_generation_prompt: false}", "{tokenize: true, enable_thinking: false}"])
