@@ -102,12 +102,35 @@ def build_eval_config(args: argparse.Namespace):
     if args.limit is not None:
         flags.append(f"eval.limit={args.limit}")
     cfg = load_config(config, [*flags, *overrides])
+    if not any(o.startswith("model.pred_frame=") for o in overrides):
+        _frame_of_run(cfg)
     if args.data:
         cfg.data.eval = [{"path": d} for d in args.data]
     if not cfg.data.eval:
         where = f"{config}: data.eval is empty" if config else "no evaluation data"
         raise UserError(f"{where}; pass --data DATASET (a JSONL/JSON/parquet file or directory)")
     return cfg, config
+
+
+def _frame_of_run(cfg) -> None:
+    """A run's checkpoint answers boxes in the frame the run was told (`model.pred_frame` in its training config, as
+    its model_interface.json records): eval reads them so, and says so in one line (override: model.pred_frame=...)."""
+    import json
+    import sys
+
+    run_dir = _run_of_checkpoint(cfg.model.name_or_path)
+    recorded = run_dir / "model_interface.json" if run_dir is not None else None
+    if cfg.model.pred_frame != "auto" or recorded is None or not recorded.is_file():
+        return
+    try:
+        interface = json.loads(recorded.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(interface, dict) and interface.get("frame_source") == "model.pred_frame" and interface.get(
+            "pred_frame") in ("pixel", "input_pixel", "norm1000", "norm1"):
+        cfg.model.pred_frame = interface["pred_frame"]
+        print(f"model.pred_frame={cfg.model.pred_frame}: as the run {run_dir} was trained with (its "
+              "model_interface.json); give model.pred_frame=... to read boxes otherwise", file=sys.stderr)
 
 
 def default_out_dir(cfg, config: str | None, args: argparse.Namespace) -> Path:

@@ -43,6 +43,9 @@ def register(subparsers, name: str) -> None:
     score.add_argument("--kwargs", default=None, help="JSON kwargs for a single --reward")
     score.add_argument("--timeout", type=float, default=None, help="seconds per completion (default: the spec's, 5)")
     score.add_argument("--workers", type=int, default=None, help="reward worker processes (0: in-process)")
+    score.add_argument("--pred-frame", default=None, choices=("pixel", "input_pixel", "norm1000", "norm1"),
+                       help="frame the model answered boxes/points in, for every line (default: a line's model_frame, "
+                            "else the run's model_interface.json next to --input; a reward's pred_frame kwarg wins)")
     score.set_defaults(func=run_score)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
@@ -115,6 +118,47 @@ def _read(path: Path) -> tuple[list[str], dict[str, list], list[int]]:
     return [r["completion"] for r in records], columns, line_numbers
 
 
+def _run_interface(path: Path) -> tuple[Path, dict] | None:
+    """The `model_interface.json` of the run a samples file belongs to (`RUN/samples/step-N.jsonl`), if any."""
+    for folder in (path.parent, path.parent.parent):
+        found = folder / "model_interface.json"
+        if found.is_file():
+            try:
+                record = json.loads(found.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(record, dict):
+                return found, record
+    return None
+
+
+def _fill_model_frame(args: argparse.Namespace, specs: list, columns: dict[str, list], n: int) -> None:
+    """The `model_frame` column box/point rewards read predictions in: `--pred-frame` for every line, else each
+    line's own, else the run's recorded frame (`model_interface.json` beside the samples). Where none is known and a
+    reward reads coordinates, one line says which rule reads them (the old one), never silently."""
+    from mmrl.models.interface import reads_coordinates
+
+    given = columns.get("model_frame") or [None] * n
+    if args.pred_frame:
+        columns["model_frame"] = [args.pred_frame] * n
+        return
+    if all(v for v in given):
+        return
+    recorded = _run_interface(args.input)
+    frame = recorded[1].get("pred_frame") if recorded else None
+    if frame:
+        columns["model_frame"] = [v or frame for v in given]
+        print(f"boxes/points of lines without model_frame read in {frame} (pred_frame of {recorded[0]})",
+              file=sys.stderr)
+        return
+    reader = reads_coordinates(specs, [t for t in columns.get("task", []) if t])
+    if reader is not None and not any(given):
+        print(f"{reader} reads boxes/points, but the lines carry no model_frame and no model_interface.json is next "
+              "to --input: read as input pixels where input_size differs from image_size, else in the gold's "
+              "box_frame; give --pred-frame (norm1000 for Qwen2-VL/Qwen3-VL, input_pixel for Qwen2.5-VL)",
+              file=sys.stderr)
+
+
 def _tuple_sizes(key: str, value):
     return tuple(value) if key in ("image_size", "input_size") and isinstance(value, list) else value
 
@@ -134,10 +178,13 @@ def run_score(args: argparse.Namespace) -> int:
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"--reward: {field}: {first['msg']} (got {first.get('input')!r:.60})") from err
+        where = f"{field}: " if field else ""  # a whole-spec check (e.g. a kwargs.pred_frame that is no frame)
+        message = first["msg"].removeprefix("Value error, ")
+        raise UserError(f"--reward: {where}{message} (got {first.get('input')!r:.60})") from err
     except (TypeError, ValueError) as err:
         raise UserError(f"--reward: {err}".splitlines()[0]) from err
     completions, columns, line_numbers = _read(args.input)
+    _fill_model_frame(args, specs, columns, len(completions))
     with RewardComposite(specs, timeout_s=args.timeout, workers=args.workers) as composite:
         result = composite.score(completions, columns)
     _refuse_broken(result, len(completions), line_numbers)

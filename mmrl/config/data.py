@@ -25,6 +25,13 @@ class DatasetSpec(Section):
     image_root: str | None = Field(None, description="Directory image paths are relative to (default: the file's).")
 
 
+# apply_chat_template's arguments that mmrl passes itself (data.chat_template_kwargs holds template variables only).
+RENDER_ARGUMENTS = frozenset({
+    "conversation", "messages", "add_generation_prompt", "continue_final_message", "tokenize", "return_dict",
+    "return_tensors", "return_assistant_tokens_mask", "padding", "truncation", "max_length",
+})
+
+
 def _as_specs(value: Any) -> Any:
     if value is None:
         return []
@@ -56,3 +63,14 @@ class DataConfig(Section):
     shuffle: bool = Field(True, description="Shuffle the training order each epoch (seeded by trainer.seed).")
 
     _as_list = field_validator("train", "eval", mode="before")(classmethod(lambda cls, v: _as_specs(v)))
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_variables_only(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # These are apply_chat_template's own arguments, which mmrl sets: given here, every prompt render would fail
+        # (or return token ids instead of the prompt's text).
+        taken = sorted(set(value) & RENDER_ARGUMENTS)
+        if taken:
+            raise ValueError(f"{', '.join(taken)} {'is' if len(taken) == 1 else 'are'} set by mmrl, not a template "
+                             "variable; give only the template's own variables (e.g. enable_thinking)")
+        return value

@@ -120,7 +120,10 @@ def _tail_after_opened_turn(processor, sample: Sample, full_messages: list[dict[
     writes at inference, the opened tag once."""
     from mmrl.models.interface import sft_continuation, turn_prefix_of
 
-    prefix, _think = turn_prefix_of(processor, template_kwargs)
+    system = full_messages[0] if full_messages and full_messages[0].get("role") == "system" else None
+    content = system["content"] if system else None
+    text = content if isinstance(content, str) else (content[0].get("text") if content else None)
+    prefix, _think = turn_prefix_of(processor, template_kwargs, text)
     if not prefix or not prompt_text.endswith(prefix):
         raise DataError(f"sample {sample.id}: the chat template renders the prompt differently with a response; "
                         "cannot locate the assistant tokens")

@@ -21,7 +21,7 @@ from mmrl.errors import UserError
 LOCK_FILE = ".mmrl.lock"
 # What a run writes; their presence means the directory holds an earlier run.
 RUN_MARKERS = ("metrics.jsonl", "checkpoints", "config.yaml")
-RUN_FILES = (*RUN_MARKERS, "samples", "tb", "eval", "bad_images.jsonl", "plots")
+RUN_FILES = (*RUN_MARKERS, "samples", "tb", "eval", "bad_images.jsonl", "plots", "model_interface.json")
 
 
 def check_output_dir(path: str | os.PathLike, field: str) -> Path:
@@ -159,6 +159,19 @@ def claim_run_dir(run_dir: str | os.PathLike, resume: str | None, overwrite: boo
         raise
     _HELD[key] = lock
     return run_dir
+
+
+def discard_fresh_run(run_dir: str | os.PathLike) -> None:
+    """Remove what a run that started in an unused directory wrote before it was refused (config.yaml, an empty
+    metrics.jsonl, tb/), so the command the refusal asks for can be run as it is; then release the directory."""
+    if is_main_launch_process():
+        for name in RUN_FILES:
+            target = Path(run_dir) / name
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            elif target.exists():
+                target.unlink()
+    release_run_dir(run_dir)
 
 
 def release_run_dir(run_dir: str | os.PathLike) -> None:

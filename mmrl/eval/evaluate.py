@@ -28,7 +28,7 @@ from mmrl.eval.generate import generate_completions
 from mmrl.eval.report import build_report, report_markdown
 from mmrl.eval.scoring import ItemScore, score_generations
 from mmrl.generation import Completion
-from mmrl.models.interface import COORDINATE_TASKS, ModelInterface, interface_of
+from mmrl.models.interface import ModelInterface, eval_coordinate_tasks, interface_of
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -94,8 +94,9 @@ def evaluate(
     if eval_cfg.greedy and eval_cfg.k > 1:
         raise DataError("eval.k > 1 needs sampling: set eval.greedy=false")
     interface = interface or interface_of(model, processor, template_kwargs=getattr(data_cfg, "chat_template_kwargs",
-                                                                                   None))
-    coordinate_tasks = sorted({s.task for s in items} & set(COORDINATE_TASKS))
+                                                                                   None),
+                                          system_prompt=getattr(data_cfg, "system_prompt", None))
+    coordinate_tasks = eval_coordinate_tasks({s.task for s in items}, eval_cfg.reward_for_task)
     if coordinate_tasks and interface.pred_frame is None:
         interface.require_frame(f"eval on {'/'.join(coordinate_tasks)} items")
     bar = _progress_bar(len(items), progress)
@@ -173,6 +174,6 @@ def evaluate_config(cfg: Any, out_dir: Path, progress: bool = True, info: dict[s
     try:
         return evaluate(loaded.model, loaded.processor, samples, cfg.eval, cfg.data, out_dir, progress=progress,
                         info=info, interface=interface_of(loaded.model, loaded.processor, cfg.model.pred_frame,
-                                                         cfg.data.chat_template_kwargs))
+                                                         cfg.data.chat_template_kwargs, cfg.data.system_prompt))
     finally:
         del loaded

@@ -22,6 +22,7 @@ from typing import Any
 from mmrl.errors import UserError
 from mmrl.generation.openai_format import prompt_to_messages
 from mmrl.generation.types import Completion, Prompt, SamplingParams
+from mmrl.models.interface import THINK_CLOSE, THINK_OPEN, reply_turn
 
 # A conventional variable name: upper-case words of at most 16 characters joined by "_" (OPENAI_API_KEY). Anything else
 # given as api_key_env may be the key itself pasted there by mistake, and error messages end up in logs.
@@ -108,7 +109,9 @@ class OpenAIBackend:
             logprobs = None
             if params.logprobs and choice.logprobs is not None and choice.logprobs.content is not None:
                 logprobs = [float(t.logprob) for t in choice.logprobs.content]
-            out.append(Completion(token_ids=[], text=choice.message.content or "",
+            # The model's whole turn: a reasoning parser's separate reasoning, or the <think> the prompt opened
+            text = reply_turn(choice.message.content or "", _reasoning(choice.message), choice.finish_reason == "length")
+            out.append(Completion(token_ids=[], text=text,
                                   finish_reason="length" if choice.finish_reason == "length" else "stop",
                                   logprobs=logprobs, extra=dict(extra)))
         return out
@@ -124,11 +127,33 @@ class OpenAIBackend:
             raise ValueError(f"stream: n must be 1 (got {params.n})")
         parts: list[str] = []
         finish = "stop"
+        thinking = False  # inside reasoning a server's parser streams apart: sent as the turn's <think> block
         for chunk in self.client.chat.completions.create(**self._request(prompt, params, stream=True)):
             for choice in chunk.choices:
-                if choice.delta is not None and choice.delta.content:
-                    parts.append(choice.delta.content)
-                    yield choice.delta.content
+                reasoning = _reasoning(choice.delta) if choice.delta is not None else None
+                content = choice.delta.content if choice.delta is not None else None
+                pieces = []
+                if reasoning:
+                    pieces += [f"{THINK_OPEN}\n", reasoning] if not thinking else [reasoning]
+                    thinking = True
+                if content:
+                    pieces += [f"\n{THINK_CLOSE}\n\n", content] if thinking else [content]
+                    thinking = False
+                for piece in pieces:
+                    parts.append(piece)
+                    yield piece
                 if choice.finish_reason == "length":
                     finish = "length"
         return Completion(token_ids=[], text="".join(parts), finish_reason=finish)
+
+
+def _reasoning(message: Any) -> str | None:
+    """The reasoning a server's reasoning parser sent apart from the content (vLLM: `reasoning_content`, newer
+    versions `reasoning`), or None."""
+    for key in ("reasoning_content", "reasoning"):
+        value = getattr(message, key, None)
+        if value is None:
+            value = (getattr(message, "model_extra", None) or {}).get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None

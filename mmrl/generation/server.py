@@ -63,6 +63,8 @@ class ChatRequest(NumbersNotBools):
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # torch seeds are 64-bit: a bigger one is a 400
     stream: bool = False
     logprobs: bool = False
+    # vLLM's extension (e.g. {"enable_thinking": false} for Qwen3): not honoured here, so refused rather than ignored
+    chat_template_kwargs: dict[str, Any] | None = None
 
     def params(self, default_max_tokens: int) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -173,6 +175,10 @@ def create_app(backend: GenerationBackend, model_name: str, *, max_queue: int = 
         if body.model not in (None, "", model_name):
             return _error(404, f"model '{body.model}' is not served here; GET /v1/models lists '{model_name}'",
                           "not_found_error")
+        if body.chat_template_kwargs:
+            return _error(400, "chat_template_kwargs: not supported per request; this server renders every prompt "
+                          "with its model's chat template as it is (an answer starts with what its generation prompt "
+                          "opens, e.g. <think>)")
         if body.stream and body.n != 1:
             return _error(400, "n: streaming supports n=1 only")
         if not queue.enter():

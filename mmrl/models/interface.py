@@ -123,11 +123,20 @@ def _render(template_owner: Any, messages: list[dict[str, Any]], generation: boo
     return template_owner.apply_chat_template(messages, add_generation_prompt=generation, tokenize=False, **kwargs)
 
 
-def _probe_renders(template_owner: Any, kwargs: dict[str, Any]) -> tuple[str, str] | None:
+def _probe_renders(template_owner: Any, kwargs: dict[str, Any], system_prompt: str | None = None
+                   ) -> tuple[str, str] | None:
     """(prompt with, without the generation prompt) for a one-turn probe; list content first (VLM templates), then
-    plain text (text-only templates that call string methods on the content)."""
-    for content in ([{"type": "text", "text": _PROBE}], _PROBE):
+    plain text (text-only templates that call string methods on the content); then the same after a system message
+    (templates that refuse a conversation without one). With the run's `system_prompt`, the probe carries it first:
+    a template may open the reasoning block only under some system prompts ("detailed thinking on")."""
+    shapes = ((False, [{"type": "text", "text": _PROBE}]), (False, _PROBE), (True, [{"type": "text", "text": _PROBE}]),
+              (True, _PROBE))
+    for system, content in shapes[2:] + shapes[:2] if system_prompt else shapes:
         messages = [{"role": "user", "content": content}]
+        if system:
+            text = system_prompt or _PROBE
+            messages.insert(0, {"role": "system", "content": text if isinstance(content, str) else
+                                [{"type": "text", "text": text}]})
         try:
             return _render(template_owner, messages, True, kwargs), _render(template_owner, messages, False, kwargs)
         except Exception:  # noqa: BLE001 - a template that rejects this content shape: try the other one
@@ -135,7 +144,24 @@ def _probe_renders(template_owner: Any, kwargs: dict[str, Any]) -> tuple[str, st
     return None
 
 
-def turn_prefix_of(template_owner: Any, template_kwargs: dict[str, Any] | None = None) -> tuple[str, str]:
+def _warn_other_block(template_owner: Any, opened: str) -> None:
+    """One warning when the generation prompt ends by opening a tag other than <think> (`<reasoning>\n`): mmrl's
+    rewards and SFT know the <think> block only, so that turn is read as the completion alone."""
+    found = re.search(r"<([A-Za-z][\w-]*)>\s*$", opened)
+    if found is None:
+        return
+    tokenizer = getattr(template_owner, "tokenizer", template_owner)
+    special = set(getattr(tokenizer, "all_special_tokens", None) or ()) | set(
+        getattr(tokenizer, "get_added_vocab", dict)() or ())
+    if found.group(0).strip() in special or f"</{found.group(1)}>" in opened:
+        return  # a role marker of the template (<start_of_turn>), not an opened block
+    log.warning("the chat template's generation prompt opens %r, which mmrl does not read as a reasoning block (it "
+                "knows <think> only): completions are scored, served and trained as they are, without it",
+                found.group(0).strip())
+
+
+def turn_prefix_of(template_owner: Any, template_kwargs: dict[str, Any] | None = None,
+                   system_prompt: str | None = None) -> tuple[str, str]:
     """(turn_prefix, think) of a processor's or tokenizer's chat template (see the module docstring).
 
     Decided by rendering the real template: the generation prompt's text from its last `<think>` on, when it has one.
@@ -143,7 +169,7 @@ def turn_prefix_of(template_owner: Any, template_kwargs: dict[str, Any] | None =
     with one warning: mmrl then scores completions as they are, as it always did."""
     if getattr(template_owner, "chat_template", None) is None and not hasattr(template_owner, "tokenizer"):
         return "", "none"
-    renders = _probe_renders(template_owner, dict(template_kwargs or {}))
+    renders = _probe_renders(template_owner, dict(template_kwargs or {}), system_prompt)
     if renders is None:
         log.warning("the chat template could not be rendered for a probe turn; completions are scored as they are")
         return "", "none"
@@ -155,13 +181,15 @@ def turn_prefix_of(template_owner: Any, template_kwargs: dict[str, Any] | None =
     opened = with_prompt[len(without):]
     start = opened.rfind(THINK_OPEN)
     if start < 0:
+        _warn_other_block(template_owner, opened)
         return "", "none"
     prefix = opened[start:]
     return prefix, "closed" if THINK_CLOSE in prefix else "open"
 
 
 def resolve_interface(config: Any, template_owner: Any = None, pred_frame: str | None = "auto",
-                      template_kwargs: dict[str, Any] | None = None) -> ModelInterface:
+                      template_kwargs: dict[str, Any] | None = None, system_prompt: str | None = None
+                      ) -> ModelInterface:
     """The interface of a model: `config` (its config dict or object), `template_owner` (its processor or tokenizer;
     None: no template known, no prefix) and the user's `pred_frame` ('auto'/None: the model type's default)."""
     frame, source = frame_of_config(config)
@@ -170,26 +198,32 @@ def resolve_interface(config: Any, template_owner: Any = None, pred_frame: str |
             raise UserError(f"model.pred_frame: '{pred_frame}' is not a frame; use auto or one of {', '.join(FRAMES)}")
         frame, source = pred_frame, "model.pred_frame"
     get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
-    prefix, think = turn_prefix_of(template_owner, template_kwargs) if template_owner is not None else ("", "none")
+    prefix, think = (turn_prefix_of(template_owner, template_kwargs, system_prompt) if template_owner is not None
+                     else ("", "none"))
     return ModelInterface(get("model_type"), frame, source, prefix, think)
 
 
 def interface_of(model: Any, processor: Any, pred_frame: str | None = "auto",
-                 template_kwargs: dict[str, Any] | None = None) -> ModelInterface:
+                 template_kwargs: dict[str, Any] | None = None, system_prompt: str | None = None) -> ModelInterface:
     """The interface of a loaded model (a peft wrapper or a DDP module is looked through for its config);
     `template_kwargs`: the run's `data.chat_template_kwargs`, as its prompts are rendered with them."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else getattr(model, "module", model)
-    return resolve_interface(getattr(inner, "config", {}) or {}, processor, pred_frame, template_kwargs)
+    return resolve_interface(getattr(inner, "config", {}) or {}, processor, pred_frame, template_kwargs,
+                             system_prompt)
 
 
 def interface_of_backend(backend: Any, pred_frame: str | None = "auto") -> ModelInterface:
     """The interface of a generation backend's model; a remote backend (no local model) has an unknown frame and no
-    prefix: an OpenAI server such as `mmrl serve` already returns the whole turn."""
+    prefix: its replies are read as whole turns (`mmrl serve` sends them; a vLLM server's are made whole by
+    `reply_turn` in the HTTP backend)."""
     model, processor = getattr(backend, "model", None), getattr(backend, "processor", None)
     if model is None or processor is None:
         return resolve_interface({}, None, pred_frame)
-    template_kwargs = getattr(getattr(backend, "data_cfg", None), "chat_template_kwargs", None)
-    return interface_of(model, processor, pred_frame, template_kwargs if isinstance(template_kwargs, dict) else None)
+    data_cfg = getattr(backend, "data_cfg", None)
+    template_kwargs = getattr(data_cfg, "chat_template_kwargs", None)
+    system = getattr(data_cfg, "system_prompt", None)
+    return interface_of(model, processor, pred_frame, template_kwargs if isinstance(template_kwargs, dict) else None,
+                        system if isinstance(system, str) else None)
 
 
 def interface_of_dir(path: str | Path, pred_frame: str | None = "auto",
@@ -202,6 +236,26 @@ def interface_of_dir(path: str | Path, pred_frame: str | None = "auto",
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     return resolve_interface(config, tokenizer, pred_frame, template_kwargs)
+
+
+def reply_turn(content: str, reasoning: str | None = None, truncated: bool = False) -> str:
+    """The model's whole turn from an OpenAI-compatible server's reply (`mmrl serve` sends whole turns already).
+
+    A server with a reasoning parser (vLLM's `--reasoning-parser`) returns the reasoning apart (`reasoning_content`
+    or `reasoning`) and the rest as `content`: the turn is `<think>\\n{reasoning}\\n</think>\\n\\n{content}`. A server
+    without one, for a template that opens `<think>` in the prompt, returns `reasoning</think>...`: the turn starts
+    with the `<think>` its prompt opened. Anything else is the turn as it is.
+
+    >>> reply_turn("r</think><answer>4</answer>")
+    '<think>\\nr</think><answer>4</answer>'
+    """
+    if reasoning and reasoning.strip():
+        if truncated and not content.strip():  # cut off inside its reasoning: the block was never closed
+            return f"{THINK_OPEN}\n{reasoning.lstrip()}"
+        return f"{THINK_OPEN}\n{reasoning.strip()}\n{THINK_CLOSE}\n\n{content.lstrip()}"
+    if THINK_CLOSE in content and THINK_OPEN not in content.split(THINK_CLOSE, 1)[0]:
+        return f"{THINK_OPEN}\n{content}"
+    return content
 
 
 def reads_coordinates(reward_specs: Any, tasks: Any) -> str | None:
@@ -220,6 +274,13 @@ def reads_coordinates(reward_specs: Any, tasks: Any) -> str | None:
     return None
 
 
+def eval_coordinate_tasks(tasks: Any, reward_for_task: dict[str, str] | None = None) -> list[str]:
+    """The tasks among `tasks` whose eval scoring reads predicted boxes/points: grounding/GUI/detection, and any task
+    that `eval.reward_for_task` routes to a coordinate reward."""
+    routed = {task for task, reward in (reward_for_task or {}).items() if reward in COORDINATE_REWARDS}
+    return sorted(set(tasks) & (set(COORDINATE_TASKS) | routed))
+
+
 def sft_continuation(response: str, turn_prefix: str, sample_id: str) -> str:
     """What the model must generate after a prompt that ends with `turn_prefix`, for a record whose `response` is the
     whole turn (`<think>…</think><answer>…</answer>`): the response without the part the prompt already wrote (its
@@ -233,9 +294,12 @@ def sft_continuation(response: str, turn_prefix: str, sample_id: str) -> str:
     pattern = r"\s*" + r"\s*".join(re.escape(part) for part in turn_prefix.split()) + r"\s*"
     match = re.match(pattern, response)
     if match is None:
+        example = ("<think></think><answer>…</answer>: the template closed the reasoning block, so there is no "
+                   "reasoning to train; drop data.chat_template_kwargs' enable_thinking=false to train it"
+                   if THINK_CLOSE in turn_prefix else "<think>…</think><answer>…</answer>")
         raise DataError(f"sample {sample_id}: the chat template's generation prompt already writes {turn_prefix!r}, so "
-                        "the response must be the model's whole turn starting with it (e.g. <think>…</think><answer>…"
-                        f"</answer>); it starts with {response[:24]!r}")
+                        f"the response must be the model's whole turn starting with it (e.g. {example}); it starts "
+                        f"with {response[:24]!r}")
     rest = response[match.end():]
     if THINK_OPEN in rest:
         raise DataError(f"sample {sample_id}: the response opens {THINK_OPEN} twice; a turn has one reasoning block")
@@ -244,6 +308,7 @@ def sft_continuation(response: str, turn_prefix: str, sample_id: str) -> str:
 
 __all__ = [
     "COORDINATE_REWARDS", "FRAMES", "FRAME_BY_MODEL_TYPE", "ModelInterface", "THINK_CLOSE", "THINK_OPEN",
+    "eval_coordinate_tasks",
     "frame_of_config", "interface_of", "interface_of_backend", "interface_of_dir", "reads_coordinates",
-    "resolve_interface", "sft_continuation", "turn_prefix_of",
+    "reply_turn", "resolve_interface", "sft_continuation", "turn_prefix_of",
 ]  # fmt: skip

@@ -23,11 +23,11 @@ from mmrl.data.prompt_order import PromptSampler
 from mmrl.engine.distributed import all_gather_objects
 from mmrl.engine.optim import build_scheduler
 from mmrl.engine.run import TrainingRun, prepare_run, start_run
-from mmrl.engine.run_dir import release_run_dir
+from mmrl.engine.run_dir import discard_fresh_run, release_run_dir, used_run_files
 from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
 from mmrl.generation.hf import check_backend, make_backend
-from mmrl.models.interface import ModelInterface, interface_of, reads_coordinates
+from mmrl.models.interface import ModelInterface, eval_coordinate_tasks, interface_of, reads_coordinates
 from mmrl.rewards.composite import RewardComposite
 from mmrl.rl.experience import Group, RolloutBackend, collect_step
 from mmrl.rl.reference import ReferencePolicy, make_reference
@@ -58,6 +58,7 @@ class GRPOTrainer:
                             "cannot trace the checkpointed decoder layers, which would run eager); set one of them "
                             "to false")
         prepare_run(cfg)  # the run directory is checked and locked before anything reads data or writes there
+        fresh = not used_run_files(Path(cfg.trainer.output_dir))  # nothing of an earlier run is there
         self.schedule = StageSchedule(cfg.stages, cfg)
         self._datasets: dict[str, list] = {}
         self.run_dir = Path(cfg.trainer.output_dir)
@@ -76,6 +77,8 @@ class GRPOTrainer:
             self.interface = self._interface()
         except BaseException:
             self.run.close()
+            if fresh:  # refused before a step (a model with no frame): rerunning with model.pred_frame must just work
+                discard_fresh_run(self.run_dir)
             raise
         # The LR schedule reads the run length at every step: an until_metric that ends a stage early shortens it.
         self.run.scheduler = build_scheduler(self.run.optimizer, cfg.optimizer, lambda: self.schedule.total_steps)
@@ -116,7 +119,7 @@ class GRPOTrainer:
         """The model's frame and turn prefix (`mmrl.models.interface`), recorded in the run directory; a run that
         would read boxes or points in a frame nobody knows stops here, naming the reward."""
         interface = interface_of(self.run.model, self.run.processor, self.cfg.model.pred_frame,
-                                 self.cfg.data.chat_template_kwargs)
+                                 self.cfg.data.chat_template_kwargs, self.cfg.data.system_prompt)
         if interface.pred_frame is None:
             for start, _name in self.schedule.boundaries():
                 stage = self.schedule.stage_at(start)
@@ -124,6 +127,11 @@ class GRPOTrainer:
                 reader = reads_coordinates(stage.rewards, tasks)
                 if reader is not None:
                     interface.require_frame(reader)
+            if self.cfg.data.eval and self.cfg.trainer.eval_steps:  # else the run stops at its first eval
+                tasks = eval_coordinate_tasks({s.task for s in self._load(tuple(self.cfg.data.eval))},
+                                              self.cfg.eval.reward_for_task)
+                if tasks:
+                    interface.require_frame(f"eval (data.eval) on {'/'.join(tasks)} items")
         if self.run.dist.is_main:
             interface.save(self.run.run_dir)
         if interface.think != "none" or interface.pred_frame not in (None, "input_pixel"):
@@ -237,8 +245,11 @@ class GRPOTrainer:
             return
         rows = []
         for group in groups[:4]:
+            # The columns the rewards saw (task, sizes, box frame, the model's frame), so `mmrl reward score` on this
+            # file reads boxes and points as the run did.
+            columns = {**group.sample.reward_columns(), "model_frame": self.interface.pred_frame}
             for i, text in enumerate(group.texts):
-                rows.append({"id": group.sample.id, "answer": group.sample.answer, "completion": text,
+                rows.append({**columns, "id": group.sample.id, "answer": group.sample.answer, "completion": text,
                              "reward": float(group.rewards[i]), "advantage": float(group.advantages[i]),
                              **{f"reward/{k}": v[i] for k, v in group.components.items()},
                              # image paths, so `mmrl demo runs` shows the picture next to the completion

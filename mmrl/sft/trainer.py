@@ -77,7 +77,8 @@ def train_sft(cfg: MMRLConfig) -> Path:
     total = sft_steps(cfg, len(samples))
     run = start_run(cfg, total_steps=total)
     if run.dist.is_main:  # which part of the turn the template writes itself (an opened <think> is never a target)
-        interface_of(run.model, run.processor, cfg.model.pred_frame, cfg.data.chat_template_kwargs).save(run.run_dir)
+        interface_of(run.model, run.processor, cfg.model.pred_frame, cfg.data.chat_template_kwargs,
+                     cfg.data.system_prompt).save(run.run_dir)
     sampler = PromptSampler(len(samples), cfg.trainer.seed, cfg.data.shuffle)
     state = run.load_resume_state()
     if state is not None:

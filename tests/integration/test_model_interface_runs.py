@@ -90,6 +90,10 @@ def test_data_chat_template_kwargs_reach_the_prompt_and_the_interface(thinking):
             prompt = processor.tokenizer.decode(encode_one(processor, Sample(id="q", prompt="2+2?", answer="4"),
                                                            data_cfg)["input_ids"][0])
             assert prompt.endswith("<|im_start|>assistant\n" + prefix)
+            from mmrl.generation.vllm_backend import _prompt_inputs  # vLLM's prompt (CPU side, no engine)
+
+            assert _prompt_inputs(Sample(id="q", prompt="2+2?", answer="4"), processor, data_cfg)["prompt"].endswith(
+                "<|im_start|>assistant\n" + prefix)
     finally:
         processor.chat_template = THINKING
 
@@ -135,6 +139,9 @@ def test_serve_answers_and_streams_the_whole_turn(thinking):
     with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as stream:
         chunks = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: {")]
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == answer
+    # vLLM's per-request template variables (Qwen3's enable_thinking) are not honoured: refused, never ignored
+    refused = client.post("/v1/chat/completions", json={**body, "chat_template_kwargs": {"enable_thinking": False}})
+    assert refused.status_code == 400 and "chat_template_kwargs" in refused.json()["error"]["message"]
 
 
 def _trained_text(processor, encoded) -> tuple[str, str]:
@@ -195,9 +202,16 @@ def test_grpo_refuses_a_coordinate_reward_on_a_model_with_no_frame_then_records_
     message = str(err.value)
     assert "reward 'iou'" in message and "model.pred_frame" in message and "gemma3" in message
     assert "\n" not in message
-    trainer = GRPOTrainer(_trainer_cfg(data, tmp_path / "given", "model.pred_frame=norm1000"))
+    # Trained on text with a text reward, but evaluated on grounding items: refused now, not at the first eval step
+    text = tmp_path / "text.jsonl"
+    text.write_text(json.dumps({"id": "t", "prompt": "2+2?", "answer": "4", "task": "math"}) + "\n")
+    with pytest.raises(UserError, match=r"eval \(data.eval\) on grounding items.*model.pred_frame"):
+        GRPOTrainer(_trainer_cfg(text, tmp_path / "refused", "rewards=[{name: format}]", f"data.eval={data}",
+                                 "trainer.eval_steps=1"))
+    # What the line asks for, in the same directory: the refused run left nothing there that blocks it
+    trainer = GRPOTrainer(_trainer_cfg(data, tmp_path / "refused", "model.pred_frame=norm1000"))
     try:
-        recorded = json.loads((tmp_path / "given" / "model_interface.json").read_text())
+        recorded = json.loads((tmp_path / "refused" / "model_interface.json").read_text())
         assert (recorded["pred_frame"], recorded["frame_source"]) == ("norm1000", "model.pred_frame")
         assert recorded["model_type"] == "gemma3" and recorded["turn_prefix"] == ""
     finally:
@@ -245,3 +259,80 @@ def test_the_rejection_builder_asks_an_endpoint_for_its_frame_before_sampling(tm
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "grounding items" in err[0] and "--pred-frame" in err[0]
+
+
+def test_the_cold_start_reasoner_keeps_the_think_its_template_opened(tiny_model_dir, tmp_path):
+    """A reasoning stage whose model's template opens <think> replies `r</think><answer>..`: that is a whole,
+    well-formed turn (the old code rejected every such reply as no_think)."""
+    import shutil
+
+    from data_pipelines.cold_start.build import StageRunner, attach_backends
+    from data_pipelines.cold_start.config import StageConfig
+    from mmrl.generation import Completion, Prompt
+
+    policy = tmp_path / "thinking-reasoner"
+    shutil.copytree(tiny_model_dir, policy)
+    (policy / "chat_template.jinja").write_text(THINKING)
+    runner = StageRunner("reason", StageConfig(model=str(policy), attempts=1), "{question}")
+    attach_backends({"reason": runner})
+    reply = Completion(token_ids=[1, 2], text="r</think>\n<answer>4</answer>", finish_reason="stop")
+    runner.backend = type("Stub", (), {"generate": lambda self, prompts, params: [[reply]]})()
+    result = runner.run(Prompt.from_question("2+2?"))
+    assert result["ok"] and result["text"] == "<think>\nr</think>\n<answer>4</answer>"
+
+
+def test_the_rejection_builder_checks_grounding_answers_in_the_policy_frame(tmp_path):
+    """A Qwen3-VL policy's correct 0..1000 box is a correct answer (read as pixels it was not, and every grounding
+    item was rejected)."""
+    import argparse
+
+    from data_pipelines.rejection import _correct, _model_frame
+    from mmrl.data.sample import Sample
+
+    folder = ROOT / "tests" / "fixtures" / "real_models" / "qwen3_vl_instruct" / "Qwen3-VL-4B-Instruct"
+    sample = Sample(id="g", prompt="Where?", answer=[100, 100, 300, 200], task="grounding", image_size=(1000, 500),
+                    input_size=(504, 252))
+    frame = _model_frame([sample], argparse.Namespace(model=str(folder), pred_frame="auto"))
+    assert frame == "norm1000"
+    assert _correct("<think>r</think><answer>[100, 200, 300, 400]</answer>", "stop", sample, frame) is True
+    assert _model_frame([sample], argparse.Namespace(model=str(folder), pred_frame="input_pixel")) == "input_pixel"
+
+
+def test_rollout_rewards_read_boxes_in_the_model_frame(thinking, red_image, tmp_path):
+    """The GRPO reward columns carry the model's frame (the box rewards' default): a Qwen3-VL policy's 0..1000 boxes
+    are read on that grid during training, not only in eval."""
+    import dataclasses
+
+    model, processor = thinking
+    cfg = load_config(None, ["rollout.group_size=2", "rollout.max_completion_length=2", "data.min_pixels=3136",
+                             "data.max_pixels=3136"])
+    stage = StageSchedule(cfg.stages, cfg).stage_at(0)
+    reward = tmp_path / "frame_reward.py"
+    reward.write_text("def frame(completions, model_frame=None, **_):\n"
+                      "    return [1.0 if f == 'norm1000' else 0.0 for f in model_frame]\n")
+    sample = Sample(id="s", prompt="<image>Where?", answer=[1, 1, 4, 4], task="grounding", images=[str(red_image)])
+    interface = dataclasses.replace(interface_of(model, processor), pred_frame="norm1000")
+    with RewardComposite([{"name": f"{reward}:frame"}], workers=0) as composite:
+        (group,), _ = rollout_groups(cfg, stage, [sample], processor, make_backend(model, processor, data_cfg=cfg.data),
+                                     composite, torch.Generator().manual_seed(0), cfg.data, interface=interface)
+    assert list(group.components[f"{reward}:frame"]) == [1.0, 1.0]
+
+
+def test_data_system_prompt_reaches_the_interface_probe(thinking):
+    """A template that opens <think> only under a system prompt asking for it: the backend's interface (serve, the
+    builders) reads the prefix the run's prompts really end with."""
+    from mmrl.models.interface import interface_of_backend
+
+    model, processor = thinking
+    processor.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content if m.content is string else "
+        "m.content[-1].text }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+        "{% if messages[0].role == 'system' %}<think>\n{% endif %}{% endif %}")
+    try:
+        data_cfg = load_config(None, ["data.system_prompt=think first"]).data
+        assert interface_of_backend(make_backend(model, processor, data_cfg=data_cfg)).turn_prefix == "<think>\n"
+        prompt = processor.tokenizer.decode(encode_one(processor, Sample(id="q", prompt="2+2?", answer="4"),
+                                                       data_cfg)["input_ids"][0])
+        assert prompt.endswith("<|im_start|>assistant\n<think>\n")
+    finally:
+        processor.chat_template = THINKING

@@ -262,3 +262,227 @@ def test_templates_that_open_nothing_leave_completions_unchanged(tokenizer, name
     template, kwargs, _ = TEMPLATES[name]
     interface = resolve_interface({}, _with_template(tokenizer, _text_of(template)), template_kwargs=kwargs)
     assert interface.whole_turn("<think>r</think><answer>4</answer>") == "<think>r</think><answer>4</answer>"
+
+
+# -- `mmrl reward score` on a run's saved samples -------------------------------------------------------------------
+def _score_samples(tmp_path, rows, capsys, *extra, interface=None):
+    from mmrl.cli import main
+
+    run = tmp_path / "run"
+    (run / "samples").mkdir(parents=True)
+    if interface is not None:
+        (run / "model_interface.json").write_text(json.dumps(interface))
+    path = run / "samples" / "step-2.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["reward", "score", "--workers", "0", "--reward", "iou", "--input", str(path), *extra]) == 0
+    out, err = capsys.readouterr()
+    return [json.loads(line)["iou"] for line in out.splitlines()[:-1]], err
+
+
+def test_reward_score_on_a_qwen3_vl_run_samples_reads_boxes_in_the_run_frame(tmp_path, capsys):
+    """A Qwen3-VL run's samples rescored offline: the 0..1000 box that the run paid 1.0 used to score ~0 (the rows
+    had no sizes and `mmrl reward score` knew no frame). The trainer now writes the reward columns; an older file is
+    read in the frame its run recorded in model_interface.json, or one line says which rule reads it."""
+    from types import SimpleNamespace
+
+    from mmrl.rl.trainer import GRPOTrainer
+
+    sample = Sample(id="g", prompt="p", answer=GOLD, task="grounding", image_size=IMAGE, input_size=INPUT)
+    group = SimpleNamespace(sample=sample, texts=[f"<answer>{IN_FRAME['norm1000']}</answer>"],
+                            rewards=[1.0], advantages=[0.0], components={"iou": [1.0]})
+    written = []
+    trainer = SimpleNamespace(cfg=SimpleNamespace(trainer=SimpleNamespace(sample_steps=1)),
+                              interface=resolve_interface(_config("qwen3_vl")),
+                              run=SimpleNamespace(logger=SimpleNamespace(write_samples=lambda s, r: written.extend(r))))
+    GRPOTrainer._maybe_samples(trainer, 2, [group])
+    rows = json.loads(json.dumps(written))  # as the run's file holds them
+    assert _score_samples(tmp_path / "new", rows, capsys)[0] == [pytest.approx(1.0)]
+    old_rows = [{k: r[k] for k in ("id", "answer", "completion", "reward", "image_size", "input_size")} for r in rows]
+    scores, err = _score_samples(tmp_path / "old", old_rows, capsys, interface={"pred_frame": "norm1000"})
+    assert scores == [pytest.approx(1.0)] and "norm1000" in err and "model_interface.json" in err
+    scores, err = _score_samples(tmp_path / "bare", old_rows, capsys)
+    assert scores[0] < 0.5 and len(err.strip().splitlines()) == 2 and "--pred-frame" in err  # said, + the summary
+    assert _score_samples(tmp_path / "flag", old_rows, capsys, "--pred-frame", "norm1000")[0] == [pytest.approx(1.0)]
+    bare_lines = [{"completion": r["completion"]} for r in rows]  # no other column: --pred-frame still fills one
+    assert _score_samples(tmp_path / "only", bare_lines, capsys, "--pred-frame", "norm1000")[0] == [None]
+
+
+@pytest.mark.parametrize("kwargs", ["{add_generation_prompt: false}", "{tokenize: true, enable_thinking: false}"])
+def test_chat_template_kwargs_that_are_render_arguments_are_refused_in_one_line(kwargs, capsys):
+    """They used to reach apply_chat_template next to mmrl's own arguments: a TypeError traceback at the first
+    prompt (add_generation_prompt), or token ids where the prompt's text was expected (tokenize)."""
+    from mmrl.cli import main
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "tests" / "grpo_tiny.yaml"
+    assert main(["train", str(config), f"data.chat_template_kwargs={kwargs}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "data.chat_template_kwargs" in err and "enable_thinking" in err
+
+
+def test_eval_refuses_a_task_routed_to_a_coordinate_reward_with_a_model_of_unknown_frame():
+    """eval.reward_for_task can send a task of any name to `iou`: it reads boxes like a grounding item does (before,
+    such items were read by the bare-call rule for a model with no frame, silently)."""
+    from mmrl.config.data import DataConfig
+    from mmrl.config.workflow import EvalConfig
+    from mmrl.eval.evaluate import evaluate
+
+    items = [Sample(id="b", prompt="p", answer=GOLD, task="boxes", image_size=IMAGE, input_size=INPUT)]
+    unknown = resolve_interface(_config("gemma3"))
+    with pytest.raises(UserError, match="model.pred_frame"):
+        evaluate(None, None, items, EvalConfig(reward_for_task={"boxes": "iou"}), DataConfig(), None,
+                 interface=unknown)
+
+
+_BASE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content if m.content is string else "
+         "m.content[0].text }}<|im_end|>\n{% endfor %}")
+
+
+def test_a_template_that_wants_a_system_message_is_still_probed(tokenizer):
+    """A template that raises without a system message (the run gives one with data.system_prompt) opens <think>:
+    the probe with a user turn alone failed and the run scored every Thinking completion without its <think>."""
+    template = ("{% if messages[0].role != 'system' %}{{ raise_exception('system first') }}{% endif %}" + _BASE +
+                "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
+    assert turn_prefix_of(_with_template(tokenizer, template)) == ("<think>\n", "open")
+
+
+def test_a_block_opened_with_another_tag_is_said_not_silently_ignored(tokenizer, caplog):
+    template = _BASE + "{% if add_generation_prompt %}<|im_start|>assistant\n<reasoning>\n{% endif %}"
+    with caplog.at_level("WARNING", logger="mmrl.models.interface"):
+        assert turn_prefix_of(_with_template(tokenizer, template)) == ("", "none")
+    assert len(caplog.records) == 1 and "<reasoning>" in caplog.records[0].getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmrl.models.interface"):  # a role marker that is a special token: quiet
+        turn_prefix_of(_with_template(tokenizer, _BASE + "{% if add_generation_prompt %}<|im_start|>{% endif %}"))
+        turn_prefix_of(_with_template(tokenizer, THINKING))
+    assert not caplog.records
+
+
+def _fake_endpoint(replies: list[dict], chunks: list[dict]):
+    """An OpenAIBackend whose client answers with these real openai reply objects (vLLM-shaped)."""
+    from types import SimpleNamespace
+
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    from mmrl.generation.http import OpenAIBackend
+
+    def create(stream=False, **_):
+        if stream:
+            return [ChatCompletionChunk.model_validate({"id": "c", "object": "chat.completion.chunk", "created": 0,
+                                                       "model": "m", "choices": [{"index": 0, **c}]}) for c in chunks]
+        return ChatCompletion.model_validate({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                                              "choices": [{"index": i, "finish_reason": "stop", "message": m}
+                                                          for i, m in enumerate(replies)]})
+
+    backend = OpenAIBackend("http://127.0.0.1:9/v1", served_model="m")
+    backend.client = SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create)))
+    return backend
+
+
+def test_an_endpoint_reply_of_a_thinking_model_is_read_as_its_whole_turn():
+    """A vLLM server for Qwen3-VL-Thinking returns `reasoning</think>...` (its prompt opened <think>), or with a
+    reasoning parser the reasoning apart from the content: the builders used to keep a turn without <think> (the cold
+    start rejected every reply as no_think; the rejection builder wrote SFT targets with the reasoning cut off)."""
+    from mmrl.generation import Prompt, SamplingParams
+
+    replies = [{"role": "assistant", "content": "r</think>\n\n<answer>4</answer>"},
+               {"role": "assistant", "content": "\n\n<answer>4</answer>", "reasoning_content": "r"},
+               {"role": "assistant", "content": "<answer>4</answer>"}]
+    chunks = [{"delta": {"role": "assistant", "content": ""}}, {"delta": {"reasoning_content": "r"}},
+              {"delta": {"reasoning_content": "s"}}, {"delta": {"content": "<answer>4</answer>"}},
+              {"delta": {}, "finish_reason": "stop"}]
+    backend = _fake_endpoint(replies, chunks)
+    texts = [c.text for c in backend.generate([Prompt.from_question("2+2?")], SamplingParams(n=3))[0]]
+    assert texts == ["<think>\nr</think>\n\n<answer>4</answer>", "<think>\nr\n</think>\n\n<answer>4</answer>",
+                     "<answer>4</answer>"]  # a turn with no reasoning block stays as it is
+    assert "".join(backend.stream(Prompt.from_question("2+2?"), SamplingParams())) == \
+        "<think>\nrs\n</think>\n\n<answer>4</answer>"
+    with RewardComposite([{"name": "format"}], workers=0) as rc:
+        assert rc.score(texts[:2], {"answer": ["4"] * 2}).components["format"] == [1.0, 1.0]
+    from mmrl.models.interface import reply_turn
+
+    assert reply_turn("", "cut off mid-", truncated=True) == "<think>\ncut off mid-"  # never closed for it
+
+
+def test_evaluate_reads_generations_in_the_model_frame(monkeypatch, tmp_path):
+    """evaluate() itself (not only score_generations) hands the model's frame to the scoring: a Qwen3-VL's correct
+    0..1000 box and click are right, and the report names the frame."""
+    import mmrl.eval.evaluate as evaluate_module
+    from mmrl.config.data import DataConfig
+    from mmrl.config.workflow import EvalConfig
+    from mmrl.generation import Completion
+
+    box, click = IN_FRAME["norm1000"], [200, 300]
+    answers = {"g": f"<answer>{box}</answer>", "u": f"<answer>[{{'action': 'click', 'coordinate': {click}}}]</answer>"}
+    monkeypatch.setattr(evaluate_module, "generate_completions", lambda m, p, items, *a, **k: [
+        [Completion(token_ids=[1], text=answers[s.id], finish_reason="stop")] for s in items])
+    items = [Sample(id="g", prompt="p", answer=GOLD, task="grounding", image_size=IMAGE, input_size=INPUT),
+             Sample(id="u", prompt="p", answer={"action_type": "click", "bbox": GOLD}, task="gui", image_size=IMAGE,
+                    input_size=INPUT)]
+    report = evaluate_module.evaluate(None, None, items, EvalConfig(), DataConfig(), tmp_path, progress=False,
+                                      interface=resolve_interface(_config("qwen3_vl")))
+    records = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
+    assert [r["scores"] for r in records] == [[1.0], [1.0]]
+    assert "norm1000" in json.dumps(report)
+
+
+def test_an_sft_response_with_reasoning_under_a_closed_block_says_what_to_do():
+    from mmrl.errors import DataError
+    from mmrl.models.interface import sft_continuation
+
+    assert sft_continuation("<think>\n</think>\n<answer>4</answer>", "<think>\n\n</think>\n\n", "s") == \
+        "<answer>4</answer>"
+    with pytest.raises(DataError, match="enable_thinking") as err:
+        sft_continuation("<think>r</think><answer>4</answer>", "<think>\n\n</think>\n\n", "s")
+    assert "\n" not in str(err.value).replace("\\n", "")
+
+
+def test_eval_of_a_run_checkpoint_reads_boxes_in_the_frame_the_run_was_given(tmp_path, capsys):
+    """A Qwen3-VL run trained with model.pred_frame=input_pixel (its prompts asked for pixels): `mmrl eval --model
+    RUN/checkpoints/step-N` read its boxes on the 0..1000 grid of the family default, silently."""
+    import argparse
+
+    from mmrl.commands.evaluate import build_eval_config
+
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-2"
+    checkpoint.mkdir(parents=True)
+    (tmp_path / "run" / "model_interface.json").write_text(json.dumps(
+        {"model_type": "qwen3_vl", "pred_frame": "input_pixel", "frame_source": "model.pred_frame"}))
+
+    def config(*overrides):
+        args = argparse.Namespace(config=None, overrides=list(overrides), model=str(checkpoint), k=None, limit=None,
+                                  data=["eval.jsonl"], out=None)
+        return build_eval_config(args)[0]
+
+    assert config().model.pred_frame == "input_pixel" and "model.pred_frame=input_pixel" in capsys.readouterr().err
+    assert config("model.pred_frame=auto").model.pred_frame == "auto"  # the user's word wins
+    (tmp_path / "run" / "model_interface.json").write_text(json.dumps(
+        {"model_type": "qwen3_vl", "pred_frame": "norm1000", "frame_source": "model_type 'qwen3_vl'"}))
+    assert config().model.pred_frame == "auto"  # the family default: decided from the checkpoint's files as always
+
+
+@pytest.mark.parametrize("frame", ["auto", "norm_1000", "Norm1000"])
+def test_a_reward_pred_frame_that_is_no_frame_is_refused_in_one_line(frame, capsys):
+    """It made every item of the reward None (an error per completion): a run that learned nothing from it."""
+    from mmrl.cli import main
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "tests" / "grpo_tiny.yaml"
+    assert main(["train", str(config), f"rewards=[{{name: iou, kwargs: {{pred_frame: {frame}}}}}]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "kwargs.pred_frame" in err and "norm1000" in err
+    assert main(["reward", "score", "--reward", "iou", "--kwargs", json.dumps({"pred_frame": frame}), "--input",
+                 str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mmrl reward: error: --reward: reward 'iou': kwargs.pred_frame") and len(err.splitlines()) == 1
+
+
+def test_a_template_that_opens_think_under_the_run_system_prompt_is_probed_with_it(tokenizer):
+    """Some templates open the reasoning block only when the system prompt asks for it ("detailed thinking on"): the
+    probe carries the run's data.system_prompt, so what it reads is what the run's prompts end with."""
+    template = (_BASE + "{% if add_generation_prompt %}<|im_start|>assistant\n{% if messages[0].role == 'system' and "
+                "'thinking on' in (messages[0].content if messages[0].content is string else "
+                "messages[0].content[0].text) %}<think>\n{% endif %}{% endif %}")
+    owner = _with_template(tokenizer, template)
+    assert turn_prefix_of(owner) == ("", "none")
+    assert turn_prefix_of(owner, system_prompt="detailed thinking on") == ("<think>\n", "open")
+    interface = resolve_interface(_config("qwen3_vl"), owner, system_prompt="detailed thinking on")
+    assert interface.turn_prefix == "<think>\n"
