@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from mmrl.config import load_config
@@ -29,7 +28,6 @@ from mmrl.errors import DataError, UserError
 from mmrl.eval.evaluate import evaluate
 from mmrl.generation import SamplingParams
 from mmrl.generation.hf import make_backend
-from mmrl.generation.server import create_app
 from mmrl.models.interface import interface_of
 from mmrl.models.loading import load_policy
 from mmrl.rewards.composite import RewardComposite
@@ -128,6 +126,9 @@ def test_eval_scores_and_records_whole_turns(thinking, red_image, tmp_path):
 def test_serve_answers_and_streams_the_whole_turn(thinking):
     model, processor = thinking
     backend = make_backend(model, processor)
+    TestClient = pytest.importorskip("fastapi.testclient").TestClient  # the serve extra; the GPU image lacks it
+    from mmrl.generation.server import create_app
+
     client = TestClient(create_app(backend, "tiny-thinking"))
     body = {"messages": [{"role": "user", "content": "What color?"}], "max_tokens": 4, "temperature": 0}
     answer = client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]

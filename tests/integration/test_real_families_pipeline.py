@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from mmrl.cli import main
@@ -18,7 +17,6 @@ from mmrl.data.sample import Sample
 from mmrl.data.vision import prepare_sample_images
 from mmrl.engine.run_logger import read_metrics
 from mmrl.generation.openai_format import image_to_data_url
-from mmrl.generation.server import create_app
 from mmrl.models.processor import load_processor
 from mmrl.rl.trainer import GRPOTrainer
 from mmrl.sft.trainer import train_sft
@@ -132,6 +130,9 @@ def test_serve_turns_an_openai_request_into_exactly_the_templates_prompt(family,
         {"role": "assistant", "content": "<think>one</think><answer>1</answer>"},
         {"role": "user", "content": "And the color?"},
     ]
+    TestClient = pytest.importorskip("fastapi.testclient").TestClient  # the serve extra; the GPU image lacks it
+    from mmrl.generation.server import create_app
+
     with TestClient(create_app(backend, family)) as client:
         reply = client.post("/v1/chat/completions", json={"model": family, "messages": request, "max_tokens": 2,
                                                          "temperature": 0})
