@@ -132,10 +132,23 @@ class _NoBar:
 def _progress_bar(total: int, enabled: bool):
     if not enabled:
         return _NoBar()
+    import sys
+
+    from mmrl.engine.run_logger import PlainProgress, is_terminal
+
+    if not is_terminal(sys.stderr):  # logs, nohup, slurm: plain lines with an ETA instead of nothing
+        return _PlainBar(PlainProgress(total, label="eval", unit="item"))
     from tqdm.auto import tqdm
 
-    # disable=None: no bar where stderr is not a terminal (logs, CI), instead of one line per refresh.
     return tqdm(total=total, desc="eval", unit="item", dynamic_ncols=True, disable=None)
+
+
+class _PlainBar(_NoBar):
+    def __init__(self, plain) -> None:
+        self.plain = plain
+
+    def update(self, n: int = 1) -> None:
+        self.plain.update(self.plain.n + n)
 
 
 def evaluate_config(cfg: Any, out_dir: Path, progress: bool = True, info: dict[str, Any] | None = None) -> dict:
@@ -145,7 +158,10 @@ def evaluate_config(cfg: Any, out_dir: Path, progress: bool = True, info: dict[s
 
     from mmrl.data.dataset import load_datasets
     from mmrl.data.vision import check_images
+    from mmrl.engine.threads import configure_threads
     from mmrl.models.loading import load_policy
+
+    configure_threads(cfg.trainer.num_threads)
 
     samples = load_datasets(cfg.data.eval, cfg.data)
     if cfg.eval.limit:

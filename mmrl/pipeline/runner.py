@@ -89,6 +89,9 @@ def run_pipeline(
     say = echo or (lambda line: print(line, flush=True))
     started = time.perf_counter()
     plan = load_plan(path, overrides)
+    from mmrl.engine.threads import configure_threads
+
+    configure_threads(plan.config.trainer.num_threads, say)  # once for every step: the pipeline's first line
     if plan.config.seeds:
         return _run_seeds(plan, list(overrides), say, started)
     return _run_plan(plan, say, started)
