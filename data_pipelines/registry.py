@@ -29,8 +29,8 @@ SYNTHETIC_EXAMPLES = """examples:
   mmrl build-data synthetic --tasks gui --n 64 --eval-n 16 --out data/gui         # UI-R1-style GUI actions
 """
 CURRICULUM_EXAMPLES = """examples:
-  mmrl build-data curriculum data/synth/train.jsonl data/curriculum
-  mmrl build-data curriculum /data/mathvista.json data/curriculum --seed 42
+  mmrl build-data curriculum runs/quickstart/data/train.jsonl data/curriculum
+  mmrl build-data curriculum MATHVISTA.json data/curriculum --seed 42    # a name in capitals: your own file
 """
 RECIPES_EXAMPLES = """examples:
   mmrl build-data recipes                       # data/: what every recipe's offline line reads
