@@ -161,8 +161,6 @@ def evaluate_config(cfg: Any, out_dir: Path, progress: bool = True, info: dict[s
     from mmrl.engine.threads import configure_threads
     from mmrl.models.loading import load_policy
 
-    configure_threads(cfg.trainer.num_threads)
-
     samples = load_datasets(cfg.data.eval, cfg.data)
     if cfg.eval.limit:
         samples = samples[: cfg.eval.limit]
@@ -170,6 +168,7 @@ def evaluate_config(cfg: Any, out_dir: Path, progress: bool = True, info: dict[s
     device = cfg.trainer.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    configure_threads(cfg.trainer.num_threads)  # after the data's checks: a bad file stays a one-line error
     loaded = load_policy(cfg.model, device=device, for_training=False)
     info = {"model": cfg.model.name_or_path, "data": [spec.path for spec in cfg.data.eval], **(info or {})}
     try:
