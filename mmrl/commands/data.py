@@ -12,7 +12,7 @@ from mmrl.errors import UserError
 EXAMPLES = """  mmrl data show runs/quickstart/data/train.jsonl --limit 3
   mmrl data show YOUR_DATA.parquet --format easyr1 --json   # a name in capitals: your own file
   mmrl data check runs/quickstart/data/train.jsonl
-  mmrl data check --config configs/quickstart.yaml
+  mmrl data check --config runs/quickstart/grpo/config.yaml   # the datasets a run trained on
 """
 
 
@@ -106,7 +106,7 @@ def register(subparsers, name: str) -> None:
         "show": "  mmrl data show runs/quickstart/data/train.jsonl --limit 3\n"
                 "  mmrl data show GEO3K.parquet --format easyr1 --json --limit 1   # your file, as mmrl reads it\n",
         "check": "  mmrl data check runs/quickstart/data/train.jsonl   # exit 2 and one line per problem (file:line, id)\n"
-                 "  mmrl data check --config configs/quickstart.yaml   # every dataset of a run, its rewards\n",
+                 "  mmrl data check --config runs/quickstart/grpo/config.yaml   # every dataset of a run, its rewards\n",
     }
     for verb, help_text in (("show", "print samples"), ("check", check_help)):
         p = sub.add_parser(verb, help=help_text, description=help_text, epilog="examples:\n" + leaf_examples[verb],

@@ -97,12 +97,15 @@ def _config_data(args: argparse.Namespace) -> list[str]:
     cfg = load_config(config, getattr(args, "overrides", None) or [])
     specs = {"train": cfg.data.train, "sft": cfg.data.train, "eval": [] if getattr(args, "data", None) else cfg.data.eval,
              "data": [*cfg.data.train, *cfg.data.eval]}[args.command]
+    if not specs and not getattr(args, "data", None):  # the command would stop: "no datasets" / "data.eval is empty"
+        return [f"<the datasets of {config}: none>"]
     return [spec.path for spec in specs if not _placeholder(spec.path)]
 
 
 @pytest.fixture(scope="module")
 def after_quickstart(tmp_path_factory) -> Path:
     """A directory as a fresh clone holds it after `mmrl pipeline configs/quickstart.yaml`."""
+    from mmrl.config.loader import to_yaml
     from mmrl.pipeline.plan import TRAINED_KINDS, load_plan, step_config
 
     where = tmp_path_factory.mktemp("clone")
@@ -122,14 +125,17 @@ def after_quickstart(tmp_path_factory) -> Path:
         elif step.kind == "eval":
             (step_dir / "report.json").write_text("{}")
         elif step.kind in TRAINED_KINDS:
-            cfg = step_config(plan, step, {})
+            # the run's config.yaml as the pipeline writes it: the data step's files wired in, as absolute paths
+            data = root / plan.steps[0].name
+            cfg = step_config(plan, step, {"data.train": [str(data / "train.jsonl")],
+                                           "data.eval": [str(data / "eval.jsonl")]})
             total = sum(s.steps for s in cfg.stages) if cfg.stages else cfg.trainer.max_steps
             every = cfg.trainer.save_steps
             saved = [*(range(every, total, every) if every else []), total][-cfg.trainer.keep_last:]
             for number in saved:
                 (step_dir / "checkpoints" / f"step-{number}").mkdir(parents=True)
-            for name in ("metrics.jsonl", "config.yaml"):
-                (step_dir / name).write_text("")
+            (step_dir / "metrics.jsonl").write_text("")
+            (step_dir / "config.yaml").write_text(to_yaml(cfg))
             every = cfg.trainer.sample_steps
             for number in range(every, total + 1, every) if every else []:
                 (step_dir / "samples").mkdir(exist_ok=True)
