@@ -135,8 +135,10 @@ def ran_a_step(run_dir: Path) -> bool:
     (a setting refused once the model loaded, a crash while loading) leaves only config.yaml and empty logs, which
     must not block its corrected re-run."""
     metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file() and metrics.read_text(encoding="utf-8", errors="replace").strip():
-        return True
+    if metrics.is_file():
+        with open(metrics, "rb") as handle:  # the first bytes tell: a long run's file need not be read whole
+            if handle.read(4096).strip():
+                return True
     checkpoints = run_dir / "checkpoints"
     return checkpoints.is_dir() and any(checkpoints.iterdir())
 
