@@ -29,7 +29,7 @@ from mmrl.engine.optim import build_optimizer, build_scheduler, trainable_parame
 from mmrl.engine.run_config import check_resume_config, save_segment_config
 from mmrl.engine.run_dir import claim_run_dir, release_run_dir
 from mmrl.engine.run_logger import RunLogger
-from mmrl.engine.threads import configure_threads
+from mmrl.engine.threads import announce_threads, configure_threads
 from mmrl.errors import UserError
 from mmrl.models.loading import LoadedModel, load_policy
 
@@ -201,6 +201,7 @@ def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
     start_step = int(resume_from.name.split("-")[1]) if resume_from else 0
     # only once the model loaded: a mistyped model name gets its own error, and must not rewrite a resumed run's config
     check_resume_config(cfg, run_dir, resume_from)
+    announce_threads()  # the run's first line once its setup went through
     if dist.is_main:
         save_segment_config(cfg, run_dir, start_step)
     logger = RunLogger(run_dir, cfg.trainer.report_to, enabled=dist.is_main, total_steps=steps,

@@ -20,8 +20,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 # The count chosen for this process: the first call decides (a pipeline's later steps must not re-read a load
-# average that now includes this process's own threads).
+# average that now includes this process's own threads); said once.
 _CHOSEN: list[ThreadChoice] = []
+_SAID: list[bool] = []
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,8 @@ def choose_threads(setting: int | None = None, *, cpus: int | None = None, load:
     return ThreadChoice(threads, reason, warning)
 
 
-def configure_threads(setting: int | None = None, say: Callable[[str], None] | None = None) -> ThreadChoice:
-    """Choose (once per process), apply to torch, and say it on the main process; later calls return the choice."""
+def configure_threads(setting: int | None = None) -> ThreadChoice:
+    """Choose (once per process) and apply to torch, before its first parallel op; later calls return the choice."""
     if _CHOSEN:
         return _CHOSEN[0]
     import torch
@@ -96,12 +97,20 @@ def configure_threads(setting: int | None = None, say: Callable[[str], None] | N
     choice = choose_threads(setting, load=_load_average())
     torch.set_num_threads(choice.threads)
     _CHOSEN.append(choice)
-    if os.environ.get("RANK", "0") == "0":  # one line per run, not one per process
-        tell = say or (lambda line: print(line, file=sys.stderr, flush=True))
-        tell(f"threads: {choice.threads} torch thread(s) per process ({choice.reason})")
-        if choice.warning:
-            tell(f"warning: {choice.warning}")
     return choice
+
+
+def announce_threads(say: Callable[[str], None] | None = None) -> None:
+    """Say the choice once, on the main process, when the run's setup went through: a mistake found while it loads
+    (a mistyped model name) stays a one-line error."""
+    if _SAID or not _CHOSEN or os.environ.get("RANK", "0") != "0":  # one line per run, not one per process
+        return
+    _SAID.append(True)
+    choice = _CHOSEN[0]
+    tell = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    tell(f"threads: {choice.threads} torch thread(s) per process ({choice.reason})")
+    if choice.warning:
+        tell(f"warning: {choice.warning}")
 
 
 def reward_workers(env: Mapping[str, str] | None = None) -> int:

@@ -158,7 +158,7 @@ def evaluate_config(cfg: Any, out_dir: Path, progress: bool = True, info: dict[s
 
     from mmrl.data.dataset import load_datasets
     from mmrl.data.vision import check_images
-    from mmrl.engine.threads import configure_threads
+    from mmrl.engine.threads import announce_threads, configure_threads
     from mmrl.models.loading import load_policy
 
     samples = load_datasets(cfg.data.eval, cfg.data)
@@ -168,8 +168,9 @@ def evaluate_config(cfg: Any, out_dir: Path, progress: bool = True, info: dict[s
     device = cfg.trainer.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    configure_threads(cfg.trainer.num_threads)  # after the data's checks: a bad file stays a one-line error
+    configure_threads(cfg.trainer.num_threads)
     loaded = load_policy(cfg.model, device=device, for_training=False)
+    announce_threads()  # once the model loaded: a mistyped model name stays a one-line error
     info = {"model": cfg.model.name_or_path, "data": [spec.path for spec in cfg.data.eval], **(info or {})}
     try:
         return evaluate(loaded.model, loaded.processor, samples, cfg.eval, cfg.data, out_dir, progress=progress,

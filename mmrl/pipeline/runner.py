@@ -109,9 +109,10 @@ def run_pipeline(
     say = echo or (lambda line: print(line, flush=True))
     started = time.perf_counter()
     plan = load_plan(path, overrides)
-    from mmrl.engine.threads import configure_threads
+    from mmrl.engine.threads import announce_threads, configure_threads
 
-    configure_threads(plan.config.trainer.num_threads, say)  # once for every step: the pipeline's first line
+    configure_threads(plan.config.trainer.num_threads)  # once for every step: the pipeline's first line
+    announce_threads(say)
     if plan.config.seeds:
         return _run_seeds(plan, list(overrides), say, started)
     return _run_plan(plan, say, started)

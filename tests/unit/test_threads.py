@@ -8,7 +8,7 @@ import os
 import pytest
 
 from mmrl.engine import threads
-from mmrl.engine.threads import available_cpus, choose_threads, configure_threads, reward_workers
+from mmrl.engine.threads import announce_threads, available_cpus, choose_threads, configure_threads, reward_workers
 
 
 def test_a_quiet_machine_gets_every_available_cpu_divided_among_the_launched_processes():
@@ -40,14 +40,17 @@ def test_the_choice_is_applied_said_once_and_kept_for_the_process(monkeypatch):
     import torch
 
     monkeypatch.setattr(threads, "_CHOSEN", [])
+    monkeypatch.setattr(threads, "_SAID", [])
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     before = torch.get_num_threads()
     said: list[str] = []
     try:
-        first = configure_threads(None, said.append)
+        first = configure_threads(None)
         assert torch.get_num_threads() == first.threads == 1
+        announce_threads(said.append)
         lines = list(said)
-        assert configure_threads(2, said.append) is first  # a pipeline's later steps keep the first choice
+        assert configure_threads(2) is first  # a pipeline's later steps keep the first choice
+        announce_threads(said.append)
         assert said == lines  # said once (a warning, on a busy machine, once too)
         assert lines[0] == (f"threads: 1 torch thread(s) per process (OMP_NUM_THREADS=1; {available_cpus()} CPUs "
                             "available to this process)")
