@@ -29,12 +29,13 @@ SYNTHETIC_EXAMPLES = """examples:
   mmrl build-data synthetic --tasks gui --n 64 --eval-n 16 --out data/gui         # UI-R1-style GUI actions
 """
 CURRICULUM_EXAMPLES = """examples:
-  mmrl build-data curriculum data/synth/train.jsonl data/curriculum
-  mmrl build-data curriculum /data/mathvista.json data/curriculum --seed 42
+  mmrl build-data curriculum runs/quickstart/data/train.jsonl data/curriculum
+  mmrl build-data curriculum MATHVISTA.json data/curriculum --seed 42    # a name in capitals: your own file
 """
 RECIPES_EXAMPLES = """examples:
   mmrl build-data recipes                       # data/: what every recipe's offline line reads
   mmrl build-data recipes --out /tmp/data --n 128
+  mmrl build-data recipes --overwrite           # rebuild data/synth, gui, boxes, curriculum (refused without it)
 """
 
 
@@ -49,6 +50,9 @@ class Builder:
     # What the schema's types cannot see (a config file the builder reads): raises a one-line UserError. A pipeline
     # runs it when it loads, so a bad step fails before the steps ahead of it run for hours.
     check: Callable[[argparse.Namespace], None] | None = None
+    # {folder: the names the builder writes there}: `mmrl build-data` refuses a non-empty folder unless --overwrite
+    # (which removes those names first, so no earlier image is left behind); None: the builder guards its own output
+    writes: Callable[[argparse.Namespace], dict[Path, tuple[str, ...]]] | None = None
 
 
 BUILDERS: Registry[Builder] = Registry("builder", "build-data")
@@ -62,8 +66,9 @@ BUILDER_MODULES: list[str] = ["data_pipelines.cold_start.cli", "data_pipelines.r
 def register_builder(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
                      run: Callable[[argparse.Namespace], int | None], examples: str | None = None,
                      outputs: Callable[[argparse.Namespace], dict[str, Path]] | None = None,
-                     check: Callable[[argparse.Namespace], None] | None = None) -> None:
-    BUILDERS.add(name, Builder(help, add_arguments, run, examples, outputs, check))
+                     check: Callable[[argparse.Namespace], None] | None = None,
+                 writes: Callable[[argparse.Namespace], dict[Path, tuple[str, ...]]] | None = None) -> None:
+    BUILDERS.add(name, Builder(help, add_arguments, run, examples, outputs, check, writes))
 
 
 def load_builders() -> Registry[Builder]:
@@ -152,9 +157,18 @@ def _recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synthetic_writes(args: argparse.Namespace) -> dict[Path, tuple[str, ...]]:
+    return {Path(args.out): ("train.jsonl", "eval.jsonl", "images")}
+
+
+def _recipes_writes(args: argparse.Namespace) -> dict[Path, tuple[str, ...]]:
+    # each dataset's own folder, whole: data/ itself may hold the user's other data
+    return {Path(args.out) / name: ("*",) for name in ("synth", "gui", "boxes", "curriculum")}
+
+
 register_builder("synthetic", "procedurally drawn visual tasks with verifiable answers", _synthetic_args, _synthetic,
-                 SYNTHETIC_EXAMPLES, _synthetic_outputs)
+                 SYNTHETIC_EXAMPLES, _synthetic_outputs, writes=_synthetic_writes)
 register_builder("curriculum", "yes/no, multiple-choice and open stages (Curr-ReFT)", _curriculum_args, _curriculum,
                  CURRICULUM_EXAMPLES, _curriculum_outputs)
 register_builder("recipes", "small synthetic data for every recipe's offline line (seconds on a CPU)", _recipes_args,
-                 _recipes, RECIPES_EXAMPLES)
+                 _recipes, RECIPES_EXAMPLES, writes=_recipes_writes)

@@ -272,8 +272,9 @@ def build_rejection(args: argparse.Namespace) -> dict[str, Any]:
 
 
 EXAMPLES = """examples:
-  mmrl build-data rejection --model runs/grpo/checkpoint --data data/synth/train.jsonl --k 8 --out data/rs
-  mmrl build-data rejection --model http://127.0.0.1:8000/v1 --data data/synth/train.jsonl --k 4 --out data/rs \\
+  mmrl build-data rejection --model runs/quickstart/grpo/checkpoints/step-200 --data runs/quickstart/data/train.jsonl \\
+      --k 8 --out data/rs
+  mmrl build-data rejection --model http://127.0.0.1:8000/v1 --data runs/quickstart/data/train.jsonl --k 4 --out data/rs \\
       --rule all-correct --concurrency 16
 """
 

@@ -23,6 +23,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# mmrl chooses its thread count from the machine's load unless told (mmrl/engine/threads.py): the suite's runs, which
+# compare results across processes (kill and resume, world sizes), all get the same count whatever the load.
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 
 @pytest.fixture(scope="session")

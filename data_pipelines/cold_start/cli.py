@@ -9,8 +9,9 @@ import sys
 from data_pipelines.registry import register_builder
 
 EXAMPLES = """examples:
-  mmrl build-data cold-start configs/cold_start/offline.yaml                 # the tiny preset for every stage
-  mmrl build-data cold-start configs/cold_start/two_stage.yaml out=data/cold stages.reason.concurrency=32
+  mmrl build-data cold-start configs/cold_start/offline.yaml data=runs/quickstart/data/train.jsonl   # tiny preset
+  mmrl build-data cold-start configs/cold_start/two_stage.yaml data=YOUR_DATA.jsonl out=data/cold \\
+      stages.reason.concurrency=32
   # re-running resumes from <out>/cache.jsonl; a finished build generates nothing
 """
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from mmrl.commands import add_command
 from mmrl.errors import UserError
 
-EXAMPLES = """  mmrl data show data/train.jsonl --limit 3
-  mmrl data show data/ai2d.parquet --format easyr1 --json
-  mmrl data check data/train.jsonl
-  mmrl data check --config configs/quickstart.yaml
+EXAMPLES = """  mmrl data show runs/quickstart/data/train.jsonl --limit 3
+  mmrl data show YOUR_DATA.parquet --format easyr1 --json   # a name in capitals: your own file
+  mmrl data check runs/quickstart/data/train.jsonl
+  mmrl data check --config runs/quickstart/grpo/config.yaml   # the datasets a run trained on
 """
 
 
@@ -110,10 +110,10 @@ def register(subparsers, name: str) -> None:
     check_help = ("find what would crash or mislead training: bad images, image slots vs images, boxes outside "
                   "their image or frame, golds the rewards cannot score; exit 2 on errors")
     leaf_examples = {
-        "show": "  mmrl data show data/synth/train.jsonl --limit 3\n"
-                "  mmrl data show /data/geo3k.parquet --format easyr1 --json --limit 1   # as mmrl reads it\n",
-        "check": "  mmrl data check data/synth/train.jsonl            # exit 2 and one line per problem (file:line, id)\n"
-                 "  mmrl data check --config configs/tests/grpo_tiny.yaml   # every dataset of a run, its rewards\n",
+        "show": "  mmrl data show runs/quickstart/data/train.jsonl --limit 3\n"
+                "  mmrl data show GEO3K.parquet --format easyr1 --json --limit 1   # your file, as mmrl reads it\n",
+        "check": "  mmrl data check runs/quickstart/data/train.jsonl   # exit 2 and one line per problem (file:line, id)\n"
+                 "  mmrl data check --config runs/quickstart/grpo/config.yaml   # every dataset of a run, its rewards\n",
     }
     for verb, help_text in (("show", "print samples"), ("check", check_help)):
         p = sub.add_parser(verb, help=help_text, description=help_text, epilog="examples:\n" + leaf_examples[verb],

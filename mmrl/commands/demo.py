@@ -9,7 +9,7 @@ from mmrl.commands import add_command
 from mmrl.errors import UserError
 
 EXAMPLES = """  mmrl demo chat --model tiny                      # image + question, streamed reasoning and answer
-  mmrl demo grounding --model runs/rec/checkpoints/step-200 --frame norm1000
+  mmrl demo grounding --model REC_RUN/checkpoints/step-200 --frame norm1000   # a grounding run (recipes)
   mmrl demo gui --model tiny                       # screenshot + instruction -> UI-R1 action
   mmrl demo rewards                                # reward playground, no model
   mmrl demo runs runs/quickstart/grpo              # curves and samples of a run (the quickstart's GRPO step)

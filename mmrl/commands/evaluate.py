@@ -10,10 +10,12 @@ from mmrl.commands import add_command
 from mmrl.errors import UserError
 
 EXAMPLES = """\
-  mmrl eval --model tiny --data data/synthetic/eval.jsonl --limit 20
-  mmrl eval --model runs/grpo_tiny --data data/synth/eval.jsonl   # the run's latest checkpoint -> runs/grpo_tiny/eval/
-  mmrl eval --model runs/quickstart/checkpoints/step-200 --data eval.jsonl --k 8 eval.temperature=0.7
-  mmrl eval configs/quickstart.yaml model.name_or_path=runs/quickstart/checkpoints/step-200
+  mmrl eval --model tiny --data runs/quickstart/data/eval.jsonl --limit 20
+  mmrl eval --model runs/quickstart/grpo --data runs/quickstart/data/eval.jsonl   # latest checkpoint -> grpo/eval/
+  mmrl eval --model runs/quickstart/grpo/checkpoints/step-200 --data runs/quickstart/data/eval.jsonl --k 8 \
+      eval.greedy=false eval.temperature=0.7
+  mmrl eval configs/quickstart.yaml model.name_or_path=runs/quickstart/grpo/checkpoints/step-200 \
+      data.eval=runs/quickstart/data/eval.jsonl
 """
 
 

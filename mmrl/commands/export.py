@@ -14,7 +14,7 @@ def register(subparsers, name: str) -> None:
         help="export a checkpoint as a plain HF model (merging LoRA)",
         description="Write a standalone model directory loadable by from_pretrained: a LoRA checkpoint is merged\n"
         "into its base model; a full checkpoint is copied without the trainer state.",
-        examples="  mmrl export runs/grpo_tiny/checkpoints/step-4 exported/grpo_tiny\n",
+        examples="  mmrl export runs/quickstart/grpo/checkpoints/step-200 exported/quickstart\n",
     )
     parser.add_argument("checkpoint", help="a checkpoints/step-N directory")
     parser.add_argument("out_dir", help="where to write the exported model")

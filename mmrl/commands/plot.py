@@ -14,7 +14,8 @@ def register(subparsers, name: str) -> None:
         help="plot the curves of a run",
         description="Read RUN_DIR/metrics.jsonl and write RUN_DIR/plots/*.png: reward (total and components), "
         "accuracy, completion length, KL and loss, with a dashed line where the stage changes.",
-        examples="  mmrl plot runs/quickstart\n  mmrl plot runs/ptst --out /tmp/ptst-plots\n",
+        examples="  mmrl plot runs/quickstart/grpo                 # -> runs/quickstart/grpo/plots/\n"
+                 "  mmrl plot runs/quickstart/sft --out /tmp/sft-plots\n",
     )
     parser.add_argument("run_dir", help="run directory containing metrics.jsonl")
     parser.add_argument("--out", default=None, help="directory for the PNGs (default: RUN_DIR/plots)")

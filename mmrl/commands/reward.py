@@ -13,10 +13,10 @@ from mmrl.commands import add_command
 from mmrl.errors import UserError
 
 EXAMPLES = """  mmrl reward list
-  mmrl reward score --reward accuracy --input completions.jsonl
-  mmrl reward score --reward accuracy --reward format=0.5 --input completions.jsonl
-  mmrl reward score --reward '[{name: accuracy, weight: 1.0}, {name: format, weight: 0.5}]' --input c.jsonl
-  mmrl reward score --reward my_rewards.py:length_bonus --kwargs '{"target": 200}' --input c.jsonl
+  mmrl reward score --reward accuracy --input runs/quickstart/grpo/samples/step-200.jsonl
+  mmrl reward score --reward accuracy --reward format=0.5 --input runs/quickstart/grpo/samples/step-200.jsonl
+  mmrl reward score --reward '[{name: accuracy, weight: 1.0}, {name: format, weight: 0.5}]' --input COMPLETIONS.jsonl
+  mmrl reward score --reward MY_REWARDS.py:length_bonus --kwargs '{"target": 200}' --input COMPLETIONS.jsonl
   Each input line is {"completion": "...", "answer": ..., "task": ..., <other columns>}.
   Output: one JSON line per item ({"line": N, "id": ..., "total": ..., <reward>: ...}), then a summary line
   {"summary": {"items": N, "total": {"mean": ..., "none": ..., "errors": ..., "timeouts": ...}, <reward>: {...}}}.

@@ -10,7 +10,7 @@ from mmrl.commands import add_command
 from mmrl.errors import UserError
 
 EXAMPLES = """  mmrl serve --model tiny                          # http://127.0.0.1:8000/v1
-  mmrl serve --model runs/quickstart/checkpoints/step-50 --port 8001
+  mmrl serve --model runs/quickstart/grpo/checkpoints/step-200 --port 8001
   mmrl serve --model Qwen/Qwen2.5-VL-3B-Instruct --max-queue 16 --max-tokens 1024
 """
 

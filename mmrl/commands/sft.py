@@ -15,8 +15,10 @@ def register(subparsers, name: str) -> None:
         help="cold-start SFT (loss on assistant tokens only)",
         description="Supervised fine-tuning on samples with a target `response` (e.g. <think>...</think>"
         "<answer>...</answer>).\nSame run directory, checkpoints, resume and multi-process support as `mmrl train`.",
-        examples="  mmrl sft configs/vision_r1/cold_start_sft.yaml data.train=data/cot.jsonl\n"
-        "  mmrl sft configs/vision_r1/cold_start_sft.yaml model.name_or_path=tiny trainer.max_steps=10\n",
+        examples="  mmrl sft configs/vision_r1/cold_start_sft.yaml data.train=YOUR_COT.jsonl   # your own CoT data\n"
+        "  mmrl sft configs/vision_r1/cold_start_sft.yaml model.name_or_path=tiny trainer.max_steps=10 \\\n"
+        "      data.train=runs/quickstart/data/train.jsonl data.max_pixels=3136\n"
+        "Settings: `mmrl config show --doc` lists every field with its description and default.\n",
     )
     parser.add_argument("config", help="path to a YAML config")
     parser.add_argument("overrides", nargs="*", help="dotted overrides key.path=value")

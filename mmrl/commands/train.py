@@ -16,9 +16,14 @@ def register(subparsers, name: str) -> None:
         description="Train a VLM with GRPO (Dr. GRPO, DAPO token loss, clip-higher, KL estimators, online filtering),\n"
         "rule-based rewards, and curriculum / PTST stages. Writes runs/<name>/ (config.yaml, metrics.jsonl, tb/,\n"
         "samples/, checkpoints/step-N/).",
-        examples="  mmrl train configs/tests/grpo_tiny.yaml trainer.max_steps=4\n"
-        "  mmrl train configs/mm_eureka.yaml trainer.resume=auto\n"
-        "  accelerate launch --num_processes 2 -m mmrl train configs/tests/grpo_tiny.yaml\n",
+        examples="  mmrl train configs/tests/grpo_tiny.yaml data.train=runs/quickstart/data/train.jsonl trainer.max_steps=4\n"
+        "  mmrl train configs/tests/grpo_tiny.yaml data.train=runs/quickstart/data/train.jsonl trainer.max_steps=8 \\\n"
+        "      trainer.resume=auto                      # 4 more steps in runs/grpo_tiny\n"
+        "  accelerate launch --num_processes 2 -m mmrl train configs/tests/grpo_tiny.yaml \\\n"
+        "      data.train=runs/quickstart/data/train.jsonl trainer.output_dir=runs/grpo_tiny_2proc\n"
+        "Settings: `mmrl config show --doc` lists every field (model, data, rollout, algorithm, rewards, optimizer,\n"
+        "trainer, stages, eval) with its description and default; `mmrl config show CONFIG` the values a config\n"
+        "resolves to. Any field is set as section.key=value after the config.\n",
     )
     parser.add_argument("config", help="path to a YAML config")
     parser.add_argument("overrides", nargs="*", help="dotted overrides key.path=value")

@@ -59,6 +59,10 @@ class TrainerConfig(Section):
     resume: str | None = Field(
         None, description="null: start fresh; 'auto': latest complete checkpoint in output_dir; or a checkpoint path."
     )
+    resume_allow_changes: list[str] = Field(
+        [], description="Settings a resume may change from the config the checkpoint was trained with, e.g. "
+        "[optimizer.lr, rollout.group_size] or a whole section [data]; any other change is refused, naming the fields. "
+        "Each segment's config is kept in <output_dir>/configs/step-<N>.yaml.")
     overwrite: bool = Field(
         False, description="Start a fresh run in an output_dir that holds an earlier run, deleting its checkpoints and "
         "metrics (without it, such a run is refused: use resume='auto' to continue it)."
@@ -71,7 +75,13 @@ class TrainerConfig(Section):
         ["jsonl", "tensorboard"], description="Metric sinks (metrics.jsonl is always written); wandb and trackio are "
         "optional installs and honour offline mode (WANDB_MODE=offline, HF_HUB_OFFLINE=1)."
     )
-    progress: bool = Field(True, description="Show a progress bar with ETA.")
+    progress: bool = Field(
+        True, description="Show progress with ETA: a bar on a terminal, plain lines (step, ETA, reward) when the "
+        "output goes to a file (nohup, slurm).")
+    num_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads per process. null: the CPUs available to the process "
+        "(its affinity) divided among the processes on the node, less the cores other jobs keep busy; "
+        "OMP_NUM_THREADS is used when set. The first lines of a run say the count and why.")
 
     @field_validator("report_to", mode="before")
     @classmethod

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmrl.config import MMRLConfig, save_resolved
+from mmrl.config import MMRLConfig
 from mmrl.engine import checkpoint as ckpt
 from mmrl.engine.distributed import (
     DistInfo,
@@ -26,8 +26,10 @@ from mmrl.engine.distributed import (
 )
 from mmrl.engine.faults import fault_point
 from mmrl.engine.optim import build_optimizer, build_scheduler, trainable_parameters
+from mmrl.engine.run_config import check_resume_config, save_segment_config
 from mmrl.engine.run_dir import claim_run_dir, release_run_dir
 from mmrl.engine.run_logger import RunLogger
+from mmrl.engine.threads import announce_threads, configure_threads
 from mmrl.errors import UserError
 from mmrl.models.loading import LoadedModel, load_policy
 
@@ -92,7 +94,8 @@ class TrainingRun:
 
     def topology(self) -> dict[str, Any]:
         """How this run is spread: recorded in its first metrics row."""
-        return {"world_size": self.dist.world_size, "engine": self.engine.name}
+        return {"world_size": self.dist.world_size, "engine": self.engine.name,
+                "threads": configure_threads().threads}
 
     def save(self, step: int, extra: dict[str, Any]) -> Path | None:
         """Checkpoint `step` (main process writes; all wait) with optimizer, schedule, RNG and the trainer's state."""
@@ -175,6 +178,7 @@ def resolve_resume_everywhere(resume: str | None, run_dir: Path, dist: DistInfo)
 def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
     """Processes, seed, run dir (with the resolved config), model, optimizer, schedule, logger, resume point."""
     run_dir = prepare_run(cfg)
+    configure_threads(cfg.trainer.num_threads)  # before torch's first parallel op; said in the run's first lines
     dist = init_distributed(cfg.trainer.device)
     seed_everything(cfg.trainer.seed)
     resume_from = resolve_resume_everywhere(cfg.trainer.resume, run_dir, dist)
@@ -195,8 +199,11 @@ def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
     steps = total_steps or cfg.trainer.max_steps
     scheduler = build_scheduler(optimizer, cfg.optimizer, steps)
     start_step = int(resume_from.name.split("-")[1]) if resume_from else 0
-    if dist.is_main:  # only once the model loaded: a bad model name must not rewrite a resumed run's config.yaml
-        save_resolved(cfg, run_dir)
+    # only once the model loaded: a mistyped model name gets its own error, and must not rewrite a resumed run's config
+    check_resume_config(cfg, run_dir, resume_from)
+    announce_threads()  # the run's first line once its setup went through
+    if dist.is_main:
+        save_segment_config(cfg, run_dir, start_step)
     logger = RunLogger(run_dir, cfg.trainer.report_to, enabled=dist.is_main, total_steps=steps,
                        progress=cfg.trainer.progress, start_step=start_step)
     return TrainingRun(cfg=cfg, dist=dist, run_dir=run_dir, loaded=loaded, params=params, optimizer=optimizer,

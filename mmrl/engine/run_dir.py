@@ -21,7 +21,8 @@ from mmrl.errors import UserError
 LOCK_FILE = ".mmrl.lock"
 # What a run writes; their presence means the directory holds an earlier run.
 RUN_MARKERS = ("metrics.jsonl", "checkpoints", "config.yaml")
-RUN_FILES = (*RUN_MARKERS, "samples", "tb", "eval", "bad_images.jsonl", "plots", "model_interface.json")
+# configs/: each segment's config (a fresh start and every resume), see run_config.py
+RUN_FILES = (*RUN_MARKERS, "configs", "samples", "tb", "eval", "bad_images.jsonl", "plots", "model_interface.json")
 
 
 def check_output_dir(path: str | os.PathLike, field: str) -> Path:
@@ -129,6 +130,28 @@ def used_run_files(run_dir: Path) -> list[str]:
     return [name for name in RUN_MARKERS if (run_dir / name).exists()]
 
 
+def ran_a_step(run_dir: Path) -> bool:
+    """Whether a run in `run_dir` got as far as a step: a metrics row or a checkpoint. A run that stopped before
+    (a setting refused once the model loaded, a crash while loading) leaves only config.yaml and empty logs, which
+    must not block its corrected re-run."""
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        with open(metrics, "rb") as handle:  # the first bytes tell: a long run's file need not be read whole
+            if handle.read(4096).strip():
+                return True
+    checkpoints = run_dir / "checkpoints"
+    return checkpoints.is_dir() and any(checkpoints.iterdir())
+
+
+def _remove_run_files(run_dir: Path) -> None:
+    for name in RUN_FILES:
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
 def claim_run_dir(run_dir: str | os.PathLike, resume: str | None, overwrite: bool) -> Path:
     """Check, lock and (with overwrite) clear `run_dir` for a training run; idempotent within one process."""
     run_dir = Path(run_dir)
@@ -141,18 +164,18 @@ def claim_run_dir(run_dir: str | os.PathLike, resume: str | None, overwrite: boo
     lock.acquire()
     try:
         used = used_run_files(run_dir)
-        if used and resume in (None, "", "none", "null"):
+        if used and not ran_a_step(run_dir):
+            # nothing of that run is worth keeping (no step ran); said, not silent
+            _remove_run_files(run_dir)
+            print(f"trainer.output_dir: {run_dir} held a run that stopped before its first step ({', '.join(used)});"
+                  " starting this run there", file=sys.stderr)
+        elif used and resume in (None, "", "none", "null"):
             if not overwrite:
                 raise UserError(
                     f"trainer.output_dir: {run_dir} already holds a run ({', '.join(used)}); continue it with "
                     "trainer.resume=auto, give another trainer.output_dir, or replace it with trainer.overwrite=true"
                 )
-            for name in RUN_FILES:
-                target = run_dir / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
+            _remove_run_files(run_dir)
             print(f"trainer.overwrite=true: removed the earlier run's files in {run_dir}", file=sys.stderr)
     except BaseException:
         lock.release()

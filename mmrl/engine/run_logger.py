@@ -67,7 +67,11 @@ class RunLogger:
         self._trackers = open_trackers(report_to, self.run_dir,
                                        _read_yaml(saved) if saved.exists() and set(report_to) - {"jsonl", "tensorboard"}
                                        else None)
-        if progress and total_steps:
+        self._plain: PlainProgress | None = None
+        if progress and total_steps and not is_terminal(sys.stderr):
+            # tqdm draws only on a terminal: under nohup or slurm a 70-minute run would print nothing at all
+            self._plain = PlainProgress(total_steps, start_step)
+        elif progress and total_steps:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", file=sys.stderr,
@@ -93,6 +97,8 @@ class RunLogger:
 
             for tracker in self._trackers:
                 tracker.log(step, numeric(record))
+        if self._plain is not None:
+            self._plain.update(step, record)
         if self._bar is not None:
             shown = {k: record[k] for k in ("loss", "reward/total", "accuracy") if record.get(k) is not None}
             self._bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
@@ -127,6 +133,49 @@ class RunLogger:
             self._tb.close()
         if self._bar is not None:
             self._bar.close()
+
+
+def is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed or replaced by an object without a file
+        return False
+
+
+SHOWN = {"loss": "loss", "reward/total": "reward", "accuracy": "accuracy"}
+
+
+class PlainProgress:
+    """Progress as plain lines on stderr (step, rate, ETA, reward), for output that goes to a file: the first step,
+    every 5% of the run, and the last step, so a log holds about 20 of them whatever the run's length."""
+
+    def __init__(self, total_steps: int, start_step: int = 0, label: str = "train", unit: str = "step") -> None:
+        self.total = total_steps
+        self.start_step = start_step
+        self.label, self.unit = label, unit
+        self.every = max(1, total_steps // 20)
+        self.started = time.monotonic()
+        self.n = start_step
+
+    def update(self, step: int, record: dict[str, Any] | None = None) -> None:
+        """`step` units are done (the trainers' step number); prints when this step is one of the shown ones."""
+        before, self.n = self.n, step
+        if not (before == self.start_step or step // self.every > before // self.every or step >= self.total):
+            return
+        done = step - self.start_step
+        per_unit = (time.monotonic() - self.started) / max(done, 1)
+        left = max(self.total - step, 0) * per_unit
+        shown = "".join(f", {name} {record[key]:.3g}" for key, name in SHOWN.items()
+                        if isinstance((record or {}).get(key), (int, float)))
+        print(f"{self.label}: {self.unit} {step}/{self.total} ({100 * step // self.total}%), {per_unit:.2f} "
+              f"s/{self.unit}, ETA {_duration(left)}{shown}", file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def _parse_rows(text: str) -> list[dict[str, Any]]:

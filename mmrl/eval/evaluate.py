@@ -147,10 +147,23 @@ class _NoBar:
 def _progress_bar(total: int, enabled: bool):
     if not enabled:
         return _NoBar()
+    import sys
+
+    from mmrl.engine.run_logger import PlainProgress, is_terminal
+
+    if not is_terminal(sys.stderr):  # logs, nohup, slurm: plain lines with an ETA instead of nothing
+        return _PlainBar(PlainProgress(total, label="eval", unit="item"))
     from tqdm.auto import tqdm
 
-    # disable=None: no bar where stderr is not a terminal (logs, CI), instead of one line per refresh.
     return tqdm(total=total, desc="eval", unit="item", dynamic_ncols=True, disable=None)
+
+
+class _PlainBar(_NoBar):
+    def __init__(self, plain) -> None:
+        self.plain = plain
+
+    def update(self, n: int = 1) -> None:
+        self.plain.update(self.plain.n + n)
 
 
 def evaluate_config(cfg: Any, out_dir: Path, progress: bool = True, info: dict[str, Any] | None = None) -> dict:
@@ -160,6 +173,7 @@ def evaluate_config(cfg: Any, out_dir: Path, progress: bool = True, info: dict[s
 
     from mmrl.data.dataset import load_datasets
     from mmrl.data.vision import check_images
+    from mmrl.engine.threads import announce_threads, configure_threads
     from mmrl.models.loading import load_policy
 
     samples = load_datasets(cfg.data.eval, cfg.data)
@@ -169,7 +183,9 @@ def evaluate_config(cfg: Any, out_dir: Path, progress: bool = True, info: dict[s
     device = cfg.trainer.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    configure_threads(cfg.trainer.num_threads)
     loaded = load_policy(cfg.model, device=device, for_training=False)
+    announce_threads()  # once the model loaded: a mistyped model name stays a one-line error
     info = {"model": cfg.model.name_or_path, "data": [spec.path for spec in cfg.data.eval], **(info or {})}
     try:
         return evaluate(loaded.model, loaded.processor, samples, cfg.eval, cfg.data, out_dir, progress=progress,

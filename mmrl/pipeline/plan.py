@@ -216,9 +216,9 @@ def _check_list_index(data: dict[str, Any], key: str, where: str) -> None:
             return
 
 
-def config_digest(config: MMRLConfig, step: PipelineStep) -> str:
-    """A short fingerprint of what a step would run (only the sections it reads), to tell the user when a finished
-    step's config changed since it ran."""
+def step_settings(config: MMRLConfig, step: PipelineStep) -> dict[str, Any]:
+    """What a step would run: the config sections it reads and the step itself (kept in its DONE.json, so a re-run
+    with other settings can name what changed)."""
     full = config.model_dump(mode="json")
     if step.kind == "build-data":
         used: dict[str, Any] = {}
@@ -226,5 +226,11 @@ def config_digest(config: MMRLConfig, step: PipelineStep) -> str:
         used = {key: full[key] for key in ("model", "data", "eval")}
     else:
         used = {key: value for key, value in full.items() if key not in ("eval", "pipeline")}
-    text = json.dumps([used, step.model_dump(mode="json")], sort_keys=True, default=str)
+    return json.loads(json.dumps({**used, "step": step.model_dump(mode="json")}, default=str))
+
+
+def config_digest(config: MMRLConfig, step: PipelineStep) -> str:
+    """A short fingerprint of `step_settings`, to tell when a finished step's settings changed since it ran."""
+    used = step_settings(config, step)
+    text = json.dumps([{k: v for k, v in used.items() if k != "step"}, used["step"]], sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

@@ -3,8 +3,8 @@
 A step is finished when `<output_dir>/<step>/DONE.json` exists (written last, atomically, with the step's outputs,
 metrics and what it wires into later steps) and its outputs are still on disk. A step without it is run — sft/train
 with `trainer.resume=auto`, so an interrupted one continues from its latest complete checkpoint — and once a step has
-run, every later step runs again too, since its inputs may have changed. Delete a step's DONE.json to re-run it (and
-what follows); delete its directory to start it from scratch.
+run, every later step runs again too, since its inputs may have changed. A finished step whose settings changed since
+it ran is refused, naming it (its results are another config's); delete its directory to re-run it from scratch.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from mmrl.config.workflow import PipelineStep
 from mmrl.errors import UserError
 from mmrl.pipeline.builders import run_build_data
-from mmrl.pipeline.plan import TRAINED_KINDS, Plan, config_digest, load_plan, step_config
+from mmrl.pipeline.plan import TRAINED_KINDS, Plan, config_digest, load_plan, step_config, step_settings
 from mmrl.pipeline.seeds import aggregate, plot_seeds, seed_overrides, seeds_table
 from mmrl.pipeline.steps import StepResult, run_eval, run_trained
 from mmrl.pipeline.summary import accuracy_table, build_summary, plot_accuracy, write_summary
@@ -71,6 +71,26 @@ def _execute(plan: Plan, step: PipelineStep, cfg, wiring: dict[str, Any], where:
     return run_eval(step, cfg, out, step.args.get("label", step.name), where)
 
 
+def _refuse_changed(plan: Plan, stale: list[tuple[PipelineStep, dict[str, Any], dict[str, Any]]]) -> None:
+    """One line naming the finished steps whose settings changed (and the fields, where their DONE.json kept them):
+    skipping them would print another config's results with exit 0, and re-running a finished trained step in place
+    would resume its last checkpoint (nothing to train) or mix two configs in one run."""
+    if not stale:
+        return
+    from mmrl.engine.run_config import changed_fields
+
+    parts = []
+    for step, done, now in stale:
+        before = done.get("settings")
+        fields = changed_fields(before, now) if before is not None else []
+        parts.append(f"{step.name} ({', '.join(fields[:4]) + (' ...' if len(fields) > 4 else '')})" if fields
+                     else step.name)
+    dirs = " ".join(str(plan.step_dir(step)) for step, _, _ in stale)
+    raise UserError(f"{plan.path}: {plan.root} holds finished steps run with other settings: {', '.join(parts)}; "
+                    f"give these settings another output_dir, or delete those steps' directories ({dirs}) to re-run "
+                    "them there")
+
+
 def _brief(metrics: dict[str, Any]) -> str:
     keys = [k for k in ("accuracy", "n", "loss", "reward/total", "reward") if k in metrics]
     shown = ", ".join(f"{k}={metrics[k]:.3g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}" for k in keys)
@@ -89,6 +109,10 @@ def run_pipeline(
     say = echo or (lambda line: print(line, flush=True))
     started = time.perf_counter()
     plan = load_plan(path, overrides)
+    from mmrl.engine.threads import announce_threads, configure_threads
+
+    configure_threads(plan.config.trainer.num_threads)  # once for every step: the pipeline's first line
+    announce_threads(say)
     if plan.config.seeds:
         return _run_seeds(plan, list(overrides), say, started)
     return _run_plan(plan, say, started)
@@ -117,9 +141,6 @@ def _run_seeds(plan: Plan, overrides: list[str], say: Callable[[str], None], sta
             (plan.root / "summary.png").unlink(missing_ok=True)  # an earlier sweep's plot is not this summary's
     for line in seeds_table(summary).splitlines():
         say(line)
-    for seed, names in summary.get("stale_steps", {}).items():
-        say(f"note: seed {seed}'s steps {names} were skipped though their config changed since they ran; the "
-            "aggregate has their old results (delete their DONE.json to re-run them)")
     if plot is not None:
         say(f"plot: {plot}")
     say(f"summary over seeds {seeds}: {written}")
@@ -131,7 +152,9 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
     trained: dict[str, str] = {}
     records: list[dict[str, Any]] = []
     statuses: dict[str, str] = {}
-    stale: list[str] = []  # skipped steps whose config changed since they ran: their results are the old config's
+    # finished steps whose settings changed since they ran: their results are another config's, never shown as this
+    # one's; refused before anything runs (see _refuse_changed)
+    stale: list[tuple[PipelineStep, dict[str, Any], dict[str, Any]]] = []
     upstream_ran = False
     total = len(plan.steps)
     say(f"pipeline {plan.config.name}: {total} steps in {plan.root}")
@@ -147,12 +170,11 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
         if done is not None and not upstream_ran:
             missing = _missing_outputs(done)
             if not missing:
-                changed = done.get("config_digest") != digest
-                say(f"{head}: skipped (done)" + (f"; its config changed since it ran: delete "
-                                                 f"{plan.step_dir(step) / DONE} to re-run it" if changed else ""))
+                if done.get("config_digest") != digest:
+                    stale.append((step, done, step_settings(cfg, step)))
+                else:
+                    say(f"{head}: skipped (done)")
                 record, statuses[step.name] = done, "skipped"
-                if changed:
-                    stale.append(step.name)
             else:
                 say(f"{head}: running again (its output {missing[0]} is missing)")
         elif done is not None:
@@ -160,11 +182,13 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
         else:
             say(f"{head}: running")
         if record is None:
+            _refuse_changed(plan, stale)  # before this step runs: every changed step so far is named at once
             began = time.perf_counter()
             result = _execute(plan, step, cfg, wiring, where, earlier)
             seconds = time.perf_counter() - began
             record = {"name": step.name, "kind": step.kind, "outputs": result.outputs, "metrics": result.metrics,
                       "wiring": result.wiring, "seconds": round(seconds, 3), "config_digest": digest,
+                      "settings": step_settings(cfg, step),
                       "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             _write_done(plan.step_dir(step), record)  # last: the marker means every output above is complete
             statuses[step.name], upstream_ran = "ran", True
@@ -175,9 +199,8 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
         if step.kind in TRAINED_KINDS:
             trained[step.name] = record["outputs"]["checkpoint"]
         records.append(record)
+    _refuse_changed(plan, stale)
     summary = build_summary(records, statuses, time.perf_counter() - started)
-    if stale:
-        summary["stale_steps"] = stale
     path_written = write_summary(plan.root, summary)
     if summary["accuracy"]:
         for line in accuracy_table(summary).splitlines():

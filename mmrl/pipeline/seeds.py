@@ -139,11 +139,6 @@ def aggregate(per_seed: dict[int, dict[str, Any]], wall_seconds: float) -> dict[
     out = {"seeds": seeds, "arms": arms, "train": train, "curves": curves,
            "per_seed": {str(seed): s.get("path") for seed, s in per_seed.items()},
            "seconds": round(sum(s["seconds"] for s in per_seed.values()), 3), "wall_seconds": round(wall_seconds, 3)}
-    # steps a re-run skipped although their config changed (an edited config, a seed-<seed>/ left by another run):
-    # the aggregate holds their old results, and says so
-    stale = {str(seed): s["stale_steps"] for seed, s in per_seed.items() if s.get("stale_steps")}
-    if stale:
-        out["stale_steps"] = stale
     return out
 
 

@@ -35,11 +35,11 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from mmrl.config.rl import RewardSpec
+from mmrl.engine.threads import reward_workers
 from mmrl.errors import UserError
 from mmrl.rewards.extraction import has_multiple_answers
 from mmrl.rewards.registry import get_reward, is_batched, is_file_spec, kwargs_problem
@@ -109,7 +109,8 @@ class RewardComposite:
             if problem is not None:
                 raise UserError(f"rewards: '{spec.name}' kwargs: {problem}")
         self.timeouts = [timeout_s or s.timeout_s for s in self.specs]
-        self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        # the CPUs this trainer process may use, not the machine's: 4 workers per rank on a 2-core share thrash
+        self.workers = reward_workers() if workers is None else workers
         self.targets = [self._target(s.name, fn) for s, fn in zip(self.specs, self.fns, strict=True)]
         self._pool: WorkerPool | None = None
         self.counters: dict[str, int] = {}  # cumulative over the composite's life

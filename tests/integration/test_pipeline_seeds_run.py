@@ -46,22 +46,25 @@ def test_a_seed_failing_part_way_names_itself_in_one_line_and_the_aggregate_keep
     assert summary["arms"]["base"]["accuracy"]["values"] == [0.0]
 
 
-def test_a_rerun_that_skips_steps_whose_config_changed_says_so_in_the_aggregate(tmp_path, tiny_model_dir, capsys):
-    # a seed-<seed>/ left by a run with other settings: its finished steps are skipped (their results kept), which the
-    # aggregate must say, or it would present the old settings' accuracy as the new ones'
+def test_a_rerun_with_changed_settings_into_a_finished_folder_is_refused_naming_the_steps_and_fields(
+        tmp_path, tiny_model_dir, capsys):
+    # it used to skip the changed steps and print the old settings' results with exit 0 (a "config changed" note per
+    # step the only hint); a plain pipeline and a seeds sweep (a seed-<seed>/ left by a run with other settings)
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump(PIPELINE), encoding="utf-8")
     root = tmp_path / "run"
     assert main(["pipeline", str(config), f"output_dir={root}", "seeds=[0]"]) == 0
-    first = json.loads((root / "summary.json").read_text(encoding="utf-8"))
-    assert "stale_steps" not in first
+    summaries = {path: path.read_bytes() for path in (root / "summary.json", root / "seed-0" / "summary.json")}
     capsys.readouterr()
 
-    assert main(["pipeline", str(config), f"output_dir={root}", "seeds=[0]", "eval.max_new_tokens=3"]) == 0
+    for extra in (["seeds=[0]"], ["seeds=[]", f"output_dir={root / 'seed-0'}"]):
+        code = main(["pipeline", str(config), f"output_dir={root}", *extra, "eval.max_new_tokens=3"])
 
-    out = capsys.readouterr().out
-    summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
-    assert summary["stale_steps"] == {"0": ["eval_base"]}  # the data step reads no eval setting: not stale
-    assert json.loads((root / "seed-0" / "summary.json").read_text(encoding="utf-8"))["stale_steps"] == ["eval_base"]
-    assert "note: seed 0's steps ['eval_base'] were skipped though their config changed" in out
-    assert summary["arms"] == first["arms"]  # the old results, kept (not lost), and flagged
+        out, err = capsys.readouterr()
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+        assert "holds finished steps run with other settings: eval_base (eval.max_new_tokens); " in lines[0]
+        assert "data" not in lines[0].split("other settings:")[1].split(";")[0]  # reads no eval setting: not changed
+        assert str(root / "seed-0" / "eval_base") in lines[0]
+        assert "accuracy" not in out and "summary" not in out  # no stale table
+        assert {path: path.read_bytes() for path in summaries} == summaries
