@@ -42,3 +42,17 @@ def test_each_floor_is_what_the_compat_job_installs():
             assert stated[name] == NOT_INSTALLABLE_HERE[name] and _release(pins[name]) >= _release(stated[name])
             continue
         assert _release(pins[name]) == _release(stated[name]), name
+
+
+def test_every_extra_the_docs_and_scripts_name_exists():
+    """`pip install "mmrl[vllm]"` only warns that the extra does not exist and installs no vLLM: the README and
+    scripts/gpu_check.sh still named that extra after it became one per torch (vllm-torch211/213/214)."""
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    files = [ROOT / "README.md", *(ROOT / "scripts").rglob("*.sh"), *(ROOT / "mmrl").rglob("*.py")]
+    named = {}
+    for path in files:
+        for found in re.finditer(r"""(?:mmrl|["']\.)\[([A-Za-z0-9_,-]+)\]""", path.read_text()):
+            for extra in found.group(1).split(","):
+                named.setdefault(extra, path.relative_to(ROOT).as_posix())
+    assert "vllm-torch213" in named and "dev" in named
+    assert {extra: where for extra, where in named.items() if extra not in extras} == {}
