@@ -204,7 +204,10 @@ else
       "$1" benchmarks/gpu_throughput.py --preset qwen2.5-vl-3b --dtype bf16 --attn sdpa --backend vllm --steps 1 \
       --json "$2"' _ "$PY" "$WORK/vllm.json"
   else
-    skip vllm "vLLM is not installed here (pip install 'mmrl[vllm]' on a machine that has a registry, then rerun)"
+    # The extra of the installed torch (mmrl[vllm-torch211] ...): there is no plain vllm extra.
+    hint=$("$PY" -c 'import torch; from mmrl.generation.vllm_pairs import install_hint; print(install_hint(torch.__version__))' \
+      2>/dev/null) || hint="pip install the mmrl[vllm-torch...] extra of this torch (README, Tested versions)"
+    skip vllm "vLLM is not installed here ($hint on a machine that has a registry, then rerun)"
   fi
   # shellcheck disable=SC2016
   if [ "$DEVICE" = cuda ] && has flash_attn; then

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 class Pair:
     torch: str  # major.minor
     extra: str  # the mmrl extra that installs this pair
-    low: str  # first vLLM release built for this torch (inclusive)
+    low: str  # first vLLM release mmrl pairs with this torch (inclusive; 0.21-0.22 pin torch 2.11 too, left out)
     high: str  # first release built for the next torch (exclusive)
 
 

@@ -42,3 +42,47 @@ def test_each_floor_is_what_the_compat_job_installs():
             assert stated[name] == NOT_INSTALLABLE_HERE[name] and _release(pins[name]) >= _release(stated[name])
             continue
         assert _release(pins[name]) == _release(stated[name]), name
+
+
+def test_every_extra_the_docs_and_scripts_name_exists():
+    """`pip install "mmrl[vllm]"` only warns that the extra does not exist and installs no vLLM: the README and
+    scripts/gpu_check.sh still named that extra after it became one per torch (vllm-torch211/213/214)."""
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    files = [ROOT / "README.md", *(ROOT / "scripts").rglob("*.sh"), *(ROOT / "mmrl").rglob("*.py")]
+    named = {}
+    for path in files:
+        for found in re.finditer(r"""(?:mmrl|["']\.)\[([A-Za-z0-9_,-]+)\]""", path.read_text()):
+            for extra in found.group(1).split(","):
+                named.setdefault(extra, path.relative_to(ROOT).as_posix())
+    assert "vllm-torch213" in named and "dev" in named
+    assert {extra: where for extra, where in named.items() if extra not in extras} == {}
+
+
+def test_no_floor_is_below_what_the_tested_floors_themselves_require():
+    """A floor no install can reach is not a tested floor (tokenizers>=0.21 and safetensors>=0.4 were stated while
+    transformers 5.17 requires >=0.23.1 and >=0.8). Checked where the floors are installed: the compat job."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    installed = {name: metadata.version(name) for name in CHECKED}
+    if any(_release(installed[name]) != _release(version) for name, version in floors().items()
+           if name not in NOT_INSTALLABLE_HERE):
+        pytest.skip("the floors are not what is installed here (the compat job installs them)")
+    ours = {}
+    for text in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        requirement = Requirement(text)
+        low = [spec.version for spec in requirement.specifier if spec.operator in (">=", "==")]
+        if low:
+            ours[canonicalize_name(requirement.name)] = low[0]
+    below = []
+    for name in CHECKED:
+        for text in metadata.requires(name) or []:
+            requirement = Requirement(text)
+            if requirement.marker is not None and "extra" in str(requirement.marker):
+                continue
+            floor = ours.get(canonicalize_name(requirement.name))
+            if floor is not None and not requirement.specifier.contains(floor, prereleases=True):
+                below.append(f"{requirement.name}>={floor} (mmrl) vs {requirement} ({name} {installed[name]})")
+    assert below == []
