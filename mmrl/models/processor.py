@@ -87,7 +87,10 @@ def folder_chat_template(path: str) -> str | None:
     raw = (local / "chat_template.jinja").read_text() if (local / "chat_template.jinja").is_file() else None
     legacy = None
     if (local / "chat_template.json").is_file():
-        legacy = json.loads((local / "chat_template.json").read_text()).get("chat_template")
+        try:
+            legacy = json.loads((local / "chat_template.json").read_text()).get("chat_template")
+        except (ValueError, AttributeError) as err:
+            raise UserError(f"{local / 'chat_template.json'}: not a JSON object with a chat_template ({err})") from None
     if raw is not None and legacy is not None and raw.strip() != str(legacy).strip():
         # transformers 5 gives the processor chat_template.json and the tokenizer chat_template.jinja (4.x preferred
         # the .jinja for both): prompts, SFT labels and the thinking probe would each render a different template.

@@ -119,8 +119,12 @@ def test_build_tiny_like_refuses_two_templates_and_an_out_dir_it_would_clobber(t
     two = tmp_path / "two"
     shutil.copytree(folder, two)
     (two / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "chat_template.json").write_text("{not json")
     for out, like, message in [(folder, folder, "is the --like folder itself"), (taken, folder, "is not empty"),
-                               (tmp_path / "out", two, "hold different chat templates")]:
+                               (tmp_path / "out", two, "hold different chat templates"),
+                               (tmp_path / "out", broken, "chat_template.json: not a JSON object")]:
         assert main(["model", "build-tiny", str(out), "--like", str(like)]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
