@@ -203,6 +203,7 @@ def build_like(out_dir: str | os.PathLike, like_dir: str | os.PathLike, seed: in
     if len(tokenizer) > config.get_text_config().vocab_size:
         raise UserError(f"--like {like}: the tokenizer has {len(tokenizer)} tokens, more than the config's "
                         f"vocab_size {config.get_text_config().vocab_size}")
+    _check_image_token(like, config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config)
@@ -217,6 +218,22 @@ def build_like(out_dir: str | os.PathLike, like_dir: str | os.PathLike, seed: in
     (out / LIKE_MARKER).write_text(json.dumps({"like": str(like.resolve()), "model_type": config.model_type,
                                                "seed": seed, "parameters": n_params, "copied": copied}, indent=2))
     return out
+
+
+def _check_image_token(like: Path, config: Any) -> None:
+    """The token the processor writes for an image must be one the config's model takes as an image token: a folder
+    whose config names another id built a model whose first forward with an image raised (features and tokens do not
+    match)."""
+    from mmrl.models.processor import load_processor
+    from mmrl.models.tokens import PLACEHOLDER_ATTRS
+
+    processor = load_processor(str(like))
+    token = getattr(processor, "image_token", None)
+    written = processor.tokenizer.convert_tokens_to_ids(token) if isinstance(token, str) else None
+    declared = {getattr(config, a) for a in PLACEHOLDER_ATTRS if isinstance(getattr(config, a, None), int)}
+    if isinstance(written, int) and declared and written not in declared:
+        raise UserError(f"--like {like}: the processor writes {token} (id {written}) for an image, but config.json's "
+                        f"image token ids are {sorted(declared)}; the tokenizer and the config are not the same model's")
 
 
 def _draw_zero_projections(model: Any) -> None:

@@ -119,12 +119,16 @@ def test_build_tiny_like_refuses_two_templates_and_an_out_dir_it_would_clobber(t
     two = tmp_path / "two"
     shutil.copytree(folder, two)
     (two / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    other_ids = tmp_path / "other_ids"
+    shutil.copytree(folder, other_ids)
+    (other_ids / "config.json").write_text(json.dumps({**json.loads(config), "image_token_id": 5}))
     broken = tmp_path / "broken"
     shutil.copytree(folder, broken)
     (broken / "chat_template.json").write_text("{not json")
     for out, like, message in [(folder, folder, "is the --like folder itself"), (taken, folder, "is not empty"),
                                (tmp_path / "out", two, "hold different chat templates"),
-                               (tmp_path / "out", broken, "chat_template.json: not a JSON object")]:
+                               (tmp_path / "out", broken, "chat_template.json: not a JSON object"),
+                               (tmp_path / "out", other_ids, "writes <image> (id 49190) for an image")]:
         assert main(["model", "build-tiny", str(out), "--like", str(like)]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
