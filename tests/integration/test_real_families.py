@@ -105,7 +105,7 @@ def test_build_tiny_like_refuses_bad_folders_in_one_line(tmp_path, capsys):
 
 
 def test_build_tiny_like_refuses_two_templates_and_an_out_dir_it_would_clobber(tmp_path, capsys):
-    """OUT = the model folder overwrote its config (a SameFileError traceback stopped it); a non-empty OUT had its
+    """OUT = the model folder ended in a SameFileError traceback (its config and weights next); a non-empty OUT had its
     weights replaced; a .jinja and a .json template that differ are rendered by different readers (transformers 5:
     the processor the .json, the tokenizer the .jinja)."""
     from mmrl.models.tiny_like import LIKE_MARKER, check_out
