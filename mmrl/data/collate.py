@@ -153,8 +153,10 @@ def end_of_turn_id(processor) -> int | None:
         text = processor.apply_chat_template(messages, tokenize=False)
     except Exception:  # noqa: BLE001 - a template that cannot render the probe: fall back to the tokenizer's EOS
         text = ""
-    after = text[text.rfind(marker) + len(marker):] if marker in text else ""
-    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after.strip() else []
+    # Whitespace the template writes before the token (`{{ content }}\n<end>`, Llama-2's `' ' + eos_token`) is not
+    # the end: read as one, every rollout stopped at its first newline or space.
+    after = text[text.rfind(marker) + len(marker):].lstrip() if marker in text else ""
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
     value = ids[0] if ids else tokenizer.eos_token_id
     tokenizer._mmrl_end_of_turn = value
     return value

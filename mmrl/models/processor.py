@@ -58,6 +58,8 @@ def load_processor(path: str, trust_remote_code: bool = False, **kwargs: Any):
     import transformers
     from transformers import AutoProcessor, AutoTokenizer
 
+    if Path(path).is_dir():
+        folder_chat_template(path)  # two different templates in the folder are refused before either is used
     try:
         return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
     except (ImportError, AttributeError, ValueError) as err:
@@ -75,18 +77,27 @@ def load_processor(path: str, trust_remote_code: bool = False, **kwargs: Any):
 
 
 def folder_chat_template(path: str) -> str | None:
-    """The processor's chat template as `AutoProcessor` reads it: `chat_template.jinja`, else `chat_template.json`.
+    """The folder's own chat template: `chat_template.jinja`, else `chat_template.json` (both: refused if different).
 
     It wins over the one embedded in `tokenizer_config.json`, which a model folder may ship stale or different
     (Qwen2-VL-2B's tokenizer_config holds the base model's template; a Thinking model's template may be published
     as chat_template.json only): using the tokenizer's silently renders every prompt in the wrong format.
     """
     local = Path(path)
-    if (local / "chat_template.jinja").is_file():
-        return (local / "chat_template.jinja").read_text()
+    raw = (local / "chat_template.jinja").read_text() if (local / "chat_template.jinja").is_file() else None
+    legacy = None
     if (local / "chat_template.json").is_file():
-        return json.loads((local / "chat_template.json").read_text()).get("chat_template")
-    return None
+        try:
+            legacy = json.loads((local / "chat_template.json").read_text()).get("chat_template")
+        except (ValueError, AttributeError) as err:
+            raise UserError(f"{local / 'chat_template.json'}: not a JSON object with a chat_template ({err})") from None
+    if raw is not None and legacy is not None and raw.strip() != str(legacy).strip():
+        # transformers 5 gives the processor chat_template.json and the tokenizer chat_template.jinja (4.x preferred
+        # the .jinja for both): prompts, SFT labels and the thinking probe would each render a different template.
+        raise UserError(f"{path}: chat_template.jinja and chat_template.json hold different chat templates (the "
+                        "processor and the tokenizer would render different prompts); delete the one that is not "
+                        "the model's")
+    return raw if raw is not None else legacy
 
 
 def load_image_processor(path: str, trust_remote_code: bool = False, **kwargs: Any):

@@ -55,11 +55,31 @@ def check_folder(like: Path) -> None:
         raise UserError(f"--like {like}: tokenizer_config.json is missing (the tokenizer's special tokens)")
     if "preprocessor_config.json" not in names:
         raise UserError(f"--like {like}: preprocessor_config.json is missing (the image processor's settings)")
-    has_template = bool({"chat_template.json", "chat_template.jinja"} & names) or (
+    from mmrl.models.processor import folder_chat_template
+
+    has_template = bool(folder_chat_template(str(like))) or (
         "tokenizer_config.json" in names and _read_json(like / "tokenizer_config.json").get("chat_template"))
     if not has_template:
         raise UserError(f"--like {like}: no chat template (chat_template.json, chat_template.jinja or "
                         "tokenizer_config.json's chat_template); a model without one is not a chat model")
+
+
+# What a build writes (a rebuild into the same OUT removes these first, so no file of another family is left).
+WRITTEN = (*INTERFACE_FILES, "config.json", "model.safetensors", LIKE_MARKER)
+
+
+def check_out(out: Path, like: Path) -> None:
+    """OUT must not be the model folder itself (its config and weights would be overwritten) nor a non-empty folder
+    that is not an earlier tiny build (its weights would be replaced, stale files kept beside the new ones)."""
+    if out.exists() and out.resolve() == like.resolve():
+        raise UserError(f"OUT_DIR {out} is the --like folder itself; its config.json and weights would be "
+                        "overwritten: give a new directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / LIKE_MARKER).is_file():
+            raise UserError(f"OUT_DIR {out} is not empty and holds no earlier tiny build ({LIKE_MARKER}); give a "
+                            "new or empty directory")
+        for name in WRITTEN:
+            (out / name).unlink(missing_ok=True)
 
 
 def _load_config(like: Path):
@@ -169,6 +189,7 @@ def build_like(out_dir: str | os.PathLike, like_dir: str | os.PathLike, seed: in
 
     like, out = Path(like_dir), Path(out_dir)
     check_folder(like)
+    check_out(out, like)
     config = shrink_config(_load_config(like))
     out.mkdir(parents=True, exist_ok=True)
     copied = _copy_interface(like, out)
@@ -182,6 +203,7 @@ def build_like(out_dir: str | os.PathLike, like_dir: str | os.PathLike, seed: in
     if len(tokenizer) > config.get_text_config().vocab_size:
         raise UserError(f"--like {like}: the tokenizer has {len(tokenizer)} tokens, more than the config's "
                         f"vocab_size {config.get_text_config().vocab_size}")
+    _check_image_token(like, config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config)
@@ -196,6 +218,22 @@ def build_like(out_dir: str | os.PathLike, like_dir: str | os.PathLike, seed: in
     (out / LIKE_MARKER).write_text(json.dumps({"like": str(like.resolve()), "model_type": config.model_type,
                                                "seed": seed, "parameters": n_params, "copied": copied}, indent=2))
     return out
+
+
+def _check_image_token(like: Path, config: Any) -> None:
+    """The token the processor writes for an image must be one the config's model takes as an image token: a folder
+    whose config names another id built a model whose first forward with an image raised (features and tokens do not
+    match)."""
+    from mmrl.models.processor import load_processor
+    from mmrl.models.tokens import PLACEHOLDER_ATTRS
+
+    processor = load_processor(str(like))
+    token = getattr(processor, "image_token", None)
+    written = processor.tokenizer.convert_tokens_to_ids(token) if isinstance(token, str) else None
+    declared = {getattr(config, a) for a in PLACEHOLDER_ATTRS if isinstance(getattr(config, a, None), int)}
+    if isinstance(written, int) and declared and written not in declared:
+        raise UserError(f"--like {like}: the processor writes {token} (id {written}) for an image, but config.json's "
+                        f"image token ids are {sorted(declared)}; the tokenizer and the config are not the same model's")
 
 
 def _draw_zero_projections(model: Any) -> None:

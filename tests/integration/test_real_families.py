@@ -104,6 +104,47 @@ def test_build_tiny_like_refuses_bad_folders_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "out" / "config.json").exists()
 
 
+def test_build_tiny_like_refuses_two_templates_and_an_out_dir_it_would_clobber(tmp_path, capsys):
+    """OUT = the model folder ended in a SameFileError traceback (its config and weights next); a non-empty OUT had its
+    weights replaced; a .jinja and a .json template that differ are rendered by different readers (transformers 5:
+    the processor the .json, the tokenizer the .jinja)."""
+    from mmrl.models.tiny_like import LIKE_MARKER, check_out
+
+    folder = tmp_path / "smol"
+    shutil.copytree(SOURCES["smolvlm"][0], folder)
+    config = (folder / "config.json").read_bytes()
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "model.safetensors").write_text("the user's weights")
+    two = tmp_path / "two"
+    shutil.copytree(folder, two)
+    (two / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    other_ids = tmp_path / "other_ids"
+    shutil.copytree(folder, other_ids)
+    (other_ids / "config.json").write_text(json.dumps({**json.loads(config), "image_token_id": 5}))
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "chat_template.json").write_text("{not json")
+    for out, like, message in [(folder, folder, "is the --like folder itself"), (taken, folder, "is not empty"),
+                               (tmp_path / "out", two, "hold different chat templates"),
+                               (tmp_path / "out", broken, "chat_template.json: not a JSON object"),
+                               (tmp_path / "out", other_ids, "writes <image> (id 49190) for an image")]:
+        assert main(["model", "build-tiny", str(out), "--like", str(like)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert (folder / "config.json").read_bytes() == config
+    assert (taken / "model.safetensors").read_text() == "the user's weights"
+    with pytest.raises(Exception, match="hold different chat templates"):
+        load_processor(str(two))
+    # An earlier tiny build is rebuilt in place: what it wrote goes (no other family's template is left), the rest stays.
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    for name in (LIKE_MARKER, "chat_template.jinja", "model.safetensors", "notes.txt"):
+        (earlier / name).write_text("x")
+    check_out(earlier, folder)
+    assert sorted(p.name for p in earlier.iterdir()) == ["notes.txt"]
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_rollouts_end_on_the_turn_end_and_generation_config_eos(family, loaded, images):
     """The ids that end a completion are the template's turn end and the generation config's EOS ids; a completion

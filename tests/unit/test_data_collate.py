@@ -72,3 +72,22 @@ def test_model_forward_on_batch(processor):
     with torch.no_grad():
         out = model(**batch)
     assert torch.isfinite(out.loss)
+
+
+def test_end_of_turn_is_the_token_after_the_whitespace_a_template_writes_before_it():
+    """A template that writes `{{ content }}\\n<end>` or `' ' + eos` (Llama-2) ends its turns with <end>, not with the
+    newline or the space: read as the end, every rollout stopped at its first newline or space."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from mmrl.data.collate import end_of_turn_id
+
+    folder = Path(__file__).resolve().parents[1] / "fixtures" / "real_models" / "smolvlm" / "SmolVLM-256M-Instruct"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    want = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+    for before in ("\n", " ", ""):
+        tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'][0]['text'] }}" + before
+                                   + "<end_of_utterance>\n{% endfor %}")
+        tokenizer.__dict__.pop("_mmrl_end_of_turn", None)
+        assert end_of_turn_id(tokenizer) == want, repr(before)
