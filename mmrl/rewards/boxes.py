@@ -185,23 +185,39 @@ def ruled_out(text: str, symbols: bool = True) -> bool:
 
 
 # A value the answer rules out, up to the next "but", comma, parenthesis or line: "not 4", "isn't 4", "rather than 4".
+# A contraction is spelled out ("isnt", "isn't"): `n'?t` after any letters also matched "amount", "point", "want", so
+# "The total amount is 4" lost its 4 and a correct count scored 0.
 _NEGATED_SPAN = re.compile(
-    r"(?:\b(?:not|never|nor|except|excluding|unlike|rather\s+than|instead\s+of)\b|(?<=\w)n'?t\b)"
+    rf"(?:\b(?:not|never|nor|except|excluding|unlike|rather\s+than|instead\s+of|{_CONTRACTED})\b|(?<=\w)n't\b)"
     r"[^,;()\n]*?(?=\bbut\b|[,;()\n]|$)", re.IGNORECASE)
 _BOUND_ONLY = re.compile(rf"\b(?:{_BOUND}|or\s+(?:more|less|fewer|so|above|below|greater|higher|lower|over|under))\b",
                          re.IGNORECASE)
 
 
-def stated(text: str) -> str | None:
+# A verdict on the value already named: "4 is wrong", "4 isn't right", "4 is not the answer". It follows the value,
+# so `_NEGATED_SPAN` (which deletes what comes AFTER a negation) left the rejected 4 as the answer: paid.
+_REJECTED = re.compile(
+    rf"\b(?:wrong|incorrect|false|ruled\s+out)\b|(?:\b(?:not|never|{_CONTRACTED})|(?<=\w)n't)\s+"
+    r"(?:right|correct|true|it|valid|the\s+answer)\b", re.IGNORECASE)
+# "4+" (four or more) is a bound for a count or a number: a plus glued after the number, no operand after it.
+_PLUS_BOUND = re.compile(r"\d\+(?![\d\w(\\{])")
+
+
+def stated(text: str, symbols: bool = False) -> str | None:
     """An answer without a box, with what it rules out deleted: "5, not 4" -> "5", "not 6 but 5" -> "but 5",
     "~~3~~ 4" -> "4", "not 3" -> "" (nothing left: no answer); None for a bound ("3 or more", "at least 3", "more than
-    3"), which is not a value. Text with neither is returned unchanged (LaTeX kept for math-verify).
+    3"), which is not a value. Text with neither is returned unchanged (LaTeX kept for math-verify). A value rejected
+    after it is named ("4 is wrong", "4 isn't right") is no answer: "". `symbols=True` (count, number: tasks whose
+    answer is one value) also reads `x \\neq 4` as no answer and an inequality (`\\geq 4`, `≥ 4`, `x < 4`) as a bound;
+    math leaves them to math-verify, where `x \\neq 3` or `x < 3` may be the answer itself.
 
     Before, every number of "5, not 4" was a candidate: the ruled-out 4 was read as the answer."""
     words = plain_words(text)
-    if _BOUND_ONLY.search(words):
+    if _BOUND_ONLY.search(words) or (symbols and (re.search(_INEQUALITY, text) or _PLUS_BOUND.search(words))):
         return None
     if re.search(r"\b(?:neither|nor)\b", words, re.IGNORECASE):  # "neither 4 nor 5", "4 nor 5": every value out
+        return ""
+    if _REJECTED.search(words) or (symbols and _NOT_SYMBOL.search(text)):  # "4 is wrong"; `x \neq 4` for a count
         return ""
     if not (_NEGATED_SPAN.search(words) or _struck_spans(fold_letters(text))):
         return text

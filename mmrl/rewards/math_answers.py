@@ -89,7 +89,9 @@ def _parse_math(text: str) -> list:
     return parsed
 
 
-_OTHER_BOX = re.compile(r"\\(?:fbox|framebox\s*(?:\[[^\]{}]*\])?)\s*\{")
+# `\boxed {4}` (a space before the brace, which models write) too: math-verify reads only `\\boxed{`, so a whole
+# solution ending in `\boxed {4}` scored 0 while mmrl's own box readers took 4.
+_OTHER_BOX = re.compile(r"\\(?:fbox|framebox\s*(?:\[[^\]{}]*\])?|boxed(?=\s))\s*\{")
 # A currency sign before a number: `\$18.90`, `\$ 5`; a lone `$` before a digit when the text has one `$` (no pair).
 _ESCAPED_DOLLAR = re.compile(r"\\\$\s*(?=[-+]?\d)")
 

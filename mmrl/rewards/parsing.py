@@ -261,8 +261,9 @@ def _light(text: str) -> str:
     return " ".join("".join(ch for ch in str(text).lower() if ch not in string.punctuation).split())
 
 
-_YES = {"yes", "true", "correct", "right", "y"}
-_NO = {"no", "false", "incorrect", "wrong", "n"}
+# Informal spellings models write ("Yep.", "Nope, it is not."): they were read as no answer, a correct "Nope" scored 0.
+_YES = {"yes", "true", "correct", "right", "y", "yep", "yeah", "yup"}
+_NO = {"no", "false", "incorrect", "wrong", "n", "nope", "nah"}
 # Hedges and non-answers: "yes or not", "maybe yes", "N/A", "not sure", "I don't know", "it depends". Before this rule
 # "yes or not" read as yes, and "N/A" as no (its "n").
 _YES_NO_HEDGE = re.compile(
