@@ -9,9 +9,10 @@ wrong`) and be paid whenever the box held the gold. Rules, for every reward and 
   `\\boxed{\\boxed{4}}`, boxes with words between them. The same answer boxed twice (`\\boxed{840} ...
   \\boxed{840}`) is one answer, and boxes side by side with only list separators (`\\boxed{-2} and \\boxed{2}`,
   `\\boxed{3} \\boxed{4}`) are ONE list answer (`-2, 2`), which each task reads as a list (two numbers are no count);
-- in an answer block, the whole block around the box is read: a negation (`not`, `never`, `isn't`, ...), an
-  alternative (`or`, `either`, `maybe`, ...) or another candidate the box does not hold (a number, an option letter,
-  yes/no) is no answer; an equation's left side (`2 + 2 = \\boxed{4}`) is working, not a candidate;
+- in an answer block, the block around the box is read: a negation (`not`, `isn't`, ...), an alternative (`or`,
+  `maybe`, ...) or another candidate the box does not hold (a number, a letter, yes/no) is no answer; an equation's
+  left side (`2 + 2 = \\boxed{4}`), the working before "so"/"the answer is" and the sentences after the box's are read
+  only for alternatives (`_OPEN_WORDS`); a settled "not 3," before the box is deleted (`_settle`);
 - in a whole solution (no answer tags; a math solution), the box's neighbourhood is read (`_window_hedged`): the last
   words of its sentence, the rest of its sentence, the next sentence's first words (`\\boxed{4}. Wait, ...`); the
   working around it is not a hedge (`\\equiv \\boxed{9} \\pmod{11}`);
@@ -196,11 +197,9 @@ _BOUND_ONLY = re.compile(rf"\b(?:{_BOUND}|or\s+(?:more|less|fewer|so|above|below
 
 # A verdict on the value already named: "4 is wrong", "4 isn't right", "4 is not the answer". It follows the value,
 # so `_NEGATED_SPAN` (which deletes what comes AFTER a negation) left the rejected 4 as the answer: paid.
-_REJECTED = re.compile(
-    rf"\b(?:wrong|incorrect|false|ruled\s+out)\b|(?:\b(?:not|never|{_CONTRACTED})|(?<=\w)n't)\s+"
-    r"(?:right|correct|true|it|valid|the\s+answer)\b", re.IGNORECASE)
-# "4+" (four or more) is a bound for a count or a number: a plus glued after the number, no operand after it.
-_PLUS_BOUND = re.compile(r"\d\+(?![\d\w(\\{])")
+_REJECTED = re.compile(rf"(?i)\b(?:wrong|incorrect|false|ruled\s+out)\b|(?:\b(?:not|never|{_CONTRACTED})|(?<=\w)n't)"
+                       r"\s+(?:right|correct|true|it|valid|the\s+answer)\b")
+_PLUS_BOUND = re.compile(r"\d\+(?![\d\w(\\{])")  # "4+" (4 or more, no operand after it): a bound, for a count
 
 
 def stated(text: str, symbols: bool = False) -> str | None:
@@ -229,8 +228,37 @@ def final_clause(text: str) -> str:
     return _SENTENCE_END.split(text.strip())[-1]
 
 
+# Read in the working before a conclusion and in the sentences after the box's: words that leave the answer open
+# ("Maybe 3, so \\boxed{4}", "\\boxed{4}. Or 5.", "\\boxed{4}. Not sure."). A negation there is explanation, not a
+# hedge: "No other solution works, so the answer is \\boxed{4}", "\\boxed{No}. The dog is not present."
+_OPEN_WORDS = re.compile(rf"(?i)\b(?:{_ALTERNATIVE}|wait|hmm|oops|correction|not\s+(?:sure|certain|confident))\b")
+_CONCLUSION = re.compile(r"\b(?:so|therefore|thus|hence|answer\s+is|answer\s*:)(?![\w'])", re.IGNORECASE)
+# A negation settled before the answer: "not 3," "isn't 3;" (it rules out another value, up to a separator) or
+# "Without the box," (a phrase). Deleted before the box's words are read: "Since x is not 3, x = \\boxed{4}" and
+# "The answer isn't 3; it's \\boxed{4}" answer 4. A negation running up to the box ("not \\boxed{4}", "not 3 or
+# \\boxed{4}", "It is not true that it is \\boxed{4}") is not settled and still rules the box out.
+_SETTLED = re.compile(rf"(?:\b(?:without|except|excluding|unlike)\b[^,;()\n]*"
+                      rf"|(?:\b(?:not|never|cannot|{_CONTRACTED})\b|(?<=\w)n't\b)[^,;()\n]*?"
+                      r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?![\w.])[^,;()\n]*?)\s*[,;)\n]", re.IGNORECASE)
+
+
+def _settle(before: str, own: set[str]) -> str:
+    return _SETTLED.sub(lambda m: m[0] if _candidates(m[0]) & own or _OPEN_WORDS.search(m[0]) else " ", before[-2000:])
+
+
 def _hedged(before: str, after: str, content: str) -> bool:
     own = _candidates(plain_words(content))
+    conclusion = list(_CONCLUSION.finditer(before[-2000:]))
+    if conclusion:  # the working before "so" / "the answer is" is read for open alternatives only
+        working, before = before[-2000:][: conclusion[-1].start()], before[-2000:][conclusion[-1].end() :]
+        if _OPEN_WORDS.search(plain_words(working)):
+            return True
+    end = _OWN_SENTENCE_END.search(after)
+    if end:  # the sentences after the box's own: read for open alternatives only
+        after, following = after[: end.start()], after[end.end() :]
+        if _OPEN_WORDS.search(plain_words(following)):
+            return True
+    before = _settle(before, own)
     if ruled_out(before) or ruled_out(after):
         return True
     before, after = plain_words(before), plain_words(after)
@@ -317,13 +345,16 @@ def _window_hedged(before: str, after: str, content: str) -> bool:
     sentence after it and the first words of the next sentence. The working around (other numbers, later remarks) is
     not read: `\\equiv \\boxed{9} \\pmod{11}`, `x = \\boxed{1 \\pm \\sqrt{19}}`, `\\boxed{24}. The final answer is 24`."""
     own = _candidates(plain_words(content))
-    sentence = _SENTENCE_END.split(before[-2000:])[-1]
+    sentence = _SENTENCE_END.split(_settle(before, own))[-1]
+    whole = re.split(r"[.!?]\$*(?=\s)|\n", before[-2000:])[-1]  # "Maybe 3, so \\boxed{4}": the box's whole sentence
+    if _OPEN_WORDS.search(plain_words(whole)):
+        return True
     words_before = _TOKEN.findall(plain_words(sentence))[-12:]
     end = _OWN_SENTENCE_END.search(after[:2000])
     rest, following = (after[: end.start()], after[end.end() : end.end() + 200]) if end else (after[:2000], "")
     words_after = _TOKEN.findall(plain_words(rest))[:6]
     words_next = _TOKEN.findall(plain_words(following))[:4]
-    if any(ruled_out(" ".join(words)) for words in (words_before, words_after, words_next)):
+    if any(ruled_out(" ".join(words)) for words in (words_before, words_after)) or _OPEN_WORDS.search(plain_words(following[:60])):
         return True
     if _NOT_SYMBOL.search(sentence[-80:]) or _NOT_SYMBOL.search(rest[:80]):
         return True
@@ -364,5 +395,5 @@ def read_box(region: str, sentence_only: bool = False) -> BoxReading:
     return BoxReading(content.strip(), None)
 
 
-__all__ = ["BOX_COMMAND", "BoxReading", "box_count", "final_clause", "several_boxes", "stated", "fold_letters", "invisible", "is_blank",
-           "plain_words", "read_box", "ruled_out"]
+__all__ = ["BOX_COMMAND", "BoxReading", "box_count", "final_clause", "fold_letters", "invisible", "is_blank", "plain_words",
+           "read_box", "ruled_out", "several_boxes", "stated"]

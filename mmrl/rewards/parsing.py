@@ -325,6 +325,7 @@ def parse_letters(text, choices: list[str] | None = None) -> frozenset[str] | No
     valid = _letters_of(choices)
     # As models write it: `**B**`, `\\text{B}`, `$B$`, "Option B", "Answer: B", "The correct answer is (B)."
     stripped = plain_words(text).replace("*", " ").strip()
+    stripped = re.sub(r"\s+(?=[.!)]$)", "", stripped)  # "**B**." leaves "B ." once the bold marks are gone
     for _ in range(2):  # "The answer is option B"
         stripped = _MC_LEAD.sub("", stripped, count=1).strip()
     # No article removal here: "(A) dog" must not become "dog" (option B's text).
