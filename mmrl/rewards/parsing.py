@@ -130,7 +130,9 @@ def _scientific(text: str) -> str:
 def _strip_latex(text: str) -> str:
     """`$5\\text{ cm}$` -> `5 cm`, `\\left(`/`\\right)` -> `(`/`)`: LaTeX dressing around a plain number."""
     text = _scientific(text.replace("\u2212", "-"))  # the Unicode minus sign (typeset, copied answers) is a minus
-    text = _TEXT_WRAPPER.sub(r" \1", text.replace("$", "").replace("\\%", "%").replace("\\!", "").replace("\\,", ""))
+    # `\$` goes whole first: removing only its `$` left `-\5`, read as 5 (a gold `-\$5` paid "5" and refused "-5")
+    text = text.replace("\\$", "").replace("$", "").replace("\\%", "%").replace("\\!", "").replace("\\,", "")
+    text = _TEXT_WRAPPER.sub(r" \1", text)
     return text.replace("\\left", "").replace("\\right", "").replace("^\\circ", "°").replace("^{\\circ}", "°").strip()
 
 

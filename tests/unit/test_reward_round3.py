@@ -190,3 +190,10 @@ def test_a_currency_gold_states_its_unit_for_number(pred, expected):
                                            ("4", 1.0), ("4 apples", 1.0)])
 def test_a_count_read_by_symbols_is_a_bound_or_no_answer(pred, expected):
     assert verify_answer(pred, "4", "count") == expected
+
+
+@pytest.mark.parametrize("pred,gold,expected", [("5", "-\\$5", 0.0), ("\\$5", "-\\$5", 0.0), ("-5", "-\\$5", 1.0),
+                                                ("-\\$5", "-\\$5", 1.0), ("-\\$5", "-5", 1.0), ("-\\$5", "5", 0.0)])
+def test_a_negative_currency_amount_keeps_its_sign(pred, gold, expected):
+    # `-\$5` lost its `$` but kept the backslash: `-\5` read as 5, so the sign was dropped from gold and answer
+    assert verify_answer(pred, gold, "number") == expected
