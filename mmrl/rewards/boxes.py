@@ -40,6 +40,9 @@ import unicodedata
 from functools import lru_cache
 from typing import NamedTuple
 
+from mmrl.rewards.strikes import delete_struck as _delete_struck
+from mmrl.rewards.strikes import struck_spans as _struck_spans
+
 # Box commands a reader or math-verify may take as the answer. `\framebox[2cm]{4}` may carry an optional width.
 BOX_COMMAND = re.compile(r"\\(?:boxed|fbox|framebox)(?![A-Za-z])")
 _BOX_OPEN = re.compile(r"\\(?:boxed|fbox|framebox)\s*(?:\[[^\]{}]*\]\s*)?\{")
@@ -87,46 +90,6 @@ def fold_letters(text: str) -> str:
 
 
 _WRAPPER = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|operatorname|emph)\s*\{([^{}]*)\}")
-# Struck-out text is deleted text: `~~B~~`, `\sout{B}`, `\cancel{4}`, `<del>yes</del>` (a policy striking the answer
-# it is paid for was read as giving it).
-_STRIKE_MARK = re.compile(r"~~|<(/?)(s|del|strike)>|\\(?:sout|st|cancel|bcancel|xcancel)\s*\{[^{}]*\}", re.IGNORECASE)
-
-
-def _struck_spans(text: str) -> list[tuple[int, int]]:
-    """Spans of struck text: `~~...~~` pairs, `<s>/<del>/<strike>` to their closing tag, `\\sout{...}` (no nested
-    braces). One pass over the marks: linear even for a megabyte of unclosed `<s>`."""
-    spans, tilde, tags = [], None, {}
-    for m in _STRIKE_MARK.finditer(text):
-        mark = m.group(0)
-        if mark == "~~":
-            if tilde is None:
-                tilde = m.start()
-            else:
-                spans.append((tilde, m.end()))
-                tilde = None
-        elif m.group(2):
-            name = m.group(2).lower()
-            if not m.group(1):
-                tags.setdefault(name, m.start())
-            elif name in tags:
-                spans.append((tags.pop(name), m.end()))
-        else:
-            spans.append((m.start(), m.end()))
-    return spans
-
-
-def _delete_struck(text: str) -> str:
-    spans = _struck_spans(text)
-    if not spans:
-        return text
-    out, at = [], 0
-    for start, end in sorted(spans):
-        if start >= at:
-            out.append(text[at:start] + " ")
-            at = end
-    return "".join(out) + text[at:]
-
-
 def plain_words(text: str) -> str:
     """`4 \\text{ and } 5` -> `4  and  5`: LaTeX text wrappers, math delimiters and markdown emphasis removed, struck
     text (`~~B~~`) deleted."""
@@ -246,6 +209,12 @@ def _settle(before: str, own: set[str]) -> str:
     return _SETTLED.sub(lambda m: m[0] if _candidates(m[0]) & own or _OPEN_WORDS.search(m[0]) else " ", before[-2000:])
 
 
+def _restated(following: str, own: set[str]) -> bool:
+    """A later sentence concluding another value: `\\boxed{4}. The answer is 5.`, `\\boxed{4}. So it is 5.`"""
+    return any(_candidates(plain_words(re.split(r"[.!?\n]", following[m.end() : m.end() + 200])[0])) - own
+               for m in _CONCLUSION.finditer(following[:2000]))
+
+
 def _hedged(before: str, after: str, content: str) -> bool:
     own = _candidates(plain_words(content))
     conclusion = list(_CONCLUSION.finditer(before[-2000:]))
@@ -256,7 +225,7 @@ def _hedged(before: str, after: str, content: str) -> bool:
     end = _OWN_SENTENCE_END.search(after)
     if end:  # the sentences after the box's own: read for open alternatives only
         after, following = after[: end.start()], after[end.end() :]
-        if _OPEN_WORDS.search(plain_words(following)):
+        if _OPEN_WORDS.search(plain_words(following)) or _restated(following, own):
             return True
     before = _settle(before, own)
     if ruled_out(before) or ruled_out(after):
@@ -354,7 +323,10 @@ def _window_hedged(before: str, after: str, content: str) -> bool:
     rest, following = (after[: end.start()], after[end.end() : end.end() + 200]) if end else (after[:2000], "")
     words_after = _TOKEN.findall(plain_words(rest))[:6]
     words_next = _TOKEN.findall(plain_words(following))[:4]
-    if any(ruled_out(" ".join(words)) for words in (words_before, words_after)) or _OPEN_WORDS.search(plain_words(following[:60])):
+    if any(ruled_out(" ".join(words)) for words in (words_before, words_after)):
+        return True
+    # a later sentence that leaves the answer open or concludes another value ("\\boxed{4}. The answer is 5.")
+    if _OPEN_WORDS.search(plain_words(following[:60])) or (end and _restated(after[end.end() :], own)):
         return True
     if _NOT_SYMBOL.search(sentence[-80:]) or _NOT_SYMBOL.search(rest[:80]):
         return True
