@@ -191,11 +191,12 @@ def final_clause(text: str) -> str:
     return _SENTENCE_END.split(text.strip())[-1]
 
 
-# Read in the working before a conclusion and in the sentences after the box's: words that leave the answer open
-# ("Maybe 3, so \\boxed{4}", "\\boxed{4}. Or 5.", "\\boxed{4}. Not sure."). A negation there is explanation, not a
-# hedge: "No other solution works, so the answer is \\boxed{4}", "\\boxed{No}. The dog is not present."
+# Read in the working before a conclusion ("so", "actually", "the answer is") and in the sentences after the box's:
+# words that leave the answer open ("Maybe 3, so \\boxed{4}", "\\boxed{4}. Or 5.", "\\boxed{4}. Not sure."). A negation
+# there is explanation, not a hedge: "No other solution works, so the answer is \\boxed{4}", "\\boxed{No}. The dog is
+# not present."
 _OPEN_WORDS = re.compile(rf"(?i)\b(?:{_ALTERNATIVE}|wait|hmm|oops|correction|not\s+(?:sure|certain|confident))\b")
-_CONCLUSION = re.compile(r"\b(?:so|therefore|thus|hence|answer\s+is|answer\s*:)(?![\w'])", re.IGNORECASE)
+_CONCLUSION = re.compile(r"\b(?:so|therefore|thus|hence|actually|answer\s+is|answer\s*:)(?![\w'])", re.IGNORECASE)
 # A negation settled before the answer: "not 3," "isn't 3;" (it rules out another value, up to a separator) or
 # "Without the box," (a phrase). Deleted before the box's words are read: "Since x is not 3, x = \\boxed{4}" and
 # "The answer isn't 3; it's \\boxed{4}" answer 4. A negation running up to the box ("not \\boxed{4}", "not 3 or
@@ -367,5 +368,5 @@ def read_box(region: str, sentence_only: bool = False) -> BoxReading:
     return BoxReading(content.strip(), None)
 
 
-__all__ = ["BOX_COMMAND", "BoxReading", "box_count", "final_clause", "fold_letters", "invisible", "is_blank", "plain_words",
-           "read_box", "ruled_out", "several_boxes", "stated"]
+__all__ = ["BOX_COMMAND", "BoxReading", "box_count", "final_clause", "fold_letters", "invisible", "is_blank",
+           "plain_words", "read_box", "ruled_out", "several_boxes", "stated"]
