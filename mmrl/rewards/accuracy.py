@@ -28,6 +28,7 @@ decides). `5.5` is not `5`, and `5. 6` is two numbers. A completion with several
 from __future__ import annotations
 
 import logging
+import re
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 from typing import Any
@@ -95,7 +96,7 @@ def verify_count(pred: str, answer: Any) -> float | None:
     text = _unbox(pred)
     if len(text) > MAX_TEXT_CHARS:  # not a count: a megabyte of "1 1 1" states one number 10^5 times
         return 0.0
-    said = stated(text)  # "5, not 4" -> "5"; "3 or more", "at least 3": a bound, not a count
+    said = stated(text, symbols=True)  # "5, not 4" -> "5"; "3 or more", "at least 3", `\geq 3`: a bound, no count
     if said is None:
         return 0.0
     value = parse_number(numeric_forms(said))
@@ -126,7 +127,7 @@ def verify_number(
     text = numeric_forms(_unbox(pred))
     if len(text) > MAX_TEXT_CHARS:  # not a number (see verify_count)
         return 0.0
-    said = stated(text)  # "2.5, not 3" -> "2.5"; "at least 2.5", "2.5 or so": a bound (see verify_count)
+    said = stated(text, symbols=True)  # "2.5, not 3" -> "2.5"; "at least 2.5", `\ge 2.5`: a bound (verify_count)
     if said is None:
         return 0.0
     text = said
@@ -147,6 +148,8 @@ def verify_number(
 def _unit_of(answer: Any, unit: str | None) -> str | None:
     """The gold's unit: the one written after its number, else the sample's `unit` column."""
     written = number_unit(answer) if isinstance(answer, str) else None
+    if not written and isinstance(answer, str) and re.match(r"\s*\\?\$\s*[-+]?\d", answer):
+        written = "$"  # a currency gold (`\$18.90`): "18.90 euros" is another unit, "18.90 dollars" the same
     return written or (number_unit("1 " + unit.strip()) if unit and unit.strip() else None)
 
 

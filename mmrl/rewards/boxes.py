@@ -9,9 +9,10 @@ wrong`) and be paid whenever the box held the gold. Rules, for every reward and 
   `\\boxed{\\boxed{4}}`, boxes with words between them. The same answer boxed twice (`\\boxed{840} ...
   \\boxed{840}`) is one answer, and boxes side by side with only list separators (`\\boxed{-2} and \\boxed{2}`,
   `\\boxed{3} \\boxed{4}`) are ONE list answer (`-2, 2`), which each task reads as a list (two numbers are no count);
-- in an answer block, the whole block around the box is read: a negation (`not`, `never`, `isn't`, ...), an
-  alternative (`or`, `either`, `maybe`, ...) or another candidate the box does not hold (a number, an option letter,
-  yes/no) is no answer; an equation's left side (`2 + 2 = \\boxed{4}`) is working, not a candidate;
+- in an answer block, the block around the box is read: a negation (`not`, `isn't`, ...), an alternative (`or`,
+  `maybe`, ...) or another candidate the box does not hold (a number, a letter, yes/no) is no answer; an equation's
+  left side (`2 + 2 = \\boxed{4}`), the working before "so"/"the answer is" and the sentences after the box's are read
+  only for alternatives (`_OPEN_WORDS`); a settled "not 3," before the box is deleted (`_settle`);
 - in a whole solution (no answer tags; a math solution), the box's neighbourhood is read (`_window_hedged`): the last
   words of its sentence, the rest of its sentence, the next sentence's first words (`\\boxed{4}. Wait, ...`); the
   working around it is not a hedge (`\\equiv \\boxed{9} \\pmod{11}`);
@@ -38,6 +39,9 @@ import re
 import unicodedata
 from functools import lru_cache
 from typing import NamedTuple
+
+from mmrl.rewards.strikes import delete_struck as _delete_struck
+from mmrl.rewards.strikes import struck_spans as _struck_spans
 
 # Box commands a reader or math-verify may take as the answer. `\framebox[2cm]{4}` may carry an optional width.
 BOX_COMMAND = re.compile(r"\\(?:boxed|fbox|framebox)(?![A-Za-z])")
@@ -86,46 +90,6 @@ def fold_letters(text: str) -> str:
 
 
 _WRAPPER = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|operatorname|emph)\s*\{([^{}]*)\}")
-# Struck-out text is deleted text: `~~B~~`, `\sout{B}`, `\cancel{4}`, `<del>yes</del>` (a policy striking the answer
-# it is paid for was read as giving it).
-_STRIKE_MARK = re.compile(r"~~|<(/?)(s|del|strike)>|\\(?:sout|st|cancel|bcancel|xcancel)\s*\{[^{}]*\}", re.IGNORECASE)
-
-
-def _struck_spans(text: str) -> list[tuple[int, int]]:
-    """Spans of struck text: `~~...~~` pairs, `<s>/<del>/<strike>` to their closing tag, `\\sout{...}` (no nested
-    braces). One pass over the marks: linear even for a megabyte of unclosed `<s>`."""
-    spans, tilde, tags = [], None, {}
-    for m in _STRIKE_MARK.finditer(text):
-        mark = m.group(0)
-        if mark == "~~":
-            if tilde is None:
-                tilde = m.start()
-            else:
-                spans.append((tilde, m.end()))
-                tilde = None
-        elif m.group(2):
-            name = m.group(2).lower()
-            if not m.group(1):
-                tags.setdefault(name, m.start())
-            elif name in tags:
-                spans.append((tags.pop(name), m.end()))
-        else:
-            spans.append((m.start(), m.end()))
-    return spans
-
-
-def _delete_struck(text: str) -> str:
-    spans = _struck_spans(text)
-    if not spans:
-        return text
-    out, at = [], 0
-    for start, end in sorted(spans):
-        if start >= at:
-            out.append(text[at:start] + " ")
-            at = end
-    return "".join(out) + text[at:]
-
-
 def plain_words(text: str) -> str:
     """`4 \\text{ and } 5` -> `4  and  5`: LaTeX text wrappers, math delimiters and markdown emphasis removed, struck
     text (`~~B~~`) deleted."""
@@ -185,23 +149,37 @@ def ruled_out(text: str, symbols: bool = True) -> bool:
 
 
 # A value the answer rules out, up to the next "but", comma, parenthesis or line: "not 4", "isn't 4", "rather than 4".
+# A contraction is spelled out ("isnt", "isn't"): `n'?t` after any letters also matched "amount", "point", "want", so
+# "The total amount is 4" lost its 4 and a correct count scored 0.
 _NEGATED_SPAN = re.compile(
-    r"(?:\b(?:not|never|nor|except|excluding|unlike|rather\s+than|instead\s+of)\b|(?<=\w)n'?t\b)"
+    rf"(?:\b(?:not|never|nor|except|excluding|unlike|rather\s+than|instead\s+of|{_CONTRACTED})\b|(?<=\w)n't\b)"
     r"[^,;()\n]*?(?=\bbut\b|[,;()\n]|$)", re.IGNORECASE)
 _BOUND_ONLY = re.compile(rf"\b(?:{_BOUND}|or\s+(?:more|less|fewer|so|above|below|greater|higher|lower|over|under))\b",
                          re.IGNORECASE)
 
 
-def stated(text: str) -> str | None:
+# A verdict on the value already named: "4 is wrong", "4 isn't right", "4 is not the answer". It follows the value,
+# so `_NEGATED_SPAN` (which deletes what comes AFTER a negation) left the rejected 4 as the answer: paid.
+_REJECTED = re.compile(rf"(?i)\b(?:wrong|incorrect|false|ruled\s+out)\b|(?:\b(?:not|never|{_CONTRACTED})|(?<=\w)n't)"
+                       r"\s+(?:right|correct|true|it|valid|the\s+answer)\b")
+_PLUS_BOUND = re.compile(r"\d\+(?![\d\w(\\{])")  # "4+" (4 or more, no operand after it): a bound, for a count
+
+
+def stated(text: str, symbols: bool = False) -> str | None:
     """An answer without a box, with what it rules out deleted: "5, not 4" -> "5", "not 6 but 5" -> "but 5",
     "~~3~~ 4" -> "4", "not 3" -> "" (nothing left: no answer); None for a bound ("3 or more", "at least 3", "more than
-    3"), which is not a value. Text with neither is returned unchanged (LaTeX kept for math-verify).
+    3"), which is not a value. Text with neither is returned unchanged (LaTeX kept for math-verify). A value rejected
+    after it is named ("4 is wrong", "4 isn't right") is no answer: "". `symbols=True` (count, number: tasks whose
+    answer is one value) also reads `x \\neq 4` as no answer and an inequality (`\\geq 4`, `≥ 4`, `x < 4`) as a bound;
+    math leaves them to math-verify, where `x \\neq 3` or `x < 3` may be the answer itself.
 
     Before, every number of "5, not 4" was a candidate: the ruled-out 4 was read as the answer."""
     words = plain_words(text)
-    if _BOUND_ONLY.search(words):
+    if _BOUND_ONLY.search(words) or (symbols and (re.search(_INEQUALITY, text) or _PLUS_BOUND.search(words))):
         return None
     if re.search(r"\b(?:neither|nor)\b", words, re.IGNORECASE):  # "neither 4 nor 5", "4 nor 5": every value out
+        return ""
+    if _REJECTED.search(words) or (symbols and _NOT_SYMBOL.search(text)):  # "4 is wrong"; `x \neq 4` for a count
         return ""
     if not (_NEGATED_SPAN.search(words) or _struck_spans(fold_letters(text))):
         return text
@@ -213,8 +191,44 @@ def final_clause(text: str) -> str:
     return _SENTENCE_END.split(text.strip())[-1]
 
 
+# Read in the working before a conclusion ("so", "actually", "the answer is") and in the sentences after the box's:
+# words that leave the answer open ("Maybe 3, so \\boxed{4}", "\\boxed{4}. Or 5.", "\\boxed{4}. Not sure."). A negation
+# there is explanation, not a hedge: "No other solution works, so the answer is \\boxed{4}", "\\boxed{No}. The dog is
+# not present."
+_OPEN_WORDS = re.compile(rf"(?i)\b(?:{_ALTERNATIVE}|wait|hmm|oops|correction|not\s+(?:sure|certain|confident))\b")
+_CONCLUSION = re.compile(r"\b(?:so|therefore|thus|hence|actually|answer\s+is|answer\s*:)(?![\w'])", re.IGNORECASE)
+# A negation settled before the answer: "not 3," "isn't 3;" (it rules out another value, up to a separator) or
+# "Without the box," (a phrase). Deleted before the box's words are read: "Since x is not 3, x = \\boxed{4}" and
+# "The answer isn't 3; it's \\boxed{4}" answer 4. A negation running up to the box ("not \\boxed{4}", "not 3 or
+# \\boxed{4}", "It is not true that it is \\boxed{4}") is not settled and still rules the box out.
+_SETTLED = re.compile(rf"(?:\b(?:without|except|excluding|unlike)\b[^,;()\n]*"
+                      rf"|(?:\b(?:not|never|cannot|{_CONTRACTED})\b|(?<=\w)n't\b)[^,;()\n]*?"
+                      r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?![\w.])[^,;()\n]*?)\s*[,;)\n]", re.IGNORECASE)
+
+
+def _settle(before: str, own: set[str]) -> str:
+    return _SETTLED.sub(lambda m: m[0] if _candidates(m[0]) & own or _OPEN_WORDS.search(m[0]) else " ", before[-2000:])
+
+
+def _restated(following: str, own: set[str]) -> bool:
+    """A later sentence concluding another value: `\\boxed{4}. The answer is 5.`, `\\boxed{4}. So it is 5.`"""
+    return any(_candidates(plain_words(re.split(r"[.!?\n]", following[m.end() : m.end() + 200])[0])) - own
+               for m in _CONCLUSION.finditer(following[:2000]))
+
+
 def _hedged(before: str, after: str, content: str) -> bool:
     own = _candidates(plain_words(content))
+    conclusion = list(_CONCLUSION.finditer(before[-2000:]))
+    if conclusion:  # the working before "so" / "the answer is" is read for open alternatives only
+        working, before = before[-2000:][: conclusion[-1].start()], before[-2000:][conclusion[-1].end() :]
+        if _OPEN_WORDS.search(plain_words(working)):
+            return True
+    end = _OWN_SENTENCE_END.search(after)
+    if end:  # the sentences after the box's own: read for open alternatives only
+        after, following = after[: end.start()], after[end.end() :]
+        if _OPEN_WORDS.search(plain_words(following)) or _restated(following, own):
+            return True
+    before = _settle(before, own)
     if ruled_out(before) or ruled_out(after):
         return True
     before, after = plain_words(before), plain_words(after)
@@ -301,13 +315,19 @@ def _window_hedged(before: str, after: str, content: str) -> bool:
     sentence after it and the first words of the next sentence. The working around (other numbers, later remarks) is
     not read: `\\equiv \\boxed{9} \\pmod{11}`, `x = \\boxed{1 \\pm \\sqrt{19}}`, `\\boxed{24}. The final answer is 24`."""
     own = _candidates(plain_words(content))
-    sentence = _SENTENCE_END.split(before[-2000:])[-1]
+    sentence = _SENTENCE_END.split(_settle(before, own))[-1]
+    whole = re.split(r"[.!?]\$*(?=\s)|\n", before[-2000:])[-1]  # "Maybe 3, so \\boxed{4}": the box's whole sentence
+    if _OPEN_WORDS.search(plain_words(whole)):
+        return True
     words_before = _TOKEN.findall(plain_words(sentence))[-12:]
     end = _OWN_SENTENCE_END.search(after[:2000])
     rest, following = (after[: end.start()], after[end.end() : end.end() + 200]) if end else (after[:2000], "")
     words_after = _TOKEN.findall(plain_words(rest))[:6]
     words_next = _TOKEN.findall(plain_words(following))[:4]
-    if any(ruled_out(" ".join(words)) for words in (words_before, words_after, words_next)):
+    if any(ruled_out(" ".join(words)) for words in (words_before, words_after)):
+        return True
+    # a later sentence that leaves the answer open or concludes another value ("\\boxed{4}. The answer is 5.")
+    if _OPEN_WORDS.search(plain_words(following[:60])) or (end and _restated(after[end.end() :], own)):
         return True
     if _NOT_SYMBOL.search(sentence[-80:]) or _NOT_SYMBOL.search(rest[:80]):
         return True
@@ -348,5 +368,5 @@ def read_box(region: str, sentence_only: bool = False) -> BoxReading:
     return BoxReading(content.strip(), None)
 
 
-__all__ = ["BOX_COMMAND", "BoxReading", "box_count", "final_clause", "several_boxes", "stated", "fold_letters", "invisible", "is_blank",
-           "plain_words", "read_box", "ruled_out"]
+__all__ = ["BOX_COMMAND", "BoxReading", "box_count", "final_clause", "fold_letters", "invisible", "is_blank",
+           "plain_words", "read_box", "ruled_out", "several_boxes", "stated"]

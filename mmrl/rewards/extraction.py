@@ -88,6 +88,23 @@ def has_multiple_answers(completion: str, tags: tuple[str, str] | list[str] | No
     return completion.count(open_tag) > 1 or completion.count(close_tag) > 1
 
 
+# LaTeX that typesets nothing: spacing (`\,`, `\quad`, `~`, `\hspace{1em}`, `\phantom{4}`), math delimiters around
+# nothing (`$$`, `\(\)`) and empty groups or commands (`{}`, `\boxed{}`, `\text{ }`). `<answer>$$</answer>` and
+# `<answer>\boxed{}</answer>` were paid as a non-empty answer block, like the invisible characters before them.
+_LATEX_NOTHING = re.compile(r"\\(?:[,;:! ]|q?quad(?![A-Za-z])|[hv]?phantom\s*\{[^{}]*\}|[hv]space\*?\s*\{[^{}]*\})"
+                            r"|\\[()\[\]]|[$~{}]")
+_EMPTY_COMMAND = re.compile(r"\\[A-Za-z]+\s*(?:\[[^\]]{0,40}\]\s*)?\{\s*\}")
+
+
+def prints_nothing(answer: str) -> bool:
+    """Whether an answer typesets nothing: invisible characters, LaTeX spacing, empty groups and commands."""
+    if is_blank(answer) or len(answer) > 10_000:  # a longer answer is not LaTeX spacing alone: not worth reading
+        return is_blank(answer)
+    for _ in range(3):  # `\boxed{\text{}}`: an empty command inside another empties it in turn
+        answer = _EMPTY_COMMAND.sub("", _LATEX_NOTHING.sub(lambda m: "" if m[0] not in "{}" else m[0], answer))
+    return is_blank(_LATEX_NOTHING.sub("", answer))
+
+
 def extract_answer(
     completion: str,
     tags: tuple[str, str] | list[str] | None = ("<answer>", "</answer>"),
@@ -123,9 +140,9 @@ def extract_answer(
     elif allow_boxed:
         reading = read_box(visible, sentence_only=True)
         answer = reading.content
-    if answer is None or is_blank(answer):
+    if answer is None or prints_nothing(answer):  # `\phantom{4}`, `$$`: an answer no reader sees
         return None
     return answer.strip()
 
 
-__all__ = ["extract_answer", "has_multiple_answers", "last_boxed", "strip_reasoning"]
+__all__ = ["extract_answer", "has_multiple_answers", "last_boxed", "prints_nothing", "strip_reasoning"]

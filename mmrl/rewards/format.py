@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from mmrl.rewards.boxes import is_blank
+from mmrl.rewards.extraction import prints_nothing
 from mmrl.rewards.registry import register_reward
 
 _STRICT = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.DOTALL)
@@ -24,7 +24,7 @@ def is_strict_format(text: str) -> bool:
         return False
     match = _STRICT.fullmatch(text)
     # An answer of invisible characters only (zero-width space, BOM, bidi marks, fillers) is an empty answer.
-    return bool(match) and not is_blank(match.group(2))
+    return bool(match) and not prints_nothing(match.group(2))
 
 
 def is_lenient_format(text: str) -> bool:

@@ -89,7 +89,9 @@ def _parse_math(text: str) -> list:
     return parsed
 
 
-_OTHER_BOX = re.compile(r"\\(?:fbox|framebox\s*(?:\[[^\]{}]*\])?)\s*\{")
+# `\boxed {4}` (a space before the brace, which models write) too: math-verify reads only `\\boxed{`, so a whole
+# solution ending in `\boxed {4}` scored 0 while mmrl's own box readers took 4.
+_OTHER_BOX = re.compile(r"\\(?:fbox|framebox\s*(?:\[[^\]{}]*\])?|boxed(?=\s))\s*\{")
 # A currency sign before a number: `\$18.90`, `\$ 5`; a lone `$` before a digit when the text has one `$` (no pair).
 _ESCAPED_DOLLAR = re.compile(r"\\\$\s*(?=[-+]?\d)")
 
@@ -150,6 +152,23 @@ def _prose_hedge(text: str) -> bool:
         return False
     try:
         return len(set(find_numbers(words, words=False))) > 1
+    except AbsurdNumber:
+        return True
+
+
+# A value in its own math span: `$4$`, `$x = 4$`, `\(4\)`. Two different ones with a hedge word between them in the final
+# clause ("The answer is $4$ \text{or} $5$", "$4$, or maybe $5$"): math-verify read the first alone and paid it
+# (while "$4$ or $5$" it reads as the set {4, 5}).
+_SPAN_VALUE = re.compile(r"(?:\$|\\\()\s*(?:[A-Za-z]\s*=\s*)?([-+]?\d+(?:\.\d+)?)\s*(?:\$|\\\))")
+
+
+def _span_hedge(text: str, gold: str) -> bool:
+    clause = final_clause(text)
+    values = set(_SPAN_VALUE.findall(clause))
+    if len(values) < 2 or not _HEDGE_WORD.search(plain_words(clause)):
+        return False
+    try:
+        return len(set(find_numbers(str(gold), words=False))) == 1
     except AbsurdNumber:
         return True
 
@@ -225,7 +244,7 @@ def verify_math(pred: str, gold: str) -> float | None:
         text = text[: len(text) - len(clause)] + said
         if not text.strip():
             return 0.0
-    if _prose_hedge(text) or _list_hedge(text, gold):
+    if _prose_hedge(text) or _list_hedge(text, gold) or _span_hedge(text, gold):
         return 0.0
     pred_parsed = _parse_math(text)
     if not pred_parsed or not verify(list(gold_parsed), pred_parsed, timeout_seconds=None):

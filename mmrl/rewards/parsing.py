@@ -130,7 +130,9 @@ def _scientific(text: str) -> str:
 def _strip_latex(text: str) -> str:
     """`$5\\text{ cm}$` -> `5 cm`, `\\left(`/`\\right)` -> `(`/`)`: LaTeX dressing around a plain number."""
     text = _scientific(text.replace("\u2212", "-"))  # the Unicode minus sign (typeset, copied answers) is a minus
-    text = _TEXT_WRAPPER.sub(r" \1", text.replace("$", "").replace("\\%", "%").replace("\\!", "").replace("\\,", ""))
+    # `\$` goes whole first: removing only its `$` left `-\5`, read as 5 (a gold `-\$5` paid "5" and refused "-5")
+    text = text.replace("\\$", "").replace("$", "").replace("\\%", "%").replace("\\!", "").replace("\\,", "")
+    text = _TEXT_WRAPPER.sub(r" \1", text)
     return text.replace("\\left", "").replace("\\right", "").replace("^\\circ", "°").replace("^{\\circ}", "°").strip()
 
 
@@ -261,8 +263,9 @@ def _light(text: str) -> str:
     return " ".join("".join(ch for ch in str(text).lower() if ch not in string.punctuation).split())
 
 
-_YES = {"yes", "true", "correct", "right", "y"}
-_NO = {"no", "false", "incorrect", "wrong", "n"}
+# Informal spellings models write ("Yep.", "Nope, it is not."): they were read as no answer, a correct "Nope" scored 0.
+_YES = {"yes", "true", "correct", "right", "y", "yep", "yeah", "yup"}
+_NO = {"no", "false", "incorrect", "wrong", "n", "nope", "nah"}
 # Hedges and non-answers: "yes or not", "maybe yes", "N/A", "not sure", "I don't know", "it depends". Before this rule
 # "yes or not" read as yes, and "N/A" as no (its "n").
 _YES_NO_HEDGE = re.compile(
@@ -324,6 +327,7 @@ def parse_letters(text, choices: list[str] | None = None) -> frozenset[str] | No
     valid = _letters_of(choices)
     # As models write it: `**B**`, `\\text{B}`, `$B$`, "Option B", "Answer: B", "The correct answer is (B)."
     stripped = plain_words(text).replace("*", " ").strip()
+    stripped = re.sub(r"\s+(?=[.!)]$)", "", stripped)  # "**B**." leaves "B ." once the bold marks are gone
     for _ in range(2):  # "The answer is option B"
         stripped = _MC_LEAD.sub("", stripped, count=1).strip()
     # No article removal here: "(A) dog" must not become "dog" (option B's text).

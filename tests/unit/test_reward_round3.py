@@ -27,7 +27,7 @@ ROWS = [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlin
 T = "<think>r</think>"
 BOX = [0, 0, 10, 10]
 CLASSES = ("boxes", "list_gold", "negations", "fbox", "magnitudes", "yes_no", "invisible", "mc_forms", "scientific",
-           "set_gold", "currency", "next_hacks")
+           "set_gold", "currency", "next_hacks", "review")
 
 
 def _tagged(row: dict) -> bool:
@@ -177,3 +177,23 @@ def test_the_composite_counts_two_different_boxes_as_multiple_answers_not_the_sa
         result = rc.score(completions, {"answer": ["4"] * 4, "task": ["count"] * 4})
     assert result.components["accuracy"] == [0.0, 1.0, 0.0, 1.0]  # the same answer boxed twice is one answer
     assert result.counters == {"accuracy/multiple_answers": 2}
+
+
+@pytest.mark.parametrize("pred,expected", [("18.90 euros", 0.0), ("18.9 EUR", 0.0), ("18.90 dollars", 1.0),
+                                           ("18.90", 1.0), ("$18.90", 1.0), ("18.90 USD", 1.0)])
+def test_a_currency_gold_states_its_unit_for_number(pred, expected):
+    # the gold's `\$` is its unit: before, "18.90 euros" was compared by its number alone and paid
+    assert verify_answer(pred, "\\$18.90", "number") == expected
+
+
+@pytest.mark.parametrize("pred,expected", [("4+", 0.0), ("4+ apples", 0.0), ("x < 5", 0.0), ("4 \\ne 5", 0.0),
+                                           ("4", 1.0), ("4 apples", 1.0)])
+def test_a_count_read_by_symbols_is_a_bound_or_no_answer(pred, expected):
+    assert verify_answer(pred, "4", "count") == expected
+
+
+@pytest.mark.parametrize("pred,gold,expected", [("5", "-\\$5", 0.0), ("\\$5", "-\\$5", 0.0), ("-5", "-\\$5", 1.0),
+                                                ("-\\$5", "-\\$5", 1.0), ("-\\$5", "-5", 1.0), ("-\\$5", "5", 0.0)])
+def test_a_negative_currency_amount_keeps_its_sign(pred, gold, expected):
+    # `-\$5` lost its `$` but kept the backslash: `-\5` read as 5, so the sign was dropped from gold and answer
+    assert verify_answer(pred, gold, "number") == expected
