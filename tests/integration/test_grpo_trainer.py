@@ -129,7 +129,9 @@ def test_killed_during_save_leaves_the_previous_checkpoint_usable(synthetic_data
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-1"]
     assert any(p.name.startswith(".step-2.staging") for p in (tmp_path / "checkpoints").iterdir())
     AutoModelForImageTextToText.from_pretrained(find_latest(tmp_path))  # the previous one still loads
-    trainer = GRPOTrainer(load_config(CONFIG, args[:-3] + [f"trainer.output_dir={tmp_path}", "trainer.max_steps=3",
+    # The same settings as the killed run (its last two, max_steps and keep_last, given again or free to change):
+    # dropping optimizer.lr too resumed silently at another learning rate until resume refused a changed config.
+    trainer = GRPOTrainer(load_config(CONFIG, args[:-2] + [f"trainer.output_dir={tmp_path}", "trainer.max_steps=3",
                                                            "trainer.resume=auto"]))
     assert trainer.run.resume_from.name == "step-1"
     trainer.train()
