@@ -25,7 +25,7 @@ def register(subparsers, name: str) -> None:
         description="Build the tiny VLM deterministically: same preset and seed -> identical weights and tokenizer.\n"
         + "\n".join(f"  {k}: {v.description}" for k, v in PRESETS.items()),
         examples="  mmrl model build-tiny /tmp/tiny --preset tiny\n"
-        "  mmrl model build-tiny /tmp/tiny-qwen3 --like ~/models/Qwen3-VL-4B-Instruct  # its tokenizer, template, "
+        "  mmrl model build-tiny /tmp/tiny-qwen3 --like YOUR_MODELS/Qwen3-VL-4B-Instruct  # its tokenizer, template, "
         "processor\n",
     )
     build.add_argument("out_dir", help="directory to write the model to")
