@@ -67,7 +67,7 @@ def _check_sets(args: argparse.Namespace):
             raise UserError("say what to check: `mmrl data check DATASET` or `mmrl data check --config RUN.yaml`")
         cfg = DataConfig(max_image_pixels=args.max_image_pixels) if args.max_image_pixels else DataConfig()
         return cfg, [(_spec(args), None)]
-    from mmrl.config.loader import load_config
+    from mmrl.preflight import load_config
 
     run = load_config(args.config)
     data_cfg = run.data.model_copy(update={"max_image_pixels": args.max_image_pixels}) if args.max_image_pixels \

@@ -123,14 +123,3 @@ class RewardSpec(Section):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments passed to the reward.")
     timeout_s: float = Field(5.0, gt=0, description="Wall-clock limit per completion; a completion over it scores 0 "
                              "(None only when the item's gold cannot be read within it).")
-
-    @model_validator(mode="after")
-    def _frame_is_a_frame(self) -> RewardSpec:
-        # A box/point reward's own pred_frame: a typo (or 'auto') made every item unscorable (None), so nothing learned
-        from mmrl.models.interface import COORDINATE_REWARDS, FRAMES
-
-        frame = self.kwargs.get("pred_frame")
-        if self.name in COORDINATE_REWARDS and frame is not None and frame not in FRAMES:
-            raise ValueError(f"reward '{self.name}': kwargs.pred_frame {frame!r} is not a frame; use one of "
-                             f"{', '.join(FRAMES)}, or leave it out to read the model's own (model.pred_frame)")
-        return self

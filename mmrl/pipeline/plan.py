@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from mmrl.config import MMRLConfig
-from mmrl.config.loader import _set_dotted, build_config, load_raw
+from mmrl.config.loader import _set_dotted, load_raw
 from mmrl.config.workflow import PipelineStep
 from mmrl.errors import UserError
+from mmrl.preflight import build_config
 
 # args each step kind accepts (build-data: the builder's own schema, see mmrl.pipeline.builders).
 EVAL_ARGS = {"model", "label"}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmrl.config import load_config
+from mmrl.preflight import load_config
 from mmrl.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
