@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmrl.preflight import load_config
 from mmrl.errors import UserError
+from mmrl.preflight import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "tests" / "grpo_tiny.yaml"
