@@ -89,12 +89,13 @@ def _check_sets(args: argparse.Namespace):
 def _check(args: argparse.Namespace) -> int:
     from mmrl.data.checks import check_samples
     from mmrl.data.dataset import load_samples
+    from mmrl.rewards.gold_check import gold_check
 
     data_cfg, sets = _check_sets(args)
     errors = 0
     for spec, rewards in sets:
         samples = load_samples(spec)
-        report = check_samples(samples, data_cfg, rewards, open_images=not args.no_images)
+        report = check_samples(samples, data_cfg, gold_check(rewards), open_images=not args.no_images)
         for finding in report.findings:
             print(f"{finding.level}: {finding}", file=sys.stderr)
         print(f"{spec.path}: {report.summary()}")

@@ -29,6 +29,7 @@ from mmrl.errors import UserError
 from mmrl.generation.hf import check_backend, make_backend
 from mmrl.models.interface import ModelInterface, eval_coordinate_tasks, interface_of, reads_coordinates
 from mmrl.rewards.composite import RewardComposite
+from mmrl.rewards.gold_check import gold_check
 from mmrl.rl.experience import Group, RolloutBackend, collect_step
 from mmrl.rl.reference import ReferencePolicy, make_reference
 from mmrl.rl.stages import ResolvedStage, StageSchedule
@@ -112,7 +113,7 @@ class GRPOTrainer:
             samples = load_datasets(list(specs), self.cfg.data)
             if not samples:
                 raise UserError(f"data: the dataset(s) {[s.path for s in specs]} contain no samples")
-            self._datasets[key] = check_for_training(samples, self.cfg.data, rewards)  # writes nothing
+            self._datasets[key] = check_for_training(samples, self.cfg.data, gold_check(rewards))  # writes nothing
         return self._datasets[key]
 
     def _interface(self) -> ModelInterface:
