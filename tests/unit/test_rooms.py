@@ -119,3 +119,12 @@ def test_a_second_decoding_path_is_caught(tmp_path):
     found = decoding_paths(tmp_path)
     assert found == ["mmrl/eval/gen.py: model.generate call", "mmrl/eval/gen.py: stop-id list",
                      "mmrl/eval/gen.py: strip list", "data_pipelines/sampler.py: token sampling"]
+
+
+def test_the_data_rooms_list_of_reward_arguments_is_the_reward_registrys():
+    # data.dataset writes the list out (the rewards stand higher); a new reward argument must be added there too
+    from mmrl.data.dataset import REWARD_ARGUMENTS
+    from mmrl.rewards.registry import get_reward, list_rewards, reward_arguments
+
+    registered = {arg for name in list_rewards() for arg in reward_arguments(get_reward(name))[0]}
+    assert REWARD_ARGUMENTS == registered, f"add to / remove from mmrl.data.dataset.REWARD_ARGUMENTS: {registered ^ REWARD_ARGUMENTS}"
