@@ -62,30 +62,6 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
 
-def _adapter_weights(policy: Any, adapter: Path) -> dict[str, torch.Tensor]:
-    """A saved LoRA adapter's tensors under the live peft model's parameter names (peft writes them without the
-    adapter's name: `...q_proj.lora_A.weight` on disk is `...q_proj.lora_A.default.weight` live)."""
-    from safetensors.torch import load_file
-
-    from mmrl.errors import UserError
-
-    name = policy.active_adapter
-    params = dict(policy.named_parameters())
-    live = {k.replace(f".{name}.", ".").removesuffix(f".{name}"): k for k in params}
-    saved = load_file(str(adapter))
-    # a name this model lacks, or another shape (another model.lora.r): the checkpoint is another adapter
-    foreign = sorted(k for k, v in saved.items() if k not in live or tuple(v.shape) != tuple(params[live[k]].shape))
-    if foreign:
-        raise UserError(f"{adapter}: {len(foreign)} adapter tensors match no LoRA parameter of this model by name and "
-                        f"shape (e.g. {foreign[0]}); resume with the model.lora settings the checkpoint was written with")
-    # and the reverse: an adapter of the live model the checkpoint lacks would silently restart from its initial value
-    missing = sorted(k for k, v in live.items() if v != k and k not in saved)
-    if missing:
-        raise UserError(f"{adapter}: lacks {len(missing)} adapter tensors this model has (e.g. {missing[0]}); resume "
-                        "with the model.lora settings the checkpoint was written with")
-    return {live[k]: v for k, v in saved.items()}
-
-
 def stream_seed(seed: int, stage: int, draw_index: int) -> int:
     """The seed of one prompt's sampling stream, from the run seed, the stage and the prompt's global draw index (its
     position in the run's prompt order, the same on every process count; it is checkpointed with the sampler, so a
@@ -284,13 +260,13 @@ class TrainingEngine:
             return False
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+        from mmrl.engine.checkpoint import read_adapter_weights, read_whole_weights
+
         policy = self.module.inner.policy
         adapter = Path(path) / "adapter_model.safetensors"
         if adapter.is_file():  # LoRA: only the adapter was saved; the frozen base stays as loaded
-            whole, strict = _adapter_weights(policy, adapter), False
+            whole, strict = read_adapter_weights(policy, adapter), False
         else:
-            from mmrl.engine.checkpoint import read_whole_weights
-
             # as one process reads them: the live config (never the checkpoint's config.json), damage in one line
             whole, strict = read_whole_weights(policy, Path(path)), True
         self.wrapped.reshard()
