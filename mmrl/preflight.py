@@ -78,7 +78,7 @@ def _kl_names() -> list[str]:
 
 
 def _backend_names() -> list[str]:
-    from mmrl.generation.hf import BACKENDS
+    from mmrl.generation.backends import BACKENDS
 
     return BACKENDS.names()
 

@@ -26,7 +26,7 @@ from mmrl.engine.run import TrainingRun, prepare_run, start_run
 from mmrl.engine.run_dir import discard_fresh_run, release_run_dir, used_run_files
 from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
-from mmrl.generation.hf import check_backend, make_backend
+from mmrl.generation.backends import check_backend, make_backend
 from mmrl.models.interface import ModelInterface, eval_coordinate_tasks, interface_of, reads_coordinates
 from mmrl.rewards.composite import RewardComposite
 from mmrl.rewards.gold_check import gold_check

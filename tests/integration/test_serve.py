@@ -25,7 +25,7 @@ pytest.importorskip("fastapi")
 
 from mmrl.config import load_config  # noqa: E402
 from mmrl.generation import Prompt, SamplingParams, load_backend  # noqa: E402
-from mmrl.generation.hf import make_backend  # noqa: E402
+from mmrl.generation.backends import make_backend  # noqa: E402
 from mmrl.generation.openai_format import image_to_data_url  # noqa: E402
 from mmrl.generation.server import create_app  # noqa: E402
 from mmrl.models.loading import load_policy  # noqa: E402

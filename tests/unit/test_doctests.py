@@ -37,6 +37,7 @@ MODULES = [
     "mmrl.data.prompt_order",
     "mmrl.rl.stages",
     "mmrl.generation.types",
+    "mmrl.generation.backends",
     "mmrl.generation.decoding",
     "mmrl.generation.openai_format",
     "mmrl.generation.trained",
