@@ -2,8 +2,8 @@
 
 `completion_logprobs` is the training forward: the prompt runs once with a KV cache, the cache is broadcast to the G
 completions (part of the autograd graph, so the prompt and the vision tower receive the gradient of all G branches),
-and the G completions run against it; decoder layers stay checkpointed (see `mmrl.models.training_forward`, whose
-`GroupForward` module is what a DDP/FSDP wrapper wraps). The LM head only sees completion positions, in chunks.
+and the G completions run against it; decoder layers stay checkpointed (see `mmrl.models.shared_cache`;
+`mmrl.models.training_forward.GroupForward` is what a DDP/FSDP wrapper wraps). The LM head only sees completion positions, in chunks.
 `naive_completion_logprobs` is the TRL-style forward (G full sequences, image repeated G times); tests compare the two,
 and it serves models other than Qwen2-VL/Qwen2.5-VL.
 
@@ -30,7 +30,7 @@ from mmrl.models.prefix import (
     supports_prefix_sharing,
     unwrap,
 )
-from mmrl.models.training_forward import BranchCache, PrefixRecorder, checkpoint_with_shared_cache
+from mmrl.models.shared_cache import BranchCache, PrefixRecorder, checkpoint_with_shared_cache
 
 DEFAULT_CHUNK = 1024  # rows of hidden states per LM-head call: bounds the [rows, vocab] logits buffer
 
