@@ -127,4 +127,4 @@ def test_the_data_rooms_list_of_reward_arguments_is_the_reward_registrys():
     from mmrl.rewards.registry import get_reward, list_rewards, reward_arguments
 
     registered = {arg for name in list_rewards() for arg in reward_arguments(get_reward(name))[0]}
-    assert REWARD_ARGUMENTS == registered, f"add to / remove from mmrl.data.dataset.REWARD_ARGUMENTS: {registered ^ REWARD_ARGUMENTS}"
+    assert REWARD_ARGUMENTS == registered, f"mmrl.data.dataset.REWARD_ARGUMENTS differs by {registered ^ REWARD_ARGUMENTS}"
