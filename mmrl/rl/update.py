@@ -1,6 +1,6 @@
 """The policy update for one step's groups: advantages, then mu passes over mini-batches, one backward per group.
 
-Loss normalisation follows the contract in `mmrl/rl/losses.py`: every micro-batch uses the global active-token,
+Loss normalisation follows the contract in `mmrl/rl/aggregations.py`: every micro-batch uses the global active-token,
 sequence and micro-batch counts of its mini-batch (summed over processes) and is scaled by world_size, so
 accumulated and averaged gradients equal those of the whole global mini-batch computed at once.
 
@@ -39,7 +39,7 @@ from mmrl.models.vision_tower import count_vision, vision_module
 from mmrl.rl.advantages import compute_advantages
 from mmrl.rl.experience import Group
 from mmrl.rl.kl import sequence_kl
-from mmrl.rl.losses import PolicyLoss, loss_mask, truncated_is_weights
+from mmrl.rl.losses import LossInputs, Normalisers, PolicyLoss, loss_mask, truncated_is_weights
 from mmrl.rl.micro_batches import MicroBatch, by_micro_batches, micro_batches
 from mmrl.rl.reference import ReferencePolicy
 from mmrl.rl.stages import ResolvedStage
@@ -220,15 +220,6 @@ class _UpdateContext:
 
 
 @dataclass(frozen=True)
-class _Normalisers:
-    """A mini-batch's global counts (summed over processes) that every micro-batch's loss is normalised by."""
-
-    active_tokens: float
-    num_sequences: int
-    micro_batches: int
-
-
-@dataclass(frozen=True)
 class _Forward:
     """One training micro-batch's results. Its tensors stay on the device until the mini-batch's one host sync."""
 
@@ -265,9 +256,11 @@ def _train_mini_batch(ctx: _UpdateContext, mini: list[Group], measure_mismatch: 
     """Every micro-batch of this process's share of one mini-batch (one backward each), then one optimizer step."""
     run, world, algo = ctx.run, ctx.run.dist.world_size, ctx.run.cfg.algorithm
     masks = [loss_mask(g.completion_mask, g.truncated, algo.mask_truncated) for g in mini]
-    norms = _Normalisers(active_tokens=all_reduce_sum(sum(float(m.sum()) for m in masks), world),
-                         num_sequences=int(all_reduce_sum(sum(m.shape[0] for m in masks), world)),
-                         micro_batches=int(all_reduce_sum(len(mini), world)))
+    # the mini-batch's global counts (summed over processes) that every micro-batch's loss is normalised by
+    norms = Normalisers(max_completion_length=ctx.stage.max_completion_length,
+                        global_active_tokens=all_reduce_sum(sum(float(m.sum()) for m in masks), world),
+                        global_num_sequences=int(all_reduce_sum(sum(m.shape[0] for m in masks), world)),
+                        global_micro_batches=int(all_reduce_sum(len(mini), world)))
     forwards: list[list[_Forward]] = []  # per group that contributes, its micro-batches'
     for group, mask in zip(mini, masks):
         # All-zero advantages and no KL term: the loss is exactly 0 whatever the ratio, so skip the forward
@@ -281,7 +274,7 @@ def _train_mini_batch(ctx: _UpdateContext, mini: list[Group], measure_mismatch: 
     tally.add_step(step_loss, grad_norm, stepped)
 
 
-def _train_micro_batch(ctx: _UpdateContext, group: Group, part: MicroBatch, mask: torch.Tensor, norms: _Normalisers,
+def _train_micro_batch(ctx: _UpdateContext, group: Group, part: MicroBatch, mask: torch.Tensor, norms: Normalisers,
                        measure_mismatch: bool) -> _Forward | None:
     """Forward, truncated-IS weights, loss and backward of one micro-batch of `group` (`mask`: the group's loss mask
     [G, T]); None when these rows' loss is exactly 0 (no forward runs)."""
@@ -293,14 +286,11 @@ def _train_micro_batch(ctx: _UpdateContext, group: Group, part: MicroBatch, mask
         logp = run.logprobs(piece.prompt, piece.completion_ids, piece.completion_mask, run.cfg.rollout.temperature)
     is_weight, mismatch = _tis_weight(piece, logp, algo.tis_cap)
     active = part.cut_mask(mask)
-    per_token, metrics = policy_loss.per_token(logp, piece.old_logp, piece.advantages, active,
-                                               ref_logp=piece.ref_logp, is_weight=is_weight)
+    per_token, metrics = policy_loss(LossInputs(logp, piece.old_logp, piece.advantages, active,
+                                                ref_logp=piece.ref_logp, is_weight=is_weight))
     # Aggregated as the group's loss restricted to these rows: the group's mask and the global normalisers, whatever
     # the aggregation (see mmrl.rl.micro_batches).
-    loss = policy_loss.aggregate(part.scatter(per_token, mask.shape), mask,
-                                 max_completion_length=ctx.stage.max_completion_length,
-                                 global_active_tokens=norms.active_tokens, global_num_sequences=norms.num_sequences,
-                                 global_micro_batches=norms.micro_batches)
+    loss = policy_loss.aggregate(part.scatter(per_token, mask.shape), mask, norms)
     (loss * run.dist.world_size).backward()
     return _Forward(loss=loss.detach(), tokens=active.sum(), metrics={k: float(v) for k, v in metrics.items()},
                     mismatch=mismatch if measure_mismatch else {}, mismatch_tokens=piece.completion_mask.sum(),
