@@ -15,6 +15,7 @@ positions — is applied once, after the registered function (`PolicyLossEntry.l
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, NamedTuple
@@ -24,6 +25,7 @@ import torch
 from mmrl.registry import Registry
 from mmrl.rl.aggregations import AGGREGATIONS, Normalisers, aggregate
 from mmrl.rl.kl import kl_estimate
+from mmrl.rl.mismatch import truncated_is_weights
 
 if TYPE_CHECKING:
     from mmrl.config.rl import AlgorithmConfig
@@ -44,6 +46,7 @@ class LossInputs:
     mask: torch.Tensor
     ref_logp: torch.Tensor | None = None
     is_weight: torch.Tensor | None = None
+    sampler_logp: torch.Tensor | None = None  # [B, T] the rollout engine's log-probs (off-policy sequence mask)
 
 
 class LossOutput(NamedTuple):
@@ -64,6 +67,9 @@ class LossSettings:
     beta: float = 0.0
     kl_estimator: str = "k3"
     kl_clamp: float | None = None
+    sapo_tau_pos: float = 1.0
+    sapo_tau_neg: float = 1.05
+    off_policy_mask_threshold: float | None = None
 
 
 LossFn = Callable[[LossInputs, LossSettings], LossOutput]
@@ -78,15 +84,21 @@ class PolicyLossEntry:
     defaults: LossSettings = LossSettings()
 
     def loss(self, inputs: LossInputs, settings: LossSettings) -> LossOutput:
-        """The policy-gradient term, times `inputs.is_weight`, plus beta * KL; 0 on inactive tokens."""
+        """The policy-gradient term, times `inputs.is_weight` and the off-policy sequence mask (when its threshold is
+        set), plus beta * KL; 0 on inactive tokens."""
         pg, metrics = self.compute(inputs, settings)
+        metrics = dict(metrics)
         pg = pg if inputs.is_weight is None else pg * inputs.is_weight
-        return _with_kl(pg, dict(metrics), inputs, settings)
+        if settings.off_policy_mask_threshold is not None:
+            keep = off_policy_sequence_mask(inputs, settings.off_policy_mask_threshold)
+            pg = pg * keep
+            metrics["off_policy_masked_frac"] = float(_masked_mean(1 - keep.expand_as(pg), inputs.mask.to(pg.dtype)))
+        return _with_kl(pg, metrics, inputs, settings)
 
     def __call__(self, logp: torch.Tensor, old_logp: torch.Tensor | None, advantages: torch.Tensor,
                  mask: torch.Tensor, *, ref_logp: torch.Tensor | None = None, is_weight: torch.Tensor | None = None,
-                 **settings: float | str | None) -> LossOutput:
-        return self.loss(LossInputs(logp, old_logp, advantages, mask, ref_logp, is_weight),
+                 sampler_logp: torch.Tensor | None = None, **settings: float | str | None) -> LossOutput:
+        return self.loss(LossInputs(logp, old_logp, advantages, mask, ref_logp, is_weight, sampler_logp),
                          replace(self.defaults, **settings))
 
 
@@ -196,38 +208,100 @@ def gspo_loss(inputs: LossInputs, s: LossSettings) -> LossOutput:
                                   s.ratio_clamp))
 
 
-policy_loss = POLICY_LOSSES.get("ppo")  # the PPO loss as a keyword function: policy_loss(logp, old, adv, mask, ...)
+def _ratio(inputs: LossInputs, s: LossSettings) -> torch.Tensor:
+    """Per-token importance ratio exp(clamp(logp - old_logp, -ratio_clamp, ratio_clamp)), with its gradient."""
+    log_ratio = _token_log_ratio(inputs)
+    return torch.exp(log_ratio if s.ratio_clamp is None else log_ratio.clamp(-s.ratio_clamp, s.ratio_clamp))
 
 
-def truncated_is_weights(old_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor,
-                         cap: float | None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Truncated importance sampling (TIS) for the rollout/trainer mismatch, and how large the mismatch is.
-
-    The completions were drawn by the rollout engine (log-probs `sampler_logp`), not by the trainer's forward of the
-    same weights (`old_logp`): kernels, bf16 and image preprocessing differ. Per token, weight =
-    min(exp(old_logp - sampler_logp), cap) (1 on inactive tokens; no cap when `cap` is None), to multiply the
-    policy-gradient loss (TRL's vllm_importance_sampling_correction in token_truncate mode, verl's TIS).
-    Shapes: [B, T] each. Metrics (means over active tokens): logprob_kl = k3 estimate of KL(sampler || trainer)
-    from the sampled tokens (>= 0, 0 when they agree), logprob_abs_diff_max, tis_weight_mean, tis_clip_frac.
-
-    >>> w, m = truncated_is_weights(torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.0, -4.0]]), torch.ones(1, 2), 2.0)
-    >>> w.tolist(), m["tis_clip_frac"]
-    ([[1.0, 2.0]], 0.5)
-    """
+def _ratio_metrics(ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, low: float, high: float,
+                   ) -> dict[str, float]:
     with torch.no_grad():
-        active = mask > 0
-        mask = mask.to(old_logp.dtype)
-        diff = torch.where(active, old_logp.detach() - sampler_logp.to(old_logp), torch.zeros_like(old_logp))
-        ratio = torch.exp(diff)
-        weight = ratio.clamp(max=cap) if cap is not None else ratio
-        k3 = ratio - 1 - diff  # KL(sampler || trainer) estimator on tokens drawn by the sampler
-        metrics = {
-            "logprob_kl": float(_masked_mean(k3, mask)),
-            "logprob_abs_diff_max": float(diff.abs().max()) if diff.numel() else 0.0,
-            "tis_weight_mean": float(_masked_mean(weight, mask)),
-            "tis_clip_frac": float(_masked_mean((ratio > cap).to(mask.dtype), mask)) if cap is not None else 0.0,
-        }
-    return torch.where(active, weight, torch.ones_like(weight)), metrics
+        r, a = ratio.expand_as(mask), adv.expand_as(mask)
+        return {"clip_frac_low": float(_masked_mean(((r < low) & (a < 0)).to(mask.dtype), mask)),
+                "clip_frac_high": float(_masked_mean(((r > high) & (a > 0)).to(mask.dtype), mask)),
+                "ratio_mean": float(_masked_mean(r, mask))}
+
+
+@register_loss("cispo", eps_low=1.0, eps_high=4.0)
+def cispo_loss(inputs: LossInputs, s: LossSettings) -> LossOutput:
+    """CISPO (MiniMax-M1, Chen et al., 2025, eq. 4): the clipped importance weight as a stop-gradient coefficient,
+    loss_t = -sg(clip(r_t, 1 - eps_low, 1 + eps_high)) * A * logp_t, so every token keeps a gradient
+    sg(w_t) * A * grad logp_t (PPO's clip zeroes the clipped tokens' gradient instead).
+
+    The paper writes the bounds as 1 - eps_low and 1 + eps_high and sets no lower bound (eps_low large: 1.0 here makes
+    the weight's floor 0); TRL's `cispo` caps at `epsilon_high` itself (ScaleRL's eps_max = 5), i.e. this loss with
+    eps_high = eps_max - 1. The keyword defaults (1.0, 4.0) are those. Metrics: clip_frac_low / clip_frac_high
+    (weights clipped where A < 0 / A > 0), ratio_mean.
+    """
+    mask, adv = inputs.mask.to(inputs.logp.dtype), _advantages(inputs)
+    ratio = _ratio(inputs, s)
+    weight = ratio.clamp(1.0 - s.eps_low, 1.0 + s.eps_high).detach()
+    logp = torch.where(inputs.mask > 0, inputs.logp, torch.zeros_like(inputs.logp))
+    return LossOutput(-weight * adv * logp, _ratio_metrics(ratio, adv, mask, 1.0 - s.eps_low, 1.0 + s.eps_high))
+
+
+@register_loss("sapo")
+def sapo_loss(inputs: LossInputs, s: LossSettings) -> LossOutput:
+    """SAPO (Gao et al., 2025, "Soft Adaptive Policy Optimization"): a sigmoid gate instead of the hard clip,
+    loss_t = -(4 / tau) * sigmoid(tau * (r_t - 1)) * A with tau = sapo_tau_pos where A > 0, else sapo_tau_neg.
+
+    At r = 1 the gradient is -A * grad logp (as PPO's); it decays smoothly as r leaves 1, faster for negative
+    advantages (tau_neg > tau_pos: the paper's 1.05 against 1.0). Metrics: ratio_mean, and gate_mean (the mean of
+    4 * sigmoid' = 4 s (1 - s): the fraction of the on-policy gradient a token keeps; 1 at r = 1).
+    """
+    mask, adv = inputs.mask.to(inputs.logp.dtype), _advantages(inputs)
+    ratio = _ratio(inputs, s)
+    tau = torch.where(adv > 0, s.sapo_tau_pos, s.sapo_tau_neg).to(ratio.dtype)
+    gate = torch.sigmoid(tau * (ratio - 1.0))
+    loss = (-(4.0 / tau) * gate * adv).expand_as(mask)
+    with torch.no_grad():
+        metrics = {"ratio_mean": float(_masked_mean(ratio.expand_as(mask), mask)),
+                   "gate_mean": float(_masked_mean((4 * gate * (1 - gate)).expand_as(mask), mask))}
+    return LossOutput(loss, metrics)
+
+
+@register_loss("gmpo", eps_low=0.4, eps_high=0.4)
+def gmpo_loss(inputs: LossInputs, s: LossSettings) -> LossOutput:
+    """GMPO (Zhao et al., 2025, "Geometric-Mean Policy Optimization", eq. 5): the geometric mean of the clipped token
+    ratios, loss_i = -A_i * prod_t min(r_t, clip(r_t, e^-eps_low, e^eps_high)) ^ (1 / |o_i|) for A_i > 0 (max for
+    A_i < 0), computed in log space and written on every active token of sequence i (so `grpo` aggregation gives the
+    paper's mean over sequences). eps_low / eps_high bound the *log* ratio: the paper's range is (e^-0.4, e^0.4).
+
+    The paper clips r_t to [e^-eps_low, e^eps_high] whatever the sign of A; its reference code clips sgn(A) * log r_t
+    to [-eps_low, eps_high], which swaps the bounds for A < 0. With the paper's symmetric default both agree; this
+    follows the paper (tests cover both readings). Advantages must be one per completion, [B]. Metrics: clip fractions
+    (tokens whose log-ratio left the range in the clipped direction), ratio_mean (the sequence ratio per token).
+    """
+    if inputs.advantages.ndim != 1:
+        raise ValueError(f"gmpo: advantages must be one per completion ([B]); got shape {tuple(inputs.advantages.shape)}")
+    mask, adv = inputs.mask.to(inputs.logp.dtype), _advantages(inputs)
+    log_ratio = _token_log_ratio(inputs)
+    clipped = log_ratio.clamp(-s.eps_low, s.eps_high)
+    # A > 0: min(r A, clip(r) A) keeps the smaller log-ratio; A < 0: the larger. A = 0 contributes 0 either way.
+    kept = torch.where(adv > 0, torch.minimum(log_ratio, clipped), torch.maximum(log_ratio, clipped))
+    seq = torch.exp((kept * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1))
+    metrics = _ratio_metrics(torch.exp(log_ratio), adv, mask, math.exp(-s.eps_low), math.exp(s.eps_high))
+    metrics["ratio_mean"] = float(_masked_mean(seq.detach().expand_as(mask), mask))
+    return LossOutput((-adv * seq).expand_as(mask), metrics)
+
+
+def off_policy_sequence_mask(inputs: LossInputs, threshold: float) -> torch.Tensor:
+    """DeepSeek-V3.2's off-policy sequence mask (DeepSeek-AI, 2025, eq. 9): 0 for a completion with A < 0 whose mean
+    over its tokens of log(pi_behaviour / pi_theta) exceeds `threshold` (delta), else 1. [B, 1], no gradient.
+
+    The behaviour policy is the rollout engine's (`sampler_logp`), else the old policy's (`old_logp`), else this
+    forward's (on-policy: the KL is 0 and nothing is masked), as TRL's off_policy_mask_threshold. A row never spans
+    two micro-batches, so the mask is the same whatever the token budget.
+    """
+    logp = inputs.logp.detach()
+    behaviour = next((x for x in (inputs.sampler_logp, inputs.old_logp) if x is not None), logp)
+    mask = inputs.mask.to(logp.dtype)
+    gap = torch.where(inputs.mask > 0, behaviour.to(logp) - logp, torch.zeros_like(logp))
+    mean_kl = (gap * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+    adv = _advantages(inputs)
+    adv = adv if adv.shape[-1] == 1 else adv[:, :1]
+    return ((adv >= 0) | (mean_kl <= threshold)).to(logp.dtype)
 
 
 @dataclass(frozen=True)
@@ -252,7 +326,8 @@ class PolicyLoss(LossSettings):
         return cls(name=algo.policy_loss, aggregation=algo.loss_aggregation, eps_low=algo.eps_low,
                    eps_high=algo.eps_high, dual_clip_c=algo.dual_clip_c, ratio_clamp=algo.ratio_clamp,
                    beta=algo.beta if algo.beta > 0 and algo.kl_penalty == "loss" else 0.0,
-                   kl_estimator=algo.resolved_kl_estimator, kl_clamp=algo.kl_clamp)
+                   kl_estimator=algo.resolved_kl_estimator, kl_clamp=algo.kl_clamp, sapo_tau_pos=algo.sapo_tau_pos,
+                   sapo_tau_neg=algo.sapo_tau_neg, off_policy_mask_threshold=algo.off_policy_mask_threshold)
 
     @property
     def settings(self) -> LossSettings:
@@ -265,9 +340,9 @@ class PolicyLoss(LossSettings):
 
     def per_token(self, logp: torch.Tensor, old_logp: torch.Tensor | None, advantages: torch.Tensor,
                   mask: torch.Tensor, ref_logp: torch.Tensor | None = None,
-                  is_weight: torch.Tensor | None = None) -> LossOutput:
+                  is_weight: torch.Tensor | None = None, sampler_logp: torch.Tensor | None = None) -> LossOutput:
         """`self(LossInputs(...))` by keywords."""
-        return self(LossInputs(logp, old_logp, advantages, mask, ref_logp, is_weight))
+        return self(LossInputs(logp, old_logp, advantages, mask, ref_logp, is_weight, sampler_logp))
 
     def aggregate(self, per_token_loss: torch.Tensor, mask: torch.Tensor, norms: Normalisers | None = None,
                   **counts: float | int | None) -> torch.Tensor:
@@ -275,6 +350,9 @@ class PolicyLoss(LossSettings):
         (or the same counts as keywords: max_completion_length, global_active_tokens, ...; see `aggregate`)."""
         norms = norms if norms is not None else Normalisers(**counts)  # type: ignore[arg-type]
         return AGGREGATIONS.get(self.aggregation)(per_token_loss, mask, norms)
+
+
+policy_loss = POLICY_LOSSES.get("ppo")  # the PPO loss as a keyword function: policy_loss(logp, old, adv, mask, ...)
 
 
 def loss_mask(completion_mask: torch.Tensor, truncated: torch.Tensor | None, mask_truncated: bool) -> torch.Tensor:

@@ -22,13 +22,15 @@ What a step does, whatever the number of processes:
 from __future__ import annotations
 
 import functools
+import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from mmrl.config.rl import AlgorithmConfig
+from mmrl.config.rl import AlgorithmConfig, RewardSpec
 from mmrl.engine.distributed import all_gather_objects, all_reduce_sum, all_reduce_sum_tensor
 from mmrl.engine.run import TrainingRun
 from mmrl.models.compile import compiled_decoder_layers
@@ -39,8 +41,9 @@ from mmrl.models.vision_tower import count_vision, vision_module
 from mmrl.rl.advantages import compute_advantages
 from mmrl.rl.experience import Group
 from mmrl.rl.kl import sequence_kl
-from mmrl.rl.losses import LossInputs, Normalisers, PolicyLoss, loss_mask, truncated_is_weights
+from mmrl.rl.losses import LossInputs, Normalisers, PolicyLoss, loss_mask
 from mmrl.rl.micro_batches import MicroBatch, by_micro_batches, micro_batches
+from mmrl.rl.mismatch import MismatchBounds, mismatch_weights
 from mmrl.rl.reference import ReferencePolicy
 from mmrl.rl.stages import ResolvedStage
 
@@ -78,16 +81,18 @@ def _logprobs(model: Any, group: Group, temperature: float, counters: dict[str, 
                                    temperature=temperature)
 
 
-def _tis_weight(group: Group, logp: torch.Tensor, cap: float | None) -> tuple[torch.Tensor | None, dict[str, float]]:
-    """Truncated-IS weights [G, T] when the rollout backend returned its sampler's log-probs and `cap` is set (else
-    None), against the trainer's log-probs of the rollout weights: `old_logp`, or this forward's when the update is
-    on-policy (mu = 1, one mini-batch: the weights have not moved yet); and the mismatch metrics (empty without the
-    sampler's log-probs)."""
+def _tis_weight(group: Group, logp: torch.Tensor, algo: AlgorithmConfig) -> tuple[torch.Tensor | None,
+                                                                                  dict[str, float]]:
+    """The `algorithm.is_correction` weights [G, T] when the rollout backend returned its sampler's log-probs and
+    `tis_cap` is set (else None), against the trainer's log-probs of the rollout weights: `old_logp`, or this
+    forward's when the update is on-policy (mu = 1, one mini-batch: the weights have not moved yet); and the mismatch
+    metrics (empty without the sampler's log-probs)."""
     if group.sampler_logp is None:
         return None, {}
     old = group.old_logp if group.old_logp is not None else logp.detach()
-    weight, metrics = truncated_is_weights(old, group.sampler_logp, group.completion_mask, cap)
-    return (weight if cap is not None else None), metrics
+    bounds = MismatchBounds(algo.tis_cap, algo.tis_floor)
+    weight, metrics = mismatch_weights(algo.is_correction, old, group.sampler_logp, group.completion_mask, bounds)
+    return (weight if algo.tis_cap is not None else None), metrics
 
 
 def _mismatch_metrics(mismatch: dict[str, list[float]]) -> dict[str, float]:
@@ -153,10 +158,23 @@ def prepare_old_and_ref(run: TrainingRun, groups: list[Group], plan: MicroBatchP
                     image_features=g.image_features))
 
 
-def assign_advantages(run: TrainingRun, groups: list[Group]) -> dict[str, float]:
+def _reward_components(groups: list[Group], specs: Sequence[RewardSpec],
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each completion's score per reward [N, K] (NaN: unscorable) and the rewards' weights [K], in `specs` order."""
+    columns = [torch.tensor([math.nan if v is None else float(v)
+                             for group in groups for v in group.components.get(spec.name, [None] * len(group.texts))],
+                            dtype=torch.float64, device=device) for spec in specs]
+    n = sum(len(group.texts) for group in groups)
+    matrix = torch.stack(columns, 1) if columns else torch.zeros(n, 0, dtype=torch.float64, device=device)
+    return matrix, torch.tensor([spec.weight for spec in specs], dtype=torch.float64, device=device)
+
+
+def assign_advantages(run: TrainingRun, groups: list[Group], reward_specs: Sequence[RewardSpec] = ()) -> dict[str,
+                                                                                                           float]:
     """Set every group's advantages [G] from its rewards (minus beta * sequence KL when the KL is in the reward).
 
-    Batch-level statistics (reinforce_pp's whitening, the KL metric) are summed over all processes, so every
+    `reward_specs` (the stage's rewards) give gdpo each reward's score and weight.
+    Batch-level statistics (reinforce_pp's whitening, gdpo's, the KL metric) are summed over all processes, so every
     process takes part even with no groups. Returns {"loss/kl_mean": mean KL per active token} for KL-in-reward."""
     algo, world = run.cfg.algorithm, run.dist.world_size
     rewards, counts, kl_sum, kl_tokens = [], [], 0.0, 0.0
@@ -180,8 +198,10 @@ def assign_advantages(run: TrainingRun, groups: list[Group]) -> dict[str, float]
     def reduce(t: torch.Tensor) -> torch.Tensor:
         return all_reduce_sum_tensor(t, world)
 
+    components, weights = _reward_components(groups, reward_specs, device)
     adv = compute_advantages(algo.advantage, all_rewards, group_ids, scale=algo.scale_rewards, eps=algo.std_eps,
-                             token_counts=torch.cat(counts) if counts else None, all_reduce=reduce)
+                             token_counts=torch.cat(counts) if counts else None, all_reduce=reduce,
+                             components=components, component_weights=weights)
     for i, group in enumerate(groups):
         group.advantages = adv[group_ids == i].to(group.rewards.dtype)
     if not _kl_in_reward(algo):
@@ -237,9 +257,9 @@ def _update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, referen
     if _kl_in_reward(algo):  # the rewards need the rollout policy's and the reference's log-probs first
         plan = plan_micro_batches(run, groups)
         prepare_old_and_ref(run, groups, plan, reference, vision)
-        reward_metrics = assign_advantages(run, groups)
+        reward_metrics = assign_advantages(run, groups, stage.rewards)
     else:  # advantages first: a group that contributes nothing needs no old log-probs (nor a plan) either
-        reward_metrics = assign_advantages(run, groups)
+        reward_metrics = assign_advantages(run, groups, stage.rewards)
         contributing = [g for g in groups if _contributes(g, kl_in_loss)]
         plan = plan_micro_batches(run, contributing)
         prepare_old_and_ref(run, contributing, plan, reference, vision)
@@ -284,10 +304,11 @@ def _train_micro_batch(ctx: _UpdateContext, group: Group, part: MicroBatch, mask
         return None
     with reuse_image_features(run.model, piece.image_features, ctx.vision):
         logp = run.logprobs(piece.prompt, piece.completion_ids, piece.completion_mask, run.cfg.rollout.temperature)
-    is_weight, mismatch = _tis_weight(piece, logp, algo.tis_cap)
+    is_weight, mismatch = _tis_weight(piece, logp, algo)
     active = part.cut_mask(mask)
     per_token, metrics = policy_loss(LossInputs(logp, piece.old_logp, piece.advantages, active,
-                                                ref_logp=piece.ref_logp, is_weight=is_weight))
+                                                ref_logp=piece.ref_logp, is_weight=is_weight,
+                                                sampler_logp=piece.sampler_logp))
     # Aggregated as the group's loss restricted to these rows: the group's mask and the global normalisers, whatever
     # the aggregation (see mmrl.rl.micro_batches).
     loss = policy_loss.aggregate(part.scatter(per_token, mask.shape), mask, norms)
