@@ -114,6 +114,23 @@ class AlgorithmConfig(Section):
         None, ge=0, description="DeepSeek-V3.2's off-policy sequence mask: a completion with negative advantage whose "
         "mean token log(pi_sampler / pi_theta) exceeds this delta gets no policy gradient (the sampler's log-probs "
         "when the backend returns them, else the old policy's). null: off.")
+    entropy_control: str = Field(
+        "fixed", description="Entropy bonus coefficient c (loss = policy loss - c * mean token entropy): fixed "
+        "(c = entropy_coef) | adaptive (Skywork-OR1: c rises by entropy_coef_delta while the step's entropy is at or "
+        "below entropy_target and falls otherwise, within [entropy_coef_min, entropy_coef_max]; applied only while "
+        "the entropy is at or below the target). See docs/algorithms.md.")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus coefficient (fixed), or its starting value "
+                                "(adaptive; Skywork-OR1 starts at 0). 0 with fixed: no bonus.")
+    entropy_target: float = Field(0.2, ge=0, description="entropy_control adaptive: the target mean token entropy "
+                                  "(nats; Skywork-OR1: 0.2).")
+    entropy_coef_delta: float = Field(0.005, ge=0, description="entropy_control adaptive: change of the coefficient "
+                                      "per step (Skywork-OR1: 0.005).")
+    entropy_coef_min: float = Field(0.0, ge=0, description="entropy_control adaptive: lowest coefficient.")
+    entropy_coef_max: float = Field(1.0, ge=0, description="entropy_control adaptive: highest coefficient.")
+    top_entropy_quantile: float = Field(
+        1.0, gt=0, le=1, description="Train on the highest-entropy tokens only: the policy gradient keeps the tokens "
+        "whose entropy is in the top fraction q of the step's active tokens (0.2: the '80/20' paper's forking "
+        "tokens). 1: every token.")
     online_filter: OnlineFilterConfig = Field(default_factory=OnlineFilterConfig, description="Online group filter.")
 
     @property
@@ -133,6 +150,13 @@ class AlgorithmConfig(Section):
             raise ValueError(
                 f"algorithm.scale_rewards: {self.advantage} never divides by the group std (dr_grpo by design, "
                 "reinforce_pp whitens over the batch instead); remove scale_rewards=true or use advantage=grpo/rloo")
+        return self
+
+    @model_validator(mode="after")
+    def _entropy_bounds(self) -> AlgorithmConfig:
+        if self.entropy_coef_min > self.entropy_coef_max:
+            raise ValueError(f"algorithm.entropy_coef_min ({self.entropy_coef_min}) must not exceed "
+                             f"algorithm.entropy_coef_max ({self.entropy_coef_max})")
         return self
 
     @model_validator(mode="after")

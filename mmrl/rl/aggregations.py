@@ -43,6 +43,7 @@ class Normalisers:
     global_active_tokens: float | None = None
     global_num_sequences: int | None = None
     global_micro_batches: int | None = None
+    global_entropy_tokens: float | None = None  # tokens the entropy bonus averages over (`mmrl.rl.entropy`)
 
 
 AggregationFn = Callable[[torch.Tensor, torch.Tensor, Normalisers], torch.Tensor]

@@ -47,6 +47,7 @@ class LossInputs:
     ref_logp: torch.Tensor | None = None
     is_weight: torch.Tensor | None = None
     sampler_logp: torch.Tensor | None = None  # [B, T] the rollout engine's log-probs (off-policy sequence mask)
+    entropy_mask: torch.Tensor | None = None  # [B, T] 1 on the tokens the policy gradient trains (top-entropy tokens)
 
 
 class LossOutput(NamedTuple):
@@ -84,11 +85,12 @@ class PolicyLossEntry:
     defaults: LossSettings = LossSettings()
 
     def loss(self, inputs: LossInputs, settings: LossSettings) -> LossOutput:
-        """The policy-gradient term, times `inputs.is_weight` and the off-policy sequence mask (when its threshold is
-        set), plus beta * KL; 0 on inactive tokens."""
+        """The policy-gradient term, times `inputs.is_weight`, the top-entropy token mask and the off-policy sequence
+        mask (each when given), plus beta * KL; 0 on inactive tokens."""
         pg, metrics = self.compute(inputs, settings)
         metrics = dict(metrics)
-        pg = pg if inputs.is_weight is None else pg * inputs.is_weight
+        for factor in (inputs.is_weight, inputs.entropy_mask):
+            pg = pg if factor is None else pg * factor.to(pg)
         if settings.off_policy_mask_threshold is not None:
             keep = off_policy_sequence_mask(inputs, settings.off_policy_mask_threshold)
             pg = pg * keep
@@ -97,8 +99,9 @@ class PolicyLossEntry:
 
     def __call__(self, logp: torch.Tensor, old_logp: torch.Tensor | None, advantages: torch.Tensor,
                  mask: torch.Tensor, *, ref_logp: torch.Tensor | None = None, is_weight: torch.Tensor | None = None,
-                 sampler_logp: torch.Tensor | None = None, **settings: float | str | None) -> LossOutput:
-        return self.loss(LossInputs(logp, old_logp, advantages, mask, ref_logp, is_weight, sampler_logp),
+                 sampler_logp: torch.Tensor | None = None, entropy_mask: torch.Tensor | None = None,
+                 **settings: float | str | None) -> LossOutput:
+        return self.loss(LossInputs(logp, old_logp, advantages, mask, ref_logp, is_weight, sampler_logp, entropy_mask),
                          replace(self.defaults, **settings))
 
 

@@ -19,6 +19,8 @@ Diagnostics (means over active tokens; per sequence where named): logprob_kl = k
 chi-square divergence of trainer from sampler, estimated on the sampler's tokens, as verl's rollout-correction
 metrics), is_ess = (mean w)^2 / mean(w^2) of the weights in use (normalised effective sample size, 1 when all weights
 agree), tis_weight_mean and tis_clip_frac (tokens whose weight differs from their ratio: truncated or masked).
+Every figure is a mean over active tokens (chi2_seq weighs each sequence by its tokens; is_ess is formed from two
+such means), so a group's figures are the same whatever micro-batches it was cut into.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ IS_CORRECTIONS.add("icepop", lambda log_ratio, b: _mask(torch.exp(log_ratio), 1.
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
-    return float((x * mask).sum() / mask.sum().clamp(min=1))
+    return float(torch.where(mask > 0, x, torch.zeros_like(x)).sum() / mask.sum().clamp(min=1))
 
 
 def mismatch_weights(mode: str, old_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor,
@@ -87,18 +89,27 @@ def mismatch_weights(mode: str, old_logp: torch.Tensor, sampler_logp: torch.Tens
         diff = torch.where(active, old_logp.detach() - sampler_logp.to(old_logp), torch.zeros_like(old_logp))
         ratio = torch.exp(diff)
         weight = correction(diff, bounds).expand_as(diff)
-        seq_ratio = _sequence(diff).squeeze(-1)
-        rows = (mask.sum(-1) > 0).to(mask.dtype)
+        # the sequence log-ratio clamped to 20 for the figure only (an inf would make the logged mean inf or NaN)
+        seq_ratio = torch.exp(diff.sum(-1, keepdim=True).clamp(max=20.0)).expand_as(diff)
         metrics = {
             "logprob_kl": _masked_mean(ratio - 1 - diff, mask),  # k3 of KL(sampler || trainer), sampler's tokens
             "logprob_abs_diff_max": float(diff.abs().max()) if diff.numel() else 0.0,
             "chi2_token": _masked_mean(ratio.square(), mask) - 1.0,
-            "chi2_seq": float((seq_ratio.square() * rows).sum() / rows.sum().clamp(min=1)) - 1.0 if rows.any() else 0.0,
-            "is_ess": _masked_mean(weight, mask) ** 2 / max(_masked_mean(weight.square(), mask), 1e-30),
+            "chi2_seq": _masked_mean(seq_ratio.square(), mask) - 1.0,
+            "is_weight_sq_mean": _masked_mean(weight.square(), mask),
             "tis_weight_mean": _masked_mean(weight, mask),
             "tis_clip_frac": _masked_mean((weight != ratio.expand_as(weight)).to(mask.dtype), mask),
         }
-    return torch.where(active, weight, torch.ones_like(weight)), metrics
+    return torch.where(active, weight, torch.ones_like(weight)), effective_sample_size(metrics)
+
+
+def effective_sample_size(metrics: dict[str, float]) -> dict[str, float]:
+    """`metrics` with is_ess = tis_weight_mean^2 / is_weight_sq_mean, from the two token means (which combine exactly
+    over a group's micro-batches, where a ratio of means does not): call it again on merged metrics."""
+    if "tis_weight_mean" not in metrics or "is_weight_sq_mean" not in metrics:
+        return metrics
+    squares = metrics["is_weight_sq_mean"]
+    return {**metrics, "is_ess": metrics["tis_weight_mean"] ** 2 / squares if squares > 0 else 0.0}
 
 
 def truncated_is_weights(old_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor,

@@ -49,7 +49,8 @@ def test_diagnostics_by_hand():
     _, m = weights("token_truncate")
     ratios = R[0] + R[1]
     assert m["chi2_token"] == pytest.approx(sum(r * r for r in ratios) / 5 - 1, rel=1e-5)  # 7.6125
-    assert m["chi2_seq"] == pytest.approx((SEQ[0] ** 2 + SEQ[1] ** 2) / 2 - 1, rel=1e-5)
+    # per sequence, each weighted by its tokens (3 and 2), so the figure adds up over micro-batches
+    assert m["chi2_seq"] == pytest.approx((3 * SEQ[0] ** 2 + 2 * SEQ[1] ** 2) / 5 - 1, rel=1e-5)
     assert m["logprob_kl"] == pytest.approx(sum(r - 1 - math.log(r) for r in ratios) / 5, rel=1e-5)
     assert m["logprob_abs_diff_max"] == pytest.approx(math.log(5), rel=1e-5)
     assert m["tis_clip_frac"] == pytest.approx(1 / 5)  # only 5 was truncated

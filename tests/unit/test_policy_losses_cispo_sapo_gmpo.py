@@ -108,7 +108,7 @@ def test_gmpo_by_hand():
     # row 0, A > 0: min(lr, clip(lr, -.4, .4)) = [.4, -.5, 0] -> mean -.1/3; row 1, A < 0: max -> [1.5, -.4] -> .55
     s0, s1 = E(-0.1 / 3), E(0.55)
     close(out.per_token, [[-s0] * 3, [2 * s1, 2 * s1, 0.0]])
-    assert float(loss) == pytest.approx((-s0 + 2 * s1) / 2, rel=1e-6)
+    assert loss.item() == pytest.approx((-s0 + 2 * s1) / 2, rel=1e-6)
     # grpo: d/dlogp_t = -A s_i / (B |o_i|) where the raw log-ratio was kept, 0 where the clipped one was
     close(grad, [[0.0, -s0 / 6, -s0 / 6], [2 * s1 / 4, 0.0, 0.0]])
     assert out.metrics["clip_frac_high"] == pytest.approx(1 / 5)  # (0, 0): log-ratio .5 > .4 with A > 0

@@ -13,6 +13,7 @@ from trl.trainer.grpo_trainer import GRPOTrainer
 
 class _OneProcess:
     num_processes = 1
+    sync_gradients = True
 
     @staticmethod
     def reduce(tensor: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
@@ -31,7 +32,8 @@ def trl_loss(loss_type: str, logp: torch.Tensor, old_logp: torch.Tensor, advanta
              mask: torch.Tensor, *, entropies: torch.Tensor | None = None, sampler_logp: torch.Tensor | None = None,
              **settings: float | None) -> torch.Tensor:
     """TRL's scalar loss for `loss_type` on these tensors ([B, T]; advantages [B]); `settings` are GRPOConfig fields
-    (epsilon_low, epsilon_high, sapo_temperature_pos, ..., off_policy_mask_threshold, top_entropy_quantile)."""
+    (epsilon_low, epsilon_high, sapo_temperature_pos, ..., off_policy_mask_threshold, top_entropy_quantile,
+    entropy_coef: a fixed bonus on `entropies`)."""
     args = SimpleNamespace(delta=None, use_bias_correction_kl=False, steps_per_generation=1, sapo_temperature_pos=1.0,
                            sapo_temperature_neg=1.05)
     for key in ("sapo_temperature_pos", "sapo_temperature_neg"):
@@ -47,6 +49,8 @@ def trl_loss(loss_type: str, logp: torch.Tensor, old_logp: torch.Tensor, advanta
         model=SimpleNamespace(training=True), current_gradient_accumulation_steps=1, _entropy_bonus_enabled=False,
         _metrics=defaultdict(lambda: defaultdict(list)), accelerator=_OneProcess(),
         max_completion_length=mask.shape[1])
+    coef = settings.pop("entropy_coef", 0.0)
+    fake.entropy_coef, fake.use_adaptive_entropy, fake._entropy_bonus_enabled = coef, False, coef != 0.0
     fake.get_high_entropy_mask = lambda e, m, t: GRPOTrainer.get_high_entropy_mask(fake, e, m, t)
     fake.get_off_policy_mask = GRPOTrainer.get_off_policy_mask
     assert not settings, f"unused settings {settings}"
