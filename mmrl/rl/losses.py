@@ -301,6 +301,7 @@ def off_policy_sequence_mask(inputs: LossInputs, threshold: float) -> torch.Tens
     behaviour = next((x for x in (inputs.sampler_logp, inputs.old_logp) if x is not None), logp)
     mask = inputs.mask.to(logp.dtype)
     gap = torch.where(inputs.mask > 0, behaviour.to(logp) - logp, torch.zeros_like(logp))
+    gap = torch.nan_to_num(gap, nan=0.0)  # a token the engine could not score is no evidence of drift (as TRL)
     mean_kl = (gap * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
     adv = _advantages(inputs)
     adv = adv if adv.shape[-1] == 1 else adv[:, :1]

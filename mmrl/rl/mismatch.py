@@ -87,6 +87,7 @@ def mismatch_weights(mode: str, old_logp: torch.Tensor, sampler_logp: torch.Tens
         active = mask > 0
         mask = mask.to(old_logp.dtype)
         diff = torch.where(active, old_logp.detach() - sampler_logp.to(old_logp), torch.zeros_like(old_logp))
+        diff = torch.nan_to_num(diff, nan=0.0)  # a token the engine could not score: ratio 1, no correction (as TRL)
         ratio = torch.exp(diff)
         weight = correction(diff, bounds).expand_as(diff)
         # the sequence log-ratio clamped to 20 for the figure only (an inf would make the logged mean inf or NaN)

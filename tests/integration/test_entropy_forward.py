@@ -44,3 +44,38 @@ def test_recorded_entropy_is_the_heads_distribution_entropy(policy, fn, chunk_si
     entropy.sum().backward()  # the bonus needs the gradient of the entropy itself
     grad = model.model.language_model.layers[0].self_attn.q_proj.weight.grad
     assert grad is not None and grad.abs().sum() > 0
+
+
+def test_adaptive_coefficient_steps_and_resumes_with_the_trainer(tmp_path):
+    """One real update with the adaptive control: the step applies c_k (its entropy is below the target), the
+    trainer's control moves to c_k + delta, and the trainer's checkpoint state carries it to a resumed trainer."""
+    import copy
+    import sys
+    from pathlib import Path
+
+    from data_pipelines.synthetic import build_synthetic
+    from mmrl.config import load_config
+    from mmrl.rl.trainer import GRPOTrainer
+    from mmrl.rl.update import policy_update
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "tests" / "fixtures" / "trainer"))
+    from fixed_groups import fixed_group
+
+    data = build_synthetic(["color"], 4, 0, tmp_path / "data", image_size=56)
+    overrides = [f"data.train={data}", "trainer.report_to=[jsonl]", "trainer.progress=false", "model.dtype=fp32",
+                 "trainer.device=cpu", "algorithm.entropy_control=adaptive", "algorithm.entropy_coef=0.01",
+                 "algorithm.entropy_target=100", "algorithm.entropy_coef_delta=0.005"]
+    config = root / "configs" / "tests" / "grpo_tiny.yaml"
+    trainer = GRPOTrainer(load_config(config, [*overrides, f"trainer.output_dir={tmp_path / 'a'}"]))
+    groups = [fixed_group(trainer, 0, i) for i in range(2)]
+    metrics = policy_update(trainer.run, copy.deepcopy(groups), trainer.schedule.stage_at(0), trainer.reference,
+                            trainer.entropy)
+    assert metrics["entropy/coef"] == pytest.approx(0.01) and 0 < metrics["entropy/rollout_mean"] < 100
+    assert metrics["loss/entropy"] > 0 and trainer.entropy.coef == pytest.approx(0.015)
+    state = trainer.state()
+    trainer.run.close()
+    resumed = GRPOTrainer(load_config(config, [*overrides, f"trainer.output_dir={tmp_path / 'b'}"]))
+    resumed._restore(state)
+    assert resumed.entropy.coef == pytest.approx(0.015)
+    resumed.run.close()

@@ -58,6 +58,20 @@ def test_diagnostics_by_hand():
     assert torch.equal(agree, torch.ones_like(agree)) and m0["chi2_token"] == 0 and m0["is_ess"] == 1.0
 
 
+@pytest.mark.parametrize("mode", sorted(IS_CORRECTIONS.names()))
+def test_hostile_sampler_logprobs(mode):
+    """A token the engine could not score (NaN) gets weight 1 and no NaN reaches the loss or the figures; a token the
+    sampler gave probability 0 (-inf) has an infinite ratio: truncated to the cap, or masked."""
+    sampler = SAMPLER.clone()
+    sampler[0, 0] = math.nan
+    sampler[1, 1] = -math.inf
+    w, m = mismatch_weights(mode, OLD, sampler, MASK, MismatchBounds(3.0))
+    assert not torch.isnan(w).any() and all(not math.isnan(v) for v in m.values()), (w, m)
+    assert w[1, 1].item() in (3.0, 0.0)
+    if mode.startswith("token") or mode == "icepop":
+        assert w[0, 0].item() == 1.0
+
+
 def test_registry_and_config_checks():
     assert IS_CORRECTIONS.names() == ["icepop", "sequence_mask", "sequence_truncate", "token_mask", "token_truncate"]
     assert load_config(None, []).algorithm.is_correction == "token_truncate"  # today's TIS stays the default

@@ -144,6 +144,10 @@ def test_off_policy_mask_by_hand_and_against_trl():
     assert keep.tolist() == [[0.0], [1.0]]  # row 0: A < 0 and .9 > .5; row 1: .25 <= .5
     assert off_policy_sequence_mask(LossInputs(LOGP, OLD, -adv, MASK, sampler_logp=sampler), 0.5).tolist() == [[1.0],
                                                                                                               [1.0]]
+    unscored = sampler.clone()
+    unscored[1, 0] = math.nan  # a token the engine could not score is no evidence: row 1 stays kept, no NaN
+    assert off_policy_sequence_mask(LossInputs(LOGP, OLD, adv, MASK, sampler_logp=unscored), 0.5).tolist() == [[0.0],
+                                                                                                                [1.0]]
     for threshold in (0.1, 0.5, 1.0):
         ours = off_policy_sequence_mask(inputs, threshold)
         theirs = GRPOTrainer.get_off_policy_mask(adv.unsqueeze(1), LOGP, sampler, MASK, threshold)
