@@ -71,6 +71,18 @@ def _policy_loss_names() -> list[str]:
     return POLICY_LOSSES.names()
 
 
+def _is_correction_names() -> list[str]:
+    from mmrl.rl.mismatch import IS_CORRECTIONS
+
+    return IS_CORRECTIONS.names()
+
+
+def _entropy_control_names() -> list[str]:
+    from mmrl.rl.entropy import ENTROPY_CONTROLS
+
+    return ENTROPY_CONTROLS.names()
+
+
 def _kl_names() -> list[str]:
     from mmrl.rl.kl import KL_ESTIMATORS
 
@@ -100,6 +112,8 @@ NAME_SOURCES: dict[str, Callable[[], list[str]]] = {
     "advantage estimator": _advantage_names,
     "loss aggregation": _aggregation_names,
     "policy loss": _policy_loss_names,
+    "importance-sampling correction": _is_correction_names,
+    "entropy control": _entropy_control_names,
     "KL estimator": _kl_names,
     "rollout backend": _backend_names,
     "reward": _reward_names,
@@ -112,6 +126,8 @@ def _named_fields(cfg: Any) -> Iterator[tuple[str, str, str]]:
     yield "algorithm.advantage", "advantage estimator", cfg.algorithm.advantage
     yield "algorithm.loss_aggregation", "loss aggregation", cfg.algorithm.loss_aggregation
     yield "algorithm.policy_loss", "policy loss", cfg.algorithm.policy_loss
+    yield "algorithm.is_correction", "importance-sampling correction", cfg.algorithm.is_correction
+    yield "algorithm.entropy_control", "entropy control", cfg.algorithm.entropy_control
     if cfg.algorithm.kl_estimator is not None:  # None: the KL placement's own default estimator
         yield "algorithm.kl_estimator", "KL estimator", cfg.algorithm.kl_estimator
     yield "rollout.backend", "rollout backend", cfg.rollout.backend

@@ -14,6 +14,9 @@ torch.Size([8, 64])
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -58,6 +61,51 @@ def _head_logprobs(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torc
     return selective_log_softmax(lm_head(hidden).float() / temperature, targets, chunk_size=hidden.shape[0] or 1)
 
 
+# The RL update's entropy controls need each completion token's entropy from the same forward as its log-prob; a
+# list set here (`recording_entropy`) receives it, so no signature between the update and the LM head changes.
+_ENTROPY_TAP: ContextVar[list[torch.Tensor] | None] = ContextVar("entropy_tap", default=None)
+
+
+@contextmanager
+def recording_entropy(out: list[torch.Tensor]) -> Iterator[None]:
+    """Within the block, every `head_logprobs` call also appends the entropy of the tempered next-token distribution
+    at its rows to `out` ([N] float32, with gradient, in the order of the log-probs it returns)."""
+    token = _ENTROPY_TAP.set(out)
+    try:
+        yield
+    finally:
+        _ENTROPY_TAP.reset(token)
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) per row, in float32: [..., V] -> [...]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def _head_logprobs_entropy(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                           temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = lm_head(hidden).float() / temperature
+    return selective_log_softmax(logits, targets, chunk_size=hidden.shape[0] or 1), token_entropy(logits)
+
+
+def _head_with_entropy(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
+                       chunk_size: int, tap: list[torch.Tensor]) -> torch.Tensor:
+    """`head_logprobs` that also appends the rows' entropies to `tap` (each chunk checkpointed as there)."""
+    recompute = torch.is_grad_enabled() and hidden.requires_grad and hidden.shape[0] > chunk_size
+    logps, entropies = [], []
+    for start in range(0, max(hidden.shape[0], 1), chunk_size):
+        h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+        if recompute:
+            lp, ent = checkpoint(_head_logprobs_entropy, lm_head, h, t, temperature, use_reentrant=False)
+        else:
+            lp, ent = _head_logprobs_entropy(lm_head, h, t, temperature)
+        logps.append(lp)
+        entropies.append(ent)
+    tap.append(torch.cat(entropies))
+    return torch.cat(logps)
+
+
 def head_logprobs(
     lm_head: torch.nn.Module,
     hidden: torch.Tensor,
@@ -71,6 +119,9 @@ def head_logprobs(
     With gradients on and more than one chunk, each chunk is checkpointed so its [chunk, vocab] logits are freed
     after the forward and recomputed in backward; peak memory is then one chunk's logits, not N x vocab.
     """
+    tap = _ENTROPY_TAP.get()
+    if tap is not None:
+        return _head_with_entropy(lm_head, hidden, targets, temperature, chunk_size, tap)
     if hidden.shape[0] <= chunk_size:
         return _head_logprobs(lm_head, hidden, targets, temperature)
     recompute = torch.is_grad_enabled() and hidden.requires_grad
@@ -175,5 +226,8 @@ def _naive_logprobs(model: Any, prompt: dict[str, Any], completion_ids: torch.Te
         reset_rope_deltas(model)
         return _scatter_active(scores, active)
     logits = model(**batch, logits_to_keep=length + 1).logits[:, :-1]
+    tap = _ENTROPY_TAP.get()
+    if tap is not None:  # the active tokens' entropies, in the order `recording_entropy` promises
+        tap.append(token_entropy(logits[completion_mask.bool()] / temperature))
     scores = selective_log_softmax(logits / temperature, completion_ids, chunk_size=chunk_size)
     return torch.where(completion_mask.bool(), scores, torch.zeros_like(scores))
