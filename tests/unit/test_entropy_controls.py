@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmrl.config import load_config
 from mmrl.errors import UserError
 from mmrl.models.logprobs import token_entropy
+from mmrl.preflight import load_config
 from mmrl.rl.entropy import (
     ENTROPY_CONTROLS,
     AdaptiveEntropy,

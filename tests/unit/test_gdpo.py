@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from mmrl.config import load_config
 from mmrl.errors import UserError
+from mmrl.preflight import load_config
 from mmrl.rl.advantages import compute_advantages
 
 NAN = math.nan

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from mmrl.config import load_config
 from mmrl.errors import UserError
+from mmrl.preflight import load_config
 from mmrl.rl.mismatch import IS_CORRECTIONS, MismatchBounds, mismatch_weights
 
 # trainer/sampler probability ratios per token: row 0 [1, 1.5, 5], row 1 [0.25, 2.5, (padding)]

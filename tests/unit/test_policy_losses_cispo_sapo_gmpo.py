@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmrl.config import load_config
 from mmrl.errors import UserError
+from mmrl.preflight import load_config
 from mmrl.rl.losses import POLICY_LOSSES, LossInputs, aggregate, off_policy_sequence_mask
 
 sys.path.insert(0, str(Path(__file__).parent))
