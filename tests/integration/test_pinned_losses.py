@@ -50,15 +50,36 @@ FEEDS = {
 }
 # step -> metric -> value, measured on this recipe (see the module docstring).
 PINNED: dict[int, dict[str, float]] = {
-    1: {"loss": -0.05250984616577625, "grad_norm": 2.7397595643997192, "kl": 0.035556151531636715,
-        "entropy": 6.906005779902141, "reward/total": 0.5041006524115801, "loss/ratio_mean": 1.054923415184021,
-        "loss/clip_frac_high": 0.1666666641831398, "loss/clip_frac_low": 0.09375},
-    2: {"loss": -0.06608993624104187, "grad_norm": 1.4951089024543762, "kl": 0.05664924532175064,
-        "entropy": 6.906259139378865, "reward/total": 0.629757534712553, "loss/ratio_mean": 1.0216389894485474,
-        "loss/clip_frac_high": 0.1145833320915699, "loss/clip_frac_low": 0.1041666679084301},
-    3: {"loss": -0.062213209457695484, "grad_norm": 1.6052595973014832, "kl": 0.04927811212837696,
-        "entropy": 6.902716954549153, "reward/total": 0.6111029153689742, "loss/ratio_mean": 1.032017171382904,
-        "loss/clip_frac_high": 0.05208333395421505, "loss/clip_frac_low": 0.03125},
+    1: {
+        "loss": -0.05250984616577625,
+        "grad_norm": 2.7397595643997192,
+        "kl": 0.035556151531636715,
+        "entropy": 6.906005779902141,
+        "reward/total": 0.5041006524115801,
+        "loss/ratio_mean": 1.054923415184021,
+        "loss/clip_frac_high": 0.1666666641831398,
+        "loss/clip_frac_low": 0.09375,
+    },
+    2: {
+        "loss": -0.06608993624104187,
+        "grad_norm": 1.4951089024543762,
+        "kl": 0.05664924532175064,
+        "entropy": 6.906259139378865,
+        "reward/total": 0.629757534712553,
+        "loss/ratio_mean": 1.0216389894485474,
+        "loss/clip_frac_high": 0.1145833320915699,
+        "loss/clip_frac_low": 0.1041666679084301,
+    },
+    3: {
+        "loss": -0.062213209457695484,
+        "grad_norm": 1.6052595973014832,
+        "kl": 0.04927811212837696,
+        "entropy": 6.902716954549153,
+        "reward/total": 0.6111029153689742,
+        "loss/ratio_mean": 1.032017171382904,
+        "loss/clip_frac_high": 0.05208333395421505,
+        "loss/clip_frac_low": 0.03125,
+    },
 }
 
 
@@ -69,8 +90,15 @@ def recipe_metrics(tmp_path_factory) -> dict[int, dict[str, float]]:
     work = tmp_path_factory.mktemp("pinned")
     data = build_synthetic(["color"], 12, 0, work / "data", image_size=56)
     run = work / "run"
-    overrides = {**RECIPE, "data.train": data, "trainer.output_dir": run, "trainer.report_to": "[jsonl]",
-                 "trainer.progress": "false", "trainer.save_steps": 0, "trainer.sample_steps": 0}
+    overrides = {
+        **RECIPE,
+        "data.train": data,
+        "trainer.output_dir": run,
+        "trainer.report_to": "[jsonl]",
+        "trainer.progress": "false",
+        "trainer.save_steps": 0,
+        "trainer.sample_steps": 0,
+    }
     cfg = load_config(ROOT / "configs" / "tests" / "grpo_tiny.yaml", [f"{k}={v}" for k, v in overrides.items()])
     GRPOTrainer(cfg).train()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -84,4 +112,5 @@ def test_pinned(recipe_metrics, metric):
     assert sorted(got) == sorted(pinned), f"steps logged {sorted(got)}, pinned {sorted(pinned)}"
     for step in sorted(pinned):
         assert got[step] == pytest.approx(pinned[step], rel=1e-4, abs=1e-6), (
-            f"step {step} {metric}: pinned {pinned[step]!r}, got {got[step]!r}; a change in {FEEDS[metric]}")
+            f"step {step} {metric}: pinned {pinned[step]!r}, got {got[step]!r}; a change in {FEEDS[metric]}"
+        )

@@ -28,8 +28,10 @@ def test_shell_blocks_are_bash_run_by_the_usage_test_or_text():
 
 def test_the_setup_commands_are_the_ones_ci_runs():
     setup = [b.code.strip() for b in blocks() if b.page == "README.md" and b.heading == SETUP_HEADING]
-    assert setup == ['pip install -e . "torch==2.13.0" && mmrl pipeline configs/quickstart.yaml',
-                     'pip install -e ".[dev]" "torch==2.13.0" && python -m pytest -q']
+    assert setup == [
+        'pip install -e . "torch==2.13.0" && mmrl pipeline configs/quickstart.yaml',
+        'pip install -e ".[dev]" "torch==2.13.0" && python -m pytest -q',
+    ]
     ci = (ROOT / ".ci" / "run").read_text()
     assert all(part in ci for part in setup[1].split(" && "))
 
@@ -42,8 +44,13 @@ def test_the_docs_pages_have_commands_to_run():
 
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="needs mkdocs (the dev extra)")
 def test_the_site_builds_strictly(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "site" / "rewards" / "index.html").is_file()
 
@@ -61,4 +68,7 @@ def test_a_block_without_a_runner_is_caught(tmp_path, monkeypatch):
         found = doc_blocks.blocks()
     finally:
         doc_blocks.blocks.cache_clear()
-    assert [(b.page, b.heading, b.lang) for b in found] == [("README.md", "Usage", "sh"), ("docs/a.md", "Code", "python")]
+    assert [(b.page, b.heading, b.lang) for b in found] == [
+        ("README.md", "Usage", "sh"),
+        ("docs/a.md", "Code", "python"),
+    ]
