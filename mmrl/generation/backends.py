@@ -26,8 +26,9 @@ def backend_device(backend: Any) -> torch.device:
     return model_device(model) if model is not None else torch.device("cpu")
 
 
-def _hf_backend(model: Any, processor: Any, share_prompt: bool = True, data_cfg: Any = None,
-                rollout_cfg: Any = None) -> HFBackend:
+def _hf_backend(
+    model: Any, processor: Any, share_prompt: bool = True, data_cfg: Any = None, rollout_cfg: Any = None
+) -> HFBackend:
     """The shared-prefix backend for Qwen2-VL/2.5-VL/3-VL (unless `share_prompt` is False), naive otherwise."""
     if share_prompt and supports_prefix_sharing(model):
         rows = getattr(rollout_cfg, "max_batch_rows", None) or DEFAULT_MAX_BATCH_ROWS
@@ -42,8 +43,9 @@ BACKENDS: Registry[Callable[..., Any]] = Registry("rollout backend", "rollout.ba
 BACKENDS.add("hf", _hf_backend)
 
 
-def _vllm_backend(model: Any, processor: Any, share_prompt: bool = True, data_cfg: Any = None,
-                  rollout_cfg: Any = None) -> Any:
+def _vllm_backend(
+    model: Any, processor: Any, share_prompt: bool = True, data_cfg: Any = None, rollout_cfg: Any = None
+) -> Any:
     """`rollout.backend: vllm` (the `vllm` extra): imported only when chosen; see `mmrl.generation.vllm_backend`."""
     from mmrl.generation.vllm_backend import make_vllm_backend
 
@@ -52,6 +54,7 @@ def _vllm_backend(model: Any, processor: Any, share_prompt: bool = True, data_cf
 
 def _require_vllm() -> None:
     from mmrl.generation.vllm_backend import require_vllm
+
     require_vllm()
 
 
@@ -66,8 +69,14 @@ def check_backend(name: str) -> None:
         preflight()
 
 
-def make_backend(model: Any, processor: Any, name: str = "hf", share_prompt: bool = True,
-                 data_cfg: Any = None, rollout_cfg: Any = None) -> HFBackend:
+def make_backend(
+    model: Any,
+    processor: Any,
+    name: str = "hf",
+    share_prompt: bool = True,
+    data_cfg: Any = None,
+    rollout_cfg: Any = None,
+) -> HFBackend:
     """The rollout backend `name` over an in-process model (`hf`: see `_hf_backend`; `vllm`: `_vllm_backend`).
     `rollout_cfg` (the `rollout:` section) carries engine settings (vLLM's memory share and context length)."""
     return BACKENDS.get(name)(model, processor, share_prompt=share_prompt, data_cfg=data_cfg, rollout_cfg=rollout_cfg)

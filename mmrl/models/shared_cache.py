@@ -49,8 +49,9 @@ class PrefixRecorder(DynamicCache):
         self._empty_layers = [copy.deepcopy(layer) for layer in self.layers]  # no tensors yet: cheap to copy
         self._written: set[int] = set()
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
-               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if layer_idx in self._written:  # a replay: the old entry's tensors are left as they are (autograd holds them)
             self.layers[layer_idx] = copy.deepcopy(self._empty_layers[layer_idx])
         self._written.add(layer_idx)
@@ -69,8 +70,9 @@ class BranchCache(DynamicCache):
         branch.layers = [copy.copy(layer) for layer in prefix.layers]
         return branch
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
-               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         layer = self.layers[layer_idx]
         batch = key_states.shape[0]
         keys = layer.keys.expand(batch, *layer.keys.shape[1:])
@@ -88,8 +90,9 @@ def checkpoint_with_shared_cache(decoder_layers: list[torch.nn.Module]) -> Itera
     completions into the prompt's keys, which reach the layer through the cache, not its positional inputs)."""
     changed = [m for m in decoder_layers if getattr(m, "gradient_checkpointing", False)]
     _check_checkpoint_names(changed)
-    saved = [(m.__dict__.get("_can_checkpoint_with_cache"), m.__dict__.get("_gradient_checkpointing_func"))
-             for m in changed]
+    saved = [
+        (m.__dict__.get("_can_checkpoint_with_cache"), m.__dict__.get("_gradient_checkpointing_func")) for m in changed
+    ]
     for module in changed:
         module._can_checkpoint_with_cache = True
         module._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
@@ -108,15 +111,18 @@ def _check_checkpoint_names(layers: list[torch.nn.Module]) -> None:
     """Refuse a transformers whose checkpointed layers lack the two names set above: setting them would change
     nothing, the layer would drop the prompt's cache and the completions would run without their prompt."""
     for layer in layers:
-        missing = [name for name in ("_can_checkpoint_with_cache", "_gradient_checkpointing_func")
-                   if not hasattr(layer, name)]
+        missing = [
+            name for name in ("_can_checkpoint_with_cache", "_gradient_checkpointing_func") if not hasattr(layer, name)
+        ]
         if missing:
             import transformers
 
-            raise UserError(f"model.gradient_checkpointing: transformers {transformers.__version__}'s "
-                            f"{type(layer).__name__} has no {', '.join(missing)}; the shared-prefix forward cannot "
-                            "keep the prompt's cache in it: install transformers>=5.17,<6 or set "
-                            "model.gradient_checkpointing=false")
+            raise UserError(
+                f"model.gradient_checkpointing: transformers {transformers.__version__}'s "
+                f"{type(layer).__name__} has no {', '.join(missing)}; the shared-prefix forward cannot "
+                "keep the prompt's cache in it: install transformers>=5.17,<6 or set "
+                "model.gradient_checkpointing=false"
+            )
 
 
 __all__ = ["BranchCache", "PrefixRecorder", "checkpoint_with_shared_cache"]

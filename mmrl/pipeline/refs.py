@@ -12,8 +12,9 @@ from mmrl.errors import UserError
 _REF = re.compile(r"\{([A-Za-z0-9_.-]+)\.([A-Za-z0-9_-]+)\}")
 
 
-def resolve_refs(value: Any, outputs: dict[str, dict[str, Any]] | None, where: str,
-                 steps: set[str] | frozenset[str] = frozenset()) -> Any:
+def resolve_refs(
+    value: Any, outputs: dict[str, dict[str, Any]] | None, where: str, steps: set[str] | frozenset[str] = frozenset()
+) -> Any:
     """`value` with every "{step.output}" replaced by that earlier step's output; None `outputs`: left as written.
 
     Braces that name no step of the pipeline (`steps`, plus the earlier ones) stay as they are (LaTeX `{1.5}`).

@@ -79,8 +79,12 @@ def _gold_findings(sample: Sample, add: AddFinding, rewards: Sequence[Any] | Non
 
     specs = rewards_for_task(sample.task) if rewards is None else list(rewards)
     if rewards is None and not specs:
-        add("warning", "gold", f"no built-in reward scores task '{sample.task}'; check the gold against your run's "
-            "rewards with --config RUN.yaml")
+        add(
+            "warning",
+            "gold",
+            f"no built-in reward scores task '{sample.task}'; check the gold against your run's "
+            "rewards with --config RUN.yaml",
+        )
         return
     columns = {k: [v] for k, v in sample.reward_columns().items()}
     for spec in specs:
@@ -90,18 +94,28 @@ def _gold_findings(sample: Sample, add: AddFinding, rewards: Sequence[Any] | Non
         completion = gold_as_completion(sample.answer, kwargs.get("tags", ("<answer>", "</answer>")))
         outcome = call_with_timeout(get_reward(name), timeout_s, [completion], **columns, **kwargs)
         if outcome.status == "timeout":
-            add("warning", "gold", f"reward '{name}' took over {timeout_s:g}s on the gold itself; every item of "
-                "this sample may time out")
+            add(
+                "warning",
+                "gold",
+                f"reward '{name}' took over {timeout_s:g}s on the gold itself; every item of this sample may time out",
+            )
         elif outcome.status != "ok":
-            add("error", "gold", f"reward '{name}' fails on this sample's gold ({outcome.message.splitlines()[0]})"
-                if outcome.message else f"reward '{name}' fails on this sample's gold")
+            add(
+                "error",
+                "gold",
+                f"reward '{name}' fails on this sample's gold ({outcome.message.splitlines()[0]})"
+                if outcome.message
+                else f"reward '{name}' fails on this sample's gold",
+            )
         elif not isinstance(outcome.value, (list, tuple)) or len(outcome.value) != 1:
             add("error", "gold", f"reward '{name}' returned {outcome.value!r:.60} for one completion")
         elif outcome.value[0] is None:
-            add("error", "gold", f"reward '{name}' cannot score the gold {json.dumps(sample.answer, default=str)[:80]} "
-                f"(task '{sample.task}'): the item would always be unscorable; fix the gold or the task")
-
-
+            add(
+                "error",
+                "gold",
+                f"reward '{name}' cannot score the gold {json.dumps(sample.answer, default=str)[:80]} "
+                f"(task '{sample.task}'): the item would always be unscorable; fix the gold or the task",
+            )
 
 
 def gold_check(rewards: Sequence[Any] | None) -> GoldCheck:
