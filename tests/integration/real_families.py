@@ -31,16 +31,6 @@ SOURCES: dict[str, tuple[Path, Path | None]] = {
     "smolvlm": (REAL / "smolvlm" / "SmolVLM-256M-Instruct", None),
 }
 FAMILIES = list(SOURCES)
-# The expensive end-to-end runs (GRPO step, SFT steps, eval + builders) go once per distinct code path, for the suite's
-# time. SFT and eval/builders skip Qwen2-VL: its template, vocabulary and image processor are Qwen2.5-VL's, file for
-# file; its own architecture is in its GRPO step (shared-prefix forward and backward) and the cheap per-family tests.
-# All three skip Qwen3-VL Instruct: its architecture and files are the Thinking run's, its plain ChatML template
-# Qwen2.5-VL's case; its template's rollouts, labels, serve and vLLM prompts are in the cheap per-family tests.
-END_TO_END = {
-    "grpo": [f for f in SOURCES if f != "qwen3_vl"],
-    "sft": [f for f in SOURCES if f not in ("qwen2_vl", "qwen3_vl")],
-    "eval": [f for f in SOURCES if f not in ("qwen2_vl", "qwen3_vl")],
-}
 # Families whose architecture the shared-prefix rollout and log-prob paths support (the others fall back).
 SHARES_PREFIX = {"qwen2_vl": True, "qwen2_5_vl": True, "qwen3_vl": True, "qwen3_vl_thinking": True,
                  "gemma3": False, "smolvlm": False}

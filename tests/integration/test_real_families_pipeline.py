@@ -1,6 +1,6 @@
 """GRPO, SFT, eval, `mmrl serve`, the vLLM backend's inputs and the rejection builder on the real families' interfaces
-(tiny models built by `mmrl model build-tiny --like` from tests/fixtures/real_models, once per session): serve and vLLM
-on every family, GRPO, SFT and eval/builders once per distinct code path (`END_TO_END`)."""
+(tiny models built by `mmrl model build-tiny --like` from tests/fixtures/real_models, once per session): every test on
+every family."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from mmrl.generation.openai_format import image_to_data_url
 from mmrl.models.processor import load_processor
 from mmrl.rl.trainer import GRPOTrainer
 from mmrl.sft.trainer import train_sft
-from tests.integration.real_families import END_TO_END, FAMILIES, SHARES_PREFIX
+from tests.integration.real_families import FAMILIES, SHARES_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "tests" / "grpo_tiny.yaml"
@@ -48,7 +48,7 @@ def _overrides(model: Path, data: Path, out: Path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in values.items()]
 
 
-@pytest.mark.parametrize("family", END_TO_END["grpo"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_grpo_step_with_real_rewards_shared_prefix_or_one_naive_line(family, real_family_models, data, tmp_path,
                                                                     caplog, monkeypatch):
     """One GRPO step (group of 2, accuracy + format rewards on the family's completions); Qwen families share the
@@ -70,7 +70,7 @@ def test_grpo_step_with_real_rewards_shared_prefix_or_one_naive_line(family, rea
     assert {"reward/accuracy", "reward/format"} <= set(row) or any("format" in k for k in row), sorted(row)
 
 
-@pytest.mark.parametrize("family", END_TO_END["sft"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_sft_steps_under_the_real_template(family, real_family_models, data, tmp_path):
     over = _overrides(real_family_models(family), data, tmp_path, **{
         "trainer.batch_size": 2, "trainer.max_steps": 1, "optimizer.lr": 3e-3, "trainer.save_final": "false"})
@@ -78,7 +78,7 @@ def test_sft_steps_under_the_real_template(family, real_family_models, data, tmp
     assert 0 < row["loss"] < 30 and row["grad_norm"] > 0
 
 
-@pytest.mark.parametrize("family", END_TO_END["eval"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_eval_and_data_builders(family, real_family_models, data, tmp_path, capsys):
     """`mmrl eval`, `mmrl build-data rejection` and `cold-start` on the family: completions are decoded without the
     turn's end."""
