@@ -32,6 +32,11 @@ class StageConfig(Section):
     rewards: list[RewardSpec] | None = Field(None, description="Override rewards.")
     prompt_suffix: str | None = Field(None, description="Override data.prompt_suffix.")
     enabled: bool = Field(True, description="Set false to skip an optional stage (e.g. PTST stage 3).")
+    reset_optimizer: bool = Field(
+        False, description="Start this stage as a new run does (Curr-ReFT launches each stage fresh): the optimizer's "
+        "moments and step counts are zeroed at its first step, and the learning-rate schedule (optimizer.warmup_steps "
+        "/ warmup_ratio, schedule, min_lr_ratio) restarts there, spanning this stage and the following stages up to "
+        "the next reset. false: the optimizer and schedule carry on. Ignored on the first stage.")
 
     @model_validator(mode="after")
     def _until_pair(self) -> StageConfig:
