@@ -39,6 +39,8 @@ QUESTIONS = {
     "product_mod10": "What is the last digit of the product of the two digits?",
 }
 COT_LENGTHS = ("short", "long", "mixed")
+FORMS = ("open", "mc", "yes_no")  # Curr-ReFT's stages: the open question, 4 numbered options, a proposed answer
+ANSWER_RANGE = {"sum": (0, 18), "larger": (0, 9), "product_mod10": (0, 9)}
 SPLIT_SEED = 0  # the scan split never changes with --seed: every seed and arm evaluates on the same held-out scans
 EVAL_FRACTION = 0.25
 MAX_ITEMS = 1_000_000
@@ -110,6 +112,46 @@ def cot_target(question: str, left: int, right: int, length: str) -> str:
     return f"<think> {step} </think><answer> {answer} </answer>"
 
 
+def form_item(question: str, left: int, right: int, length: str, form: str, rng: random.Random) -> dict[str, Any]:
+    """Prompt, answer, task (and choices) of one form, with its CoT target: the open question (task `number`), the
+    question with four numbered options A-D (task `mc`: wrong options are nearby numbers of the answer's range), or a
+    proposed answer to confirm (task `yes_no`: right or wrong with even odds).
+
+    >>> item = form_item("sum", 3, 5, "short", "yes_no", random.Random(1))
+    >>> item["prompt"], item["answer"], item["response"]
+    ('What is the sum of the two digits? Proposed answer: 8. Is this correct? Answer yes or no.', 'yes', '<think> 3 + 5 = 8 </think><answer> yes </answer>')
+    """
+    from data_pipelines.distractors import numeric_distractors
+
+    gold = answer_of(question, left, right)
+    target = cot_target(question, left, right, length)
+    if form == "open":
+        return {"prompt": QUESTIONS[question], "answer": str(gold), "task": "number", "response": target}
+    low, high = ANSWER_RANGE[question]
+    wrong = [int(w) for w in numeric_distractors(gold, rng, k=3, minimum=low, maximum=high)]
+    thought = target.split("</think>")[0]
+    if form == "mc":
+        options = [gold, *wrong]
+        rng.shuffle(options)
+        letter = "ABCD"[options.index(gold)]
+        lines = "\n".join(f"{'ABCD'[i]}. {o}" for i, o in enumerate(options))
+        return {
+            "prompt": f"{QUESTIONS[question]}\n{lines}\nAnswer with the letter.",
+            "answer": letter,
+            "task": "mc",
+            "choices": [str(o) for o in options],
+            "response": f"{thought}That is option {letter}. </think><answer> {letter} </answer>",
+        }
+    proposed = gold if rng.random() < 0.5 else rng.choice(wrong)
+    verdict = "yes" if proposed == gold else "no"
+    return {
+        "prompt": f"{QUESTIONS[question]} Proposed answer: {proposed}. Is this correct? Answer yes or no.",
+        "answer": verdict,
+        "task": "yes_no",
+        "response": f"{thought}</think><answer> {verdict} </answer>",
+    }
+
+
 def render_pair(left: Any, right: Any, size: int):
     """Two 8x8 scans (0..16) as one RGB picture `2*size` wide and `size` high, dark ink on white."""
     from PIL import Image
@@ -125,11 +167,21 @@ def render_pair(left: Any, right: Any, size: int):
 
 
 def build_digits(
-    out_dir: str | Path, n: int, seed: int, split: str, question: str = "sum", cot: str = "mixed", image_size: int = 56
+    out_dir: str | Path,
+    n: int,
+    seed: int,
+    split: str,
+    question: str = "sum",
+    cot: str = "mixed",
+    image_size: int = 56,
+    forms: tuple[str, ...] = ("open",),
 ) -> Path:
-    """Write `n` items of `split` ('train' or 'eval': which scans they use) to `out_dir/<split>.jsonl` + images/."""
+    """Write `n` items of `split` ('train' or 'eval': which scans they use) to `out_dir/<split>.jsonl` + images/;
+    the items cycle through `forms`."""
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval' (got {split!r})")
+    if not forms or any(f not in FORMS for f in forms):
+        raise UserError(f"--forms: each of {', '.join(FORMS)}, comma-separated (got {','.join(forms) or 'nothing'})")
     images, labels = load_scans()
     pool = split_scans(labels)[0 if split == "train" else 1]
     out = Path(out_dir)
@@ -139,31 +191,24 @@ def build_digits(
         rng = random.Random(f"digits:{seed}:{split}:{i}")
         scans = [rng.choice(pool), rng.choice(pool)]
         left, right = (labels[s] for s in scans)
-        length = cot if cot != "mixed" else COT_LENGTHS[i % 2]
+        length = cot if cot != "mixed" else COT_LENGTHS[(i // len(forms)) % 2]
+        form = forms[i % len(forms)]
         name = f"{split}-{question}-{i:06d}"
         picture = render_pair(images[scans[0]], images[scans[1]], image_size)
         picture.save(out / "images" / f"{name}.png")
-        lines.append(
-            json.dumps(
-                {
-                    "id": name,
-                    "images": [f"images/{name}.png"],
-                    "prompt": QUESTIONS[question],
-                    "answer": str(answer_of(question, left, right)),
-                    "task": "number",
-                    "response": cot_target(question, left, right, length),
-                    "image_size": list(picture.size),
-                    "meta": {
-                        "digits": [left, right],
-                        "scans": scans,
-                        "split": split,
-                        "question": question,
-                        "cot": length,
-                        "source": "sklearn.datasets.load_digits",
-                    },
-                }
-            )
-        )
+        item = form_item(question, left, right, length, form, rng)
+        meta = {
+            "digits": [left, right],
+            "scans": scans,
+            "split": split,
+            "question": question,
+            "form": form,
+            "cot": length,
+            "open_answer": str(answer_of(question, left, right)),
+            "source": "sklearn.datasets.load_digits",
+        }
+        record = {"id": name, "images": [f"images/{name}.png"], **item, "image_size": list(picture.size), "meta": meta}
+        lines.append(json.dumps(record))
     path = out / f"{split}.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -194,15 +239,21 @@ def _args(p: argparse.ArgumentParser) -> None:
         default=56,
         help="side of each upscaled digit in pixels (the picture is 2*size x size)",
     )
+    p.add_argument("--forms", default="open", help="comma-separated forms the items cycle through: open,mc,yes_no")
     p.add_argument("--out", required=True, help="output directory (train.jsonl [+ eval.jsonl] + images/)")
 
 
 def _check(args: argparse.Namespace) -> None:
+    forms = [f.strip() for f in str(args.forms).split(",") if f.strip()]
+    if not forms or any(f not in FORMS for f in forms):
+        raise UserError(f"--forms: each of {', '.join(FORMS)}, comma-separated (got {args.forms!r})")
     load_scans()  # a missing scikit-learn is one line when the pipeline loads, not after hours of earlier steps
 
 
 def _run(args: argparse.Namespace) -> int:
-    common = {"question": args.question, "cot": args.cot, "image_size": args.image_size}
+    _check(args)  # the command line too: a bad --forms is refused before anything is written
+    forms = tuple(f.strip() for f in args.forms.split(",") if f.strip())
+    common = {"question": args.question, "cot": args.cot, "image_size": args.image_size, "forms": forms}
     path = build_digits(args.out, args.n, args.seed, "train", **common)
     print(f"wrote {args.n} items from the training scans to {path}")
     if args.eval_n:

@@ -127,3 +127,30 @@ def test_a_missing_scikit_learn_is_one_line_saying_what_to_install(monkeypatch, 
         load_scans()
     assert main(["build-data", "digits", "--n", "2", "--out", str(tmp_path / "x")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_mc_and_yes_no_forms_for_a_curriculum_are_right_and_scored(tmp_path):
+    records = _records(build_digits(tmp_path, 60, 2, "train", forms=("open", "mc", "yes_no")))
+    assert [r["task"] for r in records[:3]] == ["number", "mc", "yes_no"]
+    for r in records:
+        gold = r["meta"]["open_answer"]
+        assert gold == str(sum(r["meta"]["digits"]))
+        if r["task"] == "mc":
+            assert len(set(r["choices"])) == 4 and r["choices"]["ABCD".index(r["answer"])] == gold
+            assert all(0 <= int(c) <= 18 for c in r["choices"])
+            assert f"{r['answer']}. {gold}\n" in r["prompt"]
+        if r["task"] == "yes_no":
+            proposed = r["prompt"].split("Proposed answer: ")[1].split(".")[0]
+            assert r["answer"] == ("yes" if proposed == gold else "no")
+    yes_no = [r["answer"] for r in records if r["task"] == "yes_no"]
+    assert 5 <= yes_no.count("yes") <= 15  # even odds over 20 items, not all one answer
+    columns = {k: [r.get(k) for r in records] for k in ("answer", "task", "choices")}
+    assert accuracy_reward([r["response"] for r in records], **columns) == [1.0] * 60
+
+
+@pytest.mark.parametrize("forms", ["open,essay", ",", "mc;yes_no"])
+def test_unknown_forms_are_refused_before_anything_is_written(tmp_path, capsys, forms):
+    out = tmp_path / "d"
+    assert main(["build-data", "digits", "--n", "2", "--forms", forms, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--forms: each of open, mc, yes_no" in err[0] and not (out / "train.jsonl").exists()
