@@ -148,6 +148,7 @@ def test_reset_optimizer_restarts_the_schedule_at_its_warmup_for_each_reset_stag
     rates = []
     for step in range(8):
         rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # no gradient: nothing moves; the scheduler is stepped after it, as in training
         schedule.advance(step + 1)
         scheduler.step()
     # part 1 (3 steps): warm-up 1/2, 2/2, then linear over 1 step from 1.0; part 2 (5 steps): 1/2, 1, then 1 - k/3
