@@ -13,7 +13,7 @@ from mmrl.config.data import DataConfig
 from mmrl.config.model import ModelConfig
 from mmrl.config.optim import SEED_MAX, OptimizerConfig, TrainerConfig
 from mmrl.config.rl import AlgorithmConfig, RewardSpec, RolloutConfig
-from mmrl.config.workflow import EvalConfig, PipelineStep, StageConfig
+from mmrl.config.workflow import ClaimConfig, EvalConfig, PipelineStep, StageConfig
 
 
 def _default_rewards() -> list[RewardSpec]:
@@ -51,6 +51,11 @@ class MMRLConfig(Section):
     stages: list[StageConfig] = Field(default_factory=list, description="Curriculum / PTST stages (empty: one stage).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
     pipeline: list[PipelineStep] = Field(default_factory=list, description="Steps of `mmrl pipeline` (in order).")
+    claims: list[ClaimConfig] = Field(
+        default_factory=list,
+        description="Pipelines with seeds: the paper claims tested, each a paired difference between two arms with a "
+        "95% interval and a verdict in <output_dir>/summary.json (see ClaimConfig); fixed before any run.",
+    )
     seeds: list[Annotated[int, Field(ge=0, le=SEED_MAX)]] = Field(
         default_factory=list,
         description="Pipelines: run every step once per seed (trainer.seed=<seed>, outputs in <output_dir>/seed-<seed>/; "

@@ -32,6 +32,11 @@ class StageConfig(Section):
     rewards: list[RewardSpec] | None = Field(None, description="Override rewards.")
     prompt_suffix: str | None = Field(None, description="Override data.prompt_suffix.")
     enabled: bool = Field(True, description="Set false to skip an optional stage (e.g. PTST stage 3).")
+    reset_optimizer: bool = Field(
+        False, description="Start this stage as a new run does (Curr-ReFT launches each stage fresh): the optimizer's "
+        "moments and step counts are zeroed at its first step, and the learning-rate schedule (optimizer.warmup_steps "
+        "/ warmup_ratio, schedule, min_lr_ratio) restarts there, spanning this stage and the following stages up to "
+        "the next reset. false: the optimizer and schedule carry on. Ignored on the first stage.")
 
     @model_validator(mode="after")
     def _until_pair(self) -> StageConfig:
@@ -101,3 +106,29 @@ class PipelineStep(Section):
         if not _STEP_NAME.fullmatch(value) or value in (".", ".."):
             raise ValueError(f"step name {value!r} must be a plain directory name (letters, digits, '_', '-', '.')")
         return value
+
+
+class ClaimConfig(Section):
+    """One paper claim a seeded pipeline tests, fixed before any run: the difference `arm - baseline` per seed (the
+    arms of a seed share its data, eval items and SFT start, so the difference is paired), a 95% interval of its
+    mean over the seeds, and the verdict: "reproduced" when the interval excludes 0 in the paper's direction,
+    "opposite" when it excludes 0 the other way, "not distinguishable" otherwise (or with fewer than 2 seeds)."""
+
+    name: str = Field(..., description="Claim name (a key of summary.json's claims).")
+    paper: str = Field("", description="What the paper claims, in a sentence (shown with the verdict).")
+    arm: str = Field(
+        ...,
+        description="The paper's arm, one seed's measure: eval.<label>.accuracy | eval.<label>.completion_length | "
+        "train.<step>.seconds | train.<step>.sampled_tokens | train.<step>.<first|last|mean>.<metric> (a metrics.jsonl "
+        "column over the first or last 5 logged steps, or all of them); or a ratio 'A / B' of two measures (the slash "
+        "with spaces around it: metric names hold '/').",
+    )
+    baseline: str = Field(..., description="The arm it is compared with, as `arm`.")
+    direction: Literal["greater", "less"] = Field(
+        ..., description="The paper's direction: 'greater' when it says arm > baseline, 'less' when arm < baseline."
+    )
+    interval: Literal["paired_t", "bootstrap"] = Field(
+        "paired_t",
+        description="paired_t: mean difference +- t(0.975, n-1) x sd / sqrt(n) over the seeds (honest with few "
+        "seeds); bootstrap: 2.5th and 97.5th percentiles of the mean difference over 10,000 resamples of the seeds.",
+    )

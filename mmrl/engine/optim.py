@@ -54,11 +54,32 @@ def lr_factor(step: int, cfg: OptimizerConfig, max_steps: int) -> float:
     return floor + (1 - floor) * (1 - progress)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, max_steps: int | Callable[[], int]):
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    cfg: OptimizerConfig,
+    max_steps: int | Callable[[], int],
+    segment: Callable[[int], tuple[int, int]] | None = None,
+):
     """LambdaLR over `max_steps`; pass a callable to have the schedule follow a run length that may still shrink
-    (a stage ended early by `until_metric`): it is read at every scheduler step."""
+    (a stage ended early by `until_metric`): it is read at every scheduler step.
+
+    `segment(step) -> (first step, length)` of the part of the run whose schedule holds `step` (stages that restart
+    the schedule, `stages[].reset_optimizer`): the warm-up and decay then run over that part alone, from its start.
+    """
     length = max_steps if callable(max_steps) else (lambda: max_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, length()))
+    part = segment if segment is not None else (lambda step: (0, length()))
+
+    def factor(step: int) -> float:
+        start, steps = part(step)
+        return lr_factor(step - start, cfg, steps)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def reset_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Forget every moment and step count: the next step is a fresh optimizer's first (AdamW's bias correction
+    starts over), as when a stage is launched as a new run (Curr-ReFT). Parameters and learning rates stay."""
+    optimizer.state.clear()
 
 
 def guarded_step(

@@ -59,6 +59,10 @@ def load_plan(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = 
         raise UserError(f"{path}: no `pipeline:` steps; add a list of steps (build-data, sft, train, eval) or run "
                         f"`mmrl train {path}` for a single GRPO run")
     _check_steps(str(path), config.pipeline)
+    if config.claims:
+        from mmrl.pipeline.claims import check_claims
+
+        check_claims(config.claims, config.pipeline, str(path))
     root = Path(config.output_dir or Path("runs") / (config.name or Path(path).stem))
     plan = Plan(str(path), config, raw, sources, root)
     _refuse_command_line_trainer_output_dir(plan)

@@ -134,13 +134,18 @@ def _run_seeds(plan: Plan, overrides: list[str], say: Callable[[str], None], sta
             err.args = (f"seed {seed} of {seeds}: {err}{kept}; fix it and re-run: finished steps are skipped",)
             raise
         # after every seed: a sweep stopped part-way still leaves the aggregate of the seeds it finished
-        summary = {**aggregate(per_seed, time.perf_counter() - started), "seeds_planned": seeds}
+        summary = {**aggregate(per_seed, time.perf_counter() - started, plan.config.claims), "seeds_planned": seeds}
         written = write_summary(plan.root, summary)
         plot = plot_seeds(summary, plan.root / "summary.png")
         if plot is None:
             (plan.root / "summary.png").unlink(missing_ok=True)  # an earlier sweep's plot is not this summary's
     for line in seeds_table(summary).splitlines():
         say(line)
+    if summary.get("claims"):
+        from mmrl.pipeline.claims import claims_table
+
+        for line in claims_table(summary["claims"]).splitlines():
+            say(line)
     if plot is not None:
         say(f"plot: {plot}")
     say(f"summary over seeds {seeds}: {written}")

@@ -46,6 +46,7 @@ class ResolvedStage:
     rewards: tuple[RewardSpec, ...]
     data: tuple[DatasetSpec, ...]
     prompt_suffix: str | None
+    reset_optimizer: bool = False  # a later stage that starts with a fresh optimizer and schedule
 
     @property
     def steps(self) -> int:
@@ -107,6 +108,7 @@ class StageSchedule:
             rewards=tuple(stage.rewards if stage.rewards is not None else base.rewards),
             data=tuple(stage.data if stage.data is not None else base.data.train),
             prompt_suffix=stage.prompt_suffix if stage.prompt_suffix is not None else base.data.prompt_suffix,
+            reset_optimizer=index > 0 and stage.reset_optimizer,
         )
 
     def _index_at(self, step: int, starts: list[int]) -> int:
@@ -128,6 +130,28 @@ class StageSchedule:
         """Planned run length given the switches so far (an upper bound while early switches may still happen)."""
         starts = self._all_starts()
         return self._end_of(len(self.stages) - 1, starts)
+
+    def resets_at(self, step: int) -> bool:
+        """True when step `step` is the first of a stage that starts with a fresh optimizer (`reset_optimizer`)."""
+        stage = self.stage_at(step)
+        return stage.reset_optimizer and stage.start_step == step
+
+    def lr_segment(self, step: int) -> tuple[int, int]:
+        """(first step, length) of the learning-rate schedule that holds `step`: the run from 0, or from the start
+        of the last stage with `reset_optimizer` at or before it, to the next such stage or the run's end.
+
+        >>> from mmrl.config import load_config
+        >>> cfg = load_config(None, ["stages=[{name: a, steps: 2}, {name: b, steps: 3, reset_optimizer: true}]"])
+        >>> schedule = StageSchedule(cfg.stages, cfg)
+        >>> [schedule.lr_segment(s) for s in (1, 2, 4)]
+        [(0, 2), (2, 3), (2, 3)]
+        """
+        starts = self._all_starts()
+        resets = [0] + [starts[i] for i in range(1, len(self.stages)) if self.stages[i].reset_optimizer]
+        first = max(start for start in resets if start <= step)
+        later = [start for start in resets if start > first]
+        end = later[0] if later else self.total_steps
+        return first, max(1, end - first)
 
     def finished(self, step: int) -> bool:
         return step >= self.total_steps
@@ -194,11 +218,15 @@ class StageSchedule:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         names = [s.name for s in self.stages]
         if state.get("version") != STATE_VERSION:
-            raise UserError(f"checkpoint stage state has version {state.get('version')!r}; this mmrl reads "
-                            f"{STATE_VERSION}. Resume with the mmrl version that wrote it")
+            raise UserError(
+                f"checkpoint stage state has version {state.get('version')!r}; this mmrl reads "
+                f"{STATE_VERSION}. Resume with the mmrl version that wrote it"
+            )
         if list(state.get("names", [])) != names:
-            raise UserError(f"checkpoint stages {state.get('names')} differ from the config's enabled stages {names}; "
-                            "resume with the stages the run started with")
+            raise UserError(
+                f"checkpoint stages {state.get('names')} differ from the config's enabled stages {names}; "
+                "resume with the stages the run started with"
+            )
         starts = [int(s) for s in state["starts"]]
         if not starts or starts[0] != 0 or starts != sorted(starts) or len(starts) > len(names):
             raise UserError(f"checkpoint stage state is corrupt (starts={starts}); resume from another checkpoint")

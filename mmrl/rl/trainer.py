@@ -21,7 +21,7 @@ from mmrl.data.checks import check_for_training
 from mmrl.data.dataset import load_datasets
 from mmrl.data.prompt_order import PromptSampler
 from mmrl.engine.distributed import all_gather_objects
-from mmrl.engine.optim import build_scheduler
+from mmrl.engine.optim import build_scheduler, reset_optimizer_state
 from mmrl.engine.run import TrainingRun, prepare_run, start_run
 from mmrl.engine.run_dir import discard_fresh_run, release_run_dir, used_run_files
 from mmrl.engine.run_logger import PhaseTimer
@@ -75,6 +75,10 @@ class GRPOTrainer:
             release_run_dir(self.run_dir)  # nothing was written: leave no claimed, empty directory behind
             raise
         self.run: TrainingRun = start_run(cfg, total_steps=self.schedule.total_steps)
+        if self.run.engine.zero is not None and any(s.reset_optimizer for s in self.schedule.stages[1:]):
+            self.run.close()  # DeepSpeed owns the optimizer's partitions; a reset of them is not checked to be exact
+            raise UserError("stages[].reset_optimizer is not supported under DeepSpeed; use DDP or FSDP2, or set "
+                            "reset_optimizer: false")
         try:
             self.interface = self._interface()
         except BaseException:
@@ -83,7 +87,9 @@ class GRPOTrainer:
                 discard_fresh_run(self.run_dir)
             raise
         # The LR schedule reads the run length at every step: an until_metric that ends a stage early shortens it.
-        self.run.scheduler = build_scheduler(self.run.optimizer, cfg.optimizer, lambda: self.schedule.total_steps)
+        # A stage with reset_optimizer restarts the schedule: each part between resets has its own warm-up and decay.
+        self.run.scheduler = build_scheduler(self.run.optimizer, cfg.optimizer, lambda: self.schedule.total_steps,
+                                             segment=self.schedule.lr_segment)
         self.backend: RolloutBackend = make_backend(self.run.model, self.run.processor, cfg.rollout.backend,
                                                     share_prompt=cfg.rollout.share_prompt, data_cfg=cfg.data,
                                                     rollout_cfg=cfg.rollout)
@@ -199,6 +205,9 @@ class GRPOTrainer:
                     run.logger.event(f"step {step}: stage {new_stage.index} '{new_stage.name}' "
                                      f"(G={new_stage.group_size}, max_len={new_stage.max_completion_length})")
                 stage = new_stage
+                if self.schedule.resets_at(step):  # here, not at advance: a resume at this step resets it as well
+                    reset_optimizer_state(run.optimizer)
+                    run.logger.event(f"step {step}: stage '{stage.name}' starts with a fresh optimizer and schedule")
                 specs = stage.data or tuple(cfg.data.train)
                 with timer("rollout"):
                     run.model.eval()

@@ -1,6 +1,7 @@
 """The four ablations of configs/repro/ run end to end on the tiny model, each step cut to one training step and a
 handful of items by command-line overrides (derived from the config itself, so a new arm is covered too): the
-aggregate summary.json has every arm and seed, the plot exists, each seed's run has its own directory."""
+aggregate summary.json has every arm and seed and every claim of the config with its difference and verdict, the
+plot exists, each seed's run has its own directory."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def smoke_overrides(config: Path, out: Path, seeds: list[int]) -> list[str]:
             "trainer.batch_size": 2, "trainer.sample_steps": 0, "rollout.group_size": 2,
             "rollout.max_completion_length": 8, "eval.max_new_tokens": 6, "eval.batch_size": 4}
     for i, step in enumerate(steps):
-        if step["kind"] == "build-data" and step["args"]["builder"] == "synthetic":
+        if step["kind"] == "build-data" and step["args"]["builder"] in ("synthetic", "digits"):
             args[f"pipeline.{i}.args.n"] = 8
             if "eval_n" in step["args"]:  # a step without eval items (SFT data) stays without
                 args[f"pipeline.{i}.args.eval_n"] = 4
@@ -68,6 +69,7 @@ def test_repro_config_runs_every_arm_and_seed(name, tmp_path, tiny_model_dir):
         curve = written["curves"][train]["completion_length/incorrect"]
         assert curve["step"] == list(range(1, n_stages + 1))  # one training step per stage in this cut-down run
     assert (tmp_path / "run" / "summary.png").stat().st_size > 0
+    _check_claims(yaml.safe_load(config.read_text(encoding="utf-8")).get("claims", []), written, seeds)
     for seed in seeds:
         one = json.loads((tmp_path / "run" / f"seed-{seed}" / "summary.json").read_text(encoding="utf-8"))
         assert sorted(one["accuracy"]) == sorted(labels)
@@ -77,6 +79,23 @@ def test_repro_config_runs_every_arm_and_seed(name, tmp_path, tiny_model_dir):
         assert all(r["completion_tokens"] > 0 for r in rows)
         # the untrained tiny model answers nothing right: every completion is an incorrect one
         assert all(r["completion_length/incorrect"] == pytest.approx(r["completion_length/mean"]) for r in rows)
+
+
+def _check_claims(claims, written, seeds):
+    """Every claim of the config is in summary.json, measured on every seed, with a verdict by the stated rule."""
+    assert claims, "an ablation states its claims before it runs"
+    assert list(written["claims"]) == [c["name"] for c in claims]
+    for claim in claims:
+        result = written["claims"][claim["name"]]
+        assert (result["arm"], result["baseline"], result["direction"]) == (
+            claim["arm"], claim["baseline"], claim["direction"])
+        assert result["n"] == len(seeds) and all(r["difference"] is not None for r in result["per_seed"].values())
+        assert result["verdict"] in ("reproduced", "opposite", "not distinguishable")
+        if len(seeds) > 1:
+            low, high = result["interval"]
+            assert low <= result["difference"] <= high
+        else:
+            assert result["interval"] is None and result["verdict"] == "not distinguishable"
 
 
 def _dotted(tree, key):

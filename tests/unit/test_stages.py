@@ -18,8 +18,9 @@ TWO_STAGES = (
 
 
 def _config(*overrides: str):
-    return load_config(None, ["rollout.group_size=8", "rollout.max_completion_length=64", "data.train=base.jsonl",
-                              *overrides])
+    return load_config(
+        None, ["rollout.group_size=8", "rollout.max_completion_length=64", "data.train=base.jsonl", *overrides]
+    )
 
 
 def _run(schedule: StageSchedule, start: int, stop: int, evals: dict[int, dict] | None = None) -> list[tuple]:
@@ -67,9 +68,7 @@ def test_resume_inside_stage_two_reproduces_the_straight_run():
 
 
 def test_until_metric_switches_early_and_resume_keeps_the_moved_boundary():
-    cfg = _config(
-        "stages=[{name: a, steps: 10, until_metric: accuracy, until_value: 0.8}, {name: b, steps: 3}]"
-    )
+    cfg = _config("stages=[{name: a, steps: 10, until_metric: accuracy, until_value: 0.8}, {name: b, steps: 3}]")
     evals = {2: {"eval/accuracy": 0.5}, 4: {"eval/accuracy": 0.85}}
     schedule = StageSchedule(cfg.stages, cfg)
     seen = _run(schedule, 0, 7, evals)
@@ -117,10 +116,46 @@ def test_bad_state_and_bad_config_are_user_errors():
 
 
 def test_an_eval_at_a_planned_boundary_does_not_skip_the_stage_just_entered():
-    cfg = _config("stages=[{name: a, steps: 2}, {name: b, steps: 3, until_metric: accuracy, until_value: 0.5},"
-                  " {name: c, steps: 2}]")
+    cfg = _config(
+        "stages=[{name: a, steps: 2}, {name: b, steps: 3, until_metric: accuracy, until_value: 0.5},"
+        " {name: c, steps: 2}]"
+    )
     schedule = StageSchedule(cfg.stages, cfg)
     seen = _run(schedule, 0, 5, {2: {"accuracy": 0.9}, 3: {"accuracy": 0.9}})
     # The eval at step 2 measured stage a's model: b still runs (one step) and ends at the eval after step 3.
     assert [name for _, _, name, _, _ in seen] == ["a", "a", "b", "c", "c"]
     assert schedule.boundaries() == [(0, "a"), (2, "b"), (3, "c")] and schedule.total_steps == 5
+
+
+def test_reset_optimizer_restarts_the_schedule_at_its_warmup_for_each_reset_stage():
+    """Stages 3 + 3 (+ 2 without a reset), warm-up 2, linear decay: hand-computed factors per step. Each part between
+    resets warms up again from its own start; a stage without reset_optimizer continues its part's schedule."""
+    import torch
+
+    from mmrl.engine.optim import build_scheduler
+
+    cfg = _config(
+        "stages=[{name: a, steps: 3}, {name: b, steps: 3, reset_optimizer: true}, {name: c, steps: 2}]",
+        "optimizer.lr=1.0",
+        "optimizer.warmup_steps=2",
+        "optimizer.schedule=linear",
+    )
+    schedule = StageSchedule(cfg.stages, cfg)
+    assert [schedule.resets_at(s) for s in range(8)] == [False, False, False, True, False, False, False, False]
+    assert [schedule.lr_segment(s) for s in (0, 2, 3, 7)] == [(0, 3), (0, 3), (3, 5), (3, 5)]
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(optimizer, cfg.optimizer, lambda: schedule.total_steps, segment=schedule.lr_segment)
+    rates = []
+    for step in range(8):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # no gradient: nothing moves; the scheduler is stepped after it, as in training
+        schedule.advance(step + 1)
+        scheduler.step()
+    # part 1 (3 steps): warm-up 1/2, 2/2, then linear over 1 step from 1.0; part 2 (5 steps): 1/2, 1, then 1 - k/3
+    assert rates == pytest.approx([0.5, 1.0, 1.0, 0.5, 1.0, 1.0, 2 / 3, 1 / 3])
+
+
+def test_reset_optimizer_on_the_first_stage_resets_nothing():
+    cfg = _config("stages=[{name: a, steps: 2, reset_optimizer: true}, {name: b, steps: 2}]")
+    schedule = StageSchedule(cfg.stages, cfg)
+    assert not any(schedule.resets_at(s) for s in range(4)) and schedule.lr_segment(3) == (0, 4)
