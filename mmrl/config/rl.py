@@ -30,6 +30,18 @@ class RolloutConfig(Section):
         "awake (weights + KV cache; it sleeps during the update). 0.3 is TRL's colocate default.")
     vllm_max_model_len: int | None = Field(
         None, ge=1, description="backend vllm: the engine's context length (prompt + completion); null: the model's.")
+    max_staleness: int = Field(
+        0, ge=0, description="Asynchronous training (docs/async.md): 0 runs rollout then update on the same weights "
+        "(synchronous). k >= 1 moves the rollouts into a worker process with its own copy of the policy that samples "
+        "up to k steps ahead: the groups of step t come from the weights of step t - k, and algorithm.is_correction "
+        "corrects the gap with the worker's log-probs. Backend hf, one process, no until_metric stages.")
+    worker_threads: int | None = Field(
+        None, ge=1, description="max_staleness >= 1: torch threads of the rollout worker process (null: torch's "
+        "default). On a small CPU give worker and trainer one share each (e.g. 1 and trainer threads 1 on 2 cores).")
+    worker_timeout_s: float = Field(
+        600.0, gt=0, description="max_staleness >= 1: seconds the trainer waits for the worker's next batch before it "
+        "stops the worker and the run with one line (a hung worker); counted from when the trainer asks, or from when "
+        "the worker has started (its start has at least 600 s).")
 
 
 class OnlineFilterConfig(Section):

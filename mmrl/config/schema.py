@@ -34,6 +34,31 @@ def _check_mini_batches(cfg: MMRLConfig) -> None:
             f"processes; set trainer.prompts_per_step={fit} or change algorithm.mini_batches")
 
 
+def _check_async(cfg: MMRLConfig) -> None:
+    """`rollout.max_staleness >= 1` runs one rollout worker process beside one trainer process; refuse what that
+    design does not cover, in one line each, rather than train on something else than what was asked."""
+    k = cfg.rollout.max_staleness
+    if k == 0:
+        return
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    refusals = [
+        (world > 1, f"runs one trainer process beside one rollout worker; launched with {world} processes "
+         "(DDP / FSDP2 / DeepSpeed) it is not supported: launch one process or set rollout.max_staleness=0"),
+        (cfg.rollout.backend != "hf", f"needs rollout.backend=hf (the worker samples with its own copy of the "
+         f"policy); got {cfg.rollout.backend!r}: set rollout.backend=hf or rollout.max_staleness=0"),
+        (cfg.algorithm.tis_cap is None, "corrects the stale samples with algorithm.is_correction, which is off "
+         "(algorithm.tis_cap: null); set algorithm.tis_cap (e.g. 2.0) or rollout.max_staleness=0"),
+        (cfg.model.compile, "copies the policy into the worker process, which a torch.compile'd model cannot be; "
+         "set model.compile=false or rollout.max_staleness=0"),
+        (any(s.until_metric for s in cfg.stages if s.enabled), "samples steps ahead, so a stage must not end on "
+         "an eval metric (stages[].until_metric) the worker cannot know yet; remove until_metric or set "
+         "rollout.max_staleness=0"),
+    ]
+    for refused, why in refusals:
+        if refused:
+            raise ValueError(f"rollout.max_staleness={k} {why}")
+
+
 class MMRLConfig(Section):
     """Everything one mmrl run needs. Every field is documented; `mmrl config show` prints the resolved tree."""
 
@@ -89,6 +114,7 @@ class MMRLConfig(Section):
         if f.enabled and not f.low < f.high:
             raise ValueError(f"algorithm.online_filter.low must be < high (got {f.low} and {f.high})")
         _check_mini_batches(self)
+        _check_async(self)
         if self.rollout.min_new_tokens > self.rollout.max_completion_length:
             raise ValueError("rollout.min_new_tokens must be <= rollout.max_completion_length")
         if self.trainer.overwrite and self.trainer.resume not in (None, "", "none", "null"):

@@ -2,9 +2,11 @@
 
 `MMRL_FAULT="POINT@N[:ACTION]"` (comma-separated for several) fires the N-th time (default 1) this process reaches
 the named point: ACTION `kill` (default) sends SIGKILL to the process itself, `interrupt` sends it SIGINT (Ctrl-C),
-`enospc` raises "No space left on device", `bug` raises a RuntimeError (an error of mmrl's own). Points: `log.partial` (half of a metrics row written), `save.staged` (model written into the staging
+`enospc` raises "No space left on device", `bug` raises a RuntimeError (an error of mmrl's own), `hang` sleeps
+for good (a stuck process). Points: `log.partial` (half of a metrics row written), `save.staged` (model written into the staging
 directory, no completion marker yet), `update` (inside an optimizer step, before the parameters change),
-`resumed` (right after the resume is announced). The tests use it to kill a run at reproducible moments; a user
+`resumed` (right after the resume is announced), `rollout.worker` (the asynchronous rollout worker, before it
+sends a batch). The tests use it to kill a run at reproducible moments; a user
 never sets it.
 
 >>> fault_point("save.staged")  # MMRL_FAULT unset: nothing happens
@@ -15,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
 from collections import Counter
 
 ENV = "MMRL_FAULT"
@@ -40,3 +43,6 @@ def fault_point(name: str) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         elif action == "bug":
             raise RuntimeError(f"injected fault at {name}")
+        elif action == "hang":
+            while True:
+                time.sleep(60)

@@ -30,6 +30,7 @@ from mmrl.generation.backends import check_backend, make_backend
 from mmrl.models.interface import ModelInterface, eval_coordinate_tasks, interface_of, reads_coordinates
 from mmrl.rewards.composite import RewardComposite
 from mmrl.rewards.gold_check import gold_check
+from mmrl.rl.async_rollout import AsyncRollout
 from mmrl.rl.entropy import entropy_control
 from mmrl.rl.experience import Group, RolloutBackend, collect_step
 from mmrl.rl.reference import ReferencePolicy, make_reference
@@ -103,6 +104,13 @@ class GRPOTrainer:
         self._samplers: dict[str, PromptSampler] = {}
         self._composites: dict[str, RewardComposite] = {}
         self.eval_samples = self._load(tuple(cfg.data.eval)) if cfg.data.eval and cfg.trainer.eval_steps else []
+        # rollout.max_staleness >= 1: a worker process rolls out (docs/async.md); None: the synchronous loop
+        self.max_staleness: int | None = cfg.rollout.max_staleness or None
+        if self.max_staleness and self.run.dist.world_size > 1:
+            self.run.close()
+            raise UserError("rollout.max_staleness: asynchronous rollouts run with one trainer process; launch one "
+                            "process or set rollout.max_staleness=0")
+        self.worker: AsyncRollout | None = None
 
     def _steps_from_epochs(self) -> None:
         """`trainer.num_epochs`: the run takes as many steps as the epochs need (prompts_per_step prompts each), as
@@ -196,6 +204,10 @@ class GRPOTrainer:
         step = run.start_step
         stage = None
         try:
+            if self.max_staleness is not None:
+                self.worker = AsyncRollout.launch(
+                    cfg, run.model, run.processor, self.interface, self._datasets, self.generator,
+                    dict(getattr(self, "_saved_samplers", {})), step, self.schedule.total_steps, self.max_staleness)
             # Stages may end early (until_metric), so the schedule, not a fixed count, says when training is done.
             while not self.schedule.finished(step):
                 timer = PhaseTimer()
@@ -210,20 +222,27 @@ class GRPOTrainer:
                     run.logger.event(f"step {step}: stage '{stage.name}' starts with a fresh optimizer and schedule")
                 specs = stage.data or tuple(cfg.data.train)
                 with timer("rollout"):
-                    run.model.eval()
-                    groups, info = collect_step(
-                        cfg, stage, self._load(specs), self._sampler_for(specs), run.dist.rank, run.dist.world_size,
-                        processor=run.processor, backend=self.backend, composite=self._composite(stage.rewards),
-                        generator=self.generator, data_cfg=self._data_cfg(stage), interface=self.interface)
-                    run.model.train()
+                    if self.worker is not None:
+                        groups, info = self._take_async(step)
+                    else:
+                        run.model.eval()
+                        groups, info = collect_step(
+                            cfg, stage, self._load(specs), self._sampler_for(specs), run.dist.rank,
+                            run.dist.world_size, processor=run.processor, backend=self.backend,
+                            composite=self._composite(stage.rewards), generator=self.generator,
+                            data_cfg=self._data_cfg(stage), interface=self.interface)
+                        run.model.train()
                 with timer("update"):
                     update = policy_update(run, groups, stage, self.reference, self.entropy)
                 step += 1
+                if self.worker is not None:
+                    self.worker.publish(step, run.model)  # version `step`: the weights step `step` starts from
                 eval_metrics = self._maybe_eval(step, timer)
                 self.schedule.advance(step, eval_metrics)
                 run.scheduler.step()  # after advance: the next step's LR sees a stage that just ended early
                 metrics = self._metrics(groups, info, update, stage, timer, time.perf_counter() - started)
                 metrics.update(eval_metrics or {})
+                metrics.update(self.worker.metrics(step - 1) if self.worker is not None else {})
                 if step == run.start_step + 1:
                     metrics.update(run.topology())  # world size and engine, in the run's first metrics row
                 run.logger.log(step, metrics)
@@ -233,10 +252,20 @@ class GRPOTrainer:
             if cfg.trainer.save_final and run.start_step < step:
                 run.save(step, self.state())
         finally:
+            if self.worker is not None:
+                self.worker.close()
             run.close()
             for composite in self._composites.values():
                 composite.close()
         return run.run_dir
+
+    def _take_async(self, step: int) -> tuple[list[Group], dict[str, Any]]:
+        """`step`'s groups from the rollout worker; the prompt order and random state after them become the
+        trainer's, so a checkpoint of this step resumes the worker where this batch left it."""
+        batch = self.worker.take(step)
+        self.generator.set_state(batch.state["generator"])
+        self._saved_samplers = {**getattr(self, "_saved_samplers", {}), **batch.state["samplers"]}
+        return batch.groups, batch.info
 
     def _maybe_eval(self, step: int, timer: PhaseTimer) -> dict[str, float] | None:
         every = self.cfg.trainer.eval_steps

@@ -1,0 +1,379 @@
+"""Asynchronous rollouts (`rollout.max_staleness = k >= 1`): a worker process samples while the trainer updates.
+
+The worker holds its own copy of the policy and calls `collect_step`, the synchronous loop's own collect function,
+so a group carries what it carries there (images, prompt ids, completions, the sampler's log-probs, rewards). The
+groups of step t are sampled by the weights of version max(t - k, start), where version v means "the weights the
+trainer holds at the start of step v" (the resume step's checkpoint is version `start`). The worker waits for
+exactly that version, so which weights sampled which step never depends on timing:
+
+    trainer: | update 0 (v0) | update 1 (v1) | update 2 (v2) |        k = 1
+    worker:  | roll 0 (v0), roll 1 (v0) | roll 2 (v1) | roll 3 (v2) |
+
+Atomic versions: weights arrive as one message per optimizer step and are loaded between two batches only, so a
+step's groups never mix two versions. A batch is one message, sent when complete; the trainer checks its step and
+version and trains on nothing else. A worker that dies, fails or sends nothing for `rollout.worker_timeout_s`
+stops the run with one line (the last checkpoint resumes it).
+
+Resume: the batch carries the worker's prompt-order and random state after it was drawn; the trainer keeps the state
+of the last batch it trained on and saves that in its checkpoints. On resume the in-flight batches (drawn, never
+trained on) are dropped and regenerated from the same prompt positions by the checkpoint's weights: no prompt is
+trained twice or skipped, and the first k steps after a resume are on-policy (staleness 0, logged).
+"""
+
+from __future__ import annotations
+
+import copy
+import queue
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+
+from mmrl.config import MMRLConfig
+from mmrl.data.prompt_order import PromptSampler
+from mmrl.data.sample import Sample
+from mmrl.engine.faults import fault_point
+from mmrl.errors import UserError
+from mmrl.generation.backends import make_backend
+from mmrl.models.interface import ModelInterface
+from mmrl.rewards.composite import RewardComposite
+from mmrl.rl.experience import Group, collect_step
+from mmrl.rl.stages import StageSchedule
+
+_POLL_S = 0.5  # how often a waiting trainer checks that the worker still lives
+_START_S = 600.0  # the least time a worker gets to start (spawn, imports, model copy) before it counts as hung
+
+
+@dataclass
+class WorkerSpec:
+    """Everything the worker process starts from (pickled into it once)."""
+
+    cfg: MMRLConfig
+    model: torch.nn.Module  # a copy of the policy at version `start`
+    processor: Any
+    interface: ModelInterface | None
+    datasets: dict[str, list[Sample]]  # the trainer's checked datasets, by spec key
+    generator_state: torch.Tensor
+    sampler_states: dict[str, dict[str, Any]]
+    start: int  # first step to sample (the run's start step; also the version of `model`)
+    end: int  # one past the last step
+    max_staleness: int
+    device: str
+
+
+@dataclass
+class VersionedBatch:
+    """One step's groups, the version of the weights that sampled them, and the worker's state after drawing them."""
+
+    step: int
+    version: int
+    groups: list[Group]
+    info: dict[str, Any]
+    state: dict[str, Any]  # {"generator": tensor, "samplers": {key: state}}: what a checkpoint after this step saves
+    first_draw: int  # global draw index of the step's first prompt: consecutive steps draw consecutive prompts
+    seconds: float  # the worker's time to roll out and score the step
+
+
+@dataclass
+class WorkerReady:
+    """Sent once the worker has started: rollout.worker_timeout_s counts from here, not through its imports."""
+
+
+@dataclass
+class WorkerFailure:
+    step: int
+    message: str
+
+
+def sampled_version(step: int, start: int, max_staleness: int) -> int:
+    """The version whose weights sample `step`'s groups.
+
+    >>> [sampled_version(t, 0, 1) for t in range(4)]
+    [0, 0, 1, 2]
+    >>> [sampled_version(t, 5, 2) for t in range(5, 9)]  # resumed at 5: the first steps are on-policy
+    [5, 5, 5, 6]
+    """
+    return max(step - max_staleness, start)
+
+
+def _spec_key(specs: tuple) -> str:
+    from mmrl.rl.trainer import _key  # the trainer's cache key, so states saved by either side match
+
+    return _key(specs)
+
+
+class _WorkerParts:
+    """The worker's per-stage parts, built once per spec like the trainer's."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.cfg = spec.cfg
+        self.schedule = StageSchedule(spec.cfg.stages, spec.cfg)  # no until_metric (refused): a pure step -> stage
+        self.backend = make_backend(
+            spec.model,
+            spec.processor,
+            "hf",
+            share_prompt=spec.cfg.rollout.share_prompt,
+            data_cfg=spec.cfg.data,
+            rollout_cfg=spec.cfg.rollout,
+        )
+        self.generator = torch.Generator(device=spec.device)
+        self.generator.set_state(spec.generator_state)
+        self.samplers: dict[str, PromptSampler] = {}
+        self.composites: dict[str, RewardComposite] = {}
+
+    def sampler(self, key: str) -> PromptSampler:
+        if key not in self.samplers:
+            sampler = PromptSampler(len(self.spec.datasets[key]), self.cfg.trainer.seed, self.cfg.data.shuffle)
+            if key in self.spec.sampler_states:
+                sampler.load_state_dict(self.spec.sampler_states[key])
+            self.samplers[key] = sampler
+        return self.samplers[key]
+
+    def collect(self, step: int) -> tuple[list[Group], dict[str, Any], int]:
+        stage = self.schedule.stage_at(step)
+        specs = stage.data or tuple(self.cfg.data.train)
+        key = _spec_key(specs)
+        sampler = self.sampler(key)
+        first_draw = sampler.epoch * sampler.n_items + sampler.position
+        rewards_key = _spec_key(stage.rewards)
+        if rewards_key not in self.composites:
+            self.composites[rewards_key] = RewardComposite(list(stage.rewards))
+        data_cfg = (
+            self.cfg.data
+            if stage.prompt_suffix is None
+            else self.cfg.data.model_copy(update={"prompt_suffix": stage.prompt_suffix})
+        )
+        groups, info = collect_step(
+            self.cfg,
+            stage,
+            self.spec.datasets[key],
+            sampler,
+            0,
+            1,
+            processor=self.spec.processor,
+            backend=self.backend,
+            composite=self.composites[rewards_key],
+            generator=self.generator,
+            data_cfg=data_cfg,
+            interface=self.spec.interface,
+        )
+        return groups, info, first_draw
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator.get_state(),
+            "samplers": {key: s.state_dict() for key, s in self.samplers.items()},
+        }
+
+    def close(self) -> None:
+        for composite in self.composites.values():
+            composite.close()
+
+
+def _load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+
+
+def _next_message(weights_in: Any) -> Any:
+    """The trainer's next message; exits when the trainer is gone (killed: nobody would ever read this worker's
+    batches, and a child outlives a SIGKILLed parent)."""
+    parent = mp.parent_process()
+    while True:
+        try:
+            return weights_in.get(timeout=_POLL_S)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                raise SystemExit(0) from None
+
+
+def _worker_main(spec: WorkerSpec, weights_in: Any, batches_out: Any) -> None:
+    """The worker process: for each step, wait for the version that samples it, roll out, send the whole batch."""
+    if spec.cfg.rollout.worker_threads:
+        torch.set_num_threads(spec.cfg.rollout.worker_threads)
+    step = spec.start
+    parts = None
+    try:
+        parts = _WorkerParts(spec)
+        spec.model.eval()
+        batches_out.put(WorkerReady())
+        version = spec.start
+        for step in range(spec.start, spec.end):
+            wanted = sampled_version(step, spec.start, spec.max_staleness)
+            while version < wanted:  # versions arrive in order, one per optimizer step; none is skipped past
+                version, weights = _next_message(weights_in)
+                _load_weights(spec.model, weights)
+            started = time.perf_counter()
+            with torch.no_grad():
+                groups, info, first_draw = parts.collect(step)
+            batch = VersionedBatch(
+                step, version, groups, info, parts.state(), first_draw, time.perf_counter() - started
+            )
+            fault_point("rollout.worker")  # crash tests: die or hang with a batch ready, before it is sent
+            batches_out.put(batch)
+        # Stay alive until the trainer says stop: the tensors of a sent batch are shared, not copied, and reach the
+        # trainer only while this process still lives.
+        while _next_message(weights_in) is not None:
+            pass
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - any failure becomes the trainer's one line
+        text = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        batches_out.put(WorkerFailure(step, text))
+        raise SystemExit(1) from None
+    finally:
+        if parts is not None:
+            parts.close()
+
+
+@dataclass
+class AsyncRollout:
+    """The trainer's side: start the worker, take each step's batch, publish each new version, stop it."""
+
+    max_staleness: int
+    timeout_s: float
+    start: int
+    trainable: list[str]
+    process: Any = None
+    weights_out: Any = None
+    batches_in: Any = None
+    last: VersionedBatch | None = None
+    waited_s: float = 0.0
+    ready: bool = False
+
+    @classmethod
+    def launch(
+        cls,
+        cfg: MMRLConfig,
+        model: torch.nn.Module,
+        processor: Any,
+        interface: ModelInterface | None,
+        datasets: dict[str, list[Sample]],
+        generator: torch.Generator,
+        sampler_states: dict[str, dict[str, Any]],
+        start: int,
+        end: int,
+        max_staleness: int,
+    ) -> AsyncRollout:
+        """Copy the policy (weights of version `start`) into a new worker process and start it sampling."""
+        ctx = mp.get_context("spawn")  # a fork would share the trainer's threads and locks in an unknown state
+        trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+        spec = WorkerSpec(
+            cfg=cfg,
+            model=copy.deepcopy(model),
+            processor=processor,
+            interface=interface,
+            datasets=datasets,
+            generator_state=generator.get_state(),
+            sampler_states=sampler_states,
+            start=start,
+            end=end,
+            max_staleness=max_staleness,
+            device=str(generator.device),
+        )
+        rollout = cls(
+            max_staleness=max_staleness,
+            timeout_s=cfg.rollout.worker_timeout_s,
+            start=start,
+            trainable=trainable,
+            weights_out=ctx.Queue(),
+            batches_in=ctx.Queue(),
+        )
+        rollout.process = ctx.Process(
+            target=_worker_main, args=(spec, rollout.weights_out, rollout.batches_in), name="mmrl-rollout-worker"
+        )  # not a daemon: rewards start their own processes
+        rollout.process.start()
+        return rollout
+
+    def take(self, step: int) -> VersionedBatch:
+        """`step`'s batch, sampled by version `sampled_version(step)`; one line (UserError) if the worker died,
+        failed or hung."""
+        started = asked = time.perf_counter()
+        while True:
+            try:
+                item = self.batches_in.get(timeout=_POLL_S)
+            except queue.Empty:
+                item = None
+            except Exception as exc:  # noqa: BLE001 - a message cut off by a dying worker: nothing of it is used
+                self.close()
+                raise UserError(
+                    f"rollout worker: its batch for step {step} arrived broken ({type(exc).__name__}); "
+                    "the run stops (resume it from its last checkpoint with trainer.resume=auto)"
+                ) from None
+            if isinstance(item, WorkerFailure):
+                self.close()
+                raise UserError(f"rollout worker failed at step {item.step}: {item.message}")
+            if isinstance(item, WorkerReady):
+                self.ready, asked = True, time.perf_counter()
+                continue
+            if item is not None:
+                break
+            if not self.process.is_alive():
+                code = self.process.exitcode
+                self.close()
+                raise UserError(
+                    f"rollout worker: the process died (exit code {code}) before sending step {step}'s "
+                    "groups; the run stops (resume it from its last checkpoint with trainer.resume=auto)"
+                )
+            limit = self.timeout_s if self.ready else max(self.timeout_s, _START_S)
+            if time.perf_counter() - asked > limit:
+                self.close()
+                raise UserError(
+                    f"rollout worker: no groups for step {step} within rollout.worker_timeout_s="
+                    f"{self.timeout_s:g} s; stopped it and the run (raise the timeout if rollouts are "
+                    "that slow, or resume with trainer.resume=auto)"
+                )
+        expected = sampled_version(step, self.start, self.max_staleness)
+        if item.step != step or item.version != expected:  # never train on a batch that is not this step's
+            self.close()
+            raise RuntimeError(
+                f"rollout worker sent step {item.step} (version {item.version}); the trainer "
+                f"expected step {step} sampled by version {expected}"
+            )
+        self.waited_s = time.perf_counter() - started
+        self.last = item
+        return item
+
+    def publish(self, version: int, model: torch.nn.Module) -> None:
+        """Send the weights the trainer holds now (after its optimizer step) as `version`: the trainable
+        parameters only (a frozen tower or a LoRA base never changes)."""
+        params = dict(model.named_parameters())
+        self.weights_out.put((version, {name: params[name].detach().clone() for name in self.trainable}))
+
+    def metrics(self, step: int) -> dict[str, float]:
+        """`async/*` figures of the batch `step` trained on (the correction's are update's `rollout/*`)."""
+        batch = self.last
+        if batch is None:
+            return {}
+        return {
+            "async/staleness": step - batch.version,
+            "async/sampled_version": batch.version,
+            "async/first_draw": batch.first_draw,
+            "async/wait_s": self.waited_s,
+            "async/worker_rollout_s": batch.seconds,
+        }
+
+    def close(self) -> None:
+        """Stop the worker; batches it drew ahead are dropped (a resume regenerates them)."""
+        if self.process is not None and self.process.is_alive():
+            try:
+                self.weights_out.put(None)  # a worker done with its steps exits on its own
+                self.process.join(1)
+            except (ValueError, OSError):  # the queue is closed already
+                pass
+        if self.process is not None and self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join(5)
+        for q in (self.weights_out, self.batches_in):
+            if q is not None:
+                q.cancel_join_thread()  # unread weights must not hold the trainer's exit
+                q.close()
+        self.weights_out = self.batches_in = None
