@@ -23,6 +23,7 @@ trained twice or skipped, and the first k steps after a resume are on-policy (st
 from __future__ import annotations
 
 import copy
+import json
 import queue
 import time
 from dataclasses import dataclass
@@ -98,10 +99,10 @@ def sampled_version(step: int, start: int, max_staleness: int) -> int:
     return max(step - max_staleness, start)
 
 
-def _spec_key(specs: tuple) -> str:
-    from mmrl.rl.trainer import _key  # the trainer's cache key, so states saved by either side match
-
-    return _key(specs)
+def spec_key(specs: tuple) -> str:
+    """A stable cache key for a tuple of config models (pydantic models are not hashable): the trainer's and the
+    worker's, so prompt-order states saved by either side match."""
+    return json.dumps([item.model_dump(mode="json") for item in specs], sort_keys=True)
 
 
 class _WorkerParts:
@@ -135,10 +136,10 @@ class _WorkerParts:
     def collect(self, step: int) -> tuple[list[Group], dict[str, Any], int]:
         stage = self.schedule.stage_at(step)
         specs = stage.data or tuple(self.cfg.data.train)
-        key = _spec_key(specs)
+        key = spec_key(specs)
         sampler = self.sampler(key)
         first_draw = sampler.epoch * sampler.n_items + sampler.position
-        rewards_key = _spec_key(stage.rewards)
+        rewards_key = spec_key(stage.rewards)
         if rewards_key not in self.composites:
             self.composites[rewards_key] = RewardComposite(list(stage.rewards))
         data_cfg = (

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -30,17 +29,14 @@ from mmrl.generation.backends import check_backend, make_backend
 from mmrl.models.interface import ModelInterface, eval_coordinate_tasks, interface_of, reads_coordinates
 from mmrl.rewards.composite import RewardComposite
 from mmrl.rewards.gold_check import gold_check
-from mmrl.rl.async_rollout import AsyncRollout
+from mmrl.rl.async_rollout import AsyncRollout, spec_key
 from mmrl.rl.entropy import entropy_control
 from mmrl.rl.experience import Group, RolloutBackend, collect_step
 from mmrl.rl.reference import ReferencePolicy, make_reference
 from mmrl.rl.stages import ResolvedStage, StageSchedule
 from mmrl.rl.update import policy_update
 
-
-def _key(items: tuple) -> str:
-    """A stable cache key for a tuple of config models (pydantic models are not hashable)."""
-    return json.dumps([item.model_dump(mode="json") for item in items], sort_keys=True)
+_key = spec_key  # a stage's data or rewards specs -> the key their sampler, dataset and composite are cached by
 
 
 def _mean(values: list[float]) -> float:

@@ -1,0 +1,158 @@
+"""Synchronous vs asynchronous GRPO (`rollout.max_staleness: 1`) on a CPU, side by side in one run.
+
+    OMP_NUM_THREADS=1 python3 benchmarks/async_rollout.py                 # 2 x 24 steps, ~5 minutes on 2 cores
+    OMP_NUM_THREADS=1 python3 benchmarks/async_rollout.py --steps 60      # a longer learning curve
+
+The quickstart's setting (configs/quickstart.yaml): its synthetic colour data and its cold-start SFT of the `small`
+model (24 steps), then its first GRPO stage (G=8, 20 tokens, 4 prompts a step, lr 1e-4, vision tower frozen) run
+twice from the same SFT checkpoint, each arm in its own process:
+
+- sync: the synchronous loop (max_staleness 0) with 2 torch threads (`trainer.num_threads=2`);
+- async: max_staleness 1, the trainer with 1 thread and the rollout worker with 1 (`rollout.worker_threads=1`).
+
+Figures: samples/s (completions per second over the steps after `--warmup`; the async arm's first step includes
+starting its worker), the mean training reward and accuracy of each block of steps (the learning curve: does the
+one-step-stale policy learn as the synchronous one does?), and the async arm's mean staleness and importance-weight
+effective sample size. Last line: `async_speedup=<async samples/s / sync samples/s>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+
+
+def _sft_checkpoint(work: Path) -> tuple[Path, Path]:
+    """The quickstart's data and cold-start SFT (its own step config), into `work`."""
+    import torch
+
+    from data_pipelines.synthetic import build_synthetic
+    from mmrl.pipeline.plan import load_plan, step_config
+    from mmrl.sft.trainer import train_sft
+
+    plan = load_plan(QUICKSTART, [f"output_dir={work}"])
+    data_args = next(step for step in plan.steps if step.kind == "build-data").args
+    train = build_synthetic(
+        data_args["tasks"],
+        data_args["n"],
+        data_args["seed"],
+        work / "data",
+        forms=data_args["forms"],
+        image_size=data_args["image_size"],
+        split="train",
+    )
+    sft = next(step for step in plan.steps if step.kind == "sft")
+    cfg = step_config(
+        plan,
+        sft,
+        {
+            "data.train": [str(train)],
+            "trainer.progress": False,
+            "trainer.report_to": ["jsonl"],
+            "trainer.num_threads": 2,
+        },
+    )
+    torch.set_num_threads(2)
+    return train, train_sft(cfg) / "checkpoints" / f"step-{cfg.trainer.max_steps}"
+
+
+def _arm(name: str, work: Path, data: Path, checkpoint: Path, steps: int, overrides: dict) -> None:
+    """One GRPO arm in this (fresh) process: the quickstart's GRPO step config, its first stage's settings."""
+    from mmrl.pipeline.plan import load_plan, step_config
+    from mmrl.rl.trainer import train
+
+    plan = load_plan(QUICKSTART, [f"output_dir={work}"])
+    grpo = next(step for step in plan.steps if step.kind == "train")
+    first = grpo.overrides["stages"][0]
+    # the step's own overrides replaced by one stage's settings (its stages and cosine schedule span 200 steps)
+    settings = {
+        "model.name_or_path": str(checkpoint),
+        "rollout.group_size": first["group_size"],
+        "rollout.max_completion_length": first["max_completion_length"],
+        "trainer.max_steps": steps,
+        "trainer.output_dir": str(work / name),
+        "trainer.save_steps": 0,
+        "trainer.save_final": False,
+        "trainer.sample_steps": 0,
+        "trainer.progress": False,
+        "trainer.report_to": ["jsonl"],
+        **overrides,
+    }
+    cfg = step_config(plan, grpo.model_copy(update={"overrides": settings}), {"data.train": [str(data)]})
+    train(cfg)
+
+
+def _summary(run: Path, warmup: int, block: int) -> dict:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
+    timed = rows[warmup:]
+    # every step has the same completions n, so n / sum(n / rate) = steps / sum(1 / rate): the whole-run rate
+    seconds = sum(1 / r["samples_per_s"] for r in timed if r["samples_per_s"])
+    curve = []
+    for start in range(0, len(rows), block):
+        part = rows[start : start + block]
+        curve.append(
+            {
+                "steps": f"{part[0]['step']}-{part[-1]['step']}",
+                "reward": sum(r["reward/total"] for r in part) / len(part),
+                "accuracy": sum(r.get("accuracy", float("nan")) for r in part) / len(part),
+            }
+        )
+    out = {"samples_per_s": len(timed) / seconds if seconds else float("nan"), "curve": curve}
+    if "async/staleness" in rows[-1]:
+        out["mean_staleness"] = sum(r["async/staleness"] for r in rows) / len(rows)
+        out["mean_is_ess"] = sum(r.get("rollout/is_ess", 1.0) for r in rows) / len(rows)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=24, help="GRPO steps per arm")
+    parser.add_argument("--warmup", type=int, default=2, help="first steps left out of samples/s")
+    parser.add_argument("--block", type=int, default=6, help="steps per point of the learning curve")
+    parser.add_argument("--work-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.steps <= args.warmup or args.warmup < 0 or args.block < 1:
+        print(f"async_rollout: --steps ({args.steps}) must exceed --warmup ({args.warmup}) >= 0; --block >= 1")
+        return 2
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="mmrl-async-bench-"))
+    started = time.perf_counter()
+    data, checkpoint = _sft_checkpoint(work)
+    print(f"SFT checkpoint: {checkpoint} ({time.perf_counter() - started:.0f} s)")
+    arms = {
+        "sync": {"trainer.num_threads": 2},
+        "async": {"trainer.num_threads": 1, "rollout.max_staleness": 1, "rollout.worker_threads": 1},
+    }
+    ctx = multiprocessing.get_context("spawn")  # each arm chooses its torch threads once, in its own process
+    results = {}
+    for name, overrides in arms.items():
+        arm_started = time.perf_counter()
+        process = ctx.Process(target=_arm, args=(name, work, data, checkpoint, args.steps, overrides))
+        process.start()
+        process.join()
+        if process.exitcode != 0:
+            print(f"async_rollout: the {name} arm failed (exit code {process.exitcode})")
+            return 1
+        results[name] = _summary(work / name, args.warmup, args.block)
+        results[name]["wall_s"] = time.perf_counter() - arm_started
+    print(f"{'arm':<6} {'samples/s':>10} {'wall s':>7}  reward / accuracy per block of {args.block} steps")
+    for name, r in results.items():
+        curve = "  ".join(f"{p['steps']}: {p['reward']:.2f}/{p['accuracy']:.2f}" for p in r["curve"])
+        print(f"{name:<6} {r['samples_per_s']:>10.2f} {r['wall_s']:>7.0f}  {curve}")
+    extra = results["async"]
+    print(f"async: mean staleness {extra['mean_staleness']:.2f}, mean is_ess {extra['mean_is_ess']:.3f}")
+    print(f"async_speedup={results['async']['samples_per_s'] / results['sync']['samples_per_s']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
