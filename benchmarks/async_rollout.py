@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python3 benchmarks/async_rollout.py                 # 2 x 24 steps, ~5 minutes on 2 cores
     OMP_NUM_THREADS=1 python3 benchmarks/async_rollout.py --steps 60      # a longer learning curve
+    python3 benchmarks/async_rollout.py --work-dir DIR   # reuses DIR's data and SFT checkpoint from an earlier run
 
 The quickstart's setting (configs/quickstart.yaml): its synthetic colour data and its cold-start SFT of the `small`
 model (24 steps), then its first GRPO stage (G=8, 20 tokens, 4 prompts a step, lr 1e-4, vision tower frozen) run
@@ -41,6 +42,10 @@ def _sft_checkpoint(work: Path) -> tuple[Path, Path]:
     from mmrl.sft.trainer import train_sft
 
     plan = load_plan(QUICKSTART, [f"output_dir={work}"])
+    sft = next(step for step in plan.steps if step.kind == "sft")
+    done = work / "sft" / "checkpoints" / f"step-{sft.overrides['trainer.max_steps']}"
+    if done.is_dir() and (work / "data" / "train.jsonl").is_file():  # an earlier run's (checkpoints are atomic)
+        return work / "data" / "train.jsonl", done
     data_args = next(step for step in plan.steps if step.kind == "build-data").args
     train = build_synthetic(
         data_args["tasks"],
@@ -51,7 +56,6 @@ def _sft_checkpoint(work: Path) -> tuple[Path, Path]:
         image_size=data_args["image_size"],
         split="train",
     )
-    sft = next(step for step in plan.steps if step.kind == "sft")
     cfg = step_config(
         plan,
         sft,
@@ -86,6 +90,8 @@ def _arm(name: str, work: Path, data: Path, checkpoint: Path, steps: int, overri
         "trainer.sample_steps": 0,
         "trainer.progress": False,
         "trainer.report_to": ["jsonl"],
+        "trainer.overwrite": True,
+        "trainer.resume": None,
         **overrides,
     }
     cfg = step_config(plan, grpo.model_copy(update={"overrides": settings}), {"data.train": [str(data)]})
@@ -119,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=24, help="GRPO steps per arm")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of samples/s")
     parser.add_argument("--block", type=int, default=6, help="steps per point of the learning curve")
+    parser.add_argument("--group-size", type=int, default=None, help="G (default: the quickstart stage's, 8)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the quickstart stage's, 20")
     parser.add_argument("--work-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.steps <= args.warmup or args.warmup < 0 or args.block < 1:
@@ -128,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     data, checkpoint = _sft_checkpoint(work)
     print(f"SFT checkpoint: {checkpoint} ({time.perf_counter() - started:.0f} s)")
+    sizes = {"rollout.group_size": args.group_size, "rollout.max_completion_length": args.max_new_tokens}
+    sizes = {key: value for key, value in sizes.items() if value is not None}
     arms = {
         "sync": {"trainer.num_threads": 2},
         "async": {"trainer.num_threads": 1, "rollout.max_staleness": 1, "rollout.worker_threads": 1},
@@ -136,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name, overrides in arms.items():
         arm_started = time.perf_counter()
-        process = ctx.Process(target=_arm, args=(name, work, data, checkpoint, args.steps, overrides))
+        process = ctx.Process(target=_arm, args=(name, work, data, checkpoint, args.steps, {**sizes, **overrides}))
         process.start()
         process.join()
         if process.exitcode != 0:

@@ -8,6 +8,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -31,24 +37,36 @@ def synthetic_data(tmp_path_factory) -> Path:
 
 
 def _cfg(data: Path, out: Path, *extra: str):
-    return load_config(
-        CONFIG,
-        [
-            f"data.train={data}",
-            f"trainer.output_dir={out}",
-            "trainer.report_to=[jsonl]",
-            "trainer.progress=false",
-            "trainer.save_steps=0",
-            "trainer.sample_steps=0",
-            "trainer.save_final=false",
-            "rollout.max_completion_length=4",
-            "trainer.max_steps=3",
-            "rollout.worker_threads=1",
-            "optimizer.lr=1e-2",
-            f"rewards=[{{name: '{REWARD}:reward'}}]",
-            *extra,
-        ],
-    )
+    return load_config(CONFIG, [*_overrides(data, out), *extra])
+
+
+def _overrides(data: Path, out: Path) -> list[str]:
+    return [
+        f"data.train={data}",
+        f"trainer.output_dir={out}",
+        "trainer.report_to=[jsonl]",
+        "trainer.progress=false",
+        "trainer.save_steps=0",
+        "trainer.sample_steps=0",
+        "trainer.save_final=false",
+        "rollout.max_completion_length=4",
+        "trainer.max_steps=3",
+        "rollout.worker_threads=1",
+        "optimizer.lr=1e-2",
+        f"rewards=[{{name: '{REWARD}:reward'}}]",
+    ]
+
+
+def _processes_tagged(tag: str) -> list[int]:
+    """Pids of live processes whose environment holds `tag`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and tag.encode() in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
 
 
 def _weights(trainer: GRPOTrainer) -> dict[str, torch.Tensor]:
@@ -113,6 +131,50 @@ def test_staleness_one_samples_each_step_with_the_previous_version_and_resumes_t
     for key in weights_a:
         torch.testing.assert_close(weights_b[key], weights_a[key], rtol=0, atol=0, msg=key)
 
+    # A real kill (SIGKILL of the trainer inside step 3's optimizer step, worker ahead on step 4) and `resume=auto`:
+    # the worker exits by itself, and the resumed run trains what the resume from step 2 trained.
+    killed = tmp_path / "killed"
+    tag = f"async-kill-{uuid.uuid4().hex}"  # found in the environment of any process the killed run left behind
+    args = [
+        "train",
+        str(CONFIG),
+        *_overrides(synthetic_data, killed),
+        "rollout.max_staleness=1",
+        "trainer.max_steps=4",
+        "trainer.save_steps=2",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "MMRL_ASYNC_TEST_TAG": tag}
+    died = subprocess.run(
+        [sys.executable, "-m", "mmrl", *args],
+        env={**env, "MMRL_FAULT": "update@3"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
+    deadline = time.monotonic() + 60
+    while _processes_tagged(tag) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _processes_tagged(tag), "the rollout worker outlived its killed trainer"
+    done = subprocess.run(
+        [sys.executable, "-m", "mmrl", *args, "trainer.resume=auto"],
+        env={**env, "MMRL_FAULT": ""},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows_killed = _rows(killed)
+    assert [r["step"] for r in rows_killed] == [1, 2, 3, 4]
+    assert [r["async/first_draw"] for r in rows_killed] == [0, 2, 4, 6]
+    assert [r["async/sampled_version"] for r in rows_killed] == [0, 0, 2, 2]
+    for got, want in zip(rows_killed[2:], rows_a):
+        assert {k: v for k, v in got.items() if k.startswith(("loss/", "reward/"))} == {
+            k: v for k, v in want.items() if k.startswith(("loss/", "reward/"))
+        }
+
 
 @pytest.mark.parametrize(
     "fault, says",
@@ -127,3 +189,13 @@ def test_a_worker_that_dies_or_hangs_stops_the_run_in_one_line(synthetic_data, t
     assert "\n" not in str(error.value)
     assert [r["step"] for r in _rows(out)] == [1]  # the second batch never arrived: nothing of it was trained on
     assert not trainer.worker.process.is_alive()
+
+
+@pytest.mark.gpu  # skipped without CUDA; scripts/gpu_check.sh runs it (`pytest -m gpu`): the worker on the same GPU
+def test_the_worker_samples_on_cuda_with_the_previous_version(synthetic_data, tmp_path):
+    out = tmp_path / "cuda"
+    cfg = _cfg(synthetic_data, out, "rollout.max_staleness=1", "trainer.device=cuda", "model.dtype=bf16")
+    GRPOTrainer(cfg).train()
+    rows = _rows(out)
+    assert [r["async/sampled_version"] for r in rows] == [0, 0, 1]
+    assert [r["async/first_draw"] for r in rows] == [0, 2, 4]
