@@ -33,20 +33,33 @@ sys.path.insert(0, str(ROOT))
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
 
+def _quickstart(*overrides: str):
+    """configs/quickstart.yaml with `overrides` (its pipeline steps are read from it, never run as a pipeline)."""
+    from mmrl.config import load_config
+
+    return load_config(QUICKSTART, list(overrides))
+
+
+def _dotted(settings: dict) -> list[str]:
+    return [f"{key}={json.dumps(value)}" for key, value in settings.items()]  # JSON is YAML: values keep their type
+
+
+def _step(kind: str):
+    return next(step for step in _quickstart().pipeline if step.kind == kind)
+
+
 def _sft_checkpoint(work: Path) -> tuple[Path, Path]:
-    """The quickstart's data and cold-start SFT (its own step config), into `work`."""
+    """The quickstart's data and cold-start SFT (its pipeline steps' own settings), into `work`."""
     import torch
 
     from data_pipelines.synthetic import build_synthetic
-    from mmrl.pipeline.plan import load_plan, step_config
     from mmrl.sft.trainer import train_sft
 
-    plan = load_plan(QUICKSTART, [f"output_dir={work}"])
-    sft = next(step for step in plan.steps if step.kind == "sft")
+    sft = _step("sft")
     done = work / "sft" / "checkpoints" / f"step-{sft.overrides['trainer.max_steps']}"
     if done.is_dir() and (work / "data" / "train.jsonl").is_file():  # an earlier run's (checkpoints are atomic)
         return work / "data" / "train.jsonl", done
-    data_args = next(step for step in plan.steps if step.kind == "build-data").args
+    data_args = _step("build-data").args
     train = build_synthetic(
         data_args["tasks"],
         data_args["n"],
@@ -56,30 +69,28 @@ def _sft_checkpoint(work: Path) -> tuple[Path, Path]:
         image_size=data_args["image_size"],
         split="train",
     )
-    cfg = step_config(
-        plan,
-        sft,
-        {
-            "data.train": [str(train)],
-            "trainer.progress": False,
-            "trainer.report_to": ["jsonl"],
-            "trainer.num_threads": 2,
-        },
-    )
+    settings = {
+        **sft.overrides,
+        "data.train": [str(train)],
+        "trainer.output_dir": str(work / "sft"),
+        "trainer.progress": False,
+        "trainer.report_to": ["jsonl"],
+        "trainer.num_threads": 2,
+    }
     torch.set_num_threads(2)
-    return train, train_sft(cfg) / "checkpoints" / f"step-{cfg.trainer.max_steps}"
+    return train, train_sft(
+        _quickstart(*_dotted(settings))
+    ) / "checkpoints" / f"step-{sft.overrides['trainer.max_steps']}"
 
 
 def _arm(name: str, work: Path, data: Path, checkpoint: Path, steps: int, overrides: dict) -> None:
-    """One GRPO arm in this (fresh) process: the quickstart's GRPO step config, its first stage's settings."""
-    from mmrl.pipeline.plan import load_plan, step_config
+    """One GRPO arm in this (fresh) process: the quickstart's config with its GRPO step's first stage's settings (its
+    stages and cosine schedule span 200 steps)."""
     from mmrl.rl.trainer import train
 
-    plan = load_plan(QUICKSTART, [f"output_dir={work}"])
-    grpo = next(step for step in plan.steps if step.kind == "train")
-    first = grpo.overrides["stages"][0]
-    # the step's own overrides replaced by one stage's settings (its stages and cosine schedule span 200 steps)
+    first = _step("train").overrides["stages"][0]
     settings = {
+        "data.train": [str(data)],
         "model.name_or_path": str(checkpoint),
         "rollout.group_size": first["group_size"],
         "rollout.max_completion_length": first["max_completion_length"],
@@ -91,11 +102,9 @@ def _arm(name: str, work: Path, data: Path, checkpoint: Path, steps: int, overri
         "trainer.progress": False,
         "trainer.report_to": ["jsonl"],
         "trainer.overwrite": True,
-        "trainer.resume": None,
         **overrides,
     }
-    cfg = step_config(plan, grpo.model_copy(update={"overrides": settings}), {"data.train": [str(data)]})
-    train(cfg)
+    train(_quickstart(*_dotted(settings)))
 
 
 def _summary(run: Path, warmup: int, block: int) -> dict:

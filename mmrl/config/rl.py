@@ -40,8 +40,8 @@ class RolloutConfig(Section):
         "default). On a small CPU give worker and trainer one share each (e.g. 1 and trainer threads 1 on 2 cores).")
     worker_timeout_s: float = Field(
         600.0, gt=0, description="max_staleness >= 1: seconds the trainer waits for the worker's next batch before it "
-        "stops the worker and the run with one line (a hung worker); counted from when the trainer asks, or from when "
-        "the worker has started (its start has at least 600 s).")
+        "stops the worker and the run with one line (a hung worker), counted from when the trainer asks; the first "
+        "batch (the worker's start: imports, model copy, first rollout) has at least 600 s.")
 
 
 class OnlineFilterConfig(Section):

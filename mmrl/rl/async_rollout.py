@@ -44,7 +44,7 @@ from mmrl.rl.experience import Group, collect_step
 from mmrl.rl.stages import StageSchedule
 
 _POLL_S = 0.5  # how often a waiting trainer checks that the worker still lives
-_START_S = 600.0  # the least time a worker gets to start (spawn, imports, model copy) before it counts as hung
+_START_S = 600.0  # the least time for the first batch (spawn, imports, model copy, first rollout) before a hang
 
 
 @dataclass
@@ -75,11 +75,6 @@ class VersionedBatch:
     state: dict[str, Any]  # {"generator": tensor, "samplers": {key: state}}: what a checkpoint after this step saves
     first_draw: int  # global draw index of the step's first prompt: consecutive steps draw consecutive prompts
     seconds: float  # the worker's time to roll out and score the step
-
-
-@dataclass
-class WorkerReady:
-    """Sent once the worker has started: rollout.worker_timeout_s counts from here, not through its imports."""
 
 
 @dataclass
@@ -202,7 +197,6 @@ def _worker_main(spec: WorkerSpec, weights_in: Any, batches_out: Any) -> None:
     try:
         parts = _WorkerParts(spec)
         spec.model.eval()
-        batches_out.put(WorkerReady())
         version = spec.start
         for step in range(spec.start, spec.end):
             wanted = sampled_version(step, spec.start, spec.max_staleness)
@@ -216,7 +210,7 @@ def _worker_main(spec: WorkerSpec, weights_in: Any, batches_out: Any) -> None:
                 step, version, groups, info, parts.state(), first_draw, time.perf_counter() - started
             )
             fault_point("rollout.worker")  # crash tests: die or hang with a batch ready, before it is sent
-            batches_out.put(batch)
+            batches_out.send(batch)
         # Stay alive until the trainer says stop: the tensors of a sent batch are shared, not copied, and reach the
         # trainer only while this process still lives.
         while _next_message(weights_in) is not None:
@@ -225,7 +219,7 @@ def _worker_main(spec: WorkerSpec, weights_in: Any, batches_out: Any) -> None:
         raise
     except BaseException as exc:  # noqa: BLE001 - any failure becomes the trainer's one line
         text = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-        batches_out.put(WorkerFailure(step, text))
+        batches_out.send(WorkerFailure(step, text))
         raise SystemExit(1) from None
     finally:
         if parts is not None:
@@ -277,30 +271,40 @@ class AsyncRollout:
             max_staleness=max_staleness,
             device=str(generator.device),
         )
+        # Batches come through a one-way pipe whose only writer is the worker: a worker killed while it writes one
+        # leaves an end of file (EOFError) behind, never a read that waits for bytes that will not come.
+        reader, writer = ctx.Pipe(duplex=False)
         rollout = cls(
             max_staleness=max_staleness,
             timeout_s=cfg.rollout.worker_timeout_s,
             start=start,
             trainable=trainable,
             weights_out=ctx.Queue(),
-            batches_in=ctx.Queue(),
+            batches_in=reader,
         )
         rollout.process = ctx.Process(
-            target=_worker_main, args=(spec, rollout.weights_out, rollout.batches_in), name="mmrl-rollout-worker"
+            target=_worker_main, args=(spec, rollout.weights_out, writer), name="mmrl-rollout-worker"
         )  # not a daemon: rewards start their own processes
         rollout.process.start()
+        writer.close()  # the worker's copy is the only one left
         return rollout
 
     def take(self, step: int) -> VersionedBatch:
         """`step`'s batch, sampled by version `sampled_version(step)`; one line (UserError) if the worker died,
         failed or hung."""
-        started = asked = time.perf_counter()
+        started = time.perf_counter()
         while True:
             try:
-                item = self.batches_in.get(timeout=_POLL_S)
-            except queue.Empty:
-                item = None
-            except Exception as exc:  # noqa: BLE001 - a message cut off by a dying worker: nothing of it is used
+                item = self.batches_in.recv() if self.batches_in.poll(_POLL_S) else None
+            except EOFError:  # the worker is gone, perhaps in the middle of a batch: nothing of it is used
+                self.process.join(5)
+                code = self.process.exitcode
+                self.close()
+                raise UserError(
+                    f"rollout worker: the process died (exit code {code}) before sending step {step}'s groups; "
+                    "the run stops (resume it from its last checkpoint with trainer.resume=auto)"
+                ) from None
+            except Exception as exc:  # noqa: BLE001 - a message that does not unpickle: nothing of it is used
                 self.close()
                 raise UserError(
                     f"rollout worker: its batch for step {step} arrived broken ({type(exc).__name__}); "
@@ -309,9 +313,6 @@ class AsyncRollout:
             if isinstance(item, WorkerFailure):
                 self.close()
                 raise UserError(f"rollout worker failed at step {item.step}: {item.message}")
-            if isinstance(item, WorkerReady):
-                self.ready, asked = True, time.perf_counter()
-                continue
             if item is not None:
                 break
             if not self.process.is_alive():
@@ -322,7 +323,7 @@ class AsyncRollout:
                     "groups; the run stops (resume it from its last checkpoint with trainer.resume=auto)"
                 )
             limit = self.timeout_s if self.ready else max(self.timeout_s, _START_S)
-            if time.perf_counter() - asked > limit:
+            if time.perf_counter() - started > limit:
                 self.close()
                 raise UserError(
                     f"rollout worker: no groups for step {step} within rollout.worker_timeout_s="
@@ -337,6 +338,7 @@ class AsyncRollout:
                 f"expected step {step} sampled by version {expected}"
             )
         self.waited_s = time.perf_counter() - started
+        self.ready = True
         self.last = item
         return item
 
@@ -373,8 +375,9 @@ class AsyncRollout:
             if self.process.is_alive():
                 self.process.kill()
                 self.process.join(5)
-        for q in (self.weights_out, self.batches_in):
-            if q is not None:
-                q.cancel_join_thread()  # unread weights must not hold the trainer's exit
-                q.close()
+        if self.weights_out is not None:
+            self.weights_out.cancel_join_thread()  # unread weights must not hold the trainer's exit
+            self.weights_out.close()
+        if self.batches_in is not None:
+            self.batches_in.close()
         self.weights_out = self.batches_in = None
