@@ -2,12 +2,11 @@
 
 `MMRL_FAULT="POINT@N[:ACTION]"` (comma-separated for several) fires the N-th time (default 1) this process reaches
 the named point: ACTION `kill` (default) sends SIGKILL to the process itself, `interrupt` sends it SIGINT (Ctrl-C),
-`enospc` raises "No space left on device", `bug` raises a RuntimeError (an error of mmrl's own), `hang` sleeps
-for good (a stuck process). Points: `log.partial` (half of a metrics row written), `save.staged` (model written into the staging
-directory, no completion marker yet), `update` (inside an optimizer step, before the parameters change),
-`resumed` (right after the resume is announced), `rollout.worker` (the asynchronous rollout worker, before it
-sends a batch). The tests use it to kill a run at reproducible moments; a user
-never sets it.
+`enospc` raises "No space left on device", `bug` raises a RuntimeError (an error of mmrl's own), `hang` sleeps for
+good (a stuck process). Points: `log.partial` (half of a metrics row written), `save.staged` (model written into the
+staging directory, no completion marker yet), `update` (inside an optimizer step, before the parameters change),
+`resumed` (right after the resume is announced), `rollout.worker` (the asynchronous rollout worker, a batch ready
+and not yet sent). The tests use it to kill a run at reproducible moments; a user never sets it.
 
 >>> fault_point("save.staged")  # MMRL_FAULT unset: nothing happens
 """
