@@ -141,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps <= args.warmup or args.warmup < 0 or args.block < 1:
         print(f"async_rollout: --steps ({args.steps}) must exceed --warmup ({args.warmup}) >= 0; --block >= 1")
         return 2
+    if (args.group_size is not None and args.group_size < 2) or (
+        args.max_new_tokens is not None and args.max_new_tokens < 1
+    ):
+        print(
+            f"async_rollout: --group-size must be >= 2 and --max-new-tokens >= 1 (got {args.group_size}, "
+            f"{args.max_new_tokens})"
+        )
+        return 2
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="mmrl-async-bench-"))
     started = time.perf_counter()
     data, checkpoint = _sft_checkpoint(work)

@@ -37,6 +37,7 @@ MODULES = [
     "mmrl.rl.mismatch",
     "mmrl.rl.entropy",
     "mmrl.rl.micro_batches",
+    "mmrl.rl.async_rollout",
     "mmrl.data.prompt_order",
     "mmrl.rl.stages",
     "mmrl.generation.types",
