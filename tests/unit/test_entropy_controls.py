@@ -138,6 +138,14 @@ def test_config():
     assert (cfg.entropy_control, cfg.entropy_coef, cfg.top_entropy_quantile) == ("fixed", 0.01, 0.2)
     for overrides, message in [(["algorithm.entropy_control=skywork"], "unknown entropy control 'skywork'"),
                                (["algorithm.top_entropy_quantile=0"], "top_entropy_quantile"),
-                               (["algorithm.entropy_coef_min=2"], "entropy_coef_min .* must not exceed")]:
+                               (["algorithm.entropy_coef_min=2"], "entropy_coef_min .* must not exceed"),
+                               # the adaptive control's settings under the fixed one would change nothing
+                               (["algorithm.entropy_target=0.5"], "entropy_target: only entropy_control=adaptive"),
+                               (["algorithm.entropy_coef_max=0.5"], "entropy_coef_max: only entropy_control=adaptive"),
+                               # an adaptive start outside its range would apply a coefficient above its cap once
+                               (["algorithm.entropy_control=adaptive", "algorithm.entropy_coef=2"],
+                                "starts at 2.0, outside"),
+                               (["algorithm.entropy_control=adaptive", "algorithm.entropy_coef=0.001",
+                                 "algorithm.entropy_coef_min=0.01"], "starts at 0.001, outside")]:
         with pytest.raises(UserError, match=message):
             load_config(None, overrides)

@@ -84,6 +84,9 @@ def test_registry_and_config_checks():
         (["algorithm.tis_floor=3", "algorithm.tis_cap=2"], "must be below algorithm.tis_cap"),
         (["algorithm.tis_floor=0.5", "algorithm.tis_cap=null"], "the correction is off"),
         (["algorithm.off_policy_mask_threshold=-1"], "off_policy_mask_threshold"),
+        # a mode with the correction off would silently correct nothing
+        (["algorithm.is_correction=sequence_mask", "algorithm.tis_cap=null"], "sequence_mask needs a bound"),
+        (["algorithm.is_correction=icepop", "algorithm.tis_cap=null"], "icepop needs a bound"),
     ]:
         with pytest.raises(UserError, match=message):
             load_config(None, overrides)
