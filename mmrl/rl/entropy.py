@@ -56,10 +56,11 @@ class FixedEntropy:
         """After a step measured `entropy`: nothing to adapt."""
 
     def state_dict(self) -> dict[str, Any]:
-        return {"coef": self.coef}
+        """Nothing: a fixed coefficient is the config's (a resume that changes it, where allowed, must get it)."""
+        return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.coef = float(state["coef"])
+        """Nothing to restore (`state_dict`)."""
 
 
 @dataclass
@@ -86,6 +87,15 @@ class AdaptiveEntropy(FixedEntropy):
     def observe(self, entropy: float) -> None:
         step = self.delta if entropy <= self.target else -self.delta
         self.coef = min(max(self.coef + step, self.coef_min), self.coef_max)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"control": "adaptive", "coef": self.coef}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The adapted c_k, when `state` is an adaptive control's; a fixed control's (a resume that switched to
+        adaptive) leaves the config's starting value."""
+        if state.get("control") == "adaptive":
+            self.coef = float(state["coef"])
 
 
 ENTROPY_CONTROLS: Registry[type[FixedEntropy]] = Registry("entropy control", "algorithm.entropy_control")

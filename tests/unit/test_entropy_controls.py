@@ -80,6 +80,22 @@ def test_adaptive_coefficient_by_hand():
     assert fresh.coef == pytest.approx(0.012) and isinstance(fresh, AdaptiveEntropy)
 
 
+def test_a_resume_restores_the_adapted_coefficient_only():
+    """The adapted c_k comes back exactly; a fixed coefficient is the config's, so a resume that changed it (or
+    switched the control, both allowed through trainer.resume_allow_changes) gets the new one, not the checkpoint's."""
+    adapted = AdaptiveEntropy(coef=0.1 + 0.2, target=0.2, delta=0.005)  # a value float round-off would show
+    fresh = AdaptiveEntropy(coef=0.0)
+    fresh.load_state_dict(adapted.state_dict())
+    assert fresh.coef == 0.1 + 0.2
+    changed = FixedEntropy(coef=0.02)
+    changed.load_state_dict(FixedEntropy(coef=0.05).state_dict())
+    assert changed.coef == 0.02
+    to_fixed, to_adaptive = FixedEntropy(coef=0.02), AdaptiveEntropy(coef=0.001)
+    to_fixed.load_state_dict(adapted.state_dict())
+    to_adaptive.load_state_dict(FixedEntropy(coef=0.05).state_dict())
+    assert (to_fixed.coef, to_adaptive.coef) == (0.02, 0.001)
+
+
 def test_paper_gating_and_trls_lagged_gating():
     """Skywork-OR1 gates step k on its own entropy e_k; TRL on the previous step's. A step whose entropy crosses the
     target shows the difference: mmrl applies no bonus at e_k = 0.3 > 0.2, TRL's lag would still apply c_k."""
