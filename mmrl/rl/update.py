@@ -415,7 +415,7 @@ class _Tally:
                 local_loss += loss
                 self.forwards, self.most_tokens = self.forwards + 1, max(self.most_tokens, forward.size)
                 loss_pieces.append((forward.metrics, tokens))
-                if forward.mismatch:
+                if forward.mismatch and mismatch_tokens > 0:  # rows without a token measure no mismatch
                     mismatch_pieces.append((forward.mismatch, mismatch_tokens))
             for key, value in _group_metrics(loss_pieces).items():
                 self.sums[key] += value
