@@ -48,6 +48,11 @@ class FixedEntropy:
         """Whether a step may apply a bonus (then every group needs its training forward)."""
         return self.coef > 0
 
+    @property
+    def reads_entropy(self) -> bool:
+        """Whether the coefficient depends on the step's measured entropy (then the step's first forward measures it)."""
+        return False
+
     def coefficient(self, entropy: float) -> float:
         """The coefficient this step applies, given its measured mean entropy."""
         return self.coef
@@ -79,6 +84,10 @@ class AdaptiveEntropy(FixedEntropy):
 
     @property
     def active(self) -> bool:
+        return True
+
+    @property
+    def reads_entropy(self) -> bool:
         return True
 
     def coefficient(self, entropy: float) -> float:

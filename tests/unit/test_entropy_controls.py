@@ -165,3 +165,4 @@ def test_config():
                                  "algorithm.entropy_coef_min=0.01"], "starts at 0.001, outside")]:
         with pytest.raises(UserError, match=message):
             load_config(None, overrides)
+
