@@ -166,3 +166,17 @@ def test_config():
         with pytest.raises(UserError, match=message):
             load_config(None, overrides)
 
+
+def test_the_threshold_is_torch_quantiles_without_its_size_limit():
+    """Bit-equal to torch.quantile (TRL's threshold) where that runs, ties included; and past its 2**24 values, which
+    a large step's tokens over all processes exceed, where torch.quantile refuses."""
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 5, 33, 1001):
+        values = torch.rand(n, generator=g) * 5
+        values[: n // 3] = values[0]
+        for q in (1e-6, 0.2, 0.5, 0.999, 1.0):
+            assert quantile_threshold(values, q) == float(torch.quantile(values, 1 - q))
+    many = torch.arange(2**24 + 1, dtype=torch.float32).flip(0)
+    with pytest.raises(RuntimeError, match="too large"):
+        torch.quantile(many, 0.5)
+    assert quantile_threshold(many, 0.5) == 2**23
