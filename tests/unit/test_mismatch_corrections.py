@@ -87,6 +87,8 @@ def test_registry_and_config_checks():
         # a mode with the correction off would silently correct nothing
         (["algorithm.is_correction=sequence_mask", "algorithm.tis_cap=null"], "sequence_mask needs a bound"),
         (["algorithm.is_correction=icepop", "algorithm.tis_cap=null"], "icepop needs a bound"),
+        # TRL's on/off switch of the correction names the setting that is mmrl's switch
+        (["vllm_importance_sampling_correction=false"], "use algorithm.tis_cap \\(null: no correction"),
     ]:
         with pytest.raises(UserError, match=message):
             load_config(None, overrides)
