@@ -146,9 +146,9 @@ def _kl_in_reward(algo: AlgorithmConfig) -> bool:
 
 
 def _contributes(group: Group, every_group: bool) -> bool:
-    """False when the group's loss is exactly 0 whatever the ratio (all-zero advantages, and no KL term, entropy
-    bonus or entropy selection that needs every group: `every_group`): its forwards, old log-probs included, are
-    skipped as a speed-up only."""
+    """False when the group's loss is exactly 0 whatever the ratio (all-zero advantages, and no KL term or entropy
+    bonus: `every_group`; before the update, also no entropy measurement, which reads every group): its forwards, old
+    log-probs included, are skipped as a speed-up only."""
     return every_group or not bool((group.advantages == 0).all())
 
 
@@ -285,9 +285,11 @@ class _Forward:
 def _update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, reference: ReferencePolicy | None,
             policy_loss: PolicyLoss, control: FixedEntropy, vision: dict[str, Any]) -> dict[str, float]:
     algo = run.cfg.algorithm
-    entropy_on = control.active or algo.top_entropy_quantile < 1
-    every_group = policy_loss.beta > 0 or entropy_on
-    entropies: dict[int, torch.Tensor] | None = {} if entropy_on else None
+    # the step's first forward measures every group's token entropies when the coefficient or the token selection
+    # reads them (a fixed coefficient does not: no extra forward for it)
+    measure = control.reads_entropy or algo.top_entropy_quantile < 1
+    every_group = policy_loss.beta > 0 or measure or control.active
+    entropies: dict[int, torch.Tensor] | None = {} if measure else None
     if _kl_in_reward(algo):  # the rewards need the rollout policy's and the reference's log-probs first
         plan = plan_micro_batches(run, groups)
         prepare_old_and_ref(run, groups, plan, reference, vision, entropies)
@@ -297,12 +299,15 @@ def _update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, referen
         contributing = [g for g in groups if _contributes(g, every_group)]
         plan = plan_micro_batches(run, contributing)
         prepare_old_and_ref(run, contributing, plan, reference, vision, entropies)
-    step_entropy = EntropyStep()
+    step_entropy = EntropyStep(coef=control.coef, metrics={"entropy/coef": control.coef} if control.active else {})
     if entropies is not None:
         masks = {id(g): loss_mask(g.completion_mask, g.truncated, algo.mask_truncated) for g in groups}
         step_entropy = plan_entropy(entropies, masks, control, algo.top_entropy_quantile, run.dist.world_size)
-        reward_metrics = {**reward_metrics, **step_entropy.metrics}
-    ctx = _UpdateContext(run, stage, policy_loss, every_group, plan, vision, step_entropy)
+    reward_metrics = {**reward_metrics, **step_entropy.metrics}
+    # A group with all-zero advantages trains on nothing without a KL term or this step's bonus (a token selection
+    # alone, or an adaptive coefficient gated off this step, leaves its loss exactly 0): its training forward is skipped.
+    ctx = _UpdateContext(run, stage, policy_loss, policy_loss.beta > 0 or step_entropy.coef > 0, plan, vision,
+                         step_entropy)
     tally = _Tally()
     for iteration in range(algo.num_iterations):
         for mini in split_groups(groups, algo.mini_batches):
@@ -415,7 +420,7 @@ class _Tally:
                 local_loss += loss
                 self.forwards, self.most_tokens = self.forwards + 1, max(self.most_tokens, forward.size)
                 loss_pieces.append((forward.metrics, tokens))
-                if forward.mismatch:
+                if forward.mismatch and mismatch_tokens > 0:  # rows without a token measure no mismatch
                     mismatch_pieces.append((forward.mismatch, mismatch_tokens))
             for key, value in _group_metrics(loss_pieces).items():
                 self.sums[key] += value
