@@ -37,8 +37,10 @@ from mmrl.errors import UserError
 from mmrl.rewards.gui import score_action
 
 MENU_ITEMS = ("Copy", "Paste", "Rename", "Delete", "Print", "Pin")
-ACTION_HELP = ("Answer one action per turn as <think> ... </think><answer> [{'action': 'click', 'coordinate': [x, y]}] "
-               "</answer>; actions: click(coordinate), input_text(text), navigate_back.")
+ACTION_HELP = (
+    "Answer one action per turn as <think> ... </think><answer> [{'action': 'click', 'coordinate': [x, y]}] "
+    "</answer>; actions: click(coordinate), input_text(text), navigate_back."
+)
 
 
 def _answer(action: dict[str, Any]) -> str:
@@ -50,8 +52,14 @@ class GuiStepsEnv:
     """One episode of the multi-step GUI task (see the module doc). `step_reward`: "rules" (mean of UI-R1's three
     rules) or "success" (1 for a step that advances the task, else 0)."""
 
-    def __init__(self, image_size: int = 112, min_actions: int = 2, max_actions: int = 4,
-                 step_reward: str = "rules", show_help: bool = True) -> None:
+    def __init__(
+        self,
+        image_size: int = 112,
+        min_actions: int = 2,
+        max_actions: int = 4,
+        step_reward: str = "rules",
+        show_help: bool = True,
+    ) -> None:
         if not 2 <= min_actions <= max_actions <= 4:
             raise UserError(f"gui_steps: need 2 <= min_actions <= max_actions <= 4 (got {min_actions}, {max_actions})")
         if image_size < 84:
@@ -125,7 +133,11 @@ class GuiStepsEnv:
         if advanced:
             self.done_steps += 1
         success = self.done_steps == self.length
-        reward = (sum(rules.values()) / 3 if self.step_reward == "rules" else float(advanced))
+        reward = sum(rules.values()) / 3 if self.step_reward == "rules" else float(advanced)
         text = "The screen after your action." if advanced else "Nothing changed; try another action."
-        return ({"text": text, "images": [self.render()]}, reward, success,
-                {"success": success, "steps_done": self.done_steps, **{f"rule_{k}": v for k, v in rules.items()}})
+        return (
+            {"text": text, "images": [self.render()]},
+            reward,
+            success,
+            {"success": success, "steps_done": self.done_steps, **{f"rule_{k}": v for k, v in rules.items()}},
+        )

@@ -73,8 +73,10 @@ def get_environment(name: str) -> EnvFactory:
     if name not in ENVIRONMENTS.names():
         near = difflib.get_close_matches(name, ENVIRONMENTS.names(), n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
-        raise UserError(f"env.name: unknown environment '{name}'{hint}; valid: {', '.join(ENVIRONMENTS.names())}; "
-                        "or a user environment as path/to/file.py:Class")
+        raise UserError(
+            f"env.name: unknown environment '{name}'{hint}; valid: {', '.join(ENVIRONMENTS.names())}; "
+            "or a user environment as path/to/file.py:Class"
+        )
     return ENVIRONMENTS.get(name)
 
 
@@ -92,14 +94,24 @@ def kwargs_problem(name: str, kwargs: dict[str, Any]) -> str | None:
         if key not in valid:
             near = difflib.get_close_matches(str(key), valid, n=1)
             hint = f" (did you mean '{near[0]}'?)" if near else ""
-            return (f"environment '{name}' has no argument '{key}'{hint}; valid: {', '.join(valid) or 'none'}")
-    missing = [n for n, p in params.items()
-               if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-               and n not in kwargs]
+            return f"environment '{name}' has no argument '{key}'{hint}; valid: {', '.join(valid) or 'none'}"
+    missing = [
+        n
+        for n, p in params.items()
+        if p.default is inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and n not in kwargs
+    ]
     if missing:
         return f"environment '{name}' needs argument(s) {', '.join(missing)} in env.kwargs"
     return None
 
 
-__all__ = ["ENVIRONMENTS", "get_environment", "is_file_spec", "kwargs_problem", "list_environments",
-           "register_environment"]
+__all__ = [
+    "ENVIRONMENTS",
+    "get_environment",
+    "is_file_spec",
+    "kwargs_problem",
+    "list_environments",
+    "register_environment",
+]

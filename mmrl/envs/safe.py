@@ -83,16 +83,20 @@ def check_observation(value: Any, limits: ObservationLimits, what: str) -> Obser
             raise EpisodeEnded("bad_observation", f"{what}: 'images' must be a list (got {type(images).__name__})")
         value = Observation(text=value.get("text") or "", images=tuple(images))
     if not isinstance(value, Observation):
-        raise EpisodeEnded("bad_observation", f"{what}: expected text, {{'text', 'images'}} or an Observation "
-                                              f"(got {type(value).__name__})")
+        raise EpisodeEnded(
+            "bad_observation",
+            f"{what}: expected text, {{'text', 'images'}} or an Observation (got {type(value).__name__})",
+        )
     if not isinstance(value.text, str):
         raise EpisodeEnded("bad_observation", f"{what}: text must be a string (got {type(value.text).__name__})")
     if len(value.text) > limits.max_text_chars:
-        raise EpisodeEnded("bad_observation", f"{what}: text of {len(value.text)} characters, above "
-                                              f"{limits.max_text_chars}")
+        raise EpisodeEnded(
+            "bad_observation", f"{what}: text of {len(value.text)} characters, above {limits.max_text_chars}"
+        )
     if len(value.images) > limits.max_images:
-        raise EpisodeEnded("bad_observation", f"{what}: {len(value.images)} images, above env.max_images_per_turn="
-                                              f"{limits.max_images}")
+        raise EpisodeEnded(
+            "bad_observation", f"{what}: {len(value.images)} images, above env.max_images_per_turn={limits.max_images}"
+        )
     if not value.text and not value.images:
         raise EpisodeEnded("bad_observation", f"{what}: empty observation (no text, no image)")
     images = []
@@ -128,8 +132,9 @@ def _check_step(value: Any, limits: ObservationLimits, turn: int) -> tuple[Obser
 class SafeEnvironment:
     """One episode's environment behind the time limit and the checks. Raises only `EpisodeEnded`."""
 
-    def __init__(self, factory: Callable[..., Any], kwargs: dict[str, Any], timeout: float,
-                 limits: ObservationLimits) -> None:
+    def __init__(
+        self, factory: Callable[..., Any], kwargs: dict[str, Any], timeout: float, limits: ObservationLimits
+    ) -> None:
         self.timeout, self.limits = timeout, limits
         self.env = _call(lambda: factory(**kwargs), (), timeout, "creating the environment")
         self.turn = 0

@@ -32,19 +32,29 @@ from mmrl.errors import UserError
 from mmrl.rewards.extraction import extract_answer
 
 COLOURS = {"red": "#e03131", "blue": "#1971c2", "green": "#2f9e44", "orange": "#f08c00"}
-_TOOL = re.compile(r"^\s*(?:zoom|crop)\s*\(?\s*\[?\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)"
-                   r"\s*,\s*(-?\d+(?:\.\d+)?)\s*\]?\s*\)?\s*$", re.IGNORECASE)
+_TOOL = re.compile(
+    r"^\s*(?:zoom|crop)\s*\(?\s*\[?\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)"
+    r"\s*,\s*(-?\d+(?:\.\d+)?)\s*\]?\s*\)?\s*$",
+    re.IGNORECASE,
+)
 
 
 @register_environment("zoom_digit")
 class ZoomDigitEnv:
     """One episode of the zoom task (see the module doc)."""
 
-    def __init__(self, image_size: int = 448, input_size: int = 112, frames: int = 2, zoom_reward: float = 0.0,
-                 show_help: bool = True) -> None:
+    def __init__(
+        self,
+        image_size: int = 448,
+        input_size: int = 112,
+        frames: int = 2,
+        zoom_reward: float = 0.0,
+        show_help: bool = True,
+    ) -> None:
         if image_size < 2 * input_size or input_size < 56:
-            raise UserError(f"zoom_digit: need input_size >= 56 and image_size >= 2 x input_size (got {image_size}, "
-                            f"{input_size})")
+            raise UserError(
+                f"zoom_digit: need input_size >= 56 and image_size >= 2 x input_size (got {image_size}, {input_size})"
+            )
         if not 1 <= frames <= len(COLOURS):
             raise UserError(f"zoom_digit: frames must be 1..{len(COLOURS)} (got {frames})")
         self.size, self.input_size, self.frames = image_size, input_size, frames
@@ -70,8 +80,10 @@ class ZoomDigitEnv:
                 self.box = box
         text = f"Which digit is inside the {self.target} frame?"
         if self.show_help:
-            text += (" Answer <answer> zoom [x1, y1, x2, y2] </answer> to see a region up close, or "
-                     "<answer> d </answer> with the digit.")
+            text += (
+                " Answer <answer> zoom [x1, y1, x2, y2] </answer> to see a region up close, or "
+                "<answer> d </answer> with the digit."
+            )
         return {"text": text, "images": [self.screen]}
 
     def expert_action(self) -> str:

@@ -53,6 +53,7 @@ def test_crash_in_reset_and_step_and_constructor():
 
     def broken(**kwargs):
         raise ValueError("bad kwargs")
+
     with pytest.raises(EpisodeEnded) as info:
         SafeEnvironment(broken, {}, 1.0, LIMITS)
     assert info.value.reason == "env_error"
@@ -65,14 +66,34 @@ def test_hang_ends_the_episode_after_the_timeout():
     assert "step_timeout_s=0.3" in error.detail
 
 
-@pytest.mark.parametrize("observation", [42, {"text": "x", "image": []}, {"images": "a.png"}, {"text": 3},
-                                         "", "x" * 101, {"text": "x", "images": [Image.new("RGB", (40, 40))] * 3}])
+@pytest.mark.parametrize(
+    "observation",
+    [
+        42,
+        {"text": "x", "image": []},
+        {"images": "a.png"},
+        {"text": 3},
+        "",
+        "x" * 101,
+        {"text": "x", "images": [Image.new("RGB", (40, 40))] * 3},
+    ],
+)
 def test_malformed_observations(observation):
     _ended("bad_observation", first=observation)
 
 
-@pytest.mark.parametrize("step", [("ok", math.nan, False, {}), ("ok", "1", False, {}), ("ok", 1.0, 1, {}),
-                                  ("ok", 1.0, False, []), ("ok", 1.0), None, ("ok", True, False, {})])
+@pytest.mark.parametrize(
+    "step",
+    [
+        ("ok", math.nan, False, {}),
+        ("ok", "1", False, {}),
+        ("ok", 1.0, 1, {}),
+        ("ok", 1.0, False, []),
+        ("ok", 1.0),
+        None,
+        ("ok", True, False, {}),
+    ],
+)
 def test_malformed_step_results(step):
     _ended("bad_observation", then=step)
 
@@ -98,16 +119,22 @@ def test_registry_and_config_checks(tmp_path):
     assert get_environment("gui_steps").__name__ == "GuiStepsEnv"
     assert "did you mean 'max_actions'" in kwargs_problem("gui_steps", {"max_action": 3})
     user = tmp_path / "my_env.py"
-    user.write_text("class Counter:\n    def __init__(self, limit):\n        self.limit = limit\n"
-                    "    def reset(self, sample):\n        return 'go'\n"
-                    "    def step(self, text):\n        return 'again', 0.0, False, {}\n")
-    assert kwargs_problem(f"{user}:Counter", {}) == "environment '" + f"{user}:Counter" + \
-        "' needs argument(s) limit in env.kwargs"
+    user.write_text(
+        "class Counter:\n    def __init__(self, limit):\n        self.limit = limit\n"
+        "    def reset(self, sample):\n        return 'go'\n"
+        "    def step(self, text):\n        return 'again', 0.0, False, {}\n"
+    )
+    assert (
+        kwargs_problem(f"{user}:Counter", {})
+        == "environment '" + f"{user}:Counter" + "' needs argument(s) limit in env.kwargs"
+    )
     cfg = load_config(None, [f"env.name={user}:Counter", "env.kwargs={limit: 3}"])
     assert cfg.env.kwargs == {"limit": 3}
-    for overrides, expected in [(["env.name=gui_step"], "did you mean 'gui_steps'"),
-                                (["env.name=gui_steps", "env.kwargs={colour: 1}"], "env.kwargs: environment"),
-                                ([f"env.name={user}:Missing"], "has no class or function 'Missing'"),
-                                (["env.name=gui_steps", "env.max_turns=0"], "env.max_turns")]:
+    for overrides, expected in [
+        (["env.name=gui_step"], "did you mean 'gui_steps'"),
+        (["env.name=gui_steps", "env.kwargs={colour: 1}"], "env.kwargs: environment"),
+        ([f"env.name={user}:Missing"], "has no class or function 'Missing'"),
+        (["env.name=gui_steps", "env.max_turns=0"], "env.max_turns"),
+    ]:
         with pytest.raises(ConfigError, match=expected):
             load_config(None, overrides)
