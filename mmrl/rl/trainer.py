@@ -29,6 +29,7 @@ from mmrl.errors import UserError
 from mmrl.generation.hf import check_backend, make_backend
 from mmrl.models.interface import ModelInterface, eval_coordinate_tasks, interface_of, reads_coordinates
 from mmrl.rewards.composite import RewardComposite
+from mmrl.rl.episodes import collect_episodes, episode_metrics, episode_sample_rows
 from mmrl.rl.experience import Group, RolloutBackend, collect_step
 from mmrl.rl.reference import ReferencePolicy, make_reference
 from mmrl.rl.stages import ResolvedStage, StageSchedule
@@ -66,7 +67,8 @@ class GRPOTrainer:
         try:
             for start, _name in self.schedule.boundaries():
                 stage = self.schedule.stage_at(start)
-                self._load(stage.data or tuple(cfg.data.train), stage.rewards)
+                # multi-turn: the environment scores the episodes, not the reward list
+                self._load(stage.data or tuple(cfg.data.train), None if cfg.env.name else stage.rewards)
             if cfg.trainer.num_epochs is not None:
                 self._steps_from_epochs()
         except BaseException:
@@ -196,7 +198,8 @@ class GRPOTrainer:
                 specs = stage.data or tuple(cfg.data.train)
                 with timer("rollout"):
                     run.model.eval()
-                    groups, info = collect_step(
+                    collect = collect_episodes if cfg.env.name else collect_step  # multi-turn: docs/multiturn.md
+                    groups, info = collect(
                         cfg, stage, self._load(specs), self._sampler_for(specs), run.dist.rank, run.dist.world_size,
                         processor=run.processor, backend=self.backend, composite=self._composite(stage.rewards),
                         generator=self.generator, data_cfg=self._data_cfg(stage), interface=self.interface)
@@ -242,6 +245,10 @@ class GRPOTrainer:
     def _maybe_samples(self, step: int, groups: list[Group]) -> None:
         every = self.cfg.trainer.sample_steps
         if not every or step % every:
+            return
+        if self.cfg.env.name:
+            if self.run.dist.is_main:
+                self.run.logger.write_samples(step, episode_sample_rows(groups, step, self.run.run_dir))
             return
         rows = []
         for group in groups[:4]:
@@ -302,6 +309,9 @@ class GRPOTrainer:
             metrics["entropy"] = entropy_sum / entropy_tokens
         for key, value in counters.items():
             metrics[f"rollout/{key}"] = value
+        if "episodes" in info:  # multi-turn: every process's episodes
+            metrics.update(episode_metrics([e for part in all_gather_objects(info["episodes"], self.run.dist.world_size)
+                                            for e in part]))
         for key, value in (info.get("reward_counters") or {}).items():  # "<name>/timeouts|unscorable|errors"
             metrics[f"reward/{key}"] = value
         return metrics
