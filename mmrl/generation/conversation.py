@@ -27,28 +27,36 @@ class ObservationTail:
     def __init__(self, processor: Any, template_kwargs: dict[str, Any] | None = None) -> None:
         self.processor, self.template_kwargs = processor, template_kwargs
         self.tokenizer = getattr(processor, "tokenizer", processor)
-        probe = [{"role": "user", "content": [{"type": "text", "text": "start"}]},
-                 {"role": "assistant", "content": [{"type": "text", "text": _MARKER}]}]
+        probe = [
+            {"role": "user", "content": [{"type": "text", "text": "start"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": _MARKER}]},
+        ]
         closed = _chat_text(processor, probe, add_generation_prompt=False, template_kwargs=template_kwargs)
         if _MARKER not in closed:
             raise UserError("env: this chat template does not render assistant turns; multi-turn episodes need it")
         self._probe, self._closed = probe, closed
-        self.closing = closed[closed.rindex(_MARKER) + len(_MARKER):]  # e.g. "<|im_end|>\n"
+        self.closing = closed[closed.rindex(_MARKER) + len(_MARKER) :]  # e.g. "<|im_end|>\n"
 
     def text(self, n_images: int, text: str, ended: str | None) -> str:
         """The tail as text with one image slot per image; `ended`: the text of the token that ended the model's turn
         (its end-of-turn), None when the turn was cut by the length limit."""
         content = [{"type": "image"} for _ in range(n_images)] + ([{"type": "text", "text": text}] if text else [])
-        opened = _chat_text(self.processor, self._probe + [{"role": "user", "content": content}],
-                            add_generation_prompt=True, template_kwargs=self.template_kwargs)
+        opened = _chat_text(
+            self.processor,
+            self._probe + [{"role": "user", "content": content}],
+            add_generation_prompt=True,
+            template_kwargs=self.template_kwargs,
+        )
         if not opened.startswith(self._closed):
-            raise UserError("env: the chat template renders earlier turns differently once a user turn follows; "
-                            "multi-turn episodes cannot keep the sampled tokens under it")
+            raise UserError(
+                "env: the chat template renders earlier turns differently once a user turn follows; "
+                "multi-turn episodes cannot keep the sampled tokens under it"
+            )
         closing = self.closing
         if ended is not None:
             head = closing.lstrip()
-            closing = head[len(ended):] if head.startswith(ended) else closing
-        return closing + opened[len(self._closed):]
+            closing = head[len(ended) :] if head.startswith(ended) else closing
+        return closing + opened[len(self._closed) :]
 
     def encode(self, images: list[Any], text: str, ended: str | None) -> dict[str, torch.Tensor]:
         """The tail's processor output (batch dim 1): input_ids, token types, and pixel values / grid of its images."""

@@ -125,33 +125,54 @@ def _end(live: _Live, reason: str, detail: str = "") -> None:
     live.episode.termination, live.episode.detail = reason, detail
 
 
-def run_episodes(backend: Any, prompts: Sequence[dict[str, Any]], envs: Sequence[Sequence[SafeEnvironment]],
-                 params: SamplingParams, limits: EpisodeLimits, seeds: Sequence[int], tail: ObservationTail,
-                 whole_turn: Callable[[str], str] = lambda text: text,
-                 counters: dict[str, Any] | None = None) -> list[list[Episode]]:
+def run_episodes(
+    backend: Any,
+    prompts: Sequence[dict[str, Any]],
+    envs: Sequence[Sequence[SafeEnvironment]],
+    params: SamplingParams,
+    limits: EpisodeLimits,
+    seeds: Sequence[int],
+    tail: ObservationTail,
+    whole_turn: Callable[[str], str] = lambda text: text,
+    counters: dict[str, Any] | None = None,
+) -> list[list[Episode]]:
     """Episodes of every start: `prompts[i]` (its first observation, encoded) and `envs[i]` (its G environments,
     already reset) -> G episodes each. `params.n` is ignored (one completion per episode per turn); `seeds[i]` is start
     i's sampling seed. `whole_turn` maps a sampled text to the model's whole turn (what the environment reads)."""
     counters = counters if counters is not None else {}
     prompts = [strip_padding(p) for p in prompts]
     episodes = [[Episode() for _ in group] for group in envs]
-    live = [_Live(i, j, env, episodes[i][j], int(prompts[i]["input_ids"].shape[1]))
-            for i, group in enumerate(envs) for j, env in enumerate(group)]
+    live = [
+        _Live(i, j, env, episodes[i][j], int(prompts[i]["input_ids"].shape[1]))
+        for i, group in enumerate(envs)
+        for j, env in enumerate(group)
+    ]
     end_text = {t: backend.tokenizer.decode([t]) for t in backend.end_ids}
     for turn in range(1, limits.max_turns + 1):
         ready = []
         for one in live:
             if one.tokens + limits.max_turn_tokens > limits.max_total_tokens:
-                _end(one, "max_tokens", f"{one.tokens} tokens + max_turn_tokens {limits.max_turn_tokens} > "
-                                        f"{limits.max_total_tokens}")
+                _end(
+                    one,
+                    "max_tokens",
+                    f"{one.tokens} tokens + max_turn_tokens {limits.max_turn_tokens} > {limits.max_total_tokens}",
+                )
             else:
                 ready.append(one)
         live = ready
         if not live:
             break
-        turn_params = SamplingParams(n=1, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
-                                     max_new_tokens=limits.max_turn_tokens, min_new_tokens=params.min_new_tokens,
-                                     stop=params.stop, stop_token_ids=params.stop_token_ids, logprobs=True)
+        turn_params = SamplingParams(
+            n=1,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+            max_new_tokens=limits.max_turn_tokens,
+            min_new_tokens=params.min_new_tokens,
+            stop=params.stop,
+            stop_token_ids=params.stop_token_ids,
+            logprobs=True,
+        )
         if turn == 1:  # the group's shared prompt: prefilled once, G branches
             starts = sorted({one.group for one in live})
             group_params = SamplingParams(**{**turn_params.__dict__, "n": len(envs[starts[0]])})
@@ -159,8 +180,11 @@ def run_episodes(backend: Any, prompts: Sequence[dict[str, Any]], envs: Sequence
             row_of = {(i, j): k * len(envs[i]) + j for k, i in enumerate(starts) for j in range(len(envs[i]))}
             rows = [row_of[(one.group, one.index)] for one in live]
         else:
-            batch = backend.rollout([_full_input(prompts[one.group], one.episode) for one in live], turn_params,
-                                    prompt_seeds=[turn_seed(seeds[one.group], one.index, turn) for one in live])
+            batch = backend.rollout(
+                [_full_input(prompts[one.group], one.episode) for one in live],
+                turn_params,
+                prompt_seeds=[turn_seed(seeds[one.group], one.index, turn) for one in live],
+            )
             rows = list(range(len(live)))
         for key in ("prefill_tokens", "generated_tokens"):
             counters[key] = counters.get(key, 0) + int(batch.counters.get(key, 0))

@@ -32,15 +32,24 @@ def without_episode_rows(prompt: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in prompt.items() if k != EPISODE_KEY}
 
 
-def episode_logprobs(model: Any, prompt: dict[str, Any], completion_ids: torch.Tensor,
-                     completion_mask: torch.Tensor, *, temperature: float = 1.0, chunk_size: int = 1024) -> torch.Tensor:
+def episode_logprobs(
+    model: Any,
+    prompt: dict[str, Any],
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
     """[G, T] float32 log-probs (0 where the mask is 0) of G episode completions, one full-sequence forward each."""
     from mmrl.models.logprobs import head_logprobs
 
     if "naive" not in _noted:
         _noted.add("naive")
-        log.info("multi-turn episodes with images after the prompt: full-sequence forward per episode "
-                 "(the shared-prefix forward cannot carry images inside a completion)")
+        log.info(
+            "multi-turn episodes with images after the prompt: full-sequence forward per episode "
+            "(the shared-prefix forward cannot carry images inside a completion)"
+        )
     rows = prompt[EPISODE_KEY]
     base = strip_padding(without_episode_rows(prompt))
     base, completion_ids, completion_mask, rows = to_model_device((base, completion_ids, completion_mask, rows), model)
@@ -67,12 +76,14 @@ def episode_logprobs(model: Any, prompt: dict[str, Any], completion_ids: torch.T
             if pixels:
                 batch["pixel_values"], batch["image_grid_thw"] = torch.cat(pixels), torch.cat(grids)
             reset_rope_deltas(model)
-            hidden = inner.model(**batch).last_hidden_state[0, plen - 1: plen + length - 1]
+            hidden = inner.model(**batch).last_hidden_state[0, plen - 1 : plen + length - 1]
             reset_rope_deltas(model)
-            picked = head_logprobs(inner.lm_head, hidden[active], ids[active], temperature=temperature,
-                                   chunk_size=chunk_size)
+            picked = head_logprobs(
+                inner.lm_head, hidden[active], ids[active], temperature=temperature, chunk_size=chunk_size
+            )
             scores = scores.clone()
             scores[:length] = torch.zeros(length, dtype=torch.float32, device=scores.device).masked_scatter(
-                active, picked)
+                active, picked
+            )
             out.append(scores)
     return torch.stack(out)

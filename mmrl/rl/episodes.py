@@ -35,13 +35,18 @@ from mmrl.rl.stages import ResolvedStage
 
 
 def _limits(cfg: MMRLConfig, data_cfg: DataConfig) -> ObservationLimits:
-    return ObservationLimits(max_text_chars=cfg.env.max_observation_chars, max_images=cfg.env.max_images_per_turn,
-                             max_image_pixels=data_cfg.max_image_pixels, min_pixels=data_cfg.min_pixels,
-                             max_pixels=data_cfg.max_pixels)
+    return ObservationLimits(
+        max_text_chars=cfg.env.max_observation_chars,
+        max_images=cfg.env.max_images_per_turn,
+        max_image_pixels=data_cfg.max_image_pixels,
+        min_pixels=data_cfg.min_pixels,
+        max_pixels=data_cfg.max_pixels,
+    )
 
 
-def _start(cfg: MMRLConfig, sample: Sample, group_size: int, limits: ObservationLimits, processor: Any,
-           data_cfg: DataConfig) -> tuple[dict[str, Any], list[SafeEnvironment | None], list[Episode], list[Any]]:
+def _start(
+    cfg: MMRLConfig, sample: Sample, group_size: int, limits: ObservationLimits, processor: Any, data_cfg: DataConfig
+) -> tuple[dict[str, Any], list[SafeEnvironment | None], list[Episode], list[Any]]:
     """A start's shared prompt (its first observation, encoded), its G environments (None: failed to start) and the
     episodes that already ended there."""
     factory = get_environment(cfg.env.name)
@@ -60,13 +65,20 @@ def _start(cfg: MMRLConfig, sample: Sample, group_size: int, limits: Observation
         envs.append(env)
         failed.append(Episode())
     # reset is deterministic in the sample: the first observation is the group's shared prompt
-    shown = Sample(id=sample.id, prompt=first.text if first else str(sample.prompt), answer=sample.answer,
-                   task=sample.task, images=list(first.images) if first else [], meta=dict(sample.meta))
+    shown = Sample(
+        id=sample.id,
+        prompt=first.text if first else str(sample.prompt),
+        answer=sample.answer,
+        task=sample.task,
+        images=list(first.images) if first else [],
+        meta=dict(sample.meta),
+    )
     return encode_one(processor, shown, data_cfg), envs, failed, list(shown.images)
 
 
-def _group(sample: Sample, prompt: dict[str, Any], episodes: list[Episode], mode: str, pad_id: int,
-           device: torch.device) -> Group:
+def _group(
+    sample: Sample, prompt: dict[str, Any], episodes: list[Episode], mode: str, pad_id: int, device: torch.device
+) -> Group:
     width = max(1, max(len(e.completion_ids) for e in episodes))
     g = len(episodes)
     ids = torch.full((g, width), pad_id, dtype=torch.long)
@@ -80,25 +92,44 @@ def _group(sample: Sample, prompt: dict[str, Any], episodes: list[Episode], mode
         logp[i, :n] = torch.tensor(ep.sampler_logp, dtype=torch.float32)
         types = torch.zeros(width, dtype=torch.long)
         types[:n] = torch.tensor(ep.type_ids, dtype=torch.long)
-        rows.append({"length": n, "type_ids": types,
-                     "pixel_values": torch.cat(ep.pixel_values) if ep.pixel_values else None,
-                     "image_grid_thw": torch.cat(ep.image_grid_thw) if ep.image_grid_thw else None})
+        rows.append(
+            {
+                "length": n,
+                "type_ids": types,
+                "pixel_values": torch.cat(ep.pixel_values) if ep.pixel_values else None,
+                "image_grid_thw": torch.cat(ep.image_grid_thw) if ep.image_grid_thw else None,
+            }
+        )
     returns = [ep.episode_return(mode) for ep in episodes]
-    group = Group(sample=sample, prompt=to_device({**prompt, EPISODE_KEY: rows}, device),
-                  completion_ids=ids.to(device), completion_mask=mask.to(device),
-                  truncated=torch.tensor([ep.last_truncated for ep in episodes], dtype=torch.bool, device=device),
-                  texts=["\n".join(ep.texts) for ep in episodes],
-                  rewards=torch.tensor(returns, dtype=torch.float32, device=device),
-                  components={"episode_return": returns, "success": [float(ep.success) for ep in episodes],
-                              "turns": [float(ep.turns) for ep in episodes]},
-                  sampler_logp=logp.to(device))
+    group = Group(
+        sample=sample,
+        prompt=to_device({**prompt, EPISODE_KEY: rows}, device),
+        completion_ids=ids.to(device),
+        completion_mask=mask.to(device),
+        truncated=torch.tensor([ep.last_truncated for ep in episodes], dtype=torch.bool, device=device),
+        texts=["\n".join(ep.texts) for ep in episodes],
+        rewards=torch.tensor(returns, dtype=torch.float32, device=device),
+        components={
+            "episode_return": returns,
+            "success": [float(ep.success) for ep in episodes],
+            "turns": [float(ep.turns) for ep in episodes],
+        },
+        sampler_logp=logp.to(device),
+    )
     group.episodes = episodes  # type: ignore[attr-defined]  # what the samples and the metrics read
     return group
 
 
-def rollout_episodes(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample], processor: Any,
-                     backend: RolloutBackend, data_cfg: DataConfig, seeds: list[int],
-                     interface: ModelInterface | None = None) -> tuple[list[Group], dict[str, Any]]:
+def rollout_episodes(
+    cfg: MMRLConfig,
+    stage: ResolvedStage,
+    samples: list[Sample],
+    processor: Any,
+    backend: RolloutBackend,
+    data_cfg: DataConfig,
+    seeds: list[int],
+    interface: ModelInterface | None = None,
+) -> tuple[list[Group], dict[str, Any]]:
     """Play G episodes from each of `samples` (this process's share) and make their groups."""
     if not samples:
         return [], {"counters": {}, "episodes": []}
@@ -112,19 +143,31 @@ def rollout_episodes(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample
     rc = cfg.rollout
     from mmrl.generation.types import SamplingParams
 
-    params = SamplingParams(n=stage.group_size, temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k,
-                            max_new_tokens=turn_tokens, min_new_tokens=min(rc.min_new_tokens, turn_tokens))
+    params = SamplingParams(
+        n=stage.group_size,
+        temperature=rc.temperature,
+        top_p=rc.top_p,
+        top_k=rc.top_k,
+        max_new_tokens=turn_tokens,
+        min_new_tokens=min(rc.min_new_tokens, turn_tokens),
+    )
     playing = [i for i, (_, envs, _, _) in enumerate(starts) if any(e is not None for e in envs)]
     counters: dict[str, Any] = {}
     played: list[list[Episode]] = []
     if playing:
         # Episodes whose environment failed to start take no part; the others of their group play on.
         live_envs = [[e for e in starts[i][1] if e is not None] for i in playing]
-        played = run_episodes(backend, [starts[i][0] for i in playing], live_envs, params,
-                              EpisodeLimits(cfg.env.max_turns, turn_tokens, total), [seeds[i] for i in playing],
-                              ObservationTail(processor, data_cfg.chat_template_kwargs),
-                              whole_turn=interface.whole_turn if interface is not None else (lambda t: t),
-                              counters=counters)
+        played = run_episodes(
+            backend,
+            [starts[i][0] for i in playing],
+            live_envs,
+            params,
+            EpisodeLimits(cfg.env.max_turns, turn_tokens, total),
+            [seeds[i] for i in playing],
+            ObservationTail(processor, data_cfg.chat_template_kwargs),
+            whole_turn=interface.whole_turn if interface is not None else (lambda t: t),
+            counters=counters,
+        )
     by_start = dict(zip(playing, played))
     device = backend_device(backend)
     groups, stats = [], []
@@ -138,13 +181,29 @@ def rollout_episodes(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample
 
 
 def episode_stats(ep: Episode, mode: str) -> dict[str, Any]:
-    return {"turns": ep.turns, "success": float(ep.success), "return": ep.episode_return(mode),
-            "tokens": sum(ep.model_mask), "termination": ep.termination}
+    return {
+        "turns": ep.turns,
+        "success": float(ep.success),
+        "return": ep.episode_return(mode),
+        "tokens": sum(ep.model_mask),
+        "termination": ep.termination,
+    }
 
 
-def collect_episodes(cfg: MMRLConfig, stage: ResolvedStage, dataset: list[Sample], sampler: PromptSampler, rank: int,
-                     world_size: int, *, processor: Any, backend: RolloutBackend, data_cfg: DataConfig,
-                     interface: ModelInterface | None = None, **_: Any) -> tuple[list[Group], dict[str, Any]]:
+def collect_episodes(
+    cfg: MMRLConfig,
+    stage: ResolvedStage,
+    dataset: list[Sample],
+    sampler: PromptSampler,
+    rank: int,
+    world_size: int,
+    *,
+    processor: Any,
+    backend: RolloutBackend,
+    data_cfg: DataConfig,
+    interface: ModelInterface | None = None,
+    **_: Any,
+) -> tuple[list[Group], dict[str, Any]]:
     """The step's starts (drawn and sharded as single-turn prompts are), played: same signature as `collect_step`."""
     first = sampler.epoch * sampler.n_items + sampler.position
     indices = shard(sampler.next(cfg.trainer.prompts_per_step), rank, world_size)
@@ -185,10 +244,19 @@ def episode_sample_rows(groups: list[Group], step: int, run_dir: Path) -> list[d
                 path.parent.mkdir(parents=True, exist_ok=True)
                 image.save(path)
                 paths.append(str(path))
-            rows.append({"id": group.sample.id, "turns": ep.texts, "observations": ep.observations,
-                         "rewards": ep.rewards, "return": float(group.rewards[i]),
-                         "advantage": float(group.advantages[i]) if group.advantages.numel() else math.nan,
-                         "success": ep.success, "termination": ep.termination, "detail": ep.detail,
-                         "images": [str(p) for p in first],
-                         "observation_images": paths})
+            rows.append(
+                {
+                    "id": group.sample.id,
+                    "turns": ep.texts,
+                    "observations": ep.observations,
+                    "rewards": ep.rewards,
+                    "return": float(group.rewards[i]),
+                    "advantage": float(group.advantages[i]) if group.advantages.numel() else math.nan,
+                    "success": ep.success,
+                    "termination": ep.termination,
+                    "detail": ep.detail,
+                    "images": [str(p) for p in first],
+                    "observation_images": paths,
+                }
+            )
     return rows

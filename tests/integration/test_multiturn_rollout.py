@@ -1,0 +1,125 @@
+"""Multi-turn rollouts on real tiny models: the training forward of an episode (images in later turns included)
+gives the sampler's own log-probs on every model token — so positions (M-RoPE) and token types continue across turns
+as the model computes them over the whole conversation — environment tokens are masked out of the loss, placeholder
+tokens are never sampled, and a failing or never-ending environment ends its episode only."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from mmrl.config import load_config
+from mmrl.data.sample import Sample
+from mmrl.envs.protocol import Observation
+from mmrl.envs.safe import ObservationLimits, SafeEnvironment
+from mmrl.envs.zoom import ZoomDigitEnv
+from mmrl.generation.conversation import ObservationTail
+from mmrl.generation.hf import make_backend
+from mmrl.generation.multiturn import EpisodeLimits, run_episodes
+from mmrl.generation.types import SamplingParams
+from mmrl.models.logprobs import completion_logprobs
+from mmrl.models.tokens import placeholder_token_ids
+from mmrl.rl.episodes import _group
+
+LIMITS = ObservationLimits(max_pixels=112 * 112, min_pixels=56 * 56)
+
+
+class NeverEnds:
+    """Always answers with a new image; never done."""
+
+    def reset(self, sample):
+        from PIL import Image
+
+        return Observation("Look.", (Image.new("RGB", (56, 56), "red"),))
+
+    def step(self, action_text):
+        from PIL import Image
+
+        return {"text": "More.", "images": [Image.new("RGB", (56, 56), "blue")]}, 0.5, False, {}
+
+
+class CrashesOnSecondStep(NeverEnds):
+    calls = 0
+
+    def step(self, action_text):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("boom")
+        return super().step(action_text)
+
+
+class Hangs(NeverEnds):
+    def step(self, action_text):
+        time.sleep(30)
+
+
+def _play(model, processor, factories, turns=3, turn_tokens=8, total=4096, group=2):
+    cfg = load_config(None, ["data.max_pixels=12544", "data.min_pixels=3136"])
+    backend = make_backend(model, processor, data_cfg=cfg.data)
+    sample = Sample(id="s", prompt="start", answer=None, meta={"seed": 4})
+    prompts, envs = [], []
+    for factory in factories:
+        prompt, built, _, _ = _start_with(factory, sample, group, processor, cfg)
+        prompts.append(prompt)
+        envs.append(built)
+    params = SamplingParams(n=group, temperature=1.0, max_new_tokens=turn_tokens)
+    episodes = run_episodes(
+        backend,
+        prompts,
+        envs,
+        params,
+        EpisodeLimits(turns, turn_tokens, total),
+        seeds=[11 * (i + 1) for i in range(len(factories))],
+        tail=ObservationTail(processor),
+    )
+    groups = [_group(sample, p, eps, "sum", backend.pad_id, torch.device("cpu")) for p, eps in zip(prompts, episodes)]
+    return backend, episodes, groups
+
+
+def _start_with(factory, sample, group, processor, cfg):
+    from mmrl.data.collate import encode_one
+
+    envs = [SafeEnvironment(factory, {}, 2.0, LIMITS) for _ in range(group)]
+    first = [env.reset(sample) for env in envs][0]
+    shown = Sample(id="s", prompt=first.text, answer=None, images=list(first.images))
+    return encode_one(processor, shown, cfg.data), envs, None, None
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_episode_forward_matches_the_sampler_across_turns(real_family_policies, family):
+    model, processor = real_family_policies(family)
+    backend, episodes, groups = _play(model, processor, [NeverEnds, lambda: ZoomDigitEnv(image_size=224)])
+    banned = set(placeholder_token_ids(model, backend.tokenizer))
+    for eps, group in zip(episodes, groups):
+        for ep in eps:
+            assert ep.termination in ("max_turns", "done")
+            sampled = [t for t, m in zip(ep.completion_ids, ep.model_mask) if m]
+            assert not banned & set(sampled)  # placeholder tokens are never sampled
+            # the environment's tokens (its images' placeholders among them) are all masked out of the loss
+            assert all(m == 0 for t, m in zip(ep.completion_ids, ep.model_mask) if t in banned)
+        never_ending = group is groups[0]
+        if never_ending:  # images after the prompt: every episode ran 3 turns and got 2 new images
+            assert [ep.turns for ep in eps] == [3, 3] and all(len(ep.images) == 2 for ep in eps)
+            assert [ep.termination for ep in eps] == ["max_turns"] * 2 and group.rewards.tolist() == [1.5, 1.5]
+        with torch.no_grad():
+            lp = completion_logprobs(model, group.prompt, group.completion_ids, group.completion_mask)
+        mask = group.completion_mask.bool()
+        torch.testing.assert_close(lp[mask], group.sampler_logp[mask], atol=2e-4, rtol=0)
+        assert bool((lp[~mask] == 0).all())
+
+
+def test_a_failing_environment_ends_its_episode_only(policy):
+    model, processor = policy
+    backend, episodes, groups = _play(model, processor, [CrashesOnSecondStep, NeverEnds], turns=4)
+    assert [ep.termination for ep in episodes[0]] == ["env_error", "env_error"]
+    assert all(ep.turns == 2 and "RuntimeError: boom" in ep.detail for ep in episodes[0])
+    assert [ep.termination for ep in episodes[1]] == ["max_turns", "max_turns"]
+    # the total-token limit is checked before sampling: no turn passes it
+    _, limited, _ = _play(model, processor, [NeverEnds], turns=6, turn_tokens=8, total=120)
+    for ep in limited[0]:
+        assert ep.termination == "max_tokens"
+    start = time.perf_counter()
+    _, hung, _ = _play(model, processor, [Hangs], turns=3)
+    assert [ep.termination for ep in hung[0]] == ["env_timeout"] * 2 and time.perf_counter() - start < 20
