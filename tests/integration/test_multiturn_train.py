@@ -5,31 +5,14 @@ exactly."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
 from mmrl.config import load_config
 from mmrl.rl.trainer import GRPOTrainer
 
-ENV = '''
-from PIL import Image
-
-
-class Painter:
-    """Rewards turns by their length (spread within a group); shows a new image after each turn."""
-
-    def __init__(self, turns=2):
-        self.turns, self.done = turns, 0
-
-    def reset(self, sample):
-        return {"text": "Describe.", "images": [Image.new("RGB", (56, 56), "red")]}
-
-    def step(self, action_text):
-        self.done += 1
-        image = Image.new("RGB", (56, 56), (40 * self.done, 90, 200))
-        return {"text": "Again.", "images": [image]}, (len(action_text) % 5) / 4, self.done >= self.turns, {
-            "success": len(action_text) % 2 == 0}
-'''
+ENV = (Path(__file__).resolve().parents[1] / "fixtures" / "trainer" / "painter_env.py").read_text()
 
 
 def _config(tmp_path, out, steps, **extra):
