@@ -9,7 +9,9 @@ succeeds (`info["success"]`) when the last action of the goal is done.
 
 The task comes from the sample: `sample.meta["seed"]` (else its id) seeds the screen, the goal and its length, so the
 G episodes of a group face the same task. Coordinates are screen pixels (the screen is rendered at the model's input
-size: keep `image_size` a multiple of 28 within `data.max_pixels`).
+size: keep `image_size` a multiple of 28 within `data.max_pixels`). `fixed_layout=True` draws every episode on the
+same screen and menu (only the goal changes): a first curriculum stage for small models, which can then act from the
+goal's text before they learn to find buttons on varied screens.
 
 >>> from mmrl.data.sample import Sample
 >>> env = GuiStepsEnv(min_actions=2, max_actions=2)
@@ -59,6 +61,7 @@ class GuiStepsEnv:
         max_actions: int = 4,
         step_reward: str = "rules",
         show_help: bool = True,
+        fixed_layout: bool = False,
     ) -> None:
         if not 2 <= min_actions <= max_actions <= 4:
             raise UserError(f"gui_steps: need 2 <= min_actions <= max_actions <= 4 (got {min_actions}, {max_actions})")
@@ -67,15 +70,16 @@ class GuiStepsEnv:
         if step_reward not in ("rules", "success"):
             raise UserError(f"gui_steps: step_reward must be 'rules' or 'success' (got {step_reward!r})")
         self.size, self.min_actions, self.max_actions = image_size, min_actions, max_actions
-        self.step_reward, self.show_help = step_reward, show_help
+        self.step_reward, self.show_help, self.fixed_layout = step_reward, show_help, fixed_layout
 
     # -- the task ------------------------------------------------------------------------------------------------
     def reset(self, sample: Any) -> dict[str, Any]:
         seed = (getattr(sample, "meta", None) or {}).get("seed", getattr(sample, "id", 0))
         rng = random.Random(f"gui_steps:{seed}")
-        self.base, self.layout = draw_screen(rng, self.size)
+        screen = random.Random("gui_steps:fixed") if self.fixed_layout else rng
+        self.base, self.layout = draw_screen(screen, self.size)
+        self.items = screen.sample(MENU_ITEMS, 3)
         self.button, self.button_box = rng.choice(self.layout["buttons"])
-        self.items = rng.sample(MENU_ITEMS, 3)
         self.item = rng.choice(self.items)
         self.word = rng.choice(WORDS)
         self.length = rng.randint(self.min_actions, self.max_actions)

@@ -95,6 +95,14 @@ def _full_input(prompt: dict[str, Any], ep: Episode) -> dict[str, Any]:
     return out
 
 
+def vllm_input(prompt: dict[str, Any], ep: Episode, first_images: Sequence[Any]) -> dict[str, Any]:
+    """The vLLM backend's input for an episode's next turn: the conversation's token ids as they are (the image
+    placeholders already expanded, which vLLM's multimodal processor recognises) and every image so far, in order."""
+    ids = prompt["input_ids"][0].tolist() + list(ep.completion_ids)
+    images = list(first_images) + list(ep.images)
+    return {"prompt_token_ids": ids, **({"multi_modal_data": {"image": images}} if images else {})}
+
+
 def _add_turn(live: _Live, ids: list[int], logp: list[float], text: str, truncated: bool) -> None:
     ep = live.episode
     ep.completion_ids += ids
@@ -135,10 +143,13 @@ def run_episodes(
     tail: ObservationTail,
     whole_turn: Callable[[str], str] = lambda text: text,
     counters: dict[str, Any] | None = None,
+    first_images: Sequence[Sequence[Any]] | None = None,
 ) -> list[list[Episode]]:
     """Episodes of every start: `prompts[i]` (its first observation, encoded) and `envs[i]` (its G environments,
     already reset) -> G episodes each. `params.n` is ignored (one completion per episode per turn); `seeds[i]` is start
-    i's sampling seed. `whole_turn` maps a sampled text to the model's whole turn (what the environment reads)."""
+    i's sampling seed. `whole_turn` maps a sampled text to the model's whole turn (what the environment reads).
+    `first_images[i]`: start i's first images, which a backend that encodes its inputs itself (vLLM,
+    `takes_samples`) receives with the token ids (`vllm_input`)."""
     counters = counters if counters is not None else {}
     prompts = [strip_padding(p) for p in prompts]
     episodes = [[Episode() for _ in group] for group in envs]
@@ -148,6 +159,12 @@ def run_episodes(
         for j, env in enumerate(group)
     ]
     end_text = {t: backend.tokenizer.decode([t]) for t in backend.end_ids}
+    own_inputs = getattr(backend, "takes_samples", False)
+    firsts = first_images if first_images is not None else [[] for _ in prompts]
+
+    def turn_input(i: int, ep: Episode) -> Any:
+        return vllm_input(prompts[i], ep, firsts[i]) if own_inputs else _full_input(prompts[i], ep)
+
     for turn in range(1, limits.max_turns + 1):
         ready = []
         for one in live:
@@ -176,12 +193,16 @@ def run_episodes(
         if turn == 1:  # the group's shared prompt: prefilled once, G branches
             starts = sorted({one.group for one in live})
             group_params = SamplingParams(**{**turn_params.__dict__, "n": len(envs[starts[0]])})
-            batch = backend.rollout([prompts[i] for i in starts], group_params, prompt_seeds=[seeds[i] for i in starts])
+            batch = backend.rollout(
+                [turn_input(i, Episode()) if own_inputs else prompts[i] for i in starts],
+                group_params,
+                prompt_seeds=[seeds[i] for i in starts],
+            )
             row_of = {(i, j): k * len(envs[i]) + j for k, i in enumerate(starts) for j in range(len(envs[i]))}
             rows = [row_of[(one.group, one.index)] for one in live]
         else:
             batch = backend.rollout(
-                [_full_input(prompts[one.group], one.episode) for one in live],
+                [turn_input(one.group, one.episode) for one in live],
                 turn_params,
                 prompt_seeds=[turn_seed(seeds[one.group], one.index, turn) for one in live],
             )

@@ -129,12 +129,15 @@ def rollout_episodes(
     data_cfg: DataConfig,
     seeds: list[int],
     interface: ModelInterface | None = None,
+    greedy: bool = False,
 ) -> tuple[list[Group], dict[str, Any]]:
-    """Play G episodes from each of `samples` (this process's share) and make their groups."""
+    """Play G episodes from each of `samples` (this process's share) and make their groups. `greedy`: one episode per
+    start at temperature 0 (evaluation)."""
     if not samples:
         return [], {"counters": {}, "episodes": []}
     limits = _limits(cfg, data_cfg)
-    starts = [_start(cfg, s, stage.group_size, limits, processor, data_cfg) for s in samples]
+    group_size = 1 if greedy else stage.group_size
+    starts = [_start(cfg, s, group_size, limits, processor, data_cfg) for s in samples]
     turn_tokens = cfg.env.max_turn_tokens or stage.max_completion_length
     from mmrl.generation.hf_context import context_length
 
@@ -144,8 +147,8 @@ def rollout_episodes(
     from mmrl.generation.types import SamplingParams
 
     params = SamplingParams(
-        n=stage.group_size,
-        temperature=rc.temperature,
+        n=group_size,
+        temperature=0.0 if greedy else rc.temperature,
         top_p=rc.top_p,
         top_k=rc.top_k,
         max_new_tokens=turn_tokens,
@@ -167,6 +170,7 @@ def rollout_episodes(
             ObservationTail(processor, data_cfg.chat_template_kwargs),
             whole_turn=interface.whole_turn if interface is not None else (lambda t: t),
             counters=counters,
+            first_images=[starts[i][3] for i in playing],
         )
     by_start = dict(zip(playing, played))
     device = backend_device(backend)
@@ -260,3 +264,17 @@ def episode_sample_rows(groups: list[Group], step: int, run_dir: Path) -> list[d
                 }
             )
     return rows
+
+
+def evaluate_episodes(
+    cfg: MMRLConfig, samples: list[Sample], model: Any, processor: Any, interface: ModelInterface | None = None
+) -> dict[str, float]:
+    """Greedy episodes from `samples` (one each) against `cfg.env`: the `episode/*` means (success, return, turns)."""
+    from mmrl.generation.hf import make_backend
+    from mmrl.rl.stages import StageSchedule
+
+    stage = StageSchedule(cfg.stages, cfg).stage_at(0)
+    backend = make_backend(model, processor, data_cfg=cfg.data)
+    seeds = [stream_seed(cfg.trainer.seed, 0, i) for i in range(len(samples))]
+    _, info = rollout_episodes(cfg, stage, samples, processor, backend, cfg.data, seeds, interface, greedy=True)
+    return episode_metrics(info["episodes"])

@@ -123,3 +123,61 @@ def test_a_failing_environment_ends_its_episode_only(policy):
     start = time.perf_counter()
     _, hung, _ = _play(model, processor, [Hangs], turns=3)
     assert [ep.termination for ep in hung[0]] == ["env_timeout"] * 2 and time.perf_counter() - start < 20
+
+
+class VLLMInputs:
+    """Stands in for the vLLM backend (`takes_samples`: it builds its inputs itself): rebuilds the HF backend's input
+    from what vLLM would receive (token ids + images) and samples with it, recording every input."""
+
+    takes_samples = True
+
+    def __init__(self, hf, processor):
+        self.hf, self.processor, self.seen = hf, processor, []
+        self.tokenizer, self.end_ids, self.pad_id = hf.tokenizer, hf.end_ids, hf.pad_id
+
+    def rollout(self, inputs, params, prompt_seeds=None):
+        encoded = []
+        for item in inputs:
+            self.seen.append(item)
+            ids = torch.tensor([item["prompt_token_ids"]])
+            image_id = self.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+            one = {
+                "input_ids": ids,
+                "attention_mask": torch.ones_like(ids),
+                "mm_token_type_ids": (ids == image_id).long(),
+            }
+            images = item.get("multi_modal_data", {}).get("image", [])
+            if images:
+                pixels = self.processor.image_processor(images=images, return_tensors="pt", do_resize=False)
+                one["pixel_values"], one["image_grid_thw"] = pixels["pixel_values"], pixels["image_grid_thw"]
+            encoded.append(one)
+        return self.hf.rollout(encoded, params, prompt_seeds=prompt_seeds)
+
+
+def test_vllm_inputs_carry_the_whole_conversation(policy):
+    """The vLLM backend's multi-turn inputs (token ids as sampled, every image so far) rebuild exactly what the HF
+    backend samples from: the same episodes, token for token."""
+    model, processor = policy
+    cfg = load_config(None, ["data.max_pixels=12544", "data.min_pixels=3136"])
+    hf = make_backend(model, processor, data_cfg=cfg.data)
+    sample = Sample(id="s", prompt="start", answer=None, meta={"seed": 4})
+    played = []
+    for backend in (hf, VLLMInputs(hf, processor)):
+        prompt, envs, _, _ = _start_with(NeverEnds, sample, 2, processor, cfg)
+        first = [envs[0].reset(sample).images]
+        played.append(
+            run_episodes(
+                backend,
+                [prompt],
+                [envs],
+                SamplingParams(n=2, max_new_tokens=6),
+                EpisodeLimits(3, 6, 4096),
+                seeds=[5],
+                tail=ObservationTail(processor),
+                first_images=first,
+            )[0]
+        )
+    assert [ep.completion_ids for ep in played[0]] == [ep.completion_ids for ep in played[1]]
+    assert all(len(ep.images) == 2 for ep in played[1])
+    last = backend.seen[-1]
+    assert len(last["multi_modal_data"]["image"]) == 3  # the first observation's image and two later ones
