@@ -211,25 +211,98 @@ def run_episodes(
             counters[key] = counters.get(key, 0) + int(batch.counters.get(key, 0))
         still = []
         for one, row in zip(live, rows):
-            mask = batch.completion_mask[row].bool()
-            ids = batch.completion_ids[row][mask].tolist()
-            logp = batch.logprobs[row][mask].tolist() if batch.logprobs is not None else [0.0] * len(ids)
-            truncated = bool(batch.truncated[row])
-            _add_turn(one, ids, logp, batch.texts[row], truncated)
-            if _step(one, whole_turn(batch.texts[row]), turn, limits):
-                continue
-            ended = None if truncated or not ids else end_text.get(ids[-1])
-            try:
-                encoded = tail.encode(list(one.pending.images), one.pending.text, ended)
-            except Exception as err:  # noqa: BLE001 - an observation the processor cannot take ends its episode
-                _end(one, "bad_observation", f"the processor refused the observation: {err}"[:300])
-                continue
-            _add_tail(one, encoded, one.pending.images)
-            still.append(one)
+            if _after_turn(one, batch, row, turn, limits, tail, end_text, whole_turn):
+                still.append(one)
         live = still
     for one in live:
         _end(one, "max_turns", f"{limits.max_turns} turns")
     return episodes
+
+
+def _after_turn(
+    one: _Live,
+    batch: Any,
+    row: int,
+    turn: int,
+    limits: EpisodeLimits,
+    tail: ObservationTail,
+    end_text: dict[int, str],
+    whole_turn: Callable[[str], str],
+) -> bool:
+    """Record row `row` of `batch` as the episode's model turn, give it to the environment and append the
+    environment's answer; True when the episode goes on."""
+    mask = batch.completion_mask[row].bool()
+    ids = batch.completion_ids[row][mask].tolist()
+    logp = batch.logprobs[row][mask].tolist() if batch.logprobs is not None else [0.0] * len(ids)
+    truncated = bool(batch.truncated[row])
+    _add_turn(one, ids, logp, batch.texts[row], truncated)
+    if _step(one, whole_turn(batch.texts[row]), turn, limits):
+        return False
+    ended = None if truncated or not ids else end_text.get(ids[-1])
+    try:
+        encoded = tail.encode(list(one.pending.images), one.pending.text, ended)
+    except Exception as err:  # noqa: BLE001 - an observation the processor cannot take ends its episode
+        _end(one, "bad_observation", f"the processor refused the observation: {err}"[:300])
+        return False
+    _add_tail(one, encoded, one.pending.images)
+    return True
+
+
+class SteppedEpisode:
+    """One episode played a turn at a time (`mmrl demo gui`'s episode mode): `step()` samples the model's next turn,
+    gives it to the environment and appends its answer. `episode.termination` is set once it ended.
+
+    >>> stepped = SteppedEpisode(backend, prompt, env, tail, SamplingParams(temperature=0), limits)  # doctest: +SKIP
+    >>> stepped.step().texts[-1]  # doctest: +SKIP
+    "<think> next step </think><answer> [{'action': 'click', 'coordinate': [40, 52]}] </answer>"
+    """
+
+    def __init__(
+        self,
+        backend: Any,
+        prompt: dict[str, Any],
+        env: SafeEnvironment,
+        tail: ObservationTail,
+        params: SamplingParams,
+        limits: EpisodeLimits,
+        seed: int = 0,
+        whole_turn: Callable[[str], str] = lambda text: text,
+    ) -> None:
+        self.backend, self.prompt, self.tail, self.limits, self.seed = (
+            backend,
+            strip_padding(prompt),
+            tail,
+            limits,
+            seed,
+        )
+        self.params = SamplingParams(
+            n=1,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+            max_new_tokens=limits.max_turn_tokens,
+            logprobs=True,
+        )
+        self.whole_turn = whole_turn
+        self.episode = Episode()
+        self._live = _Live(0, 0, env, self.episode, int(self.prompt["input_ids"].shape[1]))
+        self._end_text = {t: backend.tokenizer.decode([t]) for t in backend.end_ids}
+
+    @property
+    def ended(self) -> bool:
+        return bool(self.episode.termination)
+
+    def step(self) -> Episode:
+        if self.ended:
+            return self.episode
+        turn = self.episode.turns + 1
+        if self._live.tokens + self.limits.max_turn_tokens > self.limits.max_total_tokens:
+            _end(self._live, "max_tokens", f"{self._live.tokens} tokens")
+            return self.episode
+        source = self.prompt if turn == 1 else _full_input(self.prompt, self.episode)
+        batch = self.backend.rollout([source], self.params, prompt_seeds=[turn_seed(self.seed, 0, turn)])
+        _after_turn(self._live, batch, 0, turn, self.limits, self.tail, self._end_text, self.whole_turn)
+        return self.episode
 
 
 def _step(one: _Live, text: str, turn: int, limits: EpisodeLimits) -> bool:
