@@ -82,12 +82,14 @@ class _Live:
 
 def _full_input(prompt: dict[str, Any], ep: Episode) -> dict[str, Any]:
     """The whole conversation so far as one encoded prompt (batch dim 1)."""
-    ids = torch.tensor([ep.completion_ids], dtype=torch.long)
+    ids = torch.tensor([ep.completion_ids], dtype=torch.long, device="cpu")  # a processor output: the backend moves it
     out = {"input_ids": torch.cat([prompt["input_ids"].cpu(), ids], dim=1)}
     out["attention_mask"] = torch.ones_like(out["input_ids"])
     types = prompt.get("mm_token_type_ids")
     if types is not None:
-        out["mm_token_type_ids"] = torch.cat([types.cpu(), torch.tensor([ep.type_ids], dtype=types.dtype)], dim=1)
+        out["mm_token_type_ids"] = torch.cat(
+            [types.cpu(), torch.tensor([ep.type_ids], dtype=types.dtype, device="cpu")], dim=1
+        )
     pixels = ([prompt["pixel_values"].cpu()] if prompt.get("pixel_values") is not None else []) + ep.pixel_values
     grids = ([prompt["image_grid_thw"].cpu()] if prompt.get("image_grid_thw") is not None else []) + ep.image_grid_thw
     if pixels:

@@ -80,18 +80,18 @@ def _group(
     sample: Sample, prompt: dict[str, Any], episodes: list[Episode], mode: str, pad_id: int, device: torch.device
 ) -> Group:
     width = max(1, max(len(e.completion_ids) for e in episodes))
-    g = len(episodes)
-    ids = torch.full((g, width), pad_id, dtype=torch.long)
-    mask = torch.zeros(g, width, dtype=torch.long)
-    logp = torch.zeros(g, width, dtype=torch.float32)
+
+    def padded(values: list, fill: float) -> list:
+        return list(values) + [fill] * (width - len(values))
+
+    # Created on the model's device, where the update meets them (the rows' images travel with the prompt).
+    ids = torch.tensor([padded(e.completion_ids, pad_id) for e in episodes], dtype=torch.long, device=device)
+    mask = torch.tensor([padded(e.model_mask, 0) for e in episodes], dtype=torch.long, device=device)
+    logp = torch.tensor([padded(e.sampler_logp, 0.0) for e in episodes], dtype=torch.float32, device=device)
     rows = []
-    for i, ep in enumerate(episodes):
+    for ep in episodes:
         n = len(ep.completion_ids)
-        ids[i, :n] = torch.tensor(ep.completion_ids, dtype=torch.long)
-        mask[i, :n] = torch.tensor(ep.model_mask, dtype=torch.long)
-        logp[i, :n] = torch.tensor(ep.sampler_logp, dtype=torch.float32)
-        types = torch.zeros(width, dtype=torch.long)
-        types[:n] = torch.tensor(ep.type_ids, dtype=torch.long)
+        types = torch.tensor(padded(ep.type_ids, 0), dtype=torch.long, device=device)
         rows.append(
             {
                 "length": n,
@@ -104,8 +104,8 @@ def _group(
     group = Group(
         sample=sample,
         prompt=to_device({**prompt, EPISODE_KEY: rows}, device),
-        completion_ids=ids.to(device),
-        completion_mask=mask.to(device),
+        completion_ids=ids,
+        completion_mask=mask,
         truncated=torch.tensor([ep.last_truncated for ep in episodes], dtype=torch.bool, device=device),
         texts=["\n".join(ep.texts) for ep in episodes],
         rewards=torch.tensor(returns, dtype=torch.float32, device=device),
@@ -114,7 +114,7 @@ def _group(
             "success": [float(ep.success) for ep in episodes],
             "turns": [float(ep.turns) for ep in episodes],
         },
-        sampler_logp=logp.to(device),
+        sampler_logp=logp,
     )
     group.episodes = episodes  # type: ignore[attr-defined]  # what the samples and the metrics read
     return group
