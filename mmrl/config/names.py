@@ -147,6 +147,9 @@ def _check_environment(cfg: Any, where: Callable[[str], str]) -> None:
         raise ConfigError(f"{where('env.name')}: {message}") from None
     if problem is not None:
         raise ConfigError(f"{where('env.kwargs')}: env.kwargs: {problem}")
+    if cfg.algorithm.online_filter.enabled:
+        raise ConfigError(f"{where('algorithm.online_filter.enabled')}: algorithm.online_filter does not take part "
+                          "in multi-turn episodes (env.name is set); set algorithm.online_filter.enabled=false")
 
 
 def _check_reward_kwargs(cfg: Any, where: Callable[[str], str]) -> None:

@@ -26,7 +26,9 @@ from mmrl.envs.registry import get_environment
 from mmrl.envs.safe import TERMINATIONS, EpisodeEnded, ObservationLimits, SafeEnvironment
 from mmrl.generation.conversation import ObservationTail
 from mmrl.generation.hf import backend_device
+from mmrl.generation.hf_context import context_length
 from mmrl.generation.multiturn import Episode, EpisodeLimits, run_episodes
+from mmrl.generation.types import SamplingParams
 from mmrl.models.episode_forward import EPISODE_KEY
 from mmrl.models.interface import ModelInterface
 from mmrl.models.placement import to_device
@@ -139,13 +141,9 @@ def rollout_episodes(
     group_size = 1 if greedy else stage.group_size
     starts = [_start(cfg, s, group_size, limits, processor, data_cfg) for s in samples]
     turn_tokens = cfg.env.max_turn_tokens or stage.max_completion_length
-    from mmrl.generation.hf_context import context_length
-
     context = context_length(getattr(backend, "model", None)) if getattr(backend, "model", None) is not None else None
     total = min(cfg.env.max_total_tokens, context) if context else cfg.env.max_total_tokens
     rc = cfg.rollout
-    from mmrl.generation.types import SamplingParams
-
     params = SamplingParams(
         n=group_size,
         temperature=0.0 if greedy else rc.temperature,

@@ -29,7 +29,7 @@ from mmrl.errors import UserError
 from mmrl.generation.hf import check_backend, make_backend
 from mmrl.models.interface import ModelInterface, eval_coordinate_tasks, interface_of, reads_coordinates
 from mmrl.rewards.composite import RewardComposite
-from mmrl.rl.episodes import collect_episodes, episode_metrics, episode_sample_rows
+from mmrl.rl.episodes import collect_episodes, episode_metrics, episode_sample_rows, evaluate_episodes
 from mmrl.rl.experience import Group, RolloutBackend, collect_step
 from mmrl.rl.reference import ReferencePolicy, make_reference
 from mmrl.rl.stages import ResolvedStage, StageSchedule
@@ -233,6 +233,8 @@ class GRPOTrainer:
         from mmrl.eval.evaluate import evaluate
         from mmrl.eval.report import flat_metrics
 
+        if self.cfg.env.name:  # multi-turn: greedy episodes from the held-out starts
+            return self._eval_episodes(timer)
         with timer("eval"):
             self.run.model.eval()
             out_dir = self.run.run_dir / "eval" / f"step-{step}"
@@ -241,6 +243,16 @@ class GRPOTrainer:
             self.run.model.train()
         report = all_gather_objects(report, self.run.dist.world_size)[0]
         return flat_metrics(report)
+
+    def _eval_episodes(self, timer: PhaseTimer) -> dict[str, float]:
+        """`eval/episode/*`: one greedy episode from each of data.eval's starts (main process)."""
+        with timer("eval"):
+            self.run.model.eval()
+            report = evaluate_episodes(self.cfg, self.eval_samples, self.run.model, self.run.processor,
+                                       self.interface) if self.run.dist.is_main else {}
+            self.run.model.train()
+        report = all_gather_objects(report, self.run.dist.world_size)[0]
+        return {f"eval/{k}": v for k, v in report.items()}
 
     def _maybe_samples(self, step: int, groups: list[Group]) -> None:
         every = self.cfg.trainer.sample_steps

@@ -41,6 +41,8 @@ def _config(tmp_path, out, steps, **extra):
         f"trainer.output_dir={out}",
         "trainer.report_to=[jsonl]",
         "trainer.seed=3",
+        f"data.eval={data}",
+        "trainer.eval_steps=2",
         *[f"{k}={v}" for k, v in extra.items()],
     ]
     return load_config(None, overrides)
@@ -58,6 +60,8 @@ def test_multiturn_run_trains_logs_episodes_and_resumes_exactly(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
     rows = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert all(row["episode/turns"] == 2 and row["episode/termination/done"] == 4 for row in rows)
+    # held-out starts (data.eval) played greedily every eval_steps: one episode each
+    assert [r["eval/episode/termination/done"] for r in rows if "eval/episode/success" in r] == [8, 8]
     sample = json.loads((tmp_path / "straight" / "samples" / "step-1.jsonl").read_text().splitlines()[0])
     assert len(sample["turns"]) == 2 and len(sample["observation_images"]) == 1 and len(sample["images"]) == 1
     assert all(

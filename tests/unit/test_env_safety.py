@@ -135,6 +135,7 @@ def test_registry_and_config_checks(tmp_path):
         (["env.name=gui_steps", "env.kwargs={colour: 1}"], "env.kwargs: environment"),
         ([f"env.name={user}:Missing"], "has no class or function 'Missing'"),
         (["env.name=gui_steps", "env.max_turns=0"], "env.max_turns"),
+        (["env.name=gui_steps", "algorithm.online_filter.enabled=true"], "online_filter does not take part"),
     ]:
         with pytest.raises(ConfigError, match=expected):
             load_config(None, overrides)
