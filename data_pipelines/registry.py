@@ -60,7 +60,8 @@ BUILDERS: Registry[Builder] = Registry("builder", "build-data")
 # directory by a pipeline step that does not give one.
 OUTPUT_FIELDS = ("out", "out_dir", "output", "output_dir")
 # Modules that register more builders (cold-start, rejection sampling); each must exist (a test imports them all).
-BUILDER_MODULES: list[str] = ["data_pipelines.cold_start.cli", "data_pipelines.rejection"]
+BUILDER_MODULES: list[str] = ["data_pipelines.cold_start.cli", "data_pipelines.rejection",
+                               "data_pipelines.synthetic.episodes"]
 
 
 def register_builder(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
