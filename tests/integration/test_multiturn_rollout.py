@@ -99,6 +99,10 @@ def test_episode_forward_matches_the_sampler_across_turns(real_family_policies, 
             assert not banned & set(sampled)  # placeholder tokens are never sampled
             # the environment's tokens (its images' placeholders among them) are all masked out of the loss
             assert all(m == 0 for t, m in zip(ep.completion_ids, ep.model_mask) if t in banned)
+            # token types cover every token after the prompt: 1 exactly on the observations' image tokens
+            image_id = model.config.image_token_id
+            assert len(ep.type_ids) == len(ep.completion_ids)
+            assert [int(t == image_id) for t in ep.completion_ids] == ep.type_ids
         never_ending = group is groups[0]
         if never_ending:  # images after the prompt: every episode ran 3 turns and got 2 new images
             assert [ep.turns for ep in eps] == [3, 3] and all(len(ep.images) == 2 for ep in eps)
@@ -181,3 +185,27 @@ def test_vllm_inputs_carry_the_whole_conversation(policy):
     assert all(len(ep.images) == 2 for ep in played[1])
     last = backend.seen[-1]
     assert len(last["multi_modal_data"]["image"]) == 3  # the first observation's image and two later ones
+
+
+def test_a_start_whose_environments_all_fail_to_reset_is_a_group_of_ended_episodes(policy, tmp_path):
+    """Every episode of one start ends at reset (env_error); the other start plays on; nothing raises."""
+    from mmrl.rl.episodes import rollout_episodes
+    from mmrl.rl.stages import StageSchedule
+
+    model, processor = policy
+    user = tmp_path / "flaky.py"
+    user.write_text(
+        "class Flaky:\n    def reset(self, sample):\n        if sample.meta['seed'] == 1:\n"
+        "            raise OSError('no display')\n        return 'Say something.'\n"
+        "    def step(self, text):\n        return 'ok', 1.0, True, {'success': True}\n"
+    )
+    cfg = load_config(None, [f"env.name={user}:Flaky", "rollout.group_size=2", "env.max_turn_tokens=4"])
+    samples = [Sample(id=f"s{k}", prompt="go", answer="x", meta={"seed": k}) for k in (0, 1)]
+    backend = make_backend(model, processor, data_cfg=cfg.data)
+    groups, info = rollout_episodes(
+        cfg, StageSchedule(cfg.stages, cfg).stage_at(0), samples, processor, backend, cfg.data, seeds=[1, 2]
+    )
+    assert [e["termination"] for e in info["episodes"]] == ["done", "done", "env_error", "env_error"]
+    assert groups[0].rewards.tolist() == [1.0, 1.0] and groups[1].rewards.tolist() == [0.0, 0.0]
+    assert int(groups[1].completion_mask.sum()) == 0  # nothing of a failed start is trained on
+    assert "OSError: no display" in groups[1].episodes[0].detail
