@@ -194,13 +194,15 @@ def run_episodes(
         )
         if turn == 1:  # the group's shared prompt: prefilled once, G branches
             starts = sorted({one.group for one in live})
-            group_params = SamplingParams(**{**turn_params.__dict__, "n": len(envs[starts[0]])})
+            # a start whose environments partly failed to start samples G branches too; its extra rows go unused
+            n = max(len(envs[i]) for i in starts)
+            group_params = SamplingParams(**{**turn_params.__dict__, "n": n})
             batch = backend.rollout(
                 [turn_input(i, Episode()) if own_inputs else prompts[i] for i in starts],
                 group_params,
                 prompt_seeds=[seeds[i] for i in starts],
             )
-            row_of = {(i, j): k * len(envs[i]) + j for k, i in enumerate(starts) for j in range(len(envs[i]))}
+            row_of = {(i, j): k * n + j for k, i in enumerate(starts) for j in range(len(envs[i]))}
             rows = [row_of[(one.group, one.index)] for one in live]
         else:
             batch = backend.rollout(

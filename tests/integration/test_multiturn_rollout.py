@@ -187,25 +187,30 @@ def test_vllm_inputs_carry_the_whole_conversation(policy):
     assert len(last["multi_modal_data"]["image"]) == 3  # the first observation's image and two later ones
 
 
-def test_a_start_whose_environments_all_fail_to_reset_is_a_group_of_ended_episodes(policy, tmp_path):
-    """Every episode of one start ends at reset (env_error); the other start plays on; nothing raises."""
+def test_starts_whose_environments_fail_to_reset(policy, tmp_path):
+    """Every episode of one start ends at reset (env_error), one episode of another: the rest play on; nothing
+    raises, and nothing of a failed episode is trained on."""
     from mmrl.rl.episodes import rollout_episodes
     from mmrl.rl.stages import StageSchedule
 
     model, processor = policy
     user = tmp_path / "flaky.py"
     user.write_text(
-        "class Flaky:\n    def reset(self, sample):\n        if sample.meta['seed'] == 1:\n"
-        "            raise OSError('no display')\n        return 'Say something.'\n"
+        "import itertools\n\nBUILT = itertools.count()\n\n\nclass Flaky:\n"
+        "    def reset(self, sample):\n        built = next(BUILT)\n"
+        "        if sample.meta['seed'] == 1 or (sample.meta['seed'] == 2 and built == 4):\n"
+        "            raise OSError('no display')\n        return 'Say something.'\n\n"
         "    def step(self, text):\n        return 'ok', 1.0, True, {'success': True}\n"
     )
     cfg = load_config(None, [f"env.name={user}:Flaky", "rollout.group_size=2", "env.max_turn_tokens=4"])
-    samples = [Sample(id=f"s{k}", prompt="go", answer="x", meta={"seed": k}) for k in (0, 1)]
+    samples = [Sample(id=f"s{k}", prompt="go", answer="x", meta={"seed": k}) for k in (0, 1, 2)]
     backend = make_backend(model, processor, data_cfg=cfg.data)
     groups, info = rollout_episodes(
-        cfg, StageSchedule(cfg.stages, cfg).stage_at(0), samples, processor, backend, cfg.data, seeds=[1, 2]
+        cfg, StageSchedule(cfg.stages, cfg).stage_at(0), samples, processor, backend, cfg.data, seeds=[1, 2, 3]
     )
-    assert [e["termination"] for e in info["episodes"]] == ["done", "done", "env_error", "env_error"]
-    assert groups[0].rewards.tolist() == [1.0, 1.0] and groups[1].rewards.tolist() == [0.0, 0.0]
-    assert int(groups[1].completion_mask.sum()) == 0  # nothing of a failed start is trained on
+    terminations = [e["termination"] for e in info["episodes"]]
+    assert terminations == ["done", "done", "env_error", "env_error", "env_error", "done"]
+    assert [g.rewards.tolist() for g in groups] == [[1.0, 1.0], [0.0, 0.0], [0.0, 1.0]]
+    assert int(groups[1].completion_mask.sum()) == 0 and int(groups[2].completion_mask[0].sum()) == 0
+    assert int(groups[2].completion_mask[1].sum()) > 0  # the start's other episode played its turn
     assert "OSError: no display" in groups[1].episodes[0].detail
