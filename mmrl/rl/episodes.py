@@ -118,7 +118,7 @@ def _group(
         },
         sampler_logp=logp,
     )
-    group.episodes = episodes  # type: ignore[attr-defined]  # what the samples and the metrics read
+    group.episodes = episodes  # what the samples and the metrics read
     return group
 
 
@@ -177,7 +177,7 @@ def rollout_episodes(
         done = iter(by_start.get(i, []))
         episodes = [next(done) if env is not None else failed[j] for j, env in enumerate(envs)]
         groups.append(_group(sample, prompt, episodes, cfg.env.episode_return, backend.pad_id, device))
-        groups[-1].first_images = first_images  # type: ignore[attr-defined]
+        groups[-1].first_images = first_images
         stats += [episode_stats(ep, cfg.env.episode_return) for ep in episodes]
     return groups, {"counters": counters, "episodes": stats}
 
@@ -235,11 +235,11 @@ def episode_sample_rows(groups: list[Group], step: int, run_dir: Path) -> list[d
     rows = []
     for g, group in enumerate(groups[:4]):
         first = []
-        for k, image in enumerate(getattr(group, "first_images", [])):
+        for k, image in enumerate(group.first_images or []):
             first.append(out / f"step-{step}-g{g}-prompt-{k}.png")
             first[-1].parent.mkdir(parents=True, exist_ok=True)
             image.save(first[-1])
-        for i, ep in enumerate(getattr(group, "episodes", [])):
+        for i, ep in enumerate(group.episodes or []):
             paths = []
             for k, image in enumerate(ep.images):
                 path = out / f"step-{step}-g{g}-e{i}-{k}.png"
