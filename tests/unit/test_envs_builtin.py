@@ -94,3 +94,19 @@ def test_zoom_hostile_actions_never_raise():
         observation, reward, done, _ = env.step(text)
         assert reward == 0.0 and not done
         assert all(im.size == (112, 112) for im in observation.get("images", []))
+
+
+def test_the_episode_builder_refuses_bad_arguments_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    for args in (["--max-actions", "5"], ["--n", "0"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "mmrl", "build-data", "gui-episodes", *args, "--out", str(tmp_path / "out")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "error:" in done.stderr
+    assert not (tmp_path / "out" / "sft.jsonl").exists()
