@@ -214,3 +214,39 @@ def test_starts_whose_environments_fail_to_reset(policy, tmp_path):
     assert int(groups[1].completion_mask.sum()) == 0 and int(groups[2].completion_mask[0].sum()) == 0
     assert int(groups[2].completion_mask[1].sum()) > 0  # the start's other episode played its turn
     assert "OSError: no display" in groups[1].episodes[0].detail
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_mrope_positions_of_every_turn_are_the_full_conversations(real_family_policies, family):
+    """Each turn is sampled after a prefill of the conversation so far (its M-RoPE positions and rope delta from the
+    model's own get_rope_index on that prefix) and decoded at text positions start + step + delta: exactly the
+    positions get_rope_index gives those tokens in the whole conversation, images of later turns included."""
+    from mmrl.generation.multiturn import _full_input
+    from mmrl.models.prefix import prompt_positions, text_positions, unwrap
+
+    model, processor = real_family_policies(family)
+    _, episodes, groups = _play(model, processor, [NeverEnds], turns=3, turn_tokens=6)
+    core = unwrap(model).model
+    for ep in episodes[0]:
+        prompt = {k: v for k, v in groups[0].prompt.items() if k != "episode_rows"}
+        full = _full_input(prompt, ep)
+        whole, _ = prompt_positions(core, full)
+        plen = prompt["input_ids"].shape[1]
+        mask = ep.model_mask
+        starts = [i for i, m in enumerate(mask) if m and (i == 0 or not mask[i - 1])]
+        assert len(starts) == 3 and len(ep.image_grid_thw) == 2
+        deltas = set()
+        for turn, start in enumerate(starts):
+            end = next((i for i in range(start, len(mask)) if not mask[i]), len(mask))
+            at = plen + start
+            prefix = {
+                k: v[:, :at] for k, v in full.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")
+            }
+            grids = [prompt["image_grid_thw"]] + ep.image_grid_thw[:turn]
+            prefix["image_grid_thw"] = torch.cat(grids)
+            positions, delta = prompt_positions(core, prefix)
+            assert torch.equal(positions, whole[:, :, :at])
+            decoded = text_positions(at, end - start, 1, delta)
+            assert torch.equal(decoded, whole[:, :, at : plen + end])
+            deltas.add(int(delta))
+        assert len(deltas) == 3  # each later image moves the text positions: a plain continuation would be wrong
