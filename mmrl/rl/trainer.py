@@ -29,7 +29,13 @@ from mmrl.errors import UserError
 from mmrl.generation.hf import check_backend, make_backend
 from mmrl.models.interface import ModelInterface, eval_coordinate_tasks, interface_of, reads_coordinates
 from mmrl.rewards.composite import RewardComposite
-from mmrl.rl.episodes import collect_episodes, episode_metrics, episode_sample_rows, evaluate_episodes
+from mmrl.rl.episodes import (
+    check_episode_model,
+    collect_episodes,
+    episode_metrics,
+    episode_sample_rows,
+    evaluate_episodes,
+)
 from mmrl.rl.experience import Group, RolloutBackend, collect_step
 from mmrl.rl.reference import ReferencePolicy, make_reference
 from mmrl.rl.stages import ResolvedStage, StageSchedule
@@ -77,6 +83,8 @@ class GRPOTrainer:
         self.run: TrainingRun = start_run(cfg, total_steps=self.schedule.total_steps)
         try:
             self.interface = self._interface()
+            if cfg.env.name:  # multi-turn: a family the episodes cannot run on is refused before a step
+                check_episode_model(self.run.model)
         except BaseException:
             self.run.close()
             if fresh:  # refused before a step (a model with no frame): rerunning with model.pred_frame must just work

@@ -81,3 +81,14 @@ def test_multiturn_run_trains_logs_episodes_and_resumes_exactly(tmp_path):
     assert all(torch.equal(after[k], final[k]) for k in after)
     resumed_rows = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in resumed_rows[-2:]] == [r["loss"] for r in rows[-2:]]
+
+
+def test_a_family_episodes_cannot_run_on_is_refused_before_a_step(tmp_path, real_family_models):
+    import pytest
+
+    from mmrl.errors import UserError
+
+    cfg = _config(tmp_path, tmp_path / "refused", 1, **{"model.name_or_path": real_family_models("smolvlm")})
+    with pytest.raises(UserError, match="multi-turn episodes run on Qwen2-VL, Qwen2.5-VL and Qwen3-VL models"):
+        GRPOTrainer(cfg)
+    assert not (tmp_path / "refused" / "metrics.jsonl").exists()
