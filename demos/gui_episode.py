@@ -15,8 +15,9 @@ from mmrl.data.collate import encode_one
 from mmrl.data.sample import Sample
 from mmrl.envs.registry import get_environment
 from mmrl.envs.safe import EpisodeEnded, ObservationLimits, SafeEnvironment
+from mmrl.errors import UserError
 from mmrl.generation.conversation import ObservationTail
-from mmrl.generation.multiturn import EpisodeLimits, SteppedEpisode
+from mmrl.generation.multiturn import EpisodeLimits, SteppedEpisode, check_episode_model
 from mmrl.generation.types import SamplingParams
 
 
@@ -43,6 +44,10 @@ class EpisodeDemo:
         backend = self.model._backend
         if not hasattr(backend, "rollout"):
             raise DemoInputError("episodes need a local model (a checkpoint or preset), not an HTTP endpoint")
+        try:
+            check_episode_model(backend.model)
+        except UserError as err:
+            raise DemoInputError(str(err).removeprefix("env.name: ")) from None
         data_cfg = self.model.trained.data_cfg
         limits = ObservationLimits(
             max_pixels=data_cfg.max_pixels, min_pixels=data_cfg.min_pixels, max_image_pixels=data_cfg.max_image_pixels

@@ -23,9 +23,21 @@ from typing import Any
 import torch
 
 from mmrl.envs.safe import EpisodeEnded, SafeEnvironment
+from mmrl.errors import UserError
 from mmrl.generation.conversation import ObservationTail
 from mmrl.generation.types import SamplingParams
-from mmrl.models.prefix import strip_padding
+from mmrl.models.prefix import strip_padding, supports_prefix_sharing, unwrap
+
+
+def check_episode_model(model: Any) -> None:
+    """Multi-turn episodes run on the M-RoPE families (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), whose image inputs (pixel rows
+    and a grid per image) concatenate across turns; anything else is refused in one line before a step."""
+    if not supports_prefix_sharing(model):
+        kind = getattr(getattr(unwrap(model), "config", None), "model_type", type(model).__name__)
+        raise UserError(
+            f"env.name: multi-turn episodes run on Qwen2-VL, Qwen2.5-VL and Qwen3-VL models; this model is "
+            f"'{kind}'; use one of those families or remove env.name"
+        )
 
 
 @dataclass

@@ -24,7 +24,6 @@ from mmrl.data.sample import Sample
 from mmrl.engine.distributed import stream_seed
 from mmrl.envs.registry import get_environment
 from mmrl.envs.safe import TERMINATIONS, EpisodeEnded, ObservationLimits, SafeEnvironment
-from mmrl.errors import UserError
 from mmrl.generation.conversation import ObservationTail
 from mmrl.generation.hf import backend_device
 from mmrl.generation.hf_context import context_length
@@ -33,20 +32,8 @@ from mmrl.generation.types import SamplingParams
 from mmrl.models.episode_forward import EPISODE_KEY
 from mmrl.models.interface import ModelInterface
 from mmrl.models.placement import to_device
-from mmrl.models.prefix import supports_prefix_sharing, unwrap
 from mmrl.rl.experience import Group, RolloutBackend
 from mmrl.rl.stages import ResolvedStage
-
-
-def check_episode_model(model: Any) -> None:
-    """Multi-turn episodes run on the M-RoPE families (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), whose image inputs (pixel rows
-    and a grid per image) concatenate across turns; anything else is refused in one line before a step."""
-    if not supports_prefix_sharing(model):
-        kind = getattr(getattr(unwrap(model), "config", None), "model_type", type(model).__name__)
-        raise UserError(
-            f"env.name: multi-turn episodes run on Qwen2-VL, Qwen2.5-VL and Qwen3-VL models; this model is "
-            f"'{kind}'; use one of those families or remove env.name"
-        )
 
 
 def _limits(cfg: MMRLConfig, data_cfg: DataConfig) -> ObservationLimits:

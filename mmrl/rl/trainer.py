@@ -27,15 +27,10 @@ from mmrl.engine.run_dir import discard_fresh_run, release_run_dir, used_run_fil
 from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
 from mmrl.generation.hf import check_backend, make_backend
+from mmrl.generation.multiturn import check_episode_model
 from mmrl.models.interface import ModelInterface, eval_coordinate_tasks, interface_of, reads_coordinates
 from mmrl.rewards.composite import RewardComposite
-from mmrl.rl.episodes import (
-    check_episode_model,
-    collect_episodes,
-    episode_metrics,
-    episode_sample_rows,
-    evaluate_episodes,
-)
+from mmrl.rl.episodes import collect_episodes, episode_metrics, episode_sample_rows, evaluate_episodes
 from mmrl.rl.experience import Group, RolloutBackend, collect_step
 from mmrl.rl.reference import ReferencePolicy, make_reference
 from mmrl.rl.stages import ResolvedStage, StageSchedule
