@@ -59,8 +59,10 @@ BUILDERS: Registry[Builder] = Registry("builder", "build-data")
 # Argument names builders give their output directory: checked writable by `mmrl build-data`, set to the step
 # directory by a pipeline step that does not give one.
 OUTPUT_FIELDS = ("out", "out_dir", "output", "output_dir")
-# Modules that register more builders (cold-start, rejection sampling, digits); each must exist (a test imports them all).
-BUILDER_MODULES: list[str] = ["data_pipelines.cold_start.cli", "data_pipelines.rejection", "data_pipelines.digits"]
+# Modules that register more builders (cold-start, rejection sampling, digits, multi-turn episodes); each must exist
+# (a test imports them all).
+BUILDER_MODULES: list[str] = ["data_pipelines.cold_start.cli", "data_pipelines.rejection", "data_pipelines.digits",
+                              "data_pipelines.synthetic.episodes"]
 
 
 def register_builder(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],

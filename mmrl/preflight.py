@@ -175,6 +175,27 @@ def check_names(cfg: Any, where: Callable[[str], str]) -> None:
             raise ConfigError(f"{where(field)}: {field}: {problem}")
     _check_reward_kwargs(cfg, where)
     _check_reward_lists(cfg, where)
+    _check_environment(cfg, where)
+
+
+def _check_environment(cfg: Any, where: Callable[[str], str]) -> None:
+    """`env.name` names an environment (built-in or file.py:Class) and `env.kwargs` are arguments it takes."""
+    env = getattr(cfg, "env", None)
+    if env is None or env.name is None:
+        return
+    from mmrl.envs.registry import get_environment, kwargs_problem
+
+    try:
+        get_environment(env.name)
+        problem = kwargs_problem(env.name, env.kwargs)
+    except UserError as err:
+        message = str(err) if str(err).startswith("env.name") else f"env.name: {err}"
+        raise ConfigError(f"{where('env.name')}: {message}") from None
+    if problem is not None:
+        raise ConfigError(f"{where('env.kwargs')}: env.kwargs: {problem}")
+    if cfg.algorithm.online_filter.enabled:
+        raise ConfigError(f"{where('algorithm.online_filter.enabled')}: algorithm.online_filter does not take part "
+                          "in multi-turn episodes (env.name is set); set algorithm.online_filter.enabled=false")
 
 
 def _check_reward_kwargs(cfg: Any, where: Callable[[str], str]) -> None:

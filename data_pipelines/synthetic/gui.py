@@ -67,6 +67,11 @@ def _draw_screen(rng: random.Random, size: int) -> tuple[Image.Image, dict[str, 
     return image, {"buttons": buttons, "field": field, "apps": apps, "back": back}
 
 
+def draw_screen(rng: random.Random, size: int) -> tuple[Image.Image, dict[str, Any]]:
+    """A random screen and its layout (the multi-turn `gui_steps` environment re-renders on top of it)."""
+    return _draw_screen(rng, size)
+
+
 def _answer_text(action: dict[str, Any]) -> str:
     return str([action])
 

@@ -10,6 +10,7 @@ from pydantic import Field, ValidationInfo, model_validator
 
 from mmrl.config.base import Section
 from mmrl.config.data import DataConfig
+from mmrl.config.env import EnvConfig
 from mmrl.config.model import ModelConfig
 from mmrl.config.optim import SEED_MAX, OptimizerConfig, TrainerConfig
 from mmrl.config.rl import AlgorithmConfig, RewardSpec, RolloutConfig
@@ -46,6 +47,8 @@ class MMRLConfig(Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Sampling of completions.")
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="Advantages, loss, KL, filtering.")
     rewards: list[RewardSpec] = Field(default_factory=_default_rewards, description="Weighted reward components.")
+    env: EnvConfig = Field(default_factory=EnvConfig, description="Multi-turn episodes against an environment "
+                           "(docs/multiturn.md); env.name null: single-turn RL.")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="Optimizer and schedule.")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Run length, logging, checkpoints.")
     stages: list[StageConfig] = Field(default_factory=list, description="Curriculum / PTST stages (empty: one stage).")

@@ -264,6 +264,8 @@ class VLLMBackend:
         )
 
     def _inputs(self, prompt: Any, data_cfg: Any) -> dict[str, Any]:
+        if isinstance(prompt, dict) and "prompt_token_ids" in prompt:  # a multi-turn episode's conversation so far
+            return prompt  # (`mmrl.generation.multiturn.vllm_input`): token ids as sampled, images expanded
         if isinstance(prompt, Prompt):
             prompt = prompt_to_sample(prompt)
         if not isinstance(prompt, Sample):

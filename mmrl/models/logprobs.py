@@ -154,7 +154,15 @@ def completion_logprobs(
     prompt: processor output for one prompt (batch dim 1: input_ids, attention_mask, mm_token_type_ids, pixel_values,
     image_grid_thw). completion_ids / completion_mask: [G, T], right padded. Logits are divided by `temperature`
     (the sampling temperature, as TRL does). Falls back to `naive_completion_logprobs` for models it cannot branch.
+    Multi-turn episode groups (`mmrl.models.episode_forward`) with images after the prompt run one full sequence each.
     """
+    from mmrl.models.episode_forward import EPISODE_KEY, episode_logprobs, has_episode_images, without_episode_rows
+
+    if EPISODE_KEY in prompt:
+        if has_episode_images(prompt) or not supports_prefix_sharing(model):
+            return episode_logprobs(model, prompt, completion_ids, completion_mask, temperature=temperature,
+                                    chunk_size=chunk_size)
+        prompt = without_episode_rows(prompt)  # text-only observations: the shared prefix serves them
     if not supports_prefix_sharing(model):
         note_naive_fallback(model)
         return naive_completion_logprobs(model, prompt, completion_ids, completion_mask,

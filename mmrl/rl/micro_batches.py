@@ -88,8 +88,10 @@ class MicroBatch:
             rows = t.index_select(0, self.rows.to(t.device))
             return rows[:, : self.width] if per_token else rows
 
+        rows = group.prompt.get("episode_rows")  # multi-turn episodes: per-row images (mmrl.rl.episodes)
+        prompt = group.prompt if rows is None else {**group.prompt, "episode_rows": [rows[i] for i in self.rows.tolist()]}
         return dataclasses.replace(
-            group, completion_ids=cut(group.completion_ids), completion_mask=cut(group.completion_mask),
+            group, prompt=prompt, completion_ids=cut(group.completion_ids), completion_mask=cut(group.completion_mask),
             truncated=cut(group.truncated, per_token=False), advantages=cut(group.advantages, per_token=False),
             old_logp=cut(group.old_logp), ref_logp=cut(group.ref_logp), sampler_logp=cut(group.sampler_logp),
             texts=[group.texts[i] for i in self.rows.tolist()] if group.texts else group.texts,
