@@ -26,6 +26,7 @@ from mmrl.models.prefix import (
     can_stack,
     continue_from,
     drop_leading_slots,
+    rollout_cache,
     run_prefix,
     stack_prefixes,
     unwrap,
@@ -74,7 +75,7 @@ def decode_shared_prefix(model: Any, prompts: Sequence[dict[str, Any]], params: 
     generator (one entry: shared by all, as for greedy decoding)."""
     prefixes = []
     for prompt in prompts:
-        prefixes.append(run_prefix(model, prompt))
+        prefixes.append(run_prefix(model, prompt, cache=rollout_cache(model)))  # bf16 keys/values under autocast
         counters["prefill_tokens"] += prefixes[-1].length
     if len(prefixes) > 1 and not all(can_stack(p.cache) for p in prefixes):
         # A cache that cannot be left padded (sliding-window layers): each prompt decodes on its own.

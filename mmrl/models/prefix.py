@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 # Processor outputs that are laid out per prompt token ([1, P]); everything else (pixel_values, image_grid_thw) is
 # per image.
@@ -135,6 +136,36 @@ def run_prefix(model: Any, prompt: dict[str, Any], cache: Any = None) -> Prefix:
     )
     reset_rope_deltas(model)
     return Prefix(out.last_hidden_state[:, -1], _output_cache(out), prompt["input_ids"].shape[1], delta)
+
+
+class ComputeDtypeCache(DynamicCache):
+    """A KV cache that stores keys and values in the compute dtype.
+
+    Under bf16 autocast over fp32 weights, RoPE multiplies the keys by fp32 cos/sin, so the keys reach the cache in
+    fp32 (the values, straight from a bf16 matmul, in bf16): a rollout's cache, the largest buffer of the decode,
+    was half again as big as it needs to be, and every step's attention read fp32 keys that autocast casts to bf16
+    anyway. Rounding them once when they are stored gives the attention the same bf16 keys."""
+
+    def __init__(self, *args: Any, dtype: torch.dtype, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.dtype = dtype
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().update(key_states.to(self.dtype), value_states.to(self.dtype), layer_idx, *args, **kwargs)
+
+
+def rollout_cache(model: Any) -> DynamicCache | None:
+    """The cache a rollout prefill starts from: one holding the compute dtype when that is below the weights' (bf16
+    autocast over fp32 weights), else None (the model's own cache, already in its weights' dtype)."""
+    from mmrl.models.placement import compute_dtype
+
+    inner = unwrap(model)
+    dtype = compute_dtype(model)
+    weights = getattr(inner, "dtype", torch.float32)
+    if dtype == weights or dtype.itemsize >= weights.itemsize:
+        return None
+    return ComputeDtypeCache(config=inner.model.language_model.config, dtype=dtype)
 
 
 def text_positions(start: int | torch.Tensor, length: int, batch: int, rope_delta: torch.Tensor) -> torch.Tensor:

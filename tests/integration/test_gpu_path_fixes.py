@@ -104,3 +104,48 @@ def test_training_forward_runs_the_lm_head_in_bf16_and_only_the_log_softmax_in_f
     with torch.no_grad():
         exact = completion_logprobs(reference, prompt, ids, mask)
     assert (logp - exact).abs().max() < 2e-2  # measured 5e-3 with the tiny preset (bf16: 8 significant bits)
+
+
+@pytest.fixture(scope="module")
+def mixed_policy():
+    """fp32 weights under bf16 autocast (model.dtype=bf16 for training): what a GPU run trains."""
+    torch.manual_seed(0)
+    loaded = load_policy(load_config(None, ["model.dtype=bf16"]).model, device="cpu")
+    return loaded.model, loaded.processor
+
+
+def _rollout(model, processor, monkeypatch, cache_dtypes: list) -> object:
+    from transformers import DynamicCache
+
+    from mmrl.generation import SamplingParams
+    from mmrl.generation.hf import make_backend
+
+    update = DynamicCache.update
+
+    def spy(self, key_states, value_states, layer_idx, *args, **kwargs):
+        keys, values = update(self, key_states, value_states, layer_idx, *args, **kwargs)
+        cache_dtypes.append((keys.dtype, values.dtype))
+        return keys, values
+
+    monkeypatch.setattr(DynamicCache, "update", spy)
+    prompts = [image_prompt(processor, 56, "what color?", seed=0), image_prompt(processor, 84, "how many?", seed=1)]
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=6, seed=0, logprobs=True)
+    return make_backend(model, processor).rollout(prompts, params)
+
+
+def test_a_bf16_rollout_keeps_its_kv_cache_in_bf16_and_samples_the_same_tokens(mixed_policy, monkeypatch):
+    """RoPE's fp32 cos/sin left the keys of a bf16-autocast rollout in fp32 (the cache half again as big); stored in
+    bf16 they are what the attention cast them to anyway, so the tokens and log-probs are the same bit for bit."""
+    import mmrl.generation.hf_decode as hf_decode
+
+    model, processor = mixed_policy
+    stored: list = []
+    batch = _rollout(model, processor, monkeypatch, stored)
+    assert stored and set(stored) == {(torch.bfloat16, torch.bfloat16)}
+
+    before: list = []  # the model's own cache, as the rollout used before
+    monkeypatch.setattr(hf_decode, "rollout_cache", lambda model: None)
+    plain = _rollout(model, processor, monkeypatch, before)
+    assert (torch.float32, torch.bfloat16) in set(before)  # the waste this fixes
+    assert torch.equal(batch.completion_ids, plain.completion_ids)
+    assert torch.equal(batch.logprobs, plain.logprobs)
