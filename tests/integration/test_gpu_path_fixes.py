@@ -149,3 +149,99 @@ def test_a_bf16_rollout_keeps_its_kv_cache_in_bf16_and_samples_the_same_tokens(m
     assert (torch.float32, torch.bfloat16) in set(before)  # the waste this fixes
     assert torch.equal(batch.completion_ids, plain.completion_ids)
     assert torch.equal(batch.logprobs, plain.logprobs)
+
+
+# Ops that make the host wait for the device (on a GPU): a tensor read as a Python number, or an op whose output
+# size depends on tensor values.
+_SYNC_OPS = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive", "masked_select"}
+
+
+class _HostSyncs(TorchDispatchMode):
+    """Records every op of the block that would sync a CUDA stream, with `where()` (a caller's label) at that moment.
+    On the CPU nothing waits, but the same ops run: what syncs on a GPU is visible here."""
+
+    def __init__(self, where) -> None:
+        super().__init__()
+        self.where = where
+        self.seen: list[tuple[object, str]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        indices = args[1] if name in ("index", "index_put_") and len(args) > 1 else ()
+        boolean_index = any(isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in indices or ())
+        if name in _SYNC_OPS or boolean_index or str(func) == "aten.repeat_interleave.Tensor":
+            self.seen.append((self.where(), name))
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self):
+        original = self._tolist = torch.Tensor.tolist
+
+        def tolist(tensor):
+            self.seen.append((self.where(), "tolist"))
+            return original(tensor)
+
+        torch.Tensor.tolist = tolist
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.Tensor.tolist = self._tolist
+        return super().__exit__(*exc)
+
+
+@pytest.fixture(scope="module")
+def early_eos_model(policy):
+    """A copy of the tiny policy whose EOS logit is pushed up: sampled rows end at varied steps (rows leave the batch)."""
+    model, processor = policy
+    model = copy.deepcopy(model)
+    prompt = image_prompt(processor, 112, "how many shapes?", 0)
+    eos = processor.tokenizer.eos_token_id
+    with torch.no_grad():
+        direction = model.model(**prompt).last_hidden_state[0].mean(0)
+        model.lm_head.weight[eos] = direction * (4.0 / direction.dot(direction))
+    model.model.rope_deltas = None
+    return model, processor
+
+
+def test_the_decode_loop_reads_the_device_only_every_sync_every_steps(early_eos_model, monkeypatch):
+    """A host sync per decode step (`bool(still.any())`, `.nonzero()`, `torch.unique(...).tolist()`, the entropy's
+    `float`) stalls the GPU between steps. mmrl's loop now looks at the device once every SYNC_EVERY steps (prompts of
+    three lengths, per-prompt streams, rows finishing at varied steps: every branch of the loop runs)."""
+    import mmrl.generation.hf_decode as hf_decode
+    from mmrl.generation import SamplingParams
+    from mmrl.generation.hf import HFSharedPrefixBackend
+    from tests.integration.chat_prompts import text_prompt
+
+    model, processor = early_eos_model
+    state = {"step": 0, "in_model": False}
+    pick, forward = hf_decode._pick, hf_decode.continue_from
+
+    def counted_pick(*args, **kwargs):  # called once per decode step
+        state["step"] += 1
+        return pick(*args, **kwargs)
+
+    def model_forward(*args, **kwargs):
+        state["in_model"] = True
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            state["in_model"] = False
+
+    monkeypatch.setattr(hf_decode, "_pick", counted_pick)
+    monkeypatch.setattr(hf_decode, "continue_from", model_forward)
+    prompts = [
+        image_prompt(processor, 112, "how many shapes?", 0),
+        text_prompt(processor, "what is 2 + 3?"),
+        image_prompt(processor, 56, "colour?", 1),
+    ]
+    params = SamplingParams(n=4, max_new_tokens=20, temperature=0.9, top_p=0.95, top_k=300, logprobs=True)
+    with _HostSyncs(lambda: (state["step"], state["in_model"])) as syncs:
+        batch = HFSharedPrefixBackend(model, processor).rollout(prompts, params, prompt_seeds=[1, 2, 3])
+    lengths = batch.completion_mask.sum(1)
+    assert len(set(lengths.tolist())) > 3 and int(lengths.min()) < hf_decode.SYNC_EVERY  # rows left at varied steps
+    steps = state["step"]
+    loop = {step for (step, in_model), _ in syncs.seen if not in_model and 0 < step < steps}
+    assert loop and all(step % hf_decode.SYNC_EVERY == 0 for step in loop), sorted(loop)
+    # transformers' own: with left padding in the batch, its SDPA mask code asks whether the padding mask is all ones
+    # (`_ignore_causal_mask_sdpa`); mmrl passes no mask once no live row is padded
+    in_model = [name for (_, inside), name in syncs.seen if inside]
+    assert set(in_model) <= {"_local_scalar_dense"} and len(in_model) < steps
