@@ -245,3 +245,41 @@ def test_the_decode_loop_reads_the_device_only_every_sync_every_steps(early_eos_
     # (`_ignore_causal_mask_sdpa`); mmrl passes no mask once no live row is padded
     in_model = [name for (_, inside), name in syncs.seen if inside]
     assert set(in_model) <= {"_local_scalar_dense"} and len(in_model) < steps
+
+
+def test_processes_waiting_for_the_main_one_outlast_the_process_groups_timeout(port_args):
+    """The main process evaluates and saves alone; the others wait in `barrier` / `all_gather_objects`. On the default
+    group (NCCL on GPUs: 10 minutes) the wait timed out; through the host group it lasts `MAIN_ALONE_TIMEOUT`. Shown
+    with a gloo default group given 3 seconds and a main process busy 5 seconds, twice."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    port = port_args()[1]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(root),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": port,
+        "WORLD_SIZE": "2",
+    }
+    script = root / "tests" / "fixtures" / "trainer" / "wait_for_main.py"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), "5"],
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    lines = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert [line["views"] for line in lines] == [[0, 1], [0, 1]]
+    assert {line["host_backend"] for line in lines} == {"gloo"}
