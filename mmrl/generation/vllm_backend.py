@@ -267,6 +267,10 @@ class VLLMBackend:
 
     def _wake(self) -> None:
         if self._asleep:
+            # The training step's freed activations are still held by torch's caching allocator, which the engine's
+            # own allocator cannot use: hand them back to the driver first, or the engine's weights and KV cache
+            # do not fit where they fit at start (TRL's colocate mode does the same).
+            torch.cuda.empty_cache()
             try:
                 self.llm.wake_up(tags=["weights"])  # weights first: the KV cache stays freed during the copy
             except TypeError:  # a vLLM without wake-up tags

@@ -283,3 +283,36 @@ def test_processes_waiting_for_the_main_one_outlast_the_process_groups_timeout(p
     lines = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
     assert [line["views"] for line in lines] == [[0, 1], [0, 1]]
     assert {line["host_backend"] for line in lines} == {"gloo"}
+
+
+def test_adamw_state_allocated_before_the_engine_starts_trains_exactly_as_the_lazy_one(policy):
+    """A colocated vLLM engine checks the free memory when it starts; AdamW's moments, made lazily at the first step,
+    came after that check (and the first wake-up after step 1 ran out of memory). `allocate_state` makes them first:
+    both moments of every parameter exist, the parameters are unchanged, and three steps later the weights and state
+    are those of the lazily made optimizer, bit for bit."""
+    from mmrl.config.optim import OptimizerConfig
+    from mmrl.engine.optim import allocate_state, build_optimizer
+
+    model, _ = policy
+    cfg = OptimizerConfig(lr=1e-2, weight_decay=0.1)
+    eager_model, lazy_model = copy.deepcopy(model), copy.deepcopy(model)
+    eager = build_optimizer([p for p in eager_model.parameters() if p.requires_grad], cfg)
+    lazy = build_optimizer([p for p in lazy_model.parameters() if p.requires_grad], cfg)
+    allocate_state(eager)
+    params = [p for p in eager_model.parameters() if p.requires_grad]
+    assert all(
+        eager.state[p]["exp_avg"].shape == p.shape and eager.state[p]["exp_avg_sq"].shape == p.shape for p in params
+    )
+    assert all(torch.equal(a, b) for a, b in zip(eager_model.parameters(), model.parameters()))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for a, b in zip(eager_model.parameters(), lazy_model.parameters()):
+            if a.requires_grad:
+                a.grad = torch.randn(a.shape, generator=gen)
+                b.grad = a.grad.clone()
+        eager.step()
+        lazy.step()
+    assert all(torch.equal(a, b) for a, b in zip(eager_model.parameters(), lazy_model.parameters()))
+    lazy_params = [p for p in lazy_model.parameters() if p.requires_grad]
+    for a, b in zip(params, lazy_params):
+        assert all(torch.equal(eager.state[a][k], lazy.state[b][k]) for k in ("step", "exp_avg", "exp_avg_sq"))
