@@ -217,9 +217,18 @@ class _UpdateContext:
     kl_in_loss: bool
     plan: MicroBatchPlan
     vision: dict[str, Any]
-    # id() of each group whose loss is not exactly 0, decided on the host once, before the first backward: asking a
-    # group's advantages at its turn made the host wait for the previous group's backward to finish
-    contributing: frozenset[int] = frozenset()
+    # id(group) -> which of its rows have a zero advantage, read on the host once, before the first forward: asking
+    # the device at each micro-batch made the host wait for the previous backward to finish
+    zero_advantage: dict[int, list[bool]] = field(default_factory=dict)
+
+    def contributes(self, group: Group, part: MicroBatch | None = None) -> bool:
+        """`_contributes` of the group (or of `part`'s rows of it), from the host's copy of the advantages."""
+        if self.kl_in_loss:
+            return True
+        zero = self.zero_advantage[id(group)]
+        if part is None or part.whole:
+            return not all(zero)
+        return not all(zero[row] for row in (part.host_rows or part.rows.tolist()))
 
 
 @dataclass(frozen=True)
@@ -255,8 +264,11 @@ def _update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, referen
         contributing = [g for g in groups if _contributes(g, kl_in_loss)]
         plan = plan_micro_batches(run, contributing)
         prepare_old_and_ref(run, contributing, plan, reference, vision)
-    contributing = frozenset(id(g) for g in groups if _contributes(g, kl_in_loss))
-    ctx = _UpdateContext(run, stage, policy_loss, kl_in_loss, plan, vision, contributing=contributing)
+    zero = torch.cat([g.advantages == 0 for g in groups]).tolist() if groups else []  # one read for all groups
+    sizes = [len(g.advantages) for g in groups]
+    starts = [sum(sizes[:i]) for i in range(len(groups))]
+    ctx = _UpdateContext(run, stage, policy_loss, kl_in_loss, plan, vision,
+                         zero_advantage={id(g): zero[a:a + n] for g, a, n in zip(groups, starts, sizes)})
     tally = _Tally()
     for iteration in range(algo.num_iterations):
         for mini in split_groups(groups, algo.mini_batches):
@@ -276,7 +288,7 @@ def _train_mini_batch(ctx: _UpdateContext, mini: list[Group], measure_mismatch: 
     for group, mask in zip(mini, masks):
         # All-zero advantages and no KL term: the loss is exactly 0 whatever the ratio, so skip the forward
         # (a speed-up only: its tokens still count in the normalisers and the optimizer still steps).
-        if id(group) not in ctx.contributing:
+        if not ctx.contributes(group):
             continue
         pieces = [_train_micro_batch(ctx, group, part, mask, norms, measure_mismatch) for part in ctx.plan[id(group)]]
         forwards.append([f for f in pieces if f is not None])
@@ -291,7 +303,7 @@ def _train_micro_batch(ctx: _UpdateContext, group: Group, part: MicroBatch, mask
     [G, T]); None when these rows' loss is exactly 0 (no forward runs)."""
     run, algo, policy_loss = ctx.run, ctx.run.cfg.algorithm, ctx.policy_loss
     piece = part.of(group)  # the group itself without a token budget
-    if not part.whole and not _contributes(piece, ctx.kl_in_loss):  # a whole group was decided before the backwards
+    if not ctx.contributes(group, part):
         return None
     with reuse_image_features(run.model, piece.image_features, ctx.vision):
         logp = run.logprobs(piece.prompt, piece.completion_ids, piece.completion_mask, run.cfg.rollout.temperature)

@@ -316,3 +316,67 @@ def test_adamw_state_allocated_before_the_engine_starts_trains_exactly_as_the_la
     lazy_params = [p for p in lazy_model.parameters() if p.requires_grad]
     for a, b in zip(params, lazy_params):
         assert all(torch.equal(eager.state[a][k], lazy.state[b][k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+
+
+def test_the_update_reads_nothing_from_the_device_between_its_forwards_and_backwards(tmp_path, monkeypatch):
+    """Between the first training forward of a step and its last backward, the update's own code (rl/update.py,
+    rl/micro_batches.py) made the host wait at every micro-batch: whether its rows' advantages were all zero, which
+    rows it held (for their texts). Both are now known on the host before the first forward. Two groups cut into
+    token-budget micro-batches, no KL term (the zero-advantage check is not short-cut) and rollout-engine log-probs.
+    (The loss functions' own float() metrics and transformers' M-RoPE index are other modules' syncs.)"""
+    import sys
+    import traceback
+    from pathlib import Path
+
+    from data_pipelines.synthetic import build_synthetic
+    from mmrl.rl.trainer import GRPOTrainer
+    from mmrl.rl.update import policy_update
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(root / "tests" / "fixtures" / "trainer"))
+    from fixed_groups import fixed_group
+
+    data = build_synthetic(["color"], 4, 0, tmp_path / "data", image_size=56)
+    overrides = [
+        f"data.train={data}",
+        f"trainer.output_dir={tmp_path / 'run'}",
+        "trainer.report_to=[jsonl]",
+        "trainer.progress=false",
+        "model.dtype=fp32",
+        "trainer.device=cpu",
+        "algorithm.beta=0.0",
+        "trainer.max_tokens_per_micro_batch=60",
+    ]
+    trainer = GRPOTrainer(load_config(root / "configs" / "tests" / "grpo_tiny.yaml", overrides))
+    groups = [fixed_group(trainer, 0, i, sampler_logp=True) for i in range(2)]
+    events: list[tuple[str, str]] = []
+    logprobs, backward = trainer.run.logprobs, torch.Tensor.backward
+
+    def forward(*args, **kwargs):
+        events.append(("forward", ""))
+        return logprobs(*args, **kwargs)
+
+    def counted_backward(self, *args, **kwargs):
+        events.append(("backward", ""))
+        return backward(self, *args, **kwargs)
+
+    def where() -> str:  # called once per sync: recorded in order with the forwards and backwards
+        mmrl_frames = [f.filename for f in traceback.extract_stack() if f"{root}/mmrl/" in f.filename]
+        place = mmrl_frames[-1].removeprefix(f"{root}/") if mmrl_frames else "?"
+        events.append(("sync", place))
+        return place
+
+    trainer.run.logprobs = forward
+    monkeypatch.setattr(torch.Tensor, "backward", counted_backward)
+    with _HostSyncs(where):
+        policy_update(trainer.run, groups, trainer.schedule.stage_at(0), trainer.reference)
+    kinds = [kind for kind, _ in events]
+    first, last = kinds.index("forward"), len(kinds) - 1 - kinds[::-1].index("backward")
+    assert kinds.count("backward") >= 4  # the groups really were cut into several micro-batches
+    ours = [
+        place
+        for kind, place in events[first:last]
+        if kind == "sync" and place in ("mmrl/rl/update.py", "mmrl/rl/micro_batches.py")
+    ]
+    assert not ours, ours
+    del sys.modules["fixed_groups"]
