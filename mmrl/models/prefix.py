@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,8 +95,27 @@ class Prefix:
     rope_delta: torch.Tensor  # [1, 1] long: M-RoPE offset of text positions after the prompt
 
 
+# The M-RoPE positions of the prompts forwarded lately, by their input_ids tensor (kept until it is freed): a step
+# forwards one prompt many times (rollout, old and reference log-probs, each training micro-batch), and
+# `get_rope_index` reads the token kinds and image grids on the host (several device syncs per forward).
+_POSITIONS: dict[int, tuple[Any, tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]]] = {}
+_POSITION_KEYS = ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "attention_mask")
+
+
 def prompt_positions(core: Any, prompt: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """3-D M-RoPE positions [3, 1, P] of the prompt and its rope delta [1, 1]."""
+    """3-D M-RoPE positions [3, 1, P] of the prompt and its rope delta [1, 1]; computed once per prompt tensor."""
+    ids = prompt["input_ids"]
+    others = tuple(prompt.get(key) for key in _POSITION_KEYS)
+    cached = _POSITIONS.get(id(ids))
+    if cached is not None and cached[0]() is ids and all(a is b for a, b in zip(cached[1], others)):
+        return cached[2]
+    result = _prompt_positions(core, prompt)
+    key = id(ids)
+    _POSITIONS[key] = (weakref.ref(ids, lambda _, key=key: _POSITIONS.pop(key, None)), others, result)
+    return result
+
+
+def _prompt_positions(core: Any, prompt: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     ids = prompt["input_ids"]
     types = prompt.get("mm_token_type_ids")
     has_vision = prompt.get("image_grid_thw") is not None or prompt.get("video_grid_thw") is not None

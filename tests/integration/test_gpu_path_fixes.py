@@ -4,6 +4,7 @@ the first GPU check). Each test names the waste or the error it guards against."
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -380,3 +381,27 @@ def test_the_update_reads_nothing_from_the_device_between_its_forwards_and_backw
     ]
     assert not ours, ours
     del sys.modules["fixed_groups"]
+
+
+def test_a_prompt_forwarded_again_reuses_its_m_rope_positions(policy, monkeypatch):
+    """`get_rope_index` reads token kinds and image grids on the host (several syncs per call), and a step forwards
+    one prompt many times (old and reference log-probs, every training micro-batch): it now runs once per prompt
+    tensor, with the same log-probs; another prompt gets its own."""
+    model, processor = policy
+    core = type(model.model)
+    calls = []
+    original = core.get_rope_index
+
+    @functools.wraps(original)  # its signature too: the prefix route checks it takes mm_token_type_ids
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(core, "get_rope_index", counted)
+    prompt, ids, mask = _group(processor, seed=5)
+    first = completion_logprobs(model, prompt, ids, mask)
+    again = completion_logprobs(model, prompt, ids, mask)
+    assert len(calls) == 1 and torch.equal(first, again)
+    other, _, _ = _group(processor, seed=6)
+    completion_logprobs(model, other, ids, mask)
+    assert len(calls) == 2
