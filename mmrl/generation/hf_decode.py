@@ -116,8 +116,8 @@ def decode_shared_prefix(model: Any, prompts: Sequence[dict[str, Any]], params: 
 
 def _decode(model: Any, prefixes: list[Prefix], params: SamplingParams, streams: Sequence[torch.Generator | None],
             rules: DecodeRules, counters: dict[str, Any], on_token: Callable[[int], None] | None) -> list[Row]:
-    """The decode loop. The host reads the device once every SYNC_EVERY steps (and once per step only for what a
-    caller asked to see per token: streaming `on_token`, stop strings, which are text); everything else a step needs
+    """The decode loop. The host reads the device once every SYNC_EVERY steps, or at every step for a caller who asked
+    to see every token anyway (streaming `on_token`; stop strings, which are text); everything else a step needs
     (which rows finished, their lengths, the entropy sums) stays on the device."""
     n, steps = params.n, params.max_new_tokens
     lm_head = unwrap(model).lm_head
@@ -143,6 +143,9 @@ def _decode(model: Any, prefixes: list[Prefix], params: SamplingParams, streams:
     entropy_tokens = torch.zeros((), dtype=torch.long, device=device)
     live = _Live.of(list(range(rows)), n, device, per_prompt=not (params.greedy or len(streams) == 1))
     cut = 0  # leading padding slots already removed from the cache
+    # A caller that reads the device at every step anyway (streaming, stop strings) gets a look at every step: rows
+    # leave as soon as they finish, and a stream never sees a token after its end.
+    look_every = 1 if on_token is not None or params.stop else SYNC_EVERY
     for step in range(steps):
         was = finished[live.index]  # rows that finished since the last look stay in the batch until the next one
         # Entropy of the sampling distribution of the rows still decoding, for the metrics.
@@ -162,7 +165,7 @@ def _decode(model: Any, prefixes: list[Prefix], params: SamplingParams, streams:
         finished[live.index] = was | done
         if step + 1 == steps:
             break
-        if (step + 1) % SYNC_EVERY == 0:
+        if (step + 1) % look_every == 0:
             keep = (~finished[live.index]).tolist()  # the one host sync of these SYNC_EVERY steps
             if not any(keep):
                 break

@@ -405,3 +405,22 @@ def test_a_prompt_forwarded_again_reuses_its_m_rope_positions(policy, monkeypatc
     other, _, _ = _group(processor, seed=6)
     completion_logprobs(model, other, ids, mask)
     assert len(calls) == 2
+
+
+def test_a_stream_sees_no_token_after_its_end(policy):
+    """Streaming reads every token on the host anyway, so the loop looks at every step there: the row leaves at its
+    stop token and the stream ends with it (between two looks a finished row decodes throwaway tokens)."""
+    from mmrl.generation import SamplingParams
+    from mmrl.generation.hf import HFSharedPrefixBackend
+
+    model, processor = policy
+    backend = HFSharedPrefixBackend(model, processor)
+    prompt = image_prompt(processor, 56, "what colour?", 2)
+    first = backend.rollout([prompt], SamplingParams(n=1, max_new_tokens=6, temperature=0.0))
+    stop = int(first.completion_ids[0, 2])
+    streamed: list[int] = []
+    params = SamplingParams(n=1, max_new_tokens=12, temperature=0.0, stop_token_ids=(stop,))
+    batch = backend.rollout([prompt], params, on_token=streamed.append)
+    ends = first.completion_ids[0, :3].tolist()
+    assert stop not in ends[:2]  # the stop token first comes third
+    assert batch.completion_ids[0][batch.completion_mask[0].bool()].tolist() == ends == streamed
