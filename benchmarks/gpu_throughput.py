@@ -109,7 +109,7 @@ def make_prompts(processor, count: int, side: int, seed: int) -> list[dict]:
 
 def make_rollout_backend(args, model, processor, prompt_tokens: int):
     """(backend, the prompts its rollout takes): HF takes the encoded prompts, vLLM chat prompts with the images."""
-    from mmrl.generation.hf import make_backend
+    from mmrl.generation.backends import make_backend
 
     if args.backend == "hf":
         return make_backend(model, processor), None

@@ -89,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, device: torch.device, work: Path) -> int:
     from data_pipelines.synthetic import build_synthetic
-    from mmrl.config import load_config
     from mmrl.engine.run_logger import read_metrics
     from mmrl.models.tiny import build_tiny_model
+    from mmrl.preflight import load_config
     from mmrl.rl.trainer import GRPOTrainer
 
     cuda = device.type == "cuda"

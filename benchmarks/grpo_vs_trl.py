@@ -122,7 +122,7 @@ def mmrl_overrides(args: argparse.Namespace, data_path: Path, out_dir: Path) -> 
 def run_mmrl(args: argparse.Namespace, data_path: Path, work: Path, clock: PhaseClock | None = None) -> dict[str, Any]:
     """mmrl's timed run; `clock` may carry the caller's own wrapped phases (timed from the same step on, returned
     under "clock")."""
-    from mmrl.config import load_config
+    from mmrl.preflight import load_config
     from mmrl.rl.trainer import GRPOTrainer
 
     cfg = load_config(None, mmrl_overrides(args, data_path, work / "mmrl"))
@@ -177,11 +177,11 @@ def trl_dataset(args: argparse.Namespace, data_path: Path, processor: Any):
     from datasets import Dataset
     from trl.data_utils import prepare_multimodal_messages
 
-    from mmrl.config import load_config
     from mmrl.data.collate import encode_one
     from mmrl.data.dataset import load_datasets
     from mmrl.data.templates import build_messages
     from mmrl.data.vision import prepare_sample_images
+    from mmrl.preflight import load_config
 
     cfg = load_config(None, mmrl_overrides(args, data_path, Path(tempfile.gettempdir())))
     samples = load_datasets(list(cfg.data.train), cfg.data)
@@ -232,8 +232,8 @@ def run_trl(args: argparse.Namespace, data_path: Path, work: Path) -> dict[str, 
     from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from mmrl.config import load_config
     from mmrl.models.loading import load_policy
+    from mmrl.preflight import load_config
 
     cfg = load_config(None, mmrl_overrides(args, data_path, work / "trl"))
     loaded = load_policy(cfg.model, device=args.device, for_training=True)

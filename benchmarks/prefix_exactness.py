@@ -74,10 +74,10 @@ def relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], names: list
 
 
 def measure(preset: str, device: torch.device, dtype: str, checkpointing: bool, seed: int) -> dict:
-    from mmrl.config import load_config
     from mmrl.models.loading import load_policy, vision_parameter_names
     from mmrl.models.logprobs import completion_logprobs, naive_completion_logprobs
     from mmrl.models.placement import to_device
+    from mmrl.preflight import load_config
     from mmrl.rl.update import disable_dropout
 
     torch.manual_seed(seed)

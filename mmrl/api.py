@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from mmrl.config import MMRLConfig, trl_names
-from mmrl.config.loader import apply_overrides, build_config, load_config
 from mmrl.errors import UserError
+from mmrl.preflight import apply_overrides, build_config, load_config
 
 _SECTIONS = ("model", "data", "rollout", "algorithm", "optimizer", "trainer", "eval")
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """The one name -> object registry: advantages, losses, KL estimators, builders and backends are looked up by the name
-a config or the command line gives. `mmrl.config.names` validates config names through each registry's `names()`.
+a config or the command line gives. `mmrl.preflight` validates config names through each registry's `names()`.
 
 >>> REG = Registry("advantage")
 >>> @REG.register("zero")

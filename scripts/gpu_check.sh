@@ -206,7 +206,7 @@ else
   else
     # The extra of the installed torch (mmrl[vllm-torch211] ...): there is no plain vllm extra.
     hint=$("$PY" -c 'import torch; from mmrl.generation.vllm_pairs import install_hint; print(install_hint(torch.__version__))' \
-      2>/dev/null) || hint="pip install the mmrl[vllm-torch...] extra of this torch (README, Tested versions)"
+      2>/dev/null) || hint="pip install the mmrl[vllm-torch...] extra of this torch (docs/compatibility.md, tested versions)"
     skip vllm "vLLM is not installed here ($hint on a machine that has a registry, then rerun)"
   fi
   # shellcheck disable=SC2016

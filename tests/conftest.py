@@ -45,6 +45,15 @@ def colour_checkpoint(tmp_path_factory):
     return train_colour_checkpoint(tmp_path_factory.mktemp("colour-checkpoint"))
 
 
+@pytest.fixture(scope="session")
+def quickstart_checkpoint(tmp_path_factory):
+    """The quickstart's cold-start checkpoint (`configs/quickstart.yaml`'s data and sft steps, `small`;
+    `tests.unit.demo_assets.train_quickstart_checkpoint`), trained once per session for the browser demos."""
+    from tests.unit.demo_assets import train_quickstart_checkpoint
+
+    return train_quickstart_checkpoint(tmp_path_factory.mktemp("quickstart-checkpoint"))
+
+
 def _free_port_args() -> list[str]:
     """`accelerate launch` arguments for a free port: the preset's fixed port can still be held by the previous
     launch's store. Asked anew for each launch (a port is free only until someone binds it)."""

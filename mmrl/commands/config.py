@@ -10,7 +10,8 @@ import yaml
 from pydantic import BaseModel
 
 from mmrl.commands import add_command
-from mmrl.config import load_config, to_yaml
+from mmrl.config import to_yaml
+from mmrl.preflight import load_config
 
 
 def register(subparsers, name: str) -> None:

@@ -67,7 +67,7 @@ def _check_sets(args: argparse.Namespace):
             raise UserError("say what to check: `mmrl data check DATASET` or `mmrl data check --config RUN.yaml`")
         cfg = DataConfig(max_image_pixels=args.max_image_pixels) if args.max_image_pixels else DataConfig()
         return cfg, [(_spec(args), None)]
-    from mmrl.config.loader import load_config
+    from mmrl.preflight import load_config
 
     run = load_config(args.config)
     data_cfg = run.data.model_copy(update={"max_image_pixels": args.max_image_pixels}) if args.max_image_pixels \
@@ -89,12 +89,13 @@ def _check_sets(args: argparse.Namespace):
 def _check(args: argparse.Namespace) -> int:
     from mmrl.data.checks import check_samples
     from mmrl.data.dataset import load_samples
+    from mmrl.rewards.gold_check import gold_check
 
     data_cfg, sets = _check_sets(args)
     errors = 0
     for spec, rewards in sets:
         samples = load_samples(spec)
-        report = check_samples(samples, data_cfg, rewards, open_images=not args.no_images)
+        report = check_samples(samples, data_cfg, gold_check(rewards), open_images=not args.no_images)
         for finding in report.findings:
             print(f"{finding.level}: {finding}", file=sys.stderr)
         print(f"{spec.path}: {report.summary()}")

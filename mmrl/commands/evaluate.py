@@ -83,7 +83,7 @@ def _run_of_checkpoint(model: str) -> Path | None:
 
 
 def build_eval_config(args: argparse.Namespace):
-    from mmrl.config import load_config
+    from mmrl.preflight import load_config
 
     config, overrides = _split_config(args)
     if config is None and args.model is None:

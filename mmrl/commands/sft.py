@@ -26,8 +26,8 @@ def register(subparsers, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmrl.config import load_config
     from mmrl.console import print_summary
+    from mmrl.preflight import load_config
     from mmrl.sft.trainer import train_sft
 
     started = time.perf_counter()

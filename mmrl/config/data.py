@@ -59,7 +59,7 @@ class DataConfig(Section):
     chat_template_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Variables for the model's chat template, e.g. {enable_thinking: false} for "
         "Qwen3's. Whether the generation prompt then opens a <think> block is read from the rendered template "
-        "(README: model families).")
+        "(docs/models.md: model families).")
     shuffle: bool = Field(True, description="Shuffle the training order each epoch (seeded by trainer.seed).")
 
     _as_list = field_validator("train", "eval", mode="before")(classmethod(lambda cls, v: _as_specs(v)))

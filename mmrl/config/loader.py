@@ -14,6 +14,7 @@ import difflib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,6 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mmrl.config import trl_names
-from mmrl.config.names import check_names
 from mmrl.config.schema import MMRLConfig
 from mmrl.errors import ConfigError
 
@@ -151,6 +151,11 @@ def valid_keys(model: type[BaseModel] = MMRLConfig, prefix: str = "") -> list[st
     return keys
 
 
+def field_source(sources: dict[str, str], default: str) -> Callable[[str], str]:
+    """Where a dotted field's value came from (its YAML file or `command line`), `default` when none is recorded."""
+    return lambda field: _source_for(tuple(field.split(".")), sources, default)
+
+
 def _source_for(loc: tuple[Any, ...], sources: dict[str, str], default: str) -> str:
     parts = [str(p) for p in loc]
     while parts:
@@ -225,9 +230,9 @@ def build_config(data: dict[str, Any], sources: dict[str, str] | None = None, de
                  explicit: list[str] | None = None) -> MMRLConfig:
     """Validate a raw mapping into `MMRLConfig`, raising a one-line `ConfigError` on the first problem.
 
-    Types and ranges first (pydantic), then every registry name (`names.check_names`): a config that builds here
-    names only rewards, estimators, losses, backends and builders that exist. `explicit`: keys set explicitly, in
-    order (default: those from the command line); they win over derived values.
+    Types and ranges only: the registry names (rewards, estimators, losses, backends, builders) live in higher rooms
+    and are checked by `mmrl.preflight`, which wraps this loader. `explicit`: keys set explicitly, in order (default:
+    those from the command line); they win over derived values.
     """
     if explicit is None:
         explicit = [key for key, source in (sources or {}).items() if source == COMMAND_LINE]
@@ -236,8 +241,6 @@ def build_config(data: dict[str, Any], sources: dict[str, str] | None = None, de
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         raise ConfigError(_format_error(first, sources or {}, default_source)) from None
-    known = sources or {}
-    check_names(config, lambda field: _source_for(tuple(field.split(".")), known, default_source))
     return config
 
 
@@ -299,6 +302,12 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
 
 def apply_overrides(config: MMRLConfig, overrides: dict[str, Any] | list[str], source: str = COMMAND_LINE) -> MMRLConfig:
     """A new validated config with dotted overrides applied (a dict of key -> value, or `key=value` strings)."""
+    data, sources = overridden(config, overrides, source)
+    return build_config(data, sources, default_source=source, explicit=list(sources))
+
+
+def overridden(config: MMRLConfig, overrides: dict[str, Any] | list[str], source: str) -> tuple[dict, dict]:
+    """The mapping of `config` with `overrides` applied, and the source of each overridden key, before validation."""
     data = config.model_dump(mode="json")
     items = overrides.items() if isinstance(overrides, dict) else (parse_override(t) for t in overrides)
     sources: dict[str, str] = {}
@@ -306,7 +315,7 @@ def apply_overrides(config: MMRLConfig, overrides: dict[str, Any] | list[str], s
         parts = key.split(".") if isinstance(key, str) else key
         _set_dotted(data, parts, value)
         sources[".".join(parts)] = source
-    return build_config(data, sources, default_source=source, explicit=list(sources))
+    return data, sources
 
 
 def to_yaml(config: MMRLConfig) -> str:

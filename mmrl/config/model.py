@@ -50,7 +50,7 @@ class ModelConfig(Section):
     compile: bool = Field(
         False, description="GRPO: run the text decoder layers through torch.compile during the policy update (old "
         "log-probs and the training forward; the rollout stays eager). Meant for GPUs and long runs: compilation takes "
-        "seconds to minutes before the first update; on the CPU presets the update ran only 7-15% faster (README). Not with gradient_checkpointing (refused).")
+        "seconds to minutes before the first update; on the CPU presets the update ran only 7-15% faster (docs/training.md). Not with gradient_checkpointing (refused).")
     pred_frame: Literal["auto", "pixel", "input_pixel", "norm1000", "norm1"] = Field(
         "auto", description="Frame the model answers boxes and points in. 'auto' = from its config.json model_type "
         "(Qwen2-VL and Qwen3-VL: norm1000, Qwen2.5-VL: input_pixel; other families have none and a run that scores "

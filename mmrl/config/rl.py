@@ -41,7 +41,10 @@ class OnlineFilterConfig(Section):
 
 
 class AlgorithmConfig(Section):
-    advantage: str = Field("grpo", description="Advantage estimator: grpo | dr_grpo | rloo | reinforce_pp.")
+    advantage: str = Field(
+        "grpo", description="Advantage estimator: grpo | dr_grpo | rloo | reinforce_pp | gdpo (GDPO: each reward "
+        "normalised within its group, summed with the rewards' weights, then normalised over the batch; for recipes "
+        "that combine format, accuracy, IoU or GUI rewards).")
     scale_rewards: bool | None = Field(
         None,
         description="Divide group-centred rewards by the group std. null: the estimator's own convention (grpo: yes; "
@@ -51,7 +54,11 @@ class AlgorithmConfig(Section):
     policy_loss: str = Field(
         "ppo",
         description="ppo (token-level importance ratio, clipped per token) | gspo (GSPO: sequence-level ratio "
-        "exp(mean token log-ratio), clipped per sequence; the paper uses eps_low=3e-4, eps_high=4e-4).",
+        "exp(mean token log-ratio), clipped per sequence; the paper uses eps_low=3e-4, eps_high=4e-4) | cispo "
+        "(MiniMax-M1: the ratio clipped to [1 - eps_low, 1 + eps_high] as a stop-gradient weight on log-prob; the "
+        "paper sets no lower bound: eps_low=1) | sapo (soft adaptive: sigmoid gate with sapo_tau_pos / "
+        "sapo_tau_neg instead of the clip) | gmpo (geometric mean of the token ratios, each clipped to "
+        "[e^-eps_low, e^eps_high]; the paper uses 0.4 / 0.4). See docs/algorithms.md.",
     )
     loss_aggregation: str = Field(
         "grpo",
@@ -59,8 +66,13 @@ class AlgorithmConfig(Section):
         "over all micro-batches of the step, as TRL) | dr_grpo (token sum / (B * max_completion_length)) | "
         "dapo (token mean over all active tokens of the global batch).",
     )
-    eps_low: float = Field(0.2, ge=0, description="PPO clip: ratio >= 1 - eps_low.")
-    eps_high: float = Field(0.2, ge=0, description="PPO clip: ratio <= 1 + eps_high (clip-higher: e.g. 0.28).")
+    eps_low: float = Field(0.2, ge=0, description="PPO clip: ratio >= 1 - eps_low (cispo: the weight's floor "
+                           "1 - eps_low; gmpo: the log-ratio's floor -eps_low).")
+    eps_high: float = Field(0.2, ge=0, description="PPO clip: ratio <= 1 + eps_high (clip-higher: e.g. 0.28; cispo: "
+                            "the weight's cap 1 + eps_high; gmpo: the log-ratio's cap eps_high).")
+    sapo_tau_pos: float = Field(1.0, gt=0, description="policy_loss sapo: gate temperature for A > 0 (paper: 1.0).")
+    sapo_tau_neg: float = Field(1.05, gt=0, description="policy_loss sapo: gate temperature for A <= 0 (paper: 1.05; "
+                                "larger: off-policy tokens of negative advantages are damped faster).")
     dual_clip_c: float | None = Field(None, gt=1, description="Dual clip constant c for negative advantages (e.g. 3).")
     beta: float = Field(0.0, ge=0, description="KL coefficient (0: no reference model is computed).")
     kl_penalty: Literal["loss", "reward"] = Field(
@@ -86,7 +98,39 @@ class AlgorithmConfig(Section):
         description="Truncated importance sampling (TIS) against the rollout/trainer log-prob mismatch: when the "
         "rollout backend returns its sampler's log-probs (vLLM; the HF shared-prefix sampler), every token's policy-"
         "gradient loss is multiplied by min(exp(trainer old log-prob - sampler log-prob), tis_cap). 2.0 is TRL's "
-        "vllm_importance_sampling_cap default for its token-level TIS. null: off (the mismatch is still logged).")
+        "vllm_importance_sampling_cap default for its token-level TIS. null: off (the mismatch is still logged). The "
+        "upper bound of every is_correction mode.")
+    is_correction: str = Field(
+        "token_truncate",
+        description="How the rollout/trainer mismatch weight is formed from r = trainer / sampler probability "
+        "(needs tis_cap): token_truncate (min(r_t, tis_cap): TIS) | token_mask (r_t kept inside [tis_floor, "
+        "tis_cap], else 0: MIS) | sequence_truncate / sequence_mask (the same with one ratio per completion, "
+        "exp(sum of token log-ratios)) | icepop (r_t kept inside [1/tis_cap, tis_cap], else 0). Diagnostics "
+        "(rollout/chi2_token, chi2_seq, is_ess, logprob_kl) are logged whatever the mode.")
+    tis_floor: float | None = Field(
+        None, gt=0, description="Lower bound of the is_correction weight: *_truncate raise ratios below it to it, "
+        "*_mask zero them. null: none. icepop ignores it (its floor is 1/tis_cap), so it is refused there.")
+    off_policy_mask_threshold: float | None = Field(
+        None, ge=0, description="DeepSeek-V3.2's off-policy sequence mask: a completion with negative advantage whose "
+        "mean token log(pi_sampler / pi_theta) exceeds this delta gets no policy gradient (the sampler's log-probs "
+        "when the backend returns them, else the old policy's). null: off.")
+    entropy_control: str = Field(
+        "fixed", description="Entropy bonus coefficient c (loss = policy loss - c * mean token entropy): fixed "
+        "(c = entropy_coef) | adaptive (Skywork-OR1: c rises by entropy_coef_delta while the step's entropy is at or "
+        "below entropy_target and falls otherwise, within [entropy_coef_min, entropy_coef_max]; applied only while "
+        "the entropy is at or below the target). See docs/algorithms.md.")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus coefficient (fixed), or its starting value "
+                                "(adaptive; Skywork-OR1 starts at 0). 0 with fixed: no bonus.")
+    entropy_target: float = Field(0.2, ge=0, description="entropy_control adaptive: the target mean token entropy "
+                                  "(nats; Skywork-OR1: 0.2).")
+    entropy_coef_delta: float = Field(0.005, ge=0, description="entropy_control adaptive: change of the coefficient "
+                                      "per step (Skywork-OR1: 0.005).")
+    entropy_coef_min: float = Field(0.0, ge=0, description="entropy_control adaptive: lowest coefficient.")
+    entropy_coef_max: float = Field(1.0, ge=0, description="entropy_control adaptive: highest coefficient.")
+    top_entropy_quantile: float = Field(
+        1.0, gt=0, le=1, description="Train on the highest-entropy tokens only: the policy gradient keeps the tokens "
+        "whose entropy is in the top fraction q of the step's active tokens (0.2: the '80/20' paper's forking "
+        "tokens). 1: every token.")
     online_filter: OnlineFilterConfig = Field(default_factory=OnlineFilterConfig, description="Online group filter.")
 
     @property
@@ -109,6 +153,40 @@ class AlgorithmConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _entropy_bounds(self) -> AlgorithmConfig:
+        if self.entropy_coef_min > self.entropy_coef_max:
+            raise ValueError(f"algorithm.entropy_coef_min ({self.entropy_coef_min}) must not exceed "
+                             f"algorithm.entropy_coef_max ({self.entropy_coef_max})")
+        return self
+
+    @model_validator(mode="after")
+    def _gdpo_reads_the_rewards_apart(self) -> AlgorithmConfig:
+        # gdpo normalises each reward's own scores: a KL subtracted from the total reward would be dropped
+        if self.advantage == "gdpo" and self.beta > 0 and self.kl_penalty == "reward":
+            raise ValueError("algorithm.kl_penalty: advantage gdpo normalises each reward apart and cannot take the "
+                             "KL in the reward; use kl_penalty=loss (or another advantage)")
+        return self
+
+    @model_validator(mode="after")
+    def _loss_settings_that_apply(self) -> AlgorithmConfig:
+        # a setting the chosen loss never reads would be silently ignored
+        if self.dual_clip_c is not None and self.policy_loss in ("cispo", "sapo", "gmpo"):
+            raise ValueError(f"algorithm.dual_clip_c: policy_loss {self.policy_loss} has no clipped surrogate to "
+                             "bound; remove dual_clip_c or use policy_loss=ppo/gspo")
+        if self.is_correction == "icepop" and self.tis_floor is not None:
+            raise ValueError("algorithm.tis_floor: icepop's floor is 1/tis_cap; remove tis_floor or use "
+                             "is_correction=token_mask")
+        if self.is_correction == "icepop" and self.tis_cap is not None and self.tis_cap <= 1:
+            raise ValueError(f"algorithm.tis_cap: icepop keeps ratios inside [1/tis_cap, tis_cap], empty for "
+                             f"tis_cap={self.tis_cap}; use a cap above 1 (e.g. 5)")
+        if self.tis_floor is not None and self.tis_cap is not None and self.tis_floor >= self.tis_cap:
+            raise ValueError(f"algorithm.tis_floor ({self.tis_floor}) must be below algorithm.tis_cap ({self.tis_cap})")
+        if self.tis_floor is not None and self.tis_cap is None:
+            raise ValueError("algorithm.tis_floor: the correction is off (tis_cap: null); set tis_cap or remove "
+                             "tis_floor")
+        return self
+
+    @model_validator(mode="after")
     def _no_k1_in_loss(self) -> AlgorithmConfig:
         if self.kl_penalty == "loss" and self.kl_estimator == "k1":
             raise ValueError(
@@ -123,14 +201,3 @@ class RewardSpec(Section):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments passed to the reward.")
     timeout_s: float = Field(5.0, gt=0, description="Wall-clock limit per completion; a completion over it scores 0 "
                              "(None only when the item's gold cannot be read within it).")
-
-    @model_validator(mode="after")
-    def _frame_is_a_frame(self) -> RewardSpec:
-        # A box/point reward's own pred_frame: a typo (or 'auto') made every item unscorable (None), so nothing learned
-        from mmrl.models.interface import COORDINATE_REWARDS, FRAMES
-
-        frame = self.kwargs.get("pred_frame")
-        if self.name in COORDINATE_REWARDS and frame is not None and frame not in FRAMES:
-            raise ValueError(f"reward '{self.name}': kwargs.pred_frame {frame!r} is not a frame; use one of "
-                             f"{', '.join(FRAMES)}, or leave it out to read the model's own (model.pred_frame)")
-        return self

@@ -58,6 +58,17 @@ SAME: dict[str, str] = {
     "use_vllm": "rollout.backend",
     "vllm_gpu_memory_utilization": "rollout.vllm_gpu_memory_utilization",
     "vllm_max_model_length": "rollout.vllm_max_model_len",
+    "sapo_temperature_pos": "algorithm.sapo_tau_pos",
+    "sapo_temperature_neg": "algorithm.sapo_tau_neg",
+    "vllm_importance_sampling_mode": "algorithm.is_correction",
+    "vllm_importance_sampling_clip_min": "algorithm.tis_floor",
+    "off_policy_mask_threshold": "algorithm.off_policy_mask_threshold",
+    "top_entropy_quantile": "algorithm.top_entropy_quantile",
+    "entropy_coef": "algorithm.entropy_coef",
+    "entropy_target": "algorithm.entropy_target",
+    "entropy_coef_delta": "algorithm.entropy_coef_delta",
+    "entropy_coef_min": "algorithm.entropy_coef_min",
+    "entropy_coef_max": "algorithm.entropy_coef_max",
 }
 
 # TRL names whose value enters a computed mmrl setting (the batch) or only how often TRL prints.
@@ -92,6 +103,8 @@ REFUSED: dict[str, str] = {
     "run_name": "name (the run's name)",
     "use_cpu": "trainer.device=cpu",
     "data_seed": "trainer.seed (one seed for data order and sampling)",
+    "use_adaptive_entropy": "algorithm.entropy_control=adaptive",
+    "multi_objective_aggregation": "algorithm.advantage=gdpo (TRL's normalize_then_sum)",
 }
 
 HOME_SECTIONS = ("model", "data", "rollout", "algorithm", "optimizer", "trainer")
@@ -167,7 +180,20 @@ def _schedule(value: Any) -> Any:
     return "constant" if value == "constant_with_warmup" else value
 
 
+# TRL's loss_type names a loss as well as an aggregation for some values: those are two mmrl settings.
+_LOSS_TYPES = {"cispo": "algorithm.policy_loss=cispo with algorithm.loss_aggregation=dapo (TRL caps the weight at "
+                        "epsilon_high itself: mmrl's eps_high is that minus 1)",
+               "sapo": "algorithm.policy_loss=sapo with algorithm.loss_aggregation=grpo"}
+
+
+def _loss_type(value: Any) -> Any:
+    if value in _LOSS_TYPES:
+        raise ValueError(f"TRL's '{value}' is {_LOSS_TYPES[value]}")
+    return value
+
+
 CONVERT: dict[str, Callable[[Any], Any]] = {
+    "loss_type": _loss_type,
     "bf16": _bf16,
     "report_to": _report_to,
     "scale_rewards": _scale_rewards,

@@ -6,28 +6,25 @@
 - gold boxes: a box is 4 finite numbers with x1 <= x2 and y1 <= y2; one declared in pixels lies within its image
   (1 px tolerance), and one whose coordinates are all <= 1 on a larger image is flagged as `norm1` mislabelled as pixels;
   `norm1` / `norm1000` boxes stay within their range;
-- golds the rewards cannot score: each reward is called on the gold itself (written as the completion
-  `<answer>GOLD</answer>`); a None means the reward can never score this sample. The rewards are the run's
-  (`--config`) or, without one, the reward the sample's task implies (the `accuracy` reward's tasks, `gui_action` for gui).
+- golds the rewards cannot score, when a `golds` check is given: `mmrl.rewards.gold_check` calls each reward on the
+  gold itself (the rewards live in a higher room, so the check is handed in rather than imported here).
 
 `check_for_training` is what the trainers call: errors stop the run before the model loads (naming file:line and sample
 id), bad images follow `data.on_bad_image`, warnings are logged.
 
->>> from mmrl.data.boxes import FRAMES
-from mmrl.data.sample import Sample
+>>> from mmrl.data.sample import Sample
 >>> report = check_samples([Sample(id="a", prompt="<image> and <image>", answer="2", task="count", images=[])],
-...                        open_images=False, rewards=[])
+...                        open_images=False)
 >>> [str(f) for f in report.errors]
 ['sample a: prompt has 2 <image> placeholders but 0 images; make them match']
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,12 +35,13 @@ from mmrl.data.vision import load_image
 from mmrl.errors import DataError
 
 log = logging.getLogger(__name__)
+# (sample, add) -> None: reports what is wrong with the sample's gold through `add(level, kind, message)`.
+AddFinding = Callable[[str, str, str], None]
+GoldCheck = Callable[[Sample, AddFinding], None]
 
 PIXEL_TOLERANCE = 1.0  # a box may overhang its image by this many pixels (rounding in peer exports)
 # Frames with a fixed range; `pixel` is bounded by the image, `input_pixel` by the model input (unknown before resizing).
 FRAME_RANGES = {"norm1": 1.0, "norm1000": 1000.0}
-# Built-in reward a task implies when no run config is given (the accuracy reward's tasks score with `accuracy`).
-GUI_REWARD = "gui_action"
 
 
 @dataclass(frozen=True)
@@ -108,7 +106,7 @@ def _slot_findings(sample: Sample, add) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------- boxes
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -120,15 +118,15 @@ def _box_candidates(sample: Sample) -> list[Any] | None:
         return found or None
     if isinstance(answer, (list, tuple)) and answer and all(isinstance(v, (list, tuple)) for v in answer):
         return list(answer)  # several boxes (multi-object grounding)
-    if isinstance(answer, (list, tuple)) and answer and all(_is_number(v) for v in answer):
+    if isinstance(answer, (list, tuple)) and answer and all(is_number(v) for v in answer):
         return [answer]
     if sample.task == "grounding":
         return [answer]  # a grounding gold must be a box; whatever it is gets reported below
     return None
 
 
-def _fmt_box(box: Sequence[Any]) -> str:
-    return "[" + ", ".join(f"{v:g}" if _is_number(v) else repr(v) for v in box) + "]"
+def fmt_box(box: Sequence[Any]) -> str:
+    return "[" + ", ".join(f"{v:g}" if is_number(v) else repr(v) for v in box) + "]"
 
 
 def _box_findings(sample: Sample, add) -> None:
@@ -140,20 +138,20 @@ def _box_findings(sample: Sample, add) -> None:
         add("error", "box", f"unknown box_frame '{frame}'; use one of {', '.join(FRAMES)}")
         return
     for box in candidates:
-        if not isinstance(box, (list, tuple)) or not all(_is_number(v) for v in box):
+        if not isinstance(box, (list, tuple)) or not all(is_number(v) for v in box):
             add("error", "box", f"gold {json.dumps(box, default=str)[:80]} is not a box; a box is 4 numbers "
                 "[x1, y1, x2, y2]")
             continue
         if len(box) != 4:
-            add("error", "box", f"gold {_fmt_box(box)} has {len(box)} numbers; a box has 4 [x1, y1, x2, y2] "
+            add("error", "box", f"gold {fmt_box(box)} has {len(box)} numbers; a box has 4 [x1, y1, x2, y2] "
                 "(fix the record; it is not a list of answers)")
             continue
         if not all(math.isfinite(v) for v in box):
-            add("error", "box", f"gold box {_fmt_box(box)} has a non-finite coordinate")
+            add("error", "box", f"gold box {fmt_box(box)} has a non-finite coordinate")
             continue
         x1, y1, x2, y2 = (float(v) for v in box)
         if x1 > x2 or y1 > y2:
-            add("error", "box", f"gold box {_fmt_box(box)} has x1 > x2 or y1 > y2; give [x1, y1, x2, y2] (if it "
+            add("error", "box", f"gold box {fmt_box(box)} has x1 > x2 or y1 > y2; give [x1, y1, x2, y2] (if it "
                 "is [x, y, width, height], set box_format: xywh)")
             continue
         _frame_findings(sample, box, (x1, y1, x2, y2), frame, add)
@@ -166,20 +164,20 @@ def _frame_findings(sample: Sample, box, coords: tuple[float, ...], frame: str, 
         slack = 1e-6 if frame == "norm1" else 1.0
         if min(coords) < -slack or max(coords) > top + slack:
             hint = "; is it in pixels? set box_frame: pixel" if max(coords) > top else ""
-            add("error", "box", f"gold box {_fmt_box(box)} lies outside 0..{top:g} of its declared frame "
+            add("error", "box", f"gold box {fmt_box(box)} lies outside 0..{top:g} of its declared frame "
                 f"'{frame}'{hint}")
         return
     if frame != "pixel" or sample.image_size is None:
         return  # input_pixel: the model-input size is only known once images are resized
     width, height = (float(v) for v in sample.image_size)
     if max(abs(v) for v in coords) <= 1.0 and max(width, height) > 2:
-        add("error", "box", f"gold box {_fmt_box(box)} has every coordinate <= 1 on a {width:g}x{height:g} image "
+        add("error", "box", f"gold box {fmt_box(box)} has every coordinate <= 1 on a {width:g}x{height:g} image "
             "but is declared in pixels; declare box_frame: norm1 for this dataset")
         return
     tol = PIXEL_TOLERANCE
     if x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol:
         hint = ("; is it in 0..1000? set box_frame: norm1000" if max(coords) <= 1000 else "")
-        add("error", "box", f"gold box {_fmt_box(box)} lies outside the {width:g}x{height:g} image (pixel frame, "
+        add("error", "box", f"gold box {fmt_box(box)} lies outside the {width:g}x{height:g} image (pixel frame, "
             f"{tol:g} px tolerance){hint}")
 
 
@@ -191,7 +189,7 @@ def _point_findings(sample: Sample, add) -> None:
     if (sample.box_frame or "pixel") != "pixel":
         return
     x, y = answer["x"], answer["y"]
-    if not (_is_number(x) and _is_number(y) and math.isfinite(x) and math.isfinite(y)):
+    if not (is_number(x) and is_number(y) and math.isfinite(x) and math.isfinite(y)):
         add("error", "box", f"gold point ({x!r}, {y!r}) is not two finite numbers")
         return
     width, height = sample.image_size
@@ -199,88 +197,13 @@ def _point_findings(sample: Sample, add) -> None:
         add("error", "box", f"gold point ({x:g}, {y:g}) lies outside the {width}x{height} screenshot (pixel frame)")
 
 
-# ------------------------------------------------------------------------------------------------------------ golds
-def gold_as_completion(answer: Any, tags: Sequence[str] | None = ("<answer>", "</answer>")) -> str:
-    """The gold written as a model would answer it (inside the reward's answer `tags`), so a reward can be asked to
-    score its own gold."""
-    if isinstance(answer, str):
-        text = answer
-    elif isinstance(answer, (list, tuple)) and answer and all(_is_number(v) for v in answer):
-        text = _fmt_box(answer)
-    elif isinstance(answer, (list, tuple)) and answer and all(isinstance(v, str) for v in answer):
-        text = answer[0]  # several acceptable answers: any one of them must score
-    else:
-        text = json.dumps(answer, default=str)
-    if not tags or len(tags) != 2:
-        return text  # a reward reading the whole completion gets the bare answer
-    return f"<think>checking the gold answer</think>{tags[0]}{text}{tags[1]}"
-
-
-def rewards_for_task(task: str) -> list[dict[str, Any]]:
-    """The reward a sample's task implies when no run config is given ([] when no built-in one scores it)."""
-    from mmrl.rewards.accuracy import ACCURACY_TASKS
-
-    if task in ACCURACY_TASKS:
-        return [{"name": "accuracy"}]
-    if task == "gui":
-        return [{"name": GUI_REWARD}]
-    return []
-
-
-def _spec_fields(spec: Any) -> tuple[str, dict[str, Any], float, float]:
-    if isinstance(spec, str):
-        return spec, {}, 1.0, 5.0
-    get = spec.get if isinstance(spec, dict) else lambda k, d=None: getattr(spec, k, d)
-    return get("name"), dict(get("kwargs", None) or {}), float(get("weight", 1.0)), float(get("timeout_s", 5.0))
-
-
-@functools.lru_cache(maxsize=1)
-def _warm_verifier() -> None:
-    """Import math-verify and build its parser once, outside any time limit: on a loaded machine the first parse
-    alone can take seconds, which would turn a good gold into a spurious timeout warning."""
-    from math_verify import parse
-
-    parse("$1$")
-
-
-def _gold_findings(sample: Sample, rewards: Sequence[Any] | None, add) -> None:
-    from mmrl.rewards.registry import get_reward
-    from mmrl.rewards.safe import call_with_timeout
-
-    _warm_verifier()
-
-    specs = rewards_for_task(sample.task) if rewards is None else list(rewards)
-    if rewards is None and not specs:
-        add("warning", "gold", f"no built-in reward scores task '{sample.task}'; check the gold against your run's "
-            "rewards with --config RUN.yaml")
-        return
-    columns = {k: [v] for k, v in sample.reward_columns().items()}
-    for spec in specs:
-        name, kwargs, weight, timeout_s = _spec_fields(spec)
-        if weight == 0:
-            continue  # zero-weight components are reported by the trainer but never block an item
-        completion = gold_as_completion(sample.answer, kwargs.get("tags", ("<answer>", "</answer>")))
-        outcome = call_with_timeout(get_reward(name), timeout_s, [completion], **columns, **kwargs)
-        if outcome.status == "timeout":
-            add("warning", "gold", f"reward '{name}' took over {timeout_s:g}s on the gold itself; every item of "
-                "this sample may time out")
-        elif outcome.status != "ok":
-            add("error", "gold", f"reward '{name}' fails on this sample's gold ({outcome.message.splitlines()[0]})"
-                if outcome.message else f"reward '{name}' fails on this sample's gold")
-        elif not isinstance(outcome.value, (list, tuple)) or len(outcome.value) != 1:
-            add("error", "gold", f"reward '{name}' returned {outcome.value!r:.60} for one completion")
-        elif outcome.value[0] is None:
-            add("error", "gold", f"reward '{name}' cannot score the gold {json.dumps(sample.answer, default=str)[:80]} "
-                f"(task '{sample.task}'): the item would always be unscorable; fix the gold or the task")
-
-
 # ------------------------------------------------------------------------------------------------------------ entry
-def check_samples(samples: Sequence[Sample], data_cfg: Any = None, rewards: Sequence[Any] | None = None,
+def check_samples(samples: Sequence[Sample], data_cfg: Any = None, golds: GoldCheck | None = None,
                   open_images: bool = True) -> CheckReport:
     """Findings for every sample (see the module docstring); writes nothing.
 
-    `rewards`: reward specs (RewardSpec, dicts or names) to check every gold against; None infers each sample's reward
-    from its task; [] skips the gold check.
+    `golds`: the check of each sample's gold against the rewards (`mmrl.rewards.gold_check.gold_check(rewards)`);
+    None skips it.
     """
     report = CheckReport(samples=len(samples), images=sum(len(s.images) for s in samples))
     for sample in samples:
@@ -295,18 +218,18 @@ def check_samples(samples: Sequence[Sample], data_cfg: Any = None, rewards: Sequ
         _slot_findings(sample, add)
         _box_findings(sample, add)
         _point_findings(sample, add)
-        if not any(f.kind == "box" for f in found):  # a broken box is reported once, not again as unscorable
-            _gold_findings(sample, rewards, add)
+        if golds is not None and not any(f.kind == "box" for f in found):  # a broken box is reported once
+            golds(sample, add)
         report.findings.extend(found)
     return report
 
 
-def check_for_training(samples: Sequence[Sample], data_cfg: Any, rewards: Sequence[Any] | None = None) -> list[Sample]:
+def check_for_training(samples: Sequence[Sample], data_cfg: Any, golds: GoldCheck | None = None) -> list[Sample]:
     """The trainers' data gate, before the model loads: raise on errors, apply `data.on_bad_image`, log warnings.
 
     Returns the samples to train on (with `on_bad_image: skip`, those whose images all open). Writes nothing.
     """
-    report = check_samples(samples, data_cfg, rewards)
+    report = check_samples(samples, data_cfg, golds)
     skip = getattr(data_cfg, "on_bad_image", "error") == "skip"
     image_bad = {f.sample_id for f in report.errors if f.kind == "images"}
     blocking = [f for f in report.errors if not (skip and f.kind == "images")]

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -58,18 +57,18 @@ def _keep_columns(sample: Sample, record: dict[str, Any]) -> None:
     passes under that name (answer, task, choices, the adapter's meta) keeps mmrl's value."""
     columns = sample.reward_columns()
     for key, value in record.items():
-        if key in _NOT_COLUMNS or key in columns or key in _reward_arguments() or not _plain(value):
+        if key in _NOT_COLUMNS or key in columns or key in REWARD_ARGUMENTS or not _plain(value):
             continue
         sample.meta[key] = value
 
 
-@functools.lru_cache(maxsize=1)
-def _reward_arguments() -> frozenset[str]:
-    """The built-in rewards' own arguments (`tags`, `threshold`...): a data column of that name would reach them as
-    an argument (a list, one value per item), so such a column keeps to the record."""
-    from mmrl.rewards.registry import get_reward, list_rewards, reward_arguments
-
-    return frozenset(arg for name in list_rewards() for arg in reward_arguments(get_reward(name))[0])
+# The built-in rewards' own arguments (`tags`, `threshold`...): a data column of that name would reach them as an
+# argument (a list, one value per item), so such a column keeps to the record. Written out here because the rewards
+# stand in a higher room; tests/unit/test_rooms.py holds it equal to what the reward registry reports.
+REWARD_ARGUMENTS = frozenset({
+    "allow_boxed", "buffer", "click_radius", "dast", "factor", "max_length", "max_penalty", "max_value_correct",
+    "max_value_wrong", "min_value_correct", "min_value_wrong", "ngram_size", "pred_frame", "raw", "tags", "threshold",
+})
 
 
 def _plain(value: Any) -> bool:

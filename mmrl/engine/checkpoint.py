@@ -234,12 +234,32 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
     """Load the weights saved by `save_checkpoint` into an already-built model (full model or LoRA adapter)."""
     adapter = path / "adapter_model.safetensors"
     if adapter.is_file():
-        from mmrl.engine.distributed import _adapter_weights
-
         # under the live names, checked both ways (another model.lora.r or target set is one line), as FSDP2 loads it
-        model.load_state_dict(_adapter_weights(model, adapter), strict=False)
+        model.load_state_dict(read_adapter_weights(model, adapter), strict=False)
         return
     model.load_state_dict(read_whole_weights(model, path), strict=True)
+
+
+def read_adapter_weights(policy: Any, adapter: Path) -> dict[str, torch.Tensor]:
+    """A saved LoRA adapter's tensors under the live peft model's parameter names (peft writes them without the
+    adapter's name: `...q_proj.lora_A.weight` on disk is `...q_proj.lora_A.default.weight` live)."""
+    from safetensors.torch import load_file
+
+    name = policy.active_adapter
+    params = dict(policy.named_parameters())
+    live = {k.replace(f".{name}.", ".").removesuffix(f".{name}"): k for k in params}
+    saved = load_file(str(adapter))
+    # a name this model lacks, or another shape (another model.lora.r): the checkpoint is another adapter
+    foreign = sorted(k for k, v in saved.items() if k not in live or tuple(v.shape) != tuple(params[live[k]].shape))
+    if foreign:
+        raise UserError(f"{adapter}: {len(foreign)} adapter tensors match no LoRA parameter of this model by name and "
+                        f"shape (e.g. {foreign[0]}); resume with the model.lora settings the checkpoint was written with")
+    # and the reverse: an adapter of the live model the checkpoint lacks would silently restart from its initial value
+    missing = sorted(k for k, v in live.items() if v != k and k not in saved)
+    if missing:
+        raise UserError(f"{adapter}: lacks {len(missing)} adapter tensors this model has (e.g. {missing[0]}); resume "
+                        "with the model.lora settings the checkpoint was written with")
+    return {live[k]: v for k, v in saved.items()}
 
 
 def read_whole_weights(model: torch.nn.Module, path: Path) -> dict[str, torch.Tensor]:

@@ -26,13 +26,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from mmrl.engine.host_group import host_group
 from mmrl.engine.process_exit import exit_process as exit_process  # re-exported: callers end a launch's process here
 from mmrl.engine.process_exit import joined_a_group
 
@@ -71,30 +71,6 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
 
-def _adapter_weights(policy: Any, adapter: Path) -> dict[str, torch.Tensor]:
-    """A saved LoRA adapter's tensors under the live peft model's parameter names (peft writes them without the
-    adapter's name: `...q_proj.lora_A.weight` on disk is `...q_proj.lora_A.default.weight` live)."""
-    from safetensors.torch import load_file
-
-    from mmrl.errors import UserError
-
-    name = policy.active_adapter
-    params = dict(policy.named_parameters())
-    live = {k.replace(f".{name}.", ".").removesuffix(f".{name}"): k for k in params}
-    saved = load_file(str(adapter))
-    # a name this model lacks, or another shape (another model.lora.r): the checkpoint is another adapter
-    foreign = sorted(k for k, v in saved.items() if k not in live or tuple(v.shape) != tuple(params[live[k]].shape))
-    if foreign:
-        raise UserError(f"{adapter}: {len(foreign)} adapter tensors match no LoRA parameter of this model by name and "
-                        f"shape (e.g. {foreign[0]}); resume with the model.lora settings the checkpoint was written with")
-    # and the reverse: an adapter of the live model the checkpoint lacks would silently restart from its initial value
-    missing = sorted(k for k, v in live.items() if v != k and k not in saved)
-    if missing:
-        raise UserError(f"{adapter}: lacks {len(missing)} adapter tensors this model has (e.g. {missing[0]}); resume "
-                        "with the model.lora settings the checkpoint was written with")
-    return {live[k]: v for k, v in saved.items()}
-
-
 def stream_seed(seed: int, stage: int, draw_index: int) -> int:
     """The seed of one prompt's sampling stream, from the run seed, the stage and the prompt's global draw index (its
     position in the run's prompt order, the same on every process count; it is checkpointed with the sampler, so a
@@ -130,21 +106,6 @@ def all_reduce_sum_tensor(tensor: torch.Tensor, world_size: int) -> torch.Tensor
     buf = tensor.to(device=collective_device(), dtype=torch.float64).clone()
     dist.all_reduce(buf, op=dist.ReduceOp.SUM)
     return buf.to(device=tensor.device, dtype=tensor.dtype)
-
-
-# How long the other processes wait for the main process alone (an evaluation, a checkpoint of a large model).
-MAIN_ALONE_TIMEOUT = timedelta(hours=4)
-_HOST_GROUP: list[Any] = []  # the gloo group of this process's default group, once made
-
-
-def host_group() -> Any:
-    """The CPU (gloo) process group with `MAIN_ALONE_TIMEOUT`, made once per process group (every process must
-    call this at the same point the first time); None without a process group."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return None
-    if not _HOST_GROUP or _HOST_GROUP[0][0] is not dist.group.WORLD:
-        _HOST_GROUP[:] = [(dist.group.WORLD, dist.new_group(backend="gloo", timeout=MAIN_ALONE_TIMEOUT))]
-    return _HOST_GROUP[0][1]
 
 
 def all_gather_objects(obj: Any, world_size: int) -> list[Any]:
@@ -310,13 +271,13 @@ class TrainingEngine:
             return False
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+        from mmrl.engine.checkpoint import read_adapter_weights, read_whole_weights
+
         policy = self.module.inner.policy
         adapter = Path(path) / "adapter_model.safetensors"
         if adapter.is_file():  # LoRA: only the adapter was saved; the frozen base stays as loaded
-            whole, strict = _adapter_weights(policy, adapter), False
+            whole, strict = read_adapter_weights(policy, adapter), False
         else:
-            from mmrl.engine.checkpoint import read_whole_weights
-
             # as one process reads them: the live config (never the checkpoint's config.json), damage in one line
             whole, strict = read_whole_weights(policy, Path(path)), True
         self.wrapped.reshard()

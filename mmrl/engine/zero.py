@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from mmrl.engine.host_group import host_group
 from mmrl.errors import UserError
 
 PRESET = "accelerate config (deepspeed_config)"
@@ -129,8 +130,6 @@ class ZeroEngine:
         calls). Through the host (gloo) group: over NCCL, gather_object pickles into a (world x largest partition)
         buffer on GPU 0 (every partition of the fp32 master weights and both Adam moments on one GPU, next to its
         model); and the tensors are copied to the CPU first, else they would unpickle onto another process's GPU."""
-        from mmrl.engine.distributed import host_group
-
         local = _to_cpu(self.ds.optimizer.state_dict())
         gathered: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
         dist.gather_object(local, gathered, dst=0, group=host_group())

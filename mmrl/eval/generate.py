@@ -20,7 +20,7 @@ import torch
 
 from mmrl.data.sample import Sample
 from mmrl.generation import Completion, SamplingParams
-from mmrl.generation.hf import make_backend
+from mmrl.generation.backends import make_backend
 from mmrl.models.placement import model_device
 
 

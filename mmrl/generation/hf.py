@@ -14,7 +14,7 @@ anything is sampled (`ContextOverflow`, a `UserError`: exit 2 on the CLI, a 400 
 `prompt + max_tokens > max_model_len`. `model.generate` alone would decode past the context (positions the model never
 saw); `max_new_tokens` is never cut down silently. Lower `rollout.max_completion_length` (or `max_tokens`) instead.
 
->>> backend = make_backend(model, processor)  # doctest: +SKIP
+>>> backend = HFSharedPrefixBackend(model, processor)  # doctest: +SKIP
 >>> [[c.text for c in group] for group in backend.generate([Prompt.from_question("2+2?")], SamplingParams(n=2))]  # doctest: +SKIP
 [['<think> ... </think><answer> 4 </answer>', '<answer> 5 </answer>']]
 """
@@ -25,7 +25,6 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Union
 
 import torch
@@ -41,18 +40,16 @@ from mmrl.generation.hf_context import (
 )
 from mmrl.generation.hf_decode import DecodeRules, decode_shared_prefix
 from mmrl.generation.hf_decode import Row as _Row
+from mmrl.generation.rollout_batch import RolloutBatch
 from mmrl.generation.types import Completion, Prompt, SamplingParams
 from mmrl.models.logprobs import repeat_prompt
 from mmrl.models.placement import compute_autocast, model_device, to_model_device
 from mmrl.models.prefix import (
-    note_naive_fallback,
     reset_rope_deltas,
     strip_padding,
-    supports_prefix_sharing,
     unwrap,
 )
 from mmrl.models.vision_tower import count_vision, vision_module
-from mmrl.registry import Registry
 
 # What the HF backend accepts as a prompt: chat messages, an mmrl Sample (encoded with the data config's template and
 # image resize), or an already encoded processor output (batch dim 1).
@@ -63,29 +60,8 @@ TokenCallback = Callable[[int], None]
 # matmuls wide enough to pay for a step's fixed costs.
 DEFAULT_MAX_BATCH_ROWS = 64
 
-__all__ = ["RolloutBatch", "HFSharedPrefixBackend", "HFNaiveBackend", "make_backend", "backend_device",
-           "count_vision", "vision_module", "eos_token_ids", "BACKENDS", "check_backend"]
-
-
-@dataclass
-class RolloutBatch:
-    """P prompts x n samples in prompt-major order (row i belongs to prompt i // n).
-
-    completion_ids [P*n, T] right padded with the pad id; completion_mask [P*n, T] is 1 up to and including the token
-    that finished the row; truncated [P*n] bool: it hit max_new_tokens; texts: decoded completions (special tags kept,
-    EOS/pad stripped, cut at a stop string); logprobs [P*n, T] float32: log-probs of the sampled tokens under the
-    sampling policy (logits / temperature, before top-k/top-p filtering), or None when the backend does not provide
-    them. Tensors live on the model's device. Image/video placeholder tokens are never sampled.
-    """
-
-    prompt_index: torch.Tensor
-    completion_ids: torch.Tensor
-    completion_mask: torch.Tensor
-    truncated: torch.Tensor
-    texts: list[str]
-    group_size: int
-    logprobs: torch.Tensor | None = None
-    counters: dict[str, Any] = field(default_factory=dict)
+__all__ = ["HFSharedPrefixBackend", "HFNaiveBackend", "HFBackend", "DEFAULT_MAX_BATCH_ROWS", "count_vision",
+           "vision_module", "eos_token_ids"]
 
 
 class _Cancelled(Exception):
@@ -343,57 +319,4 @@ class HFNaiveBackend(_HFBackend):
         return rows
 
 
-def backend_device(backend: Any) -> torch.device:
-    """Where a backend's outputs live: its model's device (CPU for backends without a local model)."""
-    model = getattr(backend, "model", None)
-    return model_device(model) if model is not None else torch.device("cpu")
-
-
 HFBackend = Union[HFSharedPrefixBackend, HFNaiveBackend]
-
-
-def _hf_backend(model: Any, processor: Any, share_prompt: bool = True, data_cfg: Any = None,
-                rollout_cfg: Any = None) -> HFBackend:
-    """The shared-prefix backend for Qwen2-VL/2.5-VL/3-VL (unless `share_prompt` is False), naive otherwise."""
-    if share_prompt and supports_prefix_sharing(model):
-        rows = getattr(rollout_cfg, "max_batch_rows", None) or DEFAULT_MAX_BATCH_ROWS
-        return HFSharedPrefixBackend(model, processor, data_cfg, max_batch_rows=rows)
-    if share_prompt:
-        note_naive_fallback(model)
-    return HFNaiveBackend(model, processor, data_cfg)
-
-
-# In-process rollout backends by `rollout.backend` name (the vLLM backend registers here too).
-BACKENDS: Registry[Callable[..., Any]] = Registry("rollout backend", "rollout.backend")
-BACKENDS.add("hf", _hf_backend)
-
-
-def _vllm_backend(model: Any, processor: Any, share_prompt: bool = True, data_cfg: Any = None,
-                  rollout_cfg: Any = None) -> Any:
-    """`rollout.backend: vllm` (the `vllm` extra): imported only when chosen; see `mmrl.generation.vllm_backend`."""
-    from mmrl.generation.vllm_backend import make_vllm_backend
-
-    return make_vllm_backend(model, processor, share_prompt=share_prompt, data_cfg=data_cfg, rollout_cfg=rollout_cfg)
-
-
-def _require_vllm() -> None:
-    from mmrl.generation.vllm_backend import require_vllm
-    require_vllm()
-
-
-_vllm_backend.preflight = _require_vllm  # type: ignore[attr-defined]
-BACKENDS.add("vllm", _vllm_backend)
-
-
-def check_backend(name: str) -> None:
-    """Fail fast, before any model loads, when backend `name` cannot run here (its `preflight`, e.g. a missing extra)."""
-    preflight = getattr(BACKENDS.get(name), "preflight", None)
-    if preflight is not None:
-        preflight()
-
-
-def make_backend(model: Any, processor: Any, name: str = "hf", share_prompt: bool = True,
-                 data_cfg: Any = None, rollout_cfg: Any = None) -> HFBackend:
-    """The rollout backend `name` over an in-process model (`hf`: see `_hf_backend`; `vllm`: `_vllm_backend`).
-    `rollout_cfg` (the `rollout:` section) carries engine settings (vLLM's memory share and context length)."""
-    return BACKENDS.get(name)(model, processor, share_prompt=share_prompt, data_cfg=data_cfg, rollout_cfg=rollout_cfg)

@@ -28,7 +28,7 @@ def load_backend(model: str, *, device: str = "auto", dtype: str = "auto", **kw:
         return OpenAIBackend(model, **kw)
     from mmrl.config.data import DataConfig
     from mmrl.config.model import ModelConfig
-    from mmrl.generation.hf import make_backend
+    from mmrl.generation.backends import make_backend
     from mmrl.models.loading import load_policy
 
     model_cfg = ModelConfig(name_or_path=model, dtype=dtype)

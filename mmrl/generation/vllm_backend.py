@@ -39,8 +39,8 @@ import torch
 from mmrl.data.sample import Sample
 from mmrl.errors import UserError
 from mmrl.generation.decoding import attach_token_rules, cut_at_stop, template_stops
-from mmrl.generation.hf import RolloutBatch
 from mmrl.generation.hf_context import prompt_to_sample
+from mmrl.generation.rollout_batch import RolloutBatch
 from mmrl.generation.types import Completion, Prompt, SamplingParams
 from mmrl.models.placement import compute_dtype, model_device
 

@@ -2,8 +2,8 @@
 
 `completion_logprobs` is the training forward: the prompt runs once with a KV cache, the cache is broadcast to the G
 completions (part of the autograd graph, so the prompt and the vision tower receive the gradient of all G branches),
-and the G completions run against it; decoder layers stay checkpointed (see `mmrl.models.training_forward`, whose
-`GroupForward` module is what a DDP/FSDP wrapper wraps). The LM head only sees completion positions, in chunks.
+and the G completions run against it; decoder layers stay checkpointed (see `mmrl.models.shared_cache`;
+`mmrl.models.training_forward.GroupForward` is what a DDP/FSDP wrapper wraps). The LM head only sees completion positions, in chunks.
 `naive_completion_logprobs` is the TRL-style forward (G full sequences, image repeated G times); tests compare the two,
 and it serves models other than Qwen2-VL/Qwen2.5-VL.
 
@@ -14,6 +14,9 @@ torch.Size([8, 64])
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -30,7 +33,7 @@ from mmrl.models.prefix import (
     supports_prefix_sharing,
     unwrap,
 )
-from mmrl.models.training_forward import BranchCache, PrefixRecorder, checkpoint_with_shared_cache
+from mmrl.models.shared_cache import BranchCache, PrefixRecorder, checkpoint_with_shared_cache
 
 DEFAULT_CHUNK = 1024  # rows of hidden states per LM-head call: bounds the [rows, vocab] logits buffer
 
@@ -58,6 +61,51 @@ def _head_logprobs(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torc
     return selective_log_softmax(lm_head(hidden).float() / temperature, targets, chunk_size=hidden.shape[0] or 1)
 
 
+# The RL update's entropy controls need each completion token's entropy from the same forward as its log-prob; a
+# list set here (`recording_entropy`) receives it, so no signature between the update and the LM head changes.
+_ENTROPY_TAP: ContextVar[list[torch.Tensor] | None] = ContextVar("entropy_tap", default=None)
+
+
+@contextmanager
+def recording_entropy(out: list[torch.Tensor]) -> Iterator[None]:
+    """Within the block, every `head_logprobs` call also appends the entropy of the tempered next-token distribution
+    at its rows to `out` ([N] float32, with gradient, in the order of the log-probs it returns)."""
+    token = _ENTROPY_TAP.set(out)
+    try:
+        yield
+    finally:
+        _ENTROPY_TAP.reset(token)
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) per row, in float32: [..., V] -> [...]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def _head_logprobs_entropy(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                           temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = lm_head(hidden).float() / temperature
+    return selective_log_softmax(logits, targets, chunk_size=hidden.shape[0] or 1), token_entropy(logits)
+
+
+def _head_with_entropy(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
+                       chunk_size: int, tap: list[torch.Tensor]) -> torch.Tensor:
+    """`head_logprobs` that also appends the rows' entropies to `tap` (each chunk checkpointed as there)."""
+    recompute = torch.is_grad_enabled() and hidden.requires_grad and hidden.shape[0] > chunk_size
+    logps, entropies = [], []
+    for start in range(0, max(hidden.shape[0], 1), chunk_size):
+        h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+        if recompute:
+            lp, ent = checkpoint(_head_logprobs_entropy, lm_head, h, t, temperature, use_reentrant=False)
+        else:
+            lp, ent = _head_logprobs_entropy(lm_head, h, t, temperature)
+        logps.append(lp)
+        entropies.append(ent)
+    tap.append(torch.cat(entropies))
+    return torch.cat(logps)
+
+
 def head_logprobs(
     lm_head: torch.nn.Module,
     hidden: torch.Tensor,
@@ -74,6 +122,9 @@ def head_logprobs(
     With gradients on and more than one chunk, each chunk is checkpointed so its [chunk, vocab] logits are freed
     after the forward and recomputed in backward; peak memory is then one chunk's logits, not N x vocab.
     """
+    tap = _ENTROPY_TAP.get()
+    if tap is not None:
+        return _head_with_entropy(lm_head, hidden, targets, temperature, chunk_size, tap)
     if hidden.shape[0] <= chunk_size:
         return _head_logprobs(lm_head, hidden, targets, temperature)
     recompute = torch.is_grad_enabled() and hidden.requires_grad
@@ -180,5 +231,8 @@ def _naive_logprobs(model: Any, prompt: dict[str, Any], completion_ids: torch.Te
         reset_rope_deltas(model)
         return _scatter_active(scores, active)
     logits = model(**batch, logits_to_keep=length + 1).logits[:, :-1]
+    tap = _ENTROPY_TAP.get()
+    if tap is not None:  # the active tokens' entropies, in the order `recording_entropy` promises
+        tap.append(token_entropy(logits[completion_mask.bool()] / temperature))
     scores = selective_log_softmax(logits / temperature, completion_ids, chunk_size=chunk_size)
     return torch.where(completion_mask.bool(), scores, torch.zeros_like(scores))

@@ -47,15 +47,13 @@ def build_qwen3_vl(preset: TinyPreset, tokenizer: Any) -> tuple[Any, Any]:
     from transformers import Qwen3VLConfig, Qwen3VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from mmrl.models.tiny import CHAT_TEMPLATE
-
     image_processor = Qwen2VLImageProcessorPil(
         min_pixels=preset.min_pixels, max_pixels=preset.max_pixels, patch_size=preset.patch_size, merge_size=2,
         temporal_patch_size=2, size={"shortest_edge": preset.min_pixels, "longest_edge": preset.max_pixels},
     )
     with _allow_missing_video_processor():
         processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                                     chat_template=CHAT_TEMPLATE)
+                                     chat_template=tokenizer.chat_template)  # Qwen's turns, as Qwen2.5-VL
     ids = tokenizer.convert_tokens_to_ids
     head_dim = preset.text_hidden // preset.text_heads
     if sum(preset.mrope_section) * 2 != head_dim:

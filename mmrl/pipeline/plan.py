@@ -11,49 +11,21 @@ import copy
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mmrl.config import MMRLConfig
-from mmrl.config.loader import _set_dotted, build_config, load_raw
+from mmrl.config.loader import _set_dotted, load_raw
 from mmrl.config.workflow import PipelineStep
 from mmrl.errors import UserError
+from mmrl.pipeline.refs import resolve_refs
+from mmrl.preflight import build_config
 
 # args each step kind accepts (build-data: the builder's own schema, see mmrl.pipeline.builders).
 EVAL_ARGS = {"model", "label"}
 TRAINED_ARGS = {"model"}  # `model: base` starts an sft/train step from the base (OpenVLThinker's SFT each iteration)
 TRAINED_KINDS = ("sft", "train")
-# "{step.output}": an earlier step's output path, in step overrides and build-data argv (e.g. "{rl_data.train}").
-_REF = re.compile(r"\{([A-Za-z0-9_.-]+)\.([A-Za-z0-9_-]+)\}")
-
-
-def resolve_refs(value: Any, outputs: dict[str, dict[str, Any]] | None, where: str,
-                 steps: set[str] | frozenset[str] = frozenset()) -> Any:
-    """`value` with every "{step.output}" replaced by that earlier step's output; None `outputs`: left as written.
-
-    Braces that name no step of the pipeline (`steps`, plus the earlier ones) stay as they are (LaTeX `{1.5}`).
-    """
-    if outputs is None:
-        return value
-    if isinstance(value, list):
-        return [resolve_refs(v, outputs, where, steps) for v in value]
-    if isinstance(value, dict):
-        return {k: resolve_refs(v, outputs, where, steps) for k, v in value.items()}
-    if not isinstance(value, str):
-        return value
-
-    def one(match: re.Match) -> str:
-        step, key = match.group(1), match.group(2)
-        if step not in outputs and step not in steps:
-            return match.group(0)
-        if key not in outputs.get(step, {}):
-            known = sorted(f"{s}.{k}" for s, o in outputs.items() for k in o)
-            raise UserError(f"{where}: '{{{step}.{key}}}' is no output of an earlier step; known: {known}")
-        return str(outputs[step][key])
-
-    return _REF.sub(one, value)
 
 
 @dataclass
@@ -91,8 +63,6 @@ def load_plan(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = 
     plan = Plan(str(path), config, raw, sources, root)
     _refuse_command_line_trainer_output_dir(plan)
     if config.seeds:  # here, so that `--plan` refuses what a run would refuse
-        from mmrl.pipeline.seeds import check_seed_overrides, check_seeds
-
         check_seeds(sources.get("seeds", plan.path), config.seeds)  # where the list was written: file or command line
         check_seed_overrides(plan)
     for step in plan.steps:  # a step's own overrides are checked now, not after the steps before it ran
@@ -154,6 +124,46 @@ def _check_steps(path: str, steps: list[PipelineStep]) -> None:
                                 "summary.json, so give each eval step its own args.label")
             labels[label] = step.name
         seen[step.name] = step
+
+
+# -- seeds: a sweep refuses what it would silently replace -------------------------------------------------------
+def check_seeds(path: str, seeds: list[int]) -> None:
+    duplicates = sorted({s for s in seeds if seeds.count(s) > 1})
+    if duplicates:
+        raise UserError(f"{path}: seeds {duplicates} are listed twice; each seed runs once into seed-<seed>/, so "
+                        "list each seed once")
+    if any(s < 0 for s in seeds):
+        raise UserError(f"{path}: seeds must be >= 0 (got {seeds})")
+
+
+def _sets_seed(overrides: dict[str, Any], key: str = "trainer.seed") -> bool:
+    section, field = key.split(".")
+    return key in overrides or (isinstance(overrides.get(section), dict) and field in overrides[section])
+
+
+def check_seed_overrides(plan: Plan) -> None:
+    """Refuse a trainer.seed that the sweep would silently replace: one given on the command line (every seed's run
+    sets trainer.seed=<seed>, last) or one in a step's overrides (that step would train with the same seed on every
+    seed of the list, and the spread in summary.json would not be the training's)."""
+    from mmrl.config.loader import COMMAND_LINE
+
+    seeds = plan.config.seeds
+
+    if given_on_command_line(plan, "trainer", "seed"):
+        value = plan.config.trainer.seed
+        raise UserError(f"{COMMAND_LINE}: trainer.seed={value} would be replaced by each seed of `seeds: {seeds}` "
+                        f"(each seed's run sets trainer.seed=<seed>); drop it, or run `seeds=[{value}]` for that "
+                        f"seed alone")
+    for i, step in enumerate(plan.steps):
+        if _sets_seed(step.overrides):
+            raise UserError(f"{plan.path}: pipeline.{i} ('{step.name}') overrides trainer.seed, so that step would "
+                            f"run with one seed on every seed of `seeds: {seeds}`; remove that override (the sweep "
+                            "sets trainer.seed) or set seeds=[] for a single run")
+        if _sets_seed(step.overrides, "trainer.output_dir"):  # every seed's run would share (and resume) one dir
+            raise UserError(f"{plan.path}: pipeline.{i} ('{step.name}') overrides trainer.output_dir, so every seed "
+                            f"of `seeds: {seeds}` would write that step into the same directory (a later seed "
+                            "resuming the earlier one's finished run); remove that override (each step runs in "
+                            "<output_dir>/seed-<seed>/<step>/) or set seeds=[] for a single run")
 
 
 def _allowed_args(step: PipelineStep) -> set[str]:

@@ -14,12 +14,9 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mmrl.errors import UserError
-
-if TYPE_CHECKING:
-    from mmrl.pipeline.plan import Plan
 
 # Training metrics aggregated from each train step's last row, and plotted as curves (mean over seeds).
 FINAL_METRICS = ("accuracy", "reward/total", "completion_length/mean", "completion_length/correct",
@@ -33,46 +30,6 @@ def seed_overrides(overrides: list[str] | tuple[str, ...], root: Path, seed: int
     # quoted: an override's value is read as YAML, where "runs/a #1/seed-0" would be "runs/a" (a comment), the same
     # directory for every seed
     return [*overrides, "seeds=[]", f"trainer.seed={seed}", f"output_dir={json.dumps(str(root / f'seed-{seed}'))}"]
-
-
-def check_seeds(path: str, seeds: list[int]) -> None:
-    duplicates = sorted({s for s in seeds if seeds.count(s) > 1})
-    if duplicates:
-        raise UserError(f"{path}: seeds {duplicates} are listed twice; each seed runs once into seed-<seed>/, so "
-                        "list each seed once")
-    if any(s < 0 for s in seeds):
-        raise UserError(f"{path}: seeds must be >= 0 (got {seeds})")
-
-
-def _sets_seed(overrides: dict[str, Any], key: str = "trainer.seed") -> bool:
-    section, field = key.split(".")
-    return key in overrides or (isinstance(overrides.get(section), dict) and field in overrides[section])
-
-
-def check_seed_overrides(plan: Plan) -> None:
-    """Refuse a trainer.seed that the sweep would silently replace: one given on the command line (every seed's run
-    sets trainer.seed=<seed>, last) or one in a step's overrides (that step would train with the same seed on every
-    seed of the list, and the spread in summary.json would not be the training's)."""
-    from mmrl.config.loader import COMMAND_LINE
-    from mmrl.pipeline.plan import given_on_command_line
-
-    seeds = plan.config.seeds
-
-    if given_on_command_line(plan, "trainer", "seed"):
-        value = plan.config.trainer.seed
-        raise UserError(f"{COMMAND_LINE}: trainer.seed={value} would be replaced by each seed of `seeds: {seeds}` "
-                        f"(each seed's run sets trainer.seed=<seed>); drop it, or run `seeds=[{value}]` for that "
-                        f"seed alone")
-    for i, step in enumerate(plan.steps):
-        if _sets_seed(step.overrides):
-            raise UserError(f"{plan.path}: pipeline.{i} ('{step.name}') overrides trainer.seed, so that step would "
-                            f"run with one seed on every seed of `seeds: {seeds}`; remove that override (the sweep "
-                            "sets trainer.seed) or set seeds=[] for a single run")
-        if _sets_seed(step.overrides, "trainer.output_dir"):  # every seed's run would share (and resume) one dir
-            raise UserError(f"{plan.path}: pipeline.{i} ('{step.name}') overrides trainer.output_dir, so every seed "
-                            f"of `seeds: {seeds}` would write that step into the same directory (a later seed "
-                            "resuming the earlier one's finished run); remove that override (each step runs in "
-                            "<output_dir>/seed-<seed>/<step>/) or set seeds=[] for a single run")
 
 
 def refuse_seeds_outside_pipeline(command: str, overrides: list[str] | tuple[str, ...], seeds: list[int]) -> None:

@@ -25,6 +25,7 @@ import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mmrl.errors import UserError
 from mmrl.registry import Registry
@@ -149,12 +150,25 @@ def reward_arguments(fn: RewardFn) -> tuple[list[str], bool]:
     return named, open_ended
 
 
+def _frame_problem(name: str, frame: Any) -> str | None:
+    # A box/point reward's own pred_frame: a typo (or 'auto') made every item unscorable (None), so nothing learned
+    from mmrl.models.interface import COORDINATE_REWARDS, FRAMES
+
+    if name in COORDINATE_REWARDS and frame is not None and frame not in FRAMES:
+        return (f"reward '{name}': kwargs.pred_frame {frame!r} is not a frame; use one of {', '.join(FRAMES)}, or "
+                "leave it out to read the model's own (model.pred_frame)")
+    return None
+
+
 def kwargs_problem(name: str, fn: RewardFn, kwargs: dict) -> str | None:
     """One line saying what is wrong with a spec's `kwargs` for reward `name`, or None when they are all accepted.
 
     >>> kwargs_problem("accuracy", get_reward("accuracy"), {"tolerence": 0.1})
     "reward 'accuracy' has no argument 'tolerence'; valid: tags, allow_boxed"
     """
+    frame = _frame_problem(name, kwargs.get("pred_frame"))
+    if frame is not None:
+        return frame
     valid, open_ended = reward_arguments(fn)
     columns = _column_names()
     for key in kwargs:

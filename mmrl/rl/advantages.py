@@ -6,7 +6,8 @@ Every estimator has the signature
 where completions with the same `group_ids` value were sampled from the same prompt (ids need not be contiguous).
 `scale=None` means the estimator's own convention (grpo divides by the group std; rloo and dr_grpo do not).
 `token_counts` (active tokens per completion) and `all_reduce` (sums a float64 tensor over all processes) are
-used only by estimators with batch-level statistics (reinforce_pp); the others are local to each group.
+used only by estimators with batch-level statistics (reinforce_pp, gdpo); the others are local to each group.
+`components` [N, K] (each reward's score, NaN when unscorable) and `component_weights` [K] are read by gdpo only.
 
 Conventions shared by all estimators:
 - **Unscorable rewards arrive as NaN.** They get advantage 0 (so they contribute no policy gradient) and are left out
@@ -22,6 +23,7 @@ tensor([ 0.5000, -0.5000,  0.0000,  0.0000])
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -144,6 +146,53 @@ def reinforce_pp_advantages(
     return _finish(adv, g, rewards)
 
 
+@ADVANTAGES.register("gdpo")
+def gdpo_advantages(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    *,
+    scale: bool | None = None,
+    eps: float = 1e-4,
+    components: torch.Tensor | None = None,
+    component_weights: torch.Tensor | None = None,
+    all_reduce: SumFn | None = None,
+    **_: Any,
+) -> torch.Tensor:
+    """GDPO (Liu et al., 2026, "Group reward-Decoupled Normalization Policy Optimization"): normalise each reward
+    component within its group, sum them with the rewards' weights, then normalise the sum over the global batch.
+
+    components [N, K] (NaN = that reward could not score the completion), component_weights [K]:
+    s_i = sum_k w_k * (c_ik - group mean_k) / (group std_k + eps), a component's NaN counting 0 and left out of its
+    group's statistics; A_i = (s_i - m) / (sd + eps) with m and sd (unbiased) over every scorable completion of the
+    global batch (summed over processes through `all_reduce`), as TRL's multi_objective_aggregation=
+    "normalize_then_sum". Without `components` the total reward is the one component. `scale=False` keeps the sum's batch centring without the division. A completion whose total
+    reward is NaN gets 0 and is left out of every statistic, as with every estimator. [N] -> [N].
+    """
+    if components is None or component_weights is None:  # one reward: the total, weight 1
+        components, component_weights = rewards.unsqueeze(1), torch.ones(1)
+    summed = torch.zeros_like(rewards, dtype=torch.float64)
+    # an unscorable completion (NaN total) stays out of every reward's group statistics too
+    components = torch.where(torch.isnan(rewards).unsqueeze(1), math.nan, components.double())
+    for k in range(components.shape[1]):
+        if float(component_weights[k]) == 0:
+            continue  # a zero-weight reward is reported, never learned from (as in the weighted total)
+        normalised = grpo_advantages(components[:, k].double(), group_ids, scale=True, eps=eps)
+        summed = summed + float(component_weights[k]) * normalised  # NaN components came back as 0
+    g = _groups(torch.where(torch.isnan(rewards), rewards.double(), summed), group_ids)
+    moments = torch.stack([g.valid.double().sum(), g.values.sum(), g.values.square().sum()])
+    if all_reduce is not None:
+        moments = all_reduce(moments)
+    count, total, squares = (float(x) for x in moments)
+    if count < 1:
+        return _finish(torch.zeros_like(g.values), g, rewards)
+    mean = total / count
+    adv = g.values - mean
+    if scale is None or scale:
+        var = max(squares - count * mean * mean, 0.0) / (count - 1) if count > 1 else 0.0
+        adv = _scaled(adv, torch.full_like(adv, var**0.5), eps)
+    return _finish(adv, g, rewards)
+
+
 def compute_advantages(
     name: str,
     rewards: torch.Tensor,
@@ -153,7 +202,10 @@ def compute_advantages(
     eps: float,
     token_counts: torch.Tensor | None = None,
     all_reduce: SumFn | None = None,
+    components: torch.Tensor | None = None,
+    component_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Look up `name` in ADVANTAGES and apply it."""
+    """Look up `name` in ADVANTAGES and apply it (`components` [N, K] and their weights [K]: the estimators that
+    read each reward apart, gdpo)."""
     return ADVANTAGES.get(name)(rewards, group_ids, scale=scale, eps=eps, token_counts=token_counts,
-                                all_reduce=all_reduce)
+                                all_reduce=all_reduce, components=components, component_weights=component_weights)

@@ -1,49 +1,122 @@
-"""The clipped policy-gradient loss per token, and the registry of ways to aggregate it into one scalar.
+"""The policy-gradient loss per token: one `LossInputs` in, one `LossOutput` out, each loss a small registered
+function of (inputs, settings); `PolicyLoss` holds the configured loss, aggregation and settings.
 
-`policy_loss` returns a per-token loss [B, T] (already 0 on inactive positions); an aggregation from `AGGREGATIONS`
-turns it into the scalar to backpropagate. The trainer picks both by name; nothing here branches on the algorithm.
-
-Gradient accumulation and several processes — the normaliser contract
----------------------------------------------------------------------
-One optimizer step consumes a *global batch*: every micro-batch of every process. The trainer calls `backward()`
-on each micro-batch's aggregated loss and the gradients add up (accumulation), then DDP *averages* them over the
-`world_size` processes. For the result to equal the loss of the whole global batch computed at once:
-- pass the **global** normalisers to every micro-batch: `global_active_tokens` = active (mask=1) tokens summed over all
-  micro-batches and all processes of the step (an all-reduce of the local counts), `global_num_sequences` = number of
-  completions in the step, likewise summed;
-- do **not** divide by the number of accumulation steps (the global normaliser already did);
-- multiply each micro-batch loss by `world_size` before `backward()` to undo DDP's averaging (DeepSpeed/FSDP averaging
-  likewise). With one process, world_size = 1 and nothing changes.
-Under this contract `dapo` is the exact token mean over the global batch, `grpo` the exact mean over all sequences of
-their token means, and `dr_grpo` the exact sum / (global sequences * max_completion_length). `bnpo` is by definition
-the token mean of each micro-batch; `global_micro_batches` (all micro-batches of the step on all processes) makes
-the step's loss their mean, so 8 identical groups give the loss of 1, as for the other aggregations.
-When the normalisers are None the functions fall back to the local micro-batch values (single micro-batch training).
+A loss returns a per-token loss [B, T] (already 0 on inactive positions); an aggregation from `AGGREGATIONS`
+(`mmrl.rl.aggregations`, where the normaliser contract for accumulation and several processes is written down) turns
+it into the scalar to backpropagate. The trainer picks both by name; nothing here branches on the algorithm. What
+every loss shares — the importance-sampling weight on the policy-gradient term, the KL penalty, zero on inactive
+positions — is applied once, after the registered function (`PolicyLossEntry.loss`).
 
 >>> import torch
->>> loss = torch.tensor([[1.0, 3.0], [2.0, 0.0]]); mask = torch.tensor([[1, 1], [1, 0]])
->>> float(aggregate("grpo", loss, mask, max_completion_length=2))  # ((1+3)/2 + 2/1) / 2
-2.0
+>>> out = policy_loss(torch.tensor([[-1.0, -2.0]]), None, torch.tensor([2.0]), torch.tensor([[1, 0]]))
+>>> out.per_token.tolist()  # on-policy: ratio 1, loss -A on the active token, 0 on padding
+[[-2.0, 0.0]]
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from mmrl.registry import Registry
+from mmrl.rl.aggregations import AGGREGATIONS, Normalisers, aggregate
 from mmrl.rl.kl import kl_estimate
+from mmrl.rl.mismatch import truncated_is_weights
 
 if TYPE_CHECKING:
     from mmrl.config.rl import AlgorithmConfig
 
-AggregationFn = Callable[..., torch.Tensor]
-AGGREGATIONS: Registry[AggregationFn] = Registry("loss aggregation", "algorithm.loss_aggregation")
-PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
-POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss", "algorithm.policy_loss")
+__all__ = ["AGGREGATIONS", "POLICY_LOSSES", "LossInputs", "LossOutput", "LossSettings", "Normalisers", "PolicyLoss",
+           "aggregate", "loss_mask", "policy_loss", "truncated_is_weights"]
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """One micro-batch's tensors. Shapes: logp, old_logp, ref_logp, mask [B, T]; advantages [B] (one per completion)
+    or [B, T]. `old_logp=None` means fully on-policy (mu = 1, one mini-batch): logp.detach() is used, so the ratio is
+    1. `is_weight` [B, T] (no gradient; e.g. `truncated_is_weights`) multiplies the policy-gradient term, not the KL."""
+
+    logp: torch.Tensor
+    old_logp: torch.Tensor | None
+    advantages: torch.Tensor
+    mask: torch.Tensor
+    ref_logp: torch.Tensor | None = None
+    is_weight: torch.Tensor | None = None
+    sampler_logp: torch.Tensor | None = None  # [B, T] the rollout engine's log-probs (off-policy sequence mask)
+    entropy_mask: torch.Tensor | None = None  # [B, T] 1 on the tokens the policy gradient trains (top-entropy tokens)
+
+
+class LossOutput(NamedTuple):
+    """Per-token loss [B, T] (0 on inactive tokens) and the loss-side metrics (means over active tokens)."""
+
+    per_token: torch.Tensor
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The algorithm's loss settings (`algorithm.*`; see `mmrl.config.rl.AlgorithmConfig` for each field)."""
+
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    dual_clip_c: float | None = None
+    ratio_clamp: float | None = None
+    beta: float = 0.0
+    kl_estimator: str = "k3"
+    kl_clamp: float | None = None
+    sapo_tau_pos: float = 1.0
+    sapo_tau_neg: float = 1.05
+    off_policy_mask_threshold: float | None = None
+
+
+LossFn = Callable[[LossInputs, LossSettings], LossOutput]
+
+
+@dataclass(frozen=True)
+class PolicyLossEntry:
+    """A registered policy loss: its policy-gradient term `compute(inputs, settings)`, and the settings it defaults to
+    when called by keywords. Called with tensors and keywords it is the loss as a plain function (tests, notebooks)."""
+
+    compute: LossFn
+    defaults: LossSettings = LossSettings()
+
+    def loss(self, inputs: LossInputs, settings: LossSettings) -> LossOutput:
+        """The policy-gradient term, times `inputs.is_weight`, the top-entropy token mask and the off-policy sequence
+        mask (each when given), plus beta * KL; 0 on inactive tokens."""
+        pg, metrics = self.compute(inputs, settings)
+        metrics = dict(metrics)
+        for factor in (inputs.is_weight, inputs.entropy_mask):
+            pg = pg if factor is None else pg * factor.to(pg)
+        if settings.off_policy_mask_threshold is not None:
+            keep = off_policy_sequence_mask(inputs, settings.off_policy_mask_threshold)
+            pg = pg * keep
+            metrics["off_policy_masked_frac"] = float(_masked_mean(1 - keep.expand_as(pg), inputs.mask.to(pg.dtype)))
+        return _with_kl(pg, metrics, inputs, settings)
+
+    def __call__(self, logp: torch.Tensor, old_logp: torch.Tensor | None, advantages: torch.Tensor,
+                 mask: torch.Tensor, *, ref_logp: torch.Tensor | None = None, is_weight: torch.Tensor | None = None,
+                 sampler_logp: torch.Tensor | None = None, entropy_mask: torch.Tensor | None = None,
+                 **settings: float | str | None) -> LossOutput:
+        return self.loss(LossInputs(logp, old_logp, advantages, mask, ref_logp, is_weight, sampler_logp, entropy_mask),
+                         replace(self.defaults, **settings))
+
+
+POLICY_LOSSES: Registry[PolicyLossEntry] = Registry("policy loss", "algorithm.policy_loss")
+
+
+def register_loss(name: str, **defaults: float | str | None) -> Callable[[LossFn], PolicyLossEntry]:
+    """Register `compute` under `name` (with `defaults` over `LossSettings`'s when called by keywords)."""
+
+    def decorator(compute: LossFn) -> PolicyLossEntry:
+        entry = PolicyLossEntry(compute, LossSettings(**defaults))
+        POLICY_LOSSES.add(name, entry)
+        return entry
+
+    return decorator
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -82,239 +155,163 @@ def _surrogate(
     return loss, metrics
 
 
-def _with_kl(
-    loss: torch.Tensor,
-    metrics: dict[str, float],
-    logp: torch.Tensor,
-    mask: torch.Tensor,
-    ref_logp: torch.Tensor | None,
-    beta: float,
-    kl_estimator: str,
-    kl_clamp: float | None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    if beta > 0:
-        if ref_logp is None:
+def _with_kl(loss: torch.Tensor, metrics: dict[str, float], inputs: LossInputs,
+             settings: LossSettings) -> LossOutput:
+    mask = inputs.mask.to(inputs.logp.dtype)
+    if settings.beta > 0:
+        if inputs.ref_logp is None:
             raise ValueError("policy loss: beta > 0 needs ref_logp")
-        kl = kl_estimate(logp, ref_logp, kl_estimator, kl_clamp)
-        loss = loss + beta * kl
+        kl = kl_estimate(inputs.logp, inputs.ref_logp, settings.kl_estimator, settings.kl_clamp)
+        loss = loss + settings.beta * kl
         metrics["kl_mean"] = float(_masked_mean(kl.detach(), mask))
     # torch.where, not a product: padded positions may hold inf/NaN log-probs and NaN * 0 is NaN.
-    return torch.where(mask > 0, loss, torch.zeros_like(loss)), metrics
+    return LossOutput(torch.where(mask > 0, loss, torch.zeros_like(loss)), metrics)
 
 
-def _token_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
-    if old_logp is None:
-        old_logp = logp.detach()
+def _token_log_ratio(inputs: LossInputs) -> torch.Tensor:
+    logp, mask = inputs.logp, inputs.mask
+    old_logp = inputs.old_logp if inputs.old_logp is not None else logp.detach()
     return torch.where(mask > 0, logp - old_logp, torch.zeros_like(logp))
 
 
-def _advantages(advantages: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    adv = advantages.to(device=like.device, dtype=like.dtype)
+def _advantages(inputs: LossInputs) -> torch.Tensor:
+    adv = inputs.advantages.to(device=inputs.logp.device, dtype=inputs.logp.dtype)
     return adv.unsqueeze(1) if adv.ndim == 1 else adv
 
 
-@POLICY_LOSSES.register("ppo")
-def policy_loss(
-    logp: torch.Tensor,
-    old_logp: torch.Tensor | None,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-    dual_clip_c: float | None = None,
-    ratio_clamp: float | None = None,
-    ref_logp: torch.Tensor | None = None,
-    beta: float = 0.0,
-    kl_estimator: str = "k3",
-    kl_clamp: float | None = None,
-    is_weight: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+@register_loss("ppo")
+def ppo_loss(inputs: LossInputs, s: LossSettings) -> LossOutput:
     """PPO clipped surrogate per token, with clip-higher, dual clip and an optional KL penalty.
 
-    Shapes: logp, old_logp, ref_logp, mask [B, T]; advantages [B] (one per completion) or [B, T].
     ratio = exp(clamp(logp - old_logp, -ratio_clamp, ratio_clamp));
     loss = -min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A);
     for A < 0 with `dual_clip_c`: loss = min(loss, -c * A) (bounds the loss when the ratio explodes);
     plus beta * KL estimate per token when beta > 0 (see `mmrl.rl.kl` for what each estimator's gradient is).
-    `old_logp=None` means fully on-policy (mu = 1, one mini-batch): logp.detach() is used, so the ratio is 1 and the
-    gradient is that of A * logp. Returns (per_token_loss [B, T] with 0 on inactive tokens, metrics): clip_frac_low,
+    With `old_logp=None` the ratio is 1 and the gradient is that of A * logp. Metrics: clip_frac_low,
     clip_frac_high, dual_clip_frac, ratio_mean, and kl_mean when beta > 0 (all means over active tokens).
-    `is_weight` [B, T] (no gradient; e.g. `truncated_is_weights`) multiplies the policy-gradient term, not the KL.
     """
-    mask = mask.to(logp.dtype)
-    loss, metrics = _surrogate(_token_log_ratio(logp, old_logp, mask), _advantages(advantages, logp), mask,
-                               eps_low, eps_high, dual_clip_c, ratio_clamp)
-    loss = loss if is_weight is None else loss * is_weight
-    return _with_kl(loss, metrics, logp, mask, ref_logp, beta, kl_estimator, kl_clamp)
+    mask = inputs.mask.to(inputs.logp.dtype)
+    return LossOutput(*_surrogate(_token_log_ratio(inputs), _advantages(inputs), mask, s.eps_low, s.eps_high,
+                                  s.dual_clip_c, s.ratio_clamp))
 
 
-@POLICY_LOSSES.register("gspo")
-def gspo_loss(
-    logp: torch.Tensor,
-    old_logp: torch.Tensor | None,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    eps_low: float = 3e-4,
-    eps_high: float = 4e-4,
-    dual_clip_c: float | None = None,
-    ratio_clamp: float | None = None,
-    ref_logp: torch.Tensor | None = None,
-    beta: float = 0.0,
-    kl_estimator: str = "k3",
-    kl_clamp: float | None = None,
-    is_weight: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+@register_loss("gspo", eps_low=3e-4, eps_high=4e-4)
+def gspo_loss(inputs: LossInputs, s: LossSettings) -> LossOutput:
     """GSPO (Zheng et al., 2025): one importance ratio per sequence, s_i = exp(mean over its active tokens of
     logp - old_logp), clipped per sequence: loss_i = -min(s_i * A_i, clip(s_i, 1 - eps_low, 1 + eps_high) * A_i),
     written on every active token of sequence i (so the `grpo` aggregation gives the paper's mean over sequences).
-    The gradient flows through s_i (TRL's importance_sampling_level="sequence"). Shapes and the rest as `policy_loss`;
-    advantages must be one per completion, [B]. Clip fractions count a clipped sequence's tokens.
+    The gradient flows through s_i (TRL's importance_sampling_level="sequence"). Advantages must be one per
+    completion, [B]. Clip fractions count a clipped sequence's tokens.
     """
-    if advantages.ndim != 1:
-        raise ValueError("gspo: advantages must be one per completion ([B]); got shape " f"{tuple(advantages.shape)}")
-    mask = mask.to(logp.dtype)
-    per_token = _token_log_ratio(logp, old_logp, mask)
-    seq = (per_token * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
-    loss, metrics = _surrogate(seq, _advantages(advantages, logp), mask, eps_low, eps_high, dual_clip_c, ratio_clamp)
-    loss = loss if is_weight is None else loss * is_weight
-    return _with_kl(loss, metrics, logp, mask, ref_logp, beta, kl_estimator, kl_clamp)
+    if inputs.advantages.ndim != 1:
+        raise ValueError(f"gspo: advantages must be one per completion ([B]); got shape {tuple(inputs.advantages.shape)}")
+    mask = inputs.mask.to(inputs.logp.dtype)
+    seq = (_token_log_ratio(inputs) * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+    return LossOutput(*_surrogate(seq, _advantages(inputs), mask, s.eps_low, s.eps_high, s.dual_clip_c,
+                                  s.ratio_clamp))
 
 
-def truncated_is_weights(old_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor,
-                         cap: float | None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Truncated importance sampling (TIS) for the rollout/trainer mismatch, and how large the mismatch is.
+def _ratio(inputs: LossInputs, s: LossSettings) -> torch.Tensor:
+    """Per-token importance ratio exp(clamp(logp - old_logp, -ratio_clamp, ratio_clamp)), with its gradient."""
+    log_ratio = _token_log_ratio(inputs)
+    return torch.exp(log_ratio if s.ratio_clamp is None else log_ratio.clamp(-s.ratio_clamp, s.ratio_clamp))
 
-    The completions were drawn by the rollout engine (log-probs `sampler_logp`), not by the trainer's forward of the
-    same weights (`old_logp`): kernels, bf16 and image preprocessing differ. Per token, weight =
-    min(exp(old_logp - sampler_logp), cap) (1 on inactive tokens; no cap when `cap` is None), to multiply the
-    policy-gradient loss (TRL's vllm_importance_sampling_correction in token_truncate mode, verl's TIS).
-    Shapes: [B, T] each. Metrics (means over active tokens): logprob_kl = k3 estimate of KL(sampler || trainer)
-    from the sampled tokens (>= 0, 0 when they agree), logprob_abs_diff_max, tis_weight_mean, tis_clip_frac.
 
-    >>> w, m = truncated_is_weights(torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.0, -4.0]]), torch.ones(1, 2), 2.0)
-    >>> w.tolist(), m["tis_clip_frac"]
-    ([[1.0, 2.0]], 0.5)
-    """
+def _ratio_metrics(ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, low: float, high: float,
+                   ) -> dict[str, float]:
     with torch.no_grad():
-        active = mask > 0
-        mask = mask.to(old_logp.dtype)
-        diff = torch.where(active, old_logp.detach() - sampler_logp.to(old_logp), torch.zeros_like(old_logp))
-        ratio = torch.exp(diff)
-        weight = ratio.clamp(max=cap) if cap is not None else ratio
-        k3 = ratio - 1 - diff  # KL(sampler || trainer) estimator on tokens drawn by the sampler
-        metrics = {
-            "logprob_kl": float(_masked_mean(k3, mask)),
-            "logprob_abs_diff_max": float(diff.abs().max()) if diff.numel() else 0.0,
-            "tis_weight_mean": float(_masked_mean(weight, mask)),
-            "tis_clip_frac": float(_masked_mean((ratio > cap).to(mask.dtype), mask)) if cap is not None else 0.0,
-        }
-    return torch.where(active, weight, torch.ones_like(weight)), metrics
+        r, a = ratio.expand_as(mask), adv.expand_as(mask)
+        return {"clip_frac_low": float(_masked_mean(((r < low) & (a < 0)).to(mask.dtype), mask)),
+                "clip_frac_high": float(_masked_mean(((r > high) & (a > 0)).to(mask.dtype), mask)),
+                "ratio_mean": float(_masked_mean(r, mask))}
 
 
-@AGGREGATIONS.register("grpo")
-def aggregate_grpo(
-    per_token_loss: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    max_completion_length: int,
-    global_active_tokens: float | None = None,
-    global_num_sequences: int | None = None,
-    global_micro_batches: int | None = None,
-) -> torch.Tensor:
-    """Token mean within each sequence, then the mean over sequences: sum_i(mean_t loss_it) / num_sequences.
+@register_loss("cispo", eps_low=1.0, eps_high=4.0)
+def cispo_loss(inputs: LossInputs, s: LossSettings) -> LossOutput:
+    """CISPO (MiniMax-M1, Chen et al., 2025, eq. 4): the clipped importance weight as a stop-gradient coefficient,
+    loss_t = -sg(clip(r_t, 1 - eps_low, 1 + eps_high)) * A * logp_t, so every token keeps a gradient
+    sg(w_t) * A * grad logp_t (PPO's clip zeroes the clipped tokens' gradient instead).
 
-    Sequences with no active token (e.g. masked truncated completions) contribute 0 but still count, as in TRL.
-    num_sequences = `global_num_sequences` when given, else the local B. [B, T] -> scalar.
+    The paper writes the bounds as 1 - eps_low and 1 + eps_high and sets no lower bound (eps_low large: 1.0 here makes
+    the weight's floor 0); TRL's `cispo` caps at `epsilon_high` itself (ScaleRL's eps_max = 5), i.e. this loss with
+    eps_high = eps_max - 1. The keyword defaults (1.0, 4.0) are those. Metrics: clip_frac_low / clip_frac_high
+    (weights clipped where A < 0 / A > 0), ratio_mean.
     """
-    mask = mask.to(per_token_loss.dtype)
-    per_seq = (per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-    denom = global_num_sequences if global_num_sequences is not None else per_token_loss.shape[0]
-    return per_seq.sum() / max(denom, 1)
+    mask, adv = inputs.mask.to(inputs.logp.dtype), _advantages(inputs)
+    ratio = _ratio(inputs, s)
+    weight = ratio.clamp(1.0 - s.eps_low, 1.0 + s.eps_high).detach()
+    logp = torch.where(inputs.mask > 0, inputs.logp, torch.zeros_like(inputs.logp))
+    return LossOutput(-weight * adv * logp, _ratio_metrics(ratio, adv, mask, 1.0 - s.eps_low, 1.0 + s.eps_high))
 
 
-@AGGREGATIONS.register("bnpo")
-def aggregate_bnpo(
-    per_token_loss: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    max_completion_length: int,
-    global_active_tokens: float | None = None,
-    global_num_sequences: int | None = None,
-    global_micro_batches: int | None = None,
-) -> torch.Tensor:
-    """Token mean of this micro-batch, divided by `global_micro_batches` (micro-batches of the step summed over all
-    processes; 1 when None): the step's loss is the mean over its micro-batches of their token means, as TRL's bnpo
-    under gradient accumulation and DDP. [B, T] -> scalar."""
-    mask = mask.to(per_token_loss.dtype)
-    local = (per_token_loss * mask).sum() / mask.sum().clamp(min=1)
-    return local / max(global_micro_batches or 1, 1)
+@register_loss("sapo")
+def sapo_loss(inputs: LossInputs, s: LossSettings) -> LossOutput:
+    """SAPO (Gao et al., 2025, "Soft Adaptive Policy Optimization"): a sigmoid gate instead of the hard clip,
+    loss_t = -(4 / tau) * sigmoid(tau * (r_t - 1)) * A with tau = sapo_tau_pos where A > 0, else sapo_tau_neg.
 
-
-@AGGREGATIONS.register("dr_grpo")
-def aggregate_dr_grpo(
-    per_token_loss: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    max_completion_length: int,
-    global_active_tokens: float | None = None,
-    global_num_sequences: int | None = None,
-    global_micro_batches: int | None = None,
-) -> torch.Tensor:
-    """Sum over active tokens / (num_sequences * max_completion_length) — no length bias (Dr. GRPO).
-
-    num_sequences = `global_num_sequences` when given, else the local B. [B, T] -> scalar.
+    At r = 1 the gradient is -A * grad logp (as PPO's); it decays smoothly as r leaves 1, faster for negative
+    advantages (tau_neg > tau_pos: the paper's 1.05 against 1.0). Metrics: ratio_mean, and gate_mean (the mean of
+    4 * sigmoid' = 4 s (1 - s): the fraction of the on-policy gradient a token keeps; 1 at r = 1).
     """
-    mask = mask.to(per_token_loss.dtype)
-    denom = global_num_sequences if global_num_sequences is not None else per_token_loss.shape[0]
-    return (per_token_loss * mask).sum() / (max(denom, 1) * max_completion_length)
+    mask, adv = inputs.mask.to(inputs.logp.dtype), _advantages(inputs)
+    ratio = _ratio(inputs, s)
+    tau = torch.where(adv > 0, s.sapo_tau_pos, s.sapo_tau_neg).to(ratio.dtype)
+    gate = torch.sigmoid(tau * (ratio - 1.0))
+    loss = (-(4.0 / tau) * gate * adv).expand_as(mask)
+    with torch.no_grad():
+        metrics = {"ratio_mean": float(_masked_mean(ratio.expand_as(mask), mask)),
+                   "gate_mean": float(_masked_mean((4 * gate * (1 - gate)).expand_as(mask), mask))}
+    return LossOutput(loss, metrics)
 
 
-@AGGREGATIONS.register("dapo")
-def aggregate_dapo(
-    per_token_loss: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    max_completion_length: int,
-    global_active_tokens: float | None = None,
-    global_num_sequences: int | None = None,
-    global_micro_batches: int | None = None,
-) -> torch.Tensor:
-    """Sum over active tokens / `global_active_tokens` (active tokens of the whole global batch; see module doc).
+@register_loss("gmpo", eps_low=0.4, eps_high=0.4)
+def gmpo_loss(inputs: LossInputs, s: LossSettings) -> LossOutput:
+    """GMPO (Zhao et al., 2025, "Geometric-Mean Policy Optimization", eq. 5): the geometric mean of the clipped token
+    ratios, loss_i = -A_i * prod_t min(r_t, clip(r_t, e^-eps_low, e^eps_high)) ^ (1 / |o_i|) for A_i > 0 (max for
+    A_i < 0), computed in log space and written on every active token of sequence i (so `grpo` aggregation gives the
+    paper's mean over sequences). eps_low / eps_high bound the *log* ratio: the paper's range is (e^-0.4, e^0.4).
 
-    Falls back to the local active-token count when `global_active_tokens` is None. [B, T] -> scalar.
+    The paper clips r_t to [e^-eps_low, e^eps_high] whatever the sign of A; its reference code clips sgn(A) * log r_t
+    to [-eps_low, eps_high], which swaps the bounds for A < 0. With the paper's symmetric default both agree; this
+    follows the paper (tests cover both readings). Advantages must be one per completion, [B]. Metrics: clip fractions
+    (tokens whose log-ratio left the range in the clipped direction), ratio_mean (the sequence ratio per token).
     """
-    mask = mask.to(per_token_loss.dtype)
-    denom = global_active_tokens if global_active_tokens is not None else float(mask.sum())
-    return (per_token_loss * mask).sum() / max(float(denom), 1.0)
+    if inputs.advantages.ndim != 1:
+        raise ValueError(f"gmpo: advantages must be one per completion ([B]); got shape {tuple(inputs.advantages.shape)}")
+    mask, adv = inputs.mask.to(inputs.logp.dtype), _advantages(inputs)
+    log_ratio = _token_log_ratio(inputs)
+    clipped = log_ratio.clamp(-s.eps_low, s.eps_high)
+    # A > 0: min(r A, clip(r) A) keeps the smaller log-ratio; A < 0: the larger. A = 0 contributes 0 either way.
+    kept = torch.where(adv > 0, torch.minimum(log_ratio, clipped), torch.maximum(log_ratio, clipped))
+    seq = torch.exp((kept * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1))
+    metrics = _ratio_metrics(torch.exp(log_ratio), adv, mask, math.exp(-s.eps_low), math.exp(s.eps_high))
+    metrics["ratio_mean"] = float(_masked_mean(seq.detach().expand_as(mask), mask))
+    return LossOutput((-adv * seq).expand_as(mask), metrics)
 
 
-def aggregate(
-    name: str,
-    per_token_loss: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    max_completion_length: int,
-    global_active_tokens: float | None = None,
-    global_num_sequences: int | None = None,
-    global_micro_batches: int | None = None,
-) -> torch.Tensor:
-    """Look up `name` in AGGREGATIONS and apply it."""
-    return AGGREGATIONS.get(name)(
-        per_token_loss,
-        mask,
-        max_completion_length=max_completion_length,
-        global_active_tokens=global_active_tokens,
-        global_num_sequences=global_num_sequences,
-        global_micro_batches=global_micro_batches,
-    )
+def off_policy_sequence_mask(inputs: LossInputs, threshold: float) -> torch.Tensor:
+    """DeepSeek-V3.2's off-policy sequence mask (DeepSeek-AI, 2025, eq. 9): 0 for a completion with A < 0 whose mean
+    over its tokens of log(pi_behaviour / pi_theta) exceeds `threshold` (delta), else 1. [B, 1], no gradient.
+
+    The behaviour policy is the rollout engine's (`sampler_logp`), else the old policy's (`old_logp`), else this
+    forward's (on-policy: the KL is 0 and nothing is masked), as TRL's off_policy_mask_threshold. A row never spans
+    two micro-batches, so the mask is the same whatever the token budget.
+    """
+    logp = inputs.logp.detach()
+    behaviour = next((x for x in (inputs.sampler_logp, inputs.old_logp) if x is not None), logp)
+    mask = inputs.mask.to(logp.dtype)
+    gap = torch.where(inputs.mask > 0, behaviour.to(logp) - logp, torch.zeros_like(logp))
+    gap = torch.nan_to_num(gap, nan=0.0)  # a token the engine could not score is no evidence of drift (as TRL)
+    mean_kl = (gap * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+    adv = _advantages(inputs)
+    adv = adv if adv.shape[-1] == 1 else adv[:, :1]
+    return ((adv >= 0) | (mean_kl <= threshold)).to(logp.dtype)
 
 
 @dataclass(frozen=True)
-class PolicyLoss:
+class PolicyLoss(LossSettings):
     """The configured policy loss: the registered loss and aggregation with every algorithm setting they read, built
-    once per update from the config (`from_config`), so the update passes tensors only.
+    once per update from the config (`from_config`), so the update passes one `LossInputs` and gets a `LossOutput`.
 
     `beta` is the KL coefficient *in the loss*: 0 when the config puts the KL into the reward instead.
 
@@ -325,13 +322,6 @@ class PolicyLoss:
 
     name: str = "ppo"
     aggregation: str = "grpo"
-    eps_low: float = 0.2
-    eps_high: float = 0.2
-    dual_clip_c: float | None = None
-    ratio_clamp: float | None = None
-    beta: float = 0.0
-    kl_estimator: str = "k3"
-    kl_clamp: float | None = None
 
     @classmethod
     def from_config(cls, algo: AlgorithmConfig) -> PolicyLoss:
@@ -340,24 +330,33 @@ class PolicyLoss:
         return cls(name=algo.policy_loss, aggregation=algo.loss_aggregation, eps_low=algo.eps_low,
                    eps_high=algo.eps_high, dual_clip_c=algo.dual_clip_c, ratio_clamp=algo.ratio_clamp,
                    beta=algo.beta if algo.beta > 0 and algo.kl_penalty == "loss" else 0.0,
-                   kl_estimator=algo.resolved_kl_estimator, kl_clamp=algo.kl_clamp)
+                   kl_estimator=algo.resolved_kl_estimator, kl_clamp=algo.kl_clamp, sapo_tau_pos=algo.sapo_tau_pos,
+                   sapo_tau_neg=algo.sapo_tau_neg, off_policy_mask_threshold=algo.off_policy_mask_threshold)
+
+    @property
+    def settings(self) -> LossSettings:
+        """The loss settings alone (what the registered function reads)."""
+        return LossSettings(**{f.name: getattr(self, f.name) for f in fields(LossSettings)})
+
+    def __call__(self, inputs: LossInputs) -> LossOutput:
+        """The registered loss (`name`) of one micro-batch with these settings."""
+        return POLICY_LOSSES.get(self.name).loss(inputs, self.settings)
 
     def per_token(self, logp: torch.Tensor, old_logp: torch.Tensor | None, advantages: torch.Tensor,
                   mask: torch.Tensor, ref_logp: torch.Tensor | None = None,
-                  is_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """The registered loss (`name`) with these settings; shapes and metrics as `policy_loss`."""
-        return POLICY_LOSSES.get(self.name)(
-            logp, old_logp, advantages, mask, eps_low=self.eps_low, eps_high=self.eps_high,
-            dual_clip_c=self.dual_clip_c, ratio_clamp=self.ratio_clamp, ref_logp=ref_logp, beta=self.beta,
-            kl_estimator=self.kl_estimator, kl_clamp=self.kl_clamp, is_weight=is_weight)
+                  is_weight: torch.Tensor | None = None, sampler_logp: torch.Tensor | None = None) -> LossOutput:
+        """`self(LossInputs(...))` by keywords."""
+        return self(LossInputs(logp, old_logp, advantages, mask, ref_logp, is_weight, sampler_logp))
 
-    def aggregate(self, per_token_loss: torch.Tensor, mask: torch.Tensor, *, max_completion_length: int,
-                  global_active_tokens: float | None = None, global_num_sequences: int | None = None,
-                  global_micro_batches: int | None = None) -> torch.Tensor:
-        """The registered aggregation (`aggregation`) of a per-token loss [B, T] into a scalar (see `aggregate`)."""
-        return aggregate(self.aggregation, per_token_loss, mask, max_completion_length=max_completion_length,
-                         global_active_tokens=global_active_tokens, global_num_sequences=global_num_sequences,
-                         global_micro_batches=global_micro_batches)
+    def aggregate(self, per_token_loss: torch.Tensor, mask: torch.Tensor, norms: Normalisers | None = None,
+                  **counts: float | int | None) -> torch.Tensor:
+        """The registered aggregation (`aggregation`) of a per-token loss [B, T] into a scalar, normalised by `norms`
+        (or the same counts as keywords: max_completion_length, global_active_tokens, ...; see `aggregate`)."""
+        norms = norms if norms is not None else Normalisers(**counts)  # type: ignore[arg-type]
+        return AGGREGATIONS.get(self.aggregation)(per_token_loss, mask, norms)
+
+
+policy_loss = POLICY_LOSSES.get("ppo")  # the PPO loss as a keyword function: policy_loss(logp, old, adv, mask, ...)
 
 
 def loss_mask(completion_mask: torch.Tensor, truncated: torch.Tensor | None, mask_truncated: bool) -> torch.Tensor:

@@ -14,7 +14,7 @@ so an error there would end a run hours in for one long completion.
 
 Why the loss stays exact: each micro-batch's per-token loss is written back into a zero tensor of its group's shape
 [G, T] (`MicroBatch.scatter`) and aggregated with the group's mask and the step's global normalisers. Every
-aggregation of `mmrl.rl.losses` (grpo's per-sequence means, dr_grpo's and dapo's global denominators, bnpo's token
+aggregation of `mmrl.rl.aggregations` (grpo's per-sequence means, dr_grpo's and dapo's global denominators, bnpo's token
 mean of the group) is then the group's loss restricted to those rows, and the micro-batches' gradients add up to the
 group's. Only float summation order differs.
 """

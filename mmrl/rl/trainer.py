@@ -26,9 +26,11 @@ from mmrl.engine.run import TrainingRun, prepare_run, start_run
 from mmrl.engine.run_dir import discard_fresh_run, release_run_dir, used_run_files
 from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
-from mmrl.generation.hf import check_backend, make_backend
+from mmrl.generation.backends import check_backend, make_backend
 from mmrl.models.interface import ModelInterface, eval_coordinate_tasks, interface_of, reads_coordinates
 from mmrl.rewards.composite import RewardComposite
+from mmrl.rewards.gold_check import gold_check
+from mmrl.rl.entropy import entropy_control
 from mmrl.rl.experience import Group, RolloutBackend, collect_step
 from mmrl.rl.reference import ReferencePolicy, make_reference
 from mmrl.rl.stages import ResolvedStage, StageSchedule
@@ -90,6 +92,7 @@ class GRPOTrainer:
             make_reference(self.run.model, cfg.algorithm.beta))
         # Sampling draws on the model's device, so the generator lives there (CUDA rejects a CPU generator).
         self.generator = torch.Generator(device=self.run.dist.device)
+        self.entropy = entropy_control(cfg.algorithm)  # the bonus coefficient, adapted step to step when adaptive
         self.generator.manual_seed(cfg.trainer.seed * 1000 + self.run.dist.rank)
         self._samplers: dict[str, PromptSampler] = {}
         self._composites: dict[str, RewardComposite] = {}
@@ -112,7 +115,7 @@ class GRPOTrainer:
             samples = load_datasets(list(specs), self.cfg.data)
             if not samples:
                 raise UserError(f"data: the dataset(s) {[s.path for s in specs]} contain no samples")
-            self._datasets[key] = check_for_training(samples, self.cfg.data, rewards)  # writes nothing
+            self._datasets[key] = check_for_training(samples, self.cfg.data, gold_check(rewards))  # writes nothing
         return self._datasets[key]
 
     def _interface(self) -> ModelInterface:
@@ -161,12 +164,15 @@ class GRPOTrainer:
         # were, or a second resume would restart them at position 0.
         samplers = dict(getattr(self, "_saved_samplers", {}))
         samplers.update({k: s.state_dict() for k, s in self._samplers.items()})
-        return {"schedule": self.schedule.state_dict(), "generator": self.generator.get_state(), "samplers": samplers}
+        return {"schedule": self.schedule.state_dict(), "generator": self.generator.get_state(), "samplers": samplers,
+                "entropy": self.entropy.state_dict()}
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.schedule.load_state_dict(state["schedule"])
         self.generator.set_state(state["generator"])
         self._saved_samplers = state.get("samplers", {})
+        if "entropy" in state:  # checkpoints from before the entropy controls have none
+            self.entropy.load_state_dict(state["entropy"])
 
     def _sampler_for(self, specs: tuple) -> PromptSampler:
         sampler = self._sampler(specs)
@@ -202,7 +208,7 @@ class GRPOTrainer:
                         generator=self.generator, data_cfg=self._data_cfg(stage), interface=self.interface)
                     run.model.train()
                 with timer("update"):
-                    update = policy_update(run, groups, stage, self.reference)
+                    update = policy_update(run, groups, stage, self.reference, self.entropy)
                 step += 1
                 eval_metrics = self._maybe_eval(step, timer)
                 self.schedule.advance(step, eval_metrics)

@@ -1,6 +1,6 @@
 """The policy update for one step's groups: advantages, then mu passes over mini-batches, one backward per group.
 
-Loss normalisation follows the contract in `mmrl/rl/losses.py`: every micro-batch uses the global active-token,
+Loss normalisation follows the contract in `mmrl/rl/aggregations.py`: every micro-batch uses the global active-token,
 sequence and micro-batch counts of its mini-batch (summed over processes) and is scaled by world_size, so
 accumulated and averaged gradients equal those of the whole global mini-batch computed at once.
 
@@ -22,25 +22,30 @@ What a step does, whatever the number of processes:
 from __future__ import annotations
 
 import functools
+import math
 from collections import defaultdict
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from mmrl.config.rl import AlgorithmConfig
+from mmrl.config.rl import AlgorithmConfig, RewardSpec
 from mmrl.engine.distributed import all_gather_objects, all_reduce_sum, all_reduce_sum_tensor
 from mmrl.engine.run import TrainingRun
 from mmrl.models.compile import compiled_decoder_layers
-from mmrl.models.logprobs import completion_logprobs
+from mmrl.models.logprobs import completion_logprobs, recording_entropy
 from mmrl.models.prefix import supports_prefix_sharing
 from mmrl.models.training_forward import reuse_image_features
 from mmrl.models.vision_tower import count_vision, vision_module
 from mmrl.rl.advantages import compute_advantages
+from mmrl.rl.entropy import EntropyStep, FixedEntropy, entropy_bonus, entropy_control, per_token_entropy, plan_entropy
 from mmrl.rl.experience import Group
 from mmrl.rl.kl import sequence_kl
-from mmrl.rl.losses import PolicyLoss, loss_mask, truncated_is_weights
+from mmrl.rl.losses import LossInputs, Normalisers, PolicyLoss, loss_mask
 from mmrl.rl.micro_batches import MicroBatch, by_micro_batches, micro_batches
+from mmrl.rl.mismatch import MismatchBounds, effective_sample_size, mismatch_weights
 from mmrl.rl.reference import ReferencePolicy
 from mmrl.rl.stages import ResolvedStage
 
@@ -78,16 +83,34 @@ def _logprobs(model: Any, group: Group, temperature: float, counters: dict[str, 
                                    temperature=temperature)
 
 
-def _tis_weight(group: Group, logp: torch.Tensor, cap: float | None) -> tuple[torch.Tensor | None, dict[str, float]]:
-    """Truncated-IS weights [G, T] when the rollout backend returned its sampler's log-probs and `cap` is set (else
-    None), against the trainer's log-probs of the rollout weights: `old_logp`, or this forward's when the update is
-    on-policy (mu = 1, one mini-batch: the weights have not moved yet); and the mismatch metrics (empty without the
-    sampler's log-probs)."""
+def _logprobs_and_entropy(model: Any, group: Group, parts: list[MicroBatch], temperature: float,
+                          counters: dict[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_logprobs` of `group` in its micro-batches, and the same forwards' token entropies [G, T]."""
+    pieces: list[torch.Tensor] = []
+
+    def forward(piece: Group) -> torch.Tensor:
+        tap: list[torch.Tensor] = []
+        with recording_entropy(tap):
+            logp = _logprobs(model, piece, temperature, counters)
+        pieces.append(per_token_entropy(tap, piece.completion_mask))
+        return logp
+
+    logp = by_micro_batches(parts, group, forward)
+    return logp, by_micro_batches(parts, group, lambda piece: pieces.pop(0))  # the pieces again, in the same order
+
+
+def _tis_weight(group: Group, logp: torch.Tensor, algo: AlgorithmConfig) -> tuple[torch.Tensor | None,
+                                                                                  dict[str, float]]:
+    """The `algorithm.is_correction` weights [G, T] when the rollout backend returned its sampler's log-probs and
+    `tis_cap` is set (else None), against the trainer's log-probs of the rollout weights: `old_logp`, or this
+    forward's when the update is on-policy (mu = 1, one mini-batch: the weights have not moved yet); and the mismatch
+    metrics (empty without the sampler's log-probs)."""
     if group.sampler_logp is None:
         return None, {}
     old = group.old_logp if group.old_logp is not None else logp.detach()
-    weight, metrics = truncated_is_weights(old, group.sampler_logp, group.completion_mask, cap)
-    return (weight if cap is not None else None), metrics
+    bounds = MismatchBounds(algo.tis_cap, algo.tis_floor)
+    weight, metrics = mismatch_weights(algo.is_correction, old, group.sampler_logp, group.completion_mask, bounds)
+    return (weight if algo.tis_cap is not None else None), metrics
 
 
 def _mismatch_metrics(mismatch: dict[str, list[float]]) -> dict[str, float]:
@@ -114,14 +137,19 @@ def _group_metrics(pieces: list[tuple[dict[str, float], float]]) -> dict[str, fl
     return out
 
 
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
 def _kl_in_reward(algo: AlgorithmConfig) -> bool:
     return algo.beta > 0 and algo.kl_penalty == "reward"
 
 
-def _contributes(group: Group, kl_in_loss: bool) -> bool:
-    """False when the group's loss is exactly 0 whatever the ratio (all-zero advantages, no KL term in the loss):
-    its forwards, old log-probs included, are skipped as a speed-up only."""
-    return kl_in_loss or not bool((group.advantages == 0).all())
+def _contributes(group: Group, every_group: bool) -> bool:
+    """False when the group's loss is exactly 0 whatever the ratio (all-zero advantages, and no KL term, entropy
+    bonus or entropy selection that needs every group: `every_group`): its forwards, old log-probs included, are
+    skipped as a speed-up only."""
+    return every_group or not bool((group.advantages == 0).all())
 
 
 # id(group) -> its micro-batches: planned once per step (old/reference log-probs and every pass cut a group the same
@@ -136,16 +164,22 @@ def plan_micro_batches(run: TrainingRun, groups: list[Group]) -> MicroBatchPlan:
 
 
 def prepare_old_and_ref(run: TrainingRun, groups: list[Group], plan: MicroBatchPlan,
-                        reference: ReferencePolicy | None, counters: dict[str, Any] | None = None) -> None:
+                        reference: ReferencePolicy | None, counters: dict[str, Any] | None = None,
+                        entropies: dict[int, torch.Tensor] | None = None) -> None:
     """Old log-probs when the policy moves between passes (mu > 1 or several mini-batches) or when the KL goes into
-    the reward (k1 of the rollout policy); reference log-probs when beta > 0. Both in the training's micro-batches."""
+    the reward (k1 of the rollout policy); reference log-probs when beta > 0. Both in the training's micro-batches.
+    With `entropies` (the entropy controls are on), each group's token entropies [G, T] of the same forward go there,
+    keyed by id(group)."""
     algo, temperature = run.cfg.algorithm, run.cfg.rollout.temperature
     need_old = algo.num_iterations > 1 or algo.mini_batches > 1 or _kl_in_reward(algo)
     # every process gets here once per step: FSDP2 gathers a sharded reference for the step's reference forwards
     with torch.no_grad(), run.engine.reference_gathered():
         for group in groups:
             parts = plan[id(group)]
-            if need_old:
+            if entropies is not None:
+                old, entropies[id(group)] = _logprobs_and_entropy(run.model, group, parts, temperature, counters)
+                group.old_logp = old if need_old else group.old_logp
+            elif need_old:
                 group.old_logp = by_micro_batches(parts, group, lambda g: _logprobs(run.model, g, temperature, counters))
             if reference is not None:
                 group.ref_logp = by_micro_batches(parts, group, lambda g: reference(
@@ -153,10 +187,23 @@ def prepare_old_and_ref(run: TrainingRun, groups: list[Group], plan: MicroBatchP
                     image_features=g.image_features))
 
 
-def assign_advantages(run: TrainingRun, groups: list[Group]) -> dict[str, float]:
+def _reward_components(groups: list[Group], specs: Sequence[RewardSpec],
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each completion's score per reward [N, K] (NaN: unscorable) and the rewards' weights [K], in `specs` order."""
+    columns = [torch.tensor([math.nan if v is None else float(v)
+                             for group in groups for v in group.components.get(spec.name, [None] * len(group.texts))],
+                            dtype=torch.float64, device=device) for spec in specs]
+    n = sum(len(group.texts) for group in groups)
+    matrix = torch.stack(columns, 1) if columns else torch.zeros(n, 0, dtype=torch.float64, device=device)
+    return matrix, torch.tensor([spec.weight for spec in specs], dtype=torch.float64, device=device)
+
+
+def assign_advantages(run: TrainingRun, groups: list[Group], reward_specs: Sequence[RewardSpec] = ()) -> dict[str,
+                                                                                                           float]:
     """Set every group's advantages [G] from its rewards (minus beta * sequence KL when the KL is in the reward).
 
-    Batch-level statistics (reinforce_pp's whitening, the KL metric) are summed over all processes, so every
+    `reward_specs` (the stage's rewards) give gdpo each reward's score and weight.
+    Batch-level statistics (reinforce_pp's whitening, gdpo's, the KL metric) are summed over all processes, so every
     process takes part even with no groups. Returns {"loss/kl_mean": mean KL per active token} for KL-in-reward."""
     algo, world = run.cfg.algorithm, run.dist.world_size
     rewards, counts, kl_sum, kl_tokens = [], [], 0.0, 0.0
@@ -180,8 +227,10 @@ def assign_advantages(run: TrainingRun, groups: list[Group]) -> dict[str, float]
     def reduce(t: torch.Tensor) -> torch.Tensor:
         return all_reduce_sum_tensor(t, world)
 
+    components, weights = _reward_components(groups, reward_specs, device)
     adv = compute_advantages(algo.advantage, all_rewards, group_ids, scale=algo.scale_rewards, eps=algo.std_eps,
-                             token_counts=torch.cat(counts) if counts else None, all_reduce=reduce)
+                             token_counts=torch.cat(counts) if counts else None, all_reduce=reduce,
+                             components=components, component_weights=weights)
     for i, group in enumerate(groups):
         group.advantages = adv[group_ids == i].to(group.rewards.dtype)
     if not _kl_in_reward(algo):
@@ -190,18 +239,19 @@ def assign_advantages(run: TrainingRun, groups: list[Group]) -> dict[str, float]
     return {"loss/kl_mean": all_reduce_sum(kl_sum, world) / max(tokens, 1.0)}
 
 
-def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage,
-                  reference: ReferencePolicy | None) -> dict[str, float]:
-    """Run the update; returns loss, grad norm and the loss-side metrics (means over micro-batches)."""
+def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, reference: ReferencePolicy | None,
+                  entropy: FixedEntropy | None = None) -> dict[str, float]:
+    """Run the update; returns loss, grad norm and the loss-side metrics (means over micro-batches). `entropy`: the
+    run's entropy control, whose state carries over steps (None: a fresh one from the config)."""
     cfg, world = run.cfg, run.dist.world_size
     algo = cfg.algorithm
     disable_dropout(run.model)
     policy_loss = PolicyLoss.from_config(algo)  # the algorithm's loss settings, once: the loop passes tensors only
-    kl_in_loss = policy_loss.beta > 0
+    entropy = entropy if entropy is not None else entropy_control(algo)
     # Vision-tower passes of the update (the policy's tower; `vision_reused`: the rollout's features served instead).
     vision: dict[str, Any] = {}
     with count_vision(vision_module(run.model), vision), compiled_decoder_layers(run.model, cfg.model.compile):
-        out = _update(run, groups, stage, reference, policy_loss, kl_in_loss, vision)
+        out = _update(run, groups, stage, reference, policy_loss, entropy, vision)
     out.update({f"update/{k}": float(all_reduce_sum(vision.get(k, 0), world))
                 for k in ("vision_encoder_calls", "vision_reused")})
     return out
@@ -214,30 +264,22 @@ class _UpdateContext:
     run: TrainingRun
     stage: ResolvedStage
     policy_loss: PolicyLoss
-    kl_in_loss: bool
+    every_group: bool  # a group with all-zero advantages still needs its forwards (`_contributes`)
     plan: MicroBatchPlan
     vision: dict[str, Any]
+    entropy: EntropyStep
     # id(group) -> which of its rows have a zero advantage, read on the host once, before the first forward: asking
     # the device at each micro-batch made the host wait for the previous backward to finish
     zero_advantage: dict[int, list[bool]] = field(default_factory=dict)
 
     def contributes(self, group: Group, part: MicroBatch | None = None) -> bool:
         """`_contributes` of the group (or of `part`'s rows of it), from the host's copy of the advantages."""
-        if self.kl_in_loss:
+        if self.every_group:
             return True
         zero = self.zero_advantage[id(group)]
         if part is None or part.whole:
             return not all(zero)
         return not all(zero[row] for row in (part.host_rows or part.rows.tolist()))
-
-
-@dataclass(frozen=True)
-class _Normalisers:
-    """A mini-batch's global counts (summed over processes) that every micro-batch's loss is normalised by."""
-
-    active_tokens: float
-    num_sequences: int
-    micro_batches: int
 
 
 @dataclass(frozen=True)
@@ -253,21 +295,29 @@ class _Forward:
 
 
 def _update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, reference: ReferencePolicy | None,
-            policy_loss: PolicyLoss, kl_in_loss: bool, vision: dict[str, Any]) -> dict[str, float]:
+            policy_loss: PolicyLoss, control: FixedEntropy, vision: dict[str, Any]) -> dict[str, float]:
     algo = run.cfg.algorithm
+    entropy_on = control.active or algo.top_entropy_quantile < 1
+    every_group = policy_loss.beta > 0 or entropy_on
+    entropies: dict[int, torch.Tensor] | None = {} if entropy_on else None
     if _kl_in_reward(algo):  # the rewards need the rollout policy's and the reference's log-probs first
         plan = plan_micro_batches(run, groups)
-        prepare_old_and_ref(run, groups, plan, reference, vision)
-        reward_metrics = assign_advantages(run, groups)
+        prepare_old_and_ref(run, groups, plan, reference, vision, entropies)
+        reward_metrics = assign_advantages(run, groups, stage.rewards)
     else:  # advantages first: a group that contributes nothing needs no old log-probs (nor a plan) either
-        reward_metrics = assign_advantages(run, groups)
-        contributing = [g for g in groups if _contributes(g, kl_in_loss)]
+        reward_metrics = assign_advantages(run, groups, stage.rewards)
+        contributing = [g for g in groups if _contributes(g, every_group)]
         plan = plan_micro_batches(run, contributing)
-        prepare_old_and_ref(run, contributing, plan, reference, vision)
+        prepare_old_and_ref(run, contributing, plan, reference, vision, entropies)
+    step_entropy = EntropyStep()
+    if entropies is not None:
+        masks = {id(g): loss_mask(g.completion_mask, g.truncated, algo.mask_truncated) for g in groups}
+        step_entropy = plan_entropy(entropies, masks, control, algo.top_entropy_quantile, run.dist.world_size)
+        reward_metrics = {**reward_metrics, **step_entropy.metrics}
     zero = torch.cat([g.advantages == 0 for g in groups]).tolist() if groups else []  # one read for all groups
     sizes = [len(g.advantages) for g in groups]
     starts = [sum(sizes[:i]) for i in range(len(groups))]
-    ctx = _UpdateContext(run, stage, policy_loss, kl_in_loss, plan, vision,
+    ctx = _UpdateContext(run, stage, policy_loss, every_group, plan, vision, step_entropy,
                          zero_advantage={id(g): zero[a:a + n] for g, a, n in zip(groups, starts, sizes)})
     tally = _Tally()
     for iteration in range(algo.num_iterations):
@@ -281,9 +331,13 @@ def _train_mini_batch(ctx: _UpdateContext, mini: list[Group], measure_mismatch: 
     """Every micro-batch of this process's share of one mini-batch (one backward each), then one optimizer step."""
     run, world, algo = ctx.run, ctx.run.dist.world_size, ctx.run.cfg.algorithm
     masks = [loss_mask(g.completion_mask, g.truncated, algo.mask_truncated) for g in mini]
-    norms = _Normalisers(active_tokens=all_reduce_sum(sum(float(m.sum()) for m in masks), world),
-                         num_sequences=int(all_reduce_sum(sum(m.shape[0] for m in masks), world)),
-                         micro_batches=int(all_reduce_sum(len(mini), world)))
+    # the mini-batch's global counts (summed over processes) that every micro-batch's loss is normalised by
+    norms = Normalisers(max_completion_length=ctx.stage.max_completion_length,
+                        global_active_tokens=all_reduce_sum(sum(float(m.sum()) for m in masks), world),
+                        global_num_sequences=int(all_reduce_sum(sum(m.shape[0] for m in masks), world)),
+                        global_micro_batches=int(all_reduce_sum(len(mini), world)),
+                        global_entropy_tokens=all_reduce_sum(sum(float(_trained(ctx, g, m).sum())
+                                                                 for g, m in zip(mini, masks)), world))
     forwards: list[list[_Forward]] = []  # per group that contributes, its micro-batches'
     for group, mask in zip(mini, masks):
         # All-zero advantages and no KL term: the loss is exactly 0 whatever the ratio, so skip the forward
@@ -297,7 +351,14 @@ def _train_mini_batch(ctx: _UpdateContext, mini: list[Group], measure_mismatch: 
     tally.add_step(step_loss, grad_norm, stepped)
 
 
-def _train_micro_batch(ctx: _UpdateContext, group: Group, part: MicroBatch, mask: torch.Tensor, norms: _Normalisers,
+def _trained(ctx: _UpdateContext, group: Group, mask: torch.Tensor) -> torch.Tensor:
+    """The tokens of `group` the policy gradient (and the entropy bonus) train on: its loss mask [G, T], restricted to
+    the top-entropy tokens when that selection is on."""
+    selection = ctx.entropy.mask_of(id(group))
+    return mask if selection is None else mask * selection.to(mask.device, mask.dtype)
+
+
+def _train_micro_batch(ctx: _UpdateContext, group: Group, part: MicroBatch, mask: torch.Tensor, norms: Normalisers,
                        measure_mismatch: bool) -> _Forward | None:
     """Forward, truncated-IS weights, loss and backward of one micro-batch of `group` (`mask`: the group's loss mask
     [G, T]); None when these rows' loss is exactly 0 (no forward runs)."""
@@ -305,18 +366,25 @@ def _train_micro_batch(ctx: _UpdateContext, group: Group, part: MicroBatch, mask
     piece = part.of(group)  # the group itself without a token budget
     if not ctx.contributes(group, part):
         return None
-    with reuse_image_features(run.model, piece.image_features, ctx.vision):
+    tap: list[torch.Tensor] = []  # this forward's token entropies, when the step applies an entropy bonus
+    with reuse_image_features(run.model, piece.image_features, ctx.vision), \
+            (recording_entropy(tap) if ctx.entropy.coef > 0 else nullcontext()):
         logp = run.logprobs(piece.prompt, piece.completion_ids, piece.completion_mask, run.cfg.rollout.temperature)
-    is_weight, mismatch = _tis_weight(piece, logp, algo.tis_cap)
+    is_weight, mismatch = _tis_weight(piece, logp, algo)
     active = part.cut_mask(mask)
-    per_token, metrics = policy_loss.per_token(logp, piece.old_logp, piece.advantages, active,
-                                               ref_logp=piece.ref_logp, is_weight=is_weight)
+    selection = ctx.entropy.mask_of(id(group))
+    per_token, metrics = policy_loss(LossInputs(logp, piece.old_logp, piece.advantages, active,
+                                                ref_logp=piece.ref_logp, is_weight=is_weight,
+                                                sampler_logp=piece.sampler_logp,
+                                                entropy_mask=None if selection is None else part.cut_mask(selection)))
     # Aggregated as the group's loss restricted to these rows: the group's mask and the global normalisers, whatever
     # the aggregation (see mmrl.rl.micro_batches).
-    loss = policy_loss.aggregate(part.scatter(per_token, mask.shape), mask,
-                                 max_completion_length=ctx.stage.max_completion_length,
-                                 global_active_tokens=norms.active_tokens, global_num_sequences=norms.num_sequences,
-                                 global_micro_batches=norms.micro_batches)
+    loss = policy_loss.aggregate(part.scatter(per_token, mask.shape), mask, norms)
+    if tap:  # minus c * this piece's share of the global mini-batch's mean entropy
+        entropy = per_token_entropy(tap, piece.completion_mask)
+        trained = part.cut_mask(_trained(ctx, group, mask)).to(entropy.device)
+        loss = loss + entropy_bonus(entropy, trained, ctx.entropy.coef, norms.global_entropy_tokens or 0.0)
+        metrics = {**metrics, "entropy": float(_masked_mean(entropy.detach(), active.to(entropy.device)))}
     (loss * run.dist.world_size).backward()
     return _Forward(loss=loss.detach(), tokens=active.sum(), metrics={k: float(v) for k, v in metrics.items()},
                     mismatch=mismatch if measure_mismatch else {}, mismatch_tokens=piece.completion_mask.sum(),
@@ -368,7 +436,7 @@ class _Tally:
             for key, value in _group_metrics(loss_pieces).items():
                 self.sums[key] += value
                 self.counts[key] += 1
-            for key, value in _group_metrics(mismatch_pieces).items():
+            for key, value in effective_sample_size(_group_metrics(mismatch_pieces)).items():
                 self.mismatch[key].append(value)
         return local_loss
 

@@ -62,7 +62,7 @@ def load_sft_samples(cfg: MMRLConfig, run_dir: Path) -> list:
     if missing:
         raise UserError(f"data.train: sample {missing[0]} has no target response ({len(missing)} of {len(samples)} "
                         "lack one); SFT needs a `response` (e.g. <think>...</think><answer>...</answer>) per record")
-    return check_for_training(samples, cfg.data, rewards=[])  # SFT learns responses: golds are not scored
+    return check_for_training(samples, cfg.data)  # SFT learns responses: golds are not scored
 
 
 def train_sft(cfg: MMRLConfig) -> Path:

@@ -1,27 +1,23 @@
-"""The README's Python example (TRL-style API) and its "Your own reward" snippets run as written."""
+"""The Python API page's example (TRL-style) and the rewards page's "Your own reward" snippets run as written."""
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
 import yaml
 
+from tests.doc_blocks import block
+
 ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text(encoding="utf-8")
-
-
-def _block(heading: str, lang: str) -> str:
-    section = README.split(f"\n### {heading}\n", 1)[1].split("\n### ", 1)[0]
-    return re.search(rf"```{lang}\n(.*?)```", section, re.DOTALL).group(1)
 
 
 def test_python_example_trains_with_a_callable_reward(tmp_path, monkeypatch, capsys):
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     monkeypatch.chdir(tmp_path)
-    exec(compile(_block("From Python (TRL-style)", "python"), "README.md", "exec"), {"__name__": "readme"})
+    exec(compile(block("docs/python-api.md", "Python API", "python"), "docs/python-api.md", "exec"),
+         {"__name__": "readme"})
     run = tmp_path / "runs/python_api"
     printed = capsys.readouterr().out.splitlines()[-1].split()  # the example's print, after the run's log lines
     assert printed[:2] == [str(run.relative_to(tmp_path)), "2"]  # the TrainOutput: run_dir and global_step
@@ -37,8 +33,8 @@ def test_own_reward_snippets_score_as_the_yaml_says(tmp_path, monkeypatch):
     from mmrl.rewards.composite import RewardComposite
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "my_rewards.py").write_text(_block("Your own reward", "python"))
-    specs = yaml.safe_load(_block("Your own reward", "yaml"))["rewards"]
+    (tmp_path / "my_rewards.py").write_text(block("docs/rewards.md", "Your own reward", "python"))
+    specs = yaml.safe_load(block("docs/rewards.md", "Your own reward", "yaml"))["rewards"]
     with RewardComposite(specs, workers=0) as composite:
         result = composite.score(["<think>x</think><answer>3</answer>", "no idea"], {"answer": ["3", "3"]})
     right, wrong = result.components["my_rewards.py:short_and_right"]

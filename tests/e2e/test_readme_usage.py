@@ -1,4 +1,5 @@
-"""Every command of the README's Usage block runs as pasted, in order, in a fresh directory.
+"""Every command of the README's Usage block runs as pasted, in order, in a fresh directory; then every ```bash block
+of the docs pages (tests/doc_blocks.py), in the site's order, in the same directory.
 
 The commands are scaled down only by options appended to their line (argparse and the config loader let the last
 value win), so what runs is the README's line plus a smaller step count / item count. The accelerate line also gets
@@ -18,6 +19,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.doc_blocks import docs_commands
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,3 +93,12 @@ def test_readme_usage_runs_as_pasted(tmp_path):
     assert (tmp_path / "runs/grpo_tiny_ddp/checkpoints/step-2").is_dir()
     assert list((run / "plots").glob("*.png"))
     assert (tmp_path / "runs/tiny-model/config.json").is_file()
+
+    # The docs pages' commands, after the Usage block (they may read its data and runs).
+    (tmp_path / "tests").symlink_to(ROOT / "tests")  # fixtures the pages name (tests/fixtures/...)
+    for command in docs_commands():
+        line = _scaled(command)
+        if line.startswith("mmrl "):
+            line = f"{shlex.quote(sys.executable)} -m {line}"
+        done = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"docs command failed: {line}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"

@@ -20,7 +20,8 @@ from mmrl.data.sample import Sample
 from mmrl.engine.run_logger import read_metrics
 from mmrl.eval.generate import generate_completions
 from mmrl.generation import SamplingParams
-from mmrl.generation.hf import HFNaiveBackend, HFSharedPrefixBackend, make_backend
+from mmrl.generation.backends import make_backend
+from mmrl.generation.hf import HFNaiveBackend, HFSharedPrefixBackend
 from mmrl.models.loading import load_policy
 from mmrl.models.logprobs import completion_logprobs, naive_completion_logprobs
 from mmrl.models.prefix import supports_prefix_sharing

@@ -249,7 +249,7 @@ def test_fsdp2_save_resume_is_exact_and_the_checkpoint_is_a_plain_hf_directory(t
 def test_an_adapter_checkpoint_maps_onto_the_live_lora_names_or_is_a_one_line_error(tmp_path, tiny_model_dir):
     """What FSDP2 loads when resuming LoRA: the saved adapter under the live peft names; an adapter of another
     rank is one line naming model.lora."""
-    from mmrl.engine.distributed import _adapter_weights
+    from mmrl.engine.checkpoint import read_adapter_weights
     from mmrl.errors import UserError
 
     def lora_policy(rank: int):
@@ -262,13 +262,13 @@ def test_an_adapter_checkpoint_maps_onto_the_live_lora_names_or_is_a_one_line_er
             if "lora_B" in name:
                 p.normal_()
     policy.save_pretrained(tmp_path / "adapter")
-    got = _adapter_weights(policy, tmp_path / "adapter" / "adapter_model.safetensors")
+    got = read_adapter_weights(policy, tmp_path / "adapter" / "adapter_model.safetensors")
     live = dict(policy.named_parameters())
     assert got and all(".default." in k for k in got)
     assert {k for k in live if "lora_" in k} == set(got)
     assert all(torch.equal(v, live[k].detach()) for k, v in got.items())
     with pytest.raises(UserError, match="model.lora") as err:
-        _adapter_weights(lora_policy(2), tmp_path / "adapter" / "adapter_model.safetensors")
+        read_adapter_weights(lora_policy(2), tmp_path / "adapter" / "adapter_model.safetensors")
     assert "\n" not in str(err.value)
 
 

@@ -14,7 +14,7 @@ from mmrl.config import load_config
 from mmrl.data.sample import Sample
 from mmrl.eval.generate import generate_completions
 from mmrl.generation import Completion, GenerationBackend, Prompt, SamplingParams
-from mmrl.generation.hf import make_backend
+from mmrl.generation.backends import make_backend
 from mmrl.models.loading import load_policy
 
 GOLDEN = Path(__file__).parents[1] / "fixtures" / "generation" / "greedy_tiny.json"

@@ -41,7 +41,31 @@ CASES = {
     # the rollout's image features reused by every piece of a group (KL in the loss: reference forwards too)
     "frozen_tower_kl_mu2": ["model.freeze_vision_tower=true", "algorithm.beta=0.05", "algorithm.num_iterations=2"],
     "lora_kl": ["model.lora.enabled=true", "model.lora.r=4", "algorithm.beta=0.05"],
+    # the newer losses and corrections (issue 31): CISPO with IcePop's two-sided mask and DeepSeek-V3.2's off-policy
+    # sequence mask over two passes; SAPO with an entropy bonus on the top-20% entropy tokens and token-level MIS;
+    # GMPO with GDPO advantages, the adaptive entropy bonus and two mini-batches. (The fixed groups' sampler log-probs
+    # are extreme: the tokens the masks keep weigh ~1e-3, hence the larger SGD steps.)
+    "cispo_icepop_opsm_mu2": ["algorithm.policy_loss=cispo", "algorithm.loss_aggregation=dapo", "algorithm.eps_low=1",
+                              "algorithm.eps_high=4", "algorithm.is_correction=icepop", "algorithm.tis_cap=1e6",
+                              "algorithm.off_policy_mask_threshold=0.5", "algorithm.num_iterations=2",
+                              "optimizer.lr=50"],
+    "sapo_entropy_top20_token_mask": ["algorithm.policy_loss=sapo", "algorithm.entropy_coef=0.01",
+                                    "algorithm.top_entropy_quantile=0.2", "algorithm.is_correction=token_mask",
+                                    "algorithm.tis_cap=1e6", "algorithm.tis_floor=1e-6", "optimizer.lr=50"],
+    "gmpo_gdpo_adaptive_mini2": ["algorithm.policy_loss=gmpo", "algorithm.advantage=gdpo",
+                                 "algorithm.entropy_control=adaptive", "algorithm.entropy_coef=0.02",
+                                 "algorithm.entropy_target=100", "algorithm.mini_batches=2",
+                                 "algorithm.is_correction=sequence_truncate"],
 }
+
+
+def with_components(trainer, group):
+    """The group's reward split into the stage's rewards (the first takes the reward, the others a fixed share), as
+    the rollout's composite reports them: what gdpo reads."""
+    names = [spec.name for spec in trainer.schedule.stage_at(0).rewards]
+    group.components = {name: [float(r) if i == 0 else float(j % 2) for j, r in enumerate(group.rewards)]
+                        for i, name in enumerate(names)}
+    return group
 
 
 def with_features(trainer, group):
@@ -63,6 +87,8 @@ def test_every_loss_setting_is_exact_under_a_token_budget(synthetic_data, tmp_pa
         groups = [fixed_group(trainer, 0, i, group_size=G, length=LENGTH, sampler_logp=True) for i in range(2)]
         if "model.freeze_vision_tower=true" in extra:
             groups = [with_features(trainer, g) for g in groups]
+        if "algorithm.advantage=gdpo" in extra:
+            groups = [with_components(trainer, g) for g in groups]
         prompt_tokens = max(int(g.prompt["input_ids"].shape[-1]) for g in groups)
         # up to three full-length completions per forward; then a budget of 1 (every completion alone)
         trainer.run.cfg.trainer.max_tokens_per_micro_batch = {"default": None, "three_rows": prompt_tokens + 3 * LENGTH,
@@ -79,7 +105,7 @@ def test_every_loss_setting_is_exact_under_a_token_budget(synthetic_data, tmp_pa
         assert metrics["loss"] == pytest.approx(default["loss"], rel=1e-5, abs=1e-7), name
         # the logged means too (token-weighted over the pieces: a one-token piece, or one of masked-out truncated
         # rows, must not weigh as much as a whole group; the on-policy ratio_mean stays exactly 1)
-        for key in [k for k in default if k.startswith(("loss/", "rollout/logprob", "rollout/tis"))]:
+        for key in [k for k in default if k.startswith(("loss/", "rollout/", "entropy/"))]:
             assert metrics[key] == pytest.approx(default[key], rel=1e-4, abs=1e-6), (name, key)
         if "model.freeze_vision_tower=true" in extra:  # every piece's forward reused the rollout's features
             assert metrics["update/vision_encoder_calls"] == 0 and metrics["update/vision_reused"] > 0, name

@@ -27,7 +27,7 @@ from mmrl.data.sample import Sample
 from mmrl.errors import DataError, UserError
 from mmrl.eval.evaluate import evaluate
 from mmrl.generation import SamplingParams
-from mmrl.generation.hf import make_backend
+from mmrl.generation.backends import make_backend
 from mmrl.models.interface import interface_of
 from mmrl.models.loading import load_policy
 from mmrl.rewards.composite import RewardComposite

@@ -94,6 +94,13 @@ VARIANTS = {
                                        "trainer.max_tokens_per_micro_batch=45", "trainer.prompts_per_step=4",
                                        "optimizer.name=sgd", "optimizer.lr=0.5"],
                          "drop": [1, 3]},
+    # CISPO (issue 31) with a fixed entropy bonus on the top half of the tokens by entropy: the bonus's global token
+    # count and the entropy threshold are taken over both ranks' tokens (an all-gather), so 2 ranks select the same
+    # tokens as 1; TIS weights on the sampler's log-probs, a step with uneven ranks.
+    "sgd_cispo_entropy_top_half": {"sampler_logp": True, "overrides": [
+        "algorithm.policy_loss=cispo", "algorithm.eps_low=1", "algorithm.eps_high=4", "algorithm.loss_aggregation=dapo",
+        "algorithm.entropy_coef=0.05", "algorithm.top_entropy_quantile=0.5", "trainer.prompts_per_step=4",
+        "optimizer.name=sgd", "optimizer.lr=0.5"], "drop": [2, 0]},
 }
 
 
@@ -125,7 +132,8 @@ def test_two_processes_match_one_process_of_the_same_global_batch(synthetic_data
         # The logged loss metrics (loss, clip fractions, ratio and KL means) are those of the global batch on every
         # rank, not of the rank's own share.
         for rank in ranks:
-            assert any(key.startswith("rollout/") for row in rank["metrics"] for key in row) == (name == "sgd_gspo_kl_reward")
+            assert any(key.startswith("rollout/") for row in rank["metrics"] for key in row) == \
+                VARIANTS[name].get("sampler_logp", False)
             for got, want in zip(rank["metrics"], single["metrics"], strict=True):
                 assert got.keys() == want.keys(), (name, got, want)
                 for key in want:

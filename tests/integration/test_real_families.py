@@ -19,7 +19,8 @@ from mmrl.config import load_config
 from mmrl.data.collate import IGNORE_INDEX, encode_one, encode_sft, end_of_turn_id
 from mmrl.data.sample import Sample
 from mmrl.generation import SamplingParams
-from mmrl.generation.hf import HFNaiveBackend, HFSharedPrefixBackend, make_backend
+from mmrl.generation.backends import make_backend
+from mmrl.generation.hf import HFNaiveBackend, HFSharedPrefixBackend
 from mmrl.models.processor import folder_chat_template, load_processor
 from mmrl.models.tokens import placeholder_token_ids
 from tests.integration.real_families import FAMILIES, SHARES_PREFIX, SOURCES

@@ -115,7 +115,7 @@ def test_serve_turns_an_openai_request_into_exactly_the_templates_prompt(family,
     """System, image, an earlier assistant turn (with reasoning) and a follow-up, through `mmrl serve`'s app: the
     prompt the model gets is the real template's rendering of the same conversation, image tokens included."""
     from mmrl.config.data import DataConfig
-    from mmrl.generation.hf import make_backend
+    from mmrl.generation.backends import make_backend
 
     model, processor = policies(family)
     backend = make_backend(model, processor, data_cfg=DataConfig())

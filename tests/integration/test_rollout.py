@@ -7,7 +7,8 @@ import torch
 
 from mmrl.errors import UserError
 from mmrl.generation import SamplingParams
-from mmrl.generation.hf import HFNaiveBackend, HFSharedPrefixBackend, _Row, make_backend
+from mmrl.generation.backends import make_backend
+from mmrl.generation.hf import HFNaiveBackend, HFSharedPrefixBackend, _Row
 from mmrl.models.logprobs import completion_logprobs
 from tests.integration.chat_prompts import image_prompt
 

@@ -8,7 +8,7 @@ import torch
 
 from mmrl.config import load_config
 from mmrl.generation import GenerationBackend
-from mmrl.generation.hf import make_backend
+from mmrl.generation.backends import make_backend
 from mmrl.generation.http import OpenAIBackend
 from mmrl.models.loading import load_policy
 from mmrl.rl.experience import RolloutBackend

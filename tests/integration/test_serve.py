@@ -25,7 +25,7 @@ pytest.importorskip("fastapi")
 
 from mmrl.config import load_config  # noqa: E402
 from mmrl.generation import Prompt, SamplingParams, load_backend  # noqa: E402
-from mmrl.generation.hf import make_backend  # noqa: E402
+from mmrl.generation.backends import make_backend  # noqa: E402
 from mmrl.generation.openai_format import image_to_data_url  # noqa: E402
 from mmrl.generation.server import create_app  # noqa: E402
 from mmrl.models.loading import load_policy  # noqa: E402
@@ -222,14 +222,13 @@ def test_mmrl_serve_command(tiny_model_dir, tmp_path):
 
 def test_readme_serve_example_runs_against_the_server(server, capsys):
     import ast
-    from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n### Serving a model: `mmrl serve`\n", 1)[1].split("\n### ", 1)[0]
-    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    from tests.doc_blocks import block
+
+    code = block("docs/serving.md", "Serving a model: `mmrl serve`", "python")
     assert 'url = "http://127.0.0.1:8000/v1"' in code
     code = code.replace("http://127.0.0.1:8000/v1", server[0])
-    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    exec(compile(code, "docs/serving.md", "exec"), {"__name__": "readme"})
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2  # one reply, then the 4 sampled texts
     texts = ast.literal_eval(lines[1])

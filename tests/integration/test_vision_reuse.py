@@ -9,7 +9,7 @@ import torch
 from mmrl.config import load_config
 from mmrl.engine.run_logger import read_metrics
 from mmrl.generation import SamplingParams
-from mmrl.generation.hf import make_backend
+from mmrl.generation.backends import make_backend
 from mmrl.models.loading import load_policy
 from mmrl.models.logprobs import completion_logprobs
 from mmrl.models.training_forward import (

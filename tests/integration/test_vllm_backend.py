@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmrl.config import load_config
 from mmrl.errors import UserError
+from mmrl.preflight import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "tests" / "grpo_tiny.yaml"
@@ -47,7 +47,7 @@ def test_without_the_extra_train_is_one_line_exit_2_before_anything_loads(tmp_pa
 @no_vllm
 def test_without_the_extra_make_backend_names_the_extra():
     from mmrl.config.model import ModelConfig
-    from mmrl.generation.hf import make_backend
+    from mmrl.generation.backends import make_backend
     from mmrl.models.loading import load_policy
 
     loaded = load_policy(ModelConfig(name_or_path="tiny", dtype="fp32"), device="cpu", for_training=False)
@@ -75,7 +75,7 @@ def test_greedy_completions_token_identical_to_the_hf_backend(synthetic_data):
     from mmrl.config.model import ModelConfig
     from mmrl.data.dataset import load_datasets
     from mmrl.generation import SamplingParams
-    from mmrl.generation.hf import make_backend
+    from mmrl.generation.backends import make_backend
     from mmrl.generation.vllm_backend import VLLMBackend
     from mmrl.models.loading import load_policy
 

@@ -65,7 +65,7 @@ def test_all_nan_group_and_dtype():
 
 
 def test_registry_errors():
-    with pytest.raises(UserError, match="algorithm.advantage: unknown .* 'ppo'.*dr_grpo, grpo, reinforce_pp, rloo"):
+    with pytest.raises(UserError, match="algorithm.advantage: unknown .* 'ppo'.*dr_grpo, gdpo, grpo, reinforce_pp, rloo"):
         ADVANTAGES.get("ppo")
     reg = Registry("thing")
     reg.register("a")(len)

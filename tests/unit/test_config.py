@@ -1,4 +1,5 @@
-"""Config tree: every shipped config validates; extends/overrides resolve as documented; bad input, exact messages."""
+"""Config tree: every shipped config validates (registry names included); extends/overrides resolve as documented;
+bad input, exact messages."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import yaml
 
 from mmrl.config import apply_overrides, load_config, save_resolved
 from mmrl.errors import ConfigError
+from mmrl.preflight import load_config as load_checked_config
 
 ROOT = Path(__file__).resolve().parents[2]
 # configs/cold_start/ holds `mmrl build-data cold-start` configs (their own schema, tested in test_cold_start_setup.py).
@@ -21,7 +23,7 @@ def test_there_are_shipped_configs():
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_shipped_config_validates(path, tmp_path):
-    cfg = load_config(path)
+    cfg = load_checked_config(path)  # types and ranges, then every reward, estimator, loss, backend and builder name
     assert cfg.name
     # The resolved config round-trips: saving and reloading gives the same tree.
     assert load_config(save_resolved(cfg, tmp_path)).model_dump() == cfg.model_dump()

@@ -1,12 +1,11 @@
-"""Config names are checked through each registry's list of names (`mmrl.config.names.NAME_SOURCES`)."""
+"""Config names are checked through each registry's list of names (`mmrl.preflight.NAME_SOURCES`)."""
 
 from __future__ import annotations
 
 import pytest
 
-from mmrl.config import load_config
-from mmrl.config.names import NAME_SOURCES
-from mmrl.errors import ConfigError
+from mmrl.errors import ConfigError, UserError
+from mmrl.preflight import NAME_SOURCES, load_config
 
 
 def test_every_registry_lists_its_names_and_the_defaults_are_among_them():
@@ -38,10 +37,29 @@ def test_a_name_in_a_yaml_file_is_reported_with_that_file(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("name", ["mmrl.config.names", "mmrl.engine.faults"])
+@pytest.mark.parametrize("name", ["mmrl.preflight", "mmrl.engine.faults"])
 def test_docstring_examples(name):
     import doctest
     import importlib
 
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_a_coordinate_rewards_pred_frame_is_checked_at_config_load_and_by_the_composite():
+    from mmrl.rewards.composite import RewardComposite
+
+    with pytest.raises(ConfigError, match=r"^command line: stages.0.rewards.0.kwargs: reward 'iou': kwargs.pred_frame "
+                       r"'auto' is not a frame; use one of pixel, input_pixel, norm1000, norm1"):
+        load_config(None, ["stages=[{name: a, steps: 1, rewards: [{name: iou, kwargs: {pred_frame: auto}}]}]"])
+    with pytest.raises(UserError, match="kwargs.pred_frame 'percent' is not a frame"):
+        RewardComposite([{"name": "point_in_box", "kwargs": {"pred_frame": "percent"}}], workers=0)
+    assert load_config(None, ["rewards=[{name: iou, kwargs: {pred_frame: norm1000}}]"]) is not None
+
+
+def test_the_config_room_checks_types_but_leaves_names_to_preflight():
+    from mmrl.config import load_config as typed_only
+
+    assert typed_only(None, ["algorithm.loss_aggregation=mean"]).algorithm.loss_aggregation == "mean"
+    with pytest.raises(ConfigError, match="rollout.group_size"):
+        typed_only(None, ["rollout.group_size=1"])

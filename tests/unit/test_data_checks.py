@@ -18,6 +18,7 @@ from mmrl.config.data import DataConfig
 from mmrl.data.checks import check_for_training, check_samples
 from mmrl.data.dataset import load_samples
 from mmrl.errors import DataError
+from mmrl.rewards.gold_check import gold_check
 
 ROOT = Path(__file__).resolve().parents[2]
 PEER_RECORDS = json.loads((ROOT / "tests" / "fixtures" / "data" / "peer_records.json").read_text())
@@ -179,14 +180,14 @@ def test_real_vlm_r1_multi_image_record_missing_screenshot(tmp_path, capsys):
 
 def test_check_writes_nothing(hostile):
     before = sorted(p.name for p in hostile.parent.iterdir())
-    report = check_samples(load_samples(str(hostile)), DataConfig())
+    report = check_samples(load_samples(str(hostile)), DataConfig(), gold_check(None))
     assert len(report.errors) == len(BAD)
     assert sorted(p.name for p in hostile.parent.iterdir()) == before
 
 
 def test_training_gate_raises_first_error_with_location(hostile):
     with pytest.raises(DataError, match=r"mixed\.jsonl:2: sample two-slots: .*\(and \d+ more; `mmrl data check`"):
-        check_for_training(load_samples(str(hostile)), DataConfig())
+        check_for_training(load_samples(str(hostile)), DataConfig(), gold_check(None))
 
 
 def test_training_gate_skips_bad_images_only_when_asked(tmp_path):

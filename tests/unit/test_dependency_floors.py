@@ -48,7 +48,8 @@ def test_every_extra_the_docs_and_scripts_name_exists():
     """`pip install "mmrl[vllm]"` only warns that the extra does not exist and installs no vLLM: the README and
     scripts/gpu_check.sh still named that extra after it became one per torch (vllm-torch211/213/214)."""
     extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
-    files = [ROOT / "README.md", *(ROOT / "scripts").rglob("*.sh"), *(ROOT / "mmrl").rglob("*.py")]
+    files = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "scripts").rglob("*.sh"),
+             *(ROOT / "mmrl").rglob("*.py")]
     named = {}
     for path in files:
         for found in re.finditer(r"""(?:mmrl|["']\.)\[([A-Za-z0-9_,-]+)\]""", path.read_text()):

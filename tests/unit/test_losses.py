@@ -203,7 +203,7 @@ def test_gspo_clips_whole_sequences():
 def test_policy_loss_names():
     from mmrl.rl.losses import POLICY_LOSSES
 
-    assert POLICY_LOSSES.names() == ["gspo", "ppo"]
+    assert POLICY_LOSSES.names() == ["cispo", "gmpo", "gspo", "ppo", "sapo"]
     with pytest.raises(UserError, match="algorithm.policy_loss"):
         POLICY_LOSSES.get("grpo_token")
 

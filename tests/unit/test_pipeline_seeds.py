@@ -9,7 +9,8 @@ import re
 import pytest
 
 from mmrl.errors import UserError
-from mmrl.pipeline.seeds import aggregate, check_seeds, seed_overrides, seeds_table, spread
+from mmrl.pipeline.plan import check_seeds
+from mmrl.pipeline.seeds import aggregate, seed_overrides, seeds_table, spread
 
 
 def test_spread_skips_missing_and_non_finite_values_but_keeps_them_listed():

@@ -8,7 +8,7 @@ import torch
 from transformers import Qwen2Config
 
 from mmrl.errors import UserError
-from mmrl.models.training_forward import PrefixRecorder, checkpoint_with_shared_cache
+from mmrl.models.shared_cache import PrefixRecorder, checkpoint_with_shared_cache
 
 
 def states(seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from mmrl.cli import main
-from mmrl.config import load_config
 from mmrl.errors import ConfigError, UserError
+from mmrl.preflight import load_config
 from mmrl.rewards import extract_answer, get_reward, verify_answer
 from mmrl.rewards.composite import RewardComposite
 

@@ -1,8 +1,9 @@
 """The floors between mmrl's rooms, and the one decoding path.
 
-- `mmrl.sft` imports nothing from `mmrl.rl`; `mmrl.pipeline` nothing from `mmrl.commands`; `mmrl.generation` no
-  training code (rl, sft, pipeline, commands), neither in its source nor at import time; `mmrl.models` and
-  `mmrl.data` nothing from a higher room.
+- Every room (a sub-package of mmrl, a top-level module, data_pipelines, demos, benchmarks) stands on a floor of
+  `FLOORS`; a room imports only rooms on lower floors (0 imports back up, function-level imports included), and no
+  files import each other in a loop (0 circles). `mmrl.generation` and `mmrl.sft` load no training code at import
+  time; the GRPO trainer does not reach the dataset builders.
 - Generation happens in `mmrl/generation/` only: no `model.generate(...)`, no token sampling (`multinomial`), no
   second stop-id or strip list anywhere else in the package, the builders or the demos.
 """
@@ -14,8 +15,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 HIGHER = ("mmrl.rl", "mmrl.sft", "mmrl.pipeline", "mmrl.commands", "mmrl.eval", "mmrl.api", "mmrl.cli")
@@ -39,25 +38,135 @@ def imported_modules(path: Path, root: Path = ROOT) -> set[str]:
     return names
 
 
-def offending(package: str, forbidden: tuple[str, ...]) -> list[str]:
+# Bottom to top. A room imports only rooms on floors below its own (rooms on one floor do not import each other).
+FLOORS: list[tuple[str, ...]] = [
+    ("mmrl.errors",),
+    ("mmrl.registry",),
+    ("mmrl.config",),  # the typed config tree: every room may read it; its registry names are checked by preflight
+    ("mmrl.models",),
+    ("mmrl.engine",),
+    ("mmrl.data",),
+    ("mmrl.rewards",),
+    ("mmrl.generation",),
+    ("mmrl.eval",),
+    ("mmrl.rl", "mmrl.sft", "data_pipelines"),
+    ("mmrl.preflight",),  # the registry-name checks: above every registry they ask
+    ("mmrl.pipeline", "mmrl.api", "demos", "benchmarks"),
+    ("mmrl.console",),
+    ("mmrl.commands",),
+    ("mmrl.cli",),
+    ("mmrl.__main__", "mmrl"),
+]
+TOPS = ("mmrl", "data_pipelines", "demos", "benchmarks")
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """module -> the modules of the tree it imports (at any depth; `from pkg import name` counts `pkg.name` when that
+    is a module, else `pkg`)."""
+    files = {module_name(p, root): p for top in TOPS for p in sorted((root / top).rglob("*.py"))}
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        targets = set()
+        for name in imported_modules(path, root):
+            while name and name not in files:
+                name = name.rpartition(".")[0]
+            if name and not (module == name or module.startswith(name + ".")):  # itself, or its own package
+                targets.add(name)
+        graph[module] = targets
+    return graph
+
+
+def room_of(module: str) -> str:
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "mmrl" and len(parts) > 1 else parts[0]
+
+
+def floor_of(room: str) -> int:
+    for level, rooms in enumerate(FLOORS):
+        if room in rooms:
+            return level
+    raise AssertionError(f"room {room} stands on no floor: add it to FLOORS in {Path(__file__).name}")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Imports of a room on the same or a higher floor (rooms importing themselves aside)."""
     found = []
-    for path in sorted((ROOT / package.replace(".", "/")).rglob("*.py")):
-        for name in imported_modules(path):
-            if any(name == f or name.startswith(f + ".") for f in forbidden):
-                found.append(f"{path.relative_to(ROOT)}: {name}")
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            here, there = room_of(module), room_of(target)
+            if here != there and floor_of(there) >= floor_of(here):
+                found.append(f"{module} -> {target}")
     return found
 
 
-@pytest.mark.parametrize(("package", "forbidden"), [
-    ("mmrl.sft", ("mmrl.rl",)),
-    ("mmrl.pipeline", ("mmrl.commands",)),
-    ("mmrl.generation", ("mmrl.rl", "mmrl.sft", "mmrl.pipeline", "mmrl.commands")),
-    ("mmrl.models", HIGHER + ("mmrl.generation",)),
-    ("mmrl.data", HIGHER + ("mmrl.generation",)),
-    ("data_pipelines", ("mmrl.rl", "mmrl.sft", "mmrl.pipeline", "mmrl.commands")),
-])
-def test_floors_in_the_source(package, forbidden):
-    assert offending(package, forbidden) == []
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Files that import each other in a loop: the strongly connected components of more than one file (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_every_room_imports_only_the_floors_below():
+    assert upward_imports(import_graph()) == []
+
+
+def test_no_files_import_each_other_in_a_loop():
+    assert circles(import_graph()) == []
+
+
+def test_the_grpo_trainer_reaches_neither_the_builders_nor_the_commands():
+    graph = import_graph()
+    reached, todo = set(), ["mmrl.rl.trainer"]
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo.extend(graph.get(module, ()))
+    assert sorted(m for m in reached if room_of(m) in ("data_pipelines", "mmrl.pipeline", "mmrl.commands",
+                                                        "mmrl.preflight")) == []
+
+
+def test_an_import_back_up_and_a_circle_are_caught(tmp_path):
+    (tmp_path / "mmrl" / "data").mkdir(parents=True)
+    (tmp_path / "mmrl" / "rewards").mkdir()
+    (tmp_path / "mmrl" / "data" / "checks.py").write_text("def f():\n    from mmrl.rewards.registry import get\n")
+    (tmp_path / "mmrl" / "rewards" / "registry.py").write_text("from mmrl.data import checks\nget = 1\n")
+    graph = import_graph(tmp_path)
+    assert upward_imports(graph) == ["mmrl.data.checks -> mmrl.rewards.registry"]
+    assert circles(graph) == [["mmrl.data.checks", "mmrl.rewards.registry"]]
 
 
 def test_the_import_check_sees_function_level_imports(tmp_path):
@@ -119,3 +228,12 @@ def test_a_second_decoding_path_is_caught(tmp_path):
     found = decoding_paths(tmp_path)
     assert found == ["mmrl/eval/gen.py: model.generate call", "mmrl/eval/gen.py: stop-id list",
                      "mmrl/eval/gen.py: strip list", "data_pipelines/sampler.py: token sampling"]
+
+
+def test_the_data_rooms_list_of_reward_arguments_is_the_reward_registrys():
+    # data.dataset writes the list out (the rewards stand higher); a new reward argument must be added there too
+    from mmrl.data.dataset import REWARD_ARGUMENTS
+    from mmrl.rewards.registry import get_reward, list_rewards, reward_arguments
+
+    registered = {arg for name in list_rewards() for arg in reward_arguments(get_reward(name))[0]}
+    assert REWARD_ARGUMENTS == registered, f"mmrl.data.dataset.REWARD_ARGUMENTS differs by {registered ^ REWARD_ARGUMENTS}"

@@ -18,6 +18,7 @@ from mmrl.data.checks import check_for_training
 from mmrl.data.dataset import load_samples
 from mmrl.errors import ConfigError, UserError
 from mmrl.rewards.composite import RewardComposite
+from mmrl.rewards.gold_check import gold_check
 
 # What a TRL GRPO script passes (TRL's docs and examples): every one of these is accepted.
 TRL_SCRIPT = dict(output_dir="runs/trl", per_device_train_batch_size=4, gradient_accumulation_steps=2,
@@ -111,7 +112,7 @@ def test_trl_solution_column_reaches_a_trl_reward_and_train_returns_trl_fields(t
     samples = load_samples(trainer.args.data.train[0].path)
     assert [(s.answer, s.reward_columns()["solution"]) for s in samples][:2] == [("red", "red"), ("green", "green")]
     with registered(trainer.reward_callables):  # the gold check that named the cache file before
-        check_for_training(samples, trainer.args.data, trainer.args.rewards)
+        check_for_training(samples, trainer.args.data, gold_check(trainer.args.rewards))
         with RewardComposite([s.model_dump() for s in trainer.args.rewards], workers=0) as composite:
             assert composite.score(["red"], {"solution": ["red"], "answer": ["red"]}).total == [1.0]
     out = trainer.train()

@@ -1,12 +1,15 @@
-"""Every name in a config checked against the names its registry knows, when the config loads.
+"""The config a run sees: loaded and typed by `mmrl.config`, then every registry name checked against its registry.
 
 A misspelt reward, advantage, loss aggregation, KL estimator, rollout backend or builder is caught here, before any
-model, data or run directory is touched, instead of minutes (or hours) into a run. Each registry is asked for its
-names through one function in `NAME_SOURCES`, so a registry that moves or merges with another needs one line changed
-here. The registries (one `mmrl.registry.Registry` class) live in higher rooms (rl, rewards, generation, data_pipelines); they are imported only when a config is checked,
-so importing `mmrl.config` stays light.
+model, data or run directory is touched, instead of minutes (or hours) into a run. The registries live in the rooms
+this module stands above (rl, rewards, generation, data_pipelines), which is why the check is not part of
+`mmrl.config`: the config tree stays a low room that every other one may read. Each registry is asked for its names
+through one function in `NAME_SOURCES`, so a registry that moves or merges with another needs one line changed here;
+the registries are imported only when a config is checked, so importing this module stays light.
 
->>> from mmrl.config import load_config
+Entry points (the commands, the Python API, the pipeline) load their configs through `load_config`, `build_config`
+and `apply_overrides` here; `mmrl.config`'s functions of the same names check types and ranges only.
+
 >>> try:
 ...     load_config(None, ["algorithm.loss_aggregation=mean"])
 ... except ConfigError as err:
@@ -17,10 +20,37 @@ command line: algorithm.loss_aggregation: unknown loss aggregation 'mean'
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from mmrl.config import loader
+from mmrl.config.schema import MMRLConfig
 from mmrl.errors import ConfigError, UserError
+
+
+def build_config(data: dict[str, Any], sources: dict[str, str] | None = None, default_source: str = "config",
+                 explicit: list[str] | None = None) -> MMRLConfig:
+    """`mmrl.config.loader.build_config` (types and ranges), then every registry name (`check_names`): a config that
+    builds here names only rewards, estimators, losses, backends and builders that exist."""
+    config = loader.build_config(data, sources, default_source, explicit)
+    check_names(config, loader.field_source(sources or {}, default_source))
+    return config
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> MMRLConfig:
+    """Defaults -> YAML at `path` (None: defaults only) -> `key.path=value` overrides -> a validated, name-checked
+    config."""
+    data, sources = loader.load_raw(path, overrides)
+    return build_config(data, sources, default_source=str(path) if path else loader.COMMAND_LINE)
+
+
+def apply_overrides(config: MMRLConfig, overrides: dict[str, Any] | list[str],
+                    source: str = loader.COMMAND_LINE) -> MMRLConfig:
+    """A new validated, name-checked config with dotted overrides applied (a dict of key -> value, or `key=value`
+    strings)."""
+    data, sources = loader.overridden(config, overrides, source)
+    return build_config(data, sources, default_source=source, explicit=list(sources))
 
 
 def _advantage_names() -> list[str]:
@@ -41,6 +71,18 @@ def _policy_loss_names() -> list[str]:
     return POLICY_LOSSES.names()
 
 
+def _is_correction_names() -> list[str]:
+    from mmrl.rl.mismatch import IS_CORRECTIONS
+
+    return IS_CORRECTIONS.names()
+
+
+def _entropy_control_names() -> list[str]:
+    from mmrl.rl.entropy import ENTROPY_CONTROLS
+
+    return ENTROPY_CONTROLS.names()
+
+
 def _kl_names() -> list[str]:
     from mmrl.rl.kl import KL_ESTIMATORS
 
@@ -48,7 +90,7 @@ def _kl_names() -> list[str]:
 
 
 def _backend_names() -> list[str]:
-    from mmrl.generation.hf import BACKENDS
+    from mmrl.generation.backends import BACKENDS
 
     return BACKENDS.names()
 
@@ -70,6 +112,8 @@ NAME_SOURCES: dict[str, Callable[[], list[str]]] = {
     "advantage estimator": _advantage_names,
     "loss aggregation": _aggregation_names,
     "policy loss": _policy_loss_names,
+    "importance-sampling correction": _is_correction_names,
+    "entropy control": _entropy_control_names,
     "KL estimator": _kl_names,
     "rollout backend": _backend_names,
     "reward": _reward_names,
@@ -82,6 +126,8 @@ def _named_fields(cfg: Any) -> Iterator[tuple[str, str, str]]:
     yield "algorithm.advantage", "advantage estimator", cfg.algorithm.advantage
     yield "algorithm.loss_aggregation", "loss aggregation", cfg.algorithm.loss_aggregation
     yield "algorithm.policy_loss", "policy loss", cfg.algorithm.policy_loss
+    yield "algorithm.is_correction", "importance-sampling correction", cfg.algorithm.is_correction
+    yield "algorithm.entropy_control", "entropy control", cfg.algorithm.entropy_control
     if cfg.algorithm.kl_estimator is not None:  # None: the KL placement's own default estimator
         yield "algorithm.kl_estimator", "KL estimator", cfg.algorithm.kl_estimator
     yield "rollout.backend", "rollout backend", cfg.rollout.backend
