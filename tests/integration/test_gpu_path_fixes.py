@@ -119,7 +119,7 @@ def _rollout(model, processor, monkeypatch, cache_dtypes: list) -> object:
     from transformers import DynamicCache
 
     from mmrl.generation import SamplingParams
-    from mmrl.generation.hf import make_backend
+    from mmrl.generation.backends import make_backend
 
     update = DynamicCache.update
 
