@@ -251,7 +251,7 @@ def test_the_decode_loop_reads_the_device_only_every_sync_every_steps(early_eos_
 def test_processes_waiting_for_the_main_one_outlast_the_process_groups_timeout(port_args):
     """The main process evaluates and saves alone; the others wait in `barrier` / `all_gather_objects`. On the default
     group (NCCL on GPUs: 10 minutes) the wait timed out; through the host group it lasts `MAIN_ALONE_TIMEOUT`. Shown
-    with a gloo default group given 3 seconds and a main process busy 5 seconds, twice."""
+    with a gloo default group given 3 seconds and a main process busy 4 seconds, twice."""
     import json
     import os
     import subprocess
@@ -271,7 +271,7 @@ def test_processes_waiting_for_the_main_one_outlast_the_process_groups_timeout(p
     script = root / "tests" / "fixtures" / "trainer" / "wait_for_main.py"
     procs = [
         subprocess.Popen(
-            [sys.executable, str(script), "5"],
+            [sys.executable, str(script), "4"],
             env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
