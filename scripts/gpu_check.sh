@@ -259,7 +259,7 @@ KEYS = {
     "prefix": ("fp32_logp_max_abs_diff", "bf16_logp_max_abs_diff", "ok"),
     "throughput": ("rollout_tokens_per_s", "train_tokens_per_s", "rollout_mfu", "train_mfu",
                    "rollout_peak_memory_gib", "train_peak_memory_gib"),
-    "grpo_step": ("fits", "weights_moved", "build_s", "load_s", "step_s", "rollout_s", "update_s",
+    "grpo_step": ("fits", "weights_moved", "static_estimate_gib", "build_s", "load_s", "step_s", "rollout_s", "update_s",
                   "peak_allocated_gib", "peak_reserved_gib", "device_memory_gib", "loss", "kl", "grad_norm", "error"),
     "vllm": ("rollout_tokens_per_s", "train_tokens_per_s"),
     "flash_attn": ("rollout_tokens_per_s", "train_tokens_per_s"),

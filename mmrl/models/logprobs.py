@@ -116,6 +116,9 @@ def head_logprobs(
 ) -> torch.Tensor:
     """log p(targets) from hidden states [N, H] through `lm_head`, chunked: [N, H], [N] -> [N] float32.
 
+    Call it under the model's `compute_autocast`: the head's matmul then runs in the compute dtype (bf16 logits, as the
+    rollout samples from) and only each chunk's logits are upcast for the fp32 log-softmax; the head's weight is never
+    copied to fp32.
     With gradients on and more than one chunk, each chunk is checkpointed so its [chunk, vocab] logits are freed
     after the forward and recomputed in backward; peak memory is then one chunk's logits, not N x vocab.
     """
@@ -179,9 +182,11 @@ def completion_logprobs(
             branch = BranchCache.of(prefix.cache)  # the prompt's keys, broadcast to the G completions
             rest = continue_from(model, branch, completion_ids[:, :-1], prefix.length, prefix.rope_delta)
             hidden = torch.cat([hidden, rest], dim=1)
-    active = completion_mask.bool()
-    scores = head_logprobs(inner.lm_head, hidden[active], completion_ids[active],
-                           temperature=temperature, chunk_size=chunk_size)
+        active = completion_mask.bool()
+        # Inside the autocast: the [tokens, vocab] matmul runs in the compute dtype (outside it, fp32 master weights
+        # made it an fp32 matmul over the vocabulary); the log-softmax upcasts each chunk's logits to fp32.
+        scores = head_logprobs(inner.lm_head, hidden[active], completion_ids[active],
+                               temperature=temperature, chunk_size=chunk_size)
     return _scatter_active(scores, active)
 
 

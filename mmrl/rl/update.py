@@ -268,6 +268,18 @@ class _UpdateContext:
     plan: MicroBatchPlan
     vision: dict[str, Any]
     entropy: EntropyStep
+    # id(group) -> which of its rows have a zero advantage, read on the host once, before the first forward: asking
+    # the device at each micro-batch made the host wait for the previous backward to finish
+    zero_advantage: dict[int, list[bool]] = field(default_factory=dict)
+
+    def contributes(self, group: Group, part: MicroBatch | None = None) -> bool:
+        """`_contributes` of the group (or of `part`'s rows of it), from the host's copy of the advantages."""
+        if self.every_group:
+            return True
+        zero = self.zero_advantage[id(group)]
+        if part is None or part.whole:
+            return not all(zero)
+        return not all(zero[row] for row in (part.host_rows or part.rows.tolist()))
 
 
 @dataclass(frozen=True)
@@ -304,10 +316,13 @@ def _update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, referen
         masks = {id(g): loss_mask(g.completion_mask, g.truncated, algo.mask_truncated) for g in groups}
         step_entropy = plan_entropy(entropies, masks, control, algo.top_entropy_quantile, run.dist.world_size)
     reward_metrics = {**reward_metrics, **step_entropy.metrics}
+    zero = torch.cat([g.advantages == 0 for g in groups]).tolist() if groups else []  # one read for all groups
+    sizes = [len(g.advantages) for g in groups]
+    starts = [sum(sizes[:i]) for i in range(len(groups))]
     # A group with all-zero advantages trains on nothing without a KL term or this step's bonus (a token selection
     # alone, or an adaptive coefficient gated off this step, leaves its loss exactly 0): its training forward is skipped.
     ctx = _UpdateContext(run, stage, policy_loss, policy_loss.beta > 0 or step_entropy.coef > 0, plan, vision,
-                         step_entropy)
+                         step_entropy, zero_advantage={id(g): zero[a:a + n] for g, a, n in zip(groups, starts, sizes)})
     tally = _Tally()
     for iteration in range(algo.num_iterations):
         for mini in split_groups(groups, algo.mini_batches):
@@ -331,7 +346,7 @@ def _train_mini_batch(ctx: _UpdateContext, mini: list[Group], measure_mismatch: 
     for group, mask in zip(mini, masks):
         # All-zero advantages and no KL term: the loss is exactly 0 whatever the ratio, so skip the forward
         # (a speed-up only: its tokens still count in the normalisers and the optimizer still steps).
-        if not _contributes(group, ctx.every_group):
+        if not ctx.contributes(group):
             continue
         pieces = [_train_micro_batch(ctx, group, part, mask, norms, measure_mismatch) for part in ctx.plan[id(group)]]
         forwards.append([f for f in pieces if f is not None])
@@ -353,7 +368,7 @@ def _train_micro_batch(ctx: _UpdateContext, group: Group, part: MicroBatch, mask
     [G, T]); None when these rows' loss is exactly 0 (no forward runs)."""
     run, algo, policy_loss = ctx.run, ctx.run.cfg.algorithm, ctx.policy_loss
     piece = part.of(group)  # the group itself without a token budget
-    if not _contributes(piece, ctx.every_group):
+    if not ctx.contributes(group, part):
         return None
     tap: list[torch.Tensor] = []  # this forward's token entropies, when the step applies an entropy bonus
     with reuse_image_features(run.model, piece.image_features, ctx.vision), \

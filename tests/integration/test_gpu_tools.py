@@ -64,7 +64,10 @@ def test_gpu_check_rehearsal_runs_every_step_on_cpu(tmp_path):
     assert figures["versions"]["torch"] == torch.__version__ and figures["versions"]["device"] == "cpu"
     assert figures["tests"]["skipped"] >= 4 and "failed" not in figures["tests"]  # gpu-marked: skipped on a CPU
     assert figures["prefix"]["ok"] is True and figures["prefix"]["fp32_logp_max_abs_diff"] < 1e-4
-    assert 0 < figures["prefix"]["bf16_logp_max_abs_diff"] < 0.1  # bf16 differs, within its bound
+    # bf16: within its bound (both forwards now round the LM head's logits to bf16 alike: 0 here on the tiny preset)
+    assert 0 <= figures["prefix"]["bf16_logp_max_abs_diff"] < 0.1
+    assert 0 < figures["prefix"]["max_vision_grad_rel_diff"] < 0.05  # the gradients do differ in bf16
+    assert figures["grpo_step"]["static_estimate_gib"] > 0
     assert figures["throughput"]["train_tokens_per_s"] > 0 and figures["throughput"]["rollout_tokens_per_s"] > 0
     assert figures["grpo_step"]["fits"] is True and figures["grpo_step"]["weights_moved"] is True
     assert figures["grpo_step"]["grad_norm"] > 0
