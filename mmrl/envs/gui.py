@@ -1,4 +1,4 @@
-"""`gui_steps`: a multi-step GUI task over the synthetic screens of `data_pipelines.synthetic.gui`.
+"""`gui_steps`: a multi-step GUI task over the synthetic screens of `mmrl.envs.screens`.
 
 The goal takes 2 to 4 actions, in this order: tap a button (it opens a menu panel over the screen), tap an item of the
 menu (the panel closes and the text field is focused), type a word into the field, go back. After each action the
@@ -33,8 +33,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from data_pipelines.synthetic.gui import WORDS, draw_screen
 from mmrl.envs.registry import register_environment
+from mmrl.envs.screens import WORDS, draw_screen
 from mmrl.errors import UserError
 from mmrl.rewards.gui import score_action
 

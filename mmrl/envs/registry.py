@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib
 import importlib.util
 import inspect
 import sys
@@ -26,9 +27,14 @@ def register_environment(name: str) -> Callable[[EnvFactory], EnvFactory]:
     return ENVIRONMENTS.register(name)
 
 
+# Modules that register the built-in environments when imported (by name: they import this registry, which must not
+# import them back).
+BUILTIN_MODULES = ("mmrl.envs.gui", "mmrl.envs.zoom")  # gui_steps, zoom_digit
+
+
 def _load_builtins() -> None:
-    import mmrl.envs.gui  # noqa: F401  (registers gui_steps)
-    import mmrl.envs.zoom  # noqa: F401  (registers zoom_digit)
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
 
 
 def list_environments() -> list[str]:

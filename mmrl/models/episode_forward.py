@@ -42,7 +42,7 @@ def episode_logprobs(
     chunk_size: int = 1024,
 ) -> torch.Tensor:
     """[G, T] float32 log-probs (0 where the mask is 0) of G episode completions, one full-sequence forward each."""
-    from mmrl.models.logprobs import head_logprobs
+    from mmrl.models.lm_head import head_logprobs
 
     if "naive" not in _noted:
         _noted.add("naive")
