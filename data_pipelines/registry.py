@@ -23,14 +23,14 @@ from mmrl.errors import UserError
 from mmrl.registry import Registry
 
 SYNTHETIC_EXAMPLES = """examples:
-  mmrl build-data synthetic --tasks color --n 64 --out data/synth                 # data/synth/train.jsonl
-  mmrl build-data synthetic --tasks color,count --n 1000 --eval-n 200 --out data/synth   # + eval.jsonl (seed + 1)
-  mmrl build-data synthetic --tasks grounding --forms open --image-size 56 --n 32 --out data/boxes
-  mmrl build-data synthetic --tasks gui --n 64 --eval-n 16 --out data/gui         # UI-R1-style GUI actions
+  mmrl build-data synthetic --tasks color --n 64 --out data/color                 # data/color/train.jsonl
+  mmrl build-data synthetic --tasks color,count --n 1000 --eval-n 200 --out data/color_count  # + eval.jsonl (seed+1)
+  mmrl build-data synthetic --tasks grounding --forms open --image-size 56 --n 32 --out data/grounding
+  mmrl build-data synthetic --tasks gui --n 64 --eval-n 16 --out data/gui_actions  # UI-R1-style GUI actions
 """
 CURRICULUM_EXAMPLES = """examples:
-  mmrl build-data curriculum runs/quickstart/data/train.jsonl data/curriculum
-  mmrl build-data curriculum MATHVISTA.json data/curriculum --seed 42    # a name in capitals: your own file
+  mmrl build-data curriculum runs/quickstart/data/train.jsonl data/quickstart_curriculum
+  mmrl build-data curriculum MATHVISTA.json data/mathvista_curriculum --seed 42    # a name in capitals: your own file
 """
 RECIPES_EXAMPLES = """examples:
   mmrl build-data recipes                       # data/: what every recipe's offline line reads

@@ -24,7 +24,7 @@ from mmrl.errors import UserError
 __all__ = ["BUILDER_MODULES", "BUILDERS", "Builder", "register_builder", "register"]
 
 EXAMPLES = """  mmrl build-data synthetic --tasks color,count --n 1000 --eval-n 200 --seed 0 --out data/synthetic
-  mmrl build-data curriculum runs/quickstart/data/train.jsonl data/curriculum
+  mmrl build-data curriculum runs/quickstart/data/train.jsonl data/quickstart_curriculum
   mmrl build-data recipes                          # data/: the data of every recipe's offline line
 """
 
