@@ -12,9 +12,9 @@ from mmrl.errors import UserError
 EXAMPLES = """\
   mmrl eval --model tiny --data runs/quickstart/data/eval.jsonl --limit 20
   mmrl eval --model runs/quickstart/grpo --data runs/quickstart/data/eval.jsonl   # latest checkpoint -> grpo/eval/
-  mmrl eval --model runs/quickstart/grpo/checkpoints/step-200 --data runs/quickstart/data/eval.jsonl --k 8 \
+  mmrl eval --model runs/quickstart/grpo/checkpoints/step-200 --data runs/quickstart/data/eval.jsonl --k 8 \\
       eval.greedy=false eval.temperature=0.7
-  mmrl eval configs/quickstart.yaml model.name_or_path=runs/quickstart/grpo/checkpoints/step-200 \
+  mmrl eval configs/quickstart.yaml model.name_or_path=runs/quickstart/grpo/checkpoints/step-200 \\
       data.eval=runs/quickstart/data/eval.jsonl
 """
 
