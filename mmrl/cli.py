@@ -37,7 +37,8 @@ COMMANDS: dict[str, str] = {
 EPILOG = """examples:
   mmrl config show configs/quickstart.yaml trainer.max_steps=10
   mmrl model build-tiny /tmp/tiny --preset tiny
-  mmrl train configs/tests/grpo_tiny.yaml data.train=runs/quickstart/data/train.jsonl trainer.max_steps=4
+  mmrl train configs/tests/grpo_tiny.yaml data.train=runs/quickstart/data/train.jsonl trainer.max_steps=4 \\
+      trainer.output_dir=runs/grpo_colors
   mmrl pipeline configs/quickstart.yaml
 
 Run `mmrl COMMAND --help` for the options of one command.

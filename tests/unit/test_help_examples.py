@@ -209,3 +209,24 @@ def test_help_examples_write_beside_the_readme_and_recipes_data():
         if out in README_AND_RECIPES_DATA:
             clashes.append(f"`{command} --help`: {line}")
     assert not clashes, clashes
+
+
+# Run directories the README's Usage block trains into: a run directory that holds a run is refused (unless resumed),
+# so a fresh-start example training there fails when pasted after the README.
+README_RUNS = {"runs/grpo_tiny", "runs/grpo_tiny_ddp"}
+
+
+def test_help_examples_train_beside_the_readme_runs():
+    from mmrl.config import load_config
+
+    clashes = []
+    for command, line in EXAMPLES:
+        argv = _argv(line)
+        if argv[0] not in ("train", "sft"):
+            continue
+        args = _parse(PARSER, argv)
+        cfg = load_config(args.config, args.overrides)
+        out = cfg.trainer.output_dir or f"runs/{cfg.name}"
+        if out in README_RUNS:
+            clashes.append(f"`{command} --help`: {line} (writes {out})")
+    assert not clashes, clashes
