@@ -31,13 +31,20 @@ def register(subparsers, name: str) -> None:
     )
     parser.add_argument("config", nargs="?", default=None, help="optional YAML config (model, data.eval, eval.*)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides key.path=value (e.g. eval.max_new_tokens=64)")
-    parser.add_argument("--model", default=None, help="checkpoint directory (HF format), a run directory (its latest "
-                        "complete checkpoint), hub id, or preset tiny/small")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint directory (HF format), a run directory (its latest "
+        "complete checkpoint), hub id, or preset tiny/small",
+    )
     parser.add_argument("--data", action="append", default=None, help="evaluation dataset (repeat for several)")
     parser.add_argument("--k", type=int, default=None, help="samples per item; k > 1 samples (reports pass@k, mean@k)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most N items")
-    parser.add_argument("--out", default=None, help="output directory (default: eval.output_dir, <run>/eval, or "
-                        "runs/eval/<model>-<data>)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default: eval.output_dir, <run>/eval, or runs/eval/<model>-<data>)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -69,8 +76,10 @@ def _checkpoint_of_run(model: str) -> str:
         return model
     latest = find_latest(path)
     if latest is None:
-        raise UserError(f"--model {model}: this run directory has no complete checkpoint yet; train longer or give "
-                        "--model <checkpoint directory>")
+        raise UserError(
+            f"--model {model}: this run directory has no complete checkpoint yet; train longer or give "
+            "--model <checkpoint directory>"
+        )
     return str(latest)
 
 
@@ -128,11 +137,17 @@ def _frame_of_run(cfg) -> None:
         interface = json.loads(recorded.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
-    if isinstance(interface, dict) and interface.get("frame_source") == "model.pred_frame" and interface.get(
-            "pred_frame") in ("pixel", "input_pixel", "norm1000", "norm1"):
+    if (
+        isinstance(interface, dict)
+        and interface.get("frame_source") == "model.pred_frame"
+        and interface.get("pred_frame") in ("pixel", "input_pixel", "norm1000", "norm1")
+    ):
         cfg.model.pred_frame = interface["pred_frame"]
-        print(f"model.pred_frame={cfg.model.pred_frame}: as the run {run_dir} was trained with (its "
-              "model_interface.json); give model.pred_frame=... to read boxes otherwise", file=sys.stderr)
+        print(
+            f"model.pred_frame={cfg.model.pred_frame}: as the run {run_dir} was trained with (its "
+            "model_interface.json); give model.pred_frame=... to read boxes otherwise",
+            file=sys.stderr,
+        )
 
 
 def default_out_dir(cfg, config: str | None, args: argparse.Namespace) -> Path:
