@@ -43,7 +43,8 @@ def register(subparsers, name: str) -> None:
     parser.add_argument(
         "--out",
         default=None,
-        help="output directory (default: eval.output_dir, <run>/eval, or runs/eval/<model>-<data>)",
+        help="output directory (default: eval.output_dir, <run>/eval/<step>-<data>, or runs/eval/<model>-<data>; "
+        "-k8, -t0.7, -first20 added for --k, sampling and --limit)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
@@ -157,11 +158,20 @@ def default_out_dir(cfg, config: str | None, args: argparse.Namespace) -> Path:
         return Path(cfg.eval.output_dir)
     if config is not None and args.model is None:
         return Path(cfg.trainer.output_dir) / "eval"
-    data = "+".join(_stem(spec.path) for spec in cfg.data.eval)
+    data = "+".join(_stem(spec.path) for spec in cfg.data.eval) + _settings_suffix(cfg)
     run_dir = _run_of_checkpoint(cfg.model.name_or_path)
     if run_dir is not None:  # a run's checkpoint: into that run's eval/<step>-<data>
         return run_dir / "eval" / f"{Path(cfg.model.name_or_path.rstrip('/')).name}-{data}"
     return Path("runs") / "eval" / f"{_stem(cfg.model.name_or_path)}-{data}"
+
+
+def _settings_suffix(cfg) -> str:
+    """`-k8-t0.7-first10` for the settings that change the figures: without it a 10-item pass@8 of a checkpoint
+    replaced the full greedy report of the same checkpoint in the same folder, without a word."""
+    parts = [f"k{cfg.eval.k}"] if cfg.eval.k > 1 else []
+    parts += [] if cfg.eval.greedy else [f"t{cfg.eval.temperature:g}"]
+    parts += [f"first{cfg.eval.limit}"] if cfg.eval.limit else []
+    return "".join(f"-{part}" for part in parts)
 
 
 def run(args: argparse.Namespace) -> int:
