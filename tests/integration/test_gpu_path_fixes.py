@@ -427,8 +427,9 @@ def test_a_stream_sees_no_token_after_its_end(policy):
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.9])
-def test_rows_finishing_between_two_looks_return_what_a_look_at_every_step_returns(early_eos_model, monkeypatch,
-                                                                                    temperature):
+def test_rows_finishing_between_two_looks_return_what_a_look_at_every_step_returns(
+    early_eos_model, monkeypatch, temperature
+):
     """Between two looks a finished row keeps decoding throwaway tokens: none of them may reach its completion, its
     length, its finished flag or its log-probs. Greedy: the same batch as a loop that looks at every step. Sampled: the
     draws differ by design (finished rows still draw), so each row must end at its first stop token and hold nothing
