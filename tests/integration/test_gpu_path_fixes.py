@@ -424,3 +424,42 @@ def test_a_stream_sees_no_token_after_its_end(policy):
     ends = first.completion_ids[0, :3].tolist()
     assert stop not in ends[:2]  # the stop token first comes third
     assert batch.completion_ids[0][batch.completion_mask[0].bool()].tolist() == ends == streamed
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_rows_finishing_between_two_looks_return_what_a_look_at_every_step_returns(
+    early_eos_model, monkeypatch, temperature
+):
+    """Between two looks a finished row keeps decoding throwaway tokens: none of them may reach its completion, its
+    length, its finished flag or its log-probs. Greedy: the same batch as a loop that looks at every step. Sampled: the
+    draws differ by design (finished rows still draw), so each row must end at its first stop token and hold nothing
+    after it."""
+    import mmrl.generation.hf_decode as hf_decode
+    from mmrl.generation import SamplingParams
+    from mmrl.generation.hf import HFSharedPrefixBackend
+    from tests.integration.chat_prompts import text_prompt
+
+    model, processor = early_eos_model
+    eos = processor.tokenizer.eos_token_id
+    prompts = [image_prompt(processor, 112, "how many shapes?", 0), text_prompt(processor, "what is 2 + 3?")]
+    params = SamplingParams(n=4, max_new_tokens=20, temperature=temperature, logprobs=True)
+
+    def rollout():
+        return HFSharedPrefixBackend(model, processor).rollout(prompts, params, prompt_seeds=[1, 2])
+
+    batched = rollout()
+    mask = batched.completion_mask.bool()
+    lengths = mask.sum(1)
+    assert int(lengths.min()) % hf_decode.SYNC_EVERY != 0 and int(lengths.min()) < params.max_new_tokens
+    for row in range(mask.shape[0]):
+        ids = batched.completion_ids[row][mask[row]].tolist()
+        assert eos not in ids[:-1], ids  # nothing decoded after the end of the turn
+        if len(ids) < params.max_new_tokens:
+            assert ids[-1] == eos
+    assert (batched.logprobs[~mask] == 0).all() and (batched.logprobs[mask] < 0).all()
+    if temperature == 0.0:
+        monkeypatch.setattr(hf_decode, "SYNC_EVERY", 1)
+        every_step = rollout()
+        assert torch.equal(batched.completion_ids, every_step.completion_ids)
+        assert torch.equal(batched.completion_mask, every_step.completion_mask)
+        torch.testing.assert_close(batched.logprobs, every_step.logprobs, rtol=0, atol=1e-5)
