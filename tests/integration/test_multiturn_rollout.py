@@ -15,7 +15,7 @@ from mmrl.envs.protocol import Observation
 from mmrl.envs.safe import ObservationLimits, SafeEnvironment
 from mmrl.envs.zoom import ZoomDigitEnv
 from mmrl.generation.conversation import ObservationTail
-from mmrl.generation.hf import make_backend
+from mmrl.generation.backends import make_backend
 from mmrl.generation.multiturn import EpisodeLimits, run_episodes
 from mmrl.generation.types import SamplingParams
 from mmrl.models.logprobs import completion_logprobs
