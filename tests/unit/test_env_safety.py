@@ -6,9 +6,11 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from mmrl.envs.protocol import Observation
 from mmrl.envs.registry import get_environment, kwargs_problem
 from mmrl.envs.safe import EpisodeEnded, ObservationLimits, SafeEnvironment, check_observation
 from mmrl.errors import ConfigError
@@ -139,3 +141,44 @@ def test_registry_and_config_checks(tmp_path):
     ]:
         with pytest.raises(ConfigError, match=expected):
             load_config(None, overrides)
+
+
+class _Unsized:
+    def __len__(self):
+        raise RuntimeError("no length")
+
+
+@pytest.mark.parametrize(
+    "observation",
+    [
+        Observation("look", None),  # an Observation built by hand: images must still be a list
+        Observation("look", (i for i in ())),
+        {"text": "look", "images": _Unsized()},
+    ],
+)
+def test_hand_built_observations_end_the_episode(observation):
+    """These raised TypeError out of the checks (a crash of the run, not of one episode)."""
+    _ended("bad_observation", first=observation)
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        ("ok", 10**400, False, {}),  # float() overflows
+        ("ok", 1.0, True, {"success": np.array([1, 2])}),  # bool() of it raises
+        ("ok", 1.0, True, {"success": "yes"}),
+    ],
+)
+def test_step_values_no_check_foresaw_end_the_episode(step):
+    _ended("bad_observation", then=step)
+
+
+def test_numpy_scalars_are_numbers():
+    """`reward = np.float32(...)`, `done = x > 3` on numpy values: ordinary results, not malformed ones."""
+    env = SafeEnvironment(Scripted, {"first": "hi", "then": ("ok", np.float32(0.5), np.bool_(True), {})}, 1.0, LIMITS)
+    env.reset(None)
+    assert env.step("a") == (None, 0.5, True, {})
+    env = SafeEnvironment(Scripted, {"first": "hi", "then": ("ok", 1, False, {"success": np.bool_(True)})}, 1.0, LIMITS)
+    env.reset(None)
+    observation, reward, done, info = env.step("a")
+    assert (observation.text, reward, done, info) == ("ok", 1.0, False, {"success": True})
