@@ -25,7 +25,7 @@ from mmrl.engine.distributed import stream_seed
 from mmrl.envs.registry import get_environment
 from mmrl.envs.safe import TERMINATIONS, EpisodeEnded, ObservationLimits, SafeEnvironment
 from mmrl.generation.backends import backend_device
-from mmrl.generation.conversation import ObservationTail
+from mmrl.generation.conversation import ObservationTail, template_tokens_in
 from mmrl.generation.hf_context import context_length
 from mmrl.generation.multiturn import Episode, EpisodeLimits, run_episodes
 from mmrl.generation.types import SamplingParams
@@ -59,6 +59,9 @@ def _start(
         try:
             env = SafeEnvironment(factory, dict(cfg.env.kwargs), cfg.env.step_timeout_s, limits)
             observation = env.reset(sample)
+            injected = template_tokens_in(getattr(processor, "tokenizer", processor), observation.text)
+            if injected:
+                raise EpisodeEnded("bad_observation", f"reset: the text holds the chat template's token(s) {injected}")
         except EpisodeEnded as ended:
             envs.append(None)
             failed.append(Episode(termination=ended.reason, detail=ended.detail))
