@@ -31,6 +31,8 @@ from mmrl.envs.protocol import Observation
 from mmrl.errors import DataError
 
 TERMINATIONS = ("done", "max_turns", "max_tokens", "env_error", "env_timeout", "bad_observation", "bad_image")
+# The environment's fault, not the policy's: such an episode is not trained on (`mmrl.rl.episodes._group`)
+ENV_FAULTS = ("env_error", "env_timeout", "bad_observation", "bad_image")
 
 
 class EpisodeEnded(Exception):

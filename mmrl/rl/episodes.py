@@ -23,7 +23,7 @@ from mmrl.data.prompt_order import PromptSampler, shard
 from mmrl.data.sample import Sample
 from mmrl.engine.distributed import stream_seed
 from mmrl.envs.registry import get_environment
-from mmrl.envs.safe import TERMINATIONS, EpisodeEnded, ObservationLimits, SafeEnvironment
+from mmrl.envs.safe import ENV_FAULTS, TERMINATIONS, EpisodeEnded, ObservationLimits, SafeEnvironment
 from mmrl.generation.backends import backend_device
 from mmrl.generation.conversation import ObservationTail, template_tokens_in
 from mmrl.generation.hf_context import context_length
@@ -90,8 +90,14 @@ def _group(
         return list(values) + [fill] * (width - len(values))
 
     # Created on the model's device, where the update meets them (the rows' images travel with the prompt).
+    # An episode the environment broke (ENV_FAULTS) is not trained on: its return is unscorable (NaN: out of its
+    # group's mean and std, advantage 0) and its tokens leave the loss. Scored 0 instead, it would lift the advantages
+    # of its group's other episodes, and under per-step costs a policy would learn to crash the environment.
+    faulty = [ep.termination in ENV_FAULTS for ep in episodes]
     ids = torch.tensor([padded(e.completion_ids, pad_id) for e in episodes], dtype=torch.long, device=device)
-    mask = torch.tensor([padded(e.model_mask, 0) for e in episodes], dtype=torch.long, device=device)
+    mask = torch.tensor(
+        [padded([] if bad else e.model_mask, 0) for e, bad in zip(episodes, faulty)], dtype=torch.long, device=device
+    )
     logp = torch.tensor([padded(e.sampler_logp, 0.0) for e in episodes], dtype=torch.float32, device=device)
     rows = []
     for ep in episodes:
@@ -105,7 +111,7 @@ def _group(
                 "image_grid_thw": torch.cat(ep.image_grid_thw) if ep.image_grid_thw else None,
             }
         )
-    returns = [ep.episode_return(mode) for ep in episodes]
+    returns = [math.nan if bad else ep.episode_return(mode) for ep, bad in zip(episodes, faulty)]
     group = Group(
         sample=sample,
         prompt=to_device({**prompt, EPISODE_KEY: rows}, device),
