@@ -183,7 +183,7 @@ def _check_environment(cfg: Any, where: Callable[[str], str]) -> None:
     env = getattr(cfg, "env", None)
     if env is None or env.name is None:
         return
-    from mmrl.envs.registry import get_environment, kwargs_problem
+    from mmrl.envs.registry import get_environment, is_file_spec, kwargs_problem
 
     try:
         get_environment(env.name)
@@ -193,6 +193,11 @@ def _check_environment(cfg: Any, where: Callable[[str], str]) -> None:
         raise ConfigError(f"{where('env.name')}: {message}") from None
     if problem is not None:
         raise ConfigError(f"{where('env.kwargs')}: env.kwargs: {problem}")
+    if not is_file_spec(env.name):  # a built-in checks its values when built (cheap, no side effects): build one now,
+        try:  # or a bad value (gui_steps min_actions: 7) ends every episode as env_error and the run trains on nothing
+            get_environment(env.name)(**env.kwargs)
+        except UserError as err:
+            raise ConfigError(f"{where('env.kwargs')}: env.kwargs: {err}") from None
     if cfg.algorithm.online_filter.enabled:
         raise ConfigError(f"{where('algorithm.online_filter.enabled')}: algorithm.online_filter does not take part "
                           "in multi-turn episodes (env.name is set); set algorithm.online_filter.enabled=false")

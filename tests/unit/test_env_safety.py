@@ -138,6 +138,9 @@ def test_registry_and_config_checks(tmp_path):
         ([f"env.name={user}:Missing"], "has no class or function 'Missing'"),
         (["env.name=gui_steps", "env.max_turns=0"], "env.max_turns"),
         (["env.name=gui_steps", "algorithm.online_filter.enabled=true"], "online_filter does not take part"),
+        # a built-in's values are checked at load too: it used to load, then every episode ended as env_error
+        (["env.name=gui_steps", "env.kwargs={min_actions: 7}"], "env.kwargs: gui_steps: need 2 <= min_actions"),
+        (["env.name=zoom_digit", "env.kwargs={frames: 9}"], "env.kwargs: zoom_digit: frames must be"),
     ]:
         with pytest.raises(ConfigError, match=expected):
             load_config(None, overrides)
