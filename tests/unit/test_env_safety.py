@@ -141,6 +141,13 @@ def test_registry_and_config_checks(tmp_path):
         # a built-in's values are checked at load too: it used to load, then every episode ended as env_error
         (["env.name=gui_steps", "env.kwargs={min_actions: 7}"], "env.kwargs: gui_steps: need 2 <= min_actions"),
         (["env.name=zoom_digit", "env.kwargs={frames: 9}"], "env.kwargs: zoom_digit: frames must be"),
+        # refused at load, not after the first rollout (gdpo) or silently ignored (rewards)
+        (["env.name=gui_steps", "algorithm.advantage=gdpo"], "multi-turn episodes have one return each"),
+        (["env.name=gui_steps", "rewards=[{name: format, weight: 1.0}]"], "rewards is not used with env.name"),
+        (
+            ["env.name=gui_steps", "stages=[{name: a, steps: 2, rewards: [{name: format}]}]"],
+            r"stages\[0\].rewards is not used",
+        ),
     ]:
         with pytest.raises(ConfigError, match=expected):
             load_config(None, overrides)
