@@ -46,6 +46,14 @@ def _limits(cfg: MMRLConfig, data_cfg: DataConfig) -> ObservationLimits:
     )
 
 
+def _same_observation(a: Any, b: Any) -> bool:
+    return (
+        a.text == b.text
+        and len(a.images) == len(b.images)
+        and all(x.size == y.size and x.tobytes() == y.tobytes() for x, y in zip(a.images, b.images))
+    )
+
+
 def _start(
     cfg: MMRLConfig, sample: Sample, group_size: int, limits: ObservationLimits, processor: Any, data_cfg: DataConfig
 ) -> tuple[dict[str, Any], list[SafeEnvironment | None], list[Episode], list[Any]]:
@@ -62,6 +70,13 @@ def _start(
             injected = template_tokens_in(getattr(processor, "tokenizer", processor), observation.text)
             if injected:
                 raise EpisodeEnded("bad_observation", f"reset: the text holds the chat template's token(s) {injected}")
+            if first is not None and not _same_observation(first, observation):
+                # the episode would act from a prompt that is not its environment's state
+                raise EpisodeEnded(
+                    "bad_observation",
+                    "reset: differs from the group's first reset of this sample; reset must be deterministic in the "
+                    "sample (seed any randomness from it)",
+                )
         except EpisodeEnded as ended:
             envs.append(None)
             failed.append(Episode(termination=ended.reason, detail=ended.detail))

@@ -319,3 +319,28 @@ def test_an_environment_fault_earns_nothing(policy, tmp_path):
         "grpo", group.rewards.double(), torch.zeros(3, dtype=torch.long), scale=True, eps=1e-4
     )
     assert advantages.tolist() == [0.0, 0.0, 0.0]  # scored 0, the crash took a positive advantage, the others negative
+
+
+def test_a_reset_that_is_not_deterministic_ends_its_episode(policy, tmp_path):
+    """The G episodes of a start all act from the first reset's observation: an environment whose reset draws a fresh
+    task each time (unseeded randomness) would have its other episodes answer a screen they are not on. Those episodes
+    end as bad_observation (not trained on) instead of being trained on a mismatched prompt."""
+    from mmrl.rl.episodes import rollout_episodes
+    from mmrl.rl.stages import StageSchedule
+
+    model, processor = policy
+    user = tmp_path / "drifting.py"
+    user.write_text(
+        "import itertools\n\nBUILT = itertools.count()\n\n\nclass Drifting:\n"
+        "    def reset(self, sample):\n        number = next(BUILT)\n"
+        "        return f'Task {number % 2}.'\n\n"
+        "    def step(self, text):\n        return 'ok', 1.0, True, {'success': True}\n"
+    )
+    cfg = load_config(None, [f"env.name={user}:Drifting", "rollout.group_size=3", "env.max_turn_tokens=4"])
+    samples = [Sample(id="s0", prompt="go", answer="x", meta={"seed": 0})]
+    backend = make_backend(model, processor, data_cfg=cfg.data)
+    (group,), info = rollout_episodes(
+        cfg, StageSchedule(cfg.stages, cfg).stage_at(0), samples, processor, backend, cfg.data, seeds=[3]
+    )
+    assert [e["termination"] for e in info["episodes"]] == ["done", "bad_observation", "done"]
+    assert "deterministic" in group.episodes[1].detail and int(group.completion_mask[1].sum()) == 0
