@@ -137,6 +137,7 @@ def test_registry_and_config_checks(tmp_path):
         (["env.name=gui_steps", "env.kwargs={colour: 1}"], "env.kwargs: environment"),
         ([f"env.name={user}:Missing"], "has no class or function 'Missing'"),
         (["env.name=gui_steps", "env.max_turns=0"], "env.max_turns"),
+        (["env.name=gui_steps", "env.max_turn_tokens=2048"], "must be below env.max_total_tokens"),
         (["env.name=gui_steps", "algorithm.online_filter.enabled=true"], "online_filter does not take part"),
         # a built-in's values are checked at load too: it used to load, then every episode ended as env_error
         (["env.name=gui_steps", "env.kwargs={min_actions: 7}"], "env.kwargs: gui_steps: need 2 <= min_actions"),
