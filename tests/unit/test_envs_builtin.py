@@ -141,3 +141,14 @@ def test_gui_rules_reward_cannot_be_farmed_by_stalling():
     assert (round(stall, 3), stall_done) == (0.667, False)
     assert (finish, finish_done) == (2.0, True)
     assert (round(retry, 3), retry_done) == (2.0, True)  # the miss's 2/3, then the hit's remaining 1/3, then 1
+
+
+def test_zoom_reward_is_paid_once():
+    """zoom_reward for every zoom let a policy zoom until max_turns (7 x 0.2 + 1 = 2.4 in 8 turns) and out-earn
+    zooming once and answering (1.2)."""
+    env = ZoomDigitEnv(zoom_reward=0.2)
+    env.reset(_sample(2))
+    zoom = env.expert_action()
+    rewards = [env.step(zoom)[1] for _ in range(3)]
+    assert rewards == [0.2, 0.0, 0.0]
+    assert env.step(env.expert_action())[1:3] == (1.0, True)
