@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mmrl.config.base import Section
 
@@ -56,3 +56,14 @@ class EnvConfig(Section):
         description="How an episode's per-turn rewards make the return GRPO's advantage is computed over: "
         "their sum (default), the last turn's, or the largest.",
     )
+
+    @model_validator(mode="after")
+    def _a_turn_fits(self) -> EnvConfig:
+        # the total is checked before each turn (prompt + max_turn_tokens): a turn as long as the total never fits, so
+        # every episode would end as max_tokens before its first turn and the run would train on nothing
+        if self.max_turn_tokens is not None and self.max_turn_tokens >= self.max_total_tokens:
+            raise ValueError(
+                f"env.max_turn_tokens ({self.max_turn_tokens}) must be below env.max_total_tokens "
+                f"({self.max_total_tokens}), which also holds the prompt and the observations"
+            )
+        return self

@@ -52,7 +52,8 @@ def _answer(action: dict[str, Any]) -> str:
 @register_environment("gui_steps")
 class GuiStepsEnv:
     """One episode of the multi-step GUI task (see the module doc). `step_reward`: "rules" (mean of UI-R1's three
-    rules) or "success" (1 for a step that advances the task, else 0)."""
+    rules, paid once per goal step: a retry earns only what it adds to that step's best) or "success" (1 for a step
+    that advances the task, else 0)."""
 
     def __init__(
         self,
@@ -83,7 +84,7 @@ class GuiStepsEnv:
         self.item = rng.choice(self.items)
         self.word = rng.choice(WORDS)
         self.length = rng.randint(self.min_actions, self.max_actions)
-        self.done_steps = 0
+        self.done_steps, self.best = 0, 0.0
         parts = [f"tap '{self.button}'", f"choose '{self.item}'", f"type '{self.word}'", "go back"][: self.length]
         goal = "Goal: " + ", then ".join(parts) + "."
         return {"text": goal + (" " + ACTION_HELP if self.show_help else ""), "images": [self.render()]}
@@ -134,10 +135,16 @@ class GuiStepsEnv:
         meta = {"id": "gui_steps", "image_size": (self.size, self.size), "input_size": (self.size, self.size)}
         rules = score_action(action_text, self.gold(), meta, pred_frame="pixel")
         advanced = rules["action"] == 1.0 and rules["coord"] == 1.0
+        score = sum(rules.values()) / 3
+        # "rules" pays what an action adds to the best score earned on this goal step: the episode's return is the sum
+        # of each goal step's best score. Paying every retry its score would let a policy that repeats a half-right
+        # action (format + action type: 2/3) until max_turns out-earn one that finishes the goal.
+        reward = max(0.0, score - self.best) if self.step_reward == "rules" else float(advanced)
+        self.best = max(self.best, score)
         if advanced:
             self.done_steps += 1
+            self.best = 0.0
         success = self.done_steps == self.length
-        reward = sum(rules.values()) / 3 if self.step_reward == "rules" else float(advanced)
         text = "The screen after your action." if advanced else "Nothing changed; try another action."
         return (
             {"text": text, "images": [self.render()]},

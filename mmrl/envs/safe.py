@@ -18,6 +18,7 @@ Reasons an episode ends (the `termination` of its metrics):
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from mmrl.envs.protocol import Observation
 from mmrl.errors import DataError
 
 TERMINATIONS = ("done", "max_turns", "max_tokens", "env_error", "env_timeout", "bad_observation", "bad_image")
+# The environment's fault, not the policy's: such an episode is not trained on (`mmrl.rl.episodes._group`)
+ENV_FAULTS = ("env_error", "env_timeout", "bad_observation", "bad_image")
 
 
 class EpisodeEnded(Exception):
@@ -89,6 +92,8 @@ def check_observation(value: Any, limits: ObservationLimits, what: str) -> Obser
         )
     if not isinstance(value.text, str):
         raise EpisodeEnded("bad_observation", f"{what}: text must be a string (got {type(value.text).__name__})")
+    if not isinstance(value.images, (list, tuple)):  # an Observation built by hand: images=None, a generator...
+        raise EpisodeEnded("bad_observation", f"{what}: 'images' must be a list (got {type(value.images).__name__})")
     if len(value.text) > limits.max_text_chars:
         raise EpisodeEnded(
             "bad_observation", f"{what}: text of {len(value.text)} characters, above {limits.max_text_chars}"
@@ -116,17 +121,43 @@ def _check_step(value: Any, limits: ObservationLimits, turn: int) -> tuple[Obser
     if not isinstance(value, tuple) or len(value) != 4:
         raise EpisodeEnded("bad_observation", f"{what}: step must return (observation, reward, done, info)")
     observation, reward, done, info = value
-    if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(float(reward)):
+    # numpy scalars are numbers.Real (float32 is no float); an int too large for a float is not finite
+    try:
+        finite = isinstance(reward, numbers.Real) and not _is_bool(reward) and math.isfinite(float(reward))
+    except (OverflowError, TypeError, ValueError):
+        finite = False
+    if not finite:
         raise EpisodeEnded("bad_observation", f"{what}: reward must be a finite number (got {reward!r:.60})")
-    if not isinstance(done, bool):
+    if not _is_bool(done):
         raise EpisodeEnded("bad_observation", f"{what}: done must be True or False (got {type(done).__name__})")
+    done = bool(done)
     if info is None:
         info = {}
     if not isinstance(info, dict):
         raise EpisodeEnded("bad_observation", f"{what}: info must be a dict (got {type(info).__name__})")
+    success = info.get("success", False)
+    if not (_is_bool(success) or isinstance(success, numbers.Real) and success in (0, 1)):
+        raise EpisodeEnded("bad_observation", f"{what}: info['success'] must be True or False (got {success!r:.60})")
+    if "success" in info:
+        info = {**info, "success": bool(success)}
     # A finished episode's last observation is never shown to the model: it may be empty.
     shown = None if done else check_observation(observation, limits, what)
     return shown, float(reward), done, info
+
+
+def _is_bool(value: Any) -> bool:
+    """A Python or numpy bool (`done = x > 3` on numpy values gives numpy's)."""
+    return isinstance(value, bool) or type(value).__name__ == "bool" and type(value).__module__ == "numpy"
+
+
+def _checked(check: Callable[[], Any], what: str) -> Any:
+    """`check()`; whatever else it raises on a value no check foresaw also ends the episode, never the run."""
+    try:
+        return check()
+    except EpisodeEnded:
+        raise
+    except Exception as err:  # noqa: BLE001 - an odd object (a __len__ or __bool__ that raises...) ends its episode
+        raise EpisodeEnded("bad_observation", f"{what}: unusable value: {type(err).__name__}: {err}"[:300]) from None
 
 
 class SafeEnvironment:
@@ -141,9 +172,9 @@ class SafeEnvironment:
 
     def reset(self, sample: Any) -> Observation:
         value = _call(self.env.reset, (sample,), self.timeout, "reset")
-        return check_observation(value, self.limits, "reset")
+        return _checked(lambda: check_observation(value, self.limits, "reset"), "reset")
 
     def step(self, action_text: str) -> tuple[Observation | None, float, bool, dict[str, Any]]:
         self.turn += 1
         value = _call(self.env.step, (action_text,), self.timeout, f"step {self.turn}")
-        return _check_step(value, self.limits, self.turn)
+        return _checked(lambda: _check_step(value, self.limits, self.turn), f"step {self.turn}")

@@ -5,7 +5,8 @@ colour the question names. The model sees the screen resized to `input_size` (it
 is a smudge of a pixel or two. It may answer `<answer> zoom [x1, y1, x2, y2] </answer>` (coordinates in the image it
 sees, `input_size` pixels; `crop` is the same tool): the environment crops that region of the full-resolution screen
 and returns it as a new image, resized to `input_size`, where the digit is readable. An answer that is a digit ends the
-episode: reward 1 and success when it is the digit. Each zoom earns `zoom_reward` (default 0), any other answer 0.
+episode: reward 1 and success when it is the digit. The first zoom earns `zoom_reward` (default 0; once, so zooming
+again and again until max_turns never out-earns answering), any other answer 0.
 
 >>> from mmrl.data.sample import Sample
 >>> env = ZoomDigitEnv()
@@ -104,10 +105,11 @@ class ZoomDigitEnv:
             y1, y2 = sorted((max(0.0, min(y1, self.size)), max(0.0, min(y2, self.size))))
             if x2 - x1 < 4 or y2 - y1 < 4:
                 return {"text": "That region is empty; give x1 < x2 and y1 < y2."}, 0.0, False, {"success": False}
+            reward = 0.0 if getattr(self, "zoomed", False) else self.zoom_reward
             self.zoomed = True
             crop = self.screen.crop((round(x1), round(y1), round(x2), round(y2)))
             crop = crop.resize((self.input_size, self.input_size), Image.BICUBIC)
-            return {"text": "Zoomed region.", "images": [crop]}, self.zoom_reward, False, {"success": False}
+            return {"text": "Zoomed region.", "images": [crop]}, reward, False, {"success": False}
         if re.fullmatch(r"\d", answer):
             right = int(answer) == self.digit
             return {"text": ""}, float(right), True, {"success": right}

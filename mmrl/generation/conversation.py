@@ -21,6 +21,19 @@ from mmrl.errors import UserError
 _MARKER = "mmrl-turn-probe"
 
 
+def template_tokens_in(tokenizer: Any, text: str) -> list[str]:
+    """The tokenizer's special tokens (`<|im_end|>`, `<|im_start|>`, `<|vision_start|>`, ...) written in `text`.
+
+    The processor parses them in an observation's text as the real tokens: an environment (or a policy whose action an
+    environment echoes) could close the user turn and write a fake assistant turn, or open image slots. Observations
+    holding them are refused (`bad_observation`), not escaped: a silent rewrite would change what the environment said.
+    """
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    specials = {t.content for t in decoder.values() if getattr(t, "special", False)}
+    specials |= set(getattr(tokenizer, "all_special_tokens", None) or ())
+    return sorted(token for token in specials if token and token in text)
+
+
 class ObservationTail:
     """Renders the environment's turns for one processor and chat template (see the module doc)."""
 

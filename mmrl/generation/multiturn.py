@@ -24,7 +24,7 @@ import torch
 
 from mmrl.envs.safe import EpisodeEnded, SafeEnvironment
 from mmrl.errors import UserError
-from mmrl.generation.conversation import ObservationTail
+from mmrl.generation.conversation import ObservationTail, template_tokens_in
 from mmrl.generation.types import SamplingParams
 from mmrl.models.prefix import strip_padding, supports_prefix_sharing, unwrap
 
@@ -255,6 +255,12 @@ def _after_turn(
     if _step(one, whole_turn(batch.texts[row]), turn, limits):
         return False
     ended = None if truncated or not ids else end_text.get(ids[-1])
+    injected = template_tokens_in(tail.tokenizer, one.pending.text)
+    if injected:
+        _end(
+            one, "bad_observation", f"step {turn}: the observation's text holds the chat template's token(s) {injected}"
+        )
+        return False
     try:
         encoded = tail.encode(list(one.pending.images), one.pending.text, ended)
     except Exception as err:  # noqa: BLE001 - an observation the processor cannot take ends its episode

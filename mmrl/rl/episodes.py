@@ -23,9 +23,9 @@ from mmrl.data.prompt_order import PromptSampler, shard
 from mmrl.data.sample import Sample
 from mmrl.engine.distributed import stream_seed
 from mmrl.envs.registry import get_environment
-from mmrl.envs.safe import TERMINATIONS, EpisodeEnded, ObservationLimits, SafeEnvironment
+from mmrl.envs.safe import ENV_FAULTS, TERMINATIONS, EpisodeEnded, ObservationLimits, SafeEnvironment
 from mmrl.generation.backends import backend_device
-from mmrl.generation.conversation import ObservationTail
+from mmrl.generation.conversation import ObservationTail, template_tokens_in
 from mmrl.generation.hf_context import context_length
 from mmrl.generation.multiturn import Episode, EpisodeLimits, run_episodes
 from mmrl.generation.types import SamplingParams
@@ -46,6 +46,14 @@ def _limits(cfg: MMRLConfig, data_cfg: DataConfig) -> ObservationLimits:
     )
 
 
+def _same_observation(a: Any, b: Any) -> bool:
+    return (
+        a.text == b.text
+        and len(a.images) == len(b.images)
+        and all(x.size == y.size and x.tobytes() == y.tobytes() for x, y in zip(a.images, b.images))
+    )
+
+
 def _start(
     cfg: MMRLConfig, sample: Sample, group_size: int, limits: ObservationLimits, processor: Any, data_cfg: DataConfig
 ) -> tuple[dict[str, Any], list[SafeEnvironment | None], list[Episode], list[Any]]:
@@ -59,6 +67,16 @@ def _start(
         try:
             env = SafeEnvironment(factory, dict(cfg.env.kwargs), cfg.env.step_timeout_s, limits)
             observation = env.reset(sample)
+            injected = template_tokens_in(getattr(processor, "tokenizer", processor), observation.text)
+            if injected:
+                raise EpisodeEnded("bad_observation", f"reset: the text holds the chat template's token(s) {injected}")
+            if first is not None and not _same_observation(first, observation):
+                # the episode would act from a prompt that is not its environment's state
+                raise EpisodeEnded(
+                    "bad_observation",
+                    "reset: differs from the group's first reset of this sample; reset must be deterministic in the "
+                    "sample (seed any randomness from it)",
+                )
         except EpisodeEnded as ended:
             envs.append(None)
             failed.append(Episode(termination=ended.reason, detail=ended.detail))
@@ -87,8 +105,14 @@ def _group(
         return list(values) + [fill] * (width - len(values))
 
     # Created on the model's device, where the update meets them (the rows' images travel with the prompt).
+    # An episode the environment broke (ENV_FAULTS) is not trained on: its return is unscorable (NaN: out of its
+    # group's mean and std, advantage 0) and its tokens leave the loss. Scored 0 instead, it would lift the advantages
+    # of its group's other episodes, and under per-step costs a policy would learn to crash the environment.
+    faulty = [ep.termination in ENV_FAULTS for ep in episodes]
     ids = torch.tensor([padded(e.completion_ids, pad_id) for e in episodes], dtype=torch.long, device=device)
-    mask = torch.tensor([padded(e.model_mask, 0) for e in episodes], dtype=torch.long, device=device)
+    mask = torch.tensor(
+        [padded([] if bad else e.model_mask, 0) for e, bad in zip(episodes, faulty)], dtype=torch.long, device=device
+    )
     logp = torch.tensor([padded(e.sampler_logp, 0.0) for e in episodes], dtype=torch.float32, device=device)
     rows = []
     for ep in episodes:
@@ -102,7 +126,7 @@ def _group(
                 "image_grid_thw": torch.cat(ep.image_grid_thw) if ep.image_grid_thw else None,
             }
         )
-    returns = [ep.episode_return(mode) for ep in episodes]
+    returns = [math.nan if bad else ep.episode_return(mode) for ep, bad in zip(episodes, faulty)]
     group = Group(
         sample=sample,
         prompt=to_device({**prompt, EPISODE_KEY: rows}, device),

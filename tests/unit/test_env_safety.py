@@ -6,9 +6,11 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from mmrl.envs.protocol import Observation
 from mmrl.envs.registry import get_environment, kwargs_problem
 from mmrl.envs.safe import EpisodeEnded, ObservationLimits, SafeEnvironment, check_observation
 from mmrl.errors import ConfigError
@@ -135,7 +137,59 @@ def test_registry_and_config_checks(tmp_path):
         (["env.name=gui_steps", "env.kwargs={colour: 1}"], "env.kwargs: environment"),
         ([f"env.name={user}:Missing"], "has no class or function 'Missing'"),
         (["env.name=gui_steps", "env.max_turns=0"], "env.max_turns"),
+        (["env.name=gui_steps", "env.max_turn_tokens=2048"], "must be below env.max_total_tokens"),
         (["env.name=gui_steps", "algorithm.online_filter.enabled=true"], "online_filter does not take part"),
+        # a built-in's values are checked at load too: it used to load, then every episode ended as env_error
+        (["env.name=gui_steps", "env.kwargs={min_actions: 7}"], "env.kwargs: gui_steps: need 2 <= min_actions"),
+        (["env.name=zoom_digit", "env.kwargs={frames: 9}"], "env.kwargs: zoom_digit: frames must be"),
+        # refused at load, not after the first rollout (gdpo) or silently ignored (rewards)
+        (["env.name=gui_steps", "algorithm.advantage=gdpo"], "multi-turn episodes have one return each"),
+        (["env.name=gui_steps", "rewards=[{name: format, weight: 1.0}]"], "rewards is not used with env.name"),
+        (
+            ["env.name=gui_steps", "stages=[{name: a, steps: 2, rewards: [{name: format}]}]"],
+            r"stages\[0\].rewards is not used",
+        ),
     ]:
         with pytest.raises(ConfigError, match=expected):
             load_config(None, overrides)
+
+
+class _Unsized:
+    def __len__(self):
+        raise RuntimeError("no length")
+
+
+@pytest.mark.parametrize(
+    "observation",
+    [
+        Observation("look", None),  # an Observation built by hand: images must still be a list
+        Observation("look", (i for i in ())),
+        {"text": "look", "images": _Unsized()},
+    ],
+)
+def test_hand_built_observations_end_the_episode(observation):
+    """These raised TypeError out of the checks (a crash of the run, not of one episode)."""
+    _ended("bad_observation", first=observation)
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        ("ok", 10**400, False, {}),  # float() overflows
+        ("ok", 1.0, True, {"success": np.array([1, 2])}),  # bool() of it raises
+        ("ok", 1.0, True, {"success": "yes"}),
+    ],
+)
+def test_step_values_no_check_foresaw_end_the_episode(step):
+    _ended("bad_observation", then=step)
+
+
+def test_numpy_scalars_are_numbers():
+    """`reward = np.float32(...)`, `done = x > 3` on numpy values: ordinary results, not malformed ones."""
+    env = SafeEnvironment(Scripted, {"first": "hi", "then": ("ok", np.float32(0.5), np.bool_(True), {})}, 1.0, LIMITS)
+    env.reset(None)
+    assert env.step("a") == (None, 0.5, True, {})
+    env = SafeEnvironment(Scripted, {"first": "hi", "then": ("ok", 1, False, {"success": np.bool_(True)})}, 1.0, LIMITS)
+    env.reset(None)
+    observation, reward, done, info = env.step("a")
+    assert (observation.text, reward, done, info) == ("ok", 1.0, False, {"success": True})

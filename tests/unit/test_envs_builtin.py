@@ -110,3 +110,45 @@ def test_the_episode_builder_refuses_bad_arguments_in_one_line(tmp_path):
         assert done.returncode == 2 and "Traceback" not in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and "error:" in done.stderr
     assert not (tmp_path / "out" / "sft.jsonl").exists()
+
+
+def test_gui_rules_reward_cannot_be_farmed_by_stalling():
+    """With the default step_reward (rules) and episode_return sum, a policy repeating a half-right click (action type
+    and format right, target wrong: 2/3 a turn) for 6 turns earned 4.0, twice the 2.0 of finishing the two-action goal.
+    Each goal step now pays its best score once: stalling earns 2/3, a miss then a hit earns 1 for that step."""
+
+    def run(actions):
+        env = GuiStepsEnv(min_actions=2, max_actions=2)
+        env.reset(_sample(1))
+        total, done = 0.0, False
+        for act in actions:
+            if done:
+                break
+            _, reward, done, _ = env.step(act(env) if callable(act) else act)
+            total += reward
+        return total, done
+
+    def miss(env):
+        box = env.gold()["bbox"]
+        return f"<think> t </think><answer> [{{'action': 'click', 'coordinate': [{box[2] + 30}, {box[3] + 30}]}}] </answer>"
+
+    def expert(env):
+        return env.expert_action()
+
+    stall, stall_done = run([miss] * 6)
+    finish, finish_done = run([expert] * 2)
+    retry, retry_done = run([miss, miss, expert, expert])
+    assert (round(stall, 3), stall_done) == (0.667, False)
+    assert (finish, finish_done) == (2.0, True)
+    assert (round(retry, 3), retry_done) == (2.0, True)  # the miss's 2/3, then the hit's remaining 1/3, then 1
+
+
+def test_zoom_reward_is_paid_once():
+    """zoom_reward for every zoom let a policy zoom until max_turns (7 x 0.2 + 1 = 2.4 in 8 turns) and out-earn
+    zooming once and answering (1.2)."""
+    env = ZoomDigitEnv(zoom_reward=0.2)
+    env.reset(_sample(2))
+    zoom = env.expert_action()
+    rewards = [env.step(zoom)[1] for _ in range(3)]
+    assert rewards == [0.2, 0.0, 0.0]
+    assert env.step(env.expert_action())[1:3] == (1.0, True)
