@@ -12,8 +12,10 @@ first step), the rollout by the shared-prefix sampler, a reward that varies with
 
 Printed: the seconds of each phase (building the model, loading it into the trainer, the step and its rollout and
 update), the step's peak GPU memory (allocated and reserved) against the device's total, the loss, KL and gradient
-norm, and whether the weights moved. An out-of-memory error is a result, not a crash: `fits` is false and the peak
-reached is reported. The last line is one JSON object; exit 0 when the step ran and moved the weights.
+norm, whether the weights moved, and `static_estimate_gib` (weights, gradients, AdamW moments and the reference,
+which the step holds whatever its sizes). An out-of-memory error is a result, not a crash: `fits` is false and the
+peak reached is reported (exit 1): full-precision AdamW is what mmrl trains with, so a 3B step that does not fit an
+H100's 80 GB is rerun on the H200 kind rather than with another optimizer. The last line is one JSON object; exit 0 when the step ran and moved the weights.
 """
 
 from __future__ import annotations
@@ -34,6 +36,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def gib(n_bytes: float) -> float:
     return round(n_bytes / 2**30, 2)
+
+
+def static_estimate_gib(model: torch.nn.Module, reference: object) -> float:
+    """What the step holds whatever its sizes: the trainable weights, their gradients and AdamW's two moments (4 x the
+    weights' bytes: all fp32 under `model.dtype: bf16`), the frozen weights, and the reference's own tensors. At 3B
+    this is ~64 GiB of an H100's 79: the rest (autocast's bf16 weight copies, activations, the rollout's KV cache)
+    decides whether the step fits; when it does not, the step needs the H200 (141 GB)."""
+    seen: set[int] = set()
+
+    def size(params, factor: int) -> int:
+        total = 0
+        for p in params:
+            if p.data_ptr() not in seen:
+                seen.add(p.data_ptr())
+                total += p.numel() * p.element_size() * factor
+        return total
+
+    held = size([p for p in model.parameters() if p.requires_grad], 4)
+    held += size([p for p in model.parameters() if not p.requires_grad], 1)
+    ref_model = getattr(reference, "model", None)
+    if isinstance(ref_model, torch.nn.Module):
+        held += size(list(ref_model.parameters()), 1)
+    return gib(held)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +132,7 @@ def run(args: argparse.Namespace, device: torch.device, work: Path) -> int:
         figures["load_s"] = round(time.perf_counter() - start, 2)
         model = trainer.run.model
         figures["parameters"] = sum(p.numel() for p in model.parameters())
+        figures["static_estimate_gib"] = static_estimate_gib(model, trainer.reference)
         # One matmul weight of the last text layer, to see the optimizer step move the weights.
         probe = next(p for n, p in reversed(list(model.named_parameters())) if p.ndim == 2 and "visual" not in n)
         before = probe.detach().float().cpu().clone()

@@ -23,14 +23,14 @@ from mmrl.errors import UserError
 from mmrl.registry import Registry
 
 SYNTHETIC_EXAMPLES = """examples:
-  mmrl build-data synthetic --tasks color --n 64 --out data/synth                 # data/synth/train.jsonl
-  mmrl build-data synthetic --tasks color,count --n 1000 --eval-n 200 --out data/synth   # + eval.jsonl (seed + 1)
-  mmrl build-data synthetic --tasks grounding --forms open --image-size 56 --n 32 --out data/boxes
-  mmrl build-data synthetic --tasks gui --n 64 --eval-n 16 --out data/gui         # UI-R1-style GUI actions
+  mmrl build-data synthetic --tasks color --n 64 --out data/color                 # data/color/train.jsonl
+  mmrl build-data synthetic --tasks color,count --n 1000 --eval-n 200 --out data/color_count  # + eval.jsonl (seed+1)
+  mmrl build-data synthetic --tasks grounding --forms open --image-size 56 --n 32 --out data/grounding
+  mmrl build-data synthetic --tasks gui --n 64 --eval-n 16 --out data/gui_actions  # UI-R1-style GUI actions
 """
 CURRICULUM_EXAMPLES = """examples:
-  mmrl build-data curriculum runs/quickstart/data/train.jsonl data/curriculum
-  mmrl build-data curriculum MATHVISTA.json data/curriculum --seed 42    # a name in capitals: your own file
+  mmrl build-data curriculum runs/quickstart/data/train.jsonl data/quickstart_curriculum
+  mmrl build-data curriculum MATHVISTA.json data/mathvista_curriculum --seed 42    # a name in capitals: your own file
 """
 RECIPES_EXAMPLES = """examples:
   mmrl build-data recipes                       # data/: what every recipe's offline line reads
@@ -59,15 +59,22 @@ BUILDERS: Registry[Builder] = Registry("builder", "build-data")
 # Argument names builders give their output directory: checked writable by `mmrl build-data`, set to the step
 # directory by a pipeline step that does not give one.
 OUTPUT_FIELDS = ("out", "out_dir", "output", "output_dir")
-# Modules that register more builders (cold-start, rejection sampling, digits); each must exist (a test imports them all).
-BUILDER_MODULES: list[str] = ["data_pipelines.cold_start.cli", "data_pipelines.rejection", "data_pipelines.digits"]
+# Modules that register more builders (cold-start, rejection sampling, digits, multi-turn episodes); each must exist
+# (a test imports them all).
+BUILDER_MODULES: list[str] = ["data_pipelines.cold_start.cli", "data_pipelines.rejection", "data_pipelines.digits",
+                              "data_pipelines.synthetic.episodes"]
 
 
-def register_builder(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
-                     run: Callable[[argparse.Namespace], int | None], examples: str | None = None,
-                     outputs: Callable[[argparse.Namespace], dict[str, Path]] | None = None,
-                     check: Callable[[argparse.Namespace], None] | None = None,
-                 writes: Callable[[argparse.Namespace], dict[Path, tuple[str, ...]]] | None = None) -> None:
+def register_builder(
+    name: str,
+    help: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int | None],
+    examples: str | None = None,
+    outputs: Callable[[argparse.Namespace], dict[str, Path]] | None = None,
+    check: Callable[[argparse.Namespace], None] | None = None,
+    writes: Callable[[argparse.Namespace], dict[Path, tuple[str, ...]]] | None = None,
+) -> None:
     BUILDERS.add(name, Builder(help, add_arguments, run, examples, outputs, check, writes))
 
 
@@ -83,8 +90,9 @@ def _synthetic_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--tasks", default="color", help=f"comma-separated: {','.join(TASKS)}; or gui alone")
     p.add_argument("--n", type=int, default=1000, help="number of training samples (train.jsonl)")
-    p.add_argument("--eval-n", type=int, default=0,
-                   help="number of held-out samples (eval.jsonl, drawn with --eval-seed); 0: none")
+    p.add_argument(
+        "--eval-n", type=int, default=0, help="number of held-out samples (eval.jsonl, drawn with --eval-seed); 0: none"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-seed", type=int, default=None, help="seed of the eval split (default: --seed + 1)")
     p.add_argument("--out", required=True, help="output directory (train.jsonl [+ eval.jsonl] + images/)")
@@ -106,8 +114,12 @@ def _synthetic(args: argparse.Namespace) -> int:
         raise UserError(f"--eval-n must be >= 0 (got {args.eval_n})")
     if args.eval_n and eval_seed == args.seed:
         raise UserError("--eval-seed must differ from --seed so the eval split is held out")
-    common = {"forms": [f.strip() for f in args.forms.split(",") if f.strip()], "difficulty": levels,
-              "image_size": args.image_size, "with_cot": not args.no_cot}
+    common = {
+        "forms": [f.strip() for f in args.forms.split(",") if f.strip()],
+        "difficulty": levels,
+        "image_size": args.image_size,
+        "with_cot": not args.no_cot,
+    }
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     path = build_synthetic(tasks, args.n, args.seed, args.out, split="train", **common)
     print(f"wrote {args.n} samples to {path}")
@@ -166,9 +178,28 @@ def _recipes_writes(args: argparse.Namespace) -> dict[Path, tuple[str, ...]]:
     return {Path(args.out) / name: ("*",) for name in ("synth", "gui", "boxes", "curriculum")}
 
 
-register_builder("synthetic", "procedurally drawn visual tasks with verifiable answers", _synthetic_args, _synthetic,
-                 SYNTHETIC_EXAMPLES, _synthetic_outputs, writes=_synthetic_writes)
-register_builder("curriculum", "yes/no, multiple-choice and open stages (Curr-ReFT)", _curriculum_args, _curriculum,
-                 CURRICULUM_EXAMPLES, _curriculum_outputs)
-register_builder("recipes", "small synthetic data for every recipe's offline line (seconds on a CPU)", _recipes_args,
-                 _recipes, RECIPES_EXAMPLES, writes=_recipes_writes)
+register_builder(
+    "synthetic",
+    "procedurally drawn visual tasks with verifiable answers",
+    _synthetic_args,
+    _synthetic,
+    SYNTHETIC_EXAMPLES,
+    _synthetic_outputs,
+    writes=_synthetic_writes,
+)
+register_builder(
+    "curriculum",
+    "yes/no, multiple-choice and open stages (Curr-ReFT)",
+    _curriculum_args,
+    _curriculum,
+    CURRICULUM_EXAMPLES,
+    _curriculum_outputs,
+)
+register_builder(
+    "recipes",
+    "small synthetic data for every recipe's offline line (seconds on a CPU)",
+    _recipes_args,
+    _recipes,
+    RECIPES_EXAMPLES,
+    writes=_recipes_writes,
+)

@@ -158,7 +158,36 @@ def build_app(model: Any) -> Any:
 
         button.click(run, [image, instruction, gold, *template, *controls], [status, drawn, action, raw])
         image.change(shown_errors(2, 0)(preview_of), image, [status, preview])
+        _episode_section(gr, model)
     return app
+
+
+def _episode_section(gr: Any, model: Any) -> None:
+    """A multi-turn `gui_steps` episode, one model turn per click (`demos.gui_episode`)."""
+    from demos.gui_episode import EpisodeDemo
+
+    episode = EpisodeDemo(model)
+    with gr.Accordion("episode (multi-turn): step through a gui_steps task", open=False):
+        with gr.Row():
+            seed = gr.Number(value=0, precision=0, label="task seed", elem_id="gui-episode-seed")
+            start = gr.Button("start", elem_id="gui-episode-start")
+            step = gr.Button("step", variant="primary", elem_id="gui-episode-step")
+        goal = gr.Markdown(elem_id="gui-episode-goal")
+        screen = gr.Image(label="screen", type="pil", interactive=False, elem_id="gui-episode-screen")
+        turn = gr.Textbox(label="the model's action", lines=2, interactive=False, elem_id="gui-episode-action")
+        status = gr.Markdown(elem_id="gui-episode-status")
+
+        @shown_errors(2, 0)
+        def begin(value):
+            image, text = episode.start(int(value or 0))
+            return text, image
+
+        @shown_errors(3, 2)
+        def advance():
+            return episode.step()
+
+        start.click(begin, [seed], [goal, screen])
+        step.click(advance, [], [screen, turn, status])
 
 
 __all__ = ["act", "build_app", "gui_view", "parse_gui_gold"]

@@ -7,6 +7,7 @@ and turns a `UserError` into one line on stderr with exit code 2.
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import importlib
 import os
@@ -36,15 +37,24 @@ COMMANDS: dict[str, str] = {
 EPILOG = """examples:
   mmrl config show configs/quickstart.yaml trainer.max_steps=10
   mmrl model build-tiny /tmp/tiny --preset tiny
-  mmrl train configs/tests/grpo_tiny.yaml data.train=runs/quickstart/data/train.jsonl trainer.max_steps=4
+  mmrl train configs/tests/grpo_tiny.yaml data.train=runs/quickstart/data/train.jsonl trainer.max_steps=4 \\
+      trainer.output_dir=runs/grpo_colors
   mmrl pipeline configs/quickstart.yaml
 
 Run `mmrl COMMAND --help` for the options of one command.
 """
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's complaints in one line naming the command (its own prints the usage block first): the subcommands'
+    parsers are of this class too, since argparse gives a subparser its parent's class."""
+
+    def error(self, message: str):  # noqa: ANN201 - argparse expects it not to return
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mmrl",
         description="mmrl: cold-start data, SFT, GRPO, rewards, evaluation and demos for vision-language models.",
         epilog=EPILOG,
@@ -60,8 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # File-system errors that are the user's to fix (a full disk, a read-only or foreign directory): one line, exit 2.
-USER_FS_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
-                  errno.EEXIST, errno.ENOENT}
+USER_FS_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.ENOENT,
+}
 
 
 def _on_sigterm(_signum: int, _frame: object) -> None:
@@ -130,12 +149,37 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     """`parser.parse_args`, except that `key=value` overrides may also follow an option: argparse fills the
     `overrides` list once, so `mmrl pipeline CONFIG --plan seeds=[0]` stopped with "unrecognized arguments"."""
     args, extra = parser.parse_known_args(argv)
-    if extra and isinstance(getattr(args, "overrides", None), list) and all(
-            "=" in text and not text.startswith("-") for text in extra):
+    if (
+        extra
+        and isinstance(getattr(args, "overrides", None), list)
+        and all("=" in text and not text.startswith("-") for text in extra)
+    ):
         args.overrides.extend(extra)  # they came after the ones before the option: the order is kept
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        command = _command_parser(parser, argv)
+        command.error(f"unrecognized arguments: {' '.join(extra)}{_did_you_mean(command, extra)}")
     return args
+
+
+def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The (sub)command parser the words of `argv` lead to (`mmrl eval`, `mmrl data show`): argparse reports an
+    unknown option from the top parser, as `mmrl: error`, which sends the reader to the wrong --help."""
+    for word in argv:
+        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if subparsers and word in subparsers[0].choices:
+            parser = subparsers[0].choices[word]
+    return parser
+
+
+def _did_you_mean(parser: argparse.ArgumentParser, extra: list[str]) -> str:
+    """` (did you mean '--model'?)` for the first mistyped option that is close to one of the command's."""
+    options = [o for action in parser._actions for o in action.option_strings]
+    for word in extra:
+        if word.startswith("--"):
+            close = difflib.get_close_matches(word.split("=")[0], options, n=1)
+            if close:
+                return f" (did you mean '{close[0]}'?)"
+    return ""
 
 
 def _run_command(argv: list[str] | None) -> int:
@@ -181,8 +225,11 @@ def _run_command(argv: list[str] | None) -> int:
         if debug or err.errno not in USER_FS_ERRNOS:
             raise
         where = f"{err.filename}: " if err.filename else ""
-        print(f"mmrl {args.command}: error: {where}{err.strerror or err}; check the path, its permissions and the "
-              "free space", file=sys.stderr)
+        print(
+            f"mmrl {args.command}: error: {where}{err.strerror or err}; check the path, its permissions and the "
+            "free space",
+            file=sys.stderr,
+        )
         return 2
     finally:
         if previous_handler is not None:

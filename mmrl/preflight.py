@@ -175,6 +175,43 @@ def check_names(cfg: Any, where: Callable[[str], str]) -> None:
             raise ConfigError(f"{where(field)}: {field}: {problem}")
     _check_reward_kwargs(cfg, where)
     _check_reward_lists(cfg, where)
+    _check_environment(cfg, where)
+
+
+def _check_environment(cfg: Any, where: Callable[[str], str]) -> None:
+    """`env.name` names an environment (built-in or file.py:Class) and `env.kwargs` are arguments it takes."""
+    env = getattr(cfg, "env", None)
+    if env is None or env.name is None:
+        return
+    from mmrl.envs.registry import get_environment, is_file_spec, kwargs_problem
+
+    try:
+        get_environment(env.name)
+        problem = kwargs_problem(env.name, env.kwargs)
+    except UserError as err:
+        message = str(err) if str(err).startswith("env.name") else f"env.name: {err}"
+        raise ConfigError(f"{where('env.name')}: {message}") from None
+    if problem is not None:
+        raise ConfigError(f"{where('env.kwargs')}: env.kwargs: {problem}")
+    if not is_file_spec(env.name):  # a built-in checks its values when built (cheap, no side effects): build one now,
+        try:  # or a bad value (gui_steps min_actions: 7) ends every episode as env_error and the run trains on nothing
+            get_environment(env.name)(**env.kwargs)
+        except UserError as err:
+            raise ConfigError(f"{where('env.kwargs')}: env.kwargs: {err}") from None
+    if cfg.algorithm.online_filter.enabled:
+        raise ConfigError(f"{where('algorithm.online_filter.enabled')}: algorithm.online_filter does not take part "
+                          "in multi-turn episodes (env.name is set); set algorithm.online_filter.enabled=false")
+    if cfg.algorithm.advantage == "gdpo":  # found after the first rollout otherwise, with a message about `rewards:`
+        raise ConfigError(f"{where('algorithm.advantage')}: algorithm.advantage gdpo normalises each reward's score; "
+                          "multi-turn episodes have one return each (env.name is set); use grpo, dr_grpo or rloo")
+    from mmrl.config.schema import _default_rewards
+
+    # the environment scores the episodes: a reward list beside it would be ignored without a word
+    ignored = ["rewards"] if list(cfg.rewards) != _default_rewards() else []
+    ignored += [f"stages[{i}].rewards" for i, stage in enumerate(cfg.stages) if stage.rewards is not None]
+    if ignored:
+        raise ConfigError(f"{where(ignored[0])}: {ignored[0]} is not used with env.name set (the environment scores "
+                          f"the episodes: env.episode_return); remove {ignored[0]} or env.name")
 
 
 def _check_reward_kwargs(cfg: Any, where: Callable[[str], str]) -> None:

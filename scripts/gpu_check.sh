@@ -24,7 +24,8 @@
 #               fits or not, peak memory, seconds
 #   vllm, flash_attn  only where those packages are installed (they cannot travel to the lent GPU machine): skipped
 #               with a line otherwise
-# The last thing written: $OUT/summary.json and $OUT/summary.txt (step, status, seconds, key figures). $OUT defaults
+# The last thing written: $OUT/summary.json and $OUT/summary.txt (step, status, seconds, key figures); they are also
+# rewritten after every step, marked INCOMPLETE, so a run stopped from outside leaves what it found. $OUT defaults
 # to ./gpu_check_out; GPU_CHECK_WHEELS names another wheel folder than .whl, PYTHON another interpreter than python3.
 # Exit status: 0 when every step that ran passed, 1 when one failed or timed out, 3 when torch cannot be imported (2:
 # a usage error).
@@ -37,7 +38,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE="${2:-}"; shift 2 || break ;;
     --device=*) DEVICE="${1#--device=}"; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (usage: scripts/gpu_check.sh [--device cuda|cpu])" >&2; exit 2 ;;
   esac
 done
@@ -55,6 +56,94 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 STEPS="$WORK/steps.tsv"
 : > "$STEPS"
+# The summary (JSON and text in $OUT) from the steps recorded so far: `summarize partial` after every step, so a run
+# the device tool stops at its time limit still leaves one; `summarize final` last. The standard library only.
+SUMMARY_PY="$WORK/summary.py"
+cat > "$SUMMARY_PY" <<'PYEOF'
+import json, re, sys
+from pathlib import Path
+
+steps_file, work, out, device = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+final = sys.argv[5] == "final"  # else: written after a step, in case the run is killed before its end
+
+
+def load(name):
+    path = work / f"{name}.json"
+    if not path.is_file():
+        return {}
+    text = path.read_text().strip()
+    for candidate in (text, text.splitlines()[-1] if text else ""):  # one JSON document, or JSON as the last line
+        try:
+            return json.loads(candidate)
+        except ValueError:
+            continue
+    return {}
+
+
+def pytest_counts(log):
+    """passed/failed/skipped/... from pytest's closing line ('3 passed, 2 skipped, 1119 deselected in 9.1s')."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    lines = [line for line in text.splitlines() if re.search(r"\b(passed|failed|skipped|error|errors|deselected)\b", line)
+             and re.search(r" in [0-9.]+s", line)]
+    if not lines:
+        return {}
+    return {word if word != "error" else "errors": int(n) for n, word in re.findall(r"(\d+) (\w+)", lines[-1])
+            if word in ("passed", "failed", "skipped", "deselected", "error", "errors", "xfailed", "xpassed")}
+
+
+KEYS = {
+    "versions": ("python", "torch", "cuda", "device", "memory_gib", "capability", "bf16", "transformers", "accelerate",
+                 "peft", "pydantic", "math_verify"),
+    "prefix": ("fp32_logp_max_abs_diff", "bf16_logp_max_abs_diff", "ok"),
+    "throughput": ("rollout_tokens_per_s", "train_tokens_per_s", "rollout_mfu", "train_mfu",
+                   "rollout_peak_memory_gib", "train_peak_memory_gib"),
+    "grpo_step": ("fits", "weights_moved", "static_estimate_gib", "build_s", "load_s", "step_s", "rollout_s", "update_s",
+                  "peak_allocated_gib", "peak_reserved_gib", "device_memory_gib", "loss", "kl", "grad_norm", "error"),
+    "vllm": ("rollout_tokens_per_s", "train_tokens_per_s"),
+    "flash_attn": ("rollout_tokens_per_s", "train_tokens_per_s"),
+}
+steps = []
+for row in steps_file.read_text().splitlines():
+    name, status, seconds, note = (row.split("\t") + [""] * 4)[:4]
+    figures = {k: v for k, v in load(name).items() if k in KEYS.get(name, ())}
+    if name == "prefix":
+        cases = load(name).get("cases", [])
+        for kind in ("vision", "text"):
+            values = [c[f"{kind}_grad_rel_diff"] for c in cases]
+            if values:
+                figures[f"max_{kind}_grad_rel_diff"] = max(values)
+        bad = [f"{c['dtype']}/checkpointing {'on' if c['checkpointing'] else 'off'}" for c in cases if not c["ok"]]
+        if bad:
+            figures["out_of_bounds"] = bad
+    if name in ("tests", "vllm", "flash_attn"):
+        figures.update(pytest_counts(out / f"{name}.log"))
+    steps.append({"step": name, "status": status, "seconds": float(seconds or 0), "figures": figures,
+                  **({"note": note} if note else {})})
+failed = [s["step"] for s in steps if s["status"] in ("fail", "timeout")]
+summary = {"device": device, "ok": final and not failed, "complete": final, "failed": failed,
+           "seconds": round(sum(s["seconds"] for s in steps), 1), "steps": steps}
+
+
+def short(value):
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+verdict = "all steps that ran passed" if not failed else "FAILED: " + ", ".join(failed)
+if not final:
+    verdict = f"INCOMPLETE (the run stopped after step {steps[-1]['step'] if steps else 'none'}); " + verdict
+lines = [f"gpu_check summary ({device}): {verdict}; {summary['seconds']} s in steps"]
+for s in steps:
+    figures = ", ".join(f"{k}={short(v)}" for k, v in s["figures"].items())
+    lines.append(f"  {s['step']:<11} {s['status']:<8} {s['seconds']:>7.1f} s  {figures}"
+                 + (f"  [{s['note']}]" if s.get("note") else ""))
+(out / "summary.txt").write_text("\n".join(lines) + "\n")
+(out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+if final:
+    print("\n".join(lines))
+PYEOF
+summary_py="$PY"
+"$PY" -c "" 2>/dev/null || summary_py=python3
+summarize() { "$summary_py" "$SUMMARY_PY" "$STEPS" "$WORK" "$OUT" "$DEVICE" "$1" || echo "gpu_check: the summary failed" >&2; }
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -83,6 +172,7 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", b - a}'; }
 record() {
   printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4//$'\t'/ }" >> "$STEPS"
   echo "gpu_check: [$1] $2 ($3 s)${4:+ - $4}"
+  summarize partial
 }
 
 # step NAME TIMEOUT COMMAND...: run COMMAND under its own timeout, its output in $OUT/NAME.log
@@ -219,87 +309,8 @@ else
   fi
 fi
 
-# -- the summary: written last ------------------------------------------------------------------------------------
-summary_py="$PY"
-"$PY" -c "" 2>/dev/null || summary_py=python3  # the summary needs only the standard library
-"$summary_py" - "$STEPS" "$WORK" "$OUT" "$DEVICE" <<'PYEOF'
-import json, re, sys
-from pathlib import Path
-
-steps_file, work, out, device = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
-
-
-def load(name):
-    path = work / f"{name}.json"
-    if not path.is_file():
-        return {}
-    text = path.read_text().strip()
-    for candidate in (text, text.splitlines()[-1] if text else ""):  # one JSON document, or JSON as the last line
-        try:
-            return json.loads(candidate)
-        except ValueError:
-            continue
-    return {}
-
-
-def pytest_counts(log):
-    """passed/failed/skipped/... from pytest's closing line ('3 passed, 2 skipped, 1119 deselected in 9.1s')."""
-    text = log.read_text(errors="replace") if log.is_file() else ""
-    lines = [line for line in text.splitlines() if re.search(r"\b(passed|failed|skipped|error|errors|deselected)\b", line)
-             and re.search(r" in [0-9.]+s", line)]
-    if not lines:
-        return {}
-    return {word if word != "error" else "errors": int(n) for n, word in re.findall(r"(\d+) (\w+)", lines[-1])
-            if word in ("passed", "failed", "skipped", "deselected", "error", "errors", "xfailed", "xpassed")}
-
-
-KEYS = {
-    "versions": ("python", "torch", "cuda", "device", "memory_gib", "capability", "bf16", "transformers", "accelerate",
-                 "peft", "pydantic", "math_verify"),
-    "prefix": ("fp32_logp_max_abs_diff", "bf16_logp_max_abs_diff", "ok"),
-    "throughput": ("rollout_tokens_per_s", "train_tokens_per_s", "rollout_mfu", "train_mfu",
-                   "rollout_peak_memory_gib", "train_peak_memory_gib"),
-    "grpo_step": ("fits", "weights_moved", "build_s", "load_s", "step_s", "rollout_s", "update_s",
-                  "peak_allocated_gib", "peak_reserved_gib", "device_memory_gib", "loss", "kl", "grad_norm", "error"),
-    "vllm": ("rollout_tokens_per_s", "train_tokens_per_s"),
-    "flash_attn": ("rollout_tokens_per_s", "train_tokens_per_s"),
-}
-steps = []
-for row in steps_file.read_text().splitlines():
-    name, status, seconds, note = (row.split("\t") + [""] * 4)[:4]
-    figures = {k: v for k, v in load(name).items() if k in KEYS.get(name, ())}
-    if name == "prefix":
-        cases = load(name).get("cases", [])
-        for kind in ("vision", "text"):
-            values = [c[f"{kind}_grad_rel_diff"] for c in cases]
-            if values:
-                figures[f"max_{kind}_grad_rel_diff"] = max(values)
-        bad = [f"{c['dtype']}/checkpointing {'on' if c['checkpointing'] else 'off'}" for c in cases if not c["ok"]]
-        if bad:
-            figures["out_of_bounds"] = bad
-    if name in ("tests", "vllm", "flash_attn"):
-        figures.update(pytest_counts(out / f"{name}.log"))
-    steps.append({"step": name, "status": status, "seconds": float(seconds or 0), "figures": figures,
-                  **({"note": note} if note else {})})
-failed = [s["step"] for s in steps if s["status"] in ("fail", "timeout")]
-summary = {"device": device, "ok": not failed, "failed": failed,
-           "seconds": round(sum(s["seconds"] for s in steps), 1), "steps": steps}
-
-
-def short(value):
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-lines = [f"gpu_check summary ({device}): {'all steps that ran passed' if not failed else 'FAILED: ' + ', '.join(failed)}"
-         f"; {summary['seconds']} s in steps"]
-for s in steps:
-    figures = ", ".join(f"{k}={short(v)}" for k, v in s["figures"].items())
-    lines.append(f"  {s['step']:<11} {s['status']:<8} {s['seconds']:>7.1f} s  {figures}"
-                 + (f"  [{s['note']}]" if s.get("note") else ""))
-(out / "summary.txt").write_text("\n".join(lines) + "\n")
-(out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-print("\n".join(lines))
-PYEOF
+# -- the summary: written after every step (a run killed from outside still leaves one) and, complete, last --
+summarize final
 
 if [ "$torch_ok" -eq 0 ]; then
   echo "gpu_check: torch cannot be imported with $PY; nothing was checked" >&2

@@ -24,7 +24,7 @@ from mmrl.errors import UserError
 __all__ = ["BUILDER_MODULES", "BUILDERS", "Builder", "register_builder", "register"]
 
 EXAMPLES = """  mmrl build-data synthetic --tasks color,count --n 1000 --eval-n 200 --seed 0 --out data/synthetic
-  mmrl build-data curriculum runs/quickstart/data/train.jsonl data/curriculum
+  mmrl build-data curriculum runs/quickstart/data/train.jsonl data/quickstart_curriculum
   mmrl build-data recipes                          # data/: the data of every recipe's offline line
 """
 
@@ -36,8 +36,9 @@ def _checked(name: str, builder: Builder) -> Callable[[argparse.Namespace], int 
         from mmrl.engine.run_dir import check_output_dir
 
         where = ""  # the CLI prefixes "mmrl build-data: error:"; the message names the builder and the field
-        args = check_args(name, builder.add_arguments, raw_from_namespace(name, builder.add_arguments, given, where),
-                          where)
+        args = check_args(
+            name, builder.add_arguments, raw_from_namespace(name, builder.add_arguments, given, where), where
+        )
         for field in OUTPUT_FIELDS:  # checked writable before the builder starts
             value = getattr(args, field, None)
             if isinstance(value, str) and value:
@@ -57,8 +58,10 @@ def _claim_folders(folders: dict[Path, tuple[str, ...]], overwrite: bool) -> Non
         return
     if not overwrite:
         names = ", ".join(str(folder) for folder in used)
-        raise UserError(f"--out: {names} already {'holds' if len(used) == 1 else 'hold'} data; give another --out, "
-                        "or replace it with --overwrite")
+        raise UserError(
+            f"--out: {names} already {'holds' if len(used) == 1 else 'hold'} data; give another --out, "
+            "or replace it with --overwrite"
+        )
     for folder in used:
         names = folders[folder]
         targets = list(folder.iterdir()) if "*" in names else [folder / name for name in names]
@@ -72,18 +75,33 @@ def _claim_folders(folders: dict[Path, tuple[str, ...]], overwrite: bool) -> Non
 
 def register(subparsers, name: str) -> None:
     builders = load_builders().items()
-    parser = add_command(subparsers, name, "build synthetic, curriculum or cold-start datasets",
-                         "Offline dataset builders; each writes JSONL that `mmrl data show` reads.", EXAMPLES)
-    sub = parser.add_subparsers(dest="builder", metavar="{" + ",".join(n for n, _ in builders) + "}",
-                                parser_class=CollectingParser)
+    parser = add_command(
+        subparsers,
+        name,
+        "build synthetic, curriculum or cold-start datasets",
+        "Offline dataset builders; each writes JSONL that `mmrl data show` reads.",
+        EXAMPLES,
+    )
+    sub = parser.add_subparsers(
+        dest="builder", metavar="{" + ",".join(n for n, _ in builders) + "}", parser_class=CollectingParser
+    )
     for builder_name, builder in builders:
-        p = sub.add_parser(builder_name, help=builder.help, description=builder.help, epilog=builder.examples,
-                           formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+        p = sub.add_parser(
+            builder_name,
+            help=builder.help,
+            description=builder.help,
+            epilog=builder.examples,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,
+        )
         builder.add_arguments(p)
         collecting(p)
         if builder.writes is not None:  # the command line's own: a pipeline step owns its directory
-            p.add_argument("--overwrite", action="store_true",
-                           help="replace the data an earlier build left in the output folder (refused without it)")
+            p.add_argument(
+                "--overwrite",
+                action="store_true",
+                help="replace the data an earlier build left in the output folder (refused without it)",
+            )
         p.set_defaults(func=_checked(builder_name, builder))
 
     def missing(args: argparse.Namespace) -> int:

@@ -12,9 +12,9 @@ from mmrl.errors import UserError
 EXAMPLES = """\
   mmrl eval --model tiny --data runs/quickstart/data/eval.jsonl --limit 20
   mmrl eval --model runs/quickstart/grpo --data runs/quickstart/data/eval.jsonl   # latest checkpoint -> grpo/eval/
-  mmrl eval --model runs/quickstart/grpo/checkpoints/step-200 --data runs/quickstart/data/eval.jsonl --k 8 \
+  mmrl eval --model runs/quickstart/grpo/checkpoints/step-200 --data runs/quickstart/data/eval.jsonl --k 8 \\
       eval.greedy=false eval.temperature=0.7
-  mmrl eval configs/quickstart.yaml model.name_or_path=runs/quickstart/grpo/checkpoints/step-200 \
+  mmrl eval configs/quickstart.yaml model.name_or_path=runs/quickstart/grpo/checkpoints/step-200 \\
       data.eval=runs/quickstart/data/eval.jsonl
 """
 
@@ -31,13 +31,21 @@ def register(subparsers, name: str) -> None:
     )
     parser.add_argument("config", nargs="?", default=None, help="optional YAML config (model, data.eval, eval.*)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides key.path=value (e.g. eval.max_new_tokens=64)")
-    parser.add_argument("--model", default=None, help="checkpoint directory (HF format), a run directory (its latest "
-                        "complete checkpoint), hub id, or preset tiny/small")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint directory (HF format), a run directory (its latest "
+        "complete checkpoint), hub id, or preset tiny/small",
+    )
     parser.add_argument("--data", action="append", default=None, help="evaluation dataset (repeat for several)")
     parser.add_argument("--k", type=int, default=None, help="samples per item; k > 1 samples (reports pass@k, mean@k)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most N items")
-    parser.add_argument("--out", default=None, help="output directory (default: eval.output_dir, <run>/eval, or "
-                        "runs/eval/<model>-<data>)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default: eval.output_dir, <run>/eval/<step>-<data>, or runs/eval/<model>-<data>; "
+        "-k8, -t0.7, -first20 added for --k, sampling and --limit)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -69,8 +77,10 @@ def _checkpoint_of_run(model: str) -> str:
         return model
     latest = find_latest(path)
     if latest is None:
-        raise UserError(f"--model {model}: this run directory has no complete checkpoint yet; train longer or give "
-                        "--model <checkpoint directory>")
+        raise UserError(
+            f"--model {model}: this run directory has no complete checkpoint yet; train longer or give "
+            "--model <checkpoint directory>"
+        )
     return str(latest)
 
 
@@ -128,11 +138,17 @@ def _frame_of_run(cfg) -> None:
         interface = json.loads(recorded.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
-    if isinstance(interface, dict) and interface.get("frame_source") == "model.pred_frame" and interface.get(
-            "pred_frame") in ("pixel", "input_pixel", "norm1000", "norm1"):
+    if (
+        isinstance(interface, dict)
+        and interface.get("frame_source") == "model.pred_frame"
+        and interface.get("pred_frame") in ("pixel", "input_pixel", "norm1000", "norm1")
+    ):
         cfg.model.pred_frame = interface["pred_frame"]
-        print(f"model.pred_frame={cfg.model.pred_frame}: as the run {run_dir} was trained with (its "
-              "model_interface.json); give model.pred_frame=... to read boxes otherwise", file=sys.stderr)
+        print(
+            f"model.pred_frame={cfg.model.pred_frame}: as the run {run_dir} was trained with (its "
+            "model_interface.json); give model.pred_frame=... to read boxes otherwise",
+            file=sys.stderr,
+        )
 
 
 def default_out_dir(cfg, config: str | None, args: argparse.Namespace) -> Path:
@@ -142,11 +158,20 @@ def default_out_dir(cfg, config: str | None, args: argparse.Namespace) -> Path:
         return Path(cfg.eval.output_dir)
     if config is not None and args.model is None:
         return Path(cfg.trainer.output_dir) / "eval"
-    data = "+".join(_stem(spec.path) for spec in cfg.data.eval)
+    data = "+".join(_stem(spec.path) for spec in cfg.data.eval) + _settings_suffix(cfg)
     run_dir = _run_of_checkpoint(cfg.model.name_or_path)
     if run_dir is not None:  # a run's checkpoint: into that run's eval/<step>-<data>
         return run_dir / "eval" / f"{Path(cfg.model.name_or_path.rstrip('/')).name}-{data}"
     return Path("runs") / "eval" / f"{_stem(cfg.model.name_or_path)}-{data}"
+
+
+def _settings_suffix(cfg) -> str:
+    """`-k8-t0.7-first10` for the settings that change the figures: without it a 10-item pass@8 of a checkpoint
+    replaced the full greedy report of the same checkpoint in the same folder, without a word."""
+    parts = [f"k{cfg.eval.k}"] if cfg.eval.k > 1 else []
+    parts += [] if cfg.eval.greedy else [f"t{cfg.eval.temperature:g}"]
+    parts += [f"first{cfg.eval.limit}"] if cfg.eval.limit else []
+    return "".join(f"-{part}" for part in parts)
 
 
 def run(args: argparse.Namespace) -> int:

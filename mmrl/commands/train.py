@@ -16,9 +16,10 @@ def register(subparsers, name: str) -> None:
         description="Train a VLM with GRPO (Dr. GRPO, DAPO token loss, clip-higher, KL estimators, online filtering),\n"
         "rule-based rewards, and curriculum / PTST stages. Writes runs/<name>/ (config.yaml, metrics.jsonl, tb/,\n"
         "samples/, checkpoints/step-N/).",
-        examples="  mmrl train configs/tests/grpo_tiny.yaml data.train=runs/quickstart/data/train.jsonl trainer.max_steps=4\n"
+        examples="  mmrl train configs/tests/grpo_tiny.yaml data.train=runs/quickstart/data/train.jsonl trainer.max_steps=4 \\\n"
+        "      trainer.output_dir=runs/grpo_colors\n"
         "  mmrl train configs/tests/grpo_tiny.yaml data.train=runs/quickstart/data/train.jsonl trainer.max_steps=8 \\\n"
-        "      trainer.resume=auto                      # 4 more steps in runs/grpo_tiny\n"
+        "      trainer.output_dir=runs/grpo_colors trainer.resume=auto   # 4 more steps in runs/grpo_colors\n"
         "  accelerate launch --num_processes 2 -m mmrl train configs/tests/grpo_tiny.yaml \\\n"
         "      data.train=runs/quickstart/data/train.jsonl trainer.output_dir=runs/grpo_tiny_2proc\n"
         "Settings: `mmrl config show --doc` lists every field (model, data, rollout, algorithm, rewards, optimizer,\n"

@@ -196,7 +196,35 @@ class AlgorithmConfig(Section):
         if self.tis_floor is not None and self.tis_cap is None:
             raise ValueError("algorithm.tis_floor: the correction is off (tis_cap: null); set tis_cap or remove "
                              "tis_floor")
+        if self.tis_cap is None and self.is_correction != self._default("is_correction"):
+            raise ValueError(f"algorithm.is_correction: {self.is_correction} needs a bound, and the correction is off "
+                             "(tis_cap: null); set tis_cap (e.g. 3) or remove is_correction")
+        # Off their defaults, these would be silently ignored by the chosen loss / entropy control. Values are compared
+        # with the defaults, not the fields set: a run's saved config holds every field.
+        ignored = {
+            "eps_low": self.policy_loss == "sapo", "eps_high": self.policy_loss == "sapo",
+            "ratio_clamp": self.policy_loss == "gmpo",
+            "sapo_tau_pos": self.policy_loss != "sapo", "sapo_tau_neg": self.policy_loss != "sapo",
+        }
+        for name, by_loss in ignored.items():
+            if by_loss and getattr(self, name) != self._default(name):
+                raise ValueError(f"algorithm.{name}: policy_loss {self.policy_loss} does not read it; remove "
+                                 f"{name} (or choose a policy_loss that does: see docs/algorithms.md)")
+        if self.entropy_control == "fixed":
+            for name in ("entropy_target", "entropy_coef_delta", "entropy_coef_min", "entropy_coef_max"):
+                if getattr(self, name) != self._default(name):
+                    raise ValueError(f"algorithm.{name}: only entropy_control=adaptive reads it; set "
+                                     f"algorithm.entropy_control=adaptive or remove {name}")
+        elif self.entropy_control == "adaptive" and not (
+                self.entropy_coef_min <= self.entropy_coef <= self.entropy_coef_max):
+            raise ValueError(f"algorithm.entropy_coef: the adaptive coefficient starts at {self.entropy_coef}, outside "
+                             f"[entropy_coef_min, entropy_coef_max] = [{self.entropy_coef_min}, "
+                             f"{self.entropy_coef_max}]; start inside the range")
         return self
+
+    @classmethod
+    def _default(cls, name: str) -> Any:
+        return cls.model_fields[name].default
 
     @model_validator(mode="after")
     def _no_k1_in_loss(self) -> AlgorithmConfig:

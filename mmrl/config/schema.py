@@ -10,6 +10,7 @@ from pydantic import Field, ValidationInfo, model_validator
 
 from mmrl.config.base import Section
 from mmrl.config.data import DataConfig
+from mmrl.config.env import EnvConfig
 from mmrl.config.model import ModelConfig
 from mmrl.config.optim import SEED_MAX, OptimizerConfig, TrainerConfig
 from mmrl.config.rl import AlgorithmConfig, RewardSpec, RolloutConfig
@@ -50,6 +51,8 @@ def _check_async(cfg: MMRLConfig) -> None:
          "(algorithm.tis_cap: null); set algorithm.tis_cap (e.g. 2.0) or rollout.max_staleness=0"),
         (cfg.model.compile, "copies the policy into the worker process, which a torch.compile'd model cannot be; "
          "set model.compile=false or rollout.max_staleness=0"),
+        (bool(cfg.env.name), f"rolls out single-turn groups; multi-turn episodes (env.name={cfg.env.name!r}) are "
+         "not covered yet: set rollout.max_staleness=0 or remove env.name"),
         (any(s.until_metric for s in cfg.stages if s.enabled), "samples steps ahead, so a stage must not end on "
          "an eval metric (stages[].until_metric) the worker cannot know yet; remove until_metric or set "
          "rollout.max_staleness=0"),
@@ -71,6 +74,8 @@ class MMRLConfig(Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Sampling of completions.")
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="Advantages, loss, KL, filtering.")
     rewards: list[RewardSpec] = Field(default_factory=_default_rewards, description="Weighted reward components.")
+    env: EnvConfig = Field(default_factory=EnvConfig, description="Multi-turn episodes against an environment "
+                           "(docs/multiturn.md); env.name null: single-turn RL.")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="Optimizer and schedule.")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Run length, logging, checkpoints.")
     stages: list[StageConfig] = Field(default_factory=list, description="Curriculum / PTST stages (empty: one stage).")

@@ -93,6 +93,7 @@ REFUSED: dict[str, str] = {
     "importance_sampling_level": "algorithm.policy_loss (ppo: token level, gspo: sequence level)",
     "vllm_importance_sampling_cap": "algorithm.tis_cap",
     "vllm_importance_sampling_clip_max": "algorithm.tis_cap",
+    "vllm_importance_sampling_correction": "algorithm.tis_cap (null: no correction; the mismatch is still logged)",
     "vllm_mode": "rollout.backend=vllm (colocated vLLM; mmrl has no server mode)",
     "reward_weights": "GRPOTrainer(reward_weights=...) or a weight per entry of `rewards`",
     "resume_from_checkpoint": "trainer.resume (a checkpoint path or 'auto')",

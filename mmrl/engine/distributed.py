@@ -11,6 +11,12 @@ forwards per optimizer step (uneven group counts, zero-advantage groups skipped)
 - `broadcast_buffers=False`: a per-forward buffer broadcast would be a collective in the uneven part.
 DeepSpeed ZeRO-2 (`mmrl.engine.zero`) follows the same pattern with its own engine: its per-backward reduction is
 held back between optimizer steps, and the synchronising pass at the step is the one gradient reduction.
+
+Waiting for the main process. The main process alone evaluates and writes checkpoints while the others wait for it.
+A wait inside an NCCL collective is killed by NCCL's watchdog after the process group's timeout (10 minutes by
+default), which a long evaluation or a large checkpoint exceeds; so `barrier` and `all_gather_objects` (the waits,
+and the object gathers, which pickle on the host anyway) go through a second, CPU (gloo) group whose timeout is
+`MAIN_ALONE_TIMEOUT`. Gradient collectives stay on the default group.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from mmrl.engine.host_group import host_group
 from mmrl.engine.process_exit import exit_process as exit_process  # re-exported: callers end a launch's process here
 from mmrl.engine.process_exit import joined_a_group
 
@@ -59,6 +66,8 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         joined_a_group()
+    if world > 1:
+        host_group()  # made now, at the same point on every process (new_group is itself a collective)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
 
@@ -100,16 +109,18 @@ def all_reduce_sum_tensor(tensor: torch.Tensor, world_size: int) -> torch.Tensor
 
 
 def all_gather_objects(obj: Any, world_size: int) -> list[Any]:
+    """`obj` of every process, in rank order (through the host group: a process may wait here for the main one)."""
     if world_size <= 1:
         return [obj]
     out: list[Any] = [None] * world_size
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=host_group())
     return out
 
 
 def barrier(world_size: int) -> None:
+    """Wait for every process (through the host group, so waiting for the main process's save never times out)."""
     if world_size > 1:
-        dist.barrier()
+        dist.barrier(group=host_group())
 
 
 class _SyncPass(torch.nn.Module):

@@ -25,7 +25,49 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: OptimizerConfig) -> t
     if cfg.name == "sgd":
         # Plain SGD: the update is linear in the gradient, so exactness tests see reduction-order noise unamplified.
         return torch.optim.SGD(groups, lr=cfg.lr)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=_fused_on_gpu(params))
+
+
+def _fused_on_gpu(params: list[torch.nn.Parameter]) -> bool | None:
+    """True when every parameter is a plain CUDA tensor: torch's fused AdamW then steps in one kernel per group,
+    without the foreach path's temporary the size of the weights (14 GiB at 3B, the margin a step on an 80 GB card
+    lacks). None elsewhere (torch's default: the CPU runs and their exactness tests keep the foreach step; FSDP2's
+    sharded DTensors too)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch without DTensor: nothing is sharded
+        DTensor = ()  # noqa: N806
+    if params and all(p.device.type == "cuda" and not isinstance(p, DTensor) for p in params):
+        return True
+    return None
+
+
+def allocate_state(optimizer: torch.optim.Optimizer) -> None:
+    """Allocate AdamW's state (both moments of every parameter) now, exactly as its first step would make it.
+
+    torch makes the state lazily, at the first step. A colocated vLLM engine checks the free GPU memory when it starts
+    and takes its share then; state made after that check was memory the engine had counted as free, so the first
+    wake-up after step 1 ran out of memory. Allocated before the engine starts, the check sees the trainer's whole
+    footprint (and a run that cannot fit fails at start, in one line from vLLM). The state is what the first step
+    finds: zero moments, step 0 (an lr-0 step makes it: parameters unchanged bit for bit). SGD keeps no state here.
+    """
+    if not isinstance(optimizer, torch.optim.AdamW) or optimizer.state:
+        return
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    try:
+        optimizer.step()
+    finally:
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr
+        for p in params:
+            p.grad = None
+    for state in optimizer.state.values():
+        state["step"] = torch.zeros_like(state["step"]) if isinstance(state["step"], torch.Tensor) else 0
 
 
 def warmup_steps(cfg: OptimizerConfig, max_steps: int) -> int:

@@ -25,7 +25,7 @@ from mmrl.engine.distributed import (
     init_distributed,
 )
 from mmrl.engine.faults import fault_point
-from mmrl.engine.optim import build_optimizer, build_scheduler, trainable_parameters
+from mmrl.engine.optim import allocate_state, build_optimizer, build_scheduler, trainable_parameters
 from mmrl.engine.run_config import check_resume_config, save_segment_config
 from mmrl.engine.run_dir import claim_run_dir, release_run_dir
 from mmrl.engine.run_logger import RunLogger
@@ -196,6 +196,8 @@ def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
         raise UserError("model: no trainable parameters (everything is frozen); check model.freeze_vision_tower/lora")
     optimizer = build_optimizer(params, cfg.optimizer)
     engine.start(optimizer, cfg.optimizer.max_grad_norm)  # DeepSpeed takes the optimizer over here
+    if cfg.rollout.backend == "vllm" and engine.name != "deepspeed":  # (ZeRO allocated its state in start)
+        allocate_state(optimizer)  # before the colocated engine checks the free memory, not after its first wake
     steps = total_steps or cfg.trainer.max_steps
     scheduler = build_scheduler(optimizer, cfg.optimizer, steps)
     start_step = int(resume_from.name.split("-")[1]) if resume_from else 0

@@ -25,8 +25,19 @@ SEGMENTS = "configs"
 # Settings that change how a run is driven or reported, not what its steps compute, and the run's length (training
 # longer or shorter is what a resume is for): a resume may change them freely.
 SAFE_TO_CHANGE = (
-    "trainer.max_steps", "trainer.eval_steps", "trainer.resume", "trainer.overwrite", "trainer.output_dir", "trainer.resume_allow_changes", "trainer.progress", "trainer.num_threads",
-    "trainer.report_to", "trainer.save_steps", "trainer.save_final", "trainer.keep_last", "trainer.sample_steps",
+    "trainer.max_steps",
+    "trainer.eval_steps",
+    "trainer.resume",
+    "trainer.overwrite",
+    "trainer.output_dir",
+    "trainer.resume_allow_changes",
+    "trainer.progress",
+    "trainer.num_threads",
+    "trainer.report_to",
+    "trainer.save_steps",
+    "trainer.save_final",
+    "trainer.keep_last",
+    "trainer.sample_steps",
     "trainer.max_nonfinite_steps",
 )
 _SEGMENT = re.compile(r"step-(\d+)\.yaml")
@@ -68,8 +79,21 @@ def config_before(run_dir: Path, step: int) -> Path | None:
 
 
 def _short(value: Any) -> str:
+    """A value in at most 60 characters; its middle elided, since a path's file name is at its end."""
     text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
-    return text if len(text) <= 40 else text[:37] + "..."
+    return text if len(text) <= 60 else text[:28] + "..." + text[-29:]
+
+
+def _difference(old: Any, new: Any, where: str = "") -> str:
+    """`[0].path: a -> b` for two lists or mappings that differ inside (a dataset list whose path changed): their
+    first 40 characters are the same field names, so the whole values, shortened, did not show what changed."""
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        index = next(i for i, (a, b) in enumerate(zip(old, new)) if a != b)
+        return _difference(old[index], new[index], f"{where}[{index}]")
+    if isinstance(old, dict) and isinstance(new, dict):
+        key = next(k for k in [*old, *new] if old.get(k) != new.get(k))
+        return _difference(old.get(key), new.get(key), f"{where}.{key}")
+    return f"{where.lstrip('.')}: {_short(old)} -> {_short(new)}" if where else f"{_short(old)} -> {_short(new)}"
 
 
 def check_resume_config(cfg: MMRLConfig, run_dir: Path, resume_from: Path | None) -> None:
@@ -86,12 +110,13 @@ def check_resume_config(cfg: MMRLConfig, run_dir: Path, resume_from: Path | None
     changed = [name for name in changed_fields(old, new) if not _covered(name, allowed)]
     if not changed:
         return
-    shown = ", ".join(f"{name} ({_short(_get(old, name))} -> {_short(_get(new, name))})" for name in changed[:6])
+    shown = ", ".join(f"{name} ({_difference(_get(old, name), _get(new, name))})" for name in changed[:6])
     more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
     raise UserError(
         f"trainer.resume: {resume_from} was trained with another config ({before}): {shown}{more}; if these changes "
         f"are intended, add trainer.resume_allow_changes=[{','.join(changed)}], else resume with the same settings "
-        "or give another trainer.output_dir")
+        "or give another trainer.output_dir"
+    )
 
 
 def _get(tree: Any, dotted: str) -> Any:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from mmrl.engine.host_group import host_group
 from mmrl.errors import UserError
 
 PRESET = "accelerate config (deepspeed_config)"
@@ -125,12 +126,13 @@ class ZeroEngine:
         return grad_norm, stepped
 
     def optimizer_state(self) -> dict[str, Any]:
-        """Every process's partition of the optimizer state, gathered on the main process (every process calls)."""
-        # On the CPU: gather_object pickles into a (world x largest) buffer on the collective's device, and tensors
-        # unpickle onto the device they came from (another process's GPU).
+        """Every process's partition of the optimizer state, gathered on the main process's host (every process
+        calls). Through the host (gloo) group: over NCCL, gather_object pickles into a (world x largest partition)
+        buffer on GPU 0 (every partition of the fp32 master weights and both Adam moments on one GPU, next to its
+        model); and the tensors are copied to the CPU first, else they would unpickle onto another process's GPU."""
         local = _to_cpu(self.ds.optimizer.state_dict())
         gathered: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-        dist.gather_object(local, gathered, dst=0)
+        dist.gather_object(local, gathered, dst=0, group=host_group())
         return {"deepspeed_zero": gathered}
 
     def load_optimizer_state(self, state: dict[str, Any]) -> None:

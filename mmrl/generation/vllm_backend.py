@@ -12,8 +12,8 @@ What runs where, per training step (one engine per training process, on that pro
   are renormalised over a truncated vocabulary, not comparable with the trainer's, and dropped (`logprobs_comparable`).
 
 Weight sync: the policy's state dict, tensor by tensor, into the engine's `load_weights` (vLLM maps transformers'
-names). A LoRA policy is merged into its base for the copy and unmerged after, so the engine always holds the merged
-model; FSDP2 shards (DTensor) are gathered one tensor at a time with `full_tensor()` on every process (each process
+names). A LoRA layer's weight goes in merged (W + scale * B A, computed out of place: the policy's base is never
+written, so a bf16 base cannot drift), so the engine always holds the merged model; FSDP2 shards (DTensor) are gathered one tensor at a time with `full_tensor()` on every process (each process
 feeds its own engine). FSDP1 flat parameters are not supported. The engine is started from the policy's config and
 processor with dummy weights, then synced: no checkpoint is written or read.
 
@@ -161,25 +161,62 @@ def write_engine_dir(model: Any, processor: Any, out_dir: str, data_cfg: Any = N
 
 def policy_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, full tensor) of the policy, as transformers names them: LoRA merged, FSDP2 shards gathered, one tensor
-    at a time (peak memory: one full tensor). The caller copies each tensor as it comes (they are the policy's own
-    storage, and a LoRA model is unmerged in place once the stream is exhausted)."""
+    at a time (peak memory: one full tensor). The caller copies each tensor as it comes (a plain weight is the
+    policy's own storage).
+
+    A LoRA layer's weight is computed out of place, W + scale * B A in float32 rounded once to W's dtype; the base is
+    never written. peft's `merge_adapter()` / `unmerge_adapter()` adds and subtracts the delta in the base's dtype: in
+    a bf16 base each round trip rounds twice, and the frozen base drifted a little at every weight sync."""
     inner = getattr(model, "module", model)  # DDP
     peft = hasattr(inner, "merge_adapter")
-    if peft:
-        inner.merge_adapter()
-    try:
-        for name, tensor in inner.state_dict().items():
-            if peft:
-                if "lora_" in name or "original_module" in name:
-                    continue
-                name = name.removeprefix("base_model.model.").replace(".base_layer", "")
-                name = name.replace(".modules_to_save.default", "")
-            if hasattr(tensor, "full_tensor"):  # FSDP2 DTensor shard: gather it (a collective on every process)
-                tensor = tensor.full_tensor()
-            yield name, tensor.detach()
-    finally:
+    deltas = _lora_deltas(inner) if peft else {}
+    for name, tensor in inner.state_dict().items():
+        delta = deltas.get(name)
         if peft:
-            inner.unmerge_adapter()
+            if "lora_" in name or "original_module" in name:
+                continue
+            name = name.removeprefix("base_model.model.").replace(".base_layer", "")
+            name = name.replace(".modules_to_save.default", "")
+        if hasattr(tensor, "full_tensor"):  # FSDP2 DTensor shard: gather it (a collective on every process)
+            tensor = tensor.full_tensor()
+        tensor = tensor.detach()
+        if delta is not None:
+            tensor = (tensor.float() + delta()).to(tensor.dtype)
+        yield name, tensor
+
+
+def _lora_deltas(peft_model: Any) -> dict[str, Any]:
+    """State-dict name of each LoRA base weight -> a function computing its float32 delta (scale * B A) on call."""
+    from peft.tuners.lora import LoraLayer
+
+    out: dict[str, Any] = {}
+    for module_name, module in peft_model.named_modules():
+        if not isinstance(module, LoraLayer) or getattr(module, "merged", False):
+            continue
+        if getattr(module, "use_dora", {}) and any(module.use_dora.values()):
+            raise UserError("model.lora: a DoRA adapter cannot be synced into the vLLM engine; use plain LoRA")
+        adapters = [a for a in module.active_adapters if a in module.lora_A]
+        if adapters:
+            out[f"{module_name}.base_layer.weight"] = _delta_of(module, adapters)
+    return out
+
+
+def _delta_of(layer: Any, adapters: list[str]) -> Any:
+    def delta() -> torch.Tensor:
+        total = None
+        for adapter in adapters:
+            a, b = (_whole(layer.lora_A[adapter].weight), _whole(layer.lora_B[adapter].weight))
+            part = b.float() @ a.float() * layer.scaling[adapter]
+            part = part.T if layer.fan_in_fan_out else part
+            total = part if total is None else total + part
+        return total
+
+    return delta
+
+
+def _whole(param: torch.Tensor) -> torch.Tensor:
+    """A parameter as one detached tensor (an FSDP2 shard gathered)."""
+    return (param.full_tensor() if hasattr(param, "full_tensor") else param).detach()
 
 
 class VLLMBackend:
@@ -230,6 +267,10 @@ class VLLMBackend:
 
     def _wake(self) -> None:
         if self._asleep:
+            # The training step's freed activations are still held by torch's caching allocator, which the engine's
+            # own allocator cannot use: hand them back to the driver first, or the engine's weights and KV cache
+            # do not fit where they fit at start (TRL's colocate mode does the same).
+            torch.cuda.empty_cache()
             try:
                 self.llm.wake_up(tags=["weights"])  # weights first: the KV cache stays freed during the copy
             except TypeError:  # a vLLM without wake-up tags
@@ -264,6 +305,8 @@ class VLLMBackend:
         )
 
     def _inputs(self, prompt: Any, data_cfg: Any) -> dict[str, Any]:
+        if isinstance(prompt, dict) and "prompt_token_ids" in prompt:  # a multi-turn episode's conversation so far
+            return prompt  # (`mmrl.generation.multiturn.vllm_input`): token ids as sampled, images expanded
         if isinstance(prompt, Prompt):
             prompt = prompt_to_sample(prompt)
         if not isinstance(prompt, Sample):

@@ -9,6 +9,7 @@ reachable), and with HF_HUB_OFFLINE=1 the hub client is offline already.
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
 from urllib.parse import urlparse
@@ -60,6 +61,25 @@ def local_files_only(name_or_path: str, field: str = "model.name_or_path") -> bo
         return False
     if is_cached(name_or_path):
         return True
-    raise UserError(f"{field}: '{name_or_path}' is not in the Hugging Face cache and the hub cannot be reached "
-                    f"({reason}); download it where there is a network (hf download {name_or_path}) or give a local "
-                    "model directory")
+    local = _local_path_hint(name_or_path)
+    if local:
+        raise UserError(
+            f"{field}: '{name_or_path}' is not a directory ({local}), nor a cached Hugging Face id "
+            f"(the hub cannot be reached: {reason})"
+        )
+    raise UserError(
+        f"{field}: '{name_or_path}' is not in the Hugging Face cache and the hub cannot be reached "
+        f"({reason}); download it where there is a network (hf download {name_or_path}) or give a local "
+        "model directory"
+    )
+
+
+def _local_path_hint(name_or_path: str) -> str:
+    """For `runs/grpo_tny`, whose folder `runs/` exists here: a mistyped local path (`runs/grpo_tiny`), which the
+    hub message ("hf download runs/grpo_tny") would send the reader the wrong way for. Empty when no folder matches."""
+    parent, name = os.path.split(os.path.normpath(name_or_path))
+    if not parent or not os.path.isdir(parent):
+        return ""
+    close = difflib.get_close_matches(name, sorted(os.listdir(parent)), n=1)
+    hint = f"did you mean '{os.path.join(parent, close[0])}'?" if close else "check the path"
+    return f"{parent}/ has no '{name}'; {hint}"

@@ -14,14 +14,19 @@ torch.Size([8, 64])
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Any
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
+# The head's functions live below both forwards (mmrl.models.lm_head); their names are re-exported here.
+from mmrl.models.lm_head import (  # noqa: F401
+    DEFAULT_CHUNK,
+    entropy_tap,
+    head_logprobs,
+    recording_entropy,
+    selective_log_softmax,
+    token_entropy,
+)
 from mmrl.models.placement import compute_autocast, to_model_device
 from mmrl.models.prefix import (
     SEQUENCE_KEYS,
@@ -34,105 +39,6 @@ from mmrl.models.prefix import (
     unwrap,
 )
 from mmrl.models.shared_cache import BranchCache, PrefixRecorder, checkpoint_with_shared_cache
-
-DEFAULT_CHUNK = 1024  # rows of hidden states per LM-head call: bounds the [rows, vocab] logits buffer
-
-
-def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
-    """log_softmax(logits)[..., index] without materialising the full log-softmax: [..., V], [...] -> [...].
-
-    Rows are processed `chunk_size` at a time; the normaliser is computed in float32 (bf16 logsumexp loses digits).
-
-    >>> logits = torch.tensor([[0.0, 1.0, 2.0]]); float(selective_log_softmax(logits, torch.tensor([2])))
-    -0.40760600566864014
-    """
-    flat = logits.reshape(-1, logits.shape[-1])
-    idx = index.reshape(-1)
-    parts = []
-    for start in range(0, flat.shape[0], chunk_size):
-        rows = flat[start : start + chunk_size].float()
-        picked = rows.gather(-1, idx[start : start + chunk_size, None]).squeeze(-1)
-        parts.append(picked - torch.logsumexp(rows, dim=-1))
-    out = torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.float32)
-    return out.view(index.shape)
-
-
-def _head_logprobs(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    return selective_log_softmax(lm_head(hidden).float() / temperature, targets, chunk_size=hidden.shape[0] or 1)
-
-
-# The RL update's entropy controls need each completion token's entropy from the same forward as its log-prob; a
-# list set here (`recording_entropy`) receives it, so no signature between the update and the LM head changes.
-_ENTROPY_TAP: ContextVar[list[torch.Tensor] | None] = ContextVar("entropy_tap", default=None)
-
-
-@contextmanager
-def recording_entropy(out: list[torch.Tensor]) -> Iterator[None]:
-    """Within the block, every `head_logprobs` call also appends the entropy of the tempered next-token distribution
-    at its rows to `out` ([N] float32, with gradient, in the order of the log-probs it returns)."""
-    token = _ENTROPY_TAP.set(out)
-    try:
-        yield
-    finally:
-        _ENTROPY_TAP.reset(token)
-
-
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of softmax(logits) per row, in float32: [..., V] -> [...]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
-
-
-def _head_logprobs_entropy(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-                           temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = lm_head(hidden).float() / temperature
-    return selective_log_softmax(logits, targets, chunk_size=hidden.shape[0] or 1), token_entropy(logits)
-
-
-def _head_with_entropy(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
-                       chunk_size: int, tap: list[torch.Tensor]) -> torch.Tensor:
-    """`head_logprobs` that also appends the rows' entropies to `tap` (each chunk checkpointed as there)."""
-    recompute = torch.is_grad_enabled() and hidden.requires_grad and hidden.shape[0] > chunk_size
-    logps, entropies = [], []
-    for start in range(0, max(hidden.shape[0], 1), chunk_size):
-        h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-        if recompute:
-            lp, ent = checkpoint(_head_logprobs_entropy, lm_head, h, t, temperature, use_reentrant=False)
-        else:
-            lp, ent = _head_logprobs_entropy(lm_head, h, t, temperature)
-        logps.append(lp)
-        entropies.append(ent)
-    tap.append(torch.cat(entropies))
-    return torch.cat(logps)
-
-
-def head_logprobs(
-    lm_head: torch.nn.Module,
-    hidden: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    chunk_size: int = DEFAULT_CHUNK,
-) -> torch.Tensor:
-    """log p(targets) from hidden states [N, H] through `lm_head`, chunked: [N, H], [N] -> [N] float32.
-
-    With gradients on and more than one chunk, each chunk is checkpointed so its [chunk, vocab] logits are freed
-    after the forward and recomputed in backward; peak memory is then one chunk's logits, not N x vocab.
-    """
-    tap = _ENTROPY_TAP.get()
-    if tap is not None:
-        return _head_with_entropy(lm_head, hidden, targets, temperature, chunk_size, tap)
-    if hidden.shape[0] <= chunk_size:
-        return _head_logprobs(lm_head, hidden, targets, temperature)
-    recompute = torch.is_grad_enabled() and hidden.requires_grad
-    parts = []
-    for start in range(0, hidden.shape[0], chunk_size):
-        h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-        if recompute:
-            parts.append(checkpoint(_head_logprobs, lm_head, h, t, temperature, use_reentrant=False))
-        else:
-            parts.append(_head_logprobs(lm_head, h, t, temperature))
-    return torch.cat(parts)
 
 
 def _scatter_active(values: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
@@ -154,7 +60,15 @@ def completion_logprobs(
     prompt: processor output for one prompt (batch dim 1: input_ids, attention_mask, mm_token_type_ids, pixel_values,
     image_grid_thw). completion_ids / completion_mask: [G, T], right padded. Logits are divided by `temperature`
     (the sampling temperature, as TRL does). Falls back to `naive_completion_logprobs` for models it cannot branch.
+    Multi-turn episode groups (`mmrl.models.episode_forward`) with images after the prompt run one full sequence each.
     """
+    from mmrl.models.episode_forward import EPISODE_KEY, episode_logprobs, has_episode_images, without_episode_rows
+
+    if EPISODE_KEY in prompt:
+        if has_episode_images(prompt) or not supports_prefix_sharing(model):
+            return episode_logprobs(model, prompt, completion_ids, completion_mask, temperature=temperature,
+                                    chunk_size=chunk_size)
+        prompt = without_episode_rows(prompt)  # text-only observations: the shared prefix serves them
     if not supports_prefix_sharing(model):
         note_naive_fallback(model)
         return naive_completion_logprobs(model, prompt, completion_ids, completion_mask,
@@ -171,9 +85,11 @@ def completion_logprobs(
             branch = BranchCache.of(prefix.cache)  # the prompt's keys, broadcast to the G completions
             rest = continue_from(model, branch, completion_ids[:, :-1], prefix.length, prefix.rope_delta)
             hidden = torch.cat([hidden, rest], dim=1)
-    active = completion_mask.bool()
-    scores = head_logprobs(inner.lm_head, hidden[active], completion_ids[active],
-                           temperature=temperature, chunk_size=chunk_size)
+        active = completion_mask.bool()
+        # Inside the autocast: the [tokens, vocab] matmul runs in the compute dtype (outside it, fp32 master weights
+        # made it an fp32 matmul over the vocabulary); the log-softmax upcasts each chunk's logits to fp32.
+        scores = head_logprobs(inner.lm_head, hidden[active], completion_ids[active],
+                               temperature=temperature, chunk_size=chunk_size)
     return _scatter_active(scores, active)
 
 
@@ -226,7 +142,7 @@ def _naive_logprobs(model: Any, prompt: dict[str, Any], completion_ids: torch.Te
         reset_rope_deltas(model)
         return _scatter_active(scores, active)
     logits = model(**batch, logits_to_keep=length + 1).logits[:, :-1]
-    tap = _ENTROPY_TAP.get()
+    tap = entropy_tap()
     if tap is not None:  # the active tokens' entropies, in the order `recording_entropy` promises
         tap.append(token_entropy(logits[completion_mask.bool()] / temperature))
     scores = selective_log_softmax(logits / temperature, completion_ids, chunk_size=chunk_size)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 # Processor outputs that are laid out per prompt token ([1, P]); everything else (pixel_values, image_grid_thw) is
 # per image.
@@ -93,8 +95,27 @@ class Prefix:
     rope_delta: torch.Tensor  # [1, 1] long: M-RoPE offset of text positions after the prompt
 
 
+# The M-RoPE positions of the prompts forwarded lately, by their input_ids tensor (kept until it is freed): a step
+# forwards one prompt many times (rollout, old and reference log-probs, each training micro-batch), and
+# `get_rope_index` reads the token kinds and image grids on the host (several device syncs per forward).
+_POSITIONS: dict[int, tuple[Any, tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]]] = {}
+_POSITION_KEYS = ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "attention_mask")
+
+
 def prompt_positions(core: Any, prompt: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """3-D M-RoPE positions [3, 1, P] of the prompt and its rope delta [1, 1]."""
+    """3-D M-RoPE positions [3, 1, P] of the prompt and its rope delta [1, 1]; computed once per prompt tensor."""
+    ids = prompt["input_ids"]
+    others = tuple(prompt.get(key) for key in _POSITION_KEYS)
+    cached = _POSITIONS.get(id(ids))
+    if cached is not None and cached[0]() is ids and all(a is b for a, b in zip(cached[1], others)):
+        return cached[2]
+    result = _prompt_positions(core, prompt)
+    key = id(ids)
+    _POSITIONS[key] = (weakref.ref(ids, lambda _, key=key: _POSITIONS.pop(key, None)), others, result)
+    return result
+
+
+def _prompt_positions(core: Any, prompt: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     ids = prompt["input_ids"]
     types = prompt.get("mm_token_type_ids")
     has_vision = prompt.get("image_grid_thw") is not None or prompt.get("video_grid_thw") is not None
@@ -135,6 +156,36 @@ def run_prefix(model: Any, prompt: dict[str, Any], cache: Any = None) -> Prefix:
     )
     reset_rope_deltas(model)
     return Prefix(out.last_hidden_state[:, -1], _output_cache(out), prompt["input_ids"].shape[1], delta)
+
+
+class ComputeDtypeCache(DynamicCache):
+    """A KV cache that stores keys and values in the compute dtype.
+
+    Under bf16 autocast over fp32 weights, RoPE multiplies the keys by fp32 cos/sin, so the keys reach the cache in
+    fp32 (the values, straight from a bf16 matmul, in bf16): a rollout's cache, the largest buffer of the decode,
+    was half again as big as it needs to be, and every step's attention read fp32 keys that autocast casts to bf16
+    anyway. Rounding them once when they are stored gives the attention the same bf16 keys."""
+
+    def __init__(self, *args: Any, dtype: torch.dtype, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.dtype = dtype
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().update(key_states.to(self.dtype), value_states.to(self.dtype), layer_idx, *args, **kwargs)
+
+
+def rollout_cache(model: Any) -> DynamicCache | None:
+    """The cache a rollout prefill starts from: one holding the compute dtype when that is below the weights' (bf16
+    autocast over fp32 weights), else None (the model's own cache, already in its weights' dtype)."""
+    from mmrl.models.placement import compute_dtype
+
+    inner = unwrap(model)
+    dtype = compute_dtype(model)
+    weights = getattr(inner, "dtype", torch.float32)
+    if dtype == weights or dtype.itemsize >= weights.itemsize:
+        return None
+    return ComputeDtypeCache(config=inner.model.language_model.config, dtype=dtype)
 
 
 def text_positions(start: int | torch.Tensor, length: int, batch: int, rope_delta: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from mmrl.errors import UserError
 from mmrl.registry import Registry
 
 AdvantageFn = Callable[..., torch.Tensor]
@@ -176,6 +177,11 @@ def gdpo_advantages(
     for k in range(components.shape[1]):
         if float(component_weights[k]) == 0:
             continue  # a zero-weight reward is reported, never learned from (as in the weighted total)
+        if bool((torch.isnan(components[:, k]) & ~torch.isnan(rewards)).any()):
+            # the total counts every non-zero-weight reward, so its score exists: these components are not the ones
+            # that made the total (a rollout that reports only a total), and normalising them would silently give 0
+            raise UserError(f"algorithm.advantage gdpo: reward {k + 1} of `rewards:` has no score for a completion "
+                            "whose total reward is known (this rollout reports only totals); use another advantage")
         normalised = grpo_advantages(components[:, k].double(), group_ids, scale=True, eps=eps)
         summed = summed + float(component_weights[k]) * normalised  # NaN components came back as 0
     g = _groups(torch.where(torch.isnan(rewards), rewards.double(), summed), group_ids)

@@ -48,6 +48,11 @@ class FixedEntropy:
         """Whether a step may apply a bonus (then every group needs its training forward)."""
         return self.coef > 0
 
+    @property
+    def reads_entropy(self) -> bool:
+        """Whether the coefficient depends on the step's measured entropy (then the step's first forward measures it)."""
+        return False
+
     def coefficient(self, entropy: float) -> float:
         """The coefficient this step applies, given its measured mean entropy."""
         return self.coef
@@ -56,10 +61,11 @@ class FixedEntropy:
         """After a step measured `entropy`: nothing to adapt."""
 
     def state_dict(self) -> dict[str, Any]:
-        return {"coef": self.coef}
+        """Nothing: a fixed coefficient is the config's (a resume that changes it, where allowed, must get it)."""
+        return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.coef = float(state["coef"])
+        """Nothing to restore (`state_dict`)."""
 
 
 @dataclass
@@ -80,12 +86,25 @@ class AdaptiveEntropy(FixedEntropy):
     def active(self) -> bool:
         return True
 
+    @property
+    def reads_entropy(self) -> bool:
+        return True
+
     def coefficient(self, entropy: float) -> float:
         return self.coef if entropy <= self.target else 0.0
 
     def observe(self, entropy: float) -> None:
         step = self.delta if entropy <= self.target else -self.delta
         self.coef = min(max(self.coef + step, self.coef_min), self.coef_max)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"control": "adaptive", "coef": self.coef}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The adapted c_k, when `state` is an adaptive control's; a fixed control's (a resume that switched to
+        adaptive) leaves the config's starting value."""
+        if state.get("control") == "adaptive":
+            self.coef = float(state["coef"])
 
 
 ENTROPY_CONTROLS: Registry[type[FixedEntropy]] = Registry("entropy control", "algorithm.entropy_control")
@@ -115,12 +134,17 @@ def top_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, threshold: float
     return ((entropy >= threshold) & (mask > 0)).to(torch.float32)
 
 
-def quantile_threshold(values: list[float], quantile: float) -> float:
-    """The (1 - quantile) quantile of every process's active-token entropies (linear interpolation, torch.quantile's
-    and TRL's); +inf when there are none (nothing is trained on)."""
-    if not values:
+def quantile_threshold(values: torch.Tensor | list[float], quantile: float) -> float:
+    """The (1 - quantile) quantile of every process's active-token entropies, by linear interpolation in float32 as
+    torch.quantile (TRL's) computes it, but from a sort: torch.quantile refuses more than 2**24 values, fewer than one
+    step's tokens at scale. +inf when there are none (nothing is trained on)."""
+    ordered = torch.as_tensor(values, dtype=torch.float32).flatten().sort().values
+    if ordered.numel() == 0:
         return float("inf")
-    return float(torch.quantile(torch.tensor(values, dtype=torch.float32), 1.0 - quantile))
+    rank = torch.tensor(1.0 - quantile, dtype=torch.float32) * (ordered.numel() - 1)
+    below = int(rank.floor())
+    above = min(below + 1, ordered.numel() - 1)
+    return float(torch.lerp(ordered[below], ordered[above], rank - below))
 
 
 def plan_entropy(entropies: dict[int, torch.Tensor], masks: dict[int, torch.Tensor], control: FixedEntropy,
@@ -136,8 +160,9 @@ def plan_entropy(entropies: dict[int, torch.Tensor], masks: dict[int, torch.Tens
     metrics = {"entropy/rollout_mean": mean, "entropy/coef": coef}
     selection: dict[int, torch.Tensor] = {}
     if quantile < 1.0:
-        local = [v for k in entropies for v in entropies[k][masks[k] > 0].float().tolist()]
-        threshold = quantile_threshold([v for part in all_gather_objects(local, world) for v in part], quantile)
+        local = [entropies[k][masks[k].to(entropies[k].device) > 0].detach().float().cpu() for k in entropies]
+        local_values = torch.cat(local) if local else torch.zeros(0)
+        threshold = quantile_threshold(torch.cat(all_gather_objects(local_values, world)), quantile)
         selection = {k: top_entropy_mask(entropies[k], masks[k], threshold) for k in entropies}
         kept = all_reduce_sum(sum(float(s.sum()) for s in selection.values()), world)
         metrics.update({"entropy/threshold": threshold, "entropy/trained_frac": kept / max(tokens, 1.0)})

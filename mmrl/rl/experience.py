@@ -63,6 +63,9 @@ class Group:
     # The rollout prefill's image features of this prompt, recorded when the vision tower is frozen (a constant of
     # the step): later forwards of the step reuse them instead of encoding the image again. None: encode as usual.
     image_features: ImageFeatures | None = None
+    # Multi-turn (`mmrl.rl.episodes`): the G episodes behind the rows, and the first observation's images
+    episodes: list[Any] | None = None
+    first_images: list[Any] | None = None
 
 
 def _columns(samples: list[Sample], group_size: int, lengths: list[int], max_len: int,

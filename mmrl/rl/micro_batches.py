@@ -76,6 +76,7 @@ class MicroBatch:
     width: int
     tokens: int
     whole: bool
+    host_rows: tuple[int, ...] = ()  # `rows` on the host: reading them back between backwards would sync the device
 
     def of(self, group: Group) -> Group:
         """The group restricted to these rows and columns (every per-row and per-token tensor sliced)."""
@@ -88,11 +89,13 @@ class MicroBatch:
             rows = t.index_select(0, self.rows.to(t.device))
             return rows[:, : self.width] if per_token else rows
 
+        rows = group.prompt.get("episode_rows")  # multi-turn episodes: per-row images (mmrl.rl.episodes)
+        prompt = group.prompt if rows is None else {**group.prompt, "episode_rows": [rows[i] for i in self.rows.tolist()]}
         return dataclasses.replace(
-            group, completion_ids=cut(group.completion_ids), completion_mask=cut(group.completion_mask),
+            group, prompt=prompt, completion_ids=cut(group.completion_ids), completion_mask=cut(group.completion_mask),
             truncated=cut(group.truncated, per_token=False), advantages=cut(group.advantages, per_token=False),
             old_logp=cut(group.old_logp), ref_logp=cut(group.ref_logp), sampler_logp=cut(group.sampler_logp),
-            texts=[group.texts[i] for i in self.rows.tolist()] if group.texts else group.texts,
+            texts=[group.texts[i] for i in (self.host_rows or self.rows.tolist())] if group.texts else group.texts,
             rewards=cut(group.rewards, per_token=False))
 
     def cut_mask(self, mask: torch.Tensor) -> torch.Tensor:
@@ -123,7 +126,7 @@ def micro_batches(group: Group, budget: int | None, prompt_per_row: bool = False
     lengths = (group.completion_mask.bool() * positions).amax(-1).tolist() if ids.shape[1] else [0] * ids.shape[0]
     packed = pack_rows(lengths, prompt_tokens, budget, prompt_per_row)
     return [MicroBatch(rows=torch.tensor(rows, dtype=torch.long, device=ids.device), width=width, tokens=tokens,
-                       whole=False) for rows, width, tokens in packed]
+                       whole=False, host_rows=tuple(rows)) for rows, width, tokens in packed]
 
 
 def by_micro_batches(parts: list[MicroBatch], group: Group, forward: Callable[[Group], torch.Tensor]) -> torch.Tensor:

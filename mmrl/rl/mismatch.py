@@ -95,8 +95,9 @@ def mismatch_weights(mode: str, old_logp: torch.Tensor, sampler_logp: torch.Tens
         metrics = {
             "logprob_kl": _masked_mean(ratio - 1 - diff, mask),  # k3 of KL(sampler || trainer), sampler's tokens
             "logprob_abs_diff_max": float(diff.abs().max()) if diff.numel() else 0.0,
-            "chi2_token": _masked_mean(ratio.square(), mask) - 1.0,
-            "chi2_seq": _masked_mean(seq_ratio.square(), mask) - 1.0,
+            # E[r^2 - 1], not E[r^2] - 1: 0 (no evidence of mismatch), not -1, for rows without a token
+            "chi2_token": _masked_mean(ratio.square() - 1.0, mask),
+            "chi2_seq": _masked_mean(seq_ratio.square() - 1.0, mask),
             "is_weight_sq_mean": _masked_mean(weight.square(), mask),
             "tis_weight_mean": _masked_mean(weight, mask),
             "tis_clip_frac": _masked_mean((weight != ratio.expand_as(weight)).to(mask.dtype), mask),

@@ -94,8 +94,8 @@ def _same_weights(mine: torch.nn.Module | None, theirs: torch.nn.Module | None) 
 
 def _hold_in_compute_dtype(model: Any, compute: torch.dtype) -> None:
     """Never stepped, so the copy's matmul weights are held in the compute dtype (bf16 under model.dtype=bf16):
-    exactly what autocast casts the policy's fp32 weights to. Norms, embeddings and the LM head (which the
-    shared-prefix forward runs outside autocast) keep the policy's dtype, and the same autocast runs: at step 0 the
+    exactly what autocast casts the policy's fp32 weights to. Norms, embeddings and the LM head (often tied to the
+    embeddings; autocast casts it as it casts the policy's) keep the policy's dtype, and the same autocast runs: at step 0 the
     reference's log-probs equal the policy's bit for bit (a bf16 copy of everything differs by bf16 noise, a KL
     floor), for a little more than half the memory of an fp32 copy."""
     if compute == torch.float32:

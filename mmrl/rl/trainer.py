@@ -26,11 +26,13 @@ from mmrl.engine.run_dir import discard_fresh_run, release_run_dir, used_run_fil
 from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
 from mmrl.generation.backends import check_backend, make_backend
+from mmrl.generation.multiturn import check_episode_model
 from mmrl.models.interface import ModelInterface, eval_coordinate_tasks, interface_of, reads_coordinates
 from mmrl.rewards.composite import RewardComposite
 from mmrl.rewards.gold_check import gold_check
 from mmrl.rl.async_rollout import AsyncRollout, spec_key
 from mmrl.rl.entropy import entropy_control
+from mmrl.rl.episodes import collect_episodes, episode_metrics, episode_sample_rows, evaluate_episodes
 from mmrl.rl.experience import Group, RolloutBackend, collect_step
 from mmrl.rl.reference import ReferencePolicy, make_reference
 from mmrl.rl.stages import ResolvedStage, StageSchedule
@@ -65,7 +67,8 @@ class GRPOTrainer:
         try:
             for start, _name in self.schedule.boundaries():
                 stage = self.schedule.stage_at(start)
-                self._load(stage.data or tuple(cfg.data.train), stage.rewards)
+                # multi-turn: the environment scores the episodes, not the reward list
+                self._load(stage.data or tuple(cfg.data.train), None if cfg.env.name else stage.rewards)
             if cfg.trainer.num_epochs is not None:
                 self._steps_from_epochs()
         except BaseException:
@@ -78,6 +81,8 @@ class GRPOTrainer:
                             "reset_optimizer: false")
         try:
             self.interface = self._interface()
+            if cfg.env.name:  # multi-turn: a family the episodes cannot run on is refused before a step
+                check_episode_model(self.run.model)
         except BaseException:
             self.run.close()
             if fresh:  # refused before a step (a model with no frame): rerunning with model.pred_frame must just work
@@ -218,11 +223,12 @@ class GRPOTrainer:
                     run.logger.event(f"step {step}: stage '{stage.name}' starts with a fresh optimizer and schedule")
                 specs = stage.data or tuple(cfg.data.train)
                 with timer("rollout"):
-                    if self.worker is not None:
+                    if self.worker is not None:  # rollout.max_staleness >= 1: docs/async.md
                         groups, info = self._take_async(step)
                     else:
                         run.model.eval()
-                        groups, info = collect_step(
+                        collect = collect_episodes if cfg.env.name else collect_step  # multi-turn: docs/multiturn.md
+                        groups, info = collect(
                             cfg, stage, self._load(specs), self._sampler_for(specs), run.dist.rank,
                             run.dist.world_size, processor=run.processor, backend=self.backend,
                             composite=self._composite(stage.rewards), generator=self.generator,
@@ -270,6 +276,8 @@ class GRPOTrainer:
         from mmrl.eval.evaluate import evaluate
         from mmrl.eval.report import flat_metrics
 
+        if self.cfg.env.name:  # multi-turn: greedy episodes from the held-out starts
+            return self._eval_episodes(timer)
         with timer("eval"):
             self.run.model.eval()
             out_dir = self.run.run_dir / "eval" / f"step-{step}"
@@ -279,9 +287,23 @@ class GRPOTrainer:
         report = all_gather_objects(report, self.run.dist.world_size)[0]
         return flat_metrics(report)
 
+    def _eval_episodes(self, timer: PhaseTimer) -> dict[str, float]:
+        """`eval/episode/*`: one greedy episode from each of data.eval's starts (main process)."""
+        with timer("eval"):
+            self.run.model.eval()
+            report = evaluate_episodes(self.cfg, self.eval_samples, self.run.model, self.run.processor,
+                                       self.interface) if self.run.dist.is_main else {}
+            self.run.model.train()
+        report = all_gather_objects(report, self.run.dist.world_size)[0]
+        return {f"eval/{k}": v for k, v in report.items()}
+
     def _maybe_samples(self, step: int, groups: list[Group]) -> None:
         every = self.cfg.trainer.sample_steps
         if not every or step % every:
+            return
+        if self.cfg.env.name:
+            if self.run.dist.is_main:
+                self.run.logger.write_samples(step, episode_sample_rows(groups, step, self.run.run_dir))
             return
         rows = []
         for group in groups[:4]:
@@ -342,6 +364,9 @@ class GRPOTrainer:
             metrics["entropy"] = entropy_sum / entropy_tokens
         for key, value in counters.items():
             metrics[f"rollout/{key}"] = value
+        if "episodes" in info:  # multi-turn: every process's episodes
+            metrics.update(episode_metrics([e for part in all_gather_objects(info["episodes"], self.run.dist.world_size)
+                                            for e in part]))
         for key, value in (info.get("reward_counters") or {}).items():  # "<name>/timeouts|unscorable|errors"
             metrics[f"reward/{key}"] = value
         return metrics

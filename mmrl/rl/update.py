@@ -146,9 +146,9 @@ def _kl_in_reward(algo: AlgorithmConfig) -> bool:
 
 
 def _contributes(group: Group, every_group: bool) -> bool:
-    """False when the group's loss is exactly 0 whatever the ratio (all-zero advantages, and no KL term, entropy
-    bonus or entropy selection that needs every group: `every_group`): its forwards, old log-probs included, are
-    skipped as a speed-up only."""
+    """False when the group's loss is exactly 0 whatever the ratio (all-zero advantages, and no KL term or entropy
+    bonus: `every_group`; before the update, also no entropy measurement, which reads every group): its forwards, old
+    log-probs included, are skipped as a speed-up only."""
     return every_group or not bool((group.advantages == 0).all())
 
 
@@ -268,6 +268,18 @@ class _UpdateContext:
     plan: MicroBatchPlan
     vision: dict[str, Any]
     entropy: EntropyStep
+    # id(group) -> which of its rows have a zero advantage, read on the host once, before the first forward: asking
+    # the device at each micro-batch made the host wait for the previous backward to finish
+    zero_advantage: dict[int, list[bool]] = field(default_factory=dict)
+
+    def contributes(self, group: Group, part: MicroBatch | None = None) -> bool:
+        """`_contributes` of the group (or of `part`'s rows of it), from the host's copy of the advantages."""
+        if self.every_group:
+            return True
+        zero = self.zero_advantage[id(group)]
+        if part is None or part.whole:
+            return not all(zero)
+        return not all(zero[row] for row in (part.host_rows or part.rows.tolist()))
 
 
 @dataclass(frozen=True)
@@ -285,9 +297,11 @@ class _Forward:
 def _update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, reference: ReferencePolicy | None,
             policy_loss: PolicyLoss, control: FixedEntropy, vision: dict[str, Any]) -> dict[str, float]:
     algo = run.cfg.algorithm
-    entropy_on = control.active or algo.top_entropy_quantile < 1
-    every_group = policy_loss.beta > 0 or entropy_on
-    entropies: dict[int, torch.Tensor] | None = {} if entropy_on else None
+    # the step's first forward measures every group's token entropies when the coefficient or the token selection
+    # reads them (a fixed coefficient does not: no extra forward for it)
+    measure = control.reads_entropy or algo.top_entropy_quantile < 1
+    every_group = policy_loss.beta > 0 or measure or control.active
+    entropies: dict[int, torch.Tensor] | None = {} if measure else None
     if _kl_in_reward(algo):  # the rewards need the rollout policy's and the reference's log-probs first
         plan = plan_micro_batches(run, groups)
         prepare_old_and_ref(run, groups, plan, reference, vision, entropies)
@@ -297,12 +311,18 @@ def _update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, referen
         contributing = [g for g in groups if _contributes(g, every_group)]
         plan = plan_micro_batches(run, contributing)
         prepare_old_and_ref(run, contributing, plan, reference, vision, entropies)
-    step_entropy = EntropyStep()
+    step_entropy = EntropyStep(coef=control.coef, metrics={"entropy/coef": control.coef} if control.active else {})
     if entropies is not None:
         masks = {id(g): loss_mask(g.completion_mask, g.truncated, algo.mask_truncated) for g in groups}
         step_entropy = plan_entropy(entropies, masks, control, algo.top_entropy_quantile, run.dist.world_size)
-        reward_metrics = {**reward_metrics, **step_entropy.metrics}
-    ctx = _UpdateContext(run, stage, policy_loss, every_group, plan, vision, step_entropy)
+    reward_metrics = {**reward_metrics, **step_entropy.metrics}
+    zero = torch.cat([g.advantages == 0 for g in groups]).tolist() if groups else []  # one read for all groups
+    sizes = [len(g.advantages) for g in groups]
+    starts = [sum(sizes[:i]) for i in range(len(groups))]
+    # A group with all-zero advantages trains on nothing without a KL term or this step's bonus (a token selection
+    # alone, or an adaptive coefficient gated off this step, leaves its loss exactly 0): its training forward is skipped.
+    ctx = _UpdateContext(run, stage, policy_loss, policy_loss.beta > 0 or step_entropy.coef > 0, plan, vision,
+                         step_entropy, zero_advantage={id(g): zero[a:a + n] for g, a, n in zip(groups, starts, sizes)})
     tally = _Tally()
     for iteration in range(algo.num_iterations):
         for mini in split_groups(groups, algo.mini_batches):
@@ -326,7 +346,7 @@ def _train_mini_batch(ctx: _UpdateContext, mini: list[Group], measure_mismatch: 
     for group, mask in zip(mini, masks):
         # All-zero advantages and no KL term: the loss is exactly 0 whatever the ratio, so skip the forward
         # (a speed-up only: its tokens still count in the normalisers and the optimizer still steps).
-        if not _contributes(group, ctx.every_group):
+        if not ctx.contributes(group):
             continue
         pieces = [_train_micro_batch(ctx, group, part, mask, norms, measure_mismatch) for part in ctx.plan[id(group)]]
         forwards.append([f for f in pieces if f is not None])
@@ -348,7 +368,7 @@ def _train_micro_batch(ctx: _UpdateContext, group: Group, part: MicroBatch, mask
     [G, T]); None when these rows' loss is exactly 0 (no forward runs)."""
     run, algo, policy_loss = ctx.run, ctx.run.cfg.algorithm, ctx.policy_loss
     piece = part.of(group)  # the group itself without a token budget
-    if not _contributes(piece, ctx.every_group):
+    if not ctx.contributes(group, part):
         return None
     tap: list[torch.Tensor] = []  # this forward's token entropies, when the step applies an entropy bonus
     with reuse_image_features(run.model, piece.image_features, ctx.vision), \
@@ -415,7 +435,7 @@ class _Tally:
                 local_loss += loss
                 self.forwards, self.most_tokens = self.forwards + 1, max(self.most_tokens, forward.size)
                 loss_pieces.append((forward.metrics, tokens))
-                if forward.mismatch:
+                if forward.mismatch and mismatch_tokens > 0:  # rows without a token measure no mismatch
                     mismatch_pieces.append((forward.mismatch, mismatch_tokens))
             for key, value in _group_metrics(loss_pieces).items():
                 self.sums[key] += value

@@ -245,6 +245,22 @@ def test_gui_demo_draws_the_action_and_rejects_a_100_megapixel_image(open_demo, 
     expect(page.locator("#gui-action")).to_be_visible()
 
 
+def test_gui_demo_steps_through_a_multi_turn_episode(open_demo, colour_model):
+    from playwright.sync_api import expect
+
+    from demos.gui import build_app
+
+    page = open_demo(build_app(colour_model), "gui")
+    page.get_by_text("episode (multi-turn)").click()
+    page.click("#gui-episode-step")  # before a start: one line, no traceback
+    assert "start an episode first" in status_of(page, "gui-episode-status", "start")
+    page.click("#gui-episode-start")
+    assert "Goal: tap" in status_of(page, "gui-episode-goal", "Goal")
+    expect(page.locator("#gui-episode-screen img")).to_be_visible()
+    page.click("#gui-episode-step")
+    assert "turn 1" in status_of(page, "gui-episode-status", "turn 1")
+
+
 def make_run(root: Path) -> Path:
     """A run directory as the trainer writes it: two stages in metrics.jsonl, samples at two steps, one with an image."""
     run = root / "run"

@@ -4,6 +4,8 @@ in checkpointed chunks, with its gradient; the log-probs are the same with the r
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -79,3 +81,40 @@ def test_adaptive_coefficient_steps_and_resumes_with_the_trainer(tmp_path):
     resumed._restore(state)
     assert resumed.entropy.coef == pytest.approx(0.015)
     resumed.run.close()
+
+
+@pytest.mark.parametrize(("overrides", "measured", "trained"), [
+    # a fixed bonus reads no entropy before the update (no extra forward) and trains every group (the bonus acts on
+    # the zero-advantage group's tokens too)
+    (["algorithm.entropy_coef=0.01"], 0, 2),
+    # a token selection alone measures every group first, but the zero-advantage group's loss is exactly 0: skipped
+    (["algorithm.top_entropy_quantile=0.5"], 2, 1),
+])
+def test_the_entropy_controls_run_only_the_forwards_they_need(tmp_path, monkeypatch, overrides, measured, trained):
+    import copy
+    import sys
+    from pathlib import Path
+
+    import mmrl.rl.update as update
+    from data_pipelines.synthetic import build_synthetic
+    from mmrl.config import load_config
+    from mmrl.rl.trainer import GRPOTrainer
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "tests" / "fixtures" / "trainer"))
+    from fixed_groups import fixed_group
+
+    data = build_synthetic(["color"], 4, 0, tmp_path / "data", image_size=56)
+    config = root / "configs" / "tests" / "grpo_tiny.yaml"
+    trainer = GRPOTrainer(load_config(config, [f"data.train={data}", "trainer.report_to=[jsonl]",
+                                               "trainer.progress=false", "model.dtype=fp32", "trainer.device=cpu",
+                                               f"trainer.output_dir={tmp_path}", *overrides]))
+    calls = []
+    measure = update._logprobs_and_entropy
+    monkeypatch.setattr(update, "_logprobs_and_entropy", lambda *a, **k: calls.append(1) or measure(*a, **k))
+    groups = [fixed_group(trainer, 0, 0), fixed_group(trainer, 0, 1, flat=True)]
+    metrics = update.policy_update(trainer.run, copy.deepcopy(groups), trainer.schedule.stage_at(0),
+                                   trainer.reference, trainer.entropy)
+    trainer.run.close()
+    assert (len(calls), metrics["update/micro_batches"]) == (measured, trained)
+    assert math.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0

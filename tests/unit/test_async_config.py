@@ -23,6 +23,7 @@ ASYNC = "rollout.max_staleness=1"
         ([ASYNC, "model.compile=true"], "set model.compile=false"),
         ([ASYNC, "stages=[{name: a, steps: 2, until_metric: accuracy, until_value: 0.5}]"], "remove until_metric"),
         (["rollout.max_staleness=-1"], "max_staleness"),
+        ([ASYNC, "env.name=zoom_digit"], "multi-turn episodes"),
         ([ASYNC, "rollout.worker_timeout_s=0"], "worker_timeout_s"),
     ],
 )

@@ -40,3 +40,22 @@ def test_eval_of_a_runs_checkpoint_lands_in_that_run(tmp_path):
     args = _args(model="tiny", data=["data/synth/eval.jsonl"])  # not a run: the shared runs/eval/
     cfg, config = build_eval_config(args)
     assert default_out_dir(cfg, config, args) == Path("runs/eval/tiny-eval")
+
+
+def test_evals_with_other_settings_of_one_checkpoint_keep_their_own_reports(tmp_path):
+    # a 10-item pass@8 went into runs/r/eval/step-4-eval too, replacing the full greedy report without a word
+    checkpoint = tmp_path / "runs/r/checkpoints/step-4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "config.json").write_text("{}")
+    sampled = _args(
+        model=str(checkpoint),
+        data=["data/synth/eval.jsonl"],
+        k=8,
+        limit=10,
+        overrides=["eval.greedy=false", "eval.temperature=0.7"],
+    )
+    cfg, config = build_eval_config(sampled)
+    assert default_out_dir(cfg, config, sampled) == tmp_path / "runs/r/eval/step-4-eval-k8-t0.7-first10"
+    first = _args(model="tiny", data=["data/synth/eval.jsonl"], limit=20)
+    cfg, config = build_eval_config(first)
+    assert default_out_dir(cfg, config, first) == Path("runs/eval/tiny-eval-first20")

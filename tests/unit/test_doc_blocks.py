@@ -30,7 +30,7 @@ def test_the_setup_commands_are_the_ones_ci_runs():
     setup = [b.code.strip() for b in blocks() if b.page == "README.md" and b.heading == SETUP_HEADING]
     assert setup == [
         'pip install -e . "torch==2.13.0" && mmrl pipeline configs/quickstart.yaml',
-        'pip install -e ".[dev]" "torch==2.13.0" && python -m pytest -q',
+        'pip install -e ".[dev]" "torch==2.13.0" && python -m pytest -q -n auto --dist loadfile',
     ]
     ci = (ROOT / ".ci" / "run").read_text()
     assert all(part in ci for part in setup[1].split(" && "))

@@ -80,6 +80,22 @@ def test_adaptive_coefficient_by_hand():
     assert fresh.coef == pytest.approx(0.012) and isinstance(fresh, AdaptiveEntropy)
 
 
+def test_a_resume_restores_the_adapted_coefficient_only():
+    """The adapted c_k comes back exactly; a fixed coefficient is the config's, so a resume that changed it (or
+    switched the control, both allowed through trainer.resume_allow_changes) gets the new one, not the checkpoint's."""
+    adapted = AdaptiveEntropy(coef=0.1 + 0.2, target=0.2, delta=0.005)  # a value float round-off would show
+    fresh = AdaptiveEntropy(coef=0.0)
+    fresh.load_state_dict(adapted.state_dict())
+    assert fresh.coef == 0.1 + 0.2
+    changed = FixedEntropy(coef=0.02)
+    changed.load_state_dict(FixedEntropy(coef=0.05).state_dict())
+    assert changed.coef == 0.02
+    to_fixed, to_adaptive = FixedEntropy(coef=0.02), AdaptiveEntropy(coef=0.001)
+    to_fixed.load_state_dict(adapted.state_dict())
+    to_adaptive.load_state_dict(FixedEntropy(coef=0.05).state_dict())
+    assert (to_fixed.coef, to_adaptive.coef) == (0.02, 0.001)
+
+
 def test_paper_gating_and_trls_lagged_gating():
     """Skywork-OR1 gates step k on its own entropy e_k; TRL on the previous step's. A step whose entropy crosses the
     target shows the difference: mmrl applies no bonus at e_k = 0.3 > 0.2, TRL's lag would still apply c_k."""
@@ -138,6 +154,29 @@ def test_config():
     assert (cfg.entropy_control, cfg.entropy_coef, cfg.top_entropy_quantile) == ("fixed", 0.01, 0.2)
     for overrides, message in [(["algorithm.entropy_control=skywork"], "unknown entropy control 'skywork'"),
                                (["algorithm.top_entropy_quantile=0"], "top_entropy_quantile"),
-                               (["algorithm.entropy_coef_min=2"], "entropy_coef_min .* must not exceed")]:
+                               (["algorithm.entropy_coef_min=2"], "entropy_coef_min .* must not exceed"),
+                               # the adaptive control's settings under the fixed one would change nothing
+                               (["algorithm.entropy_target=0.5"], "entropy_target: only entropy_control=adaptive"),
+                               (["algorithm.entropy_coef_max=0.5"], "entropy_coef_max: only entropy_control=adaptive"),
+                               # an adaptive start outside its range would apply a coefficient above its cap once
+                               (["algorithm.entropy_control=adaptive", "algorithm.entropy_coef=2"],
+                                "starts at 2.0, outside"),
+                               (["algorithm.entropy_control=adaptive", "algorithm.entropy_coef=0.001",
+                                 "algorithm.entropy_coef_min=0.01"], "starts at 0.001, outside")]:
         with pytest.raises(UserError, match=message):
             load_config(None, overrides)
+
+
+def test_the_threshold_is_torch_quantiles_without_its_size_limit():
+    """Bit-equal to torch.quantile (TRL's threshold) where that runs, ties included; and past its 2**24 values, which
+    a large step's tokens over all processes exceed, where torch.quantile refuses."""
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 5, 33, 1001):
+        values = torch.rand(n, generator=g) * 5
+        values[: n // 3] = values[0]
+        for q in (1e-6, 0.2, 0.5, 0.999, 1.0):
+            assert quantile_threshold(values, q) == float(torch.quantile(values, 1 - q))
+    many = torch.arange(2**24 + 1, dtype=torch.float32).flip(0)
+    with pytest.raises(RuntimeError, match="too large"):
+        torch.quantile(many, 0.5)
+    assert quantile_threshold(many, 0.5) == 2**23

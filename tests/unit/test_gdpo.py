@@ -84,3 +84,17 @@ def test_config():
     assert load_config(None, ["algorithm.advantage=gdpo"]).algorithm.advantage == "gdpo"
     with pytest.raises(UserError, match="advantage gdpo normalises each reward apart"):
         load_config(None, ["algorithm.advantage=gdpo", "algorithm.beta=0.1", "algorithm.kl_penalty=reward"])
+
+
+def test_components_that_did_not_make_the_total_are_refused():
+    """A rollout that reports only totals (no score per reward) would leave every component NaN: normalised, each
+    would give 0, and gdpo would train on nothing, silently. The total counts every non-zero-weight reward, so a
+    missing score beside a known total is refused; a zero-weight reward's may be missing."""
+    missing = COMPONENTS.clone()
+    missing[:, 1] = NAN
+    with pytest.raises(UserError, match="reward 2 of `rewards:` has no score"):
+        gdpo(components=missing)
+    weights = torch.tensor([1.0, 0.0])
+    adv = compute_advantages("gdpo", COMPONENTS[:, 0], GROUPS, scale=True, eps=0.0, components=missing,
+                             component_weights=weights)
+    assert adv.abs().sum() > 0

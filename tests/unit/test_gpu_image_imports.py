@@ -12,8 +12,22 @@ FIRST_PARTY = ("mmrl", "data_pipelines", "demos", "tests", "benchmarks")
 # Import names the GPU image (Python 3.12, torch 2.11+cu130, transformers 5.17, accelerate 1.15, peft, pytest, httpx,
 # opencv, pyarrow, matplotlib, tensorboard, sympy...) lacks: the dev/serve/demo/vllm/gpu/deepspeed extras'. The
 # wheels scripts/gpu_prepare.sh carries (pydantic, math-verify and their needs) are not in this set.
-MISSING_ON_GPU_IMAGE = {"openai", "fastapi", "starlette", "uvicorn", "gradio", "gradio_client", "playwright", "trl",
-                        "deepspeed", "datasets", "dill", "multiprocess", "vllm", "flash_attn"}
+MISSING_ON_GPU_IMAGE = {
+    "openai",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "gradio",
+    "gradio_client",
+    "playwright",
+    "trl",
+    "deepspeed",
+    "datasets",
+    "dill",
+    "multiprocess",
+    "vllm",
+    "flash_attn",
+}
 
 
 def module_file(name: str) -> Path | None:
@@ -33,9 +47,14 @@ def _guarded(handlers: list[ast.ExceptHandler]) -> bool:
 def skips_on_gpu_image(node: ast.stmt) -> bool:
     """`pytest.importorskip("<a package the image lacks>")`: the module stops there (skipped) on the GPU image."""
     for call in ast.walk(node):
-        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "importorskip"
-                and call.args and isinstance(call.args[0], ast.Constant)
-                and str(call.args[0].value).split(".")[0] in MISSING_ON_GPU_IMAGE):
+        if (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and call.func.attr == "importorskip"
+            and call.args
+            and isinstance(call.args[0], ast.Constant)
+            and str(call.args[0].value).split(".")[0] in MISSING_ON_GPU_IMAGE
+        ):
             return True
     return False
 
@@ -80,6 +99,15 @@ def import_time_imports(path: Path, module: str) -> list[str]:
     return found
 
 
+def sibling_module(name: str, importer: Path) -> str | None:
+    """The first-party module a bare `import name` reaches through a `sys.path.insert(0, <the importer's folder>)`
+    (tests/unit's helpers, e.g. trl_referee), as a dotted name from the root; None when no such file lies there."""
+    candidate = importer.parent / f"{name}.py"
+    if not candidate.is_file() or ROOT not in candidate.parents:
+        return None
+    return ".".join(candidate.relative_to(ROOT).with_suffix("").parts)
+
+
 def missing_imports(module: str, seen: dict[str, set[tuple[str, str]]]) -> set[tuple[str, str]]:
     """(missing package, the module importing it) for everything importing `module` runs, first-party modules
     followed transitively (a package's __init__ included)."""
@@ -99,6 +127,8 @@ def missing_imports(module: str, seen: dict[str, set[tuple[str, str]]]) -> set[t
             result.add((top, module))
         elif top in FIRST_PARTY:
             result |= missing_imports(name, seen)
+        elif (sibling := sibling_module(top, path)) is not None:
+            result |= missing_imports(sibling, seen)
     seen[module] = result
     return result
 
@@ -112,8 +142,10 @@ def test_every_test_module_collects_without_the_packages_the_gpu_image_lacks():
             found = missing_imports(module, seen)
             if found:
                 offenders[module] = sorted(found)
-    assert not offenders, ("these test modules import, when collected, packages the GPU image lacks (use "
-                           f"pytest.importorskip or import inside the test): {offenders}")
+    assert not offenders, (
+        "these test modules import, when collected, packages the GPU image lacks (use "
+        f"pytest.importorskip or import inside the test): {offenders}"
+    )
 
 
 def test_the_scan_sees_imports_through_mmrl_modules():
@@ -129,3 +161,14 @@ def test_the_scan_stops_at_an_importorskip_of_a_missing_package(tmp_path):
     assert import_time_imports(tmp_path / "probe.py", "probe") == ["pytest"]
     (tmp_path / "probe.py").write_text(source.replace("importorskip('openai')", "importorskip('numpy')"))
     assert "uvicorn" in import_time_imports(tmp_path / "probe.py", "probe")
+
+
+def test_the_scan_follows_a_helper_imported_from_the_test_folder():
+    """tests/unit's loss tests put their folder on sys.path and `from trl_referee import ...`: the scan follows that
+    helper (it missed it, and trl, which the image lacks, aborted the GPU machine's collection)."""
+    importer = ROOT / "tests" / "unit" / "test_entropy_controls.py"
+    assert sibling_module("trl_referee", importer) == "tests.unit.trl_referee"
+    assert sibling_module("no_such_helper", importer) is None
+    assert "trl_referee" in {
+        name.split(".")[0] for name in import_time_imports(importer, "tests.unit.test_entropy_controls")
+    }

@@ -50,7 +50,7 @@ def help_examples() -> list[tuple[str, str]]:
 
 def _argv(line: str) -> list[str]:
     tokens = shlex.split(line.split(" | ")[0], comments=True)  # `mmrl ... | grep ...`: the mmrl part
-    return tokens[tokens.index("mmrl") + 1:] if tokens[0] == "accelerate" else tokens[1:]
+    return tokens[tokens.index("mmrl") + 1 :] if tokens[0] == "accelerate" else tokens[1:]
 
 
 def _is_path(value: str) -> bool:
@@ -83,8 +83,13 @@ def read_paths(argv: list[str]) -> list[str]:
 def _config_data(args: argparse.Namespace) -> list[str]:
     """The datasets a train / sft / eval / data check example's config reads (its YAML's or its overrides')."""
     config = getattr(args, "config", None)
-    if not (isinstance(config, str) and config.endswith(".yaml")) or args.command not in ("train", "sft", "eval",
-                                                                                           "data", "build-data"):
+    if not (isinstance(config, str) and config.endswith(".yaml")) or args.command not in (
+        "train",
+        "sft",
+        "eval",
+        "data",
+        "build-data",
+    ):
         return []
     if args.command == "build-data":  # cold-start's own config: a top-level `data:` file
         import yaml
@@ -95,8 +100,12 @@ def _config_data(args: argparse.Namespace) -> list[str]:
     from mmrl.config import load_config
 
     cfg = load_config(config, getattr(args, "overrides", None) or [])
-    specs = {"train": cfg.data.train, "sft": cfg.data.train, "eval": [] if getattr(args, "data", None) else cfg.data.eval,
-             "data": [*cfg.data.train, *cfg.data.eval]}[args.command]
+    specs = {
+        "train": cfg.data.train,
+        "sft": cfg.data.train,
+        "eval": [] if getattr(args, "data", None) else cfg.data.eval,
+        "data": [*cfg.data.train, *cfg.data.eval],
+    }[args.command]
     if not specs and not getattr(args, "data", None):  # the command would stop: "no datasets" / "data.eval is empty"
         return [f"<the datasets of {config}: none>"]
     return [spec.path for spec in specs if not _placeholder(spec.path)]
@@ -127,11 +136,12 @@ def after_quickstart(tmp_path_factory) -> Path:
         elif step.kind in TRAINED_KINDS:
             # the run's config.yaml as the pipeline writes it: the data step's files wired in, as absolute paths
             data = root / plan.steps[0].name
-            cfg = step_config(plan, step, {"data.train": [str(data / "train.jsonl")],
-                                           "data.eval": [str(data / "eval.jsonl")]})
+            cfg = step_config(
+                plan, step, {"data.train": [str(data / "train.jsonl")], "data.eval": [str(data / "eval.jsonl")]}
+            )
             total = sum(s.steps for s in cfg.stages) if cfg.stages else cfg.trainer.max_steps
             every = cfg.trainer.save_steps
-            saved = [*(range(every, total, every) if every else []), total][-cfg.trainer.keep_last:]
+            saved = [*(range(every, total, every) if every else []), total][-cfg.trainer.keep_last :]
             for number in saved:
                 (step_dir / "checkpoints" / f"step-{number}").mkdir(parents=True)
             (step_dir / "metrics.jsonl").write_text("")
@@ -149,8 +159,21 @@ EXAMPLES = help_examples()
 
 def test_every_command_shows_examples():
     shown = {name.split()[1] for name, _ in EXAMPLES if len(name.split()) > 1}
-    assert shown >= {"train", "sft", "eval", "pipeline", "data", "build-data", "reward", "config", "model", "export",
-                     "demo", "plot", "serve"}
+    assert shown >= {
+        "train",
+        "sft",
+        "eval",
+        "pipeline",
+        "data",
+        "build-data",
+        "reward",
+        "config",
+        "model",
+        "export",
+        "demo",
+        "plot",
+        "serve",
+    }
 
 
 @pytest.mark.parametrize(("command", "line"), EXAMPLES, ids=[f"{c}: {line[:60]}" for c, line in EXAMPLES])
@@ -168,3 +191,42 @@ def test_train_help_points_to_the_settings():
             text = StringIO()
             parser.print_help(text)
             assert "mmrl config show --doc" in text.getvalue(), name
+
+
+# Folders a reader already holds after the README's Usage block (`--out data/synth`) and `mmrl build-data recipes`:
+# a builder refuses a folder that holds data, so an example writing there fails when pasted after them.
+README_AND_RECIPES_DATA = {"data/synth", "data/gui", "data/boxes", "data/curriculum"}
+
+
+def test_help_examples_write_beside_the_readme_and_recipes_data():
+    clashes = []
+    for command, line in EXAMPLES:
+        argv = _argv(line)
+        if argv[:1] != ["build-data"]:
+            continue
+        args = _parse(PARSER, argv)
+        out = getattr(args, "out", None) or getattr(args, "out_dir", None)  # synthetic, rejection / curriculum
+        if out in README_AND_RECIPES_DATA:
+            clashes.append(f"`{command} --help`: {line}")
+    assert not clashes, clashes
+
+
+# Run directories the README's Usage block trains into: a run directory that holds a run is refused (unless resumed),
+# so a fresh-start example training there fails when pasted after the README.
+README_RUNS = {"runs/grpo_tiny", "runs/grpo_tiny_ddp"}
+
+
+def test_help_examples_train_beside_the_readme_runs():
+    from mmrl.config import load_config
+
+    clashes = []
+    for command, line in EXAMPLES:
+        argv = _argv(line)
+        if argv[0] not in ("train", "sft"):
+            continue
+        args = _parse(PARSER, argv)
+        cfg = load_config(args.config, args.overrides)
+        out = cfg.trainer.output_dir or f"runs/{cfg.name}"
+        if out in README_RUNS:
+            clashes.append(f"`{command} --help`: {line} (writes {out})")
+    assert not clashes, clashes

@@ -84,6 +84,33 @@ def test_registry_and_config_checks():
         (["algorithm.tis_floor=3", "algorithm.tis_cap=2"], "must be below algorithm.tis_cap"),
         (["algorithm.tis_floor=0.5", "algorithm.tis_cap=null"], "the correction is off"),
         (["algorithm.off_policy_mask_threshold=-1"], "off_policy_mask_threshold"),
+        # a mode with the correction off would silently correct nothing
+        (["algorithm.is_correction=sequence_mask", "algorithm.tis_cap=null"], "sequence_mask needs a bound"),
+        (["algorithm.is_correction=icepop", "algorithm.tis_cap=null"], "icepop needs a bound"),
+        # TRL's on/off switch of the correction names the setting that is mmrl's switch
+        (["vllm_importance_sampling_correction=false"], "use algorithm.tis_cap \\(null: no correction"),
     ]:
         with pytest.raises(UserError, match=message):
             load_config(None, overrides)
+
+
+def test_rows_without_a_token_measure_no_mismatch():
+    """A group whose completions hold no token (an empty completion) is no evidence either way: chi-square 0, not -1,
+    and the step's rollout figures are those of the other groups, not pulled towards it."""
+    from mmrl.rl.update import _Forward, _Tally
+
+    _, empty = mismatch_weights("token_truncate", OLD, SAMPLER, torch.zeros_like(MASK), MismatchBounds(3.0))
+    assert (empty["chi2_token"], empty["chi2_seq"]) == (0.0, 0.0)
+    _, measured = weights("token_truncate")
+
+    def forward(metrics, tokens):
+        zero = torch.tensor(0.0)
+        return _Forward(loss=zero, tokens=torch.tensor(float(tokens)), metrics={}, mismatch=metrics,
+                        mismatch_tokens=torch.tensor(float(tokens)), size=tokens)
+
+    tally = _Tally()
+    tally.add_groups([[forward(measured, 5)], [forward(empty, 0)]])
+    tally.add_step(0.0, 0.0, True)
+    figures = tally.summary(1, {})
+    assert figures["rollout/chi2_token"] == pytest.approx(measured["chi2_token"])
+    assert figures["rollout/is_ess"] == pytest.approx(measured["is_ess"])

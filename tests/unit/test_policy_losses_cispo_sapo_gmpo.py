@@ -181,3 +181,20 @@ def test_the_new_losses_load_from_the_config_and_refuse_settings_they_ignore():
         load_config(None, ["algorithm.policy_loss=cipso"])
     with pytest.raises(UserError, match="sapo_tau_neg"):
         load_config(None, ["algorithm.sapo_tau_neg=0"])
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["algorithm.policy_loss=sapo", "algorithm.eps_high=0.28"], "algorithm.eps_high: policy_loss sapo does not read"),
+    (["algorithm.policy_loss=sapo", "algorithm.eps_low=0.1"], "algorithm.eps_low: policy_loss sapo does not read"),
+    (["algorithm.policy_loss=gmpo", "algorithm.ratio_clamp=5"], "algorithm.ratio_clamp: policy_loss gmpo"),
+    (["algorithm.policy_loss=ppo", "algorithm.sapo_tau_neg=2"], "algorithm.sapo_tau_neg: policy_loss ppo"),
+    (["algorithm.policy_loss=cispo", "algorithm.sapo_tau_pos=2"], "algorithm.sapo_tau_pos: policy_loss cispo"),
+])
+def test_a_setting_the_chosen_loss_never_reads_is_refused(overrides, message):
+    """Off its default, a setting the loss ignores would change nothing silently (sapo has no clip, gmpo clips the
+    log-ratio itself, only sapo has gate temperatures)."""
+    with pytest.raises(UserError, match=message):
+        load_config(None, overrides)
+    # the same settings where the loss reads them load
+    load_config(None, ["algorithm.policy_loss=sapo", "algorithm.sapo_tau_neg=2", "algorithm.ratio_clamp=5"])
+    load_config(None, ["algorithm.policy_loss=gmpo", "algorithm.eps_high=0.4", "algorithm.eps_low=0.4"])

@@ -47,6 +47,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("mmrl.engine",),
     ("mmrl.data",),
     ("mmrl.rewards",),
+    ("mmrl.envs",),  # environments for multi-turn episodes: observations from the data room, scores from rewards
     ("mmrl.generation",),
     ("mmrl.eval",),
     ("mmrl.rl", "mmrl.sft", "data_pipelines"),
