@@ -168,6 +168,7 @@ def run_score(args: argparse.Namespace) -> int:
 
     from mmrl.config.rl import RewardSpec
     from mmrl.rewards.composite import RewardComposite
+    from mmrl.rewards.registry import get_reward, kwargs_problem
 
     if args.timeout is not None and not args.timeout > 0:  # 0 used to mean the default, a negative all-None
         raise UserError(f"--timeout {args.timeout}: must be a number of seconds > 0")
@@ -183,6 +184,10 @@ def run_score(args: argparse.Namespace) -> int:
         raise UserError(f"--reward: {where}{message} (got {first.get('input')!r:.60})") from err
     except (TypeError, ValueError) as err:
         raise UserError(f"--reward: {err}".splitlines()[0]) from err
+    for spec in specs:  # the same kwargs check a config gets at load, before the input is read
+        problem = kwargs_problem(spec.name, get_reward(spec.name), spec.kwargs) if spec.kwargs else None
+        if problem is not None:
+            raise UserError(f"--reward: {problem}")
     completions, columns, line_numbers = _read(args.input)
     _fill_model_frame(args, specs, columns, len(completions))
     with RewardComposite(specs, timeout_s=args.timeout, workers=args.workers) as composite:

@@ -170,7 +170,7 @@ def gdpo_advantages(
     reward is NaN gets 0 and is left out of every statistic, as with every estimator. [N] -> [N].
     """
     if components is None or component_weights is None:  # one reward: the total, weight 1
-        components, component_weights = rewards.unsqueeze(1), torch.ones(1)
+        components, component_weights = rewards.unsqueeze(1), torch.ones(1, device=rewards.device)
     summed = torch.zeros_like(rewards, dtype=torch.float64)
     # an unscorable completion (NaN total) stays out of every reward's group statistics too
     components = torch.where(torch.isnan(rewards).unsqueeze(1), math.nan, components.double())

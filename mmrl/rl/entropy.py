@@ -138,10 +138,10 @@ def quantile_threshold(values: torch.Tensor | list[float], quantile: float) -> f
     """The (1 - quantile) quantile of every process's active-token entropies, by linear interpolation in float32 as
     torch.quantile (TRL's) computes it, but from a sort: torch.quantile refuses more than 2**24 values, fewer than one
     step's tokens at scale. +inf when there are none (nothing is trained on)."""
-    ordered = torch.as_tensor(values, dtype=torch.float32).flatten().sort().values
+    ordered = torch.as_tensor(values, dtype=torch.float32).flatten().sort().values  # cpu-ok: gathered host values
     if ordered.numel() == 0:
         return float("inf")
-    rank = torch.tensor(1.0 - quantile, dtype=torch.float32) * (ordered.numel() - 1)
+    rank = torch.tensor(1.0 - quantile, dtype=torch.float32) * (ordered.numel() - 1)  # cpu-ok: host scalar
     below = int(rank.floor())
     above = min(below + 1, ordered.numel() - 1)
     return float(torch.lerp(ordered[below], ordered[above], rank - below))
@@ -161,7 +161,7 @@ def plan_entropy(entropies: dict[int, torch.Tensor], masks: dict[int, torch.Tens
     selection: dict[int, torch.Tensor] = {}
     if quantile < 1.0:
         local = [entropies[k][masks[k].to(entropies[k].device) > 0].detach().float().cpu() for k in entropies]
-        local_values = torch.cat(local) if local else torch.zeros(0)
+        local_values = torch.cat(local) if local else torch.zeros(0)  # cpu-ok: host values to gather
         threshold = quantile_threshold(torch.cat(all_gather_objects(local_values, world)), quantile)
         selection = {k: top_entropy_mask(entropies[k], masks[k], threshold) for k in entropies}
         kept = all_reduce_sum(sum(float(s.sum()) for s in selection.values()), world)

@@ -245,12 +245,12 @@ def test_gui_demo_draws_the_action_and_rejects_a_100_megapixel_image(open_demo, 
     expect(page.locator("#gui-action")).to_be_visible()
 
 
-def test_gui_demo_steps_through_a_multi_turn_episode(open_demo, colour_model):
+def test_gui_demo_steps_through_a_multi_turn_episode(open_demo, quickstart_model):
     from playwright.sync_api import expect
 
     from demos.gui import build_app
 
-    page = open_demo(build_app(colour_model), "gui")
+    page = open_demo(build_app(quickstart_model), "gui")
     page.get_by_text("episode (multi-turn)").click()
     page.click("#gui-episode-step")  # before a start: one line, no traceback
     assert "start an episode first" in status_of(page, "gui-episode-status", "start")

@@ -291,7 +291,7 @@ def test_reward_score_on_a_qwen3_vl_run_samples_reads_boxes_in_the_run_frame(tmp
     group = SimpleNamespace(sample=sample, texts=[f"<answer>{IN_FRAME['norm1000']}</answer>"],
                             rewards=[1.0], advantages=[0.0], components={"iou": [1.0]})
     written = []
-    trainer = SimpleNamespace(cfg=SimpleNamespace(trainer=SimpleNamespace(sample_steps=1)),
+    trainer = SimpleNamespace(cfg=SimpleNamespace(trainer=SimpleNamespace(sample_steps=1), env=SimpleNamespace(name=None)),
                               interface=resolve_interface(_config("qwen3_vl")),
                               run=SimpleNamespace(logger=SimpleNamespace(write_samples=lambda s, r: written.extend(r))))
     GRPOTrainer._maybe_samples(trainer, 2, [group])
