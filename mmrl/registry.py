@@ -11,8 +11,12 @@ a config or the command line gives. `mmrl.preflight` validates config names thro
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import sys
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from mmrl.errors import UserError
 
@@ -72,3 +76,37 @@ class Registry(Generic[F]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
+
+
+def is_file_spec(spec: str) -> bool:
+    """`path/to/file.py:name`: a user's object in their own file (rewards, environments)."""
+    path, sep, name = spec.rpartition(":")
+    return bool(sep) and path.endswith(".py") and name.isidentifier()
+
+
+def load_from_file(spec: str, label: str, module_prefix: str, what: str) -> Callable[..., Any]:
+    """The callable `name` of `path/to/file.py:name`, imported under a name stable for its path (worker processes import
+    it again by that name). `label` starts each one-line error ("reward 'x.py:f'"); `what` names the object sought
+    ("function", "class or function")."""
+    path_text, _, name = spec.rpartition(":")
+    path = Path(path_text).expanduser().resolve()
+    if not path.is_file():
+        usage = "function" if what == "function" else "Class"
+        raise UserError(f"{label}: file {path} does not exist (use path/to/file.py:{usage})")
+    module_name = module_prefix + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    module = sys.modules.get(module_name)
+    if module is None:
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise UserError(f"{label}: cannot import {path} as a Python module")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as err:
+            del sys.modules[module_name]
+            raise UserError(f"{label}: importing {path} failed: {type(err).__name__}: {err}") from err
+    found = getattr(module, name, None)
+    if not callable(found):
+        raise UserError(f"{label}: {path} has no {what} '{name}'")
+    return found

@@ -7,17 +7,14 @@ with a config's `env.kwargs` (checked at config load, so a typo fails before any
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib
 import importlib.util
 import inspect
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from mmrl.errors import UserError
-from mmrl.registry import Registry
+from mmrl.registry import Registry, is_file_spec, load_from_file  # noqa: F401  (is_file_spec: re-exported)
 
 EnvFactory = Callable[..., Any]
 ENVIRONMENTS: Registry[EnvFactory] = Registry("environment", "env.name")
@@ -42,33 +39,8 @@ def list_environments() -> list[str]:
     return ENVIRONMENTS.names()
 
 
-def is_file_spec(spec: str) -> bool:
-    path, sep, name = spec.rpartition(":")
-    return bool(sep) and path.endswith(".py") and name.isidentifier()
-
-
 def _load_file_environment(spec: str) -> EnvFactory:
-    path_text, _, name = spec.rpartition(":")
-    path = Path(path_text).expanduser().resolve()
-    if not path.is_file():
-        raise UserError(f"env.name '{spec}': file {path} does not exist (use path/to/file.py:Class)")
-    module_name = "mmrl_user_env_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
-    module = sys.modules.get(module_name)
-    if module is None:
-        module_spec = importlib.util.spec_from_file_location(module_name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise UserError(f"env.name '{spec}': cannot import {path} as a Python module")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as err:
-            del sys.modules[module_name]
-            raise UserError(f"env.name '{spec}': importing {path} failed: {type(err).__name__}: {err}") from err
-    factory = getattr(module, name, None)
-    if not callable(factory):
-        raise UserError(f"env.name '{spec}': {path} has no class or function '{name}'")
-    return factory
+    return load_from_file(spec, f"env.name '{spec}'", "mmrl_user_env_", "class or function")
 
 
 def get_environment(name: str) -> EnvFactory:

@@ -19,16 +19,12 @@ that takes `**kwargs` accepts anything, one without them only its named paramete
 from __future__ import annotations
 
 import difflib
-import hashlib
-import importlib.util
 import inspect
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from mmrl.errors import UserError
-from mmrl.registry import Registry
+from mmrl.registry import Registry, is_file_spec, load_from_file  # noqa: F401  (is_file_spec: re-exported)
 
 RewardFn = Callable[..., list]
 REWARDS: Registry[RewardFn] = Registry("reward", "rewards")
@@ -79,34 +75,9 @@ def _load_builtins() -> None:
     import mmrl.rewards  # noqa: F401  (importing the package registers the built-in families)
 
 
-def is_file_spec(spec: str) -> bool:
-    path, sep, func = spec.rpartition(":")
-    return bool(sep) and path.endswith(".py") and func.isidentifier()
-
-
 def load_file_reward(spec: str) -> RewardFn:
     """Load `path/to/file.py:function`; the module gets a stable name so worker processes can load it too."""
-    path_text, _, func_name = spec.rpartition(":")
-    path = Path(path_text).expanduser().resolve()
-    if not path.is_file():
-        raise UserError(f"reward '{spec}': file {path} does not exist (use path/to/file.py:function)")
-    module_name = "mmrl_user_reward_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
-    module = sys.modules.get(module_name)
-    if module is None:
-        module_spec = importlib.util.spec_from_file_location(module_name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise UserError(f"reward '{spec}': cannot import {path} as a Python module")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as err:
-            del sys.modules[module_name]
-            raise UserError(f"reward '{spec}': importing {path} failed: {type(err).__name__}: {err}") from err
-    fn = getattr(module, func_name, None)
-    if not callable(fn):
-        raise UserError(f"reward '{spec}': {path} has no function '{func_name}'")
-    return fn
+    return load_from_file(spec, f"reward '{spec}'", "mmrl_user_reward_", "function")
 
 
 def get_reward(name_or_spec: str) -> RewardFn:
