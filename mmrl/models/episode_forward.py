@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from mmrl.models.lm_head import DEFAULT_CHUNK, head_logprobs
 from mmrl.models.placement import compute_autocast, to_model_device
 from mmrl.models.prefix import reset_rope_deltas, strip_padding, unwrap
 
@@ -39,11 +40,9 @@ def episode_logprobs(
     completion_mask: torch.Tensor,
     *,
     temperature: float = 1.0,
-    chunk_size: int = 1024,
+    chunk_size: int = DEFAULT_CHUNK,
 ) -> torch.Tensor:
     """[G, T] float32 log-probs (0 where the mask is 0) of G episode completions, one full-sequence forward each."""
-    from mmrl.models.lm_head import head_logprobs
-
     if "naive" not in _noted:
         _noted.add("naive")
         log.info(
