@@ -4,7 +4,7 @@
     python3 benchmarks/grpo_step.py --preset tiny --device cpu       # the same program, rehearsed on a CPU
 
 The preset's model (random weights) is drawn on the device and saved in bf16 into a work folder, with synthetic
-colour questions (one image each); then `GRPOTrainer` runs exactly one step from that folder as `mmrl train` would:
+colour questions (one image each); then `GRPOLoop` runs exactly one step from that folder as `mmrl train` would:
 the policy loaded in fp32 with bf16 autocast (`model.dtype: bf16`), gradient checkpointing on, a frozen KL
 reference (`algorithm.beta` > 0: a second, bf16 copy of the matmul weights), AdamW (its state allocated at this
 first step), the rollout by the shared-prefix sampler, a reward that varies within every group
@@ -89,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, device: torch.device, work: Path) -> int:
     from data_pipelines.synthetic import build_synthetic
-    from mmrl.engine.run_logger import read_metrics
     from mmrl.models.tiny import build_tiny_model
     from mmrl.preflight import load_config
-    from mmrl.rl.trainer import GRPOTrainer
+    from mmrl.rl.trainer import GRPOLoop
+    from mmrl.runs.logger import read_metrics
 
     cuda = device.type == "cuda"
     figures: dict = {"preset": args.preset, "device": torch.cuda.get_device_name(device) if cuda else "cpu",
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace, device: torch.device, work: Path) -> int:
     phase = "load"  # where an out-of-memory error struck: loading (policy, reference) or the step
     try:
         start = time.perf_counter()
-        trainer = GRPOTrainer(cfg)
+        trainer = GRPOLoop(cfg)
         figures["load_s"] = round(time.perf_counter() - start, 2)
         model = trainer.run.model
         figures["parameters"] = sum(p.numel() for p in model.parameters())

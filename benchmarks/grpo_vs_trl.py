@@ -123,10 +123,10 @@ def run_mmrl(args: argparse.Namespace, data_path: Path, work: Path, clock: Phase
     """mmrl's timed run; `clock` may carry the caller's own wrapped phases (timed from the same step on, returned
     under "clock")."""
     from mmrl.preflight import load_config
-    from mmrl.rl.trainer import GRPOTrainer
+    from mmrl.rl.trainer import GRPOLoop
 
     cfg = load_config(None, mmrl_overrides(args, data_path, work / "mmrl"))
-    trainer = GRPOTrainer(cfg)
+    trainer = GRPOLoop(cfg)
     reference = getattr(trainer.reference, "model", None)  # a separate copy when beta > 0 (full fine-tuning)
     counters = StructuralCounters(trainer.run.model, reference)
     clock = clock or PhaseClock()

@@ -207,8 +207,8 @@ def build_rejection(args: argparse.Namespace) -> dict[str, Any]:
     from data_pipelines.cold_start.remote import check_reached, redact_url, warn_endpoint_only
     from data_pipelines.inputs import check_image_files
     from mmrl.data.dataset import load_samples
-    from mmrl.engine.run_dir import RunDirLock
     from mmrl.generation.load import is_server_url
+    from mmrl.runs.directory import RunDirLock
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -323,7 +323,7 @@ class GRPOTrainer:
         `run_dir`; it is path-like, so code that used the run directory it returned before keeps working)."""
         from transformers.utils import logging as hf_logging
 
-        from mmrl.rl.trainer import GRPOTrainer as Loop
+        from mmrl.rl.trainer import GRPOLoop
 
         # The run shows its own progress: transformers' "Loading weights" / "Writing model shards" bars would
         # interleave with it (the CLI silences them for the whole process; here only while training).
@@ -332,7 +332,7 @@ class GRPOTrainer:
         started = time.perf_counter()
         try:
             with registered(self.reward_callables):
-                loop = Loop(self.args)
+                loop = GRPOLoop(self.args)
                 self.run_dir = loop.train()
         except UserError as err:
             raise UserError(self._user_location(str(err))) from None

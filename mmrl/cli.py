@@ -89,12 +89,12 @@ def _on_sigterm(_signum: int, _frame: object) -> None:
 
 def _resume_hint() -> str:
     """Which checkpoint an interrupted run continues from (empty when no run directory was claimed)."""
-    from mmrl.engine.run_dir import last_claimed
+    from mmrl.runs.directory import last_claimed
 
     run_dir = last_claimed()
     if run_dir is None:
         return ""
-    from mmrl.engine.checkpoint import find_latest
+    from mmrl.checkpoints.store import find_latest
 
     latest = find_latest(run_dir)
     if latest is None:
@@ -107,14 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = _run_command(argv)
     except BaseException as err:
-        ending = sys.modules.get("mmrl.engine.process_exit")
+        ending = sys.modules.get("mmrl.parallel.process_exit")
         if ending is None or not ending.ends_this_process():
             raise
         # an error of mmrl's own (or any error with --debug), a SystemExit (a user reward's sys.exit) or another
         # BaseException in a launched process: what Python would print and its status, then the same exit as every
         # other ending (finalization could abort it with SIGABRT)
         code = _uncaught(err)
-    ending = sys.modules.get("mmrl.engine.process_exit")  # not imported: this process joined no group
+    ending = sys.modules.get("mmrl.parallel.process_exit")  # not imported: this process joined no group
     return code if ending is None else ending.exit_process(code)
 
 
@@ -234,7 +234,7 @@ def _run_command(argv: list[str] | None) -> int:
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
-        from mmrl.engine.run_dir import release_all
+        from mmrl.runs.directory import release_all
 
         release_all()
     return int(result or 0)

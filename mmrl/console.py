@@ -87,7 +87,7 @@ def run_summary(run_dir: str | os.PathLike, seconds: float | None = None, eval_d
     >>> print(run_summary(run, seconds=3.0).splitlines()[1])
       steps 1 in 3.0s · final reward 0.500 · accuracy 0.250
     """
-    from mmrl.engine.checkpoint import find_latest
+    from mmrl.checkpoints.store import find_latest
 
     run = Path(run_dir)
     path = run / "metrics.jsonl"

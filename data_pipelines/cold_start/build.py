@@ -309,7 +309,7 @@ def _histogram(lengths: list[int], path: Path) -> None:
 
 
 def build_cold_start(cfg: ColdStartConfig) -> dict[str, Any]:
-    from mmrl.engine.run_dir import RunDirLock
+    from mmrl.runs.directory import RunDirLock
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ def _check(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> int:
     from data_pipelines.cold_start.build import build_cold_start
     from data_pipelines.cold_start.config import load_cold_start_config
-    from mmrl.engine.run_dir import check_output_dir
+    from mmrl.runs.directory import check_output_dir
 
     cfg = load_cold_start_config(args.config, args.overrides)
     check_output_dir(cfg.out, "out")

@@ -33,7 +33,7 @@ def _checked(name: str, builder: Builder) -> Callable[[argparse.Namespace], int 
     """The builder's run behind its schema check and a writable-output check."""
 
     def checked(given: argparse.Namespace) -> int | None:
-        from mmrl.engine.run_dir import check_output_dir
+        from mmrl.runs.directory import check_output_dir
 
         where = ""  # the CLI prefixes "mmrl build-data: error:"; the message names the builder and the field
         args = check_args(

@@ -70,7 +70,7 @@ def _stem(text: str) -> str:
 
 def _checkpoint_of_run(model: str) -> str:
     """A run directory (it has checkpoints/ and no config.json of its own) stands for its latest complete checkpoint."""
-    from mmrl.engine.checkpoint import find_latest
+    from mmrl.checkpoints.store import find_latest
 
     path = Path(model)
     if not (path / "checkpoints").is_dir() or (path / "config.json").exists():
@@ -175,8 +175,8 @@ def _settings_suffix(cfg) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmrl.engine.run_dir import check_output_dir
     from mmrl.eval.evaluate import evaluate_config
+    from mmrl.runs.directory import check_output_dir
 
     cfg, config = build_eval_config(args)
     out_dir = default_out_dir(cfg, config, args)

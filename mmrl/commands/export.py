@@ -24,12 +24,12 @@ def register(subparsers, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from mmrl.checkpoints.store import MARKER, checkpoint_problem
     from mmrl.config.model import ModelConfig
-    from mmrl.engine.checkpoint import MARKER, checkpoint_problem
-    from mmrl.engine.run_dir import check_output_dir, used_run_files
     from mmrl.errors import UserError
     from mmrl.models.loading import load_policy
     from mmrl.models.processor import save_processor
+    from mmrl.runs.directory import check_output_dir, used_run_files
 
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_dir():

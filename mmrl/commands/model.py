@@ -42,8 +42,8 @@ def run_build(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from mmrl.engine.run_dir import check_output_dir
     from mmrl.models.tiny import MARKER, build_tiny_model
+    from mmrl.runs.directory import check_output_dir
 
     check_output_dir(args.out_dir, "OUT_DIR")
     if args.like is not None:

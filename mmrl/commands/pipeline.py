@@ -36,8 +36,8 @@ def register(subparsers, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.plan:
         return _print_plan(args)
-    from mmrl.engine.run_dir import check_output_dir
-    from mmrl.pipeline import load_plan, run_pipeline
+    from mmrl.runs.directory import check_output_dir
+    from mmrl.workflow import load_plan, run_pipeline
 
     check_output_dir(load_plan(args.config, args.overrides).root, "output_dir")  # before the first step runs
     run_pipeline(args.config, args.overrides)
@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_plan(args: argparse.Namespace) -> int:
-    from mmrl.pipeline import load_plan
-    from mmrl.pipeline.seeds import seed_overrides
+    from mmrl.workflow import load_plan
+    from mmrl.workflow.seeds import seed_overrides
 
     plan = load_plan(args.config, args.overrides)
     if not plan.config.seeds:
@@ -61,7 +61,7 @@ def _print_plan(args: argparse.Namespace) -> int:
 
 
 def _print_steps(plan) -> None:
-    from mmrl.pipeline import read_done
+    from mmrl.workflow import read_done
 
     print(f"pipeline {plan.config.name}: {len(plan.steps)} steps in {plan.root}")
     for i, step in enumerate(plan.steps, 1):

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     cfg = load_config(args.config, args.overrides)
-    from mmrl.pipeline.seeds import refuse_seeds_outside_pipeline
+    from mmrl.workflow.seeds import refuse_seeds_outside_pipeline
 
     refuse_seeds_outside_pipeline("train", args.overrides, cfg.seeds)
     run_dir = train(cfg)

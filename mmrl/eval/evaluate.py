@@ -149,7 +149,7 @@ def _progress_bar(total: int, enabled: bool):
         return _NoBar()
     import sys
 
-    from mmrl.engine.run_logger import PlainProgress, is_terminal
+    from mmrl.runs.logger import PlainProgress, is_terminal
 
     if not is_terminal(sys.stderr):  # logs, nohup, slurm: plain lines with an ETA instead of nothing
         return _PlainBar(PlainProgress(total, label="eval", unit="item"))
@@ -173,8 +173,8 @@ def evaluate_config(cfg: Any, out_dir: Path, progress: bool = True, info: dict[s
 
     from mmrl.data.dataset import load_datasets
     from mmrl.data.vision import check_images
-    from mmrl.engine.threads import announce_threads, configure_threads
     from mmrl.models.loading import load_policy
+    from mmrl.runs.threads import announce_threads, configure_threads
 
     samples = load_datasets(cfg.data.eval, cfg.data)
     if cfg.eval.limit:

@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmrl.config.rl import RewardSpec
-from mmrl.engine.threads import reward_workers
 from mmrl.errors import UserError
 from mmrl.rewards.extraction import has_multiple_answers
 from mmrl.rewards.registry import get_reward, is_batched, is_file_spec, kwargs_problem
@@ -52,6 +51,7 @@ from mmrl.rewards.safe import (
     score_item,
     timeout_outcome,
 )
+from mmrl.runs.threads import reward_workers
 
 log = logging.getLogger(__name__)
 NOT_BATCHED = "expected a list of one value"  # the message of a reward that returned a scalar for one completion

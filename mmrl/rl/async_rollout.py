@@ -35,8 +35,8 @@ import torch.multiprocessing as mp
 from mmrl.config import MMRLConfig
 from mmrl.data.prompt_order import PromptSampler
 from mmrl.data.sample import Sample
-from mmrl.engine.faults import fault_point
 from mmrl.errors import UserError
+from mmrl.faults import fault_point
 from mmrl.generation.backends import make_backend
 from mmrl.models.interface import ModelInterface
 from mmrl.rewards.composite import RewardComposite

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mmrl.engine.distributed import all_gather_objects, all_reduce_sum
+from mmrl.parallel.distributed import all_gather_objects, all_reduce_sum
 from mmrl.registry import Registry
 
 if TYPE_CHECKING:

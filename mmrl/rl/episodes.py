@@ -21,7 +21,6 @@ from mmrl.config.data import DataConfig
 from mmrl.data.collate import encode_one
 from mmrl.data.prompt_order import PromptSampler, shard
 from mmrl.data.sample import Sample
-from mmrl.engine.distributed import stream_seed
 from mmrl.envs.registry import get_environment
 from mmrl.envs.safe import ENV_FAULTS, TERMINATIONS, EpisodeEnded, ObservationLimits, SafeEnvironment
 from mmrl.generation.backends import backend_device
@@ -32,6 +31,7 @@ from mmrl.generation.types import SamplingParams
 from mmrl.models.episode_forward import EPISODE_KEY
 from mmrl.models.interface import ModelInterface
 from mmrl.models.placement import to_device
+from mmrl.parallel.distributed import stream_seed
 from mmrl.rl.experience import Group, RolloutBackend
 from mmrl.rl.stages import ResolvedStage
 

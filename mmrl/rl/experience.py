@@ -20,13 +20,13 @@ from mmrl.config.data import DataConfig
 from mmrl.data.collate import encode_one
 from mmrl.data.prompt_order import PromptSampler, shard
 from mmrl.data.sample import Sample
-from mmrl.engine.distributed import all_reduce_sum, stream_seed
 from mmrl.generation import GenerationBackend, SamplingParams
 from mmrl.generation.backends import backend_device
 from mmrl.generation.rollout_batch import RolloutBatch
 from mmrl.models.interface import ModelInterface
 from mmrl.models.placement import to_device
 from mmrl.models.training_forward import ImageFeatures, capture_image_features, match_image_features
+from mmrl.parallel.distributed import all_reduce_sum, stream_seed
 from mmrl.rewards.composite import RewardComposite
 from mmrl.rl.stages import ResolvedStage
 

@@ -19,15 +19,12 @@ from mmrl.config import MMRLConfig
 from mmrl.data.checks import check_for_training
 from mmrl.data.dataset import load_datasets
 from mmrl.data.prompt_order import PromptSampler
-from mmrl.engine.distributed import all_gather_objects
-from mmrl.engine.optim import build_scheduler, reset_optimizer_state
-from mmrl.engine.run import TrainingRun, prepare_run, start_run
-from mmrl.engine.run_dir import discard_fresh_run, release_run_dir, used_run_files
-from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
 from mmrl.generation.backends import check_backend, make_backend
 from mmrl.generation.multiturn import check_episode_model
 from mmrl.models.interface import ModelInterface, eval_coordinate_tasks, interface_of, reads_coordinates
+from mmrl.optim import build_scheduler, reset_optimizer_state
+from mmrl.parallel.distributed import all_gather_objects
 from mmrl.rewards.composite import RewardComposite
 from mmrl.rewards.gold_check import gold_check
 from mmrl.rl.async_rollout import AsyncRollout, spec_key
@@ -37,6 +34,9 @@ from mmrl.rl.experience import Group, RolloutBackend, collect_step
 from mmrl.rl.reference import ReferencePolicy, make_reference
 from mmrl.rl.stages import ResolvedStage, StageSchedule
 from mmrl.rl.update import policy_update
+from mmrl.runs.directory import discard_fresh_run, release_run_dir, used_run_files
+from mmrl.runs.logger import PhaseTimer
+from mmrl.runs.training_run import TrainingRun, prepare_run, start_run
 
 _key = spec_key  # a stage's data or rewards specs -> the key their sampler, dataset and composite are cached by
 
@@ -46,7 +46,7 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-class GRPOTrainer:
+class GRPOLoop:
     """Holds the run's parts; `train()` runs to `trainer.max_steps` (resuming if asked) and returns the run dir."""
 
     def __init__(self, cfg: MMRLConfig) -> None:
@@ -394,4 +394,4 @@ def _local_stats(groups: list[Group]) -> dict[str, list]:
 
 def train(cfg: MMRLConfig) -> Path:
     """Run GRPO as `cfg` says; returns the run directory."""
-    return GRPOTrainer(cfg).train()
+    return GRPOLoop(cfg).train()

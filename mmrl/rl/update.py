@@ -32,13 +32,12 @@ from typing import Any
 import torch
 
 from mmrl.config.rl import AlgorithmConfig, RewardSpec
-from mmrl.engine.distributed import all_gather_objects, all_reduce_sum, all_reduce_sum_tensor
-from mmrl.engine.run import TrainingRun
 from mmrl.models.compile import compiled_decoder_layers
 from mmrl.models.logprobs import completion_logprobs, recording_entropy
 from mmrl.models.prefix import supports_prefix_sharing
 from mmrl.models.training_forward import reuse_image_features
 from mmrl.models.vision_tower import count_vision, vision_module
+from mmrl.parallel.distributed import all_gather_objects, all_reduce_sum, all_reduce_sum_tensor
 from mmrl.rl.advantages import compute_advantages
 from mmrl.rl.entropy import EntropyStep, FixedEntropy, entropy_bonus, entropy_control, per_token_entropy, plan_entropy
 from mmrl.rl.experience import Group
@@ -48,6 +47,7 @@ from mmrl.rl.micro_batches import MicroBatch, by_micro_batches, micro_batches
 from mmrl.rl.mismatch import MismatchBounds, effective_sample_size, mismatch_weights
 from mmrl.rl.reference import ReferencePolicy
 from mmrl.rl.stages import ResolvedStage
+from mmrl.runs.training_run import TrainingRun
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

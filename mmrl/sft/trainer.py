@@ -20,15 +20,15 @@ from mmrl.data.checks import check_for_training
 from mmrl.data.collate import encode_sft
 from mmrl.data.dataset import load_datasets
 from mmrl.data.prompt_order import PromptSampler, shard
-from mmrl.engine.distributed import all_reduce_sum
-from mmrl.engine.run import TrainingRun, prepare_run, start_run
-from mmrl.engine.run_dir import release_run_dir
-from mmrl.engine.run_logger import PhaseTimer
 from mmrl.errors import UserError
 from mmrl.models.interface import interface_of
 from mmrl.models.logprobs import head_logprobs
 from mmrl.models.placement import compute_autocast, to_model_device
 from mmrl.models.prefix import reset_rope_deltas, unwrap
+from mmrl.parallel.distributed import all_reduce_sum
+from mmrl.runs.directory import release_run_dir
+from mmrl.runs.logger import PhaseTimer
+from mmrl.runs.training_run import TrainingRun, prepare_run, start_run
 
 
 def sft_steps(cfg: MMRLConfig, n_samples: int) -> int:

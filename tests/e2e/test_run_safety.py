@@ -1,7 +1,7 @@
 """Faults a real run must survive: kill -9 at seeded points, a second run on a locked directory, SIGTERM, damaged
 checkpoints, a full disk. Every run is the real `mmrl train` process on the tiny model with a reward that has spread.
 
-Kill points come from `MMRL_FAULT` (see `mmrl/engine/faults.py`): the process SIGKILLs itself the N-th time it
+Kill points come from `MMRL_FAULT` (see `mmrl/faults.py`): the process SIGKILLs itself the N-th time it
 reaches a named point, so every crash is reproducible.
 """
 
@@ -20,9 +20,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmrl.engine.checkpoint import checkpoint_problem, find_latest, list_checkpoints, resolve_resume
-from mmrl.engine.run_dir import LOCK_FILE, claim_run_dir, release_run_dir
-from mmrl.engine.run_logger import read_metrics
+from mmrl.checkpoints.store import checkpoint_problem, find_latest, list_checkpoints, resolve_resume
+from mmrl.runs.directory import LOCK_FILE, claim_run_dir, release_run_dir
+from mmrl.runs.logger import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))

@@ -17,7 +17,6 @@ from PIL import Image
 from mmrl.cli import main
 from mmrl.config import load_config
 from mmrl.data.sample import Sample
-from mmrl.engine.run_logger import read_metrics
 from mmrl.eval.generate import generate_completions
 from mmrl.generation import SamplingParams
 from mmrl.generation.backends import make_backend
@@ -26,7 +25,8 @@ from mmrl.models.loading import load_policy
 from mmrl.models.logprobs import completion_logprobs, naive_completion_logprobs
 from mmrl.models.prefix import supports_prefix_sharing
 from mmrl.models.tokens import placeholder_token_ids
-from mmrl.rl.trainer import GRPOTrainer
+from mmrl.rl.trainer import GRPOLoop
+from mmrl.runs.logger import read_metrics
 from mmrl.sft.trainer import train_sft
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,7 +125,7 @@ def test_grpo_step_trains_language_model_and_vision_tower(preset_name, synthetic
             "trainer.report_to": "[jsonl]", "trainer.progress": "false", "trainer.save_steps": 0,
             "trainer.sample_steps": 0, "trainer.max_steps": 1, "rollout.max_completion_length": 5,
             "rewards": f"[{{name: '{REWARD}:reward'}}]", "optimizer.lr": 1e-3}
-    trainer = GRPOTrainer(load_config(CONFIG, [f"{k}={v}" for k, v in over.items()]))
+    trainer = GRPOLoop(load_config(CONFIG, [f"{k}={v}" for k, v in over.items()]))
     before = {k: v.detach().clone() for k, v in trainer.run.model.named_parameters()}
     trainer.train()
     changed = [k for k, v in trainer.run.model.named_parameters() if not torch.equal(before[k], v)]

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from mmrl.config import load_config
-from mmrl.engine.distributed import stream_seed
 from mmrl.generation import SamplingParams
 from mmrl.generation.backends import make_backend
 from mmrl.generation.hf import DEFAULT_MAX_BATCH_ROWS, HFSharedPrefixBackend
 from mmrl.models.loading import load_policy
 from mmrl.models.logprobs import completion_logprobs
+from mmrl.parallel.distributed import stream_seed
 from tests.integration.chat_prompts import image_prompt, text_prompt
 
 

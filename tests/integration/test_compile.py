@@ -14,7 +14,7 @@ from mmrl.config import load_config
 from mmrl.errors import UserError
 from mmrl.models.compile import compiled_decoder_layers, decoder_layers
 from mmrl.models.logprobs import completion_logprobs
-from mmrl.rl.trainer import GRPOTrainer
+from mmrl.rl.trainer import GRPOLoop
 from mmrl.rl.update import policy_update
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,10 +24,10 @@ sys.path.insert(0, str(ROOT / "tests" / "fixtures" / "trainer"))
 from fixed_groups import fixed_group  # noqa: E402
 
 
-def make_trainer(data: Path, out: Path, *extra: str) -> GRPOTrainer:
+def make_trainer(data: Path, out: Path, *extra: str) -> GRPOLoop:
     overrides = [f"data.train={data}", f"trainer.output_dir={out}", "trainer.report_to=[jsonl]", "trainer.progress=false",
                  "model.dtype=fp32", "trainer.device=cpu", "optimizer.name=sgd", "optimizer.lr=0.5", *extra]
-    return GRPOTrainer(load_config(CONFIG, overrides))
+    return GRPOLoop(load_config(CONFIG, overrides))
 
 
 def test_a_model_without_decoder_layers_is_a_one_line_error():

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from mmrl.config import load_config
-from mmrl.engine.run_logger import read_metrics
 from mmrl.errors import UserError
 from mmrl.models.loading import load_policy
+from mmrl.runs.logger import read_metrics
 from tests.integration.launch import CONFIG, FIXTURES, launcher, max_difference, run, train_args, world_size_run
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'mmrl[deepspeed]')")
@@ -44,7 +44,7 @@ def test_deepspeed_save_resume_is_exact_and_the_checkpoint_is_a_plain_hf_directo
 
 
 def test_a_deepspeed_checkpoint_resumed_under_another_engine_is_a_one_line_error():
-    from mmrl.engine.distributed import DistInfo, TrainingEngine
+    from mmrl.parallel.distributed import DistInfo, TrainingEngine
 
     policy = torch.nn.Linear(3, 2)
     engine = TrainingEngine(policy, DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
@@ -56,7 +56,7 @@ def test_a_deepspeed_checkpoint_resumed_under_another_engine_is_a_one_line_error
 
 
 def test_the_deepspeed_preset_options_mmrl_does_not_support_are_one_line_errors(monkeypatch):
-    from mmrl.engine.zero import zero_config
+    from mmrl.parallel.zero import zero_config
 
     for key in ("ACCELERATE_DEEPSPEED_ZERO_STAGE", "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE",
                 "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "ACCELERATE_DEEPSPEED_CONFIG_FILE",

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from mmrl.config import load_config
-from mmrl.engine.distributed import stream_seed
-from mmrl.engine.run_logger import read_metrics
 from mmrl.generation import SamplingParams
 from mmrl.generation.hf import HFNaiveBackend, HFSharedPrefixBackend
 from mmrl.models.loading import load_policy
+from mmrl.parallel.distributed import stream_seed
+from mmrl.runs.logger import read_metrics
 from tests.integration.launch import (
     CONFIG,
     FIXTURES,
@@ -249,7 +249,7 @@ def test_fsdp2_save_resume_is_exact_and_the_checkpoint_is_a_plain_hf_directory(t
 def test_an_adapter_checkpoint_maps_onto_the_live_lora_names_or_is_a_one_line_error(tmp_path, tiny_model_dir):
     """What FSDP2 loads when resuming LoRA: the saved adapter under the live peft names; an adapter of another
     rank is one line naming model.lora."""
-    from mmrl.engine.checkpoint import read_adapter_weights
+    from mmrl.checkpoints.store import read_adapter_weights
     from mmrl.errors import UserError
 
     def lora_policy(rank: int):
@@ -313,8 +313,8 @@ def test_group_forward_is_the_training_forward_with_checkpointing_on_and_off(pol
 
 
 def test_the_launch_preset_picks_the_engine(monkeypatch):
-    from mmrl.engine.distributed import engine_from_launch
     from mmrl.errors import UserError
+    from mmrl.parallel.distributed import engine_from_launch
 
     for key in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "FSDP_VERSION"):
         monkeypatch.delenv(key, raising=False)

@@ -57,7 +57,7 @@ def test_adaptive_coefficient_steps_and_resumes_with_the_trainer(tmp_path):
 
     from data_pipelines.synthetic import build_synthetic
     from mmrl.config import load_config
-    from mmrl.rl.trainer import GRPOTrainer
+    from mmrl.rl.trainer import GRPOLoop
     from mmrl.rl.update import policy_update
 
     root = Path(__file__).resolve().parents[2]
@@ -69,7 +69,7 @@ def test_adaptive_coefficient_steps_and_resumes_with_the_trainer(tmp_path):
                  "trainer.device=cpu", "algorithm.entropy_control=adaptive", "algorithm.entropy_coef=0.01",
                  "algorithm.entropy_target=100", "algorithm.entropy_coef_delta=0.005"]
     config = root / "configs" / "tests" / "grpo_tiny.yaml"
-    trainer = GRPOTrainer(load_config(config, [*overrides, f"trainer.output_dir={tmp_path / 'a'}"]))
+    trainer = GRPOLoop(load_config(config, [*overrides, f"trainer.output_dir={tmp_path / 'a'}"]))
     groups = [fixed_group(trainer, 0, i) for i in range(2)]
     metrics = policy_update(trainer.run, copy.deepcopy(groups), trainer.schedule.stage_at(0), trainer.reference,
                             trainer.entropy)
@@ -77,7 +77,7 @@ def test_adaptive_coefficient_steps_and_resumes_with_the_trainer(tmp_path):
     assert metrics["loss/entropy"] > 0 and trainer.entropy.coef == pytest.approx(0.015)
     state = trainer.state()
     trainer.run.close()
-    resumed = GRPOTrainer(load_config(config, [*overrides, f"trainer.output_dir={tmp_path / 'b'}"]))
+    resumed = GRPOLoop(load_config(config, [*overrides, f"trainer.output_dir={tmp_path / 'b'}"]))
     resumed._restore(state)
     assert resumed.entropy.coef == pytest.approx(0.015)
     resumed.run.close()
@@ -98,7 +98,7 @@ def test_the_entropy_controls_run_only_the_forwards_they_need(tmp_path, monkeypa
     import mmrl.rl.update as update
     from data_pipelines.synthetic import build_synthetic
     from mmrl.config import load_config
-    from mmrl.rl.trainer import GRPOTrainer
+    from mmrl.rl.trainer import GRPOLoop
 
     root = Path(__file__).resolve().parents[2]
     sys.path.insert(0, str(root / "tests" / "fixtures" / "trainer"))
@@ -106,7 +106,7 @@ def test_the_entropy_controls_run_only_the_forwards_they_need(tmp_path, monkeypa
 
     data = build_synthetic(["color"], 4, 0, tmp_path / "data", image_size=56)
     config = root / "configs" / "tests" / "grpo_tiny.yaml"
-    trainer = GRPOTrainer(load_config(config, [f"data.train={data}", "trainer.report_to=[jsonl]",
+    trainer = GRPOLoop(load_config(config, [f"data.train={data}", "trainer.report_to=[jsonl]",
                                                "trainer.progress=false", "model.dtype=fp32", "trainer.device=cpu",
                                                f"trainer.output_dir={tmp_path}", *overrides]))
     calls = []

@@ -13,9 +13,9 @@ import torch
 import torch.distributed as dist
 
 from mmrl.config.model import ModelConfig
-from mmrl.engine.distributed import DistInfo, TrainingEngine
 from mmrl.errors import UserError
 from mmrl.models.loading import load_policy
+from mmrl.parallel.distributed import DistInfo, TrainingEngine
 
 
 @pytest.fixture

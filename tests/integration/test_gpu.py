@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mmrl.config import load_config
-from mmrl.engine.run_logger import read_metrics
+from mmrl.runs.logger import read_metrics
 
 pytestmark = pytest.mark.gpu  # tests/conftest.py skips gpu-marked tests where no CUDA device is visible
 
@@ -45,9 +45,9 @@ def grpo_overrides(data: Path, out: Path, **extra) -> list[str]:
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-qwen3-vl", "tiny-gemma3"])
 def test_grpo_steps_in_bf16_on_cuda(preset, synthetic_data, tmp_path):
-    from mmrl.rl.trainer import GRPOTrainer
+    from mmrl.rl.trainer import GRPOLoop
 
-    trainer = GRPOTrainer(load_config(CONFIG, grpo_overrides(synthetic_data, tmp_path, **{"model.name_or_path": preset})))
+    trainer = GRPOLoop(load_config(CONFIG, grpo_overrides(synthetic_data, tmp_path, **{"model.name_or_path": preset})))
     assert trainer.generator.device.type == "cuda"
     before = {k: v.detach().clone() for k, v in trainer.run.model.named_parameters()}
     trainer.train()
@@ -77,7 +77,7 @@ def test_flash_attention_2_shared_prefix_matches_naive_and_trains(synthetic_data
 
     from mmrl.models.loading import load_policy
     from mmrl.models.logprobs import completion_logprobs, naive_completion_logprobs
-    from mmrl.rl.trainer import GRPOTrainer
+    from mmrl.rl.trainer import GRPOLoop
 
     cfg = load_config(None, ["model.dtype=bf16", "model.attn_implementation=flash_attention_2"]).model
     loaded = load_policy(cfg, device="cuda")
@@ -97,7 +97,7 @@ def test_flash_attention_2_shared_prefix_matches_naive_and_trains(synthetic_data
 
     over = grpo_overrides(synthetic_data, tmp_path, **{"model.attn_implementation": "flash_attention_2",
                                                        "trainer.max_steps": 1})
-    GRPOTrainer(load_config(CONFIG, over)).train()
+    GRPOLoop(load_config(CONFIG, over)).train()
     (row,) = read_metrics(tmp_path)
     assert row["grad_norm"] > 0
 

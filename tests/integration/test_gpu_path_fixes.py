@@ -292,7 +292,7 @@ def test_adamw_state_allocated_before_the_engine_starts_trains_exactly_as_the_la
     both moments of every parameter exist, the parameters are unchanged, and three steps later the weights and state
     are those of the lazily made optimizer, bit for bit."""
     from mmrl.config.optim import OptimizerConfig
-    from mmrl.engine.optim import allocate_state, build_optimizer
+    from mmrl.optim import allocate_state, build_optimizer
 
     model, _ = policy
     cfg = OptimizerConfig(lr=1e-2, weight_decay=0.1)
@@ -330,7 +330,7 @@ def test_the_update_reads_nothing_from_the_device_between_its_forwards_and_backw
     from pathlib import Path
 
     from data_pipelines.synthetic import build_synthetic
-    from mmrl.rl.trainer import GRPOTrainer
+    from mmrl.rl.trainer import GRPOLoop
     from mmrl.rl.update import policy_update
 
     root = Path(__file__).resolve().parents[2]
@@ -348,7 +348,7 @@ def test_the_update_reads_nothing_from_the_device_between_its_forwards_and_backw
         "algorithm.beta=0.0",
         "trainer.max_tokens_per_micro_batch=60",
     ]
-    trainer = GRPOTrainer(load_config(root / "configs" / "tests" / "grpo_tiny.yaml", overrides))
+    trainer = GRPOLoop(load_config(root / "configs" / "tests" / "grpo_tiny.yaml", overrides))
     groups = [fixed_group(trainer, 0, i, sampler_logp=True) for i in range(2)]
     events: list[tuple[str, str]] = []
     logprobs, backward = trainer.run.logprobs, torch.Tensor.backward

@@ -15,11 +15,11 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
+from mmrl.checkpoints.store import find_latest, list_checkpoints
 from mmrl.config import load_config
-from mmrl.engine.checkpoint import find_latest, list_checkpoints
-from mmrl.engine.run import TrainingDiverged
-from mmrl.engine.run_logger import read_metrics
-from mmrl.rl.trainer import GRPOTrainer
+from mmrl.rl.trainer import GRPOLoop
+from mmrl.runs.logger import read_metrics
+from mmrl.runs.training_run import TrainingDiverged
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "trainer"
@@ -59,7 +59,7 @@ def test_one_step_changes_the_parameters_and_logs_metrics(synthetic_data, tmp_pa
     # score these text golds, which the metrics count as reward/iou/unscorable.
     rewards = (f"[{{name: '{FIXTURES / 'varied_reward.py'}:reward'}}, {{name: overlong, weight: 0}},"
                " {name: iou, weight: 0}]")
-    trainer = GRPOTrainer(load_config(CONFIG, overrides(synthetic_data, tmp_path, **{"trainer.max_steps": 1,
+    trainer = GRPOLoop(load_config(CONFIG, overrides(synthetic_data, tmp_path, **{"trainer.max_steps": 1,
                                                                                     "rewards": rewards})))
     before = params(trainer.run.model)
     trainer.train()
@@ -92,7 +92,7 @@ TWO_STAGES = ("[{name: wide, steps: 2, group_size: 4, max_completion_length: 6},
 
 def test_two_stage_run_switches_and_a_resume_inside_stage_2_reproduces_it(synthetic_data, tmp_path):
     straight = tmp_path / "straight"
-    trainer = GRPOTrainer(load_config(CONFIG, overrides(synthetic_data, straight, stages=TWO_STAGES)))
+    trainer = GRPOLoop(load_config(CONFIG, overrides(synthetic_data, straight, stages=TWO_STAGES)))
     trainer.train()
     straight_params = params(trainer.run.model)
     rows = read_metrics(straight)
@@ -102,13 +102,13 @@ def test_two_stage_run_switches_and_a_resume_inside_stage_2_reproduces_it(synthe
     assert rows[0]["rollout/generated_tokens"] > rows[-1]["rollout/generated_tokens"]
 
     split = tmp_path / "split"
-    first = GRPOTrainer(load_config(CONFIG, overrides(synthetic_data, split, stages=TWO_STAGES,
+    first = GRPOLoop(load_config(CONFIG, overrides(synthetic_data, split, stages=TWO_STAGES,
                                                       **{"trainer.save_steps": 3})))
     # Stop after step 3 (inside stage 2) as an interrupted run would, keeping its checkpoint.
     first.schedule.stages[1] = first.schedule.stages[1].model_copy(update={"steps": 1})
     first.train()
     assert [p.name for p in list_checkpoints(split)][-1] == "step-3"
-    resumed = GRPOTrainer(load_config(CONFIG, overrides(synthetic_data, split, stages=TWO_STAGES,
+    resumed = GRPOLoop(load_config(CONFIG, overrides(synthetic_data, split, stages=TWO_STAGES,
                                                         **{"trainer.resume": str(split / "checkpoints" / "step-3")})))
     resumed.train()
     resumed_params = params(resumed.run.model)
@@ -131,7 +131,7 @@ def test_killed_during_save_leaves_the_previous_checkpoint_usable(synthetic_data
     AutoModelForImageTextToText.from_pretrained(find_latest(tmp_path))  # the previous one still loads
     # The same settings as the killed run (its last two, max_steps and keep_last, given again or free to change):
     # dropping optimizer.lr too resumed silently at another learning rate until resume refused a changed config.
-    trainer = GRPOTrainer(load_config(CONFIG, args[:-2] + [f"trainer.output_dir={tmp_path}", "trainer.max_steps=3",
+    trainer = GRPOLoop(load_config(CONFIG, args[:-2] + [f"trainer.output_dir={tmp_path}", "trainer.max_steps=3",
                                                            "trainer.resume=auto"]))
     assert trainer.run.resume_from.name == "step-1"
     trainer.train()
@@ -140,7 +140,7 @@ def test_killed_during_save_leaves_the_previous_checkpoint_usable(synthetic_data
 
 def test_a_non_finite_loss_skips_the_step(synthetic_data, tmp_path):
     cfg = load_config(CONFIG, overrides(synthetic_data, tmp_path, **{"trainer.max_steps": 1}))
-    trainer = GRPOTrainer(cfg)
+    trainer = GRPOLoop(cfg)
     model = trainer.run.model
     before = params(model)
 
@@ -158,7 +158,7 @@ def test_a_non_finite_loss_skips_the_step(synthetic_data, tmp_path):
     shutil.rmtree(tmp_path / "again", ignore_errors=True)
     cfg = load_config(CONFIG, overrides(synthetic_data, tmp_path / "again",
                                         **{"trainer.max_steps": 3, "trainer.max_nonfinite_steps": 2}))
-    trainer = GRPOTrainer(cfg)
+    trainer = GRPOLoop(cfg)
     trainer.run.model.lm_head.register_forward_hook(poison)
     with pytest.raises(TrainingDiverged, match="2 optimizer steps in a row"):
         trainer.train()
@@ -168,7 +168,7 @@ def test_lora_with_kl_uses_the_adapter_free_reference(synthetic_data, tmp_path):
     cfg = load_config(CONFIG, overrides(synthetic_data, tmp_path, **{
         "trainer.max_steps": 2, "model.lora.enabled": "true", "model.lora.r": 4, "algorithm.beta": 0.1,
         "optimizer.lr": 1e-2}))
-    trainer = GRPOTrainer(cfg)
+    trainer = GRPOLoop(cfg)
     trainer.train()
     rows = read_metrics(tmp_path)
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before the first update
@@ -218,7 +218,7 @@ def test_online_filter_drops_flat_groups_and_refills(synthetic_data, tmp_path):
     cfg = load_config(CONFIG, overrides(synthetic_data, tmp_path, **{
         "trainer.max_steps": 1, "rewards": "[{name: accuracy}, {name: format, weight: 0.5}]",
         "algorithm.online_filter": "{enabled: true, metric: accuracy, low: 0.0, high: 1.0, max_tries: 3}"}))
-    trainer = GRPOTrainer(cfg)
+    trainer = GRPOLoop(cfg)
     before = params(trainer.run.model)
     trainer.train()
     (row,) = read_metrics(tmp_path)
@@ -233,7 +233,7 @@ def test_online_filter_counters_cover_every_rollout_round(synthetic_data, tmp_pa
     cfg = load_config(CONFIG, overrides(synthetic_data, tmp_path, **{
         "trainer.max_steps": 1, "rewards": f"[{{name: '{flat}'}}, {{name: iou, weight: 0}}]",
         "algorithm.online_filter": f"{{enabled: true, metric: '{flat}', low: 0.0, high: 1.0, max_tries: 4}}"}))
-    trainer = GRPOTrainer(cfg)
+    trainer = GRPOLoop(cfg)
     rounds: list[dict] = []
     rollout = trainer.backend.rollout
 
@@ -263,7 +263,7 @@ def test_eval_during_training_uses_the_same_verifiers(synthetic_data, tmp_path):
     cfg = load_config(CONFIG, overrides(synthetic_data, tmp_path, **{
         "trainer.max_steps": 2, "trainer.eval_steps": 2, "data.eval": str(synthetic_data), "eval.limit": 3,
         "eval.max_new_tokens": 4}))
-    GRPOTrainer(cfg).train()
+    GRPOLoop(cfg).train()
     rows = read_metrics(tmp_path)
     assert "eval/accuracy" not in rows[0] and rows[1]["eval/accuracy"] == 0.0
     report = json.loads((tmp_path / "eval" / "step-2" / "report.json").read_text())
@@ -276,13 +276,13 @@ def test_resume_when_the_vision_tower_never_received_gradients(tmp_path):
     data = tmp_path / "text.jsonl"
     data.write_text("".join(json.dumps({"id": f"t{i}", "prompt": f"What is {i} + 1?", "answer": str(i + 1),
                                         "task": "count", "images": []}) + "\n" for i in range(6)))
-    straight = GRPOTrainer(load_config(CONFIG, overrides(data, tmp_path / "a", **{"trainer.max_steps": 4})))
+    straight = GRPOLoop(load_config(CONFIG, overrides(data, tmp_path / "a", **{"trainer.max_steps": 4})))
     vision_before = {k: v for k, v in params(straight.run.model).items() if "visual" in k}
     straight.train()
     assert all(torch.equal(v, dict(straight.run.model.named_parameters())[k]) for k, v in vision_before.items())
 
-    GRPOTrainer(load_config(CONFIG, overrides(data, tmp_path / "b", **{"trainer.max_steps": 2}))).train()
-    resumed = GRPOTrainer(load_config(CONFIG, overrides(data, tmp_path / "b", **{"trainer.max_steps": 4,
+    GRPOLoop(load_config(CONFIG, overrides(data, tmp_path / "b", **{"trainer.max_steps": 2}))).train()
+    resumed = GRPOLoop(load_config(CONFIG, overrides(data, tmp_path / "b", **{"trainer.max_steps": 4,
                                                                                  "trainer.resume": "auto"})))
     resumed.train()
     assert [r["loss"] for r in read_metrics(tmp_path / "a")] == [r["loss"] for r in read_metrics(tmp_path / "b")]
@@ -295,8 +295,8 @@ def test_gradient_checkpointing_and_a_resume_leave_the_updates_unchanged(synthet
     backward), the second one resumed from a checkpoint, give the updates of the run without checkpointing.
     Step 1's loss is the same either way; step 2's loss and the parameters show whether step 1's gradient was right
     (on transformers 5.17 a replay that appended after zeros moved the parameters elsewhere)."""
-    def run(out: Path, **extra) -> GRPOTrainer:
-        trainer = GRPOTrainer(load_config(CONFIG, overrides(synthetic_data, out, **extra)))
+    def run(out: Path, **extra) -> GRPOLoop:
+        trainer = GRPOLoop(load_config(CONFIG, overrides(synthetic_data, out, **extra)))
         trainer.train()
         return trainer
 

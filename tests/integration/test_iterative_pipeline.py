@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from mmrl.pipeline import run_pipeline
+from mmrl.workflow import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 

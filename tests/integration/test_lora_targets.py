@@ -11,7 +11,7 @@ import torch
 from mmrl.config import load_config
 from mmrl.config.model import ModelConfig
 from mmrl.models.loading import load_policy
-from mmrl.rl.trainer import GRPOTrainer
+from mmrl.rl.trainer import GRPOLoop
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "tests" / "grpo_tiny.yaml"
@@ -61,7 +61,7 @@ def test_one_grpo_step_moves_the_vision_and_merger_adapters(tiny_model_dir, tmp_
         "rollout.max_completion_length": 6, "rewards": f"[{{name: '{VARIED_REWARD}:reward'}}]",
         "model.lora.enabled": "true", "model.lora.r": 2, "model.lora.include_vision": "true", "optimizer.lr": 1e-2,
     }
-    trainer = GRPOTrainer(load_config(CONFIG, [f"{k}={v}" for k, v in args.items()]))
+    trainer = GRPOLoop(load_config(CONFIG, [f"{k}={v}" for k, v in args.items()]))
     before = {n: p.detach().clone() for n, p in trainer.run.model.named_parameters() if "lora_B" in n}
     trainer.train()
     after = dict(trainer.run.model.named_parameters())

@@ -14,7 +14,7 @@ import torch
 
 from mmrl.config import load_config
 from mmrl.rl.micro_batches import micro_batches
-from mmrl.rl.trainer import GRPOTrainer
+from mmrl.rl.trainer import GRPOLoop
 from mmrl.rl.update import policy_update
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,10 +33,10 @@ def synthetic_data(tmp_path_factory) -> Path:
     return build_synthetic(["color"], 6, 0, tmp_path_factory.mktemp("synthetic"), image_size=56)
 
 
-def make_trainer(data: Path, out: Path, *extra: str) -> GRPOTrainer:
+def make_trainer(data: Path, out: Path, *extra: str) -> GRPOLoop:
     overrides = [f"data.train={data}", f"trainer.output_dir={out}", "trainer.report_to=[jsonl]", "trainer.progress=false",
                  "model.dtype=fp32", "trainer.device=cpu", "optimizer.name=sgd", "optimizer.lr=0.5", *extra]
-    return GRPOTrainer(load_config(CONFIG, overrides))
+    return GRPOLoop(load_config(CONFIG, overrides))
 
 
 def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -47,7 +47,7 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def one_step(trainer: GRPOTrainer, groups) -> dict[str, float]:
+def one_step(trainer: GRPOLoop, groups) -> dict[str, float]:
     metrics = policy_update(trainer.run, copy.deepcopy(groups), trainer.schedule.stage_at(0), trainer.reference)
     trainer.run.close()
     return metrics

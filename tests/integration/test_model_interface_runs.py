@@ -195,11 +195,11 @@ def _trainer_cfg(data: Path, out: Path, *extra: str):
 
 
 def test_grpo_refuses_a_coordinate_reward_on_a_model_with_no_frame_then_records_the_given_one(tmp_path):
-    from mmrl.rl.trainer import GRPOTrainer
+    from mmrl.rl.trainer import GRPOLoop
 
     data = _grounding_data(tmp_path)
     with pytest.raises(UserError) as err:
-        GRPOTrainer(_trainer_cfg(data, tmp_path / "refused"))
+        GRPOLoop(_trainer_cfg(data, tmp_path / "refused"))
     message = str(err.value)
     assert "reward 'iou'" in message and "model.pred_frame" in message and "gemma3" in message
     assert "\n" not in message
@@ -207,10 +207,10 @@ def test_grpo_refuses_a_coordinate_reward_on_a_model_with_no_frame_then_records_
     text = tmp_path / "text.jsonl"
     text.write_text(json.dumps({"id": "t", "prompt": "2+2?", "answer": "4", "task": "math"}) + "\n")
     with pytest.raises(UserError, match=r"eval \(data.eval\) on grounding items.*model.pred_frame"):
-        GRPOTrainer(_trainer_cfg(text, tmp_path / "refused", "rewards=[{name: format}]", f"data.eval={data}",
+        GRPOLoop(_trainer_cfg(text, tmp_path / "refused", "rewards=[{name: format}]", f"data.eval={data}",
                                  "trainer.eval_steps=1"))
     # What the line asks for, in the same directory: the refused run left nothing there that blocks it
-    trainer = GRPOTrainer(_trainer_cfg(data, tmp_path / "refused", "model.pred_frame=norm1000"))
+    trainer = GRPOLoop(_trainer_cfg(data, tmp_path / "refused", "model.pred_frame=norm1000"))
     try:
         recorded = json.loads((tmp_path / "refused" / "model_interface.json").read_text())
         assert (recorded["pred_frame"], recorded["frame_source"]) == ("norm1000", "model.pred_frame")

@@ -19,7 +19,7 @@ from data_pipelines.synthetic.episodes import build_gui_episodes
 from mmrl.models.loading import load_policy
 from mmrl.preflight import load_config
 from mmrl.rl.episodes import evaluate_episodes
-from mmrl.rl.trainer import GRPOTrainer
+from mmrl.rl.trainer import GRPOLoop
 from mmrl.sft.trainer import train_sft
 
 ENV = {
@@ -100,7 +100,7 @@ def test_grpo_raises_gui_episode_success_on_held_out_starts(tmp_path):
                 },
             ),
         )
-        GRPOTrainer(grpo).train()
+        GRPOLoop(grpo).train()
     finally:
         torch.set_num_threads(threads)
     rows = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from mmrl.preflight import load_config
-from mmrl.rl.trainer import GRPOTrainer
+from mmrl.rl.trainer import GRPOLoop
 
 ENV = (Path(__file__).resolve().parents[1] / "fixtures" / "trainer" / "painter_env.py").read_text()
 
@@ -53,7 +53,7 @@ def _params(model):
 
 
 def test_multiturn_run_trains_logs_episodes_and_resumes_exactly(tmp_path):
-    straight = GRPOTrainer(_config(tmp_path, tmp_path / "straight", 4))
+    straight = GRPOLoop(_config(tmp_path, tmp_path / "straight", 4))
     before = _params(straight.run.model)
     straight.train()
     after = _params(straight.run.model)
@@ -69,9 +69,9 @@ def test_multiturn_run_trains_logs_episodes_and_resumes_exactly(tmp_path):
         for p in sample["observation_images"] + sample["images"]
     )
 
-    split = GRPOTrainer(_config(tmp_path, tmp_path / "split", 2))
+    split = GRPOLoop(_config(tmp_path, tmp_path / "split", 2))
     split.train()
-    resumed = GRPOTrainer(
+    resumed = GRPOLoop(
         _config(
             tmp_path, tmp_path / "split", 4, **{"trainer.resume": str(tmp_path / "split" / "checkpoints" / "step-2")}
         )
@@ -90,5 +90,5 @@ def test_a_family_episodes_cannot_run_on_is_refused_before_a_step(tmp_path, real
 
     cfg = _config(tmp_path, tmp_path / "refused", 1, **{"model.name_or_path": real_family_models("smolvlm")})
     with pytest.raises(UserError, match="multi-turn episodes run on Qwen2-VL, Qwen2.5-VL and Qwen3-VL models"):
-        GRPOTrainer(cfg)
+        GRPOLoop(cfg)
     assert not (tmp_path / "refused" / "metrics.jsonl").exists()

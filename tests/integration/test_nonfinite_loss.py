@@ -16,9 +16,9 @@ import math
 import torch
 
 from mmrl.config import load_config
-from mmrl.engine.run_logger import read_metrics
 from mmrl.rl import update
-from mmrl.rl.trainer import GRPOTrainer
+from mmrl.rl.trainer import GRPOLoop
+from mmrl.runs.logger import read_metrics
 from tests.integration.launch import CONFIG, max_difference, train_args
 
 
@@ -28,7 +28,7 @@ def test_a_non_finite_loss_with_finite_gradients_skips_the_step(tmp_path, tiny_m
     data = build_synthetic(["color"], 8, 0, tmp_path / "data", image_size=56)
     cfg = load_config(str(CONFIG), [*train_args(data), f"trainer.output_dir={tmp_path / 'run'}",
                                     "trainer.max_steps=2", "trainer.save_final=false"])
-    trainer = GRPOTrainer(cfg)
+    trainer = GRPOLoop(cfg)
     model = trainer.run.model
     snapshots = [{k: v.detach().clone() for k, v in model.named_parameters()}]
     steps: list[float] = []

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mmrl.config import load_config
-from mmrl.rl.trainer import GRPOTrainer
+from mmrl.rl.trainer import GRPOLoop
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = {
@@ -100,7 +100,7 @@ def recipe_metrics(tmp_path_factory) -> dict[int, dict[str, float]]:
         "trainer.sample_steps": 0,
     }
     cfg = load_config(ROOT / "configs" / "tests" / "grpo_tiny.yaml", [f"{k}={v}" for k, v in overrides.items()])
-    GRPOTrainer(cfg).train()
+    GRPOLoop(cfg).train()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return {row["step"]: {name: row[name] for name in FEEDS} for row in rows if "loss" in row}
 

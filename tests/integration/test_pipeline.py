@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from mmrl.errors import UserError
-from mmrl.pipeline import run_pipeline
+from mmrl.workflow import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -19,7 +19,7 @@ import torch
 from mmrl.config import load_config
 from mmrl.errors import UserError
 from mmrl.rl.advantages import compute_advantages
-from mmrl.rl.trainer import GRPOTrainer
+from mmrl.rl.trainer import GRPOLoop
 from mmrl.rl.update import policy_update
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,10 +37,10 @@ def synthetic_data(tmp_path_factory) -> Path:
     return build_synthetic(["color"], 12, 0, tmp_path_factory.mktemp("synthetic"), image_size=56)
 
 
-def make_trainer(data: Path, out: Path, *extra: str) -> GRPOTrainer:
+def make_trainer(data: Path, out: Path, *extra: str) -> GRPOLoop:
     overrides = [f"data.train={data}", f"trainer.output_dir={out}", "trainer.report_to=[jsonl]", "trainer.progress=false",
                  "model.dtype=fp32", "trainer.device=cpu", *extra]
-    return GRPOTrainer(load_config(CONFIG, overrides))
+    return GRPOLoop(load_config(CONFIG, overrides))
 
 
 def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -51,11 +51,11 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def update(trainer: GRPOTrainer, groups) -> dict[str, float]:
+def update(trainer: GRPOLoop, groups) -> dict[str, float]:
     return policy_update(trainer.run, groups, trainer.schedule.stage_at(0), trainer.reference)
 
 
-def count_optimizer_steps(trainer: GRPOTrainer) -> list[int]:
+def count_optimizer_steps(trainer: GRPOLoop) -> list[int]:
     calls: list[int] = []
     original = trainer.run.optimizer_step
 

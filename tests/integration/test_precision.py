@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from mmrl.config import load_config
-from mmrl.engine.distributed import collective_device
 from mmrl.errors import UserError
 from mmrl.models.loading import load_policy
 from mmrl.models.logprobs import completion_logprobs, naive_completion_logprobs
 from mmrl.models.placement import compute_dtype
+from mmrl.parallel.distributed import collective_device
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,15 +83,15 @@ def test_collectives_without_a_process_group_use_the_cpu():
 def test_grpo_step_in_bf16_on_cpu(tmp_path):
     """The whole step (rollout, log-probs, loss, update) runs under bf16 autocast; weights stay fp32 and move."""
     from data_pipelines.synthetic import build_synthetic
-    from mmrl.engine.run_logger import read_metrics
-    from mmrl.rl.trainer import GRPOTrainer
+    from mmrl.rl.trainer import GRPOLoop
+    from mmrl.runs.logger import read_metrics
 
     data = build_synthetic(["color"], 4, 0, tmp_path / "data", image_size=56)
     over = {"model.dtype": "bf16", "data.train": str(data), "trainer.output_dir": str(tmp_path / "run"),
             "trainer.report_to": "[jsonl]", "trainer.progress": "false", "trainer.save_final": "false",
             "trainer.sample_steps": 0, "trainer.max_steps": 1, "rollout.max_completion_length": 4,
             "rewards": f"[{{name: '{ROOT / 'tests/fixtures/trainer/varied_reward.py'}:reward'}}]", "optimizer.lr": 1e-3}
-    trainer = GRPOTrainer(load_config(ROOT / "configs/tests/grpo_tiny.yaml", [f"{k}={v}" for k, v in over.items()]))
+    trainer = GRPOLoop(load_config(ROOT / "configs/tests/grpo_tiny.yaml", [f"{k}={v}" for k, v in over.items()]))
     assert trainer.generator.device == trainer.run.dist.device  # sampling draws on the model's device
     before = {k: v.detach().clone() for k, v in trainer.run.model.named_parameters()}
     trainer.train()

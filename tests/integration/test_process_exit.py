@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from mmrl.engine.distributed import exit_process
+from mmrl.parallel.distributed import exit_process
 from tests.integration.launch import CONFIG, FIXTURES, ROOT, launcher, train_args
 
 

@@ -16,10 +16,10 @@ from mmrl.config import load_config
 from mmrl.data.collate import _takes_28_grid, encode_one
 from mmrl.data.sample import Sample
 from mmrl.data.vision import prepare_sample_images
-from mmrl.engine.run_logger import read_metrics
 from mmrl.generation.openai_format import image_to_data_url
 from mmrl.models.processor import load_processor
-from mmrl.rl.trainer import GRPOTrainer
+from mmrl.rl.trainer import GRPOLoop
+from mmrl.runs.logger import read_metrics
 from mmrl.sft.trainer import train_sft
 from tests.integration.real_families import FAMILIES, SHARES_PREFIX
 
@@ -61,7 +61,7 @@ def test_grpo_step_with_real_rewards_shared_prefix_or_one_naive_line(family, rea
         "rollout.max_completion_length": 3, "optimizer.lr": 1e-3, "trainer.save_final": "false",
         "rewards": f"[{{name: accuracy}}, {{name: format}}, {{name: '{REWARD}:reward'}}]"})
     with caplog.at_level("WARNING", logger="mmrl.models.prefix"):
-        trainer = GRPOTrainer(load_config(CONFIG, over))
+        trainer = GRPOLoop(load_config(CONFIG, over))
         trainer.train()
     lines = [r for r in caplog.records if "naive forward" in r.getMessage()]
     assert len(lines) == (0 if SHARES_PREFIX[family] else 1)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from mmrl.errors import UserError
-from mmrl.pipeline import run_pipeline
+from mmrl.workflow import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p.name for p in (ROOT / "configs" / "repro").glob("*.yaml") if p.name != "base.yaml")

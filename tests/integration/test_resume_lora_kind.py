@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from mmrl.checkpoints import store as ckpt
 from mmrl.config import load_config
-from mmrl.engine import checkpoint as ckpt
 from mmrl.models.loading import load_policy
 from tests.integration.launch import CONFIG, FIXTURES, ROOT
 

@@ -7,8 +7,8 @@ import shutil
 
 import torch
 
+from mmrl.checkpoints.store import load_model_weights
 from mmrl.config.model import ModelConfig
-from mmrl.engine.checkpoint import load_model_weights
 from mmrl.models.loading import load_policy
 
 

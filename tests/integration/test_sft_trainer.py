@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mmrl.config import load_config
-from mmrl.engine.run_logger import read_metrics
 from mmrl.errors import UserError
+from mmrl.runs.logger import read_metrics
 from mmrl.sft.trainer import sft_steps, train_sft
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from mmrl.config import load_config
-from mmrl.engine.run_logger import read_metrics
-from mmrl.rl.trainer import GRPOTrainer
+from mmrl.rl.trainer import GRPOLoop
+from mmrl.runs.logger import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "tests" / "grpo_tiny.yaml"
@@ -52,7 +52,7 @@ def _train(data: Path, out: Path, *extra: str) -> Path:
             *extra,
         ],
     )
-    return GRPOTrainer(cfg).train()
+    return GRPOLoop(cfg).train()
 
 
 def _weights(run: Path, step: int) -> dict[str, torch.Tensor]:

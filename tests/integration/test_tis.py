@@ -15,7 +15,7 @@ from mmrl.config import load_config
 from mmrl.models.logprobs import completion_logprobs
 from mmrl.rl.experience import rollout_groups
 from mmrl.rl.losses import policy_loss, truncated_is_weights
-from mmrl.rl.trainer import GRPOTrainer
+from mmrl.rl.trainer import GRPOLoop
 from mmrl.rl.update import disable_dropout, policy_update
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,14 +32,14 @@ def synthetic_data(tmp_path_factory) -> Path:
     return build_synthetic(["color"], 8, 0, tmp_path_factory.mktemp("synthetic"), image_size=56)
 
 
-def make_trainer(data: Path, out: Path, *extra: str) -> GRPOTrainer:
+def make_trainer(data: Path, out: Path, *extra: str) -> GRPOLoop:
     overrides = [f"data.train={data}", f"trainer.output_dir={out}", "trainer.report_to=[jsonl]", "trainer.progress=false",
                  "model.dtype=fp32", "trainer.device=cpu", "optimizer.name=sgd", "optimizer.lr=0.1",
                  "optimizer.max_grad_norm=null", *extra]
-    return GRPOTrainer(load_config(CONFIG, overrides))
+    return GRPOLoop(load_config(CONFIG, overrides))
 
 
-def trainer_logp(trainer: GRPOTrainer, group) -> torch.Tensor:
+def trainer_logp(trainer: GRPOLoop, group) -> torch.Tensor:
     disable_dropout(trainer.run.model)
     with torch.no_grad():
         return completion_logprobs(trainer.run.model, group.prompt, group.completion_ids, group.completion_mask,
@@ -72,7 +72,7 @@ def test_hf_sampler_logprobs_agree_with_the_trainer_in_fp32(synthetic_data, tmp_
         assert metrics["logprob_abs_diff_max"] < 1e-4 and 0 <= metrics["logprob_kl"] < 1e-7
 
 
-def _update(trainer: GRPOTrainer, groups) -> dict[str, float]:
+def _update(trainer: GRPOLoop, groups) -> dict[str, float]:
     return policy_update(trainer.run, groups, trainer.schedule.stage_at(0), trainer.reference)
 
 

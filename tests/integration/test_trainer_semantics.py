@@ -11,11 +11,11 @@ import torch
 
 from mmrl.config import load_config
 from mmrl.data.collate import encode_one
-from mmrl.engine.optim import lr_factor
-from mmrl.engine.run_logger import read_metrics
 from mmrl.generation import SamplingParams
 from mmrl.generation.hf import HFNaiveBackend
-from mmrl.rl.trainer import GRPOTrainer, _key
+from mmrl.optim import lr_factor
+from mmrl.rl.trainer import GRPOLoop, _key
+from mmrl.runs.logger import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "trainer"
@@ -43,19 +43,19 @@ def test_a_sampler_restored_but_not_yet_used_is_saved_again(synthetic_data, tmp_
               f"{{name: b, steps: 2, data: [{{path: '{other}'}}]}}, {{name: a2, steps: 1, data: [{{path: '{synthetic_data}'}}]}}]")
     cfg = load_config(CONFIG, overrides(synthetic_data, tmp_path, f"stages={stages}"))
     spec_a, spec_b = cfg.stages[0].data, cfg.stages[1].data
-    first = GRPOTrainer(cfg)
+    first = GRPOLoop(cfg)
     first._sampler_for(tuple(spec_a)).next(3)  # stage a drew 3 prompts
     first._sampler_for(tuple(spec_b)).next(2)
     saved = first.state()  # checkpoint 1, inside stage b
 
-    second = GRPOTrainer(cfg)
+    second = GRPOLoop(cfg)
     second._restore(saved)
     second._sampler_for(tuple(spec_b)).next(2)  # only stage b runs before checkpoint 2
     again = second.state()
     assert again["samplers"][_key(tuple(spec_a))] == saved["samplers"][_key(tuple(spec_a))]
     assert again["samplers"][_key(tuple(spec_b))]["position"] == 4
 
-    third = GRPOTrainer(cfg)
+    third = GRPOLoop(cfg)
     third._restore(again)
     assert third._sampler_for(tuple(spec_a)).position == 3  # stage a2 continues where stage a stopped
 
@@ -65,7 +65,7 @@ def test_the_lr_schedule_follows_a_stage_ended_early(synthetic_data, tmp_path):
     cfg = load_config(CONFIG, overrides(synthetic_data, tmp_path, f"stages={stages}", "trainer.eval_steps=1",
                                         f"data.eval={synthetic_data}", "eval.limit=1", "eval.max_new_tokens=2",
                                         "optimizer.schedule=linear", "optimizer.lr=1e-3", "trainer.prompts_per_step=1"))
-    GRPOTrainer(cfg).train()
+    GRPOLoop(cfg).train()
     rows = read_metrics(tmp_path)
     # The untrained model scores 0 >= 0 at the first eval: stage a ends after 1 step, so 3 steps run, not 5.
     assert [r["stage_name"] for r in rows] == ["a", "b", "b"]
@@ -76,7 +76,7 @@ def test_the_lr_schedule_follows_a_stage_ended_early(synthetic_data, tmp_path):
 
 
 def test_the_naive_backend_ignores_the_checkpoints_generation_config(synthetic_data, tmp_path):
-    trainer = GRPOTrainer(load_config(CONFIG, overrides(synthetic_data, tmp_path)))
+    trainer = GRPOLoop(load_config(CONFIG, overrides(synthetic_data, tmp_path)))
     model, processor = trainer.run.model, trainer.run.processor
     prompt = encode_one(processor, trainer._load(tuple(trainer.cfg.data.train))[0], trainer.cfg.data)
     backend = HFNaiveBackend(model, processor)

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from mmrl.config import load_config
-from mmrl.engine.run_logger import read_metrics
 from mmrl.generation import SamplingParams
 from mmrl.generation.backends import make_backend
 from mmrl.models.loading import load_policy
@@ -19,8 +18,9 @@ from mmrl.models.training_forward import (
     vision_frozen,
 )
 from mmrl.models.vision_tower import count_vision, vision_module
-from mmrl.rl.trainer import GRPOTrainer
+from mmrl.rl.trainer import GRPOLoop
 from mmrl.rl.update import disable_dropout
+from mmrl.runs.logger import read_metrics
 from tests.integration.chat_prompts import image_prompt, text_prompt
 from tests.integration.test_grpo_trainer import CONFIG, overrides, synthetic_data  # noqa: F401  (fixture)
 
@@ -106,7 +106,7 @@ def test_a_training_step_encodes_each_image_once_when_frozen(synthetic_data, tmp
     cfg = load_config(CONFIG, overrides(synthetic_data, tmp_path, **{
         "trainer.max_steps": 1, "model.freeze_vision_tower": str(freeze).lower(), "algorithm.beta": 0.04,
         "algorithm.num_iterations": 2}))
-    trainer = GRPOTrainer(cfg)
+    trainer = GRPOLoop(cfg)
     reference_passes = {}
     with count_vision(vision_module(trainer.reference.model), reference_passes):
         trainer.train()

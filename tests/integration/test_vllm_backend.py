@@ -100,7 +100,7 @@ def test_grpo_steps_with_vllm_rollouts_log_the_mismatch(synthetic_data, tmp_path
     one engine per process, and the greedy test above holds one in this one."""
     import json
 
-    from mmrl.engine.run_logger import read_metrics
+    from mmrl.runs.logger import read_metrics
 
     overrides = [f"data.train={synthetic_data}", f"trainer.output_dir={tmp_path}", "trainer.report_to=[jsonl]",
                  "trainer.progress=false", "trainer.save_steps=0", "trainer.sample_steps=0", "trainer.max_steps=2",

@@ -138,8 +138,8 @@ def train_quickstart_checkpoint(root: Path) -> Path:
     import torch
 
     from data_pipelines.synthetic import build_synthetic
-    from mmrl.pipeline.plan import load_plan, step_config
     from mmrl.sft.trainer import train_sft
+    from mmrl.workflow.plan import load_plan, step_config
 
     plan = load_plan(QUICKSTART, [f"output_dir={root}"])
     data_args = next(step for step in plan.steps if step.kind == "build-data").args

@@ -129,7 +129,7 @@ PIPELINES = sorted(p for p in ROOT.glob("configs/**/*.yaml")
 
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_shipped_pipeline_fits_its_builders_schemas(path):
-    from mmrl.pipeline import load_plan
+    from mmrl.workflow import load_plan
 
     plan = load_plan(path)
     assert any(step.kind == "build-data" for step in plan.steps)

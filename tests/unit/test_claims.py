@@ -12,8 +12,8 @@ import yaml
 
 from mmrl.config.workflow import ClaimConfig
 from mmrl.errors import UserError
-from mmrl.pipeline.claims import bootstrap_interval, claims_table, evaluate_claim, paired_t_interval, verdict
-from mmrl.pipeline.seeds import aggregate
+from mmrl.workflow.claims import bootstrap_interval, claims_table, evaluate_claim, paired_t_interval, verdict
+from mmrl.workflow.seeds import aggregate
 
 
 def _seed(acc_arm, acc_base, run_dir: Path | None = None, rows=(), seconds=10.0):
@@ -150,7 +150,7 @@ PIPELINE = {
     ],
 )
 def test_a_claim_naming_what_the_pipeline_lacks_is_refused_at_load(tmp_path, claim, message):
-    from mmrl.pipeline import load_plan
+    from mmrl.workflow import load_plan
 
     config = {
         **PIPELINE,
@@ -167,7 +167,7 @@ def test_a_claim_naming_what_the_pipeline_lacks_is_refused_at_load(tmp_path, cla
 
 def test_a_bad_direction_and_a_duplicate_name_are_refused(tmp_path):
     from mmrl.errors import ConfigError
-    from mmrl.pipeline import load_plan
+    from mmrl.workflow import load_plan
 
     claim = {"name": "c", "arm": "eval.rl.accuracy", "baseline": "eval.rl.accuracy", "direction": "greater"}
     path = tmp_path / "x.yaml"

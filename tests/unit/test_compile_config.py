@@ -10,7 +10,7 @@ import pytest
 
 from mmrl.config import load_config
 from mmrl.errors import UserError
-from mmrl.rl.trainer import GRPOTrainer
+from mmrl.rl.trainer import GRPOLoop
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tests" / "grpo_tiny.yaml"
 
@@ -20,7 +20,7 @@ def test_compile_with_gradient_checkpointing_is_a_one_line_error(tmp_path):
     cfg = load_config(CONFIG, ["model.compile=true", "model.gradient_checkpointing=true",
                                f"data.train={tmp_path / 'missing.jsonl'}", f"trainer.output_dir={out}"])
     with pytest.raises(UserError) as err:
-        GRPOTrainer(cfg)
+        GRPOLoop(cfg)
     message = str(err.value)
     assert "\n" not in message
     assert "model.compile" in message and "model.gradient_checkpointing" in message

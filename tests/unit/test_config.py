@@ -63,7 +63,7 @@ def test_derive_sets_dependent_values_in_one_place():
     cfg = load_config(None, ["stages=[{name: a, steps: 3}, {name: b, steps: 5}, {name: c, steps: 9, enabled: false}]",
                              "optimizer.warmup_ratio=0.25"])
     assert cfg.trainer.max_steps == 8
-    from mmrl.engine.optim import warmup_steps
+    from mmrl.optim import warmup_steps
 
     assert warmup_steps(cfg.optimizer, cfg.trainer.max_steps) == 2
 

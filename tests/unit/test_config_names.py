@@ -37,7 +37,7 @@ def test_a_name_in_a_yaml_file_is_reported_with_that_file(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("name", ["mmrl.preflight", "mmrl.engine.faults"])
+@pytest.mark.parametrize("name", ["mmrl.preflight", "mmrl.faults"])
 def test_docstring_examples(name):
     import doctest
     import importlib

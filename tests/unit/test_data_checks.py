@@ -206,7 +206,7 @@ def test_training_gate_skips_bad_images_only_when_asked(tmp_path):
 
 
 def test_grpo_trainer_checks_data_before_the_model_and_writes_nothing(tmp_path):
-    from mmrl.rl.trainer import GRPOTrainer
+    from mmrl.rl.trainer import GRPOLoop
 
     image = _png(tmp_path / "img.png", (64, 48))
     data = _jsonl(tmp_path / "d.jsonl", [{"id": "ok", "prompt": "<image>How many?", "answer": "3", "task": "count",
@@ -218,12 +218,12 @@ def test_grpo_trainer_checks_data_before_the_model_and_writes_nothing(tmp_path):
                       [f"data.train={data}", f"trainer.output_dir={out}", "model.name_or_path=/nonexistent/model",
                        "data.on_bad_image=skip"])
     with pytest.raises(DataError, match=r"d\.jsonl:2: sample two: prompt has 2 <image> placeholders but 1 images"):
-        GRPOTrainer(cfg)
+        GRPOLoop(cfg)
     assert not out.exists()
 
 
 def test_grpo_trainer_gate_uses_the_stage_rewards(tmp_path):
-    from mmrl.rl.trainer import GRPOTrainer
+    from mmrl.rl.trainer import GRPOLoop
 
     image = _png(tmp_path / "img.png", (64, 48))
     data = _jsonl(tmp_path / "d.jsonl", [{"id": "colour", "prompt": "What colour?", "answer": "red",
@@ -233,7 +233,7 @@ def test_grpo_trainer_gate_uses_the_stage_rewards(tmp_path):
                       [f"data.train={data}", f"trainer.output_dir={out}", "model.name_or_path=/nonexistent/model",
                        "rewards=[{name: iou}]"])
     with pytest.raises(DataError, match=r"d\.jsonl:1: sample colour: reward 'iou' cannot score"):
-        GRPOTrainer(cfg)
+        GRPOLoop(cfg)
     assert not out.exists()
 
 

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # mmrl/generation: where rollouts, log-probs and sampling are moving (checked as soon as it exists).
-CHECKED = ["mmrl/rl", "mmrl/eval", "mmrl/engine", "mmrl/sft", "mmrl/models", "mmrl/generation"]
+CHECKED = ["mmrl/rl", "mmrl/eval", "mmrl/runs", "mmrl/parallel", "mmrl/checkpoints", "mmrl/sft", "mmrl/models", "mmrl/generation"]
 FACTORIES = {
     "tensor", "as_tensor", "zeros", "ones", "empty", "full", "arange", "range", "linspace", "logspace", "eye",
     "rand", "randn", "randint", "randperm", "normal", "Generator", "empty_strided", "tril_indices", "triu_indices",

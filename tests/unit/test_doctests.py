@@ -16,7 +16,7 @@ MODULES = [
     "mmrl.data.boxes",
     "mmrl.data.checks",
     "mmrl.data.sample",
-    "mmrl.engine.optim",
+    "mmrl.optim",
     "mmrl.errors",
     "mmrl.eval.metrics",
     "mmrl.rewards.accuracy",

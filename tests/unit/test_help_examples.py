@@ -115,7 +115,7 @@ def _config_data(args: argparse.Namespace) -> list[str]:
 def after_quickstart(tmp_path_factory) -> Path:
     """A directory as a fresh clone holds it after `mmrl pipeline configs/quickstart.yaml`."""
     from mmrl.config.loader import to_yaml
-    from mmrl.pipeline.plan import TRAINED_KINDS, load_plan, step_config
+    from mmrl.workflow.plan import TRAINED_KINDS, load_plan, step_config
 
     where = tmp_path_factory.mktemp("clone")
     for name in ("configs", "README.md"):

@@ -285,7 +285,7 @@ def test_reward_score_on_a_qwen3_vl_run_samples_reads_boxes_in_the_run_frame(tmp
     read in the frame its run recorded in model_interface.json, or one line says which rule reads it."""
     from types import SimpleNamespace
 
-    from mmrl.rl.trainer import GRPOTrainer
+    from mmrl.rl.trainer import GRPOLoop
 
     sample = Sample(id="g", prompt="p", answer=GOLD, task="grounding", image_size=IMAGE, input_size=INPUT)
     group = SimpleNamespace(sample=sample, texts=[f"<answer>{IN_FRAME['norm1000']}</answer>"],
@@ -294,7 +294,7 @@ def test_reward_score_on_a_qwen3_vl_run_samples_reads_boxes_in_the_run_frame(tmp
     trainer = SimpleNamespace(cfg=SimpleNamespace(trainer=SimpleNamespace(sample_steps=1), env=SimpleNamespace(name=None)),
                               interface=resolve_interface(_config("qwen3_vl")),
                               run=SimpleNamespace(logger=SimpleNamespace(write_samples=lambda s, r: written.extend(r))))
-    GRPOTrainer._maybe_samples(trainer, 2, [group])
+    GRPOLoop._maybe_samples(trainer, 2, [group])
     rows = json.loads(json.dumps(written))  # as the run's file holds them
     assert _score_samples(tmp_path / "new", rows, capsys)[0] == [pytest.approx(1.0)]
     old_rows = [{k: r[k] for k in ("id", "answer", "completion", "reward", "image_size", "input_size")} for r in rows]

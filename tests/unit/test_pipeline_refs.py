@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mmrl.errors import UserError
-from mmrl.pipeline.refs import resolve_refs
+from mmrl.workflow.refs import resolve_refs
 
 OUTPUTS = {"rl_data": {"train": "/runs/rl_data/train/data.jsonl"}}
 

@@ -9,8 +9,8 @@ import re
 import pytest
 
 from mmrl.errors import UserError
-from mmrl.pipeline.plan import check_seeds
-from mmrl.pipeline.seeds import aggregate, seed_overrides, seeds_table, spread
+from mmrl.workflow.plan import check_seeds
+from mmrl.workflow.seeds import aggregate, seed_overrides, seeds_table, spread
 
 
 def test_spread_skips_missing_and_non_finite_values_but_keeps_them_listed():
@@ -33,7 +33,7 @@ def test_seed_overrides_come_last_so_they_win(tmp_path):
 def test_each_seed_gets_its_own_directory_whatever_the_output_dir_is_called(tmp_path, name):
     # the seed's output_dir override is read as YAML: unquoted, "<root>/a #1/seed-0" lost everything after " #",
     # and every seed wrote into the same "<root>/a"
-    from mmrl.pipeline import load_plan
+    from mmrl.workflow import load_plan
 
     root = tmp_path / name
     for seed in (0, 1):
@@ -119,7 +119,7 @@ def test_seed_beyond_numpys_range_is_refused_at_load_not_at_the_first_training_s
 
 
 def test_the_largest_seed_numpy_takes_is_accepted(tmp_path):
-    from mmrl.pipeline import load_plan
+    from mmrl.workflow import load_plan
 
     plan = load_plan(REPRO, ["seeds=[4294967295]", f"output_dir={tmp_path}"])
     assert plan.config.seeds == [4294967295]
@@ -127,7 +127,7 @@ def test_the_largest_seed_numpy_takes_is_accepted(tmp_path):
 
 def test_a_bool_in_the_seeds_list_is_refused():
     from mmrl.errors import ConfigError
-    from mmrl.pipeline import load_plan
+    from mmrl.workflow import load_plan
 
     with pytest.raises(ConfigError, match=r"seeds\[0\] must be an integer, not true/false"):
         load_plan(REPRO, ["seeds=[true]"])
@@ -136,7 +136,7 @@ def test_a_bool_in_the_seeds_list_is_refused():
 @pytest.mark.parametrize("override", ["trainer.seed=7", 'trainer={"seed": 7, "max_steps": 1}'])
 def test_trainer_seed_on_the_command_line_with_a_seeds_list_is_refused_not_silently_replaced(tmp_path, override):
     # each seed's run sets trainer.seed=<seed> last: the user's 7 would vanish without a word
-    from mmrl.pipeline import load_plan
+    from mmrl.workflow import load_plan
 
     with pytest.raises(UserError, match=r"^command line: trainer\.seed=7 would be replaced .*seeds=\[7\]"):
         load_plan(REPRO, [override, f"output_dir={tmp_path}"])
@@ -146,7 +146,7 @@ def test_trainer_seed_on_the_command_line_with_a_seeds_list_is_refused_not_silen
 
 def test_a_step_overriding_trainer_seed_under_a_seeds_list_is_refused(tmp_path):
     # that step would train with seed 3 on every seed of the sweep: a spread of 0 that is not the training's
-    from mmrl.pipeline import load_plan
+    from mmrl.workflow import load_plan
 
     with pytest.raises(UserError, match=r"ptst\.yaml: pipeline\.2 \('ptst'\) overrides trainer\.seed"):
         load_plan(REPRO, ["pipeline.2.overrides.trainer.seed=3", f"output_dir={tmp_path}"])
@@ -155,7 +155,7 @@ def test_a_step_overriding_trainer_seed_under_a_seeds_list_is_refused(tmp_path):
 def test_a_step_overriding_its_output_dir_under_a_seeds_list_is_refused(tmp_path):
     # every seed would train that step in one directory: seed 1 would resume seed 0's finished run (0 new steps) and
     # report its results as its own
-    from mmrl.pipeline import load_plan
+    from mmrl.workflow import load_plan
 
     with pytest.raises(UserError, match=r"pipeline\.4 \('fixed'\) overrides trainer\.output_dir, so every seed"):
         load_plan(REPRO, [f"pipeline.4.overrides.trainer.output_dir={tmp_path / 'shared'}", f"output_dir={tmp_path}"])
@@ -166,8 +166,8 @@ def test_plan_of_a_seeds_pipeline_shows_each_seeds_steps(tmp_path, capsys):
     # the steps of a seeds pipeline live in <output_dir>/seed-<seed>/: --plan looked in <output_dir>/ and said
     # "to run" for every step of a finished sweep
     from mmrl.cli import main
-    from mmrl.pipeline import load_plan
-    from mmrl.pipeline.runner import _write_done
+    from mmrl.workflow import load_plan
+    from mmrl.workflow.runner import _write_done
 
     root = tmp_path / "run"
     one = load_plan(REPRO, seed_overrides([f"output_dir={root}"], root, 1))
@@ -181,7 +181,7 @@ def test_plan_of_a_seeds_pipeline_shows_each_seeds_steps(tmp_path, capsys):
 
 def test_summary_png_keeps_the_training_curves_when_no_arm_has_an_accuracy(tmp_path):
     # every eval failed (accuracy None on every seed): the plot was skipped, curves and all
-    from mmrl.pipeline.seeds import plot_seeds
+    from mmrl.workflow.seeds import plot_seeds
 
     summary = aggregate({0: _seed_summary(None, None, 10.0)}, 10.0)
     summary["curves"] = {"arm": {"accuracy": {"step": [1, 2, 3], "mean": [0.1, 0.2, 0.3]},
@@ -197,7 +197,7 @@ def test_summary_png_keeps_the_training_curves_when_no_arm_has_an_accuracy(tmp_p
                                            ("seeds=null", "None")])
 def test_a_seeds_value_that_is_not_a_list_says_how_to_write_one(override, got):
     from mmrl.errors import ConfigError
-    from mmrl.pipeline import load_plan
+    from mmrl.workflow import load_plan
 
     with pytest.raises(ConfigError) as err:
         load_plan(REPRO, [override])

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-HIGHER = ("mmrl.rl", "mmrl.sft", "mmrl.pipeline", "mmrl.commands", "mmrl.eval", "mmrl.api", "mmrl.cli")
+HIGHER = ("mmrl.rl", "mmrl.sft", "mmrl.workflow", "mmrl.commands", "mmrl.eval", "mmrl.api", "mmrl.cli")
 
 
 def imported_modules(path: Path, root: Path = ROOT) -> set[str]:
@@ -41,10 +41,12 @@ def imported_modules(path: Path, root: Path = ROOT) -> set[str]:
 # Bottom to top. A room imports only rooms on floors below its own (rooms on one floor do not import each other).
 FLOORS: list[tuple[str, ...]] = [
     ("mmrl.errors",),
-    ("mmrl.registry",),
+    ("mmrl.registry", "mmrl.faults"),
     ("mmrl.config",),  # the typed config tree: every room may read it; its registry names are checked by preflight
     ("mmrl.models",),
-    ("mmrl.engine",),
+    ("mmrl.optim", "mmrl.checkpoints"),  # the optimizer step; atomic checkpoints
+    ("mmrl.parallel",),  # the DDP / FSDP2 / ZeRO-2 wrappers and the process group
+    ("mmrl.runs",),  # a run's directory, segments, logger, threads; TrainingRun ties them together
     ("mmrl.data",),
     ("mmrl.rewards",),
     ("mmrl.envs",),  # environments for multi-turn episodes: observations from the data room, scores from rewards
@@ -52,7 +54,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("mmrl.eval",),
     ("mmrl.rl", "mmrl.sft", "data_pipelines"),
     ("mmrl.preflight",),  # the registry-name checks: above every registry they ask
-    ("mmrl.pipeline", "mmrl.api", "demos", "benchmarks"),
+    ("mmrl.workflow", "mmrl.api", "demos", "benchmarks"),
     ("mmrl.console",),
     ("mmrl.commands",),
     ("mmrl.cli",),
@@ -156,7 +158,7 @@ def test_the_grpo_trainer_reaches_neither_the_builders_nor_the_commands():
         if module not in reached:
             reached.add(module)
             todo.extend(graph.get(module, ()))
-    assert sorted(m for m in reached if room_of(m) in ("data_pipelines", "mmrl.pipeline", "mmrl.commands",
+    assert sorted(m for m in reached if room_of(m) in ("data_pipelines", "mmrl.workflow", "mmrl.commands",
                                                         "mmrl.preflight")) == []
 
 
@@ -172,7 +174,7 @@ def test_an_import_back_up_and_a_circle_are_caught(tmp_path):
 
 def test_the_import_check_sees_function_level_imports(tmp_path):
     sample = tmp_path / "x.py"
-    sample.write_text("def f():\n    from mmrl.rl.trainer import GRPOTrainer\n    import mmrl.commands.serve\n")
+    sample.write_text("def f():\n    from mmrl.rl.trainer import GRPOLoop\n    import mmrl.commands.serve\n")
     assert {"mmrl.rl.trainer", "mmrl.commands.serve"} <= imported_modules(sample, tmp_path)
 
 
@@ -186,7 +188,7 @@ def test_the_import_check_resolves_relative_imports(tmp_path):
 
 def test_generation_and_sft_load_no_training_code():
     code = ("import sys, mmrl.generation, mmrl.generation.hf, mmrl.generation.server, mmrl.generation.http, "
-            "mmrl.sft.trainer, mmrl.pipeline.builders\n"
+            "mmrl.sft.trainer, mmrl.workflow.builders\n"
             "print(sorted(m for m in sys.modules if m.startswith(('mmrl.rl', 'mmrl.commands'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stdout

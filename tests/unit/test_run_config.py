@@ -1,12 +1,12 @@
-"""A run's segment configs (mmrl/engine/run_config.py): which config trained a checkpoint, and what a resume changes."""
+"""A run's segment configs (mmrl/runs/segments.py): which config trained a checkpoint, and what a resume changes."""
 
 from __future__ import annotations
 
 import pytest
 
 from mmrl.config import load_config
-from mmrl.engine.run_config import changed_fields, check_resume_config, config_before, save_segment_config
 from mmrl.errors import UserError
+from mmrl.runs.segments import changed_fields, check_resume_config, config_before, save_segment_config
 
 
 def test_changed_fields_names_each_differing_value_by_its_dotted_name():

@@ -132,7 +132,7 @@ def test_reset_optimizer_restarts_the_schedule_at_its_warmup_for_each_reset_stag
     resets warms up again from its own start; a stage without reset_optimizer continues its part's schedule."""
     import torch
 
-    from mmrl.engine.optim import build_scheduler
+    from mmrl.optim import build_scheduler
 
     cfg = _config(
         "stages=[{name: a, steps: 3}, {name: b, steps: 3, reset_optimizer: true}, {name: c, steps: 2}]",

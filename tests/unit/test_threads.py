@@ -1,4 +1,4 @@
-"""The torch thread count mmrl chooses per process (mmrl/engine/threads.py): from the CPUs the process may use, its
+"""The torch thread count mmrl chooses per process (mmrl/runs/threads.py): from the CPUs the process may use, its
 launch's processes on the node and the cores other jobs keep busy; OMP_NUM_THREADS and trainer.num_threads win."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from mmrl.engine import threads
-from mmrl.engine.threads import announce_threads, available_cpus, choose_threads, configure_threads, reward_workers
+from mmrl.runs import threads
+from mmrl.runs.threads import announce_threads, available_cpus, choose_threads, configure_threads, reward_workers
 
 
 def test_a_quiet_machine_gets_every_available_cpu_divided_among_the_launched_processes():

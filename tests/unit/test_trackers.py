@@ -8,9 +8,9 @@ import json
 import pytest
 
 from mmrl.config import load_config
-from mmrl.engine.run_logger import RunLogger
-from mmrl.engine.trackers import open_trackers
 from mmrl.errors import ConfigError, UserError
+from mmrl.runs.logger import RunLogger
+from mmrl.runs.trackers import open_trackers
 
 
 def test_config_accepts_the_trackers_and_names_the_valid_ones():

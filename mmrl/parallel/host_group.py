@@ -1,4 +1,4 @@
-"""The CPU (gloo) process group the processes wait for the main one in (see `mmrl.engine.distributed`'s module doc).
+"""The CPU (gloo) process group the processes wait for the main one in (see `mmrl.parallel.distributed`'s module doc).
 
 The main process alone evaluates and writes checkpoints while the others wait. A wait inside an NCCL collective is
 killed by NCCL's watchdog after the default group's timeout (10 minutes by default); a gloo group with

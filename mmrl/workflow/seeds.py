@@ -66,7 +66,7 @@ def _train_rows(step: dict[str, Any]) -> list[dict[str, Any]]:
 
 def aggregate(per_seed: dict[int, dict[str, Any]], wall_seconds: float, claims: list | None = None) -> dict[str, Any]:
     """One summary of the seeds' summaries (`per_seed`: seed -> that run's summary.json content), with each of
-    `claims` (the config's ClaimConfig list) tested over the seeds (`mmrl.pipeline.claims`)."""
+    `claims` (the config's ClaimConfig list) tested over the seeds (`mmrl.workflow.claims`)."""
     seeds = list(per_seed)
     labels = list(dict.fromkeys(label for s in per_seed.values() for label in s["accuracy"]))
     arms = {}
@@ -98,7 +98,7 @@ def aggregate(per_seed: dict[int, dict[str, Any]], wall_seconds: float, claims: 
            "per_seed": {str(seed): s.get("path") for seed, s in per_seed.items()},
            "seconds": round(sum(s["seconds"] for s in per_seed.values()), 3), "wall_seconds": round(wall_seconds, 3)}
     if claims:
-        from mmrl.pipeline.claims import evaluate_claims
+        from mmrl.workflow.claims import evaluate_claims
 
         out["claims"] = evaluate_claims(claims, per_seed)
     return out

@@ -9,7 +9,7 @@ forwards per optimizer step (uneven group counts, zero-advantage groups skipped)
   0 x (every trainable parameter), whose backward adds exactly 0 to each gradient and makes DDP all-reduce (average)
   the accumulated gradients. Each process thus reaches the same collectives in the same order, whatever it skipped.
 - `broadcast_buffers=False`: a per-forward buffer broadcast would be a collective in the uneven part.
-DeepSpeed ZeRO-2 (`mmrl.engine.zero`) follows the same pattern with its own engine: its per-backward reduction is
+DeepSpeed ZeRO-2 (`mmrl.parallel.zero`) follows the same pattern with its own engine: its per-backward reduction is
 held back between optimizer steps, and the synchronising pass at the step is the one gradient reduction.
 
 Waiting for the main process. The main process alone evaluates and writes checkpoints while the others wait for it.
@@ -32,9 +32,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from mmrl.engine.host_group import host_group
-from mmrl.engine.process_exit import exit_process as exit_process  # re-exported: callers end a launch's process here
-from mmrl.engine.process_exit import joined_a_group
+from mmrl.parallel.host_group import host_group
+from mmrl.parallel.process_exit import exit_process as exit_process  # re-exported: callers end a launch's process here
+from mmrl.parallel.process_exit import joined_a_group
 
 
 @dataclass
@@ -174,7 +174,7 @@ class TrainingEngine:
         self.module = _SyncPass(GroupForward(policy))
         self.name = (engine or engine_from_launch()) if self.world_size > 1 else "single"
         self.wrapped: torch.nn.Module = self.module
-        self.zero: Any = None  # DeepSpeed: the `mmrl.engine.zero.ZeroEngine`, built in `start` (it needs the optimizer)
+        self.zero: Any = None  # DeepSpeed: the `mmrl.parallel.zero.ZeroEngine`, built in `start` (it needs the optimizer)
         self.reference_root: Any = None  # FSDP2: the sharded frozen reference copy (`shard_reference`)
         if self.name == "ddp":
             device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
@@ -194,7 +194,7 @@ class TrainingEngine:
         """After the optimizer took the (sharded) parameters: gather them for the first rollout. DeepSpeed: hand the
         optimizer to its engine (which then owns clipping and the step: see `step`)."""
         if self.name == "deepspeed":
-            from mmrl.engine.zero import ZeroEngine
+            from mmrl.parallel.zero import ZeroEngine
 
             self.zero = ZeroEngine(self.module, optimizer, max_grad_norm)
         self.after_step()
@@ -205,7 +205,7 @@ class TrainingEngine:
         (grad_norm, stepped). Every process calls it once per optimizer step."""
         if self.zero is not None:
             return self.zero.step(loss_value)
-        from mmrl.engine.optim import guarded_step
+        from mmrl.optim import guarded_step
 
         self.sync_gradients(params)
         return guarded_step(optimizer, params, loss_value, max_grad_norm)
@@ -266,12 +266,12 @@ class TrainingEngine:
 
     def load_weights(self, path: Any) -> bool:
         """FSDP2: load a checkpoint's whole weights (a plain HF directory) into this process's shards; returns False
-        for the other engines, whose model loads them directly (`mmrl.engine.checkpoint.load_model_weights`)."""
+        for the other engines, whose model loads them directly (`mmrl.checkpoints.store.load_model_weights`)."""
         if self.name != "fsdp2":
             return False
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        from mmrl.engine.checkpoint import read_adapter_weights, read_whole_weights
+        from mmrl.checkpoints.store import read_adapter_weights, read_whole_weights
 
         policy = self.module.inner.policy
         adapter = Path(path) / "adapter_model.safetensors"

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmrl.engine.faults import fault_point
 from mmrl.errors import UserError
+from mmrl.faults import fault_point
 
 MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.pt"

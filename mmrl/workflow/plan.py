@@ -19,10 +19,10 @@ from mmrl.config import MMRLConfig
 from mmrl.config.loader import _set_dotted, load_raw
 from mmrl.config.workflow import PipelineStep
 from mmrl.errors import UserError
-from mmrl.pipeline.refs import resolve_refs
 from mmrl.preflight import build_config
+from mmrl.workflow.refs import resolve_refs
 
-# args each step kind accepts (build-data: the builder's own schema, see mmrl.pipeline.builders).
+# args each step kind accepts (build-data: the builder's own schema, see mmrl.workflow.builders).
 EVAL_ARGS = {"model", "label"}
 TRAINED_ARGS = {"model"}  # `model: base` starts an sft/train step from the base (OpenVLThinker's SFT each iteration)
 TRAINED_KINDS = ("sft", "train")
@@ -60,7 +60,7 @@ def load_plan(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = 
                         f"`mmrl train {path}` for a single GRPO run")
     _check_steps(str(path), config.pipeline)
     if config.claims:
-        from mmrl.pipeline.claims import check_claims
+        from mmrl.workflow.claims import check_claims
 
         check_claims(config.claims, config.pipeline, str(path))
     root = Path(config.output_dir or Path("runs") / (config.name or Path(path).stem))
@@ -180,7 +180,7 @@ def _allowed_args(step: PipelineStep) -> set[str]:
 
 def _check_build_data(where: str, step: PipelineStep) -> None:
     """The builder exists and the step's args fit its schema (the one `mmrl build-data BUILDER` checks too)."""
-    from mmrl.pipeline.builders import check_step_args, known_builders
+    from mmrl.workflow.builders import check_step_args, known_builders
 
     builder = step.args.get("builder")
     if builder is None:

@@ -14,9 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmrl.checkpoints import store as ckpt
 from mmrl.config import MMRLConfig
-from mmrl.engine import checkpoint as ckpt
-from mmrl.engine.distributed import (
+from mmrl.errors import UserError
+from mmrl.faults import fault_point
+from mmrl.models.loading import LoadedModel, load_policy
+from mmrl.optim import allocate_state, build_optimizer, build_scheduler, trainable_parameters
+from mmrl.parallel.distributed import (
     DistInfo,
     TrainingEngine,
     all_gather_objects,
@@ -24,14 +28,10 @@ from mmrl.engine.distributed import (
     engine_from_launch,
     init_distributed,
 )
-from mmrl.engine.faults import fault_point
-from mmrl.engine.optim import allocate_state, build_optimizer, build_scheduler, trainable_parameters
-from mmrl.engine.run_config import check_resume_config, save_segment_config
-from mmrl.engine.run_dir import claim_run_dir, release_run_dir
-from mmrl.engine.run_logger import RunLogger
-from mmrl.engine.threads import announce_threads, configure_threads
-from mmrl.errors import UserError
-from mmrl.models.loading import LoadedModel, load_policy
+from mmrl.runs.directory import claim_run_dir, release_run_dir
+from mmrl.runs.logger import RunLogger
+from mmrl.runs.segments import check_resume_config, save_segment_config
+from mmrl.runs.threads import announce_threads, configure_threads
 
 
 class TrainingDiverged(UserError):
@@ -185,7 +185,7 @@ def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
     if resume_from is not None:  # before the model loads: a LoRA checkpoint needs LoRA on, whole weights need it off
         ckpt.check_weights_kind(resume_from, cfg.model.lora.enabled)
     if dist.world_size > 1 and engine_from_launch() == "deepspeed":
-        from mmrl.engine.zero import check_deepspeed
+        from mmrl.parallel.zero import check_deepspeed
 
         check_deepspeed(cfg.optimizer.max_grad_norm)  # the preset's options and the install, before the model loads
     loaded = load_policy(cfg.model, device=dist.device, for_training=True)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mmrl.engine.faults import fault_point
+from mmrl.faults import fault_point
 
 
 class PhaseTimer:
@@ -61,7 +61,7 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
-        from mmrl.engine.trackers import open_trackers
+        from mmrl.runs.trackers import open_trackers
 
         saved = self.run_dir / "config.yaml"  # written by start_run before the logger: the trackers' run config
         self._trackers = open_trackers(report_to, self.run_dir,
@@ -93,7 +93,7 @@ class RunLogger:
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                     self._tb.add_scalar(key, value, step)
         if self._trackers:
-            from mmrl.engine.trackers import numeric
+            from mmrl.runs.trackers import numeric
 
             for tracker in self._trackers:
                 tracker.log(step, numeric(record))

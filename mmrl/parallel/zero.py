@@ -28,8 +28,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from mmrl.engine.host_group import host_group
 from mmrl.errors import UserError
+from mmrl.parallel.host_group import host_group
 
 PRESET = "accelerate config (deepspeed_config)"
 

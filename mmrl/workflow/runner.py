@@ -19,11 +19,11 @@ from typing import Any
 
 from mmrl.config.workflow import PipelineStep
 from mmrl.errors import UserError
-from mmrl.pipeline.builders import run_build_data
-from mmrl.pipeline.plan import TRAINED_KINDS, Plan, config_digest, load_plan, step_config, step_settings
-from mmrl.pipeline.seeds import aggregate, plot_seeds, seed_overrides, seeds_table
-from mmrl.pipeline.steps import StepResult, run_eval, run_trained
-from mmrl.pipeline.summary import accuracy_table, build_summary, plot_accuracy, write_summary
+from mmrl.workflow.builders import run_build_data
+from mmrl.workflow.plan import TRAINED_KINDS, Plan, config_digest, load_plan, step_config, step_settings
+from mmrl.workflow.seeds import aggregate, plot_seeds, seed_overrides, seeds_table
+from mmrl.workflow.steps import StepResult, run_eval, run_trained
+from mmrl.workflow.summary import accuracy_table, build_summary, plot_accuracy, write_summary
 
 DONE = "DONE.json"
 
@@ -77,7 +77,7 @@ def _refuse_changed(plan: Plan, stale: list[tuple[PipelineStep, dict[str, Any], 
     would resume its last checkpoint (nothing to train) or mix two configs in one run."""
     if not stale:
         return
-    from mmrl.engine.run_config import changed_fields
+    from mmrl.runs.segments import changed_fields
 
     parts = []
     for step, done, now in stale:
@@ -109,7 +109,7 @@ def run_pipeline(
     say = echo or (lambda line: print(line, flush=True))
     started = time.perf_counter()
     plan = load_plan(path, overrides)
-    from mmrl.engine.threads import announce_threads, configure_threads
+    from mmrl.runs.threads import announce_threads, configure_threads
 
     configure_threads(plan.config.trainer.num_threads)  # once for every step: the pipeline's first line
     announce_threads(say)
@@ -142,7 +142,7 @@ def _run_seeds(plan: Plan, overrides: list[str], say: Callable[[str], None], sta
     for line in seeds_table(summary).splitlines():
         say(line)
     if summary.get("claims"):
-        from mmrl.pipeline.claims import claims_table
+        from mmrl.workflow.claims import claims_table
 
         for line in claims_table(summary["claims"]).splitlines():
             say(line)

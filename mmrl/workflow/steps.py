@@ -55,7 +55,7 @@ def _plots(run_dir: Path) -> list[str]:
 
 def run_trained(step: PipelineStep, cfg: MMRLConfig, where: str) -> StepResult:
     """sft / train: run the trainer (resuming from the step's latest complete checkpoint) and wire its final one."""
-    from mmrl.engine.checkpoint import find_latest
+    from mmrl.checkpoints.store import find_latest
 
     if step.kind == "sft":
         try:

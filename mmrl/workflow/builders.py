@@ -95,7 +95,7 @@ def run_build_data(step: PipelineStep, out: Path, wiring: dict[str, Any], where:
     """Run the step's builder into `out`; return ({output name: path}, {config key: value for later steps})."""
     from data_pipelines.builder_args import check_args, fields, schema_parser
     from data_pipelines.registry import OUTPUT_FIELDS, load_builders
-    from mmrl.pipeline.refs import resolve_refs
+    from mmrl.workflow.refs import resolve_refs
 
     name = step.args["builder"]
     builder = load_builders().get(name)

@@ -1,5 +1,5 @@
 """How a process of a multi-process launch ends: `exit_process` (the `mmrl` CLI and the multi-process test fixtures
-end through it; `mmrl.engine.distributed.init_distributed` calls `joined_a_group`)."""
+end through it; `mmrl.parallel.distributed.init_distributed` calls `joined_a_group`)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Atomic checkpoints of a run and exact resume from them."""
