@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -50,9 +51,19 @@ def colour_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def quickstart_checkpoint(tmp_path_factory):
     """The quickstart's cold-start checkpoint (`configs/quickstart.yaml`'s data and sft steps, `small`;
-    `tests.unit.demo_assets.train_quickstart_checkpoint`), trained once per session for the browser demos."""
+    `tests.unit.demo_assets.train_quickstart_checkpoint`), trained once per session for the browser demos.
+
+    `MMRL_DEMO_CHECKPOINT=runs/quickstart/grpo/checkpoints/step-200` serves the finished quickstart's own GRPO
+    checkpoint instead (how docs/demo-*.png are made: the pipeline's minutes of GRPO do not fit in the suite)."""
     from tests.unit.demo_assets import train_quickstart_checkpoint
 
+    given = os.environ.get("MMRL_DEMO_CHECKPOINT")
+    if given:
+        path = Path(given).resolve()
+        if not (path / "config.json").is_file() or not (path.parent.parent / "config.yaml").is_file():
+            pytest.fail(f"MMRL_DEMO_CHECKPOINT={given}: not a run's checkpoint (want <run>/checkpoints/step-N, after "
+                        "`mmrl pipeline configs/quickstart.yaml`: runs/quickstart/grpo/checkpoints/step-200)")
+        return path
     return train_quickstart_checkpoint(tmp_path_factory.mktemp("quickstart-checkpoint"))
 
 
