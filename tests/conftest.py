@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,10 +43,11 @@ def tiny_model_dir():
 @pytest.fixture(scope="session")
 def colour_checkpoint(tmp_path_factory):
     """A trained mmrl checkpoint (tiny, SFT-ed to name the colour of a square with its own system prompt and suffix;
-    `tests.unit.demo_assets.train_colour_checkpoint`), trained once per session for the demo tests."""
+    `tests.unit.demo_assets.train_colour_checkpoint`) for the tests of the demos' prompt template: 2 steps, since
+    they read its run's template, not its answers (the answers are the quickstart checkpoint's tests)."""
     from tests.unit.demo_assets import train_colour_checkpoint
 
-    return train_colour_checkpoint(tmp_path_factory.mktemp("colour-checkpoint"))
+    return train_colour_checkpoint(tmp_path_factory.mktemp("colour-checkpoint"), steps=2)
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +66,28 @@ def quickstart_checkpoint(tmp_path_factory):
             pytest.fail(f"MMRL_DEMO_CHECKPOINT={given}: not a run's checkpoint (want <run>/checkpoints/step-N, after "
                         "`mmrl pipeline configs/quickstart.yaml`: runs/quickstart/grpo/checkpoints/step-200)")
         return path
-    return train_quickstart_checkpoint(tmp_path_factory.mktemp("quickstart-checkpoint"))
+    return built_once_per_run(tmp_path_factory, "quickstart-checkpoint", train_quickstart_checkpoint)
+
+
+def built_once_per_run(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
+    """`build(folder)` once per test run. A session fixture runs once per pytest-xdist worker, and a checkpoint
+    trained in two workers costs its minute twice: the workers share their base temp folder's parent, so the first
+    to ask builds there under a lock and the others wait for it and reuse what it built."""
+    import fcntl
+    import shutil
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, marker = root / name, root / f"{name}.built"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if build() raised
+        if marker.is_file():
+            return Path(marker.read_text(encoding="utf-8"))
+        shutil.rmtree(folder, ignore_errors=True)  # a half-built folder of a worker whose build failed
+        folder.mkdir(parents=True)
+        built = build(folder)
+        marker.write_text(str(built), encoding="utf-8")
+        return built
 
 
 def _free_port_args() -> list[str]:

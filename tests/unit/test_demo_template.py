@@ -1,6 +1,7 @@
 """The model demos prompt a checkpoint as it was trained (its run's system prompt, suffix and image size, through
 training's own `build_messages`), infer the task of a gold as the data loader does, and show uploads at a readable
-size. The checkpoint is a real one: `colour_checkpoint` (tests/conftest.py) SFT-s the tiny preset once per session."""
+size. The checkpoints are real ones (tests/conftest.py): `colour_checkpoint` SFT-s the tiny preset with a template of its
+own, and `quickstart_checkpoint` is the quickstart's cold start, which names colours."""
 
 from __future__ import annotations
 
@@ -61,16 +62,17 @@ def test_a_trained_checkpoint_is_prompted_with_exactly_its_training_tokens(colou
     assert COLOUR_SYSTEM not in text and COLOUR_SUFFIX not in text
 
 
-def test_chat_answers_the_colour_with_the_task_inferred_from_the_gold(colour_checkpoint, tmp_path):
+def test_chat_answers_the_colour_with_the_task_inferred_from_the_gold(quickstart_checkpoint, tmp_path):
     from demos._model import DemoModel, Sampling
     from demos.chat import chat_stream
+    from tests.unit.demo_assets import quickstart_question
 
-    model = DemoModel.load(str(colour_checkpoint), device="cpu")
-    image = str(colour_square(tmp_path / "blue.png", "blue", seed=11))
-    status, _, answer, rewards, raw = list(chat_stream(model, image, COLOUR_QUESTION, Sampling(max_new_tokens=32),
-                                                       "blue"))[-1]  # fmt: skip
-    assert answer == "blue", raw
-    # 'blue' is a text answer, as the data loader infers it: scored 1.0 (the page's default 'math' made it None).
+    model = DemoModel.load(str(quickstart_checkpoint), device="cpu")
+    image, question = quickstart_question(tmp_path, "yellow")
+    status, _, answer, rewards, raw = list(chat_stream(model, str(image), question, Sampling(max_new_tokens=32),
+                                                       "yellow"))[-1]  # fmt: skip
+    assert answer == "yellow", raw
+    # 'yellow' is a text answer, as the data loader infers it: scored 1.0 (the page's default 'math' made it None).
     assert status == "done · task **text** (inferred from the gold)"
     assert {r[0]: r[1] for r in rewards} == {"format": 1.0, "accuracy": 1.0}
 
