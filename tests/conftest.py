@@ -106,8 +106,39 @@ def port_args():
     return _free_port_args
 
 
+# The files that take longest (seconds of one worker, `--durations`, 2026-12-07), started first. pytest-xdist's
+# `--dist loadfile` hands out whole files, by default the ones with the most tests first, so a long file of one or
+# two tests (the README's commands: 100 s) started last and kept one worker busy after the other had finished.
+# Longest first leaves only short files for the end. A stale list costs minutes of wall time, never a result.
+LONGEST_FIRST = (
+    "tests/e2e/test_recipes_offline.py",
+    "tests/integration/test_distributed.py",
+    "tests/integration/test_grpo_trainer.py",
+    "tests/integration/test_real_families_pipeline.py",
+    "tests/e2e/test_run_safety.py",
+    "tests/e2e/test_readme_usage.py",
+    "tests/integration/test_async_rollout.py",
+    "tests/e2e/test_demos_browser.py",
+    "tests/integration/test_deepspeed.py",
+    "tests/integration/test_process_exit.py",
+    "tests/integration/test_multiturn_learns.py",
+    "tests/integration/test_gpu_tools.py",
+    "tests/integration/test_policy_update.py",
+    "tests/integration/test_real_families.py",
+    "tests/e2e/test_bad_inputs.py",
+)
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the order below
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config, items):
-    """`gpu`-marked tests run only where a CUDA device is visible (`scripts/gpu_check.sh` runs them)."""
+    """The longest files first (see LONGEST_FIRST); `gpu`-marked tests run only where a CUDA device is visible
+    (`scripts/gpu_check.sh` runs them)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (gpu marker)")
