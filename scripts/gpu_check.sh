@@ -22,6 +22,10 @@
 #               tokens/s, MFU, peak memory
 #   grpo_step   benchmarks/grpo_step.py: one whole GRPO step at 3B (AdamW, KL reference, gradient checkpointing):
 #               fits or not, peak memory, seconds
+#   async       benchmarks/async_rollout.py --no-sft: a few synchronous and `max_staleness: 1` steps of the small model,
+#               samples/s of each, staleness. On one GPU the trainer and its rollout worker share the device and take
+#               turns on it: the figure is what the worker costs there (a second copy, the weight transfer), not an
+#               overlap, which needs the rollouts on other hardware. Its log is appended to throughput.log
 #   vllm, flash_attn  only where those packages are installed (they cannot travel to the lent GPU machine): skipped
 #               with a line otherwise
 # The last thing written: $OUT/summary.json and $OUT/summary.txt (step, status, seconds, key figures); they are also
@@ -38,7 +42,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE="${2:-}"; shift 2 || break ;;
     --device=*) DEVICE="${1#--device=}"; shift ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (usage: scripts/gpu_check.sh [--device cuda|cpu])" >&2; exit 2 ;;
   esac
 done
@@ -101,6 +105,7 @@ KEYS = {
                   "peak_allocated_gib", "peak_reserved_gib", "device_memory_gib", "loss", "kl", "grad_norm", "error"),
     "vllm": ("rollout_tokens_per_s", "train_tokens_per_s"),
     "flash_attn": ("rollout_tokens_per_s", "train_tokens_per_s"),
+    "async": ("sync_samples_per_s", "async_samples_per_s", "speedup", "mean_staleness", "mean_is_ess"),
 }
 steps = []
 for row in steps_file.read_text().splitlines():
@@ -149,19 +154,22 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # Sizes per device: 3B on CUDA; tiny on the CPU (the same programs and arguments otherwise).
 if [ "$DEVICE" = cuda ]; then
-  # seconds per step; together 360 (6 minutes), so a rerun fits the 15 minutes of a lent machine
-  T_WHEELS=15 T_VERSIONS=25 T_TESTS=100 T_PREFIX=40 T_THROUGHPUT=80 T_GRPO=100
+  # seconds per step; together 360 (6 minutes), so a rerun fits the 15 minutes of a lent machine (the async test
+  # runs in the async step, not in tests: 30 s moved there)
+  T_WHEELS=15 T_VERSIONS=25 T_TESTS=70 T_PREFIX=40 T_THROUGHPUT=80 T_GRPO=100 T_ASYNC=30
   TEST_PATHS=(tests/)
   PREFIX_ARGS=(--preset small)
   THROUGHPUT_ARGS=(--preset qwen2.5-vl-3b --steps 1)
   GRPO_ARGS=(--preset qwen2.5-vl-3b)
+  ASYNC_ARGS=(--steps 4 --warmup 1 --group-size 4 --max-new-tokens 8)
 else
   # a shared CPU is slow and its load varies: generous limits (the rehearsal checks the steps run, not their speed)
-  T_WHEELS=60 T_VERSIONS=120 T_TESTS=240 T_PREFIX=240 T_THROUGHPUT=240 T_GRPO=240
+  T_WHEELS=60 T_VERSIONS=120 T_TESTS=240 T_PREFIX=240 T_THROUGHPUT=240 T_GRPO=240 T_ASYNC=240
   TEST_PATHS=(tests/integration/test_gpu.py)
   PREFIX_ARGS=(--preset tiny)
   THROUGHPUT_ARGS=(--preset tiny --steps 1 --prompts 1 --group-size 2 --max-new-tokens 4 --image-side 56)
   GRPO_ARGS=(--preset tiny --prompts 1 --group-size 4 --max-new-tokens 8 --image-side 56)
+  ASYNC_ARGS=(--steps 3 --warmup 1 --group-size 2 --max-new-tokens 4)
 fi
 
 last_rc=0
@@ -175,13 +183,19 @@ record() {
   summarize partial
 }
 
-# step NAME TIMEOUT COMMAND...: run COMMAND under its own timeout, its output in $OUT/NAME.log
+# step NAME TIMEOUT COMMAND...: run COMMAND under its own timeout, its output in $OUT/NAME.log; with STEP_LOG=OTHER
+# appended to $OUT/OTHER.log instead (at most 8 files come back from a GPU run: 6 logs and the 2 summaries)
 step() {
-  local name="$1" limit="$2" log="$OUT/$1.log" start rc status note=""
+  local name="$1" limit="$2" log="$OUT/${STEP_LOG:-$1}.log" start rc status note=""
   shift 2
   echo "gpu_check: [$name] running (limit ${limit} s, log $log)"
   start=$(now)
-  timeout --kill-after=10 "$limit" "$@" > "$log" 2>&1
+  if [ -n "${STEP_LOG:-}" ]; then
+    echo "== gpu_check step $name ==" >> "$log"
+    timeout --kill-after=10 "$limit" "$@" >> "$log" 2>&1
+  else
+    timeout --kill-after=10 "$limit" "$@" > "$log" 2>&1
+  fi
   rc=$?
   last_rc=$rc
   case "$rc" in
@@ -269,16 +283,20 @@ elif [ "$versions_rc" -eq 4 ]; then
   why="no CUDA device visible (see versions.log)"
 fi
 if [ -n "$why" ]; then
-  for name in tests prefix throughput grpo_step; do skip "$name" "$why"; done
+  for name in tests prefix throughput grpo_step async; do skip "$name" "$why"; done
 else
-  # The vLLM and flash-attention tests are gpu-marked too; they run in their own steps below, where installed.
+  # The vLLM and flash-attention tests are gpu-marked too; they run in their own steps below, where installed. The
+  # async test's worker on CUDA is the async step's.
   step tests "$T_TESTS" "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider -k "not flash_attention" \
+    --deselect tests/integration/test_async_rollout.py::test_the_worker_samples_on_cuda_with_the_previous_version \
     --ignore=tests/integration/test_vllm_backend.py "${TEST_PATHS[@]}"
   step prefix "$T_PREFIX" "$PY" benchmarks/prefix_exactness.py --device "$DEVICE" "${PREFIX_ARGS[@]}" \
     --json "$WORK/prefix.json"
   step throughput "$T_THROUGHPUT" "$PY" benchmarks/gpu_throughput.py --device "$DEVICE" --dtype bf16 \
     "${THROUGHPUT_ARGS[@]}" --json "$WORK/throughput.json"
   step grpo_step "$T_GRPO" "$PY" benchmarks/grpo_step.py --device "$DEVICE" "${GRPO_ARGS[@]}" --json "$WORK/grpo_step.json"
+  STEP_LOG=throughput step async "$T_ASYNC" "$PY" benchmarks/async_rollout.py --device "$DEVICE" --no-sft \
+    "${ASYNC_ARGS[@]}" --work-dir "$WORK/async" --json "$WORK/async.json"
 fi
 
 # -- vLLM and flash-attn: for a machine that has them (neither can travel: a ~300 MB wheel; no wheel at all) ------

@@ -36,15 +36,26 @@ def _check_mini_batches(cfg: MMRLConfig) -> None:
 
 
 def _check_async(cfg: MMRLConfig) -> None:
-    """`rollout.max_staleness >= 1` runs one rollout worker process beside one trainer process; refuse what that
-    design does not cover, in one line each, rather than train on something else than what was asked."""
+    """`rollout.max_staleness >= 1` runs one rollout worker process beside each trainer process (each DDP rank its
+    own); refuse what that design does not cover, in one line each, rather than train on something else than what
+    was asked."""
     k = cfg.rollout.max_staleness
     if k == 0:
         return
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    # The engine accelerate's preset asked for (mmrl.parallel.distributed.engine_from_launch reads the same variables).
+    sharded = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    engine = ("FSDP2 (the parameters are sharded over the ranks)" if sharded
+              else "DeepSpeed (its engine owns the parameters and their update)")
     refusals = [
-        (world > 1, f"runs one trainer process beside one rollout worker; launched with {world} processes "
-         "(DDP / FSDP2 / DeepSpeed) it is not supported: launch one process or set rollout.max_staleness=0"),
+        (world > 1 and (sharded or deepspeed), f"gives each rank's worker a whole, plain copy of the policy and "
+         f"of its weights after every step; under {engine} that copy is not built: launch with the DDP preset "
+         "(configs/accelerate/ddp_*.yaml) or set rollout.max_staleness=0"),
+        (world > 1 and cfg.algorithm.online_filter.enabled and cfg.algorithm.online_filter.max_tries > 1,
+         "with several processes cannot refill filtered groups (algorithm.online_filter): the ranks agree on a "
+         "refill through the process group, which the rollout workers are not in; set "
+         "algorithm.online_filter.max_tries=1 (filter, no refill) or rollout.max_staleness=0"),
         (cfg.rollout.backend != "hf", f"needs rollout.backend=hf (the worker samples with its own copy of the "
          f"policy); got {cfg.rollout.backend!r}: set rollout.backend=hf or rollout.max_staleness=0"),
         (cfg.algorithm.tis_cap is None, "corrects the stale samples with algorithm.is_correction, which is off "

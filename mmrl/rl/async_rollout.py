@@ -39,9 +39,11 @@ from mmrl.errors import UserError
 from mmrl.faults import fault_point
 from mmrl.generation.backends import make_backend
 from mmrl.models.interface import ModelInterface
+from mmrl.parallel.distributed import all_gather_objects
 from mmrl.rewards.composite import RewardComposite
 from mmrl.rl.experience import Group, collect_step
 from mmrl.rl.stages import StageSchedule
+from mmrl.rl.worker_pipe import PipeEnded, PipeReader
 
 _POLL_S = 0.5  # how often a waiting trainer checks that the worker still lives
 _START_S = 600.0  # the least time for the first batch (spawn, imports, model copy, first rollout) before a hang
@@ -62,6 +64,8 @@ class WorkerSpec:
     end: int  # one past the last step
     max_staleness: int
     device: str
+    rank: int = 0  # DDP: this worker's trainer rank; it draws that rank's share of each step's prompts
+    world_size: int = 1
 
 
 @dataclass
@@ -92,6 +96,23 @@ def sampled_version(step: int, start: int, max_staleness: int) -> int:
     [5, 5, 5, 6]
     """
     return max(step - max_staleness, start)
+
+
+def merge_rank_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """One row from every rank's `async/*` figures: the step's staleness (the largest), the oldest version, the
+    slowest wait and rollout (the step waits for the slowest rank), and each rank's own as `async/rank<r>/*`.
+
+    >>> row = merge_rank_metrics([{"async/staleness": 1, "async/wait_s": 0.0}, {"async/staleness": 1, "async/wait_s": 2.5}])
+    >>> row["async/wait_s"], row["async/rank0/wait_s"], row["async/rank1/staleness"]
+    (2.5, 0.0, 1)
+    """
+    merged: dict[str, float] = {}
+    for key in per_rank[0]:
+        values = [part[key] for part in per_rank]
+        merged[key] = min(values) if key == "async/sampled_version" else max(values)
+    for rank, part in enumerate(per_rank):
+        merged.update({key.replace("async/", f"async/rank{rank}/", 1): value for key, value in part.items()})
+    return merged
 
 
 def spec_key(specs: tuple) -> str:
@@ -147,8 +168,8 @@ class _WorkerParts:
             stage,
             self.spec.datasets[key],
             sampler,
-            0,
-            1,
+            self.spec.rank,
+            self.spec.world_size,
             processor=self.spec.processor,
             backend=self.backend,
             composite=self.composites[rewards_key],
@@ -236,7 +257,7 @@ class AsyncRollout:
     trainable: list[str]
     process: Any = None
     weights_out: Any = None
-    batches_in: Any = None
+    batches_in: PipeReader | None = None
     last: VersionedBatch | None = None
     waited_s: float = 0.0
     ready: bool = False
@@ -254,8 +275,13 @@ class AsyncRollout:
         start: int,
         end: int,
         max_staleness: int,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> AsyncRollout:
-        """Copy the policy (weights of version `start`) into a new worker process and start it sampling."""
+        """Copy the policy (weights of version `start`) into a new worker process and start it sampling.
+
+        DDP: every rank launches its own worker, with the rank's own random state and share of the prompts, so the
+        worker samples exactly what that rank's synchronous loop would (the prompt order is one for all ranks)."""
         ctx = mp.get_context("spawn")  # a fork would share the trainer's threads and locks in an unknown state
         trainable = [name for name, p in model.named_parameters() if p.requires_grad]
         spec = WorkerSpec(
@@ -270,9 +296,11 @@ class AsyncRollout:
             end=end,
             max_staleness=max_staleness,
             device=str(generator.device),
+            rank=rank,
+            world_size=world_size,
         )
-        # Batches come through a one-way pipe whose only writer is the worker: a worker killed while it writes one
-        # leaves an end of file (EOFError) behind, never a read that waits for bytes that will not come.
+        # Batches come through a one-way pipe whose only writer is the worker, so its death ends the pipe (an end of
+        # file, or a message cut short); a thread reads it, so a worker frozen inside a message still times out.
         reader, writer = ctx.Pipe(duplex=False)
         rollout = cls(
             max_staleness=max_staleness,
@@ -280,10 +308,10 @@ class AsyncRollout:
             start=start,
             trainable=trainable,
             weights_out=ctx.Queue(),
-            batches_in=reader,
+            batches_in=PipeReader(reader, name=f"mmrl-rollout-reader-{rank}"),
         )
         rollout.process = ctx.Process(
-            target=_worker_main, args=(spec, rollout.weights_out, writer), name="mmrl-rollout-worker"
+            target=_worker_main, args=(spec, rollout.weights_out, writer), name=f"mmrl-rollout-worker-{rank}"
         )  # not a daemon: rewards start their own processes
         rollout.process.start()
         writer.close()  # the worker's copy is the only one left
@@ -293,42 +321,31 @@ class AsyncRollout:
         """`step`'s batch, sampled by version `sampled_version(step)`; one line (UserError) if the worker died,
         failed or hung."""
         started = time.perf_counter()
+        resume = "the run stops (resume it from its last checkpoint with trainer.resume=auto)"
         while True:
-            try:
-                item = self.batches_in.recv() if self.batches_in.poll(_POLL_S) else None
-            except EOFError:  # the worker is gone, perhaps in the middle of a batch: nothing of it is used
+            item = self.batches_in.get(_POLL_S)  # whole messages only: a batch cut off is never handed on
+            if item is None and not self.process.is_alive():  # what it sent whole before it died still counts
+                item = self.batches_in.get(5.0) or PipeEnded()
+            if isinstance(item, PipeEnded):
                 self.process.join(5)
                 code = self.process.exitcode
-                self.close()
-                raise UserError(
-                    f"rollout worker: the process died (exit code {code}) before sending step {step}'s groups; "
-                    "the run stops (resume it from its last checkpoint with trainer.resume=auto)"
-                ) from None
-            except Exception as exc:  # noqa: BLE001 - a message that does not unpickle: nothing of it is used
-                self.close()
-                raise UserError(
-                    f"rollout worker: its batch for step {step} arrived broken ({type(exc).__name__}); "
-                    "the run stops (resume it from its last checkpoint with trainer.resume=auto)"
-                ) from None
+                cut = item.error is not None  # it ended inside a message: none of that message is used
+                if cut and code is None:  # the worker lives: the message itself did not unpickle
+                    raise self._stop(
+                        f"its batch for step {step} arrived broken ({type(item.error).__name__}); {resume}"
+                    )
+                when = "while sending" if cut else "before sending"
+                raise self._stop(f"the process died (exit code {code}) {when} step {step}'s groups; {resume}")
             if isinstance(item, WorkerFailure):
                 self.close()
                 raise UserError(f"rollout worker failed at step {item.step}: {item.message}")
             if item is not None:
                 break
-            if not self.process.is_alive():
-                code = self.process.exitcode
-                self.close()
-                raise UserError(
-                    f"rollout worker: the process died (exit code {code}) before sending step {step}'s "
-                    "groups; the run stops (resume it from its last checkpoint with trainer.resume=auto)"
-                )
             limit = self.timeout_s if self.ready else max(self.timeout_s, _START_S)
             if time.perf_counter() - started > limit:
-                self.close()
-                raise UserError(
-                    f"rollout worker: no groups for step {step} within rollout.worker_timeout_s="
-                    f"{self.timeout_s:g} s; stopped it and the run (raise the timeout if rollouts are "
-                    "that slow, or resume with trainer.resume=auto)"
+                raise self._stop(
+                    f"no groups for step {step} within rollout.worker_timeout_s={self.timeout_s:g} s; stopped it and "
+                    "the run (raise the timeout if rollouts are that slow, or resume with trainer.resume=auto)"
                 )
         expected = sampled_version(step, self.start, self.max_staleness)
         if item.step != step or item.version != expected:  # never train on a batch that is not this step's
@@ -342,14 +359,24 @@ class AsyncRollout:
         self.last = item
         return item
 
+    def _stop(self, what: str) -> UserError:
+        """Stop the worker; the one line that stops the run."""
+        self.close()
+        return UserError(f"rollout worker: {what}")
+
     def publish(self, version: int, model: torch.nn.Module) -> None:
         """Send the weights the trainer holds now (after its optimizer step) as `version`: the trainable
         parameters only (a frozen tower or a LoRA base never changes)."""
         params = dict(model.named_parameters())
         self.weights_out.put((version, {name: params[name].detach().clone() for name in self.trainable}))
 
-    def metrics(self, step: int) -> dict[str, float]:
-        """`async/*` figures of the batch `step` trained on (the correction's are update's `rollout/*`)."""
+    def metrics(self, step: int, world_size: int = 1) -> dict[str, float]:
+        """`async/*` figures of the batch `step` trained on (the correction's are update's `rollout/*`). With several
+        processes every rank calls this (it gathers): see `merge_rank_metrics`."""
+        local = self._local_metrics(step)
+        return merge_rank_metrics(all_gather_objects(local, world_size)) if world_size > 1 else local
+
+    def _local_metrics(self, step: int) -> dict[str, float]:
         batch = self.last
         if batch is None:
             return {}
@@ -379,5 +406,5 @@ class AsyncRollout:
             self.weights_out.cancel_join_thread()  # unread weights must not hold the trainer's exit
             self.weights_out.close()
         if self.batches_in is not None:
-            self.batches_in.close()
+            self.batches_in.close()  # after the worker is gone: its reader thread has seen the end
         self.weights_out = self.batches_in = None

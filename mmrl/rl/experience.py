@@ -174,9 +174,11 @@ def collect_step(cfg: MMRLConfig, stage: ResolvedStage, dataset: list[Sample], s
             filtered += len(groups) - len(passing)
             groups = passing
         kept.extend(groups[: max(0, wanted - len(kept))])
-        # Every process draws in lockstep so the shared prompt order stays identical across ranks.
-        missing = all_reduce_sum(max(0, wanted - len(kept)), world_size)
-        if missing == 0 or not f.enabled or attempt == f.max_tries - 1:
+        if not f.enabled or attempt == f.max_tries - 1:
+            break
+        # Every process draws in lockstep so the shared prompt order stays identical across ranks. Only a refill asks
+        # the others: without the filter this function needs no process group (the rollout worker of a rank has none).
+        if all_reduce_sum(max(0, wanted - len(kept)), world_size) == 0:
             break
     info = _merge_rounds(rounds)
     info["filtered_groups"] = filtered

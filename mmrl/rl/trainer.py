@@ -107,10 +107,10 @@ class GRPOLoop:
         self.eval_samples = self._load(tuple(cfg.data.eval)) if cfg.data.eval and cfg.trainer.eval_steps else []
         # rollout.max_staleness >= 1: a worker process rolls out (docs/async.md); None: the synchronous loop
         self.max_staleness: int | None = cfg.rollout.max_staleness or None
-        if self.max_staleness and self.run.dist.world_size > 1:
+        if self.max_staleness and self.run.engine.name not in ("single", "ddp"):  # the config refuses these first
             self.run.close()
-            raise UserError("rollout.max_staleness: asynchronous rollouts run with one trainer process; launch one "
-                            "process or set rollout.max_staleness=0")
+            raise UserError(f"rollout.max_staleness: asynchronous rollouts run on one process or under DDP, not "
+                            f"{self.run.engine.name}; use the DDP preset or set rollout.max_staleness=0")
         self.worker: AsyncRollout | None = None
 
     def _steps_from_epochs(self) -> None:
@@ -208,7 +208,8 @@ class GRPOLoop:
             if self.max_staleness is not None:
                 self.worker = AsyncRollout.launch(
                     cfg, run.model, run.processor, self.interface, self._datasets, self.generator,
-                    dict(getattr(self, "_saved_samplers", {})), step, self.schedule.total_steps, self.max_staleness)
+                    dict(getattr(self, "_saved_samplers", {})), step, self.schedule.total_steps, self.max_staleness,
+                    rank=run.dist.rank, world_size=run.dist.world_size)  # DDP: each rank its own worker
             # Stages may end early (until_metric), so the schedule, not a fixed count, says when training is done.
             while not self.schedule.finished(step):
                 timer = PhaseTimer()
@@ -244,7 +245,7 @@ class GRPOLoop:
                 run.scheduler.step()  # after advance: the next step's LR sees a stage that just ended early
                 metrics = self._metrics(groups, info, update, stage, timer, time.perf_counter() - started)
                 metrics.update(eval_metrics or {})
-                metrics.update(self.worker.metrics(step - 1) if self.worker is not None else {})
+                metrics.update(self.worker.metrics(step - 1, run.dist.world_size) if self.worker is not None else {})
                 if step == run.start_step + 1:
                     metrics.update(run.topology())  # world size and engine, in the run's first metrics row
                 run.logger.log(step, metrics)

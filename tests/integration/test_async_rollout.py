@@ -3,11 +3,14 @@
 - the worker in lockstep (staleness 0) trains exactly what the synchronous loop trains (fp32, same weights);
 - with staleness 1 the groups of step t come from version t - 1, every prompt is drawn once, in order;
 - a resume drops the in-flight groups and regenerates them from the checkpoint, the same way every time;
-- a worker that dies or hangs stops the run with one line, before anything of it is trained on.
+- a worker that dies or hangs stops the run with one line, before anything of it is trained on;
+- DDP (2 processes under `accelerate launch`): each rank its own worker; in lockstep the 2-process synchronous run's
+  weights, bit for bit.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -23,6 +26,7 @@ from mmrl.config import load_config
 from mmrl.errors import UserError
 from mmrl.rl.trainer import GRPOLoop
 from mmrl.runs.logger import read_metrics
+from tests.integration.launch import FIXTURES, launcher, run, train_args
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "tests" / "grpo_tiny.yaml"
@@ -190,6 +194,51 @@ def test_a_worker_that_dies_or_hangs_stops_the_run_in_one_line(
     assert "\n" not in str(error.value)
     assert [r["step"] for r in _rows(out)] == [1]  # the second batch never arrived: nothing of it was trained on
     assert not trainer.worker.process.is_alive()
+
+
+def test_ddp_each_rank_has_its_own_worker_and_lockstep_equals_the_synchronous_run(
+    synthetic_data, tiny_model_dir, tmp_path, port_args
+):
+    """2 processes (accelerate launch, DDP on gloo), three runs in one launch: the synchronous loop; each rank's worker
+    in lockstep, which must train to the same fp32 weights bit for bit (each worker draws its rank's share of the
+    prompts with its rank's random state); and max_staleness 1, whose every rank samples step t with version t - 1
+    and logs its staleness."""
+    run(
+        [
+            *launcher("ddp", port_args),
+            str(FIXTURES / "async_ranks.py"),
+            str(CONFIG),
+            str(tmp_path),
+            *train_args(synthetic_data),
+            "trainer.save_final=false",
+            "rollout.worker_threads=1",
+        ]
+    )
+    views = {
+        name: [json.loads((tmp_path / name / f"rank-{r}.json").read_text()) for r in (0, 1)]
+        for name in ("sync", "lockstep", "stale")
+    }
+    for name, ranks in views.items():
+        assert [(v["rank"], v["world_size"]) for v in ranks] == [(0, 2), (1, 2)], name
+        assert ranks[0]["pid"] != ranks[1]["pid"] and all(v["moved"] for v in ranks), name
+    assert [v["worker_pid"] for v in views["sync"]] == [None, None]  # the synchronous loop starts no worker
+    for name in ("lockstep", "stale"):  # one worker per rank: two processes, neither a trainer
+        workers = {v["worker_pid"] for v in views[name]}
+        assert len(workers) == 2 and None not in workers and not workers & {v["pid"] for v in views[name]}, name
+
+    sync, lockstep = torch.load(tmp_path / "sync" / "final.pt"), torch.load(tmp_path / "lockstep" / "final.pt")
+    for key in sync:
+        torch.testing.assert_close(lockstep[key], sync[key], rtol=0, atol=0, msg=key)
+    sync_rows, lock_rows = _rows(tmp_path / "sync" / "run"), _rows(tmp_path / "lockstep" / "run")
+    assert [r["reward/total"] for r in lock_rows] == [r["reward/total"] for r in sync_rows]
+
+    rows = _rows(tmp_path / "stale" / "run")
+    assert (rows[0]["world_size"], rows[0]["engine"]) == (2, "ddp")
+    assert [r["async/sampled_version"] for r in rows] == [0, 0, 1]
+    assert [r["async/first_draw"] for r in rows] == [0, 2, 4]  # 2 prompts a step over both ranks: none twice
+    for rank in (0, 1):
+        assert [r[f"async/rank{rank}/staleness"] for r in rows] == [0, 1, 1]
+        assert all(r[f"async/rank{rank}/worker_rollout_s"] > 0 for r in rows)
 
 
 @pytest.mark.gpu  # skipped without CUDA; scripts/gpu_check.sh runs it (`pytest -m gpu`): the worker on the same GPU

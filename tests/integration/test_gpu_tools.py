@@ -15,7 +15,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-STEPS = ["wheels", "versions", "tests", "prefix", "throughput", "grpo_step", "vllm", "flash_attn"]
+STEPS = ["wheels", "versions", "tests", "prefix", "throughput", "grpo_step", "async", "vllm", "flash_attn"]
 
 
 def probe_wheel(folder: Path) -> Path:
@@ -66,13 +66,13 @@ def test_gpu_check_rehearsal_runs_every_step_on_cpu(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert [s["step"] for s in summary["steps"]] == STEPS
     status = {s["step"]: s["status"] for s in summary["steps"]}
-    assert status == {**dict.fromkeys(STEPS[:6], "ok"), "vllm": "skipped", "flash_attn": "skipped"}, status
+    assert status == {**dict.fromkeys(STEPS[:7], "ok"), "vllm": "skipped", "flash_attn": "skipped"}, status
     assert (
         summary["ok"] is True and summary["complete"] is True and summary["failed"] == [] and summary["device"] == "cpu"
     )
     figures = {s["step"]: s["figures"] for s in summary["steps"]}
-    assert all(s["seconds"] > 0 for s in summary["steps"][:6])
-    assert all("not installed" in s["note"] for s in summary["steps"][6:])  # skipped with a line saying why
+    assert all(s["seconds"] > 0 for s in summary["steps"][:7])
+    assert all("not installed" in s["note"] for s in summary["steps"][7:])  # skipped with a line saying why
     assert figures["versions"]["torch"] == torch.__version__ and figures["versions"]["device"] == "cpu"
     assert figures["tests"]["skipped"] >= 4 and "failed" not in figures["tests"]  # gpu-marked: skipped on a CPU
     assert figures["prefix"]["ok"] is True and figures["prefix"]["fp32_logp_max_abs_diff"] < 1e-4
@@ -83,10 +83,15 @@ def test_gpu_check_rehearsal_runs_every_step_on_cpu(tmp_path):
     assert figures["throughput"]["train_tokens_per_s"] > 0 and figures["throughput"]["rollout_tokens_per_s"] > 0
     assert figures["grpo_step"]["fits"] is True and figures["grpo_step"]["weights_moved"] is True
     assert figures["grpo_step"]["grad_norm"] > 0
-    # $OUT holds one log per step that ran and the two summaries: within the 8 files that come back from a GPU run
+    # the async step: both arms ran, the async one a step behind after its first (3 steps: staleness 0, 1, 1)
+    assert figures["async"]["sync_samples_per_s"] > 0 and figures["async"]["async_samples_per_s"] > 0
+    assert figures["async"]["speedup"] > 0 and figures["async"]["mean_staleness"] == pytest.approx(2 / 3, abs=1e-3)
+    # $OUT holds one log per step that ran (the async step's appended to throughput.log) and the two summaries:
+    # within the 8 files that come back from a GPU run
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"{s}.log" for s in STEPS[:6]] + ["summary.json", "summary.txt"]
     )
+    assert "== gpu_check step async ==" in (out / "throughput.log").read_text()
     assert "Successfully installed gpucheck-probe-1.0" in (out / "wheels.log").read_text()
     assert max(p.stat().st_mtime_ns for p in out.iterdir()) in {
         (out / n).stat().st_mtime_ns for n in ("summary.json", "summary.txt")

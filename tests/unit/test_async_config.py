@@ -33,11 +33,20 @@ def test_unsupported_combinations_are_refused_in_one_line(overrides, says):
     assert "Traceback" not in str(error.value)
 
 
-def test_several_processes_are_refused(monkeypatch):
+def test_ddp_is_accepted_and_sharded_engines_are_refused_in_one_line(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(Exception, match="launch one process or set rollout.max_staleness=0"):
-        load_config(None, ["rollout.max_staleness=1"])
-    assert load_config(None).rollout.max_staleness == 0  # the synchronous loop runs on any number of processes
+    assert load_config(None, [ASYNC]).rollout.max_staleness == 1  # DDP: each rank its own worker
+    refill = [ASYNC, "algorithm.online_filter.enabled=true"]
+    with pytest.raises(Exception, match="online_filter.max_tries=1"):  # the ranks' refills need the process group
+        load_config(None, refill)
+    assert load_config(None, [*refill, "algorithm.online_filter.max_tries=1"]).algorithm.online_filter.enabled
+    for variable, says in [("ACCELERATE_USE_FSDP", "FSDP2"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")]:
+        with monkeypatch.context() as env:
+            env.setenv(variable, "true")
+            with pytest.raises(Exception, match=f"under {says} .* launch with the DDP preset") as error:
+                load_config(None, [ASYNC])
+            assert "Traceback" not in str(error.value)
+            assert load_config(None).rollout.max_staleness == 0  # the synchronous loop runs on every engine
 
 
 def test_each_step_is_sampled_by_the_version_k_steps_before_it_never_before_the_start():

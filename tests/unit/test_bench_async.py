@@ -60,3 +60,39 @@ def test_bad_arguments_are_one_line(capsys):
 def test_a_group_of_one_is_refused_in_one_line(capsys):
     assert _bench().main(["--group-size", "1"]) == 2
     assert "--group-size must be >= 2" in capsys.readouterr().out
+
+
+def test_over_seeds_gives_the_speedup_and_the_accuracy_difference_with_t_intervals(tmp_path):
+    bench = _bench()
+    # last half of 4 steps = steps 3-4
+    acc = {"sync": [0.0, 0.0, 0.5, 0.7], "async": [0.0, 0.0, 0.4, 0.6]}
+    runs = {}
+    for name, values in acc.items():
+        rows = [{"step": i + 1, "accuracy": a} for i, a in enumerate(values)]
+        runs[name] = bench.last_half_accuracy(_write(tmp_path / name, rows))
+    assert runs == {"sync": pytest.approx(0.6), "async": pytest.approx(0.5)}
+
+    per_seed = {
+        seed: {
+            "sync": {"samples_per_s": 10.0, "last_half_accuracy": 0.5},
+            "async": {"samples_per_s": 10.0 * ratio, "last_half_accuracy": 0.5 + diff},
+        }
+        for seed, ratio, diff in [(0, 1.1, -0.1), (1, 1.2, 0.1), (2, 1.15, 0.0)]
+    }
+    figures = bench.over_seeds(per_seed)
+    assert figures["speedup"] == pytest.approx((1.1 * 1.2 * 1.15) ** (1 / 3), abs=1e-6)  # the geometric mean
+    low, high = figures["speedup_ci95"]
+    assert 1 < low < figures["speedup"] < high  # t(2) = 4.303 on the log ratios: all three above 1 and close
+    assert figures["speedup_verdict"] == "async faster"
+    assert figures["accuracy_diff"] == pytest.approx(0.0, abs=1e-9)
+    # mean 0, sd 0.1, n 3: half-width 4.303 * 0.1 / sqrt(3)
+    assert figures["accuracy_diff_ci95"] == pytest.approx([-0.248434, 0.248434], abs=1e-5)
+    assert figures["accuracy_diff_verdict"] == "not distinguishable"
+    one = bench.over_seeds({0: per_seed[0]})
+    assert one["speedup_ci95"] == [None, None] and one["speedup_verdict"] == "one seed: no interval"
+
+
+def test_bad_seeds_are_one_line(capsys):
+    assert _bench().main(["--seeds", "0,x"]) == 2
+    assert "--seeds must be distinct integers" in capsys.readouterr().out
+    assert _bench().main(["--seeds", "1,1"]) == 2

@@ -1,0 +1,59 @@
+"""The trainer's end of the rollout worker's pipe, read by a thread of its own.
+
+`Connection.recv` blocks until a whole message is in: a worker frozen halfway through sending a batch (stopped,
+swapped out, stuck in a write) would hold a trainer that called it forever, and its hang timeout would never fire. A
+reader thread takes that wait instead; the trainer only ever looks at whole messages, with a timeout. A message cut
+off by the worker's death surfaces as `PipeEnded` (with the error, when it was cut inside a message): nothing of it
+is handed on.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class PipeEnded:
+    """The pipe closed: `error` None at a message boundary (the writer exited), else what broke the message."""
+
+    error: BaseException | None = None
+
+
+class PipeReader:
+    """Whole messages of a one-way pipe, in order, through `get(timeout)`."""
+
+    def __init__(self, connection: Any, name: str = "mmrl-pipe-reader") -> None:
+        self.connection = connection
+        self._items: queue.Queue = queue.Queue()
+        # A daemon: a reader still waiting on a frozen writer must not hold the trainer's exit.
+        self._thread = threading.Thread(target=self._read, name=name, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                item = self.connection.recv()
+            except EOFError:
+                self._items.put(PipeEnded())
+                return
+            except BaseException as exc:  # noqa: BLE001 - a truncated or unreadable message: handed on as the end
+                self._items.put(PipeEnded(exc))
+                return
+            self._items.put(item)
+
+    def get(self, timeout: float) -> Any:
+        """The next whole message, a `PipeEnded`, or None when none came within `timeout` seconds."""
+        try:
+            return self._items.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self, wait_s: float = 5.0) -> None:
+        """Close the pipe once its writer is gone (the thread then sees the end; closing an fd another thread is
+        reading would not wake it, and its number could be reused meanwhile)."""
+        self._thread.join(wait_s)
+        if not self._thread.is_alive():
+            self.connection.close()

@@ -1,0 +1,73 @@
+"""The rollout worker's pipe, written by a real process: a batch cut off inside its message is never handed on, and a
+writer frozen inside a message still lets the trainer's wait end in one line (`rollout.worker_timeout_s`)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import struct
+import time
+
+import pytest
+
+from mmrl.errors import UserError
+from mmrl.rl.async_rollout import AsyncRollout
+from mmrl.rl.worker_pipe import PipeEnded, PipeReader
+
+CTX = multiprocessing.get_context("fork")  # the child only writes bytes: no need for a fresh interpreter
+
+
+def _whole_then_half(writer, then: str) -> None:
+    """One whole message, then a header that promises 1000 bytes followed by 10 of them; then die or freeze."""
+    writer.send("whole")
+    os.write(writer.fileno(), struct.pack("!i", 1000) + b"x" * 10)
+    if then == "freeze":
+        time.sleep(120)
+    os._exit(9)
+
+
+def _writer(then: str):
+    reader, writer = CTX.Pipe(duplex=False)
+    process = CTX.Process(target=_whole_then_half, args=(writer, then), daemon=True)
+    process.start()
+    writer.close()  # the child holds the only write end, as the rollout worker does
+    return process, PipeReader(reader)
+
+
+def _rollout(process, pipe: PipeReader, timeout_s: float) -> AsyncRollout:
+    rollout = AsyncRollout(
+        max_staleness=1,
+        timeout_s=timeout_s,
+        start=0,
+        trainable=[],
+        process=process,
+        weights_out=CTX.Queue(),
+        batches_in=pipe,
+    )
+    rollout.ready = True  # past the first batch, whose wait includes the worker's start
+    assert pipe.get(10) == "whole"  # what came whole is handed on
+    return rollout
+
+
+def test_a_message_cut_by_the_writers_death_is_never_handed_on():
+    process, pipe = _writer("die")
+    assert pipe.get(10) == "whole"
+    end = pipe.get(10)
+    assert isinstance(end, PipeEnded) and isinstance(end.error, OSError)  # not a message, not a partial one
+    process.join(10)
+    pipe.close()
+
+    process, pipe = _writer("die")
+    with pytest.raises(UserError, match=r"died \(exit code 9\) while sending step 1's groups") as error:
+        _rollout(process, pipe, timeout_s=30).take(1)
+    assert "\n" not in str(error.value)
+
+
+def test_a_writer_frozen_inside_a_message_times_out_in_one_line():
+    process, pipe = _writer("freeze")
+    rollout = _rollout(process, pipe, timeout_s=1)
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"no groups for step 1 within rollout.worker_timeout_s=1 s"):
+        rollout.take(1)  # a `recv` in the trainer would wait here for the 990 bytes that never come
+    assert time.monotonic() - started < 15
+    assert not process.is_alive()  # stopped with the run
