@@ -271,15 +271,10 @@ class TrainingEngine:
             return False
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        from mmrl.checkpoints.store import read_adapter_weights, read_whole_weights
+        from mmrl.checkpoints.store import read_checkpoint_weights
 
-        policy = self.module.inner.policy
-        adapter = Path(path) / "adapter_model.safetensors"
-        if adapter.is_file():  # LoRA: only the adapter was saved; the frozen base stays as loaded
-            whole, strict = read_adapter_weights(policy, adapter), False
-        else:
-            # as one process reads them: the live config (never the checkpoint's config.json), damage in one line
-            whole, strict = read_whole_weights(policy, Path(path)), True
+        # as one process reads them: the live config (never the checkpoint's config.json), damage in one line
+        whole, strict = read_checkpoint_weights(self.module.inner.policy, Path(path))
         self.wrapped.reshard()
         set_model_state_dict(self.wrapped, {f"inner.policy.{k}": v for k, v in whole.items()},
                              options=StateDictOptions(full_state_dict=True, strict=strict))
@@ -288,15 +283,11 @@ class TrainingEngine:
 
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         """Restore the optimizer (FSDP2: each process takes its shards of the whole state, through
-        torch.distributed.checkpoint's full-state-dict API; DeepSpeed: each process takes its own partition)."""
+        torch.distributed.checkpoint's full-state-dict API; DeepSpeed: each process takes its own partition). The
+        state's kind was checked for this engine (`mmrl.checkpoints.store.check_optimizer_kind`)."""
         if self.zero is not None:
             self.zero.load_optimizer_state(state)
             return
-        if isinstance(state, dict) and "deepspeed_zero" in state:
-            from mmrl.errors import UserError
-
-            raise UserError(f"trainer.resume: this checkpoint's optimizer state is DeepSpeed ZeRO partitions; resume "
-                            f"it under the DeepSpeed preset it was written with (this run's engine: {self.name})")
         if self.name != "fsdp2":
             optimizer.load_state_dict(state)
             return

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from mmrl.checkpoints.store import ZERO_PARTITIONS
 from mmrl.errors import UserError
 from mmrl.parallel.host_group import host_group
 
@@ -133,16 +134,13 @@ class ZeroEngine:
         local = _to_cpu(self.ds.optimizer.state_dict())
         gathered: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
         dist.gather_object(local, gathered, dst=0, group=host_group())
-        return {"deepspeed_zero": gathered}
+        return {ZERO_PARTITIONS: gathered}
 
     def load_optimizer_state(self, state: dict[str, Any]) -> None:
         """Each process loads its own partition; the fp32 master partitions are refreshed from the model weights
-        (already loaded from the checkpoint, fp32: exact)."""
-        parts = state.get("deepspeed_zero") if isinstance(state, dict) else None
-        if parts is None or len(parts) != dist.get_world_size():
-            saved = "a run without DeepSpeed" if parts is None else f"{len(parts)} processes"
-            raise UserError(f"trainer.resume: the checkpoint's optimizer state is from {saved}; resume a DeepSpeed "
-                            f"checkpoint with the same number of processes ({dist.get_world_size()})")
+        (already loaded from the checkpoint, fp32: exact). The partitions' count was checked
+        (`mmrl.checkpoints.store.check_optimizer_kind`)."""
+        parts = state[ZERO_PARTITIONS]
         clip = self.ds.optimizer.clip_grad
         self.ds.optimizer.load_state_dict(parts, load_optimizer_states=True, load_from_fp32_weights=False)
         self.ds.optimizer.clip_grad = clip  # the loaded state carries the saved run's clip; this run's config rules
