@@ -232,12 +232,39 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
 
 def load_model_weights(model: torch.nn.Module, path: Path) -> None:
     """Load the weights saved by `save_checkpoint` into an already-built model (full model or LoRA adapter)."""
+    weights, strict = read_checkpoint_weights(model, path)
+    model.load_state_dict(weights, strict=strict)
+
+
+def read_checkpoint_weights(model: Any, path: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """The weights `save_checkpoint` wrote in `path`, under `model`'s live parameter names, and whether they cover
+    the whole model (strict) — the one reader every engine's resume uses (FSDP2 scatters them into its shards).
+
+    LoRA: only the adapter was saved (checked both ways against the live adapter: another model.lora.r or target
+    set is one line); the frozen base stays as loaded. Otherwise the whole model, read with the live config."""
     adapter = path / "adapter_model.safetensors"
     if adapter.is_file():
-        # under the live names, checked both ways (another model.lora.r or target set is one line), as FSDP2 loads it
-        model.load_state_dict(read_adapter_weights(model, adapter), strict=False)
+        return read_adapter_weights(model, adapter), False
+    return read_whole_weights(model, path), True
+
+
+# The key under which a DeepSpeed ZeRO checkpoint keeps its optimizer state: every process's partition, in rank order.
+ZERO_PARTITIONS = "deepspeed_zero"
+
+
+def check_optimizer_kind(state: Any, engine: str, world_size: int) -> None:
+    """A checkpoint's optimizer state fits the engine resuming it, else one line saying what would: ZeRO partitions
+    load only under DeepSpeed with the same number of processes, and DeepSpeed loads nothing else."""
+    parts = state.get(ZERO_PARTITIONS) if isinstance(state, dict) else None
+    if engine != "deepspeed":
+        if parts is not None:
+            raise UserError(f"trainer.resume: this checkpoint's optimizer state is DeepSpeed ZeRO partitions; resume "
+                            f"it under the DeepSpeed preset it was written with (this run's engine: {engine})")
         return
-    model.load_state_dict(read_whole_weights(model, path), strict=True)
+    if parts is None or len(parts) != world_size:
+        saved = "a run without DeepSpeed" if parts is None else f"{len(parts)} processes"
+        raise UserError(f"trainer.resume: the checkpoint's optimizer state is from {saved}; resume a DeepSpeed "
+                        f"checkpoint with the same number of processes ({world_size})")
 
 
 def read_adapter_weights(policy: Any, adapter: Path) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
-"""DeepSpeed ZeRO-2 as mmrl's data-parallel engine (`accelerate launch` with a configs/accelerate/deepspeed_* preset).
+"""DeepSpeed ZeRO-2: mmrl's data-parallel engine (`accelerate launch` with a configs/accelerate/deepspeed_* preset).
 
 How it meets the RL update, whose processes may run different numbers of micro-batch backwards per optimizer step:
-- between optimizer steps the engine holds DeepSpeed's gradient reduction back, as its `coalesce_grad_reduction()`
+- between optimizer steps `ZeRO2Engine` holds DeepSpeed's gradient reduction back, as its `coalesce_grad_reduction()`
   block does (the same two switches; the block itself is a generator whose exit always reduces, so one left open at
   the end of a run would reduce during interpreter shutdown): every backward leaves its gradients on the parameters
   (DeepSpeed's per-backward ZeRO-2 reduction would be a collective only some processes reach);
@@ -28,7 +28,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from mmrl.checkpoints.store import ZERO_PARTITIONS
 from mmrl.errors import UserError
+from mmrl.parallel.distributed import DistInfo
+from mmrl.parallel.engine import TrainingEngine, policy_weights
 from mmrl.parallel.host_group import host_group
 
 PRESET = "accelerate config (deepspeed_config)"
@@ -78,11 +81,19 @@ def check_deepspeed(max_grad_norm: float | None) -> None:
     zero_config(max_grad_norm)
 
 
-class ZeroEngine:
-    """The DeepSpeed engine around mmrl's training forward (`_SyncPass(GroupForward)`), see the module doc."""
+class ZeRO2Engine(TrainingEngine):
+    """The training forward inside a DeepSpeed ZeRO-2 engine, made in `start` from mmrl's optimizer (see the module
+    doc; `TrainingEngine` for the calls)."""
 
-    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float | None) -> None:
-        device = next(module.parameters()).device
+    name = "deepspeed"
+    owns_optimizer = True
+
+    def __init__(self, policy: torch.nn.Module, dist_info: DistInfo) -> None:
+        super().__init__(policy, dist_info)
+        self.ds: Any = None  # the DeepSpeed engine (`start`: it needs the optimizer)
+
+    def start(self, optimizer: torch.optim.Optimizer | None = None, max_grad_norm: float | None = None) -> None:
+        device = next(self.module.parameters()).device
         if device.type == "cpu":
             # DeepSpeed picks its CUDA accelerator whenever a GPU is visible and would move a CPU run's module and
             # buffers there (gloo cannot reduce them); it reads this before its first import.
@@ -94,7 +105,7 @@ class ZeroEngine:
         config = zero_config(max_grad_norm)
         deepspeed.init_distributed(dist_backend=dist.get_backend())  # joins the group mmrl already made
         # DeepSpeed broadcasts rank 0's parameters at initialisation: every rank starts from the same weights.
-        self.ds, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=config,
+        self.ds, _, _, _ = deepspeed.initialize(model=self.module, optimizer=optimizer, config=config,
                                                 dist_init_required=False)
         needed = (hasattr(self.ds, "inside_no_sync_ctxt") and hasattr(self.ds.optimizer, "_coalesce_grad_reduction")
                   and hasattr(self.ds, "_support_torch_style_backward"))  # the update calls .backward() itself
@@ -112,11 +123,20 @@ class ZeroEngine:
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.ds(*args, **kwargs)
 
-    def step(self, loss_value: float) -> tuple[float, bool]:
-        """Reduce once (every process), clip and step; returns (grad_norm, stepped)."""
-        scale = 0.0 if math.isfinite(loss_value) else math.nan
+    def sync_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Reduce the accumulated gradients into each process's partition (`step` runs this reduction itself:
+        call one of the two per optimizer step, not both)."""
+        self._reduce(scale=0.0)
+
+    def _reduce(self, scale: float) -> None:
         self._hold(False)
         self.ds.backward(self.ds(sync_only=True, scale=scale))  # the one gradient reduction of this optimizer step
+
+    def step(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], loss_value: float,
+             max_grad_norm: float | None) -> tuple[float, bool]:
+        """Reduce once (every process), then DeepSpeed clips (to the `max_grad_norm` its config was made with) and
+        steps; returns (grad_norm, stepped)."""
+        self._reduce(scale=0.0 if math.isfinite(loss_value) else math.nan)  # nan: poisons the step, so it is skipped
         self.ds.step()  # skipped by DeepSpeed when the gradient norm is not finite (the nan pass above included)
         norm = self.ds.get_global_grad_norm()
         grad_norm = float(norm) if norm is not None else float("nan")
@@ -125,7 +145,7 @@ class ZeroEngine:
         self._hold(True)
         return grad_norm, stepped
 
-    def optimizer_state(self) -> dict[str, Any]:
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """Every process's partition of the optimizer state, gathered on the main process's host (every process
         calls). Through the host (gloo) group: over NCCL, gather_object pickles into a (world x largest partition)
         buffer on GPU 0 (every partition of the fp32 master weights and both Adam moments on one GPU, next to its
@@ -133,18 +153,14 @@ class ZeroEngine:
         local = _to_cpu(self.ds.optimizer.state_dict())
         gathered: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
         dist.gather_object(local, gathered, dst=0, group=host_group())
-        return {"deepspeed_zero": gathered}
+        return {ZERO_PARTITIONS: gathered}
 
-    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         """Each process loads its own partition; the fp32 master partitions are refreshed from the model weights
         (already loaded from the checkpoint, fp32: exact)."""
-        parts = state.get("deepspeed_zero") if isinstance(state, dict) else None
-        if parts is None or len(parts) != dist.get_world_size():
-            saved = "a run without DeepSpeed" if parts is None else f"{len(parts)} processes"
-            raise UserError(f"trainer.resume: the checkpoint's optimizer state is from {saved}; resume a DeepSpeed "
-                            f"checkpoint with the same number of processes ({dist.get_world_size()})")
         clip = self.ds.optimizer.clip_grad
-        self.ds.optimizer.load_state_dict(parts, load_optimizer_states=True, load_from_fp32_weights=False)
+        self.ds.optimizer.load_state_dict(state[ZERO_PARTITIONS], load_optimizer_states=True,
+                                          load_from_fp32_weights=False)
         self.ds.optimizer.clip_grad = clip  # the loaded state carries the saved run's clip; this run's config rules
 
     def full_weights(self) -> dict[str, torch.Tensor] | None:
@@ -152,10 +168,7 @@ class ZeroEngine:
         one flat buffer, which `save_pretrained` would take for shared tensors); None elsewhere."""
         if dist.get_rank() != 0:
             return None
-        prefix = "inner.policy."
-        module = self.ds.module
-        return {k[len(prefix):]: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()
-                if k.startswith(prefix)}
+        return {k: v.detach().to("cpu", copy=True) for k, v in policy_weights(self.ds.module.state_dict()).items()}
 
 
 def _to_cpu(obj: Any) -> Any:

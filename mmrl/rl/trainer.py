@@ -75,7 +75,7 @@ class GRPOLoop:
             release_run_dir(self.run_dir)  # nothing was written: leave no claimed, empty directory behind
             raise
         self.run: TrainingRun = start_run(cfg, total_steps=self.schedule.total_steps)
-        if self.run.engine.zero is not None and any(s.reset_optimizer for s in self.schedule.stages[1:]):
+        if self.run.engine.owns_optimizer and any(s.reset_optimizer for s in self.schedule.stages[1:]):
             self.run.close()  # DeepSpeed owns the optimizer's partitions; a reset of them is not checked to be exact
             raise UserError("stages[].reset_optimizer is not supported under DeepSpeed; use DDP or FSDP2, or set "
                             "reset_optimizer: false")

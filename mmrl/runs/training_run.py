@@ -20,14 +20,9 @@ from mmrl.errors import UserError
 from mmrl.faults import fault_point
 from mmrl.models.loading import LoadedModel, load_policy
 from mmrl.optim import allocate_state, build_optimizer, build_scheduler, trainable_parameters
-from mmrl.parallel.distributed import (
-    DistInfo,
-    TrainingEngine,
-    all_gather_objects,
-    barrier,
-    engine_from_launch,
-    init_distributed,
-)
+from mmrl.parallel.distributed import DistInfo, all_gather_objects, barrier, init_distributed
+from mmrl.parallel.engine import TrainingEngine
+from mmrl.parallel.launch import check_launch, make_engine
 from mmrl.runs.directory import claim_run_dir, release_run_dir
 from mmrl.runs.logger import RunLogger
 from mmrl.runs.segments import check_resume_config, save_segment_config
@@ -124,6 +119,7 @@ class TrainingRun:
         if not self.engine.load_weights(self.resume_from):  # FSDP2 loads into its shards
             ckpt.load_model_weights(self.model, self.resume_from)
         state = ckpt.load_trainer_state(self.resume_from)
+        ckpt.check_optimizer_kind(state["optimizer"], self.engine.name, self.dist.world_size)
         self.engine.load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
@@ -184,19 +180,16 @@ def start_run(cfg: MMRLConfig, total_steps: int | None = None) -> TrainingRun:
     resume_from = resolve_resume_everywhere(cfg.trainer.resume, run_dir, dist)
     if resume_from is not None:  # before the model loads: a LoRA checkpoint needs LoRA on, whole weights need it off
         ckpt.check_weights_kind(resume_from, cfg.model.lora.enabled)
-    if dist.world_size > 1 and engine_from_launch() == "deepspeed":
-        from mmrl.parallel.zero import check_deepspeed
-
-        check_deepspeed(cfg.optimizer.max_grad_norm)  # the preset's options and the install, before the model loads
+    check_launch(dist, cfg.optimizer.max_grad_norm)  # the preset's options (DeepSpeed's install), before the model loads
     loaded = load_policy(cfg.model, device=dist.device, for_training=True)
-    engine = TrainingEngine(loaded.model, dist)  # DDP broadcasts rank 0's weights
+    engine = make_engine(loaded.model, dist)  # DDP, FSDP2, DeepSpeed: every process starts from rank 0's weights
     loaded.model.train()
     params = trainable_parameters(loaded.model)
     if not params:
         raise UserError("model: no trainable parameters (everything is frozen); check model.freeze_vision_tower/lora")
     optimizer = build_optimizer(params, cfg.optimizer)
     engine.start(optimizer, cfg.optimizer.max_grad_norm)  # DeepSpeed takes the optimizer over here
-    if cfg.rollout.backend == "vllm" and engine.name != "deepspeed":  # (ZeRO allocated its state in start)
+    if cfg.rollout.backend == "vllm" and not engine.owns_optimizer:  # (ZeRO allocated its state in start)
         allocate_state(optimizer)  # before the colocated engine checks the free memory, not after its first wake
     steps = total_steps or cfg.trainer.max_steps
     scheduler = build_scheduler(optimizer, cfg.optimizer, steps)

@@ -43,16 +43,19 @@ def test_deepspeed_save_resume_is_exact_and_the_checkpoint_is_a_plain_hf_directo
     assert max_difference(got, step1) == 0.0
 
 
-def test_a_deepspeed_checkpoint_resumed_under_another_engine_is_a_one_line_error():
-    from mmrl.parallel.distributed import DistInfo, TrainingEngine
+def test_an_optimizer_state_resumed_under_the_wrong_engine_is_a_one_line_error():
+    from mmrl.checkpoints.store import check_optimizer_kind
 
-    policy = torch.nn.Linear(3, 2)
-    engine = TrainingEngine(policy, DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
-    optimizer = torch.optim.AdamW(policy.parameters())
-    with pytest.raises(UserError, match="DeepSpeed ZeRO partitions.*engine: single") as err:
-        engine.load_optimizer_state(optimizer, {"deepspeed_zero": [{}, {}]})
-    assert "\n" not in str(err.value)
-    engine.load_optimizer_state(optimizer, optimizer.state_dict())  # a plain optimizer state still loads
+    plain = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters()).state_dict()
+    refused = [({"deepspeed_zero": [{}, {}]}, "single", "DeepSpeed ZeRO partitions.*engine: single"),
+               (plain, "deepspeed", "from a run without DeepSpeed"),
+               ({"deepspeed_zero": [{}, {}, {}]}, "deepspeed", "from 3 processes.*same number of processes \\(2\\)")]
+    for state, engine, says in refused:
+        with pytest.raises(UserError, match=says) as err:
+            check_optimizer_kind(state, engine, world_size=2)
+        assert "\n" not in str(err.value)
+    check_optimizer_kind(plain, "ddp", world_size=2)  # what each engine wrote still loads
+    check_optimizer_kind({"deepspeed_zero": [{}, {}]}, "deepspeed", world_size=2)
 
 
 def test_the_deepspeed_preset_options_mmrl_does_not_support_are_one_line_errors(monkeypatch):

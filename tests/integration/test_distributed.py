@@ -314,7 +314,7 @@ def test_group_forward_is_the_training_forward_with_checkpointing_on_and_off(pol
 
 def test_the_launch_preset_picks_the_engine(monkeypatch):
     from mmrl.errors import UserError
-    from mmrl.parallel.distributed import engine_from_launch
+    from mmrl.parallel.launch import engine_from_launch
 
     for key in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "FSDP_VERSION"):
         monkeypatch.delenv(key, raising=False)

@@ -1,4 +1,4 @@
-"""FSDP2's resume loader (`TrainingEngine.load_weights`) meets a checkpoint the way the single-process loader does:
+"""FSDP2's resume loader (`FSDP2Engine.load_weights`) meets a checkpoint the way the single-process loader does:
 the weights read into the live model's own config (a damaged config.json is not obeyed), damage is one line.
 
 A one-process gloo group is enough here: `fully_shard` over one rank is the same DTensor machinery as over two."""
@@ -15,7 +15,8 @@ import torch.distributed as dist
 from mmrl.config.model import ModelConfig
 from mmrl.errors import UserError
 from mmrl.models.loading import load_policy
-from mmrl.parallel.distributed import DistInfo, TrainingEngine
+from mmrl.parallel.distributed import DistInfo
+from mmrl.parallel.fsdp2 import FSDP2Engine
 
 
 @pytest.fixture
@@ -25,10 +26,9 @@ def one_rank_group(tmp_path):
     dist.destroy_process_group()
 
 
-def _fsdp2_engine(tiny_model_dir) -> tuple[TrainingEngine, torch.nn.Module]:
+def _fsdp2_engine(tiny_model_dir) -> tuple[FSDP2Engine, torch.nn.Module]:
     model = load_policy(ModelConfig(name_or_path=str(tiny_model_dir), dtype="fp32"), device="cpu").model
-    engine = TrainingEngine(model, DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu")),
-                            engine="fsdp2")
+    engine = FSDP2Engine(model, DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu")))
     engine.start()
     return engine, model
 
