@@ -43,7 +43,7 @@ def _check_async(cfg: MMRLConfig) -> None:
     if k == 0:
         return
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    # The engine accelerate's preset asked for (mmrl.parallel.distributed.engine_from_launch reads the same variables).
+    # The engine accelerate's preset asked for (mmrl.parallel.launch.engine_from_launch reads the same variables).
     sharded = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
     engine = ("FSDP2 (the parameters are sharded over the ranks)" if sharded
