@@ -21,9 +21,7 @@ What a step does, whatever the number of processes:
 
 from __future__ import annotations
 
-import functools
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -37,16 +35,17 @@ from mmrl.models.logprobs import completion_logprobs, recording_entropy
 from mmrl.models.prefix import supports_prefix_sharing
 from mmrl.models.training_forward import reuse_image_features
 from mmrl.models.vision_tower import count_vision, vision_module
-from mmrl.parallel.distributed import all_gather_objects, all_reduce_sum, all_reduce_sum_tensor
+from mmrl.parallel.distributed import all_reduce_sum, all_reduce_sum_tensor
 from mmrl.rl.advantages import compute_advantages
 from mmrl.rl.entropy import EntropyStep, FixedEntropy, entropy_bonus, entropy_control, per_token_entropy, plan_entropy
 from mmrl.rl.experience import Group
 from mmrl.rl.kl import sequence_kl
 from mmrl.rl.losses import LossInputs, Normalisers, PolicyLoss, loss_mask
 from mmrl.rl.micro_batches import MicroBatch, by_micro_batches, micro_batches
-from mmrl.rl.mismatch import MismatchBounds, effective_sample_size, mismatch_weights
+from mmrl.rl.mismatch import MismatchBounds, mismatch_weights
 from mmrl.rl.reference import ReferencePolicy
 from mmrl.rl.stages import ResolvedStage
+from mmrl.rl.step_metrics import ForwardResult, StepTally
 from mmrl.runs.training_run import TrainingRun
 
 
@@ -111,30 +110,6 @@ def _tis_weight(group: Group, logp: torch.Tensor, algo: AlgorithmConfig) -> tupl
     bounds = MismatchBounds(algo.tis_cap, algo.tis_floor)
     weight, metrics = mismatch_weights(algo.is_correction, old, group.sampler_logp, group.completion_mask, bounds)
     return (weight if algo.tis_cap is not None else None), metrics
-
-
-def _mismatch_metrics(mismatch: dict[str, list[float]]) -> dict[str, float]:
-    """`rollout/*` figures of the sampler/trainer mismatch: means over the groups, the max of the max."""
-    return {f"rollout/{k}": (max(v) if k.endswith("_max") else sum(v) / len(v)) for k, v in mismatch.items() if v}
-
-
-def _group_metrics(pieces: list[tuple[dict[str, float], float]]) -> dict[str, float]:
-    """One group's metrics from its micro-batches' (metrics, active tokens): token-weighted means (the max for
-    `*_max`), so a token budget reports what one forward of the whole group reports (a plain mean over pieces would
-    count a piece of one token, or of masked-out truncated rows, as much as a full one)."""
-    if len(pieces) <= 1:
-        return dict(pieces[0][0]) if pieces else {}
-    total = sum(tokens for _, tokens in pieces)
-    out: dict[str, float] = {}
-    for key in dict.fromkeys(k for metrics, _ in pieces for k in metrics):
-        values = [(metrics[key], tokens) for metrics, tokens in pieces if key in metrics]
-        if key.endswith("_max"):
-            out[key] = max(v for v, _ in values)
-        elif total > 0:
-            out[key] = sum(v * t for v, t in values) / total
-        else:
-            out[key] = sum(v for v, _ in values) / len(values)
-    return out
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -243,7 +218,7 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, r
                   entropy: FixedEntropy | None = None) -> dict[str, float]:
     """Run the update; returns loss, grad norm and the loss-side metrics (means over micro-batches). `entropy`: the
     run's entropy control, whose state carries over steps (None: a fresh one from the config)."""
-    cfg, world = run.cfg, run.dist.world_size
+    cfg = run.cfg
     algo = cfg.algorithm
     disable_dropout(run.model)
     policy_loss = PolicyLoss.from_config(algo)  # the algorithm's loss settings, once: the loop passes tensors only
@@ -251,10 +226,7 @@ def policy_update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, r
     # Vision-tower passes of the update (the policy's tower; `vision_reused`: the rollout's features served instead).
     vision: dict[str, Any] = {}
     with count_vision(vision_module(run.model), vision), compiled_decoder_layers(run.model, cfg.model.compile):
-        out = _update(run, groups, stage, reference, policy_loss, entropy, vision)
-    out.update({f"update/{k}": float(all_reduce_sum(vision.get(k, 0), world))
-                for k in ("vision_encoder_calls", "vision_reused")})
-    return out
+        return _update(run, groups, stage, reference, policy_loss, entropy, vision)
 
 
 @dataclass(frozen=True)
@@ -280,18 +252,6 @@ class _UpdateContext:
         if part is None or part.whole:
             return not all(zero)
         return not all(zero[row] for row in (part.host_rows or part.rows.tolist()))
-
-
-@dataclass(frozen=True)
-class _Forward:
-    """One training micro-batch's results. Its tensors stay on the device until the mini-batch's one host sync."""
-
-    loss: torch.Tensor  # [] detached, before the world_size scaling of the backward
-    tokens: torch.Tensor  # [] active loss tokens of these rows: what `metrics` are means over
-    metrics: dict[str, float]
-    mismatch: dict[str, float]  # sampler/trainer mismatch, measured on the first pass only (else empty)
-    mismatch_tokens: torch.Tensor  # [] completion tokens of these rows: what `mismatch` is a mean over
-    size: int  # tokens the forward held (`MicroBatch.tokens`)
 
 
 def _update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, reference: ReferencePolicy | None,
@@ -323,15 +283,15 @@ def _update(run: TrainingRun, groups: list[Group], stage: ResolvedStage, referen
     # alone, or an adaptive coefficient gated off this step, leaves its loss exactly 0): its training forward is skipped.
     ctx = _UpdateContext(run, stage, policy_loss, policy_loss.beta > 0 or step_entropy.coef > 0, plan, vision,
                          step_entropy, zero_advantage={id(g): zero[a:a + n] for g, a, n in zip(groups, starts, sizes)})
-    tally = _Tally()
+    tally = StepTally()
     for iteration in range(algo.num_iterations):
         for mini in split_groups(groups, algo.mini_batches):
             # the mismatch is measured on the first pass, where the weights are the rollout's
             _train_mini_batch(ctx, mini, measure_mismatch=iteration == 0, tally=tally)
-    return tally.summary(run.dist.world_size, reward_metrics)
+    return tally.summary(run.dist.world_size, reward_metrics, vision)
 
 
-def _train_mini_batch(ctx: _UpdateContext, mini: list[Group], measure_mismatch: bool, tally: _Tally) -> None:
+def _train_mini_batch(ctx: _UpdateContext, mini: list[Group], measure_mismatch: bool, tally: StepTally) -> None:
     """Every micro-batch of this process's share of one mini-batch (one backward each), then one optimizer step."""
     run, world, algo = ctx.run, ctx.run.dist.world_size, ctx.run.cfg.algorithm
     masks = [loss_mask(g.completion_mask, g.truncated, algo.mask_truncated) for g in mini]
@@ -342,7 +302,7 @@ def _train_mini_batch(ctx: _UpdateContext, mini: list[Group], measure_mismatch: 
                         global_micro_batches=int(all_reduce_sum(len(mini), world)),
                         global_entropy_tokens=all_reduce_sum(sum(float(_trained(ctx, g, m).sum())
                                                                  for g, m in zip(mini, masks)), world))
-    forwards: list[list[_Forward]] = []  # per group that contributes, its micro-batches'
+    forwards: list[list[ForwardResult]] = []  # per group that contributes, its micro-batches'
     for group, mask in zip(mini, masks):
         # All-zero advantages and no KL term: the loss is exactly 0 whatever the ratio, so skip the forward
         # (a speed-up only: its tokens still count in the normalisers and the optimizer still steps).
@@ -363,7 +323,7 @@ def _trained(ctx: _UpdateContext, group: Group, mask: torch.Tensor) -> torch.Ten
 
 
 def _train_micro_batch(ctx: _UpdateContext, group: Group, part: MicroBatch, mask: torch.Tensor, norms: Normalisers,
-                       measure_mismatch: bool) -> _Forward | None:
+                       measure_mismatch: bool) -> ForwardResult | None:
     """Forward, truncated-IS weights, loss and backward of one micro-batch of `group` (`mask`: the group's loss mask
     [G, T]); None when these rows' loss is exactly 0 (no forward runs)."""
     run, algo, policy_loss = ctx.run, ctx.run.cfg.algorithm, ctx.policy_loss
@@ -390,84 +350,6 @@ def _train_micro_batch(ctx: _UpdateContext, group: Group, part: MicroBatch, mask
         loss = loss + entropy_bonus(entropy, trained, ctx.entropy.coef, norms.global_entropy_tokens or 0.0)
         metrics = {**metrics, "entropy": float(_masked_mean(entropy.detach(), active.to(entropy.device)))}
     (loss * run.dist.world_size).backward()
-    return _Forward(loss=loss.detach(), tokens=active.sum(), metrics={k: float(v) for k, v in metrics.items()},
+    return ForwardResult(loss=loss.detach(), tokens=active.sum(), metrics={k: float(v) for k, v in metrics.items()},
                     mismatch=mismatch if measure_mismatch else {}, mismatch_tokens=piece.completion_mask.sum(),
                     size=part.tokens)
-
-
-def _host_values(forwards: list[_Forward]) -> list[tuple[float, float, float]]:
-    """(loss, tokens, mismatch tokens) of each forward as Python floats, in one device-to-host copy.
-
-    Exact: a float32 (or wider) tensor holds the loss as is and the token counts (integers below 2**24) exactly."""
-    if not forwards:
-        return []
-    dtype = functools.reduce(torch.promote_types, (f.loss.dtype for f in forwards), torch.float32)
-    device = forwards[0].loss.device
-    values = torch.stack([torch.stack([f.loss.to(device, dtype), f.tokens.to(device, dtype),
-                                       f.mismatch_tokens.to(device, dtype)]) for f in forwards])
-    return [(loss, tokens, mismatch_tokens) for loss, tokens, mismatch_tokens in values.tolist()]
-
-
-@dataclass
-class _Tally:
-    """What this process's update reports, accumulated mini-batch by mini-batch: each group's loss-side metrics,
-    the sampler/trainer mismatch, the forwards run, and each optimizer step's loss, grad norm and outcome."""
-
-    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    mismatch: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    forwards: int = 0
-    most_tokens: int = 0  # the most tokens any training forward held
-    losses: list[float] = field(default_factory=list)
-    norms: list[float] = field(default_factory=list)
-    stepped_all: bool = True
-
-    def add_groups(self, groups: list[list[_Forward]]) -> float:
-        """Add one mini-batch's forwards (per group: its micro-batches'); returns their summed loss on this process."""
-        values = iter(_host_values([f for forwards in groups for f in forwards]))
-        local_loss = 0.0
-        for forwards in groups:
-            # each piece's metrics and the tokens they are means over: one value per group (`_group_metrics`)
-            loss_pieces: list[tuple[dict[str, float], float]] = []
-            mismatch_pieces: list[tuple[dict[str, float], float]] = []
-            for forward in forwards:
-                loss, tokens, mismatch_tokens = next(values)
-                local_loss += loss
-                self.forwards, self.most_tokens = self.forwards + 1, max(self.most_tokens, forward.size)
-                loss_pieces.append((forward.metrics, tokens))
-                if forward.mismatch and mismatch_tokens > 0:  # rows without a token measure no mismatch
-                    mismatch_pieces.append((forward.mismatch, mismatch_tokens))
-            for key, value in _group_metrics(loss_pieces).items():
-                self.sums[key] += value
-                self.counts[key] += 1
-            for key, value in effective_sample_size(_group_metrics(mismatch_pieces)).items():
-                self.mismatch[key].append(value)
-        return local_loss
-
-    def add_step(self, loss: float, grad_norm: float, stepped: bool) -> None:
-        self.losses.append(loss)
-        self.norms.append(grad_norm)
-        self.stepped_all = self.stepped_all and stepped
-
-    def summary(self, world: int, reward_metrics: dict[str, float]) -> dict[str, float]:
-        """The step's metrics over every process's micro-batches (a rank alone sees its share; one may have run
-        none), with `reward_metrics`. The sampler/trainer mismatch likewise: every process's groups, not rank 0's."""
-        sums, counts = defaultdict(float), defaultdict(int)
-        all_mismatch: dict[str, list[float]] = defaultdict(list)
-        parts = all_gather_objects((dict(self.sums), dict(self.counts), dict(self.mismatch), self.forwards,
-                                    self.most_tokens), world)
-        for part_sums, part_counts, part_mismatch, _, _ in parts:
-            for key, value in part_sums.items():
-                sums[key] += value
-                counts[key] += part_counts[key]
-            for key, values in part_mismatch.items():
-                all_mismatch[key].extend(values)
-        out = {f"loss/{k}": sums[k] / counts[k] for k in sums}
-        out.update(reward_metrics)
-        out.update(_mismatch_metrics(all_mismatch))
-        out.update({"loss": sum(self.losses) / len(self.losses), "grad_norm": sum(self.norms) / len(self.norms),
-                    "skipped_step": 0.0 if self.stepped_all else 1.0, "optimizer_steps": float(len(self.losses)),
-                    # every process's training forwards (all passes), and the largest one's tokens (micro_batches.py)
-                    "update/micro_batches": float(sum(p[3] for p in parts)),
-                    "update/micro_batch_tokens_max": float(max(p[4] for p in parts))})
-        return out
