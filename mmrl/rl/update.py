@@ -31,6 +31,7 @@ import torch
 
 from mmrl.config.rl import AlgorithmConfig, RewardSpec
 from mmrl.models.compile import compiled_decoder_layers
+from mmrl.models.dropout import disable_dropout
 from mmrl.models.logprobs import completion_logprobs, recording_entropy
 from mmrl.models.prefix import supports_prefix_sharing
 from mmrl.models.training_forward import reuse_image_features
@@ -47,19 +48,6 @@ from mmrl.rl.reference import ReferencePolicy
 from mmrl.rl.stages import ResolvedStage
 from mmrl.rl.step_metrics import ForwardResult, StepTally
 from mmrl.runs.training_run import TrainingRun
-
-
-def disable_dropout(model: torch.nn.Module) -> None:
-    """Zero every dropout of `model` (dropout modules, LoRA's included, and attention-dropout rates read at forward
-    time: `attention_dropout`, or `dropout` as SigLIP/Idefics3 attention name it). The RL update needs the policy's
-    forward deterministic: with dropout the old and new log-probs of the same weights differ, so the importance ratio
-    is not 1 where it must be. Idempotent."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
-            module.p = 0.0
-        for rate in ("attention_dropout", "dropout"):
-            if isinstance(getattr(module, rate, None), float):
-                setattr(module, rate, 0.0)
 
 
 def split_groups(groups: list[Group], parts: int) -> list[list[Group]]:

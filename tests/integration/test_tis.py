@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from mmrl.config import load_config
+from mmrl.models.dropout import disable_dropout
 from mmrl.models.logprobs import completion_logprobs
 from mmrl.rl.experience import rollout_groups
 from mmrl.rl.losses import policy_loss, truncated_is_weights
 from mmrl.rl.trainer import GRPOLoop
-from mmrl.rl.update import disable_dropout, policy_update
+from mmrl.rl.update import policy_update
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "tests" / "grpo_tiny.yaml"
