@@ -74,11 +74,11 @@ def relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], names: list
 
 
 def measure(preset: str, device: torch.device, dtype: str, checkpointing: bool, seed: int) -> dict:
+    from mmrl.models.dropout import disable_dropout
     from mmrl.models.loading import load_policy, vision_parameter_names
     from mmrl.models.logprobs import completion_logprobs, naive_completion_logprobs
     from mmrl.models.placement import to_device
     from mmrl.preflight import load_config
-    from mmrl.rl.update import disable_dropout
 
     torch.manual_seed(seed)
     overrides = [f"model.name_or_path={preset}", f"model.dtype={dtype}", "model.attn_implementation=sdpa",

@@ -122,7 +122,7 @@ class EntropyStep:
     """What one step's entropy controls decided before its training forwards."""
 
     coef: float = 0.0  # the bonus coefficient applied this step
-    selection: dict[int, torch.Tensor] = field(default_factory=dict)  # id(group) -> [G, T] 1 on trained tokens
+    selection: dict[int, torch.Tensor] = field(default_factory=dict)  # group index -> [G, T] 1 on trained tokens
     metrics: dict[str, float] = field(default_factory=dict)
 
     def mask_of(self, key: int) -> torch.Tensor | None:

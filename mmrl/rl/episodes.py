@@ -97,7 +97,13 @@ def _start(
 
 
 def _group(
-    sample: Sample, prompt: dict[str, Any], episodes: list[Episode], mode: str, pad_id: int, device: torch.device
+    sample: Sample,
+    prompt: dict[str, Any],
+    episodes: list[Episode],
+    mode: str,
+    pad_id: int,
+    device: torch.device,
+    first_images: list[Any] | None = None,
 ) -> Group:
     width = max(1, max(len(e.completion_ids) for e in episodes))
 
@@ -127,7 +133,7 @@ def _group(
             }
         )
     returns = [math.nan if bad else ep.episode_return(mode) for ep, bad in zip(episodes, faulty)]
-    group = Group(
+    return Group(
         sample=sample,
         prompt=to_device({**prompt, EPISODE_KEY: rows}, device),
         completion_ids=ids,
@@ -141,9 +147,9 @@ def _group(
             "turns": [float(ep.turns) for ep in episodes],
         },
         sampler_logp=logp,
+        episodes=episodes,  # what the samples and the metrics read
+        first_images=first_images,
     )
-    group.episodes = episodes  # what the samples and the metrics read
-    return group
 
 
 def rollout_episodes(
@@ -200,8 +206,7 @@ def rollout_episodes(
     for i, (sample, (prompt, envs, failed, first_images)) in enumerate(zip(samples, starts)):
         done = iter(by_start.get(i, []))
         episodes = [next(done) if env is not None else failed[j] for j, env in enumerate(envs)]
-        groups.append(_group(sample, prompt, episodes, cfg.env.episode_return, backend.pad_id, device))
-        groups[-1].first_images = first_images
+        groups.append(_group(sample, prompt, episodes, cfg.env.episode_return, backend.pad_id, device, first_images))
         stats += [episode_stats(ep, cfg.env.episode_return) for ep in episodes]
     return groups, {"counters": counters, "episodes": stats}
 
@@ -253,11 +258,14 @@ def episode_metrics(stats: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def episode_sample_rows(groups: list[Group], step: int, run_dir: Path) -> list[dict[str, Any]]:
-    """Rows of `samples/step-N.jsonl` for episode groups, every turn's images saved under `samples/images/`."""
+def episode_sample_rows(
+    groups: list[Group], advantages: list[torch.Tensor], step: int, run_dir: Path
+) -> list[dict[str, Any]]:
+    """Rows of `samples/step-N.jsonl` for episode groups (`advantages`: each group's [G]), every turn's images saved
+    under `samples/images/`."""
     out = run_dir / "samples" / "images"
     rows = []
-    for g, group in enumerate(groups[:4]):
+    for g, (group, group_advantages) in enumerate(zip(groups[:4], advantages)):
         first = []
         for k, image in enumerate(group.first_images or []):
             first.append(out / f"step-{step}-g{g}-prompt-{k}.png")
@@ -277,7 +285,7 @@ def episode_sample_rows(groups: list[Group], step: int, run_dir: Path) -> list[d
                     "observations": ep.observations,
                     "rewards": ep.rewards,
                     "return": float(group.rewards[i]),
-                    "advantage": float(group.advantages[i]) if group.advantages.numel() else math.nan,
+                    "advantage": float(group_advantages[i]) if group_advantages.numel() else math.nan,
                     "success": ep.success,
                     "termination": ep.termination,
                     "detail": ep.detail,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from inspect import signature
 from typing import Any, Protocol, runtime_checkable
 
@@ -46,8 +46,11 @@ class RolloutBackend(GenerationBackend, Protocol):
                 generator: torch.Generator | None = None) -> RolloutBatch: ...
 
 
-@dataclass
+@dataclass(frozen=True)
 class Group:
+    """One prompt's rollout and its scores, as the rollout made them (the step's advantages and log-probs are the
+    update's own data: `mmrl.rl.training_batch.TrainingGroup`)."""
+
     sample: Sample
     prompt: dict[str, torch.Tensor]
     completion_ids: torch.Tensor  # [G, T]
@@ -56,9 +59,6 @@ class Group:
     texts: list[str]
     rewards: torch.Tensor  # [G], NaN = unscorable
     components: dict[str, list[float | None]]
-    advantages: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # cpu-ok: [G], set by the update
-    old_logp: torch.Tensor | None = None
-    ref_logp: torch.Tensor | None = None
     sampler_logp: torch.Tensor | None = None  # [G, T]: the rollout engine's log-probs, when it returns them (TIS)
     # The rollout prefill's image features of this prompt, recorded when the vision tower is frozen (a constant of
     # the step): later forwards of the step reuse them instead of encoding the image again. None: encode as usual.
@@ -88,7 +88,7 @@ def rollout_groups(cfg: MMRLConfig, stage: ResolvedStage, samples: list[Sample],
                    backend: RolloutBackend, composite: RewardComposite, generator: torch.Generator,
                    data_cfg: DataConfig, seeds: list[int] | None = None,
                    interface: ModelInterface | None = None) -> tuple[list[Group], dict[str, Any]]:
-    """Roll out and score `samples` (this process's share); advantages are filled in later per kept batch.
+    """Roll out and score `samples` (this process's share); the advantages come later, over the kept batch.
 
     `interface` (the model's, `mmrl.models.interface`): rewards see each completion as the model's whole turn (the
     part of it the chat template's generation prompt wrote, e.g. an opened `<think>`, first) and read boxes in the
@@ -153,8 +153,8 @@ def collect_step(cfg: MMRLConfig, stage: ResolvedStage, dataset: list[Sample], s
                  interface: ModelInterface | None = None) -> tuple[list[Group], dict[str, Any]]:
     """Draw the step's prompts, roll out and score, optionally filter groups online (refilling).
 
-    Advantages are set by the update (`mmrl.rl.update.assign_advantages`), which also knows the KL-in-reward term
-    and the global batch."""
+    The advantages come next, over the kept groups of every process (`mmrl.rl.training_batch`), with the KL term
+    when it goes into the reward."""
     f = cfg.algorithm.online_filter
     wanted = len(shard(list(range(cfg.trainer.prompts_per_step)), rank, world_size))
     kept: list[Group] = []

@@ -22,7 +22,7 @@ group's. Only float summation order differs.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -84,25 +84,29 @@ class MicroBatch:
             return group
 
         def cut(t: torch.Tensor | None, per_token: bool = True) -> torch.Tensor | None:
-            if t is None or t.numel() == 0:  # not set (yet): advantages before the update assigns them
+            if t is None or t.numel() == 0:  # nothing to cut (no completion column): kept as it is
                 return t
-            rows = t.index_select(0, self.rows.to(t.device))
-            return rows[:, : self.width] if per_token else rows
+            return self.cut_mask(t) if per_token else self.cut_rows(t)
 
         rows = group.prompt.get("episode_rows")  # multi-turn episodes: per-row images (mmrl.rl.episodes)
         prompt = group.prompt if rows is None else {**group.prompt, "episode_rows": [rows[i] for i in self.rows.tolist()]}
         return dataclasses.replace(
             group, prompt=prompt, completion_ids=cut(group.completion_ids), completion_mask=cut(group.completion_mask),
-            truncated=cut(group.truncated, per_token=False), advantages=cut(group.advantages, per_token=False),
-            old_logp=cut(group.old_logp), ref_logp=cut(group.ref_logp), sampler_logp=cut(group.sampler_logp),
+            truncated=cut(group.truncated, per_token=False), sampler_logp=cut(group.sampler_logp),
             texts=[group.texts[i] for i in (self.host_rows or self.rows.tolist())] if group.texts else group.texts,
             rewards=cut(group.rewards, per_token=False))
 
-    def cut_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        """A group-shaped [G, T] tensor restricted to this micro-batch ([n, width])."""
-        if self.whole:
+    def cut_mask(self, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """A group-shaped [G, T] tensor restricted to this micro-batch ([n, width]); None stays None."""
+        if self.whole or mask is None:
             return mask
         return mask.index_select(0, self.rows.to(mask.device))[:, : self.width]
+
+    def cut_rows(self, values: torch.Tensor | None) -> torch.Tensor | None:
+        """A per-row [G] tensor (advantages, rewards) restricted to this micro-batch's rows ([n]); None stays None."""
+        if self.whole or values is None:
+            return values
+        return values.index_select(0, self.rows.to(values.device))
 
     def scatter(self, values: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """This micro-batch's [n, width] values written into zeros of the group's shape [G, T] (differentiable)."""
@@ -129,7 +133,7 @@ def micro_batches(group: Group, budget: int | None, prompt_per_row: bool = False
                        whole=False, host_rows=tuple(rows)) for rows, width, tokens in packed]
 
 
-def by_micro_batches(parts: list[MicroBatch], group: Group, forward: Callable[[Group], torch.Tensor]) -> torch.Tensor:
+def by_micro_batches(parts: Sequence[MicroBatch], group: Group, forward: Callable[[Group], torch.Tensor]) -> torch.Tensor:
     """A no-grad [G, T] result (old or reference log-probs) computed micro-batch by micro-batch: `forward(piece)`
     gives [n, width] for a piece of the group; positions outside every piece's columns are 0 (inactive anyway)."""
     if len(parts) == 1 and parts[0].whole:

@@ -2,7 +2,8 @@
 
     stage   = schedule.stage_at(step)                 # curriculum / PTST stage: data, G, max length, rewards
     groups  = collect_step(...)                       # rollout (prompt shared per group) + rewards
-    metrics = policy_update(...)                      # advantages, mu passes x mini-batches, guarded optimizer steps
+    batch   = training_batch(...)                     # advantages (+ the old/reference log-probs), frozen
+    metrics = policy_update(...)                      # mu passes x mini-batches, guarded optimizer steps
     log · maybe samples · maybe eval · maybe checkpoint
 """
 
@@ -33,6 +34,7 @@ from mmrl.rl.episodes import collect_episodes, episode_metrics, episode_sample_r
 from mmrl.rl.experience import Group, RolloutBackend, collect_step
 from mmrl.rl.reference import ReferencePolicy, make_reference
 from mmrl.rl.stages import ResolvedStage, StageSchedule
+from mmrl.rl.training_batch import TrainingBatch, training_batch
 from mmrl.rl.update import policy_update
 from mmrl.runs.directory import discard_fresh_run, release_run_dir, used_run_files
 from mmrl.runs.logger import PhaseTimer
@@ -236,7 +238,9 @@ class GRPOLoop:
                             data_cfg=self._data_cfg(stage), interface=self.interface)
                         run.model.train()
                 with timer("update"):
-                    update = policy_update(run, groups, stage, self.reference, self.entropy)
+                    # rollout -> rewards (above) -> advantages -> update, one order wherever the KL goes
+                    batch = training_batch(run, groups, stage, self.reference, self.entropy)
+                    update = policy_update(run, batch, stage)
                 step += 1
                 if self.worker is not None:
                     self.worker.publish(step, run.model)  # version `step`: the weights step `step` starts from
@@ -249,7 +253,7 @@ class GRPOLoop:
                 if step == run.start_step + 1:
                     metrics.update(run.topology())  # world size and engine, in the run's first metrics row
                 run.logger.log(step, metrics)
-                self._maybe_samples(step, groups)
+                self._maybe_samples(step, batch)
                 if cfg.trainer.save_steps and step % cfg.trainer.save_steps == 0 and not self.schedule.finished(step):
                     run.save(step, self.state())
             if cfg.trainer.save_final and run.start_step < step:
@@ -298,22 +302,23 @@ class GRPOLoop:
         report = all_gather_objects(report, self.run.dist.world_size)[0]
         return {f"eval/{k}": v for k, v in report.items()}
 
-    def _maybe_samples(self, step: int, groups: list[Group]) -> None:
+    def _maybe_samples(self, step: int, batch: TrainingBatch) -> None:
         every = self.cfg.trainer.sample_steps
         if not every or step % every:
             return
+        groups, advantages = [g.group for g in batch.groups], [g.advantages for g in batch.groups]
         if self.cfg.env.name:
             if self.run.dist.is_main:
-                self.run.logger.write_samples(step, episode_sample_rows(groups, step, self.run.run_dir))
+                self.run.logger.write_samples(step, episode_sample_rows(groups, advantages, step, self.run.run_dir))
             return
         rows = []
-        for group in groups[:4]:
+        for group, group_advantages in zip(groups[:4], advantages):
             # The columns the rewards saw (task, sizes, box frame, the model's frame), so `mmrl reward score` on this
             # file reads boxes and points as the run did.
             columns = {**group.sample.reward_columns(), "model_frame": self.interface.pred_frame}
             for i, text in enumerate(group.texts):
                 rows.append({**columns, "id": group.sample.id, "answer": group.sample.answer, "completion": text,
-                             "reward": float(group.rewards[i]), "advantage": float(group.advantages[i]),
+                             "reward": float(group.rewards[i]), "advantage": float(group_advantages[i]),
                              **{f"reward/{k}": v[i] for k, v in group.components.items()},
                              # image paths, so `mmrl demo runs` shows the picture next to the completion
                              "images": [str(p) for p in group.sample.images if isinstance(p, (str, Path))]})

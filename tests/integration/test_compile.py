@@ -15,6 +15,7 @@ from mmrl.errors import UserError
 from mmrl.models.compile import compiled_decoder_layers, decoder_layers
 from mmrl.models.logprobs import completion_logprobs
 from mmrl.rl.trainer import GRPOLoop
+from mmrl.rl.training_batch import training_batch
 from mmrl.rl.update import policy_update
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,8 +62,10 @@ def test_the_compiled_update_matches_the_eager_one(tmp_path):
 
     stage = eager.schedule.stage_at(0)
     before = {k: v.detach().clone() for k, v in eager.run.model.named_parameters()}
-    eager_metrics = policy_update(eager.run, copy.deepcopy(groups), stage, eager.reference)
-    compiled_metrics = policy_update(compiled.run, copy.deepcopy(groups), stage, compiled.reference)
+    eager_metrics = policy_update(eager.run, training_batch(eager.run, copy.deepcopy(groups), stage, eager.reference),
+                                  stage)
+    compiled_metrics = policy_update(compiled.run, training_batch(compiled.run, copy.deepcopy(groups), stage,
+                                                                  compiled.reference), stage)
     for trainer in (eager, compiled):
         trainer.run.close()
     assert compiled_metrics["loss"] == pytest.approx(eager_metrics["loss"], rel=1e-4, abs=1e-6)

@@ -58,6 +58,7 @@ def test_adaptive_coefficient_steps_and_resumes_with_the_trainer(tmp_path):
     from data_pipelines.synthetic import build_synthetic
     from mmrl.config import load_config
     from mmrl.rl.trainer import GRPOLoop
+    from mmrl.rl.training_batch import training_batch
     from mmrl.rl.update import policy_update
 
     root = Path(__file__).resolve().parents[2]
@@ -71,8 +72,9 @@ def test_adaptive_coefficient_steps_and_resumes_with_the_trainer(tmp_path):
     config = root / "configs" / "tests" / "grpo_tiny.yaml"
     trainer = GRPOLoop(load_config(config, [*overrides, f"trainer.output_dir={tmp_path / 'a'}"]))
     groups = [fixed_group(trainer, 0, i) for i in range(2)]
-    metrics = policy_update(trainer.run, copy.deepcopy(groups), trainer.schedule.stage_at(0), trainer.reference,
-                            trainer.entropy)
+    stage = trainer.schedule.stage_at(0)
+    batch = training_batch(trainer.run, copy.deepcopy(groups), stage, trainer.reference, trainer.entropy)
+    metrics = policy_update(trainer.run, batch, stage)
     assert metrics["entropy/coef"] == pytest.approx(0.01) and 0 < metrics["entropy/rollout_mean"] < 100
     assert metrics["loss/entropy"] > 0 and trainer.entropy.coef == pytest.approx(0.015)
     state = trainer.state()
@@ -95,10 +97,12 @@ def test_the_entropy_controls_run_only_the_forwards_they_need(tmp_path, monkeypa
     import sys
     from pathlib import Path
 
-    import mmrl.rl.update as update
+    import mmrl.rl.step_logprobs as step_logprobs
     from data_pipelines.synthetic import build_synthetic
     from mmrl.config import load_config
     from mmrl.rl.trainer import GRPOLoop
+    from mmrl.rl.training_batch import training_batch
+    from mmrl.rl.update import policy_update
 
     root = Path(__file__).resolve().parents[2]
     sys.path.insert(0, str(root / "tests" / "fixtures" / "trainer"))
@@ -110,11 +114,12 @@ def test_the_entropy_controls_run_only_the_forwards_they_need(tmp_path, monkeypa
                                                "trainer.progress=false", "model.dtype=fp32", "trainer.device=cpu",
                                                f"trainer.output_dir={tmp_path}", *overrides]))
     calls = []
-    measure = update._logprobs_and_entropy
-    monkeypatch.setattr(update, "_logprobs_and_entropy", lambda *a, **k: calls.append(1) or measure(*a, **k))
+    measure = step_logprobs._logprobs_and_entropy
+    monkeypatch.setattr(step_logprobs, "_logprobs_and_entropy", lambda *a, **k: calls.append(1) or measure(*a, **k))
     groups = [fixed_group(trainer, 0, 0), fixed_group(trainer, 0, 1, flat=True)]
-    metrics = update.policy_update(trainer.run, copy.deepcopy(groups), trainer.schedule.stage_at(0),
-                                   trainer.reference, trainer.entropy)
+    stage = trainer.schedule.stage_at(0)
+    batch = training_batch(trainer.run, copy.deepcopy(groups), stage, trainer.reference, trainer.entropy)
+    metrics = policy_update(trainer.run, batch, stage)
     trainer.run.close()
     assert (len(calls), metrics["update/micro_batches"]) == (measured, trained)
     assert math.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0

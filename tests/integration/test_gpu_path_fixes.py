@@ -321,7 +321,7 @@ def test_adamw_state_allocated_before_the_engine_starts_trains_exactly_as_the_la
 
 def test_the_update_reads_nothing_from_the_device_between_its_forwards_and_backwards(tmp_path, monkeypatch):
     """Between the first training forward of a step and its last backward, the update's own code (rl/update.py,
-    rl/micro_batches.py) made the host wait at every micro-batch: whether its rows' advantages were all zero, which
+    rl/step_metrics.py, rl/micro_batches.py) made the host wait at every micro-batch: whether its rows' advantages were all zero, which
     rows it held (for their texts). Both are now known on the host before the first forward. Two groups cut into
     token-budget micro-batches, no KL term (the zero-advantage check is not short-cut) and rollout-engine log-probs.
     (The loss functions' own float() metrics and transformers' M-RoPE index are other modules' syncs.)"""
@@ -331,6 +331,7 @@ def test_the_update_reads_nothing_from_the_device_between_its_forwards_and_backw
 
     from data_pipelines.synthetic import build_synthetic
     from mmrl.rl.trainer import GRPOLoop
+    from mmrl.rl.training_batch import training_batch
     from mmrl.rl.update import policy_update
 
     root = Path(__file__).resolve().parents[2]
@@ -370,14 +371,15 @@ def test_the_update_reads_nothing_from_the_device_between_its_forwards_and_backw
     trainer.run.logprobs = forward
     monkeypatch.setattr(torch.Tensor, "backward", counted_backward)
     with _HostSyncs(where):
-        policy_update(trainer.run, groups, trainer.schedule.stage_at(0), trainer.reference)
+        stage = trainer.schedule.stage_at(0)
+        policy_update(trainer.run, training_batch(trainer.run, groups, stage, trainer.reference), stage)
     kinds = [kind for kind, _ in events]
     first, last = kinds.index("forward"), len(kinds) - 1 - kinds[::-1].index("backward")
     assert kinds.count("backward") >= 4  # the groups really were cut into several micro-batches
     ours = [
         place
         for kind, place in events[first:last]
-        if kind == "sync" and place in ("mmrl/rl/update.py", "mmrl/rl/micro_batches.py")
+        if kind == "sync" and place in ("mmrl/rl/update.py", "mmrl/rl/step_metrics.py", "mmrl/rl/micro_batches.py")
     ]
     assert not ours, ours
     del sys.modules["fixed_groups"]

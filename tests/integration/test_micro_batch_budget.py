@@ -15,6 +15,7 @@ import torch
 from mmrl.config import load_config
 from mmrl.rl.micro_batches import micro_batches
 from mmrl.rl.trainer import GRPOLoop
+from mmrl.rl.training_batch import training_batch
 from mmrl.rl.update import policy_update
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +49,9 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 def one_step(trainer: GRPOLoop, groups) -> dict[str, float]:
-    metrics = policy_update(trainer.run, copy.deepcopy(groups), trainer.schedule.stage_at(0), trainer.reference)
+    stage = trainer.schedule.stage_at(0)
+    metrics = policy_update(trainer.run, training_batch(trainer.run, copy.deepcopy(groups), stage, trainer.reference),
+                            stage)
     trainer.run.close()
     return metrics
 

@@ -4,6 +4,7 @@ budget only splits the gradient accumulation, so one step lands on the same weig
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 
 from mmrl.models.logprobs import completion_logprobs
 from mmrl.models.training_forward import capture_image_features, match_image_features
+from mmrl.rl.training_batch import training_batch
 from mmrl.rl.update import policy_update
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,9 +65,9 @@ def with_components(trainer, group):
     """The group's reward split into the stage's rewards (the first takes the reward, the others a fixed share), as
     the rollout's composite reports them: what gdpo reads."""
     names = [spec.name for spec in trainer.schedule.stage_at(0).rewards]
-    group.components = {name: [float(r) if i == 0 else float(j % 2) for j, r in enumerate(group.rewards)]
-                        for i, name in enumerate(names)}
-    return group
+    return dataclasses.replace(group, components={
+        name: [float(r) if i == 0 else float(j % 2) for j, r in enumerate(group.rewards)]
+        for i, name in enumerate(names)})
 
 
 def with_features(trainer, group):
@@ -73,7 +75,7 @@ def with_features(trainer, group):
     recorded: list = []
     with torch.no_grad(), capture_image_features(trainer.run.model, recorded):
         completion_logprobs(trainer.run.model, group.prompt, group.completion_ids[:1], group.completion_mask[:1])
-    group.image_features = match_image_features(group.prompt, recorded)
+    group = dataclasses.replace(group, image_features=match_image_features(group.prompt, recorded))
     assert group.image_features is not None
     return group
 
@@ -94,7 +96,9 @@ def test_every_loss_setting_is_exact_under_a_token_budget(synthetic_data, tmp_pa
         trainer.run.cfg.trainer.max_tokens_per_micro_batch = {"default": None, "three_rows": prompt_tokens + 3 * LENGTH,
                                                               "one": 1}[name]
         initial = weights(trainer.run.model)
-        metrics = policy_update(trainer.run, copy.deepcopy(groups), trainer.schedule.stage_at(0), trainer.reference)
+        stage = trainer.schedule.stage_at(0)
+        metrics = policy_update(trainer.run, training_batch(trainer.run, copy.deepcopy(groups), stage,
+                                                            trainer.reference), stage)
         trainer.run.close()
         runs[name] = (metrics, weights(trainer.run.model), initial)
     default, moved, initial = runs["default"]

@@ -20,6 +20,7 @@ from mmrl.config import load_config
 from mmrl.errors import UserError
 from mmrl.rl.advantages import compute_advantages
 from mmrl.rl.trainer import GRPOLoop
+from mmrl.rl.training_batch import TrainingBatch, training_batch
 from mmrl.rl.update import policy_update
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,8 +52,13 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def update(trainer: GRPOLoop, groups) -> dict[str, float]:
-    return policy_update(trainer.run, groups, trainer.schedule.stage_at(0), trainer.reference)
+def batch_of(trainer: GRPOLoop, groups) -> TrainingBatch:
+    return training_batch(trainer.run, groups, trainer.schedule.stage_at(0), trainer.reference)
+
+
+def update(trainer: GRPOLoop, groups, batch: TrainingBatch | None = None) -> dict[str, float]:
+    """The loop's step on `groups`: the advantages (`batch`, when the test reads it), then the update."""
+    return policy_update(trainer.run, batch or batch_of(trainer, groups), trainer.schedule.stage_at(0))
 
 
 def count_optimizer_steps(trainer: GRPOLoop) -> list[int]:
@@ -217,21 +223,24 @@ def test_kl_in_the_reward_moves_the_advantages_of_equal_rewards(synthetic_data, 
     with torch.no_grad():  # move the policy away from its frozen reference copy
         trainer.run.model.lm_head.weight.mul_(1.5)
     groups = [fixed_group(trainer, 0, i, flat=True) for i in range(2)]
-    metrics = update(trainer, groups)
+    batch = batch_of(trainer, groups)
+    metrics = update(trainer, groups, batch)
     assert metrics["loss/kl_mean"] != 0  # k1 per token (the fixed tokens are not samples of pi: any sign)
-    for group in groups:
-        assert group.advantages.abs().max() > 0  # equal rewards, different KL: a learning signal
-        k1 = torch.where(group.completion_mask > 0, group.old_logp - group.ref_logp, 0.0).sum(-1)
+    for trained in batch.groups:
+        group = trained.group
+        assert trained.advantages.abs().max() > 0  # equal rewards, different KL: a learning signal
+        k1 = torch.where(group.completion_mask > 0, trained.old_logp - trained.ref_logp, 0.0).sum(-1)
         expected = compute_advantages("grpo", group.rewards - 0.2 * k1, torch.zeros(4, dtype=torch.long),
                                       scale=True, eps=1e-4)
-        assert torch.allclose(group.advantages, expected, atol=1e-5)
+        assert torch.allclose(trained.advantages, expected, atol=1e-5)
 
 
 def test_reinforce_pp_whitens_the_step_token_level(synthetic_data, tmp_path):
     trainer = make_trainer(synthetic_data, tmp_path, "algorithm.advantage=reinforce_pp")
     groups = global_batch(trainer, 0, 3)
-    update(trainer, groups)
-    adv = torch.cat([g.advantages for g in groups]).double()
+    batch = batch_of(trainer, groups)
+    update(trainer, groups, batch)
+    adv = torch.cat([g.advantages for g in batch.groups]).double()
     tokens = torch.cat([g.completion_mask.sum(-1) for g in groups]).double()
     valid = ~torch.isnan(torch.cat([g.rewards for g in groups]))
     # Token-weighted over the step's scorable completions: mean 0 and (unbiased) std 1.
@@ -244,18 +253,18 @@ def test_reinforce_pp_whitens_the_step_token_level(synthetic_data, tmp_path):
 def test_a_zero_advantage_group_costs_no_forward_at_all(synthetic_data, tmp_path, monkeypatch):
     """Several mini-batches need old log-probs, but only for the groups whose loss is not exactly 0: a group of equal
     rewards (no KL term) gets neither its old log-probs nor its training forward computed."""
-    import mmrl.rl.update as update_module
+    import mmrl.rl.step_logprobs as logprobs_module
 
     trainer = make_trainer(synthetic_data, tmp_path, "algorithm.mini_batches=2", "trainer.prompts_per_step=4",
                            "optimizer.name=sgd", "optimizer.lr=0.5")
     forwards: list[int] = []
-    real = update_module.completion_logprobs
+    real = logprobs_module.completion_logprobs
 
     def counted(model, prompt, completion_ids, *args, **kwargs):
         forwards.append(id(completion_ids))
         return real(model, prompt, completion_ids, *args, **kwargs)
 
-    monkeypatch.setattr(update_module, "completion_logprobs", counted)  # old log-probs
+    monkeypatch.setattr(logprobs_module, "completion_logprobs", counted)  # old log-probs
     real_training = trainer.run.logprobs
 
     def counted_training(prompt, completion_ids, *args, **kwargs):  # the training forward (what DDP/FSDP wrap)
@@ -265,8 +274,9 @@ def test_a_zero_advantage_group_costs_no_forward_at_all(synthetic_data, tmp_path
     monkeypatch.setattr(trainer.run, "logprobs", counted_training)
     groups = [fixed_group(trainer, 0, i, flat=i in (1, 2)) for i in range(4)]
     before = weights(trainer.run.model)
-    metrics = update(trainer, groups)
+    batch = batch_of(trainer, groups)
+    metrics = update(trainer, groups, batch)
     per_group = [forwards.count(id(g.completion_ids)) for g in groups]
     assert per_group == [2, 0, 0, 2]  # old log-probs + training forward for the two groups with a signal
-    assert groups[1].old_logp is None and metrics["optimizer_steps"] == 2
+    assert batch.groups[1].old_logp is None and metrics["optimizer_steps"] == 2
     assert max_diff(before, weights(trainer.run.model)) > 1e-3

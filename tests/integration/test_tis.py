@@ -4,6 +4,7 @@ CPU) with the HF backend, which returns its sampler's log-probs as vLLM does."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -12,11 +13,13 @@ import pytest
 import torch
 
 from mmrl.config import load_config
+from mmrl.models.dropout import disable_dropout
 from mmrl.models.logprobs import completion_logprobs
 from mmrl.rl.experience import rollout_groups
 from mmrl.rl.losses import policy_loss, truncated_is_weights
 from mmrl.rl.trainer import GRPOLoop
-from mmrl.rl.update import disable_dropout, policy_update
+from mmrl.rl.training_batch import training_batch
+from mmrl.rl.update import policy_update
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "tests" / "grpo_tiny.yaml"
@@ -73,7 +76,8 @@ def test_hf_sampler_logprobs_agree_with_the_trainer_in_fp32(synthetic_data, tmp_
 
 
 def _update(trainer: GRPOLoop, groups) -> dict[str, float]:
-    return policy_update(trainer.run, groups, trainer.schedule.stage_at(0), trainer.reference)
+    stage = trainer.schedule.stage_at(0)
+    return policy_update(trainer.run, training_batch(trainer.run, groups, stage, trainer.reference), stage)
 
 
 def test_weights_exactly_one_leave_the_update_unchanged(synthetic_data, tmp_path):
@@ -82,9 +86,8 @@ def test_weights_exactly_one_leave_the_update_unchanged(synthetic_data, tmp_path
     plain = make_trainer(synthetic_data, tmp_path / "a")
     tis = make_trainer(synthetic_data, tmp_path / "b")
     groups = global_batch(plain, 0, 2)
-    with_sampler = copy.deepcopy(groups)
+    with_sampler = [dataclasses.replace(g, sampler_logp=trainer_logp(tis, g)) for g in copy.deepcopy(groups)]
     for group in with_sampler:
-        group.sampler_logp = trainer_logp(tis, group)
         weight, _ = truncated_is_weights(group.sampler_logp, group.sampler_logp, group.completion_mask, 2.0)
         assert torch.equal(weight, torch.ones_like(weight))
     out_plain = _update(plain, groups)
@@ -102,9 +105,7 @@ def test_a_mismatch_scales_the_policy_gradient_by_the_weight(synthetic_data, tmp
     base = make_trainer(synthetic_data, tmp_path / "base")
     start = weights(base.run.model)
     groups = global_batch(base, 0, 2)
-    shifted = copy.deepcopy(groups)
-    for group in shifted:
-        group.sampler_logp = trainer_logp(base, group) - math.log(1.5)
+    shifted = [dataclasses.replace(g, sampler_logp=trainer_logp(base, g) - math.log(1.5)) for g in copy.deepcopy(groups)]
     out_base = _update(base, groups)
     corrected = make_trainer(synthetic_data, tmp_path / "tis")
     out = _update(corrected, copy.deepcopy(shifted))

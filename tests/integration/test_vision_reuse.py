@@ -9,6 +9,7 @@ import torch
 from mmrl.config import load_config
 from mmrl.generation import SamplingParams
 from mmrl.generation.backends import make_backend
+from mmrl.models.dropout import disable_dropout
 from mmrl.models.loading import load_policy
 from mmrl.models.logprobs import completion_logprobs
 from mmrl.models.training_forward import (
@@ -19,7 +20,6 @@ from mmrl.models.training_forward import (
 )
 from mmrl.models.vision_tower import count_vision, vision_module
 from mmrl.rl.trainer import GRPOLoop
-from mmrl.rl.update import disable_dropout
 from mmrl.runs.logger import read_metrics
 from tests.integration.chat_prompts import image_prompt, text_prompt
 from tests.integration.test_grpo_trainer import CONFIG, overrides, synthetic_data  # noqa: F401  (fixture)

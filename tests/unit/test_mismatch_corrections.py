@@ -97,7 +97,7 @@ def test_registry_and_config_checks():
 def test_rows_without_a_token_measure_no_mismatch():
     """A group whose completions hold no token (an empty completion) is no evidence either way: chi-square 0, not -1,
     and the step's rollout figures are those of the other groups, not pulled towards it."""
-    from mmrl.rl.update import _Forward, _Tally
+    from mmrl.rl.step_metrics import ForwardResult, StepTally
 
     _, empty = mismatch_weights("token_truncate", OLD, SAMPLER, torch.zeros_like(MASK), MismatchBounds(3.0))
     assert (empty["chi2_token"], empty["chi2_seq"]) == (0.0, 0.0)
@@ -105,10 +105,10 @@ def test_rows_without_a_token_measure_no_mismatch():
 
     def forward(metrics, tokens):
         zero = torch.tensor(0.0)
-        return _Forward(loss=zero, tokens=torch.tensor(float(tokens)), metrics={}, mismatch=metrics,
-                        mismatch_tokens=torch.tensor(float(tokens)), size=tokens)
+        return ForwardResult(loss=zero, tokens=torch.tensor(float(tokens)), metrics={}, mismatch=metrics,
+                             mismatch_tokens=torch.tensor(float(tokens)), size=tokens)
 
-    tally = _Tally()
+    tally = StepTally()
     tally.add_groups([[forward(measured, 5)], [forward(empty, 0)]])
     tally.add_step(0.0, 0.0, True)
     figures = tally.summary(1, {})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mmrl.rl.update import disable_dropout
+from mmrl.models.dropout import disable_dropout
 
 
 def test_siglip_attention_dropout_read_at_forward_time_is_switched_off():
