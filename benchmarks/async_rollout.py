@@ -59,23 +59,13 @@ def _sft_checkpoint(work: Path) -> tuple[Path, Path]:
     """The quickstart's data and cold-start SFT (its pipeline steps' own settings), into `work`."""
     import torch
 
-    from data_pipelines.synthetic import build_synthetic
     from mmrl.sft.trainer import train_sft
 
     sft = _step("sft")
     done = work / "sft" / "checkpoints" / f"step-{sft.overrides['trainer.max_steps']}"
     if done.is_dir() and (work / "data" / "train.jsonl").is_file():  # an earlier run's (checkpoints are atomic)
         return work / "data" / "train.jsonl", done
-    data_args = _step("build-data").args
-    train = build_synthetic(
-        data_args["tasks"],
-        data_args["n"],
-        data_args["seed"],
-        work / "data",
-        forms=data_args["forms"],
-        image_size=data_args["image_size"],
-        split="train",
-    )
+    train = _quickstart_data(work)
     settings = {
         **sft.overrides,
         "data.train": [str(train)],
@@ -92,19 +82,16 @@ def _sft_checkpoint(work: Path) -> tuple[Path, Path]:
 
 def _base_data(work: Path) -> tuple[Path, str]:
     """`--no-sft`: the quickstart's data and its base model (random weights): a speed check, whose curve means little."""
+    return _quickstart_data(work), _quickstart().model.name_or_path
+
+
+def _quickstart_data(work: Path) -> Path:
+    """The quickstart's training data, built by its own data step's arguments into `work/data`."""
     from data_pipelines.synthetic import build_synthetic
 
     args = _step("build-data").args
-    train = build_synthetic(
-        args["tasks"],
-        args["n"],
-        args["seed"],
-        work / "data",
-        forms=args["forms"],
-        image_size=args["image_size"],
-        split="train",
-    )
-    return train, _quickstart().model.name_or_path
+    return build_synthetic(args["tasks"], args["n"], args["seed"], work / "data", forms=args["forms"],
+                           image_size=args["image_size"], split="train")
 
 
 def _arm(name: str, work: Path, data: Path, checkpoint: Path | str, steps: int, overrides: dict) -> None:
