@@ -3,7 +3,9 @@
 The images are scikit-learn's bundled copy of the UCI handwritten digits (1,797 real 8x8 scans, 16 grey levels,
 `sklearn.datasets.load_digits`: shipped with the package, no download). An item puts two of them side by side and
 asks one question whose answer is a number (`sum`: 0-18, `larger`: 0-9, `product_mod10`: 0-9), so the accuracy
-reward scores it as a `number` task; the question needs the two digits read and one reasoning step.
+reward scores it as a `number` task; the question needs the two digits read and one reasoning step. `read` asks for
+one of the two digits ("Which digit is on the left?", then the right, alternating): a reading stage for a cold start
+that must first learn to read the pictures (docs/ablations_digits.md).
 
 The split is of the source scans, fixed and independent of `--seed`: per digit class, a quarter of the scans
 (shuffled with SPLIT_SEED) are eval scans, the rest training scans. Training items use only training scans and eval
@@ -37,10 +39,12 @@ QUESTIONS = {
     "sum": "What is the sum of the two digits?",
     "larger": "What is the larger of the two digits?",
     "product_mod10": "What is the last digit of the product of the two digits?",
+    "read": "Which digit is on the {side}?",  # `side` alternates item by item: left, right
 }
+SIDES = ("left", "right")
 COT_LENGTHS = ("short", "long", "mixed")
 FORMS = ("open", "mc", "yes_no")  # Curr-ReFT's stages: the open question, 4 numbered options, a proposed answer
-ANSWER_RANGE = {"sum": (0, 18), "larger": (0, 9), "product_mod10": (0, 9)}
+ANSWER_RANGE = {"sum": (0, 18), "larger": (0, 9), "product_mod10": (0, 9), "left": (0, 9), "right": (0, 9)}
 SPLIT_SEED = 0  # the scan split never changes with --seed: every seed and arm evaluates on the same held-out scans
 EVAL_FRACTION = 0.25
 MAX_ITEMS = 1_000_000
@@ -49,6 +53,7 @@ INSTALL = "pip install 'mmrl[digits]' (scikit-learn)"
 EXAMPLES = """examples:
   mmrl build-data digits --n 600 --eval-n 200 --out data/digits                 # "What is the sum ...?" (0-18)
   mmrl build-data digits --question larger --cot long --n 64 --out data/larger
+  mmrl build-data digits --question read --n 1200 --out data/read   # "Which digit is on the left?" (then right)
 """
 
 
@@ -81,9 +86,11 @@ def split_scans(labels: list[int] | None = None) -> tuple[list[int], list[int]]:
 def answer_of(question: str, left: int, right: int) -> int:
     """The gold number of `question` about the digits `left` and `right`.
 
-    >>> answer_of("sum", 9, 8), answer_of("larger", 2, 7), answer_of("product_mod10", 7, 8)
-    (17, 7, 6)
+    >>> answer_of("sum", 9, 8), answer_of("larger", 2, 7), answer_of("product_mod10", 7, 8), answer_of("right", 2, 7)
+    (17, 7, 6, 7)
     """
+    if question in SIDES:  # `read`'s two questions
+        return left if question == "left" else right
     if question == "sum":
         return left + right
     if question == "larger":
@@ -100,12 +107,17 @@ def _step(question: str, left: int, right: int, answer: int) -> str:
 
 
 def cot_target(question: str, left: int, right: int, length: str) -> str:
-    """The SFT target: a short (the step only) or long (each digit named, then the step) chain of thought.
+    """The SFT target: a short (the step only) or long (each digit named, then the step) chain of thought; a
+    reading question (`left`, `right`) names its digit, whatever the length.
 
     >>> cot_target("sum", 3, 5, "short")
     '<think> 3 + 5 = 8 </think><answer> 8 </answer>'
+    >>> cot_target("left", 3, 5, "long")
+    '<think> The left digit is 3. </think><answer> 3 </answer>'
     """
     answer = answer_of(question, left, right)
+    if question in SIDES:
+        return f"<think> The {question} digit is {answer}. </think><answer> {answer} </answer>"
     step = _step(question, left, right, answer)
     if length == "long":
         step = f"The left digit is {left}. The right digit is {right}. So {step}."
@@ -125,8 +137,9 @@ def form_item(question: str, left: int, right: int, length: str, form: str, rng:
 
     gold = answer_of(question, left, right)
     target = cot_target(question, left, right, length)
+    text = QUESTIONS["read"].format(side=question) if question in SIDES else QUESTIONS[question]
     if form == "open":
-        return {"prompt": QUESTIONS[question], "answer": str(gold), "task": "number", "response": target}
+        return {"prompt": text, "answer": str(gold), "task": "number", "response": target}
     low, high = ANSWER_RANGE[question]
     wrong = [int(w) for w in numeric_distractors(gold, rng, k=3, minimum=low, maximum=high)]
     thought = target.split("</think>")[0]
@@ -136,7 +149,7 @@ def form_item(question: str, left: int, right: int, length: str, form: str, rng:
         letter = "ABCD"[options.index(gold)]
         lines = "\n".join(f"{'ABCD'[i]}. {o}" for i, o in enumerate(options))
         return {
-            "prompt": f"{QUESTIONS[question]}\n{lines}\nAnswer with the letter.",
+            "prompt": f"{text}\n{lines}\nAnswer with the letter.",
             "answer": letter,
             "task": "mc",
             "choices": [str(o) for o in options],
@@ -145,7 +158,7 @@ def form_item(question: str, left: int, right: int, length: str, form: str, rng:
     proposed = gold if rng.random() < 0.5 else rng.choice(wrong)
     verdict = "yes" if proposed == gold else "no"
     return {
-        "prompt": f"{QUESTIONS[question]} Proposed answer: {proposed}. Is this correct? Answer yes or no.",
+        "prompt": f"{text} Proposed answer: {proposed}. Is this correct? Answer yes or no.",
         "answer": verdict,
         "task": "yes_no",
         "response": f"{thought}</think><answer> {verdict} </answer>",
@@ -193,18 +206,19 @@ def build_digits(
         left, right = (labels[s] for s in scans)
         length = cot if cot != "mixed" else COT_LENGTHS[(i // len(forms)) % 2]
         form = forms[i % len(forms)]
+        asked = SIDES[i % 2] if question == "read" else question
         name = f"{split}-{question}-{i:06d}"
         picture = render_pair(images[scans[0]], images[scans[1]], image_size)
         picture.save(out / "images" / f"{name}.png")
-        item = form_item(question, left, right, length, form, rng)
+        item = form_item(asked, left, right, length, form, rng)
         meta = {
             "digits": [left, right],
             "scans": scans,
             "split": split,
-            "question": question,
+            "question": asked,
             "form": form,
             "cot": length,
-            "open_answer": str(answer_of(question, left, right)),
+            "open_answer": str(answer_of(asked, left, right)),
             "source": "sklearn.datasets.load_digits",
         }
         record = {"id": name, "images": [f"images/{name}.png"], **item, "image_size": list(picture.size), "meta": meta}

@@ -120,10 +120,17 @@ def _check_arms_ran_as_configured(steps, one, seed):
             continue
         run_dir = Path(record["outputs"]["run_dir"])
         ran = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        if "data.train" not in step.get("overrides", {}):  # the reading items train only the step that names them
+            assert all("/read_data/" not in d["path"] for d in ran["data"]["train"]), step["name"]
         assert ran["model"]["name_or_path"] == (checkpoints[chosen] if chosen else latest), step["name"]
         assert ran["trainer"]["seed"] == seed, step["name"]
         for key, value in step.get("overrides", {}).items():
             if key in ("stages", "trainer.max_steps"):  # cut down by the smoke overrides
+                continue
+            if key == "data.train":  # "{read_data.train}": the file that earlier step wrote
+                producers = [d["path"].strip("{}").split(".")[0] for d in value]
+                assert [d["path"] for d in ran["data"]["train"]] == [
+                    one["steps"][p]["outputs"]["train"] for p in producers], step["name"]
                 continue
             assert _dotted(ran, key) == pytest.approx(value), f"{step['name']}: {key}"
         if step["kind"] == "train":

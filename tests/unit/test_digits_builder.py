@@ -154,3 +154,17 @@ def test_unknown_forms_are_refused_before_anything_is_written(tmp_path, capsys, 
     assert main(["build-data", "digits", "--n", "2", "--forms", forms, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--forms: each of open, mc, yes_no" in err[0] and not (out / "train.jsonl").exists()
+
+
+def test_the_reading_question_asks_for_the_left_then_the_right_digit(tmp_path):
+    """`--question read`: the cold start's reading stage, one digit per item, left and right alternating."""
+    records = _records(build_digits(tmp_path, 40, 0, "train", question="read", forms=("open",)))
+    assert [r["prompt"] for r in records[:2]] == ["Which digit is on the left?", "Which digit is on the right?"]
+    for i, r in enumerate(records):
+        side = ("left", "right")[i % 2]
+        digit = r["meta"]["digits"][i % 2]
+        assert (r["answer"], r["meta"]["question"], r["task"]) == (str(digit), side, "number")
+        assert r["response"] == f"<think> The {side} digit is {digit}. </think><answer> {digit} </answer>"
+    assert len({r["answer"] for r in records}) >= 8
+    columns = {k: [r[k] for r in records] for k in ("answer", "task")}
+    assert accuracy_reward([r["response"] for r in records], **columns) == [1.0] * 40

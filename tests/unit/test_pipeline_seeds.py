@@ -148,8 +148,8 @@ def test_a_step_overriding_trainer_seed_under_a_seeds_list_is_refused(tmp_path):
     # that step would train with seed 3 on every seed of the sweep: a spread of 0 that is not the training's
     from mmrl.workflow import load_plan
 
-    with pytest.raises(UserError, match=r"ptst\.yaml: pipeline\.2 \('ptst'\) overrides trainer\.seed"):
-        load_plan(REPRO, ["pipeline.2.overrides.trainer.seed=3", f"output_dir={tmp_path}"])
+    with pytest.raises(UserError, match=r"ptst\.yaml: pipeline\.4 \('ptst'\) overrides trainer\.seed"):
+        load_plan(REPRO, ["pipeline.4.overrides.trainer.seed=3", f"output_dir={tmp_path}"])
 
 
 def test_a_step_overriding_its_output_dir_under_a_seeds_list_is_refused(tmp_path):
@@ -157,9 +157,9 @@ def test_a_step_overriding_its_output_dir_under_a_seeds_list_is_refused(tmp_path
     # report its results as its own
     from mmrl.workflow import load_plan
 
-    with pytest.raises(UserError, match=r"pipeline\.4 \('fixed'\) overrides trainer\.output_dir, so every seed"):
-        load_plan(REPRO, [f"pipeline.4.overrides.trainer.output_dir={tmp_path / 'shared'}", f"output_dir={tmp_path}"])
-    assert load_plan(REPRO, [f"pipeline.4.overrides.trainer.output_dir={tmp_path / 'shared'}", "seeds=[]"])
+    with pytest.raises(UserError, match=r"pipeline\.6 \('fixed'\) overrides trainer\.output_dir, so every seed"):
+        load_plan(REPRO, [f"pipeline.6.overrides.trainer.output_dir={tmp_path / 'shared'}", f"output_dir={tmp_path}"])
+    assert load_plan(REPRO, [f"pipeline.6.overrides.trainer.output_dir={tmp_path / 'shared'}", "seeds=[]"])
 
 
 def test_plan_of_a_seeds_pipeline_shows_each_seeds_steps(tmp_path, capsys):
@@ -175,8 +175,8 @@ def test_plan_of_a_seeds_pipeline_shows_each_seeds_steps(tmp_path, capsys):
     assert main(["pipeline", REPRO, f"output_dir={root}", "seeds=[0, 1]", "--plan"]) == 0
     out = capsys.readouterr().out
     seed0, seed1 = out.split("== seed 1")
-    assert "step 1/6 data [build-data]: to run" in seed0 and str(root / "seed-0") in seed0
-    assert "step 1/6 data [build-data]: done 2026-01-01" in seed1 and "step 2/6 sft [sft]: to run" in seed1
+    assert "step 1/8 read_data [build-data]: to run" in seed0 and str(root / "seed-0") in seed0
+    assert "step 1/8 read_data [build-data]: done 2026-01-01" in seed1 and "step 2/8 data [build-data]: to run" in seed1
 
 
 def test_summary_png_keeps_the_training_curves_when_no_arm_has_an_accuracy(tmp_path):
