@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from mmrl.commands import add_command
 
@@ -35,17 +36,20 @@ def register(subparsers, name: str) -> None:
                        "needed): build its architecture shrunk, with its tokenizer, template, processor settings, "
                        "generation config and token ids unchanged (overrides --preset)")
     build.add_argument("--seed", type=int, default=0, help="seed for weights and tokenizer (default: 0)")
+    build.add_argument("--overwrite", action="store_true",
+                       help="rebuild over an earlier `mmrl model build-tiny` folder (a non-empty OUT_DIR is refused "
+                       "without it; one this command did not write, always)")
     build.set_defaults(func=run_build)
 
 
 def run_build(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from mmrl.models.tiny import MARKER, build_tiny_model
     from mmrl.runs.directory import check_output_dir
 
     check_output_dir(args.out_dir, "OUT_DIR")
+    _claim_out(Path(args.out_dir), args.overwrite, args.like)
     if args.like is not None:
         from mmrl.models.tiny_like import LIKE_MARKER, build_like, check_folder
 
@@ -58,3 +62,25 @@ def run_build(args: argparse.Namespace) -> int:
     info = json.loads((Path(out) / MARKER).read_text())
     print(f"built preset '{args.preset}' ({info['parameters']:,} parameters) into {out}")
     return 0
+
+
+def _claim_out(out: Path, overwrite: bool, like: str | None) -> None:
+    """A non-empty OUT_DIR is refused as a run directory is (a model there would be replaced without a word, and a
+    checkpoint's own files kept beside the new weights); --overwrite rebuilds only a folder this command wrote,
+    removing what it wrote there and nothing else."""
+    from mmrl.errors import UserError
+    from mmrl.models.tiny import MARKER
+    from mmrl.models.tiny_like import WRITTEN
+
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if like is not None and out.resolve() == Path(like).expanduser().resolve():
+        return  # the --like folder itself: refused with its own reason by check_out
+    if not overwrite:
+        raise UserError(f"OUT_DIR {out} is not empty; give a new or empty directory, or --overwrite to rebuild an "
+                        "earlier `mmrl model build-tiny` folder there")
+    if not (out / MARKER).is_file():
+        raise UserError(f"OUT_DIR {out} is not empty and holds no earlier tiny build ({MARKER}); --overwrite "
+                        "replaces only a folder `mmrl model build-tiny` wrote: give a new or empty directory")
+    for name in WRITTEN:  # the interface files, config, weights and the marker
+        (out / name).unlink(missing_ok=True)

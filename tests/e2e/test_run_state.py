@@ -78,3 +78,29 @@ def test_a_resume_with_a_changed_config_is_refused_naming_the_fields_unless_they
     assert sorted(segments) == ["step-0.yaml", "step-2.yaml"]  # steps 1-2 and step 3, each with its own config
     assert (segments["step-0.yaml"]["optimizer"]["lr"], segments["step-2.yaml"]["optimizer"]["lr"]) == (1e-3, 5e-3)
     assert yaml.safe_load((out / "config.yaml").read_text()) == segments["step-2.yaml"]
+
+
+def test_build_tiny_refuses_a_non_empty_folder_and_overwrites_only_its_own(tmp_path, capsys):
+    """`mmrl model build-tiny` replaced a built model by another preset, and rewrote a checkpoint's weights beside
+    its COMPLETE and trainer_state.pt, without a word."""
+    from mmrl.cli import main
+
+    model = tmp_path / "model"
+    assert main(["model", "build-tiny", str(model), "--preset", "tiny"]) == 0
+    (model / "notes.txt").write_text("mine")
+    first = (model / "model.safetensors").read_bytes()
+    assert main(["model", "build-tiny", str(model), "--preset", "tiny", "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "is not empty" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1, err
+    assert (model / "model.safetensors").read_bytes() == first  # refused: nothing written
+    assert main(["model", "build-tiny", str(model), "--preset", "tiny", "--seed", "1", "--overwrite"]) == 0
+    assert (model / "model.safetensors").read_bytes() != first and (model / "notes.txt").read_text() == "mine"
+    checkpoint = tmp_path / "step-3"
+    checkpoint.mkdir()
+    for name in ("COMPLETE", "trainer_state.pt", "model.safetensors"):
+        (checkpoint / name).write_text("the run's")
+    capsys.readouterr()
+    assert main(["model", "build-tiny", str(checkpoint), "--overwrite"]) == 2
+    assert "holds no earlier tiny build" in capsys.readouterr().err
+    assert {p.name: p.read_text() for p in checkpoint.iterdir()} == dict.fromkeys(
+        ("COMPLETE", "trainer_state.pt", "model.safetensors"), "the run's")
