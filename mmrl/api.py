@@ -292,6 +292,13 @@ class GRPOTrainer:
             self._note_in_memory(updates["data.eval"][0]["path"], "eval_dataset")
         with registered(self.reward_callables):  # the config's reward names are checked against the registry
             self.args = apply_overrides(cfg, updates, source="GRPOTrainer") if updates else cfg
+        if self.reward_callables and self.args.rollout.max_staleness:
+            # The rollout worker is a process of its own that builds its rewards by name: a function registered
+            # here is not in its registry (it failed there after the model loaded, naming an "unknown reward").
+            names = ", ".join(sorted(self.reward_callables))
+            raise UserError(f"rollout.max_staleness={self.args.rollout.max_staleness}: the rollout worker runs in a "
+                            f"process of its own and cannot call the Python reward function(s) {names}; give them "
+                            "as 'path/to/file.py:function' in reward_funcs, or set rollout.max_staleness=0")
         self.model = model
         self.run_dir: Path | None = None
 

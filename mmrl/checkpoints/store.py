@@ -252,11 +252,12 @@ def read_checkpoint_weights(model: Any, path: Path) -> tuple[dict[str, torch.Ten
 ZERO_PARTITIONS = "deepspeed_zero"
 
 
-def check_optimizer_kind(state: Any, engine: str, world_size: int) -> None:
-    """A checkpoint's optimizer state fits the engine resuming it, else one line saying what would: ZeRO partitions
-    load only under DeepSpeed with the same number of processes, and DeepSpeed loads nothing else."""
+def check_optimizer_kind(state: Any, engine: str, world_size: int, partitioned: bool) -> None:
+    """A checkpoint's optimizer state fits the engine resuming it (`engine` names it in the messages; `partitioned`:
+    its optimizer state is ZeRO partitions), else one line saying what would: ZeRO partitions load only under
+    DeepSpeed with the same number of processes, and DeepSpeed loads nothing else."""
     parts = state.get(ZERO_PARTITIONS) if isinstance(state, dict) else None
-    if engine != "deepspeed":
+    if not partitioned:
         if parts is not None:
             raise UserError(f"trainer.resume: this checkpoint's optimizer state is DeepSpeed ZeRO partitions; resume "
                             f"it under the DeepSpeed preset it was written with (this run's engine: {engine})")

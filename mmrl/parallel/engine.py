@@ -71,6 +71,7 @@ class TrainingEngine:
 
     name: str  # recorded in the run's first metrics row: single, ddp, fsdp2, deepspeed
     owns_optimizer = False  # DeepSpeed: its engine partitions and steps the optimizer (no reset; state made in start)
+    whole_model_per_process = True  # each process holds the whole, plain policy (not FSDP2's shards, not DeepSpeed's)
 
     def __init__(self, policy: torch.nn.Module, dist_info: DistInfo) -> None:
         self.world_size = dist_info.world_size

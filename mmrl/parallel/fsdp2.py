@@ -41,6 +41,7 @@ class FSDP2Engine(TrainingEngine):
     """The training forward under `fully_shard` (see `TrainingEngine` for the calls)."""
 
     name = "fsdp2"
+    whole_model_per_process = False
 
     def __init__(self, policy: torch.nn.Module, dist_info: DistInfo) -> None:
         super().__init__(policy, dist_info)

@@ -86,6 +86,7 @@ class ZeRO2Engine(TrainingEngine):
     doc; `TrainingEngine` for the calls)."""
 
     name = "deepspeed"
+    whole_model_per_process = False
     owns_optimizer = True
 
     def __init__(self, policy: torch.nn.Module, dist_info: DistInfo) -> None:

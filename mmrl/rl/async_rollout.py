@@ -17,7 +17,7 @@ stops the run with one line (the last checkpoint resumes it).
 Resume: the batch carries the worker's prompt-order and random state after it was drawn; the trainer keeps the state
 of the last batch it trained on and saves that in its checkpoints. On resume the in-flight batches (drawn, never
 trained on) are dropped and regenerated from the same prompt positions by the checkpoint's weights: no prompt is
-trained twice or skipped, and the first k steps after a resume are on-policy (staleness 0, logged).
+trained twice or skipped; the first step after a resume is on-policy and the staleness climbs back to k (logged).
 """
 
 from __future__ import annotations

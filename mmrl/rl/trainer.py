@@ -109,7 +109,7 @@ class GRPOLoop:
         self.eval_samples = self._load(tuple(cfg.data.eval)) if cfg.data.eval and cfg.trainer.eval_steps else []
         # rollout.max_staleness >= 1: a worker process rolls out (docs/async.md); None: the synchronous loop
         self.max_staleness: int | None = cfg.rollout.max_staleness or None
-        if self.max_staleness and self.run.engine.name not in ("single", "ddp"):  # the config refuses these first
+        if self.max_staleness and not self.run.engine.whole_model_per_process:  # the config refuses these first
             self.run.close()
             raise UserError(f"rollout.max_staleness: asynchronous rollouts run on one process or under DDP, not "
                             f"{self.run.engine.name}; use the DDP preset or set rollout.max_staleness=0")

@@ -119,7 +119,8 @@ class TrainingRun:
         if not self.engine.load_weights(self.resume_from):  # FSDP2 loads into its shards
             ckpt.load_model_weights(self.model, self.resume_from)
         state = ckpt.load_trainer_state(self.resume_from)
-        ckpt.check_optimizer_kind(state["optimizer"], self.engine.name, self.dist.world_size)
+        ckpt.check_optimizer_kind(state["optimizer"], self.engine.name, self.dist.world_size,
+                                  partitioned=self.engine.owns_optimizer)
         self.engine.load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
