@@ -38,9 +38,10 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     cfg = load_config(args.config, args.overrides)
-    from mmrl.workflow.seeds import refuse_seeds_outside_pipeline
+    from mmrl.workflow.seeds import refuse_output_dir_outside_pipeline, refuse_seeds_outside_pipeline
 
     refuse_seeds_outside_pipeline("train", args.overrides, cfg.seeds)
+    refuse_output_dir_outside_pipeline("train", args.overrides, cfg.pipeline)
     run_dir = train(cfg)
     print_summary(run_dir, time.perf_counter() - started, cfg)
     return 0

@@ -64,8 +64,10 @@ def _record_sources(data: Any, source: str, sources: dict[str, str], prefix: str
             _record_sources(value, source, sources, dotted)
 
 
-def load_yaml_chain(path: str | os.PathLike, sources: dict[str, str], _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read `path`, resolving `extends:` (relative to the file) recursively; the child's values win."""
+def load_yaml_chain(path: str | os.PathLike, sources: dict[str, str], _chain: tuple[Path, ...] = (),
+                    files: list[str] | None = None) -> dict[str, Any]:
+    """Read `path`, resolving `extends:` (relative to the file) recursively; the child's values win. `files` collects
+    the chain's files, base first (the order in which they win)."""
     resolved = Path(path).resolve()
     if resolved in _chain:
         names = " -> ".join(p.name for p in (*_chain, resolved))
@@ -74,12 +76,16 @@ def load_yaml_chain(path: str | os.PathLike, sources: dict[str, str], _chain: tu
     parent = data.pop("extends", None)
     if parent is None:
         _record_sources(data, str(path), sources)
+        if files is not None:
+            files.append(str(path))
         return data
     if not isinstance(parent, str):
         raise ConfigError(f"{path}: 'extends' must be a relative path to a base YAML (got {parent!r})")
     parent_path = Path(path).parent / parent
-    base = load_yaml_chain(parent_path, sources, (*_chain, resolved))
+    base = load_yaml_chain(parent_path, sources, (*_chain, resolved), files)
     _record_sources(data, str(path), sources)
+    if files is not None:
+        files.append(str(path))
     return _deep_merge(base, data)
 
 
@@ -173,6 +179,42 @@ REMOVED_KEYS = {
 }
 
 
+def _section_fields() -> dict[str, list[str]]:
+    """Each section of the config tree with its field names ('' for the top level); list sections (stages,
+    rewards, pipeline) are left out, their keys need an index."""
+    out: dict[str, list[str]] = {"": list(MMRLConfig.model_fields)}
+    for section, field in MMRLConfig.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            out[section] = list(field.annotation.model_fields)
+    return out
+
+
+def _near_hint(loc: tuple[str, ...]) -> str:
+    """' (did you mean ...?)' for an unknown top-level or section key. Besides the section's own fields it weighs the
+    TRL names the section accepts (`optimizer.learning_rat` -> learning_rate, not warmup_ratio) and the fields of
+    the other sections (`trainer.lr` -> optimizer.lr, `max_prompt_length` -> data.max_prompt_length)."""
+    section, name = (loc[0], loc[1]) if len(loc) == 2 else ("", loc[0])
+    fields = _section_fields()
+    elsewhere = [f"{s}.{n}" if s else n for s, names in fields.items() if s != section for n in names if n == name]
+    if elsewhere:
+        return f" (did you mean {' or '.join(repr(k) for k in elsewhere)}?)"
+    # own fields and accepted TRL names first; the other sections only when nothing here is close
+    here = {n: f"'{section}.{n}'" if section else f"'{n}'" for n in fields.get(section, [])}
+    for alias, mmrl_key in trl_names.aliases(section).items():
+        here.setdefault(alias, f"'{section}.{alias}' (TRL's name for '{mmrl_key}')")
+    near = difflib.get_close_matches(name, here, n=1, cutoff=0.6)
+    if near:
+        return f" (did you mean {here[near[0]]}?)"
+    there = {n: f"'{s}.{n}'" for s, names in fields.items() if s not in ("", section) for n in names}
+    for other in trl_names.HOME_SECTIONS:
+        for alias, mmrl_key in trl_names.aliases(other).items() if other != section else ():
+            there.setdefault(alias, f"'{other}.{alias}' (TRL's name for '{mmrl_key}')")
+    near = difflib.get_close_matches(name, there, n=1, cutoff=0.8)
+    if near:
+        return f" (did you mean {there[near[0]]}?)"
+    return " (see `mmrl config show` for the valid keys)"
+
+
 def _format_error(err: dict[str, Any], sources: dict[str, str], default_source: str) -> str:
     loc = tuple(err.get("loc", ()))
     dotted = ".".join(str(p) for p in loc)
@@ -191,6 +233,8 @@ def _format_error(err: dict[str, Any], sources: dict[str, str], default_source: 
     trl_hint = trl_names.hint(str(loc[-1])) if kind == "extra_forbidden" and 1 <= len(loc) <= 2 else None
     if trl_hint is not None:  # a TRL habit: the mmrl name, not the nearest spelling ('learning_rate' -> 'warmup_ratio')
         return f"{where}: unknown key '{dotted}': {trl_hint}"
+    if kind == "extra_forbidden" and 1 <= len(loc) <= 2 and all(isinstance(p, str) for p in loc):
+        return f"{where}: unknown key '{dotted}'{_near_hint(loc)}"
     if kind == "extra_forbidden":
         schema_path = ".".join(str(p) for p in loc if not str(p).isdigit())
         candidates = [k for k in valid_keys() if k.count(".") == schema_path.count(".")]
@@ -247,25 +291,32 @@ def build_config(data: dict[str, Any], sources: dict[str, str] | None = None, de
 def load_raw(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, dict]:
     """The merged mapping (YAML chain + overrides) and the source of each dotted key, before validation."""
     sources: dict[str, str] = {}
+    files: list[str] = []
     data = MMRLConfig().model_dump(mode="json")
     if path is not None:
-        data = _deep_merge(data, load_yaml_chain(path, sources))
+        data = _deep_merge(data, load_yaml_chain(path, sources, files=files))
     for text in overrides:
         parts, value = parse_override(text)
         _set_dotted(data, parts, value)
         sources.pop(".".join(parts), None)  # re-insert: the order of `sources` is the order the keys were given
         sources[".".join(parts)] = COMMAND_LINE
         _record_sources(value, COMMAND_LINE, sources, ".".join(parts))
-    _trl_aliases(data, sources, default_source=str(path) if path else COMMAND_LINE)
+    _trl_aliases(data, sources, default_source=str(path) if path else COMMAND_LINE, order=[*files, COMMAND_LINE])
     if path is not None and not data.get("name"):
         data["name"] = Path(path).stem
     return data, sources
 
 
-def _trl_aliases(data: dict[str, Any], sources: dict[str, str], default_source: str) -> None:
+def _trl_aliases(data: dict[str, Any], sources: dict[str, str], default_source: str,
+                 order: list[str] | None = None) -> None:
     """TRL names written in the section mmrl keeps their setting in (`optimizer.learning_rate`,
     `rollout.num_generations`, `trainer.per_device_train_batch_size`) become mmrl's keys, values converted as the
-    Python API does (`mmrl.config.trl_names`); the source of each stays the file or command line that gave it."""
+    Python API does (`mmrl.config.trl_names`); the source of each stays the file or command line that gave it.
+
+    An alias and its mmrl key are one setting: given by different sources, the later in `order` (base YAML, the
+    YAML extending it, the command line) wins as for any key; given by the same source, which one is meant is
+    unclear, so that is refused."""
+    rank = {source: i for i, source in enumerate(order or [COMMAND_LINE])}
     for section in trl_names.HOME_SECTIONS:  # rollout before trainer: the batch is counted in num_generations
         node = data.get(section)
         if not isinstance(node, dict):
@@ -286,9 +337,13 @@ def _trl_aliases(data: dict[str, Any], sources: dict[str, str], default_source: 
         for key, value in translated.without(set(sources)).items():
             alias = translated.origin[key]
             if key in sources:
-                raise ConfigError(f"{where[alias]}: {section}.{alias} and {key} ({sources[key]}) set the same "
-                                  "setting; give one")
+                if sources[key] == where[alias]:
+                    raise ConfigError(f"{where[alias]}: {section}.{alias} and {key} ({sources[key]}) set the same "
+                                      "setting; give one")
+                if rank.get(sources[key], -1) > rank.get(where[alias], -1):
+                    continue  # the mmrl key came later (an override of the YAML's alias): it wins
             _set_dotted(data, key.split("."), value)
+            sources.pop(key, None)  # re-insert: `explicit` follows the order of `sources`
             sources[key] = where[alias]
         for key in found:
             del node[key]

@@ -122,6 +122,15 @@ def home_section(name: str) -> str | None:
     return "model" if name == "fp16" else None
 
 
+def aliases(section: str) -> dict[str, str]:
+    """The TRL names accepted inside `section`, each with the mmrl key it sets (what a near-miss should hear of)."""
+    out = {}
+    for name in (*SAME, *BATCH, *ADAM_BETAS):
+        if home_section(name) == section:
+            out[name] = SAME.get(name) or ("optimizer.betas" if name in ADAM_BETAS else "trainer.prompts_per_step")
+    return out
+
+
 def hint(name: str) -> str | None:
     """What to write instead of TRL name `name` (None: not a TRL name mmrl knows)."""
     if name in SAME:
@@ -132,6 +141,8 @@ def hint(name: str) -> str | None:
         return f"TRL's '{name}' is an entry of 'optimizer.betas'"
     if name == "fp16":
         return "TRL's 'fp16' has no mmrl equivalent (fp16 needs loss scaling): use 'model.dtype' (bf16 or fp32)"
+    if name in NO_EFFECT:
+        return f"TRL's '{name}' has no effect in mmrl: {NO_EFFECT[name]}"
     if name in REFUSED:
         return f"TRL's '{name}' has no same-meaning setting in mmrl; use {REFUSED[name]}"
     return None

@@ -42,6 +42,17 @@ def refuse_seeds_outside_pipeline(command: str, overrides: list[str] | tuple[str
                         f"`mmrl {command}` makes one run: set trainer.seed=N, or loop over seeds in the shell")
 
 
+def refuse_output_dir_outside_pipeline(command: str, overrides: list[str] | tuple[str, ...], pipeline: list) -> None:
+    """`mmrl train/sft ... output_dir=runs/x` (TRL's name for the run folder) trained into trainer.output_dir and said
+    nothing: the top-level output_dir is only `mmrl pipeline`'s root folder. (A YAML's is shared by pipelines.)"""
+    from mmrl.config.loader import COMMAND_LINE, parse_override
+
+    given = [value for parts, value in map(parse_override, overrides) if parts == ["output_dir"]]
+    if given and not pipeline:
+        raise UserError(f"{COMMAND_LINE}: output_dir is `mmrl pipeline`'s folder; for mmrl {command} use "
+                        f"trainer.output_dir={given[-1]}")
+
+
 def spread(values: list[float | None]) -> dict[str, Any]:
     """Mean, sample std (0 for one value), min and max of the finite values; every value as given.
 
