@@ -21,7 +21,6 @@ Last line: `padding_forward_share=<float>` (padding micro-batches / real micro-b
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +129,15 @@ def summarise(gathered: list[list[dict[str, int]]]) -> dict[str, Any]:
 
 
 def main() -> None:
-    config, out_dir, *overrides = sys.argv[1:]
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n")[1], formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("config", help="a GRPO config (a resolved run's config.yaml works)")
+    parser.add_argument("out_dir", help="where uneven_forwards.json is written")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, as for mmrl train")
+    args = parser.parse_args()
+    config, out_dir, overrides = args.config, args.out_dir, args.overrides
     trainer = GRPOLoop(load_config(config, overrides))
     counts = StepCounts()
     instrument(trainer, counts)

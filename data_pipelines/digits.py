@@ -50,7 +50,8 @@ EVAL_FRACTION = 0.25
 MAX_ITEMS = 1_000_000
 INSTALL = "pip install 'mmrl[digits]' (scikit-learn)"
 
-EXAMPLES = """examples:
+EXAMPLES = """needs scikit-learn (its bundled digits, no download): pip install 'mmrl[digits]' (the dev extra has it)
+examples:
   mmrl build-data digits --n 600 --eval-n 200 --out data/digits                 # "What is the sum ...?" (0-18)
   mmrl build-data digits --question larger --cot long --n 64 --out data/larger
   mmrl build-data digits --question read --n 1200 --out data/read   # "Which digit is on the left?" (then right)

@@ -22,7 +22,8 @@ EXAMPLES = """  mmrl reward list
   {"summary": {"items": N, "total": {"mean": ..., "none": ..., "errors": ..., "timeouts": ...}, <reward>: {...}}}.
   None = unscorable (a gold the reward cannot use), or the reward raised on that item (counted under "errors");
   a completion that ran out of time on a usable gold scores 0 and is counted under "timeouts". A reward that
-  raises on every item is an error (exit 2) naming what it raised.
+  raises on some items exits 1 after printing the scores; one that raises on every item is an error (exit 2)
+  naming what it raised.
 """
 
 
@@ -207,6 +208,13 @@ def run_score(args: argparse.Namespace) -> int:
     for name, example in result.examples.items():
         print(f"example {name}: line {line_numbers[example['index']]} {example['kind']}: {example['message']}",
               file=sys.stderr)  # fmt: skip
+    raised = {name: result.counters.get(f"{name}/errors", 0) for name in result.components}
+    raised = {name: n for name, n in raised.items() if n}
+    if raised:  # scored, but a reward has a bug: the scores are printed, the exit status says so (a script checks it)
+        print("reward(s) raised: " + ", ".join(f"'{name}' on {n} of {len(completions)} items" for name, n in
+                                               raised.items()) + "; fix them: return None for an item a reward "
+              "cannot score, never raise (exit status 1)", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

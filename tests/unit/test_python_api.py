@@ -70,6 +70,21 @@ def test_unknown_reward_name_and_per_item_reward_are_clear_errors():
     assert "per_item" not in list_rewards()  # known only while a run uses it
 
 
+def test_a_python_reward_with_asynchronous_rollouts_is_refused_before_anything_loads(tmp_path):
+    """The worker process builds its rewards by name: a function registered in this process failed there, after
+    the model had loaded, as an 'unknown reward'."""
+
+    def scores(completions, **_):
+        return [float(len(c)) for c in completions]
+
+    args = GRPOConfig(**{**SMALL, "rollout.max_staleness": 1, "output_dir": str(tmp_path / "run")})
+    with pytest.raises(UserError, match="rollout.max_staleness=1.*cannot call the Python reward function.*scores.*"
+                                        "file.py:function") as err:
+        GRPOTrainer(model="tiny", reward_funcs=["format", scores], train_dataset=_records(), args=args)
+    assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
+    GRPOTrainer(model="tiny", reward_funcs=["format"], train_dataset=_records(), args=args)  # names are fine
+
+
 def test_per_item_file_reward_fails_the_cli_with_exit_2(tmp_path, capsys):
     (tmp_path / "r.py").write_text("def score(completion, answer=None, **_):\n    return 1.0\n")
     (tmp_path / "c.jsonl").write_text(json.dumps({"completion": "x", "answer": "1"}) + "\n")

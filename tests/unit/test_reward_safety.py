@@ -197,6 +197,21 @@ def test_user_rewards_get_whole_batches(tmp_path, workers):
     assert (tmp_path / "calls").read_text().split() == ["5"]  # one call, the whole batch
 
 
+def test_reward_score_exits_1_when_a_reward_raised_on_some_items(tmp_path, capsys):
+    # Review: a user reward raising on 4 of 8 items exited 0 (the error counted, the exit status clean).
+    from mmrl.cli import main
+
+    (tmp_path / "judge.py").write_text("def odd(completions, **_):\n"
+                                       "    return [1.0 if c != 'x' else 1 / 0 for c in completions]\n")
+    data = tmp_path / "c.jsonl"
+    data.write_text("".join(json.dumps({"completion": c, "answer": "1"}) + "\n" for c in ("1", "x", "1")))
+    code = main(["reward", "score", "--reward", f"{tmp_path / 'judge.py'}:odd", "--input", str(data)])
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    assert len(captured.out.splitlines()) == 4  # the 3 items and the summary are printed all the same
+    assert "ZeroDivisionError" in captured.err and "raised: '" in captured.err and "exit status 1" in captured.err
+
+
 def test_reward_score_stops_on_a_reward_that_raises_on_every_item(tmp_path, capsys):
     # Review: every item None and exit 0 (a bug counted as bad gold), while `mmrl train` refuses the same reward.
     from mmrl.cli import main
