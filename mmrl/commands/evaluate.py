@@ -43,7 +43,8 @@ def register(subparsers, name: str) -> None:
     parser.add_argument(
         "--out",
         default=None,
-        help="output directory (default: eval.output_dir, <run>/eval/<step>-<data>, or runs/eval/<model>-<data>; "
+        help="output directory (default: eval.output_dir; with --model, <run>/eval/<step>-<data> or "
+        "runs/eval/<model>-<data>; with a CONFIG, <trainer.output_dir>/eval/<model>-<data>; "
         "-k8, -t0.7, -first20 added for --k, sampling and --limit)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -156,9 +157,9 @@ def default_out_dir(cfg, config: str | None, args: argparse.Namespace) -> Path:
         return Path(args.out)
     if cfg.eval.output_dir:
         return Path(cfg.eval.output_dir)
-    if config is not None and args.model is None:
-        return Path(cfg.trainer.output_dir) / "eval"
     data = "+".join(_stem(spec.path) for spec in cfg.data.eval) + _settings_suffix(cfg)
+    if config is not None and args.model is None:  # one folder per model and data: a second eval replaced the first
+        return Path(cfg.trainer.output_dir) / "eval" / f"{_stem(cfg.model.name_or_path)}-{data}"
     run_dir = _run_of_checkpoint(cfg.model.name_or_path)
     if run_dir is not None:  # a run's checkpoint: into that run's eval/<step>-<data>
         return run_dir / "eval" / f"{Path(cfg.model.name_or_path.rstrip('/')).name}-{data}"

@@ -43,8 +43,14 @@ def test_eval_with_a_config_file(tmp_path, capsys):
     config.write_text(f"model:\n  name_or_path: tiny\ndata:\n  eval: {data}\neval:\n  max_new_tokens: 3\n"
                       f"trainer:\n  output_dir: {tmp_path / 'run'}\n")
     assert main(["eval", str(config), "eval.limit=1", "--no-progress"]) == 0
-    report = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())
+    (first,) = (tmp_path / "run" / "eval").glob("tiny-*/report.json")  # <run>/eval/<model>-<data>
+    report = json.loads(first.read_text())
     assert report["n"] == 1 and report["k"] == 1 and report["greedy"] is True
+    # Another model through the same config: its own folder (the second eval replaced the first's report).
+    assert main(["eval", str(config), "eval.limit=1", "model.name_or_path=small", "--no-progress"]) == 0
+    assert json.loads(first.read_text()) == report
+    assert [p.parent.name.split("-")[0] for p in sorted((tmp_path / "run" / "eval").glob("*/report.json"))] == [
+        "small", "tiny"]
 
 
 def test_eval_bad_input_is_one_line(tmp_path, capsys):
