@@ -33,6 +33,17 @@ CONFIG = ROOT / "configs" / "tests" / "grpo_tiny.yaml"
 REWARD = ROOT / "tests" / "fixtures" / "trainer" / "varied_reward.py"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The trainer here runs in the test process, whose torch thread count an earlier test of the same pytest-xdist
+    worker may have left at 2; its worker process samples with `rollout.worker_threads=1`. Two thread counts give
+    other float sums: the lockstep run then differed from the synchronous one in the last bits (a flaky failure)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def synthetic_data(tmp_path_factory) -> Path:
     from data_pipelines.synthetic import build_synthetic

@@ -289,12 +289,13 @@ def test_reward_score_on_a_qwen3_vl_run_samples_reads_boxes_in_the_run_frame(tmp
 
     sample = Sample(id="g", prompt="p", answer=GOLD, task="grounding", image_size=IMAGE, input_size=INPUT)
     group = SimpleNamespace(sample=sample, texts=[f"<answer>{IN_FRAME['norm1000']}</answer>"],
-                            rewards=[1.0], advantages=[0.0], components={"iou": [1.0]})
+                            rewards=[1.0], components={"iou": [1.0]})
+    batch = SimpleNamespace(groups=[SimpleNamespace(group=group, advantages=[0.0])])  # a TrainingBatch's fields
     written = []
     trainer = SimpleNamespace(cfg=SimpleNamespace(trainer=SimpleNamespace(sample_steps=1), env=SimpleNamespace(name=None)),
                               interface=resolve_interface(_config("qwen3_vl")),
                               run=SimpleNamespace(logger=SimpleNamespace(write_samples=lambda s, r: written.extend(r))))
-    GRPOLoop._maybe_samples(trainer, 2, [group])
+    GRPOLoop._maybe_samples(trainer, 2, batch)
     rows = json.loads(json.dumps(written))  # as the run's file holds them
     assert _score_samples(tmp_path / "new", rows, capsys)[0] == [pytest.approx(1.0)]
     old_rows = [{k: r[k] for k in ("id", "answer", "completion", "reward", "image_size", "input_size")} for r in rows]
