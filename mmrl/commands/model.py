@@ -70,7 +70,7 @@ def _claim_out(out: Path, overwrite: bool, like: str | None) -> None:
     removing what it wrote there and nothing else."""
     from mmrl.errors import UserError
     from mmrl.models.tiny import MARKER
-    from mmrl.models.tiny_like import WRITTEN
+    from mmrl.models.tiny_like import remove_earlier_build
 
     if not out.is_dir() or not any(out.iterdir()):
         return
@@ -82,5 +82,4 @@ def _claim_out(out: Path, overwrite: bool, like: str | None) -> None:
     if not (out / MARKER).is_file():
         raise UserError(f"OUT_DIR {out} is not empty and holds no earlier tiny build ({MARKER}); --overwrite "
                         "replaces only a folder `mmrl model build-tiny` wrote: give a new or empty directory")
-    for name in WRITTEN:  # the interface files, config, weights and the marker
-        (out / name).unlink(missing_ok=True)
+    remove_earlier_build(out)

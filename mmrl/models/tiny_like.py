@@ -78,8 +78,13 @@ def check_out(out: Path, like: Path) -> None:
         if not (out / LIKE_MARKER).is_file():
             raise UserError(f"OUT_DIR {out} is not empty and holds no earlier tiny build ({LIKE_MARKER}); give a "
                             "new or empty directory")
-        for name in WRITTEN:
-            (out / name).unlink(missing_ok=True)
+        remove_earlier_build(out)
+
+
+def remove_earlier_build(out: Path) -> None:
+    """Remove what a tiny build wrote into `out` (interface files, config, weights, marker), nothing else."""
+    for name in WRITTEN:
+        (out / name).unlink(missing_ok=True)
 
 
 def _load_config(like: Path):
