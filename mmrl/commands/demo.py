@@ -44,6 +44,8 @@ def register(subparsers, name: str) -> None:
             one.add_argument("--model", default="tiny",
                              help="checkpoint directory, preset (tiny, small) or OpenAI-compatible http://host/v1 URL "
                                   "(default: tiny)")  # fmt: skip
+            one.add_argument("model_path", nargs="?", default=None, metavar="MODEL",
+                             help="the same as --model (as `mmrl demo runs RUN_DIR` takes its folder)")
             one.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
         if demo_name == "grounding":
             one.add_argument("--frame", default="auto", choices=["auto", "input_pixel", "norm1000", "pixel", "norm1"],
@@ -73,6 +75,12 @@ def build(args: argparse.Namespace):
     module = importlib.import_module(module_name)
     if args.demo in MODEL_DEMOS:
         from demos._model import DemoModel
+
+        if args.model_path is not None:
+            if args.model not in ("tiny", args.model_path):  # "tiny" is the flag's default: not typed
+                raise UserError(f"--model: two models given ({args.model_path!r} and --model {args.model!r}); "
+                                "name one")
+            args.model = args.model_path
 
         try:
             model = DemoModel.load(args.model, device=args.device)

@@ -163,3 +163,15 @@ def test_a_model_that_does_not_exist_stops_the_demo_with_one_line_naming_the_fla
     assert err.startswith("mmrl demo: error: --model: '/nonexistent/checkpoint' does not exist"), err
     assert len(err.splitlines()) == 1 and "model.name_or_path" not in err  # no config key for a flag's user
 
+
+
+def test_a_model_demo_takes_its_model_as_a_positional_too_and_refuses_two(capsys):
+    from mmrl.cli import main
+
+    assert main(["demo", "chat", "/nonexistent/checkpoint", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mmrl demo: error: --model: '/nonexistent/checkpoint' does not exist"), err
+    assert main(["demo", "grounding", "/nonexistent/a", "--model", "/nonexistent/b"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "two models given" in err and "/nonexistent/a" in err and "/nonexistent/b" in err, err
+    assert len(err.splitlines()) == 1
