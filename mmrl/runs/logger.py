@@ -156,10 +156,13 @@ class PlainProgress:
         self.every = max(1, total_steps // 20)
         self.started = time.monotonic()
         self.n = start_step
+        self.printed: int | None = None  # the last step printed: a step logged twice (a stage's eval row) prints once
 
     def update(self, step: int, record: dict[str, Any] | None = None) -> None:
         """`step` units are done (the trainers' step number); prints when this step is one of the shown ones."""
         before, self.n = self.n, step
+        if step == self.printed:
+            return
         if not (before == self.start_step or step // self.every > before // self.every or step >= self.total):
             return
         done = step - self.start_step
@@ -169,6 +172,7 @@ class PlainProgress:
                         if isinstance((record or {}).get(key), (int, float)))
         print(f"{self.label}: {self.unit} {step}/{self.total} ({100 * step // self.total}%), {per_unit:.2f} "
               f"s/{self.unit}, ETA {_duration(left)}{shown}", file=sys.stderr, flush=True)
+        self.printed = step
 
 
 def _duration(seconds: float) -> str:

@@ -1,0 +1,23 @@
+"""Plain progress lines (output to a file): the first step, every 5%, the last step, each printed once."""
+
+from __future__ import annotations
+
+from mmrl.runs.logger import PlainProgress
+
+
+def test_the_last_step_logged_twice_prints_one_line(capsys):
+    progress = PlainProgress(40)
+    for step in range(1, 41):
+        progress.update(step, {"loss": 0.5})
+    progress.update(40, {"accuracy": 1.0})  # a second row at the last step (a final eval's metrics)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [f"train: step {s}/40" for s in [1, *range(2, 41, 2)]]
+
+
+def test_a_resumed_run_starts_its_lines_at_its_own_first_step(capsys):
+    progress = PlainProgress(10, start_step=6, label="eval", unit="item")
+    for step in (7, 7, 8, 9, 10, 10):
+        progress.update(step)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["eval: item 7/10", "eval: item 8/10", "eval: item 9/10",
+                                                      "eval: item 10/10"]
