@@ -80,12 +80,16 @@ def choose_threads(setting: int | None = None, *, cpus: int | None = None, load:
         # for a minute, and a load of 0.3 is background noise.
         threads = min(per_process, max(1, (cpus - round(load)) // local_processes(env)))
         reason = f"{where}, load average {load:.1f}; set trainer.num_threads or OMP_NUM_THREADS to change it"
-    warning = None
+    warnings = []
+    if (setting is not None or from_env is not None) and threads > per_process:
+        # kept as asked (it is recorded with the run), but said: more threads than cores spin and wait for each other
+        warnings.append(f"{reason.split(';')[0]} is more than this process's share of the CPUs ({where}: "
+                        f"{per_process}); the extra threads wait for each other and steps get slower, not faster")
     if load is not None and load >= cpus:
-        warning = (f"the machine is oversubscribed: load average {load:.1f} on the {cpus} CPUs this process may use; "
-                   f"mmrl runs {threads} torch thread(s) per process, and steps will be slower than on a quiet "
-                   "machine")
-    return ThreadChoice(threads, reason, warning)
+        warnings.append(f"the machine is oversubscribed: load average {load:.1f} on the {cpus} CPUs this process may "
+                        f"use; mmrl runs {threads} torch thread(s) per process, and steps will be slower than on a "
+                        "quiet machine")
+    return ThreadChoice(threads, reason, "; ".join(warnings) or None)
 
 
 def configure_threads(setting: int | None = None) -> ThreadChoice:

@@ -65,3 +65,14 @@ def test_reward_workers_follow_the_cpus_of_this_process_not_the_machine(monkeypa
     assert available_cpus() == 1 and reward_workers({}) == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     assert reward_workers({}) == 4 and reward_workers({"LOCAL_WORLD_SIZE": "8"}) == 2
+
+
+def test_more_threads_than_the_process_may_use_are_kept_but_said():
+    over = choose_threads(3, cpus=2, load=0.0, env={})
+    assert over.threads == 3  # the setting is recorded with the run: kept, not changed behind the user's back
+    assert over.warning.startswith("trainer.num_threads=3 is more than this process's share of the CPUs")
+    assert "(2 CPUs available to this process: 2)" in over.warning
+    ranks = choose_threads(cpus=4, load=0.0, env={"OMP_NUM_THREADS": "4", "LOCAL_WORLD_SIZE": "2"})
+    assert ranks.warning.startswith("OMP_NUM_THREADS=4 is more than") and "2 processes on this node: 2)" in ranks.warning
+    assert choose_threads(2, cpus=2, load=0.0, env={}).warning is None  # its share exactly: nothing to say
+    assert choose_threads(cpus=2, load=0.0, env={"LOCAL_WORLD_SIZE": "4"}).warning is None  # mmrl's own choice
