@@ -165,11 +165,10 @@ def _generate(todo: list[Any], fps: dict[str, str], cache: Any, args: argparse.N
     """Sample every item of `todo` into the cache; returns {sample id: failure reason} for those that got no answer."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tqdm.auto import tqdm
-
     from data_pipelines.cold_start.remote import open_backend
     from mmrl.generation.load import is_server_url
     from mmrl.models.interface import interface_of_backend
+    from mmrl.runs.logger import item_progress
 
     remote = is_server_url(args.model)
     concurrency = args.concurrency or DEFAULT_CONCURRENCY
@@ -186,7 +185,7 @@ def _generate(todo: list[Any], fps: dict[str, str], cache: Any, args: argparse.N
         else:
             cache.put(sample.id, "sample", fps[sample.id], **entry)
 
-    bar = tqdm(total=len(todo), desc="rejection", unit="item", dynamic_ncols=True)
+    bar = item_progress(len(todo), "rejection")
     with ThreadPoolExecutor(max_workers=concurrency if remote else 1) as pool:
         futures = [pool.submit(one, s) for s in todo]
         try:

@@ -201,11 +201,11 @@ def generate_all(samples: list[Sample], cache: StageCache, runners: dict[str, St
     todo = [s for s in samples if walk(s, runners, cache)[1] is not None]
     if not todo:
         return 0, {}
-    from tqdm.auto import tqdm
+    from mmrl.runs.logger import item_progress
 
     attach_backends(runners)
     failures: dict[str, str] = {}
-    bar = tqdm(total=len(todo), desc="cold-start", unit="item", dynamic_ncols=True)
+    bar = item_progress(len(todo), "cold-start")
     in_flight = InFlight()
     with Interrupts("mmrl build-data cold-start", in_flight) as interrupts:
         for runner in runners.values():

@@ -99,7 +99,9 @@ def evaluate(
     coordinate_tasks = eval_coordinate_tasks({s.task for s in items}, eval_cfg.reward_for_task)
     if coordinate_tasks and interface.pred_frame is None:
         interface.require_frame(f"eval on {'/'.join(coordinate_tasks)} items")
-    bar = _progress_bar(len(items), progress)
+    from mmrl.runs.logger import item_progress
+
+    bar = item_progress(len(items), "eval", enabled=progress)
     start = time.perf_counter()
     try:
         completions = generate_completions(
@@ -134,36 +136,6 @@ def evaluate(
         )
         write_outputs(out_dir, report, records)
     return report
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    import sys
-
-    from mmrl.runs.logger import PlainProgress, is_terminal
-
-    if not is_terminal(sys.stderr):  # logs, nohup, slurm: plain lines with an ETA instead of nothing
-        return _PlainBar(PlainProgress(total, label="eval", unit="item"))
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="eval", unit="item", dynamic_ncols=True, disable=None)
-
-
-class _PlainBar(_NoBar):
-    def __init__(self, plain) -> None:
-        self.plain = plain
-
-    def update(self, n: int = 1) -> None:
-        self.plain.update(self.plain.n + n)
 
 
 def evaluate_config(cfg: Any, out_dir: Path, progress: bool = True, info: dict[str, Any] | None = None) -> dict:

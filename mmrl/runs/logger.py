@@ -175,6 +175,37 @@ class PlainProgress:
         self.printed = step
 
 
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **shown: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _PlainBar(_NoBar):
+    def __init__(self, plain: PlainProgress) -> None:
+        self.plain = plain
+
+    def update(self, n: int = 1) -> None:
+        self.plain.update(self.plain.n + n)
+
+
+def item_progress(total: int, label: str, enabled: bool = True) -> Any:
+    """A progress bar over `total` items (`update`, `set_postfix`, `close`): tqdm on a terminal, plain lines with an
+    ETA when stderr goes to a file (tqdm's redraws would fill a log with carriage returns), nothing when disabled."""
+    if not enabled:
+        return _NoBar()
+    if not is_terminal(sys.stderr):
+        return _PlainBar(PlainProgress(total, label=label, unit="item"))
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=label, unit="item", dynamic_ncols=True, file=sys.stderr)
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds >= 3600:

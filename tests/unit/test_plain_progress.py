@@ -21,3 +21,20 @@ def test_a_resumed_run_starts_its_lines_at_its_own_first_step(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert [line.split(" (")[0] for line in lines] == ["eval: item 7/10", "eval: item 8/10", "eval: item 9/10",
                                                       "eval: item 10/10"]
+
+
+def test_item_progress_off_a_terminal_prints_plain_lines_and_takes_a_postfix(capsys):
+    from mmrl.runs.logger import item_progress
+
+    bar = item_progress(3, "rejection")  # capsys's stderr is no terminal: a log file's case
+    for _ in range(3):
+        bar.update(1)
+        bar.set_postfix(failed=0, refresh=False)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err and [line.split(" (")[0] for line in err.splitlines()] == [
+        "rejection: item 1/3", "rejection: item 2/3", "rejection: item 3/3"]
+    quiet = item_progress(3, "eval", enabled=False)
+    quiet.update(3)
+    quiet.close()
+    assert capsys.readouterr().err == ""
