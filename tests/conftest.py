@@ -26,7 +26,9 @@ import torch  # noqa: E402
 
 # Under pytest-xdist (`-n auto`: one worker per CPU) each worker gets one thread: two threads per worker on two cores
 # thrash (the same oversubscription mmrl/runs/threads.py avoids for runs).
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
+from mmrl.runs.threads import available_cpus  # noqa: E402  (the CPUs this process may use, as mmrl counts them)
+
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, available_cpus())))
 # mmrl chooses its thread count from the machine's load unless told (mmrl/runs/threads.py): the suite's runs, which
 # compare results across processes (kill and resume, world sizes), all get the same count whatever the load.
 os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))

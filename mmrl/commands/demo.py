@@ -41,7 +41,7 @@ def register(subparsers, name: str) -> None:
                                                           if f"mmrl demo {demo_name} " in line + " "),
                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
         if demo_name in MODEL_DEMOS:
-            one.add_argument("--model", default="tiny",
+            one.add_argument("--model", default=None,
                              help="checkpoint directory, preset (tiny, small) or OpenAI-compatible http://host/v1 URL "
                                   "(default: tiny)")  # fmt: skip
             one.add_argument("model_path", nargs="?", default=None, metavar="MODEL",
@@ -76,11 +76,10 @@ def build(args: argparse.Namespace):
     if args.demo in MODEL_DEMOS:
         from demos._model import DemoModel
 
-        if args.model_path is not None:
-            if args.model not in ("tiny", args.model_path):  # "tiny" is the flag's default: not typed
-                raise UserError(f"--model: two models given ({args.model_path!r} and --model {args.model!r}); "
-                                "name one")
-            args.model = args.model_path
+        given = [m for m in (args.model_path, args.model) if m is not None]
+        if len({m.rstrip("/") or m for m in given}) > 1:
+            raise UserError(f"--model: two models given ({args.model_path!r} and --model {args.model!r}); name one")
+        args.model = given[0] if given else "tiny"
 
         try:
             model = DemoModel.load(args.model, device=args.device)

@@ -156,23 +156,26 @@ class PlainProgress:
         self.every = max(1, total_steps // 20)
         self.started = time.monotonic()
         self.n = start_step
-        self.printed: int | None = None  # the last step printed: a step logged twice (a stage's eval row) prints once
+        # the last step printed and what its line showed: a step logged again prints again only for something new
+        self.printed: tuple[int, frozenset[str]] | None = None
 
-    def update(self, step: int, record: dict[str, Any] | None = None) -> None:
-        """`step` units are done (the trainers' step number); prints when this step is one of the shown ones."""
+    def update(self, step: int, record: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> None:
+        """`step` units are done (the trainers' step number); prints when this step is one of the shown ones.
+        `extra` (a builder's `failed` count) is shown after the metrics."""
         before, self.n = self.n, step
-        if step == self.printed:
+        keys = frozenset(k for k in SHOWN if isinstance((record or {}).get(k), (int, float)))
+        if self.printed is not None and step == self.printed[0] and keys <= self.printed[1]:
             return
         if not (before == self.start_step or step // self.every > before // self.every or step >= self.total):
             return
         done = step - self.start_step
         per_unit = (time.monotonic() - self.started) / max(done, 1)
         left = max(self.total - step, 0) * per_unit
-        shown = "".join(f", {name} {record[key]:.3g}" for key, name in SHOWN.items()
-                        if isinstance((record or {}).get(key), (int, float)))
-        print(f"{self.label}: {self.unit} {step}/{self.total} ({100 * step // self.total}%), {per_unit:.2f} "
+        shown = "".join(f", {name} {record[key]:.3g}" for key, name in SHOWN.items() if key in keys)
+        shown += "".join(f", {name} {value}" for name, value in (extra or {}).items())
+        print(f"{self.label}: {self.unit} {step}/{self.total} ({100 * step // max(self.total, 1)}%), {per_unit:.2f} "
               f"s/{self.unit}, ETA {_duration(left)}{shown}", file=sys.stderr, flush=True)
-        self.printed = step
+        self.printed = (step, keys)
 
 
 class _NoBar:
@@ -189,9 +192,13 @@ class _NoBar:
 class _PlainBar(_NoBar):
     def __init__(self, plain: PlainProgress) -> None:
         self.plain = plain
+        self.postfix: dict[str, Any] = {}
 
     def update(self, n: int = 1) -> None:
-        self.plain.update(self.plain.n + n)
+        self.plain.update(self.plain.n + n, extra=self.postfix)
+
+    def set_postfix(self, refresh: bool = True, **shown: Any) -> None:
+        self.postfix = shown  # shown from the next line on, as tqdm shows it from its next redraw
 
 
 def item_progress(total: int, label: str, enabled: bool = True) -> Any:

@@ -175,3 +175,7 @@ def test_a_model_demo_takes_its_model_as_a_positional_too_and_refuses_two(capsys
     err = capsys.readouterr().err.strip()
     assert "two models given" in err and "/nonexistent/a" in err and "/nonexistent/b" in err, err
     assert len(err.splitlines()) == 1
+    assert main(["demo", "chat", "/nonexistent/a", "--model", "tiny"]) == 2  # the flag's default, typed: still two
+    assert "two models given" in capsys.readouterr().err
+    assert main(["demo", "chat", "/nonexistent/a/", "--model", "/nonexistent/a"]) == 2  # one model: it is looked for
+    assert "'/nonexistent/a/' does not exist" in capsys.readouterr().err

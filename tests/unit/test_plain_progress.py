@@ -9,9 +9,11 @@ def test_the_last_step_logged_twice_prints_one_line(capsys):
     progress = PlainProgress(40)
     for step in range(1, 41):
         progress.update(step, {"loss": 0.5})
-    progress.update(40, {"accuracy": 1.0})  # a second row at the last step (a final eval's metrics)
+    progress.update(40, {"loss": 0.4})  # the same step again with nothing new to show
     lines = capsys.readouterr().err.splitlines()
     assert [line.split(" (")[0] for line in lines] == [f"train: step {s}/40" for s in [1, *range(2, 41, 2)]]
+    progress.update(40, {"accuracy": 0.75})  # ... with a figure its line did not show: printed, not lost
+    assert capsys.readouterr().err.strip().endswith("accuracy 0.75")
 
 
 def test_a_resumed_run_starts_its_lines_at_its_own_first_step(capsys):
@@ -34,6 +36,11 @@ def test_item_progress_off_a_terminal_prints_plain_lines_and_takes_a_postfix(cap
     err = capsys.readouterr().err
     assert "\r" not in err and [line.split(" (")[0] for line in err.splitlines()] == [
         "rejection: item 1/3", "rejection: item 2/3", "rejection: item 3/3"]
+    assert err.splitlines()[-1].endswith(", failed 0")  # tqdm's postfix, kept in the plain lines
+    empty = item_progress(0, "eval")  # nothing to do: no division by zero
+    empty.update(0)
+    empty.close()
+    capsys.readouterr()
     quiet = item_progress(3, "eval", enabled=False)
     quiet.update(3)
     quiet.close()
