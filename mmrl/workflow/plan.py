@@ -230,6 +230,11 @@ def _check_list_index(data: dict[str, Any], key: str, where: str) -> None:
             return
 
 
+# Read only by the sweep around the steps (which seeds run, what summary.json compares): a claim added after a run,
+# or one more seed, must not turn every finished training step into "run with other settings"
+SWEEP_ONLY = ("claims", "seeds")
+
+
 def step_settings(config: MMRLConfig, step: PipelineStep) -> dict[str, Any]:
     """What a step would run: the config sections it reads and the step itself (kept in its DONE.json, so a re-run
     with other settings can name what changed)."""
@@ -239,8 +244,17 @@ def step_settings(config: MMRLConfig, step: PipelineStep) -> dict[str, Any]:
     elif step.kind == "eval":
         used = {key: full[key] for key in ("model", "data", "eval")}
     else:
-        used = {key: value for key, value in full.items() if key not in ("eval", "pipeline")}
+        used = {key: value for key, value in full.items() if key not in ("eval", "pipeline", *SWEEP_ONLY)}
     return json.loads(json.dumps({**used, "step": step.model_dump(mode="json")}, default=str))
+
+
+def same_settings(done: dict[str, Any], digest: str, now: dict[str, Any]) -> bool:
+    """Whether a finished step (its DONE.json) ran with the settings it would run with now. A marker written before
+    SWEEP_ONLY was left out compares by the settings it kept, without those keys."""
+    if done.get("config_digest") == digest:
+        return True
+    kept = done.get("settings")
+    return isinstance(kept, dict) and {k: v for k, v in kept.items() if k not in SWEEP_ONLY} == now
 
 
 def config_digest(config: MMRLConfig, step: PipelineStep) -> str:

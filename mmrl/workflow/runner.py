@@ -20,7 +20,16 @@ from typing import Any
 from mmrl.config.workflow import PipelineStep
 from mmrl.errors import UserError
 from mmrl.workflow.builders import run_build_data
-from mmrl.workflow.plan import TRAINED_KINDS, Plan, config_digest, load_plan, step_config, step_settings
+from mmrl.workflow.plan import (
+    SWEEP_ONLY,
+    TRAINED_KINDS,
+    Plan,
+    config_digest,
+    load_plan,
+    same_settings,
+    step_config,
+    step_settings,
+)
 from mmrl.workflow.seeds import aggregate, plot_seeds, seed_overrides, seeds_table
 from mmrl.workflow.steps import StepResult, run_eval, run_trained
 from mmrl.workflow.summary import accuracy_table, build_summary, plot_accuracy, write_summary
@@ -82,6 +91,8 @@ def _refuse_changed(plan: Plan, stale: list[tuple[PipelineStep, dict[str, Any], 
     parts = []
     for step, done, now in stale:
         before = done.get("settings")
+        if isinstance(before, dict):  # a marker from before SWEEP_ONLY was left out: those keys are not a change
+            before = {k: v for k, v in before.items() if k not in SWEEP_ONLY}
         fields = changed_fields(before, now) if before is not None else []
         parts.append(f"{step.name} ({', '.join(fields[:4]) + (' ...' if len(fields) > 4 else '')})" if fields
                      else step.name)
@@ -175,8 +186,9 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
         if done is not None and not upstream_ran:
             missing = _missing_outputs(done)
             if not missing:
-                if done.get("config_digest") != digest:
-                    stale.append((step, done, step_settings(cfg, step)))
+                now = step_settings(cfg, step)
+                if not same_settings(done, digest, now):
+                    stale.append((step, done, now))
                 else:
                     say(f"{head}: skipped (done)")
                 record, statuses[step.name] = done, "skipped"

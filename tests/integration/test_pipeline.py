@@ -116,6 +116,32 @@ def test_rerun_skips_every_finished_step(finished):
     assert all(s["status"] == "skipped" for s in summary["steps"].values())
 
 
+def test_a_claim_added_after_the_run_retrains_nothing(finished):
+    # claims (and the seeds list) are read by the sweep's summary, not by any step: adding one after a first run must
+    # not turn the finished training steps into "run with other settings" (it did: every sft/train step was refused)
+    path, root, _, _ = finished
+    claim = [{"name": "sft_helps", "arm": "eval.sft.accuracy", "baseline": "eval.base.accuracy",
+              "direction": "greater"}]
+    summary = run_pipeline(path, [*overrides(), f"claims={json.dumps(claim)}"], echo=(lines := []).append)
+    assert [status(lines, n) for n in ("sft", "grpo")] == ["skipped (done)"] * 2
+    assert all(s["status"] == "skipped" for s in summary["steps"].values())
+    # a marker written before claims were left out (its digest and settings include them) is still the same step
+    done_file = root / "grpo" / "DONE.json"
+    kept = done_file.read_text()
+    done = json.loads(kept)
+    done["settings"]["claims"], done["config_digest"] = claim, "0" * 16
+    done_file.write_text(json.dumps(done))
+    try:
+        _, lines = run(path)
+        assert status(lines, "grpo") == "skipped (done)"
+        done["settings"]["trainer"]["max_steps"] = 3  # a real change is still one
+        done_file.write_text(json.dumps(done))
+        with pytest.raises(UserError, match=r"other settings: grpo \(trainer.max_steps\)"):
+            run(path)
+    finally:
+        done_file.write_text(kept)
+
+
 def test_deleting_a_later_steps_marker_reruns_only_that_step(finished):
     path, root, _, _ = finished
     (root / "eval_grpo" / "DONE.json").unlink()
