@@ -77,12 +77,24 @@ def t_quantile(df: int) -> float:
     return z + (z**3 + z) / (4 * df)
 
 
+def kept(x: float) -> float:
+    """`x` to 6 decimals, or to 6 significant digits when smaller: a measure like accuracy per sampled token (~1e-5)
+    rounded to 6 decimals became 0, and its interval with it.
+
+    >>> kept(4.4843384), kept(1.2345678e-05), kept(0.0)
+    (4.484338, 1.23457e-05, 0.0)
+    """
+    if x == 0 or not math.isfinite(x):
+        return x
+    return round(x, max(6, 5 - math.floor(math.log10(abs(x)))))
+
+
 def paired_t_interval(differences: list[float]) -> tuple[float, float, float]:
     """(mean, low, high) of the mean paired difference at 95%; needs two or more values."""
     n = len(differences)
     mean = statistics.fmean(differences)
     half = t_quantile(n - 1) * statistics.stdev(differences) / math.sqrt(n)
-    return round(mean, 6), round(mean - half, 6), round(mean + half, 6)
+    return kept(mean), kept(mean - half), kept(mean + half)
 
 
 def bootstrap_interval(differences: list[float], resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, ...]:
@@ -97,7 +109,7 @@ def bootstrap_interval(differences: list[float], resamples: int = RESAMPLES, see
     means = sorted(statistics.fmean(rng.choices(differences, k=n)) for _ in range(resamples))
     low = means[max(0, math.ceil(0.025 * resamples) - 1)]
     high = means[min(resamples - 1, math.ceil(0.975 * resamples) - 1)]
-    return round(statistics.fmean(differences), 6), round(low, 6), round(high, 6)
+    return kept(statistics.fmean(differences)), kept(low), kept(high)
 
 
 def verdict(interval: tuple[float, float] | None, direction: str) -> str:
@@ -226,7 +238,7 @@ def evaluate_claim(claim: ClaimConfig, per_seed: dict[int, dict[str, Any]]) -> d
     }
     if len(differences) < 2:
         out.update(
-            difference=round(differences[0], 6) if differences else None,
+            difference=kept(differences[0]) if differences else None,
             interval=None,
             verdict=verdict(None, claim.direction),
             note="fewer than 2 seeds with both arms: no interval",

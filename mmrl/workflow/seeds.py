@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mmrl.errors import UserError
+from mmrl.workflow.claims import kept
 
 # Training metrics aggregated from each train step's last row, and plotted as curves (mean over seeds).
 FINAL_METRICS = ("accuracy", "reward/total", "completion_length/mean", "completion_length/correct",
@@ -62,8 +63,8 @@ def spread(values: list[float | None]) -> dict[str, Any]:
     finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     if not finite:
         return {"mean": None, "std": None, "min": None, "max": None, "n": 0, "values": list(values)}
-    return {"mean": round(statistics.fmean(finite), 6),
-            "std": round(statistics.stdev(finite), 6) if len(finite) > 1 else 0.0,
+    return {"mean": kept(statistics.fmean(finite)),
+            "std": kept(statistics.stdev(finite)) if len(finite) > 1 else 0.0,
             "min": min(finite), "max": max(finite), "n": len(finite), "values": list(values)}
 
 

@@ -62,6 +62,19 @@ def test_paired_t_interval_and_verdict_by_hand():
     assert swapped["verdict"] == "reproduced" and swapped["interval"][1] < 0
 
 
+def test_a_measure_a_million_times_smaller_keeps_its_interval_and_verdict():
+    # accuracy per sampled token is ~1e-5: rounded to 6 decimals its differences and interval were 0 (the first digits
+    # run's PTST claim showed "-0.00 [-3, +2] per million tokens"); scaled by 1e-6 the claim must read the same
+    pairs = [(0.6, 0.4), (0.7, 0.5), (0.8, 0.5), (0.5, 0.4)]
+    big = evaluate_claim(_claim(), {s: _seed(a, b) for s, (a, b) in enumerate(pairs)})
+    small = evaluate_claim(_claim(), {s: _seed(a * 1e-6, b * 1e-6) for s, (a, b) in enumerate(pairs)})
+    assert small["verdict"] == big["verdict"] == "reproduced"
+    assert small["difference"] == pytest.approx(big["difference"] * 1e-6, rel=1e-5)
+    assert small["interval"] == pytest.approx([x * 1e-6 for x in big["interval"]], rel=1e-5)
+    assert small["per_seed"]["2"]["difference"] == pytest.approx(0.3e-6, rel=1e-9)
+    assert bootstrap_interval([1e-7, 3e-7])[1:] == pytest.approx((1e-7, 3e-7), rel=1e-5)
+
+
 def test_an_interval_that_holds_or_touches_zero_is_not_distinguishable():
     per_seed = {0: _seed(0.5, 0.4), 1: _seed(0.4, 0.5)}  # differences +0.1 and -0.1
     out = evaluate_claim(_claim(), per_seed)
