@@ -39,6 +39,8 @@ SAFE_TO_CHANGE = (
     "trainer.keep_last",
     "trainer.sample_steps",
     "trainer.max_nonfinite_steps",
+    "claims",  # read by a pipeline sweep's summary, never by the run (mmrl.workflow.plan.SWEEP_ONLY)
+    "seeds",
 )
 _SEGMENT = re.compile(r"step-(\d+)\.yaml")
 

@@ -248,17 +248,23 @@ def step_settings(config: MMRLConfig, step: PipelineStep) -> dict[str, Any]:
     return json.loads(json.dumps({**used, "step": step.model_dump(mode="json")}, default=str))
 
 
-def same_settings(done: dict[str, Any], digest: str, now: dict[str, Any]) -> bool:
-    """Whether a finished step (its DONE.json) ran with the settings it would run with now. A marker written before
-    SWEEP_ONLY was left out compares by the settings it kept, without those keys."""
+def same_settings(done: dict[str, Any], digest: str) -> bool:
+    """Whether a finished step (its DONE.json) ran with the settings it would run with now (`digest`). A marker
+    written before SWEEP_ONLY was left out is fingerprinted again from the settings it kept, without those keys:
+    by their JSON text, so `false` and `0` stay different (a dict `==` took them for one)."""
     if done.get("config_digest") == digest:
         return True
     kept = done.get("settings")
-    return isinstance(kept, dict) and {k: v for k, v in kept.items() if k not in SWEEP_ONLY} == now
+    if not (isinstance(kept, dict) and isinstance(kept.get("step"), dict) and any(k in kept for k in SWEEP_ONLY)):
+        return False
+    return _digest({k: v for k, v in kept.items() if k not in SWEEP_ONLY}) == digest
 
 
 def config_digest(config: MMRLConfig, step: PipelineStep) -> str:
     """A short fingerprint of `step_settings`, to tell when a finished step's settings changed since it ran."""
-    used = step_settings(config, step)
+    return _digest(step_settings(config, step))
+
+
+def _digest(used: dict[str, Any]) -> str:
     text = json.dumps([{k: v for k, v in used.items() if k != "step"}, used["step"]], sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

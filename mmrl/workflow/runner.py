@@ -186,9 +186,8 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
         if done is not None and not upstream_ran:
             missing = _missing_outputs(done)
             if not missing:
-                now = step_settings(cfg, step)
-                if not same_settings(done, digest, now):
-                    stale.append((step, done, now))
+                if not same_settings(done, digest):
+                    stale.append((step, done, step_settings(cfg, step)))
                 else:
                     say(f"{head}: skipped (done)")
                 record, statuses[step.name] = done, "skipped"

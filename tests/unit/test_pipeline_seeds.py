@@ -227,3 +227,33 @@ def test_a_seeds_list_given_to_train_or_sft_is_refused_not_ignored(tmp_path, cap
     assert code == 2 and len(err) == 1
     assert err[0] == (f"mmrl {command}: error: command line: seeds=[0, 1] is read only by `mmrl pipeline` (a run per "
                       f"seed); `mmrl {command}` makes one run: set trainer.seed=N, or loop over seeds in the shell")
+
+
+def test_a_finished_steps_marker_is_the_same_step_only_when_its_settings_text_is(tmp_path):
+    # markers written before claims/seeds left the settings: the same step again without those keys, but `false`
+    # and `0` (or 1 and 1.0) stay different settings, as the chat template renders them differently
+    import json
+
+    from mmrl.config import MMRLConfig
+    from mmrl.config.workflow import ClaimConfig, PipelineStep
+    from mmrl.runs.segments import check_resume_config, save_segment_config
+    from mmrl.workflow.plan import config_digest, same_settings, step_settings
+
+    step = PipelineStep(name="grpo", kind="train")
+    config = MMRLConfig.model_validate({"data": {"chat_template_kwargs": {"enable_thinking": False}}})
+    old = {"config_digest": "0" * 16, "settings": {**step_settings(config, step), "claims": [], "seeds": [0]}}
+    old = json.loads(json.dumps(old))  # as read back from DONE.json
+    assert same_settings(old, config_digest(config, step))
+    for changed in (0, None, "false"):
+        other = MMRLConfig.model_validate({"data": {"chat_template_kwargs": {"enable_thinking": changed}}})
+        assert not same_settings(old, config_digest(other, step)), changed
+    assert not same_settings({"config_digest": "1" * 16, "settings": step_settings(config, step)},
+                             config_digest(config, step))  # no sweep key: nothing to forgive, the digest decides
+    assert not same_settings({"settings": None}, config_digest(config, step))
+    # an interrupted trained step resumes under a config that only gained a claim
+    run = tmp_path / "run"
+    save_segment_config(config, run, 0)
+    (run / "checkpoints" / "step-5").mkdir(parents=True)
+    claim = ClaimConfig(name="c", arm="eval.a.accuracy", baseline="eval.b.accuracy", direction="greater")
+    check_resume_config(config.model_copy(update={"claims": [claim], "seeds": [0, 1]}), run,
+                        run / "checkpoints" / "step-5")
