@@ -66,7 +66,10 @@ def exit_process(code: int) -> int:
     # which leaves the group (`joined_a_group`): only then, as in a normal exit, since a thread still running may use
     # it. As in a normal exit, a step that raises (a hook's error, Ctrl-C during the join) is reported and the next
     # one runs: the process still ends here, with `code`
-    for step in (threading._shutdown, atexit._run_exitfuncs, _flush_open_files, _flush_standard_streams):
+    # The standard streams are flushed first as well: when a rank fails, the launcher ends the others (SIGTERM), and a
+    # rank still joining its threads lost what it had printed (seen once in a suite run under load)
+    for step in (_flush_standard_streams, threading._shutdown, atexit._run_exitfuncs, _flush_open_files,
+                 _flush_standard_streams):
         try:
             step()
         except BaseException:  # noqa: BLE001
