@@ -81,9 +81,11 @@ def choose_threads(setting: int | None = None, *, cpus: int | None = None, load:
         threads = min(per_process, max(1, (cpus - round(load)) // local_processes(env)))
         reason = f"{where}, load average {load:.1f}; set trainer.num_threads or OMP_NUM_THREADS to change it"
     warnings = []
-    if (setting is not None or from_env is not None) and threads > per_process:
+    asked = (f"trainer.num_threads={setting}" if setting is not None
+             else f"OMP_NUM_THREADS={from_env}" if from_env is not None else None)
+    if asked and threads > per_process:
         # kept as asked (it is recorded with the run), but said: more threads than cores spin and wait for each other
-        warnings.append(f"{reason.split(';')[0]} is more than this process's share of the CPUs ({where}: "
+        warnings.append(f"{asked} is more than this process's share of the CPUs ({where}: "
                         f"{per_process}); the extra threads wait for each other and steps get slower, not faster")
     if load is not None and load >= cpus:
         warnings.append(f"the machine is oversubscribed: load average {load:.1f} on the {cpus} CPUs this process may "

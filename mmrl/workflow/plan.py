@@ -257,7 +257,12 @@ def same_settings(done: dict[str, Any], digest: str) -> bool:
     kept = done.get("settings")
     if not (isinstance(kept, dict) and isinstance(kept.get("step"), dict) and any(k in kept for k in SWEEP_ONLY)):
         return False
-    return _digest({k: v for k, v in kept.items() if k not in SWEEP_ONLY}) == digest
+    return _digest(without_sweep(kept)) == digest
+
+
+def without_sweep(settings: dict[str, Any]) -> dict[str, Any]:
+    """A finished step's kept settings without the sweep's keys (markers written before they were left out)."""
+    return {k: v for k, v in settings.items() if k not in SWEEP_ONLY}
 
 
 def config_digest(config: MMRLConfig, step: PipelineStep) -> str:

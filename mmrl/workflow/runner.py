@@ -21,7 +21,6 @@ from mmrl.config.workflow import PipelineStep
 from mmrl.errors import UserError
 from mmrl.workflow.builders import run_build_data
 from mmrl.workflow.plan import (
-    SWEEP_ONLY,
     TRAINED_KINDS,
     Plan,
     config_digest,
@@ -29,6 +28,7 @@ from mmrl.workflow.plan import (
     same_settings,
     step_config,
     step_settings,
+    without_sweep,
 )
 from mmrl.workflow.seeds import aggregate, plot_seeds, seed_overrides, seeds_table
 from mmrl.workflow.steps import StepResult, run_eval, run_trained
@@ -91,8 +91,8 @@ def _refuse_changed(plan: Plan, stale: list[tuple[PipelineStep, dict[str, Any], 
     parts = []
     for step, done, now in stale:
         before = done.get("settings")
-        if isinstance(before, dict):  # a marker from before SWEEP_ONLY was left out: those keys are not a change
-            before = {k: v for k, v in before.items() if k not in SWEEP_ONLY}
+        if isinstance(before, dict):  # a marker from before the sweep's keys were left out: they are not a change
+            before = without_sweep(before)
         fields = changed_fields(before, now) if before is not None else []
         parts.append(f"{step.name} ({', '.join(fields[:4]) + (' ...' if len(fields) > 4 else '')})" if fields
                      else step.name)
