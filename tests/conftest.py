@@ -28,10 +28,12 @@ import torch  # noqa: E402
 # thrash (the same oversubscription mmrl/runs/threads.py avoids for runs).
 from mmrl.runs.threads import available_cpus  # noqa: E402  (the CPUs this process may use, as mmrl counts them)
 
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, available_cpus())))
+_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, available_cpus()))
+torch.set_num_threads(_THREADS)
 # mmrl chooses its thread count from the machine's load unless told (mmrl/runs/threads.py): the suite's runs, which
-# compare results across processes (kill and resume, world sizes), all get the same count whatever the load.
-os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+# compare results across processes (kill and resume, world sizes), all get the same count whatever the load. Set, not
+# defaulted: xdist's controller (2 threads) runs this file first and its workers inherit its environment.
+os.environ["OMP_NUM_THREADS"] = str(_THREADS)
 
 
 @pytest.fixture(scope="session")

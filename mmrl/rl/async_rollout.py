@@ -43,7 +43,7 @@ from mmrl.parallel.distributed import all_gather_objects
 from mmrl.rewards.composite import RewardComposite
 from mmrl.rl.experience import Group, collect_step
 from mmrl.rl.stages import StageSchedule
-from mmrl.rl.worker_pipe import PipeEnded, PipeReader
+from mmrl.rl.worker_pipe import PipeEnded, PipeReader, send_whole
 
 _POLL_S = 0.5  # how often a waiting trainer checks that the worker still lives
 _START_S = 600.0  # the least time for the first batch (spawn, imports, model copy, first rollout) before a hang
@@ -231,16 +231,15 @@ def _worker_main(spec: WorkerSpec, weights_in: Any, batches_out: Any) -> None:
                 step, version, groups, info, parts.state(), first_draw, time.perf_counter() - started
             )
             fault_point("rollout.worker")  # crash tests: die or hang with a batch ready, before it is sent
-            batches_out.send(batch)
-        # Stay alive until the trainer says stop: the tensors of a sent batch are shared, not copied, and reach the
-        # trainer only while this process still lives.
+            send_whole(batches_out, batch)
+        # Wait for the trainer's stop (its `close`); a killed trainer ends the wait too (`_next_message`).
         while _next_message(weights_in) is not None:
             pass
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - any failure becomes the trainer's one line
         text = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-        batches_out.send(WorkerFailure(step, text))
+        send_whole(batches_out, WorkerFailure(step, text))
         raise SystemExit(1) from None
     finally:
         if parts is not None:

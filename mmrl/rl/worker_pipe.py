@@ -5,10 +5,15 @@ swapped out, stuck in a write) would hold a trainer that called it forever, and 
 reader thread takes that wait instead; the trainer only ever looks at whole messages, with a timeout. A message cut
 off by the worker's death surfaces as `PipeEnded` (with the error, when it was cut inside a message): nothing of it
 is handed on.
+
+A message is plain pickle bytes (`send_whole`), the tensors' data inside it: `Connection.send` would pickle with
+torch's shared-memory reducers, whose tensors are handles the receiver can only open while the sender lives, so a
+worker that died right after sending a whole batch left it unreadable (the run then stopped one step early).
 """
 
 from __future__ import annotations
 
+import pickle
 import queue
 import threading
 from dataclasses import dataclass
@@ -20,6 +25,11 @@ class PipeEnded:
     """The pipe closed: `error` None at a message boundary (the writer exited), else what broke the message."""
 
     error: BaseException | None = None
+
+
+def send_whole(connection: Any, item: Any) -> None:
+    """Send `item` as one message that needs nothing of the sender once written (see the module's note)."""
+    connection.send_bytes(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 class PipeReader:
@@ -35,7 +45,7 @@ class PipeReader:
     def _read(self) -> None:
         while True:
             try:
-                item = self.connection.recv()
+                item = pickle.loads(self.connection.recv_bytes())
             except EOFError:
                 self._items.put(PipeEnded())
                 return

@@ -67,6 +67,7 @@ def _overrides(data: Path, out: Path) -> list[str]:
         "rollout.max_completion_length=4",
         "trainer.max_steps=3",
         "rollout.worker_threads=1",
+        "trainer.num_threads=1",  # as the worker: two thread counts sum floats in other orders (not bit for bit)
         "optimizer.lr=1e-2",
         f"rewards=[{{name: '{REWARD}:reward'}}]",
     ]

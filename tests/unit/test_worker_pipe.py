@@ -9,17 +9,18 @@ import struct
 import time
 
 import pytest
+import torch
 
 from mmrl.errors import UserError
 from mmrl.rl.async_rollout import AsyncRollout
-from mmrl.rl.worker_pipe import PipeEnded, PipeReader
+from mmrl.rl.worker_pipe import PipeEnded, PipeReader, send_whole
 
 CTX = multiprocessing.get_context("fork")  # the child only writes bytes: no need for a fresh interpreter
 
 
 def _whole_then_half(writer, then: str) -> None:
     """One whole message, then a header that promises 1000 bytes followed by 10 of them; then die or freeze."""
-    writer.send("whole")
+    send_whole(writer, "whole")
     os.write(writer.fileno(), struct.pack("!i", 1000) + b"x" * 10)
     if then == "freeze":
         time.sleep(120)
@@ -71,3 +72,24 @@ def test_a_writer_frozen_inside_a_message_times_out_in_one_line():
         rollout.take(1)  # a `recv` in the trainer would wait here for the 990 bytes that never come
     assert time.monotonic() - started < 15
     assert not process.is_alive()  # stopped with the run
+
+
+def _send_tensor_and_die(writer) -> None:
+    send_whole(writer, {"logprobs": torch.arange(1000.0)})
+    os._exit(0)
+
+
+def test_a_whole_batch_stays_readable_after_its_writer_died():
+    """The worker may die right after sending a batch (its next rollout crashed): the batch it sent whole is still
+    trained on. Tensors sent through torch's shared-memory pickling would be handles into the dead process."""
+    reader, writer = CTX.Pipe(duplex=False)
+    process = CTX.Process(target=_send_tensor_and_die, args=(writer,), daemon=True)
+    process.start()
+    writer.close()
+    process.join(30)
+    assert process.exitcode == 0
+    pipe = PipeReader(reader)  # starts reading only now, with the writer gone
+    got = pipe.get(10)
+    assert isinstance(got, dict) and float(got["logprobs"].sum()) == 499500.0
+    assert isinstance(pipe.get(10), PipeEnded)
+    pipe.close()
