@@ -207,6 +207,12 @@ def _next_message(weights_in: Any) -> Any:
         except queue.Empty:
             if parent is not None and not parent.is_alive():
                 raise SystemExit(0) from None
+        except Exception:  # weights the trainer published, then died: their shared memory went with it
+            if parent is not None:
+                parent.join(_POLL_S)  # its end (sentinel) may trail the refused connection by a moment
+                if not parent.is_alive():
+                    raise SystemExit(0) from None
+            raise
 
 
 def _worker_main(spec: WorkerSpec, weights_in: Any, batches_out: Any) -> None:

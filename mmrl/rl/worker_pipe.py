@@ -9,15 +9,21 @@ is handed on.
 A message is plain pickle bytes (`send_whole`), the tensors' data inside it: `Connection.send` would pickle with
 torch's shared-memory reducers, whose tensors are handles the receiver can only open while the sender lives, so a
 worker that died right after sending a whole batch left it unreadable (the run then stopped one step early).
+Plain pickle writes a tensor's whole storage, though, and a view (a group's rows of the step's completions, a split
+of image features) shares its base's: each view would carry the whole base, so a step of N groups would send (and
+the trainer hold) N copies of the step's tensors. A view is therefore sent as a compact copy of its own elements.
 """
 
 from __future__ import annotations
 
+import io
 import pickle
 import queue
 import threading
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 
 @dataclass
@@ -27,9 +33,23 @@ class PipeEnded:
     error: BaseException | None = None
 
 
+class _WholePickler(pickle.Pickler):
+    """Plain pickle, a view written as a compact copy of its own elements (see the module's note)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if (type(obj) is torch.Tensor and obj.layout is torch.strided and not obj.requires_grad
+                and not getattr(obj, "__dict__", None)  # attributes set on it would not be on its copy
+                and obj.untyped_storage().nbytes() > obj.numel() * obj.element_size()):
+            # Returned as the original's reduction: the pickle memo still writes one object that is reached twice.
+            return obj.clone().__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+        return NotImplemented
+
+
 def send_whole(connection: Any, item: Any) -> None:
     """Send `item` as one message that needs nothing of the sender once written (see the module's note)."""
-    connection.send_bytes(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
+    buffer = io.BytesIO()
+    _WholePickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(item)
+    connection.send_bytes(buffer.getbuffer())
 
 
 class PipeReader:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import struct
+import threading
 import time
 
 import pytest
@@ -93,3 +94,31 @@ def test_a_whole_batch_stays_readable_after_its_writer_died():
     assert isinstance(got, dict) and float(got["logprobs"].sum()) == 499500.0
     assert isinstance(pipe.get(10), PipeEnded)
     pipe.close()
+
+
+def test_a_batch_of_views_sends_each_views_elements_not_its_whole_base():
+    """A step's groups are row views of one completions tensor: plain pickle would write the whole base once per
+    group (N groups: N times the step's tensors). Each view arrives with its own values, and a tensor reached twice
+    (a prompt's pixels, its recorded image features) is still one tensor."""
+    base = torch.arange(16 * 8 * 256, dtype=torch.int64).reshape(16 * 8, 256)
+    pixels = torch.rand(3, 4)
+    views = [{"completion_ids": base[i * 8:(i + 1) * 8], "pixels": pixels, "again": pixels} for i in range(16)]
+    views.append({"columns": base[:, ::2], "broadcast": torch.ones(1).expand(5)})
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    received: list[bytes] = []
+    thread = threading.Thread(target=lambda: received.append(reader.recv_bytes()))  # a pipe holds 64 KiB unread
+    thread.start()
+    send_whole(writer, views)
+    thread.join(30)
+    payload = received[0]
+    assert len(payload) < 2.5 * base.numel() * base.element_size()  # each row once, the columns view once: ~1.5x
+    writer.close()
+    reader.close()
+    import pickle
+
+    got = pickle.loads(payload)
+    for i, item in enumerate(got[:16]):
+        assert torch.equal(item["completion_ids"], base[i * 8:(i + 1) * 8])
+        assert item["completion_ids"].untyped_storage().nbytes() == 8 * 256 * 8
+        assert item["pixels"] is got[0]["pixels"] and torch.equal(item["pixels"], pixels)
+    assert torch.equal(got[16]["columns"], base[:, ::2]) and torch.equal(got[16]["broadcast"], torch.ones(5))
