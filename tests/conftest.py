@@ -31,9 +31,13 @@ from mmrl.runs.threads import available_cpus  # noqa: E402  (the CPUs this proce
 _THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, available_cpus()))
 torch.set_num_threads(_THREADS)
 # mmrl chooses its thread count from the machine's load unless told (mmrl/runs/threads.py): the suite's runs, which
-# compare results across processes (kill and resume, world sizes), all get the same count whatever the load. Set, not
-# defaulted: xdist's controller (2 threads) runs this file first and its workers inherit its environment.
-os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+# compare results across processes (kill and resume, world sizes), all get the same count whatever the load. A worker
+# sets it (xdist's controller runs this file first, 2 threads, and its workers inherit its environment); a plain run
+# keeps a user's own OMP_NUM_THREADS.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+else:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,7 @@ import contextlib
 import math
 import multiprocessing as mp
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -183,10 +184,10 @@ def _worker_main(conn) -> None:
                     out = score_item(fn, completion, row, kwargs, timeout_s)
             except Exception as err:  # resolving the reward failed
                 out = Outcome("error", message=f"{type(err).__name__}: {err}")
-            try:
-                conn.send((job, idx, out.status, out.value, out.message))
+            try:  # plain pickle: a tensor value through torch's shared-memory pickling would die with this worker
+                conn.send_bytes(pickle.dumps((job, idx, out.status, out.value, out.message)))
             except Exception:  # unpicklable value
-                conn.send((job, idx, "error", None, "reward returned a value that cannot be sent: " + traceback.format_exc(limit=1)))  # fmt: skip
+                conn.send_bytes(pickle.dumps((job, idx, "error", None, "reward returned a value that cannot be sent: " + traceback.format_exc(limit=1))))  # fmt: skip
 
 
 _PRELOAD = ["mmrl.rewards", "math_verify", "sympy"]
@@ -307,7 +308,7 @@ class WorkerPool:
 
     def _receive(self, worker: _Worker, results: dict, chunks: deque) -> None:
         try:
-            key, idx, status, value, message = worker.conn.recv()
+            key, idx, status, value, message = pickle.loads(worker.conn.recv_bytes())
         except (EOFError, OSError):
             self._fail_current(worker, results, chunks, "error", "reward worker process died")
             self._workers[self._workers.index(worker)] = self._respawn(worker)
