@@ -28,11 +28,12 @@ from mmrl.optim import build_scheduler, reset_optimizer_state
 from mmrl.parallel.distributed import all_gather_objects
 from mmrl.rewards.composite import RewardComposite
 from mmrl.rewards.gold_check import gold_check
-from mmrl.rl.async_rollout import AsyncRollout, spec_key
+from mmrl.rl.async_rollout import AsyncRollout
 from mmrl.rl.entropy import entropy_control
 from mmrl.rl.episodes import collect_episodes, episode_metrics, episode_sample_rows, evaluate_episodes
 from mmrl.rl.experience import Group, RolloutBackend, collect_step
 from mmrl.rl.reference import ReferencePolicy, make_reference
+from mmrl.rl.rollout_worker import spec_key
 from mmrl.rl.stages import ResolvedStage, StageSchedule
 from mmrl.rl.training_batch import TrainingBatch, training_batch
 from mmrl.rl.update import policy_update

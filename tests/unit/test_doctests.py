@@ -38,6 +38,7 @@ MODULES = [
     "mmrl.rl.entropy",
     "mmrl.rl.micro_batches",
     "mmrl.rl.async_rollout",
+    "mmrl.rl.rollout_worker",
     "mmrl.data.prompt_order",
     "mmrl.rl.stages",
     "mmrl.generation.types",
