@@ -90,26 +90,40 @@ def _filled(value: Any, out: Path, wiring: dict[str, Any], where: str) -> Any:
     return value
 
 
-def run_build_data(step: PipelineStep, out: Path, wiring: dict[str, Any], where: str,
-                   earlier: dict[str, dict[str, Any]] | None = None) -> tuple[dict, dict]:
-    """Run the step's builder into `out`; return ({output name: path}, {config key: value for later steps})."""
-    from data_pipelines.builder_args import check_args, fields, schema_parser
-    from data_pipelines.registry import OUTPUT_FIELDS, load_builders
+def builder_inputs(step: PipelineStep, out: Path, wiring: dict[str, Any], where: str,
+                   earlier: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The builder's fields as the step runs it: `{out}`, `{model}` and `{step.output}` filled in, and curriculum's
+    `input` (when not given) from the `data.train` an earlier step wired. What the pipeline also reads to tell which
+    earlier steps a build-data step depends on."""
+    from data_pipelines.builder_args import fields, schema_parser
+    from data_pipelines.registry import load_builders
     from mmrl.workflow.refs import resolve_refs
 
     name = step.args["builder"]
-    builder = load_builders().get(name)
     raw = resolve_refs(_filled(builder_fields(step.args, where), out, wiring, where), earlier or {}, where)
-    declared = fields(schema_parser(builder.add_arguments))
-    for field in OUTPUT_FIELDS:
-        if field in declared and field not in raw:
-            raw[field] = str(out)
-    if "input" in declared and "input" not in raw and name == "curriculum":
+    declared = fields(schema_parser(load_builders().get(name).add_arguments))
+    if name == "curriculum" and "input" in declared and "input" not in raw:
         train = wiring.get("data.train")
         if not train:
             raise UserError(f"{where}: args.input is missing and no earlier build-data step wired data.train; "
                             "give args.input: <dataset with open answers>")
         raw["input"] = train[0]["path"]
+    return raw
+
+
+def run_build_data(step: PipelineStep, out: Path, wiring: dict[str, Any], where: str,
+                   earlier: dict[str, dict[str, Any]] | None = None) -> tuple[dict, dict]:
+    """Run the step's builder into `out`; return ({output name: path}, {config key: value for later steps})."""
+    from data_pipelines.builder_args import check_args, fields, schema_parser
+    from data_pipelines.registry import OUTPUT_FIELDS, load_builders
+
+    name = step.args["builder"]
+    builder = load_builders().get(name)
+    raw = builder_inputs(step, out, wiring, where, earlier)
+    declared = fields(schema_parser(builder.add_arguments))
+    for field in OUTPUT_FIELDS:
+        if field in declared and field not in raw:
+            raw[field] = str(out)
     namespace = check_args(name, builder.add_arguments, raw, where)
     if step.args.get("outputs"):  # what the step says the builder writes wins over what the builder declares
         outputs = {key: Path(_filled(path, out, wiring, where)) for key, path in step.args["outputs"].items()}

@@ -3,7 +3,8 @@
 A step is finished when `<output_dir>/<step>/DONE.json` exists (written last, atomically, with the step's outputs,
 metrics and what it wires into later steps) and its outputs are still on disk. A step without it is run — sft/train
 with `trainer.resume=auto`, so an interrupted one continues from its latest complete checkpoint — and once a step has
-run, every later step runs again too, since its inputs may have changed. A finished step whose settings changed since
+run, every later step that reads its outputs (a checkpoint, a data file, anything under its directory) runs again too,
+since its inputs may have changed; steps that do not read it stay skipped. A finished step whose settings changed since
 it ran is refused, naming it (its results are another config's); delete its directory to re-run it from scratch.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 
 from mmrl.config.workflow import PipelineStep
 from mmrl.errors import UserError
-from mmrl.workflow.builders import run_build_data
+from mmrl.workflow.builders import builder_inputs, run_build_data
 from mmrl.workflow.plan import (
     TRAINED_KINDS,
     Plan,
@@ -78,6 +79,44 @@ def _execute(plan: Plan, step: PipelineStep, cfg, wiring: dict[str, Any], where:
     if step.kind in TRAINED_KINDS:
         return run_trained(step, cfg, where)
     return run_eval(step, cfg, out, step.args.get("label", step.name), where)
+
+
+def _paths_read(plan: Plan, step: PipelineStep, cfg, wiring: dict[str, Any], where: str,
+                earlier: dict[str, dict[str, Any]]) -> list[str] | None:
+    """Every path-like string a step runs with, absolute: its settings (model, data, stages' data), or a build-data
+    step's filled-in builder fields. None when they cannot be worked out (the step then counts as reading all)."""
+    if step.kind == "build-data":
+        try:
+            used: Any = builder_inputs(step, plan.step_dir(step), wiring, where, earlier)
+        except UserError:  # it fails when it runs, with this error; until then assume it reads everything
+            return None
+    else:
+        used = step_settings(cfg, step)
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str) and os.sep in value:
+            found.append(os.path.abspath(value))
+
+    walk(used)
+    return found
+
+
+def _reads_from(paths: list[str] | None, produced: dict[str, list[str]]) -> str | None:
+    """The first step that ran in this invocation whose directory or outputs a step reads (`paths`), or None."""
+    for name, places in produced.items():
+        if paths is None:
+            return name
+        for place in places:
+            if any(p == place or p.startswith(place.rstrip(os.sep) + os.sep) for p in paths):
+                return name
+    return None
 
 
 def _refuse_changed(plan: Plan, stale: list[tuple[PipelineStep, dict[str, Any], dict[str, Any]]]) -> None:
@@ -171,7 +210,9 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
     # finished steps whose settings changed since they ran: their results are another config's, never shown as this
     # one's; refused before anything runs (see _refuse_changed)
     stale: list[tuple[PipelineStep, dict[str, Any], dict[str, Any]]] = []
-    upstream_ran = False
+    # steps that ran in this invocation -> their directory and output paths (absolute): a later step reading any of
+    # them runs again, one that reads none of them is still skipped
+    produced: dict[str, list[str]] = {}
     total = len(plan.steps)
     say(f"pipeline {plan.config.name}: {total} steps in {plan.root}")
     for index, step in enumerate(plan.steps, 1):
@@ -183,7 +224,8 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
         digest = config_digest(cfg, step)
         done = read_done(plan.step_dir(step))
         record = None
-        if done is not None and not upstream_ran:
+        upstream = _reads_from(_paths_read(plan, step, cfg, wiring, where, earlier), produced) if done else None
+        if done is not None and upstream is None:
             missing = _missing_outputs(done)
             if not missing:
                 if not same_settings(done, digest):
@@ -194,7 +236,7 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
             else:
                 say(f"{head}: running again (its output {missing[0]} is missing)")
         elif done is not None:
-            say(f"{head}: running again (an earlier step ran)")
+            say(f"{head}: running again (it reads {upstream}, which ran)")
         else:
             say(f"{head}: running")
         if record is None:
@@ -207,7 +249,9 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
                       "settings": step_settings(cfg, step),
                       "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             _write_done(plan.step_dir(step), record)  # last: the marker means every output above is complete
-            statuses[step.name], upstream_ran = "ran", True
+            statuses[step.name] = "ran"
+            produced[step.name] = [os.path.abspath(plan.step_dir(step)), *(
+                os.path.abspath(v) for v in result.outputs.values() if isinstance(v, str) and os.sep in v)]
             say(f"{head}: done in {seconds:.1f}s{_brief(result.metrics)}")
             for note in result.notes:
                 say(f"  {note}")

@@ -151,6 +151,26 @@ def test_deleting_a_later_steps_marker_reruns_only_that_step(finished):
     assert (root / "eval_grpo" / "DONE.json").is_file()
 
 
+def test_a_step_that_runs_again_reruns_only_the_steps_that_read_it(finished):
+    # it re-ran every later step (one global flag): a re-run base eval re-ran the SFT and GRPO as no-op resumes, and
+    # their seconds in summary.json became a resume's
+    path, root, _, _ = finished
+    seconds = json.loads((root / "sft" / "DONE.json").read_text())["seconds"]
+    (root / "eval_base" / "DONE.json").unlink()
+    summary, lines = run(path)
+    assert status(lines, "eval_base") == "running"
+    assert [status(lines, n) for n in ("data", "sft", "eval_sft", "grpo", "eval_grpo")] == ["skipped (done)"] * 5
+    assert summary["steps"]["sft"]["seconds"] == seconds
+    # the SFT runs again (its marker gone): what reads it runs again, and what reads those, not what comes before
+    (root / "sft" / "DONE.json").unlink()
+    _, lines = run(path)
+    assert [status(lines, n) for n in ("data", "eval_base")] == ["skipped (done)"] * 2
+    assert status(lines, "sft") == "running"
+    assert status(lines, "eval_sft") == "running again (it reads sft, which ran)"
+    assert status(lines, "grpo") == "running again (it reads sft, which ran)"
+    assert status(lines, "eval_grpo") == "running again (it reads grpo, which ran)"
+
+
 def test_an_interrupted_train_step_resumes_from_its_checkpoint(finished, capsys):
     path, root, _, _ = finished
     grpo = root / "grpo"
@@ -161,7 +181,7 @@ def test_an_interrupted_train_step_resumes_from_its_checkpoint(finished, capsys)
     _, lines = run(path)
     assert status(lines, "sft") == "skipped (done)"
     assert status(lines, "grpo") == "running"
-    assert status(lines, "eval_grpo") == "running again (an earlier step ran)"
+    assert status(lines, "eval_grpo") == "running again (it reads grpo, which ran)"
     assert "resumed from" in capsys.readouterr().err
     assert (grpo / "checkpoints" / "step-2" / "COMPLETE").is_file()
     rows = [json.loads(r) for r in (grpo / "metrics.jsonl").read_text().splitlines() if r.strip()]
