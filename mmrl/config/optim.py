@@ -50,6 +50,13 @@ class TrainerConfig(Section):
         "tokens: the prompt runs once per forward) plus rows x the longest completion among them. A single completion "
         "over the budget goes alone (one per micro-batch). The loss is exact: micro-batches only split the gradient "
         "accumulation. null: one micro-batch per prompt's group (all G completions).")
+    max_sampled_tokens: int | None = Field(
+        None, ge=1,
+        description="GRPO: end the run once the completions it trained on hold this many tokens in all (the "
+        "`completion_tokens` of every step so far, across processes and resumes); the step that reaches it is the "
+        "last, whatever stage it is in. Compares arms at one sampled-token budget (PTST). The LR schedule still spans "
+        "the planned steps, so a decaying one is cut off where the budget ends the run: use schedule constant. "
+        "null: no budget.")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for data order, sampling and initialisation.")
     save_steps: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: only at the end).")
     save_final: bool = Field(True, description="Save a checkpoint after the last step.")

@@ -7,7 +7,8 @@ and a stage covers `[start_step, end_step)`. The trainer asks `stage_at(step)` b
 
 A stage ends after its `steps`, or earlier when `until_metric` reaches `until_value`. Early switches move every later
 boundary, so the state records the actual start step of each stage entered; `state_dict()` / `load_state_dict()` make a
-resume mid-stage continue exactly.
+resume mid-stage continue exactly. With `trainer.max_sampled_tokens`, the run ends at the step whose completions bring
+the count (`count_tokens`) to the budget, in whatever stage.
 
 >>> from mmrl.config import load_config
 >>> cfg = load_config(None, ["stages=[{name: warmup, steps: 2, group_size: 4}, {name: main, steps: 3}]"])
@@ -74,6 +75,8 @@ class StageSchedule:
         # Step at which an early stop of the last stage ended the run (None: it runs its full length).
         self._ended_at: int | None = None
         self._step = 0
+        self.sampled_tokens = 0  # completion tokens trained on so far (trainer.max_sampled_tokens)
+        self._budget_end: int | None = None  # the step at which they reached the budget
 
     # ---- queries -----------------------------------------------------------------------------------------------
     def _all_starts(self) -> list[int]:
@@ -154,7 +157,23 @@ class StageSchedule:
         return first, max(1, end - first)
 
     def finished(self, step: int) -> bool:
-        return step >= self.total_steps
+        return step >= self.total_steps or (self._budget_end is not None and step >= self._budget_end)
+
+    def count_tokens(self, step: int, tokens: int) -> bool:
+        """Add the completion tokens the `step` just done trained on; True when they bring the count to
+        trainer.max_sampled_tokens (the run ends at `step`).
+
+        >>> from mmrl.config import load_config
+        >>> schedule = StageSchedule(None, load_config(None, ["trainer.max_steps=10", "trainer.max_sampled_tokens=100"]))
+        >>> [schedule.count_tokens(1, 60), schedule.count_tokens(2, 60), schedule.finished(2), schedule.sampled_tokens]
+        [False, True, True, 120]
+        """
+        self.sampled_tokens += int(tokens)
+        budget = self.base.trainer.max_sampled_tokens
+        if budget is None or self._budget_end is not None or self.sampled_tokens < budget:
+            return False
+        self._budget_end = step
+        return True
 
     def boundaries(self) -> list[tuple[int, str]]:
         """`(start_step, name)` of every stage (actual where entered, planned after), for plots and logs."""
@@ -213,6 +232,8 @@ class StageSchedule:
             "starts": list(self._starts),
             "ended_at": self._ended_at,
             "step": self._step,
+            "sampled_tokens": self.sampled_tokens,
+            "budget_end": self._budget_end,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -233,3 +254,9 @@ class StageSchedule:
         self._starts = starts
         self._ended_at = state.get("ended_at")
         self._step = int(state.get("step", starts[-1]))
+        if "sampled_tokens" not in state and self.base.trainer.max_sampled_tokens is not None and self._step > 0:
+            raise UserError("the checkpoint was written before mmrl counted sampled tokens, so "
+                            "trainer.max_sampled_tokens cannot tell how many it has spent; resume without it, or "
+                            "start the run again")
+        self.sampled_tokens = int(state.get("sampled_tokens", 0))
+        self._budget_end = state.get("budget_end")

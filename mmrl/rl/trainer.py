@@ -249,6 +249,10 @@ class GRPOLoop:
                 self.schedule.advance(step, eval_metrics)
                 run.scheduler.step()  # after advance: the next step's LR sees a stage that just ended early
                 metrics = self._metrics(groups, info, update, stage, timer, time.perf_counter() - started)
+                if self.schedule.count_tokens(step, metrics["completion_tokens"]):  # the same sum on every rank
+                    run.logger.event(f"step {step}: {self.schedule.sampled_tokens} sampled tokens reach "
+                                     f"trainer.max_sampled_tokens={cfg.trainer.max_sampled_tokens}; the run ends here")
+                metrics["completion_tokens/total"] = self.schedule.sampled_tokens
                 metrics.update(eval_metrics or {})
                 metrics.update(self.worker.metrics(step - 1, run.dist.world_size) if self.worker is not None else {})
                 if step == run.start_step + 1:

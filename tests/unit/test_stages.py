@@ -159,3 +159,32 @@ def test_reset_optimizer_on_the_first_stage_resets_nothing():
     cfg = _config("stages=[{name: a, steps: 2, reset_optimizer: true}, {name: b, steps: 2}]")
     schedule = StageSchedule(cfg.stages, cfg)
     assert not any(schedule.resets_at(s) for s in range(4)) and schedule.lr_segment(3) == (0, 4)
+
+
+def test_the_sampled_token_budget_ends_the_run_in_any_stage_and_survives_a_resume():
+    cfg = _config(TWO_STAGES, "trainer.max_sampled_tokens=250")
+    schedule = StageSchedule(cfg.stages, cfg)
+    ended = []
+    for step in range(1, 8):
+        schedule.advance(step)
+        ended.append(schedule.count_tokens(step, 100))
+        if schedule.finished(step):
+            break
+    assert ended == [False, False, True] and schedule.finished(3) and not schedule.finished(2)
+    assert schedule.stage_at(2).name == "short" and schedule.total_steps == 7  # the plan, for the LR schedule
+    again = StageSchedule(cfg.stages, cfg)
+    again.load_state_dict(json.loads(json.dumps(schedule.state_dict())))
+    assert again.finished(3) and again.sampled_tokens == 300
+    # no budget: tokens are counted, nothing ends early
+    plain = StageSchedule(_config(TWO_STAGES).stages, _config(TWO_STAGES))
+    assert not any(plain.count_tokens(s, 10**9) for s in range(1, 4)) and not plain.finished(6)
+
+
+def test_a_checkpoint_from_before_token_counting_is_refused_with_a_budget():
+    cfg = _config(TWO_STAGES, "trainer.max_sampled_tokens=250")
+    old = {"version": 1, "names": ["short", "long"], "starts": [0], "ended_at": None, "step": 2}
+    with pytest.raises(UserError, match="before mmrl counted sampled tokens.*resume without it"):
+        StageSchedule(cfg.stages, cfg).load_state_dict(old)
+    plain = StageSchedule(_config(TWO_STAGES).stages, _config(TWO_STAGES))
+    plain.load_state_dict(old)  # without a budget the count is only a metric: it starts from 0
+    assert plain.sampled_tokens == 0
