@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from mmrl.config import MMRLConfig
+from mmrl.config.added_fields import without_added_defaults
 from mmrl.config.loader import to_yaml
 from mmrl.errors import UserError
 
@@ -107,7 +108,7 @@ def check_resume_config(cfg: MMRLConfig, run_dir: Path, resume_from: Path | None
     if before is None:
         return
     old = yaml.safe_load(before.read_text(encoding="utf-8")) or {}
-    new = yaml.safe_load(to_yaml(cfg))
+    new = without_added_defaults(old, yaml.safe_load(to_yaml(cfg)), MMRLConfig)  # a field added since: no change
     allowed = [*SAFE_TO_CHANGE, *cfg.trainer.resume_allow_changes]
     changed = [name for name in changed_fields(old, new) if not _covered(name, allowed)]
     if not changed:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mmrl.config import MMRLConfig
+from mmrl.config.added_fields import without_added_defaults
 from mmrl.config.loader import _set_dotted, load_raw
 from mmrl.config.workflow import PipelineStep
 from mmrl.errors import UserError
@@ -248,16 +249,20 @@ def step_settings(config: MMRLConfig, step: PipelineStep) -> dict[str, Any]:
     return json.loads(json.dumps({**used, "step": step.model_dump(mode="json")}, default=str))
 
 
-def same_settings(done: dict[str, Any], digest: str) -> bool:
-    """Whether a finished step (its DONE.json) ran with the settings it would run with now (`digest`). A marker
-    written before SWEEP_ONLY was left out is fingerprinted again from the settings it kept, without those keys:
-    by their JSON text, so `false` and `0` stay different (a dict `==` took them for one)."""
+def same_settings(done: dict[str, Any], digest: str, now: dict[str, Any] | None = None) -> bool:
+    """Whether a finished step (its DONE.json) ran with the settings it would run with now (`digest` of `now`, its
+    `step_settings`). A marker written before SWEEP_ONLY was left out, or before this mmrl added a config field (at
+    its default now), is fingerprinted again from the settings it kept: by their JSON text, so `false` and `0` stay
+    different (a dict `==` took them for one)."""
     if done.get("config_digest") == digest:
         return True
     kept = done.get("settings")
-    if not (isinstance(kept, dict) and isinstance(kept.get("step"), dict) and any(k in kept for k in SWEEP_ONLY)):
+    if not (isinstance(kept, dict) and isinstance(kept.get("step"), dict)):
         return False
-    return _digest(without_sweep(kept)) == digest
+    if now is None:  # only the sweep's keys can be forgiven
+        return any(k in kept for k in SWEEP_ONLY) and _digest(without_sweep(kept)) == digest
+    kept = without_sweep(kept)
+    return _digest(kept) == _digest(without_added_defaults(kept, now, MMRLConfig, {"step": PipelineStep}))
 
 
 def without_sweep(settings: dict[str, Any]) -> dict[str, Any]:

@@ -228,8 +228,9 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
         if done is not None and upstream is None:
             missing = _missing_outputs(done)
             if not missing:
-                if not same_settings(done, digest):
-                    stale.append((step, done, step_settings(cfg, step)))
+                now = step_settings(cfg, step)
+                if not same_settings(done, digest, now):
+                    stale.append((step, done, now))
                 else:
                     say(f"{head}: skipped (done)")
                 record, statuses[step.name] = done, "skipped"

@@ -10,6 +10,7 @@ import pytest
 MODULES = [
     "mmrl.api",
     "mmrl.console",
+    "mmrl.config.added_fields",
     "mmrl.config.loader",
     "mmrl.config.trl_names",
     "mmrl.preflight",

@@ -248,7 +248,13 @@ def test_a_finished_steps_marker_is_the_same_step_only_when_its_settings_text_is
         other = MMRLConfig.model_validate({"data": {"chat_template_kwargs": {"enable_thinking": changed}}})
         assert not same_settings(old, config_digest(other, step)), changed
     assert not same_settings({"config_digest": "1" * 16, "settings": step_settings(config, step)},
-                             config_digest(config, step))  # no sweep key: nothing to forgive, the digest decides
+                             config_digest(config, step))  # no sweep key and no settings now: the digest decides
+    # with the settings now, the kept settings decide (the digest is theirs; an older mmrl's lacks fields added since)
+    assert same_settings({"config_digest": "1" * 16, "settings": step_settings(config, step)},
+                         config_digest(config, step), step_settings(config, step))
+    other = MMRLConfig.model_validate({"data": {"chat_template_kwargs": {"enable_thinking": 0}}})
+    assert not same_settings({"config_digest": "1" * 16, "settings": step_settings(config, step)},
+                             config_digest(other, step), step_settings(other, step))
     assert not same_settings({"settings": None}, config_digest(config, step))
     # an interrupted trained step resumes under a config that only gained a claim
     run = tmp_path / "run"
