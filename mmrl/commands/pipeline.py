@@ -22,8 +22,8 @@ def register(subparsers, name: str) -> None:
         description="Run the `pipeline:` steps of CONFIG in order. Step i writes into <output_dir>/<step name>/ and\n"
         "feeds the later steps: build-data sets data.train/data.eval (or the curriculum stages' data), sft/train set\n"
         "model.name_or_path to their final checkpoint; a step's own `overrides` win. A finished step (DONE.json)\n"
-        "is skipped on re-run unless a step whose outputs it reads ran again; an interrupted sft/train step resumes\n"
-        "from its latest complete checkpoint.\n"
+        "is skipped on re-run unless a step whose outputs it reads finished after it (then it runs again, an\n"
+        "sft/train step from scratch); an interrupted sft/train step resumes from its latest complete checkpoint.\n"
         "Ends with <output_dir>/summary.json (accuracy per eval label), a markdown table and accuracy.png.\n"
         "Overrides given here apply to the pipeline config, before each step's own overrides.",
         examples=EXAMPLES,

@@ -5,22 +5,34 @@ checkpoint after an upgrade that adds a config field)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel
 
 
 def _models(annotation: Any) -> list[type[BaseModel]]:
-    """The pydantic models a value of `annotation` (or an item of it, for a list) can be."""
+    """The pydantic models a value of `annotation` (or an item of it, for a list) can be; not a dict's values (their
+    keys are names, not fields)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
+    if get_origin(annotation) in (dict, Mapping):
+        return []
     return [m for arg in get_args(annotation) for m in _models(arg)] if get_origin(annotation) else []
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
-    return json.loads(json.dumps(value, default=str))
+def _text(value: Any) -> str:
+    """A value as JSON text, models at any depth dumped as config files hold them: `false` and `0` stay different."""
+    def plain(item: Any) -> Any:
+        if isinstance(item, BaseModel):
+            return item.model_dump(mode="json")
+        if isinstance(item, (list, tuple)):
+            return [plain(x) for x in item]
+        if isinstance(item, dict):
+            return {str(k): plain(v) for k, v in item.items()}
+        return item
+
+    return json.dumps(plain(value), sort_keys=True, default=str)
 
 
 def without_added_defaults(saved: Any, current: Any, model: type[BaseModel] | None,
@@ -46,7 +58,7 @@ def without_added_defaults(saved: Any, current: Any, model: type[BaseModel] | No
             sub = next(iter(_models(field.annotation)), None)
         if key not in saved:
             if field is not None and not field.is_required() and \
-                    _plain(field.get_default(call_default_factory=True)) == value:
+                    _text(field.get_default(call_default_factory=True)) == _text(value):
                 continue  # added since `saved` was written, and left at its default
             out[key] = value
         else:

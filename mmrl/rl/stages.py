@@ -76,7 +76,6 @@ class StageSchedule:
         self._ended_at: int | None = None
         self._step = 0
         self.sampled_tokens = 0  # completion tokens trained on so far (trainer.max_sampled_tokens)
-        self._budget_end: int | None = None  # the step at which they reached the budget
 
     # ---- queries -----------------------------------------------------------------------------------------------
     def _all_starts(self) -> list[int]:
@@ -157,23 +156,22 @@ class StageSchedule:
         return first, max(1, end - first)
 
     def finished(self, step: int) -> bool:
-        return step >= self.total_steps or (self._budget_end is not None and step >= self._budget_end)
+        # against today's budget: a resume with a larger one (or none) goes on from where the last one ended
+        budget = self.base.trainer.max_sampled_tokens
+        return step >= self.total_steps or (budget is not None and self.sampled_tokens >= budget)
 
-    def count_tokens(self, step: int, tokens: int) -> bool:
-        """Add the completion tokens the `step` just done trained on; True when they bring the count to
-        trainer.max_sampled_tokens (the run ends at `step`).
+    def count_tokens(self, tokens: int) -> bool:
+        """Add the completion tokens the step just done trained on; True when they bring the count to
+        trainer.max_sampled_tokens (the run ends after this step).
 
         >>> from mmrl.config import load_config
         >>> schedule = StageSchedule(None, load_config(None, ["trainer.max_steps=10", "trainer.max_sampled_tokens=100"]))
-        >>> [schedule.count_tokens(1, 60), schedule.count_tokens(2, 60), schedule.finished(2), schedule.sampled_tokens]
+        >>> [schedule.count_tokens(60), schedule.count_tokens(60), schedule.finished(2), schedule.sampled_tokens]
         [False, True, True, 120]
         """
-        self.sampled_tokens += int(tokens)
+        before, self.sampled_tokens = self.sampled_tokens, self.sampled_tokens + int(tokens)
         budget = self.base.trainer.max_sampled_tokens
-        if budget is None or self._budget_end is not None or self.sampled_tokens < budget:
-            return False
-        self._budget_end = step
-        return True
+        return budget is not None and before < budget <= self.sampled_tokens
 
     def boundaries(self) -> list[tuple[int, str]]:
         """`(start_step, name)` of every stage (actual where entered, planned after), for plots and logs."""
@@ -233,7 +231,6 @@ class StageSchedule:
             "ended_at": self._ended_at,
             "step": self._step,
             "sampled_tokens": self.sampled_tokens,
-            "budget_end": self._budget_end,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -259,4 +256,3 @@ class StageSchedule:
                             "trainer.max_sampled_tokens cannot tell how many it has spent; resume without it, or "
                             "start the run again")
         self.sampled_tokens = int(state.get("sampled_tokens", 0))
-        self._budget_end = state.get("budget_end")

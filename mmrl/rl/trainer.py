@@ -249,7 +249,7 @@ class GRPOLoop:
                 self.schedule.advance(step, eval_metrics)
                 run.scheduler.step()  # after advance: the next step's LR sees a stage that just ended early
                 metrics = self._metrics(groups, info, update, stage, timer, time.perf_counter() - started)
-                if self.schedule.count_tokens(step, metrics["completion_tokens"]):  # the same sum on every rank
+                if self.schedule.count_tokens(metrics["completion_tokens"]):  # the same sum on every rank
                     run.logger.event(f"step {step}: {self.schedule.sampled_tokens} sampled tokens reach "
                                      f"trainer.max_sampled_tokens={cfg.trainer.max_sampled_tokens}; the run ends here")
                 metrics["completion_tokens/total"] = self.schedule.sampled_tokens

@@ -4,7 +4,8 @@ A step is finished when `<output_dir>/<step>/DONE.json` exists (written last, at
 metrics and what it wires into later steps) and its outputs are still on disk. A step without it is run — sft/train
 with `trainer.resume=auto`, so an interrupted one continues from its latest complete checkpoint — and once a step has
 run, every later step that reads its outputs (a checkpoint, a data file, anything under its directory) runs again too,
-since its inputs may have changed; steps that do not read it stay skipped. A finished step whose settings changed since
+since its inputs may have changed — a trained one from scratch, as resuming its final checkpoint would train nothing —
+and so does one that finished before a step it reads (an invocation stopped in between); the others stay skipped. A finished step whose settings changed since
 it ran is refused, naming it (its results are another config's); delete its directory to re-run it from scratch.
 """
 
@@ -12,12 +13,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mmrl.config import MMRLConfig
+from mmrl.config.added_fields import without_added_defaults
 from mmrl.config.workflow import PipelineStep
 from mmrl.errors import UserError
 from mmrl.workflow.builders import builder_inputs, run_build_data
@@ -102,21 +106,62 @@ def _paths_read(plan: Plan, step: PipelineStep, cfg, wiring: dict[str, Any], whe
             for item in value:
                 walk(item)
         elif isinstance(value, str) and os.sep in value:
-            found.append(os.path.abspath(value))
+            found.extend(path_candidates(value))
 
     walk(used)
     return found
 
 
-def _reads_from(paths: list[str] | None, produced: dict[str, list[str]]) -> str | None:
-    """The first step that ran in this invocation whose directory or outputs a step reads (`paths`), or None."""
-    for name, places in produced.items():
+def path_candidates(value: str) -> list[str]:
+    """The string, and each path inside it ("data=/runs/x/train.jsonl", an argv line), made absolute.
+
+    >>> import os
+    >>> [p == os.path.abspath(q) for p, q in zip(path_candidates("data=runs/d/train.jsonl"),
+    ...                                          ["data=runs/d/train.jsonl", "runs/d/train.jsonl"])]
+    [True, True]
+    """
+    parts = [value, *(part for part in re.split(r"[=\s,;]+", value) if part and part != value)]
+    return [os.path.abspath(part) for part in dict.fromkeys(parts) if os.sep in part]
+
+
+def _reads_from(paths: list[str] | None, places: dict[str, list[str]], finished: dict[str, int],
+                since: int) -> str | None:
+    """The first earlier step that finished after `since` (this step's own finish) whose directory or outputs
+    (`places`) the step reads (`paths`; None: it may read anything), or None."""
+    for name, where in places.items():
+        if finished[name] <= since:
+            continue
         if paths is None:
             return name
-        for place in places:
+        for place in where:
             if any(p == place or p.startswith(place.rstrip(os.sep) + os.sep) for p in paths):
                 return name
     return None
+
+
+def _finished_ns(record: dict[str, Any]) -> int:
+    """When a step finished (markers before `finished_ns` kept only seconds)."""
+    if isinstance(record.get("finished_ns"), int):
+        return record["finished_ns"]
+    try:
+        return int(datetime.fromisoformat(str(record.get("finished_at"))).timestamp() * 1e9)
+    except ValueError:
+        return 0
+
+
+def _places(plan: Plan, step: PipelineStep, record: dict[str, Any]) -> list[str]:
+    """What a later step reads of this one: its directory, and a build-data step's outputs (they may lie outside it;
+    an eval's or a trained step's outputs name the model it started from, which is not theirs)."""
+    places = [os.path.abspath(plan.step_dir(step))]
+    if step.kind == "build-data":
+        places += [os.path.abspath(v) for v in record.get("outputs", {}).values() if isinstance(v, str) and os.sep in v]
+    return places
+
+
+def _fresh(cfg):
+    """A trained step that runs again because a step it reads changed: a fresh run in its directory (its finished
+    checkpoints came from the old inputs; resuming the final one would train nothing)."""
+    return cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"overwrite": True, "resume": None})})
 
 
 def _refuse_changed(plan: Plan, stale: list[tuple[PipelineStep, dict[str, Any], dict[str, Any]]]) -> None:
@@ -132,6 +177,8 @@ def _refuse_changed(plan: Plan, stale: list[tuple[PipelineStep, dict[str, Any], 
         before = done.get("settings")
         if isinstance(before, dict):  # a marker from before the sweep's keys were left out: they are not a change
             before = without_sweep(before)
+        if isinstance(before, dict):  # a field added since the marker was written, at its default, is no change
+            now = without_added_defaults(before, now, MMRLConfig, {"step": PipelineStep})
         fields = changed_fields(before, now) if before is not None else []
         parts.append(f"{step.name} ({', '.join(fields[:4]) + (' ...' if len(fields) > 4 else '')})" if fields
                      else step.name)
@@ -210,9 +257,10 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
     # finished steps whose settings changed since they ran: their results are another config's, never shown as this
     # one's; refused before anything runs (see _refuse_changed)
     stale: list[tuple[PipelineStep, dict[str, Any], dict[str, Any]]] = []
-    # steps that ran in this invocation -> their directory and output paths (absolute): a later step reading any of
-    # them runs again, one that reads none of them is still skipped
-    produced: dict[str, list[str]] = {}
+    # every earlier step -> what later steps read of it, and when it finished: a step reading one that finished after
+    # it runs again (in this invocation or an interrupted earlier one), one reading none of them is still skipped
+    places: dict[str, list[str]] = {}
+    finished: dict[str, int] = {}
     total = len(plan.steps)
     say(f"pipeline {plan.config.name}: {total} steps in {plan.root}")
     for index, step in enumerate(plan.steps, 1):
@@ -224,7 +272,10 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
         digest = config_digest(cfg, step)
         done = read_done(plan.step_dir(step))
         record = None
-        upstream = _reads_from(_paths_read(plan, step, cfg, wiring, where, earlier), produced) if done else None
+        upstream = None
+        if done is not None:
+            upstream = _reads_from(_paths_read(plan, step, cfg, wiring, where, earlier), places, finished,
+                                   _finished_ns(done))
         if done is not None and upstream is None:
             missing = _missing_outputs(done)
             if not missing:
@@ -237,25 +288,27 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
             else:
                 say(f"{head}: running again (its output {missing[0]} is missing)")
         elif done is not None:
-            say(f"{head}: running again (it reads {upstream}, which ran)")
+            fresh = " from scratch" if step.kind in TRAINED_KINDS else ""
+            say(f"{head}: running again{fresh} (it reads {upstream}, which ran after it)")
         else:
             say(f"{head}: running")
         if record is None:
             _refuse_changed(plan, stale)  # before this step runs: every changed step so far is named at once
             began = time.perf_counter()
-            result = _execute(plan, step, cfg, wiring, where, earlier)
+            run_cfg = _fresh(cfg) if upstream is not None and step.kind in TRAINED_KINDS else cfg
+            result = _execute(plan, step, run_cfg, wiring, where, earlier)
             seconds = time.perf_counter() - began
             record = {"name": step.name, "kind": step.kind, "outputs": result.outputs, "metrics": result.metrics,
                       "wiring": result.wiring, "seconds": round(seconds, 3), "config_digest": digest,
                       "settings": step_settings(cfg, step),
-                      "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                      "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "finished_ns": time.time_ns()}
             _write_done(plan.step_dir(step), record)  # last: the marker means every output above is complete
             statuses[step.name] = "ran"
-            produced[step.name] = [os.path.abspath(plan.step_dir(step)), *(
-                os.path.abspath(v) for v in result.outputs.values() if isinstance(v, str) and os.sep in v)]
             say(f"{head}: done in {seconds:.1f}s{_brief(result.metrics)}")
             for note in result.notes:
                 say(f"  {note}")
+        places[step.name], finished[step.name] = _places(plan, step, record), _finished_ns(record)
         wiring.update(record.get("wiring", {}))
         if step.kind in TRAINED_KINDS:
             trained[step.name] = record["outputs"]["checkpoint"]

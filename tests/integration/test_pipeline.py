@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -156,19 +157,39 @@ def test_a_step_that_runs_again_reruns_only_the_steps_that_read_it(finished):
     # their seconds in summary.json became a resume's
     path, root, _, _ = finished
     seconds = json.loads((root / "sft" / "DONE.json").read_text())["seconds"]
-    (root / "eval_base" / "DONE.json").unlink()
+    for name in ("eval_base", "eval_sft"):  # an eval's outputs name the model it read: not something it made
+        (root / name / "DONE.json").unlink()
     summary, lines = run(path)
-    assert status(lines, "eval_base") == "running"
-    assert [status(lines, n) for n in ("data", "sft", "eval_sft", "grpo", "eval_grpo")] == ["skipped (done)"] * 5
+    assert [status(lines, n) for n in ("eval_base", "eval_sft")] == ["running"] * 2
+    assert [status(lines, n) for n in ("data", "sft", "grpo", "eval_grpo")] == ["skipped (done)"] * 4
     assert summary["steps"]["sft"]["seconds"] == seconds
-    # the SFT runs again (its marker gone): what reads it runs again, and what reads those, not what comes before
+    # the SFT runs again (its marker gone): what reads it runs again, and what reads those, not what comes before;
+    # GRPO trains again from the new SFT (it resumed its own final checkpoint: nothing trained, the old run kept)
+    complete = (root / "grpo" / "checkpoints" / "step-2" / "COMPLETE").stat().st_mtime_ns
     (root / "sft" / "DONE.json").unlink()
     _, lines = run(path)
     assert [status(lines, n) for n in ("data", "eval_base")] == ["skipped (done)"] * 2
     assert status(lines, "sft") == "running"
-    assert status(lines, "eval_sft") == "running again (it reads sft, which ran)"
-    assert status(lines, "grpo") == "running again (it reads sft, which ran)"
-    assert status(lines, "eval_grpo") == "running again (it reads grpo, which ran)"
+    assert status(lines, "eval_sft") == "running again (it reads sft, which ran after it)"
+    assert status(lines, "grpo") == "running again from scratch (it reads sft, which ran after it)"
+    assert status(lines, "eval_grpo") == "running again (it reads grpo, which ran after it)"
+    assert (root / "grpo" / "checkpoints" / "step-2" / "COMPLETE").stat().st_mtime_ns > complete
+    rows = [json.loads(r) for r in (root / "grpo" / "metrics.jsonl").read_text().splitlines() if r.strip()]
+    assert [r["step"] for r in rows if "step" in r] == [1, 2]
+
+
+def test_a_run_stopped_after_an_upstream_step_reran_reruns_its_readers_next_time(finished):
+    # an invocation stopped after the SFT ran again but before the steps reading it: their old markers stay; the
+    # next invocation must not skip them (they are older than the SFT they read)
+    path, root, _, _ = finished
+    done = json.loads((root / "sft" / "DONE.json").read_text())
+    (root / "sft" / "DONE.json").write_text(json.dumps({**done, "finished_ns": time.time_ns()}))
+    _, lines = run(path)
+    assert [status(lines, n) for n in ("data", "eval_base", "sft")] == ["skipped (done)"] * 3
+    assert status(lines, "eval_sft") == "running again (it reads sft, which ran after it)"
+    assert status(lines, "grpo") == "running again from scratch (it reads sft, which ran after it)"
+    _, lines = run(path)
+    assert all(status(lines, n) == "skipped (done)" for n in ("eval_sft", "grpo", "eval_grpo"))
 
 
 def test_an_interrupted_train_step_resumes_from_its_checkpoint(finished, capsys):
@@ -181,7 +202,7 @@ def test_an_interrupted_train_step_resumes_from_its_checkpoint(finished, capsys)
     _, lines = run(path)
     assert status(lines, "sft") == "skipped (done)"
     assert status(lines, "grpo") == "running"
-    assert status(lines, "eval_grpo") == "running again (it reads grpo, which ran)"
+    assert status(lines, "eval_grpo") == "running again (it reads grpo, which ran after it)"
     assert "resumed from" in capsys.readouterr().err
     assert (grpo / "checkpoints" / "step-2" / "COMPLETE").is_file()
     rows = [json.loads(r) for r in (grpo / "metrics.jsonl").read_text().splitlines() if r.strip()]

@@ -63,3 +63,17 @@ def test_a_resume_from_before_a_new_field_is_allowed_unless_the_field_is_set(tmp
     budget = load_config(None, [STAGES, f"trainer.output_dir={tmp_path}", "trainer.max_sampled_tokens=100"])
     with pytest.raises(UserError, match=r"another config .*trainer\.max_sampled_tokens"):
         check_resume_config(budget, tmp_path, checkpoint)
+
+
+def test_defaults_compare_as_config_text_and_dict_values_are_not_sections():
+    from mmrl.config.added_fields import _models, _text
+    from mmrl.config.rl import RewardSpec
+
+    assert _text([RewardSpec(name="accuracy")]) == json.dumps([RewardSpec(name="accuracy").model_dump(mode="json")],
+                                                              sort_keys=True)
+    assert _text(False) != _text(0) and _text(1) != _text(1.0)
+    assert _models(dict[str, RewardSpec]) == [] and _models(list[RewardSpec] | None) == [RewardSpec]
+    # an added list-of-sections field at its default is forgiven; `rewards` left out of an old config, for example
+    now = MMRLConfig().model_dump(mode="json")
+    old = {k: v for k, v in now.items() if k != "rewards"}
+    assert without_added_defaults(old, now, MMRLConfig) == old

@@ -42,6 +42,7 @@ MODULES = [
     "mmrl.rl.rollout_worker",
     "mmrl.data.prompt_order",
     "mmrl.rl.stages",
+    "mmrl.workflow.runner",
     "mmrl.generation.types",
     "mmrl.generation.backends",
     "mmrl.generation.decoding",

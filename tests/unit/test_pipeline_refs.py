@@ -25,3 +25,12 @@ def test_braces_that_name_no_step_stay_as_written():
 def test_an_unknown_output_or_a_later_step_is_a_one_line_error(ref):
     with pytest.raises(UserError, match="is no output of an earlier step; known: \\['rl_data.train'\\]"):
         resolve_refs(ref, OUTPUTS, "cfg.yaml: pipeline step 'x'", {"rl_data", "sft_2"})
+
+
+def test_paths_inside_key_value_strings_are_what_a_step_reads(tmp_path):
+    # the cold-start builder takes "data=<path>" overrides: the whole string made absolute matched no step's folder
+    from mmrl.workflow.runner import path_candidates
+
+    found = path_candidates(f"data={tmp_path}/runs/data/train.jsonl describe.model={tmp_path}/runs/sft/step-2")
+    assert f"{tmp_path}/runs/data/train.jsonl" in found and f"{tmp_path}/runs/sft/step-2" in found
+    assert path_candidates("plain words") == []

@@ -167,17 +167,23 @@ def test_the_sampled_token_budget_ends_the_run_in_any_stage_and_survives_a_resum
     ended = []
     for step in range(1, 8):
         schedule.advance(step)
-        ended.append(schedule.count_tokens(step, 100))
+        ended.append(schedule.count_tokens(100))
         if schedule.finished(step):
             break
-    assert ended == [False, False, True] and schedule.finished(3) and not schedule.finished(2)
+    assert ended == [False, False, True] and schedule.finished(3)  # the loop went on after steps 1 and 2
     assert schedule.stage_at(2).name == "short" and schedule.total_steps == 7  # the plan, for the LR schedule
     again = StageSchedule(cfg.stages, cfg)
     again.load_state_dict(json.loads(json.dumps(schedule.state_dict())))
     assert again.finished(3) and again.sampled_tokens == 300
+    # resumed with a larger budget, or none, the run goes on from there (it stopped, silently, at the old end)
+    for budget in ("trainer.max_sampled_tokens=500", "trainer.max_steps=7"):
+        more = _config(TWO_STAGES, budget)
+        later = StageSchedule(more.stages, more)
+        later.load_state_dict(json.loads(json.dumps(schedule.state_dict())))
+        assert not later.finished(3) and later.sampled_tokens == 300
     # no budget: tokens are counted, nothing ends early
     plain = StageSchedule(_config(TWO_STAGES).stages, _config(TWO_STAGES))
-    assert not any(plain.count_tokens(s, 10**9) for s in range(1, 4)) and not plain.finished(6)
+    assert not any(plain.count_tokens(10**9) for _ in range(3)) and not plain.finished(6)
 
 
 def test_a_checkpoint_from_before_token_counting_is_refused_with_a_budget():
