@@ -5,8 +5,9 @@ metrics and what it wires into later steps) and its outputs are still on disk. A
 with `trainer.resume=auto`, so an interrupted one continues from its latest complete checkpoint — and once a step has
 run, every later step that reads its outputs (a checkpoint, a data file, anything under its directory) runs again too,
 since its inputs may have changed — a trained one from scratch, as resuming its final checkpoint would train nothing —
-and so does one that finished before a step it reads (an invocation stopped in between); the others stay skipped. A finished step whose settings changed since
-it ran is refused, naming it (its results are another config's); delete its directory to re-run it from scratch.
+and so does one that finished before a step it reads (an invocation stopped in between); the others stay skipped. A
+finished step whose settings changed since it ran is refused, naming it (its results are another config's); delete its
+directory to re-run it from scratch.
 """
 
 from __future__ import annotations
@@ -295,6 +296,8 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
         if record is None:
             _refuse_changed(plan, stale)  # before this step runs: every changed step so far is named at once
             began = time.perf_counter()
+            # its old marker stays until the new one replaces it: stopped part-way, the next invocation still sees it
+            # older than what it reads and starts it over (unmarked, it would resume the old run's checkpoints)
             run_cfg = _fresh(cfg) if upstream is not None and step.kind in TRAINED_KINDS else cfg
             result = _execute(plan, step, run_cfg, wiring, where, earlier)
             seconds = time.perf_counter() - began

@@ -178,15 +178,27 @@ def test_a_step_that_runs_again_reruns_only_the_steps_that_read_it(finished):
     assert [r["step"] for r in rows if "step" in r] == [1, 2]
 
 
-def test_a_run_stopped_after_an_upstream_step_reran_reruns_its_readers_next_time(finished):
+def test_a_run_stopped_after_an_upstream_step_reran_reruns_its_readers_next_time(finished, monkeypatch):
     # an invocation stopped after the SFT ran again but before the steps reading it: their old markers stay; the
     # next invocation must not skip them (they are older than the SFT they read)
+    import mmrl.workflow.runner as runner
+
     path, root, _, _ = finished
     done = json.loads((root / "sft" / "DONE.json").read_text())
     (root / "sft" / "DONE.json").write_text(json.dumps({**done, "finished_ns": time.time_ns()}))
+    execute = runner._execute
+
+    def stopped_at_grpo(plan, step, *args):
+        if step.name == "grpo":
+            raise KeyboardInterrupt  # stopped as the re-run GRPO starts: its old marker must not count next time
+        return execute(plan, step, *args)
+
+    monkeypatch.setattr(runner, "_execute", stopped_at_grpo)
+    with pytest.raises(KeyboardInterrupt):
+        run(path)
+    monkeypatch.setattr(runner, "_execute", execute)
     _, lines = run(path)
-    assert [status(lines, n) for n in ("data", "eval_base", "sft")] == ["skipped (done)"] * 3
-    assert status(lines, "eval_sft") == "running again (it reads sft, which ran after it)"
+    assert [status(lines, n) for n in ("data", "eval_base", "sft", "eval_sft")] == ["skipped (done)"] * 4
     assert status(lines, "grpo") == "running again from scratch (it reads sft, which ran after it)"
     _, lines = run(path)
     assert all(status(lines, n) == "skipped (done)" for n in ("eval_sft", "grpo", "eval_grpo"))
