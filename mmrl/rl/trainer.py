@@ -32,6 +32,7 @@ from mmrl.rl.async_rollout import AsyncRollout
 from mmrl.rl.entropy import entropy_control
 from mmrl.rl.episodes import collect_episodes, episode_metrics, episode_sample_rows, evaluate_episodes
 from mmrl.rl.experience import Group, RolloutBackend, collect_step
+from mmrl.rl.group_stats import local_stats
 from mmrl.rl.reference import ReferencePolicy, make_reference
 from mmrl.rl.rollout_worker import spec_key
 from mmrl.rl.stages import ResolvedStage, StageSchedule
@@ -331,7 +332,7 @@ class GRPOLoop:
 
     def _metrics(self, groups: list[Group], info: dict, update: dict, stage: ResolvedStage, timer: PhaseTimer,
                  seconds: float) -> dict[str, Any]:
-        gathered = all_gather_objects(_local_stats(groups), self.run.dist.world_size)
+        gathered = all_gather_objects(local_stats(groups), self.run.dist.world_size)
         merged: dict[str, list] = {}
         for part in gathered:
             for key, values in part.items():
@@ -381,26 +382,6 @@ class GRPOLoop:
         for key, value in (info.get("reward_counters") or {}).items():  # "<name>/timeouts|unscorable|errors"
             metrics[f"reward/{key}"] = value
         return metrics
-
-
-def _local_stats(groups: list[Group]) -> dict[str, list]:
-    stats: dict[str, list] = {"reward": [], "length": [], "truncated": [], "zero_std": [], "length_correct": [],
-                              "length_incorrect": []}
-    for group in groups:
-        stats["reward"].extend(group.rewards.tolist())
-        stats["length"].extend(group.completion_mask.sum(dim=1).tolist())
-        stats["truncated"].extend(group.truncated.float().tolist())
-        lengths = group.completion_mask.sum(dim=1).tolist()
-        for length, score in zip(lengths, group.components.get("accuracy", [])):
-            if score is not None:  # an unscorable completion is neither correct nor incorrect
-                stats["length_correct" if score >= 0.5 else "length_incorrect"].append(length)
-        # From the rewards (all equal, or fewer than 2 scorable): under reinforce_pp or a KL in the reward, a group of
-        # equal rewards has non-zero advantages.
-        scorable = group.rewards[~torch.isnan(group.rewards)]
-        stats["zero_std"].append(float(scorable.numel() < 2 or bool((scorable == scorable[0]).all())))
-        for name, values in group.components.items():
-            stats.setdefault(f"reward/{name}", []).extend(values)
-    return stats
 
 
 def train(cfg: MMRLConfig) -> Path:

@@ -101,8 +101,8 @@ def builder_inputs(step: PipelineStep, out: Path, wiring: dict[str, Any], where:
 
     name = step.args["builder"]
     raw = resolve_refs(_filled(builder_fields(step.args, where), out, wiring, where), earlier or {}, where)
-    declared = fields(schema_parser(load_builders().get(name).add_arguments))
-    if name == "curriculum" and "input" in declared and "input" not in raw:
+    reads_wired_input = name == "curriculum" and "input" not in raw
+    if reads_wired_input and "input" in fields(schema_parser(load_builders().get(name).add_arguments)):
         train = wiring.get("data.train")
         if not train:
             raise UserError(f"{where}: args.input is missing and no earlier build-data step wired data.train; "

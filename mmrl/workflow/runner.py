@@ -86,17 +86,16 @@ def _execute(plan: Plan, step: PipelineStep, cfg, wiring: dict[str, Any], where:
     return run_eval(step, cfg, out, step.args.get("label", step.name), where)
 
 
-def _paths_read(plan: Plan, step: PipelineStep, cfg, wiring: dict[str, Any], where: str,
+def _paths_read(plan: Plan, step: PipelineStep, settings: dict[str, Any], wiring: dict[str, Any], where: str,
                 earlier: dict[str, dict[str, Any]]) -> list[str] | None:
-    """Every path-like string a step runs with, absolute: its settings (model, data, stages' data), or a build-data
+    """Every path-like string a step runs with, absolute: its `settings` (model, data, stages' data), or a build-data
     step's filled-in builder fields. None when they cannot be worked out (the step then counts as reading all)."""
+    used: Any = settings
     if step.kind == "build-data":
         try:
-            used: Any = builder_inputs(step, plan.step_dir(step), wiring, where, earlier)
+            used = builder_inputs(step, plan.step_dir(step), wiring, where, earlier)
         except UserError:  # it fails when it runs, with this error; until then assume it reads everything
             return None
-    else:
-        used = step_settings(cfg, step)
     found: list[str] = []
 
     def walk(value: Any) -> None:
@@ -270,17 +269,17 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
         step_wiring = _model_wiring(plan, step, wiring, trained)
         earlier = {r["name"]: r.get("outputs", {}) for r in records}
         cfg = step_config(plan, step, step_wiring, earlier)
+        now = step_settings(cfg, step)
         digest = config_digest(cfg, step)
         done = read_done(plan.step_dir(step))
         record = None
         upstream = None
         if done is not None:
-            upstream = _reads_from(_paths_read(plan, step, cfg, wiring, where, earlier), places, finished,
+            upstream = _reads_from(_paths_read(plan, step, now, wiring, where, earlier), places, finished,
                                    _finished_ns(done))
         if done is not None and upstream is None:
             missing = _missing_outputs(done)
             if not missing:
-                now = step_settings(cfg, step)
                 if not same_settings(done, digest, now):
                     stale.append((step, done, now))
                 else:
@@ -303,7 +302,7 @@ def _run_plan(plan: Plan, say: Callable[[str], None], started: float) -> dict[st
             seconds = time.perf_counter() - began
             record = {"name": step.name, "kind": step.kind, "outputs": result.outputs, "metrics": result.metrics,
                       "wiring": result.wiring, "seconds": round(seconds, 3), "config_digest": digest,
-                      "settings": step_settings(cfg, step),
+                      "settings": now,
                       "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "finished_ns": time.time_ns()}
             _write_done(plan.step_dir(step), record)  # last: the marker means every output above is complete

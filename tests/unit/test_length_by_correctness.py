@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from mmrl.rl.experience import Group
-from mmrl.rl.trainer import _local_stats
+from mmrl.rl.group_stats import local_stats as _local_stats
 
 
 def _group(lengths: list[int], accuracy: list[float | None] | None) -> Group:

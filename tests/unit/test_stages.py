@@ -194,3 +194,9 @@ def test_a_checkpoint_from_before_token_counting_is_refused_with_a_budget():
     plain = StageSchedule(_config(TWO_STAGES).stages, _config(TWO_STAGES))
     plain.load_state_dict(old)  # without a budget the count is only a metric: it starts from 0
     assert plain.sampled_tokens == 0
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1.5", "abc", "true"])
+def test_a_bad_sampled_token_budget_is_refused_naming_the_field(value):
+    with pytest.raises(ConfigError, match=r"trainer\.max_sampled_tokens must be"):
+        _config(f"trainer.max_sampled_tokens={value}")

@@ -8,7 +8,7 @@ import torch
 
 from mmrl.rl.advantages import compute_advantages
 from mmrl.rl.experience import Group
-from mmrl.rl.trainer import _local_stats
+from mmrl.rl.group_stats import local_stats as _local_stats
 
 
 def _group(rewards: list[float], lengths: list[int]) -> Group:
